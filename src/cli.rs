@@ -1,0 +1,177 @@
+//! The command line: `viewcounter serve` and `viewcounter export`. Every flag also reads
+//! `VIEWCOUNTER_<FLAG>` from the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DB: &str = "data/viewcounter.redb";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "viewcounter",
+    version,
+    about = "A live view counter for blog posts"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// With no subcommand, `serve` with these flags.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the counter (the default when no subcommand is given).
+    Serve(Box<ServeArgs>),
+    /// Print all-time views per post, from the db file or the running server.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, env = "VIEWCOUNTER_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// The redb file holding all-time totals (created if missing).
+    #[arg(long, env = "VIEWCOUNTER_DB", default_value = DEFAULT_DB)]
+    pub db: PathBuf,
+
+    /// Allow-list of slugs, one per line; re-read on SIGHUP and when it changes.
+    /// When the file is missing, only the embedded demo slugs are allowed.
+    #[arg(long, env = "VIEWCOUNTER_SLUGS", default_value = "data/slugs.txt")]
+    pub slugs: PathBuf,
+
+    /// Count any well-formed slug instead of the allow-list, up to --max-slugs posts.
+    #[arg(long, env = "VIEWCOUNTER_ALLOW_ANY_SLUG")]
+    pub allow_any_slug: bool,
+
+    /// With --allow-any-slug: how many distinct posts may exist.
+    #[arg(long, env = "VIEWCOUNTER_MAX_SLUGS", default_value_t = 10_000)]
+    pub max_slugs: u64,
+
+    /// An origin (scheme://host[:port]) whose pages may embed the counter; repeatable.
+    #[arg(
+        long = "allow-origin",
+        env = "VIEWCOUNTER_ALLOW_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub allow_origins: Vec<String>,
+
+    /// Bearer token required by /api/v1/totals; without it only loopback peers are answered.
+    #[arg(long, env = "VIEWCOUNTER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Write a post's total after this much quiet.
+    #[arg(long, env = "VIEWCOUNTER_FLUSH_AFTER", default_value = "5s", value_parser = duration)]
+    pub flush_after: Duration,
+
+    /// ...but never later than this after its first unwritten view.
+    #[arg(long, env = "VIEWCOUNTER_FLUSH_MAX_WAIT", default_value = "30s", value_parser = duration)]
+    pub flush_max_wait: Duration,
+
+    /// A reader id counts once per post within this window.
+    #[arg(long, env = "VIEWCOUNTER_DEDUPE_WINDOW", default_value = "30m", value_parser = duration)]
+    pub dedupe_window: Duration,
+
+    /// Interval of the comment lines that keep idle streams open through proxies.
+    #[arg(long, env = "VIEWCOUNTER_HEARTBEAT", default_value = "15s", value_parser = duration)]
+    pub heartbeat: Duration,
+
+    /// Open streams per client IP; 0 = no limit.
+    #[arg(long, env = "VIEWCOUNTER_IP_STREAM_LIMIT", default_value_t = 64)]
+    pub ip_stream_limit: u32,
+
+    /// Counted views per minute per client IP and post; 0 = no limit.
+    #[arg(long, env = "VIEWCOUNTER_IP_VIEW_RATE", default_value_t = 30)]
+    pub ip_view_rate: u32,
+
+    /// All open streams; default: what the open-files limit leaves room for.
+    #[arg(long, env = "VIEWCOUNTER_MAX_STREAMS")]
+    pub max_streams: Option<usize>,
+
+    /// Peers whose X-Forwarded-For / Forwarded header names the client; repeatable.
+    #[arg(
+        long = "trusted-proxy",
+        env = "VIEWCOUNTER_TRUSTED_PROXY",
+        value_delimiter = ',',
+        default_values = ["127.0.0.0/8", "::1/128"]
+    )]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// Count User-Agents that the bot list matches (by default they get numbers, not counted).
+    #[arg(long, env = "VIEWCOUNTER_COUNT_BOTS")]
+    pub count_bots: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// The redb file to read when no server holds it.
+    #[arg(long, env = "VIEWCOUNTER_DB", default_value = DEFAULT_DB)]
+    pub db: PathBuf,
+
+    /// The running server to ask when it holds the file; default: the --listen address.
+    #[arg(long, env = "VIEWCOUNTER_URL")]
+    pub url: Option<String>,
+
+    /// Address the server listens on, used for the default --url.
+    #[arg(long, env = "VIEWCOUNTER_LISTEN", default_value = DEFAULT_LISTEN, hide = true)]
+    pub listen: SocketAddr,
+
+    /// Bearer token for the server's /api/v1/totals.
+    #[arg(long, env = "VIEWCOUNTER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    #[arg(long, env = "VIEWCOUNTER_FORMAT", value_enum, default_value_t = Format::Csv)]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Csv,
+    Json,
+}
+
+impl ServeArgs {
+    /// The defaults plus `args`, as if given after `viewcounter serve`; used by tests and
+    /// embedders that build a configuration in code.
+    pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let argv = std::iter::once("serve".into()).chain(args.into_iter().map(Into::into));
+        Ok(Only::try_parse_from(argv)?.serve)
+    }
+
+    /// Checks that clap cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.flush_max_wait < self.flush_after {
+            return Err("--flush-max-wait must be at least --flush-after".into());
+        }
+        if self.heartbeat.is_zero() || self.flush_after.is_zero() {
+            return Err("--heartbeat and --flush-after must be above zero".into());
+        }
+        if matches!(&self.admin_token, Some(t) if t.is_empty()) {
+            return Err("--admin-token must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+fn duration(raw: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(raw)
+}

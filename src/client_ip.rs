@@ -1,0 +1,136 @@
+//! Who the client is: the socket peer, or what a trusted proxy says in `X-Forwarded-For` /
+//! `Forwarded`. Headers from untrusted peers are ignored, so clients cannot spoof their IP.
+
+use std::net::IpAddr;
+
+use actix_web::http::header::HeaderMap;
+use ipnet::IpNet;
+
+#[derive(Debug, Clone)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    pub fn new(nets: Vec<IpNet>) -> Self {
+        Self(nets)
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client's address: walking the forwarding chain from the nearest hop, the first
+    /// address that is not a trusted proxy.
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        if !self.trusts(peer) {
+            return canonical(peer);
+        }
+        let mut chain = forwarded_for(headers);
+        // Nearest hop last: walk backwards.
+        while let Some(hop) = chain.pop() {
+            if !self.trusts(hop) || chain.is_empty() {
+                return canonical(hop);
+            }
+        }
+        canonical(peer)
+    }
+}
+
+/// IPv4-mapped IPv6 addresses count as the IPv4 address they carry.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The addresses a request passed through, farthest first. `X-Forwarded-For` wins when both
+/// are present (it is what nginx and HAProxy set); unparsable entries end the chain there.
+fn forwarded_for(headers: &HeaderMap) -> Vec<IpAddr> {
+    let xff: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let entries: Vec<&str> = if xff.is_empty() {
+        headers
+            .get_all("forwarded")
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|element| {
+                element.split(';').find_map(|pair| {
+                    let (k, v) = pair.trim().split_once('=')?;
+                    k.eq_ignore_ascii_case("for").then_some(v.trim())
+                })
+            })
+            .collect()
+    } else {
+        xff
+    };
+    let mut chain = Vec::with_capacity(entries.len());
+    for entry in entries {
+        match parse_node(entry) {
+            Some(ip) => chain.push(ip),
+            // An unknown hop hides everything before it.
+            None => chain.clear(),
+        }
+    }
+    chain
+}
+
+/// `1.2.3.4`, `1.2.3.4:80`, `"[2001:db8::1]:80"`, `2001:db8::1`.
+fn parse_node(raw: &str) -> Option<IpAddr> {
+    let raw = raw.trim_matches('"');
+    if let Ok(ip) = raw.parse() {
+        return Some(ip);
+    }
+    if let Some(rest) = raw.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok();
+    }
+    raw.rsplit_once(':')?.0.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::header::{HeaderName, HeaderValue};
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        map
+    }
+
+    fn proxies() -> TrustedProxies {
+        TrustedProxies::new(vec![
+            "127.0.0.0/8".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ])
+    }
+
+    #[test]
+    fn untrusted_peers_cannot_spoof() {
+        let peer: IpAddr = "203.0.113.9".parse().unwrap();
+        let h = headers(&[("x-forwarded-for", "1.1.1.1")]);
+        assert_eq!(proxies().client_ip(peer, &h), peer);
+    }
+
+    #[test]
+    fn trusted_chain_is_walked_from_the_nearest_hop() {
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        let h = headers(&[("x-forwarded-for", "6.6.6.6, 198.51.100.7, 10.1.2.3")]);
+        assert_eq!(
+            proxies().client_ip(peer, &h),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        let h = headers(&[("forwarded", "for=\"[2001:db8::1]:443\";proto=https")]);
+        assert_eq!(
+            proxies().client_ip(peer, &h),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(proxies().client_ip(peer, &HeaderMap::new()), peer);
+    }
+}

@@ -1,0 +1,83 @@
+//! The one error type of the HTTP layer: every refusal is JSON `{"error": "..."}` with its status.
+
+use std::time::Duration;
+
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpResponse, ResponseError};
+
+use crate::reader_id::ReaderIdError;
+use crate::slug::SlugError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("malformed slug: {0}")]
+    BadSlug(#[from] SlugError),
+    #[error("malformed reader id: {0}")]
+    BadReaderId(#[from] ReaderIdError),
+    #[error("beacon body larger than {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("unknown post")]
+    UnknownPost,
+    #[error("this server counts at most {0} posts")]
+    SlugCapReached(u64),
+    #[error("origin not allowed")]
+    OriginNotAllowed,
+    #[error("admin token required")]
+    Unauthorized,
+    #[error("too many open streams from this address")]
+    TooManyStreams { retry_after: Duration },
+    #[error("server is at its stream capacity")]
+    AtCapacity { retry_after: Duration },
+    #[error("server is shutting down")]
+    ShuttingDown,
+    /// Internal failures: the cause is logged, the client sees a generic message.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::TooManyStreams { retry_after } | Self::AtCapacity { retry_after } => {
+                Some(*retry_after)
+            }
+            Self::ShuttingDown => Some(Duration::from_secs(2)),
+            _ => None,
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::BadSlug(_) | Self::BadReaderId(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnknownPost | Self::SlugCapReached(_) => StatusCode::NOT_FOUND,
+            Self::OriginNotAllowed => StatusCode::FORBIDDEN,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::AtCapacity { .. } | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let Self::Internal(cause) = self {
+            tracing::error!(%cause, "request failed");
+        }
+        let mut res = HttpResponse::build(self.status_code());
+        if let Some(after) = self.retry_after() {
+            res.insert_header((header::RETRY_AFTER, after.as_secs().max(1).to_string()));
+        }
+        if matches!(self, Self::Unauthorized) {
+            res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        res.insert_header((header::CACHE_CONTROL, "no-store"))
+            .json(serde_json::json!({ "error": self.to_string() }))
+    }
+}
+
+/// JSON errors for what actix-web itself refuses (bad paths, payload limits).
+pub fn json_error(status: StatusCode, message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(serde_json::json!({ "error": message }))
+}

@@ -1,0 +1,39 @@
+//! viewcounter: a live view counter for blog posts, served by one binary.
+//!
+//! A reader's page opens a Server-Sent Events stream per post; opening it is the view, and
+//! every reader of that post is pushed `{live,total}` as people arrive and leave.
+//!
+//! The layout, from the edge inwards:
+//! - [`cli`]: the flags of `serve` and `export` (each also read from `VIEWCOUNTER_*`).
+//! - [`startup`]: [`Application::build`] binds and wires everything once;
+//!   [`Application::run_until`] serves until told to stop, then drains and flushes.
+//! - [`api`]: the `/api/v1` handlers; [`assets`]: the embedded script and demo page.
+//! - [`slug`], [`reader_id`]: input validated once at the edge; [`slug_list`]: which posts
+//!   exist; [`origin`], [`client_ip`], [`limits`]: who may count, and how much.
+//! - [`registry`]: slug → [`post::Post`] actor, woken on the first reader, asleep when idle.
+//! - [`post`]: one actor per post: live readers, total, dedupe, coalesced broadcast.
+//! - [`sse`]: the wire format and the body stream each reader holds.
+//! - [`writer`]: the debounced writer thread, flushing deltas to a [`store::Store`].
+//! - [`store`]: the `Store` trait and its redb implementation.
+//! - [`export`]: `viewcounter export`, from the file or from the running server.
+//! - [`error`]: the one error type of the HTTP layer, answered as JSON.
+
+pub mod api;
+pub mod assets;
+pub mod cli;
+pub mod client_ip;
+pub mod error;
+pub mod export;
+pub mod limits;
+pub mod origin;
+pub mod post;
+pub mod reader_id;
+pub mod registry;
+pub mod slug;
+pub mod slug_list;
+pub mod sse;
+pub mod startup;
+pub mod store;
+pub mod writer;
+
+pub use startup::Application;

@@ -1,0 +1,320 @@
+//! One actor per post that has readers: live readers, total, dedupe memory, and the coalesced
+//! broadcast of `{live,total}` to every open stream of that post.
+//!
+//! Inputs are plain messages ([`Join`], [`Leave`], [`Depart`], [`GetCounts`]) and the output
+//! is a `watch` channel of encoded events, so a bus can later feed remote nodes' counts in.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::reader_id::ReaderKey;
+use crate::registry::Registry;
+use crate::slug::Slug;
+use crate::sse;
+
+/// Readers get at most one update per this interval; the newest state wins.
+pub const MIN_BROADCAST_INTERVAL: Duration = Duration::from_millis(250);
+/// A post with no readers and nothing to remember sleeps after this long.
+pub const IDLE_GRACE: Duration = Duration::from_secs(5);
+
+/// What every reader of a post sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Counts {
+    pub live: u64,
+    pub total: u64,
+}
+
+/// The post is going to sleep; ask the registry for a fresh actor.
+#[derive(Debug, Clone, Copy)]
+pub struct Asleep;
+
+/// A stream opens.
+#[derive(Debug, Clone, Copy)]
+pub struct Join {
+    pub reader: ReaderKey,
+    /// False when the view must not count (bot, rate limit): dedupe still decides otherwise.
+    pub may_count: bool,
+    /// False for bots: they get numbers but are not live readers.
+    pub is_reader: bool,
+}
+
+/// What a joining stream needs: its first numbers, the updates after them, and the epoch its
+/// departure must quote.
+pub struct Joined {
+    pub counts: Counts,
+    pub counted: bool,
+    pub updates: watch::Receiver<Bytes>,
+    pub epoch: u32,
+}
+
+impl Message for Join {
+    type Result = Result<Joined, Asleep>;
+}
+
+/// A `sendBeacon` leave: every stream this reader has open stops counting as live.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Leave {
+    pub reader: ReaderKey,
+}
+
+/// A stream closed. `epoch` tells whether a beacon already took it off the live count.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Depart {
+    pub reader: ReaderKey,
+    pub epoch: u32,
+    pub is_reader: bool,
+}
+
+/// The current numbers, counting nothing.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<Counts, Asleep>")]
+pub struct GetCounts;
+
+/// One reader id's open streams on this post.
+struct Reader {
+    open: u32,
+    /// Open streams still counted as live (not yet beaconed away).
+    live: u32,
+    /// Bumped by each beacon; streams opened before it no longer count on departure.
+    epoch: u32,
+}
+
+/// Reader ids counted within the dedupe window, oldest first.
+struct Dedupe {
+    window: Duration,
+    seen: HashSet<ReaderKey>,
+    order: VecDeque<(Instant, ReaderKey)>,
+}
+
+impl Dedupe {
+    /// True when the reader id was not counted within the window (and is now).
+    fn first_time(&mut self, reader: ReaderKey, now: Instant) -> bool {
+        self.expire(now);
+        if self.window.is_zero() || !self.seen.insert(reader) {
+            return self.window.is_zero();
+        }
+        self.order.push_back((now, reader));
+        true
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(at, key)) = self.order.front() {
+            if now.duration_since(at) < self.window {
+                break;
+            }
+            self.order.pop_front();
+            self.seen.remove(&key);
+        }
+    }
+
+    fn next_expiry(&self) -> Option<Instant> {
+        self.order.front().map(|&(at, _)| at + self.window)
+    }
+}
+
+pub struct Post {
+    slug: Slug,
+    registry: Arc<Registry>,
+    counts: Counts,
+    readers: HashMap<ReaderKey, Reader>,
+    /// Streams served numbers without being readers (bots).
+    observers: u32,
+    dedupe: Dedupe,
+    updates: watch::Sender<Bytes>,
+    last_broadcast: Option<Instant>,
+    broadcast_pending: bool,
+    housekeeping: Option<SpawnHandle>,
+    sleeping: bool,
+}
+
+impl Post {
+    pub fn new(slug: Slug, total: u64, registry: Arc<Registry>, dedupe_window: Duration) -> Self {
+        let counts = Counts { live: 0, total };
+        Self {
+            slug,
+            registry,
+            counts,
+            readers: HashMap::new(),
+            observers: 0,
+            dedupe: Dedupe {
+                window: dedupe_window,
+                seen: HashSet::new(),
+                order: VecDeque::new(),
+            },
+            updates: watch::Sender::new(sse::counts_event(counts)),
+            last_broadcast: None,
+            broadcast_pending: false,
+            housekeeping: None,
+            sleeping: false,
+        }
+    }
+
+    /// Sends the new numbers now if the post has been quiet, otherwise once the interval since
+    /// the last broadcast has passed; changes in between merge into that one event.
+    fn changed(&mut self, ctx: &mut Context<Self>) {
+        if self.broadcast_pending {
+            return;
+        }
+        let now = Instant::now();
+        let ready_at = self
+            .last_broadcast
+            .map_or(now, |at| at + MIN_BROADCAST_INTERVAL);
+        if ready_at <= now {
+            self.broadcast(now);
+        } else {
+            self.broadcast_pending = true;
+            ctx.run_later(ready_at - now, |post, _| {
+                post.broadcast_pending = false;
+                post.broadcast(Instant::now());
+            });
+        }
+    }
+
+    fn broadcast(&mut self, now: Instant) {
+        self.last_broadcast = Some(now);
+        // Encoded once; every reader's stream shares these bytes.
+        self.updates.send_replace(sse::counts_event(self.counts));
+    }
+
+    fn is_idle(&self) -> bool {
+        self.readers.is_empty() && self.observers == 0 && self.dedupe.seen.is_empty()
+    }
+
+    /// Arms the one timer that expires dedupe entries and puts an idle post to sleep.
+    fn schedule_housekeeping(&mut self, ctx: &mut Context<Self>) {
+        if self.housekeeping.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        let at = match self.dedupe.next_expiry() {
+            Some(expiry) => expiry,
+            None if self.is_idle() => now + IDLE_GRACE,
+            None => return,
+        };
+        let handle = ctx.run_later(at.saturating_duration_since(now), |post, ctx| {
+            post.housekeeping = None;
+            post.dedupe.expire(Instant::now());
+            if post.is_idle() {
+                post.sleep(ctx);
+            } else {
+                post.schedule_housekeeping(ctx);
+            }
+        });
+        self.housekeeping = Some(handle);
+    }
+
+    fn sleep(&mut self, ctx: &mut Context<Self>) {
+        self.sleeping = true;
+        self.registry.forget(&self.slug, &ctx.address());
+        ctx.stop();
+    }
+}
+
+impl Actor for Post {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // A post woken only to be counted by a bot or refused by the rate limit still sleeps.
+        self.schedule_housekeeping(ctx);
+    }
+}
+
+impl Handler<Join> for Post {
+    type Result = Result<Joined, Asleep>;
+
+    fn handle(&mut self, join: Join, ctx: &mut Context<Self>) -> Self::Result {
+        if self.sleeping {
+            return Err(Asleep);
+        }
+        let counted = join.may_count && self.dedupe.first_time(join.reader, Instant::now());
+        if counted {
+            self.counts.total += 1;
+            self.registry.writer().add_view(&self.slug);
+        }
+        let mut epoch = 0;
+        if join.is_reader {
+            let reader = self.readers.entry(join.reader).or_insert(Reader {
+                open: 0,
+                live: 0,
+                epoch: 0,
+            });
+            reader.open += 1;
+            reader.live += 1;
+            epoch = reader.epoch;
+            self.counts.live += 1;
+        } else {
+            self.observers += 1;
+        }
+        if counted || join.is_reader {
+            self.changed(ctx);
+        }
+        self.schedule_housekeeping(ctx);
+        Ok(Joined {
+            counts: self.counts,
+            counted,
+            updates: self.updates.subscribe(),
+            epoch,
+        })
+    }
+}
+
+impl Handler<Leave> for Post {
+    type Result = ();
+
+    fn handle(&mut self, leave: Leave, ctx: &mut Context<Self>) {
+        let Some(reader) = self.readers.get_mut(&leave.reader) else {
+            return;
+        };
+        reader.epoch = reader.epoch.wrapping_add(1);
+        if reader.live > 0 {
+            self.counts.live -= u64::from(reader.live);
+            reader.live = 0;
+            self.changed(ctx);
+        }
+    }
+}
+
+impl Handler<Depart> for Post {
+    type Result = ();
+
+    fn handle(&mut self, depart: Depart, ctx: &mut Context<Self>) {
+        if !depart.is_reader {
+            self.observers = self.observers.saturating_sub(1);
+        } else if let Some(reader) = self.readers.get_mut(&depart.reader) {
+            reader.open = reader.open.saturating_sub(1);
+            let was_live = reader.epoch == depart.epoch && reader.live > 0;
+            if was_live {
+                reader.live -= 1;
+            }
+            if reader.open == 0 {
+                self.readers.remove(&depart.reader);
+            }
+            if was_live {
+                self.counts.live -= 1;
+                self.changed(ctx);
+            }
+        }
+        if self.is_idle() {
+            self.schedule_housekeeping(ctx);
+        }
+    }
+}
+
+impl Handler<GetCounts> for Post {
+    type Result = Result<Counts, Asleep>;
+
+    fn handle(&mut self, _: GetCounts, _: &mut Context<Self>) -> Self::Result {
+        if self.sleeping {
+            Err(Asleep)
+        } else {
+            Ok(self.counts)
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Reader ids ("view tokens"): one per page view, chosen by the script or by the server.
+
+use std::fmt;
+use std::hash::BuildHasher;
+use std::sync::OnceLock;
+
+pub const MIN_LEN: usize = 16;
+pub const MAX_LEN: usize = 64;
+
+/// A validated reader id: 16–64 characters of `[A-Za-z0-9_-]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReaderId(String);
+
+/// A reader id reduced to 64 keyed-hash bits: what post actors keep in memory, so a reader
+/// costs a few bytes whatever the length of its id. The key is random per process, so a
+/// client cannot craft colliding ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ReaderKey(u64);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("reader id must be {MIN_LEN}-{MAX_LEN} characters of A-Z, a-z, 0-9, '_' and '-'")]
+pub struct ReaderIdError;
+
+impl ReaderId {
+    pub fn parse(raw: &str) -> Result<Self, ReaderIdError> {
+        let ok_len = (MIN_LEN..=MAX_LEN).contains(&raw.len());
+        let ok_chars = raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if ok_len && ok_chars {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(ReaderIdError)
+        }
+    }
+
+    /// A fresh random id (128 bits, URL-safe base64) for clients that sent none.
+    pub fn generate() -> Self {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut bytes = [0u8; 16];
+        // The OS RNG failing is not recoverable in any useful way; fall back to a hashed
+        // counter so the id is still unique within this process.
+        if getrandom::fill(&mut bytes).is_err() {
+            static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            bytes[..8].copy_from_slice(&hasher().hash_one(n).to_le_bytes());
+            bytes[8..].copy_from_slice(&n.to_le_bytes());
+        }
+        let id = bytes
+            .iter()
+            .map(|b| ALPHABET[usize::from(b & 63)] as char)
+            .chain(
+                bytes
+                    .iter()
+                    .take(6)
+                    .map(|b| ALPHABET[usize::from(b >> 2)] as char),
+            )
+            .collect();
+        Self(id)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn key(&self) -> ReaderKey {
+        ReaderKey(hasher().hash_one(self.0.as_bytes()))
+    }
+}
+
+fn hasher() -> &'static std::hash::RandomState {
+    static STATE: OnceLock<std::hash::RandomState> = OnceLock::new();
+    STATE.get_or_init(std::hash::RandomState::new)
+}
+
+impl fmt::Debug for ReaderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_are_valid_and_distinct() {
+        let a = ReaderId::generate();
+        let b = ReaderId::generate();
+        assert!(ReaderId::parse(a.as_str()).is_ok(), "{a:?}");
+        assert_ne!(a, b);
+        assert_ne!(a.key(), b.key());
+    }
+
+    #[test]
+    fn refuses_short_long_and_foreign_characters() {
+        for bad in [
+            "",
+            "short",
+            &"a".repeat(65),
+            "abcdefghijklmnop!",
+            "abcdefgh ijklmnop",
+        ] {
+            assert!(ReaderId::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(ReaderId::parse("abcdefghijklmnop").is_ok());
+        assert!(ReaderId::parse(&"Z_-9".repeat(16)).is_ok());
+    }
+}

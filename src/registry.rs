@@ -1,0 +1,127 @@
+//! The registry: slug → the address of that post's actor, waking posts on demand.
+//!
+//! A post removes itself when it goes to sleep; a message that reaches it in between is
+//! answered [`Asleep`](crate::post::Asleep) (or its mailbox is closed), and the caller asks the
+//! registry again, which wakes a fresh actor with the total the writer holds.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use crate::error::ApiError;
+use crate::post::{Counts, GetCounts, Join, Joined, Leave, Post};
+use crate::slug::Slug;
+use crate::writer::{Admission, Loaded, Writer};
+
+pub struct Registry {
+    posts: Mutex<HashMap<Slug, Addr<Post>>>,
+    writer: Writer,
+    dedupe_window: Duration,
+}
+
+impl Registry {
+    pub fn new(writer: Writer, dedupe_window: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            posts: Mutex::new(HashMap::new()),
+            writer,
+            dedupe_window,
+        })
+    }
+
+    pub fn writer(&self) -> &Writer {
+        &self.writer
+    }
+
+    /// Posts awake right now.
+    pub fn awake(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Opens a stream on the post, waking it if needed.
+    pub async fn join(
+        self: &Arc<Self>,
+        slug: &Slug,
+        admission: Admission,
+        join: Join,
+    ) -> Result<(Addr<Post>, Joined), ApiError> {
+        loop {
+            let addr = self.wake(slug, admission).await?;
+            match addr.send(join).await {
+                Ok(Ok(joined)) => return Ok((addr, joined)),
+                // Went to sleep meanwhile: it has left the map, so the next turn wakes a new one.
+                Ok(Err(_)) | Err(MailboxError::Closed) => self.forget(slug, &addr),
+                Err(MailboxError::Timeout) => {
+                    return Err(ApiError::Internal(format!("post {slug} did not answer")));
+                }
+            }
+        }
+    }
+
+    /// The numbers of a post without waking it: a sleeping post has no live readers.
+    pub async fn counts(&self, slug: &Slug) -> Result<Counts, ApiError> {
+        if let Some(addr) = self.lookup(slug)
+            && let Ok(Ok(counts)) = addr.send(GetCounts).await
+        {
+            return Ok(counts);
+        }
+        match self.writer.load(slug, Admission::ReadOnly).await {
+            Ok(Loaded::Total(total)) => Ok(Counts { live: 0, total }),
+            Ok(Loaded::Refused) => Ok(Counts::default()),
+            Err(e) => Err(ApiError::Internal(e.to_string())),
+        }
+    }
+
+    /// Delivers a beacon leave to the post if it is awake; a sleeping post has nobody to lose.
+    pub fn leave(&self, slug: &Slug, leave: Leave) {
+        if let Some(addr) = self.lookup(slug) {
+            addr.do_send(leave);
+        }
+    }
+
+    /// Called by a post going to sleep; removes it only if it is still the registered actor.
+    pub fn forget(&self, slug: &Slug, addr: &Addr<Post>) {
+        let mut posts = self.lock();
+        if posts.get(slug) == Some(addr) {
+            posts.remove(slug);
+        }
+    }
+
+    fn lookup(&self, slug: &Slug) -> Option<Addr<Post>> {
+        self.lock().get(slug).cloned()
+    }
+
+    async fn wake(
+        self: &Arc<Self>,
+        slug: &Slug,
+        admission: Admission,
+    ) -> Result<Addr<Post>, ApiError> {
+        if let Some(addr) = self.lookup(slug) {
+            return Ok(addr);
+        }
+        let total = match self.writer.load(slug, admission).await {
+            Ok(Loaded::Total(total)) => total,
+            Ok(Loaded::Refused) => {
+                let Admission::UpTo(cap) = admission else {
+                    unreachable!("only caps refuse")
+                };
+                return Err(ApiError::SlugCapReached(cap));
+            }
+            Err(e) => return Err(ApiError::Internal(e.to_string())),
+        };
+        let mut posts = self.lock();
+        // Another request may have woken it while we loaded.
+        if let Some(addr) = posts.get(slug) {
+            return Ok(addr.clone());
+        }
+        let addr = Post::new(slug.clone(), total, Arc::clone(self), self.dedupe_window).start();
+        posts.insert(slug.clone(), addr.clone());
+        Ok(addr)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Slug, Addr<Post>>> {
+        // The map stays consistent even if a holder panicked: every critical section is one call.
+        self.posts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}

@@ -1,0 +1,272 @@
+//! Building and running the server: open the store, start the writer and the shared state
+//! once, then `HttpServer` on a listener; stop by draining streams and flushing totals.
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_cors::Cors;
+use actix_web::http::{StatusCode, header};
+use actix_web::{App, HttpServer, web};
+use tokio::sync::watch;
+
+use crate::api::{self, AppState};
+use crate::assets;
+use crate::cli::ServeArgs;
+use crate::client_ip::TrustedProxies;
+use crate::error::json_error;
+use crate::limits::{StreamLimits, ViewRate, raise_fd_limit};
+use crate::origin::OriginPolicy;
+use crate::registry::Registry;
+use crate::slug_list::{POLL_INTERVAL, SlugList, SlugPolicy};
+use crate::sse::Signals;
+use crate::store::{RedbStore, StoreError};
+use crate::writer::{FlushPolicy, Writer};
+
+/// How long in-flight requests get to finish once streams were told to go.
+const SHUTDOWN_GRACE_SECS: u64 = 5;
+/// A client must finish its request head within this time or is dropped.
+const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Probes that find a peer that vanished without FIN or RST.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(20);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_RETRIES: u32 = 4;
+/// Unacknowledged data (a heartbeat to a dead peer) gives up after this long.
+const USER_TIMEOUT: Duration = Duration::from_secs(45);
+const RATE_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot open the database: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("final flush failed, recent views may be lost: {0}")]
+    Flush(String),
+}
+
+/// A server bound to its port, not yet serving until [`Application::run_until`].
+pub struct Application {
+    server: actix_web::dev::Server,
+    addr: SocketAddr,
+    state: web::Data<AppState>,
+    shutdown: watch::Sender<bool>,
+    heartbeat: watch::Sender<()>,
+    heartbeat_every: Duration,
+}
+
+impl Application {
+    pub async fn build(args: ServeArgs) -> Result<Self, StartError> {
+        args.validate().map_err(StartError::Config)?;
+        let listener = TcpListener::bind(args.listen).map_err(|source| StartError::Bind {
+            addr: args.listen,
+            source,
+        })?;
+        Self::build_with_listener(args, listener).await
+    }
+
+    pub async fn build_with_listener(
+        args: ServeArgs,
+        listener: TcpListener,
+    ) -> Result<Self, StartError> {
+        args.validate().map_err(StartError::Config)?;
+        let fd_room = raise_fd_limit();
+        let capacity = args.max_streams.unwrap_or(fd_room as usize);
+        let store = RedbStore::open(&args.db)?;
+        let policy = FlushPolicy {
+            after: args.flush_after,
+            max_wait: args.flush_max_wait,
+        };
+        let writer = Writer::spawn(Box::new(store), policy)?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (heartbeat, heartbeat_rx) = watch::channel(());
+        let state = web::Data::new(AppState {
+            registry: Registry::new(writer, args.dedupe_window),
+            slugs: slug_policy(&args),
+            origins: OriginPolicy::new(&args.allow_origins).map_err(StartError::Config)?,
+            proxies: TrustedProxies::new(args.trusted_proxies.clone()),
+            limits: StreamLimits::new(args.ip_stream_limit, capacity),
+            view_rate: ViewRate::new(args.ip_view_rate),
+            bots: (!args.count_bots).then(isbot::Bots::default),
+            admin_token: args.admin_token.clone(),
+            signals: Signals {
+                heartbeat: heartbeat_rx,
+                shutdown: shutdown_rx,
+            },
+        });
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, capacity, "stream capacity (from the open-files limit unless --max-streams)");
+        let server = http_server(state.clone(), listener)?;
+        Ok(Self {
+            server,
+            addr,
+            state,
+            shutdown,
+            heartbeat,
+            heartbeat_every: args.heartbeat,
+        })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Serves until `stop` completes, then: streams end with a `retry:` hint, the listener
+    /// closes, in-flight requests finish, and every pending total is written.
+    pub async fn run_until(self, stop: impl Future<Output = ()>) -> Result<(), StartError> {
+        let Self {
+            server,
+            state,
+            shutdown,
+            heartbeat,
+            heartbeat_every,
+            ..
+        } = self;
+        let handle = server.handle();
+        let background = spawn_background(&state, heartbeat, heartbeat_every);
+        let mut server = std::pin::pin!(server);
+        let served = tokio::select! {
+            res = &mut server => res,
+            () = stop => {
+                tracing::info!("shutting down: closing streams, then writing totals");
+                shutdown.send_replace(true);
+                let stopping = handle.stop(true);
+                let (_, res) = tokio::join!(stopping, &mut server);
+                res
+            }
+        };
+        for task in background {
+            task.abort();
+        }
+        let flushed = state.registry.writer().shutdown().await;
+        served?;
+        flushed.map_err(|e| StartError::Flush(e.to_string()))?;
+        tracing::info!("totals written; bye");
+        Ok(())
+    }
+}
+
+fn slug_policy(args: &ServeArgs) -> SlugPolicy {
+    if args.allow_any_slug {
+        SlugPolicy::Any {
+            max: args.max_slugs,
+        }
+    } else {
+        SlugPolicy::Listed(SlugList::load(&args.slugs))
+    }
+}
+
+fn http_server(
+    state: web::Data<AppState>,
+    listener: TcpListener,
+) -> std::io::Result<actix_web::dev::Server> {
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(cors(&state.origins))
+            .service(web::scope("/api/v1").configure(api::routes))
+            .route("/counter.js", web::get().to(assets::counter_js))
+            .route("/healthz", web::get().to(api::healthz))
+            .route("/", web::get().to(assets::index))
+            .default_service(web::to(|| async {
+                json_error(StatusCode::NOT_FOUND, "not found")
+            }))
+    })
+    .on_connect(tune_socket)
+    // A client that closes its side is gone: notice it now, not at the next heartbeat.
+    .h1_allow_half_closed(false)
+    .client_request_timeout(REQUEST_HEAD_TIMEOUT)
+    .backlog(4096)
+    .shutdown_timeout(SHUTDOWN_GRACE_SECS)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+
+fn cors(origins: &OriginPolicy) -> Cors {
+    let origins = origins.clone();
+    Cors::default()
+        .allowed_origin_fn(move |origin, _| origins.is_listed(origin.as_bytes()))
+        .allowed_methods(["GET", "POST"])
+        .allowed_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            header::HeaderName::from_static("last-event-id"),
+        ])
+        // Refusals are answered by the handlers, as JSON and before anything is counted.
+        .block_on_origin_mismatch(false)
+        .max_age(86_400)
+}
+
+/// Keepalive probes and a user timeout, so a reader whose network vanished is dropped.
+fn tune_socket(conn: &dyn std::any::Any, _: &mut actix_web::dev::Extensions) {
+    let Some(stream) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() else {
+        return;
+    };
+    let sock = socket2::SockRef::from(stream);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    let _ = sock.set_tcp_keepalive(&keepalive);
+    let _ = sock.set_tcp_user_timeout(Some(USER_TIMEOUT));
+    let _ = sock.set_tcp_nodelay(true);
+}
+
+/// The heartbeat shared by all streams, the allow-list watcher and limit bookkeeping.
+fn spawn_background(
+    state: &web::Data<AppState>,
+    heartbeat: watch::Sender<()>,
+    every: Duration,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = vec![actix_web::rt::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            heartbeat.send_replace(());
+        }
+    })];
+    let st = state.clone();
+    tasks.push(actix_web::rt::spawn(async move {
+        let mut tick = tokio::time::interval(RATE_PRUNE_INTERVAL);
+        loop {
+            tick.tick().await;
+            st.view_rate.prune();
+        }
+    }));
+    if let SlugPolicy::Listed(list) = &state.slugs {
+        tasks.push(watch_slug_list(Arc::clone(list)));
+    }
+    tasks
+}
+
+/// Re-reads the allow-list when its file changes, and on SIGHUP.
+fn watch_slug_list(list: Arc<SlugList>) -> tokio::task::JoinHandle<()> {
+    actix_web::rt::spawn(async move {
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut poll = tokio::time::interval(POLL_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = poll.tick() => list.reload_if_changed(),
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    tracing::info!("SIGHUP: reloading the allow-list");
+                    list.reload();
+                }
+            }
+        }
+    })
+}

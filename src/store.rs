@@ -1,0 +1,218 @@
+//! Where all-time totals live. The writer talks to a [`Store`] in deltas ("alpha +17") so that
+//! a shared engine that adds atomically (Redis `INCRBY`, SQL `total = total + $1`) can replace
+//! the embedded redb file without touching the rest.
+
+use std::path::Path;
+
+use redb::{
+    Database, DatabaseError, ReadOnlyDatabase, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, TableDefinition,
+};
+
+/// Views per post: slug → all-time total.
+const TOTALS: TableDefinition<&str, u64> = TableDefinition::new("totals");
+/// Format bookkeeping, so a later version can migrate the file.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const SCHEMA_VERSION_KEY: &str = "schema_version";
+pub const SCHEMA_VERSION: u64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path} is held by another process (is a server running on it?)")]
+    Locked { path: String },
+    #[error("{path} is not a viewcounter database: {reason}")]
+    Foreign { path: String, reason: String },
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+impl StoreError {
+    fn storage(e: impl std::fmt::Display) -> Self {
+        Self::Storage(e.to_string())
+    }
+}
+
+/// Persistent totals. Implementations are used from one blocking thread (the writer's).
+pub trait Store: Send + 'static {
+    /// The stored total of one post, `None` when it has no row.
+    fn load(&self, slug: &str) -> Result<Option<u64>, StoreError>;
+    /// Adds every delta in one atomic, durable step.
+    fn add(&mut self, batch: &[(&str, u64)]) -> Result<(), StoreError>;
+    /// Every stored total, sorted by slug.
+    fn totals(&self) -> Result<Vec<(String, u64)>, StoreError>;
+    /// How many posts have a row.
+    fn row_count(&self) -> Result<u64, StoreError>;
+}
+
+/// The embedded store: one redb file, one write transaction (one fsync) per batch.
+pub struct RedbStore {
+    db: Database,
+}
+
+impl RedbStore {
+    /// Opens or creates the file; refuses a file that is not ours or of a newer schema.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Foreign {
+                path: path.display().to_string(),
+                reason: format!("cannot create directory {}: {e}", dir.display()),
+            })?;
+        }
+        let db = Database::builder()
+            .set_check_integrity_on_open(true)
+            .create(path)
+            .map_err(|e| open_error(path, e))?;
+        let store = Self { db };
+        store.check_schema(path)?;
+        Ok(store)
+    }
+
+    fn check_schema(&self, path: &Path) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(StoreError::storage)?;
+        {
+            let mut meta = txn.open_table(META).map_err(StoreError::storage)?;
+            let found = meta
+                .get(SCHEMA_VERSION_KEY)
+                .map_err(StoreError::storage)?
+                .map(|v| v.value());
+            match found {
+                Some(SCHEMA_VERSION) => {}
+                Some(other) => {
+                    return Err(StoreError::Foreign {
+                        path: path.display().to_string(),
+                        reason: format!(
+                            "schema version {other}, this build reads {SCHEMA_VERSION}"
+                        ),
+                    });
+                }
+                None => {
+                    meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)
+                        .map_err(StoreError::storage)?;
+                }
+            }
+            txn.open_table(TOTALS).map_err(StoreError::storage)?;
+        }
+        txn.commit().map_err(StoreError::storage)
+    }
+}
+
+impl Store for RedbStore {
+    fn load(&self, slug: &str) -> Result<Option<u64>, StoreError> {
+        let txn = self.db.begin_read().map_err(StoreError::storage)?;
+        let table = txn.open_table(TOTALS).map_err(StoreError::storage)?;
+        Ok(table
+            .get(slug)
+            .map_err(StoreError::storage)?
+            .map(|v| v.value()))
+    }
+
+    fn add(&mut self, batch: &[(&str, u64)]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(StoreError::storage)?;
+        {
+            let mut table = txn.open_table(TOTALS).map_err(StoreError::storage)?;
+            for &(slug, delta) in batch {
+                let old = table
+                    .get(slug)
+                    .map_err(StoreError::storage)?
+                    .map_or(0, |v| v.value());
+                table
+                    .insert(slug, old.saturating_add(delta))
+                    .map_err(StoreError::storage)?;
+            }
+        }
+        txn.commit().map_err(StoreError::storage)
+    }
+
+    fn totals(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let txn = self.db.begin_read().map_err(StoreError::storage)?;
+        let table = txn.open_table(TOTALS).map_err(StoreError::storage)?;
+        read_all(&table)
+    }
+
+    fn row_count(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(StoreError::storage)?;
+        let table = txn.open_table(TOTALS).map_err(StoreError::storage)?;
+        table.len().map_err(StoreError::storage)
+    }
+}
+
+/// Reads the totals of a file no server holds, without creating or changing anything.
+pub fn read_totals_offline(path: &Path) -> Result<Vec<(String, u64)>, StoreError> {
+    let db = ReadOnlyDatabase::open(path).map_err(|e| open_error(path, e))?;
+    let txn = db.begin_read().map_err(StoreError::storage)?;
+    match txn.open_table(TOTALS) {
+        Ok(table) => read_all(&table),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(Vec::new()),
+        Err(e) => Err(StoreError::storage(e)),
+    }
+}
+
+fn read_all(
+    table: &impl ReadableTable<&'static str, u64>,
+) -> Result<Vec<(String, u64)>, StoreError> {
+    let mut rows = Vec::new();
+    for row in table.iter().map_err(StoreError::storage)? {
+        let (slug, total) = row.map_err(StoreError::storage)?;
+        rows.push((slug.value().to_owned(), total.value()));
+    }
+    Ok(rows)
+}
+
+fn open_error(path: &Path, e: DatabaseError) -> StoreError {
+    let path = path.display().to_string();
+    match e {
+        DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path },
+        DatabaseError::Storage(redb::StorageError::Io(io))
+            if io.kind() == std::io::ErrorKind::NotFound =>
+        {
+            StoreError::Storage(format!("no database at {path}"))
+        }
+        other => StoreError::Foreign {
+            path,
+            reason: other.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deltas_add_up_across_batches_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        {
+            let mut store = RedbStore::open(&path).unwrap();
+            store.add(&[("b", 2), ("a", 1)]).unwrap();
+            store.add(&[("a", 3)]).unwrap();
+            assert_eq!(store.load("a").unwrap(), Some(4));
+            assert_eq!(store.load("zzz").unwrap(), None);
+            assert_eq!(store.row_count().unwrap(), 2);
+        }
+        let rows = read_totals_offline(&path).unwrap();
+        assert_eq!(rows, vec![("a".to_owned(), 4), ("b".to_owned(), 2)]);
+    }
+
+    #[test]
+    fn a_foreign_file_is_refused_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("foreign.redb");
+        std::fs::write(
+            &path,
+            b"this is not a redb file, just some text".repeat(200),
+        )
+        .unwrap();
+        let err = RedbStore::open(&path).err().expect("must refuse");
+        assert!(matches!(err, StoreError::Foreign { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_held_file_is_reported_as_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("held.redb");
+        let _server = RedbStore::open(&path).unwrap();
+        let err = read_totals_offline(&path).expect_err("must refuse");
+        assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    }
+}

@@ -1,0 +1,296 @@
+//! The debounced writer: one thread that owns the [`Store`], gathers counted views as deltas
+//! and commits every dirty post in one transaction once a post has been quiet for
+//! `flush_after`, or `flush_max_wait` after its first unwritten view, whichever comes first.
+//!
+//! Store calls block, so they run here and never on the async threads. Answers to loads and
+//! totals include views not yet written, so callers always see exact numbers.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::slug::Slug;
+use crate::store::{Store, StoreError};
+
+/// How long a failing flush waits before it is tried again, at the least.
+const MIN_RETRY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy)]
+pub struct FlushPolicy {
+    pub after: Duration,
+    pub max_wait: Duration,
+}
+
+/// Whether a load may admit a post that has no row yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Allow-listed posts: always.
+    Listed,
+    /// Any well-formed slug, while fewer than this many posts exist.
+    UpTo(u64),
+    /// Only read; never admits anything (count queries).
+    ReadOnly,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loaded {
+    Total(u64),
+    /// `Admission::UpTo` cap reached and the post is new.
+    Refused,
+}
+
+enum Command {
+    Add(Slug, u64),
+    Load(Slug, Admission, oneshot::Sender<Result<Loaded, StoreError>>),
+    /// The post's actor went to sleep: a post admitted but never viewed frees its place.
+    Release(Slug),
+    Totals(oneshot::Sender<Result<Vec<(String, u64)>, StoreError>>),
+    Shutdown(oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// Handle to the writer thread; cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Command>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriterError {
+    #[error("the writer has stopped")]
+    Stopped,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Writer {
+    /// Starts the thread. `store` has been opened by the caller so that open errors surface
+    /// before the server binds.
+    pub fn spawn(store: Box<dyn Store>, policy: FlushPolicy) -> Result<Self, std::io::Error> {
+        let (tx, rx) = mpsc::channel();
+        let rows = store.row_count().unwrap_or(0);
+        thread::Builder::new()
+            .name("viewcounter-writer".into())
+            .spawn(move || State::new(store, policy, rows).run(rx))?;
+        Ok(Self { tx })
+    }
+
+    /// Records one counted view; never blocks.
+    pub fn add_view(&self, slug: &Slug) {
+        // A stopped writer only happens during shutdown, after the final flush.
+        let _ = self.tx.send(Command::Add(slug.clone(), 1));
+    }
+
+    pub fn release(&self, slug: &Slug) {
+        let _ = self.tx.send(Command::Release(slug.clone()));
+    }
+
+    /// The post's total including unwritten views.
+    pub async fn load(&self, slug: &Slug, admission: Admission) -> Result<Loaded, WriterError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Load(slug.clone(), admission, reply))?;
+        Ok(rx.await.map_err(|_| WriterError::Stopped)??)
+    }
+
+    /// Every total including unwritten views, sorted by slug.
+    pub async fn totals(&self) -> Result<Vec<(String, u64)>, WriterError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Totals(reply))?;
+        Ok(rx.await.map_err(|_| WriterError::Stopped)??)
+    }
+
+    /// Writes everything pending and stops the thread.
+    pub async fn shutdown(&self) -> Result<(), WriterError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Shutdown(reply))?;
+        Ok(rx.await.map_err(|_| WriterError::Stopped)??)
+    }
+
+    fn send(&self, cmd: Command) -> Result<(), WriterError> {
+        self.tx.send(cmd).map_err(|_| WriterError::Stopped)
+    }
+}
+
+/// Views of one post not yet written.
+struct Pending {
+    delta: u64,
+    first: Instant,
+    last: Instant,
+}
+
+struct State {
+    store: Box<dyn Store>,
+    policy: FlushPolicy,
+    pending: HashMap<Slug, Pending>,
+    /// Posts admitted under a cap that have no row and no pending view yet.
+    reserved: HashSet<Slug>,
+    /// Rows in the store, for the `--max-slugs` cap.
+    rows: u64,
+    /// Pending posts that have no row yet.
+    new_rows: u64,
+    /// When to look at the pending set again; never later than the earliest due flush.
+    wake: Option<Instant>,
+    last_failure_log: Option<Instant>,
+}
+
+impl State {
+    fn new(store: Box<dyn Store>, policy: FlushPolicy, rows: u64) -> Self {
+        Self {
+            store,
+            policy,
+            pending: HashMap::new(),
+            reserved: HashSet::new(),
+            rows,
+            new_rows: 0,
+            wake: None,
+            last_failure_log: None,
+        }
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Command>) {
+        loop {
+            let received = match self.wake {
+                Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+                None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            };
+            match received {
+                Ok(Command::Shutdown(reply)) => {
+                    let _ = reply.send(self.flush());
+                    return;
+                }
+                Ok(cmd) => self.handle(cmd),
+                Err(mpsc::RecvTimeoutError::Timeout) => self.on_wake(),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // Every handle is gone without a shutdown: still write what we have.
+                    if let Err(e) = self.flush() {
+                        tracing::error!(error = %e, "final flush failed");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Add(slug, delta) => self.add(slug, delta),
+            Command::Load(slug, admission, reply) => {
+                let _ = reply.send(self.load(&slug, admission));
+            }
+            Command::Release(slug) => {
+                self.reserved.remove(&slug);
+            }
+            Command::Totals(reply) => {
+                let _ = reply.send(self.totals());
+            }
+            Command::Shutdown(_) => unreachable!("handled in run"),
+        }
+    }
+
+    fn add(&mut self, slug: Slug, delta: u64) {
+        let now = Instant::now();
+        if let Some(p) = self.pending.get_mut(&slug) {
+            p.delta += delta;
+            p.last = now;
+            return;
+        }
+        let had_row =
+            !self.reserved.remove(&slug) && matches!(self.store.load(slug.as_str()), Ok(Some(_)));
+        if !had_row {
+            self.new_rows += 1;
+        }
+        self.pending.insert(
+            slug,
+            Pending {
+                delta,
+                first: now,
+                last: now,
+            },
+        );
+        // A new entry is due no later than `after` from now; older entries keep their own
+        // (earlier or equal) deadlines, so the wake-up stays a lower bound.
+        let due = now + self.policy.after;
+        self.wake = Some(self.wake.map_or(due, |w| w.min(due)));
+    }
+
+    fn load(&mut self, slug: &Slug, admission: Admission) -> Result<Loaded, StoreError> {
+        let pending = self.pending.get(slug).map(|p| p.delta);
+        let stored = self.store.load(slug.as_str())?;
+        if stored.is_some() || pending.is_some() || self.reserved.contains(slug) {
+            return Ok(Loaded::Total(stored.unwrap_or(0) + pending.unwrap_or(0)));
+        }
+        match admission {
+            Admission::Listed | Admission::ReadOnly => Ok(Loaded::Total(0)),
+            Admission::UpTo(cap) => {
+                let known = self.rows + self.new_rows + self.reserved.len() as u64;
+                if known >= cap {
+                    return Ok(Loaded::Refused);
+                }
+                self.reserved.insert(slug.clone());
+                Ok(Loaded::Total(0))
+            }
+        }
+    }
+
+    fn totals(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut all: BTreeMap<String, u64> = self.store.totals()?.into_iter().collect();
+        for (slug, p) in &self.pending {
+            *all.entry(slug.as_str().to_owned()).or_default() += p.delta;
+        }
+        Ok(all.into_iter().collect())
+    }
+
+    fn due(&self, p: &Pending) -> Instant {
+        (p.last + self.policy.after).min(p.first + self.policy.max_wait)
+    }
+
+    fn on_wake(&mut self) {
+        let now = Instant::now();
+        let earliest = self.pending.values().map(|p| self.due(p)).min();
+        match earliest {
+            None => self.wake = None,
+            Some(due) if due > now => self.wake = Some(due),
+            Some(_) => match self.flush() {
+                Ok(()) => self.wake = None,
+                Err(e) => {
+                    self.log_failure(&e, now);
+                    self.wake = Some(now + self.policy.after.max(MIN_RETRY));
+                }
+            },
+        }
+    }
+
+    /// One write transaction for every dirty post; on failure nothing is forgotten.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batch: Vec<(&str, u64)> = self
+            .pending
+            .iter()
+            .map(|(slug, p)| (slug.as_str(), p.delta))
+            .collect();
+        self.store.add(&batch)?;
+        tracing::debug!(posts = batch.len(), "flushed totals");
+        self.rows += self.new_rows;
+        self.new_rows = 0;
+        self.pending.clear();
+        if self.last_failure_log.take().is_some() {
+            tracing::info!("writing totals works again; nothing was lost");
+        }
+        Ok(())
+    }
+
+    /// Logs a failing flush at most once per `max_wait`, so a full disk does not flood logs.
+    fn log_failure(&mut self, e: &StoreError, now: Instant) {
+        let quiet = self
+            .last_failure_log
+            .is_none_or(|at| now.duration_since(at) >= self.policy.max_wait);
+        if quiet {
+            tracing::error!(error = %e, pending_posts = self.pending.len(), "cannot write totals; keeping them in memory and retrying");
+            self.last_failure_log = Some(now);
+        }
+    }
+}
