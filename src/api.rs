@@ -13,7 +13,7 @@ use crate::error::ApiError;
 use crate::limits::{StreamLimits, ViewRate};
 use crate::origin::OriginPolicy;
 use crate::post::{Depart, Join, Leave};
-use crate::reader_id::ReaderId;
+use crate::reader_id::{ReaderId, ReaderIdError};
 use crate::registry::Registry;
 use crate::slug::Slug;
 use crate::slug_list::SlugPolicy;
@@ -141,13 +141,13 @@ async fn leave(
     }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|_| ApiError::BadReaderId(crate::reader_id::ReaderIdError))?;
+        let chunk = chunk.map_err(|_| ApiError::BadBody)?;
         if body.len() + chunk.len() > MAX_BEACON_BYTES {
             return Err(ApiError::BodyTooLarge(MAX_BEACON_BYTES));
         }
         body.extend_from_slice(&chunk);
     }
-    let text = std::str::from_utf8(&body).map_err(|_| crate::reader_id::ReaderIdError)?;
+    let text = std::str::from_utf8(&body).map_err(|_| ReaderIdError)?;
     let reader = ReaderId::parse(text.trim())?;
     state.registry.leave(
         &slug,

@@ -18,8 +18,10 @@ pub enum ApiError {
     BodyTooLarge(usize),
     #[error("unknown post")]
     UnknownPost,
-    #[error("this server counts at most {0} posts")]
-    SlugCapReached(u64),
+    #[error("unknown post (this server counts no more new posts)")]
+    SlugCapReached,
+    #[error("unreadable request body")]
+    BadBody,
     #[error("origin not allowed")]
     OriginNotAllowed,
     #[error("admin token required")]
@@ -50,9 +52,9 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::BadSlug(_) | Self::BadReaderId(_) => StatusCode::BAD_REQUEST,
+            Self::BadSlug(_) | Self::BadReaderId(_) | Self::BadBody => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnknownPost | Self::SlugCapReached(_) => StatusCode::NOT_FOUND,
+            Self::UnknownPost | Self::SlugCapReached => StatusCode::NOT_FOUND,
             Self::OriginNotAllowed => StatusCode::FORBIDDEN,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,

@@ -11,7 +11,8 @@
 //! - [`slug`], [`reader_id`]: input validated once at the edge; [`slug_list`]: which posts
 //!   exist; [`origin`], [`client_ip`], [`limits`]: who may count, and how much.
 //! - [`registry`]: slug → [`post::Post`] actor, woken on the first reader, asleep when idle.
-//! - [`post`]: one actor per post: live readers, total, dedupe, coalesced broadcast.
+//! - [`post`]: one actor per post: coalesced broadcast, sleep when idle; its counting rules
+//!   (live readers, total, dedupe) are [`post_state`], free of actors so they can be tested.
 //! - [`sse`]: the wire format and the body stream each reader holds.
 //! - [`writer`]: the debounced writer thread, flushing deltas to a [`store::Store`].
 //! - [`store`]: the `Store` trait and its redb implementation.
@@ -27,6 +28,7 @@ pub mod export;
 pub mod limits;
 pub mod origin;
 pub mod post;
+pub mod post_state;
 pub mod reader_id;
 pub mod registry;
 pub mod slug;

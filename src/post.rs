@@ -4,7 +4,6 @@
 //! Inputs are plain messages ([`Join`], [`Leave`], [`Depart`], [`GetCounts`]) and the output
 //! is a `watch` channel of encoded events, so a bus can later feed remote nodes' counts in.
 
-use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +11,8 @@ use actix::prelude::*;
 use bytes::Bytes;
 use tokio::sync::watch;
 
+pub use crate::post_state::Counts;
+use crate::post_state::PostState;
 use crate::reader_id::ReaderKey;
 use crate::registry::Registry;
 use crate::slug::Slug;
@@ -21,13 +22,6 @@ use crate::sse;
 pub const MIN_BROADCAST_INTERVAL: Duration = Duration::from_millis(250);
 /// A post with no readers and nothing to remember sleeps after this long.
 pub const IDLE_GRACE: Duration = Duration::from_secs(5);
-
-/// What every reader of a post sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-pub struct Counts {
-    pub live: u64,
-    pub total: u64,
-}
 
 /// The post is going to sleep; ask the registry for a fresh actor.
 #[derive(Debug, Clone, Copy)]
@@ -77,56 +71,10 @@ pub struct Depart {
 #[rtype(result = "Result<Counts, Asleep>")]
 pub struct GetCounts;
 
-/// One reader id's open streams on this post.
-struct Reader {
-    open: u32,
-    /// Open streams still counted as live (not yet beaconed away).
-    live: u32,
-    /// Bumped by each beacon; streams opened before it no longer count on departure.
-    epoch: u32,
-}
-
-/// Reader ids counted within the dedupe window, oldest first.
-struct Dedupe {
-    window: Duration,
-    seen: HashSet<ReaderKey>,
-    order: VecDeque<(Instant, ReaderKey)>,
-}
-
-impl Dedupe {
-    /// True when the reader id was not counted within the window (and is now).
-    fn first_time(&mut self, reader: ReaderKey, now: Instant) -> bool {
-        self.expire(now);
-        if self.window.is_zero() || !self.seen.insert(reader) {
-            return self.window.is_zero();
-        }
-        self.order.push_back((now, reader));
-        true
-    }
-
-    fn expire(&mut self, now: Instant) {
-        while let Some(&(at, key)) = self.order.front() {
-            if now.duration_since(at) < self.window {
-                break;
-            }
-            self.order.pop_front();
-            self.seen.remove(&key);
-        }
-    }
-
-    fn next_expiry(&self) -> Option<Instant> {
-        self.order.front().map(|&(at, _)| at + self.window)
-    }
-}
-
 pub struct Post {
     slug: Slug,
     registry: Arc<Registry>,
-    counts: Counts,
-    readers: HashMap<ReaderKey, Reader>,
-    /// Streams served numbers without being readers (bots).
-    observers: u32,
-    dedupe: Dedupe,
+    state: PostState,
     updates: watch::Sender<Bytes>,
     last_broadcast: Option<Instant>,
     broadcast_pending: bool,
@@ -136,19 +84,12 @@ pub struct Post {
 
 impl Post {
     pub fn new(slug: Slug, total: u64, registry: Arc<Registry>, dedupe_window: Duration) -> Self {
-        let counts = Counts { live: 0, total };
+        let state = PostState::new(total, dedupe_window);
         Self {
             slug,
             registry,
-            counts,
-            readers: HashMap::new(),
-            observers: 0,
-            dedupe: Dedupe {
-                window: dedupe_window,
-                seen: HashSet::new(),
-                order: VecDeque::new(),
-            },
-            updates: watch::Sender::new(sse::counts_event(counts)),
+            updates: watch::Sender::new(sse::counts_event(state.counts())),
+            state,
             last_broadcast: None,
             broadcast_pending: false,
             housekeeping: None,
@@ -180,11 +121,8 @@ impl Post {
     fn broadcast(&mut self, now: Instant) {
         self.last_broadcast = Some(now);
         // Encoded once; every reader's stream shares these bytes.
-        self.updates.send_replace(sse::counts_event(self.counts));
-    }
-
-    fn is_idle(&self) -> bool {
-        self.readers.is_empty() && self.observers == 0 && self.dedupe.seen.is_empty()
+        self.updates
+            .send_replace(sse::counts_event(self.state.counts()));
     }
 
     /// Arms the one timer that expires dedupe entries and puts an idle post to sleep.
@@ -193,15 +131,15 @@ impl Post {
             return;
         }
         let now = Instant::now();
-        let at = match self.dedupe.next_expiry() {
+        let at = match self.state.next_expiry() {
             Some(expiry) => expiry,
-            None if self.is_idle() => now + IDLE_GRACE,
+            None if self.state.is_idle() => now + IDLE_GRACE,
             None => return,
         };
         let handle = ctx.run_later(at.saturating_duration_since(now), |post, ctx| {
             post.housekeeping = None;
-            post.dedupe.expire(Instant::now());
-            if post.is_idle() {
+            post.state.expire(Instant::now());
+            if post.state.is_idle() {
                 post.sleep(ctx);
             } else {
                 post.schedule_housekeeping(ctx);
@@ -233,34 +171,21 @@ impl Handler<Join> for Post {
         if self.sleeping {
             return Err(Asleep);
         }
-        let counted = join.may_count && self.dedupe.first_time(join.reader, Instant::now());
-        if counted {
-            self.counts.total += 1;
+        let joined = self
+            .state
+            .join(join.reader, join.may_count, join.is_reader, Instant::now());
+        if joined.counted {
             self.registry.writer().add_view(&self.slug);
         }
-        let mut epoch = 0;
-        if join.is_reader {
-            let reader = self.readers.entry(join.reader).or_insert(Reader {
-                open: 0,
-                live: 0,
-                epoch: 0,
-            });
-            reader.open += 1;
-            reader.live += 1;
-            epoch = reader.epoch;
-            self.counts.live += 1;
-        } else {
-            self.observers += 1;
-        }
-        if counted || join.is_reader {
+        if joined.changed {
             self.changed(ctx);
         }
         self.schedule_housekeeping(ctx);
         Ok(Joined {
-            counts: self.counts,
-            counted,
+            counts: self.state.counts(),
+            counted: joined.counted,
             updates: self.updates.subscribe(),
-            epoch,
+            epoch: joined.epoch,
         })
     }
 }
@@ -269,13 +194,7 @@ impl Handler<Leave> for Post {
     type Result = ();
 
     fn handle(&mut self, leave: Leave, ctx: &mut Context<Self>) {
-        let Some(reader) = self.readers.get_mut(&leave.reader) else {
-            return;
-        };
-        reader.epoch = reader.epoch.wrapping_add(1);
-        if reader.live > 0 {
-            self.counts.live -= u64::from(reader.live);
-            reader.live = 0;
+        if self.state.leave(leave.reader) {
             self.changed(ctx);
         }
     }
@@ -285,23 +204,13 @@ impl Handler<Depart> for Post {
     type Result = ();
 
     fn handle(&mut self, depart: Depart, ctx: &mut Context<Self>) {
-        if !depart.is_reader {
-            self.observers = self.observers.saturating_sub(1);
-        } else if let Some(reader) = self.readers.get_mut(&depart.reader) {
-            reader.open = reader.open.saturating_sub(1);
-            let was_live = reader.epoch == depart.epoch && reader.live > 0;
-            if was_live {
-                reader.live -= 1;
-            }
-            if reader.open == 0 {
-                self.readers.remove(&depart.reader);
-            }
-            if was_live {
-                self.counts.live -= 1;
-                self.changed(ctx);
-            }
+        if self
+            .state
+            .depart(depart.reader, depart.epoch, depart.is_reader)
+        {
+            self.changed(ctx);
         }
-        if self.is_idle() {
+        if self.state.is_idle() {
             self.schedule_housekeeping(ctx);
         }
     }
@@ -314,7 +223,7 @@ impl Handler<GetCounts> for Post {
         if self.sleeping {
             Err(Asleep)
         } else {
-            Ok(self.counts)
+            Ok(self.state.counts())
         }
     }
 }

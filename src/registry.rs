@@ -102,12 +102,7 @@ impl Registry {
         }
         let total = match self.writer.load(slug, admission).await {
             Ok(Loaded::Total(total)) => total,
-            Ok(Loaded::Refused) => {
-                let Admission::UpTo(cap) = admission else {
-                    unreachable!("only caps refuse")
-                };
-                return Err(ApiError::SlugCapReached(cap));
-            }
+            Ok(Loaded::Refused) => return Err(ApiError::SlugCapReached),
             Err(e) => return Err(ApiError::Internal(e.to_string())),
         };
         let mut posts = self.lock();

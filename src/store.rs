@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use redb::{
-    Database, DatabaseError, ReadOnlyDatabase, ReadableDatabase, ReadableTable,
-    ReadableTableMetadata, TableDefinition,
+    Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
 };
 
 /// Views per post: slug → all-time total.
@@ -136,9 +136,10 @@ impl Store for RedbStore {
     }
 }
 
-/// Reads the totals of a file no server holds, without creating or changing anything.
+/// Reads the totals of a file no server holds, without creating it. Opened for writing so
+/// that a file left by a killed server is repaired rather than refused.
 pub fn read_totals_offline(path: &Path) -> Result<Vec<(String, u64)>, StoreError> {
-    let db = ReadOnlyDatabase::open(path).map_err(|e| open_error(path, e))?;
+    let db = Database::open(path).map_err(|e| open_error(path, e))?;
     let txn = db.begin_read().map_err(StoreError::storage)?;
     match txn.open_table(TOTALS) {
         Ok(table) => read_all(&table),

@@ -157,7 +157,11 @@ impl State {
             };
             match received {
                 Ok(Command::Shutdown(reply)) => {
-                    let _ = reply.send(self.flush());
+                    let flushed = self.flush();
+                    // Close the file before answering, so a process exiting right after
+                    // leaves it cleanly closed.
+                    drop(self);
+                    let _ = reply.send(flushed);
                     return;
                 }
                 Ok(cmd) => self.handle(cmd),

@@ -1,0 +1,296 @@
+//! The counting rules of one post, free of actors and clocks (time is passed in), so they can
+//! be tested exhaustively: live = open reader streams minus those a beacon took away, never
+//! negative; total = views counted, each reader id once per dedupe window.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::reader_id::ReaderKey;
+
+/// What every reader of a post sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Counts {
+    pub live: u64,
+    pub total: u64,
+}
+
+/// The result of a stream opening.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JoinOutcome {
+    /// A view was added to the total.
+    pub counted: bool,
+    /// What the stream must quote when it departs.
+    pub epoch: u32,
+    /// Live or total moved.
+    pub changed: bool,
+}
+
+/// One reader id's open streams on this post.
+#[derive(Debug)]
+struct Reader {
+    open: u32,
+    /// Open streams still counted as live (not yet beaconed away).
+    live: u32,
+    /// Bumped by each beacon; streams opened before it no longer count on departure.
+    epoch: u32,
+}
+
+/// Reader ids counted within the dedupe window, oldest first.
+#[derive(Debug)]
+struct Dedupe {
+    window: Duration,
+    seen: HashSet<ReaderKey>,
+    order: VecDeque<(Instant, ReaderKey)>,
+}
+
+impl Dedupe {
+    /// True when the reader id was not counted within the window (and is now).
+    fn first_time(&mut self, reader: ReaderKey, now: Instant) -> bool {
+        self.expire(now);
+        if self.window.is_zero() {
+            return true;
+        }
+        if !self.seen.insert(reader) {
+            return false;
+        }
+        self.order.push_back((now, reader));
+        true
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(at, key)) = self.order.front() {
+            if now.duration_since(at) < self.window {
+                break;
+            }
+            self.order.pop_front();
+            self.seen.remove(&key);
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct PostState {
+    counts: Counts,
+    readers: HashMap<ReaderKey, Reader>,
+    /// Streams served numbers without being readers (bots).
+    observers: u32,
+    dedupe: Dedupe,
+}
+
+impl PostState {
+    pub fn new(total: u64, dedupe_window: Duration) -> Self {
+        Self {
+            counts: Counts { live: 0, total },
+            readers: HashMap::new(),
+            observers: 0,
+            dedupe: Dedupe {
+                window: dedupe_window,
+                seen: HashSet::new(),
+                order: VecDeque::new(),
+            },
+        }
+    }
+
+    pub fn counts(&self) -> Counts {
+        self.counts
+    }
+
+    /// A stream opens. `may_count` false (bot, rate limit) never counts a view; `is_reader`
+    /// false (bot) is served numbers without being live.
+    pub fn join(
+        &mut self,
+        reader: ReaderKey,
+        may_count: bool,
+        is_reader: bool,
+        now: Instant,
+    ) -> JoinOutcome {
+        let counted = may_count && self.dedupe.first_time(reader, now);
+        if counted {
+            self.counts.total += 1;
+        }
+        if !is_reader {
+            self.observers += 1;
+            return JoinOutcome {
+                counted,
+                epoch: 0,
+                changed: counted,
+            };
+        }
+        let entry = self.readers.entry(reader).or_insert(Reader {
+            open: 0,
+            live: 0,
+            epoch: 0,
+        });
+        entry.open += 1;
+        entry.live += 1;
+        self.counts.live += 1;
+        JoinOutcome {
+            counted,
+            epoch: entry.epoch,
+            changed: true,
+        }
+    }
+
+    /// A beacon: every stream this reader has open stops counting as live. True if live moved.
+    pub fn leave(&mut self, reader: ReaderKey) -> bool {
+        let Some(entry) = self.readers.get_mut(&reader) else {
+            return false;
+        };
+        entry.epoch = entry.epoch.wrapping_add(1);
+        let was_live = u64::from(entry.live);
+        entry.live = 0;
+        self.counts.live -= was_live;
+        was_live > 0
+    }
+
+    /// A stream closed. True if live moved (it had not been beaconed away).
+    pub fn depart(&mut self, reader: ReaderKey, epoch: u32, is_reader: bool) -> bool {
+        if !is_reader {
+            self.observers = self.observers.saturating_sub(1);
+            return false;
+        }
+        let Some(entry) = self.readers.get_mut(&reader) else {
+            return false;
+        };
+        entry.open = entry.open.saturating_sub(1);
+        let was_live = entry.epoch == epoch && entry.live > 0;
+        if was_live {
+            entry.live -= 1;
+            self.counts.live -= 1;
+        }
+        if entry.open == 0 {
+            self.readers.remove(&reader);
+        }
+        was_live
+    }
+
+    /// Forgets reader ids counted longer ago than the dedupe window.
+    pub fn expire(&mut self, now: Instant) {
+        self.dedupe.expire(now);
+    }
+
+    /// When the oldest remembered reader id is forgotten.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.dedupe
+            .order
+            .front()
+            .map(|&(at, _)| at + self.dedupe.window)
+    }
+
+    /// Nobody reads the post and nothing needs remembering: it may sleep.
+    pub fn is_idle(&self) -> bool {
+        self.readers.is_empty() && self.observers == 0 && self.dedupe.seen.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reader_id::ReaderId;
+    use proptest::prelude::*;
+
+    const WINDOW: Duration = Duration::from_secs(1800);
+
+    fn key(i: u8) -> ReaderKey {
+        ReaderId::parse(&format!("reader-{i:0>12}")).unwrap().key()
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A stream opens for reader `n` (a reconnect or duplicate token when `n` was seen).
+        Join {
+            reader: u8,
+            may_count: bool,
+            is_reader: bool,
+        },
+        /// A beacon for reader `n`.
+        Leave { reader: u8 },
+        /// The `n`-th open stream (modulo how many are open) closes.
+        Drop { stream: usize },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..6, any::<bool>(), prop::bool::weighted(0.9)).prop_map(
+                |(reader, may_count, is_reader)| Op::Join {
+                    reader,
+                    may_count,
+                    is_reader
+                }
+            ),
+            (0u8..6).prop_map(|reader| Op::Leave { reader }),
+            any::<usize>().prop_map(|stream| Op::Drop { stream }),
+        ]
+    }
+
+    /// An open stream as the model sees it.
+    struct Stream {
+        reader: u8,
+        is_reader: bool,
+        epoch: u32,
+        beaconed: bool,
+    }
+
+    proptest! {
+        #[test]
+        fn live_is_open_streams_minus_beaconed_and_total_is_counted_joins(ops in prop::collection::vec(op(), 0..200)) {
+            let start = Instant::now();
+            let mut state = PostState::new(7, WINDOW);
+            let mut open: Vec<Stream> = Vec::new();
+            let mut counted: HashSet<u8> = HashSet::new();
+            for (i, op) in ops.into_iter().enumerate() {
+                let now = start + Duration::from_millis(i as u64);
+                match op {
+                    Op::Join { reader, may_count, is_reader } => {
+                        let out = state.join(key(reader), may_count, is_reader, now);
+                        let expect_count = may_count && !counted.contains(&reader);
+                        prop_assert_eq!(out.counted, expect_count);
+                        if expect_count {
+                            counted.insert(reader);
+                        }
+                        open.push(Stream { reader, is_reader, epoch: out.epoch, beaconed: false });
+                    }
+                    Op::Leave { reader } => {
+                        state.leave(key(reader));
+                        for s in open.iter_mut().filter(|s| s.reader == reader && s.is_reader) {
+                            s.beaconed = true;
+                        }
+                    }
+                    Op::Drop { stream } => {
+                        if !open.is_empty() {
+                            let s = open.remove(stream % open.len());
+                            let moved = state.depart(key(s.reader), s.epoch, s.is_reader);
+                            prop_assert_eq!(moved, s.is_reader && !s.beaconed);
+                        }
+                    }
+                }
+                let live = open.iter().filter(|s| s.is_reader && !s.beaconed).count() as u64;
+                prop_assert_eq!(state.counts(), Counts { live, total: 7 + counted.len() as u64 });
+            }
+            while let Some(s) = open.pop() {
+                state.depart(key(s.reader), s.epoch, s.is_reader);
+            }
+            prop_assert_eq!(state.counts().live, 0);
+            state.expire(start + WINDOW + Duration::from_secs(1));
+            prop_assert!(state.is_idle());
+        }
+    }
+
+    #[test]
+    fn a_reader_counts_again_once_the_window_has_passed() {
+        let start = Instant::now();
+        let mut state = PostState::new(0, Duration::from_secs(10));
+        assert!(state.join(key(1), true, true, start).counted);
+        assert!(
+            !state
+                .join(key(1), true, true, start + Duration::from_secs(9))
+                .counted
+        );
+        assert!(
+            state
+                .join(key(1), true, true, start + Duration::from_secs(11))
+                .counted
+        );
+        assert_eq!(state.counts(), Counts { live: 3, total: 2 });
+    }
+}
