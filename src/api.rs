@@ -13,7 +13,7 @@ use crate::error::ApiError;
 use crate::limits::{StreamLimits, ViewRate};
 use crate::origin::OriginPolicy;
 use crate::post::{Depart, Join, Leave};
-use crate::reader_id::{ReaderId, ReaderIdError};
+use crate::reader_id::ReaderId;
 use crate::registry::Registry;
 use crate::slug::Slug;
 use crate::slug_list::SlugPolicy;
@@ -147,8 +147,7 @@ async fn leave(
         }
         body.extend_from_slice(&chunk);
     }
-    let text = std::str::from_utf8(&body).map_err(|_| ReaderIdError)?;
-    let reader = ReaderId::parse(text.trim())?;
+    let reader = ReaderId::from_beacon(&body)?;
     state.registry.leave(
         &slug,
         Leave {

@@ -34,6 +34,12 @@ impl ReaderId {
         }
     }
 
+    /// A beacon body: the reader id as text, surrounding white space ignored.
+    pub fn from_beacon(body: &[u8]) -> Result<Self, ReaderIdError> {
+        let text = std::str::from_utf8(body).map_err(|_| ReaderIdError)?;
+        Self::parse(text.trim())
+    }
+
     /// A fresh random id (128 bits, URL-safe base64) for clients that sent none.
     pub fn generate() -> Self {
         const ALPHABET: &[u8; 64] =
