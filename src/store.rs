@@ -2,7 +2,7 @@
 //! a shared engine that adds atomically (Redis `INCRBY`, SQL `total = total + $1`) can replace
 //! the embedded redb file without touching the rest.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use redb::{
     Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata,
@@ -35,18 +35,23 @@ impl StoreError {
 /// Persistent totals. Implementations are used from one blocking thread (the writer's).
 pub trait Store: Send + 'static {
     /// The stored total of one post, `None` when it has no row.
-    fn load(&self, slug: &str) -> Result<Option<u64>, StoreError>;
+    fn load(&mut self, slug: &str) -> Result<Option<u64>, StoreError>;
     /// Adds every delta in one atomic, durable step.
     fn add(&mut self, batch: &[(&str, u64)]) -> Result<(), StoreError>;
     /// Every stored total, sorted by slug.
-    fn totals(&self) -> Result<Vec<(String, u64)>, StoreError>;
+    fn totals(&mut self) -> Result<Vec<(String, u64)>, StoreError>;
     /// How many posts have a row.
-    fn row_count(&self) -> Result<u64, StoreError>;
+    fn row_count(&mut self) -> Result<u64, StoreError>;
 }
 
 /// The embedded store: one redb file, one write transaction (one fsync) per batch.
+///
+/// After a failed operation (disk full, I/O error) redb refuses further use of that handle,
+/// so the handle is dropped and the file reopened by the next operation: once the disk
+/// works again, writing resumes without a restart.
 pub struct RedbStore {
-    db: Database,
+    path: PathBuf,
+    db: Option<Database>,
 }
 
 impl RedbStore {
@@ -58,81 +63,115 @@ impl RedbStore {
                 reason: format!("cannot create directory {}: {e}", dir.display()),
             })?;
         }
-        let db = Database::builder()
-            .set_check_integrity_on_open(true)
-            .create(path)
-            .map_err(|e| open_error(path, e))?;
-        let store = Self { db };
-        store.check_schema(path)?;
-        Ok(store)
+        let db = open_checked(path)?;
+        Ok(Self {
+            path: path.to_owned(),
+            db: Some(db),
+        })
     }
 
-    fn check_schema(&self, path: &Path) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(StoreError::storage)?;
-        {
-            let mut meta = txn.open_table(META).map_err(StoreError::storage)?;
-            let found = meta
-                .get(SCHEMA_VERSION_KEY)
-                .map_err(StoreError::storage)?
-                .map(|v| v.value());
-            match found {
-                Some(SCHEMA_VERSION) => {}
-                Some(other) => {
-                    return Err(StoreError::Foreign {
-                        path: path.display().to_string(),
-                        reason: format!(
-                            "schema version {other}, this build reads {SCHEMA_VERSION}"
-                        ),
-                    });
-                }
-                None => {
-                    meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)
-                        .map_err(StoreError::storage)?;
-                }
-            }
-            txn.open_table(TOTALS).map_err(StoreError::storage)?;
+    /// The open handle, reopening the file after a failure.
+    fn db(&mut self) -> Result<&Database, StoreError> {
+        if self.db.is_none() {
+            self.db = Some(open_checked(&self.path)?);
+            tracing::info!(path = %self.path.display(), "reopened the database");
         }
-        txn.commit().map_err(StoreError::storage)
+        self.db
+            .as_ref()
+            .ok_or_else(|| StoreError::Storage("database unavailable".into()))
+    }
+
+    /// Runs `op` on the handle; a failure discards the handle so the next call reopens.
+    fn with_db<T>(
+        &mut self,
+        op: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let result = op(self.db()?);
+        if result.is_err() {
+            self.db = None;
+        }
+        result
     }
 }
 
-impl Store for RedbStore {
-    fn load(&self, slug: &str) -> Result<Option<u64>, StoreError> {
-        let txn = self.db.begin_read().map_err(StoreError::storage)?;
-        let table = txn.open_table(TOTALS).map_err(StoreError::storage)?;
-        Ok(table
-            .get(slug)
-            .map_err(StoreError::storage)?
-            .map(|v| v.value()))
-    }
+fn open_checked(path: &Path) -> Result<Database, StoreError> {
+    let db = Database::builder()
+        .set_check_integrity_on_open(true)
+        .create(path)
+        .map_err(|e| open_error(path, e))?;
+    check_schema(&db, path)?;
+    Ok(db)
+}
 
-    fn add(&mut self, batch: &[(&str, u64)]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(StoreError::storage)?;
-        {
-            let mut table = txn.open_table(TOTALS).map_err(StoreError::storage)?;
-            for &(slug, delta) in batch {
-                let old = table
-                    .get(slug)
-                    .map_err(StoreError::storage)?
-                    .map_or(0, |v| v.value());
-                table
-                    .insert(slug, old.saturating_add(delta))
+fn check_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(StoreError::storage)?;
+    {
+        let mut meta = txn.open_table(META).map_err(StoreError::storage)?;
+        let found = meta
+            .get(SCHEMA_VERSION_KEY)
+            .map_err(StoreError::storage)?
+            .map(|v| v.value());
+        match found {
+            Some(SCHEMA_VERSION) => {}
+            Some(other) => {
+                return Err(StoreError::Foreign {
+                    path: path.display().to_string(),
+                    reason: format!("schema version {other}, this build reads {SCHEMA_VERSION}"),
+                });
+            }
+            None => {
+                meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)
                     .map_err(StoreError::storage)?;
             }
         }
-        txn.commit().map_err(StoreError::storage)
+        txn.open_table(TOTALS).map_err(StoreError::storage)?;
+    }
+    txn.commit().map_err(StoreError::storage)
+}
+
+impl Store for RedbStore {
+    fn load(&mut self, slug: &str) -> Result<Option<u64>, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(StoreError::storage)?;
+            let table = txn.open_table(TOTALS).map_err(StoreError::storage)?;
+            let total = table.get(slug).map_err(StoreError::storage)?;
+            Ok(total.map(|v| v.value()))
+        })
     }
 
-    fn totals(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let txn = self.db.begin_read().map_err(StoreError::storage)?;
-        let table = txn.open_table(TOTALS).map_err(StoreError::storage)?;
-        read_all(&table)
+    fn add(&mut self, batch: &[(&str, u64)]) -> Result<(), StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_write().map_err(StoreError::storage)?;
+            {
+                let mut table = txn.open_table(TOTALS).map_err(StoreError::storage)?;
+                for &(slug, delta) in batch {
+                    let old = table
+                        .get(slug)
+                        .map_err(StoreError::storage)?
+                        .map_or(0, |v| v.value());
+                    table
+                        .insert(slug, old.saturating_add(delta))
+                        .map_err(StoreError::storage)?;
+                }
+            }
+            txn.commit().map_err(StoreError::storage)
+        })
     }
 
-    fn row_count(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(StoreError::storage)?;
-        let table = txn.open_table(TOTALS).map_err(StoreError::storage)?;
-        table.len().map_err(StoreError::storage)
+    fn totals(&mut self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(StoreError::storage)?;
+            let table = txn.open_table(TOTALS).map_err(StoreError::storage)?;
+            read_all(&table)
+        })
+    }
+
+    fn row_count(&mut self) -> Result<u64, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(StoreError::storage)?;
+            let table = txn.open_table(TOTALS).map_err(StoreError::storage)?;
+            table.len().map_err(StoreError::storage)
+        })
     }
 }
 

@@ -68,7 +68,7 @@ pub enum WriterError {
 impl Writer {
     /// Starts the thread. `store` has been opened by the caller so that open errors surface
     /// before the server binds.
-    pub fn spawn(store: Box<dyn Store>, policy: FlushPolicy) -> Result<Self, std::io::Error> {
+    pub fn spawn(mut store: Box<dyn Store>, policy: FlushPolicy) -> Result<Self, std::io::Error> {
         let (tx, rx) = mpsc::channel();
         let rows = store.row_count().unwrap_or(0);
         thread::Builder::new()
@@ -238,7 +238,7 @@ impl State {
         }
     }
 
-    fn totals(&self) -> Result<Vec<(String, u64)>, StoreError> {
+    fn totals(&mut self) -> Result<Vec<(String, u64)>, StoreError> {
         let mut all: BTreeMap<String, u64> = self.store.totals()?.into_iter().collect();
         for (slug, p) in &self.pending {
             *all.entry(slug.as_str().to_owned()).or_default() += p.delta;
