@@ -10,7 +10,7 @@ use subtle::ConstantTimeEq;
 
 use crate::client_ip::TrustedProxies;
 use crate::error::ApiError;
-use crate::limits::{StreamLimits, ViewRate};
+use crate::limits::{StreamLimits, ViewCharge, ViewRate};
 use crate::origin::OriginPolicy;
 use crate::post::{Depart, Join, Leave};
 use crate::reader_id::ReaderId;
@@ -30,7 +30,7 @@ pub struct AppState {
     pub origins: OriginPolicy,
     pub proxies: TrustedProxies,
     pub limits: Arc<StreamLimits>,
-    pub view_rate: ViewRate,
+    pub view_rate: Arc<ViewRate>,
     /// `None` with `--count-bots`.
     pub bots: Option<isbot::Bots>,
     pub admin_token: Option<String>,
@@ -67,7 +67,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/connect/{slug:.*}", web::get().to(connect))
         .route("/leave/{slug:.*}", web::post().to(leave))
         .route("/count/{slug:.*}", web::get().to(count))
-        .route("/totals", web::get().to(totals));
+        .route("/totals", web::get().to(totals))
+        .route("/stats", web::get().to(stats));
 }
 
 /// The reader id: `?view=` (the page view's token), else `Last-Event-ID` (a reconnect of a
@@ -99,11 +100,14 @@ async fn connect(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
     let ip = state.client_ip(&req);
     let permit = state.limits.acquire(ip)?;
     let is_reader = !state.is_bot(&req);
-    let may_count = is_reader && state.view_rate.allow(ip, slug.as_str());
+    let charge = is_reader.then(|| ViewCharge {
+        rate: Arc::clone(&state.view_rate),
+        ip,
+    });
     let key = reader.key();
     let join = Join {
         reader: key,
-        may_count,
+        charge,
         is_reader,
     };
     let (post, joined) = state.registry.join(&slug, admission, join).await?;
@@ -117,7 +121,7 @@ async fn connect(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
         permit,
     };
     let first = sse::first_event(&reader, joined.counts);
-    let body = sse::reader_stream(first, joined.updates, state.signals.clone(), departure);
+    let body = sse::reader_stream(first, joined.updates, state.signals.subscribe(), departure);
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/event-stream"))
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -187,6 +191,26 @@ async fn totals(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResp
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(rows))
+}
+
+/// What an operator (or a test) needs to see that memory follows the readers.
+#[derive(serde::Serialize)]
+struct Stats {
+    posts_awake: usize,
+    streams: usize,
+    capacity: usize,
+}
+
+async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    authorize_admin(&req, &state)?;
+    let stats = Stats {
+        posts_awake: state.registry.awake(),
+        streams: state.limits.open(),
+        capacity: state.limits.capacity(),
+    };
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(stats))
 }
 
 /// With a token configured: `Authorization: Bearer TOKEN`, compared in constant time.

@@ -168,6 +168,7 @@ impl ServeArgs {
         if matches!(&self.admin_token, Some(t) if t.is_empty()) {
             return Err("--admin-token must not be empty".into());
         }
+        crate::origin::OriginPolicy::new(&self.allow_origins)?;
         Ok(())
     }
 }

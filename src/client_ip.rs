@@ -44,33 +44,39 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The addresses a request passed through, farthest first. `X-Forwarded-For` wins when both
-/// are present (it is what nginx and HAProxy set); unparsable entries end the chain there.
+/// The addresses a request passed through, farthest first. `X-Forwarded-For` wins when
+/// present at all (it is what nginx and HAProxy append to); `Forwarded` is read only without
+/// it. Entries are split on bytes, so one unreadable entry (non-ASCII) is an unknown hop that
+/// hides what lies before it, never the hops a trusted proxy appended after it.
 fn forwarded_for(headers: &HeaderMap) -> Vec<IpAddr> {
-    let xff: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
-    let entries: Vec<&str> = if xff.is_empty() {
+    let entries: Vec<&[u8]> = if headers.contains_key("x-forwarded-for") {
         headers
-            .get_all("forwarded")
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|element| {
-                element.split(';').find_map(|pair| {
-                    let (k, v) = pair.trim().split_once('=')?;
-                    k.eq_ignore_ascii_case("for").then_some(v.trim())
-                })
-            })
+            .get_all("x-forwarded-for")
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
             .collect()
     } else {
-        xff
+        headers
+            .get_all("forwarded")
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(|element| {
+                element
+                    .split(|&b| b == b';')
+                    .find_map(|pair| {
+                        let text = std::str::from_utf8(pair).ok()?;
+                        let (k, v) = text.trim().split_once('=')?;
+                        k.eq_ignore_ascii_case("for").then_some(v.as_bytes())
+                    })
+                    // An element without `for=` is a hop we cannot name.
+                    .unwrap_or(b"unknown")
+            })
+            .collect()
     };
     let mut chain = Vec::with_capacity(entries.len());
     for entry in entries {
-        match parse_node(entry) {
+        let node = std::str::from_utf8(entry)
+            .ok()
+            .and_then(|e| parse_node(e.trim()));
+        match node {
             Some(ip) => chain.push(ip),
             // An unknown hop hides everything before it.
             None => chain.clear(),
@@ -116,6 +122,24 @@ mod tests {
         let peer: IpAddr = "203.0.113.9".parse().unwrap();
         let h = headers(&[("x-forwarded-for", "1.1.1.1")]);
         assert_eq!(proxies().client_ip(peer, &h), peer);
+    }
+
+    #[test]
+    fn an_unreadable_entry_hides_only_what_lies_before_it() {
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.append(
+            HeaderName::from_static("x-forwarded-for"),
+            HeaderValue::from_bytes(b"caf\xc3\xa9, 203.0.113.7").unwrap(),
+        );
+        h.append(
+            HeaderName::from_static("forwarded"),
+            HeaderValue::from_static("for=192.0.2.66"),
+        );
+        assert_eq!(
+            proxies().client_ip(peer, &h),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]

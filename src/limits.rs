@@ -91,6 +91,19 @@ impl Drop for StreamPermit {
     }
 }
 
+/// One client's claim on a view, charged by the post only if the view counts.
+#[derive(Clone)]
+pub struct ViewCharge {
+    pub rate: Arc<ViewRate>,
+    pub ip: IpAddr,
+}
+
+impl ViewCharge {
+    pub fn take(&self, slug: &(impl Hash + ?Sized)) -> bool {
+        self.rate.allow(self.ip, slug)
+    }
+}
+
 /// A token bucket per (client IP, post): `per_minute` views, refilled evenly.
 pub struct ViewRate {
     per_minute: u32,

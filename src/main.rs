@@ -38,26 +38,23 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
+    // Installed before "listening" is printed, so a supervisor's signal is never missed.
+    let stop = stop_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let app = Application::build(args).await.map_err(|e| e.to_string())?;
     println!("listening on http://{}", app.address());
     let _ = std::io::stdout().flush();
-    app.run_until(stop_signal())
-        .await
-        .map_err(|e| e.to_string())
+    app.run_until(stop).await.map_err(|e| e.to_string())
 }
 
-/// SIGTERM or SIGINT.
-async fn stop_signal() {
+/// Completes on SIGTERM or SIGINT.
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+    })
 }

@@ -11,6 +11,7 @@ use actix::prelude::*;
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use crate::limits::ViewCharge;
 pub use crate::post_state::Counts;
 use crate::post_state::PostState;
 use crate::reader_id::ReaderKey;
@@ -28,11 +29,11 @@ pub const IDLE_GRACE: Duration = Duration::from_secs(5);
 pub struct Asleep;
 
 /// A stream opens.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct Join {
     pub reader: ReaderKey,
-    /// False when the view must not count (bot, rate limit): dedupe still decides otherwise.
-    pub may_count: bool,
+    /// What a counted view is charged to; `None` when it must not count (bot).
+    pub charge: Option<ViewCharge>,
     /// False for bots: they get numbers but are not live readers.
     pub is_reader: bool,
 }
@@ -151,6 +152,8 @@ impl Post {
     fn sleep(&mut self, ctx: &mut Context<Self>) {
         self.sleeping = true;
         self.registry.forget(&self.slug, &ctx.address());
+        // A post woken but never viewed (a bot, a refused view) gives its --max-slugs place back.
+        self.registry.writer().release(&self.slug);
         ctx.stop();
     }
 }
@@ -171,9 +174,12 @@ impl Handler<Join> for Post {
         if self.sleeping {
             return Err(Asleep);
         }
-        let joined = self
-            .state
-            .join(join.reader, join.may_count, join.is_reader, Instant::now());
+        let joined = self.state.join(
+            join.reader,
+            || join.charge.is_some_and(|c| c.take(&self.slug)),
+            join.is_reader,
+            Instant::now(),
+        );
         if joined.counted {
             self.registry.writer().add_view(&self.slug);
         }

@@ -44,17 +44,16 @@ struct Dedupe {
 }
 
 impl Dedupe {
-    /// True when the reader id was not counted within the window (and is now).
-    fn first_time(&mut self, reader: ReaderKey, now: Instant) -> bool {
+    /// True when the reader id was not counted within the window.
+    fn is_new(&mut self, reader: ReaderKey, now: Instant) -> bool {
         self.expire(now);
-        if self.window.is_zero() {
-            return true;
+        self.window.is_zero() || !self.seen.contains(&reader)
+    }
+
+    fn remember(&mut self, reader: ReaderKey, now: Instant) {
+        if !self.window.is_zero() && self.seen.insert(reader) {
+            self.order.push_back((now, reader));
         }
-        if !self.seen.insert(reader) {
-            return false;
-        }
-        self.order.push_back((now, reader));
-        true
     }
 
     fn expire(&mut self, now: Instant) {
@@ -95,17 +94,19 @@ impl PostState {
         self.counts
     }
 
-    /// A stream opens. `may_count` false (bot, rate limit) never counts a view; `is_reader`
+    /// A stream opens. `may_count` is asked only for a view that would count (a reader id new
+    /// within the window), so a rate limit is charged for counted views only; `is_reader`
     /// false (bot) is served numbers without being live.
     pub fn join(
         &mut self,
         reader: ReaderKey,
-        may_count: bool,
+        may_count: impl FnOnce() -> bool,
         is_reader: bool,
         now: Instant,
     ) -> JoinOutcome {
-        let counted = may_count && self.dedupe.first_time(reader, now);
+        let counted = self.dedupe.is_new(reader, now) && may_count();
         if counted {
+            self.dedupe.remember(reader, now);
             self.counts.total += 1;
         }
         if !is_reader {
@@ -242,7 +243,7 @@ mod tests {
                 let now = start + Duration::from_millis(i as u64);
                 match op {
                     Op::Join { reader, may_count, is_reader } => {
-                        let out = state.join(key(reader), may_count, is_reader, now);
+                        let out = state.join(key(reader), || may_count, is_reader, now);
                         let expect_count = may_count && !counted.contains(&reader);
                         prop_assert_eq!(out.counted, expect_count);
                         if expect_count {
@@ -280,15 +281,15 @@ mod tests {
     fn a_reader_counts_again_once_the_window_has_passed() {
         let start = Instant::now();
         let mut state = PostState::new(0, Duration::from_secs(10));
-        assert!(state.join(key(1), true, true, start).counted);
+        assert!(state.join(key(1), || true, true, start).counted);
         assert!(
             !state
-                .join(key(1), true, true, start + Duration::from_secs(9))
+                .join(key(1), || true, true, start + Duration::from_secs(9))
                 .counted
         );
         assert!(
             state
-                .join(key(1), true, true, start + Duration::from_secs(11))
+                .join(key(1), || true, true, start + Duration::from_secs(11))
                 .counted
         );
         assert_eq!(state.counts(), Counts { live: 3, total: 2 });

@@ -48,7 +48,7 @@ impl Registry {
     ) -> Result<(Addr<Post>, Joined), ApiError> {
         loop {
             let addr = self.wake(slug, admission).await?;
-            match addr.send(join).await {
+            match addr.send(join.clone()).await {
                 Ok(Ok(joined)) => return Ok((addr, joined)),
                 // Went to sleep meanwhile: it has left the map, so the next turn wakes a new one.
                 Ok(Err(_)) | Err(MailboxError::Closed) => self.forget(slug, &addr),

@@ -55,10 +55,21 @@ fn shutdown_event() -> Bytes {
 }
 
 /// The signals every stream listens to besides its post.
-#[derive(Clone)]
 pub struct Signals {
     pub heartbeat: watch::Receiver<()>,
     pub shutdown: watch::Receiver<bool>,
+}
+
+impl Signals {
+    /// Receivers for a new stream: only heartbeats and shutdowns from now on count.
+    pub fn subscribe(&self) -> Self {
+        let mut heartbeat = self.heartbeat.clone();
+        heartbeat.mark_unchanged();
+        Self {
+            heartbeat,
+            shutdown: self.shutdown.clone(),
+        }
+    }
 }
 
 /// Tells the post when this stream goes away, however it goes: client close, reset, beacon

@@ -9,6 +9,7 @@ use std::time::Duration;
 use actix_cors::Cors;
 use actix_web::http::{StatusCode, header};
 use actix_web::{App, HttpServer, web};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 
 use crate::api::{self, AppState};
@@ -61,6 +62,8 @@ pub struct Application {
     shutdown: watch::Sender<bool>,
     heartbeat: watch::Sender<()>,
     heartbeat_every: Duration,
+    /// Registered at build time, so a SIGHUP right after start reloads instead of killing.
+    hangup: Option<Signal>,
 }
 
 impl Application {
@@ -94,7 +97,7 @@ impl Application {
             origins: OriginPolicy::new(&args.allow_origins).map_err(StartError::Config)?,
             proxies: TrustedProxies::new(args.trusted_proxies.clone()),
             limits: StreamLimits::new(args.ip_stream_limit, capacity),
-            view_rate: ViewRate::new(args.ip_view_rate),
+            view_rate: Arc::new(ViewRate::new(args.ip_view_rate)),
             bots: (!args.count_bots).then(isbot::Bots::default),
             admin_token: args.admin_token.clone(),
             signals: Signals {
@@ -112,6 +115,7 @@ impl Application {
             shutdown,
             heartbeat,
             heartbeat_every: args.heartbeat,
+            hangup: signal(SignalKind::hangup()).ok(),
         })
     }
 
@@ -132,10 +136,11 @@ impl Application {
             shutdown,
             heartbeat,
             heartbeat_every,
+            hangup,
             ..
         } = self;
         let handle = server.handle();
-        let background = spawn_background(&state, heartbeat, heartbeat_every);
+        let background = spawn_background(&state, heartbeat, heartbeat_every, hangup);
         let mut server = std::pin::pin!(server);
         let served = tokio::select! {
             res = &mut server => res,
@@ -231,6 +236,7 @@ fn spawn_background(
     state: &web::Data<AppState>,
     heartbeat: watch::Sender<()>,
     every: Duration,
+    hangup: Option<Signal>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = vec![actix_web::rt::spawn(async move {
         let mut tick = tokio::time::interval(every);
@@ -249,15 +255,14 @@ fn spawn_background(
         }
     }));
     if let SlugPolicy::Listed(list) = &state.slugs {
-        tasks.push(watch_slug_list(Arc::clone(list)));
+        tasks.push(watch_slug_list(Arc::clone(list), hangup));
     }
     tasks
 }
 
 /// Re-reads the allow-list when its file changes, and on SIGHUP.
-fn watch_slug_list(list: Arc<SlugList>) -> tokio::task::JoinHandle<()> {
+fn watch_slug_list(list: Arc<SlugList>, mut hup: Option<Signal>) -> tokio::task::JoinHandle<()> {
     actix_web::rt::spawn(async move {
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut poll = tokio::time::interval(POLL_INTERVAL);
         loop {
             tokio::select! {

@@ -1,0 +1,17 @@
+//! Integration tests against the real server on port 0 over real sockets: the library's
+//! `Application` inside the test's actix System, or the `viewcounter` binary where process
+//! behaviour matters (signals, kill -9, export). One module per area of the contract in
+//! `design.md`.
+
+mod assets;
+mod cli;
+mod coalescing;
+mod connect;
+mod cors;
+mod count;
+mod export;
+mod helpers;
+mod leave;
+mod persistence;
+mod slugs;
+mod totals;
