@@ -106,6 +106,7 @@ async fn connect(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
     });
     let key = reader.key();
     let join = Join {
+        id: reader.clone(),
         reader: key,
         charge,
         is_reader,

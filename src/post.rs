@@ -14,10 +14,11 @@ use tokio::sync::watch;
 use crate::limits::ViewCharge;
 pub use crate::post_state::Counts;
 use crate::post_state::PostState;
-use crate::reader_id::ReaderKey;
+use crate::reader_id::{ReaderId, ReaderKey};
 use crate::registry::Registry;
 use crate::slug::Slug;
 use crate::sse;
+use crate::writer::unix_now;
 
 /// Readers get at most one update per this interval; the newest state wins.
 pub const MIN_BROADCAST_INTERVAL: Duration = Duration::from_millis(250);
@@ -31,6 +32,7 @@ pub struct Asleep;
 /// A stream opens.
 #[derive(Clone)]
 pub struct Join {
+    pub id: ReaderId,
     pub reader: ReaderKey,
     /// What a counted view is charged to; `None` when it must not count (bot).
     pub charge: Option<ViewCharge>,
@@ -96,6 +98,21 @@ impl Post {
             housekeeping: None,
             sleeping: false,
         }
+    }
+
+    /// Seeds the dedupe memory with reader ids counted before a restart: (id, unix seconds).
+    pub fn remembering(mut self, mut seen: Vec<(String, u64)>) -> Self {
+        seen.sort_by_key(|&(_, at)| at);
+        let (now, unix) = (Instant::now(), unix_now());
+        for (id, at) in seen {
+            let Ok(id) = ReaderId::parse(&id) else {
+                continue;
+            };
+            let age = Duration::from_secs(unix.saturating_sub(at));
+            self.state
+                .remember(id.key(), now.checked_sub(age).unwrap_or(now));
+        }
+        self
     }
 
     /// Sends the new numbers now if the post has been quiet, otherwise once the interval since
@@ -181,7 +198,9 @@ impl Handler<Join> for Post {
             Instant::now(),
         );
         if joined.counted {
-            self.registry.writer().add_view(&self.slug);
+            self.registry
+                .writer()
+                .add_view(&self.slug, join.id, unix_now());
         }
         if joined.changed {
             self.changed(ctx);

@@ -165,6 +165,12 @@ impl PostState {
         was_live
     }
 
+    /// Seeds the dedupe memory with a reader id counted before this actor existed (before a
+    /// restart). Call in the order they were counted, before any join.
+    pub fn remember(&mut self, reader: ReaderKey, counted_at: Instant) {
+        self.dedupe.remember(reader, counted_at);
+    }
+
     /// Forgets reader ids counted longer ago than the dedupe window.
     pub fn expire(&mut self, now: Instant) {
         self.dedupe.expire(now);

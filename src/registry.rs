@@ -67,7 +67,7 @@ impl Registry {
             return Ok(counts);
         }
         match self.writer.load(slug, Admission::ReadOnly).await {
-            Ok(Loaded::Total(total)) => Ok(Counts { live: 0, total }),
+            Ok(Loaded::Post { total, .. }) => Ok(Counts { live: 0, total }),
             Ok(Loaded::Refused) => Ok(Counts::default()),
             Err(e) => Err(ApiError::Internal(e.to_string())),
         }
@@ -100,8 +100,8 @@ impl Registry {
         if let Some(addr) = self.lookup(slug) {
             return Ok(addr);
         }
-        let total = match self.writer.load(slug, admission).await {
-            Ok(Loaded::Total(total)) => total,
+        let (total, seen) = match self.writer.load(slug, admission).await {
+            Ok(Loaded::Post { total, seen }) => (total, seen),
             Ok(Loaded::Refused) => return Err(ApiError::SlugCapReached),
             Err(e) => return Err(ApiError::Internal(e.to_string())),
         };
@@ -110,7 +110,8 @@ impl Registry {
         if let Some(addr) = posts.get(slug) {
             return Ok(addr.clone());
         }
-        let addr = Post::new(slug.clone(), total, Arc::clone(self), self.dedupe_window).start();
+        let post = Post::new(slug.clone(), total, Arc::clone(self), self.dedupe_window);
+        let addr = post.remembering(seen).start();
         posts.insert(slug.clone(), addr.clone());
         Ok(addr)
     }

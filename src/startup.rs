@@ -85,6 +85,7 @@ impl Application {
         let capacity = args.max_streams.unwrap_or(fd_room as usize);
         let store = RedbStore::open(&args.db)?;
         let policy = FlushPolicy {
+            dedupe_window: args.dedupe_window,
             after: args.flush_after,
             max_wait: args.flush_max_wait,
         };

@@ -11,6 +11,10 @@ use redb::{
 
 /// Views per post: slug → all-time total.
 const TOTALS: TableDefinition<&str, u64> = TableDefinition::new("totals");
+/// Reader ids counted within the dedupe window: "slug reader-id" → unix seconds when counted.
+/// Written in the same transaction as the totals, so a restart (or a crash) never counts an
+/// open tab's reconnect twice, and a view lost in a crash takes its id with it.
+const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
 /// Format bookkeeping, so a later version can migrate the file.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SCHEMA_VERSION_KEY: &str = "schema_version";
@@ -36,12 +40,30 @@ impl StoreError {
 pub trait Store: Send + 'static {
     /// The stored total of one post, `None` when it has no row.
     fn load(&mut self, slug: &str) -> Result<Option<u64>, StoreError>;
-    /// Adds every delta in one atomic, durable step.
-    fn add(&mut self, batch: &[(&str, u64)]) -> Result<(), StoreError>;
+    /// Adds every delta and records every counted reader id, in one atomic, durable step.
+    fn add(&mut self, batch: &[(&str, u64)], seen: &[Seen<'_>]) -> Result<(), StoreError>;
+    /// Reader ids of one post counted at or after `since` (unix seconds).
+    fn seen(&mut self, slug: &str, since: u64) -> Result<Vec<(String, u64)>, StoreError>;
+    /// Forgets reader ids counted before `cutoff` (unix seconds).
+    fn forget_seen_before(&mut self, cutoff: u64) -> Result<(), StoreError>;
     /// Every stored total, sorted by slug.
     fn totals(&mut self) -> Result<Vec<(String, u64)>, StoreError>;
     /// How many posts have a row.
     fn row_count(&mut self) -> Result<u64, StoreError>;
+}
+
+/// A reader id counted for a post at a time (unix seconds).
+#[derive(Debug, Clone, Copy)]
+pub struct Seen<'a> {
+    pub slug: &'a str,
+    pub reader: &'a str,
+    pub at: u64,
+}
+
+/// Slugs and reader ids never hold a space, so "slug reader" is unambiguous and all ids of a
+/// post sort together under the prefix "slug ".
+fn seen_key(slug: &str, reader: &str) -> String {
+    format!("{slug} {reader}")
 }
 
 /// The embedded store: one redb file, one write transaction (one fsync) per batch.
@@ -139,10 +161,15 @@ impl Store for RedbStore {
         })
     }
 
-    fn add(&mut self, batch: &[(&str, u64)]) -> Result<(), StoreError> {
+    fn add(&mut self, batch: &[(&str, u64)], seen: &[Seen<'_>]) -> Result<(), StoreError> {
         self.with_db(|db| {
             let txn = db.begin_write().map_err(StoreError::storage)?;
             {
+                let mut ids = txn.open_table(SEEN).map_err(StoreError::storage)?;
+                for s in seen {
+                    ids.insert(seen_key(s.slug, s.reader).as_str(), s.at)
+                        .map_err(StoreError::storage)?;
+                }
                 let mut table = txn.open_table(TOTALS).map_err(StoreError::storage)?;
                 for &(slug, delta) in batch {
                     let old = table
@@ -154,6 +181,40 @@ impl Store for RedbStore {
                         .map_err(StoreError::storage)?;
                 }
             }
+            txn.commit().map_err(StoreError::storage)
+        })
+    }
+
+    fn seen(&mut self, slug: &str, since: u64) -> Result<Vec<(String, u64)>, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(StoreError::storage)?;
+            let ids = match txn.open_table(SEEN) {
+                Ok(ids) => ids,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(StoreError::storage(e)),
+            };
+            let prefix = seen_key(slug, "");
+            let mut found = Vec::new();
+            for row in ids.range(prefix.as_str()..).map_err(StoreError::storage)? {
+                let (key, at) = row.map_err(StoreError::storage)?;
+                let Some(reader) = key.value().strip_prefix(prefix.as_str()) else {
+                    break;
+                };
+                if at.value() >= since {
+                    found.push((reader.to_owned(), at.value()));
+                }
+            }
+            Ok(found)
+        })
+    }
+
+    fn forget_seen_before(&mut self, cutoff: u64) -> Result<(), StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_write().map_err(StoreError::storage)?;
+            txn.open_table(SEEN)
+                .map_err(StoreError::storage)?
+                .retain(|_, at| at >= cutoff)
+                .map_err(StoreError::storage)?;
             txn.commit().map_err(StoreError::storage)
         })
     }
@@ -224,14 +285,59 @@ mod tests {
         let path = dir.path().join("t.redb");
         {
             let mut store = RedbStore::open(&path).unwrap();
-            store.add(&[("b", 2), ("a", 1)]).unwrap();
-            store.add(&[("a", 3)]).unwrap();
+            store.add(&[("b", 2), ("a", 1)], &[]).unwrap();
+            store.add(&[("a", 3)], &[]).unwrap();
             assert_eq!(store.load("a").unwrap(), Some(4));
             assert_eq!(store.load("zzz").unwrap(), None);
             assert_eq!(store.row_count().unwrap(), 2);
         }
         let rows = read_totals_offline(&path).unwrap();
         assert_eq!(rows, vec![("a".to_owned(), 4), ("b".to_owned(), 2)]);
+    }
+
+    #[test]
+    fn counted_reader_ids_are_found_per_post_and_forgotten_when_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RedbStore::open(&dir.path().join("seen.redb")).unwrap();
+        let seen = [
+            Seen {
+                slug: "a",
+                reader: "reader-one-000000",
+                at: 100,
+            },
+            Seen {
+                slug: "a",
+                reader: "reader-two-000000",
+                at: 200,
+            },
+            Seen {
+                slug: "a/b",
+                reader: "reader-three-0000",
+                at: 200,
+            },
+            Seen {
+                slug: "ab",
+                reader: "reader-four-00000",
+                at: 200,
+            },
+        ];
+        store
+            .add(&[("a", 2), ("a/b", 1), ("ab", 1)], &seen)
+            .unwrap();
+        assert_eq!(
+            store.seen("a", 0).unwrap(),
+            vec![
+                ("reader-one-000000".to_owned(), 100),
+                ("reader-two-000000".to_owned(), 200)
+            ]
+        );
+        assert_eq!(store.seen("a", 150).unwrap().len(), 1);
+        store.forget_seen_before(150).unwrap();
+        assert_eq!(
+            store.seen("a", 0).unwrap(),
+            vec![("reader-two-000000".to_owned(), 200)]
+        );
+        assert_eq!(store.seen("ab", 0).unwrap().len(), 1);
     }
 
     #[test]

@@ -12,16 +12,29 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use crate::reader_id::ReaderId;
 use crate::slug::Slug;
-use crate::store::{Store, StoreError};
+use crate::store::{Seen, Store, StoreError};
 
 /// How long a failing flush waits before it is tried again, at the least.
 const MIN_RETRY: Duration = Duration::from_secs(1);
+
+/// Expired reader ids are swept from the store at most this often.
+const SWEEP_EVERY: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone, Copy)]
 pub struct FlushPolicy {
     pub after: Duration,
     pub max_wait: Duration,
+    /// How long counted reader ids are kept, so restarts keep deduplicating.
+    pub dedupe_window: Duration,
+}
+
+/// Seconds since the Unix epoch: how counted reader ids are dated across restarts.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Whether a load may admit a post that has no row yet.
@@ -35,15 +48,23 @@ pub enum Admission {
     ReadOnly,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Loaded {
-    Total(u64),
+    /// The total, and the reader ids counted within the dedupe window (id, unix seconds).
+    Post {
+        total: u64,
+        seen: Vec<(String, u64)>,
+    },
     /// `Admission::UpTo` cap reached and the post is new.
     Refused,
 }
 
 enum Command {
-    Add(Slug, u64),
+    View {
+        slug: Slug,
+        reader: ReaderId,
+        at: u64,
+    },
     Load(Slug, Admission, oneshot::Sender<Result<Loaded, StoreError>>),
     /// The post's actor went to sleep: a post admitted but never viewed frees its place.
     Release(Slug),
@@ -71,16 +92,24 @@ impl Writer {
     pub fn spawn(mut store: Box<dyn Store>, policy: FlushPolicy) -> Result<Self, std::io::Error> {
         let (tx, rx) = mpsc::channel();
         let rows = store.row_count().unwrap_or(0);
+        let cutoff = unix_now().saturating_sub(policy.dedupe_window.as_secs());
+        if let Err(e) = store.forget_seen_before(cutoff) {
+            tracing::warn!(error = %e, "cannot sweep expired reader ids");
+        }
         thread::Builder::new()
             .name("viewcounter-writer".into())
             .spawn(move || State::new(store, policy, rows).run(rx))?;
         Ok(Self { tx })
     }
 
-    /// Records one counted view; never blocks.
-    pub fn add_view(&self, slug: &Slug) {
+    /// Records one counted view and the reader id it was counted for; never blocks.
+    pub fn add_view(&self, slug: &Slug, reader: ReaderId, at: u64) {
         // A stopped writer only happens during shutdown, after the final flush.
-        let _ = self.tx.send(Command::Add(slug.clone(), 1));
+        let _ = self.tx.send(Command::View {
+            slug: slug.clone(),
+            reader,
+            at,
+        });
     }
 
     pub fn release(&self, slug: &Slug) {
@@ -116,6 +145,8 @@ impl Writer {
 /// Views of one post not yet written.
 struct Pending {
     delta: u64,
+    /// Reader ids counted with them (id, unix seconds).
+    seen: Vec<(ReaderId, u64)>,
     first: Instant,
     last: Instant,
 }
@@ -133,6 +164,7 @@ struct State {
     /// When to look at the pending set again; never later than the earliest due flush.
     wake: Option<Instant>,
     last_failure_log: Option<Instant>,
+    last_sweep: Instant,
 }
 
 impl State {
@@ -146,6 +178,7 @@ impl State {
             new_rows: 0,
             wake: None,
             last_failure_log: None,
+            last_sweep: Instant::now(),
         }
     }
 
@@ -179,7 +212,7 @@ impl State {
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Add(slug, delta) => self.add(slug, delta),
+            Command::View { slug, reader, at } => self.add(slug, reader, at),
             Command::Load(slug, admission, reply) => {
                 let _ = reply.send(self.load(&slug, admission));
             }
@@ -193,10 +226,11 @@ impl State {
         }
     }
 
-    fn add(&mut self, slug: Slug, delta: u64) {
+    fn add(&mut self, slug: Slug, reader: ReaderId, at: u64) {
         let now = Instant::now();
         if let Some(p) = self.pending.get_mut(&slug) {
-            p.delta += delta;
+            p.delta += 1;
+            p.seen.push((reader, at));
             p.last = now;
             return;
         }
@@ -208,7 +242,8 @@ impl State {
         self.pending.insert(
             slug,
             Pending {
-                delta,
+                delta: 1,
+                seen: vec![(reader, at)],
                 first: now,
                 last: now,
             },
@@ -220,22 +255,35 @@ impl State {
     }
 
     fn load(&mut self, slug: &Slug, admission: Admission) -> Result<Loaded, StoreError> {
-        let pending = self.pending.get(slug).map(|p| p.delta);
+        let pending = self.pending.get(slug);
         let stored = self.store.load(slug.as_str())?;
-        if stored.is_some() || pending.is_some() || self.reserved.contains(slug) {
-            return Ok(Loaded::Total(stored.unwrap_or(0) + pending.unwrap_or(0)));
-        }
-        match admission {
-            Admission::Listed | Admission::ReadOnly => Ok(Loaded::Total(0)),
-            Admission::UpTo(cap) => {
-                let known = self.rows + self.new_rows + self.reserved.len() as u64;
-                if known >= cap {
+        let known = stored.is_some() || pending.is_some() || self.reserved.contains(slug);
+        if !known {
+            if let Admission::UpTo(cap) = admission {
+                let posts = self.rows + self.new_rows + self.reserved.len() as u64;
+                if posts >= cap {
                     return Ok(Loaded::Refused);
                 }
                 self.reserved.insert(slug.clone());
-                Ok(Loaded::Total(0))
             }
+            return Ok(Loaded::Post {
+                total: 0,
+                seen: Vec::new(),
+            });
         }
+        let total = stored.unwrap_or(0) + pending.map_or(0, |p| p.delta);
+        if admission == Admission::ReadOnly {
+            return Ok(Loaded::Post {
+                total,
+                seen: Vec::new(),
+            });
+        }
+        let since = unix_now().saturating_sub(self.policy.dedupe_window.as_secs());
+        let mut seen = self.store.seen(slug.as_str(), since)?;
+        if let Some(p) = self.pending.get(slug) {
+            seen.extend(p.seen.iter().map(|(id, at)| (id.as_str().to_owned(), *at)));
+        }
+        Ok(Loaded::Post { total, seen })
     }
 
     fn totals(&mut self) -> Result<Vec<(String, u64)>, StoreError> {
@@ -276,7 +324,18 @@ impl State {
             .iter()
             .map(|(slug, p)| (slug.as_str(), p.delta))
             .collect();
-        self.store.add(&batch)?;
+        let seen: Vec<Seen<'_>> = self
+            .pending
+            .iter()
+            .flat_map(|(slug, p)| {
+                p.seen.iter().map(|(id, at)| Seen {
+                    slug: slug.as_str(),
+                    reader: id.as_str(),
+                    at: *at,
+                })
+            })
+            .collect();
+        self.store.add(&batch, &seen)?;
         tracing::debug!(posts = batch.len(), "flushed totals");
         self.rows += self.new_rows;
         self.new_rows = 0;
@@ -284,7 +343,20 @@ impl State {
         if self.last_failure_log.take().is_some() {
             tracing::info!("writing totals works again; nothing was lost");
         }
+        self.sweep_expired_ids();
         Ok(())
+    }
+
+    /// Forgets reader ids older than the dedupe window, at most every `SWEEP_EVERY`.
+    fn sweep_expired_ids(&mut self) {
+        if self.last_sweep.elapsed() < SWEEP_EVERY {
+            return;
+        }
+        self.last_sweep = Instant::now();
+        let cutoff = unix_now().saturating_sub(self.policy.dedupe_window.as_secs());
+        if let Err(e) = self.store.forget_seen_before(cutoff) {
+            tracing::warn!(error = %e, "cannot sweep expired reader ids");
+        }
     }
 
     /// Logs a failing flush at most once per `max_wait`, so a full disk does not flood logs.

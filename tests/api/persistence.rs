@@ -230,3 +230,41 @@ async fn a_steady_stream_of_joins_cannot_postpone_the_write_past_the_max_wait() 
         server.log()
     );
 }
+
+#[actix_web::test]
+async fn an_open_tab_reconnecting_after_a_restart_is_not_counted_twice() {
+    let app = spawn_app().await;
+    let tab = app.join("alpha").await;
+    let other = app.join("beta").await;
+    assert_eq!(app.counts("alpha").await, counts(1, 1));
+    let dir = app.stop_and_keep_dir().await;
+    drop((tab.stream, other.stream));
+
+    let app = spawn_app_in(dir, &[]).await;
+    // The browser comes back with the same page-view id, as ?view= and as Last-Event-ID.
+    let again = app
+        .join_as(
+            "alpha",
+            Req::connect("alpha", &tab.id).header("Last-Event-ID", tab.id.clone()),
+        )
+        .await;
+    assert_eq!(again.first, counts(1, 1));
+    let fresh = app.join("alpha").await;
+    assert_eq!(fresh.first, counts(2, 2), "a new page view still counts");
+}
+
+#[actix_web::test]
+async fn a_reader_counted_before_a_kill_9_and_written_is_still_deduplicated_after_it() {
+    let max_wait = Duration::from_millis(300);
+    let mut server =
+        BinServer::start(&["--flush-after", "100ms", "--flush-max-wait", "300ms"]).await;
+    let tab = server.join("alpha").await;
+    // Time passing is what is under test: the view (and its reader id) must be written.
+    tokio::time::sleep(max_wait + Duration::from_millis(500)).await;
+    server.kill_9().await;
+    drop(tab.stream);
+
+    let server = BinServer::start_in(server.into_dir(), &[]).await;
+    let again = join(server.addr, "alpha", Req::connect("alpha", &tab.id)).await;
+    assert_eq!(again.first, counts(1, 1));
+}
