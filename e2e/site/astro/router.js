@@ -1,0 +1,37 @@
+// A stand-in for Astro's <ClientRouter /> (view transitions), enough to drive counter.js the way
+// Astro does: links are fetched and swapped in without a reload, around the lifecycle events
+// Astro dispatches at `document` (not bubbling): astro:before-preparation, astro:after-preparation,
+// astro:before-swap, astro:after-swap, astro:page-load. Like Astro, scripts of the new body are
+// re-inserted so that they run (counter.js must run only once however often its tag comes back),
+// and back/forward (popstate) is a transition too. astro:page-load also fires after the first load.
+(() => {
+  const fire = type => document.dispatchEvent(new Event(type));
+  window.__swaps = 0;
+  async function navigate(href, push) {
+    fire('astro:before-preparation');
+    const html = await (await fetch(href)).text();
+    const next = new DOMParser().parseFromString(html, 'text/html');
+    fire('astro:after-preparation');
+    fire('astro:before-swap');
+    if (push) history.pushState({ astro: true }, '', href);
+    document.title = next.title;
+    document.body.replaceWith(document.adoptNode(next.body));
+    for (const old of document.body.querySelectorAll('script')) {
+      const s = document.createElement('script');
+      for (const a of old.attributes) s.setAttribute(a.name, a.value);
+      s.textContent = old.textContent;
+      old.replaceWith(s);
+    }
+    fire('astro:after-swap');
+    window.__swaps++;
+    fire('astro:page-load');
+  }
+  document.addEventListener('click', e => {
+    const a = e.target.closest && e.target.closest('a[href]');
+    if (!a || a.origin !== location.origin || !a.pathname.startsWith('/astro/')) return;
+    e.preventDefault();
+    navigate(a.href, true);
+  });
+  addEventListener('popstate', () => navigate(location.href, false));
+  addEventListener('load', () => setTimeout(() => fire('astro:page-load')));
+})();

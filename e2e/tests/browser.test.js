@@ -1,0 +1,276 @@
+'use strict';
+// Issue 4, point 1: the script in a real headless Chromium, the blog on one origin and the
+// counter on another. Each test gets a fresh counter (new temp db) and a fresh browser context.
+
+const { test, before, after, beforeEach, afterEach } = require('node:test');
+const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const path = require('node:path');
+const zlib = require('node:zlib');
+const h = require('../lib/harness');
+
+let browser, blog, counter, ctx;
+
+before(async () => {
+  browser = await h.launchBrowser();
+  blog = await h.startBlog({ counter: 'http://127.0.0.1:9' });
+});
+after(async () => {
+  await browser?.close();
+  await blog?.close();
+});
+beforeEach(async () => {
+  counter = await h.startCounter({ allowOrigins: [blog.origin] });
+  blog.counter = counter;
+  ctx = await h.newContext(browser);
+});
+afterEach(async () => {
+  await ctx?.close();
+  await counter?.stop();
+});
+
+const open = async pathname => {
+  const page = await ctx.newPage();
+  await page.goto(blog.url(pathname));
+  return page;
+};
+const e2e = (page, fn) => page.evaluate(fn);
+
+test('two tabs on a post see each other arrive and leave; closing a tab lowers live within 2.5 s', async t => {
+  const a = await open('/posts/alpha.html');
+  await h.waitShown(a, s => s.live === 1 && s.total === 1);
+
+  const b = await open('/posts/alpha.html');
+  const arrived = Date.now();
+  await h.waitShown(b, s => s.live === 2 && s.total === 2);
+  await h.waitShown(a, s => s.live === 2 && s.total === 2);
+  const arriveMs = Date.now() - arrived;
+
+  const closed = Date.now();
+  await b.close();
+  await counter.waitCount('alpha', n => n.live === 1 && n.total === 2, { timeout: 2500 });
+  const serverMs = Date.now() - closed;
+  await h.waitShown(a, s => s.live === 1 && s.total === 2, { timeout: Math.max(0, 2500 - serverMs) });
+  const pageMs = Date.now() - closed;
+  assert.ok(pageMs <= 2500, `tab A showed the departure after ${pageMs} ms`);
+
+  const lastClosed = Date.now();
+  await a.close();
+  await counter.waitCount('alpha', n => n.live === 0 && n.total === 2, { timeout: 2500 });
+  h.report(t, `tab A saw tab B arrive (live 1→2, total 2) within ${arriveMs} ms of B's load; ` +
+    `closing B: server live 2→1 after ${serverMs} ms, tab A showed live 1 after ${pageMs} ms; ` +
+    `closing A: live 0 after ${Date.now() - lastClosed} ms; total stays 2`);
+});
+
+test('following a link moves the reader: the old post loses a live reader, the new post counts one view', async t => {
+  const watcher = await open('/posts/alpha.html');
+  await h.waitShown(watcher, s => s.live === 1);
+  const reader = await open('/posts/alpha.html');
+  await h.waitShown(watcher, s => s.live === 2 && s.total === 2);
+
+  const clicked = Date.now();
+  await reader.click('#next');
+  await reader.waitForURL('**/posts/beta.html');
+  await counter.waitCount('beta', n => n.live === 1 && n.total === 1);
+  await counter.waitCount('alpha', n => n.live === 1 && n.total === 2);
+  await h.waitShown(watcher, s => s.live === 1 && s.total === 2);
+  await h.waitShown(reader, s => s.live === 1 && s.total === 1);
+  h.report(t, `alpha live 2→1 (total 2), beta live 0→1 and total 0→1; watcher tab on alpha ` +
+    `showed it ${Date.now() - clicked} ms after the click`);
+});
+
+test('back/forward: a bfcache restore counts no new view; a fresh load counts one', async t => {
+  const page = await open('/posts/alpha.html');
+  await counter.waitCount('alpha', n => n.live === 1 && n.total === 1);
+  await page.click('#next');
+  await page.waitForURL('**/posts/beta.html');
+  await counter.waitCount('beta', n => n.live === 1 && n.total === 1);
+  await counter.waitCount('alpha', n => n.live === 0 && n.total === 1);
+
+  // Back: headless Chromium restores alpha from the back/forward cache (pageshow.persisted).
+  await page.goBack({ waitUntil: 'commit' });
+  const restored = await h.until(
+    () => e2e(page, () => location.pathname.endsWith('alpha.html') && window.__e2e.pageshows.at(-1)),
+    { what: 'the back navigation to alpha' });
+  const why = await e2e(page, () => JSON.stringify(performance.getEntriesByType('navigation')[0].notRestoredReasons));
+  assert.equal(restored.persisted, true, `alpha was not restored from bfcache; notRestoredReasons: ${why}`);
+  await counter.waitCount('alpha', n => n.live === 1);
+  await counter.waitCount('beta', n => n.live === 0);
+  await h.waitShown(page, s => s.live === 1 && s.total === 1);
+  const streams = await e2e(page, () => window.__e2e.es.map(r => r.url));
+  assert.equal(streams.length, 2, 'alpha reopened its stream once');
+  assert.equal(new URL(streams[1]).search, new URL(streams[0]).search, 'with the same reader id');
+  assert.deepEqual(await counter.count('alpha'), { live: 1, total: 1 }, 'the restore counted no view');
+
+  // Forward: beta comes back from bfcache too, still one view.
+  await page.goForward({ waitUntil: 'commit' });
+  const forward = await h.until(
+    () => e2e(page, () => location.pathname.endsWith('beta.html') && window.__e2e.pageshows.at(-1)),
+    { what: 'the forward navigation to beta' });
+  assert.equal(forward.persisted, true, 'beta was restored from bfcache');
+  await counter.waitCount('beta', n => n.live === 1);
+  await counter.waitCount('alpha', n => n.live === 0);
+  assert.deepEqual(await counter.count('beta'), { live: 1, total: 1 });
+
+  // A fresh load (reload) is a new page view: one more.
+  await page.reload();
+  await counter.waitCount('beta', n => n.live === 1 && n.total === 2);
+  await h.waitShown(page, s => s.live === 1 && s.total === 2);
+  // And a fresh navigation back to alpha counts one.
+  await page.goto(blog.url('/posts/alpha.html'));
+  await counter.waitCount('alpha', n => n.live === 1 && n.total === 2);
+  await counter.waitCount('beta', n => n.live === 0 && n.total === 2);
+  h.report(t, `bfcache works in headless Chromium (pageshow.persisted=true, Playwright's ` +
+    `--disable-back-forward-cache removed): back to alpha → live 0→1, total stays 1 (same ?view= id ` +
+    `reopened); forward to beta → total stays 1; reload of beta → total 2; fresh load of alpha → total 2`);
+});
+
+/** Astro- and Turbo-like pages: same flow, different lifecycle events. */
+async function clientRouterFlow(t, kind) {
+  const slug = p => `${kind}-${p}`;
+  const page = await open(`/${kind}/alpha.html`);
+  await counter.waitCount(slug('alpha'), n => n.live === 1 && n.total === 1);
+  await h.waitShown(page, s => s.live === 1 && s.total === 1);
+  const marker = await e2e(page, () => window.__e2e.marker);
+
+  // Link to beta: DOM swap, no reload.
+  await page.click('#next');
+  await h.until(() => e2e(page, () => window.__swaps === 1 && location.pathname.endsWith('/beta.html')));
+  await counter.waitCount(slug('beta'), n => n.live === 1 && n.total === 1);
+  await counter.waitCount(slug('alpha'), n => n.live === 0 && n.total === 1);
+  await h.waitShown(page, s => s.live === 1 && s.total === 1);
+
+  // The same post again (router navigation to itself): reopened with the same id, no view.
+  await page.click('#self');
+  await h.until(() => e2e(page, () => window.__swaps === 2));
+  await h.until(() => e2e(page, () => window.__e2e.es.length === 3 && window.__e2e.es[2].messages > 0),
+    { what: 'the stream reopened after the same-post navigation' });
+  assert.deepEqual(await counter.count(slug('beta')), { live: 1, total: 1 }, 'same post: no new view');
+
+  // Back (popstate, the router swaps again): alpha is a new page view, counted once.
+  await page.goBack({ waitUntil: 'commit' }); // to beta (the same post): no view
+  await h.until(() => e2e(page, () => window.__swaps === 3));
+  await page.goBack({ waitUntil: 'commit' }); // to alpha
+  await h.until(() => e2e(page, () => window.__swaps === 4 && location.pathname.endsWith('/alpha.html')));
+  await counter.waitCount(slug('alpha'), n => n.live === 1 && n.total === 2);
+  await counter.waitCount(slug('beta'), n => n.live === 0 && n.total === 1);
+  await h.waitShown(page, s => s.live === 1 && s.total === 2);
+
+  const info = await e2e(page, () => ({
+    marker: window.__e2e.marker,
+    navigations: performance.getEntriesByType('navigation').length,
+    streams: window.__e2e.es.map(r => ({ path: new URL(r.url).pathname, view: new URL(r.url).searchParams.get('view'), closed: r.closed })),
+    counterTags: [...document.scripts].filter(s => s.src.includes('counter.js')).length,
+  }));
+  assert.equal(info.marker, marker, 'no reload happened');
+  const openStreams = info.streams.filter(s => !s.closed);
+  assert.equal(openStreams.length, 1, `one stream open at a time: ${JSON.stringify(info.streams)}`);
+  // Let any stray (double) stream or late scan show itself before the final word.
+  await h.sleep(300);
+  assert.deepEqual(await counter.count(slug('alpha')), { live: 1, total: 2 });
+  assert.deepEqual(await counter.count(slug('beta')), { live: 0, total: 1 });
+  return info;
+}
+
+test('Astro view transitions (astro:* events around a DOM swap) move the reader without a reload or a double count', async t => {
+  const info = await clientRouterFlow(t, 'astro');
+  h.report(t, `alpha→beta→beta(again)→back→alpha without reload; streams opened: ` +
+    `${info.streams.map(s => s.path.split('/').pop() + (s.closed ? '' : '(open)')).join(', ')}; ` +
+    `the re-inserted tag ran once; final astro-alpha {live 1,total 2}, astro-beta {live 0,total 1}`);
+});
+
+test('Turbo navigations (turbo:* events) move the reader without a reload or a double count', async t => {
+  const info = await clientRouterFlow(t, 'turbo');
+  h.report(t, `alpha→beta→beta(again)→back→alpha without reload; streams opened: ` +
+    `${info.streams.map(s => s.path.split('/').pop() + (s.closed ? '' : '(open)')).join(', ')}; ` +
+    `final turbo-alpha {live 1,total 2}, turbo-beta {live 0,total 1}`);
+});
+
+test('the stream opens only after the load event', async t => {
+  const page = await open('/posts/alpha.html');
+  await h.waitShown(page, s => s.live === 1);
+  const tm = await e2e(page, () => {
+    const nav = performance.getEntriesByType('navigation')[0];
+    const js = performance.getEntriesByType('resource').find(r => r.name.includes('/counter.js'));
+    return {
+      loadEventStart: nav.loadEventStart,
+      loadEventEnd: nav.loadEventEnd,
+      scriptDone: js && js.responseEnd,
+      esCreated: window.__e2e.es[0].createdAt,
+    };
+  });
+  assert.ok(tm.esCreated >= tm.loadEventStart,
+    `EventSource created at ${tm.esCreated} ms, load event started at ${tm.loadEventStart} ms`);
+  const where = tm.esCreated <= tm.loadEventEnd ? 'in a load listener' : 'after the load event';
+  h.report(t, `counter.js fetched by ${tm.scriptDone.toFixed(1)} ms, load event ` +
+    `${tm.loadEventStart.toFixed(1)}–${tm.loadEventEnd.toFixed(1)} ms, EventSource created at ` +
+    `${tm.esCreated.toFixed(1)} ms (${where})`);
+});
+
+test('counter.js is at most 1.5 KiB gzipped', async t => {
+  const served = await (await fetch(`${counter.url}/counter.js`)).text();
+  const size = zlib.gzipSync(served, { level: 9 }).length;
+  const source = fs.readFileSync(path.join(h.ROOT, 'web/counter.js'), 'utf8');
+  assert.ok(size <= 1536, `${size} bytes gzipped`);
+  h.report(t, `${served.length} bytes, ${size} bytes gzipped (budget 1536); ` +
+    `served copy ${served === source ? 'equals' : 'DIFFERS from (binary older than)'} web/counter.js`);
+});
+
+/**
+ * Opens `pathname` with its stream held back until the page has painted its placeholders, so
+ * the numbers always fill in over a painted layout (on a loaded machine the first event could
+ * otherwise beat the first frame, and no shift could be seen, with or without reserved space).
+ */
+async function openPainted(pathname) {
+  const page = await ctx.newPage();
+  await page.route('**/api/v1/connect/**', async route => {
+    await h.until(() => page.evaluate(() => new Promise(r => requestAnimationFrame(() =>
+      requestAnimationFrame(() => r(performance.getEntriesByType('paint').length > 0))))), { what: 'first paint' });
+    await route.continue();
+  });
+  await page.goto(blog.url(pathname));
+  return page;
+}
+
+test('no layout shift when the numbers fill in (their space is reserved)', async t => {
+  const a = await openPainted('/posts/alpha.html');
+  await h.waitShown(a, s => s.live === 1);
+  const b = await open('/posts/alpha.html'); // changes the numbers on a again
+  await h.waitShown(a, s => s.live === 2 && s.total === 2);
+  await b.close();
+  await h.waitShown(a, s => s.live === 1);
+  const shifts = await e2e(a, () => window.__e2e.shifts);
+  assert.deepEqual(shifts, [], 'layout-shift entries on a post with reserved space');
+
+  // Control: without reserved space the observer does see the shift.
+  const c = await openPainted('/shift.html');
+  await h.waitShown(c, s => s.live === 1);
+  const control = await h.until(() => e2e(c, () => window.__e2e.shifts.length && window.__e2e.shifts),
+    { what: 'a layout shift on the control page' });
+  const cls = control.reduce((s, e) => s + e.value, 0);
+  h.report(t, `post: 0 layout-shift entries over the first fill (after first paint) and two updates; ` +
+    `control page without reserved space: ${control.length} entr${control.length === 1 ? 'y' : 'ies'}, CLS ${cls.toFixed(4)}`);
+});
+
+test('page-load time with and without the tag (cold cache, 7 loads each, interleaved)', async t => {
+  const runs = { with: [], without: [] };
+  for (let i = 0; i < 7; i++) {
+    for (const kind of i % 2 ? ['with', 'without'] : ['without', 'with']) {
+      const c = await h.newContext(browser); // cold cache each time
+      const page = await c.newPage();
+      await page.goto(blog.url(`/posts/alpha.html${kind === 'with' ? '' : '?notag'}`));
+      const nav = await page.evaluate(() => performance.getEntriesByType('navigation')[0].toJSON());
+      runs[kind].push({ dcl: nav.domContentLoadedEventEnd, load: nav.loadEventEnd });
+      if (kind === 'with') await h.waitShown(page, s => s.live >= 1); // its view is in
+      await c.close();
+    }
+  }
+  const f = (k, field) => {
+    const xs = runs[k].map(r => r[field]);
+    return `${h.median(xs).toFixed(1)} (min ${Math.min(...xs).toFixed(1)})`;
+  };
+  h.report(t, `median (min) in ms — with the tag: DOMContentLoaded ${f('with', 'dcl')}, load ${f('with', 'load')}; ` +
+    `without: DOMContentLoaded ${f('without', 'dcl')}, load ${f('without', 'load')} ` +
+    `(loopback, shared 2-core machine: expect noise; the async tag can only delay the load event, by its own fetch)`);
+  await counter.waitCount('alpha', n => n.live === 0 && n.total === 7);
+});
