@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use actix::Addr;
 use actix_web::http::header::{self, ContentType};
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
@@ -10,11 +11,12 @@ use subtle::ConstantTimeEq;
 
 use crate::client_ip::TrustedProxies;
 use crate::error::ApiError;
-use crate::limits::{StreamLimits, ViewCharge, ViewRate};
+use crate::limits::{PER_IP_RETRY_AFTER, StreamLimits, ViewCharge, ViewRate};
 use crate::origin::OriginPolicy;
-use crate::post::{Depart, Join, Leave};
+use crate::post::{Depart, Join, Joined, Leave, Post};
 use crate::reader_id::ReaderId;
 use crate::registry::Registry;
+use crate::shared::{Handle, JoinError, Member, SharedStreams};
 use crate::slug::Slug;
 use crate::slug_list::SlugPolicy;
 use crate::sse::{self, Departure, Signals};
@@ -35,6 +37,7 @@ pub struct AppState {
     pub bots: Option<isbot::Bots>,
     pub admin_token: Option<String>,
     pub signals: Signals,
+    pub shared: Arc<SharedStreams>,
 }
 
 impl AppState {
@@ -54,6 +57,45 @@ impl AppState {
         }
     }
 
+    fn refuse_when_stopping(&self) -> Result<(), ApiError> {
+        if *self.signals.shutdown.borrow() {
+            Err(ApiError::ShuttingDown)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Counts a reader in: a view unless deduplicated, rate-limited or a bot; live unless a bot.
+    /// Returns what its departure must quote.
+    async fn join(
+        &self,
+        req: &HttpRequest,
+        ip: IpAddr,
+        slug: &Slug,
+        admission: Admission,
+        reader: &ReaderId,
+    ) -> Result<(Addr<Post>, Joined, Depart), ApiError> {
+        let is_reader = !self.is_bot(req);
+        let charge = is_reader.then(|| ViewCharge {
+            rate: Arc::clone(&self.view_rate),
+            ip,
+        });
+        let key = reader.key();
+        let join = Join {
+            id: reader.clone(),
+            reader: key,
+            charge,
+            is_reader,
+        };
+        let (post, joined) = self.registry.join(slug, admission, join).await?;
+        let depart = Depart {
+            reader: key,
+            epoch: joined.epoch,
+            is_reader,
+        };
+        Ok((post, joined, depart))
+    }
+
     /// Parses the slug and checks that the post may exist: 400 malformed, 404 unknown.
     fn post(&self, req: &HttpRequest) -> Result<(Slug, Admission), ApiError> {
         let raw = req.match_info().get("slug").unwrap_or_default();
@@ -67,6 +109,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/connect/{slug:.*}", web::get().to(connect))
         .route("/leave/{slug:.*}", web::post().to(leave))
         .route("/count/{slug:.*}", web::get().to(count))
+        .route("/shared/{sid}", web::get().to(shared_open))
+        .route("/shared/{sid}/join/{slug:.*}", web::post().to(shared_join))
+        .route(
+            "/shared/{sid}/leave/{slug:.*}",
+            web::post().to(shared_leave),
+        )
         .route("/totals", web::get().to(totals))
         .route("/stats", web::get().to(stats));
 }
@@ -94,49 +142,36 @@ async fn connect(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
     state.origins.check(&req)?;
     let (slug, admission) = state.post(&req)?;
     let reader = reader_id(&req)?;
-    if *state.signals.shutdown.borrow() {
-        return Err(ApiError::ShuttingDown);
-    }
+    state.refuse_when_stopping()?;
     let ip = state.client_ip(&req);
     let permit = state.limits.acquire(ip)?;
-    let is_reader = !state.is_bot(&req);
-    let charge = is_reader.then(|| ViewCharge {
-        rate: Arc::clone(&state.view_rate),
-        ip,
-    });
-    let key = reader.key();
-    let join = Join {
-        id: reader.clone(),
-        reader: key,
-        charge,
-        is_reader,
-    };
-    let (post, joined) = state.registry.join(&slug, admission, join).await?;
+    let (post, joined, depart) = state.join(&req, ip, &slug, admission, &reader).await?;
     let departure = Departure {
         post,
-        depart: Depart {
-            reader: key,
-            epoch: joined.epoch,
-            is_reader,
-        },
-        permit,
+        depart,
+        permit: Some(permit),
     };
     let first = sse::first_event(&reader, joined.counts);
     let body = sse::reader_stream(first, joined.updates, state.signals.subscribe(), departure);
-    Ok(HttpResponse::Ok()
+    Ok(event_stream(body))
+}
+
+/// The response head every event stream shares: no caching, no proxy buffering.
+fn event_stream(
+    body: impl futures_util::Stream<Item = Result<web::Bytes, std::convert::Infallible>> + 'static,
+) -> HttpResponse {
+    HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/event-stream"))
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(body))
+        .streaming(body)
 }
 
-async fn leave(
-    req: HttpRequest,
+/// A beacon body: a reader id, at most `MAX_BEACON_BYTES` (413 beyond, 400 if malformed).
+async fn read_reader_id(
+    req: &HttpRequest,
     mut payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    state.origins.check(&req)?;
-    let (slug, _) = state.post(&req)?;
+) -> Result<ReaderId, ApiError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -152,7 +187,17 @@ async fn leave(
         }
         body.extend_from_slice(&chunk);
     }
-    let reader = ReaderId::from_beacon(&body)?;
+    Ok(ReaderId::from_beacon(&body)?)
+}
+
+async fn leave(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    state.origins.check(&req)?;
+    let (slug, _) = state.post(&req)?;
+    let reader = read_reader_id(&req, payload).await?;
     state.registry.leave(
         &slug,
         Leave {
@@ -160,6 +205,89 @@ async fn leave(
         },
     );
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// `GET /shared/{sid}`: one stream for the readers of many tabs (see [`crate::shared`]).
+async fn shared_open(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    state.origins.check(&req)?;
+    let sid = ReaderId::parse(req.match_info().get("sid").unwrap_or_default())?;
+    state.refuse_when_stopping()?;
+    let permit = state.limits.acquire(state.client_ip(&req))?;
+    Ok(event_stream(state.shared.open(
+        sid,
+        state.signals.subscribe(),
+        permit,
+    )))
+}
+
+/// `POST /shared/{sid}/join/{slug}`: attaches a reader to a shared stream; this is its view.
+async fn shared_join(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    state.origins.check(&req)?;
+    let (slug, admission) = state.post(&req)?;
+    let reader = read_reader_id(&req, payload).await?;
+    let shared = shared_handle(&req, &state)?;
+    let key = reader.key();
+    match shared.reserve(&slug, key) {
+        Ok(()) => {}
+        Err(JoinError::Already) => return Ok(HttpResponse::NoContent().finish()),
+        Err(_) => {
+            return Err(ApiError::TooManyStreams {
+                retry_after: PER_IP_RETRY_AFTER,
+            });
+        }
+    }
+    let ip = state.client_ip(&req);
+    let (post, joined, depart) = match state.join(&req, ip, &slug, admission, &reader).await {
+        Ok(joined) => joined,
+        Err(e) => {
+            shared.unreserve(&slug, key);
+            return Err(e);
+        }
+    };
+    let member = Member {
+        first: sse::tagged_event(&slug, joined.counts),
+        slug,
+        reader: key,
+        updates: joined.updates,
+        departure: Departure {
+            post,
+            depart,
+            permit: None,
+        },
+    };
+    // If the stream closed meanwhile, the member is dropped and departs at once.
+    shared.join(member).map_err(|_| ApiError::NoSharedStream)?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// `POST /shared/{sid}/leave/{slug}`: detaches a reader; unknown readers are fine.
+async fn shared_leave(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    state.origins.check(&req)?;
+    let (slug, _) = state.post(&req)?;
+    let reader = read_reader_id(&req, payload).await?;
+    if let Ok(shared) = shared_handle(&req, &state) {
+        shared.leave(slug, reader.key());
+    }
+    Ok(HttpResponse::NoContent().finish())
+}
+
+fn shared_handle(req: &HttpRequest, state: &AppState) -> Result<Handle, ApiError> {
+    let sid = ReaderId::parse(req.match_info().get("sid").unwrap_or_default())?;
+    state
+        .shared
+        .handle(sid.as_str())
+        .ok_or(ApiError::NoSharedStream)
 }
 
 async fn count(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

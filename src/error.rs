@@ -22,6 +22,8 @@ pub enum ApiError {
     SlugCapReached,
     #[error("unreadable request body")]
     BadBody,
+    #[error("no such shared stream (open it first)")]
+    NoSharedStream,
     #[error("origin not allowed")]
     OriginNotAllowed,
     #[error("admin token required")]
@@ -54,7 +56,9 @@ impl ResponseError for ApiError {
         match self {
             Self::BadSlug(_) | Self::BadReaderId(_) | Self::BadBody => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnknownPost | Self::SlugCapReached => StatusCode::NOT_FOUND,
+            Self::UnknownPost | Self::SlugCapReached | Self::NoSharedStream => {
+                StatusCode::NOT_FOUND
+            }
             Self::OriginNotAllowed => StatusCode::FORBIDDEN,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,

@@ -13,7 +13,8 @@
 //! - [`registry`]: slug → [`post::Post`] actor, woken on the first reader, asleep when idle.
 //! - [`post`]: one actor per post: coalesced broadcast, sleep when idle; its counting rules
 //!   (live readers, total, dedupe) are [`post_state`], free of actors so they can be tested.
-//! - [`sse`]: the wire format and the body stream each reader holds.
+//! - [`sse`]: the wire format and the body stream each reader holds; [`shared`]: one stream
+//!   carrying the readers of many tabs, for browsers limited to six connections per origin.
 //! - [`writer`]: the debounced writer thread, flushing deltas to a [`store::Store`].
 //! - [`store`]: the `Store` trait and its redb implementation.
 //! - [`export`]: `viewcounter export`, from the file or from the running server.
@@ -31,6 +32,7 @@ pub mod post;
 pub mod post_state;
 pub mod reader_id;
 pub mod registry;
+pub mod shared;
 pub mod slug;
 pub mod slug_list;
 pub mod sse;

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::limits::ViewCharge;
@@ -17,7 +16,7 @@ use crate::post_state::PostState;
 use crate::reader_id::{ReaderId, ReaderKey};
 use crate::registry::Registry;
 use crate::slug::Slug;
-use crate::sse;
+use crate::sse::Update;
 use crate::writer::unix_now;
 
 /// Readers get at most one update per this interval; the newest state wins.
@@ -45,7 +44,7 @@ pub struct Join {
 pub struct Joined {
     pub counts: Counts,
     pub counted: bool,
-    pub updates: watch::Receiver<Bytes>,
+    pub updates: watch::Receiver<Update>,
     pub epoch: u32,
 }
 
@@ -78,7 +77,7 @@ pub struct Post {
     slug: Slug,
     registry: Arc<Registry>,
     state: PostState,
-    updates: watch::Sender<Bytes>,
+    updates: watch::Sender<Update>,
     last_broadcast: Option<Instant>,
     broadcast_pending: bool,
     housekeeping: Option<SpawnHandle>,
@@ -89,9 +88,9 @@ impl Post {
     pub fn new(slug: Slug, total: u64, registry: Arc<Registry>, dedupe_window: Duration) -> Self {
         let state = PostState::new(total, dedupe_window);
         Self {
+            updates: watch::Sender::new(Update::new(&slug, state.counts())),
             slug,
             registry,
-            updates: watch::Sender::new(sse::counts_event(state.counts())),
             state,
             last_broadcast: None,
             broadcast_pending: false,
@@ -140,7 +139,7 @@ impl Post {
         self.last_broadcast = Some(now);
         // Encoded once; every reader's stream shares these bytes.
         self.updates
-            .send_replace(sse::counts_event(self.state.counts()));
+            .send_replace(Update::new(&self.slug, self.state.counts()));
     }
 
     /// Arms the one timer that expires dedupe entries and puts an idle post to sleep.

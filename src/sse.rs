@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use crate::limits::StreamPermit;
 use crate::post::{Counts, Depart, Post};
 use crate::reader_id::ReaderId;
+use crate::slug::Slug;
 
 /// Browsers wait this long before reconnecting a dropped stream.
 pub const RETRY_MS: u32 = 2_000;
@@ -18,7 +19,7 @@ pub const RETRY_MS: u32 = 2_000;
 /// restart is not met by every browser at the same instant.
 pub const SHUTDOWN_RETRY_MS: std::ops::Range<u32> = 1_000..5_000;
 
-const HEARTBEAT: Bytes = Bytes::from_static(b":\n\n");
+pub const HEARTBEAT: Bytes = Bytes::from_static(b":\n\n");
 
 /// `data: {"live":L,"total":T}` as one event; built once per broadcast, shared by all readers.
 pub fn counts_event(counts: Counts) -> Bytes {
@@ -30,6 +31,39 @@ pub fn counts_event(counts: Counts) -> Bytes {
         counts.live, counts.total
     );
     buf.into_inner().freeze()
+}
+
+/// `data: {"slug":S,"live":L,"total":T}`: the same numbers for shared streams, which carry
+/// several posts. Slugs hold no character that JSON escapes.
+pub fn tagged_event(slug: &Slug, counts: Counts) -> Bytes {
+    let mut buf = BytesMut::with_capacity(64 + slug.as_str().len()).writer();
+    let _ = write!(
+        buf,
+        "data: {{\"slug\":\"{slug}\",\"live\":{},\"total\":{}}}\n\n",
+        counts.live, counts.total
+    );
+    buf.into_inner().freeze()
+}
+
+/// One broadcast of a post, encoded once for both kinds of stream.
+#[derive(Clone)]
+pub struct Update {
+    pub plain: Bytes,
+    pub tagged: Bytes,
+}
+
+impl Update {
+    pub fn new(slug: &Slug, counts: Counts) -> Self {
+        Self {
+            plain: counts_event(counts),
+            tagged: tagged_event(slug, counts),
+        }
+    }
+}
+
+/// The start of a shared stream: the reconnect delay; readers' events follow as they join.
+pub fn shared_start() -> Bytes {
+    Bytes::from(format!("retry: {RETRY_MS}\n\n"))
 }
 
 /// The first bytes of a stream: reconnect delay, the reader id as the event id (so an
@@ -46,7 +80,7 @@ pub fn first_event(reader: &ReaderId, counts: Counts) -> Bytes {
     buf.into_inner().freeze()
 }
 
-fn shutdown_event() -> Bytes {
+pub fn shutdown_event() -> Bytes {
     let span = SHUTDOWN_RETRY_MS.end - SHUTDOWN_RETRY_MS.start;
     let mut jitter = [0u8; 4];
     let _ = getrandom::fill(&mut jitter);
@@ -77,7 +111,9 @@ impl Signals {
 pub struct Departure {
     pub post: Addr<Post>,
     pub depart: Depart,
-    pub permit: StreamPermit,
+    /// The connection's place in the limits; `None` for a reader on a shared stream, whose
+    /// connection holds it.
+    pub permit: Option<StreamPermit>,
 }
 
 impl Drop for Departure {
@@ -88,7 +124,7 @@ impl Drop for Departure {
 
 struct ReaderStream {
     first: Option<Bytes>,
-    updates: watch::Receiver<Bytes>,
+    updates: watch::Receiver<Update>,
     signals: Signals,
     _departure: Departure,
 }
@@ -97,7 +133,7 @@ struct ReaderStream {
 /// heartbeats, until the client goes or the server shuts down.
 pub fn reader_stream(
     first: Bytes,
-    updates: watch::Receiver<Bytes>,
+    updates: watch::Receiver<Update>,
     signals: Signals,
     departure: Departure,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + 'static {
@@ -116,7 +152,7 @@ pub fn reader_stream(
             biased;
             Ok(()) = st.signals.shutdown.changed() => Some((Ok(shutdown_event()), None)),
             Ok(()) = st.updates.changed() => {
-                let event = st.updates.borrow_and_update().clone();
+                let event = st.updates.borrow_and_update().plain.clone();
                 Some((Ok(event), Some(st)))
             }
             Ok(()) = st.signals.heartbeat.changed() => Some((Ok(HEARTBEAT), Some(st))),

@@ -101,6 +101,7 @@ impl Application {
             view_rate: Arc::new(ViewRate::new(args.ip_view_rate)),
             bots: (!args.count_bots).then(isbot::Bots::default),
             admin_token: args.admin_token.clone(),
+            shared: Arc::default(),
             signals: Signals {
                 heartbeat: heartbeat_rx,
                 shutdown: shutdown_rx,

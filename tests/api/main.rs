@@ -13,5 +13,6 @@ mod export;
 mod helpers;
 mod leave;
 mod persistence;
+mod shared;
 mod slugs;
 mod totals;
