@@ -18,7 +18,8 @@
 //! - [`writer`]: the debounced writer thread, flushing deltas to a [`store::Store`].
 //! - [`store`]: the `Store` trait and its redb implementation.
 //! - [`export`]: `viewcounter export`, from the file or from the running server.
-//! - [`error`]: the one error type of the HTTP layer, answered as JSON.
+//! - [`error`]: the one error type of the HTTP layer, answered as JSON; [`memory`]: giving
+//!   freed memory back after a wave of readers.
 
 pub mod api;
 pub mod assets;
@@ -27,6 +28,7 @@ pub mod client_ip;
 pub mod error;
 pub mod export;
 pub mod limits;
+pub mod memory;
 pub mod origin;
 pub mod post;
 pub mod post_state;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::error::ApiError;
+use crate::memory::Reclaimer;
 use crate::post::{Counts, GetCounts, Join, Joined, Leave, Post};
 use crate::slug::Slug;
 use crate::writer::{Admission, Loaded, Writer};
@@ -19,6 +20,7 @@ pub struct Registry {
     posts: Mutex<HashMap<Slug, Addr<Post>>>,
     writer: Writer,
     dedupe_window: Duration,
+    reclaimer: Reclaimer,
 }
 
 impl Registry {
@@ -27,6 +29,7 @@ impl Registry {
             posts: Mutex::new(HashMap::new()),
             writer,
             dedupe_window,
+            reclaimer: Reclaimer::default(),
         })
     }
 
@@ -85,7 +88,17 @@ impl Registry {
         let mut posts = self.lock();
         if posts.get(slug) == Some(addr) {
             posts.remove(slug);
+            self.reclaimer.post_slept();
+            // After a spike the map would keep its peak capacity.
+            if posts.capacity() > 1024 && posts.len() < posts.capacity() / 4 {
+                let keep = posts.len() * 2;
+                posts.shrink_to(keep);
+            }
         }
+    }
+
+    pub fn reclaimer(&self) -> &Reclaimer {
+        &self.reclaimer
     }
 
     fn lookup(&self, slug: &Slug) -> Option<Addr<Post>> {

@@ -35,7 +35,8 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_RETRIES: u32 = 4;
 /// Unacknowledged data (a heartbeat to a dead peer) gives up after this long.
 const USER_TIMEOUT: Duration = Duration::from_secs(45);
-const RATE_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+/// How often rate-limit buckets are pruned and freed memory is given back.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -250,10 +251,11 @@ fn spawn_background(
     })];
     let st = state.clone();
     tasks.push(actix_web::rt::spawn(async move {
-        let mut tick = tokio::time::interval(RATE_PRUNE_INTERVAL);
+        let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
         loop {
             tick.tick().await;
             st.view_rate.prune();
+            st.registry.reclaimer().reclaim_if_worthwhile().await;
         }
     }));
     if let SlugPolicy::Listed(list) = &state.slugs {

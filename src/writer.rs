@@ -339,7 +339,11 @@ impl State {
         tracing::debug!(posts = batch.len(), "flushed totals");
         self.rows += self.new_rows;
         self.new_rows = 0;
-        self.pending.clear();
+        // A fresh map rather than clear(): after a spike of posts the old one keeps its size.
+        self.pending = HashMap::new();
+        if self.reserved.is_empty() {
+            self.reserved = HashSet::new();
+        }
         if self.last_failure_log.take().is_some() {
             tracing::info!("writing totals works again; nothing was lost");
         }
