@@ -1,76 +1,86 @@
 /*! viewcounter: live view counter. How it works: web/README.md */
 (() => {
-  const w = window, d = document;
-  if (w.__viewcounter) return; // the tag may be re-inserted
+  const w = window, d = document, L = navigator.locks;
+  if (w.__viewcounter) return;
   const me = d.currentScript || d.querySelector('script[src*="counter.js"]');
   if (!me) return;
-  const base = me.src; // API URLs are relative to it
-  let slug, token, es, timer, tries = 0;
-  w.__viewcounter = { scan }; // for other routers, after load
+  const base = me.src, name = 'viewcounter ' + base;
+  let slug, token, ch, ac, R, es, sid, timer, tries = 0;
+  w.__viewcounter = { scan };
 
-  // Element attribute first, else our tag (or its copy, after a body swap)
   const readSlug = () => {
     const el = d.querySelector('[data-viewcounter-slug]');
     const tag = [...d.scripts].filter(s => s.src == base && s.dataset.slug).pop();
-    const s = el ? el.getAttribute('data-viewcounter-slug') : tag && tag.dataset.slug;
-    return s && /^[\w./-]{1,200}$/.test(s) && !/(^|\/)\.?\.?(\/|$)/.test(s) ? s : ''; // server's rules
+    const s = el ? el.dataset.viewcounterSlug : tag && tag.dataset.slug;
+    return s && /^[\w./-]{1,200}$/.test(s) && !/(^|\/)\.?\.?(\/|$)/.test(s) ? s : '';
   };
 
-  const api = what => new URL(`api/v1/${what}/${slug}`, base);
+  const api = (...p) => new URL('api/v1/' + p.join('/'), base);
+  const send = (t, ...p) => navigator.sendBeacon(api(...p), t);
+  const rand = () => [...crypto.getRandomValues(new Uint8Array(16))].map(b => b.toString(36)).join('');
 
-  // Opening the stream is the view
+  const post = m => { ch.postMessage(m); got(m); }; // to every tab, this one too
+  const join = () => slug && post(['join', slug, token]);
+
+  function got([k, s, t]) {
+    if (k == 'h') join();
+    else if (k == 'd') try {
+      const n = JSON.parse(s);
+      if (n.slug == slug) for (const k of ['live', 'total']) if (typeof n[k] == 'number')
+        d.querySelectorAll(`[data-viewcounter=${k}]`).forEach(el => el.textContent = n[k].toLocaleString());
+    } catch {}
+    else if (sid) { // leader
+      k == 'join' ? R[t] = [k, s, t] : delete R[t];
+      es.readyState == 1 && send(t, 'shared', sid, k, s);
+    }
+  }
+
   function open() {
-    const src = es = new EventSource(api('connect') + '?view=' + token);
-    src.onmessage = e => {
-      tries = 0;
-      try {
-        const n = JSON.parse(e.data);
-        for (const k of ['live', 'total']) if (typeof n[k] == 'number')
-          d.querySelectorAll(`[data-viewcounter=${k}]`).forEach(el => el.textContent = n[k].toLocaleString());
-      } catch (_) {}
-    };
-    // CONNECTING retries by itself; CLOSED (a non-200) is final: back off 1-60 s, full jitter
-    src.onerror = () => {
-      if (src != es || src.readyState != 2) return;
-      es = null;
-      timer = setTimeout(() => { timer = 0; open(); }, Math.random() * Math.min(6e4, 1e3 * 2 ** tries++));
-    };
+    es = new EventSource(api('shared', sid = rand()));
+    es.onopen = () => { tries = 0; Object.values(R).forEach(got); };
+    es.onmessage = e => post(['d', e.data]);
+    // CLOSED (a non-200) is final; CONNECTING retries itself
+    es.onerror = () => es.readyState > 1 && (es = 0, timer = setTimeout(open, Math.random() * Math.min(6e4, 1e3 * 2 ** tries++)));
   }
 
-  // Keeps slug and token for a bfcache restore
-  function leave() {
+  const lead = () => { R = {}; open(); post(['h']); };
+
+  function up() {
+    ch = L ? new BroadcastChannel(name) : { postMessage() {}, close() {} };
+    ch.onmessage = e => got(e.data);
+    const s = (ac = new AbortController).signal;
+    // a restored page shows before the one it replaces hides
+    L ? setTimeout(() => L.request(name, { signal: s }, () => new Promise(r => { s.onabort = r; lead(); })).catch(() => {}), 50) : lead();
+    join();
+  }
+
+  const leave = () => slug && (send(token, 'leave', slug), post(['leave', slug, token]));
+
+  function down() {
     clearTimeout(timer);
-    timer = 0;
-    if (!es) return;
-    es.close();
-    es = null;
-    try { navigator.sendBeacon(api('leave'), token); } catch (_) {}
+    es && es.close();
+    ac.abort();
+    leave();
+    ch.close();
+    es = sid = 0;
   }
 
-  // A new slug is a new page view (new token); the same one is only reopened if left
   function scan() {
     const s = readSlug();
-    if (s != slug) {
-      leave();
-      slug = s;
-      token = [...crypto.getRandomValues(new Uint8Array(16))].map(b => (b + 256).toString(16).slice(1)).join('');
-      tries = 0;
-    }
-    if (slug && !es && !timer) open();
+    if (s != slug) leave(), slug = s, token = rand(), join();
   }
 
-  // Capture: Astro's events at document do not bubble
   const on = (types, fn) => types.split(' ').forEach(t => w.addEventListener(t, fn, true));
 
   function start() {
     if (d.prerendering) return on('prerenderingchange', start);
-    on('pagehide astro:before-preparation turbo:before-cache turbo:visit', leave);
+    on('pagehide', down);
+    on('pageshow', e => e.persisted && up());
     on('astro:page-load turbo:load', scan);
-    on('pageshow', e => e.persisted && scan());
-    // Only if the router (given time to render) changed the post
-    on('popstate', () => setTimeout(() => readSlug() != slug && scan(), 50));
+    on('popstate', () => setTimeout(scan, 50));
+    up();
     scan();
   }
 
-  d.readyState == 'complete' ? start() : on('load', start); // after the page's own load
+  d.readyState == 'complete' ? start() : on('load', start);
 })();

@@ -251,10 +251,16 @@ async function launchBrowser({ args = [] } = {}) {
 
 /**
  * Runs in every document before its own scripts: records each EventSource (creation time,
- * opens, messages, errors), `load` and `pageshow` events, and layout shifts.
+ * opens, messages, errors), each `navigator.sendBeacon` (URL, body, time), `load` and
+ * `pageshow` events, and layout shifts.
  */
 function instrument() {
-  const vc = (window.__e2e = { es: [], pageshows: [], shifts: [], loadAt: null, marker: Math.random() });
+  const vc = (window.__e2e = { es: [], beacons: [], pageshows: [], shifts: [], loadAt: null, marker: Math.random() });
+  const beacon = navigator.sendBeacon.bind(navigator);
+  navigator.sendBeacon = (url, data) => {
+    vc.beacons.push({ url: String(url), body: String(data), at: performance.now() });
+    return beacon(url, data);
+  };
   const Orig = window.EventSource;
   window.EventSource = class extends Orig {
     constructor(url, init) {
@@ -282,6 +288,16 @@ async function newContext(browser, opts = {}) {
   const context = await browser.newContext({ userAgent: UA, ...opts });
   await context.addInitScript(instrument);
   return context;
+}
+
+/**
+ * The pages holding an open EventSource. The script opens one stream per browser (the leader
+ * tab's shared stream), so among the tabs of one context this is one page, except in the
+ * moments after the leader left.
+ */
+async function streamHolders(pages) {
+  const open = await Promise.all(pages.map(p => p.evaluate(() => window.__e2e.es.some(r => !r.closed && r.errorState !== 2)).catch(() => false)));
+  return pages.filter((_, i) => open[i]);
 }
 
 /** The numbers a page shows, as integers (NaN while it still shows the placeholder). */
@@ -427,5 +443,5 @@ function report(t, line) {
 module.exports = {
   ROOT, E2E, SITE, BIN, CHROMIUM, UA, SLUGS,
   tempDir, sleep, until, capture, startCounter, startBlog, launchBrowser, newContext, instrument,
-  shown, waitShown, median, report, freePort, startNginx, selfSignedCert,
+  shown, waitShown, streamHolders, median, report, freePort, startNginx, selfSignedCert,
 };

@@ -97,9 +97,11 @@ test('back/forward: a bfcache restore counts no new view; a fresh load counts on
   await counter.waitCount('alpha', n => n.live === 1);
   await counter.waitCount('beta', n => n.live === 0);
   await h.waitShown(page, s => s.live === 1 && s.total === 1);
+  // The only tab leads again: a new shared stream, and its reader joins with the same id.
   const streams = await e2e(page, () => window.__e2e.es.map(r => r.url));
-  assert.equal(streams.length, 2, 'alpha reopened its stream once');
-  assert.equal(new URL(streams[1]).search, new URL(streams[0]).search, 'with the same reader id');
+  assert.equal(streams.length, 2, 'alpha opened one new stream on restore');
+  const joins = await e2e(page, () => window.__e2e.beacons.filter(b => /\/join\/alpha$/.test(b.url)).map(b => b.body));
+  assert.ok(joins.length >= 2 && joins.every(id => id === joins[0]), `with the same reader id: ${joins}`);
   assert.deepEqual(await counter.count('alpha'), { live: 1, total: 1 }, 'the restore counted no view');
 
   // Forward: beta comes back from bfcache too, still one view.
@@ -107,7 +109,8 @@ test('back/forward: a bfcache restore counts no new view; a fresh load counts on
   const forward = await h.until(
     () => e2e(page, () => location.pathname.endsWith('beta.html') && window.__e2e.pageshows.at(-1)),
     { what: 'the forward navigation to beta' });
-  assert.equal(forward.persisted, true, 'beta was restored from bfcache');
+  const whyNot = await e2e(page, () => JSON.stringify(performance.getEntriesByType('navigation')[0].notRestoredReasons));
+  assert.equal(forward.persisted, true, `beta was not restored from bfcache; notRestoredReasons: ${whyNot}`);
   await counter.waitCount('beta', n => n.live === 1);
   await counter.waitCount('alpha', n => n.live === 0);
   assert.deepEqual(await counter.count('beta'), { live: 1, total: 1 });
@@ -121,8 +124,8 @@ test('back/forward: a bfcache restore counts no new view; a fresh load counts on
   await counter.waitCount('alpha', n => n.live === 1 && n.total === 2);
   await counter.waitCount('beta', n => n.live === 0 && n.total === 2);
   h.report(t, `bfcache works in headless Chromium (pageshow.persisted=true, Playwright's ` +
-    `--disable-back-forward-cache removed): back to alpha → live 0→1, total stays 1 (same ?view= id ` +
-    `reopened); forward to beta → total stays 1; reload of beta → total 2; fresh load of alpha → total 2`);
+    `--disable-back-forward-cache removed): back to alpha → live 0→1, total stays 1 (a new shared stream, ` +
+    `the same reader id joined); forward to beta → total stays 1; reload of beta → total 2; fresh load of alpha → total 2`);
 });
 
 /** Astro- and Turbo-like pages: same flow, different lifecycle events. */
@@ -140,16 +143,18 @@ async function clientRouterFlow(t, kind) {
   await counter.waitCount(slug('alpha'), n => n.live === 0 && n.total === 1);
   await h.waitShown(page, s => s.live === 1 && s.total === 1);
 
-  // The same post again (router navigation to itself): reopened with the same id, no view.
+  // The same post again (router navigation to itself): the reader stays attached as it is, so
+  // nothing is sent (the scan runs in the router's page-load event, before __swaps is read).
+  const beaconsBefore = await e2e(page, () => window.__e2e.beacons.length);
   await page.click('#self');
   await h.until(() => e2e(page, () => window.__swaps === 2));
-  await h.until(() => e2e(page, () => window.__e2e.es.length === 3 && window.__e2e.es[2].messages > 0),
-    { what: 'the stream reopened after the same-post navigation' });
+  assert.deepEqual(await page.evaluate(n => window.__e2e.beacons.slice(n), beaconsBefore), [], 'same post: no leave, no join');
   assert.deepEqual(await counter.count(slug('beta')), { live: 1, total: 1 }, 'same post: no new view');
 
   // Back (popstate, the router swaps again): alpha is a new page view, counted once.
   await page.goBack({ waitUntil: 'commit' }); // to beta (the same post): no view
   await h.until(() => e2e(page, () => window.__swaps === 3));
+  assert.deepEqual(await page.evaluate(n => window.__e2e.beacons.slice(n), beaconsBefore), [], 'back to the same post: nothing sent');
   await page.goBack({ waitUntil: 'commit' }); // to alpha
   await h.until(() => e2e(page, () => window.__swaps === 4 && location.pathname.endsWith('/alpha.html')));
   await counter.waitCount(slug('alpha'), n => n.live === 1 && n.total === 2);
@@ -159,12 +164,14 @@ async function clientRouterFlow(t, kind) {
   const info = await e2e(page, () => ({
     marker: window.__e2e.marker,
     navigations: performance.getEntriesByType('navigation').length,
-    streams: window.__e2e.es.map(r => ({ path: new URL(r.url).pathname, view: new URL(r.url).searchParams.get('view'), closed: r.closed })),
+    streams: window.__e2e.es.map(r => ({ path: new URL(r.url).pathname, closed: r.closed })),
+    beacons: window.__e2e.beacons.map(b => new URL(b.url).pathname.replace(/^\/api\/v1\/(shared\/[^/]+\/)?/, (_, sh) => sh ? 'shared ' : '')),
     counterTags: [...document.scripts].filter(s => s.src.includes('counter.js')).length,
   }));
   assert.equal(info.marker, marker, 'no reload happened');
-  const openStreams = info.streams.filter(s => !s.closed);
-  assert.equal(openStreams.length, 1, `one stream open at a time: ${JSON.stringify(info.streams)}`);
+  // One tab: it leads, and its shared stream outlives the router's navigations (same document).
+  assert.equal(info.streams.length, 1, `one stream for the whole flow: ${JSON.stringify(info.streams)}`);
+  assert.equal(info.streams[0].closed, false);
   // Let any stray (double) stream or late scan show itself before the final word.
   await h.sleep(300);
   assert.deepEqual(await counter.count(slug('alpha')), { live: 1, total: 2 });
@@ -174,15 +181,15 @@ async function clientRouterFlow(t, kind) {
 
 test('Astro view transitions (astro:* events around a DOM swap) move the reader without a reload or a double count', async t => {
   const info = await clientRouterFlow(t, 'astro');
-  h.report(t, `alpha→beta→beta(again)→back→alpha without reload; streams opened: ` +
-    `${info.streams.map(s => s.path.split('/').pop() + (s.closed ? '' : '(open)')).join(', ')}; ` +
+  h.report(t, `alpha→beta→beta(again)→back→alpha without reload; ${info.streams.length} shared stream, ` +
+    `open throughout; beacons: ${info.beacons.join(', ')}; ` +
     `the re-inserted tag ran once; final astro-alpha {live 1,total 2}, astro-beta {live 0,total 1}`);
 });
 
 test('Turbo navigations (turbo:* events) move the reader without a reload or a double count', async t => {
   const info = await clientRouterFlow(t, 'turbo');
-  h.report(t, `alpha→beta→beta(again)→back→alpha without reload; streams opened: ` +
-    `${info.streams.map(s => s.path.split('/').pop() + (s.closed ? '' : '(open)')).join(', ')}; ` +
+  h.report(t, `alpha→beta→beta(again)→back→alpha without reload; ${info.streams.length} shared stream, ` +
+    `open throughout; beacons: ${info.beacons.join(', ')}; ` +
     `final turbo-alpha {live 1,total 2}, turbo-beta {live 0,total 1}`);
 });
 
@@ -223,7 +230,8 @@ test('counter.js is at most 1.5 KiB gzipped', async t => {
  */
 async function openPainted(pathname) {
   const page = await ctx.newPage();
-  await page.route('**/api/v1/connect/**', async route => {
+  // The stream: the leader's GET /api/v1/shared/{sid} (or a per-tab /connect/{slug}).
+  await page.route(u => /^\/api\/v1\/(connect\/|shared\/[^/]+$)/.test(u.pathname), async route => {
     await h.until(() => page.evaluate(() => new Promise(r => requestAnimationFrame(() =>
       requestAnimationFrame(() => r(performance.getEntriesByType('paint').length > 0))))), { what: 'first paint' });
     await route.continue();
