@@ -25,3 +25,8 @@ bench:
 fuzz seconds="60" targets="slug reader_id sse client_ip":
     command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
     cd fuzz && for t in {{targets}}; do mkdir -p "target/corpus/$t" && RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" "target/corpus/$t" "corpus/$t" -- -max_total_time={{seconds}} || exit 1; done
+
+# Fault tests that need root: full and read-only disk (tmpfs), a client vanishing in a network
+# namespace, memory after churn (~2.5 min). The quick fault tests run in `cargo test`.
+faults *scenarios:
+    bash faults/run.sh {{scenarios}}

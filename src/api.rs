@@ -312,7 +312,7 @@ async fn totals(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResp
         .writer()
         .totals()
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .map_err(ApiError::storage)?;
     let rows: Vec<TotalRow> = rows
         .into_iter()
         .map(|(slug, total)| TotalRow { slug, total })

@@ -34,18 +34,33 @@ pub enum ApiError {
     AtCapacity { retry_after: Duration },
     #[error("server is shutting down")]
     ShuttingDown,
+    /// The db file cannot be read right now; the writer logs the cause, throttled.
+    #[error("storage unavailable, try again shortly")]
+    StorageUnavailable,
     /// Internal failures: the cause is logged, the client sees a generic message.
     #[error("internal error")]
     Internal(String),
 }
 
 impl ApiError {
+    /// A failure of the writer or its store: 503 while the disk is unreadable, 500 otherwise.
+    pub fn storage(e: crate::writer::WriterError) -> Self {
+        match e {
+            crate::writer::WriterError::Store(crate::store::StoreError::Storage(cause)) => {
+                tracing::debug!(%cause, "storage unavailable");
+                Self::StorageUnavailable
+            }
+            other => Self::Internal(other.to_string()),
+        }
+    }
+
     fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::TooManyStreams { retry_after } | Self::AtCapacity { retry_after } => {
                 Some(*retry_after)
             }
             Self::ShuttingDown => Some(Duration::from_secs(2)),
+            Self::StorageUnavailable => Some(Duration::from_secs(5)),
             _ => None,
         }
     }
@@ -62,7 +77,9 @@ impl ResponseError for ApiError {
             Self::OriginNotAllowed => StatusCode::FORBIDDEN,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::AtCapacity { .. } | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::AtCapacity { .. } | Self::ShuttingDown | Self::StorageUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

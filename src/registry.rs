@@ -72,7 +72,7 @@ impl Registry {
         match self.writer.load(slug, Admission::ReadOnly).await {
             Ok(Loaded::Post { total, .. }) => Ok(Counts { live: 0, total }),
             Ok(Loaded::Refused) => Ok(Counts::default()),
-            Err(e) => Err(ApiError::Internal(e.to_string())),
+            Err(e) => Err(ApiError::storage(e)),
         }
     }
 
@@ -116,7 +116,7 @@ impl Registry {
         let (total, seen) = match self.writer.load(slug, admission).await {
             Ok(Loaded::Post { total, seen }) => (total, seen),
             Ok(Loaded::Refused) => return Err(ApiError::SlugCapReached),
-            Err(e) => return Err(ApiError::Internal(e.to_string())),
+            Err(e) => return Err(ApiError::storage(e)),
         };
         let mut posts = self.lock();
         // Another request may have woken it while we loaded.

@@ -34,7 +34,8 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(20);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_RETRIES: u32 = 4;
 /// Unacknowledged data (a heartbeat to a dead peer) gives up after this long.
-const USER_TIMEOUT: Duration = Duration::from_secs(45);
+/// With a 15 s heartbeat, a vanished reader is dropped within about 55 s.
+const USER_TIMEOUT: Duration = Duration::from_secs(40);
 /// How often rate-limit buckets are pruned and freed memory is given back.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
 

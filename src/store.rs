@@ -96,7 +96,7 @@ impl RedbStore {
     fn db(&mut self) -> Result<&Database, StoreError> {
         if self.db.is_none() {
             self.db = Some(open_checked(&self.path)?);
-            tracing::info!(path = %self.path.display(), "reopened the database");
+            tracing::debug!(path = %self.path.display(), "reopened the database");
         }
         self.db
             .as_ref()
@@ -125,10 +125,21 @@ fn open_checked(path: &Path) -> Result<Database, StoreError> {
     Ok(db)
 }
 
+/// Stamps a new, empty file with the schema version; refuses a file of another program (tables
+/// but no version), of another version, or whose tables have other types.
 fn check_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
+    let foreign = |reason: String| StoreError::Foreign {
+        path: path.display().to_string(),
+        reason,
+    };
     let txn = db.begin_write().map_err(StoreError::storage)?;
+    let empty = txn
+        .list_tables()
+        .map_err(StoreError::storage)?
+        .next()
+        .is_none();
     {
-        let mut meta = txn.open_table(META).map_err(StoreError::storage)?;
+        let mut meta = txn.open_table(META).map_err(|e| foreign(e.to_string()))?;
         let found = meta
             .get(SCHEMA_VERSION_KEY)
             .map_err(StoreError::storage)?
@@ -136,19 +147,63 @@ fn check_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
         match found {
             Some(SCHEMA_VERSION) => {}
             Some(other) => {
-                return Err(StoreError::Foreign {
-                    path: path.display().to_string(),
-                    reason: format!("schema version {other}, this build reads {SCHEMA_VERSION}"),
-                });
+                return Err(foreign(format!(
+                    "schema version {other}, this build reads {SCHEMA_VERSION}"
+                )));
             }
-            None => {
+            None if empty => {
                 meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)
                     .map_err(StoreError::storage)?;
             }
+            None => {
+                return Err(foreign(
+                    "a redb file of another program (no schema version)".into(),
+                ));
+            }
         }
-        txn.open_table(TOTALS).map_err(StoreError::storage)?;
+        txn.open_table(TOTALS).map_err(|e| foreign(e.to_string()))?;
+        txn.open_table(SEEN).map_err(|e| foreign(e.to_string()))?;
     }
     txn.commit().map_err(StoreError::storage)
+}
+
+/// Refuses to read a file whose schema this build does not know.
+fn check_schema_read_only(txn: &redb::ReadTransaction, path: &Path) -> Result<(), StoreError> {
+    let meta = match txn.open_table(META) {
+        Ok(meta) => meta,
+        Err(redb::TableError::TableDoesNotExist(_)) => {
+            let empty = txn
+                .list_tables()
+                .map_err(StoreError::storage)?
+                .next()
+                .is_none();
+            return if empty {
+                Ok(())
+            } else {
+                Err(StoreError::Foreign {
+                    path: path.display().to_string(),
+                    reason: "a redb file of another program (no schema version)".into(),
+                })
+            };
+        }
+        Err(e) => {
+            return Err(StoreError::Foreign {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            });
+        }
+    };
+    match meta
+        .get(SCHEMA_VERSION_KEY)
+        .map_err(StoreError::storage)?
+        .map(|v| v.value())
+    {
+        Some(SCHEMA_VERSION) | None => Ok(()),
+        Some(other) => Err(StoreError::Foreign {
+            path: path.display().to_string(),
+            reason: format!("schema version {other}, this build reads {SCHEMA_VERSION}"),
+        }),
+    }
 }
 
 impl Store for RedbStore {
@@ -239,8 +294,12 @@ impl Store for RedbStore {
 /// Reads the totals of a file no server holds, without creating it. Opened for writing so
 /// that a file left by a killed server is repaired rather than refused.
 pub fn read_totals_offline(path: &Path) -> Result<Vec<(String, u64)>, StoreError> {
-    let db = Database::open(path).map_err(|e| open_error(path, e))?;
+    let db = Database::builder()
+        .set_check_integrity_on_open(true)
+        .open(path)
+        .map_err(|e| open_error(path, e))?;
     let txn = db.begin_read().map_err(StoreError::storage)?;
+    check_schema_read_only(&txn, path)?;
     match txn.open_table(TOTALS) {
         Ok(table) => read_all(&table),
         Err(redb::TableError::TableDoesNotExist(_)) => Ok(Vec::new()),
@@ -267,6 +326,10 @@ fn open_error(path: &Path, e: DatabaseError) -> StoreError {
             if io.kind() == std::io::ErrorKind::NotFound =>
         {
             StoreError::Storage(format!("no database at {path}"))
+        }
+        // The disk, not the file: read-only, full, failing.
+        DatabaseError::Storage(redb::StorageError::Io(io)) => {
+            StoreError::Storage(format!("{path}: {io}"))
         }
         other => StoreError::Foreign {
             path,

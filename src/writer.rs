@@ -175,6 +175,9 @@ struct State {
     store: Box<dyn Store>,
     policy: FlushPolicy,
     pending: HashMap<Slug, Pending>,
+    /// Stored totals read or written since start: what loads answer while the file cannot be
+    /// read (a disk gone read-only), so posts keep being served.
+    known: HashMap<Slug, u64>,
     /// Posts admitted under a cap that have no row and no pending view yet.
     reserved: HashSet<Slug>,
     /// Rows in the store, for the `--max-slugs` cap.
@@ -197,6 +200,7 @@ impl State {
             store,
             policy,
             pending: HashMap::new(),
+            known: HashMap::new(),
             reserved: HashSet::new(),
             rows,
             new_rows: 0,
@@ -292,8 +296,9 @@ impl State {
             p.last = now;
             return;
         }
+        // Only a post known to have no row is new; a failing read must not inflate the count.
         let had_row =
-            !self.reserved.remove(&slug) && matches!(self.store.load(slug.as_str()), Ok(Some(_)));
+            !self.reserved.remove(&slug) && !matches!(self.store.load(slug.as_str()), Ok(None));
         if !had_row {
             self.new_rows += 1;
         }
@@ -313,8 +318,20 @@ impl State {
     }
 
     fn load(&mut self, slug: &Slug, admission: Admission) -> Result<Loaded, StoreError> {
+        let stored = match self.store.load(slug.as_str()) {
+            Ok(stored) => {
+                // Posts woken for readers are remembered, with 0 when they have no row yet.
+                if stored.is_some() || admission != Admission::ReadOnly {
+                    self.known.insert(slug.clone(), stored.unwrap_or(0));
+                }
+                stored
+            }
+            Err(e) => match self.known.get(slug) {
+                Some(&total) => Some(total),
+                None => return Err(e),
+            },
+        };
         let pending = self.pending.get(slug);
-        let stored = self.store.load(slug.as_str())?;
         let known = stored.is_some() || pending.is_some() || self.reserved.contains(slug);
         if !known {
             if let Admission::UpTo(cap) = admission {
@@ -337,7 +354,8 @@ impl State {
             });
         }
         let since = unix_now().saturating_sub(self.policy.dedupe_window.as_secs());
-        let mut seen = self.store.seen(slug.as_str(), since)?;
+        // Without the file, the dedupe memory of a restart is lost; the post is still served.
+        let mut seen = self.store.seen(slug.as_str(), since).unwrap_or_default();
         if let Some(p) = self.pending.get(slug) {
             seen.extend(p.seen.iter().map(|(id, at)| (id.as_str().to_owned(), *at)));
         }
@@ -394,6 +412,11 @@ impl State {
             })
             .collect();
         self.store.add(&batch, &seen)?;
+        for (slug, p) in &self.pending {
+            if let Some(total) = self.known.get_mut(slug) {
+                *total += p.delta;
+            }
+        }
         tracing::debug!(posts = batch.len(), "flushed totals");
         self.rows += self.new_rows;
         self.new_rows = 0;
@@ -411,7 +434,7 @@ impl State {
 
     /// Forgets reader ids older than the dedupe window, at most every `SWEEP_EVERY`.
     fn sweep_expired_ids(&mut self) {
-        if self.last_sweep.elapsed() < SWEEP_EVERY {
+        if self.last_sweep.elapsed() < SWEEP_EVERY.min(self.policy.dedupe_window) {
             return;
         }
         self.last_sweep = Instant::now();

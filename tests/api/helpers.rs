@@ -1104,3 +1104,54 @@ pub fn closed_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr").port()
 }
+
+// ---------------------------------------------------------------------------------------------
+// Fault tests: joins against a server that may be stopping or gone, as values, never panics.
+
+impl SseClient {
+    /// Like [`SseClient::open`], but a refused, reset or silent connection is an `Err`.
+    pub async fn try_open(addr: SocketAddr, req: Req) -> Result<Self, String> {
+        let fut = async {
+            let mut conn = Conn::open(addr, &req.encode(addr, false)).await?;
+            let (status, headers) = conn.head().await?;
+            Ok::<_, String>(Self {
+                status,
+                headers,
+                conn,
+                body: Vec::new(),
+                ended: false,
+            })
+        };
+        tokio::time::timeout(READ_TIMEOUT, fut)
+            .await
+            .unwrap_or_else(|_| Err(format!("no response head within {READ_TIMEOUT:?}")))
+    }
+}
+
+/// Like [`join`], but anything short of `200` and a first event with numbers (a refusal, a
+/// closed port, a stream that ends first) is an `Err` naming what happened.
+pub async fn try_join(addr: SocketAddr, slug: &str, req: Req) -> Result<Reader, String> {
+    let mut stream = SseClient::try_open(addr, req).await?;
+    if stream.status != 200 {
+        return Err(format!("connect {slug}: HTTP {}", stream.status));
+    }
+    let first = match stream.next_event_within(READ_TIMEOUT).await {
+        Ok(Some(ev)) => ev,
+        Ok(None) => {
+            return Err(format!(
+                "connect {slug}: stream ended before its first event"
+            ));
+        }
+        Err(e) => return Err(format!("connect {slug}: {e}")),
+    };
+    let (Some(id), Some(_)) = (first.id.clone(), first.data.as_ref()) else {
+        return Err(format!(
+            "connect {slug}: first event without id or data: {first:?}"
+        ));
+    };
+    Ok(Reader {
+        id,
+        first: first.counts().expect("data checked above"),
+        stream,
+    })
+}

@@ -10,6 +10,7 @@ mod connect;
 mod cors;
 mod count;
 mod export;
+mod faults;
 mod helpers;
 mod leave;
 mod persistence;
