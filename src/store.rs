@@ -327,8 +327,14 @@ fn open_error(path: &Path, e: DatabaseError) -> StoreError {
         {
             StoreError::Storage(format!("no database at {path}"))
         }
-        // The disk, not the file: read-only, full, failing.
-        DatabaseError::Storage(redb::StorageError::Io(io)) => {
+        // The disk, not the file: read-only, full, failing. (redb reports a file that is not
+        // a database as invalid data.)
+        DatabaseError::Storage(redb::StorageError::Io(io))
+            if !matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
             StoreError::Storage(format!("{path}: {io}"))
         }
         other => StoreError::Foreign {
