@@ -1,11 +1,11 @@
 /*! viewcounter: live view counter. How it works: web/README.md */
 (() => {
-  const w = window, d = document, L = navigator.locks;
+  const w = window, d = document;
   if (w.__viewcounter) return;
   const me = d.currentScript || d.querySelector('script[src*="counter.js"]');
   if (!me) return;
-  const base = me.src, name = 'viewcounter ' + base;
-  let slug, token, ch, ac, R, es, sid, timer, tries = 0;
+  const base = me.src, rank = 1 + Math.random();
+  let slug, token, ch, R, es, sid, timer, tm, seen, asked, tries = 0;
   w.__viewcounter = { scan };
 
   const readSlug = () => {
@@ -21,48 +21,44 @@
 
   const post = m => { ch.postMessage(m); got(m); }; // to every tab, this one too
   const join = () => slug && post(['join', slug, token]);
+  // no answer 200-400 ms after a message: lead. Ask every 3-6 s
+  const arm = (t, f) => { clearTimeout(tm); tm = setTimeout(f, t * rank); };
 
   function got([k, s, t]) {
-    if (k == 'h') join();
+    if (k == 'h') s < sid && stop(), arm(3e3, () => post([sid ? 'h' : 'q', sid]), asked = 0), s != seen && (seen = s, join());
     else if (k == 'd') try {
       const n = JSON.parse(s);
       if (n.slug == slug) for (const k of ['live', 'total']) if (typeof n[k] == 'number')
         d.querySelectorAll(`[data-viewcounter=${k}]`).forEach(el => el.textContent = n[k].toLocaleString());
     } catch {}
-    else if (sid) { // leader
-      k == 'join' ? R[t] = [k, s, t] : delete R[t];
-      es.readyState == 1 && send(t, 'shared', sid, k, s);
-    }
+    else if (!sid) asked || arm(asked = 200, lead);
+    else if (t) (k == 'join' ? R[t] != s && (R[t] = s) : delete R[t]) && es.readyState == 1 && send(t, 'shared', sid, k, s); // leader
   }
 
   function open() {
     es = new EventSource(api('shared', sid = rand()));
-    es.onopen = () => { tries = 0; Object.values(R).forEach(got); };
+    es.onopen = () => { tries = 0; for (const t in R) send(t, 'shared', sid, 'join', R[t]); };
     es.onmessage = e => post(['d', e.data]);
-    // CLOSED (a non-200) is final; CONNECTING retries itself
     es.onerror = () => es.readyState > 1 && (es = 0, timer = setTimeout(open, Math.random() * Math.min(6e4, 1e3 * 2 ** tries++)));
+    post(['h', sid]);
   }
 
-  const lead = () => { R = {}; open(); post(['h']); };
+  const lead = () => open(R = {});
+  const stop = () => { clearTimeout(timer); es && es.close(); es = sid = 0; };
 
   function up() {
-    ch = L ? new BroadcastChannel(name) : { postMessage() {}, close() {} };
-    ch.onmessage = e => got(e.data);
-    const s = (ac = new AbortController).signal;
-    // a restored page shows before the one it replaces hides
-    L ? setTimeout(() => L.request(name, { signal: s }, () => new Promise(r => { s.onabort = r; lead(); })).catch(() => {}), 50) : lead();
+    ch = w.BroadcastChannel ? new BroadcastChannel('viewcounter 2 ' + base) : new MessageChannel().port1;
+    ch.onmessage = e => { got(e.data); sid && post(['h', sid]); }; // the leader answers
     join();
   }
 
   const leave = () => slug && (send(token, 'leave', slug), post(['leave', slug, token]));
 
   function down() {
-    clearTimeout(timer);
-    es && es.close();
-    ac.abort();
-    leave();
+    stop();
+    leave(); // also the leader's bye
+    clearTimeout(tm, asked = 0);
     ch.close();
-    es = sid = 0;
   }
 
   function scan() {

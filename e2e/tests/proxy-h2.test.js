@@ -77,9 +77,9 @@ test(`behind a TLS-terminating HTTP/2 proxy: ${TABS} tabs are all live`, async t
   const log = nginx.access();
   // nginx logs a request when it ends: the old leader's stream, and every join beacon.
   const ended = log.filter(l => /"GET \/api\/v1\/shared\/[^/ ]+ /.test(l));
-  // Joins: the first ones, then each new leader's re-joins. Closing tabs in a row passes the
-  // lead along (the next tab in the lock's queue is often closed next): a re-join that reaches
-  // the server after its leader's stream closed is answered 404, harmlessly.
+  // Joins: the first ones, then each new leader's re-joins. Closing tabs in a row may pass the
+  // lead along (a tab that claims the lead may be closed next): a re-join that reaches the
+  // server after its leader's stream closed is answered 404, harmlessly.
   const joins = log.filter(l => /"POST \/api\/v1\/shared\/[^/]+\/join\/alpha /.test(l));
   const joined = joins.filter(l => / 204 /.test(l));
   const streamsUsed = new Set(joins.map(l => l.split('/')[4])).size;
