@@ -177,7 +177,9 @@ struct State {
     pending: HashMap<Slug, Pending>,
     /// Stored totals read or written since start: what loads answer while the file cannot be
     /// read (a disk gone read-only), so posts keep being served.
-    known: HashMap<Slug, u64>,
+    /// Keys are copies made on this thread: a slug shared with the worker that parsed it would
+    /// pin that worker's heap pages long after the post's actor was freed.
+    known: HashMap<Box<str>, u64>,
     /// Posts admitted under a cap that have no row and no pending view yet.
     reserved: HashSet<Slug>,
     /// Rows in the store, for the `--max-slugs` cap.
@@ -322,11 +324,11 @@ impl State {
             Ok(stored) => {
                 // Posts woken for readers are remembered, with 0 when they have no row yet.
                 if stored.is_some() || admission != Admission::ReadOnly {
-                    self.known.insert(slug.clone(), stored.unwrap_or(0));
+                    self.known.insert(Box::from(slug.as_str()), stored.unwrap_or(0));
                 }
                 stored
             }
-            Err(e) => match self.known.get(slug) {
+            Err(e) => match self.known.get(slug.as_str()) {
                 Some(&total) => Some(total),
                 None => return Err(e),
             },
@@ -413,7 +415,7 @@ impl State {
             .collect();
         self.store.add(&batch, &seen)?;
         for (slug, p) in &self.pending {
-            if let Some(total) = self.known.get_mut(slug) {
+            if let Some(total) = self.known.get_mut(slug.as_str()) {
                 *total += p.delta;
             }
         }
