@@ -190,14 +190,24 @@ async fn read_reader_id(
     Ok(ReaderId::from_beacon(&body)?)
 }
 
+/// The common start of every POST that names a reader: origin, post, then the body.
+async fn beacon(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<(Slug, Admission, ReaderId), ApiError> {
+    state.origins.check(req)?;
+    let (slug, admission) = state.post(req)?;
+    let reader = read_reader_id(req, payload).await?;
+    Ok((slug, admission, reader))
+}
+
 async fn leave(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    state.origins.check(&req)?;
-    let (slug, _) = state.post(&req)?;
-    let reader = read_reader_id(&req, payload).await?;
+    let (slug, _, reader) = beacon(&req, payload, &state).await?;
     state.registry.leave(
         &slug,
         Leave {
@@ -229,9 +239,7 @@ async fn shared_join(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    state.origins.check(&req)?;
-    let (slug, admission) = state.post(&req)?;
-    let reader = read_reader_id(&req, payload).await?;
+    let (slug, admission, reader) = beacon(&req, payload, &state).await?;
     let shared = shared_handle(&req, &state)?;
     let key = reader.key();
     match shared.reserve(&slug, key) {
@@ -273,9 +281,7 @@ async fn shared_leave(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    state.origins.check(&req)?;
-    let (slug, _) = state.post(&req)?;
-    let reader = read_reader_id(&req, payload).await?;
+    let (slug, _, reader) = beacon(&req, payload, &state).await?;
     if let Ok(shared) = shared_handle(&req, &state) {
         shared.leave(slug, reader.key());
     }

@@ -324,7 +324,8 @@ impl State {
             Ok(stored) => {
                 // Posts woken for readers are remembered, with 0 when they have no row yet.
                 if stored.is_some() || admission != Admission::ReadOnly {
-                    self.known.insert(Box::from(slug.as_str()), stored.unwrap_or(0));
+                    self.known
+                        .insert(Box::from(slug.as_str()), stored.unwrap_or(0));
                 }
                 stored
             }

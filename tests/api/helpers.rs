@@ -746,22 +746,9 @@ pub struct SseClient {
 impl SseClient {
     pub async fn open(addr: SocketAddr, req: Req) -> Self {
         let what = format!("{} {}", req.method, req.target);
-        let fut = async {
-            let mut conn = Conn::open(addr, &req.encode(addr, false)).await?;
-            let (status, headers) = conn.head().await?;
-            Ok::<_, String>(Self {
-                status,
-                headers,
-                conn,
-                body: Vec::new(),
-                ended: false,
-            })
-        };
-        match tokio::time::timeout(READ_TIMEOUT, fut).await {
-            Ok(Ok(client)) => client,
-            Ok(Err(e)) => panic!("{what}: {e}"),
-            Err(_) => panic!("{what}: no response head within {READ_TIMEOUT:?}"),
-        }
+        Self::try_open(addr, req)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
