@@ -11,6 +11,7 @@ mod cors;
 mod count;
 mod export;
 mod faults;
+mod heads;
 mod helpers;
 mod leave;
 mod persistence;

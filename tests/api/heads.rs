@@ -1,0 +1,94 @@
+//! Request heads that would hold a worker: one that never ends, one that never stops growing.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::*;
+
+/// Reads until the server closes the connection; returns what it sent and how long it took.
+async fn read_until_closed(conn: &mut TcpStream, within: Duration) -> (String, Duration) {
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = within.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, conn.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return (
+                    String::from_utf8_lossy(&got).into_owned(),
+                    started.elapsed(),
+                );
+            }
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!(
+                "connection still open after {within:?}; got {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+}
+
+#[actix_web::test]
+async fn a_peer_that_never_finishes_its_request_line_is_dropped_and_holds_no_worker() {
+    let app = spawn_app().await;
+    let mut stalled = Vec::new();
+    let opened = Instant::now();
+    // More stalled peers than the server has workers.
+    for _ in 0..8 {
+        let mut conn = TcpStream::connect(app.addr).await.unwrap();
+        conn.write_all(b"GET /api/v1/connect/alpha?view=")
+            .await
+            .unwrap();
+        stalled.push(conn);
+    }
+
+    // Meanwhile everyone else is served as usual.
+    let reader = app.join("alpha").await;
+    assert_eq!(reader.first, counts(1, 1));
+
+    for conn in &mut stalled {
+        let (answer, _) = read_until_closed(conn, Duration::from_secs(10)).await;
+        let after = opened.elapsed();
+        assert!(
+            after >= Duration::from_secs(3),
+            "dropped after {after:?}: too eager"
+        );
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+            "{answer:?}"
+        );
+    }
+    assert_eq!(
+        app.counts("alpha").await,
+        counts(1, 1),
+        "a stalled head counts nothing"
+    );
+}
+
+#[actix_web::test]
+async fn a_request_head_that_keeps_growing_is_refused_and_counts_nothing() {
+    let app = spawn_app().await;
+    let mut conn = TcpStream::connect(app.addr).await.unwrap();
+    let mut head = format!(
+        "GET /api/v1/connect/alpha?view={} HTTP/1.1\r\nHost: x\r\nUser-Agent: {BROWSER_UA}\r\n",
+        token()
+    );
+    // 256 KiB of headers: twice what the server buffers for a head.
+    for i in 0..4096 {
+        head.push_str(&format!("X-Filler-{i}: {}\r\n", "a".repeat(50)));
+    }
+    head.push_str("\r\n");
+    // The server may close while we are still writing; that is a refusal too.
+    let _ = conn.write_all(head.as_bytes()).await;
+    let (answer, _) = read_until_closed(&mut conn, Duration::from_secs(10)).await;
+    assert!(
+        answer.is_empty()
+            || answer.starts_with("HTTP/1.1 431")
+            || answer.starts_with("HTTP/1.1 400"),
+        "{}",
+        answer.lines().next().unwrap_or_default()
+    );
+    assert_eq!(app.counts("alpha").await, counts(0, 0));
+}
