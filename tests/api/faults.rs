@@ -306,26 +306,9 @@ async fn churn_worker(
     staying
 }
 
-async fn stats(app: &TestApp) -> serde_json::Value {
-    let res = app.send(Req::get("/api/v1/stats")).await;
-    assert_eq!(res.status, 200, "stats: {res:?}");
-    res.json()
-}
-
 /// Polls `/api/v1/stats` until `streams` is `want`.
 async fn await_streams(app: &TestApp, want: u64, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let seen = stats(app).await["streams"].as_u64().expect("streams");
-        if seen == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{seen} streams still held after {within:?}, want {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    await_value("streams held", want, within, || app.stat("streams")).await;
 }
 
 #[actix_web::test]

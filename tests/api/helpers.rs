@@ -221,27 +221,23 @@ impl TestApp {
         parse_rows(&res.text())
     }
 
-    /// `GET /api/v1/stats` from loopback: how many post actors are awake.
-    pub async fn posts_awake(&self) -> u64 {
+    /// `GET /api/v1/stats` from loopback, asserting 200: one field of it.
+    pub async fn stat(&self, field: &str) -> u64 {
         let res = self.send(Req::get("/api/v1/stats")).await;
         assert_eq!(res.status, 200, "stats: {res:?}");
-        res.json()["posts_awake"].as_u64().expect("posts_awake")
+        res.json()[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {field} in stats"))
+    }
+
+    /// How many post actors are awake.
+    pub async fn posts_awake(&self) -> u64 {
+        self.stat("posts_awake").await
     }
 
     /// Polls `GET /api/v1/stats` until `want` post actors are awake, or the deadline.
     pub async fn await_posts_awake(&self, want: u64, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            let seen = self.posts_awake().await;
-            if seen == want {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{seen} posts still awake after {within:?}, want {want}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        await_value("posts awake", want, within, || self.posts_awake()).await;
     }
 
     /// Polls `GET /api/v1/count/{slug}` until `want` or the deadline.
@@ -257,15 +253,27 @@ pub async fn counts_of(addr: SocketAddr, slug: &str) -> Counts {
 }
 
 pub async fn await_counts(addr: SocketAddr, slug: &str, want: Counts, within: Duration) {
+    let what = format!("count of {slug}");
+    await_value(&what, want, within, || counts_of(addr, slug)).await;
+}
+
+/// Polls `read` every 25 ms until it gives `want`; fails naming `what` after `within`.
+/// Waiting for a state with a deadline, never sleeping in place of it.
+pub async fn await_value<T, F, Fut>(what: &str, want: T, within: Duration, mut read: F)
+where
+    T: PartialEq + std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
     let deadline = Instant::now() + within;
     loop {
-        let seen = counts_of(addr, slug).await;
+        let seen = read().await;
         if seen == want {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "count of {slug} still {seen:?} after {within:?}, want {want:?}"
+            "{what} still {seen:?} after {within:?}, want {want:?}"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }

@@ -9,19 +9,10 @@
   window.__swaps = 0;
   async function navigate(href, push) {
     fire('astro:before-preparation');
-    const html = await (await fetch(href)).text();
-    const next = new DOMParser().parseFromString(html, 'text/html');
-    fire('astro:after-preparation');
-    fire('astro:before-swap');
-    if (push) history.pushState({ astro: true }, '', href);
-    document.title = next.title;
-    document.body.replaceWith(document.adoptNode(next.body));
-    for (const old of document.body.querySelectorAll('script')) {
-      const s = document.createElement('script');
-      for (const a of old.attributes) s.setAttribute(a.name, a.value);
-      s.textContent = old.textContent;
-      old.replaceWith(s);
-    }
+    await window.__swapTo(href, push, () => {
+      fire('astro:after-preparation');
+      fire('astro:before-swap');
+    });
     fire('astro:after-swap');
     window.__swaps++;
     fire('astro:page-load');

@@ -10,19 +10,10 @@
   async function visit(href, push) {
     fire('turbo:before-visit');
     fire('turbo:visit');
-    const html = await (await fetch(href)).text();
-    const next = new DOMParser().parseFromString(html, 'text/html');
-    fire('turbo:before-cache');
-    fire('turbo:before-render');
-    if (push) history.pushState({ turbo: true }, '', href);
-    document.title = next.title;
-    document.body.replaceWith(document.adoptNode(next.body));
-    for (const old of document.body.querySelectorAll('script')) {
-      const s = document.createElement('script');
-      for (const a of old.attributes) s.setAttribute(a.name, a.value);
-      s.textContent = old.textContent;
-      old.replaceWith(s);
-    }
+    await window.__swapTo(href, push, () => {
+      fire('turbo:before-cache');
+      fire('turbo:before-render');
+    });
     fire('turbo:render');
     window.__swaps++;
     fire('turbo:load');
