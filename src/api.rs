@@ -1,22 +1,24 @@
 //! The HTTP handlers of `/api/v1` and the shared state they read.
 
+use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use actix::Addr;
-use actix_web::http::header::{self, ContentType};
+use actix_web::http::header::{self, ContentType, HeaderMap};
 use actix_web::{HttpRequest, HttpResponse, web};
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use subtle::ConstantTimeEq;
 
 use crate::client_ip::TrustedProxies;
 use crate::error::ApiError;
+use crate::headers::Headers;
 use crate::limits::{PER_IP_RETRY_AFTER, StreamLimits, ViewCharge, ViewRate};
 use crate::origin::OriginPolicy;
 use crate::post::{Depart, Join, Joined, Leave, Post};
 use crate::reader_id::ReaderId;
 use crate::registry::Registry;
-use crate::shared::{Handle, JoinError, Member, SharedStreams};
+use crate::shared::{Handle, JoinError, Member, SharedStream, SharedStreams};
 use crate::slug::Slug;
 use crate::slug_list::SlugPolicy;
 use crate::sse::{self, Departure, Signals};
@@ -40,18 +42,25 @@ pub struct AppState {
     pub shared: Arc<SharedStreams>,
 }
 
+/// What opening a stream reads from its request, whichever layer parsed the head.
+pub struct StreamRequest<'a, H: ?Sized> {
+    pub peer: Option<IpAddr>,
+    /// The path segment naming the post (or the shared stream), as sent.
+    pub name: &'a str,
+    pub query: &'a str,
+    pub headers: &'a H,
+}
+
 impl AppState {
-    fn client_ip(&self, req: &HttpRequest) -> IpAddr {
-        let peer = req
-            .peer_addr()
-            .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
-        self.proxies.client_ip(peer, req.headers())
+    fn client_ip(&self, peer: Option<IpAddr>, headers: &(impl Headers + ?Sized)) -> IpAddr {
+        let peer = peer.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        self.proxies.client_ip(peer, headers)
     }
 
-    fn is_bot(&self, req: &HttpRequest) -> bool {
+    fn is_bot(&self, headers: &(impl Headers + ?Sized)) -> bool {
         let Some(bots) = &self.bots else { return false };
-        match req.headers().get(header::USER_AGENT).map(|ua| ua.to_str()) {
-            Some(Ok(ua)) if !ua.trim().is_empty() => bots.is_bot(ua),
+        match headers.text("user-agent") {
+            Some(ua) if !ua.trim().is_empty() => bots.is_bot(ua),
             // Every browser sends a User-Agent; a request without one is a script.
             _ => true,
         }
@@ -69,13 +78,13 @@ impl AppState {
     /// Returns what its departure must quote.
     async fn join(
         &self,
-        req: &HttpRequest,
+        headers: &(impl Headers + ?Sized),
         ip: IpAddr,
         slug: &Slug,
         admission: Admission,
         reader: &ReaderId,
     ) -> Result<(Addr<Post>, Joined, Depart), ApiError> {
-        let is_reader = !self.is_bot(req);
+        let is_reader = !self.is_bot(headers);
         let charge = is_reader.then(|| ViewCharge {
             rate: Arc::clone(&self.view_rate),
             ip,
@@ -97,11 +106,60 @@ impl AppState {
     }
 
     /// Parses the slug and checks that the post may exist: 400 malformed, 404 unknown.
-    fn post(&self, req: &HttpRequest) -> Result<(Slug, Admission), ApiError> {
-        let raw = req.match_info().get("slug").unwrap_or_default();
+    fn post(&self, raw: &str) -> Result<(Slug, Admission), ApiError> {
         let slug = Slug::parse(raw)?;
         let admission = self.slugs.admission(&slug).ok_or(ApiError::UnknownPost)?;
         Ok((slug, admission))
+    }
+
+    /// A reader's stream of one post: admitted, counted, and its body ready to send. The
+    /// origin is checked by the caller.
+    pub async fn open_reader<H: Headers + ?Sized>(
+        &self,
+        req: StreamRequest<'_, H>,
+    ) -> Result<impl Stream<Item = Result<web::Bytes, Infallible>> + 'static, ApiError> {
+        let (slug, admission) = self.post(req.name)?;
+        let reader = reader_id(req.query, req.headers)?;
+        self.refuse_when_stopping()?;
+        let ip = self.client_ip(req.peer, req.headers);
+        let permit = self.limits.acquire(ip)?;
+        let (post, joined, depart) = self
+            .join(req.headers, ip, &slug, admission, &reader)
+            .await?;
+        let departure = Departure {
+            post,
+            depart,
+            permit: Some(permit),
+        };
+        let first = sse::first_event(&reader, joined.counts);
+        Ok(sse::reader_stream(
+            first,
+            joined.updates,
+            self.signals.subscribe(),
+            departure,
+        ))
+    }
+
+    /// A shared stream (see [`crate::shared`]); readers join it by POST. The origin is
+    /// checked by the caller.
+    pub fn open_shared<H: Headers + ?Sized>(
+        &self,
+        req: StreamRequest<'_, H>,
+    ) -> Result<SharedStream, ApiError> {
+        let sid = ReaderId::parse(req.name)?;
+        self.refuse_when_stopping()?;
+        let permit = self.limits.acquire(self.client_ip(req.peer, req.headers))?;
+        Ok(self.shared.open(sid, self.signals.subscribe(), permit))
+    }
+}
+
+/// The parts of an actix-web request a stream reads.
+fn stream_request<'a>(req: &'a HttpRequest, name: &'a str) -> StreamRequest<'a, HeaderMap> {
+    StreamRequest {
+        peer: req.peer_addr().map(|a| a.ip()),
+        name,
+        query: req.query_string(),
+        headers: req.headers(),
     }
 }
 
@@ -121,18 +179,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 /// The reader id: `?view=` (the page view's token), else `Last-Event-ID` (a reconnect of a
 /// stream whose id the server chose), else a new one.
-fn reader_id(req: &HttpRequest) -> Result<ReaderId, ApiError> {
-    let view = req
-        .query_string()
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("view="));
+fn reader_id(query: &str, headers: &(impl Headers + ?Sized)) -> Result<ReaderId, ApiError> {
+    let view = query.split('&').find_map(|pair| pair.strip_prefix("view="));
     if let Some(view) = view {
         return Ok(ReaderId::parse(view)?);
     }
-    let last = req
-        .headers()
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok());
+    let last = headers.text("last-event-id");
     Ok(last
         .and_then(|id| ReaderId::parse(id).ok())
         .unwrap_or_else(ReaderId::generate))
@@ -140,19 +192,8 @@ fn reader_id(req: &HttpRequest) -> Result<ReaderId, ApiError> {
 
 async fn connect(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state.origins.check(&req)?;
-    let (slug, admission) = state.post(&req)?;
-    let reader = reader_id(&req)?;
-    state.refuse_when_stopping()?;
-    let ip = state.client_ip(&req);
-    let permit = state.limits.acquire(ip)?;
-    let (post, joined, depart) = state.join(&req, ip, &slug, admission, &reader).await?;
-    let departure = Departure {
-        post,
-        depart,
-        permit: Some(permit),
-    };
-    let first = sse::first_event(&reader, joined.counts);
-    let body = sse::reader_stream(first, joined.updates, state.signals.subscribe(), departure);
+    let name = req.match_info().get("slug").unwrap_or_default();
+    let body = state.open_reader(stream_request(&req, name)).await?;
     Ok(event_stream(body))
 }
 
@@ -197,7 +238,7 @@ async fn beacon(
     state: &AppState,
 ) -> Result<(Slug, Admission, ReaderId), ApiError> {
     state.origins.check(req)?;
-    let (slug, admission) = state.post(req)?;
+    let (slug, admission) = state.post(req.match_info().get("slug").unwrap_or_default())?;
     let reader = read_reader_id(req, payload).await?;
     Ok((slug, admission, reader))
 }
@@ -223,14 +264,8 @@ async fn shared_open(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     state.origins.check(&req)?;
-    let sid = ReaderId::parse(req.match_info().get("sid").unwrap_or_default())?;
-    state.refuse_when_stopping()?;
-    let permit = state.limits.acquire(state.client_ip(&req))?;
-    Ok(event_stream(state.shared.open(
-        sid,
-        state.signals.subscribe(),
-        permit,
-    )))
+    let name = req.match_info().get("sid").unwrap_or_default();
+    Ok(event_stream(state.open_shared(stream_request(&req, name))?))
 }
 
 /// `POST /shared/{sid}/join/{slug}`: attaches a reader to a shared stream; this is its view.
@@ -251,8 +286,11 @@ async fn shared_join(
             });
         }
     }
-    let ip = state.client_ip(&req);
-    let (post, joined, depart) = match state.join(&req, ip, &slug, admission, &reader).await {
+    let ip = state.client_ip(req.peer_addr().map(|a| a.ip()), req.headers());
+    let (post, joined, depart) = match state
+        .join(req.headers(), ip, &slug, admission, &reader)
+        .await
+    {
         Ok(joined) => joined,
         Err(e) => {
             shared.unreserve(&slug, key);
@@ -298,7 +336,7 @@ fn shared_handle(req: &HttpRequest, state: &AppState) -> Result<Handle, ApiError
 
 async fn count(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state.origins.check(&req)?;
-    let (slug, _) = state.post(&req)?;
+    let (slug, _) = state.post(req.match_info().get("slug").unwrap_or_default())?;
     let counts = state.registry.counts(&slug).await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -365,7 +403,12 @@ fn authorize_admin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> 
                 Err(ApiError::Unauthorized)
             }
         }
-        None if state.client_ip(req).is_loopback() => Ok(()),
+        None if state
+            .client_ip(req.peer_addr().map(|a| a.ip()), req.headers())
+            .is_loopback() =>
+        {
+            Ok(())
+        }
         None => Err(ApiError::Unauthorized),
     }
 }

@@ -3,8 +3,9 @@
 
 use std::net::IpAddr;
 
-use actix_web::http::header::HeaderMap;
 use ipnet::IpNet;
+
+use crate::headers::Headers;
 
 #[derive(Debug, Clone)]
 pub struct TrustedProxies(Vec<IpNet>);
@@ -21,7 +22,7 @@ impl TrustedProxies {
 
     /// The client's address: walking the forwarding chain from the nearest hop, the first
     /// address that is not a trusted proxy.
-    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    pub fn client_ip(&self, peer: IpAddr, headers: &(impl Headers + ?Sized)) -> IpAddr {
         if !self.trusts(peer) {
             return canonical(peer);
         }
@@ -48,16 +49,16 @@ fn canonical(ip: IpAddr) -> IpAddr {
 /// present at all (it is what nginx and HAProxy append to); `Forwarded` is read only without
 /// it. Entries are split on bytes, so one unreadable entry (non-ASCII) is an unknown hop that
 /// hides what lies before it, never the hops a trusted proxy appended after it.
-fn forwarded_for(headers: &HeaderMap) -> Vec<IpAddr> {
-    let entries: Vec<&[u8]> = if headers.contains_key("x-forwarded-for") {
+fn forwarded_for(headers: &(impl Headers + ?Sized)) -> Vec<IpAddr> {
+    let entries: Vec<&[u8]> = if headers.value("x-forwarded-for").is_some() {
         headers
-            .get_all("x-forwarded-for")
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .values("x-forwarded-for")
+            .flat_map(|v| v.split(|&b| b == b','))
             .collect()
     } else {
         headers
-            .get_all("forwarded")
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .values("forwarded")
+            .flat_map(|v| v.split(|&b| b == b','))
             .map(|element| {
                 element
                     .split(|&b| b == b';')
@@ -100,7 +101,7 @@ fn parse_node(raw: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actix_web::http::header::{HeaderName, HeaderValue};
+    use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut map = HeaderMap::new();

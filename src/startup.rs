@@ -7,8 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_cors::Cors;
+use actix_http::HttpService;
+use actix_service::map_config;
+use actix_web::dev::AppConfig;
 use actix_web::http::{StatusCode, header};
-use actix_web::{App, HttpServer, web};
+use actix_web::{App, web};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 
@@ -16,6 +19,7 @@ use crate::api::{self, AppState};
 use crate::assets;
 use crate::cli::ServeArgs;
 use crate::client_ip::TrustedProxies;
+use crate::direct;
 use crate::error::json_error;
 use crate::limits::{StreamLimits, ViewRate, raise_fd_limit};
 use crate::origin::OriginPolicy;
@@ -178,31 +182,47 @@ fn slug_policy(args: &ServeArgs) -> SlugPolicy {
     }
 }
 
+/// The HTTP server: every connection goes through [`direct::front`], which answers event
+/// streams itself and hands everything else to the actix-web app below.
 fn http_server(
     state: web::Data<AppState>,
     listener: TcpListener,
 ) -> std::io::Result<actix_web::dev::Server> {
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
-            .wrap(cors(&state.origins))
+    let addr = listener.local_addr()?;
+    let factory = move || {
+        let app_state = state.clone();
+        let app = App::new()
+            .app_data(app_state.clone())
+            .wrap(cors(&app_state.origins))
             .service(web::scope("/api/v1").configure(api::routes))
             .route("/counter.js", web::get().to(assets::counter_js))
             .route("/healthz", web::get().to(api::healthz))
             .route("/", web::get().to(assets::index))
             .default_service(web::to(|| async {
                 json_error(StatusCode::NOT_FOUND, "not found")
-            }))
-    })
-    // A client that closes its side is gone: notice it now, not at the next heartbeat.
-    .h1_allow_half_closed(false)
-    .client_request_timeout(REQUEST_HEAD_TIMEOUT)
-    .backlog(4096)
-    .shutdown_timeout(SHUTDOWN_GRACE_SECS)
-    .disable_signals()
-    .listen(listener)?
-    .run();
-    Ok(server)
+            }));
+        let stopping = state.signals.shutdown.clone();
+        let http = HttpService::build()
+            // A client that closes its side is gone: notice it now, not at the next heartbeat.
+            .h1_allow_half_closed(false)
+            .client_request_timeout(REQUEST_HEAD_TIMEOUT)
+            .local_addr(addr)
+            // Idle keep-alive connections close at once on shutdown instead of holding it up.
+            .graceful_shutdown_signal(move || {
+                let mut stopping = stopping.clone();
+                async move {
+                    let _ = stopping.wait_for(|stop| *stop).await;
+                }
+            })
+            .h1(map_config(app, |_| AppConfig::default()));
+        direct::front(state.clone(), REQUEST_HEAD_TIMEOUT, http)
+    };
+    Ok(actix_server::Server::build()
+        .backlog(4096)
+        .shutdown_timeout(SHUTDOWN_GRACE_SECS)
+        .disable_signals()
+        .listen("viewcounter", listener, factory)?
+        .run())
 }
 
 fn cors(origins: &OriginPolicy) -> Cors {

@@ -1105,21 +1105,73 @@ pub fn closed_port() -> u16 {
 
 impl SseClient {
     /// Like [`SseClient::open`], but a refused, reset or silent connection is an `Err`.
-    pub async fn try_open(addr: SocketAddr, req: Req) -> Result<Self, String> {
-        let fut = async {
-            let mut conn = Conn::open(addr, &req.encode(addr, false)).await?;
-            let (status, headers) = conn.head().await?;
-            Ok::<_, String>(Self {
-                status,
-                headers,
-                conn,
-                body: Vec::new(),
-                ended: false,
-            })
-        };
-        tokio::time::timeout(READ_TIMEOUT, fut)
+    /// Opens a stream whose request head is written in `pieces` parts, `gap` apart, as a slow
+    /// network delivers a long head.
+    pub async fn open_in_pieces(addr: SocketAddr, req: Req, pieces: usize, gap: Duration) -> Self {
+        let bytes = req.encode(addr, false);
+        let size = bytes.len().div_ceil(pieces);
+        let mut parts = bytes.chunks(size);
+        let mut conn = Conn::open(addr, parts.next().unwrap_or_default())
             .await
-            .unwrap_or_else(|_| Err(format!("no response head within {READ_TIMEOUT:?}")))
+            .expect("connect");
+        for part in parts {
+            tokio::time::sleep(gap).await;
+            conn.stream.write_all(part).await.expect("write a piece");
+        }
+        Self::answered(conn).await.expect("a response head")
+    }
+
+    /// Opens a stream with a request written exactly as given.
+    pub async fn open_raw(addr: SocketAddr, request: String) -> Self {
+        let conn = Conn::open(addr, request.as_bytes()).await.expect("connect");
+        Self::answered(conn).await.expect("a response head")
+    }
+
+    /// Opens a stream on a connection that first carried `before` and read its whole answer.
+    pub async fn open_after(addr: SocketAddr, before: Req, req: Req) -> (Response, Self) {
+        let mut conn = Conn::open(addr, &before.encode(addr, false))
+            .await
+            .expect("connect");
+        let (status, headers) = conn.head().await.expect("first head");
+        let mut body = Vec::new();
+        while let Some(more) = conn.body_bytes().await.expect("first body") {
+            body.extend_from_slice(&more);
+        }
+        let first = Response {
+            status,
+            headers,
+            body,
+        };
+        conn.stream
+            .write_all(&req.encode(addr, false))
+            .await
+            .expect("second request");
+        (first, Self::answered(conn).await.expect("second head"))
+    }
+
+    async fn answered(mut conn: Conn) -> Result<Self, String> {
+        let (status, headers) = tokio::time::timeout(READ_TIMEOUT, conn.head())
+            .await
+            .map_err(|_| format!("no response head within {READ_TIMEOUT:?}"))??;
+        Ok(Self {
+            status,
+            headers,
+            conn,
+            body: Vec::new(),
+            ended: false,
+        })
+    }
+
+    /// Sends bytes on the stream's connection, as a client that pipelines or misbehaves.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.conn.stream.write_all(bytes).await.expect("write");
+    }
+
+    pub async fn try_open(addr: SocketAddr, req: Req) -> Result<Self, String> {
+        let conn = tokio::time::timeout(READ_TIMEOUT, Conn::open(addr, &req.encode(addr, false)))
+            .await
+            .map_err(|_| format!("not connected within {READ_TIMEOUT:?}"))??;
+        Self::answered(conn).await
     }
 }
 

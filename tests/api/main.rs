@@ -18,3 +18,4 @@ mod persistence;
 mod shared;
 mod slugs;
 mod totals;
+mod wire;
