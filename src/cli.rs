@@ -94,6 +94,10 @@ pub struct ServeArgs {
     #[arg(long, env = "VIEWCOUNTER_IP_VIEW_RATE", default_value_t = 30)]
     pub ip_view_rate: u32,
 
+    /// Threads serving connections, each with its own post actors; default: one per CPU.
+    #[arg(long, env = "VIEWCOUNTER_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
+
     /// All open streams; default: what the open-files limit leaves room for.
     #[arg(long, env = "VIEWCOUNTER_MAX_STREAMS")]
     pub max_streams: Option<usize>,

@@ -1,6 +1,6 @@
 //! Event streams served straight on the socket.
 //!
-//! Every accepted connection has its request head read here first. A plain `GET` of a
+//! Every accepted connection (see [`crate::server`]) has its request head read here first. A plain `GET` of a
 //! reader's stream or a shared stream that is admitted is answered directly: from then on the
 //! connection holds only its socket and the stream's state. Everything else (other requests,
 //! refusals, preflights, anything unusual) goes to actix-web together with the bytes already
@@ -14,16 +14,13 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use actix_http::error::DispatchError;
-use actix_service::{Service, ServiceFactory, fn_factory, fn_service};
-use actix_web::web;
+use actix_service::Service;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::StreamExt;
 use futures_util::stream::LocalBoxStream;
-use futures_util::{StreamExt, TryFutureExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -37,44 +34,16 @@ const MAX_HEADERS: usize = 48;
 
 type Body = LocalBoxStream<'static, Result<Bytes, Infallible>>;
 
-/// The service each worker runs on its accepted connections: streams here, the rest to
-/// `fallback` (actix-web's HTTP/1 service over a [`Replay`]).
-pub fn front<F>(
-    state: web::Data<AppState>,
-    head_timeout: Duration,
-    fallback: F,
-) -> impl ServiceFactory<TcpStream, Config = (), Response = (), Error = (), InitError = ()>
-where
-    F: ServiceFactory<
-            (Replay, Option<SocketAddr>),
-            Config = (),
-            Response = (),
-            Error = DispatchError,
-            InitError = (),
-        > + 'static,
-{
-    let fallback = Rc::new(fallback);
-    fn_factory(move || {
-        let state = state.clone();
-        fallback.new_service(()).map_ok(move |fallback| {
-            let fallback = Rc::new(fallback);
-            fn_service(move |io: TcpStream| {
-                let (state, fallback) = (state.clone(), Rc::clone(&fallback));
-                async move {
-                    serve(io, &state, head_timeout, &*fallback).await;
-                    Ok::<(), ()>(())
-                }
-            })
-        })
-    })
-}
-
 /// One connection, from its first byte to its close.
-async fn serve<S>(io: TcpStream, state: &AppState, head_timeout: Duration, fallback: &S)
-where
+pub async fn serve<S>(
+    io: TcpStream,
+    peer: SocketAddr,
+    state: &AppState,
+    head_timeout: Duration,
+    fallback: &S,
+) where
     S: Service<(Replay, Option<SocketAddr>)>,
 {
-    let peer = io.peer_addr().ok();
     let mut head = BytesMut::with_capacity(MAX_HEAD);
     // A peer that never finishes its head is dropped, as actix-web would.
     let Ok(read) = tokio::time::timeout(head_timeout, read_head(&io, &mut head)).await else {
@@ -95,7 +64,7 @@ where
         }
     }
     let replay = Replay::new(head.freeze(), io);
-    let _ = Box::pin(fallback.call((replay, peer))).await;
+    let _ = Box::pin(fallback.call((replay, Some(peer)))).await;
 }
 
 enum Read {
@@ -139,11 +108,7 @@ fn find_end(bytes: &[u8]) -> Option<usize> {
 
 /// The response head and body for a stream request this module should answer, or `None`
 /// when actix-web should (including every refusal, so errors are answered in one place).
-async fn admit(
-    state: &AppState,
-    peer: Option<SocketAddr>,
-    head: &[u8],
-) -> Option<(BytesMut, Body)> {
+async fn admit(state: &AppState, peer: SocketAddr, head: &[u8]) -> Option<(BytesMut, Body)> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) || req.method != Some("GET") {
@@ -165,7 +130,7 @@ async fn admit(
         return None;
     }
     let request = |name| StreamRequest {
-        peer: peer.map(|p| p.ip()),
+        peer: Some(peer.ip()),
         name,
         query,
         headers,

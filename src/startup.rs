@@ -19,18 +19,18 @@ use crate::api::{self, AppState};
 use crate::assets;
 use crate::cli::ServeArgs;
 use crate::client_ip::TrustedProxies;
-use crate::direct;
 use crate::error::json_error;
 use crate::limits::{StreamLimits, ViewRate, raise_fd_limit};
 use crate::origin::OriginPolicy;
 use crate::registry::Registry;
+use crate::server::{Server, Settings};
 use crate::slug_list::{POLL_INTERVAL, SlugList, SlugPolicy};
 use crate::sse::Signals;
 use crate::store::{RedbStore, StoreError};
 use crate::writer::{FlushPolicy, Writer};
 
 /// How long in-flight requests get to finish once streams were told to go.
-const SHUTDOWN_GRACE_SECS: u64 = 5;
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// A client must finish its request head within this time or is dropped.
 const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Probes that find a peer that vanished without FIN or RST.
@@ -40,6 +40,8 @@ const KEEPALIVE_RETRIES: u32 = 4;
 /// Unacknowledged data (a heartbeat to a dead peer) gives up after this long.
 /// With a 15 s heartbeat, a vanished reader is dropped within about 55 s.
 const USER_TIMEOUT: Duration = Duration::from_secs(40);
+/// Connections the kernel queues before the workers accept them.
+const LISTEN_BACKLOG: i32 = 4096;
 /// How often rate-limit buckets are pruned and freed memory is given back.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -62,7 +64,7 @@ pub enum StartError {
 
 /// A server bound to its port, not yet serving until [`Application::run_until`].
 pub struct Application {
-    server: actix_web::dev::Server,
+    server: Server,
     addr: SocketAddr,
     state: web::Data<AppState>,
     shutdown: watch::Sender<bool>,
@@ -116,7 +118,7 @@ impl Application {
         tune_listener(&listener)?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, capacity, "stream capacity (from the open-files limit unless --max-streams)");
-        let server = http_server(state.clone(), listener)?;
+        let server = http_server(state.clone(), listener, args.workers)?;
         Ok(Self {
             server,
             addr,
@@ -148,24 +150,15 @@ impl Application {
             hangup,
             ..
         } = self;
-        let handle = server.handle();
         let background = spawn_background(&state, heartbeat, heartbeat_every, hangup);
-        let mut server = std::pin::pin!(server);
-        let served = tokio::select! {
-            res = &mut server => res,
-            () = stop => {
-                tracing::info!("shutting down: closing streams, then writing totals");
-                shutdown.send_replace(true);
-                let stopping = handle.stop(true);
-                let (_, res) = tokio::join!(stopping, &mut server);
-                res
-            }
-        };
+        stop.await;
+        tracing::info!("shutting down: closing streams, then writing totals");
+        shutdown.send_replace(true);
+        server.stop(SHUTDOWN_GRACE).await;
         for task in background {
             task.abort();
         }
         let flushed = state.registry.writer().shutdown().await;
-        served?;
         flushed.map_err(|e| StartError::Flush(e.to_string()))?;
         tracing::info!("totals written; bye");
         Ok(())
@@ -182,18 +175,24 @@ fn slug_policy(args: &ServeArgs) -> SlugPolicy {
     }
 }
 
-/// The HTTP server: every connection goes through [`direct::front`], which answers event
-/// streams itself and hands everything else to the actix-web app below.
+/// The server: workers answer event streams themselves (see [`direct`]) and hand everything
+/// else to the actix-web app below.
 fn http_server(
     state: web::Data<AppState>,
     listener: TcpListener,
-) -> std::io::Result<actix_web::dev::Server> {
+    workers: Option<u16>,
+) -> std::io::Result<Server> {
     let addr = listener.local_addr()?;
-    let factory = move || {
-        let app_state = state.clone();
+    let settings = Settings {
+        workers: workers.map_or_else(default_workers, usize::from),
+        head_timeout: REQUEST_HEAD_TIMEOUT,
+    };
+    let app_state = state.clone();
+    let fallback = move || {
+        let state = app_state.clone();
         let app = App::new()
-            .app_data(app_state.clone())
-            .wrap(cors(&app_state.origins))
+            .app_data(state.clone())
+            .wrap(cors(&state.origins))
             .service(web::scope("/api/v1").configure(api::routes))
             .route("/counter.js", web::get().to(assets::counter_js))
             .route("/healthz", web::get().to(api::healthz))
@@ -202,7 +201,7 @@ fn http_server(
                 json_error(StatusCode::NOT_FOUND, "not found")
             }));
         let stopping = state.signals.shutdown.clone();
-        let http = HttpService::build()
+        HttpService::build()
             // A client that closes its side is gone: notice it now, not at the next heartbeat.
             .h1_allow_half_closed(false)
             .client_request_timeout(REQUEST_HEAD_TIMEOUT)
@@ -214,15 +213,13 @@ fn http_server(
                     let _ = stopping.wait_for(|stop| *stop).await;
                 }
             })
-            .h1(map_config(app, |_| AppConfig::default()));
-        direct::front(state.clone(), REQUEST_HEAD_TIMEOUT, http)
+            .h1(map_config(app, |_| AppConfig::default()))
     };
-    Ok(actix_server::Server::build()
-        .backlog(4096)
-        .shutdown_timeout(SHUTDOWN_GRACE_SECS)
-        .disable_signals()
-        .listen("viewcounter", listener, factory)?
-        .run())
+    Server::start(listener, state, settings, fallback)
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 fn cors(origins: &OriginPolicy) -> Cors {
@@ -251,7 +248,10 @@ fn tune_listener(listener: &TcpListener) -> std::io::Result<()> {
         .with_retries(KEEPALIVE_RETRIES);
     sock.set_tcp_keepalive(&keepalive)?;
     sock.set_tcp_user_timeout(Some(USER_TIMEOUT))?;
-    sock.set_tcp_nodelay(true)
+    sock.set_tcp_nodelay(true)?;
+    // A burst of arrivals waits in the kernel instead of being refused; Linux caps this at
+    // net.core.somaxconn.
+    sock.listen(LISTEN_BACKLOG)
 }
 
 /// The heartbeat shared by all streams, the allow-list watcher and limit bookkeeping.

@@ -1,0 +1,197 @@
+//! The worker threads. Each is an actix arbiter (so post actors can live on it) that accepts
+//! connections on the shared listener itself and serves them through [`direct::serve`].
+//!
+//! Why not actix-server: its single accept thread hands every connection to a worker through
+//! a channel and a wake-up, and the worker then asks the kernel for the peer address again.
+//! With short-lived connections that thread and those wake-ups were a fifth of the server's
+//! time; accepting on the worker that will serve the connection costs neither.
+
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use actix_http::error::DispatchError;
+use actix_rt::Arbiter;
+use actix_service::{Service, ServiceFactory};
+use actix_web::web;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use crate::api::AppState;
+use crate::direct::{self, Replay};
+
+/// After the file-descriptor limit was hit, accepting pauses this long: the kernel queue
+/// holds new connections meanwhile, and streams closing give descriptors back.
+const EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
+
+/// Running workers; [`Server::stop`] drains and ends them.
+pub struct Server {
+    workers: Vec<Arbiter>,
+    stop: watch::Sender<bool>,
+    connections: TaskTracker,
+}
+
+/// What each worker needs to answer what [`direct`] leaves to actix-web.
+pub trait Fallback:
+    ServiceFactory<
+        (Replay, Option<SocketAddr>),
+        Config = (),
+        Response = (),
+        Error = DispatchError,
+        InitError = (),
+    > + 'static
+{
+}
+
+impl<T> Fallback for T where
+    T: ServiceFactory<
+            (Replay, Option<SocketAddr>),
+            Config = (),
+            Response = (),
+            Error = DispatchError,
+            InitError = (),
+        > + 'static
+{
+}
+
+/// Settings of the connections every worker serves.
+#[derive(Clone)]
+pub struct Settings {
+    pub workers: usize,
+    pub head_timeout: Duration,
+}
+
+impl Server {
+    /// Starts `settings.workers` threads accepting on `listener`. `fallback` builds, on each
+    /// worker, the actix-web service for everything that is not a stream.
+    pub fn start<F: Fallback>(
+        listener: std::net::TcpListener,
+        state: web::Data<AppState>,
+        settings: Settings,
+        fallback: impl Fn() -> F + Send + Clone + 'static,
+    ) -> io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        let (stop, stopped) = watch::channel(false);
+        let connections = TaskTracker::new();
+        let mut workers = Vec::with_capacity(settings.workers);
+        for _ in 0..settings.workers {
+            let worker = Arbiter::try_new()?;
+            let listener = listener.try_clone()?;
+            let job = Job {
+                state: state.clone(),
+                head_timeout: settings.head_timeout,
+                stopped: stopped.clone(),
+                connections: connections.clone(),
+            };
+            let fallback = fallback.clone();
+            worker.spawn_fn(move || {
+                actix_rt::spawn(job.run(listener, fallback()));
+            });
+            workers.push(worker);
+        }
+        Ok(Self {
+            workers,
+            stop,
+            connections,
+        })
+    }
+
+    /// Stops accepting, gives open connections `grace` to finish (streams were told to go
+    /// before this), then ends the workers and whatever they still serve.
+    pub async fn stop(self, grace: Duration) {
+        self.stop.send_replace(true);
+        self.connections.close();
+        if tokio::time::timeout(grace, self.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.connections.len(),
+                "connections still open after the grace period are dropped"
+            );
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        for worker in &self.workers {
+            worker.stop();
+        }
+    }
+}
+
+/// One worker's accept loop and what it hands each connection.
+struct Job {
+    state: web::Data<AppState>,
+    head_timeout: Duration,
+    stopped: watch::Receiver<bool>,
+    connections: TaskTracker,
+}
+
+impl Job {
+    async fn run<F: Fallback>(mut self, listener: std::net::TcpListener, fallback: F) {
+        let (listener, fallback) = match prepare(listener, fallback).await {
+            Ok(ready) => ready,
+            Err(e) => {
+                tracing::error!("a worker could not start: {e}");
+                return;
+            }
+        };
+        let mut last_warning: Option<Instant> = None;
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                _ = self.stopped.wait_for(|stop| *stop) => return,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((io, peer)) => self.serve(io, peer, &fallback),
+                Err(e) if is_exhaustion(&e) => {
+                    if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                        tracing::warn!("cannot accept connections: {e}; pausing");
+                        last_warning = Some(Instant::now());
+                    }
+                    tokio::time::sleep(EXHAUSTED_PAUSE).await;
+                }
+                // The peer gave up before we got to it (ECONNABORTED and the like).
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn serve<S>(&self, io: TcpStream, peer: SocketAddr, fallback: &Rc<S>)
+    where
+        S: Service<(Replay, Option<SocketAddr>)> + 'static,
+    {
+        let state = self.state.clone();
+        let fallback = Rc::clone(fallback);
+        let head_timeout = self.head_timeout;
+        actix_rt::spawn(self.connections.track_future(async move {
+            direct::serve(io, peer, &state, head_timeout, &*fallback).await;
+        }));
+    }
+}
+
+/// The worker's side of the listener, and its actix-web service.
+async fn prepare<F: Fallback>(
+    listener: std::net::TcpListener,
+    fallback: F,
+) -> io::Result<(TcpListener, Rc<F::Service>)> {
+    let listener = TcpListener::from_std(listener)?;
+    let service = fallback
+        .new_service(())
+        .await
+        .map_err(|()| io::Error::other("the HTTP service did not start"))?;
+    Ok((listener, Rc::new(service)))
+}
+
+/// Out of descriptors or memory: retrying at once would spin.
+fn is_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
