@@ -1,10 +1,11 @@
 //! Event streams served straight on the socket.
 //!
-//! Every accepted connection (see [`crate::server`]) has its request head read here first. A plain `GET` of a
-//! reader's stream or a shared stream that is admitted is answered directly: from then on the
-//! connection holds only its socket and the stream's state. Everything else (other requests,
-//! refusals, preflights, anything unusual) goes to actix-web together with the bytes already
-//! read, so every answer but the stream itself still comes from one place.
+//! Every connection a worker of [`crate::server`] accepts has its request head read here
+//! first. A plain `GET` of a reader's stream or a shared stream that is admitted is answered
+//! directly: from then on the connection holds only its socket and the stream's state.
+//! Everything else (other requests, refusals, preflights, anything unusual) goes to actix-web
+//! together with the bytes already read, so every answer but the stream itself still comes
+//! from one place.
 //!
 //! Why: actix-http keeps, for the whole life of a connection, two 8 KiB buffers, the parsed
 //! request and its dispatcher. A stream lives for minutes and sends a few dozen bytes now and
