@@ -10,9 +10,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// Posts that must have slept since the last trim before another one is worth its cost.
 pub const TRIM_AFTER_SLEEPS: usize = 1024;
 
+/// Fewer sleeps are still worth a trim once the wave is over (none during a whole
+/// housekeeping interval): otherwise what the last posts of a wave freed would stay.
+pub const TRIM_AFTER_WAVE: usize = 64;
+
 #[derive(Default)]
 pub struct Reclaimer {
     slept: AtomicUsize,
+    /// `slept` as seen by the previous call: unchanged means no post slept in between.
+    seen_before: AtomicUsize,
 }
 
 impl Reclaimer {
@@ -22,11 +28,15 @@ impl Reclaimer {
     }
 
     /// Returns free heap pages to the system if enough posts slept since the last time.
+    /// Meant to be called at a steady interval (housekeeping).
     pub async fn reclaim_if_worthwhile(&self) {
-        if self.slept.load(Ordering::Relaxed) < TRIM_AFTER_SLEEPS {
+        let slept = self.slept.load(Ordering::Relaxed);
+        let wave_over = slept == self.seen_before.swap(slept, Ordering::Relaxed);
+        if slept < TRIM_AFTER_SLEEPS && !(wave_over && slept >= TRIM_AFTER_WAVE) {
             return;
         }
-        self.slept.store(0, Ordering::Relaxed);
+        self.slept.fetch_sub(slept, Ordering::Relaxed);
+        self.seen_before.store(0, Ordering::Relaxed);
         let _ = actix_web::rt::task::spawn_blocking(trim).await;
     }
 }
