@@ -6,6 +6,7 @@
 //! totals include views not yet written, so callers always see exact numbers.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -172,42 +173,66 @@ impl Writer {
 /// dropped whole. A lookup in `older` moves the entry back to `recent`. That is least recently
 /// used eviction at the granularity of a generation, with no per-entry bookkeeping, and memory
 /// that is freed in one go rather than kept at the peak.
-#[derive(Default)]
+///
+/// Entries are keyed by a 128-bit keyed hash of the slug rather than a copy of it: a wave of
+/// posts would otherwise leave thousands of small key allocations scattered over the writer's
+/// heap, each pinning a page. Two slugs share a key with probability about n²/2¹²⁹ (1e-31
+/// for 4,096 posts); the cost of one would be a wrong total served during a disk fault.
 struct Known {
-    /// Keys are copies made on the writer thread: a slug shared with the worker that parsed it
-    /// would pin that worker's heap pages long after the post's actor was freed.
-    recent: HashMap<Box<str>, u64>,
-    older: HashMap<Box<str>, u64>,
+    hashers: (RandomState, RandomState),
+    recent: HashMap<(u64, u64), u64>,
+    older: HashMap<(u64, u64), u64>,
+}
+
+impl Default for Known {
+    fn default() -> Self {
+        Self {
+            hashers: (RandomState::new(), RandomState::new()),
+            recent: HashMap::new(),
+            older: HashMap::new(),
+        }
+    }
 }
 
 impl Known {
+    fn key(&self, slug: &str) -> (u64, u64) {
+        (self.hashers.0.hash_one(slug), self.hashers.1.hash_one(slug))
+    }
+
     fn insert(&mut self, slug: &str, total: u64) {
-        if let Some(t) = self.recent.get_mut(slug) {
+        let key = self.key(slug);
+        self.insert_key(key, total);
+    }
+
+    fn insert_key(&mut self, key: (u64, u64), total: u64) {
+        if let Some(t) = self.recent.get_mut(&key) {
             *t = total;
             return;
         }
-        self.older.remove(slug);
+        self.older.remove(&key);
         if self.recent.len() >= KNOWN_CAP / 2 {
             self.older = std::mem::take(&mut self.recent);
         }
-        self.recent.insert(Box::from(slug), total);
+        self.recent.insert(key, total);
     }
 
     fn get(&mut self, slug: &str) -> Option<u64> {
-        if let Some(&t) = self.recent.get(slug) {
+        let key = self.key(slug);
+        if let Some(&t) = self.recent.get(&key) {
             return Some(t);
         }
-        let total = self.older.get(slug).copied()?;
-        self.insert(slug, total);
+        let total = self.older.get(&key).copied()?;
+        self.insert_key(key, total);
         Some(total)
     }
 
     /// Views written for a post: its remembered total, if any, follows the file.
     fn add(&mut self, slug: &str, delta: u64) {
+        let key = self.key(slug);
         if let Some(t) = self
             .recent
-            .get_mut(slug)
-            .or_else(|| self.older.get_mut(slug))
+            .get_mut(&key)
+            .or_else(|| self.older.get_mut(&key))
         {
             *t += delta;
         }
