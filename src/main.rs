@@ -9,6 +9,7 @@ use viewcounter::Application;
 use viewcounter::cli::{Cli, Command, ServeArgs};
 
 fn main() -> ExitCode {
+    viewcounter::memory::fix_allocator_thresholds();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("VIEWCOUNTER_LOG").unwrap_or_else(|_| EnvFilter::new("info")),

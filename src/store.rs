@@ -20,6 +20,12 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SCHEMA_VERSION_KEY: &str = "schema_version";
 pub const SCHEMA_VERSION: u64 = 1;
 
+/// redb's page cache, in bytes. Its default (1 GiB) keeps every page ever read or written:
+/// after many posts, the whole file would stay in memory for good. The writer reads one row
+/// per post it wakes, and the operating system caches the file anyway, so a small cache
+/// costs a `pread` now and then, not a disk access.
+pub const DB_CACHE_BYTES: usize = 256 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{path} is held by another process (is a server running on it?)")]
@@ -119,6 +125,7 @@ impl RedbStore {
 fn open_checked(path: &Path) -> Result<Database, StoreError> {
     let db = Database::builder()
         .set_check_integrity_on_open(true)
+        .set_cache_size(DB_CACHE_BYTES)
         .create(path)
         .map_err(|e| open_error(path, e))?;
     check_schema(&db, path)?;
@@ -296,6 +303,7 @@ impl Store for RedbStore {
 pub fn read_totals_offline(path: &Path) -> Result<Vec<(String, u64)>, StoreError> {
     let db = Database::builder()
         .set_check_integrity_on_open(true)
+        .set_cache_size(DB_CACHE_BYTES)
         .open(path)
         .map_err(|e| open_error(path, e))?;
     let txn = db.begin_read().map_err(StoreError::storage)?;

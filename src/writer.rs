@@ -6,6 +6,7 @@
 //! totals include views not yet written, so callers always see exact numbers.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -18,6 +19,11 @@ use crate::store::{Seen, Store, StoreError};
 
 /// How long a failing flush waits before it is tried again, at the least.
 const MIN_RETRY: Duration = Duration::from_secs(1);
+
+/// How many stored totals the writer remembers for serving posts while the file cannot be read.
+/// Only the most recently loaded posts: a wave of posts read once must not leave one entry
+/// each behind for good, and a post read lately is the one likely to be read again.
+const KNOWN_CAP: usize = 4096;
 
 /// Expired reader ids are swept from the store at most this often.
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
@@ -162,6 +168,77 @@ impl Writer {
     }
 }
 
+/// The stored totals of about the last `KNOWN_CAP` posts loaded, in two generations: new
+/// entries go into `recent`; when it is full, it becomes `older` and the previous `older` is
+/// dropped whole. A lookup in `older` moves the entry back to `recent`. That is least recently
+/// used eviction at the granularity of a generation, with no per-entry bookkeeping, and memory
+/// that is freed in one go rather than kept at the peak.
+///
+/// Entries are keyed by a 128-bit keyed hash of the slug rather than a copy of it: a wave of
+/// posts would otherwise leave thousands of small key allocations scattered over the writer's
+/// heap, each pinning a page. Two slugs share a key with probability about n²/2¹²⁹ (1e-31
+/// for 4,096 posts); the cost of one would be a wrong total served during a disk fault.
+struct Known {
+    hashers: (RandomState, RandomState),
+    recent: HashMap<(u64, u64), u64>,
+    older: HashMap<(u64, u64), u64>,
+}
+
+impl Default for Known {
+    fn default() -> Self {
+        Self {
+            hashers: (RandomState::new(), RandomState::new()),
+            recent: HashMap::new(),
+            older: HashMap::new(),
+        }
+    }
+}
+
+impl Known {
+    fn key(&self, slug: &str) -> (u64, u64) {
+        (self.hashers.0.hash_one(slug), self.hashers.1.hash_one(slug))
+    }
+
+    fn insert(&mut self, slug: &str, total: u64) {
+        let key = self.key(slug);
+        self.insert_key(key, total);
+    }
+
+    fn insert_key(&mut self, key: (u64, u64), total: u64) {
+        if let Some(t) = self.recent.get_mut(&key) {
+            *t = total;
+            return;
+        }
+        self.older.remove(&key);
+        if self.recent.len() >= KNOWN_CAP / 2 {
+            self.older = std::mem::take(&mut self.recent);
+        }
+        self.recent.insert(key, total);
+    }
+
+    fn get(&mut self, slug: &str) -> Option<u64> {
+        let key = self.key(slug);
+        if let Some(&t) = self.recent.get(&key) {
+            return Some(t);
+        }
+        let total = self.older.get(&key).copied()?;
+        self.insert_key(key, total);
+        Some(total)
+    }
+
+    /// Views written for a post: its remembered total, if any, follows the file.
+    fn add(&mut self, slug: &str, delta: u64) {
+        let key = self.key(slug);
+        if let Some(t) = self
+            .recent
+            .get_mut(&key)
+            .or_else(|| self.older.get_mut(&key))
+        {
+            *t += delta;
+        }
+    }
+}
+
 /// Views of one post not yet written.
 struct Pending {
     delta: u64,
@@ -175,11 +252,9 @@ struct State {
     store: Box<dyn Store>,
     policy: FlushPolicy,
     pending: HashMap<Slug, Pending>,
-    /// Stored totals read or written since start: what loads answer while the file cannot be
-    /// read (a disk gone read-only), so posts keep being served.
-    /// Keys are copies made on this thread: a slug shared with the worker that parsed it would
-    /// pin that worker's heap pages long after the post's actor was freed.
-    known: HashMap<Box<str>, u64>,
+    /// Stored totals of the posts loaded most recently: what loads answer while the file
+    /// cannot be read (a disk gone read-only), so those posts keep being served.
+    known: Known,
     /// Posts admitted under a cap that have no row and no pending view yet.
     reserved: HashSet<Slug>,
     /// Rows in the store, for the `--max-slugs` cap.
@@ -202,7 +277,7 @@ impl State {
             store,
             policy,
             pending: HashMap::new(),
-            known: HashMap::new(),
+            known: Known::default(),
             reserved: HashSet::new(),
             rows,
             new_rows: 0,
@@ -324,13 +399,12 @@ impl State {
             Ok(stored) => {
                 // Posts woken for readers are remembered, with 0 when they have no row yet.
                 if stored.is_some() || admission != Admission::ReadOnly {
-                    self.known
-                        .insert(Box::from(slug.as_str()), stored.unwrap_or(0));
+                    self.known.insert(slug.as_str(), stored.unwrap_or(0));
                 }
                 stored
             }
             Err(e) => match self.known.get(slug.as_str()) {
-                Some(&total) => Some(total),
+                Some(total) => Some(total),
                 None => return Err(e),
             },
         };
@@ -416,9 +490,7 @@ impl State {
             .collect();
         self.store.add(&batch, &seen)?;
         for (slug, p) in &self.pending {
-            if let Some(total) = self.known.get_mut(slug.as_str()) {
-                *total += p.delta;
-            }
+            self.known.add(slug.as_str(), p.delta);
         }
         tracing::debug!(posts = batch.len(), "flushed totals");
         self.rows += self.new_rows;
@@ -456,5 +528,29 @@ impl State {
             tracing::error!(error = %e, pending_posts = self.pending.len(), "cannot write totals; keeping them in memory and retrying");
             self.last_failure_log = Some(now);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_totals_keep_the_recently_loaded_posts_and_forget_the_rest() {
+        let mut known = Known::default();
+        known.insert("first", 7);
+        // Keep `first` in use while a wave of other posts goes by: it stays.
+        for i in 0..KNOWN_CAP * 2 {
+            known.insert(&format!("post-{i}"), 1);
+            if i % (KNOWN_CAP / 4) == 0 {
+                assert_eq!(known.get("first"), Some(7), "after {i} posts");
+            }
+        }
+        known.add("first", 3);
+        assert_eq!(known.get("first"), Some(10));
+        // A post loaded once, two generations ago, is gone; the memory is bounded.
+        assert_eq!(known.get("post-0"), None);
+        assert_eq!(known.get(&format!("post-{}", KNOWN_CAP * 2 - 1)), Some(1));
+        assert!(known.recent.len() + known.older.len() <= KNOWN_CAP);
     }
 }
