@@ -9,6 +9,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use actix_http::error::DispatchError;
@@ -22,9 +23,11 @@ use tokio_util::task::TaskTracker;
 use crate::api::AppState;
 use crate::direct::{self, Replay};
 
-/// After the file-descriptor limit was hit, accepting pauses this long: the kernel queue
-/// holds new connections meanwhile, and streams closing give descriptors back.
-const EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
+/// After accepting failed for want of descriptors or memory, accepting pauses this long: the
+/// kernel queue holds new connections meanwhile, and streams closing give descriptors back.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// ...and says so in the log at most this often.
+const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Running workers; [`Server::stop`] drains and ends them.
 pub struct Server {
@@ -75,6 +78,7 @@ impl Server {
         listener.set_nonblocking(true)?;
         let (stop, stopped) = watch::channel(false);
         let connections = TaskTracker::new();
+        let warned = Arc::new(Mutex::new(None));
         let mut workers = Vec::with_capacity(settings.workers);
         for _ in 0..settings.workers {
             let worker = Arbiter::try_new()?;
@@ -84,6 +88,7 @@ impl Server {
                 head_timeout: settings.head_timeout,
                 stopped: stopped.clone(),
                 connections: connections.clone(),
+                warned: Arc::clone(&warned),
             };
             let fallback = fallback.clone();
             worker.spawn_fn(move || {
@@ -129,6 +134,8 @@ struct Job {
     head_timeout: Duration,
     stopped: watch::Receiver<bool>,
     connections: TaskTracker,
+    /// When a failure to accept was last logged, by any worker.
+    warned: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Job {
@@ -140,7 +147,6 @@ impl Job {
                 return;
             }
         };
-        let mut last_warning: Option<Instant> = None;
         loop {
             let accepted = tokio::select! {
                 biased;
@@ -149,16 +155,22 @@ impl Job {
             };
             match accepted {
                 Ok((io, peer)) => self.serve(io, peer, &fallback),
-                Err(e) if is_exhaustion(&e) => {
-                    if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
-                        tracing::warn!("cannot accept connections: {e}; pausing");
-                        last_warning = Some(Instant::now());
-                    }
-                    tokio::time::sleep(EXHAUSTED_PAUSE).await;
+                // The peer gave up before we got to it.
+                Err(e) if is_transient(&e) => {}
+                // Out of descriptors or memory: retrying at once would spin.
+                Err(e) => {
+                    self.warn_at_most_every(WARNING_INTERVAL, &e);
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
                 }
-                // The peer gave up before we got to it (ECONNABORTED and the like).
-                Err(_) => {}
             }
+        }
+    }
+
+    fn warn_at_most_every(&self, interval: Duration, e: &io::Error) {
+        let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
+        if warned.is_none_or(|at| at.elapsed() >= interval) {
+            tracing::warn!("cannot accept connections: {e}; pausing");
+            *warned = Some(Instant::now());
         }
     }
 
@@ -188,10 +200,10 @@ async fn prepare<F: Fallback>(
     Ok((listener, Rc::new(service)))
 }
 
-/// Out of descriptors or memory: retrying at once would spin.
-fn is_exhaustion(e: &io::Error) -> bool {
+/// Errors that concern one connection only, not the listener.
+fn is_transient(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        Some(libc::ECONNABORTED | libc::ECONNRESET | libc::EPROTO | libc::EINTR | libc::EPERM)
     )
 }

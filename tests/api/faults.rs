@@ -1,6 +1,6 @@
 //! Faults a plain `cargo test` can cause: a stop signal and a `kill -9` while readers keep
-//! joining, a churn of thousands of readers leaving every way a browser can, and files at
-//! `--db` that are not (or no longer) a viewcounter database. The faults that need root — a
+//! joining, a churn of thousands of readers leaving every way a browser can, files at `--db`
+//! that are not (or no longer) a viewcounter database, and a process out of open files. The faults that need root — a
 //! full or read-only disk, a client that vanishes without FIN or RST, memory after churn —
 //! are in `faults/run.sh`.
 
@@ -603,4 +603,63 @@ async fn export_refuses_a_database_with_garbage_over_its_pages_naming_the_file()
 async fn export_refuses_a_database_of_a_newer_schema_naming_the_file() {
     let (_dir, db) = a_database_of_a_newer_schema();
     assert_export_refuses(&db, "schema version", false).await;
+}
+
+/// Server CPU time (user + system) so far, from `/proc`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf only reads a system constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / per_second)
+}
+
+#[actix_web::test]
+async fn out_of_open_files_the_server_pauses_accepting_without_spinning_and_recovers() {
+    let mut server = BinServer::start_with_open_files(256, &[]).await;
+    let pid = server.child.id().expect("running");
+
+    // More idle connections than the process has descriptors for.
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(
+            tokio::net::TcpStream::connect(server.addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    await_value(
+        "a logged accept failure",
+        true,
+        Duration::from_secs(10),
+        || async { server.log().contains("cannot accept connections") },
+    )
+    .await;
+    let before = cpu_time(pid);
+    let window = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_time(pid) - before;
+    assert!(
+        used < window.elapsed() / 4,
+        "{used:?} of CPU in {:?} while out of descriptors: accepting spins",
+        window.elapsed()
+    );
+
+    drop(idle);
+    let reader = server.join("alpha").await;
+    assert_eq!(reader.first, counts(1, 1));
+    assert_eq!(
+        server.log().matches("cannot accept connections").count(),
+        1,
+        "the failure is logged once, not per attempt"
+    );
+    server.signal("TERM");
+    assert!(server.wait(STOP_TIMEOUT).await.success());
 }

@@ -973,6 +973,23 @@ impl BinServer {
         flags: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        Self::launch(dir, sub, flags, env, None).await
+    }
+
+    /// `serve` in a process whose open-files limit (soft and hard) is `files`.
+    pub async fn start_with_open_files(files: u64, flags: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write_slugs(&slugs_path(dir.path()), DEFAULT_SLUGS);
+        Self::launch(dir, &["serve"], flags, &[], Some(files)).await
+    }
+
+    async fn launch(
+        dir: TempDir,
+        sub: &[&str],
+        flags: &[&str],
+        env: &[(&str, &str)],
+        open_files: Option<u64>,
+    ) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -988,6 +1005,12 @@ impl BinServer {
             .args(flags)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
+        if let Some(files) = open_files {
+            // SAFETY: only setrlimit runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || rlimit::setrlimit(rlimit::Resource::NOFILE, files, files));
+            }
+        }
         let mut child = cmd.spawn().expect("spawn viewcounter serve");
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
