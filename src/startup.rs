@@ -1,5 +1,6 @@
 //! Building and running the server: open the store, start the writer and the shared state
-//! once, then `HttpServer` on a listener; stop by draining streams and flushing totals.
+//! once, then the workers of [`crate::server`] on a listener; stop by draining streams and
+//! flushing totals.
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
