@@ -33,6 +33,9 @@ const MAX_HEAD: usize = 4096;
 /// Headers beyond this many: actix-web again.
 const MAX_HEADERS: usize = 48;
 
+/// A connection as this module hands it to actix-web, with the peer's address.
+pub type Handed = (Replay, Option<SocketAddr>);
+
 type Body = LocalBoxStream<'static, Result<Bytes, Infallible>>;
 
 /// One connection, from its first byte to its close.
@@ -43,7 +46,7 @@ pub async fn serve<S>(
     head_timeout: Duration,
     fallback: &S,
 ) where
-    S: Service<(Replay, Option<SocketAddr>)>,
+    S: Service<Handed>,
 {
     let mut head = BytesMut::with_capacity(MAX_HEAD);
     // A peer that never finishes its head is dropped, as actix-web would.

@@ -12,7 +12,6 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use actix_http::error::DispatchError;
 use actix_rt::Arbiter;
 use actix_service::{Service, ServiceFactory};
 use actix_web::web;
@@ -21,7 +20,7 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::api::AppState;
-use crate::direct::{self, Replay};
+use crate::direct::{self, Handed};
 
 /// After accepting failed for want of descriptors or memory, accepting pauses this long: the
 /// kernel queue holds new connections meanwhile, and streams closing give descriptors back.
@@ -36,29 +35,6 @@ pub struct Server {
     connections: TaskTracker,
 }
 
-/// What each worker needs to answer what [`direct`] leaves to actix-web.
-pub trait Fallback:
-    ServiceFactory<
-        (Replay, Option<SocketAddr>),
-        Config = (),
-        Response = (),
-        Error = DispatchError,
-        InitError = (),
-    > + 'static
-{
-}
-
-impl<T> Fallback for T where
-    T: ServiceFactory<
-            (Replay, Option<SocketAddr>),
-            Config = (),
-            Response = (),
-            Error = DispatchError,
-            InitError = (),
-        > + 'static
-{
-}
-
 /// Settings of the connections every worker serves.
 #[derive(Clone)]
 pub struct Settings {
@@ -69,7 +45,7 @@ pub struct Settings {
 impl Server {
     /// Starts `settings.workers` threads accepting on `listener`. `fallback` builds, on each
     /// worker, the actix-web service for everything that is not a stream.
-    pub fn start<F: Fallback>(
+    pub fn start<F: ServiceFactory<Handed, Config = (), InitError = ()> + 'static>(
         listener: std::net::TcpListener,
         state: web::Data<AppState>,
         settings: Settings,
@@ -139,7 +115,11 @@ struct Job {
 }
 
 impl Job {
-    async fn run<F: Fallback>(mut self, listener: std::net::TcpListener, fallback: F) {
+    async fn run<F: ServiceFactory<Handed, Config = (), InitError = ()> + 'static>(
+        mut self,
+        listener: std::net::TcpListener,
+        fallback: F,
+    ) {
         let (listener, fallback) = match prepare(listener, fallback).await {
             Ok(ready) => ready,
             Err(e) => {
@@ -176,7 +156,7 @@ impl Job {
 
     fn serve<S>(&self, io: TcpStream, peer: SocketAddr, fallback: &Rc<S>)
     where
-        S: Service<(Replay, Option<SocketAddr>)> + 'static,
+        S: Service<Handed> + 'static,
     {
         let state = self.state.clone();
         let fallback = Rc::clone(fallback);
@@ -188,7 +168,7 @@ impl Job {
 }
 
 /// The worker's side of the listener, and its actix-web service.
-async fn prepare<F: Fallback>(
+async fn prepare<F: ServiceFactory<Handed, Config = (), InitError = ()> + 'static>(
     listener: std::net::TcpListener,
     fallback: F,
 ) -> io::Result<(TcpListener, Rc<F::Service>)> {
