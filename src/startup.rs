@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_cors::Cors;
-use actix_http::HttpService;
+use actix_http::{HttpService, KeepAlive};
 use actix_service::map_config;
 use actix_web::dev::AppConfig;
 use actix_web::http::{StatusCode, header};
@@ -203,6 +203,10 @@ fn http_server(
             }));
         let stopping = state.signals.shutdown.clone();
         HttpService::build()
+            // A connection kept open after a request here would carry the browser's (or the
+            // proxy's) next request, often the stream itself, past `direct`; closing it
+            // sends every stream to a fresh connection that `direct` serves.
+            .keep_alive(KeepAlive::Disabled)
             // A client that closes its side is gone: notice it now, not at the next heartbeat.
             .h1_allow_half_closed(false)
             .client_request_timeout(REQUEST_HEAD_TIMEOUT)

@@ -193,6 +193,28 @@ test('Turbo navigations (turbo:* events) move the reader without a reload or a d
     `final turbo-alpha {live 1,total 2}, turbo-beta {live 0,total 1}`);
 });
 
+test('the stream a tab opens arrives on a fresh connection, not on the script\'s', async t => {
+  const page = await ctx.newPage();
+  const seen = [];
+  page.on('response', r => {
+    if (r.url().startsWith(counter.url)) seen.push(r);
+  });
+  await page.goto(blog.url('/posts/alpha.html'));
+  await h.waitShown(page, s => s.live === 1 && s.total === 1);
+
+  const script = seen.find(r => r.url().endsWith('/counter.js'));
+  const stream = seen.find(r => /\/api\/v1\/(shared|connect)\//.test(r.url()));
+  assert.ok(script && stream, `responses seen: ${seen.map(r => r.url()).join(', ')}`);
+  const scriptHeaders = await script.allHeaders();
+  const streamHeaders = await stream.allHeaders();
+  // The script's connection is closed after it, so the stream cannot reuse it and reaches the
+  // server's own stream path, which delimits the body by the close instead of chunking it.
+  assert.equal(scriptHeaders.connection, 'close');
+  assert.equal(streamHeaders['transfer-encoding'], undefined, 'a chunked stream: served by actix-web');
+  assert.equal(streamHeaders.connection, 'close');
+  h.report(t, `counter.js answered with connection: close; the stream (${new URL(stream.url()).pathname.split('/').slice(0, 4).join('/')}/…) came unchunked on its own connection`);
+});
+
 test('the stream opens only after the load event', async t => {
   const page = await open('/posts/alpha.html');
   await h.waitShown(page, s => s.live === 1);
@@ -250,7 +272,10 @@ test('no layout shift when the numbers fill in (their space is reserved)', async
   const shifts = await e2e(a, () => window.__e2e.shifts);
   assert.deepEqual(shifts, [], 'layout-shift entries on a post with reserved space');
 
-  // Control: without reserved space the observer does see the shift.
+  // Control: without reserved space the observer does see the shift. Tab A goes first: as the
+  // leader it would carry C's reader and relay C's numbers, which could then beat C's first
+  // paint past the stream that openPainted holds back.
+  await a.close();
   const c = await openPainted('/shift.html');
   await h.waitShown(c, s => s.live === 1);
   const control = await h.until(() => e2e(c, () => window.__e2e.shifts.length && window.__e2e.shifts),

@@ -29,7 +29,6 @@ before(async () => {
     location / {
       proxy_pass http://127.0.0.1:${control.port};
       proxy_http_version 1.1;
-      proxy_set_header Connection "";
     }
   }`,
   });

@@ -1150,28 +1150,6 @@ impl SseClient {
         Self::answered(conn).await.expect("a response head")
     }
 
-    /// Opens a stream on a connection that first carried `before` and read its whole answer.
-    pub async fn open_after(addr: SocketAddr, before: Req, req: Req) -> (Response, Self) {
-        let mut conn = Conn::open(addr, &before.encode(addr, false))
-            .await
-            .expect("connect");
-        let (status, headers) = conn.head().await.expect("first head");
-        let mut body = Vec::new();
-        while let Some(more) = conn.body_bytes().await.expect("first body") {
-            body.extend_from_slice(&more);
-        }
-        let first = Response {
-            status,
-            headers,
-            body,
-        };
-        conn.stream
-            .write_all(&req.encode(addr, false))
-            .await
-            .expect("second request");
-        (first, Self::answered(conn).await.expect("second head"))
-    }
-
     async fn answered(mut conn: Conn) -> Result<Self, String> {
         let (status, headers) = tokio::time::timeout(READ_TIMEOUT, conn.head())
             .await
@@ -1183,6 +1161,16 @@ impl SseClient {
             body: Vec::new(),
             ended: false,
         })
+    }
+
+    /// Reads and drops the rest of the answer; true once the server closed the connection.
+    pub async fn closes_within(mut self, within: Duration) -> bool {
+        let drain = async {
+            while let Ok(true) = self.conn.fill().await {
+                self.conn.raw.clear();
+            }
+        };
+        tokio::time::timeout(within, drain).await.is_ok()
     }
 
     /// Sends bytes on the stream's connection, as a client that pipelines or misbehaves.
