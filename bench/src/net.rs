@@ -457,7 +457,8 @@ impl SseConn {
         }
     }
 
-    async fn read_raw(&mut self) -> Result<Vec<u8>, ConnError> {
+    /// Reads into `buf`; the number of bytes read, never 0 (end of stream is an error).
+    async fn fill(&mut self) -> Result<usize, ConnError> {
         let n = self
             .stream
             .read(&mut self.buf)
@@ -466,20 +467,18 @@ impl SseConn {
         if n == 0 {
             return Err(ConnError::Eof);
         }
+        Ok(n)
+    }
+
+    async fn read_raw(&mut self) -> Result<Vec<u8>, ConnError> {
+        let n = self.fill().await?;
         Ok(self.buf[..n].to_vec())
     }
 
     async fn read_head(&mut self) -> Result<Head, ConnError> {
         let mut acc: Vec<u8> = Vec::new();
         let end = loop {
-            let n = self
-                .stream
-                .read(&mut self.buf)
-                .await
-                .map_err(ConnError::Io)?;
-            if n == 0 {
-                return Err(ConnError::Eof);
-            }
+            let n = self.fill().await?;
             let from = acc.len().saturating_sub(3);
             acc.extend_from_slice(&self.buf[..n]);
             if let Some(p) = acc[from..].windows(4).position(|w| w == b"\r\n\r\n") {
@@ -551,15 +550,8 @@ impl SseConn {
             if matches!(self.body, Body::Done) {
                 return Err(ConnError::Eof);
             }
-            let n = self
-                .stream
-                .read(&mut self.buf)
-                .await
-                .map_err(ConnError::Io)?;
+            let n = self.fill().await?;
             self.read_at = Instant::now();
-            if n == 0 {
-                return Err(ConnError::Eof);
-            }
             let raw = std::mem::take(&mut self.buf);
             let r = self.feed(&raw[..n]);
             self.buf = raw;

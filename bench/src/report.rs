@@ -159,6 +159,96 @@ fn verdict(ok: Option<bool>) -> &'static str {
     }
 }
 
+/// The details table: label, scenario, result key, decimals, unit.
+const DETAILS: &[(&str, &str, &str, usize, &str)] = &[
+    ("hold: streams opened", "hold", "opened", 0, ""),
+    (
+        "hold: streams opened per second",
+        "hold",
+        "open_per_s",
+        0,
+        "/s",
+    ),
+    ("hold: server RSS before", "hold", "rss_before", 1, " MiB"),
+    ("hold: server RSS after", "hold", "rss_after", 1, " MiB"),
+    ("fanout: p50", "fanout", "p50_ms", 1, " ms"),
+    ("fanout: max", "fanout", "max_ms", 1, " ms"),
+    (
+        "fanout: readers that missed a change",
+        "fanout",
+        "missed",
+        0,
+        "",
+    ),
+    (
+        "fanout: server CPU per delivered event",
+        "fanout",
+        "cpu_us_per_event",
+        2,
+        " µs",
+    ),
+    ("churn: p50 open → first event", "churn", "p50_ms", 2, " ms"),
+    ("churn: p99 open → first event", "churn", "p99_ms", 2, " ms"),
+    (
+        "churn: server CPU per view",
+        "churn",
+        "cpu_us_per_view",
+        2,
+        " µs",
+    ),
+    (
+        "burst: changes/s achieved",
+        "burst",
+        "achieved_rate",
+        0,
+        "/s",
+    ),
+    (
+        "burst: change request p99 (join: first event; nchan: POST answered)",
+        "burst",
+        "change_p99_ms",
+        1,
+        " ms",
+    ),
+    (
+        "burst: mean events/s per reader",
+        "burst",
+        "mean_events_per_s_reader",
+        1,
+        "/s",
+    ),
+    (
+        "burst: staleness p99 over (reader, change) pairs",
+        "burst",
+        "staleness_pairs_p99_ms",
+        0,
+        " ms",
+    ),
+    (
+        "burst: all readers at the final state, after the last change",
+        "burst",
+        "settle_ms",
+        0,
+        " ms",
+    ),
+    ("burst: server CPU", "burst", "cpu_s", 2, " s"),
+    (
+        "burst: server CPU per delivered event (includes serving the joins themselves)",
+        "burst",
+        "cpu_us_per_event",
+        2,
+        " µs",
+    ),
+    (
+        "idle: heartbeats received in the window",
+        "idle",
+        "heartbeats",
+        0,
+        "",
+    ),
+    ("idle: server CPU in the window", "idle", "cpu_s", 2, " s"),
+];
+
 fn render(r: &Results, command: &str, params: &str, notes: &[String]) -> String {
     let (nproc, model, kernel) = procstat::machine();
     let mut s = String::new();
@@ -349,7 +439,7 @@ fn render(r: &Results, command: &str, params: &str, notes: &[String]) -> String 
     let _ = writeln!(s, "\n## Details\n");
     let _ = writeln!(s, "| measure | viewcounter | nchan | ratio |");
     let _ = writeln!(s, "|---|---|---|---|");
-    let mut row = |name: &str, scenario: &str, key: &str, digits: usize, unit: &str| {
+    for &(name, scenario, key, digits, unit) in DETAILS {
         let (mut a, mut b) = (r.num(VC, scenario, key), r.num(NCHAN, scenario, key));
         if unit == " MiB" {
             a = a.map(|x| x / 1048576.0);
@@ -362,93 +452,7 @@ fn render(r: &Results, command: &str, params: &str, notes: &[String]) -> String 
             f(b, digits, unit),
             ratio(a, b).1
         );
-    };
-    row("hold: streams opened", "hold", "opened", 0, "");
-    row(
-        "hold: streams opened per second",
-        "hold",
-        "open_per_s",
-        0,
-        "/s",
-    );
-    row("hold: server RSS before", "hold", "rss_before", 1, " MiB");
-    row("hold: server RSS after", "hold", "rss_after", 1, " MiB");
-    row("fanout: p50", "fanout", "p50_ms", 1, " ms");
-    row("fanout: max", "fanout", "max_ms", 1, " ms");
-    row(
-        "fanout: readers that missed a change",
-        "fanout",
-        "missed",
-        0,
-        "",
-    );
-    row(
-        "fanout: server CPU per delivered event",
-        "fanout",
-        "cpu_us_per_event",
-        2,
-        " µs",
-    );
-    row("churn: p50 open → first event", "churn", "p50_ms", 2, " ms");
-    row("churn: p99 open → first event", "churn", "p99_ms", 2, " ms");
-    row(
-        "churn: server CPU per view",
-        "churn",
-        "cpu_us_per_view",
-        2,
-        " µs",
-    );
-    row(
-        "burst: changes/s achieved",
-        "burst",
-        "achieved_rate",
-        0,
-        "/s",
-    );
-    row(
-        "burst: change request p99 (join: first event; nchan: POST answered)",
-        "burst",
-        "change_p99_ms",
-        1,
-        " ms",
-    );
-    row(
-        "burst: mean events/s per reader",
-        "burst",
-        "mean_events_per_s_reader",
-        1,
-        "/s",
-    );
-    row(
-        "burst: staleness p99 over (reader, change) pairs",
-        "burst",
-        "staleness_pairs_p99_ms",
-        0,
-        " ms",
-    );
-    row(
-        "burst: all readers at the final state, after the last change",
-        "burst",
-        "settle_ms",
-        0,
-        " ms",
-    );
-    row("burst: server CPU", "burst", "cpu_s", 2, " s");
-    row(
-        "burst: server CPU per delivered event (includes serving the joins themselves)",
-        "burst",
-        "cpu_us_per_event",
-        2,
-        " µs",
-    );
-    row(
-        "idle: heartbeats received in the window",
-        "idle",
-        "heartbeats",
-        0,
-        "",
-    );
-    row("idle: server CPU in the window", "idle", "cpu_s", 2, " s");
+    }
 
     let mut errors = String::new();
     for label in [VC, NCHAN] {
