@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use actix::prelude::*;
+use actix_rt::ArbiterHandle;
 
 use crate::error::ApiError;
 use crate::memory::Reclaimer;
@@ -97,8 +98,12 @@ impl Registry {
         }
     }
 
-    pub fn reclaimer(&self) -> &Reclaimer {
-        &self.reclaimer
+    /// Gives memory back once enough posts slept (see [`crate::memory`]); `workers` are the
+    /// threads posts live on.
+    pub async fn reclaim_if_worthwhile(&self, workers: &[ArbiterHandle]) {
+        self.reclaimer
+            .reclaim_if_worthwhile(workers, &self.writer)
+            .await;
     }
 
     fn lookup(&self, slug: &Slug) -> Option<Addr<Post>> {

@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use actix_rt::Arbiter;
+use actix_rt::{Arbiter, ArbiterHandle};
 use actix_service::{Service, ServiceFactory};
 use actix_web::web;
 use tokio::net::{TcpListener, TcpStream};
@@ -77,6 +77,11 @@ impl Server {
             stop,
             connections,
         })
+    }
+
+    /// The worker threads, to run work on each of them.
+    pub fn threads(&self) -> Vec<ArbiterHandle> {
+        self.workers.iter().map(Arbiter::handle).collect()
     }
 
     /// Stops accepting, gives open connections `grace` to finish (streams were told to go

@@ -151,7 +151,7 @@ impl Application {
             hangup,
             ..
         } = self;
-        let background = spawn_background(&state, heartbeat, heartbeat_every, hangup);
+        let background = spawn_background(&state, &server, heartbeat, heartbeat_every, hangup);
         stop.await;
         tracing::info!("shutting down: closing streams, then writing totals");
         shutdown.send_replace(true);
@@ -262,6 +262,7 @@ fn tune_listener(listener: &TcpListener) -> std::io::Result<()> {
 /// The heartbeat shared by all streams, the allow-list watcher and limit bookkeeping.
 fn spawn_background(
     state: &web::Data<AppState>,
+    server: &Server,
     heartbeat: watch::Sender<()>,
     every: Duration,
     hangup: Option<Signal>,
@@ -275,12 +276,13 @@ fn spawn_background(
         }
     })];
     let st = state.clone();
+    let workers = server.threads();
     tasks.push(actix_web::rt::spawn(async move {
         let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
         loop {
             tick.tick().await;
             st.view_rate.prune();
-            st.registry.reclaimer().reclaim_if_worthwhile().await;
+            st.registry.reclaim_if_worthwhile(&workers).await;
         }
     }));
     if let SlugPolicy::Listed(list) = &state.slugs {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use crate::memory::CachedBlocks;
 use crate::reader_id::ReaderId;
 use crate::slug::Slug;
 use crate::store::{Seen, Store, StoreError};
@@ -86,6 +87,8 @@ enum Command {
     /// The post's actor went to sleep: a post admitted but never viewed frees its place.
     Release(Slug),
     Totals(oneshot::Sender<Result<Vec<(String, u64)>, StoreError>>),
+    /// Empty the writer thread's allocator cache (see [`crate::memory`]).
+    TakeCachedBlocks(oneshot::Sender<CachedBlocks>),
     Shutdown(oneshot::Sender<Result<(), StoreError>>),
 }
 
@@ -154,6 +157,13 @@ impl Writer {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Totals(reply))?;
         Ok(rx.await.map_err(|_| WriterError::Stopped)??)
+    }
+
+    /// The blocks the writer thread's allocator caches, taken out (see [`crate::memory`]).
+    pub async fn take_cached_blocks(&self) -> Option<CachedBlocks> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::TakeCachedBlocks(reply)).ok()?;
+        rx.await.ok()
     }
 
     /// Writes everything pending and stops the thread.
@@ -350,6 +360,9 @@ impl State {
             }
             Command::Totals(reply) => {
                 let _ = reply.send(self.totals());
+            }
+            Command::TakeCachedBlocks(reply) => {
+                let _ = reply.send(CachedBlocks::take());
             }
             Command::Shutdown(_) => unreachable!("handled in run"),
         }
