@@ -93,6 +93,9 @@ impl CachedBlocks {
     /// Allocates as many blocks of each cached size as the calling thread's cache holds, which
     /// empties it: the cache is where a thread's allocations of those sizes are served first.
     pub fn take() -> Self {
+        if !cfg!(all(target_os = "linux", target_env = "gnu")) {
+            return Self(Vec::new());
+        }
         let mut blocks = Vec::with_capacity(Self::PER_SIZE * Self::SIZES);
         for i in 0..Self::SIZES {
             let Ok(layout) = Layout::from_size_align(24 + 16 * i, 8) else {
