@@ -9,7 +9,8 @@
 //!   [`Application::run_until`] serves until told to stop, then drains and flushes.
 //! - [`server`]: the worker threads, each accepting on the shared listener; [`direct`]: each
 //!   connection's head is read there, streams are answered on the socket itself and the rest
-//!   goes to actix-web; [`headers`]: the request headers both layers read.
+//!   goes to actix-web; [`headers`]: the request headers both layers read; [`scheduling`]:
+//!   how the kernel schedules the workers.
 //! - [`api`]: the `/api/v1` handlers; [`assets`]: the embedded script and demo page.
 //! - [`slug`], [`reader_id`]: input validated once at the edge; [`slug_list`]: which posts
 //!   exist; [`origin`], [`client_ip`], [`limits`]: who may count, and how much.
@@ -39,6 +40,7 @@ pub mod post;
 pub mod post_state;
 pub mod reader_id;
 pub mod registry;
+pub mod scheduling;
 pub mod server;
 pub mod shared;
 pub mod slug;

@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::AppState;
 use crate::direct::{self, Handed};
+use crate::scheduling::Scheduling;
 
 /// After accepting failed for want of descriptors or memory, accepting pauses this long: the
 /// kernel queue holds new connections meanwhile, and streams closing give descriptors back.
@@ -39,6 +40,7 @@ pub struct Server {
 #[derive(Clone)]
 pub struct Settings {
     pub workers: usize,
+    pub scheduling: Scheduling,
     pub head_timeout: Duration,
 }
 
@@ -67,7 +69,9 @@ impl Server {
                 warned: Arc::clone(&warned),
             };
             let fallback = fallback.clone();
+            let scheduling = settings.scheduling;
             worker.spawn_fn(move || {
+                scheduling.apply_to_this_thread();
                 actix_rt::spawn(job.run(listener, fallback()));
             });
             workers.push(worker);

@@ -119,7 +119,7 @@ impl Application {
         tune_listener(&listener)?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, capacity, "stream capacity (from the open-files limit unless --max-streams)");
-        let server = http_server(state.clone(), listener, args.workers)?;
+        let server = http_server(state.clone(), listener, &args)?;
         Ok(Self {
             server,
             addr,
@@ -181,11 +181,12 @@ fn slug_policy(args: &ServeArgs) -> SlugPolicy {
 fn http_server(
     state: web::Data<AppState>,
     listener: TcpListener,
-    workers: Option<u16>,
+    args: &ServeArgs,
 ) -> std::io::Result<Server> {
     let addr = listener.local_addr()?;
     let settings = Settings {
-        workers: workers.map_or_else(default_workers, usize::from),
+        workers: args.workers.map_or_else(default_workers, usize::from),
+        scheduling: args.scheduling,
         head_timeout: REQUEST_HEAD_TIMEOUT,
     };
     let app_state = state.clone();
