@@ -72,6 +72,7 @@ impl Server {
             let scheduling = settings.scheduling;
             worker.spawn_fn(move || {
                 scheduling.apply_to_this_thread();
+                job.state.warm_up_this_thread();
                 actix_rt::spawn(job.run(listener, fallback()));
             });
             workers.push(worker);
