@@ -391,6 +391,8 @@ struct Stats {
     posts_awake: usize,
     streams: usize,
     capacity: usize,
+    /// Times freed memory was given back to the system after posts went to sleep.
+    memory_reclaims: u64,
 }
 
 async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -399,6 +401,7 @@ async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
         posts_awake: state.registry.awake(),
         streams: state.limits.open(),
         capacity: state.limits.capacity(),
+        memory_reclaims: state.registry.memory_reclaims(),
     };
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))

@@ -21,7 +21,7 @@
 
 use std::alloc::Layout;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use actix_rt::ArbiterHandle;
 use tokio::sync::oneshot;
@@ -40,9 +40,16 @@ pub struct Reclaimer {
     slept: AtomicUsize,
     /// `slept` as seen by the previous call: unchanged means no post slept in between.
     seen_before: AtomicUsize,
+    /// Reclaims completed since start.
+    done: AtomicU64,
 }
 
 impl Reclaimer {
+    /// How many times memory was given back since start.
+    pub fn reclaims(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
+
     /// Counts one post gone to sleep.
     pub fn post_slept(&self) {
         self.slept.fetch_add(1, Ordering::Relaxed);
@@ -72,11 +79,14 @@ impl Reclaimer {
             }
         }
         taken.extend(writer.take_cached_blocks().await);
-        let _ = actix_web::rt::task::spawn_blocking(move || {
+        let freed = actix_web::rt::task::spawn_blocking(move || {
             free_on_passing_thread(taken);
             trim();
         })
         .await;
+        if freed.is_ok() {
+            self.done.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 

@@ -98,6 +98,11 @@ impl Registry {
         }
     }
 
+    /// How many times memory was given back since start.
+    pub fn memory_reclaims(&self) -> u64 {
+        self.reclaimer.reclaims()
+    }
+
     /// Gives memory back once enough posts slept (see [`crate::memory`]); `workers` are the
     /// threads posts live on.
     pub async fn reclaim_if_worthwhile(&self, workers: &[ArbiterHandle]) {

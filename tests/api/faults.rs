@@ -368,6 +368,43 @@ async fn churn_of_2000_readers_ends_with_live_at_the_open_streams_then_0_and_all
     }
 }
 
+#[actix_web::test]
+async fn after_a_wave_of_posts_sleeps_memory_is_given_back_and_the_posts_count_on() {
+    // More than one reclaim's worth (64 posts), spread over both workers.
+    const WAVE: usize = 80;
+    let mut flags = UNLIMITED.to_vec();
+    flags.extend([
+        "--allow-any-slug",
+        "--dedupe-window",
+        "1s",
+        "--workers",
+        "2",
+    ]);
+    let app = spawn_app_with(&flags).await;
+    let slug = |i: usize| format!("wave-{i}");
+    for i in 0..WAVE {
+        app.join(&slug(i)).await.stream.close();
+    }
+    assert_eq!(app.stat("memory_reclaims").await, 0);
+
+    // Dedupe memory (1 s) and idle grace (5 s), then two housekeeping rounds (10 s each): one
+    // that sees the posts gone to sleep, one that sees no more going.
+    app.await_posts_awake(0, Duration::from_secs(10)).await;
+    await_value("memory reclaims", 1, Duration::from_secs(25), || {
+        app.stat("memory_reclaims")
+    })
+    .await;
+
+    // Every worker, the writer and the housekeeping thread took part; all still serve.
+    for i in [0, WAVE / 2, WAVE - 1] {
+        let reader = app.join(&slug(i)).await;
+        assert_eq!(reader.first, counts(1, 2), "{}", slug(i));
+    }
+    let fresh = app.join("after-the-wave").await;
+    assert_eq!(fresh.first, counts(1, 1));
+    assert_eq!(app.totals().await.len(), WAVE + 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Files at --db that are not a viewcounter database. (tests/api/cli.rs covers a plain text
 // file and a file held by another server.)
