@@ -21,6 +21,8 @@ pub struct StreamLimits {
     per_ip: u32,
     max: usize,
     open: AtomicUsize,
+    /// The most streams open at once since [`StreamLimits::take_fall`] last looked.
+    peak: AtomicUsize,
     by_ip: Mutex<HashMap<IpAddr, u32>>,
 }
 
@@ -36,6 +38,7 @@ impl StreamLimits {
             per_ip,
             max,
             open: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
             by_ip: Mutex::new(HashMap::new()),
         })
     }
@@ -46,6 +49,13 @@ impl StreamLimits {
 
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
+    }
+
+    /// How far the open streams fell from their peak since the last call: the streams whose
+    /// memory has been freed meanwhile (see [`crate::memory`]).
+    pub fn take_fall(&self) -> usize {
+        let open = self.open();
+        self.peak.swap(open, Ordering::Relaxed).saturating_sub(open)
     }
 
     pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<StreamPermit, ApiError> {
@@ -69,6 +79,8 @@ impl StreamLimits {
             });
         }
         *count += 1;
+        drop(by_ip);
+        self.peak.fetch_max(previous + 1, Ordering::Relaxed);
         Ok(StreamPermit {
             limits: Arc::clone(self),
             ip,
@@ -171,6 +183,25 @@ pub fn raise_fd_limit() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fall_is_measured_from_the_peak_since_the_last_look() {
+        let limits = StreamLimits::new(0, 100);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut permits: Vec<_> = (0..10).map(|_| limits.acquire(ip).unwrap()).collect();
+        permits.truncate(4);
+        assert_eq!(limits.take_fall(), 6);
+        // Nothing fell since: the peak is now where the streams were.
+        assert_eq!(limits.take_fall(), 0);
+        permits.extend((0..2).map(|_| limits.acquire(ip).unwrap()));
+        permits.truncate(1);
+        assert_eq!(limits.take_fall(), 5);
+        // A refused stream is no peak.
+        let capped = StreamLimits::new(0, 1);
+        let _one = capped.acquire(ip).unwrap();
+        assert!(capped.acquire(ip).is_err());
+        assert_eq!(capped.take_fall(), 0);
+    }
 
     #[test]
     fn per_ip_and_global_caps_refuse_and_release() {

@@ -1,9 +1,9 @@
 //! Giving memory back to the system once a wave of readers has gone.
 //!
-//! When thousands of post actors go to sleep, their memory is freed, but glibc's allocator
-//! keeps freed pages in its heap unless asked: a server that saw a spike would then sit at
-//! its peak size. After enough posts slept, the registry asks the allocator to return free
-//! pages (`malloc_trim`), off the async threads.
+//! When thousands of post actors go to sleep, or thousands of streams close, their memory is
+//! freed, but glibc's allocator keeps freed pages in its heap unless asked: a server that saw
+//! a spike would then sit at its peak size. After enough posts slept or streams closed, the
+//! allocator is asked to return free pages (`malloc_trim`), off the async threads.
 //!
 //! glibc also raises its mmap and trim thresholds each time a large block is freed (up to
 //! 32 MiB): after a wave of 100,000 posts, the writer's and workers' heaps kept up to ~20 MB
@@ -28,11 +28,12 @@ use tokio::sync::oneshot;
 
 use crate::writer::Writer;
 
-/// Posts that must have slept since the last trim before another one is worth its cost.
-pub const TRIM_AFTER_SLEEPS: usize = 1024;
+/// Posts gone to sleep and streams closed since the last trim before another one is worth
+/// its cost (a post and a stream each freed a few KB).
+pub const TRIM_AFTER: usize = 1024;
 
-/// Fewer sleeps are still worth a trim once the wave is over (none during a whole
-/// housekeeping interval): otherwise what the last posts of a wave freed would stay.
+/// Fewer are still worth a trim once the wave is over (none during a whole housekeeping
+/// interval): otherwise what the end of a wave freed would stay.
 pub const TRIM_AFTER_WAVE: usize = 64;
 
 #[derive(Default)]
@@ -40,6 +41,8 @@ pub struct Reclaimer {
     slept: AtomicUsize,
     /// `slept` as seen by the previous call: unchanged means no post slept in between.
     seen_before: AtomicUsize,
+    /// How far the open streams fell since the last trim.
+    fallen: AtomicUsize,
     /// Reclaims completed since start.
     done: AtomicU64,
 }
@@ -55,17 +58,27 @@ impl Reclaimer {
         self.slept.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Returns free heap pages to the system if enough posts slept since the last time.
-    /// Meant to be called at a steady interval (housekeeping) on a long-lived thread; the
-    /// caches of that thread, of `workers` and of `writer` are emptied first.
-    pub async fn reclaim_if_worthwhile(&self, workers: &[ArbiterHandle], writer: &Writer) {
+    /// Returns free heap pages to the system if enough posts slept or streams closed since
+    /// the last time. Meant to be called at a steady interval (housekeeping) on a long-lived
+    /// thread, with how far the open streams fell since the previous call; the caches of that
+    /// thread, of `workers` and of `writer` are emptied first.
+    pub async fn reclaim_if_worthwhile(
+        &self,
+        streams_fallen: usize,
+        workers: &[ArbiterHandle],
+        writer: &Writer,
+    ) {
         let slept = self.slept.load(Ordering::Relaxed);
-        let wave_over = slept == self.seen_before.swap(slept, Ordering::Relaxed);
-        if slept < TRIM_AFTER_SLEEPS && !(wave_over && slept >= TRIM_AFTER_WAVE) {
+        let fallen = self.fallen.fetch_add(streams_fallen, Ordering::Relaxed) + streams_fallen;
+        let wave_over =
+            slept == self.seen_before.swap(slept, Ordering::Relaxed) && streams_fallen == 0;
+        let released = slept + fallen;
+        if released < TRIM_AFTER && !(wave_over && released >= TRIM_AFTER_WAVE) {
             return;
         }
         self.slept.fetch_sub(slept, Ordering::Relaxed);
         self.seen_before.store(0, Ordering::Relaxed);
+        self.fallen.store(0, Ordering::Relaxed);
         // Fast bins hold blocks freed but not merged; merge them first, so that what the
         // caches refill from below is only blocks whose pages stay resident anyway.
         if actix_web::rt::task::spawn_blocking(trim).await.is_err() {

@@ -103,11 +103,11 @@ impl Registry {
         self.reclaimer.reclaims()
     }
 
-    /// Gives memory back once enough posts slept (see [`crate::memory`]); `workers` are the
-    /// threads posts live on.
-    pub async fn reclaim_if_worthwhile(&self, workers: &[ArbiterHandle]) {
+    /// Gives memory back once enough posts slept or streams closed (see [`crate::memory`]);
+    /// `workers` are the threads posts live on.
+    pub async fn reclaim_if_worthwhile(&self, streams_fallen: usize, workers: &[ArbiterHandle]) {
         self.reclaimer
-            .reclaim_if_worthwhile(workers, &self.writer)
+            .reclaim_if_worthwhile(streams_fallen, workers, &self.writer)
             .await;
     }
 

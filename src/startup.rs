@@ -283,7 +283,8 @@ fn spawn_background(
         loop {
             tick.tick().await;
             st.view_rate.prune();
-            st.registry.reclaim_if_worthwhile(&workers).await;
+            let fallen = st.limits.take_fall();
+            st.registry.reclaim_if_worthwhile(fallen, &workers).await;
         }
     }));
     if let SlugPolicy::Listed(list) = &state.slugs {
