@@ -56,28 +56,29 @@ mod tests {
         unsafe { libc::sched_getscheduler(0) }
     }
 
-    #[test]
-    fn batch_applies_to_the_calling_thread_only() {
-        let before = policy_of_this_thread();
-        let inside = std::thread::spawn(|| {
-            Scheduling::Batch.apply_to_this_thread();
+    /// The policy a new thread has after applying `scheduling` to itself.
+    fn policy_of_a_thread_applying(scheduling: Scheduling) -> libc::c_int {
+        std::thread::spawn(move || {
+            scheduling.apply_to_this_thread();
             policy_of_this_thread()
         })
         .join()
-        .expect("thread");
-        assert_eq!(inside, libc::SCHED_BATCH);
+        .expect("thread")
+    }
+
+    #[test]
+    fn batch_applies_to_the_calling_thread_only() {
+        let before = policy_of_this_thread();
+        assert_eq!(
+            policy_of_a_thread_applying(Scheduling::Batch),
+            libc::SCHED_BATCH
+        );
         assert_eq!(policy_of_this_thread(), before);
     }
 
     #[test]
     fn normal_leaves_the_policy_alone() {
         let before = policy_of_this_thread();
-        let inside = std::thread::spawn(|| {
-            Scheduling::Normal.apply_to_this_thread();
-            policy_of_this_thread()
-        })
-        .join()
-        .expect("thread");
-        assert_eq!(inside, before);
+        assert_eq!(policy_of_a_thread_applying(Scheduling::Normal), before);
     }
 }
