@@ -2,11 +2,13 @@
 //! a shared engine that adds atomically (Redis `INCRBY`, SQL `total = total + $1`) can replace
 //! the embedded redb file without touching the rest.
 
+use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 
+use redb::backends::InMemoryBackend;
 use redb::{
     Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition,
+    StorageBackend, TableDefinition,
 };
 
 /// Views per post: slug → all-time total.
@@ -80,6 +82,54 @@ fn seen_key(slug: &str, reader: &str) -> String {
 pub struct RedbStore {
     path: PathBuf,
     db: Option<Database>,
+    /// The lock that tells `export` a server holds this file (see [`ServerMark`]).
+    _mark: Option<ServerMark>,
+}
+
+/// `PATH.server`, locked by the server that writes `PATH` for as long as it runs: `export`
+/// reads it to decide between the file and the running server's answer (which includes views
+/// not yet written). A lock rather than the file's existence, so a killed server leaves no
+/// stale claim; a lock file of our own rather than a probe of redb's locks, whose layout is
+/// redb's business.
+struct ServerMark {
+    /// Locked while open; closing it (or the process dying) releases the lock.
+    _file: File,
+}
+
+impl ServerMark {
+    fn path(db: &Path) -> PathBuf {
+        let mut name = db.as_os_str().to_owned();
+        name.push(".server");
+        PathBuf::from(name)
+    }
+
+    /// Taken after the database itself, so only its one writer gets here. Blocks at most for
+    /// the instant an export holds it shared to look. Best effort: where the file cannot be
+    /// made (a read-only directory), exports read the file instead of asking the server.
+    fn take(db: &Path) -> Option<Self> {
+        let path = Self::path(db);
+        let taken = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .and_then(|file| file.lock().map(|()| Self { _file: file }));
+        match taken {
+            Ok(mark) => Some(mark),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot lock the server mark; `export` will read the file while this server runs");
+                None
+            }
+        }
+    }
+
+    /// True when a running server holds the mark of `db`.
+    fn is_held(db: &Path) -> bool {
+        let Ok(file) = File::open(Self::path(db)) else {
+            return false;
+        };
+        matches!(file.try_lock_shared(), Err(TryLockError::WouldBlock))
+    }
 }
 
 impl RedbStore {
@@ -95,6 +145,7 @@ impl RedbStore {
         Ok(Self {
             path: path.to_owned(),
             db: Some(db),
+            _mark: ServerMark::take(path),
         })
     }
 
@@ -298,14 +349,68 @@ impl Store for RedbStore {
     }
 }
 
-/// Reads the totals of a file no server holds, without creating it. Opened for writing so
-/// that a file left by a killed server is repaired rather than refused.
+/// Reads the totals of a file no server holds, read-only: it is neither created nor changed,
+/// and a server may start on it meanwhile. [`StoreError::Locked`] when a server holds it.
 pub fn read_totals_offline(path: &Path) -> Result<Vec<(String, u64)>, StoreError> {
-    let db = Database::builder()
-        .set_check_integrity_on_open(true)
-        .set_cache_size(DB_CACHE_BYTES)
-        .open(path)
-        .map_err(|e| open_error(path, e))?;
+    let locked = || StoreError::Locked {
+        path: path.display().to_string(),
+    };
+    if ServerMark::is_held(path) {
+        return Err(locked());
+    }
+    let snapshot = Snapshot::read(path)?;
+    // A server that started while the file was read has views the file lacks: ask it.
+    if ServerMark::is_held(path) {
+        return Err(locked());
+    }
+    snapshot.totals()
+}
+
+/// A copy of a database file, opened in memory: what `export` reads. Opening the file itself
+/// would take redb's lock on it (read-only handles too, in redb's default mode) and make a
+/// server starting meanwhile fail; a copy takes no lock, and a file left by a killed server is
+/// repaired (and checked) in the copy, the file untouched.
+pub struct Snapshot {
+    path: PathBuf,
+    db: Database,
+}
+
+impl Snapshot {
+    pub fn read(path: &Path) -> Result<Self, StoreError> {
+        let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                StoreError::Storage(format!("no database at {}", path.display()))
+            }
+            _ => StoreError::Storage(format!("{}: {e}", path.display())),
+        })?;
+        if bytes.is_empty() {
+            return Err(StoreError::Foreign {
+                path: path.display().to_string(),
+                reason: "the file is empty".into(),
+            });
+        }
+        let copy = InMemoryBackend::new();
+        copy.set_len(bytes.len() as u64)
+            .and_then(|()| copy.write(0, &bytes))
+            .map_err(|e| StoreError::Storage(format!("cannot copy {}: {e}", path.display())))?;
+        drop(bytes);
+        let db = Database::builder()
+            .set_check_integrity_on_open(true)
+            .set_cache_size(DB_CACHE_BYTES)
+            .create_with_backend(copy)
+            .map_err(|e| open_error(path, e))?;
+        Ok(Self {
+            path: path.to_owned(),
+            db,
+        })
+    }
+
+    pub fn totals(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        read_totals(&self.db, &self.path)
+    }
+}
+
+fn read_totals(db: &impl ReadableDatabase, path: &Path) -> Result<Vec<(String, u64)>, StoreError> {
     let txn = db.begin_read().map_err(StoreError::storage)?;
     check_schema_read_only(&txn, path)?;
     match txn.open_table(TOTALS) {
@@ -434,8 +539,32 @@ mod tests {
     fn a_held_file_is_reported_as_locked() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("held.redb");
-        let _server = RedbStore::open(&path).unwrap();
+        let server = RedbStore::open(&path).unwrap();
         let err = read_totals_offline(&path).expect_err("must refuse");
         assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+        drop(server);
+        assert_eq!(read_totals_offline(&path).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn a_server_starts_while_an_export_has_the_file_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared.redb");
+        RedbStore::open(&path)
+            .unwrap()
+            .add(&[("a", 2)], &[])
+            .unwrap();
+        let export = Snapshot::read(&path).unwrap();
+        let mut server = RedbStore::open(&path).expect("the server starts beside the export");
+        server.add(&[("a", 1)], &[]).unwrap();
+        assert_eq!(export.totals().unwrap(), vec![("a".to_owned(), 2)]);
+        drop(export);
+        drop(server);
+        let mut again = RedbStore::open(&path).unwrap();
+        assert_eq!(again.load("a").unwrap(), Some(3));
+        assert!(
+            matches!(RedbStore::open(&path), Err(StoreError::Locked { .. })),
+            "a second server is still refused"
+        );
     }
 }
