@@ -135,7 +135,7 @@ start_viewcounter() { # extra serve flags...
     SERVER_DIR=$(mktemp -d "$WORK/viewcounter.XXXX")
     "$BIN/viewcounter" serve --listen 127.0.0.1:0 --db "$SERVER_DIR/viewcounter.redb" \
         --allow-any-slug --max-slugs $(( POSTS + 1000 )) \
-        --ip-stream-limit 0 --ip-view-rate 0 "$@" \
+        --ip-stream-limit 0 --ip-view-rate 0 --ip-new-post-rate 0 "$@" \
         >"$SERVER_DIR/stdout" 2>"$SERVER_DIR/stderr" &
     SERVER_PID=$!
     local i
@@ -253,7 +253,7 @@ case $OUT in /*) OUT_PATH=$OUT ;; *) OUT_PATH=$ROOT/$OUT ;; esac
         fi
     )" \
     --note "nchan: nchan_subscriber_first_message 1 (the newest stored message; nchan's 'newest' means 'the next one'), nchan_message_buffer_length 1, nchan_message_timeout 0, nchan_eventsource_ping_interval 15; config: bench/nchan/nginx.conf.template." \
-    --note "viewcounter: serve --allow-any-slug --max-slugs $((POSTS + 1000)) --ip-stream-limit 0 --ip-view-rate 0, other flags at their defaults (heartbeat 15 s, dedupe window 30 min); for the posts scenario also --dedupe-window 1s, since a post only sleeps once no reader id is left to dedupe." \
+    --note "viewcounter: serve --allow-any-slug --max-slugs $((POSTS + 1000)) --ip-stream-limit 0 --ip-view-rate 0 --ip-new-post-rate 0, other flags at their defaults (heartbeat 15 s, dedupe window 30 min); for the posts scenario also --dedupe-window 1s, since a post only sleeps once no reader id is left to dedupe." \
     --note "The machine was ${BUSY_AT_START}% busy (all cores, 2 s) just before the first scenario; anything else running on these 2 cores (a compile) lowers both targets' figures, so compare the two columns of one run." \
     --note "Every scenario ran $REPEAT time(s) per target, alternating targets; the tables show each target's best run (lowest RSS, p99, staleness or CPU; highest views/s), since interference from the shared cores only ever lowers figures. All runs: $RESULTS." \
     --note "Each scenario starts a fresh server; hold, fanout and idle share one set of streams (loadgen hot). The posts scenario has no nchan counterpart."

@@ -605,7 +605,7 @@ MEMORY_ROUNDS=${MEMORY_ROUNDS:-3}
 scenario_memory() {
     local problems=() pid addr
     start_server memory "$WORK/memory.redb" --allow-any-slug --dedupe-window 1s \
-        --ip-stream-limit 0 --ip-view-rate 0 --flush-after 200ms --flush-max-wait 1s ||
+        --ip-stream-limit 0 --ip-view-rate 0 --ip-new-post-rate 0 --flush-after 200ms --flush-max-wait 1s ||
         { report memory FAIL "server did not start"; return; }
     pid=$SPID addr=$SADDR
 

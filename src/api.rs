@@ -3,8 +3,9 @@
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use actix::Addr;
 use actix_web::http::header::{self, ContentType, HeaderMap};
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::{Stream, StreamExt};
@@ -13,19 +14,22 @@ use subtle::ConstantTimeEq;
 use crate::client_ip::TrustedProxies;
 use crate::error::ApiError;
 use crate::headers::Headers;
-use crate::limits::{PER_IP_RETRY_AFTER, StreamLimits, ViewCharge, ViewRate};
+use crate::limits::{ClientKey, PER_IP_RETRY_AFTER, StreamLimits, ViewCharge, ViewRate};
 use crate::origin::OriginPolicy;
-use crate::post::{Depart, Join, Joined, Leave, Post};
-use crate::reader_id::ReaderId;
+use crate::post::{Join, Joined, Leave};
+use crate::reader_id::{ReaderId, Showing, parse_show};
 use crate::registry::Registry;
 use crate::shared::{Handle, JoinError, Member, SharedStream, SharedStreams};
 use crate::slug::Slug;
 use crate::slug_list::SlugPolicy;
-use crate::sse::{self, Departure, Signals};
+use crate::sse::{self, Signals};
 use crate::writer::Admission;
 
 /// Largest beacon body accepted; a reader id is at most 64 bytes.
 pub const MAX_BEACON_BYTES: usize = 1024;
+/// A beacon or join body must arrive within this long of its head: a client that declares a
+/// body and stalls would otherwise hold its connection (and a descriptor) for ever.
+pub const BODY_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Everything the handlers share; built once before the server starts.
 pub struct AppState {
@@ -40,6 +44,11 @@ pub struct AppState {
     pub admin_token: Option<String>,
     pub signals: Signals,
     pub shared: Arc<SharedStreams>,
+    /// IPv6 clients share one budget per prefix of this many bits (`--ipv6-prefix`).
+    pub ipv6_prefix: u8,
+    /// Streams answered on the socket by [`crate::direct`] right now: shows in `/stats` that
+    /// streams take the lean path.
+    pub direct_streams: AtomicUsize,
 }
 
 /// What opening a stream reads from its request, whichever layer parsed the head.
@@ -71,9 +80,11 @@ impl AppState {
         }
     }
 
-    fn client_ip(&self, peer: Option<IpAddr>, headers: &(impl Headers + ?Sized)) -> IpAddr {
+    /// Whose budgets the request draws on: the client's address (through trusted proxies),
+    /// IPv6 cut to `--ipv6-prefix`.
+    fn client_key(&self, peer: Option<IpAddr>, headers: &(impl Headers + ?Sized)) -> ClientKey {
         let peer = peer.unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        self.proxies.client_ip(peer, headers)
+        ClientKey::new(self.proxies.client_ip(peer, headers), self.ipv6_prefix)
     }
 
     fn is_bot(&self, headers: &(impl Headers + ?Sized)) -> bool {
@@ -94,40 +105,36 @@ impl AppState {
     }
 
     /// Counts a reader in: a view unless deduplicated, rate-limited or a bot; live unless a bot.
-    /// Returns what its departure must quote.
+    /// The answer carries the guard that undoes it.
     async fn join(
         &self,
         headers: &(impl Headers + ?Sized),
-        ip: IpAddr,
+        client: ClientKey,
         slug: &Slug,
         admission: Admission,
-        reader: &ReaderId,
-    ) -> Result<(Addr<Post>, Joined, Depart), ApiError> {
+        showing: &Showing,
+    ) -> Result<Joined, ApiError> {
         let is_reader = !self.is_bot(headers);
         let charge = is_reader.then(|| ViewCharge {
             rate: Arc::clone(&self.view_rate),
-            ip,
+            client,
         });
-        let key = reader.key();
         let join = Join {
-            id: reader.clone(),
-            reader: key,
+            id: showing.id.clone(),
+            presence: showing.presence(),
             charge,
             is_reader,
         };
-        let (post, joined) = self.registry.join(slug, admission, join).await?;
-        let depart = Depart {
-            reader: key,
-            epoch: joined.epoch,
-            is_reader,
-        };
-        Ok((post, joined, depart))
+        self.registry.join(slug, admission, join).await
     }
 
     /// Parses the slug and checks that the post may exist: 400 malformed, 404 unknown.
-    fn post(&self, raw: &str) -> Result<(Slug, Admission), ApiError> {
+    fn post(&self, raw: &str, client: ClientKey) -> Result<(Slug, Admission), ApiError> {
         let slug = Slug::parse(raw)?;
-        let admission = self.slugs.admission(&slug).ok_or(ApiError::UnknownPost)?;
+        let admission = self
+            .slugs
+            .admission(&slug, client)
+            .ok_or(ApiError::UnknownPost)?;
         Ok((slug, admission))
     }
 
@@ -137,25 +144,22 @@ impl AppState {
         &self,
         req: StreamRequest<'_, H>,
     ) -> Result<impl Stream<Item = Result<web::Bytes, Infallible>> + 'static, ApiError> {
-        let (slug, admission) = self.post(req.name)?;
-        let reader = reader_id(req.query, req.headers)?;
+        self.origins.check_fetch(req.headers)?;
+        let client = self.client_key(req.peer, req.headers);
+        let (slug, admission) = self.post(req.name, client)?;
+        let showing = showing(req.query, req.headers)?;
         self.refuse_when_stopping()?;
-        let ip = self.client_ip(req.peer, req.headers);
-        let permit = self.limits.acquire(ip)?;
-        let (post, joined, depart) = self
-            .join(req.headers, ip, &slug, admission, &reader)
+        let permit = self.limits.acquire(client)?;
+        let joined = self
+            .join(req.headers, client, &slug, admission, &showing)
             .await?;
-        let departure = Departure {
-            post,
-            depart,
-            permit: Some(permit),
-        };
-        let first = sse::first_event(&reader, joined.counts);
+        let first = sse::first_event(&showing.id, joined.counts);
         Ok(sse::reader_stream(
             first,
             joined.updates,
             self.signals.subscribe(),
-            departure,
+            joined.departure,
+            permit,
         ))
     }
 
@@ -165,10 +169,18 @@ impl AppState {
         &self,
         req: StreamRequest<'_, H>,
     ) -> Result<SharedStream, ApiError> {
+        self.origins.check_fetch(req.headers)?;
         let sid = ReaderId::parse(req.name)?;
         self.refuse_when_stopping()?;
-        let permit = self.limits.acquire(self.client_ip(req.peer, req.headers))?;
-        Ok(self.shared.open(sid, self.signals.subscribe(), permit))
+        let permit = self
+            .limits
+            .acquire(self.client_key(req.peer, req.headers))?;
+        Ok(self.shared.open(
+            sid,
+            self.signals.subscribe(),
+            permit,
+            Arc::clone(&self.limits),
+        ))
     }
 }
 
@@ -197,16 +209,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// The reader id: `?view=` (the page view's token), else `Last-Event-ID` (a reconnect of a
-/// stream whose id the server chose), else a new one.
-fn reader_id(query: &str, headers: &(impl Headers + ?Sized)) -> Result<ReaderId, ApiError> {
-    let view = query.split('&').find_map(|pair| pair.strip_prefix("view="));
-    if let Some(view) = view {
-        return Ok(ReaderId::parse(view)?);
-    }
-    let last = headers.text("last-event-id");
-    Ok(last
-        .and_then(|id| ReaderId::parse(id).ok())
-        .unwrap_or_else(ReaderId::generate))
+/// stream whose id the server chose), else a new one; and `?show=`, the page showing (0).
+fn showing(query: &str, headers: &(impl Headers + ?Sized)) -> Result<Showing, ApiError> {
+    let param = |name| query.split('&').find_map(|pair| pair.strip_prefix(name));
+    let show = param("show=").map(parse_show).transpose()?.unwrap_or(0);
+    let id = match param("view=") {
+        Some(view) => ReaderId::parse(view)?,
+        None => headers
+            .text("last-event-id")
+            .and_then(|id| ReaderId::parse(id).ok())
+            .unwrap_or_else(ReaderId::generate),
+    };
+    Ok(Showing { id, show })
 }
 
 async fn connect(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -227,11 +241,9 @@ fn event_stream(
         .streaming(body)
 }
 
-/// A beacon body: a reader id, at most `MAX_BEACON_BYTES` (413 beyond, 400 if malformed).
-async fn read_reader_id(
-    req: &HttpRequest,
-    mut payload: web::Payload,
-) -> Result<ReaderId, ApiError> {
+/// A beacon body: a reader id and page show, at most `MAX_BEACON_BYTES` (413 beyond, 400 if
+/// malformed), within `BODY_DEADLINE` (408, and the connection closes).
+async fn read_showing(req: &HttpRequest, payload: web::Payload) -> Result<Showing, ApiError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -239,6 +251,13 @@ async fn read_reader_id(
     if declared.is_some_and(|len| len > MAX_BEACON_BYTES) {
         return Err(ApiError::BodyTooLarge(MAX_BEACON_BYTES));
     }
+    let body = tokio::time::timeout(BODY_DEADLINE, read_body(payload))
+        .await
+        .map_err(|_| ApiError::BodyTimeout(BODY_DEADLINE))??;
+    Ok(Showing::from_beacon(&body)?)
+}
+
+async fn read_body(mut payload: web::Payload) -> Result<web::BytesMut, ApiError> {
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|_| ApiError::BadBody)?;
@@ -247,7 +266,7 @@ async fn read_reader_id(
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(ReaderId::from_beacon(&body)?)
+    Ok(body)
 }
 
 /// The common start of every POST that names a reader: origin, post, then the body.
@@ -255,11 +274,16 @@ async fn beacon(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
-) -> Result<(Slug, Admission, ReaderId), ApiError> {
+) -> Result<(Slug, Admission, Showing), ApiError> {
     state.origins.check(req)?;
-    let (slug, admission) = state.post(req.match_info().get("slug").unwrap_or_default())?;
-    let reader = read_reader_id(req, payload).await?;
-    Ok((slug, admission, reader))
+    let client = request_client(req, state);
+    let (slug, admission) = state.post(req.match_info().get("slug").unwrap_or_default(), client)?;
+    let showing = read_showing(req, payload).await?;
+    Ok((slug, admission, showing))
+}
+
+fn request_client(req: &HttpRequest, state: &AppState) -> ClientKey {
+    state.client_key(req.peer_addr().map(|a| a.ip()), req.headers())
 }
 
 async fn leave(
@@ -267,11 +291,11 @@ async fn leave(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (slug, _, reader) = beacon(&req, payload, &state).await?;
+    let (slug, _, showing) = beacon(&req, payload, &state).await?;
     state.registry.leave(
         &slug,
         Leave {
-            reader: reader.key(),
+            presence: showing.presence(),
         },
     );
     Ok(HttpResponse::NoContent().finish())
@@ -293,39 +317,29 @@ async fn shared_join(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (slug, admission, reader) = beacon(&req, payload, &state).await?;
+    state.origins.check_fetch(req.headers())?;
+    let (slug, admission, showing) = beacon(&req, payload, &state).await?;
     let shared = shared_handle(&req, &state)?;
-    let key = reader.key();
-    match shared.reserve(&slug, key) {
-        Ok(()) => {}
+    let client = request_client(&req, &state);
+    // Held from here on: dropped with this request if it ends before the member is attached.
+    let seat = match shared.reserve(&slug, showing.presence(), client) {
+        Ok(seat) => seat,
         Err(JoinError::Already) => return Ok(HttpResponse::NoContent().finish()),
-        Err(_) => {
+        Err(JoinError::OverBudget(e)) => return Err(e),
+        Err(JoinError::Full | JoinError::Closed) => {
             return Err(ApiError::TooManyStreams {
                 retry_after: PER_IP_RETRY_AFTER,
             });
         }
-    }
-    let ip = state.client_ip(req.peer_addr().map(|a| a.ip()), req.headers());
-    let (post, joined, depart) = match state
-        .join(req.headers(), ip, &slug, admission, &reader)
-        .await
-    {
-        Ok(joined) => joined,
-        Err(e) => {
-            shared.unreserve(&slug, key);
-            return Err(e);
-        }
     };
+    let joined = state
+        .join(req.headers(), client, &slug, admission, &showing)
+        .await?;
     let member = Member {
         first: sse::tagged_event(&slug, joined.counts),
-        slug,
-        reader: key,
+        seat,
         updates: joined.updates,
-        departure: Departure {
-            post,
-            depart,
-            permit: None,
-        },
+        departure: joined.departure,
     };
     // If the stream closed meanwhile, the member is dropped and departs at once.
     shared.join(member).map_err(|_| ApiError::NoSharedStream)?;
@@ -338,9 +352,9 @@ async fn shared_leave(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (slug, _, reader) = beacon(&req, payload, &state).await?;
+    let (slug, _, showing) = beacon(&req, payload, &state).await?;
     if let Ok(shared) = shared_handle(&req, &state) {
-        shared.leave(slug, reader.key());
+        shared.leave(slug, showing.presence());
     }
     Ok(HttpResponse::NoContent().finish())
 }
@@ -355,7 +369,8 @@ fn shared_handle(req: &HttpRequest, state: &AppState) -> Result<Handle, ApiError
 
 async fn count(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state.origins.check(&req)?;
-    let (slug, _) = state.post(req.match_info().get("slug").unwrap_or_default())?;
+    let client = request_client(&req, &state);
+    let (slug, _) = state.post(req.match_info().get("slug").unwrap_or_default(), client)?;
     let counts = state.registry.counts(&slug).await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -390,6 +405,8 @@ async fn totals(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResp
 struct Stats {
     posts_awake: usize,
     streams: usize,
+    /// Of `streams`, those answered on the socket by the direct layer.
+    direct_streams: usize,
     capacity: usize,
     /// Times freed memory was given back to the system after posts went to sleep.
     memory_reclaims: u64,
@@ -400,6 +417,7 @@ async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
     let stats = Stats {
         posts_awake: state.registry.awake(),
         streams: state.limits.open(),
+        direct_streams: state.direct_streams.load(Ordering::Relaxed),
         capacity: state.limits.capacity(),
         memory_reclaims: state.registry.memory_reclaims(),
     };
@@ -409,7 +427,9 @@ async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
 }
 
 /// With a token configured: `Authorization: Bearer TOKEN`, compared in constant time.
-/// Without one: loopback clients only.
+/// Without one: direct loopback connections only. A request with forwarding headers came
+/// through a proxy (or claims to), whatever addresses they name: a proxy that passes a
+/// client's own `X-Forwarded-For: 127.0.0.1` along must not make it the owner.
 fn authorize_admin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     match &state.admin_token {
         Some(token) => {
@@ -425,14 +445,22 @@ fn authorize_admin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> 
                 Err(ApiError::Unauthorized)
             }
         }
-        None if state
-            .client_ip(req.peer_addr().map(|a| a.ip()), req.headers())
-            .is_loopback() =>
-        {
-            Ok(())
-        }
+        None if is_direct_loopback(req) => Ok(()),
         None => Err(ApiError::Unauthorized),
     }
+}
+
+fn is_direct_loopback(req: &HttpRequest) -> bool {
+    let loopback = req
+        .peer_addr()
+        .is_some_and(|peer| peer.ip().to_canonical().is_loopback());
+    let forwarded = [
+        header::FORWARDED,
+        header::HeaderName::from_static("x-forwarded-for"),
+    ]
+    .iter()
+    .any(|name| req.headers().contains_key(name));
+    loopback && !forwarded
 }
 
 pub async fn healthz() -> HttpResponse {

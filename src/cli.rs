@@ -88,9 +88,17 @@ pub struct ServeArgs {
     #[arg(long, env = "VIEWCOUNTER_HEARTBEAT", default_value = "15s", value_parser = duration)]
     pub heartbeat: Duration,
 
-    /// Open streams per client IP; 0 = no limit.
+    /// Open readers (streams and shared-stream members) per client IP; 0 = no limit.
     #[arg(long, env = "VIEWCOUNTER_IP_STREAM_LIMIT", default_value_t = 64)]
     pub ip_stream_limit: u32,
+
+    /// IPv6 clients share one budget (streams, views, new posts) per prefix of this many bits.
+    #[arg(long, env = "VIEWCOUNTER_IPV6_PREFIX", default_value_t = 64, value_parser = clap::value_parser!(u8).range(32..=128))]
+    pub ipv6_prefix: u8,
+
+    /// With --allow-any-slug: new posts per client IP per hour; 0 = no limit.
+    #[arg(long, env = "VIEWCOUNTER_IP_NEW_POST_RATE", default_value_t = 10)]
+    pub ip_new_post_rate: u32,
 
     /// Counted views per minute per client IP and post; 0 = no limit.
     #[arg(long, env = "VIEWCOUNTER_IP_VIEW_RATE", default_value_t = 30)]

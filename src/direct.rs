@@ -15,6 +15,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -32,6 +33,9 @@ use crate::headers::Headers;
 const MAX_HEAD: usize = 4096;
 /// Headers beyond this many: actix-web again.
 const MAX_HEADERS: usize = 48;
+/// A client sends nothing after a request without a body; this much more from it (a flood on
+/// a held stream) closes the connection.
+pub const MAX_CLIENT_BYTES_AFTER_HEAD: usize = 1024;
 
 /// A connection as this module hands it to actix-web, with the peer's address.
 pub type Handed = (Replay, Option<SocketAddr>);
@@ -53,6 +57,7 @@ pub async fn serve<S>(
     let Ok(read) = tokio::time::timeout(head_timeout, read_head(&io, &mut head)).await else {
         return;
     };
+    let mut allowance = None;
     match read {
         Read::Gone => return,
         Read::Unusual => {}
@@ -62,12 +67,15 @@ pub async fn serve<S>(
             let admitted = Box::pin(admit(state, peer, &head[..len])).await;
             if let Some((response, body)) = admitted {
                 drop(head);
+                let _gauge = Gauge::count(&state.direct_streams);
                 stream(io, response, body).await;
                 return;
             }
+            allowance = is_bodyless(&head[..len])
+                .then(|| MAX_CLIENT_BYTES_AFTER_HEAD.saturating_sub(head.len() - len));
         }
     }
-    let replay = Replay::new(head.freeze(), io);
+    let replay = Replay::new(head.freeze(), io, allowance);
     let _ = Box::pin(fallback.call((replay, Some(peer)))).await;
 }
 
@@ -149,6 +157,29 @@ async fn admit(state: &AppState, peer: SocketAddr, head: &[u8]) -> Option<(Bytes
     Some((response_head(origin), body))
 }
 
+/// A head whose request has no body (and no protocol switch): nothing may follow it.
+fn is_bodyless(head: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    matches!(req.parse(head), Ok(httparse::Status::Complete(_))) && is_plain(req.headers)
+}
+
+/// Counts a stream in [`AppState::direct_streams`] while it lives.
+struct Gauge<'a>(&'a AtomicUsize);
+
+impl<'a> Gauge<'a> {
+    fn count(gauge: &'a AtomicUsize) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Self(gauge)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A request without a body and without a protocol switch.
 fn is_plain(headers: &[httparse::Header<'_>]) -> bool {
     let no_length = headers
@@ -181,8 +212,9 @@ fn response_head(origin: Option<&[u8]>) -> BytesMut {
 }
 
 /// Sends the head and then the body's events until the body ends (server shutdown) or the
-/// client goes. Anything the client sends meanwhile is read and dropped; reading is how a
-/// close is noticed.
+/// client goes. Anything the client sends meanwhile is read and dropped (reading is how a
+/// close is noticed), up to `MAX_CLIENT_BYTES_AFTER_HEAD`: a client that floods its stream
+/// is cut off.
 async fn stream(io: TcpStream, mut head: BytesMut, mut body: Body) {
     // The first event is ready at once: send it with the head.
     if let Some(Ok(first)) = body.next().await {
@@ -193,11 +225,12 @@ async fn stream(io: TcpStream, mut head: BytesMut, mut body: Body) {
     }
     drop(head);
     let mut scratch = [0u8; 64];
+    let mut allowance = MAX_CLIENT_BYTES_AFTER_HEAD;
     loop {
         tokio::select! {
             biased;
             ready = io.readable() => {
-                if ready.is_err() || client_closed(&io, &mut scratch) {
+                if ready.is_err() || client_closed(&io, &mut scratch, &mut allowance) {
                     return;
                 }
             }
@@ -215,11 +248,18 @@ async fn stream(io: TcpStream, mut head: BytesMut, mut body: Body) {
     let _ = socket2::SockRef::from(&io).shutdown(std::net::Shutdown::Write);
 }
 
-/// Reads what is there; true when the peer closed or the connection failed.
-fn client_closed(io: &TcpStream, scratch: &mut [u8]) -> bool {
+/// Reads what is there; true when the peer closed, the connection failed, or the peer sent
+/// more than its `allowance`.
+fn client_closed(io: &TcpStream, scratch: &mut [u8], allowance: &mut usize) -> bool {
     match io.try_read(scratch) {
         Ok(0) => true,
-        Ok(_) => false,
+        Ok(n) => match allowance.checked_sub(n) {
+            Some(left) => {
+                *allowance = left;
+                false
+            }
+            None => true,
+        },
         Err(e) => e.kind() != io::ErrorKind::WouldBlock,
     }
 }
@@ -240,11 +280,19 @@ async fn write_all(io: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
 pub struct Replay {
     read: Bytes,
     io: TcpStream,
+    /// After a request without a body, how much more the client may send: actix-web would
+    /// keep reading (and buffering) whatever a client sends while its stream is held. `None`:
+    /// a body follows, or the head was not understood here.
+    allowance: Option<usize>,
 }
 
 impl Replay {
-    fn new(read: Bytes, io: TcpStream) -> Self {
-        Self { read, io }
+    fn new(read: Bytes, io: TcpStream, allowance: Option<usize>) -> Self {
+        Self {
+            read,
+            io,
+            allowance,
+        }
     }
 }
 
@@ -256,7 +304,18 @@ impl AsyncRead for Replay {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.read.is_empty() {
-            return Pin::new(&mut this.io).poll_read(cx, buf);
+            let before = buf.filled().len();
+            let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+            let read = buf.filled().len() - before;
+            if let Some(left) = &mut this.allowance {
+                *left = left.checked_sub(read).ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "client sent data after its request",
+                    )
+                })?;
+            }
+            return polled;
         }
         let n = this.read.len().min(buf.remaining());
         buf.put_slice(&this.read[..n]);

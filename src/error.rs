@@ -16,6 +16,8 @@ pub enum ApiError {
     BadReaderId(#[from] ReaderIdError),
     #[error("beacon body larger than {0} bytes")]
     BodyTooLarge(usize),
+    #[error("request body not received within {} s of its head", .0.as_secs())]
+    BodyTimeout(Duration),
     #[error("unknown post")]
     UnknownPost,
     #[error("unknown post (this server counts no more new posts)")]
@@ -26,10 +28,16 @@ pub enum ApiError {
     NoSharedStream,
     #[error("origin not allowed")]
     OriginNotAllowed,
+    /// An `<img>`, `<iframe>`, `<script>` or a navigation, or a cross-site fetch from a page
+    /// not allowed: only the script's own fetches count.
+    #[error("not a counter fetch ({0})")]
+    NotAFetch(&'static str),
     #[error("admin token required")]
     Unauthorized,
     #[error("too many open streams from this address")]
     TooManyStreams { retry_after: Duration },
+    #[error("too many new posts from this address; try again later")]
+    TooManyNewPosts { retry_after: Duration },
     #[error("server is at its stream capacity")]
     AtCapacity { retry_after: Duration },
     #[error("server is shutting down")]
@@ -56,9 +64,9 @@ impl ApiError {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::TooManyStreams { retry_after } | Self::AtCapacity { retry_after } => {
-                Some(*retry_after)
-            }
+            Self::TooManyStreams { retry_after }
+            | Self::TooManyNewPosts { retry_after }
+            | Self::AtCapacity { retry_after } => Some(*retry_after),
             Self::ShuttingDown => Some(Duration::from_secs(2)),
             Self::StorageUnavailable => Some(Duration::from_secs(5)),
             _ => None,
@@ -71,12 +79,15 @@ impl ResponseError for ApiError {
         match self {
             Self::BadSlug(_) | Self::BadReaderId(_) | Self::BadBody => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::UnknownPost | Self::SlugCapReached | Self::NoSharedStream => {
                 StatusCode::NOT_FOUND
             }
-            Self::OriginNotAllowed => StatusCode::FORBIDDEN,
+            Self::OriginNotAllowed | Self::NotAFetch(_) => StatusCode::FORBIDDEN,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyStreams { .. } | Self::TooManyNewPosts { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::AtCapacity { .. } | Self::ShuttingDown | Self::StorageUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

@@ -1,9 +1,12 @@
-//! Abuse limits the server enforces itself: open streams per client IP, all streams, and
-//! counted views per client IP and post.
+//! Abuse limits the server enforces itself: open readers per client, all streams, counted
+//! views per client and post, and new posts per client.
+//!
+//! A client is its IPv4 address, or the prefix of its IPv6 address ([`ClientKey`]): one IPv6
+//! host is handed a whole /64, so keying by the full address would give it 2^64 budgets.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -16,20 +19,43 @@ pub const CAPACITY_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// File descriptors kept back from `--max-streams` for the listener, the db, logs and beacons.
 pub const RESERVED_FDS: u64 = 200;
 
-/// Counts open streams, per client IP and in all.
+/// Whose budget a request draws on: an IPv4 address, or an IPv6 address cut to its prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientKey(IpAddr);
+
+impl ClientKey {
+    /// `ip` as a budget key; IPv6 keeps its first `v6_prefix` bits (32–128).
+    pub fn new(ip: IpAddr, v6_prefix: u8) -> Self {
+        match ip {
+            IpAddr::V4(_) => Self(ip),
+            IpAddr::V6(v6) => {
+                let bits = u32::from(v6_prefix.min(128));
+                let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                Self(IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask)))
+            }
+        }
+    }
+}
+
+/// Counts open readers per client and open streams in all.
 pub struct StreamLimits {
     per_ip: u32,
     max: usize,
     open: AtomicUsize,
     /// The most streams open at once since [`StreamLimits::take_fall`] last looked.
     peak: AtomicUsize,
-    by_ip: Mutex<HashMap<IpAddr, u32>>,
+    by_ip: Mutex<HashMap<ClientKey, u32>>,
 }
 
-/// One stream's place in the limits, given back on drop.
-pub struct StreamPermit {
+/// One reader's place in its client's budget, given back on drop.
+pub struct ReaderSlot {
     limits: Arc<StreamLimits>,
-    ip: IpAddr,
+    client: ClientKey,
+}
+
+/// One stream's place in the limits (its connection, and its first reader), given back on drop.
+pub struct StreamPermit {
+    slot: ReaderSlot,
 }
 
 impl StreamLimits {
@@ -58,7 +84,8 @@ impl StreamLimits {
         self.peak.swap(open, Ordering::Relaxed).saturating_sub(open)
     }
 
-    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<StreamPermit, ApiError> {
+    /// A new stream: a place among all streams and one in the client's reader budget.
+    pub fn acquire(self: &Arc<Self>, client: ClientKey) -> Result<StreamPermit, ApiError> {
         let previous = self.open.fetch_add(1, Ordering::AcqRel);
         if previous >= self.max {
             self.open.fetch_sub(1, Ordering::AcqRel);
@@ -66,40 +93,57 @@ impl StreamLimits {
                 retry_after: CAPACITY_RETRY_AFTER,
             });
         }
+        let slot = match self.acquire_reader(client) {
+            Ok(slot) => slot,
+            Err(e) => {
+                self.open.fetch_sub(1, Ordering::AcqRel);
+                return Err(e);
+            }
+        };
+        self.peak.fetch_max(previous + 1, Ordering::Relaxed);
+        Ok(StreamPermit { slot })
+    }
+
+    /// One more reader of the client on a stream it already holds (a shared stream's member).
+    pub fn acquire_reader(self: &Arc<Self>, client: ClientKey) -> Result<ReaderSlot, ApiError> {
         let mut by_ip = self.by_ip.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = by_ip.entry(ip).or_insert(0);
+        let count = by_ip.entry(client).or_insert(0);
         if self.per_ip != 0 && *count >= self.per_ip {
             if *count == 0 {
-                by_ip.remove(&ip);
+                by_ip.remove(&client);
             }
-            drop(by_ip);
-            self.open.fetch_sub(1, Ordering::AcqRel);
             return Err(ApiError::TooManyStreams {
                 retry_after: PER_IP_RETRY_AFTER,
             });
         }
         *count += 1;
-        drop(by_ip);
-        self.peak.fetch_max(previous + 1, Ordering::Relaxed);
-        Ok(StreamPermit {
+        Ok(ReaderSlot {
             limits: Arc::clone(self),
-            ip,
+            client,
         })
+    }
+}
+
+impl Drop for ReaderSlot {
+    fn drop(&mut self) {
+        let mut by_ip = self
+            .limits
+            .by_ip
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = by_ip.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                by_ip.remove(&self.client);
+            }
+        }
     }
 }
 
 impl Drop for StreamPermit {
     fn drop(&mut self) {
-        let limits = &self.limits;
-        let mut by_ip = limits.by_ip.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = by_ip.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                by_ip.remove(&self.ip);
-            }
-        }
-        drop(by_ip);
-        limits.open.fetch_sub(1, Ordering::AcqRel);
+        // The reader slot is given back by its own drop, right after.
+        self.slot.limits.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -107,20 +151,77 @@ impl Drop for StreamPermit {
 #[derive(Clone)]
 pub struct ViewCharge {
     pub rate: Arc<ViewRate>,
-    pub ip: IpAddr,
+    pub client: ClientKey,
 }
 
 impl ViewCharge {
     pub fn take(&self, slug: &(impl Hash + ?Sized)) -> bool {
-        self.rate.allow(self.ip, slug)
+        self.rate.allow(self.client, slug)
     }
 }
 
-/// A token bucket per (client IP, post): `per_minute` views, refilled evenly.
+/// Counted views per (client, post): `--ip-view-rate` per minute.
 pub struct ViewRate {
-    per_minute: u32,
     hasher: std::hash::RandomState,
-    buckets: Mutex<HashMap<(IpAddr, u64), Bucket>>,
+    /// Keyed by a hash of the slug, so a bucket holds no copy of it.
+    buckets: TokenBuckets<(ClientKey, u64)>,
+}
+
+impl ViewRate {
+    pub fn new(per_minute: u32) -> Self {
+        Self {
+            hasher: Default::default(),
+            buckets: TokenBuckets::new(per_minute, Duration::from_secs(60)),
+        }
+    }
+
+    /// Takes one view from the bucket; false when it is empty.
+    pub fn allow(&self, client: ClientKey, slug: &(impl Hash + ?Sized)) -> bool {
+        self.buckets.take((client, self.hasher.hash_one(slug)))
+    }
+
+    pub fn prune(&self) {
+        self.buckets.prune();
+    }
+}
+
+/// New posts per client with `--allow-any-slug`: `--ip-new-post-rate` per hour.
+pub struct NewPostRate(TokenBuckets<ClientKey>);
+
+impl NewPostRate {
+    pub fn new(per_hour: u32) -> Self {
+        Self(TokenBuckets::new(per_hour, Duration::from_secs(3600)))
+    }
+
+    /// What a refused client is told to wait: the time one new post takes to refill.
+    pub fn retry_after(&self) -> Duration {
+        self.0.refill_time()
+    }
+
+    pub fn prune(&self) {
+        self.0.prune();
+    }
+}
+
+/// A client's claim on one new post, charged only when the post turns out to be new.
+#[derive(Clone)]
+pub struct NewPostCharge {
+    pub rate: Arc<NewPostRate>,
+    pub client: ClientKey,
+}
+
+impl NewPostCharge {
+    pub fn take(&self) -> bool {
+        self.rate.0.take(self.client)
+    }
+}
+
+/// A token bucket per key: `capacity` tokens, refilled evenly over `period`; capacity 0 means
+/// no limit.
+struct TokenBuckets<K> {
+    capacity: u32,
+    period: Duration,
+    buckets: Mutex<HashMap<K, Bucket>>,
 }
 
 struct Bucket {
@@ -128,29 +229,29 @@ struct Bucket {
     at: Instant,
 }
 
-impl ViewRate {
-    pub fn new(per_minute: u32) -> Self {
+impl<K: Hash + Eq> TokenBuckets<K> {
+    fn new(capacity: u32, period: Duration) -> Self {
         Self {
-            per_minute,
-            hasher: Default::default(),
+            capacity,
+            period,
             buckets: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Takes one view from the bucket; false when it is empty.
-    pub fn allow(&self, ip: IpAddr, slug: &(impl Hash + ?Sized)) -> bool {
-        if self.per_minute == 0 {
+    /// Takes one token from `key`'s bucket; false when it is empty.
+    fn take(&self, key: K) -> bool {
+        if self.capacity == 0 {
             return true;
         }
-        let capacity = f64::from(self.per_minute);
-        let key = (ip, self.hasher.hash_one(slug));
+        let capacity = f64::from(self.capacity);
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         let bucket = buckets.entry(key).or_insert(Bucket {
             tokens: capacity,
             at: now,
         });
-        let refill = now.duration_since(bucket.at).as_secs_f64() * capacity / 60.0;
+        let refill =
+            now.duration_since(bucket.at).as_secs_f64() * capacity / self.period.as_secs_f64();
         bucket.tokens = (bucket.tokens + refill).min(capacity);
         bucket.at = now;
         if bucket.tokens >= 1.0 {
@@ -161,11 +262,15 @@ impl ViewRate {
         }
     }
 
+    fn refill_time(&self) -> Duration {
+        self.period / self.capacity.max(1)
+    }
+
     /// Drops buckets that have refilled completely: they hold nothing a new one would not.
-    pub fn prune(&self) {
+    fn prune(&self) {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        buckets.retain(|_, b| now.duration_since(b.at) < Duration::from_secs(60));
+        buckets.retain(|_, b| now.duration_since(b.at) < self.period);
     }
 }
 
@@ -184,10 +289,44 @@ pub fn raise_fd_limit() -> u64 {
 mod tests {
     use super::*;
 
+    fn client(ip: &str) -> ClientKey {
+        ClientKey::new(ip.parse().unwrap(), 64)
+    }
+
+    #[test]
+    fn ipv6_clients_share_a_budget_per_prefix() {
+        let key = |ip: &str, prefix| ClientKey::new(ip.parse().unwrap(), prefix);
+        assert_eq!(key("2001:db8:1:2::1", 64), key("2001:db8:1:2:ffff::9", 64));
+        assert_ne!(key("2001:db8:1:2::1", 64), key("2001:db8:1:3::1", 64));
+        assert_ne!(key("2001:db8:1:2::1", 128), key("2001:db8:1:2::2", 128));
+        assert_eq!(key("2001:db8:1:2::1", 32), key("2001:db8:ffff::1", 32));
+        assert_ne!(
+            key("10.0.0.1", 32),
+            key("10.0.0.2", 32),
+            "IPv4 is never cut"
+        );
+    }
+
+    #[test]
+    fn shared_members_draw_on_the_same_budget_as_streams() {
+        let limits = StreamLimits::new(2, 100);
+        let a = client("10.0.0.1");
+        let _stream = limits.acquire(a).unwrap();
+        let member = limits.acquire_reader(a).unwrap();
+        assert!(matches!(
+            limits.acquire_reader(a),
+            Err(ApiError::TooManyStreams { .. })
+        ));
+        assert!(limits.acquire(a).is_err());
+        drop(member);
+        assert!(limits.acquire_reader(a).is_ok());
+        assert_eq!(limits.open(), 1, "members are not connections");
+    }
+
     #[test]
     fn the_fall_is_measured_from_the_peak_since_the_last_look() {
         let limits = StreamLimits::new(0, 100);
-        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let ip = client("10.0.0.1");
         let mut permits: Vec<_> = (0..10).map(|_| limits.acquire(ip).unwrap()).collect();
         permits.truncate(4);
         assert_eq!(limits.take_fall(), 6);
@@ -206,8 +345,8 @@ mod tests {
     #[test]
     fn per_ip_and_global_caps_refuse_and_release() {
         let limits = StreamLimits::new(2, 3);
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let a = client("10.0.0.1");
+        let b = client("10.0.0.2");
         let p1 = limits.acquire(a).unwrap();
         let _p2 = limits.acquire(a).unwrap();
         assert!(matches!(
@@ -227,7 +366,7 @@ mod tests {
     #[test]
     fn view_rate_empties_then_refuses() {
         let rate = ViewRate::new(3);
-        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let ip = client("10.0.0.1");
         assert!((0..3).all(|_| rate.allow(ip, "a")));
         assert!(!rate.allow(ip, "a"));
         assert!(rate.allow(ip, "b"), "buckets are per post");

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::limits::ViewCharge;
 pub use crate::post_state::Counts;
 use crate::post_state::PostState;
-use crate::reader_id::{ReaderId, ReaderKey};
+use crate::reader_id::{Presence, ReaderId};
 use crate::registry::Registry;
 use crate::slug::Slug;
 use crate::sse::Update;
@@ -32,40 +32,56 @@ pub struct Asleep;
 #[derive(Clone)]
 pub struct Join {
     pub id: ReaderId,
-    pub reader: ReaderKey,
+    pub presence: Presence,
     /// What a counted view is charged to; `None` when it must not count (bot).
     pub charge: Option<ViewCharge>,
     /// False for bots: they get numbers but are not live readers.
     pub is_reader: bool,
 }
 
-/// What a joining stream needs: its first numbers, the updates after them, and the epoch its
-/// departure must quote.
+/// What a joining stream needs: its first numbers, the updates after them, and the guard that
+/// undoes the join. The post makes the guard itself, so a join whose answer is never received
+/// (the request was dropped meanwhile: a client's half-close, a timeout) is undone when the
+/// answer is dropped: nothing outlives an aborted request.
 pub struct Joined {
     pub counts: Counts,
     pub counted: bool,
     pub updates: watch::Receiver<Update>,
-    pub epoch: u32,
+    pub departure: Departure,
 }
 
 impl Message for Join {
     type Result = Result<Joined, Asleep>;
 }
 
-/// A `sendBeacon` leave: every stream this reader has open stops counting as live.
+/// A `sendBeacon` leave: every stream of this presence (reader id and page showing) stops
+/// counting as live; other showings of the same reader id stay.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
 pub struct Leave {
-    pub reader: ReaderKey,
+    pub presence: Presence,
 }
 
 /// A stream closed. `epoch` tells whether a beacon already took it off the live count.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
 pub struct Depart {
-    pub reader: ReaderKey,
-    pub epoch: u32,
-    pub is_reader: bool,
+    presence: Presence,
+    epoch: u32,
+    is_reader: bool,
+}
+
+/// Tells the post when a stream (or a shared-stream membership) goes away, however it goes:
+/// client close, reset, beacon followed by close, an answer never delivered, server shutdown.
+pub struct Departure {
+    post: Addr<Post>,
+    depart: Depart,
+}
+
+impl Drop for Departure {
+    fn drop(&mut self) {
+        self.post.do_send(self.depart);
+    }
 }
 
 /// The current numbers, counting nothing.
@@ -191,7 +207,7 @@ impl Handler<Join> for Post {
             return Err(Asleep);
         }
         let joined = self.state.join(
-            join.reader,
+            join.presence,
             || join.charge.is_some_and(|c| c.take(&self.slug)),
             join.is_reader,
             Instant::now(),
@@ -205,11 +221,19 @@ impl Handler<Join> for Post {
             self.changed(ctx);
         }
         self.schedule_housekeeping(ctx);
+        let departure = Departure {
+            post: ctx.address(),
+            depart: Depart {
+                presence: join.presence,
+                epoch: joined.epoch,
+                is_reader: join.is_reader,
+            },
+        };
         Ok(Joined {
             counts: self.state.counts(),
             counted: joined.counted,
             updates: self.updates.subscribe(),
-            epoch: joined.epoch,
+            departure,
         })
     }
 }
@@ -218,7 +242,7 @@ impl Handler<Leave> for Post {
     type Result = ();
 
     fn handle(&mut self, leave: Leave, ctx: &mut Context<Self>) {
-        if self.state.leave(leave.reader) {
+        if self.state.leave(leave.presence) {
             self.changed(ctx);
         }
     }
@@ -230,7 +254,7 @@ impl Handler<Depart> for Post {
     fn handle(&mut self, depart: Depart, ctx: &mut Context<Self>) {
         if self
             .state
-            .depart(depart.reader, depart.epoch, depart.is_reader)
+            .depart(depart.presence, depart.epoch, depart.is_reader)
         {
             self.changed(ctx);
         }

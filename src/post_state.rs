@@ -1,11 +1,13 @@
 //! The counting rules of one post, free of actors and clocks (time is passed in), so they can
 //! be tested exhaustively: live = open reader streams minus those a beacon took away, never
-//! negative; total = views counted, each reader id once per dedupe window.
+//! negative; total = views counted, each reader id once per dedupe window. Views are counted
+//! per reader id, live readers per [`Presence`] (a reader id in one showing of its page), so a
+//! beacon only ends the showing it was sent for.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::reader_id::ReaderKey;
+use crate::reader_id::{Presence, ReaderKey};
 
 /// What every reader of a post sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -25,7 +27,7 @@ pub struct JoinOutcome {
     pub changed: bool,
 }
 
-/// One reader id's open streams on this post.
+/// One presence's open streams on this post.
 #[derive(Debug)]
 struct Reader {
     open: u32,
@@ -70,7 +72,7 @@ impl Dedupe {
 #[derive(Debug)]
 pub struct PostState {
     counts: Counts,
-    readers: HashMap<ReaderKey, Reader>,
+    readers: HashMap<Presence, Reader>,
     /// Streams served numbers without being readers (bots).
     observers: u32,
     dedupe: Dedupe,
@@ -99,14 +101,14 @@ impl PostState {
     /// false (bot) is served numbers without being live.
     pub fn join(
         &mut self,
-        reader: ReaderKey,
+        presence: Presence,
         may_count: impl FnOnce() -> bool,
         is_reader: bool,
         now: Instant,
     ) -> JoinOutcome {
-        let counted = self.dedupe.is_new(reader, now) && may_count();
+        let counted = self.dedupe.is_new(presence.reader, now) && may_count();
         if counted {
-            self.dedupe.remember(reader, now);
+            self.dedupe.remember(presence.reader, now);
             self.counts.total += 1;
         }
         if !is_reader {
@@ -117,7 +119,7 @@ impl PostState {
                 changed: counted,
             };
         }
-        let entry = self.readers.entry(reader).or_insert(Reader {
+        let entry = self.readers.entry(presence).or_insert(Reader {
             open: 0,
             live: 0,
             epoch: 0,
@@ -132,9 +134,9 @@ impl PostState {
         }
     }
 
-    /// A beacon: every stream this reader has open stops counting as live. True if live moved.
-    pub fn leave(&mut self, reader: ReaderKey) -> bool {
-        let Some(entry) = self.readers.get_mut(&reader) else {
+    /// A beacon: every stream of this presence stops counting as live. True if live moved.
+    pub fn leave(&mut self, presence: Presence) -> bool {
+        let Some(entry) = self.readers.get_mut(&presence) else {
             return false;
         };
         entry.epoch = entry.epoch.wrapping_add(1);
@@ -145,12 +147,12 @@ impl PostState {
     }
 
     /// A stream closed. True if live moved (it had not been beaconed away).
-    pub fn depart(&mut self, reader: ReaderKey, epoch: u32, is_reader: bool) -> bool {
+    pub fn depart(&mut self, presence: Presence, epoch: u32, is_reader: bool) -> bool {
         if !is_reader {
             self.observers = self.observers.saturating_sub(1);
             return false;
         }
-        let Some(entry) = self.readers.get_mut(&reader) else {
+        let Some(entry) = self.readers.get_mut(&presence) else {
             return false;
         };
         entry.open = entry.open.saturating_sub(1);
@@ -160,7 +162,7 @@ impl PostState {
             self.counts.live -= 1;
         }
         if entry.open == 0 {
-            self.readers.remove(&reader);
+            self.readers.remove(&presence);
         }
         was_live
     }
@@ -202,30 +204,40 @@ mod tests {
         ReaderId::parse(&format!("reader-{i:0>12}")).unwrap().key()
     }
 
+    fn presence(reader: u8, show: u32) -> Presence {
+        Presence {
+            reader: key(reader),
+            show,
+        }
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
-        /// A stream opens for reader `n` (a reconnect or duplicate token when `n` was seen).
+        /// A stream opens for reader `n` in page showing `show` (a reconnect, a restore from
+        /// the back/forward cache, or a duplicate token when `n` was seen).
         Join {
             reader: u8,
+            show: u32,
             may_count: bool,
             is_reader: bool,
         },
-        /// A beacon for reader `n`.
-        Leave { reader: u8 },
+        /// A beacon for reader `n`, sent for page showing `show`.
+        Leave { reader: u8, show: u32 },
         /// The `n`-th open stream (modulo how many are open) closes.
         Drop { stream: usize },
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            (0u8..6, any::<bool>(), prop::bool::weighted(0.9)).prop_map(
-                |(reader, may_count, is_reader)| Op::Join {
+            (0u8..6, 0u32..3, any::<bool>(), prop::bool::weighted(0.9)).prop_map(
+                |(reader, show, may_count, is_reader)| Op::Join {
                     reader,
+                    show,
                     may_count,
                     is_reader
                 }
             ),
-            (0u8..6).prop_map(|reader| Op::Leave { reader }),
+            (0u8..6, 0u32..3).prop_map(|(reader, show)| Op::Leave { reader, show }),
             any::<usize>().prop_map(|stream| Op::Drop { stream }),
         ]
     }
@@ -233,6 +245,7 @@ mod tests {
     /// An open stream as the model sees it.
     struct Stream {
         reader: u8,
+        show: u32,
         is_reader: bool,
         epoch: u32,
         beaconed: bool,
@@ -248,25 +261,26 @@ mod tests {
             for (i, op) in ops.into_iter().enumerate() {
                 let now = start + Duration::from_millis(i as u64);
                 match op {
-                    Op::Join { reader, may_count, is_reader } => {
-                        let out = state.join(key(reader), || may_count, is_reader, now);
+                    Op::Join { reader, show, may_count, is_reader } => {
+                        let out = state.join(presence(reader, show), || may_count, is_reader, now);
                         let expect_count = may_count && !counted.contains(&reader);
                         prop_assert_eq!(out.counted, expect_count);
                         if expect_count {
                             counted.insert(reader);
                         }
-                        open.push(Stream { reader, is_reader, epoch: out.epoch, beaconed: false });
+                        open.push(Stream { reader, show, is_reader, epoch: out.epoch, beaconed: false });
                     }
-                    Op::Leave { reader } => {
-                        state.leave(key(reader));
-                        for s in open.iter_mut().filter(|s| s.reader == reader && s.is_reader) {
+                    Op::Leave { reader, show } => {
+                        state.leave(presence(reader, show));
+                        let sent_for = |s: &&mut Stream| s.reader == reader && s.show == show && s.is_reader;
+                        for s in open.iter_mut().filter(sent_for) {
                             s.beaconed = true;
                         }
                     }
                     Op::Drop { stream } => {
                         if !open.is_empty() {
                             let s = open.remove(stream % open.len());
-                            let moved = state.depart(key(s.reader), s.epoch, s.is_reader);
+                            let moved = state.depart(presence(s.reader, s.show), s.epoch, s.is_reader);
                             prop_assert_eq!(moved, s.is_reader && !s.beaconed);
                         }
                     }
@@ -275,7 +289,7 @@ mod tests {
                 prop_assert_eq!(state.counts(), Counts { live, total: 7 + counted.len() as u64 });
             }
             while let Some(s) = open.pop() {
-                state.depart(key(s.reader), s.epoch, s.is_reader);
+                state.depart(presence(s.reader, s.show), s.epoch, s.is_reader);
             }
             prop_assert_eq!(state.counts().live, 0);
             state.expire(start + WINDOW + Duration::from_secs(1));
@@ -284,18 +298,42 @@ mod tests {
     }
 
     #[test]
+    fn a_late_beacon_for_an_earlier_showing_leaves_the_restored_page_live() {
+        let now = Instant::now();
+        let mut state = PostState::new(0, WINDOW);
+        let first = state.join(presence(1, 1), || true, true, now);
+        assert!(state.depart(presence(1, 1), first.epoch, true));
+        let restored = state.join(presence(1, 2), || true, true, now);
+        assert!(!restored.counted, "the same page view counts once");
+        assert!(!state.leave(presence(1, 1)), "sent for the first showing");
+        assert_eq!(state.counts(), Counts { live: 1, total: 1 });
+        assert!(state.leave(presence(1, 2)));
+        assert_eq!(state.counts(), Counts { live: 0, total: 1 });
+    }
+
+    #[test]
     fn a_reader_counts_again_once_the_window_has_passed() {
         let start = Instant::now();
         let mut state = PostState::new(0, Duration::from_secs(10));
-        assert!(state.join(key(1), || true, true, start).counted);
+        assert!(state.join(presence(1, 0), || true, true, start).counted);
         assert!(
             !state
-                .join(key(1), || true, true, start + Duration::from_secs(9))
+                .join(
+                    presence(1, 0),
+                    || true,
+                    true,
+                    start + Duration::from_secs(9)
+                )
                 .counted
         );
         assert!(
             state
-                .join(key(1), || true, true, start + Duration::from_secs(11))
+                .join(
+                    presence(1, 0),
+                    || true,
+                    true,
+                    start + Duration::from_secs(11)
+                )
                 .counted
         );
         assert_eq!(state.counts(), Counts { live: 3, total: 2 });

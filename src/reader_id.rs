@@ -17,9 +17,61 @@ pub struct ReaderId(String);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ReaderKey(u64);
 
+/// One showing of a page by one reader: live readers are kept per presence, views per reader
+/// id. A back/forward-cache restore shows the page again under the same id (no new view) with
+/// the next show number, so a beacon sent for the earlier showing, arriving late, leaves the
+/// current one alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Presence {
+    pub reader: ReaderKey,
+    /// The page-show number the client gave (`?show=`, or after the id in a beacon); 0 if none.
+    pub show: u32,
+}
+
+/// A reader id and the page showing it stands for, as a stream or beacon names them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Showing {
+    pub id: ReaderId,
+    pub show: u32,
+}
+
+impl Showing {
+    /// A beacon body: `ID` or `ID SHOW` (one space), surrounding white space ignored.
+    pub fn from_beacon(body: &[u8]) -> Result<Self, ReaderIdError> {
+        let text = std::str::from_utf8(body).map_err(|_| ReaderIdError::Id)?;
+        let (id, show) = match text.trim().split_once(' ') {
+            Some((id, show)) => (id, parse_show(show)?),
+            None => (text.trim(), 0),
+        };
+        Ok(Self {
+            id: ReaderId::parse(id)?,
+            show,
+        })
+    }
+
+    pub fn presence(&self) -> Presence {
+        Presence {
+            reader: self.id.key(),
+            show: self.show,
+        }
+    }
+}
+
+/// A page-show number: decimal digits only, within `u32`.
+pub fn parse_show(raw: &str) -> Result<u32, ReaderIdError> {
+    if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ReaderIdError::Show);
+    }
+    raw.parse().map_err(|_| ReaderIdError::Show)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("reader id must be {MIN_LEN}-{MAX_LEN} characters of A-Z, a-z, 0-9, '_' and '-'")]
-pub struct ReaderIdError;
+pub enum ReaderIdError {
+    #[error("reader id must be {MIN_LEN}-{MAX_LEN} characters of A-Z, a-z, 0-9, '_' and '-'")]
+    Id,
+    #[error("page-show number must be a decimal number of at most 4294967295")]
+    Show,
+}
 
 impl ReaderId {
     pub fn parse(raw: &str) -> Result<Self, ReaderIdError> {
@@ -30,14 +82,8 @@ impl ReaderId {
         if ok_len && ok_chars {
             Ok(Self(raw.to_owned()))
         } else {
-            Err(ReaderIdError)
+            Err(ReaderIdError::Id)
         }
-    }
-
-    /// A beacon body: the reader id as text, surrounding white space ignored.
-    pub fn from_beacon(body: &[u8]) -> Result<Self, ReaderIdError> {
-        let text = std::str::from_utf8(body).map_err(|_| ReaderIdError)?;
-        Self::parse(text.trim())
     }
 
     /// A fresh random id (128 bits, URL-safe base64) for clients that sent none.
@@ -112,5 +158,25 @@ mod tests {
         }
         assert!(ReaderId::parse("abcdefghijklmnop").is_ok());
         assert!(ReaderId::parse(&"Z_-9".repeat(16)).is_ok());
+    }
+
+    #[test]
+    fn a_beacon_names_a_reader_id_and_optionally_its_page_show() {
+        let plain = Showing::from_beacon(b" abcdefghijklmnop\n").unwrap();
+        assert_eq!((plain.id.as_str(), plain.show), ("abcdefghijklmnop", 0));
+        let shown = Showing::from_beacon(b"abcdefghijklmnop 7").unwrap();
+        assert_eq!(shown.show, 7);
+        assert_eq!(shown.presence().reader, plain.presence().reader);
+        assert_ne!(shown.presence(), plain.presence());
+        for bad in [
+            &b"abcdefghijklmnop x"[..],
+            b"abcdefghijklmnop 1 2",
+            b"abcdefghijklmnop -1",
+            b"abcdefghijklmnop 4294967296",
+            b"abcdefghijklmnop  1",
+            b"short 1",
+        ] {
+            assert!(Showing::from_beacon(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -49,11 +49,11 @@ impl Registry {
         slug: &Slug,
         admission: Admission,
         join: Join,
-    ) -> Result<(Addr<Post>, Joined), ApiError> {
+    ) -> Result<Joined, ApiError> {
         loop {
-            let addr = self.wake(slug, admission).await?;
+            let addr = self.wake(slug, admission.clone()).await?;
             match addr.send(join.clone()).await {
-                Ok(Ok(joined)) => return Ok((addr, joined)),
+                Ok(Ok(joined)) => return Ok(joined),
                 // Went to sleep meanwhile: it has left the map, so the next turn wakes a new one.
                 Ok(Err(_)) | Err(MailboxError::Closed) => self.forget(slug, &addr),
                 Err(MailboxError::Timeout) => {
@@ -72,7 +72,7 @@ impl Registry {
         }
         match self.writer.load(slug, Admission::ReadOnly).await {
             Ok(Loaded::Post { total, .. }) => Ok(Counts { live: 0, total }),
-            Ok(Loaded::Refused) => Ok(Counts::default()),
+            Ok(Loaded::Refused | Loaded::RateLimited { .. }) => Ok(Counts::default()),
             Err(e) => Err(ApiError::storage(e)),
         }
     }
@@ -126,6 +126,9 @@ impl Registry {
         let (total, seen) = match self.writer.load(slug, admission).await {
             Ok(Loaded::Post { total, seen }) => (total, seen),
             Ok(Loaded::Refused) => return Err(ApiError::SlugCapReached),
+            Ok(Loaded::RateLimited { retry_after }) => {
+                return Err(ApiError::TooManyNewPosts { retry_after });
+            }
             Err(e) => return Err(ApiError::storage(e)),
         };
         let mut posts = self.lock();

@@ -7,6 +7,11 @@
 //! its own); `.../leave/{slug}` detaches it. Each reader is a [`Member`] holding its post's
 //! update channel and its departure, so it counts exactly like a stream of its own: when the
 //! shared stream drops, every member departs.
+//!
+//! A member's place is a [`Seat`], taken before its post is asked and given back when the seat
+//! is dropped, wherever that happens: a join request aborted halfway, a leave, the stream
+//! ending. A shared stream counts as max(1, members) readers of its client: its connection
+//! holds the first place, each further member one more ([`crate::limits::ReaderSlot`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
@@ -20,10 +25,12 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::WatchStream;
 
-use crate::limits::StreamPermit;
-use crate::reader_id::{ReaderId, ReaderKey};
+use crate::error::ApiError;
+use crate::limits::{ClientKey, ReaderSlot, StreamLimits, StreamPermit};
+use crate::post::Departure;
+use crate::reader_id::{Presence, ReaderId};
 use crate::slug::Slug;
-use crate::sse::{self, Departure, Signals, Update};
+use crate::sse::{self, Signals, Update};
 
 /// Readers one shared stream may carry: more tabs than anyone keeps open, few enough that one
 /// client cannot pose as a crowd.
@@ -31,8 +38,8 @@ pub const MAX_MEMBERS: usize = 64;
 
 /// One reader attached to a shared stream.
 pub struct Member {
-    pub slug: Slug,
-    pub reader: ReaderKey,
+    /// Its place on the stream; names the slug and presence.
+    pub seat: Seat,
     /// Its numbers at the moment it joined, tagged with its slug.
     pub first: Bytes,
     pub updates: tokio::sync::watch::Receiver<Update>,
@@ -41,14 +48,51 @@ pub struct Member {
 
 enum Command {
     Join(Member),
-    Leave(Slug, ReaderKey),
+    Leave(Slug, Presence),
+}
+
+/// Who is attached to one shared stream, and the reader slots its members beyond the first hold.
+#[derive(Default)]
+struct Seats {
+    taken: HashSet<(Slug, Presence)>,
+    /// Always `taken.len() - 1` slots (none when empty): the connection's permit covers one.
+    extra: Vec<ReaderSlot>,
+}
+
+type SharedSeats = Arc<Mutex<Seats>>;
+
+fn lock(seats: &SharedSeats) -> std::sync::MutexGuard<'_, Seats> {
+    seats.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A member's place on a shared stream, given back on drop.
+pub struct Seat {
+    seats: SharedSeats,
+    slug: Slug,
+    presence: Presence,
+}
+
+impl Seat {
+    pub fn slug(&self) -> &Slug {
+        &self.slug
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        let mut seats = lock(&self.seats);
+        seats.taken.remove(&(self.slug.clone(), self.presence));
+        let keep = seats.taken.len().saturating_sub(1);
+        seats.extra.truncate(keep);
+    }
 }
 
 /// How handlers reach one open shared stream.
 #[derive(Clone)]
 pub struct Handle {
     tx: mpsc::UnboundedSender<Command>,
-    members: Arc<Mutex<HashSet<(Slug, ReaderKey)>>>,
+    seats: SharedSeats,
+    limits: Arc<StreamLimits>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,31 +101,42 @@ pub enum JoinError {
     Already,
     #[error("shared stream is full")]
     Full,
+    #[error(transparent)]
+    OverBudget(ApiError),
     #[error("shared stream is closed")]
     Closed,
 }
 
 impl Handle {
-    /// Claims a member's place before its post is asked, so double joins and overflow are
-    /// refused without counting anything.
-    pub fn reserve(&self, slug: &Slug, reader: ReaderKey) -> Result<(), JoinError> {
-        let mut members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
-        if members.contains(&(slug.clone(), reader)) {
+    /// Claims a member's place (and, beyond the first member, a reader slot of `client`) before
+    /// its post is asked, so double joins and overflow are refused without counting anything.
+    pub fn reserve(
+        &self,
+        slug: &Slug,
+        presence: Presence,
+        client: ClientKey,
+    ) -> Result<Seat, JoinError> {
+        let mut seats = lock(&self.seats);
+        let key = (slug.clone(), presence);
+        if seats.taken.contains(&key) {
             return Err(JoinError::Already);
         }
-        if members.len() >= MAX_MEMBERS {
+        if seats.taken.len() >= MAX_MEMBERS {
             return Err(JoinError::Full);
         }
-        members.insert((slug.clone(), reader));
-        Ok(())
-    }
-
-    /// Gives back a place reserved for a join that did not happen.
-    pub fn unreserve(&self, slug: &Slug, reader: ReaderKey) {
-        self.members
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&(slug.clone(), reader));
+        if !seats.taken.is_empty() {
+            let slot = self
+                .limits
+                .acquire_reader(client)
+                .map_err(JoinError::OverBudget)?;
+            seats.extra.push(slot);
+        }
+        seats.taken.insert(key);
+        Ok(Seat {
+            seats: Arc::clone(&self.seats),
+            slug: slug.clone(),
+            presence,
+        })
     }
 
     pub fn join(&self, member: Member) -> Result<(), JoinError> {
@@ -90,8 +145,8 @@ impl Handle {
             .map_err(|_| JoinError::Closed)
     }
 
-    pub fn leave(&self, slug: Slug, reader: ReaderKey) {
-        let _ = self.tx.send(Command::Leave(slug, reader));
+    pub fn leave(&self, slug: Slug, presence: Presence) {
+        let _ = self.tx.send(Command::Leave(slug, presence));
     }
 }
 
@@ -115,13 +170,14 @@ impl SharedStreams {
         sid: ReaderId,
         signals: Signals,
         permit: StreamPermit,
+        limits: Arc<StreamLimits>,
     ) -> SharedStream {
         let (tx, rx) = mpsc::unbounded_channel();
-        let members = Arc::new(Mutex::new(HashSet::new()));
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let handle = Handle {
             tx,
-            members: Arc::clone(&members),
+            seats: SharedSeats::default(),
+            limits,
         };
         self.lock().insert(sid.as_str().to_owned(), (id, handle));
         SharedStream {
@@ -133,7 +189,6 @@ impl SharedStreams {
             queue: VecDeque::from([sse::shared_start()]),
             commands: rx,
             members: Vec::new(),
-            member_keys: members,
             heartbeat: WatchStream::from_changes(signals.heartbeat),
             shutdown: WatchStream::from_changes(signals.shutdown),
             next: 0,
@@ -166,8 +221,7 @@ impl Drop for Registration {
 }
 
 struct Attached {
-    slug: Slug,
-    reader: ReaderKey,
+    seat: Seat,
     updates: WatchStream<Update>,
     _departure: Departure,
 }
@@ -179,7 +233,6 @@ pub struct SharedStream {
     queue: VecDeque<Bytes>,
     commands: mpsc::UnboundedReceiver<Command>,
     members: Vec<Attached>,
-    member_keys: Arc<Mutex<HashSet<(Slug, ReaderKey)>>>,
     heartbeat: WatchStream<()>,
     shutdown: WatchStream<bool>,
     /// Where the next scan of members starts, so a busy post cannot starve the others.
@@ -193,25 +246,16 @@ impl SharedStream {
             Command::Join(member) => {
                 self.queue.push_back(member.first);
                 self.members.push(Attached {
-                    slug: member.slug,
-                    reader: member.reader,
+                    seat: member.seat,
                     updates: WatchStream::from_changes(member.updates),
                     _departure: member.departure,
                 });
             }
-            Command::Leave(slug, reader) => {
-                self.members
-                    .retain(|m| m.slug != slug || m.reader != reader);
-                self.forget(&slug, reader);
-            }
+            // Dropping the member gives its seat back and departs.
+            Command::Leave(slug, presence) => self
+                .members
+                .retain(|m| m.seat.slug != slug || m.seat.presence != presence),
         }
-    }
-
-    fn forget(&self, slug: &Slug, reader: ReaderKey) {
-        self.member_keys
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&(slug.clone(), reader));
     }
 
     /// The next update of any member, scanning from where the last scan stopped.
@@ -227,8 +271,7 @@ impl SharedStream {
                 // The post went away under a reader: cannot happen while the reader is
                 // attached, but if it does, the member is simply gone.
                 Poll::Ready(None) => {
-                    let gone = self.members.swap_remove(i);
-                    self.forget(&gone.slug, gone.reader);
+                    self.members.swap_remove(i);
                     return Poll::Ready(None);
                 }
                 Poll::Pending => {}

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
+use crate::limits::{ClientKey, NewPostCharge, NewPostRate};
 use crate::slug::Slug;
 use crate::writer::Admission;
 
@@ -16,15 +17,26 @@ pub const EMBEDDED_DEMO_SLUGS: &str = include_str!("../data/slugs.txt");
 
 pub enum SlugPolicy {
     Listed(Arc<SlugList>),
-    Any { max: u64 },
+    /// `--allow-any-slug`: up to `max` posts, each client creating at most its share of them.
+    Any {
+        max: u64,
+        new_posts: Arc<NewPostRate>,
+    },
 }
 
 impl SlugPolicy {
-    /// How a well-formed slug may be admitted; `None` when it is not on the list.
-    pub fn admission(&self, slug: &Slug) -> Option<Admission> {
+    /// How a well-formed slug asked for by `client` may be admitted; `None` when it is not on
+    /// the list.
+    pub fn admission(&self, slug: &Slug, client: ClientKey) -> Option<Admission> {
         match self {
             Self::Listed(list) => list.contains(slug.as_str()).then_some(Admission::Listed),
-            Self::Any { max } => Some(Admission::UpTo(*max)),
+            Self::Any { max, new_posts } => Some(Admission::UpTo {
+                cap: *max,
+                charge: NewPostCharge {
+                    rate: Arc::clone(new_posts),
+                    client,
+                },
+            }),
         }
     }
 }

@@ -3,13 +3,12 @@
 use std::convert::Infallible;
 use std::io::Write;
 
-use actix::Addr;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::Stream;
 use tokio::sync::watch;
 
 use crate::limits::StreamPermit;
-use crate::post::{Counts, Depart, Post};
+use crate::post::{Counts, Departure};
 use crate::reader_id::ReaderId;
 use crate::slug::Slug;
 
@@ -106,27 +105,13 @@ impl Signals {
     }
 }
 
-/// Tells the post when this stream goes away, however it goes: client close, reset, beacon
-/// followed by close, or server shutdown. Also gives back the stream's place in the limits.
-pub struct Departure {
-    pub post: Addr<Post>,
-    pub depart: Depart,
-    /// The connection's place in the limits; `None` for a reader on a shared stream, whose
-    /// connection holds it.
-    pub permit: Option<StreamPermit>,
-}
-
-impl Drop for Departure {
-    fn drop(&mut self) {
-        self.post.do_send(self.depart);
-    }
-}
-
 struct ReaderStream {
     first: Option<Bytes>,
     updates: watch::Receiver<Update>,
     signals: Signals,
     _departure: Departure,
+    /// The stream's place in the limits, given back when it ends.
+    _permit: StreamPermit,
 }
 
 /// The body of one reader's response: the first event, then shared update events and
@@ -136,12 +121,14 @@ pub fn reader_stream(
     updates: watch::Receiver<Update>,
     signals: Signals,
     departure: Departure,
+    permit: StreamPermit,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + 'static {
     let state = ReaderStream {
         first: Some(first),
         updates,
         signals,
         _departure: departure,
+        _permit: permit,
     };
     futures_util::stream::unfold(Some(state), |state| async move {
         let mut st = state?;

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use actix_cors::Cors;
@@ -21,7 +22,7 @@ use crate::assets;
 use crate::cli::ServeArgs;
 use crate::client_ip::TrustedProxies;
 use crate::error::json_error;
-use crate::limits::{StreamLimits, ViewRate, raise_fd_limit};
+use crate::limits::{NewPostRate, StreamLimits, ViewRate, raise_fd_limit};
 use crate::origin::OriginPolicy;
 use crate::registry::Registry;
 use crate::server::{Server, Settings};
@@ -111,6 +112,8 @@ impl Application {
             bots: (!args.count_bots).then(isbot::Bots::default),
             admin_token: args.admin_token.clone(),
             shared: Arc::default(),
+            ipv6_prefix: args.ipv6_prefix,
+            direct_streams: AtomicUsize::new(0),
             signals: Signals {
                 heartbeat: heartbeat_rx,
                 shutdown: shutdown_rx,
@@ -170,6 +173,7 @@ fn slug_policy(args: &ServeArgs) -> SlugPolicy {
     if args.allow_any_slug {
         SlugPolicy::Any {
             max: args.max_slugs,
+            new_posts: Arc::new(NewPostRate::new(args.ip_new_post_rate)),
         }
     } else {
         SlugPolicy::Listed(SlugList::load(&args.slugs))
@@ -283,6 +287,9 @@ fn spawn_background(
         loop {
             tick.tick().await;
             st.view_rate.prune();
+            if let SlugPolicy::Any { new_posts, .. } = &st.slugs {
+                new_posts.prune();
+            }
             let fallen = st.limits.take_fall();
             st.registry.reclaim_if_worthwhile(fallen, &workers).await;
         }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use crate::limits::NewPostCharge;
 use crate::memory::CachedBlocks;
 use crate::reader_id::ReaderId;
 use crate::slug::Slug;
@@ -45,12 +46,14 @@ pub fn unix_now() -> u64 {
 }
 
 /// Whether a load may admit a post that has no row yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Admission {
     /// Allow-listed posts: always.
     Listed,
-    /// Any well-formed slug, while fewer than this many posts exist.
-    UpTo(u64),
+    /// Any well-formed slug, while fewer than `cap` posts exist and the client that asks may
+    /// still create one (`--ip-new-post-rate`): decided here, where it is known whether the
+    /// post is new.
+    UpTo { cap: u64, charge: NewPostCharge },
     /// Only read; never admits anything (count queries).
     ReadOnly,
 }
@@ -64,6 +67,8 @@ pub enum Loaded {
     },
     /// `Admission::UpTo` cap reached and the post is new.
     Refused,
+    /// The post is new and its client has created its share of posts lately.
+    RateLimited { retry_after: Duration },
 }
 
 /// Counted views gather here without waking the writer; only the first view after a drain
@@ -411,7 +416,7 @@ impl State {
         let stored = match self.store.load(slug.as_str()) {
             Ok(stored) => {
                 // Posts woken for readers are remembered, with 0 when they have no row yet.
-                if stored.is_some() || admission != Admission::ReadOnly {
+                if stored.is_some() || !matches!(admission, Admission::ReadOnly) {
                     self.known.insert(slug.as_str(), stored.unwrap_or(0));
                 }
                 stored
@@ -424,10 +429,14 @@ impl State {
         let pending = self.pending.get(slug);
         let known = stored.is_some() || pending.is_some() || self.reserved.contains(slug);
         if !known {
-            if let Admission::UpTo(cap) = admission {
+            if let Admission::UpTo { cap, charge } = admission {
                 let posts = self.rows + self.new_rows + self.reserved.len() as u64;
                 if posts >= cap {
                     return Ok(Loaded::Refused);
+                }
+                if !charge.take() {
+                    let retry_after = charge.rate.retry_after();
+                    return Ok(Loaded::RateLimited { retry_after });
                 }
                 self.reserved.insert(slug.clone());
             }
@@ -437,7 +446,7 @@ impl State {
             });
         }
         let total = stored.unwrap_or(0) + pending.map_or(0, |p| p.delta);
-        if admission == Admission::ReadOnly {
+        if matches!(admission, Admission::ReadOnly) {
             return Ok(Loaded::Post {
                 total,
                 seen: Vec::new(),

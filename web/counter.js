@@ -5,7 +5,7 @@
   const me = d.currentScript || d.querySelector('script[src*="counter.js"]');
   if (!me) return;
   const base = me.src, rank = 1 + Math.random();
-  let slug, token, ch, R, es, sid, timer, tm, seen, asked, tries = 0;
+  let slug, token, ch, R, es, sid, timer, tm, seen, asked, tries = 0, shows = 0;
   w.__viewcounter = { scan };
 
   const readSlug = () => {
@@ -20,7 +20,10 @@
   const rand = () => [...crypto.getRandomValues(new Uint8Array(16))].map(b => b.toString(36)).join('');
 
   const post = m => { ch.postMessage(m); got(m); }; // to every tab, this one too
-  const join = () => slug && post(['join', slug, token]);
+  // a reader is its page view's id and this showing of the page: a late beacon of an earlier
+  // showing (before a back/forward restore) must not end this one
+  const who = () => token + ' ' + shows;
+  const join = () => slug && post(['join', slug, who()]);
   // no answer 200-400 ms after a message: lead. Ask every 3-6 s
   const arm = (t, f) => { clearTimeout(tm); tm = setTimeout(f, t * rank); };
 
@@ -47,12 +50,13 @@
   const stop = () => { clearTimeout(timer); es && es.close(); es = sid = 0; };
 
   function up() {
+    shows++;
     ch = w.BroadcastChannel ? new BroadcastChannel('viewcounter 2 ' + base) : new MessageChannel().port1;
     ch.onmessage = e => { got(e.data); sid && post(['h', sid]); }; // the leader answers
     join();
   }
 
-  const leave = () => slug && (send(token, 'leave', slug), post(['leave', slug, token]));
+  const leave = () => slug && (send(who(), 'leave', slug), post(['leave', slug, who()]));
 
   function down() {
     stop();

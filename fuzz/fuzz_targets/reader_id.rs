@@ -1,6 +1,7 @@
-//! `ReaderId::parse` and `ReaderId::from_beacon` against an independent reference:
+//! `ReaderId::parse` and `Showing::from_beacon` against an independent reference:
 //! an id is 16–64 characters of `[A-Za-z0-9_-]`; a beacon body is accepted exactly when it
-//! is UTF-8 and its text, with surrounding white space removed, is an id.
+//! is UTF-8 and its text, with surrounding white space removed, is an id, optionally followed
+//! by one space and a page-show number (ASCII digits, at most `u32::MAX`).
 //!
 //! Besides the raw input, a second id is built by mapping the bytes onto the id alphabet and
 //! wrapping it in fuzzer-chosen white space, so the accepting paths are exercised as often
@@ -8,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use viewcounter::reader_id::{MAX_LEN, MIN_LEN, ReaderId};
+use viewcounter::reader_id::{MAX_LEN, MIN_LEN, ReaderId, Showing};
 
 fn is_id(raw: &str) -> bool {
     let mut n = 0usize;
@@ -48,14 +49,29 @@ fn check_parse(raw: &str) -> Option<ReaderId> {
     Some(id)
 }
 
+/// The id and show number a trimmed beacon text stands for, if any.
+fn beacon_parts(text: &str) -> Option<(&str, u32)> {
+    let (id, show) = match text.find(' ') {
+        Some(at) => {
+            let show = &text[at + 1..];
+            let digits = !show.is_empty() && show.bytes().all(|b| b.is_ascii_digit());
+            (&text[..at], if digits { show.parse().ok()? } else { return None })
+        }
+        None => (text, 0),
+    };
+    is_id(id).then_some((id, show))
+}
+
 fn check_beacon(body: &[u8]) -> Option<ReaderId> {
     let want = std::str::from_utf8(body)
         .ok()
         .map(trim_ws)
-        .filter(|t| is_id(t));
-    let got = ReaderId::from_beacon(body);
+        .and_then(beacon_parts);
+    let got = Showing::from_beacon(body);
     match (&got, want) {
-        (Ok(id), Some(text)) => {
+        (Ok(showing), Some((text, show))) => {
+            let id = &showing.id;
+            assert_eq!(showing.show, show);
             assert_eq!(id.as_str(), text);
             let parsed = ReaderId::parse(text).unwrap();
             assert!(parsed == *id);
@@ -68,7 +84,7 @@ fn check_beacon(body: &[u8]) -> Option<ReaderId> {
         (Err(_), None) => {}
         _ => panic!("from_beacon({body:?}) = {got:?}, expected {want:?}"),
     }
-    got.ok()
+    got.ok().map(|showing| showing.id)
 }
 
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";

@@ -17,7 +17,14 @@ use crate::helpers::*;
 
 const POSTS: [&str; 3] = ["alpha", "beta", "gamma"];
 /// No per-IP limit may refuse a stream or skip a view: every join of a load is a counted view.
-const UNLIMITED: [&str; 4] = ["--ip-stream-limit", "0", "--ip-view-rate", "0"];
+const UNLIMITED: [&str; 6] = [
+    "--ip-stream-limit",
+    "0",
+    "--ip-view-rate",
+    "0",
+    "--ip-new-post-rate",
+    "0",
+];
 const FLUSH: [&str; 4] = ["--flush-after", "200ms", "--flush-max-wait", "1s"];
 const MAX_WAIT: Duration = Duration::from_secs(1);
 /// The writer's lateness on a busy machine: how much older than the max wait a view must be
