@@ -371,6 +371,12 @@ impl Req {
         self
     }
 
+    /// The request's bytes as [`send`] would write them, without `Connection: close`: for
+    /// tests that write it on a socket of their own (to half-close it, stall it, …).
+    pub fn to_bytes(&self, addr: SocketAddr) -> Vec<u8> {
+        self.encode(addr, false)
+    }
+
     fn encode(&self, addr: SocketAddr, close: bool) -> Vec<u8> {
         let mut head = format!(
             "{} {} HTTP/1.1\r\nHost: {addr}\r\n",

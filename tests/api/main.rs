@@ -9,6 +9,7 @@ mod coalescing;
 mod connect;
 mod cors;
 mod count;
+mod exactness;
 mod export;
 mod faults;
 mod heads;
