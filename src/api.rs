@@ -11,10 +11,12 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::{Stream, StreamExt};
 use subtle::ConstantTimeEq;
 
+use crate::calendar::Calendar;
 use crate::client_ip::TrustedProxies;
 use crate::error::ApiError;
 use crate::headers::Headers;
 use crate::limits::{ClientKey, PER_IP_RETRY_AFTER, StreamLimits, ViewCharge, ViewRate};
+use crate::metrics::Metrics;
 use crate::origin::OriginPolicy;
 use crate::post::{Join, Joined, Leave};
 use crate::reader_id::{ReaderId, Showing, parse_show};
@@ -49,6 +51,9 @@ pub struct AppState {
     /// Streams answered on the socket by [`crate::direct`] right now: shows in `/stats` that
     /// streams take the lean path.
     pub direct_streams: AtomicUsize,
+    /// The days views are counted on (`--timezone`).
+    pub calendar: Calendar,
+    pub metrics: Arc<Metrics>,
 }
 
 /// What opening a stream reads from its request, whichever layer parsed the head.
@@ -282,7 +287,7 @@ async fn beacon(
     Ok((slug, admission, showing))
 }
 
-fn request_client(req: &HttpRequest, state: &AppState) -> ClientKey {
+pub(crate) fn request_client(req: &HttpRequest, state: &AppState) -> ClientKey {
     state.client_key(req.peer_addr().map(|a| a.ip()), req.headers())
 }
 
@@ -430,7 +435,7 @@ async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
 /// Without one: direct loopback connections only. A request with forwarding headers came
 /// through a proxy (or claims to), whatever addresses they name: a proxy that passes a
 /// client's own `X-Forwarded-For: 127.0.0.1` along must not make it the owner.
-fn authorize_admin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+pub(crate) fn authorize_admin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     match &state.admin_token {
         Some(token) => {
             let given = req

@@ -33,8 +33,10 @@ pub struct Cli {
 pub enum Command {
     /// Serve the counter (the default when no subcommand is given).
     Serve(Box<ServeArgs>),
-    /// Print all-time views per post, from the db file or the running server.
+    /// Print all-time views per post (or per day), from the db file or the running server.
     Export(ExportArgs),
+    /// Bring views in from a file: export's CSV or JSON, or GoatCounter's CSV export.
+    Import(ImportArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -129,6 +131,14 @@ pub struct ServeArgs {
     /// Count User-Agents that the bot list matches (by default they get numbers, not counted).
     #[arg(long, env = "VIEWCOUNTER_COUNT_BOTS")]
     pub count_bots: bool,
+
+    /// The time zone of the calendar days views are counted on (an IANA name).
+    #[arg(long, env = "VIEWCOUNTER_TIMEZONE", default_value = "UTC", value_parser = time_zone)]
+    pub timezone: jiff::tz::TimeZone,
+
+    /// The time the server goes by: the system's, unless a test moves it.
+    #[arg(skip)]
+    pub clock: crate::calendar::Clock,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -151,6 +161,54 @@ pub struct ExportArgs {
 
     #[arg(long, env = "VIEWCOUNTER_FORMAT", value_enum, default_value_t = Format::Csv)]
     pub format: Format,
+
+    /// Views per post per day (`slug,day,views`) instead of all-time totals.
+    #[arg(long, env = "VIEWCOUNTER_DAILY")]
+    pub daily: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    /// The file to import: `slug,total` or `slug,day,views` CSV, export's JSON, or
+    /// GoatCounter's CSV export; `-` reads standard input.
+    pub file: PathBuf,
+
+    /// The redb file to write when no server holds it.
+    #[arg(long, env = "VIEWCOUNTER_DB", default_value = DEFAULT_DB)]
+    pub db: PathBuf,
+
+    /// The running server to send the file to when it holds the db; default: the --listen address.
+    #[arg(long, env = "VIEWCOUNTER_URL")]
+    pub url: Option<String>,
+
+    /// Address the server listens on, used for the default --url.
+    #[arg(long, env = "VIEWCOUNTER_LISTEN", default_value = DEFAULT_LISTEN, hide = true)]
+    pub listen: SocketAddr,
+
+    /// Bearer token for the server's /api/v1/import.
+    #[arg(long, env = "VIEWCOUNTER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// `set`: a post's total (and each day) becomes the file's, never lower than already
+    /// counted; `add`: the file's numbers are added.
+    #[arg(long, env = "VIEWCOUNTER_IMPORT_MODE", value_enum, default_value_t = crate::writer::ImportMode::Set)]
+    pub mode: crate::writer::ImportMode,
+
+    /// Print what would change, write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// GoatCounter paths: only those under this prefix, which is cut off (`/blog/a` → `a`).
+    #[arg(long, env = "VIEWCOUNTER_PATH_PREFIX")]
+    pub path_prefix: Option<String>,
+
+    /// The file's format; recognised from its content when not given.
+    #[arg(long, value_enum)]
+    pub format: Option<crate::import_file::ImportFormat>,
+
+    /// The calendar GoatCounter's timestamps are put on days in (as the server's --timezone).
+    #[arg(long, env = "VIEWCOUNTER_TIMEZONE", default_value = "UTC", value_parser = time_zone)]
+    pub timezone: jiff::tz::TimeZone,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -194,4 +252,12 @@ impl ServeArgs {
 
 fn duration(raw: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(raw)
+}
+
+fn time_zone(raw: &str) -> Result<jiff::tz::TimeZone, String> {
+    jiff::tz::TimeZone::get(raw).map_err(|e| {
+        format!(
+            "{raw:?} is not a time zone this build knows (an IANA name such as Europe/Berlin): {e}"
+        )
+    })
 }

@@ -24,6 +24,9 @@ pub enum ApiError {
     SlugCapReached,
     #[error("unreadable request body")]
     BadBody,
+    /// A query parameter out of its range, or an import file that does not read.
+    #[error("{0}")]
+    BadRequest(String),
     #[error("no such shared stream (open it first)")]
     NoSharedStream,
     #[error("origin not allowed")]
@@ -62,6 +65,30 @@ impl ApiError {
         }
     }
 
+    /// The kind of refusal, as a metrics label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::BadSlug(_) => "bad_slug",
+            Self::BadReaderId(_) => "bad_reader_id",
+            Self::BodyTooLarge(_) => "body_too_large",
+            Self::BodyTimeout(_) => "body_timeout",
+            Self::UnknownPost => "unknown_post",
+            Self::SlugCapReached => "slug_cap",
+            Self::BadBody => "bad_body",
+            Self::BadRequest(_) => "bad_request",
+            Self::NoSharedStream => "no_shared_stream",
+            Self::OriginNotAllowed => "origin",
+            Self::NotAFetch(_) => "not_a_fetch",
+            Self::Unauthorized => "unauthorized",
+            Self::TooManyStreams { .. } => "ip_stream_limit",
+            Self::TooManyNewPosts { .. } => "ip_new_post_rate",
+            Self::AtCapacity { .. } => "capacity",
+            Self::ShuttingDown => "shutting_down",
+            Self::StorageUnavailable => "storage_unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+
     fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::TooManyStreams { retry_after }
@@ -77,7 +104,9 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::BadSlug(_) | Self::BadReaderId(_) | Self::BadBody => StatusCode::BAD_REQUEST,
+            Self::BadSlug(_) | Self::BadReaderId(_) | Self::BadBody | Self::BadRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::UnknownPost | Self::SlugCapReached | Self::NoSharedStream => {

@@ -1,8 +1,10 @@
-//! `viewcounter export`: all-time totals as CSV or JSON, from the db file when no server holds
-//! it, otherwise from the running server's `/api/v1/totals` (which includes unwritten views).
+//! `viewcounter export`: all-time totals (or, `--daily`, views per day) as CSV or JSON, from the
+//! db file when no server holds it, otherwise from the running server's `/api/v1/totals` or
+//! `/api/v1/daily` (which include unwritten views).
 
 use std::time::Duration;
 
+use crate::calendar::Day;
 use crate::cli::{ExportArgs, Format};
 use crate::store::{self, StoreError};
 
@@ -12,6 +14,13 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Row {
     pub slug: String,
     pub total: u64,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct DayRow {
+    pub slug: String,
+    pub day: String,
+    pub views: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,44 +42,70 @@ pub enum ExportError {
 
 /// The rows in `format`, ready to print.
 pub async fn export(args: &ExportArgs) -> Result<String, ExportError> {
-    let rows = match store::read_totals_offline(&args.db) {
-        Ok(rows) => rows
-            .into_iter()
-            .map(|(slug, total)| Row { slug, total })
-            .collect(),
-        Err(file) => {
-            let url = args.url.clone().unwrap_or_else(|| default_url(args));
-            let path = args.db.display().to_string();
-            match fetch(&url, args.admin_token.as_deref()).await {
-                Ok(rows) => rows,
-                Err(server) if matches!(file, StoreError::Locked { .. }) => {
-                    return Err(ExportError::ServerUnreachable { path, url, server });
-                }
-                Err(server) => {
-                    return Err(ExportError::Neither {
-                        path,
-                        file,
-                        url,
-                        server,
-                    });
-                }
-            }
+    let offline = store::read_offline(&args.db).and_then(|snapshot| {
+        if args.daily {
+            let rows = snapshot
+                .days()?
+                .into_iter()
+                .filter_map(|(slug, day, views)| {
+                    Some(DayRow {
+                        slug,
+                        day: Day::from_key(day)?.to_string(),
+                        views,
+                    })
+                });
+            Ok(render_days(&rows.collect::<Vec<_>>(), args.format))
+        } else {
+            let rows = snapshot.totals()?.into_iter();
+            let rows: Vec<Row> = rows.map(|(slug, total)| Row { slug, total }).collect();
+            Ok(render(&rows, args.format))
         }
+    });
+    let file = match offline {
+        Ok(out) => return Ok(out),
+        Err(file) => file,
     };
-    Ok(render(&rows, args.format))
+    let url = args.url.clone().unwrap_or_else(|| default_url(args.listen));
+    let token = args.admin_token.as_deref();
+    let fetched = if args.daily {
+        fetch::<Vec<DayRow>>(&url, "daily", token)
+            .await
+            .map(|rows| render_days(&rows, args.format))
+    } else {
+        fetch::<Vec<Row>>(&url, "totals", token)
+            .await
+            .map(|rows| render(&rows, args.format))
+    };
+    let path = args.db.display().to_string();
+    match fetched {
+        Ok(out) => Ok(out),
+        Err(server) if matches!(file, StoreError::Locked { .. }) => {
+            Err(ExportError::ServerUnreachable { path, url, server })
+        }
+        Err(server) => Err(ExportError::Neither {
+            path,
+            file,
+            url,
+            server,
+        }),
+    }
 }
 
-fn default_url(args: &ExportArgs) -> String {
-    let mut addr = args.listen;
+/// `http://` + the listen address, loopback for an unspecified one.
+pub fn default_url(mut addr: std::net::SocketAddr) -> String {
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     format!("http://{addr}")
 }
 
-async fn fetch(url: &str, token: Option<&str>) -> Result<Vec<Row>, String> {
+async fn fetch<T: serde::de::DeserializeOwned>(
+    url: &str,
+    what: &str,
+    token: Option<&str>,
+) -> Result<T, String> {
     let client = awc::Client::builder().timeout(HTTP_TIMEOUT).finish();
-    let mut req = client.get(format!("{}/api/v1/totals", url.trim_end_matches('/')));
+    let mut req = client.get(format!("{}/api/v1/{what}", url.trim_end_matches('/')));
     if let Some(token) = token {
         req = req.bearer_auth(token);
     }
@@ -82,22 +117,23 @@ async fn fetch(url: &str, token: Option<&str>) -> Result<Vec<Row>, String> {
         .await
         .map_err(|e| e.to_string())?;
     if !status.is_success() {
-        let reason = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.get("error")?.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        return Err(format!("HTTP {status} {reason}").trim_end().to_owned());
+        return Err(error_of(status, &body));
     }
     serde_json::from_slice(&body).map_err(|e| format!("unexpected answer: {e}"))
 }
 
+/// `HTTP 401 admin token required`, from a JSON error answer.
+pub fn error_of(status: awc::http::StatusCode, body: &[u8]) -> String {
+    let reason = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error")?.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    format!("HTTP {status} {reason}").trim_end().to_owned()
+}
+
 pub fn render(rows: &[Row], format: Format) -> String {
     match format {
-        Format::Json => {
-            let mut out = serde_json::to_string(rows).unwrap_or_else(|_| "[]".into());
-            out.push('\n');
-            out
-        }
+        Format::Json => json_lines(rows),
         Format::Csv => {
             // Slugs never hold commas, quotes or newlines, so no quoting is needed.
             let mut out = String::from("slug,total\n");
@@ -107,4 +143,23 @@ pub fn render(rows: &[Row], format: Format) -> String {
             out
         }
     }
+}
+
+pub fn render_days(rows: &[DayRow], format: Format) -> String {
+    match format {
+        Format::Json => json_lines(rows),
+        Format::Csv => {
+            let mut out = String::from("slug,day,views\n");
+            for row in rows {
+                out.push_str(&format!("{},{},{}\n", row.slug, row.day, row.views));
+            }
+            out
+        }
+    }
+}
+
+fn json_lines(rows: &(impl serde::Serialize + ?Sized)) -> String {
+    let mut out = serde_json::to_string(rows).unwrap_or_else(|_| "[]".into());
+    out.push('\n');
+    out
 }

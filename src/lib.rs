@@ -27,15 +27,21 @@
 
 pub mod api;
 pub mod assets;
+pub mod badge;
+pub mod calendar;
 pub mod cli;
 pub mod client_ip;
 pub mod direct;
 pub mod error;
 pub mod export;
 pub mod headers;
+pub mod import;
+pub mod import_file;
 pub mod limits;
 pub mod memory;
+pub mod metrics;
 pub mod origin;
+pub mod owner;
 pub mod post;
 pub mod post_state;
 pub mod reader_id;

@@ -25,6 +25,12 @@ fn main() -> ExitCode {
                     print!("{out}");
                 })
                 .map_err(|e| e.to_string()),
+            Some(Command::Import(args)) => viewcounter::import::import(&args)
+                .await
+                .map(|out| {
+                    print!("{out}");
+                })
+                .map_err(|e| e.to_string()),
             Some(Command::Serve(args)) => serve(*args).await,
             None => serve(cli.serve).await,
         }

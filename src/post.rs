@@ -17,7 +17,6 @@ use crate::reader_id::{Presence, ReaderId};
 use crate::registry::Registry;
 use crate::slug::Slug;
 use crate::sse::Update;
-use crate::writer::unix_now;
 
 /// Readers get at most one update per this interval; the newest state wins.
 pub const MIN_BROADCAST_INTERVAL: Duration = Duration::from_millis(250);
@@ -84,6 +83,13 @@ impl Drop for Departure {
     }
 }
 
+/// Views imported for this post (`viewcounter import`): its readers see the new total.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Imported {
+    pub views: u64,
+}
+
 /// The current numbers, counting nothing.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "Result<Counts, Asleep>")]
@@ -118,7 +124,7 @@ impl Post {
     /// Seeds the dedupe memory with reader ids counted before a restart: (id, unix seconds).
     pub fn remembering(mut self, mut seen: Vec<(String, u64)>) -> Self {
         seen.sort_by_key(|&(_, at)| at);
-        let (now, unix) = (Instant::now(), unix_now());
+        let (now, unix) = (Instant::now(), self.registry.clock().now_unix());
         for (id, at) in seen {
             let Ok(id) = ReaderId::parse(&id) else {
                 continue;
@@ -148,6 +154,14 @@ impl Post {
                 post.broadcast_pending = false;
                 post.broadcast(Instant::now());
             });
+        }
+    }
+
+    /// Moves the all-posts live gauge by what this post's live did since `before`.
+    fn live_moved(&self, before: u64) {
+        let delta = self.state.counts().live as i64 - before as i64;
+        if delta != 0 {
+            self.registry.metrics().readers_live.inc_by(delta);
         }
     }
 
@@ -206,16 +220,24 @@ impl Handler<Join> for Post {
         if self.sleeping {
             return Err(Asleep);
         }
+        let live_before = self.state.counts().live;
         let joined = self.state.join(
             join.presence,
             || join.charge.is_some_and(|c| c.take(&self.slug)),
             join.is_reader,
             Instant::now(),
         );
+        let metrics = self.registry.metrics();
+        match () {
+            () if !join.is_reader => metrics.views_from_bots.inc(),
+            () if joined.counted => metrics.views_counted.inc(),
+            () if joined.deduplicated => metrics.views_deduplicated.inc(),
+            () => metrics.views_rate_limited.inc(),
+        };
+        self.live_moved(live_before);
         if joined.counted {
-            self.registry
-                .writer()
-                .add_view(&self.slug, join.id, unix_now());
+            let at = self.registry.clock().now_unix();
+            self.registry.writer().add_view(&self.slug, join.id, at);
         }
         if joined.changed {
             self.changed(ctx);
@@ -242,7 +264,9 @@ impl Handler<Leave> for Post {
     type Result = ();
 
     fn handle(&mut self, leave: Leave, ctx: &mut Context<Self>) {
+        let live_before = self.state.counts().live;
         if self.state.leave(leave.presence) {
+            self.live_moved(live_before);
             self.changed(ctx);
         }
     }
@@ -252,15 +276,26 @@ impl Handler<Depart> for Post {
     type Result = ();
 
     fn handle(&mut self, depart: Depart, ctx: &mut Context<Self>) {
+        let live_before = self.state.counts().live;
         if self
             .state
             .depart(depart.presence, depart.epoch, depart.is_reader)
         {
+            self.live_moved(live_before);
             self.changed(ctx);
         }
         if self.state.is_idle() {
             self.schedule_housekeeping(ctx);
         }
+    }
+}
+
+impl Handler<Imported> for Post {
+    type Result = ();
+
+    fn handle(&mut self, imported: Imported, ctx: &mut Context<Self>) {
+        self.state.add_to_total(imported.views);
+        self.changed(ctx);
     }
 }
 

@@ -21,6 +21,8 @@ pub struct Counts {
 pub struct JoinOutcome {
     /// A view was added to the total.
     pub counted: bool,
+    /// Not counted because its reader id was counted within the dedupe window.
+    pub deduplicated: bool,
     /// What the stream must quote when it departs.
     pub epoch: u32,
     /// Live or total moved.
@@ -106,7 +108,8 @@ impl PostState {
         is_reader: bool,
         now: Instant,
     ) -> JoinOutcome {
-        let counted = self.dedupe.is_new(presence.reader, now) && may_count();
+        let is_new = self.dedupe.is_new(presence.reader, now);
+        let counted = is_new && may_count();
         if counted {
             self.dedupe.remember(presence.reader, now);
             self.counts.total += 1;
@@ -115,6 +118,7 @@ impl PostState {
             self.observers += 1;
             return JoinOutcome {
                 counted,
+                deduplicated: !is_new,
                 epoch: 0,
                 changed: counted,
             };
@@ -129,6 +133,7 @@ impl PostState {
         self.counts.live += 1;
         JoinOutcome {
             counted,
+            deduplicated: !is_new,
             epoch: entry.epoch,
             changed: true,
         }
@@ -165,6 +170,11 @@ impl PostState {
             self.readers.remove(&presence);
         }
         was_live
+    }
+
+    /// Views added to the total from outside (an import).
+    pub fn add_to_total(&mut self, views: u64) {
+        self.counts.total = self.counts.total.saturating_add(views);
     }
 
     /// Seeds the dedupe memory with a reader id counted before this actor existed (before a

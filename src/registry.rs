@@ -11,9 +11,11 @@ use std::time::Duration;
 use actix::prelude::*;
 use actix_rt::ArbiterHandle;
 
+use crate::calendar::Clock;
 use crate::error::ApiError;
 use crate::memory::Reclaimer;
-use crate::post::{Counts, GetCounts, Join, Joined, Leave, Post};
+use crate::metrics::Metrics;
+use crate::post::{Counts, GetCounts, Imported, Join, Joined, Leave, Post};
 use crate::slug::Slug;
 use crate::writer::{Admission, Loaded, Writer};
 
@@ -22,20 +24,85 @@ pub struct Registry {
     writer: Writer,
     dedupe_window: Duration,
     reclaimer: Reclaimer,
+    /// The time posts date counted views by.
+    clock: Clock,
+    metrics: Arc<Metrics>,
 }
 
 impl Registry {
-    pub fn new(writer: Writer, dedupe_window: Duration) -> Arc<Self> {
+    pub fn new(
+        writer: Writer,
+        dedupe_window: Duration,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             posts: Mutex::new(HashMap::new()),
             writer,
             dedupe_window,
             reclaimer: Reclaimer::default(),
+            clock,
+            metrics,
         })
     }
 
     pub fn writer(&self) -> &Writer {
         &self.writer
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The numbers of many posts at once, waking none: awake posts are asked, the others'
+    /// totals come from the writer in one round trip. `None` for a post with no views that
+    /// is not awake.
+    pub async fn counts_of(&self, slugs: &[Slug]) -> Result<Vec<Option<Counts>>, ApiError> {
+        let awake: Vec<Option<Addr<Post>>> = slugs.iter().map(|s| self.lookup(s)).collect();
+        let asked = futures_util::future::join_all(awake.iter().map(|addr| async move {
+            match addr {
+                Some(addr) => addr.send(GetCounts).await.ok()?.ok(),
+                None => None,
+            }
+        }))
+        .await;
+        let totals = self
+            .writer
+            .totals_of(slugs.to_vec())
+            .await
+            .map_err(ApiError::storage)?;
+        Ok(asked
+            .into_iter()
+            .zip(totals)
+            .map(|(live, total)| live.or(total.map(|total| Counts { live: 0, total })))
+            .collect())
+    }
+
+    /// The numbers of every awake post (the only ones with live readers).
+    pub async fn awake_counts(&self) -> Vec<(Slug, Counts)> {
+        let awake: Vec<(Slug, Addr<Post>)> = self
+            .lock()
+            .iter()
+            .map(|(slug, addr)| (slug.clone(), addr.clone()))
+            .collect();
+        let asked =
+            futures_util::future::join_all(awake.into_iter().map(|(slug, addr)| async move {
+                let counts = addr.send(GetCounts).await.ok()?.ok()?;
+                Some((slug, counts))
+            }))
+            .await;
+        asked.into_iter().flatten().collect()
+    }
+
+    /// Views imported for a post: if it is awake, its readers see the new total.
+    pub fn imported(&self, slug: &Slug, views: u64) {
+        if let Some(addr) = self.lookup(slug) {
+            addr.do_send(Imported { views });
+        }
     }
 
     /// Posts awake right now.

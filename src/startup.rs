@@ -12,6 +12,7 @@ use actix_cors::Cors;
 use actix_http::{HttpService, KeepAlive};
 use actix_service::map_config;
 use actix_web::dev::AppConfig;
+use actix_web::dev::Service;
 use actix_web::http::{StatusCode, header};
 use actix_web::{App, web};
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -19,11 +20,14 @@ use tokio::sync::watch;
 
 use crate::api::{self, AppState};
 use crate::assets;
+use crate::calendar::Calendar;
 use crate::cli::ServeArgs;
 use crate::client_ip::TrustedProxies;
 use crate::error::json_error;
 use crate::limits::{NewPostRate, StreamLimits, ViewRate, raise_fd_limit};
+use crate::metrics::Metrics;
 use crate::origin::OriginPolicy;
+use crate::owner;
 use crate::registry::Registry;
 use crate::server::{Server, Settings};
 use crate::slug_list::{POLL_INTERVAL, SlugList, SlugPolicy};
@@ -99,11 +103,25 @@ impl Application {
             after: args.flush_after,
             max_wait: args.flush_max_wait,
         };
-        let writer = Writer::spawn(Box::new(store), policy)?;
+        let calendar = Calendar::new(args.timezone.clone(), args.clock.clone());
+        let metrics = Metrics::new();
+        let writer = Writer::spawn(
+            Box::new(store),
+            policy,
+            calendar.clone(),
+            Arc::clone(&metrics),
+        )?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (heartbeat, heartbeat_rx) = watch::channel(());
         let state = web::Data::new(AppState {
-            registry: Registry::new(writer, args.dedupe_window),
+            registry: Registry::new(
+                writer,
+                args.dedupe_window,
+                args.clock.clone(),
+                Arc::clone(&metrics),
+            ),
+            calendar,
+            metrics,
             slugs: slug_policy(&args),
             origins: OriginPolicy::new(&args.allow_origins).map_err(StartError::Config)?,
             proxies: TrustedProxies::new(args.trusted_proxies.clone()),
@@ -196,10 +214,26 @@ fn http_server(
     let app_state = state.clone();
     let fallback = move || {
         let state = app_state.clone();
+        let counted = state.clone();
         let app = App::new()
             .app_data(state.clone())
+            .wrap_fn(move |req, srv| {
+                let state = counted.clone();
+                let answered = srv.call(req);
+                async move {
+                    let res = answered.await?;
+                    owner::count_refusal(&state, &res);
+                    Ok(res)
+                }
+            })
             .wrap(cors(&state.origins))
-            .service(web::scope("/api/v1").configure(api::routes))
+            .service(
+                web::scope("/api/v1")
+                    .configure(api::routes)
+                    .configure(owner::routes),
+            )
+            .route("/badge/{file:.*}", web::get().to(owner::badge))
+            .route("/metrics", web::get().to(owner::metrics))
             .route("/counter.js", web::get().to(assets::counter_js))
             .route("/healthz", web::get().to(api::healthz))
             .route("/", web::get().to(assets::index))

@@ -17,10 +17,16 @@ const TOTALS: TableDefinition<&str, u64> = TableDefinition::new("totals");
 /// Written in the same transaction as the totals, so a restart (or a crash) never counts an
 /// open tab's reconnect twice, and a view lost in a crash takes its id with it.
 const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
+/// Views per post per calendar day (`--timezone`): (day as `YYYYMMDD`, slug) → views. Day
+/// first, so one day's views of every post (`top?by=today`) are one range; a post's history is
+/// a lookup per day. Written in the same transaction as the totals.
+const DAYS: TableDefinition<(u32, &str), u64> = TableDefinition::new("days");
 /// Format bookkeeping, so a later version can migrate the file.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SCHEMA_VERSION_KEY: &str = "schema_version";
-pub const SCHEMA_VERSION: u64 = 1;
+/// 2 added `days`; a version-1 file gains the table (empty: those views have no days) on open.
+pub const SCHEMA_VERSION: u64 = 2;
+const OLDEST_READABLE: u64 = 1;
 
 /// redb's page cache, in bytes. Its default (1 GiB) keeps every page ever read or written:
 /// after many posts, the whole file would stay in memory for good. The writer reads one row
@@ -48,8 +54,20 @@ impl StoreError {
 pub trait Store: Send + 'static {
     /// The stored total of one post, `None` when it has no row.
     fn load(&mut self, slug: &str) -> Result<Option<u64>, StoreError>;
-    /// Adds every delta and records every counted reader id, in one atomic, durable step.
-    fn add(&mut self, batch: &[(&str, u64)], seen: &[Seen<'_>]) -> Result<(), StoreError>;
+    /// Adds every delta (totals and days) and records every counted reader id, in one atomic,
+    /// durable step.
+    fn add(
+        &mut self,
+        batch: &[(&str, u64)],
+        days: &[DayViews<'_>],
+        seen: &[Seen<'_>],
+    ) -> Result<(), StoreError>;
+    /// One post's views on each of `days` (`YYYYMMDD`), in that order; 0 for a day without.
+    fn days_of(&mut self, slug: &str, days: &[u32]) -> Result<Vec<u64>, StoreError>;
+    /// Every post's views on one day, sorted by slug.
+    fn day(&mut self, day: u32) -> Result<Vec<(String, u64)>, StoreError>;
+    /// Every (slug, day, views), sorted by slug then day.
+    fn all_days(&mut self) -> Result<Vec<(String, u32, u64)>, StoreError>;
     /// Reader ids of one post counted at or after `since` (unix seconds).
     fn seen(&mut self, slug: &str, since: u64) -> Result<Vec<(String, u64)>, StoreError>;
     /// Forgets reader ids counted before `cutoff` (unix seconds).
@@ -58,6 +76,14 @@ pub trait Store: Send + 'static {
     fn totals(&mut self) -> Result<Vec<(String, u64)>, StoreError>;
     /// How many posts have a row.
     fn row_count(&mut self) -> Result<u64, StoreError>;
+}
+
+/// Views of a post on a day (`YYYYMMDD`).
+#[derive(Debug, Clone, Copy)]
+pub struct DayViews<'a> {
+    pub slug: &'a str,
+    pub day: u32,
+    pub views: u64,
 }
 
 /// A reader id counted for a post at a time (unix seconds).
@@ -204,6 +230,12 @@ fn check_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
             .map(|v| v.value());
         match found {
             Some(SCHEMA_VERSION) => {}
+            // Older files move forward: what they hold keeps its meaning.
+            Some(old @ OLDEST_READABLE..SCHEMA_VERSION) => {
+                tracing::info!(path = %path.display(), from = old, to = SCHEMA_VERSION, "migrating the database");
+                meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)
+                    .map_err(StoreError::storage)?;
+            }
             Some(other) => {
                 return Err(foreign(format!(
                     "schema version {other}, this build reads {SCHEMA_VERSION}"
@@ -221,6 +253,7 @@ fn check_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
         }
         txn.open_table(TOTALS).map_err(|e| foreign(e.to_string()))?;
         txn.open_table(SEEN).map_err(|e| foreign(e.to_string()))?;
+        txn.open_table(DAYS).map_err(|e| foreign(e.to_string()))?;
     }
     txn.commit().map_err(StoreError::storage)
 }
@@ -256,7 +289,7 @@ fn check_schema_read_only(txn: &redb::ReadTransaction, path: &Path) -> Result<()
         .map_err(StoreError::storage)?
         .map(|v| v.value())
     {
-        Some(SCHEMA_VERSION) | None => Ok(()),
+        Some(OLDEST_READABLE..=SCHEMA_VERSION) | None => Ok(()),
         Some(other) => Err(StoreError::Foreign {
             path: path.display().to_string(),
             reason: format!("schema version {other}, this build reads {SCHEMA_VERSION}"),
@@ -274,10 +307,25 @@ impl Store for RedbStore {
         })
     }
 
-    fn add(&mut self, batch: &[(&str, u64)], seen: &[Seen<'_>]) -> Result<(), StoreError> {
+    fn add(
+        &mut self,
+        batch: &[(&str, u64)],
+        days: &[DayViews<'_>],
+        seen: &[Seen<'_>],
+    ) -> Result<(), StoreError> {
         self.with_db(|db| {
             let txn = db.begin_write().map_err(StoreError::storage)?;
             {
+                let mut per_day = txn.open_table(DAYS).map_err(StoreError::storage)?;
+                for d in days {
+                    let old = per_day
+                        .get((d.day, d.slug))
+                        .map_err(StoreError::storage)?
+                        .map_or(0, |v| v.value());
+                    per_day
+                        .insert((d.day, d.slug), old.saturating_add(d.views))
+                        .map_err(StoreError::storage)?;
+                }
                 let mut ids = txn.open_table(SEEN).map_err(StoreError::storage)?;
                 for s in seen {
                     ids.insert(seen_key(s.slug, s.reader).as_str(), s.at)
@@ -340,6 +388,42 @@ impl Store for RedbStore {
         })
     }
 
+    fn days_of(&mut self, slug: &str, days: &[u32]) -> Result<Vec<u64>, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(StoreError::storage)?;
+            let table = txn.open_table(DAYS).map_err(StoreError::storage)?;
+            days.iter()
+                .map(|&day| {
+                    let views = table.get((day, slug)).map_err(StoreError::storage)?;
+                    Ok(views.map_or(0, |v| v.value()))
+                })
+                .collect()
+        })
+    }
+
+    fn day(&mut self, day: u32) -> Result<Vec<(String, u64)>, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(StoreError::storage)?;
+            let table = txn.open_table(DAYS).map_err(StoreError::storage)?;
+            let mut rows = Vec::new();
+            for row in table
+                .range((day, "")..(day + 1, ""))
+                .map_err(StoreError::storage)?
+            {
+                let (key, views) = row.map_err(StoreError::storage)?;
+                rows.push((key.value().1.to_owned(), views.value()));
+            }
+            Ok(rows)
+        })
+    }
+
+    fn all_days(&mut self) -> Result<Vec<(String, u32, u64)>, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(StoreError::storage)?;
+            read_days(&txn)
+        })
+    }
+
     fn row_count(&mut self) -> Result<u64, StoreError> {
         self.with_db(|db| {
             let txn = db.begin_read().map_err(StoreError::storage)?;
@@ -352,6 +436,11 @@ impl Store for RedbStore {
 /// Reads the totals of a file no server holds, read-only: it is neither created nor changed,
 /// and a server may start on it meanwhile. [`StoreError::Locked`] when a server holds it.
 pub fn read_totals_offline(path: &Path) -> Result<Vec<(String, u64)>, StoreError> {
+    read_offline(path)?.totals()
+}
+
+/// A copy of a file no server holds ([`StoreError::Locked`] when one does).
+pub fn read_offline(path: &Path) -> Result<Snapshot, StoreError> {
     let locked = || StoreError::Locked {
         path: path.display().to_string(),
     };
@@ -363,7 +452,12 @@ pub fn read_totals_offline(path: &Path) -> Result<Vec<(String, u64)>, StoreError
     if ServerMark::is_held(path) {
         return Err(locked());
     }
-    snapshot.totals()
+    Ok(snapshot)
+}
+
+/// True when a running server holds the file at `path`.
+pub fn is_served(path: &Path) -> bool {
+    ServerMark::is_held(path)
 }
 
 /// A copy of a database file, opened in memory: what `export` reads. Opening the file itself
@@ -408,6 +502,30 @@ impl Snapshot {
     pub fn totals(&self) -> Result<Vec<(String, u64)>, StoreError> {
         read_totals(&self.db, &self.path)
     }
+
+    /// Every (slug, day, views), sorted by slug then day.
+    pub fn days(&self) -> Result<Vec<(String, u32, u64)>, StoreError> {
+        let txn = self.db.begin_read().map_err(StoreError::storage)?;
+        check_schema_read_only(&txn, &self.path)?;
+        read_days(&txn)
+    }
+}
+
+fn read_days(txn: &redb::ReadTransaction) -> Result<Vec<(String, u32, u64)>, StoreError> {
+    let table = match txn.open_table(DAYS) {
+        Ok(table) => table,
+        // A version-1 file read by `export` (never migrated: exports do not write).
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(StoreError::storage(e)),
+    };
+    let mut rows = Vec::new();
+    for row in table.iter().map_err(StoreError::storage)? {
+        let (key, views) = row.map_err(StoreError::storage)?;
+        let (day, slug) = key.value();
+        rows.push((slug.to_owned(), day, views.value()));
+    }
+    rows.sort();
+    Ok(rows)
 }
 
 fn read_totals(db: &impl ReadableDatabase, path: &Path) -> Result<Vec<(String, u64)>, StoreError> {
@@ -467,8 +585,8 @@ mod tests {
         let path = dir.path().join("t.redb");
         {
             let mut store = RedbStore::open(&path).unwrap();
-            store.add(&[("b", 2), ("a", 1)], &[]).unwrap();
-            store.add(&[("a", 3)], &[]).unwrap();
+            store.add(&[("b", 2), ("a", 1)], &[], &[]).unwrap();
+            store.add(&[("a", 3)], &[], &[]).unwrap();
             assert_eq!(store.load("a").unwrap(), Some(4));
             assert_eq!(store.load("zzz").unwrap(), None);
             assert_eq!(store.row_count().unwrap(), 2);
@@ -504,7 +622,7 @@ mod tests {
             },
         ];
         store
-            .add(&[("a", 2), ("a/b", 1), ("ab", 1)], &seen)
+            .add(&[("a", 2), ("a/b", 1), ("ab", 1)], &[], &seen)
             .unwrap();
         assert_eq!(
             store.seen("a", 0).unwrap(),
@@ -520,6 +638,87 @@ mod tests {
             vec![("reader-two-000000".to_owned(), 200)]
         );
         assert_eq!(store.seen("ab", 0).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn views_per_day_add_up_and_read_back_per_post_and_per_day() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RedbStore::open(&dir.path().join("days.redb")).unwrap();
+        let views = |slug, day, views| DayViews { slug, day, views };
+        store
+            .add(
+                &[("a", 3), ("b", 1)],
+                &[
+                    views("a", 20261130, 1),
+                    views("a", 20261201, 2),
+                    views("b", 20261201, 1),
+                ],
+                &[],
+            )
+            .unwrap();
+        store
+            .add(&[("a", 1)], &[views("a", 20261201, 1)], &[])
+            .unwrap();
+        assert_eq!(
+            store.days_of("a", &[20261129, 20261130, 20261201]).unwrap(),
+            [0, 1, 3]
+        );
+        assert_eq!(
+            store.day(20261201).unwrap(),
+            [("a".to_owned(), 3), ("b".to_owned(), 1)]
+        );
+        assert_eq!(store.all_days().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_file_written_by_the_first_release_opens_keeps_its_totals_and_gains_days() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.redb");
+        let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/schema-v1.redb");
+        std::fs::copy(fixture, &path).unwrap();
+        let expected = vec![
+            ("2024/05/my_post.html".to_owned(), 1),
+            ("alpha".to_owned(), 3),
+            ("beta".to_owned(), 1),
+        ];
+        assert_eq!(
+            read_totals_offline(&path).unwrap(),
+            expected,
+            "readable before migration"
+        );
+        {
+            let mut store = RedbStore::open(&path).unwrap();
+            assert_eq!(store.totals().unwrap(), expected);
+            assert_eq!(store.all_days().unwrap(), []);
+            store
+                .add(
+                    &[("alpha", 1)],
+                    &[DayViews {
+                        slug: "alpha",
+                        day: 20261201,
+                        views: 1,
+                    }],
+                    &[],
+                )
+                .unwrap();
+        }
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let version = txn
+            .open_table(META)
+            .unwrap()
+            .get(SCHEMA_VERSION_KEY)
+            .unwrap()
+            .map(|v| v.value());
+        assert_eq!(version, Some(SCHEMA_VERSION));
+        assert_eq!(
+            txn.open_table(TOTALS)
+                .unwrap()
+                .get("alpha")
+                .unwrap()
+                .map(|v| v.value()),
+            Some(4)
+        );
     }
 
     #[test]
@@ -552,11 +751,11 @@ mod tests {
         let path = dir.path().join("shared.redb");
         RedbStore::open(&path)
             .unwrap()
-            .add(&[("a", 2)], &[])
+            .add(&[("a", 2)], &[], &[])
             .unwrap();
         let export = Snapshot::read(&path).unwrap();
         let mut server = RedbStore::open(&path).expect("the server starts beside the export");
-        server.add(&[("a", 1)], &[]).unwrap();
+        server.add(&[("a", 1)], &[], &[]).unwrap();
         assert_eq!(export.totals().unwrap(), vec![("a".to_owned(), 2)]);
         drop(export);
         drop(server);

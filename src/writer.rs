@@ -13,11 +13,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use crate::calendar::{Calendar, Day};
 use crate::limits::NewPostCharge;
 use crate::memory::CachedBlocks;
+use crate::metrics::Metrics;
 use crate::reader_id::ReaderId;
 use crate::slug::Slug;
-use crate::store::{Seen, Store, StoreError};
+use crate::store::{DayViews, Seen, Store, StoreError};
 
 /// How long a failing flush waits before it is tried again, at the least.
 const MIN_RETRY: Duration = Duration::from_secs(1);
@@ -36,13 +38,6 @@ pub struct FlushPolicy {
     pub max_wait: Duration,
     /// How long counted reader ids are kept, so restarts keep deduplicating.
     pub dedupe_window: Duration,
-}
-
-/// Seconds since the Unix epoch: how counted reader ids are dated across restarts.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Whether a load may admit a post that has no row yet.
@@ -94,6 +89,8 @@ enum Command {
     Totals(oneshot::Sender<Result<Vec<(String, u64)>, StoreError>>),
     /// Empty the writer thread's allocator cache (see [`crate::memory`]).
     TakeCachedBlocks(oneshot::Sender<CachedBlocks>),
+    /// A read or an import for the owner, run on the writer's state (see [`Writer::ask`]).
+    Run(Box<dyn FnOnce(&mut State) + Send>),
     Shutdown(oneshot::Sender<Result<(), StoreError>>),
 }
 
@@ -115,15 +112,21 @@ pub enum WriterError {
 impl Writer {
     /// Starts the thread. `store` has been opened by the caller so that open errors surface
     /// before the server binds.
-    pub fn spawn(mut store: Box<dyn Store>, policy: FlushPolicy) -> Result<Self, std::io::Error> {
+    pub fn spawn(
+        mut store: Box<dyn Store>,
+        policy: FlushPolicy,
+        calendar: Calendar,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, std::io::Error> {
         let (tx, rx) = mpsc::channel();
         let inbox = Inbox::default();
         let rows = store.row_count().unwrap_or(0);
-        let cutoff = unix_now().saturating_sub(policy.dedupe_window.as_secs());
+        let now = calendar.clock().now_unix();
+        let cutoff = now.saturating_sub(policy.dedupe_window.as_secs());
         if let Err(e) = store.forget_seen_before(cutoff) {
             tracing::warn!(error = %e, "cannot sweep expired reader ids");
         }
-        let state = State::new(store, policy, rows, Arc::clone(&inbox));
+        let state = State::new(store, policy, calendar, metrics, rows, Arc::clone(&inbox));
         thread::Builder::new()
             .name("viewcounter-writer".into())
             .spawn(move || state.run(rx))?;
@@ -181,6 +184,78 @@ impl Writer {
     fn send(&self, cmd: Command) -> Result<(), WriterError> {
         self.tx.send(cmd).map_err(|_| WriterError::Stopped)
     }
+
+    /// Runs `query` on the writer thread, after every view counted before it was asked.
+    async fn ask<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&mut State) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, WriterError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Run(Box::new(move |state| {
+            let _ = reply.send(query(state));
+        })))?;
+        Ok(rx.await.map_err(|_| WriterError::Stopped)??)
+    }
+
+    /// One post's views on each of `days`, including unwritten views.
+    pub async fn history(&self, slug: Slug, days: Vec<Day>) -> Result<Vec<u64>, WriterError> {
+        self.ask(move |state| state.history(&slug, &days)).await
+    }
+
+    /// The totals of `slugs`, including unwritten views; `None` for a post with no views.
+    /// Wakes no post.
+    pub async fn totals_of(&self, slugs: Vec<Slug>) -> Result<Vec<Option<u64>>, WriterError> {
+        self.ask(move |state| Ok(slugs.iter().map(|s| state.total_of(s)).collect()))
+            .await
+    }
+
+    /// Every post's views on `day`, including unwritten views, sorted by slug.
+    pub async fn day_views(&self, day: Day) -> Result<Vec<(String, u64)>, WriterError> {
+        self.ask(move |state| state.day_views(day)).await
+    }
+
+    /// Every (slug, day, views), including unwritten views, sorted by slug then day.
+    pub async fn all_days(&self) -> Result<Vec<(String, Day, u64)>, WriterError> {
+        self.ask(State::all_days).await
+    }
+
+    /// Applies an import in one transaction (or only works it out, `plan.dry_run`).
+    pub async fn import(&self, plan: ImportPlan) -> Result<ImportReport, WriterError> {
+        self.ask(move |state| state.import(&plan)).await
+    }
+}
+
+/// How imported numbers meet the ones already counted.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ImportMode {
+    /// A post's total (and each day) becomes the file's, never lower than already counted.
+    Set,
+    /// The file's numbers are added.
+    Add,
+}
+
+/// What to import: totals and views per day, by post.
+#[derive(Debug, Clone)]
+pub struct ImportPlan {
+    pub totals: BTreeMap<Slug, u64>,
+    pub days: BTreeMap<(Slug, Day), u64>,
+    pub mode: ImportMode,
+    pub dry_run: bool,
+}
+
+/// What an import changed (or would change).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImportReport {
+    /// Posts whose total moves: (slug, before, after).
+    pub changed: Vec<(String, u64, u64)>,
+    /// Posts in the file whose total stays.
+    pub unchanged: usize,
+    /// Views added to days.
+    pub day_views: u64,
+    pub written: bool,
 }
 
 /// The stored totals of about the last `KNOWN_CAP` posts loaded, in two generations: new
@@ -257,6 +332,9 @@ impl Known {
 /// Views of one post not yet written.
 struct Pending {
     delta: u64,
+    /// The same views by day (`YYYYMMDD`), in the order they were counted: nearly always one
+    /// entry, two around midnight.
+    days: Vec<(u32, u64)>,
     /// Reader ids counted with them (id, unix seconds).
     seen: Vec<(ReaderId, u64)>,
     first: Instant,
@@ -266,6 +344,9 @@ struct Pending {
 struct State {
     store: Box<dyn Store>,
     policy: FlushPolicy,
+    /// Which day a view is counted on, and the time.
+    calendar: Calendar,
+    metrics: Arc<Metrics>,
     pending: HashMap<Slug, Pending>,
     /// Stored totals of the posts loaded most recently: what loads answer while the file
     /// cannot be read (a disk gone read-only), so those posts keep being served.
@@ -287,10 +368,19 @@ struct State {
 }
 
 impl State {
-    fn new(store: Box<dyn Store>, policy: FlushPolicy, rows: u64, inbox: Inbox) -> Self {
+    fn new(
+        store: Box<dyn Store>,
+        policy: FlushPolicy,
+        calendar: Calendar,
+        metrics: Arc<Metrics>,
+        rows: u64,
+        inbox: Inbox,
+    ) -> Self {
         Self {
             store,
             policy,
+            calendar,
+            metrics,
             pending: HashMap::new(),
             known: Known::default(),
             reserved: HashSet::new(),
@@ -369,6 +459,7 @@ impl State {
             Command::TakeCachedBlocks(reply) => {
                 let _ = reply.send(CachedBlocks::take());
             }
+            Command::Run(query) => query(self),
             Command::Shutdown(_) => unreachable!("handled in run"),
         }
     }
@@ -385,8 +476,13 @@ impl State {
 
     fn add(&mut self, slug: Slug, reader: ReaderId, at: u64) {
         let now = Instant::now();
+        let day = self.calendar.day_of(at).key();
         if let Some(p) = self.pending.get_mut(&slug) {
             p.delta += 1;
+            match p.days.last_mut() {
+                Some((d, views)) if *d == day => *views += 1,
+                _ => p.days.push((day, 1)),
+            }
             p.seen.push((reader, at));
             p.last = now;
             return;
@@ -401,6 +497,7 @@ impl State {
             slug,
             Pending {
                 delta: 1,
+                days: vec![(day, 1)],
                 seen: vec![(reader, at)],
                 first: now,
                 last: now,
@@ -452,7 +549,11 @@ impl State {
                 seen: Vec::new(),
             });
         }
-        let since = unix_now().saturating_sub(self.policy.dedupe_window.as_secs());
+        let since = self
+            .calendar
+            .clock()
+            .now_unix()
+            .saturating_sub(self.policy.dedupe_window.as_secs());
         // Without the file, the dedupe memory of a restart is lost; the post is still served.
         let mut seen = self.store.seen(slug.as_str(), since).unwrap_or_default();
         if let Some(p) = self.pending.get(slug) {
@@ -467,6 +568,122 @@ impl State {
             *all.entry(slug.as_str().to_owned()).or_default() += p.delta;
         }
         Ok(all.into_iter().collect())
+    }
+
+    /// A post's total with its unwritten views; `None` when it has neither. While the file
+    /// cannot be read, the total remembered from its last load.
+    fn total_of(&mut self, slug: &Slug) -> Option<u64> {
+        let stored = match self.store.load(slug.as_str()) {
+            Ok(stored) => stored,
+            Err(_) => self.known.get(slug.as_str()),
+        };
+        let pending = self.pending.get(slug).map(|p| p.delta);
+        match (stored, pending) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        }
+    }
+
+    fn pending_on(&self, slug: &Slug, day: u32) -> u64 {
+        self.pending.get(slug).map_or(0, |p| {
+            p.days
+                .iter()
+                .filter(|(d, _)| *d == day)
+                .map(|(_, v)| v)
+                .sum()
+        })
+    }
+
+    fn history(&mut self, slug: &Slug, days: &[Day]) -> Result<Vec<u64>, StoreError> {
+        let keys: Vec<u32> = days.iter().map(|d| d.key()).collect();
+        let stored = self.store.days_of(slug.as_str(), &keys)?;
+        Ok(keys
+            .iter()
+            .zip(stored)
+            .map(|(&day, views)| views + self.pending_on(slug, day))
+            .collect())
+    }
+
+    fn day_views(&mut self, day: Day) -> Result<Vec<(String, u64)>, StoreError> {
+        let key = day.key();
+        let mut all: BTreeMap<String, u64> = self.store.day(key)?.into_iter().collect();
+        for slug in self.pending.keys() {
+            let views = self.pending_on(slug, key);
+            if views > 0 {
+                *all.entry(slug.as_str().to_owned()).or_default() += views;
+            }
+        }
+        Ok(all.into_iter().collect())
+    }
+
+    fn all_days(&mut self) -> Result<Vec<(String, Day, u64)>, StoreError> {
+        let mut all: BTreeMap<(String, u32), u64> = self
+            .store
+            .all_days()?
+            .into_iter()
+            .map(|(slug, day, views)| ((slug, day), views))
+            .collect();
+        for (slug, p) in &self.pending {
+            for &(day, views) in &p.days {
+                *all.entry((slug.as_str().to_owned(), day)).or_default() += views;
+            }
+        }
+        Ok(all
+            .into_iter()
+            .filter_map(|((slug, day), views)| Some((slug, Day::from_key(day)?, views)))
+            .collect())
+    }
+
+    /// Works out the deltas an import means against the numbers counted so far (unwritten
+    /// views included) and, unless it is a dry run, writes them in one transaction.
+    fn import(&mut self, plan: &ImportPlan) -> Result<ImportReport, StoreError> {
+        let mut report = ImportReport::default();
+        let mut totals = Vec::new();
+        for (slug, &file) in &plan.totals {
+            let before = self.store.load(slug.as_str())?.unwrap_or(0)
+                + self.pending.get(slug).map_or(0, |p| p.delta);
+            let delta = match plan.mode {
+                ImportMode::Set => file.saturating_sub(before),
+                ImportMode::Add => file,
+            };
+            if delta == 0 {
+                report.unchanged += 1;
+            } else {
+                report.changed.push((
+                    slug.as_str().to_owned(),
+                    before,
+                    before.saturating_add(delta),
+                ));
+                totals.push((slug.as_str(), delta));
+            }
+        }
+        let mut days = Vec::new();
+        for ((slug, day), &file) in &plan.days {
+            let key = day.key();
+            let before = self.store.days_of(slug.as_str(), &[key])?[0] + self.pending_on(slug, key);
+            let views = match plan.mode {
+                ImportMode::Set => file.saturating_sub(before),
+                ImportMode::Add => file,
+            };
+            if views > 0 {
+                report.day_views += views;
+                days.push(DayViews {
+                    slug: slug.as_str(),
+                    day: key,
+                    views,
+                });
+            }
+        }
+        if plan.dry_run || (totals.is_empty() && days.is_empty()) {
+            return Ok(report);
+        }
+        self.store.add(&totals, &days, &[])?;
+        for &(slug, delta) in &totals {
+            self.known.add(slug, delta);
+        }
+        self.rows = self.store.row_count().unwrap_or(self.rows);
+        report.written = true;
+        Ok(report)
     }
 
     fn due(&self, p: &Pending) -> Instant {
@@ -510,7 +727,21 @@ impl State {
                 })
             })
             .collect();
-        self.store.add(&batch, &seen)?;
+        let days: Vec<DayViews<'_>> = self
+            .pending
+            .iter()
+            .flat_map(|(slug, p)| {
+                p.days.iter().map(|&(day, views)| DayViews {
+                    slug: slug.as_str(),
+                    day,
+                    views,
+                })
+            })
+            .collect();
+        let flushing = Instant::now();
+        let written = self.store.add(&batch, &days, &seen);
+        self.metrics.flushed(flushing.elapsed(), written.is_ok());
+        written?;
         for (slug, p) in &self.pending {
             self.known.add(slug.as_str(), p.delta);
         }
@@ -535,7 +766,11 @@ impl State {
             return;
         }
         self.last_sweep = Instant::now();
-        let cutoff = unix_now().saturating_sub(self.policy.dedupe_window.as_secs());
+        let cutoff = self
+            .calendar
+            .clock()
+            .now_unix()
+            .saturating_sub(self.policy.dedupe_window.as_secs());
         if let Err(e) = self.store.forget_seen_before(cutoff) {
             tracing::warn!(error = %e, "cannot sweep expired reader ids");
         }

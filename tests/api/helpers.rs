@@ -19,6 +19,7 @@ use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use viewcounter::Application;
+pub use viewcounter::calendar::Clock;
 use viewcounter::cli::ServeArgs;
 use viewcounter::startup::StartError;
 
@@ -123,6 +124,11 @@ pub async fn spawn_app_with_slugs(slugs: &[&str], flags: &[&str]) -> TestApp {
 /// `ServeArgs::from_args` also reads `VIEWCOUNTER_*` from the environment, as the binary does:
 /// run the suite without such variables set. (The binary's tests clear them for the child.)
 pub async fn spawn_app_in(dir: TempDir, flags: &[&str]) -> TestApp {
+    spawn_app_on_clock(dir, flags, Clock::default()).await
+}
+
+/// A server whose clock the test sets (`Clock::set_unix`), in `dir`.
+pub async fn spawn_app_on_clock(dir: TempDir, flags: &[&str], clock: Clock) -> TestApp {
     let db = db_path(dir.path());
     let slugs = slugs_path(dir.path());
     let mut argv: Vec<String> = vec![
@@ -134,7 +140,8 @@ pub async fn spawn_app_in(dir: TempDir, flags: &[&str]) -> TestApp {
         slugs.display().to_string(),
     ];
     argv.extend(flags.iter().map(|f| f.to_string()));
-    let args = ServeArgs::from_args(&argv).expect("serve flags parse");
+    let mut args = ServeArgs::from_args(&argv).expect("serve flags parse");
+    args.clock = clock;
     let app = Application::build(args).await.expect("server builds");
     let addr = app.address();
     let (stop, stop_rx) = oneshot::channel::<()>();

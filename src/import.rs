@@ -1,0 +1,180 @@
+//! `viewcounter import FILE`: views brought in from a file ([`crate::import_file`] reads it),
+//! written to the db file when no server holds it, or sent to the running server's
+//! `POST /api/v1/import` when one does, so that the server's posts and the file agree.
+
+use std::io::Read;
+use std::time::Duration;
+
+use crate::calendar::{Calendar, Clock};
+use crate::cli::ImportArgs;
+use crate::export::{default_url, error_of};
+use crate::import_file::{self, ParseOptions};
+use crate::metrics::Metrics;
+use crate::owner::{MAX_IMPORT_BYTES, Summary, plan_of};
+use crate::store::{self, RedbStore};
+use crate::writer::{FlushPolicy, ImportReport, Writer};
+
+const HTTP_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is larger than {MAX_IMPORT_BYTES} bytes")]
+    TooLarge { path: String },
+    #[error("{path}: {reason}")]
+    Invalid { path: String, reason: String },
+    #[error("cannot write {db}: {reason}")]
+    Store { db: String, reason: String },
+    #[error("{db} is held by a running server, but it did not take the import at {url}: {reason}")]
+    Server {
+        db: String,
+        url: String,
+        reason: String,
+    },
+}
+
+/// Imports `args.file`; the summary (and, for a dry run, every change) to print.
+pub async fn import(args: &ImportArgs) -> Result<String, ImportError> {
+    let text = read_file(args)?;
+    let summary = if store::is_served(&args.db) {
+        send(args, text).await?
+    } else {
+        let path = args.file.display().to_string();
+        let options = ParseOptions {
+            format: args.format,
+            path_prefix: args.path_prefix.as_deref(),
+            timezone: &args.timezone,
+        };
+        let parsed = import_file::parse(&text, &options).map_err(|e| ImportError::Invalid {
+            path,
+            reason: e.to_string(),
+        })?;
+        let skipped = parsed.skipped;
+        let report = write(args, plan_of(parsed, args.mode, args.dry_run)).await?;
+        Summary { report, skipped }
+    };
+    Ok(describe(&summary, args.dry_run))
+}
+
+fn read_file(args: &ImportArgs) -> Result<String, ImportError> {
+    let path = args.file.display().to_string();
+    let mut bytes = Vec::new();
+    let read = if args.file.as_os_str() == "-" {
+        std::io::stdin()
+            .take(MAX_IMPORT_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+    } else {
+        std::fs::File::open(&args.file)
+            .and_then(|f| f.take(MAX_IMPORT_BYTES as u64 + 1).read_to_end(&mut bytes))
+    };
+    read.map_err(|source| ImportError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    if bytes.len() > MAX_IMPORT_BYTES {
+        return Err(ImportError::TooLarge { path });
+    }
+    String::from_utf8(bytes).map_err(|_| ImportError::Invalid {
+        path,
+        reason: "not UTF-8 text".into(),
+    })
+}
+
+/// Writes through the same writer a server runs, so an import means the same on the file.
+async fn write(
+    args: &ImportArgs,
+    plan: crate::writer::ImportPlan,
+) -> Result<ImportReport, ImportError> {
+    let db = args.db.display().to_string();
+    let failed = |reason: String| ImportError::Store {
+        db: db.clone(),
+        reason,
+    };
+    let store = RedbStore::open(&args.db).map_err(|e| failed(e.to_string()))?;
+    let policy = FlushPolicy {
+        after: Duration::from_secs(1),
+        max_wait: Duration::from_secs(1),
+        dedupe_window: Duration::ZERO,
+    };
+    let calendar = Calendar::new(args.timezone.clone(), Clock::default());
+    let writer = Writer::spawn(Box::new(store), policy, calendar, Metrics::new())
+        .map_err(|e| failed(e.to_string()))?;
+    let report = writer.import(plan).await.map_err(|e| failed(e.to_string()));
+    writer.shutdown().await.map_err(|e| failed(e.to_string()))?;
+    report
+}
+
+/// Sends the file as it is to the server, which reads it with its own time zone.
+async fn send(args: &ImportArgs, text: String) -> Result<Summary, ImportError> {
+    let url = args.url.clone().unwrap_or_else(|| default_url(args.listen));
+    let failed = |reason: String| ImportError::Server {
+        db: args.db.display().to_string(),
+        url: url.clone(),
+        reason,
+    };
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query.append_pair(
+        "mode",
+        if args.mode == crate::writer::ImportMode::Add {
+            "add"
+        } else {
+            "set"
+        },
+    );
+    if args.dry_run {
+        query.append_pair("dry_run", "1");
+    }
+    if let Some(format) = args.format {
+        query.append_pair("format", &format.to_string());
+    }
+    if let Some(prefix) = &args.path_prefix {
+        query.append_pair("path_prefix", prefix);
+    }
+    let client = awc::Client::builder().timeout(HTTP_TIMEOUT).finish();
+    let target = format!(
+        "{}/api/v1/import?{}",
+        url.trim_end_matches('/'),
+        query.finish()
+    );
+    let mut req = client
+        .post(target)
+        .content_type("text/plain; charset=utf-8");
+    if let Some(token) = &args.admin_token {
+        req = req.bearer_auth(token);
+    }
+    let mut res = req
+        .send_body(text)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let body = res.body().await.map_err(|e| failed(e.to_string()))?;
+    if !res.status().is_success() {
+        return Err(failed(error_of(res.status(), &body)));
+    }
+    serde_json::from_slice(&body).map_err(|e| failed(format!("unexpected answer: {e}")))
+}
+
+/// `import: 3 posts changed (+120 views), 2 unchanged, 5 rows skipped, 40 views added to days`.
+fn describe(summary: &Summary, dry_run: bool) -> String {
+    let report = &summary.report;
+    let mut out = String::new();
+    if dry_run {
+        for (slug, before, after) in &report.changed {
+            out.push_str(&format!("{slug}: {before} -> {after}\n"));
+        }
+    }
+    let added: u64 = report.changed.iter().map(|(_, b, a)| a - b).sum();
+    let verb = if dry_run { "would change" } else { "changed" };
+    out.push_str(&format!(
+        "import{}: {} posts {verb} (+{added} views), {} unchanged, {} rows skipped, {} views added to days\n",
+        if dry_run { " (dry run, nothing written)" } else { "" },
+        report.changed.len(),
+        report.unchanged,
+        summary.skipped,
+        report.day_views,
+    ));
+    out
+}

@@ -1,0 +1,458 @@
+//! What the owner and index pages read: views per day, the numbers of many posts at once, top
+//! posts, a badge, Prometheus metrics, and imports. Nothing here counts a view or wakes a post.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
+
+use crate::api::{AppState, authorize_admin};
+use crate::badge::{self, Label};
+use crate::calendar::Day;
+use crate::error::ApiError;
+use crate::import_file::{self, ImportFormat, ParseOptions};
+use crate::post::Counts;
+use crate::slug::Slug;
+use crate::slug_list::SlugPolicy;
+use crate::writer::{ImportMode, ImportPlan};
+
+/// Posts one `counts` or `watch` request may name.
+pub const MAX_SLUGS_PER_REQUEST: usize = 100;
+/// Rows one `top` answer may hold.
+pub const MAX_TOP: usize = 100;
+const DEFAULT_TOP: usize = 10;
+/// Days one `history` answer may cover: a year, leap day included.
+pub const MAX_HISTORY_DAYS: u32 = 366;
+const DEFAULT_HISTORY_DAYS: u32 = 30;
+/// Largest import body accepted.
+pub const MAX_IMPORT_BYTES: usize = 10 * 1024 * 1024;
+/// An import body must arrive within this long (10 MiB at about 1.4 Mbit/s).
+const IMPORT_DEADLINE: Duration = Duration::from_secs(60);
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/history/{slug:.*}", web::get().to(history))
+        .route("/counts", web::get().to(counts))
+        .route("/top", web::get().to(top))
+        .route("/daily", web::get().to(daily))
+        .route("/import", web::post().to(import));
+}
+
+/// The query's `name=value` pairs, decoded.
+fn query(req: &HttpRequest) -> Vec<(String, String)> {
+    form_urlencoded::parse(req.query_string().as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn param<'q>(pairs: &'q [(String, String)], name: &str) -> Option<&'q str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// `name` as a number in `range`, `default` when absent; 400 otherwise.
+fn number_param(
+    pairs: &[(String, String)],
+    name: &str,
+    range: std::ops::RangeInclusive<u32>,
+    default: u32,
+) -> Result<u32, ApiError> {
+    let Some(raw) = param(pairs, name) else {
+        return Ok(default);
+    };
+    raw.parse()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "{name} must be a whole number from {} to {}",
+                range.start(),
+                range.end()
+            ))
+        })
+}
+
+/// A post the policy knows of: on the allow-list, or (any slug) one that has views.
+fn is_listed(state: &AppState, slug: &Slug) -> bool {
+    match &state.slugs {
+        SlugPolicy::Listed(list) => list.contains(slug.as_str()),
+        SlugPolicy::Any { .. } => true,
+    }
+}
+
+fn no_store(res: &mut actix_web::HttpResponseBuilder) -> &mut actix_web::HttpResponseBuilder {
+    res.insert_header((header::CACHE_CONTROL, "no-store"))
+}
+
+#[derive(serde::Serialize)]
+struct DayRow {
+    day: String,
+    views: u64,
+}
+
+#[derive(serde::Serialize)]
+struct History {
+    slug: String,
+    days: Vec<DayRow>,
+}
+
+/// `GET /history/{slug}?days=N`: views per day, oldest first, days without views included.
+async fn history(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    authorize_admin(&req, &state)?;
+    let slug = Slug::parse(req.match_info().get("slug").unwrap_or_default())?;
+    if !is_listed(&state, &slug) {
+        return Err(ApiError::UnknownPost);
+    }
+    let n = number_param(
+        &query(&req),
+        "days",
+        1..=MAX_HISTORY_DAYS,
+        DEFAULT_HISTORY_DAYS,
+    )?;
+    let today = state.calendar.today();
+    let days: Vec<Day> = Day::range(today.back(n - 1), today).collect();
+    let views = state
+        .registry
+        .writer()
+        .history(slug.clone(), days.clone())
+        .await
+        .map_err(ApiError::storage)?;
+    let days = days
+        .iter()
+        .zip(views)
+        .map(|(day, views)| DayRow {
+            day: day.to_string(),
+            views,
+        })
+        .collect();
+    Ok(no_store(&mut HttpResponse::Ok()).json(History {
+        slug: slug.as_str().to_owned(),
+        days,
+    }))
+}
+
+/// The slugs of a `slug=A&slug=B` query: 1 to 100, each well-formed, repeats dropped.
+pub fn slugs_param(pairs: &[(String, String)]) -> Result<Vec<Slug>, ApiError> {
+    let mut seen = HashSet::new();
+    let mut slugs = Vec::new();
+    for (_, raw) in pairs.iter().filter(|(k, _)| k == "slug") {
+        let slug = Slug::parse(raw)?;
+        if seen.insert(slug.clone()) {
+            slugs.push(slug);
+        }
+    }
+    if slugs.is_empty() || slugs.len() > MAX_SLUGS_PER_REQUEST {
+        return Err(ApiError::BadRequest(format!(
+            "give 1 to {MAX_SLUGS_PER_REQUEST} slugs as slug=…&slug=…"
+        )));
+    }
+    Ok(slugs)
+}
+
+#[derive(serde::Serialize)]
+struct SlugCounts {
+    slug: String,
+    live: u64,
+    total: u64,
+}
+
+/// `GET /counts?slug=A&slug=B…`: the numbers of many posts for an index page; counts nothing,
+/// wakes nothing, omits posts it does not know.
+async fn counts(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    state.origins.check(&req)?;
+    let slugs = slugs_param(&query(&req))?;
+    let known: Vec<Slug> = slugs.into_iter().filter(|s| is_listed(&state, s)).collect();
+    let counts = state.registry.counts_of(&known).await?;
+    let listed = matches!(state.slugs, SlugPolicy::Listed(_));
+    let rows: Vec<SlugCounts> = known
+        .iter()
+        .zip(counts)
+        .filter_map(|(slug, counts)| {
+            // A listed post nobody read yet is known, at zero.
+            let counts = counts.or(listed.then_some(Counts::default()))?;
+            Some(SlugCounts {
+                slug: slug.as_str().to_owned(),
+                live: counts.live,
+                total: counts.total,
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "max-age=1"))
+        .json(rows))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TopBy {
+    Live,
+    Total,
+    Today,
+}
+
+#[derive(serde::Serialize)]
+struct TopRow {
+    slug: String,
+    live: u64,
+    total: u64,
+    today: u64,
+}
+
+/// `GET /top?by=live|total|today&limit=N`: best first, ties by slug. Public with an
+/// allow-list; with `--allow-any-slug` the slugs are user input, so admin only.
+async fn top(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if matches!(state.slugs, SlugPolicy::Any { .. }) {
+        authorize_admin(&req, &state)?;
+    } else {
+        state.origins.check(&req)?;
+    }
+    let pairs = query(&req);
+    let by = match param(&pairs, "by").unwrap_or("total") {
+        "live" => TopBy::Live,
+        "total" => TopBy::Total,
+        "today" => TopBy::Today,
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "by must be live, total or today, not {other:?}"
+            )));
+        }
+    };
+    let limit = number_param(&pairs, "limit", 1..=MAX_TOP as u32, DEFAULT_TOP as u32)? as usize;
+    let rows = top_rows(&state, by, limit).await?;
+    Ok(no_store(&mut HttpResponse::Ok()).json(rows))
+}
+
+async fn top_rows(state: &AppState, by: TopBy, limit: usize) -> Result<Vec<TopRow>, ApiError> {
+    let writer = state.registry.writer();
+    let today: HashMap<String, u64> = writer
+        .day_views(state.calendar.today())
+        .await
+        .map_err(ApiError::storage)?
+        .into_iter()
+        .collect();
+    // Candidates by the ranking number, best first, ties by slug.
+    let mut ranked: Vec<(String, u64)> = match by {
+        TopBy::Live => state
+            .registry
+            .awake_counts()
+            .await
+            .into_iter()
+            .filter(|(_, c)| c.live > 0)
+            .map(|(slug, c)| (slug.as_str().to_owned(), c.live))
+            .collect(),
+        TopBy::Total => writer.totals().await.map_err(ApiError::storage)?,
+        TopBy::Today => today.iter().map(|(s, v)| (s.clone(), *v)).collect(),
+    };
+    ranked.retain(|(slug, _)| Slug::parse(slug).is_ok_and(|s| is_listed(state, &s)));
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    ranked.truncate(limit);
+    let slugs: Vec<Slug> = ranked
+        .iter()
+        .filter_map(|(s, _)| Slug::parse(s).ok())
+        .collect();
+    let counts = state.registry.counts_of(&slugs).await?;
+    Ok(slugs
+        .iter()
+        .zip(counts)
+        .map(|(slug, counts)| {
+            let counts = counts.unwrap_or_default();
+            TopRow {
+                slug: slug.as_str().to_owned(),
+                live: counts.live,
+                total: counts.total,
+                today: today.get(slug.as_str()).copied().unwrap_or(0),
+            }
+        })
+        .collect())
+}
+
+#[derive(serde::Serialize)]
+struct DailyRow {
+    slug: String,
+    day: String,
+    views: u64,
+}
+
+/// `GET /daily`: every post's views per day (what `export --daily` prints).
+async fn daily(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    authorize_admin(&req, &state)?;
+    let rows: Vec<DailyRow> = state
+        .registry
+        .writer()
+        .all_days()
+        .await
+        .map_err(ApiError::storage)?
+        .into_iter()
+        .map(|(slug, day, views)| DailyRow {
+            slug,
+            day: day.to_string(),
+            views,
+        })
+        .collect();
+    Ok(no_store(&mut HttpResponse::Ok()).json(rows))
+}
+
+/// `GET /badge/{slug}.svg[?label=…]`: the post's total as a flat SVG badge; counts nothing.
+pub async fn badge(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let file = req.match_info().get("file").unwrap_or_default();
+    let slug = Slug::parse(file.strip_suffix(".svg").ok_or(ApiError::UnknownPost)?)?;
+    let pairs = query(&req);
+    let label = match param(&pairs, "label") {
+        Some(raw) => Label::parse(raw).map_err(|e| ApiError::BadRequest(format!("label: {e}")))?,
+        None => Label::default(),
+    };
+    if !is_listed(&state, &slug) {
+        return Err(ApiError::UnknownPost);
+    }
+    let counts = state
+        .registry
+        .counts_of(std::slice::from_ref(&slug))
+        .await?;
+    let listed = matches!(state.slugs, SlugPolicy::Listed(_));
+    let total = match counts.first().copied().flatten() {
+        Some(counts) => counts.total,
+        None if listed => 0,
+        None => return Err(ApiError::UnknownPost),
+    };
+    Ok(HttpResponse::Ok()
+        .content_type("image/svg+xml")
+        .insert_header((header::CACHE_CONTROL, "max-age=60"))
+        .body(badge::render(&label, total)))
+}
+
+/// `GET /metrics`: Prometheus text format; admin rule of `/totals`.
+pub async fn metrics(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize_admin(&req, &state)?;
+    let m = &state.metrics;
+    m.streams_open.set(state.limits.open() as i64);
+    m.posts_awake.set(state.registry.awake() as i64);
+    Ok(no_store(&mut HttpResponse::Ok())
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(m.encode()))
+}
+
+/// How `POST /import` is asked to import, in its query.
+fn import_options(
+    pairs: &[(String, String)],
+) -> Result<(ImportMode, bool, Option<ImportFormat>, Option<String>), ApiError> {
+    let mode = match param(pairs, "mode").unwrap_or("set") {
+        "set" => ImportMode::Set,
+        "add" => ImportMode::Add,
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "mode must be set or add, not {other:?}"
+            )));
+        }
+    };
+    let dry_run = matches!(param(pairs, "dry_run"), Some("1" | "true"));
+    let format = match param(pairs, "format") {
+        None => None,
+        Some("csv") => Some(ImportFormat::Csv),
+        Some("json") => Some(ImportFormat::Json),
+        Some("goatcounter") => Some(ImportFormat::Goatcounter),
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "format must be csv, json or goatcounter, not {other:?}"
+            )));
+        }
+    };
+    Ok((
+        mode,
+        dry_run,
+        format,
+        param(pairs, "path_prefix").map(str::to_owned),
+    ))
+}
+
+/// `POST /import?mode=set|add&dry_run=1&format=…&path_prefix=…` (admin), body: the file.
+async fn import(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize_admin(&req, &state)?;
+    let (mode, dry_run, format, prefix) = import_options(&query(&req))?;
+    let body = tokio::time::timeout(IMPORT_DEADLINE, read_import_body(payload))
+        .await
+        .map_err(|_| ApiError::BodyTimeout(IMPORT_DEADLINE))??;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::BadRequest("the import file is not UTF-8".into()))?;
+    let options = ParseOptions {
+        format,
+        path_prefix: prefix.as_deref(),
+        timezone: state.calendar.time_zone(),
+    };
+    let parsed =
+        import_file::parse(text, &options).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let skipped = parsed.skipped;
+    let plan = plan_of(parsed, mode, dry_run);
+    let report = state
+        .registry
+        .writer()
+        .import(plan)
+        .await
+        .map_err(ApiError::storage)?;
+    if report.written {
+        for (slug, before, after) in &report.changed {
+            if let Ok(slug) = Slug::parse(slug) {
+                state.registry.imported(&slug, after - before);
+            }
+        }
+    }
+    Ok(no_store(&mut HttpResponse::Ok()).json(Summary { report, skipped }))
+}
+
+/// What an import answers: the report and the rows left out on purpose.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Summary {
+    #[serde(flatten)]
+    pub report: crate::writer::ImportReport,
+    pub skipped: usize,
+}
+
+/// An import's parsed numbers as the writer applies them.
+pub fn plan_of(parsed: import_file::Parsed, mode: ImportMode, dry_run: bool) -> ImportPlan {
+    let days: BTreeMap<(Slug, Day), u64> = parsed
+        .days
+        .into_iter()
+        .map(|((slug, date), views)| ((slug, Day::from_date(date)), views))
+        .collect();
+    ImportPlan {
+        totals: parsed.totals,
+        days,
+        mode,
+        dry_run,
+    }
+}
+
+async fn read_import_body(mut payload: web::Payload) -> Result<web::BytesMut, ApiError> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| ApiError::BadBody)?;
+        if body.len() + chunk.len() > MAX_IMPORT_BYTES {
+            return Err(ApiError::BodyTooLarge(MAX_IMPORT_BYTES));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Counts every refusal by reason for `/metrics`, whichever handler refused.
+pub fn count_refusal(state: &AppState, res: &actix_web::dev::ServiceResponse) {
+    if let Some(e) = res
+        .response()
+        .error()
+        .and_then(|e| e.as_error::<ApiError>())
+    {
+        state
+            .metrics
+            .refusals
+            .get_or_create(&crate::metrics::Refusal { reason: e.reason() })
+            .inc();
+    }
+}
