@@ -25,6 +25,7 @@ pub enum LabelError {
 pub struct Label(String);
 
 impl Label {
+    /// Checks a raw `?label=` value (already percent-decoded) and keeps it as given.
     pub fn parse(raw: &str) -> Result<Self, LabelError> {
         if raw.is_empty() {
             return Err(LabelError::Empty);
@@ -42,6 +43,7 @@ impl Label {
         Ok(Self(raw.to_owned()))
     }
 
+    /// The label as given, unescaped.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -58,7 +60,7 @@ pub fn group_thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, d) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(d);
@@ -280,7 +282,8 @@ mod tests {
 
     #[test]
     fn each_extra_digit_widens_the_badge() {
-        let counts = (0..20).map(|k| 10u64.pow(k) - 1).chain([u64::MAX]);
+        // 9, 99, …, nineteen 9s, then u64::MAX with twenty digits.
+        let counts = (1..20).map(|k| 10u64.pow(k) - 1).chain([u64::MAX]);
         let widths: Vec<u32> = counts
             .map(|n| read(&render(&Label::default(), n)).width)
             .collect();

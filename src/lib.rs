@@ -4,14 +4,16 @@
 //! every reader of that post is pushed `{live,total}` as people arrive and leave.
 //!
 //! The layout, from the edge inwards:
-//! - [`cli`]: the flags of `serve` and `export` (each also read from `VIEWCOUNTER_*`).
+//! - [`cli`]: the flags of `serve`, `export` and `import` (each also read from `VIEWCOUNTER_*`).
 //! - [`startup`]: [`Application::build`] binds and wires everything once;
 //!   [`Application::run_until`] serves until told to stop, then drains and flushes.
 //! - [`server`]: the worker threads, each accepting on the shared listener; [`direct`]: each
 //!   connection's head is read there, streams are answered on the socket itself and the rest
 //!   goes to actix-web; [`headers`]: the request headers both layers read; [`scheduling`]:
 //!   how the kernel schedules the workers.
-//! - [`api`]: the `/api/v1` handlers; [`assets`]: the embedded script and demo page.
+//! - [`api`]: the `/api/v1` handlers of readers; [`owner`]: what the owner and index pages
+//!   read (history, counts, top, badge via [`badge`], [`metrics`], imports);
+//!   [`assets`]: the embedded script and demo page.
 //! - [`slug`], [`reader_id`]: input validated once at the edge; [`slug_list`]: which posts
 //!   exist; [`origin`], [`client_ip`], [`limits`]: who may count, and how much.
 //! - [`registry`]: slug → [`post::Post`] actor, woken on the first reader, asleep when idle.
@@ -19,9 +21,11 @@
 //!   (live readers, total, dedupe) are [`post_state`], free of actors so they can be tested.
 //! - [`sse`]: the wire format and the body stream each reader holds; [`shared`]: one stream
 //!   carrying the readers of many tabs, for browsers limited to six connections per origin.
-//! - [`writer`]: the debounced writer thread, flushing deltas to a [`store::Store`].
+//! - [`writer`]: the debounced writer thread, flushing deltas (totals and days) to a
+//!   [`store::Store`]; [`calendar`]: the day a view is counted on, and the clock.
 //! - [`store`]: the `Store` trait and its redb implementation.
-//! - [`export`]: `viewcounter export`, from the file or from the running server.
+//! - [`export`]: `viewcounter export`, from the file or from the running server; [`import`]:
+//!   `viewcounter import`, onto the file or through the server, of what [`import_file`] reads.
 //! - [`error`]: the one error type of the HTTP layer, answered as JSON; [`memory`]: giving
 //!   freed memory back after a wave of readers.
 

@@ -346,6 +346,8 @@ struct State {
     policy: FlushPolicy,
     /// Which day a view is counted on, and the time.
     calendar: Calendar,
+    /// The last (unix minute, day) looked up, see [`State::day_of`].
+    last_day: Option<(u64, u32)>,
     metrics: Arc<Metrics>,
     pending: HashMap<Slug, Pending>,
     /// Stored totals of the posts loaded most recently: what loads answer while the file
@@ -380,6 +382,7 @@ impl State {
             store,
             policy,
             calendar,
+            last_day: None,
             metrics,
             pending: HashMap::new(),
             known: Known::default(),
@@ -476,7 +479,7 @@ impl State {
 
     fn add(&mut self, slug: Slug, reader: ReaderId, at: u64) {
         let now = Instant::now();
-        let day = self.calendar.day_of(at).key();
+        let day = self.day_of(at);
         if let Some(p) = self.pending.get_mut(&slug) {
             p.delta += 1;
             match p.days.last_mut() {
@@ -507,6 +510,21 @@ impl State {
         // (earlier or equal) deadlines, so the wake-up stays a lower bound.
         let due = now + self.policy.after;
         self.wake = Some(self.wake.map_or(due, |w| w.min(due)));
+    }
+
+    /// The day (`YYYYMMDD`) of a view counted at `at`, remembered per minute: every time zone's
+    /// offset is whole minutes, so a day never changes within one, and a burst of views costs
+    /// one time-zone lookup a minute rather than one each.
+    fn day_of(&mut self, at: u64) -> u32 {
+        let minute = at / 60;
+        match self.last_day {
+            Some((m, day)) if m == minute => day,
+            _ => {
+                let day = self.calendar.day_of(at).key();
+                self.last_day = Some((minute, day));
+                day
+            }
+        }
     }
 
     fn load(&mut self, slug: &Slug, admission: Admission) -> Result<Loaded, StoreError> {
