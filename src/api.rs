@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use actix_web::http::header::{self, ContentType, HeaderMap};
+use actix_web::http::header::{self, ContentType};
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::{Stream, StreamExt};
 use subtle::ConstantTimeEq;
@@ -56,13 +56,13 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
 }
 
-/// What opening a stream reads from its request, whichever layer parsed the head.
-pub struct StreamRequest<'a, H: ?Sized> {
-    pub peer: Option<IpAddr>,
-    /// The path segment naming the post (or the shared stream), as sent.
+/// What opening a stream reads from its request (parsed by [`crate::direct`]).
+pub struct StreamRequest<'a> {
+    pub peer: IpAddr,
+    /// The path segment naming the post (or the shared stream), percent-escapes decoded.
     pub name: &'a str,
     pub query: &'a str,
-    pub headers: &'a H,
+    pub headers: &'a [httparse::Header<'a>],
 }
 
 /// User-Agents of the common browsers and one crawler: what the bot matcher sees most.
@@ -99,6 +99,12 @@ impl AppState {
             // Every browser sends a User-Agent; a request without one is a script.
             _ => true,
         }
+    }
+
+    /// Counts a refusal for `/metrics` (actix-web's answers are counted by a middleware).
+    pub fn count_refusal(&self, e: &ApiError) {
+        let reason = crate::metrics::Refusal { reason: e.reason() };
+        self.metrics.refusals.get_or_create(&reason).inc();
     }
 
     fn refuse_when_stopping(&self) -> Result<(), ApiError> {
@@ -145,12 +151,12 @@ impl AppState {
 
     /// A reader's stream of one post: admitted, counted, and its body ready to send. The
     /// origin is checked by the caller.
-    pub async fn open_reader<H: Headers + ?Sized>(
+    pub async fn open_reader(
         &self,
-        req: StreamRequest<'_, H>,
+        req: StreamRequest<'_>,
     ) -> Result<impl Stream<Item = Result<web::Bytes, Infallible>> + 'static, ApiError> {
         self.origins.check_fetch(req.headers)?;
-        let client = self.client_key(req.peer, req.headers);
+        let client = self.client_key(Some(req.peer), req.headers);
         let (slug, admission) = self.post(req.name, client)?;
         let showing = showing(req.query, req.headers)?;
         self.refuse_when_stopping()?;
@@ -170,16 +176,13 @@ impl AppState {
 
     /// A shared stream (see [`crate::shared`]); readers join it by POST. The origin is
     /// checked by the caller.
-    pub fn open_shared<H: Headers + ?Sized>(
-        &self,
-        req: StreamRequest<'_, H>,
-    ) -> Result<SharedStream, ApiError> {
+    pub fn open_shared(&self, req: StreamRequest<'_>) -> Result<SharedStream, ApiError> {
         self.origins.check_fetch(req.headers)?;
         let sid = ReaderId::parse(req.name)?;
         self.refuse_when_stopping()?;
         let permit = self
             .limits
-            .acquire(self.client_key(req.peer, req.headers))?;
+            .acquire(self.client_key(Some(req.peer), req.headers))?;
         Ok(self.shared.open(
             sid,
             self.signals.subscribe(),
@@ -189,21 +192,11 @@ impl AppState {
     }
 }
 
-/// The parts of an actix-web request a stream reads.
-fn stream_request<'a>(req: &'a HttpRequest, name: &'a str) -> StreamRequest<'a, HeaderMap> {
-    StreamRequest {
-        peer: req.peer_addr().map(|a| a.ip()),
-        name,
-        query: req.query_string(),
-        headers: req.headers(),
-    }
-}
-
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/connect/{slug:.*}", web::get().to(connect))
-        .route("/leave/{slug:.*}", web::post().to(leave))
+    // The stream routes (`GET /connect/{slug}`, `GET /shared/{sid}`) are served by
+    // `crate::direct`, before actix-web.
+    cfg.route("/leave/{slug:.*}", web::post().to(leave))
         .route("/count/{slug:.*}", web::get().to(count))
-        .route("/shared/{sid}", web::get().to(shared_open))
         .route("/shared/{sid}/join/{slug:.*}", web::post().to(shared_join))
         .route(
             "/shared/{sid}/leave/{slug:.*}",
@@ -226,24 +219,6 @@ fn showing(query: &str, headers: &(impl Headers + ?Sized)) -> Result<Showing, Ap
             .unwrap_or_else(ReaderId::generate),
     };
     Ok(Showing { id, show })
-}
-
-async fn connect(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    state.origins.check(&req)?;
-    let name = req.match_info().get("slug").unwrap_or_default();
-    let body = state.open_reader(stream_request(&req, name)).await?;
-    Ok(event_stream(body))
-}
-
-/// The response head every event stream shares: no caching, no proxy buffering.
-fn event_stream(
-    body: impl futures_util::Stream<Item = Result<web::Bytes, std::convert::Infallible>> + 'static,
-) -> HttpResponse {
-    HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(body)
 }
 
 /// A beacon body: a reader id and page show, at most `MAX_BEACON_BYTES` (413 beyond, 400 if
@@ -280,7 +255,7 @@ async fn beacon(
     payload: web::Payload,
     state: &AppState,
 ) -> Result<(Slug, Admission, Showing), ApiError> {
-    state.origins.check(req)?;
+    state.origins.check(req.headers())?;
     let client = request_client(req, state);
     let (slug, admission) = state.post(req.match_info().get("slug").unwrap_or_default(), client)?;
     let showing = read_showing(req, payload).await?;
@@ -304,16 +279,6 @@ async fn leave(
         },
     );
     Ok(HttpResponse::NoContent().finish())
-}
-
-/// `GET /shared/{sid}`: one stream for the readers of many tabs (see [`crate::shared`]).
-async fn shared_open(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    state.origins.check(&req)?;
-    let name = req.match_info().get("sid").unwrap_or_default();
-    Ok(event_stream(state.open_shared(stream_request(&req, name))?))
 }
 
 /// `POST /shared/{sid}/join/{slug}`: attaches a reader to a shared stream; this is its view.
@@ -373,7 +338,7 @@ fn shared_handle(req: &HttpRequest, state: &AppState) -> Result<Handle, ApiError
 }
 
 async fn count(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    state.origins.check(&req)?;
+    state.origins.check(req.headers())?;
     let client = request_client(&req, &state);
     let (slug, _) = state.post(req.match_info().get("slug").unwrap_or_default(), client)?;
     let counts = state.registry.counts(&slug).await?;

@@ -1,11 +1,12 @@
-//! Event streams served straight on the socket.
+//! Event streams, served straight on the socket: the one front door of the two stream routes.
 //!
 //! Every connection a worker of [`crate::server`] accepts has its request head read here
-//! first. A plain `GET` of a reader's stream or a shared stream that is admitted is answered
-//! directly: from then on the connection holds only its socket and the stream's state.
-//! Everything else (other requests, refusals, preflights, anything unusual) goes to actix-web
-//! together with the bytes already read, so every answer but the stream itself still comes
-//! from one place.
+//! first. A `GET` of `/api/v1/connect/{slug}` or `/api/v1/shared/{sid}` is this module's, end
+//! to end: it is admitted once (origin, fetch, limits, counting: [`AppState::open_reader`],
+//! [`AppState::open_shared`]) and answered here, the stream on success and the JSON refusal
+//! ([`ApiError::http1_answer`]) otherwise. From then on the connection holds only its socket
+//! and the stream's state. Everything else (beacons, counts, preflights, anything that is
+//! not HTTP) goes to actix-web with the bytes already read.
 //!
 //! Why: actix-http keeps, for the whole life of a connection, two 8 KiB buffers, the parsed
 //! request and its dispatcher. A stream lives for minutes and sends a few dozen bytes now and
@@ -27,12 +28,20 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::api::{AppState, StreamRequest};
+use crate::error::ApiError;
 use crate::headers::Headers;
 
-/// Heads longer than this are unusual for a stream request: actix-web reads them.
-const MAX_HEAD: usize = 4096;
-/// Headers beyond this many: actix-web again.
-const MAX_HEADERS: usize = 48;
+/// What a head's buffer starts with; a browser's stream request fits.
+const HEAD_BUFFER: usize = 4096;
+/// Heads longer than this are refused, as actix-web refuses them.
+const MAX_HEAD: usize = 128 * 1024;
+/// Headers parsed without allocating...
+const USUAL_HEADERS: usize = 48;
+/// ...and at most (actix-web's limit too).
+const MAX_HEADERS: usize = 96;
+/// The two routes this module serves.
+const CONNECT: &str = "/api/v1/connect/";
+const SHARED: &str = "/api/v1/shared/";
 /// A client sends nothing after a request without a body; this much more from it (a flood on
 /// a held stream) closes the connection.
 pub const MAX_CLIENT_BYTES_AFTER_HEAD: usize = 1024;
@@ -52,7 +61,7 @@ pub async fn serve<S>(
 ) where
     S: Service<Handed>,
 {
-    let mut head = BytesMut::with_capacity(MAX_HEAD);
+    let mut head = BytesMut::with_capacity(HEAD_BUFFER);
     // A peer that never finishes its head is dropped, as actix-web would.
     let Ok(read) = tokio::time::timeout(head_timeout, read_head(&io, &mut head)).await else {
         return;
@@ -64,12 +73,19 @@ pub async fn serve<S>(
         Read::Complete(len) => {
             // Boxed: the admission's futures are large and short-lived; the stream that
             // follows should not carry their size for its whole life.
-            let admitted = Box::pin(admit(state, peer, &head[..len])).await;
-            if let Some((response, body)) = admitted {
-                drop(head);
-                let _gauge = Gauge::count(&state.direct_streams);
-                stream(io, response, body).await;
-                return;
+            match Box::pin(answer(state, peer, &head[..len])).await {
+                Answer::Stream(response, body) => {
+                    drop(head);
+                    let _gauge = Gauge::count(&state.direct_streams);
+                    stream(io, response, body).await;
+                    return;
+                }
+                Answer::Refused(answer) => {
+                    drop(head);
+                    refuse(io, &answer).await;
+                    return;
+                }
+                Answer::NotAStream => {}
             }
             allowance = is_bodyless(&head[..len])
                 .then(|| MAX_CLIENT_BYTES_AFTER_HEAD.saturating_sub(head.len() - len));
@@ -82,7 +98,7 @@ pub async fn serve<S>(
 enum Read {
     /// A whole head of this many bytes (body bytes may follow in the buffer).
     Complete(usize),
-    /// Too long to be a stream request, or not HTTP at all.
+    /// Longer than any head actix-web takes, or not HTTP at all: actix-web refuses it.
     Unusual,
     /// Closed or failed before a head arrived.
     Gone,
@@ -93,73 +109,138 @@ async fn read_head(io: &TcpStream, buf: &mut BytesMut) -> Read {
         if io.readable().await.is_err() {
             return Read::Gone;
         }
-        let scanned = buf.len().saturating_sub(3);
+        if buf.len() == buf.capacity() {
+            buf.reserve(buf.len());
+        }
         match io.try_read_buf(buf) {
             Ok(0) => return Read::Gone,
-            Ok(_) => {
-                if let Some(at) = find_end(&buf[scanned..]) {
-                    return Read::Complete(scanned + at);
-                }
-                if buf.len() >= MAX_HEAD {
-                    return Read::Unusual;
-                }
-            }
+            Ok(_) => match head_length(buf) {
+                Some(Ok(len)) => return Read::Complete(len),
+                Some(Err(())) => return Read::Unusual,
+                None if buf.len() >= MAX_HEAD => return Read::Unusual,
+                None => {}
+            },
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => return Read::Gone,
         }
     }
 }
 
-/// Where the blank line ending a head ends.
-fn find_end(bytes: &[u8]) -> Option<usize> {
-    bytes
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i + 4)
+/// The length of the request head at the start of `bytes`: `None` while it is incomplete,
+/// `Err` when it is not a request head httparse (and so actix-web) would take.
+fn head_length(bytes: &[u8]) -> Option<Result<usize, ()>> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::Request::new(&mut headers).parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => Some(Ok(len)),
+        Ok(httparse::Status::Partial) => None,
+        Err(_) => Some(Err(())),
+    }
 }
 
-/// The response head and body for a stream request this module should answer, or `None`
-/// when actix-web should (including every refusal, so errors are answered in one place).
-async fn admit(state: &AppState, peer: SocketAddr, head: &[u8]) -> Option<(BytesMut, Body)> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) || req.method != Some("GET") {
-        return None;
+/// What the head asks of this module.
+enum Answer {
+    /// An admitted stream: its response head and body.
+    Stream(BytesMut, Body),
+    /// A stream request refused: the whole answer.
+    Refused(Bytes),
+    /// Not a stream request: actix-web's.
+    NotAStream,
+}
+
+/// Parses the head (a second time with room for more headers when it has many) and answers
+/// it if it asks for one of the two stream routes.
+async fn answer(state: &AppState, peer: SocketAddr, head: &[u8]) -> Answer {
+    let mut usual = [httparse::EMPTY_HEADER; USUAL_HEADERS];
+    let mut req = httparse::Request::new(&mut usual);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => admit(state, peer, &req).await,
+        Err(httparse::Error::TooManyHeaders) => {
+            let mut many = vec![httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut req = httparse::Request::new(&mut many);
+            match req.parse(head) {
+                Ok(httparse::Status::Complete(_)) => admit(state, peer, &req).await,
+                _ => Answer::NotAStream,
+            }
+        }
+        _ => Answer::NotAStream,
     }
-    let target = req.path?;
+}
+
+/// Admits a stream request, or answers why not; [`Answer::NotAStream`] for other routes.
+async fn admit(state: &AppState, peer: SocketAddr, req: &httparse::Request<'_, '_>) -> Answer {
+    let (Some("GET"), Some(target)) = (req.method, req.path) else {
+        return Answer::NotAStream;
+    };
+    let (raw_path, query) = target.split_once('?').unwrap_or((target, ""));
+    // Percent-escapes decoded as actix-web's router decodes them (`%2F`, `%25`, `%2B` stay).
+    let decoded = raw_path
+        .contains('%')
+        .then(|| actix_router::Quoter::new(b"", b"%/+").requote(raw_path.as_bytes()))
+        .flatten()
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
+    let path = decoded.as_deref().unwrap_or(raw_path);
+    let (route, name) = if let Some(slug) = path.strip_prefix(CONNECT) {
+        (Route::Connect, slug)
+    } else if let Some(sid) = path.strip_prefix(SHARED).filter(|sid| !sid.contains('/')) {
+        (Route::Shared, sid)
+    } else {
+        return Answer::NotAStream;
+    };
     let headers = &*req.headers;
-    if !is_plain(headers) {
-        return None;
-    }
-    // Only listed origins here; a same-origin check needs what actix-web knows of the host.
     let origin = headers.value("origin");
-    if origin.is_some_and(|o| !state.origins.is_listed(o)) {
-        return None;
+    let allowed = origin.filter(|o| state.origins.is_listed(o));
+    let opened = open(state, peer, route, name, query, headers).await;
+    match opened {
+        Ok(body) => Answer::Stream(response_head(allowed), body),
+        Err(refusal) => {
+            state.count_refusal(&refusal);
+            Answer::Refused(refusal.http1_answer(allowed))
+        }
     }
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    // Percent-escapes are decoded by actix-web's router; leave such paths to it.
-    if path.contains('%') {
-        return None;
+}
+
+#[derive(Clone, Copy)]
+enum Route {
+    Connect,
+    Shared,
+}
+
+async fn open(
+    state: &AppState,
+    peer: SocketAddr,
+    route: Route,
+    name: &str,
+    query: &str,
+    headers: &[httparse::Header<'_>],
+) -> Result<Body, ApiError> {
+    if !is_plain(headers) {
+        return Err(ApiError::BadRequest(
+            "a stream request has no body and no protocol switch".into(),
+        ));
     }
-    let request = |name| StreamRequest {
-        peer: Some(peer.ip()),
+    state.origins.check(headers)?;
+    let request = StreamRequest {
+        peer: peer.ip(),
         name,
         query,
         headers,
     };
-    let body: Body = if let Some(slug) = path.strip_prefix("/api/v1/connect/") {
-        state.open_reader(request(slug)).await.ok()?.boxed_local()
-    } else if let Some(sid) = path.strip_prefix("/api/v1/shared/") {
-        state.open_shared(request(sid)).ok()?.boxed_local()
-    } else {
-        return None;
-    };
-    Some((response_head(origin), body))
+    Ok(match route {
+        Route::Connect => state.open_reader(request).await?.boxed_local(),
+        Route::Shared => state.open_shared(request)?.boxed_local(),
+    })
+}
+
+/// Writes a refusal and closes the connection.
+async fn refuse(io: TcpStream, answer: &[u8]) {
+    if write_all(&io, answer).await.is_ok() {
+        let _ = socket2::SockRef::from(&io).shutdown(std::net::Shutdown::Write);
+    }
 }
 
 /// A head whose request has no body (and no protocol switch): nothing may follow it.
 fn is_bodyless(head: &[u8]) -> bool {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut headers = [httparse::EMPTY_HEADER; USUAL_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     matches!(req.parse(head), Ok(httparse::Status::Complete(_))) && is_plain(req.headers)
 }
@@ -363,10 +444,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_end_of_a_head_is_found_wherever_it_falls() {
-        assert_eq!(find_end(b"GET / HTTP/1.1\r\n\r\n"), Some(18));
-        assert_eq!(find_end(b"GET / HTTP/1.1\r\n\r"), None);
-        assert_eq!(find_end(b"\r\n\r\nrest"), Some(4));
+    fn the_length_of_a_head_is_known_once_it_is_complete() {
+        assert_eq!(head_length(b"GET / HTTP/1.1\r\n\r\n"), Some(Ok(18)));
+        assert_eq!(head_length(b"GET / HTTP/1.1\r\n\r"), None);
+        assert_eq!(
+            head_length(b"GET / HTTP/1.1\r\nA: b\r\n\r\nrest"),
+            Some(Ok(24))
+        );
+        assert_eq!(head_length(b"\x16\x03\x01 a TLS hello"), Some(Err(())));
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! The one error type of the HTTP layer: every refusal is JSON `{"error": "..."}` with its status.
 
+use std::fmt::Write as _;
 use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
 
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpResponse, ResponseError};
@@ -137,6 +140,45 @@ impl ResponseError for ApiError {
         }
         res.insert_header((header::CACHE_CONTROL, "no-store"))
             .json(serde_json::json!({ "error": self.to_string() }))
+    }
+}
+
+impl ApiError {
+    /// The whole HTTP/1.1 answer, for the direct layer ([`crate::direct`]), which writes it on
+    /// the socket and closes: the status, headers and JSON body actix-web sends for the same
+    /// refusal (with the CORS headers of a listed `origin`).
+    pub fn http1_answer(&self, origin: Option<&[u8]>) -> Bytes {
+        if let Self::Internal(cause) = self {
+            tracing::error!(%cause, "request failed");
+        }
+        let status = self.status_code();
+        let body = serde_json::json!({ "error": self.to_string() }).to_string();
+        let mut out = BytesMut::with_capacity(320 + body.len());
+        let reason = status.canonical_reason().unwrap_or("");
+        let _ = write!(
+            out,
+            "HTTP/1.1 {} {reason}\r\ncontent-length: {}\r\nconnection: close\r\n",
+            status.as_u16(),
+            body.len()
+        );
+        if let Some(after) = self.retry_after() {
+            let _ = write!(out, "retry-after: {}\r\n", after.as_secs().max(1));
+        }
+        out.extend_from_slice(
+            b"content-type: application/json\r\ncache-control: no-store\r\n\
+              vary: Origin, Access-Control-Request-Method, Access-Control-Request-Headers\r\n",
+        );
+        if let Some(origin) = origin {
+            out.extend_from_slice(b"access-control-allow-origin: ");
+            out.extend_from_slice(origin);
+            out.extend_from_slice(b"\r\n");
+        }
+        let _ = write!(
+            out,
+            "date: {}\r\n\r\n{body}",
+            httpdate::fmt_http_date(std::time::SystemTime::now())
+        );
+        out.freeze()
     }
 }
 

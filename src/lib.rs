@@ -8,8 +8,8 @@
 //! - [`startup`]: [`Application::build`] binds and wires everything once;
 //!   [`Application::run_until`] serves until told to stop, then drains and flushes.
 //! - [`server`]: the worker threads, each accepting on the shared listener; [`direct`]: each
-//!   connection's head is read there, streams are answered on the socket itself and the rest
-//!   goes to actix-web; [`headers`]: the request headers both layers read; [`scheduling`]:
+//!   connection's head is read there, the stream routes are admitted and answered (or
+//!   refused) on the socket itself, the rest goes to actix-web; [`headers`]: the request headers both layers read; [`scheduling`]:
 //!   how the kernel schedules the workers.
 //! - [`api`]: the `/api/v1` handlers of readers; [`owner`]: what the owner and index pages
 //!   read (history, counts, top, badge via [`badge`], [`metrics`], imports);

@@ -246,7 +246,10 @@ mod tests {
             .output()
             .expect("run the test alone");
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success() && stdout.contains("1 passed"), "{stdout}");
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}"
+        );
     }
 
     #[test]

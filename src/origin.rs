@@ -5,9 +5,6 @@
 
 use std::collections::HashSet;
 
-use actix_web::HttpRequest;
-use actix_web::http::header;
-
 use crate::error::ApiError;
 use crate::headers::Headers;
 
@@ -67,11 +64,12 @@ impl OriginPolicy {
         Ok(())
     }
 
-    pub fn check(&self, req: &HttpRequest) -> Result<(), ApiError> {
-        let Some(origin) = req.headers().get(header::ORIGIN) else {
+    /// No `Origin`, a listed one, or the server's own (same-origin pages).
+    pub fn check(&self, headers: &(impl Headers + ?Sized)) -> Result<(), ApiError> {
+        let Some(origin) = headers.value("origin") else {
             return Ok(());
         };
-        if self.is_listed(origin.as_bytes()) || is_same_origin(req, origin.as_bytes()) {
+        if self.is_listed(origin) || own_origin(headers).as_bytes().eq_ignore_ascii_case(origin) {
             Ok(())
         } else {
             Err(ApiError::OriginNotAllowed)
@@ -79,11 +77,38 @@ impl OriginPolicy {
     }
 }
 
-/// Browsers send `Origin` on every POST, same-origin beacons included.
-fn is_same_origin(req: &HttpRequest, origin: &[u8]) -> bool {
-    let info = req.connection_info();
-    let own = format!("{}://{}", info.scheme(), info.host());
-    own.as_bytes().eq_ignore_ascii_case(origin)
+/// `scheme://host` of the server as the request names it, read as actix-web's
+/// `ConnectionInfo` reads it (so both layers agree): `Forwarded: proto=…;host=…`, else
+/// `X-Forwarded-Proto` / `X-Forwarded-Host`, else `http` and the `Host` header.
+fn own_origin(headers: &(impl Headers + ?Sized)) -> String {
+    let (mut scheme, mut host) = (None, None);
+    for pair in headers
+        .values("forwarded")
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        .flat_map(|v| v.split([';', ',']))
+    {
+        let Some((name, value)) = pair.trim().split_once('=') else {
+            continue;
+        };
+        let value = value.trim().trim_matches('"');
+        match name.trim().to_ascii_lowercase().as_str() {
+            "proto" => scheme = scheme.or(Some(value)),
+            "host" => host = host.or(Some(value)),
+            _ => {}
+        }
+    }
+    let first = |name| {
+        let value = std::str::from_utf8(headers.value(name)?).ok()?;
+        value.split(',').next().map(str::trim)
+    };
+    let scheme = scheme
+        .or_else(|| first("x-forwarded-proto"))
+        .unwrap_or("http");
+    let host = host
+        .or_else(|| first("x-forwarded-host"))
+        .or_else(|| headers.text("host"))
+        .unwrap_or_default();
+    format!("{scheme}://{host}")
 }
 
 #[cfg(test)]
@@ -120,5 +145,28 @@ mod tests {
             h("Origin", "https://blog.example")
         ]));
         assert!(pass(&[h("Sec-Fetch-Site", "none")]));
+    }
+
+    #[test]
+    fn the_servers_own_origin_is_read_as_actix_web_reads_it() {
+        let policy = OriginPolicy::default();
+        let same = |headers: &[httparse::Header<'_>]| policy.check(headers).is_ok();
+        let host = h("Host", "counter.example:8080");
+        assert!(same(&[host, h("Origin", "http://counter.example:8080")]));
+        assert!(same(&[host, h("Origin", "HTTP://Counter.Example:8080")]));
+        assert!(!same(&[host, h("Origin", "https://counter.example:8080")]));
+        assert!(same(&[
+            host,
+            h("X-Forwarded-Proto", "https, http"),
+            h("X-Forwarded-Host", "blog.example"),
+            h("Origin", "https://blog.example")
+        ]));
+        assert!(same(&[
+            host,
+            h("Forwarded", "for=1.2.3.4;proto=https;host=\"blog.example\""),
+            h("X-Forwarded-Proto", "http"),
+            h("Origin", "https://blog.example")
+        ]));
+        assert!(same(&[h("Host", "a")]), "no Origin at all");
     }
 }

@@ -162,7 +162,7 @@ struct SlugCounts {
 /// `GET /counts?slug=A&slug=B…`: the numbers of many posts for an index page; counts nothing,
 /// wakes nothing, omits posts it does not know.
 async fn counts(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    state.origins.check(&req)?;
+    state.origins.check(req.headers())?;
     let slugs = slugs_param(&query(&req))?;
     let known: Vec<Slug> = slugs.into_iter().filter(|s| is_listed(&state, s)).collect();
     let counts = state.registry.counts_of(&known).await?;
@@ -206,7 +206,7 @@ async fn top(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespons
     if matches!(state.slugs, SlugPolicy::Any { .. }) {
         authorize_admin(&req, &state)?;
     } else {
-        state.origins.check(&req)?;
+        state.origins.check(req.headers())?;
     }
     let pairs = query(&req);
     let by = match param(&pairs, "by").unwrap_or("total") {
@@ -449,10 +449,6 @@ pub fn count_refusal(state: &AppState, res: &actix_web::dev::ServiceResponse) {
         .error()
         .and_then(|e| e.as_error::<ApiError>())
     {
-        state
-            .metrics
-            .refusals
-            .get_or_create(&crate::metrics::Refusal { reason: e.reason() })
-            .inc();
+        state.count_refusal(e);
     }
 }

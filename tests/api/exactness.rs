@@ -859,35 +859,65 @@ async fn a_malformed_show_number_is_refused_with_400_and_changes_nothing() {
 // Streams take the lean direct path.
 
 #[actix_web::test]
-async fn a_plain_stream_is_answered_by_the_direct_layer_and_a_same_origin_one_by_actix_web() {
+async fn every_stream_is_answered_by_the_direct_layer_whatever_its_head() {
     let app = spawn_app().await;
     assert_eq!(app.stat("direct_streams").await, 0);
-
-    let same_origin = app
-        .join_as(
-            "alpha",
+    let many_headers = (0..60).fold(Req::connect("alpha", &token()), |req, i| {
+        req.header(&format!("X-Extra-{i}"), "1")
+    });
+    let heads = [
+        ("plain", Req::connect("alpha", &token())),
+        (
+            "same-origin",
             Req::connect("alpha", &token()).origin(&app.origin()),
-        )
-        .await;
-    assert_eq!(app.stat("streams").await, 1);
-    assert_eq!(app.stat("direct_streams").await, 0, "a same-origin stream");
-
-    let plain = app.join_as("alpha", Req::connect("alpha", &token())).await;
-    assert_eq!(plain.first, counts(2, 2));
-    assert_eq!(app.stat("streams").await, 2);
-    await_value("direct streams", 1, PROPAGATION, || {
-        app.stat("direct_streams")
-    })
-    .await;
-    // Delimited by the connection's close, not chunked.
-    assert_eq!(plain.stream.header("transfer-encoding"), None);
-    assert_eq!(plain.stream.header("connection"), Some("close"));
-
-    plain.stream.close();
+        ),
+        ("60 headers", many_headers),
+        (
+            "a 8 KiB cookie",
+            Req::connect("alpha", &token()).header("Cookie", "c".repeat(8192)),
+        ),
+        (
+            "a percent-escaped slug",
+            Req::get(format!("/api/v1/connect/%61lpha?view={}", token())),
+        ),
+    ];
+    let mut held = Vec::new();
+    for (i, (what, req)) in heads.into_iter().enumerate() {
+        let reader = app.join_as("alpha", req).await;
+        let n = i as u64 + 1;
+        assert_eq!(reader.first, counts(n, n), "{what}");
+        // Delimited by the connection's close, not chunked as actix-web would.
+        assert_eq!(reader.stream.header("transfer-encoding"), None, "{what}");
+        assert_eq!(reader.stream.header("connection"), Some("close"), "{what}");
+        assert_eq!(app.stat("direct_streams").await, n, "{what}");
+        held.push(reader);
+    }
+    for reader in held {
+        reader.stream.close();
+    }
     await_value("direct streams", 0, LIVE_DROP, || {
         app.stat("direct_streams")
     })
     .await;
-    assert_eq!(app.stat("streams").await, 1);
-    drop(same_origin);
+}
+
+#[actix_web::test]
+async fn a_stream_refused_by_the_direct_layer_is_the_json_error_actix_web_would_send() {
+    let app = spawn_app_with(&["--allow-origin", "https://blog.example"]).await;
+    let refused = app
+        .send(Req::connect("no-such-post", &token()).origin("https://blog.example"))
+        .await;
+    refused.assert_json_error(404);
+    assert_eq!(refused.header("connection"), Some("close"));
+    assert_eq!(refused.header("cache-control"), Some("no-store"));
+    assert_eq!(
+        refused.header("access-control-allow-origin"),
+        Some("https://blog.example")
+    );
+    let busy = spawn_app_with(&["--max-streams", "1"]).await;
+    let _one = busy.join("alpha").await;
+    let full = busy.send(Req::connect("alpha", &token())).await;
+    full.assert_json_error(503);
+    assert!(full.header("retry-after").is_some(), "{full:?}");
+    assert_eq!(busy.stat("direct_streams").await, 1);
 }
