@@ -108,7 +108,7 @@ impl AppState {
     }
 
     fn refuse_when_stopping(&self) -> Result<(), ApiError> {
-        if *self.signals.shutdown.borrow() {
+        if self.signals.shutdown.is_started() {
             Err(ApiError::ShuttingDown)
         } else {
             Ok(())

@@ -53,6 +53,7 @@ pub mod registry;
 pub mod scheduling;
 pub mod server;
 pub mod shared;
+pub mod shutdown;
 pub mod slug;
 pub mod slug_list;
 pub mod sse;

@@ -12,11 +12,11 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::shutdown::Shutdown;
 use actix_rt::{Arbiter, ArbiterHandle};
 use actix_service::{Service, ServiceFactory};
 use actix_web::web;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::api::AppState;
@@ -32,7 +32,6 @@ const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 /// Running workers; [`Server::stop`] drains and ends them.
 pub struct Server {
     workers: Vec<Arbiter>,
-    stop: watch::Sender<bool>,
     connections: TaskTracker,
 }
 
@@ -47,14 +46,15 @@ pub struct Settings {
 impl Server {
     /// Starts `settings.workers` threads accepting on `listener`. `fallback` builds, on each
     /// worker, the actix-web service for everything that is not a stream.
+    /// Workers stop accepting when `shutdown` fires.
     pub fn start<F: ServiceFactory<Handed, Config = (), InitError = ()> + 'static>(
         listener: std::net::TcpListener,
         state: web::Data<AppState>,
         settings: Settings,
+        shutdown: Shutdown,
         fallback: impl Fn() -> F + Send + Clone + 'static,
     ) -> io::Result<Self> {
         listener.set_nonblocking(true)?;
-        let (stop, stopped) = watch::channel(false);
         let connections = TaskTracker::new();
         let warned = Arc::new(Mutex::new(None));
         let mut workers = Vec::with_capacity(settings.workers);
@@ -64,7 +64,7 @@ impl Server {
             let job = Job {
                 state: state.clone(),
                 head_timeout: settings.head_timeout,
-                stopped: stopped.clone(),
+                shutdown: shutdown.clone(),
                 connections: connections.clone(),
                 warned: Arc::clone(&warned),
             };
@@ -79,7 +79,6 @@ impl Server {
         }
         Ok(Self {
             workers,
-            stop,
             connections,
         })
     }
@@ -89,10 +88,9 @@ impl Server {
         self.workers.iter().map(Arbiter::handle).collect()
     }
 
-    /// Stops accepting, gives open connections `grace` to finish (streams were told to go
-    /// before this), then ends the workers and whatever they still serve.
+    /// Once the shutdown signal fired: gives open connections `grace` to finish, then ends
+    /// the workers and whatever they still serve.
     pub async fn stop(self, grace: Duration) {
-        self.stop.send_replace(true);
         self.connections.close();
         if tokio::time::timeout(grace, self.connections.wait())
             .await
@@ -118,7 +116,8 @@ impl Drop for Server {
 struct Job {
     state: web::Data<AppState>,
     head_timeout: Duration,
-    stopped: watch::Receiver<bool>,
+    /// Accepting stops when it fires.
+    shutdown: Shutdown,
     connections: TaskTracker,
     /// When a failure to accept was last logged, by any worker.
     warned: Arc<Mutex<Option<Instant>>>,
@@ -140,7 +139,7 @@ impl Job {
         loop {
             let accepted = tokio::select! {
                 biased;
-                _ = self.stopped.wait_for(|stop| *stop) => return,
+                () = self.shutdown.started() => return,
                 accepted = listener.accept() => accepted,
             };
             match accepted {

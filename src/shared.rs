@@ -190,7 +190,7 @@ impl SharedStreams {
             commands: rx,
             members: Vec::new(),
             heartbeat: WatchStream::from_changes(signals.heartbeat),
-            shutdown: WatchStream::from_changes(signals.shutdown),
+            shutdown: signals.shutdown.into_stream(),
             next: 0,
             _permit: permit,
         }
@@ -289,10 +289,13 @@ impl Stream for SharedStream {
         if this.registration.is_none() {
             return Poll::Ready(None);
         }
-        if let Poll::Ready(Some(true)) = this.shutdown.poll_next_unpin(cx) {
-            // Ends after this event; members depart with the stream.
-            this.registration = None;
-            return Poll::Ready(Some(Ok(sse::shutdown_event())));
+        // Polled until pending, so the stream is woken when the signal fires.
+        while let Poll::Ready(Some(fired)) = this.shutdown.poll_next_unpin(cx) {
+            if fired {
+                // Ends after this event; members depart with the stream.
+                this.registration = None;
+                return Poll::Ready(Some(Ok(sse::shutdown_event())));
+            }
         }
         while let Poll::Ready(Some(command)) = this.commands.poll_recv(cx) {
             this.apply(command);

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use crate::limits::StreamPermit;
 use crate::post::{Counts, Departure};
 use crate::reader_id::ReaderId;
+use crate::shutdown::Shutdown;
 use crate::slug::Slug;
 
 /// Browsers wait this long before reconnecting a dropped stream.
@@ -90,7 +91,7 @@ pub fn shutdown_event() -> Bytes {
 /// The signals every stream listens to besides its post.
 pub struct Signals {
     pub heartbeat: watch::Receiver<()>,
-    pub shutdown: watch::Receiver<bool>,
+    pub shutdown: Shutdown,
 }
 
 impl Signals {
@@ -137,7 +138,7 @@ pub fn reader_stream(
         }
         tokio::select! {
             biased;
-            Ok(()) = st.signals.shutdown.changed() => Some((Ok(shutdown_event()), None)),
+            () = st.signals.shutdown.started() => Some((Ok(shutdown_event()), None)),
             Ok(()) = st.updates.changed() => {
                 let event = st.updates.borrow_and_update().plain.clone();
                 Some((Ok(event), Some(st)))

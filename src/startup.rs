@@ -30,6 +30,7 @@ use crate::origin::OriginPolicy;
 use crate::owner;
 use crate::registry::Registry;
 use crate::server::{Server, Settings};
+use crate::shutdown::Trigger;
 use crate::slug_list::{POLL_INTERVAL, SlugList, SlugPolicy};
 use crate::sse::Signals;
 use crate::store::{RedbStore, StoreError};
@@ -73,7 +74,7 @@ pub struct Application {
     server: Server,
     addr: SocketAddr,
     state: web::Data<AppState>,
-    shutdown: watch::Sender<bool>,
+    shutdown: Trigger,
     heartbeat: watch::Sender<()>,
     heartbeat_every: Duration,
     /// Registered at build time, so a SIGHUP right after start reloads instead of killing.
@@ -111,7 +112,7 @@ impl Application {
             calendar.clone(),
             Arc::clone(&metrics),
         )?;
-        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (shutdown, shutdown_rx) = Trigger::new();
         let (heartbeat, heartbeat_rx) = watch::channel(());
         let state = web::Data::new(AppState {
             registry: Registry::new(
@@ -175,7 +176,7 @@ impl Application {
         let background = spawn_background(&state, &server, heartbeat, heartbeat_every, hangup);
         stop.await;
         tracing::info!("shutting down: closing streams, then writing totals");
-        shutdown.send_replace(true);
+        shutdown.fire();
         server.stop(SHUTDOWN_GRACE).await;
         for task in background {
             task.abort();
@@ -253,13 +254,12 @@ fn http_server(
             // Idle keep-alive connections close at once on shutdown instead of holding it up.
             .graceful_shutdown_signal(move || {
                 let mut stopping = stopping.clone();
-                async move {
-                    let _ = stopping.wait_for(|stop| *stop).await;
-                }
+                async move { stopping.started().await }
             })
             .h1(map_config(app, |_| AppConfig::default()))
     };
-    Server::start(listener, state, settings, fallback)
+    let shutdown = state.signals.shutdown.clone();
+    Server::start(listener, state, settings, shutdown, fallback)
 }
 
 fn default_workers() -> usize {

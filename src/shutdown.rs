@@ -1,0 +1,43 @@
+//! The one shutdown signal. Fired once (SIGTERM or SIGINT, or a test's stop) by
+//! [`crate::Application::run_until`]; every part that must react holds a [`Shutdown`]: the
+//! accept loops stop accepting, streams end with a `retry:` hint, actix-web closes its idle
+//! connections, and admission refuses new streams.
+
+use tokio::sync::watch;
+use tokio_stream::wrappers::WatchStream;
+
+/// Fires the signal; dropping it fires it too (whoever could stop the server is gone).
+pub struct Trigger(watch::Sender<bool>);
+
+/// A view of the signal; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+impl Trigger {
+    pub fn new() -> (Self, Shutdown) {
+        let (tx, rx) = watch::channel(false);
+        (Self(tx), Shutdown(rx))
+    }
+
+    pub fn fire(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+impl Shutdown {
+    /// True once the signal fired.
+    pub fn is_started(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Completes once the signal fired (at once if it already has).
+    pub async fn started(&mut self) {
+        // An error means the trigger is gone: nobody is left to keep the server up.
+        let _ = self.0.wait_for(|fired| *fired).await;
+    }
+
+    /// The signal as a stream that yields `true` when it fires, for hand-written `Stream`s.
+    pub fn into_stream(self) -> WatchStream<bool> {
+        WatchStream::new(self.0)
+    }
+}
