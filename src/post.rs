@@ -10,13 +10,15 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::watch;
 
+use crate::calendar::Clock;
 use crate::limits::ViewCharge;
+use crate::metrics::Metrics;
 pub use crate::post_state::Counts;
 use crate::post_state::PostState;
 use crate::reader_id::{Presence, ReaderId};
-use crate::registry::Registry;
 use crate::slug::Slug;
 use crate::sse::Update;
+use crate::writer::Writer;
 
 /// Readers get at most one update per this interval; the newest state wins.
 pub const MIN_BROADCAST_INTERVAL: Duration = Duration::from_millis(250);
@@ -95,9 +97,23 @@ pub struct Imported {
 #[rtype(result = "Result<Counts, Asleep>")]
 pub struct GetCounts;
 
+/// What every post needs from outside, shared by all of them: where counted views go, the
+/// time, the metrics, and whom to tell that a post goes to sleep.
+pub struct PostContext {
+    pub writer: Writer,
+    pub clock: Clock,
+    pub metrics: Arc<Metrics>,
+    pub dedupe_window: Duration,
+    /// Called by a post going to sleep, so the next reader wakes a fresh actor.
+    pub asleep: Box<AsleepReport>,
+}
+
+/// How a post going to sleep says so (slug, its own address).
+pub type AsleepReport = dyn Fn(&Slug, &Addr<Post>) + Send + Sync;
+
 pub struct Post {
     slug: Slug,
-    registry: Arc<Registry>,
+    context: Arc<PostContext>,
     state: PostState,
     updates: watch::Sender<Update>,
     last_broadcast: Option<Instant>,
@@ -107,12 +123,12 @@ pub struct Post {
 }
 
 impl Post {
-    pub fn new(slug: Slug, total: u64, registry: Arc<Registry>, dedupe_window: Duration) -> Self {
-        let state = PostState::new(total, dedupe_window);
+    pub fn new(slug: Slug, total: u64, context: Arc<PostContext>) -> Self {
+        let state = PostState::new(total, context.dedupe_window);
         Self {
             updates: watch::Sender::new(Update::new(&slug, state.counts())),
             slug,
-            registry,
+            context,
             state,
             last_broadcast: None,
             broadcast_pending: false,
@@ -124,7 +140,7 @@ impl Post {
     /// Seeds the dedupe memory with reader ids counted before a restart: (id, unix seconds).
     pub fn remembering(mut self, mut seen: Vec<(String, u64)>) -> Self {
         seen.sort_by_key(|&(_, at)| at);
-        let (now, unix) = (Instant::now(), self.registry.clock().now_unix());
+        let (now, unix) = (Instant::now(), self.context.clock.now_unix());
         for (id, at) in seen {
             let Ok(id) = ReaderId::parse(&id) else {
                 continue;
@@ -161,7 +177,7 @@ impl Post {
     fn live_moved(&self, before: u64) {
         let delta = self.state.counts().live as i64 - before as i64;
         if delta != 0 {
-            self.registry.metrics().readers_live.inc_by(delta);
+            self.context.metrics.readers_live.inc_by(delta);
         }
     }
 
@@ -197,9 +213,9 @@ impl Post {
 
     fn sleep(&mut self, ctx: &mut Context<Self>) {
         self.sleeping = true;
-        self.registry.forget(&self.slug, &ctx.address());
+        (self.context.asleep)(&self.slug, &ctx.address());
         // A post woken but never viewed (a bot, a refused view) gives its --max-slugs place back.
-        self.registry.writer().release(&self.slug);
+        self.context.writer.release(&self.slug);
         ctx.stop();
     }
 }
@@ -227,7 +243,7 @@ impl Handler<Join> for Post {
             join.is_reader,
             Instant::now(),
         );
-        let metrics = self.registry.metrics();
+        let metrics = &self.context.metrics;
         match () {
             () if !join.is_reader => metrics.views_from_bots.inc(),
             () if joined.counted => metrics.views_counted.inc(),
@@ -236,8 +252,8 @@ impl Handler<Join> for Post {
         };
         self.live_moved(live_before);
         if joined.counted {
-            let at = self.registry.clock().now_unix();
-            self.registry.writer().add_view(&self.slug, join.id, at);
+            let at = self.context.clock.now_unix();
+            self.context.writer.add_view(&self.slug, join.id, at);
         }
         if joined.changed {
             self.changed(ctx);

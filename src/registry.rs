@@ -5,7 +5,7 @@
 //! registry again, which wakes a fresh actor with the total the writer holds.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -15,18 +15,15 @@ use crate::calendar::Clock;
 use crate::error::ApiError;
 use crate::memory::Reclaimer;
 use crate::metrics::Metrics;
-use crate::post::{Counts, GetCounts, Imported, Join, Joined, Leave, Post};
+use crate::post::{Counts, GetCounts, Imported, Join, Joined, Leave, Post, PostContext};
 use crate::slug::Slug;
 use crate::writer::{Admission, Loaded, Writer};
 
 pub struct Registry {
     posts: Mutex<HashMap<Slug, Addr<Post>>>,
-    writer: Writer,
-    dedupe_window: Duration,
+    /// What the posts it wakes are given.
+    context: Arc<PostContext>,
     reclaimer: Reclaimer,
-    /// The time posts date counted views by.
-    clock: Clock,
-    metrics: Arc<Metrics>,
 }
 
 impl Registry {
@@ -36,26 +33,29 @@ impl Registry {
         clock: Clock,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
-        Arc::new(Self {
-            posts: Mutex::new(HashMap::new()),
-            writer,
-            dedupe_window,
-            reclaimer: Reclaimer::default(),
-            clock,
-            metrics,
+        Arc::new_cyclic(|registry: &Weak<Self>| {
+            let registry = registry.clone();
+            let asleep = move |slug: &Slug, addr: &Addr<Post>| {
+                if let Some(registry) = registry.upgrade() {
+                    registry.forget(slug, addr);
+                }
+            };
+            Self {
+                posts: Mutex::new(HashMap::new()),
+                context: Arc::new(PostContext {
+                    writer,
+                    clock,
+                    metrics,
+                    dedupe_window,
+                    asleep: Box::new(asleep),
+                }),
+                reclaimer: Reclaimer::default(),
+            }
         })
     }
 
     pub fn writer(&self) -> &Writer {
-        &self.writer
-    }
-
-    pub fn clock(&self) -> &Clock {
-        &self.clock
-    }
-
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
+        &self.context.writer
     }
 
     /// The numbers of many posts at once, waking none: awake posts are asked, the others'
@@ -71,7 +71,7 @@ impl Registry {
         }))
         .await;
         let totals = self
-            .writer
+            .writer()
             .totals_of(slugs.to_vec())
             .await
             .map_err(ApiError::storage)?;
@@ -137,7 +137,7 @@ impl Registry {
         {
             return Ok(counts);
         }
-        match self.writer.load(slug, Admission::ReadOnly).await {
+        match self.writer().load(slug, Admission::ReadOnly).await {
             Ok(Loaded::Post { total, .. }) => Ok(Counts { live: 0, total }),
             Ok(Loaded::Refused | Loaded::RateLimited { .. }) => Ok(Counts::default()),
             Err(e) => Err(ApiError::storage(e)),
@@ -174,7 +174,7 @@ impl Registry {
     /// `workers` are the threads posts live on.
     pub async fn reclaim_if_worthwhile(&self, streams_fallen: usize, workers: &[ArbiterHandle]) {
         self.reclaimer
-            .reclaim_if_worthwhile(streams_fallen, workers, &self.writer)
+            .reclaim_if_worthwhile(streams_fallen, workers, self.writer())
             .await;
     }
 
@@ -190,7 +190,7 @@ impl Registry {
         if let Some(addr) = self.lookup(slug) {
             return Ok(addr);
         }
-        let (total, seen) = match self.writer.load(slug, admission).await {
+        let (total, seen) = match self.writer().load(slug, admission).await {
             Ok(Loaded::Post { total, seen }) => (total, seen),
             Ok(Loaded::Refused) => return Err(ApiError::SlugCapReached),
             Ok(Loaded::RateLimited { retry_after }) => {
@@ -203,7 +203,7 @@ impl Registry {
         if let Some(addr) = posts.get(slug) {
             return Ok(addr.clone());
         }
-        let post = Post::new(slug.clone(), total, Arc::clone(self), self.dedupe_window);
+        let post = Post::new(slug.clone(), total, Arc::clone(&self.context));
         let addr = post.remembering(seen).start();
         posts.insert(slug.clone(), addr.clone());
         Ok(addr)
