@@ -19,13 +19,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = actix_web::rt::System::new().block_on(async move {
         match cli.command {
-            Some(Command::Export(args)) => viewcounter::export::export(&args)
+            Some(Command::Export(args)) => viewcounter::cli::export::export(&args)
                 .await
                 .map(|out| {
                     print!("{out}");
                 })
                 .map_err(|e| e.to_string()),
-            Some(Command::Import(args)) => viewcounter::import::import(&args)
+            Some(Command::Import(args)) => viewcounter::cli::import::import(&args)
                 .await
                 .map(|out| {
                     print!("{out}");

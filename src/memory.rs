@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use actix_rt::ArbiterHandle;
 use tokio::sync::oneshot;
 
-use crate::writer::Writer;
+use crate::storage::writer::Writer;
 
 /// Posts gone to sleep and streams closed since the last trim before another one is worth
 /// its cost (a post and a stream each freed a few KB).

@@ -1,5 +1,5 @@
 //! Building and running the server: open the store, start the writer and the shared state
-//! once, then the workers of [`crate::server`] on a listener; stop by draining streams and
+//! once, then the workers of [`crate::http::server`] on a listener; stop by draining streams and
 //! flushing totals.
 
 use std::future::Future;
@@ -18,23 +18,23 @@ use actix_web::{App, web};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 
-use crate::api::{self, AppState};
-use crate::assets;
-use crate::calendar::Calendar;
 use crate::cli::ServeArgs;
-use crate::client_ip::TrustedProxies;
-use crate::error::json_error;
-use crate::limits::{NewPostRate, StreamLimits, ViewRate, raise_fd_limit};
+use crate::edge::client_ip::TrustedProxies;
+use crate::edge::limits::{NewPostRate, StreamLimits, ViewRate, raise_fd_limit};
+use crate::edge::origin::OriginPolicy;
+use crate::edge::slug_list::{POLL_INTERVAL, SlugList, SlugPolicy};
+use crate::http::api::{self, AppState};
+use crate::http::assets;
+use crate::http::error::json_error;
+use crate::http::owner;
+use crate::http::server::{Server, Settings};
+use crate::http::sse::Signals;
 use crate::metrics::Metrics;
-use crate::origin::OriginPolicy;
-use crate::owner;
-use crate::registry::Registry;
-use crate::server::{Server, Settings};
+use crate::posts::registry::Registry;
 use crate::shutdown::Trigger;
-use crate::slug_list::{POLL_INTERVAL, SlugList, SlugPolicy};
-use crate::sse::Signals;
-use crate::store::{RedbStore, StoreError};
-use crate::writer::{FlushPolicy, Writer};
+use crate::storage::calendar::Calendar;
+use crate::storage::store::{RedbStore, StoreError};
+use crate::storage::writer::{FlushPolicy, Writer};
 
 /// How long in-flight requests get to finish once streams were told to go.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);

@@ -26,7 +26,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 use libfuzzer_sys::fuzz_target;
-use viewcounter::client_ip::TrustedProxies;
+use viewcounter::edge::client_ip::TrustedProxies;
 
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {

@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use viewcounter::reader_id::{MAX_LEN, MIN_LEN, ReaderId, Showing};
+use viewcounter::edge::reader_id::{MAX_LEN, MIN_LEN, ReaderId, Showing};
 
 fn is_id(raw: &str) -> bool {
     let mut n = 0usize;

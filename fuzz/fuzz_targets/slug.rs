@@ -11,7 +11,7 @@ use std::cmp::Ordering;
 use std::hash::BuildHasher;
 
 use libfuzzer_sys::fuzz_target;
-use viewcounter::slug::{MAX_SLUG_LEN, Slug, SlugError};
+use viewcounter::edge::slug::{MAX_SLUG_LEN, Slug, SlugError};
 
 /// Which of the rules a string breaks, computed without `split` or the library's code.
 #[derive(Debug, Default)]

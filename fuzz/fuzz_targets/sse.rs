@@ -9,9 +9,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use serde::Deserialize;
-use viewcounter::post::Counts;
-use viewcounter::reader_id::ReaderId;
-use viewcounter::sse::{RETRY_MS, counts_event, first_event};
+use viewcounter::posts::post::Counts;
+use viewcounter::edge::reader_id::ReaderId;
+use viewcounter::http::sse::{RETRY_MS, counts_event, first_event};
 
 #[derive(Debug, Default, Clone, PartialEq)]
 struct Event {

@@ -575,7 +575,10 @@ fn a_database_of_a_newer_schema() -> (tempfile::TempDir, PathBuf) {
     a_redb_file("newer.redb", |txn| {
         txn.open_table(TableDefinition::<&str, u64>::new("meta"))
             .unwrap()
-            .insert("schema_version", viewcounter::store::SCHEMA_VERSION + 1)
+            .insert(
+                "schema_version",
+                viewcounter::storage::store::SCHEMA_VERSION + 1,
+            )
             .unwrap();
         txn.open_table(TableDefinition::<&str, u64>::new("totals"))
             .unwrap()
@@ -607,7 +610,10 @@ async fn a_database_of_a_newer_schema_stops_the_server_at_startup_naming_the_fil
         .open_table(TableDefinition::<&str, u64>::new("meta"))
         .unwrap();
     let version = meta.get("schema_version").unwrap().map(|v| v.value());
-    assert_eq!(version, Some(viewcounter::store::SCHEMA_VERSION + 1));
+    assert_eq!(
+        version,
+        Some(viewcounter::storage::store::SCHEMA_VERSION + 1)
+    );
     let totals = txn
         .open_table(TableDefinition::<&str, u64>::new("totals"))
         .unwrap();

@@ -19,9 +19,9 @@ use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use viewcounter::Application;
-pub use viewcounter::calendar::Clock;
 use viewcounter::cli::ServeArgs;
 use viewcounter::startup::StartError;
+pub use viewcounter::storage::calendar::Clock;
 
 /// A browser's User-Agent: counted. (curl's, or none at all, is served but not counted.)
 pub const BROWSER_UA: &str = "Mozilla/5.0 (X11; Linux x86_64) viewcounter-tests";

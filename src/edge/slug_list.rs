@@ -6,14 +6,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
-use crate::limits::{ClientKey, NewPostCharge, NewPostRate};
-use crate::slug::Slug;
-use crate::writer::Admission;
+use crate::edge::limits::{ClientKey, NewPostCharge, NewPostRate};
+use crate::edge::slug::Slug;
+use crate::storage::writer::Admission;
 
 /// How often the file's modification time is looked at.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Used when the allow-list file does not exist, so a fresh binary serves its demo.
-pub const EMBEDDED_DEMO_SLUGS: &str = include_str!("../data/slugs.txt");
+pub const EMBEDDED_DEMO_SLUGS: &str = include_str!("../../data/slugs.txt");
 
 pub enum SlugPolicy {
     Listed(Arc<SlugList>),
@@ -63,17 +63,6 @@ impl SlugList {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .contains(slug)
-    }
-
-    pub fn len(&self) -> usize {
-        self.slugs
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Reads the file again; a missing file means the embedded demo list.

@@ -5,8 +5,8 @@
 
 use std::collections::HashSet;
 
-use crate::error::ApiError;
-use crate::headers::Headers;
+use crate::edge::headers::Headers;
+use crate::http::error::ApiError;
 
 #[derive(Debug, Clone, Default)]
 pub struct OriginPolicy {

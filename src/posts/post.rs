@@ -10,15 +10,15 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::watch;
 
-use crate::calendar::Clock;
-use crate::limits::ViewCharge;
+use crate::edge::limits::ViewCharge;
+use crate::edge::reader_id::{Presence, ReaderId};
+use crate::edge::slug::Slug;
+use crate::http::sse::Update;
 use crate::metrics::Metrics;
-pub use crate::post_state::Counts;
-use crate::post_state::PostState;
-use crate::reader_id::{Presence, ReaderId};
-use crate::slug::Slug;
-use crate::sse::Update;
-use crate::writer::Writer;
+pub use crate::posts::post_state::Counts;
+use crate::posts::post_state::PostState;
+use crate::storage::calendar::Clock;
+use crate::storage::writer::Writer;
 
 /// Readers get at most one update per this interval; the newest state wins.
 pub const MIN_BROADCAST_INTERVAL: Duration = Duration::from_millis(250);

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// What a refused client is told to wait before trying again.
 pub const PER_IP_RETRY_AFTER: Duration = Duration::from_secs(10);

@@ -12,7 +12,7 @@ use jiff::Timestamp;
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
 
-use crate::slug::Slug;
+use crate::edge::slug::Slug;
 
 /// Most bad rows listed in one error: a file bad on every row would otherwise print megabytes.
 pub const MAX_REPORTED: usize = 100;

@@ -11,7 +11,7 @@
 //! A member's place is a [`Seat`], taken before its post is asked and given back when the seat
 //! is dropped, wherever that happens: a join request aborted halfway, a leave, the stream
 //! ending. A shared stream counts as max(1, members) readers of its client: its connection
-//! holds the first place, each further member one more ([`crate::limits::ReaderSlot`]).
+//! holds the first place, each further member one more ([`crate::edge::limits::ReaderSlot`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
@@ -25,12 +25,12 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::WatchStream;
 
-use crate::error::ApiError;
-use crate::limits::{ClientKey, ReaderSlot, StreamLimits, StreamPermit};
-use crate::post::Departure;
-use crate::reader_id::{Presence, ReaderId};
-use crate::slug::Slug;
-use crate::sse::{self, Signals, Update};
+use crate::edge::limits::{ClientKey, ReaderSlot, StreamLimits, StreamPermit};
+use crate::edge::reader_id::{Presence, ReaderId};
+use crate::edge::slug::Slug;
+use crate::http::error::ApiError;
+use crate::http::sse::{self, Signals, Update};
+use crate::posts::post::Departure;
 
 /// Readers one shared stream may carry: more tabs than anyone keeps open, few enough that one
 /// client cannot pose as a crowd.
@@ -70,12 +70,6 @@ pub struct Seat {
     seats: SharedSeats,
     slug: Slug,
     presence: Presence,
-}
-
-impl Seat {
-    pub fn slug(&self) -> &Slug {
-        &self.slug
-    }
 }
 
 impl Drop for Seat {

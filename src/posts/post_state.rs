@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::reader_id::{Presence, ReaderKey};
+use crate::edge::reader_id::{Presence, ReaderKey};
 
 /// What every reader of a post sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -205,7 +205,7 @@ impl PostState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reader_id::ReaderId;
+    use crate::edge::reader_id::ReaderId;
     use proptest::prelude::*;
 
     const WINDOW: Duration = Duration::from_secs(1800);

@@ -8,15 +8,15 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 
-use crate::api::{AppState, authorize_admin};
-use crate::badge::{self, Label};
-use crate::calendar::Day;
-use crate::error::ApiError;
-use crate::import_file::{self, ImportFormat, ParseOptions};
-use crate::post::Counts;
-use crate::slug::Slug;
-use crate::slug_list::SlugPolicy;
-use crate::writer::{ImportMode, ImportPlan};
+use crate::cli::import_file::{self, ImportFormat, ParseOptions};
+use crate::edge::slug::Slug;
+use crate::edge::slug_list::SlugPolicy;
+use crate::http::api::{AppState, authorize_admin};
+use crate::http::badge::{self, Label};
+use crate::http::error::ApiError;
+use crate::posts::post::Counts;
+use crate::storage::calendar::Day;
+use crate::storage::writer::{ImportMode, ImportPlan};
 
 /// Posts one `counts` or `watch` request may name.
 pub const MAX_SLUGS_PER_REQUEST: usize = 100;
@@ -411,7 +411,7 @@ async fn import(
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     #[serde(flatten)]
-    pub report: crate::writer::ImportReport,
+    pub report: crate::storage::writer::ImportReport,
     pub skipped: usize,
 }
 

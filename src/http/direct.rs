@@ -1,6 +1,6 @@
 //! Event streams, served straight on the socket: the one front door of the two stream routes.
 //!
-//! Every connection a worker of [`crate::server`] accepts has its request head read here
+//! Every connection a worker of [`crate::http::server`] accepts has its request head read here
 //! first. A `GET` of `/api/v1/connect/{slug}` or `/api/v1/shared/{sid}` is this module's, end
 //! to end: it is admitted once (origin, fetch, limits, counting: [`AppState::open_reader`],
 //! [`AppState::open_shared`]) and answered here, the stream on success and the JSON refusal
@@ -27,9 +27,9 @@ use futures_util::stream::LocalBoxStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::api::{AppState, StreamRequest};
-use crate::error::ApiError;
-use crate::headers::Headers;
+use crate::edge::headers::Headers;
+use crate::http::api::{AppState, StreamRequest};
+use crate::http::error::ApiError;
 
 /// What a head's buffer starts with; a browser's stream request fits.
 const HEAD_BUFFER: usize = 4096;

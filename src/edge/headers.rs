@@ -1,5 +1,5 @@
 //! Request headers as the handlers read them, whichever layer parsed the head: actix-web for
-//! most requests, or [`crate::direct`] for event streams served straight on the socket.
+//! most requests, or [`crate::http::direct`] for event streams served straight on the socket.
 
 use actix_web::http::header::HeaderMap;
 

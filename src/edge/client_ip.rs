@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::headers::Headers;
+use crate::edge::headers::Headers;
 
 #[derive(Debug, Clone)]
 pub struct TrustedProxies(Vec<IpNet>);

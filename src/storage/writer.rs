@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::calendar::{Calendar, Day};
-use crate::limits::NewPostCharge;
+use crate::edge::limits::NewPostCharge;
+use crate::edge::reader_id::ReaderId;
+use crate::edge::slug::Slug;
 use crate::memory::CachedBlocks;
 use crate::metrics::Metrics;
-use crate::reader_id::ReaderId;
-use crate::slug::Slug;
-use crate::store::{DayViews, Seen, Store, StoreError};
+use crate::storage::calendar::{Calendar, Day};
+use crate::storage::store::{DayViews, Seen, Store, StoreError};
 
 /// How long a failing flush waits before it is tried again, at the least.
 const MIN_RETRY: Duration = Duration::from_secs(1);

@@ -6,8 +6,8 @@ use std::sync::OnceLock;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse};
 
-pub const COUNTER_JS: &str = include_str!("../web/counter.js");
-pub const INDEX_HTML: &str = include_str!("../web/index.html");
+pub const COUNTER_JS: &str = include_str!("../../web/counter.js");
+pub const INDEX_HTML: &str = include_str!("../../web/index.html");
 
 /// Browsers may keep the script this long before they revalidate it with its ETag.
 const SCRIPT_MAX_AGE_SECS: u32 = 3600;

@@ -8,8 +8,8 @@ use bytes::{Bytes, BytesMut};
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpResponse, ResponseError};
 
-use crate::reader_id::ReaderIdError;
-use crate::slug::SlugError;
+use crate::edge::reader_id::ReaderIdError;
+use crate::edge::slug::SlugError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -58,9 +58,11 @@ pub enum ApiError {
 
 impl ApiError {
     /// A failure of the writer or its store: 503 while the disk is unreadable, 500 otherwise.
-    pub fn storage(e: crate::writer::WriterError) -> Self {
+    pub fn storage(e: crate::storage::writer::WriterError) -> Self {
         match e {
-            crate::writer::WriterError::Store(crate::store::StoreError::Storage(cause)) => {
+            crate::storage::writer::WriterError::Store(
+                crate::storage::store::StoreError::Storage(cause),
+            ) => {
                 tracing::debug!(%cause, "storage unavailable");
                 Self::StorageUnavailable
             }
@@ -144,7 +146,7 @@ impl ResponseError for ApiError {
 }
 
 impl ApiError {
-    /// The whole HTTP/1.1 answer, for the direct layer ([`crate::direct`]), which writes it on
+    /// The whole HTTP/1.1 answer, for the direct layer ([`crate::http::direct`]), which writes it on
     /// the socket and closes: the status, headers and JSON body actix-web sends for the same
     /// refusal (with the CORS headers of a listed `origin`).
     pub fn http1_answer(&self, origin: Option<&[u8]>) -> Bytes {

@@ -1,7 +1,7 @@
 //! The registry: slug → the address of that post's actor, waking posts on demand.
 //!
 //! A post removes itself when it goes to sleep; a message that reaches it in between is
-//! answered [`Asleep`](crate::post::Asleep) (or its mailbox is closed), and the caller asks the
+//! answered [`Asleep`](crate::posts::post::Asleep) (or its mailbox is closed), and the caller asks the
 //! registry again, which wakes a fresh actor with the total the writer holds.
 
 use std::collections::HashMap;
@@ -11,13 +11,13 @@ use std::time::Duration;
 use actix::prelude::*;
 use actix_rt::ArbiterHandle;
 
-use crate::calendar::Clock;
-use crate::error::ApiError;
+use crate::edge::slug::Slug;
+use crate::http::error::ApiError;
 use crate::memory::Reclaimer;
 use crate::metrics::Metrics;
-use crate::post::{Counts, GetCounts, Imported, Join, Joined, Leave, Post, PostContext};
-use crate::slug::Slug;
-use crate::writer::{Admission, Loaded, Writer};
+use crate::posts::post::{Counts, GetCounts, Imported, Join, Joined, Leave, Post, PostContext};
+use crate::storage::calendar::Clock;
+use crate::storage::writer::{Admission, Loaded, Writer};
 
 pub struct Registry {
     posts: Mutex<HashMap<Slug, Addr<Post>>>,

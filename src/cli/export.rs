@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use crate::calendar::Day;
 use crate::cli::{ExportArgs, Format};
-use crate::store::{self, StoreError};
+use crate::storage::calendar::Day;
+use crate::storage::store::{self, StoreError};
 
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -7,11 +7,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::Stream;
 use tokio::sync::watch;
 
-use crate::limits::StreamPermit;
-use crate::post::{Counts, Departure};
-use crate::reader_id::ReaderId;
+use crate::edge::limits::StreamPermit;
+use crate::edge::reader_id::ReaderId;
+use crate::edge::slug::Slug;
+use crate::posts::post::{Counts, Departure};
 use crate::shutdown::Shutdown;
-use crate::slug::Slug;
 
 /// Browsers wait this long before reconnecting a dropped stream.
 pub const RETRY_MS: u32 = 2_000;

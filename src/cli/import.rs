@@ -1,18 +1,18 @@
-//! `viewcounter import FILE`: views brought in from a file ([`crate::import_file`] reads it),
+//! `viewcounter import FILE`: views brought in from a file ([`crate::cli::import_file`] reads it),
 //! written to the db file when no server holds it, or sent to the running server's
 //! `POST /api/v1/import` when one does, so that the server's posts and the file agree.
 
 use std::io::Read;
 use std::time::Duration;
 
-use crate::calendar::{Calendar, Clock};
 use crate::cli::ImportArgs;
-use crate::export::{default_url, error_of};
-use crate::import_file::{self, ParseOptions};
+use crate::cli::export::{default_url, error_of};
+use crate::cli::import_file::{self, ParseOptions};
+use crate::http::owner::{MAX_IMPORT_BYTES, Summary, plan_of};
 use crate::metrics::Metrics;
-use crate::owner::{MAX_IMPORT_BYTES, Summary, plan_of};
-use crate::store::{self, RedbStore};
-use crate::writer::{FlushPolicy, ImportReport, Writer};
+use crate::storage::calendar::{Calendar, Clock};
+use crate::storage::store::{self, RedbStore};
+use crate::storage::writer::{FlushPolicy, ImportReport, Writer};
 
 const HTTP_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -87,7 +87,7 @@ fn read_file(args: &ImportArgs) -> Result<String, ImportError> {
 /// Writes through the same writer a server runs, so an import means the same on the file.
 async fn write(
     args: &ImportArgs,
-    plan: crate::writer::ImportPlan,
+    plan: crate::storage::writer::ImportPlan,
 ) -> Result<ImportReport, ImportError> {
     let db = args.db.display().to_string();
     let failed = |reason: String| ImportError::Store {
@@ -119,7 +119,7 @@ async fn send(args: &ImportArgs, text: String) -> Result<Summary, ImportError> {
     let mut query = form_urlencoded::Serializer::new(String::new());
     query.append_pair(
         "mode",
-        if args.mode == crate::writer::ImportMode::Add {
+        if args.mode == crate::storage::writer::ImportMode::Add {
             "add"
         } else {
             "set"

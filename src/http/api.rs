@@ -11,21 +11,21 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::{Stream, StreamExt};
 use subtle::ConstantTimeEq;
 
-use crate::calendar::Calendar;
-use crate::client_ip::TrustedProxies;
-use crate::error::ApiError;
-use crate::headers::Headers;
-use crate::limits::{ClientKey, PER_IP_RETRY_AFTER, StreamLimits, ViewCharge, ViewRate};
+use crate::edge::client_ip::TrustedProxies;
+use crate::edge::headers::Headers;
+use crate::edge::limits::{ClientKey, PER_IP_RETRY_AFTER, StreamLimits, ViewCharge, ViewRate};
+use crate::edge::origin::OriginPolicy;
+use crate::edge::reader_id::{ReaderId, Showing, parse_show};
+use crate::edge::slug::Slug;
+use crate::edge::slug_list::SlugPolicy;
+use crate::http::error::ApiError;
+use crate::http::shared::{Handle, JoinError, Member, SharedStream, SharedStreams};
+use crate::http::sse::{self, Signals};
 use crate::metrics::Metrics;
-use crate::origin::OriginPolicy;
-use crate::post::{Join, Joined, Leave};
-use crate::reader_id::{ReaderId, Showing, parse_show};
-use crate::registry::Registry;
-use crate::shared::{Handle, JoinError, Member, SharedStream, SharedStreams};
-use crate::slug::Slug;
-use crate::slug_list::SlugPolicy;
-use crate::sse::{self, Signals};
-use crate::writer::Admission;
+use crate::posts::post::{Join, Joined, Leave};
+use crate::posts::registry::Registry;
+use crate::storage::calendar::Calendar;
+use crate::storage::writer::Admission;
 
 /// Largest beacon body accepted; a reader id is at most 64 bytes.
 pub const MAX_BEACON_BYTES: usize = 1024;
@@ -48,7 +48,7 @@ pub struct AppState {
     pub shared: Arc<SharedStreams>,
     /// IPv6 clients share one budget per prefix of this many bits (`--ipv6-prefix`).
     pub ipv6_prefix: u8,
-    /// Streams answered on the socket by [`crate::direct`] right now: shows in `/stats` that
+    /// Streams answered on the socket by [`crate::http::direct`] right now: shows in `/stats` that
     /// streams take the lean path.
     pub direct_streams: AtomicUsize,
     /// The days views are counted on (`--timezone`).
@@ -56,7 +56,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
 }
 
-/// What opening a stream reads from its request (parsed by [`crate::direct`]).
+/// What opening a stream reads from its request (parsed by [`crate::http::direct`]).
 pub struct StreamRequest<'a> {
     pub peer: IpAddr,
     /// The path segment naming the post (or the shared stream), percent-escapes decoded.
@@ -174,7 +174,7 @@ impl AppState {
         ))
     }
 
-    /// A shared stream (see [`crate::shared`]); readers join it by POST. The origin is
+    /// A shared stream (see [`crate::http::shared`]); readers join it by POST. The origin is
     /// checked by the caller.
     pub fn open_shared(&self, req: StreamRequest<'_>) -> Result<SharedStream, ApiError> {
         self.origins.check_fetch(req.headers)?;
@@ -194,7 +194,7 @@ impl AppState {
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     // The stream routes (`GET /connect/{slug}`, `GET /shared/{sid}`) are served by
-    // `crate::direct`, before actix-web.
+    // `crate::http::direct`, before actix-web.
     cfg.route("/leave/{slug:.*}", web::post().to(leave))
         .route("/count/{slug:.*}", web::get().to(count))
         .route("/shared/{sid}/join/{slug:.*}", web::post().to(shared_join))

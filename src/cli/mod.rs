@@ -8,7 +8,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
-use crate::scheduling::Scheduling;
+use crate::http::scheduling::Scheduling;
+
+pub mod export;
+pub mod import;
+pub mod import_file;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DB: &str = "data/viewcounter.redb";
@@ -138,7 +142,7 @@ pub struct ServeArgs {
 
     /// The time the server goes by: the system's, unless a test moves it.
     #[arg(skip)]
-    pub clock: crate::calendar::Clock,
+    pub clock: crate::storage::calendar::Clock,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -191,8 +195,8 @@ pub struct ImportArgs {
 
     /// `set`: a post's total (and each day) becomes the file's, never lower than already
     /// counted; `add`: the file's numbers are added.
-    #[arg(long, env = "VIEWCOUNTER_IMPORT_MODE", value_enum, default_value_t = crate::writer::ImportMode::Set)]
-    pub mode: crate::writer::ImportMode,
+    #[arg(long, env = "VIEWCOUNTER_IMPORT_MODE", value_enum, default_value_t = crate::storage::writer::ImportMode::Set)]
+    pub mode: crate::storage::writer::ImportMode,
 
     /// Print what would change, write nothing.
     #[arg(long)]
@@ -204,7 +208,7 @@ pub struct ImportArgs {
 
     /// The file's format; recognised from its content when not given.
     #[arg(long, value_enum)]
-    pub format: Option<crate::import_file::ImportFormat>,
+    pub format: Option<crate::cli::import_file::ImportFormat>,
 
     /// The calendar GoatCounter's timestamps are put on days in (as the server's --timezone).
     #[arg(long, env = "VIEWCOUNTER_TIMEZONE", default_value = "UTC", value_parser = time_zone)]
@@ -245,7 +249,7 @@ impl ServeArgs {
         if matches!(&self.admin_token, Some(t) if t.is_empty()) {
             return Err("--admin-token must not be empty".into());
         }
-        crate::origin::OriginPolicy::new(&self.allow_origins)?;
+        crate::edge::origin::OriginPolicy::new(&self.allow_origins)?;
         Ok(())
     }
 }

@@ -1,0 +1,5 @@
+//! The posts: one actor per post being read, and the registry that wakes them.
+
+pub mod post;
+pub(crate) mod post_state;
+pub(crate) mod registry;
