@@ -108,6 +108,8 @@ fn seen_key(slug: &str, reader: &str) -> String {
 pub struct RedbStore {
     path: PathBuf,
     db: Option<Database>,
+    /// A copy in memory (a dry run): never reopened from, nor written to, the file.
+    in_memory: bool,
     /// The lock that tells `export` a server holds this file (see [`ServerMark`]).
     _mark: Option<ServerMark>,
 }
@@ -171,13 +173,33 @@ impl RedbStore {
         Ok(Self {
             path: path.to_owned(),
             db: Some(db),
+            in_memory: false,
             _mark: ServerMark::take(path),
+        })
+    }
+
+    /// The file's content (or, when there is no file, an empty database) in memory, migrated
+    /// like a file on open: for working out what a change would do without touching the file.
+    pub fn copy_in_memory(path: &Path) -> Result<Self, StoreError> {
+        let db = match Snapshot::read(path) {
+            Ok(snapshot) => snapshot.db,
+            Err(_) if !path.exists() => Database::builder()
+                .create_with_backend(InMemoryBackend::new())
+                .map_err(|e| open_error(path, e))?,
+            Err(e) => return Err(e),
+        };
+        check_schema(&db, path)?;
+        Ok(Self {
+            path: path.to_owned(),
+            db: Some(db),
+            in_memory: true,
+            _mark: None,
         })
     }
 
     /// The open handle, reopening the file after a failure.
     fn db(&mut self) -> Result<&Database, StoreError> {
-        if self.db.is_none() {
+        if self.db.is_none() && !self.in_memory {
             self.db = Some(open_checked(&self.path)?);
             tracing::debug!(path = %self.path.display(), "reopened the database");
         }

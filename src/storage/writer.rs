@@ -123,7 +123,10 @@ impl Writer {
         let rows = store.row_count().unwrap_or(0);
         let now = calendar.clock().now_unix();
         let cutoff = now.saturating_sub(policy.dedupe_window.as_secs());
-        if let Err(e) = store.forget_seen_before(cutoff) {
+        // Nothing is older than the epoch: no sweep, and no write, for a window that long.
+        if cutoff > 0
+            && let Err(e) = store.forget_seen_before(cutoff)
+        {
             tracing::warn!(error = %e, "cannot sweep expired reader ids");
         }
         let state = State::new(store, policy, calendar, metrics, rows, Arc::clone(&inbox));

@@ -15,6 +15,7 @@ mod faults;
 mod heads;
 mod helpers;
 mod leave;
+mod owner;
 mod persistence;
 mod shared;
 mod slugs;
