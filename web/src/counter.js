@@ -1,0 +1,263 @@
+// viewcounter: the live view counter's browser script.
+//
+// This is the readable source. The served file, web/counter.js, is its minified build
+// (`bash web/build.sh`); both are committed. The long reasoning behind each part is in
+// web/README.md, cited below by section ("README: Election" means its bullet "Election.").
+//
+// In short: the tabs of one browser elect a leader over a BroadcastChannel; the leader holds
+// the only stream (GET api/v1/shared/{streamId}), attaches every tab's reader to it with
+// beacons, and relays the stream's events to all tabs, which fill in their own post's numbers.
+(() => {
+  // Run once per document, however many times the tag is inserted (routers re-insert scripts).
+  if (window.__viewcounter) return;
+  const ownTag = document.currentScript || document.querySelector('script[src*="counter.js"]');
+  if (!ownTag) return;
+  // For routers that fire none of the events we listen to (README: "What the script does").
+  window.__viewcounter = { scan };
+
+  // The API sits beside the script: https://host/vc/counter.js talks to https://host/vc/api/v1/.
+  const scriptUrl = ownTag.src;
+
+  // Messages between tabs are arrays, [kind, ...] (README: "Channel messages are arrays").
+  // Every kind but HELLO and DATA is also a question, "is there a leader?", which the leader
+  // answers with HELLO.
+  const HELLO = 'h'; // [HELLO, streamId]: the leader's claim, its answers and its heartbeat
+  const DATA = 'd'; // [DATA, event data]: the leader relays one event of its stream
+  const ASK = 'q'; // [ASK, 0]: a follower whose leader has been quiet asks
+  const JOIN = 'join'; // [JOIN, slug, reader]: attach my reader; also the API's path word
+  const LEAVE = 'leave'; // [LEAVE, slug, reader]: detach it; also the API's path word
+  // The protocol's version is in the channel's name: tabs running a script that speaks
+  // another one stay on their own channel (README: "Older scripts").
+  const CHANNEL_PREFIX = 'viewcounter 2 ';
+
+  // Election timings, each scaled by this tab's rank, drawn once per document in [1, 2):
+  // the lowest rank claims first (README: "Election", "Liveness").
+  const rank = 1 + Math.random();
+  const CLAIM_MS = 200; // a question unanswered for 200–400 ms: this tab leads
+  const LIVENESS_MS = 3000; // 3–6 s after the last HELLO: ask (follower) or say HELLO (leader)
+
+  // Backoff after the stream is closed for good: full jitter (README: "Reconnects").
+  const RETRY_BASE_MS = 1000;
+  const RETRY_MAX_MS = 60000;
+
+  // EventSource.readyState values.
+  const OPEN = 1;
+  const CLOSED = 2;
+
+  // This page.
+  let slug = ''; // the post it counts, from the last scan ('' for none)
+  let pageViewId; // its reader id: new for each new slug, kept across bfcache restores
+  let showing = 0; // how often it has been shown: 1 at load, +1 at each bfcache restore
+  let channel; // to the other tabs; a new one for each showing
+  let electionTimer; // the one election timer: a pending claim, or the liveness timer
+  let claiming = false; // a claim is pending: further questions do not push it back
+  let lastHeardStreamId; // from the last HELLO: another one means a new leader or stream
+
+  // Only while this tab leads.
+  let streamId = ''; // '' while it follows
+  let stream = null; // the EventSource; null while waiting to retry
+  let readers; // reader -> slug: every reader the tabs announced
+  let retryTimer;
+  let failures = 0; // streams closed for good since the last one opened
+
+  // --- Helpers ---
+
+  // An element's data-viewcounter-slug wins over the tag's data-slug (the last tag of this
+  // script that has one). A slug the server would refuse opens nothing: up to 200 of
+  // [A-Za-z0-9_./-], with no empty, "." or ".." path segment.
+  function readSlug() {
+    const element = document.querySelector('[data-viewcounter-slug]');
+    const tag = [...document.scripts].filter(s => s.src === scriptUrl && s.dataset.slug).pop();
+    const found = element ? element.dataset.viewcounterSlug : tag && tag.dataset.slug;
+    return found && /^[\w./-]{1,200}$/.test(found) && !/(^|\/)\.?\.?(\/|$)/.test(found) ? found : '';
+  }
+
+  const apiUrl = (...path) => new URL('api/v1/' + path.join('/'), scriptUrl);
+
+  // POST api/v1/{path} with a text/plain body: no preflight, and nobody reads the answer.
+  const beacon = (body, ...path) => navigator.sendBeacon(apiUrl(...path), body);
+
+  // 16 random bytes, each in base 36: 16–32 of [0-9a-z], as the server wants ids.
+  const randomId = () =>
+    [...crypto.getRandomValues(new Uint8Array(16))].map(byte => byte.toString(36)).join('');
+
+  // The reader is the page view's id and this showing: a late beacon of an earlier showing
+  // (before a bfcache restore) must not end this one (README: "Page showings").
+  const reader = () => pageViewId + ' ' + showing;
+
+  const listen = (types, handler) =>
+    types.split(' ').forEach(type => window.addEventListener(type, handler, true));
+
+  // --- Tab to tab ---
+
+  // To every tab, this one too: a BroadcastChannel does not deliver to its sender, and the
+  // leader handles its own reader like anyone else's.
+  function broadcast(message) {
+    channel.postMessage(message);
+    handle(message);
+  }
+
+  function announce() {
+    if (slug) broadcast([JOIN, slug, reader()]);
+  }
+
+  function armElectionTimer(delayMs, then) {
+    clearTimeout(electionTimer);
+    electionTimer = setTimeout(then, delayMs * rank);
+  }
+
+  function handle([kind, first, second]) {
+    if (kind === HELLO) heardHello(first);
+    else if (kind === DATA) showNumbers(first);
+    else if (!streamId) claimUnlessClaiming(); // a question, and this tab does not lead
+    else if (second) attachOrDetach(kind, first, second); // JOIN or LEAVE, to the leader
+  }
+
+  // Every tab hears each HELLO, its sender too (broadcast).
+  function heardHello(leaderStreamId) {
+    // Two leaders: the one with the greater streamId steps down (README: "Two leaders").
+    if (leaderStreamId < streamId) stopLeading();
+    claiming = false;
+    armElectionTimer(LIVENESS_MS, checkLeader);
+    if (leaderStreamId !== lastHeardStreamId) {
+      lastHeardStreamId = leaderStreamId;
+      announce(); // the new leader or its new stream knows nobody yet
+    }
+  }
+
+  // The liveness timer: the leader's heartbeat, or a follower's question.
+  function checkLeader() {
+    broadcast(streamId ? [HELLO, streamId] : [ASK, 0]);
+  }
+
+  // A question that no HELLO answers in time makes this tab the leader.
+  function claimUnlessClaiming() {
+    if (claiming) return;
+    claiming = true;
+    armElectionTimer(CLAIM_MS, lead);
+  }
+
+  // Fills this page's numbers from one event: {"slug":…,"live":…,"total":…}.
+  function showNumbers(data) {
+    try {
+      const numbers = JSON.parse(data);
+      if (numbers.slug !== slug) return;
+      for (const key of ['live', 'total']) {
+        if (typeof numbers[key] !== 'number') continue;
+        document.querySelectorAll(`[data-viewcounter=${key}]`).forEach(element => {
+          element.textContent = numbers[key].toLocaleString();
+        });
+      }
+    } catch {} // malformed: ignore
+  }
+
+  // --- The leader ---
+
+  function lead() {
+    readers = {};
+    openStream();
+  }
+
+  // A new stream has a new id; its HELLO makes every tab announce its reader again.
+  function openStream() {
+    streamId = randomId();
+    stream = new EventSource(apiUrl('shared', streamId));
+    stream.onopen = () => {
+      failures = 0;
+      // A stream (re)opens with nobody attached.
+      for (const id in readers) beacon(id, 'shared', streamId, JOIN, readers[id]);
+    };
+    stream.onmessage = event => broadcast([DATA, event.data]);
+    // Only a CLOSED stream is ours to retry; while CONNECTING the browser reconnects by itself.
+    stream.onerror = () => {
+      if (stream.readyState !== CLOSED) return;
+      stream = null;
+      const delayMs = Math.random() * Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** failures++);
+      retryTimer = setTimeout(openStream, delayMs);
+    };
+    broadcast([HELLO, streamId]);
+  }
+
+  // A JOIN attaches a reader it did not have yet; a LEAVE always detaches. While the stream is
+  // not open the list is only kept: `onopen` attaches everyone.
+  function attachOrDetach(kind, readerSlug, id) {
+    if (kind === JOIN) {
+      if (readers[id] === readerSlug) return;
+      readers[id] = readerSlug;
+    } else {
+      delete readers[id];
+    }
+    if (stream && stream.readyState === OPEN) beacon(id, 'shared', streamId, kind, readerSlug);
+  }
+
+  // Closing the stream lets every reader on it go (server side).
+  function stopLeading() {
+    clearTimeout(retryTimer);
+    if (stream) stream.close();
+    stream = null;
+    streamId = '';
+  }
+
+  // --- This page's life ---
+
+  // Stops counting this page at once, leader or not, and tells the leader. A leader's LEAVE is
+  // its goodbye: a question nobody answers any more (README: "Leaving").
+  function leave() {
+    if (!slug) return;
+    beacon(reader(), 'leave', slug);
+    broadcast([LEAVE, slug, reader()]);
+  }
+
+  // A new slug is a new page view: leave the old post, join the new one with a new id. The same
+  // slug (a router's swap within one post) keeps the reader attached (README: "Client-side
+  // routers").
+  function scan() {
+    const newSlug = readSlug();
+    if (newSlug === slug) return;
+    leave();
+    slug = newSlug;
+    pageViewId = randomId();
+    announce();
+  }
+
+  // At load and at each bfcache restore. Without BroadcastChannel (Safari before 15.4) the
+  // channel reaches nobody and this tab leads itself (README: "Fallback").
+  function pageShown() {
+    showing++;
+    channel = window.BroadcastChannel
+      ? new BroadcastChannel(CHANNEL_PREFIX + scriptUrl)
+      : new MessageChannel().port1;
+    channel.onmessage = event => {
+      handle(event.data);
+      if (streamId) broadcast([HELLO, streamId]); // the leader answers every message
+    };
+    announce();
+  }
+
+  // A page in the bfcache must hold no channel: a message on it evicts the page
+  // (README: "Back/forward cache"). The slug and id are kept for a restore.
+  function pageHidden() {
+    stopLeading();
+    leave();
+    // Also drops the claim that our own LEAVE just armed.
+    clearTimeout(electionTimer);
+    claiming = false;
+    channel.close();
+  }
+
+  function start() {
+    // A prerendered page has not been seen yet.
+    if (document.prerendering) return listen('prerenderingchange', start);
+    // Capture listeners on window also see Astro's events at document and Turbo's at <html>.
+    listen('pagehide', pageHidden);
+    listen('pageshow', event => event.persisted && pageShown());
+    listen('astro:page-load turbo:load', scan);
+    listen('popstate', () => setTimeout(scan, 50)); // let the router render first
+    pageShown();
+    scan();
+  }
+
+  // After load, so the page's own loading is untouched.
+  if (document.readyState === 'complete') start();
+  else listen('load', start);
+})();
