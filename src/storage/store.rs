@@ -136,11 +136,17 @@ impl ServerMark {
     /// made (a read-only directory), exports read the file instead of asking the server.
     fn take(db: &Path) -> Option<Self> {
         let path = Self::path(db);
+        // Held open read-only: a file open for writing would keep its file system from being
+        // remounted read-only (flock needs no write access).
         let taken = File::options()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
+            .and_then(|created| {
+                drop(created);
+                File::open(&path)
+            })
             .and_then(|file| file.lock().map(|()| Self { _file: file }));
         match taken {
             Ok(mark) => Some(mark),
