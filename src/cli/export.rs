@@ -42,7 +42,7 @@ pub enum ExportError {
 
 /// The rows in `format`, ready to print.
 pub async fn export(args: &ExportArgs) -> Result<String, ExportError> {
-    let offline = store::read_offline(&args.db).and_then(|snapshot| {
+    let offline = store::read_offline(&args.store.db).and_then(|snapshot| {
         if args.daily {
             let rows = snapshot
                 .days()?
@@ -65,8 +65,8 @@ pub async fn export(args: &ExportArgs) -> Result<String, ExportError> {
         Ok(out) => return Ok(out),
         Err(file) => file,
     };
-    let url = args.url.clone().unwrap_or_else(|| default_url(args.listen));
-    let token = args.admin_token.as_deref();
+    let url = args.store.url();
+    let token = args.store.admin_token.as_deref();
     let fetched = if args.daily {
         fetch::<Vec<DayRow>>(&url, "daily", token)
             .await
@@ -76,7 +76,7 @@ pub async fn export(args: &ExportArgs) -> Result<String, ExportError> {
             .await
             .map(|rows| render(&rows, args.format))
     };
-    let path = args.db.display().to_string();
+    let path = args.store.db.display().to_string();
     match fetched {
         Ok(out) => Ok(out),
         Err(server) if matches!(file, StoreError::Locked { .. }) => {
@@ -89,14 +89,6 @@ pub async fn export(args: &ExportArgs) -> Result<String, ExportError> {
             server,
         }),
     }
-}
-
-/// `http://` + the listen address, loopback for an unspecified one.
-pub fn default_url(mut addr: std::net::SocketAddr) -> String {
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    format!("http://{addr}")
 }
 
 async fn fetch<T: serde::de::DeserializeOwned>(

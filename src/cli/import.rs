@@ -6,7 +6,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use crate::cli::ImportArgs;
-use crate::cli::export::{default_url, error_of};
+use crate::cli::export::error_of;
 use crate::cli::import_file::{self, ParseOptions};
 use crate::http::owner::{MAX_IMPORT_BYTES, Summary, plan_of};
 use crate::metrics::Metrics;
@@ -40,7 +40,7 @@ pub enum ImportError {
 /// Imports `args.file`; the summary (and, for a dry run, every change) to print.
 pub async fn import(args: &ImportArgs) -> Result<String, ImportError> {
     let text = read_file(args)?;
-    let summary = if store::is_served(&args.db) {
+    let summary = if store::is_served(&args.store.db) {
         send(args, text).await?
     } else {
         let path = args.file.display().to_string();
@@ -89,16 +89,16 @@ async fn write(
     args: &ImportArgs,
     plan: crate::storage::writer::ImportPlan,
 ) -> Result<ImportReport, ImportError> {
-    let db = args.db.display().to_string();
+    let db = args.store.db.display().to_string();
     let failed = |reason: String| ImportError::Store {
         db: db.clone(),
         reason,
     };
     // A dry run works on a copy: the file is not even created.
     let store = if plan.dry_run {
-        RedbStore::copy_in_memory(&args.db)
+        RedbStore::copy_in_memory(&args.store.db)
     } else {
-        RedbStore::open(&args.db)
+        RedbStore::open(&args.store.db)
     };
     let store = store.map_err(|e| failed(e.to_string()))?;
     let policy = FlushPolicy {
@@ -117,9 +117,9 @@ async fn write(
 
 /// Sends the file as it is to the server, which reads it with its own time zone.
 async fn send(args: &ImportArgs, text: String) -> Result<Summary, ImportError> {
-    let url = args.url.clone().unwrap_or_else(|| default_url(args.listen));
+    let url = args.store.url();
     let failed = |reason: String| ImportError::Server {
-        db: args.db.display().to_string(),
+        db: args.store.db.display().to_string(),
         url: url.clone(),
         reason,
     };
@@ -150,7 +150,7 @@ async fn send(args: &ImportArgs, text: String) -> Result<Summary, ImportError> {
     let mut req = client
         .post(target)
         .content_type("text/plain; charset=utf-8");
-    if let Some(token) = &args.admin_token {
+    if let Some(token) = &args.store.admin_token {
         req = req.bearer_auth(token);
     }
     let mut res = req

@@ -145,13 +145,15 @@ pub struct ServeArgs {
     pub clock: crate::storage::calendar::Clock,
 }
 
+/// Where the owner's commands find the numbers: the db file when no server holds it, else
+/// the running server that does.
 #[derive(Debug, Clone, Args)]
-pub struct ExportArgs {
-    /// The redb file to read when no server holds it.
+pub struct StoreArgs {
+    /// The redb file, used directly when no server holds it.
     #[arg(long, env = "VIEWCOUNTER_DB", default_value = DEFAULT_DB)]
     pub db: PathBuf,
 
-    /// The running server to ask when it holds the file; default: the --listen address.
+    /// The running server to go through when it holds the file; default: the --listen address.
     #[arg(long, env = "VIEWCOUNTER_URL")]
     pub url: Option<String>,
 
@@ -159,9 +161,28 @@ pub struct ExportArgs {
     #[arg(long, env = "VIEWCOUNTER_LISTEN", default_value = DEFAULT_LISTEN, hide = true)]
     pub listen: SocketAddr,
 
-    /// Bearer token for the server's /api/v1/totals.
+    /// Bearer token for the server's admin endpoints (/api/v1/totals, /daily, /import).
     #[arg(long, env = "VIEWCOUNTER_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+}
+
+impl StoreArgs {
+    /// `--url`, or `http://` + the listen address (loopback for an unspecified one).
+    pub fn url(&self) -> String {
+        self.url.clone().unwrap_or_else(|| {
+            let mut addr = self.listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("http://{addr}")
+        })
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
 
     #[arg(long, env = "VIEWCOUNTER_FORMAT", value_enum, default_value_t = Format::Csv)]
     pub format: Format,
@@ -177,21 +198,8 @@ pub struct ImportArgs {
     /// GoatCounter's CSV export; `-` reads standard input.
     pub file: PathBuf,
 
-    /// The redb file to write when no server holds it.
-    #[arg(long, env = "VIEWCOUNTER_DB", default_value = DEFAULT_DB)]
-    pub db: PathBuf,
-
-    /// The running server to send the file to when it holds the db; default: the --listen address.
-    #[arg(long, env = "VIEWCOUNTER_URL")]
-    pub url: Option<String>,
-
-    /// Address the server listens on, used for the default --url.
-    #[arg(long, env = "VIEWCOUNTER_LISTEN", default_value = DEFAULT_LISTEN, hide = true)]
-    pub listen: SocketAddr,
-
-    /// Bearer token for the server's /api/v1/import.
-    #[arg(long, env = "VIEWCOUNTER_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
 
     /// `set`: a post's total (and each day) becomes the file's, never lower than already
     /// counted; `add`: the file's numbers are added.

@@ -231,18 +231,22 @@ async fn read_showing(req: &HttpRequest, payload: web::Payload) -> Result<Showin
     if declared.is_some_and(|len| len > MAX_BEACON_BYTES) {
         return Err(ApiError::BodyTooLarge(MAX_BEACON_BYTES));
     }
-    let body = tokio::time::timeout(BODY_DEADLINE, read_body(payload))
+    let body = tokio::time::timeout(BODY_DEADLINE, read_body(payload, MAX_BEACON_BYTES))
         .await
         .map_err(|_| ApiError::BodyTimeout(BODY_DEADLINE))??;
     Ok(Showing::from_beacon(&body)?)
 }
 
-async fn read_body(mut payload: web::Payload) -> Result<web::BytesMut, ApiError> {
+/// A request body of at most `limit` bytes (413 beyond).
+pub(crate) async fn read_body(
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::BytesMut, ApiError> {
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|_| ApiError::BadBody)?;
-        if body.len() + chunk.len() > MAX_BEACON_BYTES {
-            return Err(ApiError::BodyTooLarge(MAX_BEACON_BYTES));
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::BodyTooLarge(limit));
         }
         body.extend_from_slice(&chunk);
     }

@@ -6,12 +6,11 @@ use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use futures_util::StreamExt;
 
 use crate::cli::import_file::{self, ImportFormat, ParseOptions};
 use crate::edge::slug::Slug;
 use crate::edge::slug_list::SlugPolicy;
-use crate::http::api::{AppState, authorize_admin};
+use crate::http::api::{AppState, authorize_admin, read_body};
 use crate::http::badge::{self, Label};
 use crate::http::error::ApiError;
 use crate::posts::post::Counts;
@@ -377,7 +376,7 @@ async fn import(
 ) -> Result<HttpResponse, ApiError> {
     authorize_admin(&req, &state)?;
     let (mode, dry_run, format, prefix) = import_options(&query(&req))?;
-    let body = tokio::time::timeout(IMPORT_DEADLINE, read_import_body(payload))
+    let body = tokio::time::timeout(IMPORT_DEADLINE, read_body(payload, MAX_IMPORT_BYTES))
         .await
         .map_err(|_| ApiError::BodyTimeout(IMPORT_DEADLINE))??;
     let text = std::str::from_utf8(&body)
@@ -428,18 +427,6 @@ pub fn plan_of(parsed: import_file::Parsed, mode: ImportMode, dry_run: bool) -> 
         mode,
         dry_run,
     }
-}
-
-async fn read_import_body(mut payload: web::Payload) -> Result<web::BytesMut, ApiError> {
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|_| ApiError::BadBody)?;
-        if body.len() + chunk.len() > MAX_IMPORT_BYTES {
-            return Err(ApiError::BodyTooLarge(MAX_IMPORT_BYTES));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 /// Counts every refusal by reason for `/metrics`, whichever handler refused.

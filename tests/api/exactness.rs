@@ -178,12 +178,13 @@ async fn stalled(addr: SocketAddr, head: &str) -> TcpStream {
 // Nothing outlives an aborted request.
 
 #[actix_web::test]
-async fn connects_served_by_actix_web_and_half_closed_after_the_head_leave_no_live_reader() {
+async fn connects_half_closed_right_after_the_head_leave_no_live_reader() {
     let app = spawn_app_with(&["--workers", "1"]).await;
     // The post is awake and read: a join is answered at once, while the client goes.
     let watcher = app.join("alpha").await;
     for _ in 0..20 {
-        // Origin = own origin: actix-web serves it, not the direct layer.
+        // Origin = own origin: before the direct layer owned every stream, actix-web served
+        // these and dropped the handler at the half-close, after the join.
         let req = Req::connect("alpha", &token()).origin(&app.origin());
         send_and_half_close(app.addr, &req.to_bytes(app.addr)).await;
     }
