@@ -21,10 +21,12 @@
 #   CHURN_WORKERS=64     workers in the open → first event → close loop
 #   POSTS                distinct posts read once (100,000 at 15,000 streams, else STREAMS*20/3)
 #   POSTS_SETTLE         seconds to wait for memory to return (120, or 20 for short runs)
+#   COUNTS_POSTS=100     posts named in each GET /api/v1/counts (1 to 100; viewcounter only)
+#   COUNTS_REQUESTS=2000 requests of each kind (counts, and /healthz to compare with)
 #   SOURCES=16           127.0.0.x source addresses the client spreads connections over
 #   NCHAN_WORKERS=auto   nginx worker_processes (see the note written into BENCHMARKS.md)
 #   TARGETS="viewcounter nchan"   which servers to run (one of them alone is fine)
-#   SCENARIOS="hot burst churn posts"
+#   SCENARIOS="hot burst churn posts counts"
 #   REPEAT=1             runs of every scenario (alternating targets); the report keeps
 #                        each target's best run, since interference only lowers figures
 #   OUT=BENCHMARKS.md    where to write the report
@@ -36,7 +38,7 @@ ROOT=$PWD
 # The exact command, for the report: the parameters given explicitly, then the script.
 PARAMS_GIVEN=""
 for v in STREAMS DURATION ROUNDS IDLE_WINDOW BURST_READERS BURST_RATE BURST_WAIT CHURN_WORKERS \
-    POSTS POSTS_SETTLE SOURCES NCHAN_WORKERS TARGETS SCENARIOS REPEAT OUT; do
+    POSTS POSTS_SETTLE COUNTS_POSTS COUNTS_REQUESTS SOURCES NCHAN_WORKERS TARGETS SCENARIOS REPEAT OUT; do
     if [ -n "${!v+x}" ]; then
         PARAMS_GIVEN+="$v=$(printf %q "${!v}") "
     fi
@@ -62,13 +64,17 @@ BURST_WAIT=${BURST_WAIT:-$(( DURATION >= 10 ? 30 : 5 ))}
 CHURN_WORKERS=${CHURN_WORKERS:-64}
 POSTS=${POSTS:-$(( FULL ? 100000 : STREAMS * 20 / 3 ))}
 POSTS_SETTLE=${POSTS_SETTLE:-$(( FULL ? 120 : 20 ))}
+COUNTS_POSTS=${COUNTS_POSTS:-100}
+COUNTS_REQUESTS=${COUNTS_REQUESTS:-2000}
 SOURCES=${SOURCES:-16}
 NCHAN_WORKERS=${NCHAN_WORKERS:-auto}
 TARGETS=${TARGETS:-viewcounter nchan}
-SCENARIOS=${SCENARIOS:-hot burst churn posts}
+SCENARIOS=${SCENARIOS:-hot burst churn posts counts}
 REPEAT=${REPEAT:-1}
 OUT=${OUT:-BENCHMARKS.md}
-PARAMS="REPEAT=$REPEAT STREAMS=$STREAMS DURATION=$DURATION ROUNDS=$ROUNDS IDLE_WINDOW=$IDLE_WINDOW BURST_READERS=$BURST_READERS BURST_RATE=$BURST_RATE BURST_WAIT=$BURST_WAIT CHURN_WORKERS=$CHURN_WORKERS POSTS=$POSTS POSTS_SETTLE=$POSTS_SETTLE SOURCES=$SOURCES NCHAN_WORKERS=$NCHAN_WORKERS"
+# Distinct posts a viewcounter server may hold: the posts scenario's, the counts scenario's.
+MAX_SLUGS=$(( (POSTS > COUNTS_POSTS ? POSTS : COUNTS_POSTS) + 1000 ))
+PARAMS="REPEAT=$REPEAT STREAMS=$STREAMS DURATION=$DURATION ROUNDS=$ROUNDS IDLE_WINDOW=$IDLE_WINDOW BURST_READERS=$BURST_READERS BURST_RATE=$BURST_RATE BURST_WAIT=$BURST_WAIT CHURN_WORKERS=$CHURN_WORKERS POSTS=$POSTS POSTS_SETTLE=$POSTS_SETTLE COUNTS_POSTS=$COUNTS_POSTS COUNTS_REQUESTS=$COUNTS_REQUESTS SOURCES=$SOURCES NCHAN_WORKERS=$NCHAN_WORKERS"
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$CARGO_TARGET_DIR/release
@@ -134,7 +140,7 @@ wait_port() { # port seconds
 start_viewcounter() { # extra serve flags...
     SERVER_DIR=$(mktemp -d "$WORK/viewcounter.XXXX")
     "$BIN/viewcounter" serve --listen 127.0.0.1:0 --db "$SERVER_DIR/viewcounter.redb" \
-        --allow-any-slug --max-slugs $(( POSTS + 1000 )) \
+        --allow-any-slug --max-slugs "$MAX_SLUGS" \
         --ip-stream-limit 0 --ip-view-rate 0 --ip-new-post-rate 0 "$@" \
         >"$SERVER_DIR/stdout" 2>"$SERVER_DIR/stderr" &
     SERVER_PID=$!
@@ -226,6 +232,7 @@ run_scenario() { # scenario label
         --duration "$DURATION" ;;
     posts) run_loadgen "$label" posts "${SUB_POSTS[@]}" --posts "$POSTS" \
         --workers "$CHURN_WORKERS" --settle "$POSTS_SETTLE" ;;
+    counts) run_loadgen "$label" counts --posts "$COUNTS_POSTS" --requests "$COUNTS_REQUESTS" ;;
     *) echo "unknown scenario $scenario" >&2 ;;
     esac
     stop_server
@@ -234,7 +241,9 @@ run_scenario() { # scenario label
 for scenario in $SCENARIOS; do
     for ((rep = 1; rep <= REPEAT; rep++)); do
         for label in $TARGETS; do
-            [ "$scenario" = posts ] && [ "$label" = nchan ] && continue # no counterpart
+            if [ "$label" = nchan ] && { [ "$scenario" = posts ] || [ "$scenario" = counts ]; }; then
+                continue # no counterpart
+            fi
             log "$scenario: $label (run $rep of $REPEAT)"
             run_scenario "$scenario" "$label"
         done
@@ -253,8 +262,8 @@ case $OUT in /*) OUT_PATH=$OUT ;; *) OUT_PATH=$ROOT/$OUT ;; esac
         fi
     )" \
     --note "nchan: nchan_subscriber_first_message 1 (the newest stored message; nchan's 'newest' means 'the next one'), nchan_message_buffer_length 1, nchan_message_timeout 0, nchan_eventsource_ping_interval 15; config: bench/nchan/nginx.conf.template." \
-    --note "viewcounter: serve --allow-any-slug --max-slugs $((POSTS + 1000)) --ip-stream-limit 0 --ip-view-rate 0 --ip-new-post-rate 0, other flags at their defaults (heartbeat 15 s, dedupe window 30 min); for the posts scenario also --dedupe-window 1s, since a post only sleeps once no reader id is left to dedupe." \
+    --note "viewcounter: serve --allow-any-slug --max-slugs $MAX_SLUGS --ip-stream-limit 0 --ip-view-rate 0 --ip-new-post-rate 0, other flags at their defaults (heartbeat 15 s, dedupe window 30 min); for the posts scenario also --dedupe-window 1s, since a post only sleeps once no reader id is left to dedupe." \
     --note "The machine was ${BUSY_AT_START}% busy (all cores, 2 s) just before the first scenario; anything else running on these 2 cores (a compile) lowers both targets' figures, so compare the two columns of one run." \
     --note "Every scenario ran $REPEAT time(s) per target, alternating targets; the tables show each target's best run (lowest RSS, p99, staleness or CPU; highest views/s), since interference from the shared cores only ever lowers figures. All runs: $RESULTS." \
-    --note "Each scenario starts a fresh server; hold, fanout and idle share one set of streams (loadgen hot). The posts scenario has no nchan counterpart."
+    --note "Each scenario starts a fresh server; hold, fanout and idle share one set of streams (loadgen hot). The posts and counts scenarios have no nchan counterpart (nchan has no many-channels read)."
 log "done: $OUT"

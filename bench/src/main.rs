@@ -3,7 +3,7 @@
 //! goes to stderr). `loadgen report` turns those lines into BENCHMARKS.md.
 //!
 //! Layout: `net` (sockets, HTTP, SSE parsing), `procstat` (server RSS/CPU from
-//! /proc), `scenarios` (hold, fanout, idle, churn, burst, posts), `report`.
+//! /proc), `scenarios` (hold, fanout, idle, churn, burst, posts, counts), `report`.
 
 mod net;
 mod procstat;
@@ -141,6 +141,21 @@ enum Command {
         #[arg(long, default_value_t = 120.0)]
         settle: f64,
     },
+    /// viewcounter only: seed P posts with a view each, then time N `GET /api/v1/counts`
+    /// naming all of them against N `GET /healthz`, alternating (`--sub-path` is not used)
+    Counts {
+        #[command(flatten)]
+        t: TargetArgs,
+        /// Posts seeded and named in every counts request (the endpoint takes 1 to 100)
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100))]
+        posts: u64,
+        /// Requests of each kind measured (after a short unrecorded warm-up)
+        #[arg(long, default_value_t = 2000)]
+        requests: usize,
+        /// Slug of post i is this prefix followed by i
+        #[arg(long, default_value = "bench-count-")]
+        slug_prefix: String,
+    },
     /// Print a free TCP port on 127.0.0.1 (for starting a server on it)
     FreePort,
     /// Write BENCHMARKS.md from JSON result lines
@@ -196,7 +211,8 @@ fn main() {
         | Command::Hot { t, .. }
         | Command::Churn { t, .. }
         | Command::Burst { t, .. }
-        | Command::Posts { t, .. } => t.clone(),
+        | Command::Posts { t, .. }
+        | Command::Counts { t, .. } => t.clone(),
         Command::Report { .. } | Command::FreePort => unreachable!(),
     };
     let nofile = procstat::raise_nofile();
@@ -287,6 +303,12 @@ fn main() {
                 settle,
                 ..
             } => scenarios::posts(&ctx, posts, workers, Duration::from_secs_f64(settle)).await,
+            Command::Counts {
+                posts,
+                requests,
+                slug_prefix,
+                ..
+            } => scenarios::counts(&ctx, posts as usize, requests, &slug_prefix).await,
             Command::Report { .. } | Command::FreePort => unreachable!(),
         }
         if !ctx.server.alive() {

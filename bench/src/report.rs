@@ -76,6 +76,7 @@ fn score(scenario: &str, v: &Value) -> f64 {
         "churn" => n("views_per_s") - 1e6 * n("errors_total"),
         "burst" => -n("staleness_max_ms"),
         "posts" => -n("rss_end_ratio"),
+        "counts" => -n("counts_p99_ms") - 1e6 * n("errors"),
         _ => 0.0,
     };
     if s.is_nan() { f64::MIN } else { s }
@@ -248,6 +249,18 @@ const DETAILS: &[(&str, &str, &str, usize, &str)] = &[
     ),
     ("idle: server CPU in the window", "idle", "cpu_s", 2, " s"),
 ];
+
+/// `counts p99 (healthz p99, ratio×)` of viewcounter's counts run, if it ran.
+fn counts_vs_healthz(r: &Results) -> Option<String> {
+    let counts = r.num(VC, "counts", "counts_p99_ms")?;
+    let healthz = r.num(VC, "counts", "healthz_p99_ms");
+    Some(format!(
+        "{} ({} /healthz, {})",
+        f(Some(counts), 3, " ms"),
+        f(healthz, 3, " ms"),
+        ratio(Some(counts), healthz).1
+    ))
+}
 
 fn render(r: &Results, command: &str, params: &str, notes: &[String]) -> String {
     let (nproc, model, kernel) = procstat::machine();
@@ -436,6 +449,20 @@ fn render(r: &Results, command: &str, params: &str, notes: &[String]) -> String 
         verdict(r.boolean(VC, "posts", "returned_within_10pct"))
     );
 
+    let counts_title = format!(
+        "counts of {} posts in one request (`GET /api/v1/counts`), p99 (in brackets: `/healthz` p99 of the same run, ratio)",
+        f(r.num(VC, "counts", "posts"), 0, "")
+    );
+    let counts_cell = counts_vs_healthz(r).unwrap_or_else(|| "—".into());
+    let _ = writeln!(
+        s,
+        "| {counts_title} | {counts_cell} | n/a | — | ≤ 2 ms | {} |",
+        verdict(
+            r.num(VC, "counts", "counts_p99_ms")
+                .map(|p99| p99 <= 2.0 && r.num(VC, "counts", "errors") == Some(0.0))
+        )
+    );
+
     let _ = writeln!(s, "\n## Details\n");
     let _ = writeln!(s, "| measure | viewcounter | nchan | ratio |");
     let _ = writeln!(s, "|---|---|---|---|");
@@ -453,14 +480,20 @@ fn render(r: &Results, command: &str, params: &str, notes: &[String]) -> String 
             ratio(a, b).1
         );
     }
+    let _ = writeln!(
+        s,
+        "| counts: {} posts, p99 (vs /healthz p99) | {} | n/a | — |",
+        f(r.num(VC, "counts", "posts"), 0, ""),
+        counts_vs_healthz(r).unwrap_or_else(|| "—".into())
+    );
 
     let mut errors = String::new();
     for label in [VC, NCHAN] {
-        for scenario in ["hold", "fanout", "churn", "burst", "posts"] {
+        for scenario in ["hold", "fanout", "churn", "burst", "posts", "counts"] {
             let Some(v) = r.get(label, scenario) else {
                 continue;
             };
-            for key in ["errors", "change_errors", "reader_errors"] {
+            for key in ["errors", "change_errors", "reader_errors", "error_kinds"] {
                 if let Some(map) = v.get(key).and_then(|m| m.as_object())
                     && !map.is_empty()
                 {
@@ -483,6 +516,7 @@ fn render(r: &Results, command: &str, params: &str, notes: &[String]) -> String 
         "- fanout: a change is one extra client joining the hot post (viewcounter) or one POST to the channel (nchan). Each reader's latency runs from just before the trigger request is sent to the read that delivered a state including the change (a total at least the trigger's); p50/p99/max are over all readers of all rounds. Rounds start only after 500 ms without any event.",
         "- churn: each worker connects from its own source address in turn, sends the GET, reads up to the first data event and closes with SO_LINGER 0 (RST); a view is one such cycle. 503/429 answers are honoured (Retry-After) and counted as errors.",
         "- burst: joins (viewcounter: open → first event → close; nchan: POST) are sent at a fixed rate from new connections; staleness for a (reader, join) pair is the time from sending the join to the reader receiving a state that includes it. \"Keeps up\": every join answered at ≥ 95% of the rate, no errors, and every reader at the final state within 500 ms of the last join.",
+        "- counts: first, P posts each get one view (open → first event → close), then `GET /healthz` and `GET /api/v1/counts?slug=…` naming all P are sent one after the other, alternating (which goes first swaps every pair), each on a fresh connection (viewcounter closes every non-stream connection after one answer), after 20 unrecorded pairs; the posts are still awake (read within the dedupe window), so the answer comes from their actors, not from the store; latency runs from connect to the whole body read. Every answer must be 200 and list the P posts (every 100th parsed in full); the target also needs 0 errors. The ratio to `/healthz` is the figure to compare across machines.",
         "- idle: CPU over the window after 500 ms without events; both servers send a heartbeat comment every 15 s (viewcounter's default, nchan_eventsource_ping_interval 15).",
     ] {
         let _ = writeln!(s, "{line}");

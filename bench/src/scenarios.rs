@@ -1,4 +1,5 @@
-//! The scenarios: hold, fanout, idle (one set of streams: `hot`), churn, burst, posts.
+//! The scenarios: hold, fanout, idle (one set of streams: `hot`), churn, burst, posts,
+//! counts (viewcounter's many-posts read against `/healthz`).
 //!
 //! Readers record every event as (microseconds since the run's epoch, total).
 //! A change is identified by the `total` it produces: for viewcounter the total in
@@ -784,4 +785,171 @@ pub async fn posts(ctx: &Ctx, posts: u64, workers: usize, settle: Duration) {
         "returned_within_10pct": returned_after.is_some(), "seconds_to_return": returned_after,
         "settle_limit_s": settle.as_secs_f64(),
     }));
+}
+
+/// `GET /healthz` and `GET /api/v1/counts` requests made before measuring, not recorded.
+const COUNTS_WARMUP: usize = 20;
+/// Every this many counts answers is parsed in full (the others: rows counted).
+const COUNTS_FULL_CHECK_EVERY: usize = 100;
+
+/// viewcounter only: makes sure posts `{prefix}0` … `{prefix}{P-1}` exist with a view each
+/// (open → first event → close), then times `requests` `GET /healthz` and as many
+/// `GET /api/v1/counts?slug=…` naming all P posts, one fresh connection per request,
+/// alternating (and swapping which goes first) so both see the same machine state.
+pub async fn counts(ctx: &Ctx, posts: usize, requests: usize, prefix: &str) {
+    let errors = Errors::default();
+    let template = format!("/api/v1/connect/{prefix}{{i}}?view={{token}}");
+    let seed_start = Instant::now();
+    let mut seeded = 0;
+    for i in 0..posts {
+        for attempt in 1..=OPEN_ATTEMPTS {
+            let path = ctx.target.path(&template, i as u64);
+            let r = async {
+                let mut c = ctx.target.open_sse(&path).await?;
+                c.next_event(FIRST_EVENT_TIMEOUT).await
+            }
+            .await;
+            match r {
+                Ok(_) => {
+                    seeded += 1;
+                    break;
+                }
+                Err(e) => {
+                    errors.add(format!("seed:{}", e.kind()));
+                    let wait = e
+                        .backoff()
+                        .unwrap_or(Duration::from_millis(100 * attempt as u64));
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+    let seed_secs = seed_start.elapsed().as_secs_f64();
+
+    let mut counts_path = String::from("/api/v1/counts?");
+    for i in 0..posts {
+        if i > 0 {
+            counts_path.push('&');
+        }
+        counts_path.push_str(&format!("slug={prefix}{i}"));
+    }
+    let mut healthz_lat = Vec::with_capacity(requests);
+    let mut counts_lat = Vec::with_capacity(requests);
+    let mut counts_answers = 0usize;
+    for k in 0..COUNTS_WARMUP + requests {
+        let measured = k >= COUNTS_WARMUP;
+        let order = if k % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for is_counts in order {
+            let (name, path) = if is_counts {
+                ("counts", counts_path.as_str())
+            } else {
+                ("healthz", "/healthz")
+            };
+            let t = Instant::now();
+            let r = ctx.target.request("GET", path, b"").await;
+            let us = t.elapsed().as_micros() as u32;
+            let ok = match r {
+                Ok((200, body)) if is_counts => {
+                    let full = counts_answers.is_multiple_of(COUNTS_FULL_CHECK_EVERY);
+                    counts_answers += 1;
+                    match check_counts(&body, posts, prefix, full) {
+                        Ok(()) => true,
+                        Err(kind) => {
+                            errors.add(format!("{name}:{kind}"));
+                            false
+                        }
+                    }
+                }
+                Ok((200, _)) => true,
+                Ok((code, _)) => {
+                    errors.add(format!("{name}:status:{code}"));
+                    false
+                }
+                Err(e) => {
+                    errors.add(format!("{name}:{}", e.kind()));
+                    if let Some(wait) = e.backoff() {
+                        tokio::time::sleep(wait).await;
+                    }
+                    false
+                }
+            };
+            if ok && measured {
+                if is_counts {
+                    counts_lat.push(us);
+                } else {
+                    healthz_lat.push(us);
+                }
+            }
+        }
+    }
+    let (h50, h99, hmax) = summary_ms(&mut healthz_lat);
+    let (c50, c99, cmax) = summary_ms(&mut counts_lat);
+    let ratio = (h99 > 0.0).then(|| c99 / h99);
+    eprintln!(
+        "[{}] counts: {seeded}/{posts} posts seeded in {seed_secs:.1}s; {requests} requests each, alternating: /healthz p50 {h50:.3} ms, p99 {h99:.3} ms, max {hmax:.2} ms; counts of {posts} p50 {c50:.3} ms, p99 {c99:.3} ms, max {cmax:.2} ms; p99 ratio {}; {} errors",
+        ctx.label,
+        ratio.map_or("—".into(), |q| format!("{q:.2}×")),
+        errors.total(),
+    );
+    emit(json!({
+        "scenario": "counts", "label": ctx.label, "posts": posts, "seeded": seeded,
+        "requests": requests, "warmup": COUNTS_WARMUP,
+        "healthz_ok": healthz_lat.len(), "counts_ok": counts_lat.len(),
+        "healthz_p50_ms": h50, "healthz_p99_ms": h99, "healthz_max_ms": hmax,
+        "counts_p50_ms": c50, "counts_p99_ms": c99, "counts_max_ms": cmax,
+        "ratio_p99": ratio, "errors": errors.total(), "error_kinds": errors.snapshot(),
+    }));
+}
+
+/// Whether a counts answer lists the `posts` seeded posts: its `"slug"` keys counted or,
+/// with `full`, parsed (every post once, with at least the seeding view).
+fn check_counts(body: &[u8], posts: usize, prefix: &str, full: bool) -> Result<(), &'static str> {
+    if !full {
+        let rows = body.windows(6).filter(|w| *w == b"\"slug\"").count();
+        return if rows == posts { Ok(()) } else { Err("rows") };
+    }
+    let rows: Vec<Value> = serde_json::from_slice(body).map_err(|_| "json")?;
+    if rows.len() != posts {
+        return Err("rows");
+    }
+    let mut seen = vec![false; posts];
+    for row in &rows {
+        let i: usize = row["slug"]
+            .as_str()
+            .and_then(|s| s.strip_prefix(prefix))
+            .and_then(|n| n.parse().ok())
+            .filter(|&i| i < posts)
+            .ok_or("slug")?;
+        if std::mem::replace(&mut seen[i], true) {
+            return Err("slug");
+        }
+        if row["total"].as_u64().unwrap_or(0) == 0 || row["live"].as_u64().is_none() {
+            return Err("numbers");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_answers_must_list_every_seeded_post() {
+        let good = br#"[{"slug":"c-0","live":0,"total":1},{"slug":"c-1","live":1,"total":3}]"#;
+        for full in [false, true] {
+            assert_eq!(check_counts(good, 2, "c-", full), Ok(()));
+            assert_eq!(check_counts(b"[]", 2, "c-", full), Err("rows"));
+        }
+        let twice = br#"[{"slug":"c-0","live":0,"total":1},{"slug":"c-0","live":0,"total":1}]"#;
+        assert_eq!(check_counts(twice, 2, "c-", false), Ok(()));
+        assert_eq!(check_counts(twice, 2, "c-", true), Err("slug"));
+        let unread = br#"[{"slug":"c-0","live":0,"total":1},{"slug":"c-1","live":0,"total":0}]"#;
+        assert_eq!(check_counts(unread, 2, "c-", true), Err("numbers"));
+        assert_eq!(check_counts(b"not json", 2, "c-", true), Err("json"));
+    }
 }
