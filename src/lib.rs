@@ -7,7 +7,9 @@
 //! - [`cli`]: the command line: the flags of `serve`, `export` and `import` (each also read
 //!   from `VIEWCOUNTER_*`), and the `export` and `import` commands, from the file or through
 //!   the running server ([`cli::import_file`] reads the files an import brings).
-//! - [`startup`]: [`Application::build`] binds and wires everything once;
+//! - [`config`]: the typed settings, built once from the command line (`TryFrom<ServeArgs>`)
+//!   or directly ([`config::Config::new`]: the defaults, no environment read).
+//! - [`startup`]: [`Application::build`] takes a [`config::Config`], binds and wires everything once;
 //!   [`Application::run_until`] serves until told to stop, then drains and flushes; one
 //!   shutdown signal (`shutdown`) reaches every part.
 //! - [`http`]: serving. `server`: the worker threads, each accepting on the shared listener;
@@ -30,6 +32,7 @@
 //!   wave of readers).
 
 pub mod cli;
+pub mod config;
 pub mod edge;
 pub mod http;
 pub mod memory;

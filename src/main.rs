@@ -7,6 +7,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use viewcounter::Application;
 use viewcounter::cli::{Cli, Command, ServeArgs};
+use viewcounter::config::Config;
 
 fn main() -> ExitCode {
     viewcounter::memory::fix_allocator_thresholds();
@@ -45,9 +46,12 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
+    let config = Config::try_from(args).map_err(|e| format!("invalid configuration: {e}"))?;
     // Installed before "listening" is printed, so a supervisor's signal is never missed.
     let stop = stop_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    let app = Application::build(args).await.map_err(|e| e.to_string())?;
+    let app = Application::build(config)
+        .await
+        .map_err(|e| e.to_string())?;
     println!("listening on http://{}", app.address());
     let _ = std::io::stdout().flush();
     app.run_until(stop).await.map_err(|e| e.to_string())

@@ -18,8 +18,7 @@ use actix_web::{App, web};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 
-use crate::cli::ServeArgs;
-use crate::edge::client_ip::TrustedProxies;
+use crate::config::{Config, ConfigError, Posts};
 use crate::edge::limits::{NewPostRate, StreamLimits, ViewRate, raise_fd_limit};
 use crate::edge::origin::OriginPolicy;
 use crate::edge::slug_list::{POLL_INTERVAL, SlugList, SlugPolicy};
@@ -34,7 +33,7 @@ use crate::posts::registry::Registry;
 use crate::shutdown::Trigger;
 use crate::storage::calendar::Calendar;
 use crate::storage::store::{RedbStore, StoreError};
-use crate::storage::writer::{FlushPolicy, Writer};
+use crate::storage::writer::Writer;
 
 /// How long in-flight requests get to finish once streams were told to go.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -55,7 +54,7 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
     #[error("cannot open the database: {0}")]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
@@ -82,29 +81,28 @@ pub struct Application {
 }
 
 impl Application {
-    pub async fn build(args: ServeArgs) -> Result<Self, StartError> {
-        args.validate().map_err(StartError::Config)?;
-        let listener = TcpListener::bind(args.listen).map_err(|source| StartError::Bind {
-            addr: args.listen,
+    /// Binds `config.listen`, then [`Application::build_with_listener`].
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        config.validate()?;
+        let listener = TcpListener::bind(config.listen).map_err(|source| StartError::Bind {
+            addr: config.listen,
             source,
         })?;
-        Self::build_with_listener(args, listener).await
+        Self::build_with_listener(config, listener).await
     }
 
+    /// Opens the store, starts the writer and the workers on `listener`; serving starts
+    /// with [`Application::run_until`].
     pub async fn build_with_listener(
-        args: ServeArgs,
+        config: Config,
         listener: TcpListener,
     ) -> Result<Self, StartError> {
-        args.validate().map_err(StartError::Config)?;
+        config.validate()?;
         let fd_room = raise_fd_limit();
-        let capacity = args.max_streams.unwrap_or(fd_room as usize);
-        let store = RedbStore::open(&args.db)?;
-        let policy = FlushPolicy {
-            dedupe_window: args.dedupe_window,
-            after: args.flush_after,
-            max_wait: args.flush_max_wait,
-        };
-        let calendar = Calendar::new(args.timezone.clone(), args.clock.clone());
+        let capacity = config.limits.max_streams.unwrap_or(fd_room as usize);
+        let store = RedbStore::open(&config.db)?;
+        let policy = config.flush;
+        let calendar = Calendar::new(config.timezone.clone(), config.clock.clone());
         let metrics = Metrics::new();
         let writer = Writer::spawn(
             Box::new(store),
@@ -117,21 +115,21 @@ impl Application {
         let state = web::Data::new(AppState {
             registry: Registry::new(
                 writer,
-                args.dedupe_window,
-                args.clock.clone(),
+                policy.dedupe_window,
+                config.clock.clone(),
                 Arc::clone(&metrics),
             ),
             calendar,
             metrics,
-            slugs: slug_policy(&args),
-            origins: OriginPolicy::new(&args.allow_origins).map_err(StartError::Config)?,
-            proxies: TrustedProxies::new(args.trusted_proxies.clone()),
-            limits: StreamLimits::new(args.ip_stream_limit, capacity),
-            view_rate: Arc::new(ViewRate::new(args.ip_view_rate)),
-            bots: (!args.count_bots).then(isbot::Bots::default),
-            admin_token: args.admin_token.clone(),
+            slugs: slug_policy(&config.posts),
+            origins: config.origins.clone(),
+            proxies: config.trusted_proxies.clone(),
+            limits: StreamLimits::new(config.limits.ip_streams, capacity),
+            view_rate: Arc::new(ViewRate::new(config.limits.ip_views_per_minute)),
+            bots: (!config.count_bots).then(isbot::Bots::default),
+            admin_token: config.admin_token.clone(),
             shared: Arc::default(),
-            ipv6_prefix: args.ipv6_prefix,
+            ipv6_prefix: config.limits.ipv6_prefix,
             direct_streams: AtomicUsize::new(0),
             signals: Signals {
                 heartbeat: heartbeat_rx,
@@ -141,14 +139,14 @@ impl Application {
         tune_listener(&listener)?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, capacity, "stream capacity (from the open-files limit unless --max-streams)");
-        let server = http_server(state.clone(), listener, &args)?;
+        let server = http_server(state.clone(), listener, &config)?;
         Ok(Self {
             server,
             addr,
             state,
             shutdown,
             heartbeat,
-            heartbeat_every: args.heartbeat,
+            heartbeat_every: config.heartbeat,
             hangup: signal(SignalKind::hangup()).ok(),
         })
     }
@@ -188,14 +186,13 @@ impl Application {
     }
 }
 
-fn slug_policy(args: &ServeArgs) -> SlugPolicy {
-    if args.allow_any_slug {
-        SlugPolicy::Any {
-            max: args.max_slugs,
-            new_posts: Arc::new(NewPostRate::new(args.ip_new_post_rate)),
-        }
-    } else {
-        SlugPolicy::Listed(SlugList::load(&args.slugs))
+fn slug_policy(posts: &Posts) -> SlugPolicy {
+    match posts {
+        Posts::Any { max, new_per_hour } => SlugPolicy::Any {
+            max: *max,
+            new_posts: Arc::new(NewPostRate::new(*new_per_hour)),
+        },
+        Posts::Listed { file } => SlugPolicy::Listed(SlugList::load(file)),
     }
 }
 
@@ -204,12 +201,12 @@ fn slug_policy(args: &ServeArgs) -> SlugPolicy {
 fn http_server(
     state: web::Data<AppState>,
     listener: TcpListener,
-    args: &ServeArgs,
+    config: &Config,
 ) -> std::io::Result<Server> {
     let addr = listener.local_addr()?;
     let settings = Settings {
-        workers: args.workers.map_or_else(default_workers, usize::from),
-        scheduling: args.scheduling,
+        workers: config.workers,
+        scheduling: config.scheduling,
         head_timeout: REQUEST_HEAD_TIMEOUT,
     };
     let app_state = state.clone();
@@ -260,10 +257,6 @@ fn http_server(
     };
     let shutdown = state.signals.shutdown.clone();
     Server::start(listener, state, settings, shutdown, fallback)
-}
-
-fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 fn cors(origins: &OriginPolicy) -> Cors {

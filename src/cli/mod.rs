@@ -245,21 +245,6 @@ impl ServeArgs {
         let argv = std::iter::once("serve".into()).chain(args.into_iter().map(Into::into));
         Ok(Only::try_parse_from(argv)?.serve)
     }
-
-    /// Checks that clap cannot express.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.flush_max_wait < self.flush_after {
-            return Err("--flush-max-wait must be at least --flush-after".into());
-        }
-        if self.heartbeat.is_zero() || self.flush_after.is_zero() {
-            return Err("--heartbeat and --flush-after must be above zero".into());
-        }
-        if matches!(&self.admin_token, Some(t) if t.is_empty()) {
-            return Err("--admin-token must not be empty".into());
-        }
-        crate::edge::origin::OriginPolicy::new(&self.allow_origins)?;
-        Ok(())
-    }
 }
 
 fn duration(raw: &str) -> Result<Duration, humantime::DurationError> {

@@ -15,6 +15,14 @@ impl TrustedProxies {
         Self(nets)
     }
 
+    /// The default: loopback, where a proxy on the same machine connects from.
+    pub fn loopback() -> Self {
+        let nets = ["127.0.0.0/8", "::1/128"]
+            .iter()
+            .filter_map(|n| n.parse().ok());
+        Self(nets.collect())
+    }
+
     fn trusts(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         self.0.iter().any(|net| net.contains(&ip))

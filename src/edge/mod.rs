@@ -3,7 +3,7 @@
 pub mod client_ip;
 pub mod headers;
 pub(crate) mod limits;
-pub(crate) mod origin;
+pub mod origin;
 pub mod reader_id;
 pub mod slug;
 pub(crate) mod slug_list;

@@ -8,6 +8,15 @@ use std::collections::HashSet;
 use crate::edge::headers::Headers;
 use crate::http::error::ApiError;
 
+/// An `--allow-origin` that is not an origin.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OriginError {
+    #[error("--allow-origin {0:?}: must start with http:// or https://")]
+    Scheme(String),
+    #[error("--allow-origin {0:?}: must be scheme://host[:port], no path")]
+    Shape(String),
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct OriginPolicy {
     allowed: HashSet<String>,
@@ -15,20 +24,16 @@ pub struct OriginPolicy {
 
 impl OriginPolicy {
     /// Normalises and checks each `scheme://host[:port]`.
-    pub fn new(origins: &[String]) -> Result<Self, String> {
+    pub fn new(origins: &[String]) -> Result<Self, OriginError> {
         let mut allowed = HashSet::new();
         for raw in origins {
             let origin = raw.trim().trim_end_matches('/').to_ascii_lowercase();
             let rest = origin
                 .strip_prefix("https://")
                 .or_else(|| origin.strip_prefix("http://"))
-                .ok_or_else(|| {
-                    format!("--allow-origin {raw:?}: must start with http:// or https://")
-                })?;
+                .ok_or_else(|| OriginError::Scheme(raw.clone()))?;
             if rest.is_empty() || rest.contains('/') {
-                return Err(format!(
-                    "--allow-origin {raw:?}: must be scheme://host[:port], no path"
-                ));
+                return Err(OriginError::Shape(raw.clone()));
             }
             allowed.insert(origin);
         }

@@ -179,7 +179,7 @@ async fn stalled(addr: SocketAddr, head: &str) -> TcpStream {
 
 #[actix_web::test]
 async fn connects_half_closed_right_after_the_head_leave_no_live_reader() {
-    let app = spawn_app_with(&["--workers", "1"]).await;
+    let app = spawn_app_configured(|c| c.workers = 1).await;
     // The post is awake and read: a join is answered at once, while the client goes.
     let watcher = app.join("alpha").await;
     for _ in 0..20 {
@@ -233,7 +233,7 @@ async fn a_shared_join_half_closed_after_its_body_holds_no_slot_and_the_real_joi
 
 #[actix_web::test]
 async fn ten_ipv6_addresses_of_one_64_share_one_stream_budget_and_another_64_has_its_own() {
-    let app = spawn_app_with(&["--ip-stream-limit", "1"]).await;
+    let app = spawn_app_configured(|c| c.limits.ip_streams = 1).await;
     let first = app
         .join_as(
             "alpha",
@@ -260,7 +260,11 @@ async fn ten_ipv6_addresses_of_one_64_share_one_stream_budget_and_another_64_has
 
 #[actix_web::test]
 async fn with_ipv6_prefix_128_each_address_is_a_client_and_with_48_a_whole_site_is_one() {
-    let app = spawn_app_with(&["--ip-stream-limit", "1", "--ipv6-prefix", "128"]).await;
+    let app = spawn_app_configured(|c| {
+        c.limits.ip_streams = 1;
+        c.limits.ipv6_prefix = 128;
+    })
+    .await;
     let mut open = Vec::new();
     for host in 1..=10 {
         let reader = app
@@ -273,7 +277,11 @@ async fn with_ipv6_prefix_128_each_address_is_a_client_and_with_48_a_whole_site_
     }
     assert_eq!(app.counts("alpha").await, counts(10, 10));
 
-    let site = spawn_app_with(&["--ip-stream-limit", "1", "--ipv6-prefix", "48"]).await;
+    let site = spawn_app_configured(|c| {
+        c.limits.ip_streams = 1;
+        c.limits.ipv6_prefix = 48;
+    })
+    .await;
     let _first = site
         .join_as(
             "alpha",
@@ -312,7 +320,7 @@ fn ipv6_prefix_takes_32_to_128_and_refuses_anything_else() {
 
 #[actix_web::test]
 async fn ten_ipv6_addresses_of_one_64_share_one_view_rate_and_another_64_has_its_own() {
-    let app = spawn_app_with(&["--ip-view-rate", "1"]).await;
+    let app = spawn_app_configured(|c| c.limits.ip_views_per_minute = 1).await;
     for host in 1..=10 {
         let reader = app
             .join_as(
@@ -341,7 +349,7 @@ async fn ten_ipv6_addresses_of_one_64_share_one_view_rate_and_another_64_has_its
 
 #[actix_web::test]
 async fn the_per_ip_stream_limit_counts_each_member_of_a_shared_stream() {
-    let app = spawn_app_with(&["--ip-stream-limit", "2"]).await;
+    let app = spawn_app_configured(|c| c.limits.ip_streams = 2).await;
     let client = ip(40);
     let sid = token();
     let _stream = open_shared(&app, shared_get(&sid).client_ip(&client)).await;
@@ -655,7 +663,7 @@ async fn admin_answers_without_a_token_only_direct_loopback_requests_and_forward
     }
 
     // With a token, a forwarded request carrying it is answered, from wherever it comes.
-    let app = spawn_app_with(&["--admin-token", "s3cret-token"]).await;
+    let app = spawn_app_configured(|c| c.admin_token = Some("s3cret-token".into())).await;
     for target in ["/api/v1/totals", "/api/v1/stats"] {
         let with = Req::get(target)
             .header("Authorization", "Bearer s3cret-token")
@@ -915,7 +923,7 @@ async fn a_stream_refused_by_the_direct_layer_is_the_json_error_actix_web_would_
         refused.header("access-control-allow-origin"),
         Some("https://blog.example")
     );
-    let busy = spawn_app_with(&["--max-streams", "1"]).await;
+    let busy = spawn_app_configured(|c| c.limits.max_streams = Some(1)).await;
     let _one = busy.join("alpha").await;
     let full = busy.send(Req::connect("alpha", &token())).await;
     full.assert_json_error(503);

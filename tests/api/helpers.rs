@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use viewcounter::Application;
 use viewcounter::cli::ServeArgs;
+pub use viewcounter::config::Config;
 use viewcounter::startup::StartError;
 pub use viewcounter::storage::calendar::Clock;
 
@@ -140,9 +141,25 @@ pub async fn spawn_app_on_clock(dir: TempDir, flags: &[&str], clock: Clock) -> T
         slugs.display().to_string(),
     ];
     argv.extend(flags.iter().map(|f| f.to_string()));
-    let mut args = ServeArgs::from_args(&argv).expect("serve flags parse");
-    args.clock = clock;
-    let app = Application::build(args).await.expect("server builds");
+    let args = ServeArgs::from_args(&argv).expect("serve flags parse");
+    let mut config = Config::try_from(args).expect("a valid configuration");
+    config.clock = clock;
+    serve_in(dir, config).await
+}
+
+/// A server built from a [`Config`] with the defaults (no flags, no `VIEWCOUNTER_*`
+/// variables read), on port 0, in its own temp dir, changed by `configure`.
+pub async fn spawn_app_configured(configure: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_slugs(&slugs_path(dir.path()), DEFAULT_SLUGS);
+    let mut config = Config::new(db_path(dir.path()), slugs_path(dir.path()));
+    config.listen = "127.0.0.1:0".parse().expect("address");
+    configure(&mut config);
+    serve_in(dir, config).await
+}
+
+async fn serve_in(dir: TempDir, config: Config) -> TestApp {
+    let app = Application::build(config).await.expect("server builds");
     let addr = app.address();
     let (stop, stop_rx) = oneshot::channel::<()>();
     let served = actix_web::rt::spawn(app.run_until(async {

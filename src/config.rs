@@ -1,0 +1,213 @@
+//! The server's settings, typed and checked once. The command line's [`ServeArgs`] becomes a
+//! [`Config`] through `TryFrom`; tests and embedders build one directly ([`Config::new`] has
+//! the command line's defaults, without reading any `VIEWCOUNTER_*` variable), and
+//! [`crate::Application::build`] takes it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use jiff::tz::TimeZone;
+
+use crate::cli::ServeArgs;
+use crate::edge::client_ip::TrustedProxies;
+use crate::edge::origin::{OriginError, OriginPolicy};
+use crate::http::scheduling::Scheduling;
+use crate::storage::calendar::Clock;
+use crate::storage::writer::FlushPolicy;
+
+/// Which posts exist.
+#[derive(Debug, Clone)]
+pub enum Posts {
+    /// The slugs listed in this file (re-read on SIGHUP and when it changes).
+    Listed { file: PathBuf },
+    /// Any well-formed slug: at most `max` posts, each client creating at most
+    /// `new_per_hour` of them (0: no limit).
+    Any { max: u64, new_per_hour: u32 },
+}
+
+/// What one client, and all of them, may hold and count.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open readers (streams and shared-stream members) per client; 0: no limit.
+    pub ip_streams: u32,
+    /// IPv6 clients share one budget per prefix of this many bits (32–128).
+    pub ipv6_prefix: u8,
+    /// Counted views per minute per client and post; 0: no limit.
+    pub ip_views_per_minute: u32,
+    /// All open streams; `None`: what the open-files limit leaves room for.
+    pub max_streams: Option<usize>,
+}
+
+/// Everything [`crate::Application::build`] needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen; port 0 picks one.
+    pub listen: SocketAddr,
+    /// The redb file (created if missing).
+    pub db: PathBuf,
+    pub posts: Posts,
+    /// Which pages may count views, and get CORS headers.
+    pub origins: OriginPolicy,
+    /// The bearer token of the admin endpoints; `None`: direct loopback connections only.
+    pub admin_token: Option<String>,
+    /// When counted views are written, and how long reader ids are remembered.
+    pub flush: FlushPolicy,
+    /// Interval of the comment lines that keep idle streams open through proxies.
+    pub heartbeat: Duration,
+    pub limits: Limits,
+    /// Peers whose forwarding headers name the client.
+    pub trusted_proxies: TrustedProxies,
+    /// Count User-Agents on the bot list as views and live readers.
+    pub count_bots: bool,
+    /// The calendar days views are counted on.
+    pub timezone: TimeZone,
+    /// Threads serving connections.
+    pub workers: usize,
+    pub scheduling: Scheduling,
+    /// The time the server goes by.
+    pub clock: Clock,
+}
+
+/// A setting that cannot work, named by its flag.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--flush-max-wait ({max_wait:?}) must be at least --flush-after ({after:?})")]
+    FlushOrder { after: Duration, max_wait: Duration },
+    #[error("{0} must be above zero")]
+    Zero(&'static str),
+    #[error("--admin-token must not be empty")]
+    EmptyToken,
+    #[error("--ipv6-prefix must be 32 to 128, not {0}")]
+    Ipv6Prefix(u8),
+    #[error(transparent)]
+    Origin(#[from] OriginError),
+}
+
+impl Config {
+    /// The command line's defaults, on `db` with the allow-list `slugs`.
+    pub fn new(db: PathBuf, slugs: PathBuf) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            db,
+            posts: Posts::Listed { file: slugs },
+            origins: OriginPolicy::default(),
+            admin_token: None,
+            flush: FlushPolicy {
+                after: Duration::from_secs(5),
+                max_wait: Duration::from_secs(30),
+                dedupe_window: Duration::from_secs(30 * 60),
+            },
+            heartbeat: Duration::from_secs(15),
+            limits: Limits {
+                ip_streams: 64,
+                ipv6_prefix: 64,
+                ip_views_per_minute: 30,
+                max_streams: None,
+            },
+            trusted_proxies: TrustedProxies::loopback(),
+            count_bots: false,
+            timezone: TimeZone::UTC,
+            workers: default_workers(),
+            scheduling: Scheduling::Batch,
+            clock: Clock::default(),
+        }
+    }
+
+    /// What the types cannot say.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let flush = &self.flush;
+        if flush.max_wait < flush.after {
+            return Err(ConfigError::FlushOrder {
+                after: flush.after,
+                max_wait: flush.max_wait,
+            });
+        }
+        if self.heartbeat.is_zero() {
+            return Err(ConfigError::Zero("--heartbeat"));
+        }
+        if flush.after.is_zero() {
+            return Err(ConfigError::Zero("--flush-after"));
+        }
+        if self.workers == 0 {
+            return Err(ConfigError::Zero("--workers"));
+        }
+        if self.admin_token.as_deref().is_some_and(str::is_empty) {
+            return Err(ConfigError::EmptyToken);
+        }
+        if !(32..=128).contains(&self.limits.ipv6_prefix) {
+            return Err(ConfigError::Ipv6Prefix(self.limits.ipv6_prefix));
+        }
+        Ok(())
+    }
+}
+
+impl TryFrom<ServeArgs> for Config {
+    type Error = ConfigError;
+
+    fn try_from(args: ServeArgs) -> Result<Self, ConfigError> {
+        let posts = if args.allow_any_slug {
+            Posts::Any {
+                max: args.max_slugs,
+                new_per_hour: args.ip_new_post_rate,
+            }
+        } else {
+            Posts::Listed { file: args.slugs }
+        };
+        let config = Self {
+            listen: args.listen,
+            db: args.db,
+            posts,
+            origins: OriginPolicy::new(&args.allow_origins)?,
+            admin_token: args.admin_token,
+            flush: FlushPolicy {
+                after: args.flush_after,
+                max_wait: args.flush_max_wait,
+                dedupe_window: args.dedupe_window,
+            },
+            heartbeat: args.heartbeat,
+            limits: Limits {
+                ip_streams: args.ip_stream_limit,
+                ipv6_prefix: args.ipv6_prefix,
+                ip_views_per_minute: args.ip_view_rate,
+                max_streams: args.max_streams,
+            },
+            trusted_proxies: TrustedProxies::new(args.trusted_proxies),
+            count_bots: args.count_bots,
+            timezone: args.timezone,
+            workers: args.workers.map_or_else(default_workers, usize::from),
+            scheduling: args.scheduling,
+            clock: args.clock,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_refuses_what_cannot_work_naming_the_flag() {
+        let base = Config::new("db".into(), "slugs".into());
+        assert!(base.validate().is_ok());
+        let mut late = base.clone();
+        late.flush.max_wait = Duration::from_secs(1);
+        assert!(matches!(
+            late.validate(),
+            Err(ConfigError::FlushOrder { .. })
+        ));
+        let mut silent = base.clone();
+        silent.heartbeat = Duration::ZERO;
+        let err = silent.validate().expect_err("zero heartbeat");
+        assert!(err.to_string().contains("--heartbeat"), "{err}");
+        let mut open = base;
+        open.admin_token = Some(String::new());
+        assert!(matches!(open.validate(), Err(ConfigError::EmptyToken)));
+    }
+}
