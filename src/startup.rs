@@ -19,9 +19,9 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 
 use crate::config::{Config, ConfigError, Posts};
-use crate::edge::limits::{NewPostRate, StreamLimits, ViewRate, raise_fd_limit};
+use crate::edge::limits::{StreamLimits, ViewRate, raise_fd_limit};
 use crate::edge::origin::OriginPolicy;
-use crate::edge::slug_list::{POLL_INTERVAL, SlugList, SlugPolicy};
+use crate::edge::slug_list::{OpenPosts, POLL_INTERVAL, SlugList, SlugPolicy};
 use crate::http::api::{self, AppState};
 use crate::http::assets;
 use crate::http::error::json_error;
@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 use crate::posts::registry::Registry;
 use crate::shutdown::Trigger;
 use crate::storage::calendar::Calendar;
-use crate::storage::store::{RedbStore, StoreError};
+use crate::storage::store::{RedbStore, Store, StoreError};
 use crate::storage::writer::Writer;
 
 /// How long in-flight requests get to finish once streams were told to go.
@@ -100,7 +100,8 @@ impl Application {
         config.validate()?;
         let fd_room = raise_fd_limit();
         let capacity = config.limits.max_streams.unwrap_or(fd_room as usize);
-        let store = RedbStore::open(&config.db)?;
+        let mut store = RedbStore::open(&config.db)?;
+        let existing = store.row_count()?;
         let policy = config.flush;
         let calendar = Calendar::new(config.timezone.clone(), config.clock.clone());
         let metrics = Metrics::new();
@@ -121,7 +122,7 @@ impl Application {
             ),
             calendar,
             metrics,
-            slugs: slug_policy(&config.posts),
+            slugs: slug_policy(&config.posts, existing),
             origins: config.origins.clone(),
             proxies: config.trusted_proxies.clone(),
             limits: StreamLimits::new(config.limits.ip_streams, capacity),
@@ -186,12 +187,12 @@ impl Application {
     }
 }
 
-fn slug_policy(posts: &Posts) -> SlugPolicy {
+/// `existing`: the posts with a row, for `--max-slugs`.
+fn slug_policy(posts: &Posts, existing: u64) -> SlugPolicy {
     match posts {
-        Posts::Any { max, new_per_hour } => SlugPolicy::Any {
-            max: *max,
-            new_posts: Arc::new(NewPostRate::new(*new_per_hour)),
-        },
+        Posts::Any { max, new_per_hour } => {
+            SlugPolicy::Any(OpenPosts::new(*max, existing, *new_per_hour))
+        }
         Posts::Listed { file } => SlugPolicy::Listed(SlugList::load(file)),
     }
 }
@@ -314,8 +315,8 @@ fn spawn_background(
         loop {
             tick.tick().await;
             st.view_rate.prune();
-            if let SlugPolicy::Any { new_posts, .. } = &st.slugs {
-                new_posts.prune();
+            if let SlugPolicy::Any(posts) = &st.slugs {
+                posts.prune();
             }
             let fallen = st.limits.take_fall();
             st.registry.reclaim_if_worthwhile(fallen, &workers).await;

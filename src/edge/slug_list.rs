@@ -3,25 +3,110 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use crate::edge::limits::{ClientKey, NewPostCharge, NewPostRate};
 use crate::edge::slug::Slug;
-use crate::storage::writer::Admission;
+use crate::http::error::ApiError;
 
 /// How often the file's modification time is looked at.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Used when the allow-list file does not exist, so a fresh binary serves its demo.
 pub const EMBEDDED_DEMO_SLUGS: &str = include_str!("../../data/slugs.txt");
 
+/// Which posts exist, and who may create one: the one place `--slugs`, `--allow-any-slug`,
+/// `--max-slugs` and `--ip-new-post-rate` are decided.
 pub enum SlugPolicy {
     Listed(Arc<SlugList>),
-    /// `--allow-any-slug`: up to `max` posts, each client creating at most its share of them.
-    Any {
-        max: u64,
-        new_posts: Arc<NewPostRate>,
+    /// `--allow-any-slug`: up to a number of posts, each client creating its share of them.
+    Any(Arc<OpenPosts>),
+}
+
+/// `--allow-any-slug`'s bookkeeping: how many posts exist or are being created.
+pub struct OpenPosts {
+    max: u64,
+    /// Posts with a row at start, plus those admitted since (given back by a new post that
+    /// goes to sleep without a view).
+    count: AtomicU64,
+    new_posts: Arc<NewPostRate>,
+}
+
+impl OpenPosts {
+    /// `existing`: the posts the store holds a row for.
+    pub fn new(max: u64, existing: u64, new_per_hour: u32) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            count: AtomicU64::new(existing),
+            new_posts: Arc::new(NewPostRate::new(new_per_hour)),
+        })
+    }
+
+    pub fn prune(&self) {
+        self.new_posts.prune();
+    }
+}
+
+/// Whether a post with no row yet may come to exist, asked by one client.
+#[derive(Clone)]
+pub enum Admission {
+    /// Allow-listed posts: always.
+    Listed,
+    /// Any well-formed slug, within the cap and the client's rate.
+    Open {
+        posts: Arc<OpenPosts>,
+        client: ClientKey,
     },
+}
+
+/// A new post's place under `--max-slugs`: given back when dropped, unless the post was
+/// viewed (it then has, or will have, a row).
+pub struct NewPost {
+    posts: Arc<OpenPosts>,
+}
+
+impl NewPost {
+    /// The post counted a view: its place is its own for good.
+    pub fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for NewPost {
+    fn drop(&mut self) {
+        self.posts.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Admission {
+    /// Admits a post the writer knows nothing of: `None` for listed posts (they always
+    /// exist), a place for a new one, or why not (404 at the cap, 429 over the rate).
+    pub fn admit_new(&self) -> Result<Option<NewPost>, ApiError> {
+        let Self::Open { posts, client } = self else {
+            return Ok(None);
+        };
+        let taken = posts
+            .count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < posts.max).then_some(n + 1)
+            });
+        if taken.is_err() {
+            return Err(ApiError::SlugCapReached);
+        }
+        let place = NewPost {
+            posts: Arc::clone(posts),
+        };
+        let charge = NewPostCharge {
+            rate: Arc::clone(&posts.new_posts),
+            client: *client,
+        };
+        if !charge.take() {
+            let retry_after = posts.new_posts.retry_after();
+            return Err(ApiError::TooManyNewPosts { retry_after });
+        }
+        Ok(Some(place))
+    }
 }
 
 impl SlugPolicy {
@@ -30,12 +115,9 @@ impl SlugPolicy {
     pub fn admission(&self, slug: &Slug, client: ClientKey) -> Option<Admission> {
         match self {
             Self::Listed(list) => list.contains(slug.as_str()).then_some(Admission::Listed),
-            Self::Any { max, new_posts } => Some(Admission::UpTo {
-                cap: *max,
-                charge: NewPostCharge {
-                    rate: Arc::clone(new_posts),
-                    client,
-                },
+            Self::Any(posts) => Some(Admission::Open {
+                posts: Arc::clone(posts),
+                client,
             }),
         }
     }

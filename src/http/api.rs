@@ -17,6 +17,7 @@ use crate::edge::limits::{ClientKey, PER_IP_RETRY_AFTER, StreamLimits, ViewCharg
 use crate::edge::origin::OriginPolicy;
 use crate::edge::reader_id::{ReaderId, Showing, parse_show};
 use crate::edge::slug::Slug;
+use crate::edge::slug_list::Admission;
 use crate::edge::slug_list::SlugPolicy;
 use crate::http::error::ApiError;
 use crate::http::shared::{Handle, JoinError, Member, SharedStream, SharedStreams};
@@ -25,7 +26,6 @@ use crate::metrics::Metrics;
 use crate::posts::post::{Join, Joined, Leave};
 use crate::posts::registry::Registry;
 use crate::storage::calendar::Calendar;
-use crate::storage::writer::Admission;
 
 /// Largest beacon body accepted; a reader id is at most 64 bytes.
 pub const MAX_BEACON_BYTES: usize = 1024;

@@ -78,7 +78,7 @@ fn number_param(
 fn is_listed(state: &AppState, slug: &Slug) -> bool {
     match &state.slugs {
         SlugPolicy::Listed(list) => list.contains(slug.as_str()),
-        SlugPolicy::Any { .. } => true,
+        SlugPolicy::Any(_) => true,
     }
 }
 
@@ -202,7 +202,7 @@ struct TopRow {
 /// `GET /top?by=live|total|today&limit=N`: best first, ties by slug. Public with an
 /// allow-list; with `--allow-any-slug` the slugs are user input, so admin only.
 async fn top(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    if matches!(state.slugs, SlugPolicy::Any { .. }) {
+    if matches!(state.slugs, SlugPolicy::Any(_)) {
         authorize_admin(&req, &state)?;
     } else {
         state.origins.check(req.headers())?;

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::edge::limits::ViewCharge;
 use crate::edge::reader_id::{Presence, ReaderId};
 use crate::edge::slug::Slug;
+use crate::edge::slug_list::NewPost;
 use crate::http::sse::Update;
 use crate::metrics::Metrics;
 pub use crate::posts::post_state::Counts;
@@ -114,6 +115,8 @@ pub type AsleepReport = dyn Fn(&Slug, &Addr<Post>) + Send + Sync;
 pub struct Post {
     slug: Slug,
     context: Arc<PostContext>,
+    /// Its place under `--max-slugs` while it has no view (see [`NewPost`]).
+    new_post: Option<NewPost>,
     state: PostState,
     updates: watch::Sender<Update>,
     last_broadcast: Option<Instant>,
@@ -123,12 +126,19 @@ pub struct Post {
 }
 
 impl Post {
-    pub fn new(slug: Slug, total: u64, context: Arc<PostContext>) -> Self {
+    /// `new_post`: the `--max-slugs` place of a post with no row yet, kept once it is viewed.
+    pub fn new(
+        slug: Slug,
+        total: u64,
+        context: Arc<PostContext>,
+        new_post: Option<NewPost>,
+    ) -> Self {
         let state = PostState::new(total, context.dedupe_window);
         Self {
             updates: watch::Sender::new(Update::new(&slug, state.counts())),
             slug,
             context,
+            new_post,
             state,
             last_broadcast: None,
             broadcast_pending: false,
@@ -214,8 +224,8 @@ impl Post {
     fn sleep(&mut self, ctx: &mut Context<Self>) {
         self.sleeping = true;
         (self.context.asleep)(&self.slug, &ctx.address());
-        // A post woken but never viewed (a bot, a refused view) gives its --max-slugs place back.
-        self.context.writer.release(&self.slug);
+        // A new post never viewed (a bot, a refused view) gives its --max-slugs place back.
+        self.new_post = None;
         ctx.stop();
     }
 }
@@ -252,6 +262,9 @@ impl Handler<Join> for Post {
         };
         self.live_moved(live_before);
         if joined.counted {
+            if let Some(place) = self.new_post.take() {
+                place.keep();
+            }
             let at = self.context.clock.now_unix();
             self.context.writer.add_view(&self.slug, join.id, at);
         }

@@ -12,12 +12,13 @@ use actix::prelude::*;
 use actix_rt::ArbiterHandle;
 
 use crate::edge::slug::Slug;
+use crate::edge::slug_list::Admission;
 use crate::http::error::ApiError;
 use crate::memory::Reclaimer;
 use crate::metrics::Metrics;
 use crate::posts::post::{Counts, GetCounts, Imported, Join, Joined, Leave, Post, PostContext};
 use crate::storage::calendar::Clock;
-use crate::storage::writer::{Admission, Loaded, Writer};
+use crate::storage::writer::{LoadFor, Writer};
 
 pub struct Registry {
     posts: Mutex<HashMap<Slug, Addr<Post>>>,
@@ -137,9 +138,11 @@ impl Registry {
         {
             return Ok(counts);
         }
-        match self.writer().load(slug, Admission::ReadOnly).await {
-            Ok(Loaded::Post { total, .. }) => Ok(Counts { live: 0, total }),
-            Ok(Loaded::Refused | Loaded::RateLimited { .. }) => Ok(Counts::default()),
+        match self.writer().load(slug, LoadFor::Numbers).await {
+            Ok(loaded) => Ok(Counts {
+                live: 0,
+                total: loaded.total,
+            }),
             Err(e) => Err(ApiError::storage(e)),
         }
     }
@@ -190,20 +193,29 @@ impl Registry {
         if let Some(addr) = self.lookup(slug) {
             return Ok(addr);
         }
-        let (total, seen) = match self.writer().load(slug, admission).await {
-            Ok(Loaded::Post { total, seen }) => (total, seen),
-            Ok(Loaded::Refused) => return Err(ApiError::SlugCapReached),
-            Ok(Loaded::RateLimited { retry_after }) => {
-                return Err(ApiError::TooManyNewPosts { retry_after });
-            }
-            Err(e) => return Err(ApiError::storage(e)),
+        let loaded = self
+            .writer()
+            .load(slug, LoadFor::Readers)
+            .await
+            .map_err(ApiError::storage)?;
+        // The writer knows nothing of it: whether it may exist is the slug admission's call.
+        let new_post = if loaded.new {
+            admission.admit_new()?
+        } else {
+            None
         };
         let mut posts = self.lock();
-        // Another request may have woken it while we loaded.
+        // Another request may have woken it while we loaded (its place, if any, goes back).
         if let Some(addr) = posts.get(slug) {
             return Ok(addr.clone());
         }
-        let post = Post::new(slug.clone(), total, Arc::clone(&self.context));
+        let post = Post::new(
+            slug.clone(),
+            loaded.total,
+            Arc::clone(&self.context),
+            new_post,
+        );
+        let seen = loaded.seen;
         let addr = post.remembering(seen).start();
         posts.insert(slug.clone(), addr.clone());
         Ok(addr)

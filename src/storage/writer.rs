@@ -5,7 +5,7 @@
 //! Store calls block, so they run here and never on the async threads. Answers to loads and
 //! totals include views not yet written, so callers always see exact numbers.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread;
@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::edge::limits::NewPostCharge;
 use crate::edge::reader_id::ReaderId;
 use crate::edge::slug::Slug;
 use crate::memory::CachedBlocks;
@@ -40,30 +39,24 @@ pub struct FlushPolicy {
     pub dedupe_window: Duration,
 }
 
-/// Whether a load may admit a post that has no row yet.
-#[derive(Clone)]
-pub enum Admission {
-    /// Allow-listed posts: always.
-    Listed,
-    /// Any well-formed slug, while fewer than `cap` posts exist and the client that asks may
-    /// still create one (`--ip-new-post-rate`): decided here, where it is known whether the
-    /// post is new.
-    UpTo { cap: u64, charge: NewPostCharge },
-    /// Only read; never admits anything (count queries).
-    ReadOnly,
+/// Why a post is loaded: to wake it for readers (its dedupe memory comes along) or only to
+/// read its total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadFor {
+    Readers,
+    Numbers,
 }
 
+/// A post as the writer knows it, unwritten views included.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Loaded {
-    /// The total, and the reader ids counted within the dedupe window (id, unix seconds).
-    Post {
-        total: u64,
-        seen: Vec<(String, u64)>,
-    },
-    /// `Admission::UpTo` cap reached and the post is new.
-    Refused,
-    /// The post is new and its client has created its share of posts lately.
-    RateLimited { retry_after: Duration },
+pub struct Loaded {
+    pub total: u64,
+    /// The reader ids counted within the dedupe window (id, unix seconds); empty for
+    /// [`LoadFor::Numbers`].
+    pub seen: Vec<(String, u64)>,
+    /// No row and no unwritten view: whether it may exist is for the slug admission
+    /// ([`crate::edge::slug_list::Admission`]) to say.
+    pub new: bool,
 }
 
 /// Counted views gather here without waking the writer; only the first view after a drain
@@ -83,9 +76,7 @@ type Inbox = Arc<Mutex<Vec<View>>>;
 enum Command {
     /// Views arrived in the inbox.
     Views,
-    Load(Slug, Admission, oneshot::Sender<Result<Loaded, StoreError>>),
-    /// The post's actor went to sleep: a post admitted but never viewed frees its place.
-    Release(Slug),
+    Load(Slug, LoadFor, oneshot::Sender<Result<Loaded, StoreError>>),
     Totals(oneshot::Sender<Result<Vec<(String, u64)>, StoreError>>),
     /// Empty the writer thread's allocator cache (see [`crate::memory`]).
     TakeCachedBlocks(oneshot::Sender<CachedBlocks>),
@@ -120,7 +111,6 @@ impl Writer {
     ) -> Result<Self, std::io::Error> {
         let (tx, rx) = mpsc::channel();
         let inbox = Inbox::default();
-        let rows = store.row_count().unwrap_or(0);
         let now = calendar.clock().now_unix();
         let cutoff = now.saturating_sub(policy.dedupe_window.as_secs());
         // Nothing is older than the epoch: no sweep, and no write, for a window that long.
@@ -129,7 +119,7 @@ impl Writer {
         {
             tracing::warn!(error = %e, "cannot sweep expired reader ids");
         }
-        let state = State::new(store, policy, calendar, metrics, rows, Arc::clone(&inbox));
+        let state = State::new(store, policy, calendar, metrics, Arc::clone(&inbox));
         thread::Builder::new()
             .name("viewcounter-writer".into())
             .spawn(move || state.run(rx))?;
@@ -152,14 +142,10 @@ impl Writer {
         }
     }
 
-    pub fn release(&self, slug: &Slug) {
-        let _ = self.tx.send(Command::Release(slug.clone()));
-    }
-
     /// The post's total including unwritten views.
-    pub async fn load(&self, slug: &Slug, admission: Admission) -> Result<Loaded, WriterError> {
+    pub async fn load(&self, slug: &Slug, purpose: LoadFor) -> Result<Loaded, WriterError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Load(slug.clone(), admission, reply))?;
+        self.send(Command::Load(slug.clone(), purpose, reply))?;
         Ok(rx.await.map_err(|_| WriterError::Stopped)??)
     }
 
@@ -356,12 +342,6 @@ struct State {
     /// Stored totals of the posts loaded most recently: what loads answer while the file
     /// cannot be read (a disk gone read-only), so those posts keep being served.
     known: Known,
-    /// Posts admitted under a cap that have no row and no pending view yet.
-    reserved: HashSet<Slug>,
-    /// Rows in the store, for the `--max-slugs` cap.
-    rows: u64,
-    /// Pending posts that have no row yet.
-    new_rows: u64,
     /// When to look at the pending set again; never later than the earliest due flush.
     wake: Option<Instant>,
     inbox: Inbox,
@@ -378,7 +358,6 @@ impl State {
         policy: FlushPolicy,
         calendar: Calendar,
         metrics: Arc<Metrics>,
-        rows: u64,
         inbox: Inbox,
     ) -> Self {
         Self {
@@ -389,9 +368,6 @@ impl State {
             metrics,
             pending: HashMap::new(),
             known: Known::default(),
-            reserved: HashSet::new(),
-            rows,
-            new_rows: 0,
             wake: None,
             inbox,
             drain_at: None,
@@ -453,11 +429,8 @@ impl State {
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Views => {}
-            Command::Load(slug, admission, reply) => {
-                let _ = reply.send(self.load(&slug, admission));
-            }
-            Command::Release(slug) => {
-                self.reserved.remove(&slug);
+            Command::Load(slug, purpose, reply) => {
+                let _ = reply.send(self.load(&slug, purpose));
             }
             Command::Totals(reply) => {
                 let _ = reply.send(self.totals());
@@ -493,12 +466,6 @@ impl State {
             p.last = now;
             return;
         }
-        // Only a post known to have no row is new; a failing read must not inflate the count.
-        let had_row =
-            !self.reserved.remove(&slug) && !matches!(self.store.load(slug.as_str()), Ok(None));
-        if !had_row {
-            self.new_rows += 1;
-        }
         self.pending.insert(
             slug,
             Pending {
@@ -530,44 +497,29 @@ impl State {
         }
     }
 
-    fn load(&mut self, slug: &Slug, admission: Admission) -> Result<Loaded, StoreError> {
+    fn load(&mut self, slug: &Slug, purpose: LoadFor) -> Result<Loaded, StoreError> {
         let stored = match self.store.load(slug.as_str()) {
             Ok(stored) => {
                 // Posts woken for readers are remembered, with 0 when they have no row yet.
-                if stored.is_some() || !matches!(admission, Admission::ReadOnly) {
+                if stored.is_some() || purpose == LoadFor::Readers {
                     self.known.insert(slug.as_str(), stored.unwrap_or(0));
                 }
                 stored
             }
+            // A failing read is no new post: the total remembered, or an error.
             Err(e) => match self.known.get(slug.as_str()) {
                 Some(total) => Some(total),
                 None => return Err(e),
             },
         };
-        let pending = self.pending.get(slug);
-        let known = stored.is_some() || pending.is_some() || self.reserved.contains(slug);
-        if !known {
-            if let Admission::UpTo { cap, charge } = admission {
-                let posts = self.rows + self.new_rows + self.reserved.len() as u64;
-                if posts >= cap {
-                    return Ok(Loaded::Refused);
-                }
-                if !charge.take() {
-                    let retry_after = charge.rate.retry_after();
-                    return Ok(Loaded::RateLimited { retry_after });
-                }
-                self.reserved.insert(slug.clone());
-            }
-            return Ok(Loaded::Post {
-                total: 0,
-                seen: Vec::new(),
-            });
-        }
-        let total = stored.unwrap_or(0) + pending.map_or(0, |p| p.delta);
-        if matches!(admission, Admission::ReadOnly) {
-            return Ok(Loaded::Post {
+        let pending = self.pending.get(slug).map(|p| p.delta);
+        let new = stored.is_none() && pending.is_none();
+        let total = stored.unwrap_or(0) + pending.unwrap_or(0);
+        if new || purpose == LoadFor::Numbers {
+            return Ok(Loaded {
                 total,
                 seen: Vec::new(),
+                new,
             });
         }
         let since = self
@@ -580,7 +532,7 @@ impl State {
         if let Some(p) = self.pending.get(slug) {
             seen.extend(p.seen.iter().map(|(id, at)| (id.as_str().to_owned(), *at)));
         }
-        Ok(Loaded::Post { total, seen })
+        Ok(Loaded { total, seen, new })
     }
 
     fn totals(&mut self) -> Result<Vec<(String, u64)>, StoreError> {
@@ -702,7 +654,6 @@ impl State {
         for &(slug, delta) in &totals {
             self.known.add(slug, delta);
         }
-        self.rows = self.store.row_count().unwrap_or(self.rows);
         report.written = true;
         Ok(report)
     }
@@ -767,13 +718,8 @@ impl State {
             self.known.add(slug.as_str(), p.delta);
         }
         tracing::debug!(posts = batch.len(), "flushed totals");
-        self.rows += self.new_rows;
-        self.new_rows = 0;
         // A fresh map rather than clear(): after a spike of posts the old one keeps its size.
         self.pending = HashMap::new();
-        if self.reserved.is_empty() {
-            self.reserved = HashSet::new();
-        }
         if self.last_failure_log.take().is_some() {
             tracing::info!("writing totals works again; nothing was lost");
         }
