@@ -14,7 +14,11 @@ const BURST: u64 = 200;
 #[actix_web::test]
 async fn a_burst_of_200_joins_reaches_each_existing_reader_as_a_handful_of_events_ending_on_the_exact_numbers()
  {
-    let app = spawn_app_with(&["--ip-stream-limit", "0", "--ip-view-rate", "0"]).await;
+    let app = spawn_app_configured(|c| {
+        c.limits.ip_streams = 0;
+        c.limits.ip_views_per_minute = 0;
+    })
+    .await;
     let mut existing = Vec::new();
     for _ in 0..EXISTING {
         existing.push(app.join("alpha").await);

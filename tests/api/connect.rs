@@ -9,7 +9,7 @@ async fn the_first_event_comes_at_once_with_the_reader_id_and_exact_numbers() {
     // The contract's 100 ms is a latency figure, measured by the benchmark (churn: open →
     // first event p50 of a few ms). Here the bound only has to catch a first event that
     // waits for something: a coalesced broadcast (250 ms) after another join, or a heartbeat.
-    let app = spawn_app_with(&["--heartbeat", "1h"]).await;
+    let app = spawn_app_configured(|c| c.heartbeat = Duration::from_secs(3600)).await;
     let _earlier = app.join("alpha").await;
     let tok = token();
 
@@ -150,7 +150,7 @@ async fn a_view_token_is_counted_once_per_post() {
 #[actix_web::test]
 async fn a_view_token_counts_again_once_a_short_dedupe_window_has_expired() {
     let window = Duration::from_secs(1);
-    let app = spawn_app_with(&["--dedupe-window", "1s"]).await;
+    let app = spawn_app_configured(|c| c.flush.dedupe_window = Duration::from_secs(1)).await;
     let tok = token();
 
     let started = Instant::now();
@@ -264,7 +264,7 @@ async fn bots_and_requests_without_a_user_agent_get_numbers_but_are_not_counted(
 
 #[actix_web::test]
 async fn with_count_bots_a_bot_is_counted() {
-    let app = spawn_app_with(&["--count-bots"]).await;
+    let app = spawn_app_configured(|c| c.count_bots = true).await;
 
     let bot = app
         .join_as(
@@ -278,7 +278,7 @@ async fn with_count_bots_a_bot_is_counted() {
 
 #[actix_web::test]
 async fn heartbeat_comments_arrive_at_the_heartbeat_interval() {
-    let app = spawn_app_with(&["--heartbeat", "200ms"]).await;
+    let app = spawn_app_configured(|c| c.heartbeat = Duration::from_millis(200)).await;
     let mut reader = app.join("alpha").await;
 
     let started = Instant::now();
@@ -299,7 +299,7 @@ async fn heartbeat_comments_arrive_at_the_heartbeat_interval() {
 #[actix_web::test]
 async fn beyond_the_per_ip_stream_limit_the_answer_is_429_with_retry_after_and_nothing_is_counted()
 {
-    let app = spawn_app_with(&["--ip-stream-limit", "2"]).await;
+    let app = spawn_app_configured(|c| c.limits.ip_streams = 2).await;
     let a = ip(1);
     let b = ip(2);
 
@@ -354,7 +354,7 @@ async fn beyond_the_per_ip_stream_limit_the_answer_is_429_with_retry_after_and_n
 
 #[actix_web::test]
 async fn at_the_stream_capacity_the_answer_is_503_with_retry_after_and_nothing_is_counted() {
-    let app = spawn_app_with(&["--max-streams", "2"]).await;
+    let app = spawn_app_configured(|c| c.limits.max_streams = Some(2)).await;
 
     let _a = app
         .join_as("alpha", Req::connect("alpha", &token()).client_ip(&ip(1)))
@@ -400,7 +400,7 @@ async fn at_the_stream_capacity_the_answer_is_503_with_retry_after_and_nothing_i
 
 #[actix_web::test]
 async fn beyond_the_view_rate_the_stream_is_served_but_the_total_does_not_move() {
-    let app = spawn_app_with(&["--ip-view-rate", "3"]).await;
+    let app = spawn_app_configured(|c| c.limits.ip_views_per_minute = 3).await;
     let a = ip(7);
 
     let mut seen = Vec::new();
@@ -438,7 +438,11 @@ async fn beyond_the_view_rate_the_stream_is_served_but_the_total_does_not_move()
 #[actix_web::test]
 async fn an_untrusted_peer_cannot_choose_its_client_address_with_x_forwarded_for() {
     // Loopback is no longer a trusted proxy: its X-Forwarded-For is ignored.
-    let app = spawn_app_with(&["--trusted-proxy", "10.0.0.0/8", "--ip-stream-limit", "1"]).await;
+    let app = spawn_app_configured(|c| {
+        c.trusted_proxies = trusted_proxies(&["10.0.0.0/8"]);
+        c.limits.ip_streams = 1;
+    })
+    .await;
 
     let _first = app
         .join_as(
@@ -458,7 +462,7 @@ async fn an_untrusted_peer_cannot_choose_its_client_address_with_x_forwarded_for
 /// retries, back/forward restores) do not use up an address's counted views per minute.
 #[actix_web::test]
 async fn reconnects_that_count_no_view_do_not_use_up_the_view_rate() {
-    let app = spawn_app_with(&["--ip-view-rate", "3"]).await;
+    let app = spawn_app_configured(|c| c.limits.ip_views_per_minute = 3).await;
     let office = ip(9);
     let tok = token();
 

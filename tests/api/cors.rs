@@ -7,7 +7,7 @@ const BLOG: &str = "https://blog.example";
 
 #[actix_web::test]
 async fn a_disallowed_origin_is_refused_with_403_and_counts_nothing() {
-    let app = spawn_app_with(&["--allow-origin", BLOG]).await;
+    let app = spawn_app_configured(|c| c.origins = origins(&[BLOG])).await;
     let mut reader = app.join("alpha").await;
     let wrong_port = format!("http://127.0.0.1:{}", closed_port());
 
@@ -41,13 +41,8 @@ async fn a_disallowed_origin_is_refused_with_403_and_counts_nothing() {
 
 #[actix_web::test]
 async fn an_allowed_origin_is_served_and_counted_with_access_control_allow_origin() {
-    let app = spawn_app_with(&[
-        "--allow-origin",
-        BLOG,
-        "--allow-origin",
-        "http://other.example:8080",
-    ])
-    .await;
+    let app =
+        spawn_app_configured(|c| c.origins = origins(&[BLOG, "http://other.example:8080"])).await;
 
     let mut stream = app.open(Req::connect("alpha", &token()).origin(BLOG)).await;
     assert_eq!(stream.status, 200);
@@ -76,7 +71,7 @@ async fn an_allowed_origin_is_served_and_counted_with_access_control_allow_origi
 
 #[actix_web::test]
 async fn a_preflight_from_an_allowed_origin_is_answered_and_one_from_elsewhere_is_not() {
-    let app = spawn_app_with(&["--allow-origin", BLOG]).await;
+    let app = spawn_app_configured(|c| c.origins = origins(&[BLOG])).await;
     let preflight = |origin: &str| {
         Req::options("/api/v1/leave/alpha")
             .origin(origin)

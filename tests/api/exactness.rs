@@ -204,7 +204,7 @@ async fn connects_half_closed_right_after_the_head_leave_no_live_reader() {
 #[actix_web::test]
 async fn a_shared_join_half_closed_after_its_body_holds_no_slot_and_the_real_join_counts() {
     let slugs = ["post-0", "post-1", "post-2", "post-3", "post-4"];
-    let app = spawn_app_with_slugs(&slugs, &["--workers", "1"]).await;
+    let app = spawn_app_configured_with_slugs(&slugs, |c| c.workers = 1).await;
     let sid = token();
     let mut stream = open_shared(&app, shared_get(&sid)).await;
     let readers: Vec<String> = slugs.iter().map(|_| token()).collect();
@@ -451,7 +451,7 @@ async fn a_stream_fetched_as_an_image_a_frame_a_page_or_a_script_is_refused_and_
 #[actix_web::test]
 async fn a_cross_site_or_same_site_fetch_counts_only_with_an_allowed_origin() {
     let blog = "https://blog.example";
-    let app = spawn_app_with(&["--allow-origin", blog]).await;
+    let app = spawn_app_configured(|c| c.origins = origins(&[blog])).await;
     let sid = token();
     let _stream = open_shared(&app, shared_get(&sid)).await;
 
@@ -681,14 +681,13 @@ async fn admin_answers_without_a_token_only_direct_loopback_requests_and_forward
 
 #[actix_web::test]
 async fn with_any_slug_one_client_creates_at_most_ip_new_post_rate_posts_and_others_still_can() {
-    let flags = [
-        "--allow-any-slug",
-        "--max-slugs",
-        "5",
-        "--ip-new-post-rate",
-        "2",
-    ];
-    let app = spawn_app_with_slugs(&[], &flags).await;
+    let any_slug = |c: &mut Config| {
+        c.posts = Posts::Any {
+            max: 5,
+            new_per_hour: 2,
+        }
+    };
+    let app = spawn_app_configured_with_slugs(&[], any_slug).await;
     let (a, b, c) = (ip(50), ip(51), ip(52));
     let from = |slug: &str, client: &str| Req::connect(slug, &token()).client_ip(client);
     let mut open = Vec::new();
@@ -714,7 +713,7 @@ async fn with_any_slug_one_client_creates_at_most_ip_new_post_rate_posts_and_oth
     assert_eq!(app.totals().await, stored);
 
     drop(open);
-    let app = spawn_app_in(app.stop_and_keep_dir().await, &flags).await;
+    let app = spawn_app_configured_in(app.stop_and_keep_dir().await, any_slug).await;
     assert_eq!(app.totals().await, stored, "rows kept across the restart");
     let another = app
         .join_as("another-genuine", from("another-genuine", &c))
@@ -912,7 +911,7 @@ async fn every_stream_is_answered_by_the_direct_layer_whatever_its_head() {
 
 #[actix_web::test]
 async fn a_stream_refused_by_the_direct_layer_is_the_json_error_actix_web_would_send() {
-    let app = spawn_app_with(&["--allow-origin", "https://blog.example"]).await;
+    let app = spawn_app_configured(|c| c.origins = origins(&["https://blog.example"])).await;
     let refused = app
         .send(Req::connect("no-such-post", &token()).origin("https://blog.example"))
         .await;

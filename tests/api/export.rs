@@ -79,7 +79,7 @@ async fn export_of_a_database_without_views_is_the_header_or_an_empty_array() {
 
 #[actix_web::test]
 async fn export_asks_the_running_server_when_it_holds_the_file_including_unwritten_views() {
-    let app = spawn_app_with(NEVER).await;
+    let app = spawn_app_configured(never_flush).await;
     let mut open = Vec::new();
     for slug in ["beta", "alpha", "alpha"] {
         open.push(app.join(slug).await);
@@ -127,7 +127,11 @@ async fn export_from_a_running_binary_server_includes_unwritten_views() {
 
 #[actix_web::test]
 async fn export_passes_the_admin_token_to_a_running_server_and_says_when_it_is_missing() {
-    let app = spawn_app_with(&[NEVER, &["--admin-token", "t0ken-for-export"]].concat()).await;
+    let app = spawn_app_configured(|c| {
+        never_flush(c);
+        c.admin_token = Some("t0ken-for-export".into());
+    })
+    .await;
     let _r = app.join("alpha").await;
     let db = app.db().display().to_string();
     let url = format!("http://{}", app.addr);
@@ -194,7 +198,7 @@ async fn export_with_neither_a_file_nor_a_server_fails_with_a_clear_message() {
 
 #[actix_web::test]
 async fn export_of_a_held_file_whose_server_does_not_answer_says_so() {
-    let app = spawn_app_with(NEVER).await;
+    let app = spawn_app_configured(never_flush).await;
     let _r = app.join("alpha").await;
     let db = app.db().display().to_string();
     let url = format!("http://127.0.0.1:{}", closed_port());

@@ -25,6 +25,11 @@ const UNLIMITED: [&str; 6] = [
     "--ip-new-post-rate",
     "0",
 ];
+/// [`UNLIMITED`] for a library server (`--ip-new-post-rate 0` is in `Posts::Any` there).
+fn unlimited(c: &mut Config) {
+    c.limits.ip_streams = 0;
+    c.limits.ip_views_per_minute = 0;
+}
 const FLUSH: [&str; 4] = ["--flush-after", "200ms", "--flush-max-wait", "1s"];
 const MAX_WAIT: Duration = Duration::from_secs(1);
 /// The writer's lateness on a busy machine: how much older than the max wait a view must be
@@ -322,9 +327,11 @@ async fn await_streams(app: &TestApp, want: u64, within: Duration) {
 async fn churn_of_2000_readers_ends_with_live_at_the_open_streams_then_0_and_all_posts_asleep() {
     const JOINS: usize = 2000;
     const WORKERS: usize = 16;
-    let mut flags = UNLIMITED.to_vec();
-    flags.extend(["--dedupe-window", "1s"]);
-    let app = spawn_app_with(&flags).await;
+    let app = spawn_app_configured(|c| {
+        unlimited(c);
+        c.flush.dedupe_window = Duration::from_secs(1);
+    })
+    .await;
 
     let workers: Vec<_> = (0..WORKERS)
         .map(|w| actix_web::rt::spawn(churn_worker(app.addr, w, WORKERS, JOINS)))
@@ -388,15 +395,16 @@ async fn await_one_memory_reclaim(app: &TestApp) {
 async fn after_a_wave_of_posts_sleeps_memory_is_given_back_and_the_posts_count_on() {
     // More than one reclaim's worth (64 posts), spread over both workers.
     const WAVE: usize = 80;
-    let mut flags = UNLIMITED.to_vec();
-    flags.extend([
-        "--allow-any-slug",
-        "--dedupe-window",
-        "1s",
-        "--workers",
-        "2",
-    ]);
-    let app = spawn_app_with(&flags).await;
+    let app = spawn_app_configured(|c| {
+        unlimited(c);
+        c.posts = Posts::Any {
+            max: 10_000,
+            new_per_hour: 0,
+        };
+        c.flush.dedupe_window = Duration::from_secs(1);
+        c.workers = 2;
+    })
+    .await;
     let slug = |i: usize| format!("wave-{i}");
     for i in 0..WAVE {
         app.join(&slug(i)).await.stream.close();
@@ -420,7 +428,7 @@ async fn after_a_wave_of_posts_sleeps_memory_is_given_back_and_the_posts_count_o
 #[actix_web::test]
 async fn after_the_readers_of_a_hot_post_leave_memory_is_given_back_while_it_stays_awake() {
     const READERS: u64 = 80;
-    let app = spawn_app_with(&UNLIMITED).await;
+    let app = spawn_app_configured(unlimited).await;
     let mut readers = Vec::new();
     for _ in 0..READERS {
         readers.push(app.join(POSTS[0]).await);

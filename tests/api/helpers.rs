@@ -19,8 +19,9 @@ use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use viewcounter::Application;
-use viewcounter::cli::ServeArgs;
-pub use viewcounter::config::Config;
+pub use viewcounter::config::{Config, Posts};
+use viewcounter::edge::client_ip::TrustedProxies;
+use viewcounter::edge::origin::OriginPolicy;
 use viewcounter::startup::StartError;
 pub use viewcounter::storage::calendar::Clock;
 
@@ -101,61 +102,51 @@ impl Drop for StopOnDrop {
     }
 }
 
-/// A server with the default flags, the default allow-list and an empty db.
+/// A server with the defaults, the default allow-list and an empty db.
 pub async fn spawn_app() -> TestApp {
-    spawn_app_with(&[]).await
-}
-
-/// A server with extra `serve` flags.
-pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
-    let dir = tempfile::tempdir().expect("temp dir");
-    write_slugs(&slugs_path(dir.path()), DEFAULT_SLUGS);
-    spawn_app_in(dir, flags).await
-}
-
-/// A server with extra `serve` flags and its own allow-list.
-pub async fn spawn_app_with_slugs(slugs: &[&str], flags: &[&str]) -> TestApp {
-    let dir = tempfile::tempdir().expect("temp dir");
-    write_slugs(&slugs_path(dir.path()), slugs);
-    spawn_app_in(dir, flags).await
-}
-
-/// A server on the db and allow-list of `dir` (a restart when a server used it before).
-///
-/// `ServeArgs::from_args` also reads `VIEWCOUNTER_*` from the environment, as the binary does:
-/// run the suite without such variables set. (The binary's tests clear them for the child.)
-pub async fn spawn_app_in(dir: TempDir, flags: &[&str]) -> TestApp {
-    spawn_app_on_clock(dir, flags, Clock::default()).await
-}
-
-/// A server whose clock the test sets (`Clock::set_unix`), in `dir`.
-pub async fn spawn_app_on_clock(dir: TempDir, flags: &[&str], clock: Clock) -> TestApp {
-    let db = db_path(dir.path());
-    let slugs = slugs_path(dir.path());
-    let mut argv: Vec<String> = vec![
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--db".into(),
-        db.display().to_string(),
-        "--slugs".into(),
-        slugs.display().to_string(),
-    ];
-    argv.extend(flags.iter().map(|f| f.to_string()));
-    let args = ServeArgs::from_args(&argv).expect("serve flags parse");
-    let mut config = Config::try_from(args).expect("a valid configuration");
-    config.clock = clock;
-    serve_in(dir, config).await
+    spawn_app_configured(|_| {}).await
 }
 
 /// A server built from a [`Config`] with the defaults (no flags, no `VIEWCOUNTER_*`
 /// variables read), on port 0, in its own temp dir, changed by `configure`.
 pub async fn spawn_app_configured(configure: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_configured_with_slugs(DEFAULT_SLUGS, configure).await
+}
+
+/// Like [`spawn_app_configured`], with its own allow-list.
+pub async fn spawn_app_configured_with_slugs(
+    slugs: &[&str],
+    configure: impl FnOnce(&mut Config),
+) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
-    write_slugs(&slugs_path(dir.path()), DEFAULT_SLUGS);
+    write_slugs(&slugs_path(dir.path()), slugs);
+    spawn_app_configured_in(dir, configure).await
+}
+
+/// A server on the db and allow-list of `dir` (a restart when a server used it before),
+/// configured as [`spawn_app_configured`]. A test that sets the time sets `c.clock`.
+pub async fn spawn_app_configured_in(dir: TempDir, configure: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = Config::new(db_path(dir.path()), slugs_path(dir.path()));
     config.listen = "127.0.0.1:0".parse().expect("address");
     configure(&mut config);
     serve_in(dir, config).await
+}
+
+/// `--flush-after 1h --flush-max-wait 1h`: nothing is written before the stop.
+pub fn never_flush(c: &mut Config) {
+    c.flush.after = Duration::from_secs(3600);
+    c.flush.max_wait = Duration::from_secs(3600);
+}
+
+/// What `--allow-origin` (repeated) sets.
+pub fn origins(list: &[&str]) -> OriginPolicy {
+    let list: Vec<String> = list.iter().map(|&o| o.to_owned()).collect();
+    OriginPolicy::new(&list).expect("valid origins")
+}
+
+/// What `--trusted-proxy` (repeated) sets.
+pub fn trusted_proxies(nets: &[&str]) -> TrustedProxies {
+    TrustedProxies::new(nets.iter().map(|n| n.parse().expect("a network")).collect())
 }
 
 async fn serve_in(dir: TempDir, config: Config) -> TestApp {

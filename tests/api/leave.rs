@@ -44,7 +44,7 @@ fn only_counts(events: &[SseEvent], want: Counts) -> bool {
 
 #[actix_web::test]
 async fn a_beacon_leave_lowers_live_at_once_and_the_later_stream_drop_changes_nothing() {
-    let app = spawn_app_with(&["--ip-stream-limit", "1"]).await;
+    let app = spawn_app_configured(|c| c.limits.ip_streams = 1).await;
     let leaver_ip = ip(1);
     let mut watcher = app
         .join_as("alpha", Req::connect("alpha", &token()).client_ip(&ip(2)))
@@ -91,7 +91,7 @@ async fn a_second_beacon_for_the_same_reader_changes_nothing() {
 
 #[actix_web::test]
 async fn a_beacon_takes_every_stream_of_its_reader_off_live_and_their_drops_change_nothing() {
-    let app = spawn_app_with(&["--ip-stream-limit", "2"]).await;
+    let app = spawn_app_configured(|c| c.limits.ip_streams = 2).await;
     let tab_ip = ip(3);
     let tok = token();
     let mut watcher = app
@@ -118,7 +118,7 @@ async fn a_beacon_takes_every_stream_of_its_reader_off_live_and_their_drops_chan
 async fn a_reader_back_after_its_beacon_is_live_again_and_its_old_stream_dropping_changes_nothing()
 {
     // A back/forward-cache restore: pagehide sent the beacon, pageshow reopens with the same id.
-    let app = spawn_app_with(&["--ip-stream-limit", "2"]).await;
+    let app = spawn_app_configured(|c| c.limits.ip_streams = 2).await;
     let tab_ip = ip(5);
     let tok = token();
     let mut watcher = app

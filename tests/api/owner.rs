@@ -2,7 +2,7 @@
 //! calendar day in `--timezone`, `counts` for index pages, `top`, the badge, `/metrics`, and
 //! `viewcounter import` / `export --daily` on the file and through a running server.
 //!
-//! Days are tested on a clock the test sets (`spawn_app_on_clock`), so midnight comes when the
+//! Days are tested on a clock the test sets (`c.clock` of `spawn_app_configured_in`), so midnight comes when the
 //! test says; only the tests of the real binary (kill -9, import through it) use the real time.
 
 use std::collections::BTreeMap;
@@ -12,6 +12,7 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use jiff::tz::TimeZone;
 use serde::Deserialize;
 use tempfile::TempDir;
 use tokio::io::AsyncWriteExt;
@@ -22,7 +23,7 @@ const ADMIN: &str = "owner-tests-admin-token";
 const NEVER: &[&str] = &["--flush-after", "1h", "--flush-max-wait", "1h"];
 const QUICK_FLUSH: &[&str] = &["--flush-after", "50ms", "--flush-max-wait", "100ms"];
 const BERLIN: &[&str] = &["--timezone", "Europe/Berlin"];
-/// The db file `spawn_app_in` and `BinServer` use inside their directory.
+/// The db file `spawn_app_configured_in` and `BinServer` use inside their directory.
 const DB_FILE: &str = "viewcounter.redb";
 /// A post whose readers left sleeps once its dedupe memory (1 s here) expired: well within this.
 const ASLEEP: Duration = Duration::from_secs(15);
@@ -46,11 +47,30 @@ fn clock_at(rfc3339: &str) -> Clock {
     clock
 }
 
-/// A directory as `spawn_app_in` reads it: the allow-list `slugs.txt`, no db yet.
+/// A directory as `spawn_app_configured_in` reads it: the allow-list `slugs.txt`, no db yet.
 fn app_dir(slugs: &[&str]) -> TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     write_slugs(&dir.path().join("slugs.txt"), slugs);
     dir
+}
+
+/// [`BERLIN`] for a library server.
+fn berlin(c: &mut Config) {
+    c.timezone = TimeZone::get("Europe/Berlin").expect("a known time zone");
+}
+
+/// [`QUICK_FLUSH`] for a library server.
+fn quick_flush(c: &mut Config) {
+    c.flush.after = Duration::from_millis(50);
+    c.flush.max_wait = Duration::from_millis(100);
+}
+
+/// `--allow-any-slug` with its defaults (`--max-slugs 10000`, `--ip-new-post-rate 10`).
+fn any_slug(c: &mut Config) {
+    c.posts = Posts::Any {
+        max: 10_000,
+        new_per_hour: 10,
+    };
 }
 
 fn bearer(req: Req) -> Req {
@@ -134,7 +154,11 @@ fn totals_csv(rows: &[(&str, u64)]) -> String {
 #[actix_web::test]
 async fn a_view_at_23_59_59_and_one_at_00_00_01_berlin_time_land_on_two_days() {
     let clock = Clock::default();
-    let app = spawn_app_on_clock(app_dir(DEFAULT_SLUGS), BERLIN, clock.clone()).await;
+    let app = spawn_app_configured_in(app_dir(DEFAULT_SLUGS), |c| {
+        berlin(c);
+        c.clock = clock.clone();
+    })
+    .await;
     // Set just before each view: the clock runs on.
     clock.set_unix(unix("2026-11-30T22:59:59Z"));
     view(app.addr, "alpha").await;
@@ -157,7 +181,7 @@ async fn a_view_at_23_59_59_and_one_at_00_00_01_berlin_time_land_on_two_days() {
 #[actix_web::test]
 async fn the_same_two_views_in_utc_land_on_one_day() {
     let clock = Clock::default();
-    let app = spawn_app_on_clock(app_dir(DEFAULT_SLUGS), &[], clock.clone()).await;
+    let app = spawn_app_configured_in(app_dir(DEFAULT_SLUGS), |c| c.clock = clock.clone()).await;
     // Set just before each view: the clock runs on.
     clock.set_unix(unix("2026-11-30T22:59:59Z"));
     view(app.addr, "alpha").await;
@@ -178,11 +202,9 @@ async fn the_same_two_views_in_utc_land_on_one_day() {
 
 #[actix_web::test]
 async fn history_lists_every_day_of_its_window_oldest_first_ending_today() {
-    let app = spawn_app_on_clock(
-        app_dir(DEFAULT_SLUGS),
-        &[],
-        clock_at("2024-03-01T12:00:00Z"),
-    )
+    let app = spawn_app_configured_in(app_dir(DEFAULT_SLUGS), |c| {
+        c.clock = clock_at("2024-03-01T12:00:00Z");
+    })
     .await;
     view(app.addr, "alpha").await;
 
@@ -241,7 +263,7 @@ async fn history_answers_only_the_owner() {
     let proxied = Req::get("/api/v1/history/alpha").client_ip("203.0.113.9");
     open.send(proxied.clone()).await.assert_json_error(401);
 
-    let locked = spawn_app_with(&["--admin-token", ADMIN]).await;
+    let locked = spawn_app_configured(|c| c.admin_token = Some(ADMIN.into())).await;
     locked
         .send(Req::get("/api/v1/history/alpha"))
         .await
@@ -255,7 +277,11 @@ async fn history_answers_only_the_owner() {
 #[actix_web::test]
 async fn history_survives_a_graceful_restart_on_the_same_db() {
     let clock = clock_at("2026-03-28T12:00:00Z");
-    let app = spawn_app_on_clock(app_dir(DEFAULT_SLUGS), BERLIN, clock.clone()).await;
+    let app = spawn_app_configured_in(app_dir(DEFAULT_SLUGS), |c| {
+        berlin(c);
+        c.clock = clock.clone();
+    })
+    .await;
     for slug in ["alpha", "beta", "alpha"] {
         view(app.addr, slug).await;
     }
@@ -263,7 +289,11 @@ async fn history_survives_a_graceful_restart_on_the_same_db() {
     view(app.addr, "alpha").await;
     let dir = app.stop_and_keep_dir().await;
 
-    let app = spawn_app_on_clock(dir, BERLIN, clock.clone()).await;
+    let app = spawn_app_configured_in(dir, |c| {
+        berlin(c);
+        c.clock = clock.clone();
+    })
+    .await;
 
     assert_eq!(
         history(app.addr, "alpha", 3).await,
@@ -371,7 +401,10 @@ fn posts(n: usize) -> Vec<String> {
 async fn counts_of_a_hundred_posts_wake_none_count_nothing_and_keep_the_request_order() {
     let slugs = posts(100);
     let slugs: Vec<&str> = slugs.iter().map(String::as_str).collect();
-    let app = spawn_app_with_slugs(&slugs, &["--dedupe-window", "1s"]).await;
+    let app = spawn_app_configured_with_slugs(&slugs, |c| {
+        c.flush.dedupe_window = Duration::from_secs(1);
+    })
+    .await;
     for slug in ["post-003", "post-042", "post-003"] {
         app.join(slug).await.stream.close();
     }
@@ -438,7 +471,7 @@ async fn counts_refuse_no_slug_more_than_a_hundred_or_a_malformed_one() {
 
 #[actix_web::test]
 async fn counts_with_any_slug_know_only_posts_that_have_views() {
-    let app = spawn_app_with(&["--allow-any-slug"]).await;
+    let app = spawn_app_configured(any_slug).await;
     let _reading = app.join("read-once").await;
 
     let answer = counts_of_many(app.addr, &["never-read", "read-once"]).await;
@@ -481,9 +514,13 @@ async fn top_of(addr: SocketAddr, query: &str) -> Vec<Top> {
 /// | beta | 2 | 5 (3 imported) | 2 |
 /// | gamma | 2 | 2 | 2 |
 /// | 2024/05/my_post.html | 1 | 1 | 1 |
-async fn ranked_app(flags: &[&str]) -> (TestApp, Vec<Reader>) {
+async fn ranked_app(configure: impl FnOnce(&mut Config)) -> (TestApp, Vec<Reader>) {
     let clock = clock_at("2026-06-15T12:00:00Z");
-    let app = spawn_app_on_clock(app_dir(DEFAULT_SLUGS), flags, clock).await;
+    let app = spawn_app_configured_in(app_dir(DEFAULT_SLUGS), |c| {
+        configure(c);
+        c.clock = clock;
+    })
+    .await;
     let import = Req::post("/api/v1/import", "slug,total\nalpha,4\nbeta,3\n");
     let res = app.send(bearer(import)).await;
     assert_eq!(res.status, 200, "{res:?}");
@@ -498,7 +535,7 @@ async fn ranked_app(flags: &[&str]) -> (TestApp, Vec<Reader>) {
 
 #[actix_web::test]
 async fn top_ranks_best_first_and_breaks_ties_by_slug() {
-    let (app, _open) = ranked_app(&[]).await;
+    let (app, _open) = ranked_app(|_| {}).await;
     let nested = "2024/05/my_post.html";
 
     let by_total = [
@@ -535,7 +572,7 @@ async fn top_ranks_best_first_and_breaks_ties_by_slug() {
 
 #[actix_web::test]
 async fn top_lists_only_posts_on_the_allow_list() {
-    let (app, _open) = ranked_app(&[]).await;
+    let (app, _open) = ranked_app(|_| {}).await;
     // Views of posts that are not (or no longer) on the list, brought in by imports.
     import_over_http(app.addr, "", "slug,total\nunlisted,1000\n").await;
     import_over_http(
@@ -563,7 +600,7 @@ async fn top_lists_only_posts_on_the_allow_list() {
 
 #[actix_web::test]
 async fn top_keeps_the_best_up_to_its_limit_and_refuses_bad_parameters() {
-    let (app, _open) = ranked_app(&[]).await;
+    let (app, _open) = ranked_app(|_| {}).await;
 
     assert_eq!(
         top_of(app.addr, "?by=total&limit=2").await,
@@ -590,13 +627,17 @@ async fn top_keeps_the_best_up_to_its_limit_and_refuses_bad_parameters() {
 
 #[actix_web::test]
 async fn top_is_public_with_an_allow_list_and_for_the_owner_only_with_any_slug() {
-    let (listed, _open) = ranked_app(&["--admin-token", ADMIN]).await;
+    let (listed, _open) = ranked_app(|c| c.admin_token = Some(ADMIN.into())).await;
     let res = listed
         .send(Req::get("/api/v1/top?limit=1").client_ip("203.0.113.7"))
         .await;
     assert_eq!(res.status, 200, "public with an allow-list: {res:?}");
 
-    let any = spawn_app_with(&["--allow-any-slug", "--admin-token", ADMIN]).await;
+    let any = spawn_app_configured(|c| {
+        any_slug(c);
+        c.admin_token = Some(ADMIN.into());
+    })
+    .await;
     let _reading = any.join("user-made").await;
     any.send(Req::get("/api/v1/top"))
         .await
@@ -691,7 +732,7 @@ async fn a_badge_of_an_unknown_post_is_a_404_and_a_bad_label_a_400() {
         .await
         .assert_json_error(404);
     // Any slug: a post is known once it has views.
-    let any = spawn_app_with(&["--allow-any-slug"]).await;
+    let any = spawn_app_configured(any_slug).await;
     any.send(Req::get("/badge/never-read.svg"))
         .await
         .assert_json_error(404);
@@ -826,7 +867,7 @@ async fn metrics_are_samples_by_name_ending_with_eof_and_none_names_a_post() {
 
 #[actix_web::test]
 async fn metrics_count_views_repeats_rate_limits_bots_and_refusals_by_reason() {
-    let app = spawn_app_with(&["--ip-view-rate", "1"]).await;
+    let app = spawn_app_configured(|c| c.limits.ip_views_per_minute = 1).await;
     let samples = scrape(app.addr).await;
     for series in [
         "viewcounter_views_counted_total",
@@ -879,7 +920,7 @@ async fn metrics_count_views_repeats_rate_limits_bots_and_refusals_by_reason() {
 
 #[actix_web::test]
 async fn metrics_count_a_stream_over_the_per_address_limit_by_its_reason() {
-    let app = spawn_app_with(&["--ip-stream-limit", "1"]).await;
+    let app = spawn_app_configured(|c| c.limits.ip_streams = 1).await;
     let _first = app.join("alpha").await;
     assert_eq!(refusals(&scrape(app.addr).await, "ip_stream_limit"), 0);
 
@@ -894,7 +935,7 @@ async fn metrics_count_a_stream_over_the_per_address_limit_by_its_reason() {
 
 #[actix_web::test]
 async fn metrics_count_flushes_and_how_long_they_took() {
-    let app = spawn_app_with(QUICK_FLUSH).await;
+    let app = spawn_app_configured(quick_flush).await;
     let before = scrape(app.addr).await;
     assert_eq!(counter(&before, "viewcounter_flushes_total"), 0);
     assert_eq!(counter(&before, "viewcounter_flush_seconds_count"), 0);
@@ -942,7 +983,7 @@ async fn metrics_answer_only_the_owner() {
         .await
         .assert_json_error(401);
 
-    let locked = spawn_app_with(&["--admin-token", ADMIN]).await;
+    let locked = spawn_app_configured(|c| c.admin_token = Some(ADMIN.into())).await;
     locked
         .send(Req::get("/metrics"))
         .await
@@ -1059,7 +1100,7 @@ async fn importing_a_totals_csv_into_a_file_gives_each_post_its_total() {
         daily_csv(&[])
     );
     // A server starts on the file with those totals.
-    let app = spawn_app_in(dir, &[]).await;
+    let app = spawn_app_configured_in(dir, |_| {}).await;
     assert_eq!(app.counts("alpha").await, counts(0, 10));
     assert_eq!(app.join("alpha").await.first, counts(1, 11));
 }
@@ -1176,7 +1217,7 @@ async fn importing_a_daily_csv_fills_the_days_and_the_totals() {
         totals_csv(&[("alpha", 5), ("beta", 1)])
     );
     // A server on the file shows them as history.
-    let app = spawn_app_on_clock(dir, &[], clock_at("2026-12-01T08:00:00Z")).await;
+    let app = spawn_app_configured_in(dir, |c| c.clock = clock_at("2026-12-01T08:00:00Z")).await;
     assert_eq!(
         history(app.addr, "alpha", 2).await,
         rows(&[("2026-11-30", 2), ("2026-12-01", 3)])
@@ -1357,20 +1398,20 @@ async fn an_import_on_the_file_keeps_the_reader_ids_a_restart_deduplicates_with(
     // The tab was counted a minute ago, well within the 30 min dedupe window.
     let clock = Clock::default();
     clock.set_unix(clock.now_unix() - 60);
-    let app = spawn_app_on_clock(app_dir(DEFAULT_SLUGS), &[], clock).await;
+    let app = spawn_app_configured_in(app_dir(DEFAULT_SLUGS), |c| c.clock = clock).await;
     let tab = app.join("alpha").await;
     let dir = app.stop_and_keep_dir().await;
     drop(tab.stream);
     let db = dir.path().join(DB_FILE);
     let reconnect = || Req::connect("alpha", &tab.id).header("Last-Event-ID", tab.id.clone());
     // Premise: across a plain restart, the reconnect is not counted.
-    let app = spawn_app_in(dir, &[]).await;
+    let app = spawn_app_configured_in(dir, |_| {}).await;
     assert_eq!(app.join_as("alpha", reconnect()).await.first, counts(1, 1));
     let dir = app.stop_and_keep_dir().await;
 
     import_ok(dir.path(), &db, "slug,total\nbeta,5\n", &[]).await;
 
-    let app = spawn_app_in(dir, &[]).await;
+    let app = spawn_app_configured_in(dir, |_| {}).await;
     assert_eq!(app.counts("beta").await, counts(0, 5));
     assert_eq!(
         app.join_as("alpha", reconnect()).await.first,
@@ -1386,7 +1427,7 @@ async fn what_export_prints_imports_into_a_fresh_file_as_the_same_totals_and_day
     let db = dir.path().join(DB_FILE);
     import_ok(dir.path(), &db, "slug,total\ngamma,100\n", &[]).await;
     let clock = clock_at("2026-11-30T12:00:00Z");
-    let app = spawn_app_on_clock(dir, &[], clock.clone()).await;
+    let app = spawn_app_configured_in(dir, |c| c.clock = clock.clone()).await;
     for slug in ["alpha", "beta", "alpha"] {
         view(app.addr, slug).await;
     }
@@ -1494,7 +1535,7 @@ async fn import_through_a_running_server_moves_its_totals_and_an_open_readers_nu
 
 #[actix_web::test]
 async fn import_of_a_file_held_by_a_server_that_does_not_answer_fails_and_writes_nothing() {
-    let app = spawn_app_with(NEVER).await;
+    let app = spawn_app_configured(never_flush).await;
     let _reading = app.join("alpha").await;
     let url = format!("http://127.0.0.1:{}", closed_port());
 
@@ -1583,7 +1624,7 @@ async fn import_through_a_server_with_a_token_needs_that_token() {
 
 #[actix_web::test]
 async fn the_import_endpoint_reports_what_changed_and_refuses_a_bad_file_listing_each_line() {
-    let app = spawn_app_with(NEVER).await;
+    let app = spawn_app_configured(never_flush).await;
     let _reading = app.join("alpha").await;
 
     let dry = import_over_http(app.addr, "mode=add&dry_run=1", "slug,total\nalpha,5\n").await;
@@ -1636,7 +1677,11 @@ async fn the_import_endpoint_reports_what_changed_and_refuses_a_bad_file_listing
 #[actix_web::test]
 async fn export_daily_gives_the_same_rows_from_the_running_server_and_from_the_file() {
     let clock = clock_at("2026-11-30T12:00:00Z");
-    let app = spawn_app_on_clock(app_dir(DEFAULT_SLUGS), NEVER, clock.clone()).await;
+    let app = spawn_app_configured_in(app_dir(DEFAULT_SLUGS), |c| {
+        never_flush(c);
+        c.clock = clock.clone();
+    })
+    .await;
     for slug in ["beta", "alpha", "alpha"] {
         view(app.addr, slug).await;
     }

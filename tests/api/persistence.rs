@@ -29,7 +29,7 @@ async fn views_survive_a_graceful_restart_on_the_same_db() {
     drop(open);
     let dir = app.stop_and_keep_dir().await;
 
-    let app = spawn_app_in(dir, &[]).await;
+    let app = spawn_app_configured_in(dir, |_| {}).await;
 
     assert_eq!(app.counts("alpha").await, counts(0, 3));
     assert_eq!(app.counts("beta").await, counts(0, 1));
@@ -40,7 +40,7 @@ async fn views_survive_a_graceful_restart_on_the_same_db() {
 
 #[actix_web::test]
 async fn a_post_nobody_read_for_a_while_wakes_with_its_total() {
-    let app = spawn_app_with(&["--dedupe-window", "100ms"]).await;
+    let app = spawn_app_configured(|c| c.flush.dedupe_window = Duration::from_millis(100)).await;
     let a = app.join("alpha").await;
     let b = app.join("alpha").await;
     a.stream.close();
@@ -56,7 +56,7 @@ async fn a_post_nobody_read_for_a_while_wakes_with_its_total() {
 
 #[actix_web::test]
 async fn a_graceful_stop_ends_each_stream_with_a_retry_hint_and_writes_every_view() {
-    let mut app = spawn_app_with(NEVER).await;
+    let mut app = spawn_app_configured(never_flush).await;
     let mut streams = Vec::new();
     for slug in ["alpha", "alpha", "beta"] {
         streams.push(app.join(slug).await.stream);
@@ -240,7 +240,7 @@ async fn an_open_tab_reconnecting_after_a_restart_is_not_counted_twice() {
     let dir = app.stop_and_keep_dir().await;
     drop((tab.stream, other.stream));
 
-    let app = spawn_app_in(dir, &[]).await;
+    let app = spawn_app_configured_in(dir, |_| {}).await;
     // The browser comes back with the same page-view id, as ?view= and as Last-Event-ID.
     let again = app
         .join_as(

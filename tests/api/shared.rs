@@ -187,7 +187,7 @@ async fn bad_input_on_shared_streams_is_refused_and_counts_nothing() {
 
 #[actix_web::test]
 async fn a_shared_stream_carries_at_most_64_readers() {
-    let app = spawn_app_with(&["--ip-view-rate", "0"]).await;
+    let app = spawn_app_configured(|c| c.limits.ip_views_per_minute = 0).await;
     let sid = token();
     let _stream = open_shared(&app, &sid).await;
     for _ in 0..64 {

@@ -5,6 +5,14 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::*;
 
+/// `--allow-any-slug --max-slugs {max}` (and the default `--ip-new-post-rate 10`).
+fn any_slug(max: u64) -> Posts {
+    Posts::Any {
+        max,
+        new_per_hour: 10,
+    }
+}
+
 /// Every kind of malformed slug in the contract, as it appears in the request target.
 fn malformed() -> Vec<(String, &'static str)> {
     let cases: &[(&str, &str)] = &[
@@ -114,7 +122,7 @@ async fn an_unknown_slug_is_refused_with_404_json_and_creates_nothing() {
 async fn slugs_of_one_and_of_200_bytes_with_dots_and_slashes_are_served() {
     let longest = format!("{}/{}.html", "y".repeat(100), "z".repeat(94));
     assert_eq!(longest.len(), 200);
-    let app = spawn_app_with_slugs(&["a", "x_y-z.v2/a.b", &longest], &[]).await;
+    let app = spawn_app_configured_with_slugs(&["a", "x_y-z.v2/a.b", &longest], |_| {}).await;
 
     for slug in ["a", "x_y-z.v2/a.b", &longest] {
         let r = app.join(slug).await;
@@ -217,7 +225,7 @@ async fn sighup_reloads_the_allow_list_even_when_the_file_looks_unchanged() {
 
 #[actix_web::test]
 async fn with_allow_any_slug_and_max_slugs_2_a_third_new_post_is_404() {
-    let app = spawn_app_with(&["--allow-any-slug", "--max-slugs", "2"]).await;
+    let app = spawn_app_configured(|c| c.posts = any_slug(2)).await;
 
     let one = app.join("one").await;
     let two = app.join("blog/two.html").await;
@@ -241,13 +249,13 @@ async fn with_allow_any_slug_and_max_slugs_2_a_third_new_post_is_404() {
 
 #[actix_web::test]
 async fn with_allow_any_slug_the_cap_survives_a_restart() {
-    let app = spawn_app_with(&["--allow-any-slug", "--max-slugs", "2"]).await;
+    let app = spawn_app_configured(|c| c.posts = any_slug(2)).await;
     let one = app.join("one").await;
     let two = app.join("two").await;
     drop((one, two));
     let dir = app.stop_and_keep_dir().await;
 
-    let app = spawn_app_in(dir, &["--allow-any-slug", "--max-slugs", "2"]).await;
+    let app = spawn_app_configured_in(dir, |c| c.posts = any_slug(2)).await;
 
     app.send(Req::connect("three", &token()))
         .await
@@ -257,7 +265,7 @@ async fn with_allow_any_slug_the_cap_survives_a_restart() {
 
 #[actix_web::test]
 async fn refused_and_counted_nothing_requests_do_not_use_up_the_max_slugs_cap() {
-    let app = spawn_app_with(&["--allow-any-slug", "--max-slugs", "1"]).await;
+    let app = spawn_app_configured(|c| c.posts = any_slug(1)).await;
 
     for (slug, _) in malformed() {
         for req in requests(&slug) {
@@ -285,7 +293,7 @@ async fn refused_and_counted_nothing_requests_do_not_use_up_the_max_slugs_cap() 
 /// rate) gives its place back once its actor sleeps, so crawlers cannot fill the cap.
 #[actix_web::test]
 async fn a_post_only_a_bot_visited_gives_its_place_under_max_slugs_back() {
-    let app = spawn_app_with(&["--allow-any-slug", "--max-slugs", "1"]).await;
+    let app = spawn_app_configured(|c| c.posts = any_slug(1)).await;
     let mut bot = app
         .open(Req::connect("crawled-only", &token()).header("User-Agent", BOT_UA))
         .await;

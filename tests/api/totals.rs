@@ -5,7 +5,7 @@ use crate::helpers::*;
 #[actix_web::test]
 async fn totals_are_sorted_by_slug_and_include_views_not_yet_written() {
     // Nothing is written for an hour: every number here comes from memory.
-    let app = spawn_app_with(&["--flush-after", "1h", "--flush-max-wait", "1h"]).await;
+    let app = spawn_app_configured(never_flush).await;
     let mut open = Vec::new();
     for slug in [
         "gamma",
@@ -44,7 +44,7 @@ async fn totals_of_a_server_without_views_are_an_empty_array() {
 
 #[actix_web::test]
 async fn totals_are_answered_401_without_the_configured_bearer_token_and_200_with_it() {
-    let app = spawn_app_with(&["--admin-token", "s3cret-token"]).await;
+    let app = spawn_app_configured(|c| c.admin_token = Some("s3cret-token".into())).await;
     let _r = app.join("alpha").await;
 
     for req in [

@@ -68,7 +68,7 @@ async fn bytes_a_reader_sends_after_its_request_do_not_disturb_its_stream() {
 
 #[actix_web::test]
 async fn a_stream_from_a_listed_origin_and_one_from_the_page_itself_look_alike() {
-    let app = spawn_app_with(&["--allow-origin", "http://blog.test"]).await;
+    let app = spawn_app_configured(|c| c.origins = origins(&["http://blog.test"])).await;
     let own = app.origin();
 
     let listed = app
