@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::http::error::ApiError;
 
@@ -44,7 +45,9 @@ impl ClientKey {
 pub struct StreamLimits {
     per_ip: u32,
     max: usize,
-    open: AtomicUsize,
+    /// One permit per stream that may be open; a [`StreamPermit`] holds one (an `Arc` clone, no
+    /// allocation). Giving it back takes the semaphore's waiter lock, which nothing waits on.
+    streams: Arc<Semaphore>,
     /// The most streams open at once since [`StreamLimits::take_fall`] last looked.
     peak: AtomicUsize,
     by_ip: Mutex<HashMap<ClientKey, u32>>,
@@ -58,15 +61,17 @@ pub struct ReaderSlot {
 
 /// One stream's place in the limits (its connection, and its first reader), given back on drop.
 pub struct StreamPermit {
-    slot: ReaderSlot,
+    _slot: ReaderSlot,
+    _stream: OwnedSemaphorePermit,
 }
 
 impl StreamLimits {
     pub fn new(per_ip: u32, max: usize) -> Arc<Self> {
+        let max = max.min(Semaphore::MAX_PERMITS);
         Arc::new(Self {
             per_ip,
             max,
-            open: AtomicUsize::new(0),
+            streams: Arc::new(Semaphore::new(max)),
             peak: AtomicUsize::new(0),
             by_ip: Mutex::new(HashMap::new()),
         })
@@ -77,7 +82,7 @@ impl StreamLimits {
     }
 
     pub fn open(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
+        self.max - self.streams.available_permits()
     }
 
     /// How far the open streams fell from their peak since the last call: the streams whose
@@ -89,22 +94,18 @@ impl StreamLimits {
 
     /// A new stream: a place among all streams and one in the client's reader budget.
     pub fn acquire(self: &Arc<Self>, client: ClientKey) -> Result<StreamPermit, ApiError> {
-        let previous = self.open.fetch_add(1, Ordering::AcqRel);
-        if previous >= self.max {
-            self.open.fetch_sub(1, Ordering::AcqRel);
-            return Err(ApiError::AtCapacity {
+        let stream = Arc::clone(&self.streams)
+            .try_acquire_owned()
+            .map_err(|_| ApiError::AtCapacity {
                 retry_after: CAPACITY_RETRY_AFTER,
-            });
-        }
-        let slot = match self.acquire_reader(client) {
-            Ok(slot) => slot,
-            Err(e) => {
-                self.open.fetch_sub(1, Ordering::AcqRel);
-                return Err(e);
-            }
-        };
-        self.peak.fetch_max(previous + 1, Ordering::Relaxed);
-        Ok(StreamPermit { slot })
+            })?;
+        // Refused by the client's budget: the stream's permit goes back with `stream`.
+        let slot = self.acquire_reader(client)?;
+        self.peak.fetch_max(self.open(), Ordering::Relaxed);
+        Ok(StreamPermit {
+            _slot: slot,
+            _stream: stream,
+        })
     }
 
     /// One more reader of the client on a stream it already holds (a shared stream's member).
@@ -140,13 +141,6 @@ impl Drop for ReaderSlot {
                 by_ip.remove(&self.client);
             }
         }
-    }
-}
-
-impl Drop for StreamPermit {
-    fn drop(&mut self) {
-        // The reader slot is given back by its own drop, right after.
-        self.slot.limits.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
