@@ -94,11 +94,11 @@ impl StreamLimits {
 
     /// A new stream: a place among all streams and one in the client's reader budget.
     pub fn acquire(self: &Arc<Self>, client: ClientKey) -> Result<StreamPermit, ApiError> {
-        let stream = Arc::clone(&self.streams)
-            .try_acquire_owned()
-            .map_err(|_| ApiError::AtCapacity {
+        let Ok(stream) = Arc::clone(&self.streams).try_acquire_owned() else {
+            return Err(ApiError::AtCapacity {
                 retry_after: CAPACITY_RETRY_AFTER,
-            })?;
+            });
+        };
         // Refused by the client's budget: the stream's permit goes back with `stream`.
         let slot = self.acquire_reader(client)?;
         self.peak.fetch_max(self.open(), Ordering::Relaxed);
