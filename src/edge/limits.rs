@@ -7,9 +7,13 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::net::{IpAddr, Ipv6Addr};
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::http::error::ApiError;
 
@@ -41,7 +45,9 @@ impl ClientKey {
 pub struct StreamLimits {
     per_ip: u32,
     max: usize,
-    open: AtomicUsize,
+    /// One permit per stream that may be open; a [`StreamPermit`] holds one (an `Arc` clone, no
+    /// allocation). Giving it back takes the semaphore's waiter lock, which nothing waits on.
+    streams: Arc<Semaphore>,
     /// The most streams open at once since [`StreamLimits::take_fall`] last looked.
     peak: AtomicUsize,
     by_ip: Mutex<HashMap<ClientKey, u32>>,
@@ -55,15 +61,17 @@ pub struct ReaderSlot {
 
 /// One stream's place in the limits (its connection, and its first reader), given back on drop.
 pub struct StreamPermit {
-    slot: ReaderSlot,
+    _slot: ReaderSlot,
+    _stream: OwnedSemaphorePermit,
 }
 
 impl StreamLimits {
     pub fn new(per_ip: u32, max: usize) -> Arc<Self> {
+        let max = max.min(Semaphore::MAX_PERMITS);
         Arc::new(Self {
             per_ip,
             max,
-            open: AtomicUsize::new(0),
+            streams: Arc::new(Semaphore::new(max)),
             peak: AtomicUsize::new(0),
             by_ip: Mutex::new(HashMap::new()),
         })
@@ -74,7 +82,7 @@ impl StreamLimits {
     }
 
     pub fn open(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
+        self.max - self.streams.available_permits()
     }
 
     /// How far the open streams fell from their peak since the last call: the streams whose
@@ -86,22 +94,18 @@ impl StreamLimits {
 
     /// A new stream: a place among all streams and one in the client's reader budget.
     pub fn acquire(self: &Arc<Self>, client: ClientKey) -> Result<StreamPermit, ApiError> {
-        let previous = self.open.fetch_add(1, Ordering::AcqRel);
-        if previous >= self.max {
-            self.open.fetch_sub(1, Ordering::AcqRel);
+        let Ok(stream) = Arc::clone(&self.streams).try_acquire_owned() else {
             return Err(ApiError::AtCapacity {
                 retry_after: CAPACITY_RETRY_AFTER,
             });
-        }
-        let slot = match self.acquire_reader(client) {
-            Ok(slot) => slot,
-            Err(e) => {
-                self.open.fetch_sub(1, Ordering::AcqRel);
-                return Err(e);
-            }
         };
-        self.peak.fetch_max(previous + 1, Ordering::Relaxed);
-        Ok(StreamPermit { slot })
+        // Refused by the client's budget: the stream's permit goes back with `stream`.
+        let slot = self.acquire_reader(client)?;
+        self.peak.fetch_max(self.open(), Ordering::Relaxed);
+        Ok(StreamPermit {
+            _slot: slot,
+            _stream: stream,
+        })
     }
 
     /// One more reader of the client on a stream it already holds (a shared stream's member).
@@ -140,13 +144,6 @@ impl Drop for ReaderSlot {
     }
 }
 
-impl Drop for StreamPermit {
-    fn drop(&mut self) {
-        // The reader slot is given back by its own drop, right after.
-        self.slot.limits.open.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// One client's claim on a view, charged by the post only if the view counts.
 #[derive(Clone)]
 pub struct ViewCharge {
@@ -171,7 +168,7 @@ impl ViewRate {
     pub fn new(per_minute: u32) -> Self {
         Self {
             hasher: Default::default(),
-            buckets: TokenBuckets::new(per_minute, Duration::from_secs(60)),
+            buckets: TokenBuckets::new(per_minute, Quota::per_minute),
         }
     }
 
@@ -190,7 +187,7 @@ pub struct NewPostRate(TokenBuckets<ClientKey>);
 
 impl NewPostRate {
     pub fn new(per_hour: u32) -> Self {
-        Self(TokenBuckets::new(per_hour, Duration::from_secs(3600)))
+        Self(TokenBuckets::new(per_hour, Quota::per_hour))
     }
 
     /// What a refused client is told to wait: the time one new post takes to refill.
@@ -216,61 +213,43 @@ impl NewPostCharge {
     }
 }
 
-/// A token bucket per key: `capacity` tokens, refilled evenly over `period`; capacity 0 means
-/// no limit.
-struct TokenBuckets<K> {
-    capacity: u32,
-    period: Duration,
-    buckets: Mutex<HashMap<K, Bucket>>,
+/// A token bucket per key (governor's keyed limiter): `capacity` tokens, each bucket starting
+/// full and refilled evenly over the quota's period; capacity 0 means no limit (and no limiter).
+struct TokenBuckets<K: Hash + Eq + Clone> {
+    limiter: Option<(Quota, DefaultKeyedRateLimiter<K>)>,
 }
 
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-impl<K: Hash + Eq> TokenBuckets<K> {
-    fn new(capacity: u32, period: Duration) -> Self {
-        Self {
-            capacity,
-            period,
-            buckets: Mutex::new(HashMap::new()),
-        }
+impl<K: Hash + Eq + Clone> TokenBuckets<K> {
+    /// `per_period` is [`Quota::per_minute`] or [`Quota::per_hour`]: a burst of `capacity`,
+    /// one token back every period / capacity.
+    fn new(capacity: u32, per_period: fn(NonZeroU32) -> Quota) -> Self {
+        let limiter = NonZeroU32::new(capacity).map(|burst| {
+            let quota = per_period(burst);
+            (quota, RateLimiter::keyed(quota))
+        });
+        Self { limiter }
     }
 
     /// Takes one token from `key`'s bucket; false when it is empty.
     fn take(&self, key: K) -> bool {
-        if self.capacity == 0 {
-            return true;
-        }
-        let capacity = f64::from(self.capacity);
-        let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        let bucket = buckets.entry(key).or_insert(Bucket {
-            tokens: capacity,
-            at: now,
-        });
-        let refill =
-            now.duration_since(bucket.at).as_secs_f64() * capacity / self.period.as_secs_f64();
-        bucket.tokens = (bucket.tokens + refill).min(capacity);
-        bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.limiter
+            .as_ref()
+            .is_none_or(|(_, limiter)| limiter.check_key(&key).is_ok())
     }
 
+    /// The time one token takes to refill; zero without a limit.
     fn refill_time(&self) -> Duration {
-        self.period / self.capacity.max(1)
+        self.limiter
+            .as_ref()
+            .map_or(Duration::ZERO, |(quota, _)| quota.replenish_interval())
     }
 
     /// Drops buckets that have refilled completely: they hold nothing a new one would not.
     fn prune(&self) {
-        let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        buckets.retain(|_, b| now.duration_since(b.at) < self.period);
+        if let Some((_, limiter)) = &self.limiter {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
     }
 }
 
@@ -370,5 +349,28 @@ mod tests {
         assert!((0..3).all(|_| rate.allow(ip, "a")));
         assert!(!rate.allow(ip, "a"));
         assert!(rate.allow(ip, "b"), "buckets are per post");
+    }
+
+    #[test]
+    fn pruning_keeps_emptied_buckets_and_zero_means_no_limit() {
+        let rate = ViewRate::new(2);
+        let ip = client("10.0.0.1");
+        assert!(rate.allow(ip, "a") && rate.allow(ip, "a"));
+        rate.prune();
+        assert!(!rate.allow(ip, "a"), "an emptied bucket survives pruning");
+        let unlimited = ViewRate::new(0);
+        assert!((0..1000).all(|_| unlimited.allow(ip, "a")));
+    }
+
+    #[test]
+    fn new_posts_refill_one_per_hour_over_capacity() {
+        let rate = Arc::new(NewPostRate::new(4));
+        assert_eq!(rate.retry_after(), Duration::from_secs(900));
+        let charge = NewPostCharge {
+            rate: Arc::clone(&rate),
+            client: client("10.0.0.1"),
+        };
+        assert!((0..4).all(|_| charge.take()));
+        assert!(!charge.take());
     }
 }

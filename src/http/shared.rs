@@ -23,6 +23,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
+use tokio_stream::StreamMap;
 use tokio_stream::wrappers::WatchStream;
 
 use crate::edge::limits::{ClientKey, ReaderSlot, StreamLimits, StreamPermit};
@@ -182,10 +183,9 @@ impl SharedStreams {
             }),
             queue: VecDeque::from([sse::shared_start()]),
             commands: rx,
-            members: Vec::new(),
+            members: StreamMap::new(),
             heartbeat: WatchStream::from_changes(signals.heartbeat),
             shutdown: signals.shutdown.into_stream(),
-            next: 0,
             _permit: permit,
         }
     }
@@ -214,10 +214,20 @@ impl Drop for Registration {
     }
 }
 
+/// A member's updates, holding its seat and departure: dropped together when the member leaves
+/// or its updates end (the [`StreamMap`] drops a stream that ended).
 struct Attached {
-    seat: Seat,
     updates: WatchStream<Update>,
+    _seat: Seat,
     _departure: Departure,
+}
+
+impl Stream for Attached {
+    type Item = Update;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Update>> {
+        self.updates.poll_next_unpin(cx)
+    }
 }
 
 /// The body of a shared stream: members' first events as they join, then their updates,
@@ -226,11 +236,10 @@ pub struct SharedStream {
     registration: Option<Registration>,
     queue: VecDeque<Bytes>,
     commands: mpsc::UnboundedReceiver<Command>,
-    members: Vec<Attached>,
+    /// Polled from a random member each time, so a busy post cannot starve the others.
+    members: StreamMap<(Slug, Presence), Attached>,
     heartbeat: WatchStream<()>,
     shutdown: WatchStream<bool>,
-    /// Where the next scan of members starts, so a busy post cannot starve the others.
-    next: usize,
     _permit: StreamPermit,
 }
 
@@ -239,39 +248,22 @@ impl SharedStream {
         match command {
             Command::Join(member) => {
                 self.queue.push_back(member.first);
-                self.members.push(Attached {
-                    seat: member.seat,
-                    updates: WatchStream::from_changes(member.updates),
-                    _departure: member.departure,
-                });
+                let key = (member.seat.slug.clone(), member.seat.presence);
+                // The seat is unique among the members, so no member is replaced here.
+                self.members.insert(
+                    key,
+                    Attached {
+                        updates: WatchStream::from_changes(member.updates),
+                        _seat: member.seat,
+                        _departure: member.departure,
+                    },
+                );
             }
             // Dropping the member gives its seat back and departs.
-            Command::Leave(slug, presence) => self
-                .members
-                .retain(|m| m.seat.slug != slug || m.seat.presence != presence),
-        }
-    }
-
-    /// The next update of any member, scanning from where the last scan stopped.
-    fn poll_members(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        let count = self.members.len();
-        for step in 0..count {
-            let i = (self.next + step) % count;
-            match self.members[i].updates.poll_next_unpin(cx) {
-                Poll::Ready(Some(update)) => {
-                    self.next = i + 1;
-                    return Poll::Ready(Some(update.tagged));
-                }
-                // The post went away under a reader: cannot happen while the reader is
-                // attached, but if it does, the member is simply gone.
-                Poll::Ready(None) => {
-                    self.members.swap_remove(i);
-                    return Poll::Ready(None);
-                }
-                Poll::Pending => {}
+            Command::Leave(slug, presence) => {
+                self.members.remove(&(slug, presence));
             }
         }
-        Poll::Pending
     }
 }
 
@@ -297,13 +289,10 @@ impl Stream for SharedStream {
         if let Some(first) = this.queue.pop_front() {
             return Poll::Ready(Some(Ok(first)));
         }
-        loop {
-            match this.poll_members(cx) {
-                Poll::Ready(Some(event)) => return Poll::Ready(Some(Ok(event))),
-                // A member went away: scan the rest again.
-                Poll::Ready(None) => continue,
-                Poll::Pending => break,
-            }
+        // A member whose post went away under it (cannot happen while it is attached) is
+        // dropped by the map; no members left is `Ready(None)`, which is no event either.
+        if let Poll::Ready(Some((_, update))) = this.members.poll_next_unpin(cx) {
+            return Poll::Ready(Some(Ok(update.tagged)));
         }
         match this.heartbeat.poll_next_unpin(cx) {
             Poll::Ready(Some(())) => Poll::Ready(Some(Ok(sse::HEARTBEAT))),
