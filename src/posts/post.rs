@@ -294,7 +294,7 @@ impl Handler<Leave> for Post {
 
     fn handle(&mut self, leave: Leave, ctx: &mut Context<Self>) {
         let live_before = self.state.counts().live;
-        if self.state.leave(leave.presence) {
+        if self.state.leave(leave.presence, Instant::now()) {
             self.live_moved(live_before);
             self.changed(ctx);
         }

@@ -71,10 +71,17 @@ impl Dedupe {
     }
 }
 
+/// How long an ended page showing is remembered: longer than a join beacon can be late.
+pub const ENDED_MEMORY: Duration = Duration::from_secs(60);
+
 #[derive(Debug)]
 pub struct PostState {
     counts: Counts,
     readers: HashMap<Presence, Reader>,
+    /// Page showings a beacon ended (show numbers above 0), newest last: a join for one that
+    /// arrives after its leave (the two beacons crossing on the network, or a shared stream's
+    /// leader re-joining a tab that was closing) must not make it live again.
+    ended: VecDeque<(Instant, Presence)>,
     /// Streams served numbers without being readers (bots).
     observers: u32,
     dedupe: Dedupe,
@@ -85,6 +92,7 @@ impl PostState {
         Self {
             counts: Counts { live: 0, total },
             readers: HashMap::new(),
+            ended: VecDeque::new(),
             observers: 0,
             dedupe: Dedupe {
                 window: dedupe_window,
@@ -123,12 +131,22 @@ impl PostState {
                 changed: counted,
             };
         }
+        let ended = self.has_ended(presence, now);
         let entry = self.readers.entry(presence).or_insert(Reader {
             open: 0,
             live: 0,
             epoch: 0,
         });
         entry.open += 1;
+        if ended {
+            // Held, but not live: an epoch its departure can never match.
+            return JoinOutcome {
+                counted,
+                deduplicated: !is_new,
+                epoch: entry.epoch.wrapping_sub(1),
+                changed: counted,
+            };
+        }
         entry.live += 1;
         self.counts.live += 1;
         JoinOutcome {
@@ -140,7 +158,12 @@ impl PostState {
     }
 
     /// A beacon: every stream of this presence stops counting as live. True if live moved.
-    pub fn leave(&mut self, presence: Presence) -> bool {
+    /// A showing numbered by its page (above 0) is over for good: a later join of it is not
+    /// live either. Show 0 (clients that number nothing) may come back.
+    pub fn leave(&mut self, presence: Presence, now: Instant) -> bool {
+        if presence.show > 0 && !self.has_ended(presence, now) {
+            self.ended.push_back((now, presence));
+        }
         let Some(entry) = self.readers.get_mut(&presence) else {
             return false;
         };
@@ -149,6 +172,18 @@ impl PostState {
         entry.live = 0;
         self.counts.live -= was_live;
         was_live > 0
+    }
+
+    /// Whether a beacon ended this showing within [`ENDED_MEMORY`] (older ones are forgotten).
+    fn has_ended(&mut self, presence: Presence, now: Instant) -> bool {
+        while self
+            .ended
+            .front()
+            .is_some_and(|&(at, _)| now.duration_since(at) >= ENDED_MEMORY)
+        {
+            self.ended.pop_front();
+        }
+        self.ended.iter().any(|&(_, p)| p == presence)
     }
 
     /// A stream closed. True if live moved (it had not been beaconed away).
@@ -268,6 +303,7 @@ mod tests {
             let mut state = PostState::new(7, WINDOW);
             let mut open: Vec<Stream> = Vec::new();
             let mut counted: HashSet<u8> = HashSet::new();
+            let mut ended: HashSet<(u8, u32)> = HashSet::new();
             for (i, op) in ops.into_iter().enumerate() {
                 let now = start + Duration::from_millis(i as u64);
                 match op {
@@ -278,10 +314,15 @@ mod tests {
                         if expect_count {
                             counted.insert(reader);
                         }
-                        open.push(Stream { reader, show, is_reader, epoch: out.epoch, beaconed: false });
+                        // A showing a beacon ended joins held but not live.
+                        let beaconed = ended.contains(&(reader, show));
+                        open.push(Stream { reader, show, is_reader, epoch: out.epoch, beaconed });
                     }
                     Op::Leave { reader, show } => {
-                        state.leave(presence(reader, show));
+                        state.leave(presence(reader, show), now);
+                        if show > 0 {
+                            ended.insert((reader, show));
+                        }
                         let sent_for = |s: &&mut Stream| s.reader == reader && s.show == show && s.is_reader;
                         for s in open.iter_mut().filter(sent_for) {
                             s.beaconed = true;
@@ -315,10 +356,32 @@ mod tests {
         assert!(state.depart(presence(1, 1), first.epoch, true));
         let restored = state.join(presence(1, 2), || true, true, now);
         assert!(!restored.counted, "the same page view counts once");
-        assert!(!state.leave(presence(1, 1)), "sent for the first showing");
+        assert!(
+            !state.leave(presence(1, 1), now),
+            "sent for the first showing"
+        );
         assert_eq!(state.counts(), Counts { live: 1, total: 1 });
-        assert!(state.leave(presence(1, 2)));
+        assert!(state.leave(presence(1, 2), now));
         assert_eq!(state.counts(), Counts { live: 0, total: 1 });
+    }
+
+    #[test]
+    fn a_join_that_arrives_after_the_leave_of_its_showing_is_not_live() {
+        let now = Instant::now();
+        let mut state = PostState::new(0, WINDOW);
+        assert!(!state.leave(presence(1, 3), now), "nothing to take off yet");
+        let late = state.join(presence(1, 3), || true, true, now);
+        assert!(late.counted, "the view still counts once");
+        assert_eq!(state.counts(), Counts { live: 0, total: 1 });
+        assert!(!state.depart(presence(1, 3), late.epoch, true));
+        // A client that numbers nothing (show 0) may come back after its beacon.
+        state.leave(presence(2, 0), now);
+        state.join(presence(2, 0), || true, true, now);
+        assert_eq!(state.counts().live, 1);
+        // Forgotten after a while: the memory is bounded.
+        let later = now + ENDED_MEMORY;
+        state.join(presence(1, 3), || true, true, later);
+        assert_eq!(state.counts().live, 2);
     }
 
     #[test]
