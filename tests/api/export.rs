@@ -20,18 +20,6 @@ fn db_arg(dir: &std::path::Path) -> String {
     dir.join("viewcounter.redb").display().to_string()
 }
 
-fn assert_clean_failure(out: &RunOutput) {
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "a failure exit, not a panic (101) or a signal: {}",
-        out.stderr
-    );
-    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
-    assert!(out.stderr.starts_with("viewcounter: "), "{}", out.stderr);
-    assert!(out.stdout.is_empty(), "no partial output: {}", out.stdout);
-}
-
 #[actix_web::test]
 async fn export_reads_the_file_when_no_server_holds_it_as_sorted_csv_with_a_header() {
     let dir = stopped_db().await;

@@ -1234,3 +1234,17 @@ pub async fn try_join(addr: SocketAddr, slug: &str, req: Req) -> Result<Reader, 
         stream,
     })
 }
+
+/// A command that failed as a command should: exit status 1, a `viewcounter: ` message on
+/// stderr, no panic, and no partial output.
+pub fn assert_clean_failure(out: &RunOutput) {
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a failure exit, not a panic (101) or a signal: {}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    assert!(out.stderr.starts_with("viewcounter: "), "{}", out.stderr);
+    assert!(out.stdout.is_empty(), "no partial output: {}", out.stdout);
+}
