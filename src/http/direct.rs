@@ -35,15 +35,13 @@ use crate::http::error::ApiError;
 const HEAD_BUFFER: usize = 4096;
 /// Heads longer than this are refused, as actix-web refuses them.
 const MAX_HEAD: usize = 128 * 1024;
-/// Headers parsed without allocating...
-const USUAL_HEADERS: usize = 48;
-/// ...and at most (actix-web's limit too).
+/// Headers at most (actix-web's limit too).
 const MAX_HEADERS: usize = 96;
 /// The two routes this module serves.
 const CONNECT: &str = "/api/v1/connect/";
 const SHARED: &str = "/api/v1/shared/";
-/// A client sends nothing after a request without a body; this much more from it (a flood on
-/// a held stream) closes the connection.
+/// A stream's client sends nothing after its request; this much more from it (a flood on a
+/// held stream) closes the connection.
 pub const MAX_CLIENT_BYTES_AFTER_HEAD: usize = 1024;
 
 /// A connection as this module hands it to actix-web, with the peer's address.
@@ -66,7 +64,6 @@ pub async fn serve<S>(
     let Ok(read) = tokio::time::timeout(head_timeout, read_head(&io, &mut head)).await else {
         return;
     };
-    let mut allowance = None;
     match read {
         Read::Gone => return,
         Read::Unusual => {}
@@ -87,11 +84,9 @@ pub async fn serve<S>(
                 }
                 Answer::NotAStream => {}
             }
-            allowance = is_bodyless(&head[..len])
-                .then(|| MAX_CLIENT_BYTES_AFTER_HEAD.saturating_sub(head.len() - len));
         }
     }
-    let replay = Replay::new(head.freeze(), io, allowance);
+    let replay = Replay::new(head.freeze(), io);
     let _ = Box::pin(fallback.call((replay, Some(peer)))).await;
 }
 
@@ -147,21 +142,13 @@ enum Answer {
     NotAStream,
 }
 
-/// Parses the head (a second time with room for more headers when it has many) and answers
-/// it if it asks for one of the two stream routes.
+/// Parses the head and answers it if it asks for one of the two stream routes. (Boxed by the
+/// caller, so the header array is not part of a held stream's future.)
 async fn answer(state: &AppState, peer: SocketAddr, head: &[u8]) -> Answer {
-    let mut usual = [httparse::EMPTY_HEADER; USUAL_HEADERS];
-    let mut req = httparse::Request::new(&mut usual);
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
     match req.parse(head) {
         Ok(httparse::Status::Complete(_)) => admit(state, peer, &req).await,
-        Err(httparse::Error::TooManyHeaders) => {
-            let mut many = vec![httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut req = httparse::Request::new(&mut many);
-            match req.parse(head) {
-                Ok(httparse::Status::Complete(_)) => admit(state, peer, &req).await,
-                _ => Answer::NotAStream,
-            }
-        }
         _ => Answer::NotAStream,
     }
 }
@@ -236,13 +223,6 @@ async fn refuse(io: TcpStream, answer: &[u8]) {
     if write_all(&io, answer).await.is_ok() {
         let _ = socket2::SockRef::from(&io).shutdown(std::net::Shutdown::Write);
     }
-}
-
-/// A head whose request has no body (and no protocol switch): nothing may follow it.
-fn is_bodyless(head: &[u8]) -> bool {
-    let mut headers = [httparse::EMPTY_HEADER; USUAL_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    matches!(req.parse(head), Ok(httparse::Status::Complete(_))) && is_plain(req.headers)
 }
 
 /// Counts a stream in [`AppState::direct_streams`] while it lives.
@@ -361,19 +341,11 @@ async fn write_all(io: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
 pub struct Replay {
     read: Bytes,
     io: TcpStream,
-    /// After a request without a body, how much more the client may send: actix-web would
-    /// keep reading (and buffering) whatever a client sends while its stream is held. `None`:
-    /// a body follows, or the head was not understood here.
-    allowance: Option<usize>,
 }
 
 impl Replay {
-    fn new(read: Bytes, io: TcpStream, allowance: Option<usize>) -> Self {
-        Self {
-            read,
-            io,
-            allowance,
-        }
+    fn new(read: Bytes, io: TcpStream) -> Self {
+        Self { read, io }
     }
 }
 
@@ -385,18 +357,7 @@ impl AsyncRead for Replay {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.read.is_empty() {
-            let before = buf.filled().len();
-            let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-            let read = buf.filled().len() - before;
-            if let Some(left) = &mut this.allowance {
-                *left = left.checked_sub(read).ok_or_else(|| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "client sent data after its request",
-                    )
-                })?;
-            }
-            return polled;
+            return Pin::new(&mut this.io).poll_read(cx, buf);
         }
         let n = this.read.len().min(buf.remaining());
         buf.put_slice(&this.read[..n]);
