@@ -195,21 +195,13 @@ impl NewPostRate {
         self.0.refill_time()
     }
 
+    /// Takes one new post from `client`'s share; false when it is used up.
+    pub fn take(&self, client: ClientKey) -> bool {
+        self.0.take(client)
+    }
+
     pub fn prune(&self) {
         self.0.prune();
-    }
-}
-
-/// A client's claim on one new post, charged only when the post turns out to be new.
-#[derive(Clone)]
-pub struct NewPostCharge {
-    pub rate: Arc<NewPostRate>,
-    pub client: ClientKey,
-}
-
-impl NewPostCharge {
-    pub fn take(&self) -> bool {
-        self.rate.0.take(self.client)
     }
 }
 
@@ -364,13 +356,10 @@ mod tests {
 
     #[test]
     fn new_posts_refill_one_per_hour_over_capacity() {
-        let rate = Arc::new(NewPostRate::new(4));
+        let rate = NewPostRate::new(4);
         assert_eq!(rate.retry_after(), Duration::from_secs(900));
-        let charge = NewPostCharge {
-            rate: Arc::clone(&rate),
-            client: client("10.0.0.1"),
-        };
-        assert!((0..4).all(|_| charge.take()));
-        assert!(!charge.take());
+        let a = client("10.0.0.1");
+        assert!((0..4).all(|_| rate.take(a)));
+        assert!(!rate.take(a));
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
-use crate::edge::limits::{ClientKey, NewPostCharge, NewPostRate};
+use crate::edge::limits::{ClientKey, NewPostRate};
 use crate::edge::slug::Slug;
 use crate::http::error::ApiError;
 
@@ -30,7 +30,7 @@ pub struct OpenPosts {
     /// Posts with a row at start, plus those admitted since (given back by a new post that
     /// goes to sleep without a view).
     count: AtomicU64,
-    new_posts: Arc<NewPostRate>,
+    new_posts: NewPostRate,
 }
 
 impl OpenPosts {
@@ -39,7 +39,7 @@ impl OpenPosts {
         Arc::new(Self {
             max,
             count: AtomicU64::new(existing),
-            new_posts: Arc::new(NewPostRate::new(new_per_hour)),
+            new_posts: NewPostRate::new(new_per_hour),
         })
     }
 
@@ -97,11 +97,7 @@ impl Admission {
         let place = NewPost {
             posts: Arc::clone(posts),
         };
-        let charge = NewPostCharge {
-            rate: Arc::clone(&posts.new_posts),
-            client: *client,
-        };
-        if !charge.take() {
+        if !posts.new_posts.take(*client) {
             let retry_after = posts.new_posts.retry_after();
             return Err(ApiError::TooManyNewPosts { retry_after });
         }
