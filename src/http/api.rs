@@ -253,20 +253,33 @@ pub(crate) async fn read_body(
     Ok(body)
 }
 
+/// What a POST naming a reader says, checked.
+struct Beacon {
+    slug: Slug,
+    admission: Admission,
+    showing: Showing,
+    client: ClientKey,
+}
+
 /// The common start of every POST that names a reader: origin, post, then the body.
 async fn beacon(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
-) -> Result<(Slug, Admission, Showing), ApiError> {
+) -> Result<Beacon, ApiError> {
     state.origins.check(req.headers())?;
     let client = request_client(req, state);
     let (slug, admission) = state.post(req.match_info().get("slug").unwrap_or_default(), client)?;
     let showing = read_showing(req, payload).await?;
-    Ok((slug, admission, showing))
+    Ok(Beacon {
+        slug,
+        admission,
+        showing,
+        client,
+    })
 }
 
-pub(crate) fn request_client(req: &HttpRequest, state: &AppState) -> ClientKey {
+fn request_client(req: &HttpRequest, state: &AppState) -> ClientKey {
     state.client_key(req.peer_addr().map(|a| a.ip()), req.headers())
 }
 
@@ -275,7 +288,7 @@ async fn leave(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (slug, _, showing) = beacon(&req, payload, &state).await?;
+    let Beacon { slug, showing, .. } = beacon(&req, payload, &state).await?;
     state.registry.leave(
         &slug,
         Leave {
@@ -292,9 +305,13 @@ async fn shared_join(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     state.origins.check_fetch(req.headers())?;
-    let (slug, admission, showing) = beacon(&req, payload, &state).await?;
+    let Beacon {
+        slug,
+        admission,
+        showing,
+        client,
+    } = beacon(&req, payload, &state).await?;
     let shared = shared_handle(&req, &state)?;
-    let client = request_client(&req, &state);
     // Held from here on: dropped with this request if it ends before the member is attached.
     let seat = match shared.reserve(&slug, showing.presence(), client) {
         Ok(seat) => seat,
@@ -326,7 +343,7 @@ async fn shared_leave(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (slug, _, showing) = beacon(&req, payload, &state).await?;
+    let Beacon { slug, showing, .. } = beacon(&req, payload, &state).await?;
     if let Ok(shared) = shared_handle(&req, &state) {
         shared.leave(slug, showing.presence());
     }

@@ -71,15 +71,29 @@ impl Registry {
             }
         }))
         .await;
-        let totals = self
+        // Only the posts no actor answered for are asked of the writer.
+        let asleep: Vec<Slug> = slugs
+            .iter()
+            .zip(&asked)
+            .filter(|(_, counts)| counts.is_none())
+            .map(|(slug, _)| slug.clone())
+            .collect();
+        let mut totals = self
             .writer()
-            .totals_of(slugs.to_vec())
+            .totals_of(asleep)
             .await
-            .map_err(ApiError::storage)?;
+            .map_err(ApiError::storage)?
+            .into_iter();
         Ok(asked
             .into_iter()
-            .zip(totals)
-            .map(|(live, total)| live.or(total.map(|total| Counts { live: 0, total })))
+            .map(|live| {
+                live.or_else(|| {
+                    totals
+                        .next()
+                        .flatten()
+                        .map(|total| Counts { live: 0, total })
+                })
+            })
             .collect())
     }
 
