@@ -166,6 +166,9 @@ impl ApiError {
         if let Some(after) = self.retry_after() {
             let _ = write!(out, "retry-after: {}\r\n", after.as_secs().max(1));
         }
+        if matches!(self, Self::Unauthorized) {
+            out.extend_from_slice(b"www-authenticate: Bearer\r\n");
+        }
         out.extend_from_slice(
             b"content-type: application/json\r\ncache-control: no-store\r\n\
               vary: Origin, Access-Control-Request-Method, Access-Control-Request-Headers\r\n",
@@ -187,4 +190,53 @@ impl ApiError {
 /// JSON errors for what actix-web itself refuses (bad paths, payload limits).
 pub fn json_error(status: StatusCode, message: &str) -> HttpResponse {
     HttpResponse::build(status).json(serde_json::json!({ "error": message }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// The direct layer's answer says what actix-web's does: the same status, the same headers
+    /// (those actix-web and its CORS middleware add aside), the same JSON.
+    #[actix_web::test]
+    async fn both_layers_answer_a_refusal_alike() {
+        let after = Duration::from_secs(7);
+        let refusals = [
+            ApiError::UnknownPost,
+            ApiError::BadRequest("why".into()),
+            ApiError::Unauthorized,
+            ApiError::TooManyStreams { retry_after: after },
+            ApiError::TooManyNewPosts { retry_after: after },
+            ApiError::AtCapacity { retry_after: after },
+            ApiError::ShuttingDown,
+            ApiError::NotAFetch("Sec-Fetch-Dest is not empty"),
+            ApiError::BodyTimeout(after),
+        ];
+        for e in refusals {
+            let res = e.error_response();
+            let status = res.status();
+            let wanted: Vec<(String, String)> = res
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+                .collect();
+            let body = actix_web::body::to_bytes(res.into_body()).await.unwrap();
+            let answer = e.http1_answer(None);
+            let text = std::str::from_utf8(&answer).unwrap();
+            let (head, sent) = text.split_once("\r\n\r\n").unwrap();
+            assert!(
+                head.starts_with(&format!("HTTP/1.1 {}", status.as_u16())),
+                "{head}"
+            );
+            for (name, value) in &wanted {
+                assert!(
+                    head.contains(&format!("{name}: {value}\r\n"))
+                        || head.ends_with(&format!("{name}: {value}")),
+                    "{e:?}: {name} missing in {head}"
+                );
+            }
+            assert_eq!(sent.as_bytes(), &body[..], "{e:?}");
+        }
+    }
 }
