@@ -138,27 +138,6 @@ async fn send_and_half_close(addr: SocketAddr, bytes: &[u8]) {
     }
 }
 
-/// Reads until the server closes the connection (FIN or reset); what it sent and when, or
-/// `Err` if it is still open after `within`.
-async fn read_until_closed(conn: &mut TcpStream, within: Duration) -> Result<String, String> {
-    let started = Instant::now();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = within.saturating_sub(started.elapsed());
-        match tokio::time::timeout(left, conn.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return Ok(String::from_utf8_lossy(&got).into_owned()),
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-            Err(_) => {
-                return Err(format!(
-                    "connection still open after {within:?}; got {:?}",
-                    String::from_utf8_lossy(&got)
-                ));
-            }
-        }
-    }
-}
-
 /// A POST head announcing a 500-byte body that never follows.
 fn head_without_its_body(addr: SocketAddr, target: &str) -> String {
     format!(

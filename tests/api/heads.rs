@@ -2,33 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::helpers::*;
-
-/// Reads until the server closes the connection; returns what it sent and how long it took.
-async fn read_until_closed(conn: &mut TcpStream, within: Duration) -> (String, Duration) {
-    let started = Instant::now();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = within.saturating_sub(started.elapsed());
-        match tokio::time::timeout(left, conn.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                return (
-                    String::from_utf8_lossy(&got).into_owned(),
-                    started.elapsed(),
-                );
-            }
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-            Err(_) => panic!(
-                "connection still open after {within:?}; got {:?}",
-                String::from_utf8_lossy(&got)
-            ),
-        }
-    }
-}
 
 #[actix_web::test]
 async fn a_peer_that_never_finishes_its_request_line_is_dropped_and_holds_no_worker() {
@@ -49,7 +26,9 @@ async fn a_peer_that_never_finishes_its_request_line_is_dropped_and_holds_no_wor
     assert_eq!(reader.first, counts(1, 1));
 
     for conn in &mut stalled {
-        let (answer, _) = read_until_closed(conn, Duration::from_secs(10)).await;
+        let answer = read_until_closed(conn, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         let after = opened.elapsed();
         assert!(
             after >= Duration::from_secs(3),
@@ -82,7 +61,9 @@ async fn a_request_head_that_keeps_growing_is_refused_and_counts_nothing() {
     head.push_str("\r\n");
     // The server may close while we are still writing; that is a refusal too.
     let _ = conn.write_all(head.as_bytes()).await;
-    let (answer, _) = read_until_closed(&mut conn, Duration::from_secs(10)).await;
+    let answer = read_until_closed(&mut conn, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         answer.is_empty()
             || answer.starts_with("HTTP/1.1 431")
