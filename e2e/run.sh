@@ -31,7 +31,7 @@ fi
 chromium --version 2>/dev/null || true
 nginx -v 2>&1
 
-step "npm ci (playwright-core, @astrojs/compiler)"
+step "npm ci (playwright-core; astro, @hotwired/turbo, htmx.org for the router tests)"
 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error
 
 if [ -z "${VIEWCOUNTER_BIN:-}" ]; then

@@ -22,8 +22,8 @@ const UA =
 
 /** The posts the blog has; the counter's allow-list. */
 const SLUGS = [
-  'alpha', 'beta', 'gamma', 'astro-alpha', 'astro-beta', 'turbo-alpha', 'turbo-beta',
-  'shift', 'my-first-post', 'example-astro',
+  'alpha', 'beta', 'gamma', 'astro-alpha', 'astro-beta', 'turbo-alpha', 'turbo-beta', 'htmx-alpha', 'htmx-beta',
+  'shift', 'my-first-post',
 ];
 
 const tempDirs = [];
@@ -429,6 +429,27 @@ function selfSignedCert() {
   return { cert, key };
 }
 
+/**
+ * Builds e2e/site/astro with the real `astro` package (`astro build`, its <ClientRouter /> and
+ * examples/astro/ViewCounter.astro) into a temp dir; returns the built site, to mount at
+ * /astro/ (`startBlog({ extra: { '/astro/': dir } })`). About 3 s.
+ */
+function buildAstro() {
+  const out = tempDir('astro');
+  const dist = path.join(out, 'dist');
+  require('node:child_process').execFileSync(process.execPath, [
+    path.join(E2E, 'node_modules/astro/astro.js'), 'build', '--silent',
+    '--root', path.join(SITE, 'astro'), '--outDir', dist,
+  ], { stdio: 'pipe', env: { ...process.env, ASTRO_TELEMETRY_DISABLED: '1', VC_ASTRO_CACHE_DIR: path.join(out, 'cache') } });
+  return dist;
+}
+
+/** The routers' own files from npm, for `startBlog({ extra })`: /vendor/turbo/, /vendor/htmx/. */
+const VENDOR = {
+  '/vendor/turbo/': path.join(E2E, 'node_modules/@hotwired/turbo/dist'),
+  '/vendor/htmx/': path.join(E2E, 'node_modules/htmx.org/dist'),
+};
+
 const median = xs => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
@@ -444,4 +465,5 @@ module.exports = {
   ROOT, E2E, SITE, BIN, CHROMIUM, UA, SLUGS,
   tempDir, sleep, until, capture, startCounter, startBlog, launchBrowser, newContext, instrument,
   shown, waitShown, streamHolders, median, report, freePort, startNginx, selfSignedCert,
+  buildAstro, VENDOR,
 };

@@ -133,70 +133,7 @@ test('back/forward: a bfcache restore counts no new view; a fresh load counts on
     `the same reader id joined); forward to beta → total stays 1; reload of beta → total 2; fresh load of alpha → total 2`);
 });
 
-/** Astro- and Turbo-like pages: same flow, different lifecycle events. */
-async function clientRouterFlow(t, kind) {
-  const slug = p => `${kind}-${p}`;
-  const page = await open(`/${kind}/alpha.html`);
-  await counter.waitCount(slug('alpha'), n => n.live === 1 && n.total === 1);
-  await h.waitShown(page, s => s.live === 1 && s.total === 1);
-  const marker = await e2e(page, () => window.__e2e.marker);
-
-  // Link to beta: DOM swap, no reload.
-  await page.click('#next');
-  await h.until(() => e2e(page, () => window.__swaps === 1 && location.pathname.endsWith('/beta.html')));
-  await counter.waitCount(slug('beta'), n => n.live === 1 && n.total === 1);
-  await counter.waitCount(slug('alpha'), n => n.live === 0 && n.total === 1);
-  await h.waitShown(page, s => s.live === 1 && s.total === 1);
-
-  // The same post again (router navigation to itself): the reader stays attached as it is, so
-  // nothing is sent (the scan runs in the router's page-load event, before __swaps is read).
-  const beaconsBefore = await e2e(page, () => window.__e2e.beacons.length);
-  await page.click('#self');
-  await h.until(() => e2e(page, () => window.__swaps === 2));
-  assert.deepEqual(await page.evaluate(n => window.__e2e.beacons.slice(n), beaconsBefore), [], 'same post: no leave, no join');
-  assert.deepEqual(await counter.count(slug('beta')), { live: 1, total: 1 }, 'same post: no new view');
-
-  // Back (popstate, the router swaps again): alpha is a new page view, counted once.
-  await page.goBack({ waitUntil: 'commit' }); // to beta (the same post): no view
-  await h.until(() => e2e(page, () => window.__swaps === 3));
-  assert.deepEqual(await page.evaluate(n => window.__e2e.beacons.slice(n), beaconsBefore), [], 'back to the same post: nothing sent');
-  await page.goBack({ waitUntil: 'commit' }); // to alpha
-  await h.until(() => e2e(page, () => window.__swaps === 4 && location.pathname.endsWith('/alpha.html')));
-  await counter.waitCount(slug('alpha'), n => n.live === 1 && n.total === 2);
-  await counter.waitCount(slug('beta'), n => n.live === 0 && n.total === 1);
-  await h.waitShown(page, s => s.live === 1 && s.total === 2);
-
-  const info = await e2e(page, () => ({
-    marker: window.__e2e.marker,
-    navigations: performance.getEntriesByType('navigation').length,
-    streams: window.__e2e.es.map(r => ({ path: new URL(r.url).pathname, closed: r.closed })),
-    beacons: window.__e2e.beacons.map(b => new URL(b.url).pathname.replace(/^\/api\/v1\/(shared\/[^/]+\/)?/, (_, sh) => sh ? 'shared ' : '')),
-    counterTags: [...document.scripts].filter(s => s.src.includes('counter.js')).length,
-  }));
-  assert.equal(info.marker, marker, 'no reload happened');
-  // One tab: it leads, and its shared stream outlives the router's navigations (same document).
-  assert.equal(info.streams.length, 1, `one stream for the whole flow: ${JSON.stringify(info.streams)}`);
-  assert.equal(info.streams[0].closed, false);
-  // Let any stray (double) stream or late scan show itself before the final word.
-  await h.sleep(300);
-  assert.deepEqual(await counter.count(slug('alpha')), { live: 1, total: 2 });
-  assert.deepEqual(await counter.count(slug('beta')), { live: 0, total: 1 });
-  return info;
-}
-
-test('Astro view transitions (astro:* events around a DOM swap) move the reader without a reload or a double count', async t => {
-  const info = await clientRouterFlow(t, 'astro');
-  h.report(t, `alpha→beta→beta(again)→back→alpha without reload; ${info.streams.length} shared stream, ` +
-    `open throughout; beacons: ${info.beacons.join(', ')}; ` +
-    `the re-inserted tag ran once; final astro-alpha {live 1,total 2}, astro-beta {live 0,total 1}`);
-});
-
-test('Turbo navigations (turbo:* events) move the reader without a reload or a double count', async t => {
-  const info = await clientRouterFlow(t, 'turbo');
-  h.report(t, `alpha→beta→beta(again)→back→alpha without reload; ${info.streams.length} shared stream, ` +
-    `open throughout; beacons: ${info.beacons.join(', ')}; ` +
-    `final turbo-alpha {live 1,total 2}, turbo-beta {live 0,total 1}`);
-});
+// Client-side routers (Astro, Turbo, htmx, each the real package): tests/routers.test.js.
 
 test('the stream a tab opens arrives on a fresh connection, not on the script\'s', async t => {
   const page = await ctx.newPage();

@@ -2,8 +2,9 @@
 // Issue 4, point 4: the embedding examples in examples/, each rendered and driven in Chromium.
 // - plain.html: served as it is from the blog's origin (its counter.example.com placeholder
 //   replaced by the test counter's URL);
-// - astro/ViewCounter.astro: compiled by Astro's own compiler (@astrojs/compiler), its template
-//   rendered with a minimal stand-in for Astro's runtime, then loaded in a page;
+// - astro/ViewCounter.astro: rendered by e2e/site/astro's layout, built with the real `astro`
+//   (`astro build`, h.buildAstro()), then loaded in two tabs;
+// - htmx.html: served with htmx from e2e/node_modules in place of its CDN URL;
 // - hugo/layouts/partials/viewcounter.html: built into a one-post site by Debian's hugo (when
 //   hugo is installed; e2e/run.sh installs it), else its markup is checked as text.
 
@@ -15,12 +16,13 @@ const path = require('node:path');
 const h = require('../lib/harness');
 
 const EXAMPLES = path.join(h.ROOT, 'examples');
-let browser, blog, counter, ctx;
+let browser, blog, counter, ctx, astroSite;
 const pages = {}; // path -> HTML, served by the blog
 
 before(async () => {
+  astroSite = h.buildAstro();
   browser = await h.launchBrowser();
-  blog = await h.startBlog({ counter: 'http://127.0.0.1:9', extra: { '/examples/': EXAMPLES } });
+  blog = await h.startBlog({ counter: 'http://127.0.0.1:9', extra: { '/examples/': EXAMPLES, '/astro/': astroSite, ...h.VENDOR } });
   // Routes added by the tests below are looked up at request time.
   const extra = blog.server.listeners('request')[0];
   blog.server.removeAllListeners('request');
@@ -76,46 +78,32 @@ test('example: plain HTML (examples/plain.html) counts and shows live numbers', 
   h.report(t, 'two tabs: both showed live 2 / total 2, then live 1 after one closed; 0 layout shifts');
 });
 
-test('example: the Astro component (examples/astro/ViewCounter.astro) compiles, renders and counts', async t => {
-  const { transform } = await import('@astrojs/compiler');
-  const source = fs.readFileSync(path.join(EXAMPLES, 'astro/ViewCounter.astro'), 'utf8');
-  const out = await transform(source, { filename: 'ViewCounter.astro', sourcemap: false });
-  assert.deepEqual(out.diagnostics.filter(d => d.severity === 1), [], 'compiler errors');
-
-  // Run the compiled template with a stand-in for astro/runtime/server (just what it calls).
-  const esc = v => String(v).replace(/&/g, '&amp;').replace(/"/g, '&quot;').replace(/</g, '&lt;');
-  const runtime = {
-    render: (strings, ...values) => strings.reduce((acc, s, i) => acc + s + (i < values.length ? values[i] ?? '' : ''), ''),
-    addAttribute: (v, name) => (v == null || v === false ? '' : ` ${name}="${esc(v)}"`),
-    maybeRenderHead: () => '',
-    createComponent: fn => fn,
-    createAstro: () => ({}),
-    createMetadata: () => ({}),
-  };
-  let code = out.code
-    .replace(/import\s*\{[^}]*\}\s*from\s*"astro\/runtime\/server\/index\.js";/, '')
-    .replace(/^import "[^"]*lang\.css";$/m, '') // the component's CSS: out.css, added below
-    .replace(/^interface Props \{[\s\S]*?^\}\n/m, '') // TypeScript, which Astro's build strips
-    .replace(/\$\$(\w+)\(/g, (m, name) => (name in runtime ? `__rt.${name}(` : m))
-    .replace(/\$\$render`/g, '__rt.render`')
-    .replace(/export default (\$\$\w+);/, (_, name) => `module.exports = ${name};`)
-    .replace(/export const /g, 'const ');
-  const mod = { exports: null };
-  new Function('__rt', 'module', code)(runtime, mod);
-  const result = { createAstro: props => ({ props, url: new URL('http://blog.example/posts/x/') }) };
-  const html = mod.exports(result, { slug: 'example-astro', counter: 'https://counter.example.com' }, {});
-  assert.match(html, /<p class="viewcounter[^"]*"[^>]* data-viewcounter-slug="example-astro"/);
+test('example: the Astro component (examples/astro/ViewCounter.astro) builds with astro, renders and counts', async t => {
+  // e2e/site/astro's layout renders the example itself, inside Astro's <ClientRouter />.
+  const html = fs.readFileSync(path.join(astroSite, 'alpha/index.html'), 'utf8');
+  assert.match(html, /<p class="viewcounter[^"]*"[^>]* data-viewcounter-slug="astro-alpha"/);
   assert.match(html, /<script src="https:\/\/counter\.example\.com\/counter\.js" async><\/script>/);
   assert.doesNotMatch(html, /is:inline/);
-  const css = out.css.join('\n');
-  assert.match(css, /min-width/);
+  assert.match(html, /\[data-viewcounter\][^{]*\{[^}]*min-width/, "the component's scoped style");
+  await twoReaders('/astro/alpha/', 'astro-alpha');
+  h.report(t, `built by astro ${require('astro/package.json').version} (astro build, with <ClientRouter />); rendered markup: ` +
+    `${/<p class="viewcounter[\s\S]*?<\/script>/.exec(html)[0].replace(/\s+/g, ' ').slice(0, 160)}…; two tabs: live 2 / total 2, 0 layout shifts`);
+});
 
-  pages['/astro-example.html'] = `<!doctype html><html lang="en"><head><meta charset="utf-8">
-<link rel="icon" href="data:,"><title>Astro example</title><style>${css}</style></head>
-<body><article><h1>A post rendered with ViewCounter.astro</h1>${html}<p>Text.</p></article></body></html>`;
-  await twoReaders('/astro-example.html', 'example-astro');
-  h.report(t, `compiled by @astrojs/compiler with 0 errors; rendered markup: ${html.replace(/\s+/g, ' ').trim().slice(0, 160)}…; ` +
-    'two tabs: live 2 / total 2, 0 layout shifts');
+test('example: htmx (examples/htmx.html) counts and shows live numbers, with the htmx it pins', async t => {
+  const source = fs.readFileSync(path.join(EXAMPLES, 'htmx.html'), 'utf8');
+  const cdn = /<script src="(https:\/\/cdn\.jsdelivr\.net\/npm\/htmx\.org@([\d.]+)\/dist\/htmx\.min\.js)"><\/script>/.exec(source);
+  assert.ok(cdn, 'the example loads htmx from jsDelivr');
+  const installed = require('htmx.org/package.json').version;
+  assert.equal(cdn[2], installed, 'the example pins the htmx that e2e/package.json tests');
+  assert.match(source, /<body hx-boost="true">/);
+  // The same page, with htmx served from e2e/node_modules (no network in the tests).
+  pages['/htmx-example.html'] = source.replace(cdn[1], '/vendor/htmx/htmx.min.js');
+  await twoReaders('/htmx-example.html', 'my-first-post');
+  const boosted = await ctx.newPage();
+  await boosted.goto(blog.url('/htmx-example.html'));
+  assert.equal(await boosted.evaluate(() => typeof window.htmx?.version === 'string' && window.htmx.version), installed);
+  h.report(t, `htmx ${installed} (hx-boost on <body>): two tabs: live 2 / total 2, then live 1; 0 layout shifts`);
 });
 
 test('example: the Hugo partial (examples/hugo/layouts/partials/viewcounter.html) builds, renders and counts', async t => {

@@ -245,13 +245,22 @@
     channel.close();
   }
 
+  // Client-side routers swap in a new page without a load: scan once each has rendered one
+  // (README: "Client-side routers"). Astro's <ClientRouter /> fires astro:page-load, Turbo Drive
+  // turbo:load, and htmx 2 htmx:afterSettle after every swap: a boosted link's new body, a
+  // back/forward restore (from its history cache or the server), and any partial swap, which
+  // finds the same slug and does nothing.
+  function followRouters() {
+    listen('astro:page-load turbo:load htmx:afterSettle', scan);
+  }
+
   function start() {
     // A prerendered page has not been seen yet.
     if (document.prerendering) return listen('prerenderingchange', start);
     // Capture listeners on window also see Astro's events at document and Turbo's at <html>.
     listen('pagehide', pageHidden);
     listen('pageshow', event => event.persisted && pageShown());
-    listen('astro:page-load turbo:load', scan);
+    followRouters();
     listen('popstate', () => setTimeout(scan, 50)); // let the router render first
     pageShown();
     scan();
