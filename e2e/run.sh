@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# End-to-end tests: headless Chromium, nginx (HTTP/1.1 and TLS + HTTP/2), the embedding examples.
+# End-to-end tests: headless Chromium, nginx (HTTP/1.1 and TLS + HTTP/2), Caddy (TLS + HTTP/2),
+# client-side routers (astro, @hotwired/turbo, htmx.org), the embedding examples.
 #
 #   bash e2e/run.sh                          # builds target/release/viewcounter, then tests it
 #   VIEWCOUNTER_BIN=path/to/viewcounter bash e2e/run.sh    # tests that binary, builds nothing
 #   bash e2e/run.sh tests/proxy-h2.test.js   # only some test files (paths relative to e2e/)
 #
-# Installs what it needs, idempotently: Debian's chromium, nginx-light, openssl and hugo (apt),
+# Installs what it needs, idempotently: Debian's chromium, nginx-light, caddy, openssl and hugo (apt),
 # and e2e/package-lock.json (npm ci). Never downloads a browser: playwright-core drives
 # /usr/bin/chromium. Takes about a minute and a half once everything is installed.
 set -euo pipefail
@@ -15,9 +16,9 @@ ROOT=$(cd .. && pwd)
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "system packages (chromium nginx-light openssl hugo)"
+step "system packages (chromium nginx-light caddy openssl hugo)"
 missing=()
-for pkg in chromium nginx-light openssl hugo; do
+for pkg in chromium nginx-light caddy openssl hugo; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -30,6 +31,7 @@ else
 fi
 chromium --version 2>/dev/null || true
 nginx -v 2>&1
+caddy version
 
 step "npm ci (playwright-core; astro, @hotwired/turbo, htmx.org for the router tests)"
 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error

@@ -213,7 +213,8 @@ async function startBlog({ counter, extra = {}, host = '127.0.0.1' } = {}) {
     if (type.startsWith('text/html')) {
       let html = body.toString('utf8');
       const base = typeof blog.counter === 'string' ? blog.counter : blog.counter.url;
-      html = html.replaceAll('__COUNTER__', base).replaceAll('https://counter.example.com', base);
+      // The placeholder first: `base` itself may be https://counter.example.com:PORT (Caddy's test).
+      html = html.replaceAll('https://counter.example.com', base).replaceAll('__COUNTER__', base);
       if (u.searchParams.has('notag')) html = html.replace(/<script[^>]*counter\.js[^>]*><\/script>/g, '');
       body = html;
     }
@@ -416,15 +417,75 @@ ${httpExtra}
   };
 }
 
-/** A self-signed certificate for 127.0.0.1 and localhost, made by openssl now. */
-function selfSignedCert() {
+/**
+ * Runs Caddy (`caddy run`) in front of `counter`, with deploy/caddy/Caddyfile as it is except
+ * for these substitutions: viewcounter's address (127.0.0.1:8080), the site's port (the recipe's
+ * site is counter.example.com on 443; here counter.example.com:PORT, which the browser maps to
+ * loopback with --host-resolver-rules) and a self-signed certificate in place of the one Caddy
+ * would get from an ACME CA. `global` goes into the test's global options block (the recipe has
+ * none), `sites` after the recipe (test-only sites, such as the blog). Caddy keeps its state in
+ * a temp dir (XDG_DATA_HOME, XDG_CONFIG_HOME), and its admin endpoint is off.
+ */
+async function startCaddy({ counter, cert, global = '', sites = '' }) {
+  const dir = tempDir('caddy');
+  const port = await freePort();
+  let conf = fs.readFileSync(path.join(ROOT, 'deploy', 'caddy', 'Caddyfile'), 'utf8');
+  const swap = (from, to) => {
+    if (!conf.includes(from)) throw new Error(`deploy/caddy/Caddyfile no longer contains ${from}`);
+    conf = conf.replaceAll(from, to);
+  };
+  swap('reverse_proxy 127.0.0.1:8080 {', `reverse_proxy 127.0.0.1:${counter.port} {`);
+  swap('\ncounter.example.com {\n', `\ncounter.example.com:${port} {\n\ttls ${cert.cert} ${cert.key}\n`);
+  const file = path.join(dir, 'Caddyfile');
+  fs.writeFileSync(file, `{
+\tadmin off
+\tauto_https disable_redirects
+\tskip_install_trust
+${global}
+}
+${conf}
+${sites}
+`);
+  const proc = spawn('caddy', ['run', '--adapter', 'caddyfile', '--config', file], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, XDG_DATA_HOME: path.join(dir, 'data'), XDG_CONFIG_HOME: path.join(dir, 'config'), HOME: dir },
+  });
+  children.push(proc);
+  const log = [];
+  capture(proc.stdout, log);
+  capture(proc.stderr, log);
+  let dead = null;
+  const exited = new Promise(resolve => proc.on('exit', (code, signal) => resolve({ code, signal })));
+  exited.then(r => { dead = r; });
+  await until(async () => {
+    if (dead) throw Object.assign(new Error(`caddy exited ${JSON.stringify(dead)}:\n${log.join('\n')}`), { fatal: true });
+    return new Promise(resolve => {
+      const sock = require('node:net').connect(port, '127.0.0.1', () => { sock.destroy(); resolve(true); });
+      sock.on('error', () => resolve(false));
+    });
+  }, { timeout: 10000, what: 'caddy to listen' });
+  return {
+    port, dir, proc, log, file,
+    async stop() {
+      if (dead) return dead;
+      proc.kill('SIGTERM');
+      const t = setTimeout(() => proc.kill('SIGKILL'), 3000);
+      const r = await exited;
+      clearTimeout(t);
+      return r;
+    },
+  };
+}
+
+/** A self-signed certificate for 127.0.0.1, localhost and `names`, made by openssl now. */
+function selfSignedCert(names = []) {
   const dir = tempDir('cert');
   const cert = path.join(dir, 'cert.pem');
   const key = path.join(dir, 'key.pem');
   require('node:child_process').execFileSync('openssl', [
     'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
     '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=127.0.0.1',
-    '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost',
+    '-addext', `subjectAltName=${['IP:127.0.0.1', 'DNS:localhost', ...names.map(n => `DNS:${n}`)].join(',')}`,
   ], { stdio: 'pipe' });
   return { cert, key };
 }
@@ -463,6 +524,6 @@ function report(t, line) {
 module.exports = {
   ROOT, E2E, SITE, BIN, CHROMIUM, UA, SLUGS,
   tempDir, sleep, until, capture, startCounter, startBlog, launchBrowser, newContext, instrument,
-  shown, waitShown, streamHolders, median, report, freePort, startNginx, selfSignedCert,
+  shown, waitShown, streamHolders, median, report, freePort, startNginx, startCaddy, selfSignedCert,
   buildAstro, VENDOR,
 };
