@@ -3,15 +3,20 @@
 // - Astro's <ClientRouter /> (view transitions, `astro` package): e2e/site/astro, built with
 //   `astro build` around examples/astro/ViewCounter.astro;
 // - Turbo Drive (`@hotwired/turbo`): e2e/site/turbo/;
-// - htmx's boosted links (`hx-boost`, `htmx.org` 2): e2e/site/htmx/.
+// - htmx's boosted links (`hx-boost`, `htmx.org` 2, and 4 as the alias `htmx4`): e2e/site/htmx/
+//   (htmx 4 boosts a body's links only with `hx-boost:inherited`: the pages carry both).
 // Each: post A → post B by the router (no reload) → B again → back (→ back) to A. B shows its
 // numbers, A's live drops, B counts once, the same post again sends nothing, back counts A once.
 
 const { test, before, after, beforeEach, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
+const path = require('node:path');
 const h = require('../lib/harness');
 
-let browser, blog, counter, ctx, astroBuilt;
+// htmx 4 beside htmx 2: e2e/package.json installs it as "htmx4" (npm:htmx.org@4).
+const HTMX4 = path.join(h.E2E, 'node_modules/htmx4/dist');
+
+let browser, blog, blog4, counter, ctx, astroBuilt;
 
 before(async () => {
   const started = Date.now();
@@ -19,14 +24,17 @@ before(async () => {
   astroBuilt = Date.now() - started;
   browser = await h.launchBrowser();
   blog = await h.startBlog({ counter: 'http://127.0.0.1:9', extra: { '/astro/': astro, ...h.VENDOR } });
+  blog4 = await h.startBlog({ counter: 'http://127.0.0.1:9', extra: { ...h.VENDOR, '/vendor/htmx/': HTMX4 } });
 });
 after(async () => {
   await browser?.close();
   await blog?.close();
+  await blog4?.close();
 });
 beforeEach(async () => {
-  counter = await h.startCounter({ allowOrigins: [blog.origin] });
+  counter = await h.startCounter({ allowOrigins: [blog.origin, blog4.origin] });
   blog.counter = counter;
+  blog4.counter = counter;
   ctx = await h.newContext(browser);
 });
 afterEach(async () => {
@@ -41,10 +49,10 @@ const e2e = (page, fn, arg) => page.evaluate(fn, arg);
  * the event the router fires once it has rendered a page: the test counts them in
  * `window.__swaps` (its listener is added after counter.js's, so the scan has run by then).
  */
-async function routerFlow(kind, { alpha, done }) {
+async function routerFlow(kind, { alpha, done, site = blog }) {
   const slug = p => `${kind}-${p}`;
   const page = await ctx.newPage();
-  await page.goto(blog.url(alpha));
+  await page.goto(site.url(alpha));
   await counter.waitCount(slug('alpha'), n => n.live === 1 && n.total === 1);
   await h.waitShown(page, s => s.live === 1 && s.total === 1);
   const marker = await e2e(page, () => window.__e2e.marker);
@@ -123,5 +131,11 @@ test('Turbo Drive (@hotwired/turbo) moves the reader without a reload or a doubl
 
 test('htmx boosted links (htmx.org, hx-boost) move the reader without a reload or a double count', async t => {
   const info = await routerFlow('htmx', { alpha: '/htmx/alpha.html', done: 'htmx:afterSettle' });
+  h.report(t, summary('htmx', info));
+});
+
+test('htmx 4 boosted links (htmx.org 4, hx-boost) move the reader without a reload or a double count', async t => {
+  // The same pages, on a blog that serves htmx 4 where they load htmx from.
+  const info = await routerFlow('htmx', { alpha: '/htmx/alpha.html', done: 'htmx:after:settle', site: blog4 });
   h.report(t, summary('htmx', info));
 });

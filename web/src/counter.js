@@ -247,11 +247,11 @@
 
   // Client-side routers swap in a new page without a load: scan once each has rendered one
   // (README: "Client-side routers"). Astro's <ClientRouter /> fires astro:page-load, Turbo Drive
-  // turbo:load, and htmx 2 htmx:afterSettle after every swap: a boosted link's new body, a
-  // back/forward restore (from its history cache or the server), and any partial swap, which
+  // turbo:load, and htmx after every swap htmx:afterSettle (htmx 2) or htmx:after:settle
+  // (htmx 4): a boosted link's new body, a back/forward restore, and any partial swap, which
   // finds the same slug and does nothing.
   function followRouters() {
-    listen('astro:page-load turbo:load htmx:afterSettle', scan);
+    listen('astro:page-load turbo:load htmx:afterSettle htmx:after:settle', scan);
   }
 
   function start() {
