@@ -52,6 +52,7 @@
   let electionTimer; // the one election timer: a pending claim, or the liveness timer
   let claiming = false; // a claim is pending: further questions do not push it back
   let lastHeardStreamId; // from the last HELLO: another one means a new leader or stream
+  let lastNumbers; // the last event for this page's post, for a router's new body
 
   // Only while this tab leads.
   let streamId = ''; // '' while it follows
@@ -142,6 +143,7 @@
     try {
       const numbers = JSON.parse(data);
       if (numbers.slug !== slug) return;
+      lastNumbers = data;
       for (const key of ['live', 'total']) {
         if (typeof numbers[key] !== 'number') continue;
         document.querySelectorAll(`[data-viewcounter=${key}]`).forEach(element => {
@@ -249,9 +251,14 @@
   // (README: "Client-side routers"). Astro's <ClientRouter /> fires astro:page-load, Turbo Drive
   // turbo:load, and htmx after every swap htmx:afterSettle (htmx 2) or htmx:after:settle
   // (htmx 4): a boosted link's new body, a back/forward restore, and any partial swap, which
-  // finds the same slug and does nothing.
+  // finds the same slug and does nothing. The new body shows placeholders: a new post's numbers
+  // come with its join, the same post's are the last ones heard (no event comes until they
+  // change).
   function followRouters() {
-    listen('astro:page-load turbo:load htmx:afterSettle htmx:after:settle', scan);
+    listen('astro:page-load turbo:load htmx:afterSettle htmx:after:settle', () => {
+      scan();
+      if (lastNumbers) showNumbers(lastNumbers); // ignored unless it is this post's
+    });
   }
 
   function start() {
