@@ -334,6 +334,14 @@ function freePort() {
   });
 }
 
+/** Whether something accepts TCP connections on 127.0.0.1:`port` now. */
+function accepts(port) {
+  return new Promise(resolve => {
+    const sock = require('node:net').connect(port, '127.0.0.1', () => { sock.destroy(); resolve(true); });
+    sock.on('error', () => resolve(false));
+  });
+}
+
 const DEPLOY = path.join(ROOT, 'deploy', 'nginx');
 
 /**
@@ -393,10 +401,7 @@ ${httpExtra}
   exited.then(r => { dead = r; });
   await until(async () => {
     if (dead) throw Object.assign(new Error(`nginx exited ${JSON.stringify(dead)}: ${log.join('\n')}\n${errorLog()}`), { fatal: true });
-    return new Promise(resolve => {
-      const sock = require('node:net').connect(port, '127.0.0.1', () => { sock.destroy(); resolve(true); });
-      sock.on('error', () => resolve(false));
-    });
+    return accepts(port);
   }, { timeout: 10000, what: 'nginx to listen' });
   return {
     url, port, prefix, proc,
@@ -459,10 +464,7 @@ ${sites}
   exited.then(r => { dead = r; });
   await until(async () => {
     if (dead) throw Object.assign(new Error(`caddy exited ${JSON.stringify(dead)}:\n${log.join('\n')}`), { fatal: true });
-    return new Promise(resolve => {
-      const sock = require('node:net').connect(port, '127.0.0.1', () => { sock.destroy(); resolve(true); });
-      sock.on('error', () => resolve(false));
-    });
+    return accepts(port);
   }, { timeout: 10000, what: 'caddy to listen' });
   return {
     port, dir, proc, log, file,
