@@ -1,7 +1,7 @@
 //! One actor per post that has readers: live readers, total, dedupe memory, and the coalesced
 //! broadcast of `{live,total}` to every open stream of that post.
 //!
-//! Inputs are plain messages ([`Join`], [`Leave`], [`Depart`], [`GetCounts`]) and the output
+//! Inputs are plain messages ([`Join`], [`Leave`], [`Depart`], [`Watch`], [`GetCounts`]) and the output
 //! is a `watch` channel of encoded events, so a bus can later feed remote nodes' counts in.
 
 use std::sync::Arc;
@@ -85,6 +85,38 @@ impl Drop for Departure {
         self.post.do_send(self.depart);
     }
 }
+
+/// Someone follows the post's numbers without reading it (an index page, `GET /watch`): no
+/// view, no live reader. The post stays awake until the answer's [`Watcher`] is dropped.
+#[derive(Debug, Clone, Copy)]
+pub struct Watch;
+
+impl Message for Watch {
+    type Result = Result<Watched, Asleep>;
+}
+
+/// What a watcher gets: the post's updates (the current state first) and the guard that lets
+/// the post sleep once nobody watches it.
+pub struct Watched {
+    pub updates: watch::Receiver<Update>,
+    pub watcher: Watcher,
+}
+
+/// Tells the post when a watcher goes, however it goes (like [`Departure`] for readers).
+pub struct Watcher {
+    post: Addr<Post>,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.post.do_send(Unwatch);
+    }
+}
+
+/// A watcher went away.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+struct Unwatch;
 
 /// Views imported for this post (`viewcounter import`): its readers see the new total.
 #[derive(Debug, Clone, Copy, Message)]
@@ -313,6 +345,34 @@ impl Handler<Depart> for Post {
             self.live_moved(live_before);
             self.changed(ctx);
         }
+        if self.state.is_idle() {
+            self.schedule_housekeeping(ctx);
+        }
+    }
+}
+
+impl Handler<Watch> for Post {
+    type Result = Result<Watched, Asleep>;
+
+    fn handle(&mut self, _: Watch, ctx: &mut Context<Self>) -> Self::Result {
+        if self.sleeping {
+            return Err(Asleep);
+        }
+        self.state.observe();
+        Ok(Watched {
+            updates: self.updates.subscribe(),
+            watcher: Watcher {
+                post: ctx.address(),
+            },
+        })
+    }
+}
+
+impl Handler<Unwatch> for Post {
+    type Result = ();
+
+    fn handle(&mut self, _: Unwatch, ctx: &mut Context<Self>) {
+        self.state.unobserve();
         if self.state.is_idle() {
             self.schedule_housekeeping(ctx);
         }

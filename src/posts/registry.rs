@@ -16,7 +16,9 @@ use crate::edge::slug_list::Admission;
 use crate::http::error::ApiError;
 use crate::memory::Reclaimer;
 use crate::metrics::Metrics;
-use crate::posts::post::{Counts, GetCounts, Imported, Join, Joined, Leave, Post, PostContext};
+use crate::posts::post::{
+    Asleep, Counts, GetCounts, Imported, Join, Joined, Leave, Post, PostContext, Watch, Watched,
+};
 use crate::storage::calendar::Clock;
 use crate::storage::writer::{LoadFor, Writer};
 
@@ -132,10 +134,42 @@ impl Registry {
         admission: Admission,
         join: Join,
     ) -> Result<Joined, ApiError> {
+        let joined = self.ask_awake(slug, Some(&admission), join).await?;
+        // With an admission, `wake` finds or makes the post (or says why not).
+        joined.ok_or_else(|| ApiError::Internal(format!("post {slug} was not woken")))
+    }
+
+    /// Follows a post's numbers without counting anything, waking it if it exists: a listed
+    /// post, or (any slug) one with views. `None` for a post that does not exist yet: watching
+    /// creates no post, no row and no memory. The post stays awake while the answer's
+    /// [`Watcher`](crate::posts::post::Watcher) lives.
+    pub async fn watch(
+        self: &Arc<Self>,
+        slug: &Slug,
+        admission: &Admission,
+    ) -> Result<Option<Watched>, ApiError> {
+        self.ask_awake(slug, admission.existing(), Watch).await
+    }
+
+    /// Sends `message` to the post, woken if needed (see [`Registry::wake`] for `admission`);
+    /// a post that went to sleep meanwhile is woken again.
+    async fn ask_awake<M, T>(
+        self: &Arc<Self>,
+        slug: &Slug,
+        admission: Option<&Admission>,
+        message: M,
+    ) -> Result<Option<T>, ApiError>
+    where
+        M: Message<Result = Result<T, Asleep>> + Clone + Send + 'static,
+        T: Send + 'static,
+        Post: Handler<M>,
+    {
         loop {
-            let addr = self.wake(slug, admission.clone()).await?;
-            match addr.send(join.clone()).await {
-                Ok(Ok(joined)) => return Ok(joined),
+            let Some(addr) = self.wake(slug, admission).await? else {
+                return Ok(None);
+            };
+            match addr.send(message.clone()).await {
+                Ok(Ok(answer)) => return Ok(Some(answer)),
                 // Went to sleep meanwhile: it has left the map, so the next turn wakes a new one.
                 Ok(Err(_)) | Err(MailboxError::Closed) => self.forget(slug, &addr),
                 Err(MailboxError::Timeout) => {
@@ -199,13 +233,15 @@ impl Registry {
         self.lock().get(slug).cloned()
     }
 
+    /// The awake post, woken if needed. A post the writer knows nothing of is made only with
+    /// an `admission` (which may refuse it); without one it is `None`.
     async fn wake(
         self: &Arc<Self>,
         slug: &Slug,
-        admission: Admission,
-    ) -> Result<Addr<Post>, ApiError> {
+        admission: Option<&Admission>,
+    ) -> Result<Option<Addr<Post>>, ApiError> {
         if let Some(addr) = self.lookup(slug) {
-            return Ok(addr);
+            return Ok(Some(addr));
         }
         let loaded = self
             .writer()
@@ -213,15 +249,15 @@ impl Registry {
             .await
             .map_err(ApiError::storage)?;
         // The writer knows nothing of it: whether it may exist is the slug admission's call.
-        let new_post = if loaded.new {
-            admission.admit_new()?
-        } else {
-            None
+        let new_post = match (loaded.new, admission) {
+            (false, _) => None,
+            (true, Some(admission)) => admission.admit_new()?,
+            (true, None) => return Ok(None),
         };
         let mut posts = self.lock();
         // Another request may have woken it while we loaded (its place, if any, goes back).
         if let Some(addr) = posts.get(slug) {
-            return Ok(addr.clone());
+            return Ok(Some(addr.clone()));
         }
         let post = Post::new(
             slug.clone(),
@@ -232,7 +268,7 @@ impl Registry {
         let seen = loaded.seen;
         let addr = post.remembering(seen).start();
         posts.insert(slug.clone(), addr.clone());
-        Ok(addr)
+        Ok(Some(addr))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Slug, Addr<Post>>> {

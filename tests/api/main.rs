@@ -20,4 +20,5 @@ mod persistence;
 mod shared;
 mod slugs;
 mod totals;
+mod watch;
 mod wire;
