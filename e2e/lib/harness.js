@@ -23,7 +23,7 @@ const UA =
 /** The posts the blog has; the counter's allow-list. */
 const SLUGS = [
   'alpha', 'beta', 'gamma', 'astro-alpha', 'astro-beta', 'turbo-alpha', 'turbo-beta',
-  'shift', 'my-first-post', 'example-astro', 'delta',
+  'shift', 'my-first-post', 'example-astro', 'delta', 'my-second-post', 'my-third-post',
 ];
 
 const tempDirs = [];

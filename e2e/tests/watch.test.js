@@ -6,13 +6,22 @@
 
 const { test, before, after, beforeEach, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
+const path = require('node:path');
 const h = require('../lib/harness');
 
 let browser, blog, counter, ctx, elsewhere;
 
 before(async () => {
   browser = await h.launchBrowser();
-  blog = await h.startBlog({ counter: 'http://127.0.0.1:9' });
+  blog = await h.startBlog({
+    counter: 'http://127.0.0.1:9',
+    extra: {
+      '/examples/': path.join(h.ROOT, 'examples'),
+      // The post the example index page links to second.
+      '/posts/my-second-post/': '<!doctype html><title>My second post</title>' +
+        '<script src="__COUNTER__/counter.js" data-slug="my-second-post" async></script><p>Hello.</p>',
+    },
+  });
 });
 after(async () => {
   await browser?.close();
@@ -114,4 +123,18 @@ test('a post counts itself and watches others over its one stream; a rescan repl
   h.report(t, `delta counted once (1/1) and showed alpha and beta at 0; a reader of alpha elsewhere: ` +
     `alpha live 1 on delta, delta's own numbers unchanged; after a rescan the stream watches gamma only ` +
     `(watch lists sent: ${watchBeacons.map(b => JSON.stringify(b)).join(', ')}); one stream throughout`);
+});
+
+test('examples/index-page.html, served as it is, shows a reader of one of its posts and counts nothing', async t => {
+  const index = await open(ctx, '/examples/index-page.html');
+  const posts = ['my-first-post', 'my-second-post', 'my-third-post'];
+  await h.waitWatched(index, w => posts.every(s => w[s].live === 0 && w[s].total === 0));
+  // A reader of the second post, in another browser.
+  await open(elsewhere, '/posts/my-second-post/');
+  await h.waitWatched(index, w => w['my-second-post'].live === 1 && w['my-second-post'].total === 1);
+  assert.deepEqual(await counter.count('my-first-post'), zero);
+  assert.deepEqual(await counter.count('my-second-post'), { live: 1, total: 1 });
+  assert.equal((await openStreams([index])).length, 1);
+  h.report(t, 'the example index page filled its three posts with 0/0 and showed live 1 / total 1 for the ' +
+    'post a reader opened elsewhere; it counted nothing and held one stream');
 });
