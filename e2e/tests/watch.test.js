@@ -23,20 +23,14 @@ before(async () => {
     },
   });
 });
-after(async () => {
-  await browser?.close();
-  await blog?.close();
-});
+after(() => Promise.all([browser?.close(), blog?.close()]));
 beforeEach(async () => {
-  counter = await h.startCounter({ allowOrigins: [blog.origin] });
-  blog.counter = counter;
-  ctx = await h.newContext(browser);
-  // Another reader's browser: its own context, so its own stream.
-  elsewhere = await h.newContext(browser);
+  blog.counter = counter = await h.startCounter({ allowOrigins: [blog.origin] });
+  // `elsewhere` is another reader's browser: its own context, so its own stream.
+  [ctx, elsewhere] = await Promise.all([h.newContext(browser), h.newContext(browser)]);
 });
 afterEach(async () => {
-  await ctx?.close();
-  await elsewhere?.close();
+  await Promise.all([ctx?.close(), elsewhere?.close()]);
   await counter?.stop();
 });
 
