@@ -14,7 +14,7 @@ pub(crate) mod counter;
 pub(crate) mod link;
 pub(crate) mod outbox;
 pub(crate) mod presence;
-pub(crate) mod store;
+pub mod store;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

@@ -501,9 +501,10 @@ impl Handler<Imported> for Post {
     type Result = ();
 
     fn handle(&mut self, imported: Imported, ctx: &mut Context<Self>) {
-        match self.merged.as_mut() {
-            Some(merged) => merged.redis_total += imported.views,
-            None => self.state.add_to_total(imported.views),
+        // Cluster mode: Redis announces the imported totals to every node (RemoteTotal);
+        // adding them here too would count them twice when the announcement comes first.
+        if self.merged.is_none() {
+            self.state.add_to_total(imported.views);
         }
         self.changed(ctx);
     }

@@ -204,3 +204,74 @@ async fn a_node_starts_without_redis_and_joins_when_it_comes() {
     await_outbox_empty(&a).await;
     assert_eq!(redis.total("alpha"), 1);
 }
+
+/// `viewcounter ARGS` in `dir`: (succeeded, stdout, stderr).
+async fn run(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = bin_command(dir)
+        .args(args)
+        .output()
+        .await
+        .expect("run viewcounter");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[actix_web::test]
+async fn export_and_import_with_redis_speak_for_the_whole_cluster() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = node(&redis, "a").await;
+    let b = node(&redis, "b").await;
+    let mut on_a = a.join("alpha").await;
+    let mut on_b = b.join("beta").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = redis.url();
+
+    let (ok, out, err) = run(dir.path(), &["export", "--redis", &url]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "slug,total\nalpha,1\nbeta,1\n", "both nodes' views");
+
+    let file = dir.path().join("totals.csv");
+    std::fs::write(&file, "slug,total\nbeta,40\ngamma,7\n").expect("write the import");
+    let file = file.display().to_string();
+    let (ok, out, err) = run(dir.path(), &["import", "--redis", &url, "--dry-run", &file]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("beta: 1 -> 40"), "{out}");
+    assert_eq!(redis.total("beta"), 1, "a dry run writes nothing");
+
+    let (ok, _, err) = run(dir.path(), &["import", "--redis", &url, &file]).await;
+    assert!(ok, "{err}");
+    // The reader on b sees the imported total: every node is told.
+    on_b.stream.await_counts(counts(1, 40), ACROSS_NODES).await;
+    assert_eq!(
+        a.totals().await,
+        rows(&[("alpha", 1), ("beta", 40), ("gamma", 7)])
+    );
+
+    // Through a running node: its own readers see the import once, not twice.
+    let res = a
+        .send(Req::post(
+            "/api/v1/import?mode=set",
+            "slug,total\nalpha,10\n",
+        ))
+        .await;
+    assert_eq!(res.status, 200, "{res:?}");
+    on_a.stream.await_counts(counts(1, 10), ACROSS_NODES).await;
+    let later = on_a.stream.events_within(PROPAGATION).await;
+    assert!(
+        later
+            .iter()
+            .filter_map(|e| e.counts())
+            .all(|c| c == counts(1, 10)),
+        "{later:?}"
+    );
+    assert_eq!(redis.total("alpha"), 10);
+
+    let (ok, _, err) = run(dir.path(), &["export", "--redis", "http://nowhere"]).await;
+    assert!(!ok);
+    assert!(err.contains("--redis"), "{err}");
+}
