@@ -49,21 +49,9 @@ pub async fn export(args: &ExportArgs) -> Result<String, ExportError> {
     }
     let offline = store::read_offline(&args.store.db).and_then(|snapshot| {
         if args.daily {
-            let rows = snapshot
-                .days()?
-                .into_iter()
-                .filter_map(|(slug, day, views)| {
-                    Some(DayRow {
-                        slug,
-                        day: Day::from_key(day)?.to_string(),
-                        views,
-                    })
-                });
-            Ok(render_days(&rows.collect::<Vec<_>>(), args.format))
+            Ok(render_days(&day_rows(snapshot.days()?), args.format))
         } else {
-            let rows = snapshot.totals()?.into_iter();
-            let rows: Vec<Row> = rows.map(|(slug, total)| Row { slug, total }).collect();
-            Ok(render(&rows, args.format))
+            Ok(render(&total_rows(snapshot.totals()?), args.format))
         }
     });
     let file = match offline {
@@ -103,26 +91,29 @@ fn from_redis(
 ) -> Result<String, StoreError> {
     let mut store = store?;
     if args.daily {
-        let rows: Vec<DayRow> = store
-            .all_days()?
-            .into_iter()
-            .filter_map(|(slug, day, views)| {
-                Some(DayRow {
-                    slug,
-                    day: Day::from_key(day)?.to_string(),
-                    views,
-                })
-            })
-            .collect();
-        Ok(render_days(&rows, args.format))
+        Ok(render_days(&day_rows(store.all_days()?), args.format))
     } else {
-        let rows: Vec<Row> = store
-            .totals()?
-            .into_iter()
-            .map(|(slug, total)| Row { slug, total })
-            .collect();
-        Ok(render(&rows, args.format))
+        Ok(render(&total_rows(store.totals()?), args.format))
     }
+}
+
+fn day_rows(days: Vec<(String, u32, u64)>) -> Vec<DayRow> {
+    days.into_iter()
+        .filter_map(|(slug, day, views)| {
+            Some(DayRow {
+                slug,
+                day: Day::from_key(day)?.to_string(),
+                views,
+            })
+        })
+        .collect()
+}
+
+fn total_rows(totals: Vec<(String, u64)>) -> Vec<Row> {
+    totals
+        .into_iter()
+        .map(|(slug, total)| Row { slug, total })
+        .collect()
 }
 
 async fn fetch<T: serde::de::DeserializeOwned>(
