@@ -159,6 +159,11 @@ impl Cluster {
         self.presence.remote_live(slug)
     }
 
+    /// Every post with live readers on other nodes, and how many.
+    pub(crate) fn remote_posts(&self) -> Vec<(Slug, u64)> {
+        self.presence.remote_posts()
+    }
+
     /// A post's views counted here that Redis does not have yet.
     pub(crate) fn unsynced(&self, slug: &Slug) -> u64 {
         self.outbox.pending_for(slug.as_str())

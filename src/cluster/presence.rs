@@ -151,6 +151,16 @@ impl Presence {
         sum(&lock(&self.peers), slug)
     }
 
+    /// Every post with live readers on other nodes, and how many.
+    pub(crate) fn remote_posts(&self) -> Vec<(Slug, u64)> {
+        let peers = lock(&self.peers);
+        let mut all: HashMap<Slug, u64> = HashMap::new();
+        for (slug, live) in peers.values().flat_map(|p| &p.live) {
+            *all.entry(slug.clone()).or_default() += live;
+        }
+        all.into_iter().filter(|&(_, live)| live > 0).collect()
+    }
+
     /// Live nodes seen, this one included.
     pub(crate) fn nodes(&self) -> usize {
         1 + lock(&self.peers).len()

@@ -275,3 +275,32 @@ async fn export_and_import_with_redis_speak_for_the_whole_cluster() {
     assert!(!ok);
     assert!(err.contains("--redis"), "{err}");
 }
+
+#[actix_web::test]
+async fn a_node_without_readers_of_a_post_reports_its_readers_elsewhere() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = node(&redis, "a").await;
+    let b = node(&redis, "b").await;
+    let _on_a = a.join("gamma").await;
+
+    // b has no actor for gamma: count, counts and top read the cluster.
+    b.await_counts("gamma", counts(1, 1), ACROSS_NODES * 2)
+        .await;
+    let res = b
+        .send(Req::get("/api/v1/counts?slug=gamma&slug=alpha"))
+        .await;
+    assert_eq!(res.status, 200, "{res:?}");
+    assert_eq!(
+        res.json(),
+        serde_json::json!([
+            {"slug": "gamma", "live": 1, "total": 1},
+            {"slug": "alpha", "live": 0, "total": 0},
+        ])
+    );
+    let top = b.send(Req::get("/api/v1/top?by=live")).await.json();
+    assert_eq!(top[0]["slug"], "gamma", "{top}");
+    assert_eq!(top[0]["live"], 1, "{top}");
+    assert_eq!(b.stat("posts_awake").await, 0, "nothing woken on b");
+}
