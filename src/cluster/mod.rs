@@ -39,6 +39,8 @@ use crate::storage::store::{RedbStore, StoreError};
 
 /// How often the outbox is looked at while it holds views.
 const REPLAY_EVERY: Duration = Duration::from_millis(250);
+/// How often silent nodes are looked for: a killed node leaves within EXPIRY + 1 beat + this.
+const EXPIRE_EVERY: Duration = Duration::from_millis(250);
 /// Totals asked of Redis per `HMGET` when awake posts catch up after a reconnect.
 const REFRESH_CHUNK: usize = 500;
 
@@ -210,7 +212,7 @@ impl Cluster {
         format!("{}-{random:016x}", self.node())
     }
 
-    /// The heartbeat, the announcer, the listener and the replay.
+    /// The heartbeat, the announcer, the listener, the replay and the expiry.
     pub(crate) fn spawn_tasks(self: &Arc<Self>, registry: &Arc<Registry>) -> Vec<JoinHandle<()>> {
         let Some(Receivers { pushes, changes }) = self
             .receivers
@@ -225,6 +227,7 @@ impl Cluster {
             actix_web::rt::spawn(Arc::clone(self).announce(changes)),
             actix_web::rt::spawn(Arc::clone(self).listen(pushes, Arc::clone(registry))),
             actix_web::rt::spawn(Arc::clone(self).replay(Arc::clone(registry))),
+            actix_web::rt::spawn(Arc::clone(self).expire(Arc::clone(registry))),
         ]
     }
 
@@ -243,6 +246,14 @@ impl Cluster {
             if let Ok(moved) = beat {
                 tell_live(&registry, moved);
             }
+        }
+    }
+
+    /// Drops the nodes gone silent (killed, or cut off with Redis), Redis or not.
+    async fn expire(self: Arc<Self>, registry: Arc<Registry>) {
+        let mut tick = tokio::time::interval(EXPIRE_EVERY);
+        loop {
+            tick.tick().await;
             tell_live(&registry, self.presence.expire());
         }
     }

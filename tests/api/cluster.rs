@@ -304,3 +304,42 @@ async fn a_node_without_readers_of_a_post_reports_its_readers_elsewhere() {
     assert_eq!(top[0]["live"], 1, "{top}");
     assert_eq!(b.stat("posts_awake").await, 0, "nothing woken on b");
 }
+
+#[actix_web::test]
+async fn a_node_that_stops_renewing_its_presence_leaves_live_within_5_s() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = node(&redis, "a").await;
+    let mut reader = a.join("alpha").await;
+    // A node as a killed one leaves it: a presence written once, never renewed.
+    let mut conn = redis.connection();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64;
+    redis::pipe()
+        .atomic()
+        .hset_multiple("vc:node:ghost", &[("", "1"), ("alpha", "3")])
+        .pexpire("vc:node:ghost", 3000)
+        .zadd("vc:nodes", "ghost", now_ms)
+        .query::<()>(&mut conn)
+        .expect("write the ghost's presence");
+    let written = Instant::now();
+    reader
+        .stream
+        .await_counts(counts(4, 1), ACROSS_NODES * 2)
+        .await;
+    await_stat(&a, "nodes", 2.into(), ACROSS_NODES).await;
+
+    reader
+        .stream
+        .await_counts(counts(1, 1), Duration::from_secs(5))
+        .await;
+    assert!(
+        written.elapsed() <= Duration::from_secs(5),
+        "{:?}",
+        written.elapsed()
+    );
+    await_stat(&a, "nodes", 1.into(), ACROSS_NODES).await;
+}
