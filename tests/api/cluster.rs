@@ -343,3 +343,33 @@ async fn a_node_that_stops_renewing_its_presence_leaves_live_within_5_s() {
     );
     await_stat(&a, "nodes", 1.into(), ACROSS_NODES).await;
 }
+
+#[actix_web::test]
+async fn without_a_dedupe_window_a_late_call_and_its_replay_still_count_once() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let a = spawn_app_configured(|c| {
+        c.flush.dedupe_window = Duration::ZERO;
+        c.cluster = Some(ClusterConfig {
+            node_id: Some("a".into()),
+            ..ClusterConfig::new(url)
+        });
+    })
+    .await;
+    let id = token();
+    let first = a.join_as("alpha", Req::connect("alpha", &id)).await;
+    assert_eq!(first.first.total, 1);
+    redis.pause();
+    let again = a.join_as("alpha", Req::connect("alpha", &id)).await;
+    assert_eq!(again.first.total, 2, "no window: every stream is a view");
+    redis.resume();
+    await_stat(&a, "redis", "ok".into(), DOWN_WITHIN).await;
+    await_outbox_empty(&a).await;
+    assert_eq!(
+        redis.total("alpha"),
+        2,
+        "the op id, not the marker, made the replay a no-op"
+    );
+}
