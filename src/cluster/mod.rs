@@ -1,10 +1,10 @@
 //! Cluster mode (`--redis`): several nodes share one Redis, so every reader sees the same
 //! numbers whichever node serves them.
 //!
-//! - [`link`]: the connection, its timeouts and health;
-//! - [`counter`]: one counted view as one Lua script (dedupe marker, total, day, announcement);
-//! - [`presence`]: each node's live readers in Redis, merged into every post's live count;
-//! - [`outbox`]: views counted while Redis did not answer, replayed exactly once;
+//! - `link`: the connection, its timeouts and health;
+//! - `counter`: one counted view as one Lua script (dedupe marker, total, day, announcement);
+//! - `presence`: each node's live readers in Redis, merged into every post's live count;
+//! - `outbox`: views counted while Redis did not answer, replayed exactly once;
 //! - [`store`]: the writer's [`crate::storage::store::Store`] on Redis, for the owner's reads.
 //!
 //! Posts reach the cluster through [`Cluster`] (in their context); the cluster's tasks reach

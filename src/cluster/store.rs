@@ -1,7 +1,7 @@
 //! The writer's [`Store`] in cluster mode: totals and days are Redis's (`vc:totals`,
 //! `vc:day:YYYYMMDD`), so the owner's reads (`/totals`, `/history`, `/top`, `/daily`, a
 //! sleeping post's `/count`) and imports speak for the whole cluster. Counted views do not
-//! come through here: each is one script call from its post ([`crate::cluster::counter`]).
+//! come through here: each is one script call from its post (`cluster::counter`).
 //!
 //! It runs on the writer thread, so it uses a blocking connection whose reads and writes time
 //! out after `--redis-timeout`; while the cluster finds Redis down it fails at once, and the
