@@ -27,6 +27,14 @@ async fn node(redis: &RedisServer, id: &str) -> TestApp {
     .await
 }
 
+/// A Redis and nodes `a` and `b` on it; `None` without `redis-server` (the test is skipped).
+async fn two_nodes() -> Option<(RedisServer, TestApp, TestApp)> {
+    let redis = RedisServer::start()?;
+    let a = node(&redis, "a").await;
+    let b = node(&redis, "b").await;
+    Some((redis, a, b))
+}
+
 /// `GET /api/v1/stats` from loopback.
 async fn stats(app: &TestApp) -> serde_json::Value {
     let res = app.send(Req::get("/api/v1/stats")).await;
@@ -57,11 +65,9 @@ async fn await_outbox_empty(app: &TestApp) {
 
 #[actix_web::test]
 async fn a_reader_counted_on_one_node_is_not_counted_again_on_another() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((redis, a, b)) = two_nodes().await else {
         return;
     };
-    let a = node(&redis, "a").await;
-    let b = node(&redis, "b").await;
     let id = token();
 
     let first = a.join_as("alpha", Req::connect("alpha", &id)).await;
@@ -92,11 +98,9 @@ async fn a_reader_counted_on_one_node_is_not_counted_again_on_another() {
 
 #[actix_web::test]
 async fn readers_on_every_node_see_the_same_live_and_total() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((_redis, a, b)) = two_nodes().await else {
         return;
     };
-    let a = node(&redis, "a").await;
-    let b = node(&redis, "b").await;
     await_stat(&a, "nodes", 2.into(), ACROSS_NODES * 3).await;
 
     let mut on_b = b.join("beta").await;
@@ -167,11 +171,9 @@ async fn a_paused_redis_stalls_no_join_and_the_view_counts_once() {
 
 #[actix_web::test]
 async fn views_counted_while_redis_is_gone_reach_it_exactly_once() {
-    let Some(mut redis) = RedisServer::start() else {
+    let Some((mut redis, a, b)) = two_nodes().await else {
         return;
     };
-    let a = node(&redis, "a").await;
-    let b = node(&redis, "b").await;
     redis.kill();
     await_stat(&a, "redis", "down".into(), DOWN_WITHIN).await;
 
@@ -233,11 +235,9 @@ async fn run(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
 
 #[actix_web::test]
 async fn export_and_import_with_redis_speak_for_the_whole_cluster() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((redis, a, b)) = two_nodes().await else {
         return;
     };
-    let a = node(&redis, "a").await;
-    let b = node(&redis, "b").await;
     let mut on_a = a.join("alpha").await;
     let mut on_b = b.join("beta").await;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -290,11 +290,9 @@ async fn export_and_import_with_redis_speak_for_the_whole_cluster() {
 
 #[actix_web::test]
 async fn a_node_without_readers_of_a_post_reports_its_readers_elsewhere() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((_redis, a, b)) = two_nodes().await else {
         return;
     };
-    let a = node(&redis, "a").await;
-    let b = node(&redis, "b").await;
     let _on_a = a.join("gamma").await;
 
     // b has no actor for gamma: count, counts and top read the cluster.
