@@ -11,6 +11,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use actix_rt::ArbiterHandle;
 
+use crate::cluster::Cluster;
 use crate::edge::slug::Slug;
 use crate::edge::slug_list::Admission;
 use crate::http::error::ApiError;
@@ -20,7 +21,7 @@ use crate::posts::post::{
     Asleep, Counts, GetCounts, Imported, Join, Joined, Leave, Post, PostContext, Watch, Watched,
 };
 use crate::storage::calendar::Clock;
-use crate::storage::writer::{LoadFor, Writer};
+use crate::storage::writer::{LoadFor, Loaded, Writer};
 
 pub struct Registry {
     posts: Mutex<HashMap<Slug, Addr<Post>>>,
@@ -35,6 +36,7 @@ impl Registry {
         dedupe_window: Duration,
         clock: Clock,
         metrics: Arc<Metrics>,
+        cluster: Option<Arc<Cluster>>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|registry: &Weak<Self>| {
             let registry = registry.clone();
@@ -51,6 +53,7 @@ impl Registry {
                     metrics,
                     dedupe_window,
                     asleep: Box::new(asleep),
+                    cluster,
                 }),
                 reclaimer: Reclaimer::default(),
             }
@@ -59,6 +62,32 @@ impl Registry {
 
     pub fn writer(&self) -> &Writer {
         &self.context.writer
+    }
+
+    pub(crate) fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.context.cluster.as_ref()
+    }
+
+    /// Live readers a sleeping post has: none here, the other nodes' in cluster mode.
+    fn remote_live(&self, slug: &Slug) -> u64 {
+        self.cluster().map_or(0, |c| c.remote_live(slug))
+    }
+
+    /// Delivers `msg` to the post if it is awake (a sleeping post reads the cluster on wake).
+    pub(crate) fn tell<M>(&self, slug: &Slug, msg: M)
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        Post: Handler<M>,
+    {
+        if let Some(addr) = self.lookup(slug) {
+            addr.do_send(msg);
+        }
+    }
+
+    /// The posts awake right now.
+    pub(crate) fn awake_slugs(&self) -> Vec<Slug> {
+        self.lock().keys().cloned().collect()
     }
 
     /// The numbers of many posts at once, waking none: awake posts are asked, the others'
@@ -88,12 +117,13 @@ impl Registry {
             .into_iter();
         Ok(asked
             .into_iter()
-            .map(|live| {
+            .zip(slugs)
+            .map(|(live, slug)| {
                 live.or_else(|| {
-                    totals
-                        .next()
-                        .flatten()
-                        .map(|total| Counts { live: 0, total })
+                    totals.next().flatten().map(|total| Counts {
+                        live: self.remote_live(slug),
+                        total,
+                    })
                 })
             })
             .collect())
@@ -113,6 +143,24 @@ impl Registry {
             }))
             .await;
         asked.into_iter().flatten().collect()
+    }
+
+    /// Every post with live readers and how many: the awake ones, and in cluster mode those
+    /// read only on other nodes.
+    pub async fn live_counts(&self) -> Vec<(Slug, u64)> {
+        let mut live: Vec<(Slug, u64)> = self
+            .awake_counts()
+            .await
+            .into_iter()
+            .filter(|(_, c)| c.live > 0)
+            .map(|(slug, c)| (slug, c.live))
+            .collect();
+        if let Some(cluster) = self.cluster() {
+            let awake = self.lock();
+            let elsewhere = cluster.remote_posts().into_iter();
+            live.extend(elsewhere.filter(|(slug, _)| !awake.contains_key(slug)));
+        }
+        live
     }
 
     /// Views imported for a post: if it is awake, its readers see the new total.
@@ -188,7 +236,7 @@ impl Registry {
         }
         match self.writer().load(slug, LoadFor::Numbers).await {
             Ok(loaded) => Ok(Counts {
-                live: 0,
+                live: self.remote_live(slug),
                 total: loaded.total,
             }),
             Err(e) => Err(ApiError::storage(e)),
@@ -243,11 +291,20 @@ impl Registry {
         if let Some(addr) = self.lookup(slug) {
             return Ok(Some(addr));
         }
-        let loaded = self
-            .writer()
-            .load(slug, LoadFor::Readers)
-            .await
-            .map_err(ApiError::storage)?;
+        let loaded = match self.writer().load(slug, LoadFor::Readers).await {
+            Ok(loaded) => loaded,
+            // Redis down and the post not known: serve it from 0 plus what is counted here;
+            // Redis's total arrives with its next announcement or the reconnect.
+            Err(e) if self.cluster().is_some() => {
+                tracing::debug!(%slug, error = %e, "waking a post without its total");
+                Loaded {
+                    total: 0,
+                    seen: Vec::new(),
+                    new: false,
+                }
+            }
+            Err(e) => return Err(ApiError::storage(e)),
+        };
         // The writer knows nothing of it: whether it may exist is the slug admission's call.
         let new_post = match (loaded.new, admission) {
             (false, _) => None,
