@@ -13,11 +13,12 @@
 //!   [`Application::run_until`] serves until told to stop, then drains and flushes; one
 //!   shutdown signal (`shutdown`) reaches every part.
 //! - [`http`]: serving. `server`: the worker threads, each accepting on the shared listener;
-//!   `direct`: each connection's head is read there, the two stream routes are admitted and
+//!   `direct`: each connection's head is read there, the three stream routes are admitted and
 //!   answered (or refused) on the socket itself, the rest goes to actix-web; `api`: the
 //!   readers' `/api/v1` handlers; `owner`: what the owner and index pages read (history,
 //!   counts, top, `badge`, metrics, imports); [`http::sse`]: the wire format and each reader's
-//!   body stream; `shared`: one stream carrying the readers of many tabs; `error`: the one
+//!   body stream; `shared`: one stream carrying the readers of many tabs; `watch`: posts
+//!   followed without counting (index pages), alone or on a shared stream; `error`: the one
 //!   error type, answered as JSON by either layer; `assets`: the embedded script and page.
 //! - [`edge`]: input validated once ([`edge::slug`], [`edge::reader_id`]), the request
 //!   headers both layers read, and who may count and how much: `slug_list` (which posts
@@ -28,10 +29,15 @@
 //! - [`storage`]: [`storage::writer`]: the debounced writer thread, flushing deltas (totals
 //!   and days) to a [`storage::store::Store`] (redb); [`storage::calendar`]: the day a view
 //!   is counted on, and the clock.
+//! - [`cluster`] (`--redis`): several nodes on one Redis. Posts count views through it (one
+//!   Lua script per view, the outbox in the redb file while Redis does not answer) and merge
+//!   other nodes' live readers; its tasks (heartbeat, pub/sub, replay) reach the posts through
+//!   the registry; [`cluster::store`] is the writer's `Store` on Redis for the owner's reads.
 //! - Beside them: `metrics` (Prometheus series), [`memory`] (giving freed memory back after a
 //!   wave of readers).
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod edge;
 pub mod http;

@@ -23,7 +23,7 @@ const UA =
 /** The posts the blog has; the counter's allow-list. */
 const SLUGS = [
   'alpha', 'beta', 'gamma', 'astro-alpha', 'astro-beta', 'turbo-alpha', 'turbo-beta', 'htmx-alpha', 'htmx-beta',
-  'shift', 'my-first-post',
+  'shift', 'my-first-post', 'delta', 'my-second-post', 'my-third-post',
 ];
 
 const tempDirs = [];
@@ -312,6 +312,33 @@ async function shown(page) {
   });
 }
 
+/**
+ * The numbers each `[data-viewcounter-watch]` element of the page shows, by slug (NaN while
+ * still a placeholder, undefined for a number the element does not hold).
+ */
+async function shownWatched(page) {
+  return page.evaluate(() => {
+    const out = {};
+    for (const box of document.querySelectorAll('[data-viewcounter-watch]')) {
+      const get = k => {
+        const el = box.querySelector(`[data-viewcounter="${k}"]`);
+        return el ? Number(el.textContent.replace(/[^\d]/g, '') || NaN) : undefined;
+      };
+      out[box.dataset.viewcounterWatch] = { live: get('live'), total: get('total') };
+    }
+    return out;
+  });
+}
+
+/** Waits until the watched numbers of the page satisfy `pred`; returns them. */
+async function waitWatched(page, pred, opts = {}) {
+  let seen;
+  await until(async () => pred((seen = await shownWatched(page))), { what: `watched numbers ${pred}`, ...opts }).catch(e => {
+    throw new Error(`${e.message}; page shows ${JSON.stringify(seen)}`);
+  });
+  return seen;
+}
+
 /** Waits until the page shows numbers that satisfy `pred`. */
 async function waitShown(page, pred, opts = {}) {
   let seen;
@@ -526,6 +553,6 @@ function report(t, line) {
 module.exports = {
   ROOT, E2E, SITE, BIN, CHROMIUM, UA, SLUGS,
   tempDir, sleep, until, capture, startCounter, startBlog, launchBrowser, newContext, instrument,
-  shown, waitShown, streamHolders, median, report, freePort, startNginx, startCaddy, selfSignedCert,
-  buildAstro, VENDOR,
+  shown, waitShown, shownWatched, waitWatched, streamHolders, median, report, freePort, startNginx,
+  startCaddy, selfSignedCert, buildAstro, VENDOR,
 };

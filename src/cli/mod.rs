@@ -140,6 +140,19 @@ pub struct ServeArgs {
     #[arg(long, env = "VIEWCOUNTER_TIMEZONE", default_value = "UTC", value_parser = time_zone)]
     pub timezone: jiff::tz::TimeZone,
 
+    /// Cluster mode: the Redis (or Valkey) that every node of the cluster shares, e.g.
+    /// `redis://127.0.0.1:6379/0`. Without it the node stands alone on its --db file.
+    #[arg(long, env = "VIEWCOUNTER_REDIS", hide_env_values = true)]
+    pub redis: Option<String>,
+
+    /// With --redis: this node's name in the cluster; default: host, port and a random suffix.
+    #[arg(long, env = "VIEWCOUNTER_NODE_ID", requires = "redis")]
+    pub node_id: Option<String>,
+
+    /// With --redis: every Redis call gives up after this long (the node carries on without it).
+    #[arg(long, env = "VIEWCOUNTER_REDIS_TIMEOUT", default_value = "250ms", value_parser = duration)]
+    pub redis_timeout: Duration,
+
     /// The time the server goes by: the system's, unless a test moves it.
     #[arg(skip)]
     pub clock: crate::storage::calendar::Clock,
@@ -164,6 +177,26 @@ pub struct StoreArgs {
     /// Bearer token for the server's admin endpoints (/api/v1/totals, /daily, /import).
     #[arg(long, env = "VIEWCOUNTER_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+
+    /// Cluster mode: read (export) or write (import) the cluster's Redis directly instead.
+    #[arg(long, env = "VIEWCOUNTER_REDIS", hide_env_values = true)]
+    pub redis: Option<String>,
+}
+
+/// How long `export`/`import --redis` wait for each Redis call.
+pub const CLI_REDIS_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl StoreArgs {
+    /// `--redis` as a store, if given.
+    pub fn redis_store(
+        &self,
+    ) -> Option<Result<crate::cluster::store::RedisStore, crate::storage::store::StoreError>> {
+        let url = self.redis.as_deref()?;
+        Some(crate::cluster::store::RedisStore::standalone(
+            url,
+            CLI_REDIS_TIMEOUT,
+        ))
+    }
 }
 
 impl StoreArgs {

@@ -80,6 +80,12 @@ impl Drop for NewPost {
 }
 
 impl Admission {
+    /// The admission under which watching may wake a post with no row yet: a listed post
+    /// exists already (admitting it takes nothing); an open one exists only once it has views.
+    pub fn existing(&self) -> Option<&Self> {
+        matches!(self, Self::Listed).then_some(self)
+    }
+
     /// Admits a post the writer knows nothing of: `None` for listed posts (they always
     /// exist), a place for a new one, or why not (404 at the cap, 429 over the rate).
     pub fn admit_new(&self) -> Result<Option<NewPost>, ApiError> {

@@ -22,6 +22,7 @@ use crate::edge::slug_list::SlugPolicy;
 use crate::http::error::ApiError;
 use crate::http::shared::{Handle, JoinError, Member, SharedStream, SharedStreams};
 use crate::http::sse::{self, Signals};
+use crate::http::watch;
 use crate::metrics::Metrics;
 use crate::posts::post::{Join, Joined, Leave};
 use crate::posts::registry::Registry;
@@ -87,7 +88,11 @@ impl AppState {
 
     /// Whose budgets the request draws on: the client's address (through trusted proxies),
     /// IPv6 cut to `--ipv6-prefix`.
-    fn client_key(&self, peer: Option<IpAddr>, headers: &(impl Headers + ?Sized)) -> ClientKey {
+    pub(crate) fn client_key(
+        &self,
+        peer: Option<IpAddr>,
+        headers: &(impl Headers + ?Sized),
+    ) -> ClientKey {
         let peer = peer.unwrap_or(IpAddr::from([0, 0, 0, 0]));
         ClientKey::new(self.proxies.client_ip(peer, headers), self.ipv6_prefix)
     }
@@ -107,7 +112,7 @@ impl AppState {
         self.metrics.refusals.get_or_create(&reason).inc();
     }
 
-    fn refuse_when_stopping(&self) -> Result<(), ApiError> {
+    pub(crate) fn refuse_when_stopping(&self) -> Result<(), ApiError> {
         if self.signals.shutdown.is_started() {
             Err(ApiError::ShuttingDown)
         } else {
@@ -193,7 +198,7 @@ impl AppState {
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    // The stream routes (`GET /connect/{slug}`, `GET /shared/{sid}`) are served by
+    // The stream routes (`GET /connect/{slug}`, `GET /shared/{sid}`, `GET /watch`) are served by
     // `crate::http::direct`, before actix-web.
     cfg.route("/leave/{slug:.*}", web::post().to(leave))
         .route("/count/{slug:.*}", web::get().to(count))
@@ -202,6 +207,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/shared/{sid}/leave/{slug:.*}",
             web::post().to(shared_leave),
         )
+        .route("/shared/{sid}/watch", web::post().to(watch::shared_watch))
         .route("/totals", web::get().to(totals))
         .route("/stats", web::get().to(stats));
 }
@@ -224,17 +230,27 @@ fn showing(query: &str, headers: &(impl Headers + ?Sized)) -> Result<Showing, Ap
 /// A beacon body: a reader id and page show, at most `MAX_BEACON_BYTES` (413 beyond, 400 if
 /// malformed), within `BODY_DEADLINE` (408, and the connection closes).
 async fn read_showing(req: &HttpRequest, payload: web::Payload) -> Result<Showing, ApiError> {
+    let body = read_beacon(req, payload, MAX_BEACON_BYTES).await?;
+    Ok(Showing::from_beacon(&body)?)
+}
+
+/// A beacon's body: at most `limit` bytes, refused (413) as soon as it is declared longer,
+/// within `BODY_DEADLINE` (408, and the connection closes).
+pub(crate) async fn read_beacon(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+) -> Result<web::BytesMut, ApiError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > MAX_BEACON_BYTES) {
-        return Err(ApiError::BodyTooLarge(MAX_BEACON_BYTES));
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ApiError::BodyTooLarge(limit));
     }
-    let body = tokio::time::timeout(BODY_DEADLINE, read_body(payload, MAX_BEACON_BYTES))
+    tokio::time::timeout(BODY_DEADLINE, read_body(payload, limit))
         .await
-        .map_err(|_| ApiError::BodyTimeout(BODY_DEADLINE))??;
-    Ok(Showing::from_beacon(&body)?)
+        .map_err(|_| ApiError::BodyTimeout(BODY_DEADLINE))?
 }
 
 /// A request body of at most `limit` bytes (413 beyond).
@@ -279,7 +295,7 @@ async fn beacon(
     })
 }
 
-fn request_client(req: &HttpRequest, state: &AppState) -> ClientKey {
+pub(crate) fn request_client(req: &HttpRequest, state: &AppState) -> ClientKey {
     state.client_key(req.peer_addr().map(|a| a.ip()), req.headers())
 }
 
@@ -350,7 +366,7 @@ async fn shared_leave(
     Ok(HttpResponse::NoContent().finish())
 }
 
-fn shared_handle(req: &HttpRequest, state: &AppState) -> Result<Handle, ApiError> {
+pub(crate) fn shared_handle(req: &HttpRequest, state: &AppState) -> Result<Handle, ApiError> {
     let sid = ReaderId::parse(req.match_info().get("sid").unwrap_or_default())?;
     state
         .shared
@@ -401,6 +417,12 @@ struct Stats {
     capacity: usize,
     /// Times freed memory was given back to the system after posts went to sleep.
     memory_reclaims: u64,
+    /// Cluster mode: live nodes seen, this one included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nodes: Option<usize>,
+    /// Cluster mode: `ok` while Redis answers, `down` from its first failed call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis: Option<&'static str>,
 }
 
 async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -411,6 +433,11 @@ async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
         direct_streams: state.direct_streams.load(Ordering::Relaxed),
         capacity: state.limits.capacity(),
         memory_reclaims: state.registry.memory_reclaims(),
+        nodes: state.registry.cluster().map(|c| c.nodes()),
+        redis: state
+            .registry
+            .cluster()
+            .map(|c| if c.is_up() { "ok" } else { "down" }),
     };
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))

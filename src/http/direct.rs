@@ -1,9 +1,10 @@
-//! Event streams, served straight on the socket: the one front door of the two stream routes.
+//! Event streams, served straight on the socket: the one front door of the stream routes.
 //!
 //! Every connection a worker of [`crate::http::server`] accepts has its request head read here
-//! first. A `GET` of `/api/v1/connect/{slug}` or `/api/v1/shared/{sid}` is this module's, end
-//! to end: it is admitted once (origin, fetch, limits, counting: [`AppState::open_reader`],
-//! [`AppState::open_shared`]) and answered here, the stream on success and the JSON refusal
+//! first. A `GET` of `/api/v1/connect/{slug}`, `/api/v1/shared/{sid}` or `/api/v1/watch` is
+//! this module's, end to end: it is admitted once (origin, fetch, limits, counting:
+//! [`AppState::open_reader`], [`AppState::open_shared`], [`AppState::open_watch`]) and
+//! answered here, the stream on success and the JSON refusal
 //! ([`ApiError::http1_answer`]) otherwise. From then on the connection holds only its socket
 //! and the stream's state. Everything else (beacons, counts, preflights, anything that is
 //! not HTTP) goes to actix-web with the bytes already read.
@@ -37,9 +38,10 @@ const HEAD_BUFFER: usize = 4096;
 const MAX_HEAD: usize = 128 * 1024;
 /// Headers at most (actix-web's limit too).
 const MAX_HEADERS: usize = 96;
-/// The two routes this module serves.
+/// The routes this module serves.
 const CONNECT: &str = "/api/v1/connect/";
 const SHARED: &str = "/api/v1/shared/";
+const WATCH: &str = "/api/v1/watch";
 /// A stream's client sends nothing after its request; this much more from it (a flood on a
 /// held stream) closes the connection.
 pub const MAX_CLIENT_BYTES_AFTER_HEAD: usize = 1024;
@@ -142,7 +144,7 @@ enum Answer {
     NotAStream,
 }
 
-/// Parses the head and answers it if it asks for one of the two stream routes. (Boxed by the
+/// Parses the head and answers it if it asks for one of the stream routes. (Boxed by the
 /// caller, so the header array is not part of a held stream's future.)
 async fn answer(state: &AppState, peer: SocketAddr, head: &[u8]) -> Answer {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -170,6 +172,8 @@ async fn admit(state: &AppState, peer: SocketAddr, req: &httparse::Request<'_, '
         (Route::Connect, slug)
     } else if let Some(sid) = path.strip_prefix(SHARED).filter(|sid| !sid.contains('/')) {
         (Route::Shared, sid)
+    } else if path == WATCH {
+        (Route::Watch, "")
     } else {
         return Answer::NotAStream;
     };
@@ -190,6 +194,7 @@ async fn admit(state: &AppState, peer: SocketAddr, req: &httparse::Request<'_, '
 enum Route {
     Connect,
     Shared,
+    Watch,
 }
 
 async fn open(
@@ -215,6 +220,7 @@ async fn open(
     Ok(match route {
         Route::Connect => state.open_reader(request).await?.boxed_local(),
         Route::Shared => state.open_shared(request)?.boxed_local(),
+        Route::Watch => state.open_watch(request).await?.boxed_local(),
     })
 }
 

@@ -10,3 +10,4 @@ pub mod scheduling;
 pub(crate) mod server;
 pub(crate) mod shared;
 pub mod sse;
+pub(crate) mod watch;

@@ -235,11 +235,10 @@ async fn top_rows(state: &AppState, by: TopBy, limit: usize) -> Result<Vec<TopRo
     let mut ranked: Vec<(String, u64)> = match by {
         TopBy::Live => state
             .registry
-            .awake_counts()
+            .live_counts()
             .await
             .into_iter()
-            .filter(|(_, c)| c.live > 0)
-            .map(|(slug, c)| (slug.as_str().to_owned(), c.live))
+            .map(|(slug, live)| (slug.as_str().to_owned(), live))
             .collect(),
         TopBy::Total => writer.totals().await.map_err(ApiError::storage)?,
         TopBy::Today => today.iter().map(|(s, v)| (s.clone(), *v)).collect(),
@@ -330,6 +329,11 @@ pub async fn metrics(
     let m = &state.metrics;
     m.streams_open.set(state.limits.open() as i64);
     m.posts_awake.set(state.registry.awake() as i64);
+    if let Some(cluster) = state.registry.cluster() {
+        m.redis_up.set(i64::from(cluster.is_up()));
+        m.cluster_nodes.set(cluster.nodes() as i64);
+        m.outbox_pending.set(cluster.outbox_len() as i64);
+    }
     Ok(no_store(&mut HttpResponse::Ok())
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(m.encode()))

@@ -12,6 +12,11 @@
 //! is dropped, wherever that happens: a join request aborted halfway, a leave, the stream
 //! ending. A shared stream counts as max(1, members) readers of its client: its connection
 //! holds the first place, each further member one more ([`crate::edge::limits::ReaderSlot`]).
+//!
+//! A shared stream also carries the posts its tabs watch (index pages: numbers, no view, no
+//! reader), set by `POST /api/v1/shared/{sid}/watch` (see [`crate::http::watch`]). A watch
+//! stream of its own (`GET /api/v1/watch`) is a shared stream nobody can join: no id, no
+//! members, only its watched posts.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
@@ -31,7 +36,7 @@ use crate::edge::reader_id::{Presence, ReaderId};
 use crate::edge::slug::Slug;
 use crate::http::error::ApiError;
 use crate::http::sse::{self, Signals, Update};
-use crate::posts::post::Departure;
+use crate::posts::post::{Departure, Watched, Watcher};
 
 /// Readers one shared stream may carry: more tabs than anyone keeps open, few enough that one
 /// client cannot pose as a crowd.
@@ -50,6 +55,11 @@ pub struct Member {
 enum Command {
     Join(Member),
     Leave(Slug, Presence),
+    /// The watched posts change: these stop, those start.
+    Watch {
+        stopped: Vec<Slug>,
+        started: Vec<(Slug, Watched)>,
+    },
 }
 
 /// Who is attached to one shared stream, and the reader slots its members beyond the first hold.
@@ -82,12 +92,24 @@ impl Drop for Seat {
     }
 }
 
+/// The posts a shared stream watches, as the newest watch request applied so far set them.
+#[derive(Default)]
+struct WatchSet {
+    /// The request's number: an older one arriving late changes nothing.
+    seq: u64,
+    /// The posts being watched (those that exist: an unknown one is asked again next time).
+    slugs: HashSet<Slug>,
+}
+
 /// How handlers reach one open shared stream.
 #[derive(Clone)]
 pub struct Handle {
     tx: mpsc::UnboundedSender<Command>,
     seats: SharedSeats,
     limits: Arc<StreamLimits>,
+    /// Async: held across the subscriptions of one watch request, so that requests apply one
+    /// at a time and the stream sees them in the order of their numbers.
+    watches: Arc<tokio::sync::Mutex<WatchSet>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +165,38 @@ impl Handle {
     pub fn leave(&self, slug: Slug, presence: Presence) {
         let _ = self.tx.send(Command::Leave(slug, presence));
     }
+
+    /// Makes `slugs` the posts the stream watches, unless a request numbered `seq` or later
+    /// was applied already (beacons may arrive in any order). `subscribe` is asked only for
+    /// the posts not watched yet, and answers those that exist. A request dropped halfway
+    /// changes nothing.
+    pub async fn watch<F, Fut>(
+        &self,
+        seq: u64,
+        slugs: Vec<Slug>,
+        subscribe: F,
+    ) -> Result<(), ApiError>
+    where
+        F: FnOnce(Vec<Slug>) -> Fut,
+        Fut: Future<Output = Result<Vec<(Slug, Watched)>, ApiError>>,
+    {
+        let mut set = self.watches.lock().await;
+        if seq <= set.seq {
+            return Ok(());
+        }
+        let wanted: HashSet<Slug> = slugs.into_iter().collect();
+        let new = wanted.difference(&set.slugs).cloned().collect();
+        let started = subscribe(new).await?;
+        let stopped = set.slugs.difference(&wanted).cloned().collect();
+        let kept = set.slugs.intersection(&wanted).cloned();
+        let slugs = kept.chain(started.iter().map(|(slug, _)| slug.clone()));
+        let slugs = slugs.collect();
+        self.tx
+            .send(Command::Watch { stopped, started })
+            .map_err(|_| ApiError::NoSharedStream)?;
+        *set = WatchSet { seq, slugs };
+        Ok(())
+    }
 }
 
 /// The open shared streams, by id.
@@ -173,21 +227,15 @@ impl SharedStreams {
             tx,
             seats: SharedSeats::default(),
             limits,
+            watches: Default::default(),
         };
         self.lock().insert(sid.as_str().to_owned(), (id, handle));
-        SharedStream {
-            registration: Some(Registration {
-                streams: Arc::clone(self),
-                sid,
-                id,
-            }),
-            queue: VecDeque::from([sse::shared_start()]),
-            commands: rx,
-            members: StreamMap::new(),
-            heartbeat: WatchStream::from_changes(signals.heartbeat),
-            shutdown: signals.shutdown.into_stream(),
-            _permit: permit,
-        }
+        let registration = Registration {
+            streams: Arc::clone(self),
+            sid,
+            id,
+        };
+        SharedStream::new(Some(registration), rx, signals, permit)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Handle)>> {
@@ -230,20 +278,81 @@ impl Stream for Attached {
     }
 }
 
-/// The body of a shared stream: members' first events as they join, then their updates,
-/// heartbeats, and a `retry:` hint on shutdown.
+/// A watched post's updates (its current numbers first), holding the guard that keeps the
+/// post awake: dropped when the post is no longer watched or the stream ends.
+struct Watching {
+    updates: WatchStream<Update>,
+    _watcher: Watcher,
+}
+
+impl Watching {
+    fn new(watched: Watched) -> Self {
+        Self {
+            updates: WatchStream::new(watched.updates),
+            _watcher: watched.watcher,
+        }
+    }
+}
+
+impl Stream for Watching {
+    type Item = Update;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Update>> {
+        self.updates.poll_next_unpin(cx)
+    }
+}
+
+/// The body of a shared stream: members' first events as they join, then their updates, the
+/// watched posts' numbers, heartbeats, and a `retry:` hint on shutdown.
 pub struct SharedStream {
+    /// `None` for a watch stream, which has no id.
     registration: Option<Registration>,
+    ended: bool,
     queue: VecDeque<Bytes>,
     commands: mpsc::UnboundedReceiver<Command>,
     /// Polled from a random member each time, so a busy post cannot starve the others.
     members: StreamMap<(Slug, Presence), Attached>,
+    watched: StreamMap<Slug, Watching>,
     heartbeat: WatchStream<()>,
     shutdown: WatchStream<bool>,
     _permit: StreamPermit,
 }
 
 impl SharedStream {
+    fn new(
+        registration: Option<Registration>,
+        commands: mpsc::UnboundedReceiver<Command>,
+        signals: Signals,
+        permit: StreamPermit,
+    ) -> Self {
+        Self {
+            registration,
+            ended: false,
+            queue: VecDeque::from([sse::shared_start()]),
+            commands,
+            members: StreamMap::new(),
+            watched: StreamMap::new(),
+            heartbeat: WatchStream::from_changes(signals.heartbeat),
+            shutdown: signals.shutdown.into_stream(),
+            _permit: permit,
+        }
+    }
+
+    /// A watch stream (`GET /api/v1/watch`): these posts' numbers at once, then as they change.
+    pub fn watching(watched: Vec<(Slug, Watched)>, signals: Signals, permit: StreamPermit) -> Self {
+        // Nobody can send it commands: the sender goes at once.
+        let (_, commands) = mpsc::unbounded_channel();
+        let mut stream = Self::new(None, commands, signals, permit);
+        stream.start_watching(watched);
+        stream
+    }
+
+    fn start_watching(&mut self, watched: Vec<(Slug, Watched)>) {
+        for (slug, watched) in watched {
+            self.watched.insert(slug, Watching::new(watched));
+        }
+    }
+
     fn apply(&mut self, command: Command) {
         match command {
             Command::Join(member) => {
@@ -263,6 +372,12 @@ impl SharedStream {
             Command::Leave(slug, presence) => {
                 self.members.remove(&(slug, presence));
             }
+            Command::Watch { stopped, started } => {
+                for slug in &stopped {
+                    self.watched.remove(slug);
+                }
+                self.start_watching(started);
+            }
         }
     }
 }
@@ -272,13 +387,14 @@ impl Stream for SharedStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        if this.registration.is_none() {
+        if this.ended {
             return Poll::Ready(None);
         }
         // Polled until pending, so the stream is woken when the signal fires.
         while let Poll::Ready(Some(fired)) = this.shutdown.poll_next_unpin(cx) {
             if fired {
                 // Ends after this event; members depart with the stream.
+                this.ended = true;
                 this.registration = None;
                 return Poll::Ready(Some(Ok(sse::shutdown_event())));
             }
@@ -292,6 +408,9 @@ impl Stream for SharedStream {
         // A member whose post went away under it (cannot happen while it is attached) is
         // dropped by the map; no members left is `Ready(None)`, which is no event either.
         if let Poll::Ready(Some((_, update))) = this.members.poll_next_unpin(cx) {
+            return Poll::Ready(Some(Ok(update.tagged)));
+        }
+        if let Poll::Ready(Some((_, update))) = this.watched.poll_next_unpin(cx) {
             return Poll::Ready(Some(Ok(update.tagged)));
         }
         match this.heartbeat.poll_next_unpin(cx) {

@@ -82,7 +82,8 @@ pub struct PostState {
     /// arrives after its leave (the two beacons crossing on the network, or a shared stream's
     /// leader re-joining a tab that was closing) must not make it live again.
     ended: VecDeque<(Instant, Presence)>,
-    /// Streams served numbers without being readers (bots).
+    /// Streams served numbers without being readers: bots, and watchers (index pages, the
+    /// dashboard). They keep the post awake but count nowhere.
     observers: u32,
     dedupe: Dedupe,
 }
@@ -123,7 +124,7 @@ impl PostState {
             self.counts.total += 1;
         }
         if !is_reader {
-            self.observers += 1;
+            self.observe();
             return JoinOutcome {
                 counted,
                 deduplicated: !is_new,
@@ -189,7 +190,7 @@ impl PostState {
     /// A stream closed. True if live moved (it had not been beaconed away).
     pub fn depart(&mut self, presence: Presence, epoch: u32, is_reader: bool) -> bool {
         if !is_reader {
-            self.observers = self.observers.saturating_sub(1);
+            self.unobserve();
             return false;
         }
         let Some(entry) = self.readers.get_mut(&presence) else {
@@ -205,6 +206,16 @@ impl PostState {
             self.readers.remove(&presence);
         }
         was_live
+    }
+
+    /// Someone is served this post's numbers without reading it (a bot's stream, a watcher).
+    pub fn observe(&mut self) {
+        self.observers += 1;
+    }
+
+    /// An observer went away.
+    pub fn unobserve(&mut self) {
+        self.observers = self.observers.saturating_sub(1);
     }
 
     /// Views added to the total from outside (an import).
@@ -410,5 +421,17 @@ mod tests {
                 .counted
         );
         assert_eq!(state.counts(), Counts { live: 3, total: 2 });
+    }
+
+    #[test]
+    fn a_watcher_keeps_the_post_awake_and_counts_nowhere() {
+        let mut state = PostState::new(7, WINDOW);
+        state.observe();
+        assert!(!state.is_idle(), "watched");
+        assert_eq!(state.counts(), Counts { live: 0, total: 7 });
+        state.unobserve();
+        assert!(state.is_idle());
+        state.unobserve();
+        assert!(state.is_idle(), "never below zero");
     }
 }

@@ -11,14 +11,17 @@ use std::time::Duration;
 use actix::prelude::*;
 use actix_rt::ArbiterHandle;
 
+use crate::cluster::Cluster;
 use crate::edge::slug::Slug;
 use crate::edge::slug_list::Admission;
 use crate::http::error::ApiError;
 use crate::memory::Reclaimer;
 use crate::metrics::Metrics;
-use crate::posts::post::{Counts, GetCounts, Imported, Join, Joined, Leave, Post, PostContext};
+use crate::posts::post::{
+    Asleep, Counts, GetCounts, Imported, Join, Joined, Leave, Post, PostContext, Watch, Watched,
+};
 use crate::storage::calendar::Clock;
-use crate::storage::writer::{LoadFor, Writer};
+use crate::storage::writer::{LoadFor, Loaded, Writer};
 
 pub struct Registry {
     posts: Mutex<HashMap<Slug, Addr<Post>>>,
@@ -33,6 +36,7 @@ impl Registry {
         dedupe_window: Duration,
         clock: Clock,
         metrics: Arc<Metrics>,
+        cluster: Option<Arc<Cluster>>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|registry: &Weak<Self>| {
             let registry = registry.clone();
@@ -49,6 +53,7 @@ impl Registry {
                     metrics,
                     dedupe_window,
                     asleep: Box::new(asleep),
+                    cluster,
                 }),
                 reclaimer: Reclaimer::default(),
             }
@@ -57,6 +62,32 @@ impl Registry {
 
     pub fn writer(&self) -> &Writer {
         &self.context.writer
+    }
+
+    pub(crate) fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.context.cluster.as_ref()
+    }
+
+    /// Live readers a sleeping post has: none here, the other nodes' in cluster mode.
+    fn remote_live(&self, slug: &Slug) -> u64 {
+        self.cluster().map_or(0, |c| c.remote_live(slug))
+    }
+
+    /// Delivers `msg` to the post if it is awake (a sleeping post reads the cluster on wake).
+    pub(crate) fn tell<M>(&self, slug: &Slug, msg: M)
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        Post: Handler<M>,
+    {
+        if let Some(addr) = self.lookup(slug) {
+            addr.do_send(msg);
+        }
+    }
+
+    /// The posts awake right now.
+    pub(crate) fn awake_slugs(&self) -> Vec<Slug> {
+        self.lock().keys().cloned().collect()
     }
 
     /// The numbers of many posts at once, waking none: awake posts are asked, the others'
@@ -86,12 +117,13 @@ impl Registry {
             .into_iter();
         Ok(asked
             .into_iter()
-            .map(|live| {
+            .zip(slugs)
+            .map(|(live, slug)| {
                 live.or_else(|| {
-                    totals
-                        .next()
-                        .flatten()
-                        .map(|total| Counts { live: 0, total })
+                    totals.next().flatten().map(|total| Counts {
+                        live: self.remote_live(slug),
+                        total,
+                    })
                 })
             })
             .collect())
@@ -113,6 +145,24 @@ impl Registry {
         asked.into_iter().flatten().collect()
     }
 
+    /// Every post with live readers and how many: the awake ones, and in cluster mode those
+    /// read only on other nodes.
+    pub async fn live_counts(&self) -> Vec<(Slug, u64)> {
+        let mut live: Vec<(Slug, u64)> = self
+            .awake_counts()
+            .await
+            .into_iter()
+            .filter(|(_, c)| c.live > 0)
+            .map(|(slug, c)| (slug, c.live))
+            .collect();
+        if let Some(cluster) = self.cluster() {
+            let awake = self.lock();
+            let elsewhere = cluster.remote_posts().into_iter();
+            live.extend(elsewhere.filter(|(slug, _)| !awake.contains_key(slug)));
+        }
+        live
+    }
+
     /// Views imported for a post: if it is awake, its readers see the new total.
     pub fn imported(&self, slug: &Slug, views: u64) {
         if let Some(addr) = self.lookup(slug) {
@@ -132,10 +182,42 @@ impl Registry {
         admission: Admission,
         join: Join,
     ) -> Result<Joined, ApiError> {
+        let joined = self.ask_awake(slug, Some(&admission), join).await?;
+        // With an admission, `wake` finds or makes the post (or says why not).
+        joined.ok_or_else(|| ApiError::Internal(format!("post {slug} was not woken")))
+    }
+
+    /// Follows a post's numbers without counting anything, waking it if it exists: a listed
+    /// post, or (any slug) one with views. `None` for a post that does not exist yet: watching
+    /// creates no post, no row and no memory. The post stays awake while the answer's
+    /// [`Watcher`](crate::posts::post::Watcher) lives.
+    pub async fn watch(
+        self: &Arc<Self>,
+        slug: &Slug,
+        admission: &Admission,
+    ) -> Result<Option<Watched>, ApiError> {
+        self.ask_awake(slug, admission.existing(), Watch).await
+    }
+
+    /// Sends `message` to the post, woken if needed (see [`Registry::wake`] for `admission`);
+    /// a post that went to sleep meanwhile is woken again.
+    async fn ask_awake<M, T>(
+        self: &Arc<Self>,
+        slug: &Slug,
+        admission: Option<&Admission>,
+        message: M,
+    ) -> Result<Option<T>, ApiError>
+    where
+        M: Message<Result = Result<T, Asleep>> + Clone + Send + 'static,
+        T: Send + 'static,
+        Post: Handler<M>,
+    {
         loop {
-            let addr = self.wake(slug, admission.clone()).await?;
-            match addr.send(join.clone()).await {
-                Ok(Ok(joined)) => return Ok(joined),
+            let Some(addr) = self.wake(slug, admission).await? else {
+                return Ok(None);
+            };
+            match addr.send(message.clone()).await {
+                Ok(Ok(answer)) => return Ok(Some(answer)),
                 // Went to sleep meanwhile: it has left the map, so the next turn wakes a new one.
                 Ok(Err(_)) | Err(MailboxError::Closed) => self.forget(slug, &addr),
                 Err(MailboxError::Timeout) => {
@@ -154,7 +236,7 @@ impl Registry {
         }
         match self.writer().load(slug, LoadFor::Numbers).await {
             Ok(loaded) => Ok(Counts {
-                live: 0,
+                live: self.remote_live(slug),
                 total: loaded.total,
             }),
             Err(e) => Err(ApiError::storage(e)),
@@ -199,29 +281,40 @@ impl Registry {
         self.lock().get(slug).cloned()
     }
 
+    /// The awake post, woken if needed. A post the writer knows nothing of is made only with
+    /// an `admission` (which may refuse it); without one it is `None`.
     async fn wake(
         self: &Arc<Self>,
         slug: &Slug,
-        admission: Admission,
-    ) -> Result<Addr<Post>, ApiError> {
+        admission: Option<&Admission>,
+    ) -> Result<Option<Addr<Post>>, ApiError> {
         if let Some(addr) = self.lookup(slug) {
-            return Ok(addr);
+            return Ok(Some(addr));
         }
-        let loaded = self
-            .writer()
-            .load(slug, LoadFor::Readers)
-            .await
-            .map_err(ApiError::storage)?;
+        let loaded = match self.writer().load(slug, LoadFor::Readers).await {
+            Ok(loaded) => loaded,
+            // Redis down and the post not known: serve it from 0 plus what is counted here;
+            // Redis's total arrives with its next announcement or the reconnect.
+            Err(e) if self.cluster().is_some() => {
+                tracing::debug!(%slug, error = %e, "waking a post without its total");
+                Loaded {
+                    total: 0,
+                    seen: Vec::new(),
+                    new: false,
+                }
+            }
+            Err(e) => return Err(ApiError::storage(e)),
+        };
         // The writer knows nothing of it: whether it may exist is the slug admission's call.
-        let new_post = if loaded.new {
-            admission.admit_new()?
-        } else {
-            None
+        let new_post = match (loaded.new, admission) {
+            (false, _) => None,
+            (true, Some(admission)) => admission.admit_new()?,
+            (true, None) => return Ok(None),
         };
         let mut posts = self.lock();
         // Another request may have woken it while we loaded (its place, if any, goes back).
         if let Some(addr) = posts.get(slug) {
-            return Ok(addr.clone());
+            return Ok(Some(addr.clone()));
         }
         let post = Post::new(
             slug.clone(),
@@ -232,7 +325,7 @@ impl Registry {
         let seen = loaded.seen;
         let addr = post.remembering(seen).start();
         posts.insert(slug.clone(), addr.clone());
-        Ok(addr)
+        Ok(Some(addr))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Slug, Addr<Post>>> {

@@ -1269,3 +1269,72 @@ pub async fn read_until_closed(conn: &mut TcpStream, within: Duration) -> Result
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Shared streams and watches: events tagged with their slug.
+
+/// `{"slug":…,"live":…,"total":…}` of a shared stream's event.
+#[derive(Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct Tagged {
+    pub slug: String,
+    pub live: u64,
+    pub total: u64,
+}
+
+pub fn tagged(ev: &SseEvent) -> Tagged {
+    let data = ev
+        .data
+        .as_deref()
+        .unwrap_or_else(|| panic!("no data in {ev:?}"));
+    serde_json::from_str(data).unwrap_or_else(|e| panic!("not a tagged event ({e}): {data:?}"))
+}
+
+pub fn t(slug: &str, live: u64, total: u64) -> Tagged {
+    Tagged {
+        slug: slug.to_owned(),
+        live,
+        total,
+    }
+}
+
+/// Opens a shared stream and reads past its `retry:` preamble.
+pub async fn open_shared(app: &TestApp, sid: &str) -> SseClient {
+    open_tagged(app, Req::get(format!("/api/v1/shared/{sid}"))).await
+}
+
+/// Opens a stream of tagged events (shared or watch) and reads past its `retry:` preamble.
+pub async fn open_tagged(app: &TestApp, req: Req) -> SseClient {
+    let mut stream = app.open(req).await;
+    assert_eq!(stream.status, 200, "{:?}", stream.headers);
+    assert_eq!(stream.header("content-type"), Some("text/event-stream"));
+    let preamble = stream.next_event().await;
+    assert!(
+        preamble.retry.is_some() && preamble.data.is_none(),
+        "{preamble:?}"
+    );
+    stream
+}
+
+/// Reads events until `want` arrives.
+pub async fn await_tagged(stream: &mut SseClient, want: Tagged) {
+    loop {
+        let ev = stream.next_event().await;
+        if ev.data.is_some() && tagged(&ev) == want {
+            return;
+        }
+    }
+}
+
+/// The next `n` tagged events (heartbeats skipped), sorted by slug: events of several posts
+/// sent at once come in no particular order.
+pub async fn next_tagged(stream: &mut SseClient, n: usize) -> Vec<Tagged> {
+    let mut events = Vec::new();
+    while events.len() < n {
+        let ev = stream.next_event().await;
+        if ev.data.is_some() {
+            events.push(tagged(&ev));
+        }
+    }
+    events.sort_by(|a, b| a.slug.cmp(&b.slug));
+    events
+}

@@ -5,6 +5,7 @@
 
 mod assets;
 mod cli;
+mod cluster;
 mod coalescing;
 mod connect;
 mod cors;
@@ -17,7 +18,9 @@ mod helpers;
 mod leave;
 mod owner;
 mod persistence;
+mod redis;
 mod shared;
 mod slugs;
 mod totals;
+mod watch;
 mod wire;

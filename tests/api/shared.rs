@@ -4,59 +4,12 @@ use std::time::Duration;
 
 use crate::helpers::*;
 
-/// `{"slug":…,"live":…,"total":…}` of a shared stream's event.
-#[derive(Debug, PartialEq, Eq, serde::Deserialize)]
-struct Tagged {
-    slug: String,
-    live: u64,
-    total: u64,
-}
-
-fn tagged(ev: &SseEvent) -> Tagged {
-    let data = ev
-        .data
-        .as_deref()
-        .unwrap_or_else(|| panic!("no data in {ev:?}"));
-    serde_json::from_str(data).unwrap_or_else(|e| panic!("not a tagged event ({e}): {data:?}"))
-}
-
-fn t(slug: &str, live: u64, total: u64) -> Tagged {
-    Tagged {
-        slug: slug.to_owned(),
-        live,
-        total,
-    }
-}
-
-/// Opens a shared stream and reads past its `retry:` preamble.
-async fn open_shared(app: &TestApp, sid: &str) -> SseClient {
-    let mut stream = app.open(Req::get(format!("/api/v1/shared/{sid}"))).await;
-    assert_eq!(stream.status, 200);
-    assert_eq!(stream.header("content-type"), Some("text/event-stream"));
-    let preamble = stream.next_event().await;
-    assert!(
-        preamble.retry.is_some() && preamble.data.is_none(),
-        "{preamble:?}"
-    );
-    stream
-}
-
 async fn join(app: &TestApp, sid: &str, slug: &str, reader: &str) -> Response {
     app.send(Req::post(
         format!("/api/v1/shared/{sid}/join/{slug}"),
         reader,
     ))
     .await
-}
-
-/// Reads events until `want` arrives; returns every event seen on the way.
-async fn await_tagged(stream: &mut SseClient, want: Tagged) {
-    loop {
-        let ev = stream.next_event().await;
-        if ev.data.is_some() && tagged(&ev) == want {
-            return;
-        }
-    }
 }
 
 #[actix_web::test]

@@ -7,6 +7,8 @@
 // In short: the tabs of one browser elect a leader over a BroadcastChannel; the leader holds
 // the only stream (GET api/v1/shared/{streamId}), attaches every tab's reader to it with
 // beacons, and relays the stream's events to all tabs, which fill in their own post's numbers.
+// Index pages watch posts without counting them: the leader asks its stream to carry the posts
+// all tabs watch, and each tab fills the elements of each post it watches.
 (() => {
   // Run once per document, however many times the tag is inserted (routers re-insert scripts).
   if (window.__viewcounter) return;
@@ -26,15 +28,20 @@
   const ASK = 'q'; // [ASK, 0]: a follower whose leader has been quiet asks
   const JOIN = 'join'; // [JOIN, slug, reader]: attach my reader; also the API's path word
   const LEAVE = 'leave'; // [LEAVE, slug, reader]: detach it; also the API's path word
+  const WATCH = 'watch'; // [WATCH, tab, slugs]: the posts this tab watches; also a path word
   // The protocol's version is in the channel's name: tabs running a script that speaks
   // another one stay on their own channel (README: "Older scripts").
-  const CHANNEL_PREFIX = 'viewcounter 2 ';
+  const CHANNEL_PREFIX = 'viewcounter 3 ';
 
   // Election timings, each scaled by this tab's rank, drawn once per document in [1, 2):
   // the lowest rank claims first (README: "Election", "Liveness").
   const rank = 1 + Math.random();
   const CLAIM_MS = 200; // a question unanswered for 200–400 ms: this tab leads
   const LIVENESS_MS = 3000; // 3–6 s after the last HELLO: ask (follower) or say HELLO (leader)
+
+  // Posts one page may watch, and one stream (all tabs together): the server's limits.
+  const PAGE_WATCHES = 100;
+  const STREAM_WATCHES = 200;
 
   // Backoff after the stream is closed for good: full jitter (README: "Reconnects").
   const RETRY_BASE_MS = 1000;
@@ -52,12 +59,16 @@
   let electionTimer; // the one election timer: a pending claim, or the liveness timer
   let claiming = false; // a claim is pending: further questions do not push it back
   let lastHeardStreamId; // from the last HELLO: another one means a new leader or stream
+  let watching = []; // the posts it watches, from the last scan
   let lastNumbers; // the last event for this page's post, for a router's new body
 
   // Only while this tab leads.
   let streamId = ''; // '' while it follows
   let stream = null; // the EventSource; null while waiting to retry
   let readers; // reader -> slug: every reader the tabs announced
+  let watches; // tab (its rank) -> the slugs it watches
+  let watchesSent; // the watch list the stream was last given
+  let watchNumber = 0; // numbers the stream's watch lists: a late beacon loses
   let retryTimer;
   let failures = 0; // streams closed for good since the last one opened
 
@@ -70,8 +81,11 @@
     const element = document.querySelector('[data-viewcounter-slug]');
     const tag = [...document.scripts].filter(s => s.src === scriptUrl && s.dataset.slug).pop();
     const found = element ? element.dataset.viewcounterSlug : tag && tag.dataset.slug;
-    return found && /^[\w./-]{1,200}$/.test(found) && !/(^|\/)\.?\.?(\/|$)/.test(found) ? found : '';
+    return isSlug(found) ? found : '';
   }
+
+  const isSlug = found =>
+    found && /^[\w./-]{1,200}$/.test(found) && !/(^|\/)\.?\.?(\/|$)/.test(found);
 
   const apiUrl = (...path) => new URL('api/v1/' + path.join('/'), scriptUrl);
 
@@ -100,6 +114,7 @@
 
   function announce() {
     if (slug) broadcast([JOIN, slug, reader()]);
+    if (watching.length) broadcast([WATCH, rank, watching]);
   }
 
   function armElectionTimer(delayMs, then) {
@@ -111,6 +126,7 @@
     if (kind === HELLO) heardHello(first);
     else if (kind === DATA) showNumbers(first);
     else if (!streamId) claimUnlessClaiming(); // a question, and this tab does not lead
+    else if (kind === WATCH) watchesOf(first, second);
     else if (second) attachOrDetach(kind, first, second); // JOIN or LEAVE, to the leader
   }
 
@@ -138,16 +154,19 @@
     armElectionTimer(CLAIM_MS, lead);
   }
 
-  // Fills this page's numbers from one event: {"slug":…,"live":…,"total":…}.
+  // Fills the numbers of one event, {"slug":…,"live":…,"total":…}: an element inside a
+  // [data-viewcounter-watch] shows that post, any other this page's own (README: "Watching").
   function showNumbers(data) {
     try {
       const numbers = JSON.parse(data);
-      if (numbers.slug !== slug) return;
-      lastNumbers = data;
+      if (numbers.slug === slug) lastNumbers = data;
       for (const key of ['live', 'total']) {
         if (typeof numbers[key] !== 'number') continue;
         document.querySelectorAll(`[data-viewcounter=${key}]`).forEach(element => {
-          element.textContent = numbers[key].toLocaleString();
+          const box = element.closest('[data-viewcounter-watch]');
+          if ((box ? box.dataset.viewcounterWatch : slug) === numbers.slug) {
+            element.textContent = numbers[key].toLocaleString();
+          }
         });
       }
     } catch {} // malformed: ignore
@@ -157,6 +176,7 @@
 
   function lead() {
     readers = {};
+    watches = {};
     openStream();
   }
 
@@ -168,6 +188,8 @@
       failures = 0;
       // A stream (re)opens with nobody attached.
       for (const id in readers) beacon(id, 'shared', streamId, JOIN, readers[id]);
+      watchesSent = '';
+      sendWatches();
     };
     stream.onmessage = event => broadcast([DATA, event.data]);
     // Only a CLOSED stream is ours to retry; while CONNECTING the browser reconnects by itself.
@@ -192,6 +214,21 @@
     if (stream && stream.readyState === OPEN) beacon(id, 'shared', streamId, kind, readerSlug);
   }
 
+  // A tab's watch list replaces the one it had (none: it watches nothing any more).
+  function watchesOf(tab, slugs) {
+    watches[tab] = slugs;
+    sendWatches();
+  }
+
+  // The stream carries what all tabs watch, first come first: one numbered list, sent when it
+  // changes while the stream is open (README: "Watching").
+  function sendWatches() {
+    const all = [...new Set(Object.values(watches).flat())].slice(0, STREAM_WATCHES).join('\n');
+    if (all === watchesSent || !stream || stream.readyState !== OPEN) return;
+    watchesSent = all;
+    beacon(++watchNumber + '\n' + all, 'shared', streamId, WATCH);
+  }
+
   // Closing the stream lets every reader on it go (server side).
   function stopLeading() {
     clearTimeout(retryTimer);
@@ -210,10 +247,21 @@
     broadcast([LEAVE, slug, reader()]);
   }
 
+  // The posts this page watches, as the page says now: a router's swap replaces them.
+  function scanWatches(hiding) {
+    const found = hiding
+      ? []
+      : [...document.querySelectorAll('[data-viewcounter-watch]')].map(e => e.dataset.viewcounterWatch);
+    const now = [...new Set(found.filter(isSlug))].slice(0, PAGE_WATCHES);
+    if (now + '' !== watching + '') broadcast([WATCH, rank, now]);
+    if (!hiding) watching = now;
+  }
+
   // A new slug is a new page view: leave the old post, join the new one with a new id. The same
   // slug (a router's swap within one post) keeps the reader attached (README: "Client-side
   // routers").
   function scan() {
+    scanWatches();
     const newSlug = readSlug();
     if (newSlug === slug) return;
     leave();
@@ -241,6 +289,7 @@
   function pageHidden() {
     stopLeading();
     leave();
+    scanWatches(true); // tells the leader; the list is kept for a restore
     // Also drops the claim that our own LEAVE just armed.
     clearTimeout(electionTimer);
     claiming = false;

@@ -1,0 +1,159 @@
+//! Watching posts: their numbers, live, without a view or a live reader (index pages showing
+//! "3 reading now" beside each title). Two ways in:
+//!
+//! - `GET /api/v1/watch?slug=A&slug=B…` (1 to 100 posts): a stream of its own, served by
+//!   [`crate::http::direct`] like the other streams and under the same rules (origin, fetch,
+//!   `--ip-stream-limit`, `--max-streams`, heartbeat): `{"slug","live","total"}` once per post
+//!   at once, then whenever its numbers change.
+//! - `POST /api/v1/shared/{sid}/watch`: the posts a shared stream watches from now on, so the
+//!   script's one stream per browser carries its tabs' watched posts beside their readers.
+//!   Body (text/plain): the request's number, then the slugs, one per line. Numbers rise with
+//!   each request of a stream; one arriving after a higher-numbered one changes nothing.
+//!
+//! Either way, a post that does not exist (not listed; with `--allow-any-slug`, no views yet)
+//! is left out and nothing is made for it. A watched post stays awake (at 0 live, possibly)
+//! until nobody watches it, then sleeps as an idle post does.
+
+use std::collections::HashSet;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use crate::edge::limits::ClientKey;
+use crate::edge::slug::{MAX_SLUG_LEN, Slug};
+use crate::http::api::{AppState, StreamRequest, read_beacon, request_client, shared_handle};
+use crate::http::error::ApiError;
+use crate::http::owner::slugs_param;
+use crate::http::shared::SharedStream;
+use crate::posts::post::Watched;
+
+/// Posts one shared stream may watch: the tabs of a browser together, two index pages' worth.
+pub const MAX_WATCHED_PER_SHARED: usize = 200;
+/// A shared watch body holding that many slugs of the longest kind, and its number.
+pub const MAX_WATCH_BODY: usize = MAX_WATCHED_PER_SHARED * (MAX_SLUG_LEN + 1) + 32;
+
+impl AppState {
+    /// `GET /api/v1/watch`: admitted, its posts followed, its body ready to send. The origin is
+    /// checked by the caller.
+    pub(crate) async fn open_watch(
+        &self,
+        req: StreamRequest<'_>,
+    ) -> Result<SharedStream, ApiError> {
+        self.origins.check_fetch(req.headers)?;
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(req.query.as_bytes())
+            .into_owned()
+            .collect();
+        let slugs = slugs_param(&pairs)?;
+        self.refuse_when_stopping()?;
+        let client = self.client_key(Some(req.peer), req.headers);
+        let permit = self.limits.acquire(client)?;
+        let watched = self.follow(slugs, client).await?;
+        Ok(SharedStream::watching(
+            watched,
+            self.signals.subscribe(),
+            permit,
+        ))
+    }
+
+    /// Each of `slugs` that exists, followed, in the order given.
+    async fn follow(
+        &self,
+        slugs: Vec<Slug>,
+        client: ClientKey,
+    ) -> Result<Vec<(Slug, Watched)>, ApiError> {
+        let asked = futures_util::future::join_all(slugs.into_iter().map(|slug| async move {
+            let Some(admission) = self.slugs.admission(&slug, client) else {
+                return Ok(None);
+            };
+            let watched = self.registry.watch(&slug, &admission).await?;
+            Ok(watched.map(|watched| (slug, watched)))
+        }))
+        .await;
+        asked.into_iter().filter_map(Result::transpose).collect()
+    }
+}
+
+/// `POST /shared/{sid}/watch`: replaces the posts the shared stream watches.
+pub async fn shared_watch(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    state.origins.check(req.headers())?;
+    state.origins.check_fetch(req.headers())?;
+    let body = read_beacon(&req, payload, MAX_WATCH_BODY).await?;
+    let (seq, slugs) = watch_body(&body)?;
+    let shared = shared_handle(&req, &state)?;
+    let client = request_client(&req, &state);
+    shared
+        .watch(seq, slugs, |new| state.follow(new, client))
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// A shared watch body: its number (1 or more), then up to `MAX_WATCHED_PER_SHARED` slugs,
+/// one per line (blank lines and repeats ignored). Anything else: 400.
+fn watch_body(body: &[u8]) -> Result<(u64, Vec<Slug>), ApiError> {
+    let text = std::str::from_utf8(body).map_err(|_| ApiError::BadBody)?;
+    let mut lines = text.lines().map(str::trim_ascii);
+    let seq = lines
+        .next()
+        .and_then(|first| first.parse::<u64>().ok())
+        .filter(|&seq| seq > 0)
+        .ok_or_else(|| {
+            ApiError::BadRequest("a watch body starts with its number (1 or more)".into())
+        })?;
+    let mut seen = HashSet::new();
+    let mut slugs = Vec::new();
+    for line in lines.filter(|line| !line.is_empty()) {
+        let slug = Slug::parse(line)?;
+        if seen.insert(slug.clone()) {
+            slugs.push(slug);
+        }
+    }
+    if slugs.len() > MAX_WATCHED_PER_SHARED {
+        return Err(ApiError::BadRequest(format!(
+            "a shared stream watches at most {MAX_WATCHED_PER_SHARED} posts"
+        )));
+    }
+    Ok((seq, slugs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slugs(body: &str) -> Result<(u64, Vec<String>), ApiError> {
+        let (seq, slugs) = watch_body(body.as_bytes())?;
+        Ok((seq, slugs.iter().map(|s| s.as_str().to_owned()).collect()))
+    }
+
+    #[test]
+    fn a_watch_body_is_its_number_then_its_slugs() {
+        assert_eq!(
+            slugs("3\nalpha\nblog/beta\n\nalpha\r\n").unwrap(),
+            (3, vec!["alpha".into(), "blog/beta".into()])
+        );
+        assert_eq!(slugs("7").unwrap(), (7, vec![]), "watch nothing");
+        assert_eq!(slugs("7\n").unwrap(), (7, vec![]));
+    }
+
+    #[test]
+    fn a_watch_body_without_a_number_or_with_a_bad_slug_is_refused() {
+        for bad in [
+            "",
+            "alpha\nbeta",
+            "0\nalpha",
+            "-1\nalpha",
+            "2\n../x",
+            "2\na b",
+        ] {
+            assert!(slugs(bad).is_err(), "{bad:?}");
+        }
+        assert!(watch_body(b"1\n\xff").is_err(), "not UTF-8");
+        let many: String = (0..=MAX_WATCHED_PER_SHARED)
+            .map(|i| format!("\npost-{i}"))
+            .collect();
+        assert!(slugs(&format!("1{many}")).is_err(), "too many");
+        assert!(slugs(&format!("1{}", &many[..many.rfind('\n').unwrap()])).is_ok());
+    }
+}
