@@ -28,14 +28,14 @@
 //! - [`storage`]: [`storage::writer`]: the debounced writer thread, flushing deltas (totals
 //!   and days) to a [`storage::store::Store`] (redb); [`storage::calendar`]: the day a view
 //!   is counted on, and the clock.
-//! - Beside them: `metrics` (Prometheus series), [`memory`] (giving freed memory back after a
-//!   wave of readers).
+//! - Beside them: `metrics` (Prometheus series), `allocator` (jemalloc, set up so that memory
+//!   freed after a wave of readers leaves the process by itself).
 
+mod allocator;
 pub mod cli;
 pub mod config;
 pub mod edge;
 pub mod http;
-pub mod memory;
 pub(crate) mod metrics;
 pub mod posts;
 pub(crate) mod shutdown;

@@ -399,8 +399,6 @@ struct Stats {
     /// Of `streams`, those answered on the socket by the direct layer.
     direct_streams: usize,
     capacity: usize,
-    /// Times freed memory was given back to the system after posts went to sleep.
-    memory_reclaims: u64,
 }
 
 async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -410,7 +408,6 @@ async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
         streams: state.limits.open(),
         direct_streams: state.direct_streams.load(Ordering::Relaxed),
         capacity: state.limits.capacity(),
-        memory_reclaims: state.registry.memory_reclaims(),
     };
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
