@@ -17,6 +17,7 @@ use crate::edge::slug_list::Admission;
 use crate::http::error::ApiError;
 use crate::memory::Reclaimer;
 use crate::metrics::Metrics;
+use crate::posts::changes::Changes;
 use crate::posts::post::{
     Asleep, Counts, GetCounts, Imported, Join, Joined, Leave, Post, PostContext, Watch, Watched,
 };
@@ -52,6 +53,7 @@ impl Registry {
                     clock,
                     metrics,
                     dedupe_window,
+                    changes: Changes::default(),
                     asleep: Box::new(asleep),
                     cluster,
                 }),
@@ -88,6 +90,11 @@ impl Registry {
     /// The posts awake right now.
     pub(crate) fn awake_slugs(&self) -> Vec<Slug> {
         self.lock().keys().cloned().collect()
+    }
+
+    /// Every post's broadcasts, for whoever watches all posts (the dashboard).
+    pub fn changes(&self) -> &Changes {
+        &self.context.changes
     }
 
     /// The numbers of many posts at once, waking none: awake posts are asked, the others'
