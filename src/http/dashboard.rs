@@ -26,7 +26,8 @@ const LOGIN: &str = include_str!("../../web/admin/login.html");
 const REFUSAL: &str = include_str!("../../web/admin/refusal.html");
 const SCRIPT: &str = include_str!("../../web/admin/dashboard.js");
 const STYLE: &str = include_str!("../../web/admin/dashboard.css");
-/// Where a page's message goes in `login.html`, and the logout form in `index.html`.
+/// Where a page's message goes in `login.html`, and the logout form in `index.html` (which
+/// is only answered at `/admin`).
 const MESSAGE_SLOT: &str = "<!--message-->";
 const LOGOUT_SLOT: &str = "<!--logout-->";
 const LOGOUT_FORM: &str =
@@ -35,6 +36,27 @@ const LOGOUT_FORM: &str =
 const MAX_LOGIN_BYTES: usize = 4096;
 /// Paths are relative so the dashboard also works under a proxy's path prefix.
 const TO_DASHBOARD: &str = "../admin";
+/// In `login.html` and `refusal.html`, what leads from the page's URL to the server's root:
+/// they are answered at `/admin` and at `/admin/login`.
+const ROOT_SLOT: &str = "{{root}}";
+
+/// Where a page is answered, as the way back to the root its relative links need.
+#[derive(Clone, Copy)]
+enum At {
+    /// `/admin`
+    Dashboard,
+    /// `/admin/login`
+    Login,
+}
+
+impl At {
+    fn root(self) -> &'static str {
+        match self {
+            Self::Dashboard => "",
+            Self::Login => "../",
+        }
+    }
+}
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/admin", web::get().to(page))
@@ -62,14 +84,17 @@ fn html(status: StatusCode) -> HttpResponseBuilder {
     res
 }
 
-fn login_page(status: StatusCode, message: Option<&str>) -> HttpResponse {
+fn login_page(status: StatusCode, at: At, message: Option<&str>) -> HttpResponse {
     let message =
         message.map(|m| format!(r#"<p class="message" id="message" role="alert">{m}</p>"#));
-    html(status).body(LOGIN.replace(MESSAGE_SLOT, message.as_deref().unwrap_or_default()))
+    let page = LOGIN
+        .replace(ROOT_SLOT, at.root())
+        .replace(MESSAGE_SLOT, message.as_deref().unwrap_or_default());
+    html(status).body(page)
 }
 
-fn refusal_page() -> HttpResponse {
-    html(StatusCode::FORBIDDEN).body(REFUSAL)
+fn refusal_page(at: At) -> HttpResponse {
+    html(StatusCode::FORBIDDEN).body(REFUSAL.replace(ROOT_SLOT, at.root()))
 }
 
 fn see_other(cookie: Option<String>) -> HttpResponse {
@@ -93,8 +118,8 @@ async fn page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
         return html(StatusCode::OK).body(PAGE.replace(LOGOUT_SLOT, logout));
     }
     match state.admin_token {
-        Some(_) => login_page(StatusCode::OK, None),
-        None => refusal_page(),
+        Some(_) => login_page(StatusCode::OK, At::Dashboard, None),
+        None => refusal_page(At::Dashboard),
     }
 }
 
@@ -125,7 +150,7 @@ async fn login(
         return if is_direct_loopback(&req) {
             see_other(None)
         } else {
-            refusal_page()
+            refusal_page(At::Login)
         };
     };
     if !state.login_rate.take(request_client(&req, &state)) {
@@ -136,7 +161,7 @@ async fn login(
         Ok(Ok(body)) => body,
         _ => {
             let message = "The form did not arrive whole; please try again.";
-            return login_page(StatusCode::BAD_REQUEST, Some(message));
+            return login_page(StatusCode::BAD_REQUEST, At::Login, Some(message));
         }
     };
     let given = form_urlencoded::parse(&body)
@@ -144,12 +169,13 @@ async fn login(
         .map(|(_, value)| value.trim().to_owned())
         .unwrap_or_default();
     if given.is_empty() {
-        return login_page(StatusCode::BAD_REQUEST, Some("Enter the admin token."));
+        let message = Some("Enter the admin token.");
+        return login_page(StatusCode::BAD_REQUEST, At::Login, message);
     }
     if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
         let message = "Wrong token. It is the value given to <code>--admin-token</code> \
                        (or <code>VIEWCOUNTER_ADMIN_TOKEN</code>).";
-        return login_page(StatusCode::UNAUTHORIZED, Some(message));
+        return login_page(StatusCode::UNAUTHORIZED, At::Login, Some(message));
     }
     let value = session::issue(token, state.calendar.clock().now_unix());
     let secure = came_over_https(&req, &state);
@@ -160,7 +186,7 @@ fn too_many_attempts(retry_after: Duration) -> HttpResponse {
     let secs = retry_after.as_secs().max(1);
     let message =
         format!("Too many attempts from your address. Wait {secs} seconds, then try again.");
-    let mut res = login_page(StatusCode::TOO_MANY_REQUESTS, Some(&message));
+    let mut res = login_page(StatusCode::TOO_MANY_REQUESTS, At::Login, Some(&message));
     if let Ok(value) = header::HeaderValue::from_str(&secs.to_string()) {
         res.headers_mut().insert(header::RETRY_AFTER, value);
     }

@@ -119,6 +119,7 @@ async fn the_right_token_gets_a_strict_http_only_session_cookie_that_opens_the_d
     let form = app.send(Req::get("/admin")).await;
     assert_eq!(form.status, 200, "{form:?}");
     assert!(form.text().contains(r#"name="token""#), "the login form");
+    assert!(form.text().contains(r#"action="admin/login""#), "{form:?}");
     assert!(
         !form.text().contains(r#"id="rows""#),
         "no dashboard before login"
@@ -179,6 +180,9 @@ async fn a_wrong_token_gets_a_clear_401_and_the_sixth_try_in_a_minute_a_429() {
         let res = app.send(from("203.0.113.7", "not-the-token")).await;
         assert_eq!(res.status, 401, "try {i}: {res:?}");
         assert!(res.text().contains("Wrong token"), "{res:?}");
+        // Answered at /admin/login: its links lead back up, to the same files as /admin's.
+        assert!(res.text().contains(r#"action="../admin/login""#), "{res:?}");
+        assert!(res.text().contains(r#"href="../admin/dashboard.css""#));
         assert!(res.header("set-cookie").is_none(), "{res:?}");
     }
     let empty = app.send(from("203.0.113.8", "")).await;
