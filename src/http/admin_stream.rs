@@ -93,15 +93,21 @@ impl Board {
             .totals_and_day(day)
             .await
             .map_err(ApiError::storage)?;
+        let awake: HashMap<Slug, Counts> =
+            state.registry.awake_counts().await.into_iter().collect();
         let mut posts: HashMap<Slug, Row> = HashMap::with_capacity(totals.len());
         if let SlugPolicy::Listed(list) = &state.slugs {
             for slug in list.all().iter().filter_map(|s| Slug::parse(s).ok()) {
                 posts.insert(slug, Row::default());
             }
         }
+        // A post being read stays on the board even if it left the allow-list, with its
+        // total: otherwise each of its broadcasts would be news, or count all-time as today.
         for (raw, total) in totals {
             match Slug::parse(&raw) {
-                Ok(slug) if is_listed(state, &slug) => posts.entry(slug).or_default().total = total,
+                Ok(slug) if is_listed(state, &slug) || awake.contains_key(&slug) => {
+                    posts.entry(slug).or_default().total = total;
+                }
                 _ => {}
             }
         }
@@ -110,11 +116,10 @@ impl Board {
                 row.today = views;
             }
         }
-        for (slug, counts) in state.registry.awake_counts().await {
-            let row = posts.entry(slug).or_default();
+        for (slug, counts) in awake {
             // Its total stays the writer's: a view counted since the writer was asked has
             // its broadcast still to come, which adds it to today as well.
-            row.live = counts.live;
+            posts.entry(slug).or_default().live = counts.live;
         }
         Ok(Self { day, posts })
     }

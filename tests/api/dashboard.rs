@@ -465,3 +465,36 @@ async fn the_history_of_all_posts_sums_every_post_per_day() {
         .await
         .assert_json_error(401);
 }
+
+#[actix_web::test]
+async fn a_post_read_while_it_leaves_the_allow_list_keeps_its_numbers() {
+    let app = spawn_app().await;
+    let reader = app.join("alpha").await;
+    write_slugs(&app.slugs_file(), &["beta"]);
+    await_value("alpha refused once unlisted", 404, READ_TIMEOUT, || async {
+        app.send(Req::get("/api/v1/count/alpha")).await.status
+    })
+    .await;
+
+    let mut stream = open_admin_stream(&app, None).await;
+    let snapshot = next_snapshot(&mut stream).await;
+    assert_eq!(row_of(&snapshot, "alpha"), Some((1, 1, 1)), "{snapshot}");
+    assert_eq!(row_of(&snapshot, "gamma"), None, "{snapshot}");
+    reader.stream.close();
+    let rows = await_row(&mut stream, "alpha", (0, 1, 1), LIVE_DROP).await;
+    assert_eq!(rows, [(0, 1, 1)], "its total is not today's");
+}
+
+#[actix_web::test]
+async fn the_admin_stream_ends_with_a_retry_hint_when_the_server_stops() {
+    let mut app = spawn_app().await;
+    let mut stream = open_admin_stream(&app, None).await;
+    next_snapshot(&mut stream).await;
+    let stopped = actix_web::rt::spawn(async move { app.stop().await });
+    let last = stream.read_to_end(STOP_TIMEOUT).await;
+    assert!(
+        last.last().is_some_and(|e| e.retry.is_some()),
+        "a retry hint last: {last:?}"
+    );
+    stopped.await.expect("joined").expect("a graceful stop");
+}
