@@ -21,6 +21,8 @@ use crate::http::api::{
 };
 use crate::http::session;
 
+/// Every page's `<head>` and `<body>` around one of the bodies below.
+const SHELL: &str = include_str!("../../web/admin/shell.html");
 const PAGE: &str = include_str!("../../web/admin/index.html");
 const LOGIN: &str = include_str!("../../web/admin/login.html");
 const REFUSAL: &str = include_str!("../../web/admin/refusal.html");
@@ -36,9 +38,10 @@ const LOGOUT_FORM: &str =
 const MAX_LOGIN_BYTES: usize = 4096;
 /// Paths are relative so the dashboard also works under a proxy's path prefix.
 const TO_DASHBOARD: &str = "../admin";
-/// In `login.html` and `refusal.html`, what leads from the page's URL to the server's root:
-/// they are answered at `/admin` and at `/admin/login`.
+/// In the pages, what leads from the page's URL to the server's root: the login and refusal
+/// pages are answered at `/admin` and at `/admin/login`.
 const ROOT_SLOT: &str = "{{root}}";
+const DASHBOARD_HEAD: &str = r#"<script src="{{root}}admin/dashboard.js" defer></script>"#;
 
 /// Where a page is answered, as the way back to the root its relative links need.
 #[derive(Clone, Copy)]
@@ -84,17 +87,26 @@ fn html(status: StatusCode) -> HttpResponseBuilder {
     res
 }
 
+/// One page: `body` in the shell, with its title, body class and extra `<head>` lines.
+fn render(at: At, title: &str, class: &str, head: &str, body: &str) -> String {
+    SHELL
+        .replace("{{title}}", title)
+        .replace("{{class}}", class)
+        .replace("{{head}}", head)
+        .replace("{{body}}", body)
+        .replace(ROOT_SLOT, at.root())
+}
+
 fn login_page(status: StatusCode, at: At, message: Option<&str>) -> HttpResponse {
     let message =
         message.map(|m| format!(r#"<p class="message" id="message" role="alert">{m}</p>"#));
-    let page = LOGIN
-        .replace(ROOT_SLOT, at.root())
-        .replace(MESSAGE_SLOT, message.as_deref().unwrap_or_default());
-    html(status).body(page)
+    let body = LOGIN.replace(MESSAGE_SLOT, message.as_deref().unwrap_or_default());
+    html(status).body(render(at, "log in", "narrow-page", "", &body))
 }
 
 fn refusal_page(at: At) -> HttpResponse {
-    html(StatusCode::FORBIDDEN).body(REFUSAL.replace(ROOT_SLOT, at.root()))
+    let page = render(at, "dashboard closed", "narrow-page", "", REFUSAL);
+    html(StatusCode::FORBIDDEN).body(page)
 }
 
 fn see_other(cookie: Option<String>) -> HttpResponse {
@@ -115,7 +127,9 @@ async fn page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
         } else {
             ""
         };
-        return html(StatusCode::OK).body(PAGE.replace(LOGOUT_SLOT, logout));
+        let body = PAGE.replace(LOGOUT_SLOT, logout);
+        let page = render(At::Dashboard, "dashboard", "", DASHBOARD_HEAD, &body);
+        return html(StatusCode::OK).body(page);
     }
     match state.admin_token {
         Some(_) => login_page(StatusCode::OK, At::Dashboard, None),

@@ -10,6 +10,19 @@ const ADMIN: &str = "dashboard-tests-admin-token";
 /// The contract: a reader arriving shows on the dashboard within a second.
 const ARRIVAL: Duration = Duration::from_secs(1);
 
+/// A server whose clock reads `unix` now (and runs on), and that clock.
+async fn spawn_at(unix: u64, configure: impl FnOnce(&mut Config)) -> (TestApp, Clock) {
+    let clock = Clock::default();
+    clock.set_unix(unix);
+    let given = clock.clone();
+    let app = spawn_app_configured(move |c| {
+        configure(c);
+        c.clock = given;
+    })
+    .await;
+    (app, clock)
+}
+
 fn with_token(c: &mut Config) {
     c.admin_token = Some(ADMIN.into());
 }
@@ -242,15 +255,7 @@ async fn the_cookie_opens_every_admin_get_and_no_post() {
 
 #[actix_web::test]
 async fn a_session_ends_with_its_week_and_with_a_new_token() {
-    let clock = Clock::default();
-    let app = spawn_app_configured({
-        let clock = clock.clone();
-        move |c| {
-            with_token(c);
-            c.clock = clock;
-        }
-    })
-    .await;
+    let (app, clock) = spawn_at(1_772_884_800, with_token).await;
     let cookie = log_in(&app).await;
     let totals = || with_cookie(Req::get("/api/v1/totals"), &cookie);
     assert_eq!(app.send(totals()).await.status, 200);
@@ -263,10 +268,16 @@ async fn a_session_ends_with_its_week_and_with_a_new_token() {
         "the login form again"
     );
 
-    // Restarted with the same token, a session lives on; with another, it ends.
+    // Restarted (on the same clock) with the same token, a session lives on; with another,
+    // it ends.
     let fresh = log_in(&app).await;
     let dir = app.stop_and_keep_dir().await;
-    let app = spawn_app_configured_in(dir, with_token).await;
+    let same_clock = clock.clone();
+    let app = spawn_app_configured_in(dir, move |c| {
+        with_token(c);
+        c.clock = same_clock;
+    })
+    .await;
     let totals = || with_cookie(Req::get("/api/v1/totals"), &fresh);
     assert_eq!(
         app.send(totals()).await.status,
@@ -274,7 +285,11 @@ async fn a_session_ends_with_its_week_and_with_a_new_token() {
         "kept across a restart"
     );
     let dir = app.stop_and_keep_dir().await;
-    let app = spawn_app_configured_in(dir, |c| c.admin_token = Some("a-new-token".into())).await;
+    let app = spawn_app_configured_in(dir, move |c| {
+        c.admin_token = Some("a-new-token".into());
+        c.clock = clock;
+    })
+    .await;
     app.send(totals()).await.assert_json_error(401);
 }
 
@@ -370,13 +385,7 @@ async fn the_admin_stream_starts_with_every_post_then_carries_arrivals_and_depar
 
 #[actix_web::test]
 async fn today_stays_right_across_an_import_and_a_new_day() {
-    let clock = Clock::default();
-    clock.set_unix(1_772_927_940); // 2026-03-07T23:59:00Z
-    let app = spawn_app_configured({
-        let clock = clock.clone();
-        move |c| c.clock = clock
-    })
-    .await;
+    let (app, clock) = spawn_at(1_772_927_940, |_| {}).await; // 2026-03-07T23:59:00Z
     let _reader = app.join("alpha").await;
     let mut stream = open_admin_stream(&app, None).await;
     let snapshot = next_snapshot(&mut stream).await;
@@ -430,13 +439,7 @@ async fn a_post_the_snapshot_did_not_have_arrives_with_its_numbers() {
 
 #[actix_web::test]
 async fn the_history_of_all_posts_sums_every_post_per_day() {
-    let clock = Clock::default();
-    clock.set_unix(1_772_884_800); // 2026-03-07T12:00:00Z
-    let app = spawn_app_configured({
-        let clock = clock.clone();
-        move |c| c.clock = clock
-    })
-    .await;
+    let (app, clock) = spawn_at(1_772_884_800, |_| {}).await; // 2026-03-07T12:00:00Z
     for slug in ["alpha", "beta", "beta"] {
         drop(app.join(slug).await);
     }
