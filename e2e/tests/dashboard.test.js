@@ -186,3 +186,32 @@ test('screenshots at 1280 px and 375 px, light and dark; nothing wider than the 
   h.report(t, `screenshots: ${shots.join(', ')}; at 375 px the page is ${phone.scroll} px wide; ` +
     `background light ${phone.bg}, dark ${dark.bg}`);
 });
+
+test('cluster mode (a real redis-server): the nodes and Redis state show; loopback needs no login without a token', async t => {
+  const port = await h.freePort();
+  const redisDir = h.tempDir('redis');
+  const { spawn } = require('node:child_process');
+  const redis = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', redisDir], { stdio: 'ignore' });
+  try {
+    await h.until(() => new Promise(resolve => {
+      const sock = require('node:net').connect(port, '127.0.0.1', () => { sock.destroy(); resolve(true); });
+      sock.on('error', () => resolve(false));
+    }), { what: 'redis-server to listen' });
+    const node = await h.startCounter({ args: ['--redis', `redis://127.0.0.1:${port}/0`] });
+    try {
+      const page = await ctx.newPage();
+      const res = await page.goto(`${node.url}/admin`);
+      assert.equal(res.status(), 200, 'direct loopback: the dashboard, no login');
+      await page.waitForSelector('#cluster:not([hidden]) dl');
+      const shown = await page.$$eval('#cluster-state dt, #cluster-state dd', els => els.map(e => e.textContent));
+      assert.deepEqual(shown, ['Nodes', '1', 'Redis', 'ok']);
+      assert.equal(await dash.isHidden('#cluster'), true, 'hidden without cluster mode');
+      await page.close();
+      h.report(t, `cluster panel on a node of a real redis-server: ${JSON.stringify(shown)}; hidden on the single server`);
+    } finally {
+      await node.stop();
+    }
+  } finally {
+    redis.kill('SIGTERM');
+  }
+});

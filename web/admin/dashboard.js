@@ -331,29 +331,20 @@
     const cluster = 'nodes' in stats || 'redis' in stats;
     $('cluster').hidden = !cluster;
     if (!cluster) return;
-    show($('redis'), 'Redis', stats.redis);
-    show($('nodes'), 'Nodes', stats.nodes);
+    // Today `nodes` is a count and `redis` is "ok" or "down"; anything richer is shown as JSON.
+    const state = { Nodes: stats.nodes, Redis: stats.redis };
+    const dl = list(Object.fromEntries(Object.entries(state).filter(([, v]) => v !== undefined)));
+    dl.classList.toggle('down', stats.redis !== undefined && stats.redis !== 'ok');
+    $('cluster-state').replaceChildren(dl);
     // Node and Redis state is not on the stream: looked at again while it is shown.
     statsTimer = setTimeout(loadStats, 15000);
   }
 
-  /** Any JSON as definition lists, text only. */
-  function show(into, title, value) {
-    into.replaceChildren();
-    if (value === undefined) return;
-    const h = document.createElement('h3');
-    h.className = 'caption';
-    h.textContent = title;
-    into.appendChild(h);
-    const items = Array.isArray(value) ? value : [value];
-    for (const item of items) into.appendChild(list(item));
-  }
-
+  /** An object as a definition list, text only. */
   function list(item) {
     const dl = document.createElement('dl');
-    dl.className = 'kv node';
-    const entries = item !== null && typeof item === 'object' ? Object.entries(item) : [['', item]];
-    for (const [k, v] of entries) {
+    dl.className = 'kv';
+    for (const [k, v] of Object.entries(item)) {
       const dt = document.createElement('dt');
       dt.textContent = k;
       const dd = document.createElement('dd');
