@@ -6,7 +6,9 @@
 //! reads each post's total and today's views at one point of the writer's queue, and from then
 //! on a post's total only grows by views counted now, which are today's. What breaks that
 //! rule starts again from a fresh snapshot: an import, a new day, a post the snapshot did not
-//! have, or a subscriber that fell behind the feed.
+//! have, or a subscriber that fell behind the feed. In cluster mode the board is the
+//! cluster's: a post asleep here but read on another node comes from the cluster's presence
+//! and its announced totals (`Change::Live`, and `Change::Post` from the cluster listener).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -83,8 +85,8 @@ enum Applied {
 }
 
 impl Board {
-    /// Every post with views, every listed post, every awake post: totals and today's views
-    /// read together, live from the awake posts.
+    /// Every post with views, every listed post, every post being read: totals and today's
+    /// views read together, live from [`read_live`].
     async fn read(state: &AppState) -> Result<Self, ApiError> {
         let day = state.calendar.today();
         let (totals, today) = state
@@ -93,8 +95,7 @@ impl Board {
             .totals_and_day(day)
             .await
             .map_err(ApiError::storage)?;
-        let awake: HashMap<Slug, Counts> =
-            state.registry.awake_counts().await.into_iter().collect();
+        let live = read_live(state).await;
         let mut posts: HashMap<Slug, Row> = HashMap::with_capacity(totals.len());
         if let SlugPolicy::Listed(list) = &state.slugs {
             for slug in list.all().iter().filter_map(|s| Slug::parse(s).ok()) {
@@ -105,7 +106,7 @@ impl Board {
         // total: otherwise each of its broadcasts would be news, or count all-time as today.
         for (raw, total) in totals {
             match Slug::parse(&raw) {
-                Ok(slug) if is_listed(state, &slug) || awake.contains_key(&slug) => {
+                Ok(slug) if is_listed(state, &slug) || live.contains_key(&slug) => {
                     posts.entry(slug).or_default().total = total;
                 }
                 _ => {}
@@ -116,12 +117,24 @@ impl Board {
                 row.today = views;
             }
         }
-        for (slug, counts) in awake {
+        for (slug, live) in live {
             // Its total stays the writer's: a view counted since the writer was asked has
             // its broadcast still to come, which adds it to today as well.
-            posts.entry(slug).or_default().live = counts.live;
+            posts.entry(slug).or_default().live = live;
         }
         Ok(Self { day, posts })
+    }
+
+    /// Cluster mode: readers on other nodes of a post asleep here moved.
+    fn apply_live(&mut self, slug: &Slug, live: u64) -> Applied {
+        let Some(row) = self.posts.get_mut(slug) else {
+            return Applied::Unknown;
+        };
+        if row.live == live {
+            return Applied::Same;
+        }
+        row.live = live;
+        Applied::Row(*row)
     }
 
     fn apply(&mut self, slug: &Slug, counts: Counts) -> Applied {
@@ -159,6 +172,20 @@ impl Board {
         out.put_slice(b"\n\n");
         out.freeze()
     }
+}
+
+/// Live readers per post: every awake post here (readers on other nodes included), and in
+/// cluster mode the posts asleep here that other nodes' readers hold.
+async fn read_live(state: &AppState) -> HashMap<Slug, u64> {
+    let mut live: HashMap<Slug, u64> = (state.registry.awake_counts().await.into_iter())
+        .map(|(slug, counts)| (slug, counts.live))
+        .collect();
+    if let Some(cluster) = state.registry.cluster() {
+        for (slug, remote) in cluster.remote_posts() {
+            live.entry(slug).or_insert(remote);
+        }
+    }
+    live
 }
 
 fn row_event(out: &mut BytesMut, slug: &Slug, row: Row) {
@@ -277,13 +304,14 @@ impl AdminStream {
         while let Some(change) = next.take() {
             match change {
                 Ok(Change::Post(slug, counts)) if !resync => {
-                    match self.board.apply(&slug, counts) {
-                        Applied::Row(row) => row_event(&mut out, &slug, row),
-                        Applied::Same => {}
-                        Applied::Unknown => resync = true,
-                    }
+                    let applied = self.board.apply(&slug, counts);
+                    resync = write_applied(&mut out, &slug, applied);
                 }
-                Ok(Change::Post(..)) => {}
+                Ok(Change::Live(slug, live)) if !resync => {
+                    let applied = self.board.apply_live(&slug, live);
+                    resync = write_applied(&mut out, &slug, applied);
+                }
+                Ok(Change::Post(..) | Change::Live(..)) => {}
                 Ok(Change::Resync) | Err(RecvError::Lagged(_)) => resync = true,
                 Err(RecvError::Closed) => break,
             }
@@ -302,4 +330,14 @@ impl AdminStream {
         }
         (!out.is_empty()).then(|| Ok(out.freeze()))
     }
+}
+
+/// Writes a moved row; whether the board needs a new snapshot instead.
+fn write_applied(out: &mut BytesMut, slug: &Slug, applied: Applied) -> bool {
+    match applied {
+        Applied::Row(row) => row_event(out, slug, row),
+        Applied::Same => {}
+        Applied::Unknown => return true,
+    }
+    false
 }

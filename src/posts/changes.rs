@@ -18,6 +18,9 @@ pub const FEED_CAPACITY: usize = 1024;
 pub enum Change {
     /// A post's new numbers, as its readers see them.
     Post(Slug, Counts),
+    /// Cluster mode: a post asleep on this node has this many live readers on the others
+    /// (its total unchanged).
+    Live(Slug, u64),
     /// Numbers moved outside counting (an import): start again from a snapshot.
     Resync,
 }
@@ -37,6 +40,10 @@ impl Changes {
     pub fn post(&self, slug: &Slug, counts: Counts) {
         // Nobody subscribed is the common case, not an error.
         let _ = self.0.send(Change::Post(slug.clone(), counts));
+    }
+
+    pub fn live(&self, slug: &Slug, live: u64) {
+        let _ = self.0.send(Change::Live(slug.clone(), live));
     }
 
     pub fn resync(&self) {

@@ -75,16 +75,19 @@ impl Registry {
         self.cluster().map_or(0, |c| c.remote_live(slug))
     }
 
-    /// Delivers `msg` to the post if it is awake (a sleeping post reads the cluster on wake).
-    pub(crate) fn tell<M>(&self, slug: &Slug, msg: M)
+    /// Delivers `msg` to the post if it is awake (a sleeping post reads the cluster on wake);
+    /// whether it was.
+    pub(crate) fn tell<M>(&self, slug: &Slug, msg: M) -> bool
     where
         M: Message + Send + 'static,
         M::Result: Send,
         Post: Handler<M>,
     {
-        if let Some(addr) = self.lookup(slug) {
+        let addr = self.lookup(slug);
+        if let Some(addr) = &addr {
             addr.do_send(msg);
         }
+        addr.is_some()
     }
 
     /// The posts awake right now.

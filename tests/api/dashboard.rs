@@ -501,3 +501,43 @@ async fn the_admin_stream_ends_with_a_retry_hint_when_the_server_stops() {
     );
     stopped.await.expect("joined").expect("a graceful stop");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Cluster mode (a real `redis-server`; skipped without one).
+
+async fn cluster_node(redis: &crate::redis::RedisServer, id: &str) -> TestApp {
+    let url = redis.url();
+    spawn_app_configured(|c| {
+        c.cluster = Some(viewcounter::config::ClusterConfig {
+            node_id: Some(id.into()),
+            ..viewcounter::config::ClusterConfig::new(url)
+        });
+    })
+    .await
+}
+
+#[actix_web::test]
+async fn in_cluster_mode_the_board_shows_readers_and_views_of_every_node() {
+    let Some(redis) = crate::redis::RedisServer::start() else {
+        return;
+    };
+    let a = cluster_node(&redis, "a").await;
+    let b = cluster_node(&redis, "b").await;
+    let early = b.join("gamma").await;
+
+    // A post asleep on a, read on b since before the stream opened.
+    let mut stream = open_admin_stream(&a, None).await;
+    let snapshot = next_snapshot(&mut stream).await;
+    if row_of(&snapshot, "gamma") != Some((1, 1, 1)) {
+        // b's presence may not have reached a yet: it arrives as a row.
+        await_row(&mut stream, "gamma", (1, 1, 1), ARRIVAL * 3).await;
+    }
+    // A reader arriving on b shows on a's board, and leaves it.
+    let arrived = Instant::now();
+    let reader = b.join("beta").await;
+    await_row(&mut stream, "beta", (1, 1, 1), ARRIVAL).await;
+    assert!(arrived.elapsed() < ARRIVAL, "after {:?}", arrived.elapsed());
+    reader.stream.close();
+    await_row(&mut stream, "beta", (0, 1, 1), LIVE_DROP).await;
+    drop(early);
+}
