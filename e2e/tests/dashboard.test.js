@@ -165,6 +165,12 @@ test('screenshots at 1280 px and 375 px, light and dark; nothing wider than the 
     await dash.setViewportSize({ width, height: width > 600 ? 900 : 812 });
     await dash.emulateMedia({ colorScheme });
     await h.until(async () => Object.keys(await bars()).length === 30, { what: 'the chart drawn' });
+    // The chart is redrawn a moment after a resize: wait for the drawing of this width.
+    await h.until(() => dash.evaluate(() => {
+      const box = document.getElementById('chart');
+      const svg = box.querySelector('svg');
+      return svg && Number(svg.getAttribute('viewBox').split(' ')[2]) === Math.max(box.clientWidth, 280);
+    }), { what: `the chart drawn for ${width} px` });
     const file = path.join(ARTIFACTS, `${name}.png`);
     await dash.screenshot({ path: file, fullPage: true });
     shots.push(path.relative(h.ROOT, file));
