@@ -16,16 +16,19 @@
 //!   `direct`: each connection's head is read there, the three stream routes are admitted and
 //!   answered (or refused) on the socket itself, the rest goes to actix-web; `api`: the
 //!   readers' `/api/v1` handlers; `owner`: what the owner and index pages read (history,
-//!   counts, top, `badge`, metrics, imports); [`http::sse`]: the wire format and each reader's
-//!   body stream; `shared`: one stream carrying the readers of many tabs; `watch`: posts
-//!   followed without counting (index pages), alone or on a shared stream; `error`: the one
-//!   error type, answered as JSON by either layer; `assets`: the embedded script and page.
+//!   counts, top, `badge`, metrics, imports); `dashboard`: the owner's page at `/admin`, its
+//!   login and the `session` cookie; `admin_stream`: the dashboard's one stream of every post;
+//!   [`http::sse`]: the wire format and each reader's body stream; `shared`: one stream
+//!   carrying the readers of many tabs; `watch`: posts followed without counting (index
+//!   pages), alone or on a shared stream; `error`: the one error type, answered as JSON by
+//!   either layer; `assets`: the embedded script and page.
 //! - [`edge`]: input validated once ([`edge::slug`], [`edge::reader_id`]), the request
 //!   headers both layers read, and who may count and how much: `slug_list` (which posts
 //!   exist), `origin`, [`edge::client_ip`], `limits`.
 //! - [`posts`]: `registry`: slug → post actor, woken on the first reader, asleep when idle;
-//!   [`posts::post`]: one actor per post, coalesced broadcast; its counting rules (live
-//!   readers, total, dedupe) are `post_state`, free of actors so they can be tested.
+//!   [`posts::post`]: one actor per post, coalesced broadcast (also told to `changes`, the
+//!   registry-wide feed the dashboard follows); its counting rules (live readers, total,
+//!   dedupe) are `post_state`, free of actors so they can be tested.
 //! - [`storage`]: [`storage::writer`]: the debounced writer thread, flushing deltas (totals
 //!   and days) to a [`storage::store::Store`] (redb); [`storage::calendar`]: the day a view
 //!   is counted on, and the clock.

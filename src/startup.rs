@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use crate::cluster::Cluster;
 use crate::cluster::store::RedisStore;
 use crate::config::{ClusterConfig, Config, ConfigError, Posts};
-use crate::edge::limits::{StreamLimits, ViewRate, raise_fd_limit};
+use crate::edge::limits::{LoginRate, StreamLimits, ViewRate, raise_fd_limit};
 use crate::edge::origin::OriginPolicy;
 use crate::edge::slug_list::{OpenPosts, POLL_INTERVAL, SlugList, SlugPolicy};
 use crate::http::api::{self, AppState};
@@ -30,6 +30,7 @@ use crate::http::error::json_error;
 use crate::http::owner;
 use crate::http::server::{Server, Settings};
 use crate::http::sse::Signals;
+use crate::http::{admin_stream, dashboard};
 use crate::metrics::Metrics;
 use crate::posts::registry::Registry;
 use crate::shutdown::Trigger;
@@ -139,6 +140,7 @@ impl Application {
             ),
             calendar,
             metrics,
+            login_rate: LoginRate::default(),
             slugs: slug_policy(&config.posts, existing),
             origins: config.origins.clone(),
             proxies: config.trusted_proxies.clone(),
@@ -274,8 +276,10 @@ fn http_server(
             .service(
                 web::scope("/api/v1")
                     .configure(api::routes)
-                    .configure(owner::routes),
+                    .configure(owner::routes)
+                    .configure(admin_stream::routes),
             )
+            .configure(dashboard::routes)
             .route("/badge/{file:.*}", web::get().to(owner::badge))
             .route("/metrics", web::get().to(owner::metrics))
             .route("/counter.js", web::get().to(assets::counter_js))
@@ -358,6 +362,7 @@ fn spawn_background(
         loop {
             tick.tick().await;
             st.view_rate.prune();
+            st.login_rate.prune();
             if let SlugPolicy::Any(posts) = &st.slugs {
                 posts.prune();
             }

@@ -32,7 +32,7 @@ use crate::cluster::presence::{BEAT, Event, Moved, Presence};
 use crate::config::ClusterConfig;
 use crate::edge::reader_id::ReaderId;
 use crate::edge::slug::Slug;
-use crate::posts::post::{RemoteLive, RemoteTotal, Replayed};
+use crate::posts::post::{Counts, RemoteLive, RemoteTotal, Replayed};
 use crate::posts::registry::Registry;
 use crate::storage::calendar::Calendar;
 use crate::storage::store::{RedbStore, StoreError};
@@ -286,15 +286,27 @@ impl Cluster {
                         continue;
                     };
                     if let Event::Total { slug, total } = &event {
-                        registry.tell(slug, RemoteTotal { total: *total });
+                        self.tell_total(&registry, slug, *total);
                     } else {
                         tell_live(&registry, self.presence.on_event(event));
                     }
                 }
                 // (Re)subscribed after a (re)connect: totals announced meanwhile were missed.
-                PushKind::Subscribe => self.refresh_totals(&registry).await,
+                PushKind::Subscribe => {
+                    self.refresh_totals(&registry).await;
+                    registry.changes().resync();
+                }
                 _ => {}
             }
+        }
+    }
+
+    /// A post's new total, counted on another node: its readers here hear it from the post;
+    /// a post asleep here has none, but the dashboards show every post of the cluster.
+    fn tell_total(&self, registry: &Registry, slug: &Slug, total: u64) {
+        if !registry.tell(slug, RemoteTotal { total }) {
+            let live = self.presence.remote_live(slug);
+            registry.changes().post(slug, Counts { live, total });
         }
     }
 
@@ -389,7 +401,11 @@ impl Cluster {
 
 fn tell_live(registry: &Registry, moved: Moved) {
     for (slug, live) in moved {
-        registry.tell(&slug, RemoteLive { live });
+        // An awake post broadcasts it (to the dashboards too); for one asleep here, only the
+        // dashboards need to know.
+        if !registry.tell(&slug, RemoteLive { live }) {
+            registry.changes().live(&slug, live);
+        }
     }
 }
 

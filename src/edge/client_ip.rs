@@ -45,6 +45,32 @@ impl TrustedProxies {
     }
 }
 
+impl TrustedProxies {
+    /// Whether the client spoke HTTPS to the nearest proxy, as that proxy says: the last
+    /// `X-Forwarded-Proto` entry, else the last `Forwarded` element's `proto=`. Only a trusted
+    /// peer is believed; anyone else reached us directly, in plain HTTP.
+    pub fn forwarded_https(&self, peer: IpAddr, headers: &(impl Headers + ?Sized)) -> bool {
+        if !self.trusts(peer) {
+            return false;
+        }
+        let last = |name| {
+            let value = headers.values(name).last()?;
+            let entry = value.rsplit(|&b| b == b',').next()?;
+            std::str::from_utf8(entry).ok().map(str::trim)
+        };
+        let proto = match last("x-forwarded-proto") {
+            Some(proto) => Some(proto),
+            None => last("forwarded").and_then(|element| {
+                element.split(';').find_map(|pair| {
+                    let (k, v) = pair.trim().split_once('=')?;
+                    k.eq_ignore_ascii_case("proto").then(|| v.trim_matches('"'))
+                })
+            }),
+        };
+        proto.is_some_and(|p| p.eq_ignore_ascii_case("https"))
+    }
+}
+
 /// IPv4-mapped IPv6 addresses count as the IPv4 address they carry.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
@@ -149,6 +175,26 @@ mod tests {
             proxies().client_ip(peer, &h),
             "203.0.113.7".parse::<IpAddr>().unwrap()
         );
+    }
+
+    #[test]
+    fn https_is_believed_from_a_trusted_proxy_only() {
+        let proxy: IpAddr = "127.0.0.1".parse().unwrap();
+        let stranger: IpAddr = "203.0.113.9".parse().unwrap();
+        let https = headers(&[("x-forwarded-proto", "https")]);
+        assert!(proxies().forwarded_https(proxy, &https));
+        assert!(!proxies().forwarded_https(stranger, &https));
+        let chain = headers(&[("x-forwarded-proto", "https, http")]);
+        assert!(
+            !proxies().forwarded_https(proxy, &chain),
+            "the nearest hop says http"
+        );
+        let fwd = headers(&[(
+            "forwarded",
+            "for=1.2.3.4;proto=http, for=5.6.7.8;Proto=\"https\"",
+        )]);
+        assert!(proxies().forwarded_https(proxy, &fwd));
+        assert!(!proxies().forwarded_https(proxy, &HeaderMap::new()));
     }
 
     #[test]

@@ -193,6 +193,35 @@ impl NewPostRate {
     }
 }
 
+/// Admin token guesses per client on the login form: `LOGIN_TRIES_PER_MINUTE`, one back
+/// every 12 s.
+pub struct LoginRate(TokenBuckets<ClientKey>);
+
+/// Login attempts a client may make at once; then one more every minute / this.
+pub const LOGIN_TRIES_PER_MINUTE: u32 = 5;
+
+impl Default for LoginRate {
+    fn default() -> Self {
+        Self(TokenBuckets::new(LOGIN_TRIES_PER_MINUTE, Quota::per_minute))
+    }
+}
+
+impl LoginRate {
+    /// Takes one attempt from `client`'s share; false when it is used up.
+    pub fn take(&self, client: ClientKey) -> bool {
+        self.0.take(client)
+    }
+
+    /// What a refused client is told to wait: the time one attempt takes to come back.
+    pub fn retry_after(&self) -> Duration {
+        self.0.refill_time()
+    }
+
+    pub fn prune(&self) {
+        self.0.prune();
+    }
+}
+
 /// A token bucket per key (governor's keyed limiter): `capacity` tokens, each bucket starting
 /// full and refilled evenly over the quota's period; capacity 0 means no limit (and no limiter).
 struct TokenBuckets<K: Hash + Eq + Clone> {
@@ -321,6 +350,16 @@ mod tests {
         assert!(!rate.allow(ip, "a"), "an emptied bucket survives pruning");
         let unlimited = ViewRate::new(0);
         assert!((0..1000).all(|_| unlimited.allow(ip, "a")));
+    }
+
+    #[test]
+    fn login_attempts_are_five_a_minute_per_client() {
+        let rate = LoginRate::default();
+        assert_eq!(rate.retry_after(), Duration::from_secs(12));
+        let (a, b) = (client("10.0.0.1"), client("10.0.0.2"));
+        assert!((0..5).all(|_| rate.take(a)));
+        assert!(!rate.take(a));
+        assert!(rate.take(b), "per client");
     }
 
     #[test]

@@ -149,6 +149,11 @@ impl SlugList {
             .contains(slug)
     }
 
+    /// Every listed slug, as loaded last.
+    pub fn all(&self) -> Arc<HashSet<Box<str>>> {
+        Arc::clone(&self.slugs.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
     /// Reads the file again; a missing file means the embedded demo list.
     pub fn reload(&self) {
         let (text, stamp) = match std::fs::read_to_string(&self.path) {

@@ -13,13 +13,16 @@ use subtle::ConstantTimeEq;
 
 use crate::edge::client_ip::TrustedProxies;
 use crate::edge::headers::Headers;
-use crate::edge::limits::{ClientKey, PER_IP_RETRY_AFTER, StreamLimits, ViewCharge, ViewRate};
+use crate::edge::limits::{
+    ClientKey, LoginRate, PER_IP_RETRY_AFTER, StreamLimits, ViewCharge, ViewRate,
+};
 use crate::edge::origin::OriginPolicy;
 use crate::edge::reader_id::{ReaderId, Showing, parse_show};
 use crate::edge::slug::Slug;
 use crate::edge::slug_list::Admission;
 use crate::edge::slug_list::SlugPolicy;
 use crate::http::error::ApiError;
+use crate::http::session;
 use crate::http::shared::{Handle, JoinError, Member, SharedStream, SharedStreams};
 use crate::http::sse::{self, Signals};
 use crate::http::watch;
@@ -55,6 +58,8 @@ pub struct AppState {
     /// The days views are counted on (`--timezone`).
     pub calendar: Calendar,
     pub metrics: Arc<Metrics>,
+    /// Guesses of the admin token on the dashboard's login form, per client.
+    pub login_rate: LoginRate,
 }
 
 /// What opening a stream reads from its request (parsed by [`crate::http::direct`]).
@@ -391,7 +396,7 @@ struct TotalRow {
 }
 
 async fn totals(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    authorize_admin(&req, &state)?;
+    authorize_admin_read(&req, &state)?;
     let rows = state
         .registry
         .writer()
@@ -424,7 +429,7 @@ struct Stats {
 }
 
 async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    authorize_admin(&req, &state)?;
+    authorize_admin_read(&req, &state)?;
     let stats = Stats {
         posts_awake: state.registry.awake(),
         streams: state.limits.open(),
@@ -465,7 +470,27 @@ pub(crate) fn authorize_admin(req: &HttpRequest, state: &AppState) -> Result<(),
     }
 }
 
-fn is_direct_loopback(req: &HttpRequest) -> bool {
+/// The admin rule for reads (`GET`): [`authorize_admin`], or the session cookie the
+/// dashboard's login sets. Never for changes (`POST /import`): a browser sends cookies with
+/// requests that other pages make it send, and `SameSite=Strict` stops only cross-site ones,
+/// not a page on a sibling subdomain; a bearer header no page can add without the token.
+pub(crate) fn authorize_admin_read(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    if has_session(req, state) {
+        return Ok(());
+    }
+    authorize_admin(req, state)
+}
+
+/// Whether the request carries a valid session cookie (only with a token configured).
+pub(crate) fn has_session(req: &HttpRequest, state: &AppState) -> bool {
+    let Some(token) = &state.admin_token else {
+        return false;
+    };
+    session::from_headers(req.headers())
+        .is_some_and(|value| session::is_valid(token, value, state.calendar.clock().now_unix()))
+}
+
+pub(crate) fn is_direct_loopback(req: &HttpRequest) -> bool {
     let loopback = req
         .peer_addr()
         .is_some_and(|peer| peer.ip().to_canonical().is_loopback());

@@ -10,7 +10,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use crate::cli::import_file::{self, ImportFormat, ParseOptions};
 use crate::edge::slug::Slug;
 use crate::edge::slug_list::SlugPolicy;
-use crate::http::api::{AppState, authorize_admin, read_body};
+use crate::http::api::{AppState, authorize_admin, authorize_admin_read, read_body};
 use crate::http::badge::{self, Label};
 use crate::http::error::ApiError;
 use crate::posts::post::Counts;
@@ -31,7 +31,8 @@ pub const MAX_IMPORT_BYTES: usize = 10 * 1024 * 1024;
 const IMPORT_DEADLINE: Duration = Duration::from_secs(60);
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/history/{slug:.*}", web::get().to(history))
+    cfg.route("/history", web::get().to(history_all))
+        .route("/history/{slug:.*}", web::get().to(history))
         .route("/counts", web::get().to(counts))
         .route("/top", web::get().to(top))
         .route("/daily", web::get().to(daily))
@@ -75,7 +76,7 @@ fn number_param(
 }
 
 /// A post the policy knows of: on the allow-list, or (any slug) one that has views.
-fn is_listed(state: &AppState, slug: &Slug) -> bool {
+pub(crate) fn is_listed(state: &AppState, slug: &Slug) -> bool {
     match &state.slugs {
         SlugPolicy::Listed(list) => list.contains(slug.as_str()),
         SlugPolicy::Any(_) => true,
@@ -100,37 +101,67 @@ struct History {
 
 /// `GET /history/{slug}?days=N`: views per day, oldest first, days without views included.
 async fn history(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    authorize_admin(&req, &state)?;
+    authorize_admin_read(&req, &state)?;
     let slug = Slug::parse(req.match_info().get("slug").unwrap_or_default())?;
     if !is_listed(&state, &slug) {
         return Err(ApiError::UnknownPost);
     }
-    let n = number_param(
-        &query(&req),
-        "days",
-        1..=MAX_HISTORY_DAYS,
-        DEFAULT_HISTORY_DAYS,
-    )?;
-    let today = state.calendar.today();
-    let days: Vec<Day> = Day::range(today.back(n - 1), today).collect();
+    let days = history_days(&req, &state)?;
     let views = state
         .registry
         .writer()
         .history(slug.clone(), days.clone())
         .await
         .map_err(ApiError::storage)?;
-    let days = days
-        .iter()
+    Ok(no_store(&mut HttpResponse::Ok()).json(History {
+        slug: slug.as_str().to_owned(),
+        days: day_rows(&days, views),
+    }))
+}
+
+#[derive(serde::Serialize)]
+struct HistoryAll {
+    days: Vec<DayRow>,
+}
+
+/// `GET /history?days=N`: every post's views together, per day, as `history/{slug}` has them.
+async fn history_all(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize_admin_read(&req, &state)?;
+    let days = history_days(&req, &state)?;
+    let views = state
+        .registry
+        .writer()
+        .history_all(days.clone())
+        .await
+        .map_err(ApiError::storage)?;
+    Ok(no_store(&mut HttpResponse::Ok()).json(HistoryAll {
+        days: day_rows(&days, views),
+    }))
+}
+
+/// The days `?days=N` asks for (default 30, at most 366), ending today, oldest first.
+fn history_days(req: &HttpRequest, state: &AppState) -> Result<Vec<Day>, ApiError> {
+    let n = number_param(
+        &query(req),
+        "days",
+        1..=MAX_HISTORY_DAYS,
+        DEFAULT_HISTORY_DAYS,
+    )?;
+    let today = state.calendar.today();
+    Ok(Day::range(today.back(n - 1), today).collect())
+}
+
+fn day_rows(days: &[Day], views: Vec<u64>) -> Vec<DayRow> {
+    days.iter()
         .zip(views)
         .map(|(day, views)| DayRow {
             day: day.to_string(),
             views,
         })
-        .collect();
-    Ok(no_store(&mut HttpResponse::Ok()).json(History {
-        slug: slug.as_str().to_owned(),
-        days,
-    }))
+        .collect()
 }
 
 /// The slugs of a `slug=A&slug=B` query: 1 to 100, each well-formed, repeats dropped.
@@ -203,7 +234,7 @@ struct TopRow {
 /// allow-list; with `--allow-any-slug` the slugs are user input, so admin only.
 async fn top(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if matches!(state.slugs, SlugPolicy::Any(_)) {
-        authorize_admin(&req, &state)?;
+        authorize_admin_read(&req, &state)?;
     } else {
         state.origins.check(req.headers())?;
     }
@@ -275,7 +306,7 @@ struct DailyRow {
 
 /// `GET /daily`: every post's views per day (what `export --daily` prints).
 async fn daily(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    authorize_admin(&req, &state)?;
+    authorize_admin_read(&req, &state)?;
     let rows: Vec<DailyRow> = state
         .registry
         .writer()
@@ -325,7 +356,7 @@ pub async fn metrics(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize_admin(&req, &state)?;
+    authorize_admin_read(&req, &state)?;
     let m = &state.metrics;
     m.streams_open.set(state.limits.open() as i64);
     m.posts_awake.set(state.registry.awake() as i64);
@@ -401,6 +432,8 @@ async fn import(
         .await
         .map_err(ApiError::storage)?;
     if report.written {
+        // Totals moved without a view counted: dashboards start again from a snapshot.
+        state.registry.changes().resync();
         for (slug, before, after) in &report.changed {
             if let Ok(slug) = Slug::parse(slug) {
                 state.registry.imported(&slug, after - before);

@@ -18,6 +18,7 @@ use crate::edge::slug::Slug;
 use crate::edge::slug_list::NewPost;
 use crate::http::sse::Update;
 use crate::metrics::Metrics;
+use crate::posts::changes::Changes;
 pub use crate::posts::post_state::Counts;
 use crate::posts::post_state::PostState;
 use crate::storage::calendar::Clock;
@@ -160,6 +161,8 @@ pub struct PostContext {
     pub clock: Clock,
     pub metrics: Arc<Metrics>,
     pub dedupe_window: Duration,
+    /// Every broadcast is also told here, for the owner's dashboard.
+    pub changes: Changes,
     /// Called by a post going to sleep, so the next reader wakes a fresh actor.
     pub asleep: Box<AsleepReport>,
     /// Cluster mode: where views are counted and live readers are merged.
@@ -321,9 +324,10 @@ impl Post {
     fn broadcast(&mut self, now: Instant) {
         self.last_broadcast = Some(now);
         self.report_live();
+        let counts = self.counts();
         // Encoded once; every reader's stream shares these bytes.
-        self.updates
-            .send_replace(Update::new(&self.slug, self.counts()));
+        self.updates.send_replace(Update::new(&self.slug, counts));
+        self.context.changes.post(&self.slug, counts);
     }
 
     /// Arms the one timer that expires dedupe entries and puts an idle post to sleep.

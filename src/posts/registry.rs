@@ -15,6 +15,7 @@ use crate::edge::slug::Slug;
 use crate::edge::slug_list::Admission;
 use crate::http::error::ApiError;
 use crate::metrics::Metrics;
+use crate::posts::changes::Changes;
 use crate::posts::post::{
     Asleep, Counts, GetCounts, Imported, Join, Joined, Leave, Post, PostContext, Watch, Watched,
 };
@@ -49,6 +50,7 @@ impl Registry {
                     clock,
                     metrics,
                     dedupe_window,
+                    changes: Changes::default(),
                     asleep: Box::new(asleep),
                     cluster,
                 }),
@@ -69,21 +71,29 @@ impl Registry {
         self.cluster().map_or(0, |c| c.remote_live(slug))
     }
 
-    /// Delivers `msg` to the post if it is awake (a sleeping post reads the cluster on wake).
-    pub(crate) fn tell<M>(&self, slug: &Slug, msg: M)
+    /// Delivers `msg` to the post if it is awake (a sleeping post reads the cluster on wake);
+    /// whether it was.
+    pub(crate) fn tell<M>(&self, slug: &Slug, msg: M) -> bool
     where
         M: Message + Send + 'static,
         M::Result: Send,
         Post: Handler<M>,
     {
-        if let Some(addr) = self.lookup(slug) {
+        let addr = self.lookup(slug);
+        if let Some(addr) = &addr {
             addr.do_send(msg);
         }
+        addr.is_some()
     }
 
     /// The posts awake right now.
     pub(crate) fn awake_slugs(&self) -> Vec<Slug> {
         self.lock().keys().cloned().collect()
+    }
+
+    /// Every post's broadcasts, for whoever watches all posts (the dashboard).
+    pub fn changes(&self) -> &Changes {
+        &self.context.changes
     }
 
     /// The numbers of many posts at once, waking none: awake posts are asked, the others'

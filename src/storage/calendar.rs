@@ -118,11 +118,36 @@ impl Calendar {
     pub fn today(&self) -> Day {
         self.day_of(self.clock.now_unix())
     }
+
+    /// How long until the next day starts here (at least a second); `None` past the
+    /// calendar's range.
+    pub fn until_tomorrow(&self) -> Option<std::time::Duration> {
+        let now = i64::try_from(self.clock.now_unix()).ok()?;
+        let zoned = Timestamp::from_second(now)
+            .ok()?
+            .to_zoned_datetime(self.tz.clone());
+        let next = zoned.tomorrow().ok()?.start_of_day().ok()?;
+        let secs = (next.timestamp().as_second() - now).max(1);
+        Some(std::time::Duration::from_secs(secs.unsigned_abs()))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tomorrow_starts_at_the_zones_midnight() {
+        let clock = Clock::default();
+        clock.set_unix(unix("2026-03-07T23:59:00Z"));
+        let utc = Calendar::new(TimeZone::UTC, clock.clone());
+        let secs = utc.until_tomorrow().unwrap().as_secs();
+        assert!((59..=60).contains(&secs), "{secs}");
+        // Paris is at UTC+1 in March: it is 00:59 there, the next midnight 23 h 01 min away.
+        let paris = Calendar::new(TimeZone::get("Europe/Paris").unwrap(), clock);
+        let secs = paris.until_tomorrow().unwrap().as_secs();
+        assert!((23 * 3600 + 59..=23 * 3600 + 60).contains(&secs), "{secs}");
+    }
 
     fn unix(rfc3339: &str) -> u64 {
         let ts: Timestamp = rfc3339.parse().unwrap();

@@ -188,6 +188,23 @@ impl Writer {
             .await
     }
 
+    /// Every total and every post's views on `day` (both with unwritten views), read at one
+    /// point of the writer's queue: a view counted is in both or in neither.
+    pub async fn totals_and_day(&self, day: Day) -> Result<TotalsAndDay, WriterError> {
+        self.ask(move |state| Ok((state.totals()?, state.day_views(day)?)))
+            .await
+    }
+
+    /// All posts' views together on each of `days`, including unwritten views.
+    pub async fn history_all(&self, days: Vec<Day>) -> Result<Vec<u64>, WriterError> {
+        self.ask(move |state| {
+            days.iter()
+                .map(|&day| Ok(state.day_views(day)?.iter().map(|(_, v)| v).sum()))
+                .collect()
+        })
+        .await
+    }
+
     /// Every post's views on `day`, including unwritten views, sorted by slug.
     pub async fn day_views(&self, day: Day) -> Result<Vec<(String, u64)>, WriterError> {
         self.ask(move |state| state.day_views(day)).await
@@ -203,6 +220,9 @@ impl Writer {
         self.ask(move |state| state.import(&plan)).await
     }
 }
+
+/// Every (slug, total), then every (slug, views on the day asked), each sorted by slug.
+pub type TotalsAndDay = (Vec<(String, u64)>, Vec<(String, u64)>);
 
 /// How imported numbers meet the ones already counted.
 #[derive(

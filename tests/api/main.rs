@@ -10,6 +10,7 @@ mod coalescing;
 mod connect;
 mod cors;
 mod count;
+mod dashboard;
 mod exactness;
 mod export;
 mod faults;

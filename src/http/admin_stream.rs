@@ -1,0 +1,343 @@
+//! `GET /api/v1/admin/stream`: the owner's dashboard, live, over one stream. First a
+//! `snapshot` event (every post: reading now, today, all-time), then one message per post
+//! whose numbers moved, fed by the registry's change feed ([`crate::posts::changes`]).
+//!
+//! "Today" is worked out here rather than asked of the writer on every change: the snapshot
+//! reads each post's total and today's views at one point of the writer's queue, and from then
+//! on a post's total only grows by views counted now, which are today's. What breaks that
+//! rule starts again from a fresh snapshot: an import, a new day, a post the snapshot did not
+//! have, or a subscriber that fell behind the feed. In cluster mode the board is the
+//! cluster's: a post asleep here but read on another node comes from the cluster's presence
+//! and its announced totals (`Change::Live`, and `Change::Post` from the cluster listener).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::Stream;
+use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
+
+use crate::edge::slug::Slug;
+use crate::edge::slug_list::SlugPolicy;
+use crate::http::api::{AppState, authorize_admin_read};
+use crate::http::error::ApiError;
+use crate::http::owner::is_listed;
+use crate::http::sse::{self, HEARTBEAT, RETRY_MS, Signals};
+use crate::posts::changes::Change;
+use crate::posts::post::Counts;
+use crate::storage::calendar::Day;
+
+/// Changes written in one go when many are waiting.
+const MAX_BATCH: usize = 256;
+/// The day is looked at least this often, besides at the midnight the calendar expects
+/// (a clock that jumps, as in tests, is noticed too).
+const DAY_CHECK: Duration = Duration::from_secs(60);
+
+/// One post as the dashboard shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Row {
+    live: u64,
+    total: u64,
+    today: u64,
+}
+
+#[derive(serde::Serialize)]
+struct SnapshotJson<'a> {
+    day: String,
+    posts: Vec<RowJson<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct RowJson<'a> {
+    slug: &'a str,
+    live: u64,
+    total: u64,
+    today: u64,
+}
+
+impl Row {
+    fn json<'a>(&self, slug: &'a Slug) -> RowJson<'a> {
+        RowJson {
+            slug: slug.as_str(),
+            live: self.live,
+            total: self.total,
+            today: self.today,
+        }
+    }
+}
+
+/// Every post's numbers on one day.
+struct Board {
+    day: Day,
+    posts: HashMap<Slug, Row>,
+}
+
+/// What a change does to the board.
+enum Applied {
+    Row(Row),
+    /// Nothing the board shows moved.
+    Same,
+    /// The board cannot tell (a post it does not have): take a new snapshot.
+    Unknown,
+}
+
+impl Board {
+    /// Every post with views, every listed post, every post being read: totals and today's
+    /// views read together, live from [`read_live`].
+    async fn read(state: &AppState) -> Result<Self, ApiError> {
+        let day = state.calendar.today();
+        let (totals, today) = state
+            .registry
+            .writer()
+            .totals_and_day(day)
+            .await
+            .map_err(ApiError::storage)?;
+        let live = read_live(state).await;
+        let mut posts: HashMap<Slug, Row> = HashMap::with_capacity(totals.len());
+        if let SlugPolicy::Listed(list) = &state.slugs {
+            for slug in list.all().iter().filter_map(|s| Slug::parse(s).ok()) {
+                posts.insert(slug, Row::default());
+            }
+        }
+        // A post being read stays on the board even if it left the allow-list, with its
+        // total: otherwise each of its broadcasts would be news, or count all-time as today.
+        for (raw, total) in totals {
+            match Slug::parse(&raw) {
+                Ok(slug) if is_listed(state, &slug) || live.contains_key(&slug) => {
+                    posts.entry(slug).or_default().total = total;
+                }
+                _ => {}
+            }
+        }
+        for (raw, views) in today {
+            if let Some(row) = Slug::parse(&raw).ok().and_then(|s| posts.get_mut(&s)) {
+                row.today = views;
+            }
+        }
+        for (slug, live) in live {
+            // Its total stays the writer's: a view counted since the writer was asked has
+            // its broadcast still to come, which adds it to today as well.
+            posts.entry(slug).or_default().live = live;
+        }
+        Ok(Self { day, posts })
+    }
+
+    /// Cluster mode: readers on other nodes of a post asleep here moved.
+    fn apply_live(&mut self, slug: &Slug, live: u64) -> Applied {
+        let Some(row) = self.posts.get_mut(slug) else {
+            return Applied::Unknown;
+        };
+        if row.live == live {
+            return Applied::Same;
+        }
+        row.live = live;
+        Applied::Row(*row)
+    }
+
+    fn apply(&mut self, slug: &Slug, counts: Counts) -> Applied {
+        let Some(row) = self.posts.get_mut(slug) else {
+            return Applied::Unknown;
+        };
+        let before = *row;
+        // Totals only grow by counting; what else moves them (an import) asks for a snapshot.
+        row.today += counts.total.saturating_sub(row.total);
+        row.total = counts.total.max(row.total);
+        row.live = counts.live;
+        if *row == before {
+            Applied::Same
+        } else {
+            Applied::Row(*row)
+        }
+    }
+
+    /// `event: snapshot` with `{"day":…,"posts":[…]}`, posts by slug.
+    fn event(&self) -> Bytes {
+        let mut rows: Vec<RowJson<'_>> = self
+            .posts
+            .iter()
+            .map(|(slug, row)| row.json(slug))
+            .collect();
+        rows.sort_unstable_by(|a, b| a.slug.cmp(b.slug));
+        let mut out = BytesMut::with_capacity(64 + rows.len() * 64);
+        out.put_slice(b"event: snapshot\ndata: ");
+        let body = SnapshotJson {
+            day: self.day.to_string(),
+            posts: rows,
+        };
+        // Serialising plain structs into memory cannot fail.
+        let _ = serde_json::to_writer((&mut out).writer(), &body);
+        out.put_slice(b"\n\n");
+        out.freeze()
+    }
+}
+
+/// Live readers per post: every awake post here (readers on other nodes included), and in
+/// cluster mode the posts asleep here that other nodes' readers hold.
+async fn read_live(state: &AppState) -> HashMap<Slug, u64> {
+    let mut live: HashMap<Slug, u64> = (state.registry.awake_counts().await.into_iter())
+        .map(|(slug, counts)| (slug, counts.live))
+        .collect();
+    if let Some(cluster) = state.registry.cluster() {
+        for (slug, remote) in cluster.remote_posts() {
+            live.entry(slug).or_insert(remote);
+        }
+    }
+    live
+}
+
+fn row_event(out: &mut BytesMut, slug: &Slug, row: Row) {
+    out.put_slice(b"data: ");
+    let _ = serde_json::to_writer((&mut *out).writer(), &row.json(slug));
+    out.put_slice(b"\n\n");
+}
+
+/// `event: unavailable` then the end: the browser reconnects after `retry`.
+fn error_event(e: &ApiError) -> Bytes {
+    let body = serde_json::json!({ "error": e.to_string() });
+    Bytes::from(format!("event: unavailable\ndata: {body}\n\n"))
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/admin/stream", web::get().to(admin_stream));
+}
+
+/// The stream holds no place in `--max-streams` or the per-client budgets: only the owner
+/// can open it, and a reader's budget should not be taken by the dashboard.
+async fn admin_stream(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize_admin_read(&req, &state)?;
+    if state.signals.shutdown.is_started() {
+        return Err(ApiError::ShuttingDown);
+    }
+    // Subscribed before the snapshot is read: nothing falls between the two.
+    let feed = state.registry.changes().subscribe();
+    let board = Board::read(&state).await?;
+    let mut first = BytesMut::new();
+    first.put_slice(format!("retry: {RETRY_MS}\n\n").as_bytes());
+    first.put_slice(&board.event());
+    let signals = state.signals.subscribe();
+    let body = live(AdminStream {
+        state: state.into_inner(),
+        feed,
+        board,
+        signals,
+        first: Some(first.freeze()),
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(body))
+}
+
+struct AdminStream {
+    state: std::sync::Arc<AppState>,
+    feed: broadcast::Receiver<Change>,
+    board: Board,
+    signals: Signals,
+    first: Option<Bytes>,
+}
+
+/// What woke the stream.
+enum Wake {
+    Change(Result<Change, RecvError>),
+    Heartbeat,
+    DayCheck,
+    Shutdown,
+}
+
+fn live(stream: AdminStream) -> impl Stream<Item = Result<Bytes, Infallible>> + 'static {
+    futures_util::stream::unfold(Some(stream), |stream| async move {
+        let mut st = stream?;
+        if let Some(first) = st.first.take() {
+            return Some((Ok(first), Some(st)));
+        }
+        loop {
+            let day_check = st.state.calendar.until_tomorrow().unwrap_or(DAY_CHECK);
+            let wake = tokio::select! {
+                biased;
+                () = st.signals.shutdown.started() => Wake::Shutdown,
+                change = st.feed.recv() => Wake::Change(change),
+                Ok(()) = st.signals.heartbeat.changed() => Wake::Heartbeat,
+                () = tokio::time::sleep(day_check.min(DAY_CHECK)) => Wake::DayCheck,
+            };
+            let out = match wake {
+                Wake::Shutdown => return Some((Ok(sse::shutdown_event()), None)),
+                Wake::Heartbeat => Some(Ok(HEARTBEAT)),
+                Wake::DayCheck if st.state.calendar.today() == st.board.day => None,
+                Wake::DayCheck => Some(st.resync().await),
+                Wake::Change(Err(RecvError::Closed)) => return None,
+                Wake::Change(first) => st.changes(first).await,
+            };
+            match out {
+                Some(Ok(bytes)) => return Some((Ok(bytes), Some(st))),
+                // The board could not be read: say why and end; the browser comes back.
+                Some(Err(e)) => return Some((Ok(error_event(&e)), None)),
+                None => continue,
+            }
+        }
+    })
+}
+
+impl AdminStream {
+    /// A new snapshot, as its event.
+    async fn resync(&mut self) -> Result<Bytes, ApiError> {
+        self.board = Board::read(&self.state).await?;
+        Ok(self.board.event())
+    }
+
+    /// `first` and the changes waiting behind it, as one write; `None` when nothing shown
+    /// moved.
+    async fn changes(
+        &mut self,
+        first: Result<Change, RecvError>,
+    ) -> Option<Result<Bytes, ApiError>> {
+        let mut resync = self.state.calendar.today() != self.board.day;
+        let mut out = BytesMut::new();
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(change) = next.take() {
+            match change {
+                Ok(Change::Post(slug, counts)) if !resync => {
+                    let applied = self.board.apply(&slug, counts);
+                    resync = write_applied(&mut out, &slug, applied);
+                }
+                Ok(Change::Live(slug, live)) if !resync => {
+                    let applied = self.board.apply_live(&slug, live);
+                    resync = write_applied(&mut out, &slug, applied);
+                }
+                Ok(Change::Post(..) | Change::Live(..)) => {}
+                Ok(Change::Resync) | Err(RecvError::Lagged(_)) => resync = true,
+                Err(RecvError::Closed) => break,
+            }
+            taken += 1;
+            if taken < MAX_BATCH {
+                next = match self.feed.try_recv() {
+                    Ok(change) => Some(Ok(change)),
+                    Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+                    Err(TryRecvError::Empty | TryRecvError::Closed) => None,
+                };
+            }
+        }
+        if resync {
+            // The snapshot supersedes every row written before it.
+            return Some(self.resync().await);
+        }
+        (!out.is_empty()).then(|| Ok(out.freeze()))
+    }
+}
+
+/// Writes a moved row; whether the board needs a new snapshot instead.
+fn write_applied(out: &mut BytesMut, slug: &Slug, applied: Applied) -> bool {
+    match applied {
+        Applied::Row(row) => row_event(out, slug, row),
+        Applied::Same => {}
+        Applied::Unknown => return true,
+    }
+    false
+}

@@ -1,0 +1,358 @@
+// The owner's dashboard (served at /admin). One EventSource on api/v1/admin/stream keeps the
+// table live: a `snapshot` event carries every post, then each message is one post's new
+// numbers. Nothing is polled for the table. The chart reads api/v1/history once per choice
+// (range, post) and keeps its last bar, today, in step with the stream.
+// Plain script, no build step: the server sends this file as it is.
+'use strict';
+(() => {
+  /** Rows the table shows before "Show all". */
+  const LIMIT = 100;
+  const fmt = new Intl.NumberFormat();
+  const $ = id => document.getElementById(id);
+  const SVG = 'http://www.w3.org/2000/svg';
+
+  const state = {
+    day: null, // the server's today, from the snapshot
+    posts: new Map(), // slug -> {slug, live, today, total}
+    selected: null, // slug whose history the chart shows; null: all posts
+    days: 30,
+    showAll: false,
+    history: null, // {key, days: [{day, views}]}
+    ended: false,
+  };
+  const rowEls = new Map(); // slug -> {tr, cells: {live, today, total}}
+
+  // --- the table -------------------------------------------------------------------------
+
+  const byReading = ([a, x], [b, y]) =>
+    y.live - x.live || y.today - x.today || y.total - x.total || (a < b ? -1 : a > b ? 1 : 0);
+
+  let pending = false;
+  /** Many messages in a burst make one render. */
+  function schedule() {
+    if (pending) return;
+    pending = true;
+    setTimeout(() => { pending = false; render(); }, 0);
+  }
+
+  function render() {
+    const all = [...state.posts.entries()].sort(byReading);
+    const shown = state.showAll ? all : all.slice(0, LIMIT);
+    const body = $('rows');
+    const keep = new Set();
+    for (const [slug, post] of shown) {
+      keep.add(slug);
+      const row = rowEls.get(slug) || makeRow(slug);
+      setCell(row.cells.live, post.live);
+      row.cells.live.classList.toggle('reading', post.live > 0);
+      setCell(row.cells.today, post.today);
+      setCell(row.cells.total, post.total);
+      row.tr.setAttribute('aria-selected', String(slug === state.selected));
+      body.appendChild(row.tr); // moves it into sorted place
+    }
+    for (const [slug, row] of rowEls) {
+      if (!keep.has(slug)) { row.tr.remove(); rowEls.delete(slug); }
+    }
+    $('empty').hidden = all.length > 0;
+    const more = $('more');
+    more.hidden = all.length <= LIMIT;
+    more.textContent = state.showAll ? `Show the top ${LIMIT}` : `Show all ${fmt.format(all.length)} posts`;
+    $('posts-count').textContent = all.length ? `${fmt.format(all.length)} posts · by reading now` : '';
+    renderSums();
+    renderTodayBar();
+  }
+
+  function makeRow(slug) {
+    const tr = document.createElement('tr');
+    tr.tabIndex = 0;
+    tr.dataset.slug = slug;
+    const name = document.createElement('td');
+    name.className = 'slug';
+    name.textContent = slug;
+    name.title = slug;
+    tr.appendChild(name);
+    const cells = {};
+    for (const k of ['live', 'today', 'total']) {
+      const td = document.createElement('td');
+      td.className = `n ${k}`;
+      td.dataset.value = '';
+      tr.appendChild(td);
+      cells[k] = td;
+    }
+    const row = { tr, cells };
+    rowEls.set(slug, row);
+    return row;
+  }
+
+  /** Writes a number; a cell that changed flashes once (background only: nothing moves). */
+  function setCell(td, value) {
+    const text = fmt.format(value);
+    if (td.textContent === text) return;
+    const first = td.dataset.value === '';
+    td.textContent = text;
+    td.dataset.value = String(value);
+    if (first) return;
+    td.classList.remove('changed');
+    void td.offsetWidth; // restarts the animation
+    td.classList.add('changed');
+  }
+
+  function renderSums() {
+    let live = 0, today = 0, total = 0;
+    for (const p of state.posts.values()) { live += p.live; today += p.today; total += p.total; }
+    $('sum-live').textContent = fmt.format(live);
+    $('sum-today').textContent = fmt.format(today);
+    $('sum-total').textContent = fmt.format(total);
+  }
+
+  function select(slug) {
+    state.selected = state.selected === slug ? null : slug;
+    render();
+    loadHistory();
+  }
+
+  $('rows').addEventListener('click', e => {
+    const tr = e.target.closest('tr');
+    if (tr) select(tr.dataset.slug);
+  });
+  $('rows').addEventListener('keydown', e => {
+    const tr = e.target.closest('tr');
+    if (tr && (e.key === 'Enter' || e.key === ' ')) { e.preventDefault(); select(tr.dataset.slug); }
+  });
+  $('more').addEventListener('click', () => { state.showAll = !state.showAll; render(); });
+  $('show-all-posts').addEventListener('click', () => select(state.selected));
+
+  // --- the chart -------------------------------------------------------------------------
+
+  const historyKey = () => `${state.selected ?? ''}|${state.days}`;
+  const pathOf = slug => slug.split('/').map(encodeURIComponent).join('/');
+
+  async function loadHistory() {
+    const key = historyKey();
+    const what = state.selected === null ? 'all posts' : state.selected;
+    $('chart-what').textContent = what;
+    $('show-all-posts').hidden = state.selected === null;
+    const url = state.selected === null
+      ? `api/v1/history?days=${state.days}`
+      : `api/v1/history/${pathOf(state.selected)}?days=${state.days}`;
+    let body;
+    try {
+      const res = await fetch(url, { cache: 'no-store', credentials: 'same-origin' });
+      if (res.status === 401) return sessionEnded();
+      body = await res.json();
+      if (!res.ok) throw new Error(body.error || `HTTP ${res.status}`);
+    } catch (e) {
+      if (key === historyKey()) chartNote(`The history could not be read: ${e.message}`);
+      return;
+    }
+    if (key !== historyKey()) return; // a newer choice is on its way
+    state.history = { key, days: body.days };
+    drawChart();
+  }
+
+  for (const b of document.querySelectorAll('.ranges button')) {
+    b.addEventListener('click', () => {
+      state.days = Number(b.dataset.days);
+      for (const o of document.querySelectorAll('.ranges button')) {
+        o.setAttribute('aria-pressed', String(o === b));
+      }
+      loadHistory();
+    });
+  }
+
+  /** Today's views of what the chart shows, from the stream. */
+  function todayOfChart() {
+    if (state.selected !== null) return state.posts.get(state.selected)?.today ?? 0;
+    let sum = 0;
+    for (const p of state.posts.values()) sum += p.today;
+    return sum;
+  }
+
+  let drawnToday = null;
+  function renderTodayBar() {
+    if (state.history && state.history.key === historyKey() && todayOfChart() !== drawnToday) drawChart();
+  }
+
+  function el(tag, attrs = {}, text) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  /** 1, 2 or 5 times a power of ten, at least `n`. */
+  function niceMax(n) {
+    const p = 10 ** Math.floor(Math.log10(Math.max(n, 1)));
+    return [1, 2, 5, 10].map(m => m * p).find(m => m >= n);
+  }
+
+  const shortDay = day => {
+    const [y, m, d] = day.split('-').map(Number);
+    return new Date(Date.UTC(y, m - 1, d)).toLocaleDateString(undefined, { month: 'short', day: 'numeric', timeZone: 'UTC' });
+  };
+
+  function chartNote(text) {
+    const box = $('chart');
+    box.replaceChildren();
+    const p = document.createElement('p');
+    p.className = 'note';
+    p.textContent = text;
+    box.appendChild(p);
+    $('chart-caption').textContent = '';
+  }
+
+  function drawChart() {
+    const days = state.history.days.map(d => ({ ...d }));
+    const last = days[days.length - 1];
+    if (last && last.day === state.day) last.views = Math.max(last.views, todayOfChart());
+    drawnToday = todayOfChart();
+    const box = $('chart');
+    const W = Math.max(box.clientWidth, 280);
+    const H = box.clientHeight || 220;
+    const pad = { l: 44, r: 6, t: 8, b: 22 };
+    const max = niceMax(Math.max(1, ...days.map(d => d.views)));
+    const plotH = H - pad.t - pad.b;
+    const step = (W - pad.l - pad.r) / days.length;
+    const gap = step > 4 ? Math.min(2, step * 0.2) : 0;
+    const svg = el('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': `Daily views, last ${days.length} days` });
+    for (const f of [0, 0.5, 1]) {
+      const y = pad.t + plotH * (1 - f);
+      svg.appendChild(el('line', { class: f ? 'grid' : 'axis', x1: pad.l, x2: W - pad.r, y1: y, y2: y }));
+      svg.appendChild(el('text', { x: pad.l - 6, y: y + 4, 'text-anchor': 'end' }, fmt.format(max * f)));
+    }
+    days.forEach((d, i) => {
+      const h = (d.views / max) * plotH;
+      const x = pad.l + i * step;
+      const title = `${d.day}: ${fmt.format(d.views)} views`;
+      const hit = el('rect', { class: 'hit', x, y: pad.t, width: step, height: plotH });
+      hit.appendChild(el('title', {}, title));
+      svg.appendChild(hit);
+      const bar = el('rect', {
+        class: d.day === state.day ? 'day today' : 'day',
+        x: x + gap / 2, y: pad.t + plotH - h, width: Math.max(step - gap, 0.5), height: h,
+        'data-day': d.day, 'data-views': d.views,
+      });
+      bar.appendChild(el('title', {}, title));
+      svg.appendChild(bar);
+    });
+    const labels = days.length > 1 ? [0, Math.floor((days.length - 1) / 2), days.length - 1] : [0];
+    for (const i of labels) {
+      const anchor = i === 0 ? 'start' : i === days.length - 1 ? 'end' : 'middle';
+      const x = i === 0 ? pad.l : i === days.length - 1 ? W - pad.r : pad.l + (i + 0.5) * step;
+      svg.appendChild(el('text', { x, y: H - 6, 'text-anchor': anchor }, shortDay(days[i].day)));
+    }
+    box.replaceChildren(svg);
+    const sum = days.reduce((s, d) => s + d.views, 0);
+    const best = days.reduce((a, d) => (d.views > a.views ? d : a), days[0]);
+    $('chart-caption').textContent = sum
+      ? `${fmt.format(sum)} views in ${days.length} days · busiest ${best.day} (${fmt.format(best.views)})`
+      : `No views in the last ${days.length} days.`;
+  }
+
+  let resized = null;
+  addEventListener('resize', () => {
+    clearTimeout(resized);
+    resized = setTimeout(() => { if (state.history) drawChart(); }, 100);
+  });
+
+  // --- the stream ------------------------------------------------------------------------
+
+  function setStatus(kind, text) {
+    const s = $('status');
+    s.dataset.state = kind;
+    s.textContent = text;
+  }
+
+  let source = null;
+  let failures = 0;
+
+  function connect() {
+    if (state.ended) return;
+    source = new EventSource('api/v1/admin/stream');
+    source.addEventListener('snapshot', e => {
+      const snap = JSON.parse(e.data);
+      const newDay = snap.day !== state.day;
+      state.day = snap.day;
+      state.posts = new Map(snap.posts.map(p => [p.slug, p]));
+      failures = 0;
+      setStatus('live', 'live');
+      render();
+      if (newDay || !state.history) loadHistory();
+      loadStats();
+    });
+    source.addEventListener('message', e => {
+      const post = JSON.parse(e.data);
+      state.posts.set(post.slug, post);
+      schedule();
+    });
+    source.addEventListener('open', () => setStatus('live', 'live'));
+    // The server could not read its numbers; it ends the stream and the browser retries.
+    source.addEventListener('unavailable', () => setStatus('retrying', 'storage unavailable, retrying…'));
+    source.addEventListener('error', () => {
+      if (source.readyState !== EventSource.CLOSED) return setStatus('retrying', 'reconnecting…');
+      source.close();
+      retryLater();
+    });
+  }
+
+  /** The browser gave up (an answer other than the stream): logged out, or try again. */
+  async function retryLater() {
+    try {
+      const res = await fetch('api/v1/stats', { cache: 'no-store', credentials: 'same-origin' });
+      if (res.status === 401) return sessionEnded();
+    } catch (_) { /* the server is away: retry below */ }
+    failures = Math.min(failures + 1, 5);
+    const wait = 1000 * 2 ** failures * (0.75 + Math.random() / 2);
+    setStatus('retrying', `reconnecting in ${Math.round(wait / 1000)} s…`);
+    setTimeout(connect, wait);
+  }
+
+  function sessionEnded() {
+    if (state.ended) return;
+    state.ended = true;
+    if (source) source.close();
+    setStatus('ended', 'logged out: reload to log in');
+  }
+
+  // --- cluster mode (when /api/v1/stats has "nodes" or "redis") --------------------------
+
+  let statsTimer = null;
+  async function loadStats() {
+    clearTimeout(statsTimer);
+    let stats;
+    try {
+      const res = await fetch('api/v1/stats', { cache: 'no-store', credentials: 'same-origin' });
+      if (res.status === 401) return sessionEnded();
+      if (!res.ok) return;
+      stats = await res.json();
+    } catch (_) {
+      return;
+    }
+    const cluster = 'nodes' in stats || 'redis' in stats;
+    $('cluster').hidden = !cluster;
+    if (!cluster) return;
+    // Today `nodes` is a count and `redis` is "ok" or "down"; anything richer is shown as JSON.
+    const state = { Nodes: stats.nodes, Redis: stats.redis };
+    const dl = list(Object.fromEntries(Object.entries(state).filter(([, v]) => v !== undefined)));
+    dl.classList.toggle('down', stats.redis !== undefined && stats.redis !== 'ok');
+    $('cluster-state').replaceChildren(dl);
+    // Node and Redis state is not on the stream: looked at again while it is shown.
+    statsTimer = setTimeout(loadStats, 15000);
+  }
+
+  /** An object as a definition list, text only. */
+  function list(item) {
+    const dl = document.createElement('dl');
+    dl.className = 'kv';
+    for (const [k, v] of Object.entries(item)) {
+      const dt = document.createElement('dt');
+      dt.textContent = k;
+      const dd = document.createElement('dd');
+      dd.textContent = v !== null && typeof v === 'object' ? JSON.stringify(v) : String(v);
+      dl.append(dt, dd);
+    }
+    return dl;
+  }
+
+  connect();
+})();
