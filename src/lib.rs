@@ -39,9 +39,11 @@
 //! - Beside them: `metrics` (Prometheus series), `allocator` (jemalloc, set up so that memory
 //!   freed after a wave of readers leaves the process by itself).
 
+#![warn(unreachable_pub)]
+
 mod allocator;
 pub mod cli;
-pub mod cluster;
+pub(crate) mod cluster;
 pub mod config;
 pub mod edge;
 pub mod http;

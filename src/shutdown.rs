@@ -7,19 +7,19 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 
 /// Fires the signal; dropping it fires it too (whoever could stop the server is gone).
-pub struct Trigger(watch::Sender<bool>);
+pub(crate) struct Trigger(watch::Sender<bool>);
 
 /// A view of the signal; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Shutdown(watch::Receiver<bool>);
 
 impl Trigger {
-    pub fn new() -> (Self, Shutdown) {
+    pub(crate) fn new() -> (Self, Shutdown) {
         let (tx, rx) = watch::channel(false);
         (Self(tx), Shutdown(rx))
     }
 
-    pub fn fire(&self) {
+    pub(crate) fn fire(&self) {
         self.0.send_replace(true);
     }
 }

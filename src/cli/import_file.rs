@@ -15,7 +15,7 @@ use jiff::tz::TimeZone;
 use crate::edge::slug::Slug;
 
 /// Most bad rows listed in one error: a file bad on every row would otherwise print megabytes.
-pub const MAX_REPORTED: usize = 100;
+pub(crate) const MAX_REPORTED: usize = 100;
 
 /// The only GoatCounter export version whose columns we know.
 const GOATCOUNTER_VERSION: &str = "2";
@@ -60,7 +60,7 @@ impl fmt::Display for ImportFormat {
 
 /// What a file says, validated: all-time totals and/or views per day, per post.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Parsed {
+pub(crate) struct Parsed {
     /// The format read.
     pub format: Option<ImportFormat>,
     /// Views per post (for a daily or GoatCounter file: the sum of its days).
@@ -75,14 +75,14 @@ pub struct Parsed {
 /// One bad row: 1-based line number and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("line {line}: {reason}")]
-pub struct RowError {
+pub(crate) struct RowError {
     pub line: usize,
     pub reason: String,
 }
 
 /// How to read a file.
 #[derive(Debug, Clone, Copy)]
-pub struct ParseOptions<'a> {
+pub(crate) struct ParseOptions<'a> {
     /// The format to expect; `None` recognises it from the content.
     pub format: Option<ImportFormat>,
     /// GoatCounter only: count only paths under this one (e.g. `/blog/`), relative to it.
@@ -93,7 +93,7 @@ pub struct ParseOptions<'a> {
 
 /// Why a file was refused as a whole.
 #[derive(Debug, thiserror::Error)]
-pub enum ImportError {
+pub(crate) enum ImportError {
     #[error("the file is empty")]
     Empty,
     #[error(
@@ -130,7 +130,7 @@ fn list_bad_rows(errors: &[RowError], more: usize) -> String {
 
 /// Every row checked; any bad row means Err with ALL bad rows (up to [`MAX_REPORTED`] listed,
 /// plus a count of the rest), nothing partial.
-pub fn parse(text: &str, options: &ParseOptions<'_>) -> Result<Parsed, ImportError> {
+pub(crate) fn parse(text: &str, options: &ParseOptions<'_>) -> Result<Parsed, ImportError> {
     // Editors on Windows save UTF-8 with a byte order mark; it is not part of the first field.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.trim().is_empty() {

@@ -12,7 +12,7 @@ use crate::http::scheduling::Scheduling;
 
 pub mod export;
 pub mod import;
-pub mod import_file;
+pub(crate) mod import_file;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DB: &str = "data/viewcounter.redb";

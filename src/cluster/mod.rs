@@ -14,7 +14,7 @@ pub(crate) mod counter;
 pub(crate) mod link;
 pub(crate) mod outbox;
 pub(crate) mod presence;
-pub mod store;
+pub(crate) mod store;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -45,7 +45,7 @@ const EXPIRE_EVERY: Duration = Duration::from_millis(250);
 const REFRESH_CHUNK: usize = 500;
 
 /// True for a usable `--node-id`: it is part of Redis keys and space-separated messages.
-pub fn is_node_id(id: &str) -> bool {
+pub(crate) fn is_node_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id
             .bytes()

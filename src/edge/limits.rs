@@ -17,10 +17,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::http::error::ApiError;
 
 /// What a refused client is told to wait before trying again.
-pub const PER_IP_RETRY_AFTER: Duration = Duration::from_secs(10);
-pub const CAPACITY_RETRY_AFTER: Duration = Duration::from_secs(5);
+pub(crate) const PER_IP_RETRY_AFTER: Duration = Duration::from_secs(10);
+pub(crate) const CAPACITY_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// File descriptors kept back from `--max-streams` for the listener, the db, logs and beacons.
-pub const RESERVED_FDS: u64 = 200;
+pub(crate) const RESERVED_FDS: u64 = 200;
 
 /// Whose budget a request draws on: an IPv4 address, or an IPv6 address cut to its prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -41,7 +41,7 @@ impl ClientKey {
 }
 
 /// Counts open readers per client and open streams in all.
-pub struct StreamLimits {
+pub(crate) struct StreamLimits {
     per_ip: u32,
     max: usize,
     /// One permit per stream that may be open; a [`StreamPermit`] holds one (an `Arc` clone, no
@@ -51,7 +51,7 @@ pub struct StreamLimits {
 }
 
 /// One reader's place in its client's budget, given back on drop.
-pub struct ReaderSlot {
+pub(crate) struct ReaderSlot {
     limits: Arc<StreamLimits>,
     client: ClientKey,
 }
@@ -63,7 +63,7 @@ pub struct StreamPermit {
 }
 
 impl StreamLimits {
-    pub fn new(per_ip: u32, max: usize) -> Arc<Self> {
+    pub(crate) fn new(per_ip: u32, max: usize) -> Arc<Self> {
         let max = max.min(Semaphore::MAX_PERMITS);
         Arc::new(Self {
             per_ip,
@@ -73,16 +73,16 @@ impl StreamLimits {
         })
     }
 
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.max
     }
 
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.max - self.streams.available_permits()
     }
 
     /// A new stream: a place among all streams and one in the client's reader budget.
-    pub fn acquire(self: &Arc<Self>, client: ClientKey) -> Result<StreamPermit, ApiError> {
+    pub(crate) fn acquire(self: &Arc<Self>, client: ClientKey) -> Result<StreamPermit, ApiError> {
         let Ok(stream) = Arc::clone(&self.streams).try_acquire_owned() else {
             return Err(ApiError::AtCapacity {
                 retry_after: CAPACITY_RETRY_AFTER,
@@ -97,7 +97,10 @@ impl StreamLimits {
     }
 
     /// One more reader of the client on a stream it already holds (a shared stream's member).
-    pub fn acquire_reader(self: &Arc<Self>, client: ClientKey) -> Result<ReaderSlot, ApiError> {
+    pub(crate) fn acquire_reader(
+        self: &Arc<Self>,
+        client: ClientKey,
+    ) -> Result<ReaderSlot, ApiError> {
         let mut by_ip = self.by_ip.lock().unwrap_or_else(PoisonError::into_inner);
         let count = by_ip.entry(client).or_insert(0);
         if self.per_ip != 0 && *count >= self.per_ip {
@@ -171,34 +174,34 @@ impl ViewRate {
 }
 
 /// New posts per client with `--allow-any-slug`: `--ip-new-post-rate` per hour.
-pub struct NewPostRate(TokenBuckets<ClientKey>);
+pub(crate) struct NewPostRate(TokenBuckets<ClientKey>);
 
 impl NewPostRate {
-    pub fn new(per_hour: u32) -> Self {
+    pub(crate) fn new(per_hour: u32) -> Self {
         Self(TokenBuckets::new(per_hour, Quota::per_hour))
     }
 
     /// What a refused client is told to wait: the time one new post takes to refill.
-    pub fn retry_after(&self) -> Duration {
+    pub(crate) fn retry_after(&self) -> Duration {
         self.0.refill_time()
     }
 
     /// Takes one new post from `client`'s share; false when it is used up.
-    pub fn take(&self, client: ClientKey) -> bool {
+    pub(crate) fn take(&self, client: ClientKey) -> bool {
         self.0.take(client)
     }
 
-    pub fn prune(&self) {
+    pub(crate) fn prune(&self) {
         self.0.prune();
     }
 }
 
 /// Admin token guesses per client on the login form: `LOGIN_TRIES_PER_MINUTE`, one back
 /// every 12 s.
-pub struct LoginRate(TokenBuckets<ClientKey>);
+pub(crate) struct LoginRate(TokenBuckets<ClientKey>);
 
 /// Login attempts a client may make at once; then one more every minute / this.
-pub const LOGIN_TRIES_PER_MINUTE: u32 = 5;
+pub(crate) const LOGIN_TRIES_PER_MINUTE: u32 = 5;
 
 impl Default for LoginRate {
     fn default() -> Self {
@@ -208,16 +211,16 @@ impl Default for LoginRate {
 
 impl LoginRate {
     /// Takes one attempt from `client`'s share; false when it is used up.
-    pub fn take(&self, client: ClientKey) -> bool {
+    pub(crate) fn take(&self, client: ClientKey) -> bool {
         self.0.take(client)
     }
 
     /// What a refused client is told to wait: the time one attempt takes to come back.
-    pub fn retry_after(&self) -> Duration {
+    pub(crate) fn retry_after(&self) -> Duration {
         self.0.refill_time()
     }
 
-    pub fn prune(&self) {
+    pub(crate) fn prune(&self) {
         self.0.prune();
     }
 }
@@ -263,7 +266,7 @@ impl<K: Hash + Eq + Clone> TokenBuckets<K> {
 }
 
 /// Raises the open-files soft limit to the hard limit and returns how many streams fit.
-pub fn raise_fd_limit() -> u64 {
+pub(crate) fn raise_fd_limit() -> u64 {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => limit.saturating_sub(RESERVED_FDS).max(1),
         Err(e) => {

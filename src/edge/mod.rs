@@ -1,7 +1,7 @@
 //! The edge: what a request is allowed to be and to do, decided before anything is counted.
 
 pub mod client_ip;
-pub mod headers;
+pub(crate) mod headers;
 pub(crate) mod limits;
 pub mod origin;
 pub mod reader_id;

@@ -12,20 +12,20 @@ use crate::edge::slug::Slug;
 use crate::http::error::ApiError;
 
 /// How often the file's modification time is looked at.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Used when the allow-list file does not exist, so a fresh binary serves its demo.
-pub const EMBEDDED_DEMO_SLUGS: &str = include_str!("../../data/slugs.txt");
+pub(crate) const EMBEDDED_DEMO_SLUGS: &str = include_str!("../../data/slugs.txt");
 
 /// Which posts exist, and who may create one: the one place `--slugs`, `--allow-any-slug`,
 /// `--max-slugs` and `--ip-new-post-rate` are decided.
-pub enum SlugPolicy {
+pub(crate) enum SlugPolicy {
     Listed(Arc<SlugList>),
     /// `--allow-any-slug`: up to a number of posts, each client creating its share of them.
     Any(Arc<OpenPosts>),
 }
 
 /// `--allow-any-slug`'s bookkeeping: how many posts exist or are being created.
-pub struct OpenPosts {
+pub(crate) struct OpenPosts {
     max: u64,
     /// Posts with a row at start, plus those admitted since (given back by a new post that
     /// goes to sleep without a view).
@@ -35,7 +35,7 @@ pub struct OpenPosts {
 
 impl OpenPosts {
     /// `existing`: the posts the store holds a row for.
-    pub fn new(max: u64, existing: u64, new_per_hour: u32) -> Arc<Self> {
+    pub(crate) fn new(max: u64, existing: u64, new_per_hour: u32) -> Arc<Self> {
         Arc::new(Self {
             max,
             count: AtomicU64::new(existing),
@@ -43,14 +43,14 @@ impl OpenPosts {
         })
     }
 
-    pub fn prune(&self) {
+    pub(crate) fn prune(&self) {
         self.new_posts.prune();
     }
 }
 
 /// Whether a post with no row yet may come to exist, asked by one client.
 #[derive(Clone)]
-pub enum Admission {
+pub(crate) enum Admission {
     /// Allow-listed posts: always.
     Listed,
     /// Any well-formed slug, within the cap and the client's rate.
@@ -82,13 +82,13 @@ impl Drop for NewPost {
 impl Admission {
     /// The admission under which watching may wake a post with no row yet: a listed post
     /// exists already (admitting it takes nothing); an open one exists only once it has views.
-    pub fn existing(&self) -> Option<&Self> {
+    pub(crate) fn existing(&self) -> Option<&Self> {
         matches!(self, Self::Listed).then_some(self)
     }
 
     /// Admits a post the writer knows nothing of: `None` for listed posts (they always
     /// exist), a place for a new one, or why not (404 at the cap, 429 over the rate).
-    pub fn admit_new(&self) -> Result<Option<NewPost>, ApiError> {
+    pub(crate) fn admit_new(&self) -> Result<Option<NewPost>, ApiError> {
         let Self::Open { posts, client } = self else {
             return Ok(None);
         };
@@ -114,7 +114,7 @@ impl Admission {
 impl SlugPolicy {
     /// How a well-formed slug asked for by `client` may be admitted; `None` when it is not on
     /// the list.
-    pub fn admission(&self, slug: &Slug, client: ClientKey) -> Option<Admission> {
+    pub(crate) fn admission(&self, slug: &Slug, client: ClientKey) -> Option<Admission> {
         match self {
             Self::Listed(list) => list.contains(slug.as_str()).then_some(Admission::Listed),
             Self::Any(posts) => Some(Admission::Open {
@@ -125,14 +125,14 @@ impl SlugPolicy {
     }
 }
 
-pub struct SlugList {
+pub(crate) struct SlugList {
     path: PathBuf,
     slugs: RwLock<Arc<HashSet<Box<str>>>>,
     stamp: RwLock<Option<(SystemTime, u64)>>,
 }
 
 impl SlugList {
-    pub fn load(path: &Path) -> Arc<Self> {
+    pub(crate) fn load(path: &Path) -> Arc<Self> {
         let list = Arc::new(Self {
             path: path.to_owned(),
             slugs: RwLock::new(Arc::default()),
@@ -142,7 +142,7 @@ impl SlugList {
         list
     }
 
-    pub fn contains(&self, slug: &str) -> bool {
+    pub(crate) fn contains(&self, slug: &str) -> bool {
         self.slugs
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -150,12 +150,12 @@ impl SlugList {
     }
 
     /// Every listed slug, as loaded last.
-    pub fn all(&self) -> Arc<HashSet<Box<str>>> {
+    pub(crate) fn all(&self) -> Arc<HashSet<Box<str>>> {
         Arc::clone(&self.slugs.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Reads the file again; a missing file means the embedded demo list.
-    pub fn reload(&self) {
+    pub(crate) fn reload(&self) {
         let (text, stamp) = match std::fs::read_to_string(&self.path) {
             Ok(text) => (text, file_stamp(&self.path)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -174,7 +174,7 @@ impl SlugList {
     }
 
     /// Reloads when the file's modification time or size differs from the last load.
-    pub fn reload_if_changed(&self) {
+    pub(crate) fn reload_if_changed(&self) {
         let now = file_stamp(&self.path);
         if now != *self.stamp.read().unwrap_or_else(PoisonError::into_inner) {
             self.reload();

@@ -200,7 +200,7 @@ fn error_event(e: &ApiError) -> Bytes {
     Bytes::from(format!("event: unavailable\ndata: {body}\n\n"))
 }
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
+pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/admin/stream", web::get().to(admin_stream));
 }
 

@@ -32,13 +32,13 @@ use crate::posts::registry::Registry;
 use crate::storage::calendar::Calendar;
 
 /// Largest beacon body accepted; a reader id is at most 64 bytes.
-pub const MAX_BEACON_BYTES: usize = 1024;
+pub(crate) const MAX_BEACON_BYTES: usize = 1024;
 /// A beacon or join body must arrive within this long of its head: a client that declares a
 /// body and stalls would otherwise hold its connection (and a descriptor) for ever.
-pub const BODY_DEADLINE: Duration = Duration::from_secs(5);
+pub(crate) const BODY_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Everything the handlers share; built once before the server starts.
-pub struct AppState {
+pub(crate) struct AppState {
     pub registry: Arc<Registry>,
     pub slugs: SlugPolicy,
     pub origins: OriginPolicy,
@@ -63,7 +63,7 @@ pub struct AppState {
 }
 
 /// What opening a stream reads from its request (parsed by [`crate::http::direct`]).
-pub struct StreamRequest<'a> {
+pub(crate) struct StreamRequest<'a> {
     pub peer: IpAddr,
     /// The path segment naming the post (or the shared stream), percent-escapes decoded.
     pub name: &'a str,
@@ -83,7 +83,7 @@ impl AppState {
     /// Fills the calling thread's caches of the bot matcher (a lazily built automaton per
     /// thread, ~130 KB) before the first reader, who would otherwise wait for it; a worker's
     /// memory at rest then already holds them.
-    pub fn warm_up_this_thread(&self) {
+    pub(crate) fn warm_up_this_thread(&self) {
         if let Some(bots) = &self.bots {
             for ua in COMMON_USER_AGENTS {
                 std::hint::black_box(bots.is_bot(ua));
@@ -112,7 +112,7 @@ impl AppState {
     }
 
     /// Counts a refusal for `/metrics` (actix-web's answers are counted by a middleware).
-    pub fn count_refusal(&self, e: &ApiError) {
+    pub(crate) fn count_refusal(&self, e: &ApiError) {
         let reason = crate::metrics::Refusal { reason: e.reason() };
         self.metrics.refusals.get_or_create(&reason).inc();
     }
@@ -161,7 +161,7 @@ impl AppState {
 
     /// A reader's stream of one post: admitted, counted, and its body ready to send. The
     /// origin is checked by the caller.
-    pub async fn open_reader(
+    pub(crate) async fn open_reader(
         &self,
         req: StreamRequest<'_>,
     ) -> Result<impl Stream<Item = Result<web::Bytes, Infallible>> + 'static, ApiError> {
@@ -186,7 +186,7 @@ impl AppState {
 
     /// A shared stream (see [`crate::http::shared`]); readers join it by POST. The origin is
     /// checked by the caller.
-    pub fn open_shared(&self, req: StreamRequest<'_>) -> Result<SharedStream, ApiError> {
+    pub(crate) fn open_shared(&self, req: StreamRequest<'_>) -> Result<SharedStream, ApiError> {
         self.origins.check_fetch(req.headers)?;
         let sid = ReaderId::parse(req.name)?;
         self.refuse_when_stopping()?;
@@ -202,7 +202,7 @@ impl AppState {
     }
 }
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
+pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     // The stream routes (`GET /connect/{slug}`, `GET /shared/{sid}`, `GET /watch`) are served by
     // `crate::http::direct`, before actix-web.
     cfg.route("/leave/{slug:.*}", web::post().to(leave))
@@ -503,7 +503,7 @@ pub(crate) fn is_direct_loopback(req: &HttpRequest) -> bool {
     loopback && !forwarded
 }
 
-pub async fn healthz() -> HttpResponse {
+pub(crate) async fn healthz() -> HttpResponse {
     HttpResponse::Ok()
         .content_type(ContentType::plaintext())
         .body("ok\n")

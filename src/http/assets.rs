@@ -6,8 +6,8 @@ use std::sync::OnceLock;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse};
 
-pub const COUNTER_JS: &str = include_str!("../../web/counter.js");
-pub const INDEX_HTML: &str = include_str!("../../web/index.html");
+pub(crate) const COUNTER_JS: &str = include_str!("../../web/counter.js");
+pub(crate) const INDEX_HTML: &str = include_str!("../../web/index.html");
 
 /// Browsers may keep the script this long before they revalidate it with its ETag.
 const SCRIPT_MAX_AGE_SECS: u32 = 3600;
@@ -21,7 +21,7 @@ fn etag(body: &str) -> &'static str {
     })
 }
 
-pub async fn counter_js(req: HttpRequest) -> HttpResponse {
+pub(crate) async fn counter_js(req: HttpRequest) -> HttpResponse {
     let tag = etag(COUNTER_JS);
     let fresh = req
         .headers()
@@ -46,7 +46,7 @@ pub async fn counter_js(req: HttpRequest) -> HttpResponse {
         .body(COUNTER_JS)
 }
 
-pub async fn index() -> HttpResponse {
+pub(crate) async fn index() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .insert_header((header::CACHE_CONTROL, "no-cache"))

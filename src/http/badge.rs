@@ -7,11 +7,11 @@
 //! box rather than overflowing it.
 
 /// Largest label accepted, in characters.
-pub const MAX_LABEL_CHARS: usize = 32;
+pub(crate) const MAX_LABEL_CHARS: usize = 32;
 
 /// Why a `?label=` was refused; the message is shown to the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum LabelError {
+pub(crate) enum LabelError {
     #[error("label is empty")]
     Empty,
     #[error("label is longer than {MAX_LABEL_CHARS} characters")]
@@ -22,11 +22,11 @@ pub enum LabelError {
 
 /// A validated label: 1–32 characters, none of them a control character.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Label(String);
+pub(crate) struct Label(String);
 
 impl Label {
     /// Checks a raw `?label=` value (already percent-decoded) and keeps it as given.
-    pub fn parse(raw: &str) -> Result<Self, LabelError> {
+    pub(crate) fn parse(raw: &str) -> Result<Self, LabelError> {
         if raw.is_empty() {
             return Err(LabelError::Empty);
         }
@@ -44,7 +44,7 @@ impl Label {
     }
 
     /// The label as given, unescaped.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -56,7 +56,7 @@ impl Default for Label {
 }
 
 /// `1234567` → `"1,234,567"`.
-pub fn group_thousands(n: u64) -> String {
+pub(crate) fn group_thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, d) in digits.chars().enumerate() {
@@ -70,7 +70,7 @@ pub fn group_thousands(n: u64) -> String {
 
 /// The badge: `<svg xmlns="http://www.w3.org/2000/svg" width=… height="20" role="img"
 /// aria-label="LABEL: VALUE">…`, label on grey, count on blue.
-pub fn render(label: &Label, views: u64) -> String {
+pub(crate) fn render(label: &Label, views: u64) -> String {
     let value = group_thousands(views);
     let (label_text, value_text) = (text_width(label.as_str()), text_width(&value));
     let (label_box, value_box) = (label_text + PADDING, value_text + PADDING);

@@ -61,7 +61,7 @@ impl At {
     }
 }
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
+pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/admin", web::get().to(page))
         .route("/admin/", web::get().to(to_dashboard))
         .route("/admin/login", web::get().to(to_dashboard))

@@ -44,15 +44,15 @@ const SHARED: &str = "/api/v1/shared/";
 const WATCH: &str = "/api/v1/watch";
 /// A stream's client sends nothing after its request; this much more from it (a flood on a
 /// held stream) closes the connection.
-pub const MAX_CLIENT_BYTES_AFTER_HEAD: usize = 1024;
+pub(crate) const MAX_CLIENT_BYTES_AFTER_HEAD: usize = 1024;
 
 /// A connection as this module hands it to actix-web, with the peer's address.
-pub type Handed = (Replay, Option<SocketAddr>);
+pub(crate) type Handed = (Replay, Option<SocketAddr>);
 
 type Body = LocalBoxStream<'static, Result<Bytes, Infallible>>;
 
 /// One connection, from its first byte to its close.
-pub async fn serve<S>(
+pub(crate) async fn serve<S>(
     io: TcpStream,
     peer: SocketAddr,
     state: &AppState,
@@ -344,7 +344,7 @@ async fn write_all(io: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
 }
 
 /// A connection handed to actix-web: the bytes already read come first, then the socket.
-pub struct Replay {
+pub(crate) struct Replay {
     read: Bytes,
     io: TcpStream,
 }

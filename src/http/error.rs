@@ -188,7 +188,7 @@ impl ApiError {
 }
 
 /// JSON errors for what actix-web itself refuses (bad paths, payload limits).
-pub fn json_error(status: StatusCode, message: &str) -> HttpResponse {
+pub(crate) fn json_error(status: StatusCode, message: &str) -> HttpResponse {
     HttpResponse::build(status).json(serde_json::json!({ "error": message }))
 }
 

@@ -18,19 +18,19 @@ use crate::storage::calendar::Day;
 use crate::storage::writer::{ImportMode, ImportPlan};
 
 /// Posts one `counts` or `watch` request may name.
-pub const MAX_SLUGS_PER_REQUEST: usize = 100;
+pub(crate) const MAX_SLUGS_PER_REQUEST: usize = 100;
 /// Rows one `top` answer may hold.
-pub const MAX_TOP: usize = 100;
+pub(crate) const MAX_TOP: usize = 100;
 const DEFAULT_TOP: usize = 10;
 /// Days one `history` answer may cover: a year, leap day included.
-pub const MAX_HISTORY_DAYS: u32 = 366;
+pub(crate) const MAX_HISTORY_DAYS: u32 = 366;
 const DEFAULT_HISTORY_DAYS: u32 = 30;
 /// Largest import body accepted.
-pub const MAX_IMPORT_BYTES: usize = 10 * 1024 * 1024;
+pub(crate) const MAX_IMPORT_BYTES: usize = 10 * 1024 * 1024;
 /// An import body must arrive within this long (10 MiB at about 1.4 Mbit/s).
 const IMPORT_DEADLINE: Duration = Duration::from_secs(60);
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
+pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/history", web::get().to(history_all))
         .route("/history/{slug:.*}", web::get().to(history))
         .route("/counts", web::get().to(counts))
@@ -165,7 +165,7 @@ fn day_rows(days: &[Day], views: Vec<u64>) -> Vec<DayRow> {
 }
 
 /// The slugs of a `slug=A&slug=B` query: 1 to 100, each well-formed, repeats dropped.
-pub fn slugs_param(pairs: &[(String, String)]) -> Result<Vec<Slug>, ApiError> {
+pub(crate) fn slugs_param(pairs: &[(String, String)]) -> Result<Vec<Slug>, ApiError> {
     let mut seen = HashSet::new();
     let mut slugs = Vec::new();
     for (_, raw) in pairs.iter().filter(|(k, _)| k == "slug") {
@@ -324,7 +324,10 @@ async fn daily(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
 }
 
 /// `GET /badge/{slug}.svg[?label=…]`: the post's total as a flat SVG badge; counts nothing.
-pub async fn badge(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn badge(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let file = req.match_info().get("file").unwrap_or_default();
     let slug = Slug::parse(file.strip_suffix(".svg").ok_or(ApiError::UnknownPost)?)?;
     let pairs = query(&req);
@@ -352,7 +355,7 @@ pub async fn badge(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
 }
 
 /// `GET /metrics`: Prometheus text format; admin rule of `/totals`.
-pub async fn metrics(
+pub(crate) async fn metrics(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -445,14 +448,14 @@ async fn import(
 
 /// What an import answers: the report and the rows left out on purpose.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct Summary {
+pub(crate) struct Summary {
     #[serde(flatten)]
     pub report: crate::storage::writer::ImportReport,
     pub skipped: usize,
 }
 
 /// An import's parsed numbers as the writer applies them.
-pub fn plan_of(parsed: import_file::Parsed, mode: ImportMode, dry_run: bool) -> ImportPlan {
+pub(crate) fn plan_of(parsed: import_file::Parsed, mode: ImportMode, dry_run: bool) -> ImportPlan {
     let days: BTreeMap<(Slug, Day), u64> = parsed
         .days
         .into_iter()
@@ -467,7 +470,7 @@ pub fn plan_of(parsed: import_file::Parsed, mode: ImportMode, dry_run: bool) -> 
 }
 
 /// Counts every refusal by reason for `/metrics`, whichever handler refused.
-pub fn count_refusal(state: &AppState, res: &actix_web::dev::ServiceResponse) {
+pub(crate) fn count_refusal(state: &AppState, res: &actix_web::dev::ServiceResponse) {
     if let Some(e) = res
         .response()
         .error()

@@ -30,14 +30,14 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Running workers; [`Server::stop`] drains and ends them.
-pub struct Server {
+pub(crate) struct Server {
     workers: Vec<Arbiter>,
     connections: TaskTracker,
 }
 
 /// Settings of the connections every worker serves.
 #[derive(Clone)]
-pub struct Settings {
+pub(crate) struct Settings {
     pub workers: usize,
     pub scheduling: Scheduling,
     pub head_timeout: Duration,
@@ -47,7 +47,7 @@ impl Server {
     /// Starts `settings.workers` threads accepting on `listener`. `fallback` builds, on each
     /// worker, the actix-web service for everything that is not a stream.
     /// Workers stop accepting when `shutdown` fires.
-    pub fn start<F: ServiceFactory<Handed, Config = (), InitError = ()> + 'static>(
+    pub(crate) fn start<F: ServiceFactory<Handed, Config = (), InitError = ()> + 'static>(
         listener: std::net::TcpListener,
         state: web::Data<AppState>,
         settings: Settings,
@@ -85,7 +85,7 @@ impl Server {
 
     /// Once the shutdown signal fired: gives open connections `grace` to finish, then ends
     /// the workers and whatever they still serve.
-    pub async fn stop(self, grace: Duration) {
+    pub(crate) async fn stop(self, grace: Duration) {
         self.connections.close();
         if tokio::time::timeout(grace, self.connections.wait())
             .await

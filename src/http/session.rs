@@ -10,9 +10,9 @@ use sha2::Sha256;
 use crate::edge::headers::Headers;
 
 /// The cookie's name.
-pub const COOKIE: &str = "viewcounter_admin";
+pub(crate) const COOKIE: &str = "viewcounter_admin";
 /// How long a login lasts: a week, after which the owner enters the token again.
-pub const SESSION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+pub(crate) const SESSION_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Says what the MAC is of, so it can never be mistaken for a MAC of anything else.
 const CONTEXT: &[u8] = b"viewcounter admin session v1\n";
 
@@ -27,7 +27,7 @@ fn mac(token: &str, expiry: u64) -> HmacSha256 {
 }
 
 /// A new session's cookie value, valid until `now + SESSION_TTL` (unix seconds).
-pub fn issue(token: &str, now: u64) -> String {
+pub(crate) fn issue(token: &str, now: u64) -> String {
     let expiry = now + SESSION_TTL.as_secs();
     let tag = mac(token, expiry).finalize().into_bytes();
     format!("{expiry}.{}", hex(&tag))
@@ -35,7 +35,7 @@ pub fn issue(token: &str, now: u64) -> String {
 
 /// Whether `value` is a session this token issued that has not expired. The MAC is
 /// compared in constant time.
-pub fn is_valid(token: &str, value: &str, now: u64) -> bool {
+pub(crate) fn is_valid(token: &str, value: &str, now: u64) -> bool {
     let Some((expiry, tag)) = value.split_once('.') else {
         return false;
     };
@@ -46,7 +46,7 @@ pub fn is_valid(token: &str, value: &str, now: u64) -> bool {
 }
 
 /// The session cookie's value in a `Cookie` header, if any.
-pub fn from_headers(headers: &(impl Headers + ?Sized)) -> Option<&str> {
+pub(crate) fn from_headers(headers: &(impl Headers + ?Sized)) -> Option<&str> {
     headers
         .values("cookie")
         .filter_map(|v| std::str::from_utf8(v).ok())
@@ -59,7 +59,7 @@ pub fn from_headers(headers: &(impl Headers + ?Sized)) -> Option<&str> {
 
 /// The `Set-Cookie` of a new session: script-proof, never sent by another site's page,
 /// `Secure` when the browser spoke HTTPS.
-pub fn set_cookie(value: &str, secure: bool) -> String {
+pub(crate) fn set_cookie(value: &str, secure: bool) -> String {
     let secure = if secure { "; Secure" } else { "" };
     format!(
         "{COOKIE}={value}; Path=/; Max-Age={}; HttpOnly; SameSite=Strict{secure}",
@@ -68,7 +68,7 @@ pub fn set_cookie(value: &str, secure: bool) -> String {
 }
 
 /// The `Set-Cookie` that ends the session in this browser.
-pub fn clear_cookie(secure: bool) -> String {
+pub(crate) fn clear_cookie(secure: bool) -> String {
     let secure = if secure { "; Secure" } else { "" };
     format!("{COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict{secure}")
 }

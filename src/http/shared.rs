@@ -40,10 +40,10 @@ use crate::posts::post::{Departure, Watched, Watcher};
 
 /// Readers one shared stream may carry: more tabs than anyone keeps open, few enough that one
 /// client cannot pose as a crowd.
-pub const MAX_MEMBERS: usize = 64;
+pub(crate) const MAX_MEMBERS: usize = 64;
 
 /// One reader attached to a shared stream.
-pub struct Member {
+pub(crate) struct Member {
     /// Its place on the stream; names the slug and presence.
     pub seat: Seat,
     /// Its numbers at the moment it joined, tagged with its slug.
@@ -77,7 +77,7 @@ fn lock(seats: &SharedSeats) -> std::sync::MutexGuard<'_, Seats> {
 }
 
 /// A member's place on a shared stream, given back on drop.
-pub struct Seat {
+pub(crate) struct Seat {
     seats: SharedSeats,
     slug: Slug,
     presence: Presence,
@@ -103,7 +103,7 @@ struct WatchSet {
 
 /// How handlers reach one open shared stream.
 #[derive(Clone)]
-pub struct Handle {
+pub(crate) struct Handle {
     tx: mpsc::UnboundedSender<Command>,
     seats: SharedSeats,
     limits: Arc<StreamLimits>,
@@ -113,7 +113,7 @@ pub struct Handle {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum JoinError {
+pub(crate) enum JoinError {
     #[error("already attached")]
     Already,
     #[error("shared stream is full")]
@@ -127,7 +127,7 @@ pub enum JoinError {
 impl Handle {
     /// Claims a member's place (and, beyond the first member, a reader slot of `client`) before
     /// its post is asked, so double joins and overflow are refused without counting anything.
-    pub fn reserve(
+    pub(crate) fn reserve(
         &self,
         slug: &Slug,
         presence: Presence,
@@ -156,13 +156,13 @@ impl Handle {
         })
     }
 
-    pub fn join(&self, member: Member) -> Result<(), JoinError> {
+    pub(crate) fn join(&self, member: Member) -> Result<(), JoinError> {
         self.tx
             .send(Command::Join(member))
             .map_err(|_| JoinError::Closed)
     }
 
-    pub fn leave(&self, slug: Slug, presence: Presence) {
+    pub(crate) fn leave(&self, slug: Slug, presence: Presence) {
         let _ = self.tx.send(Command::Leave(slug, presence));
     }
 
@@ -170,7 +170,7 @@ impl Handle {
     /// was applied already (beacons may arrive in any order). `subscribe` is asked only for
     /// the posts not watched yet, and answers those that exist. A request dropped halfway
     /// changes nothing.
-    pub async fn watch<F, Fut>(
+    pub(crate) async fn watch<F, Fut>(
         &self,
         seq: u64,
         slugs: Vec<Slug>,
@@ -201,20 +201,20 @@ impl Handle {
 
 /// The open shared streams, by id.
 #[derive(Default)]
-pub struct SharedStreams {
+pub(crate) struct SharedStreams {
     open: Mutex<HashMap<String, (u64, Handle)>>,
     next: AtomicU64,
 }
 
 impl SharedStreams {
     /// The handle of an open stream.
-    pub fn handle(&self, sid: &str) -> Option<Handle> {
+    pub(crate) fn handle(&self, sid: &str) -> Option<Handle> {
         self.lock().get(sid).map(|(_, handle)| handle.clone())
     }
 
     /// Opens a stream under `sid`; an older stream with the same id (a reconnect the server has
     /// not yet seen drop) stays open but can no longer be joined.
-    pub fn open(
+    pub(crate) fn open(
         self: &Arc<Self>,
         sid: ReaderId,
         signals: Signals,
@@ -304,7 +304,7 @@ impl Stream for Watching {
 
 /// The body of a shared stream: members' first events as they join, then their updates, the
 /// watched posts' numbers, heartbeats, and a `retry:` hint on shutdown.
-pub struct SharedStream {
+pub(crate) struct SharedStream {
     /// `None` for a watch stream, which has no id.
     registration: Option<Registration>,
     ended: bool,
@@ -339,7 +339,11 @@ impl SharedStream {
     }
 
     /// A watch stream (`GET /api/v1/watch`): these posts' numbers at once, then as they change.
-    pub fn watching(watched: Vec<(Slug, Watched)>, signals: Signals, permit: StreamPermit) -> Self {
+    pub(crate) fn watching(
+        watched: Vec<(Slug, Watched)>,
+        signals: Signals,
+        permit: StreamPermit,
+    ) -> Self {
         // Nobody can send it commands: the sender goes at once.
         let (_, commands) = mpsc::unbounded_channel();
         let mut stream = Self::new(None, commands, signals, permit);

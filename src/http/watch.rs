@@ -27,9 +27,9 @@ use crate::http::shared::SharedStream;
 use crate::posts::post::Watched;
 
 /// Posts one shared stream may watch: the tabs of a browser together, two index pages' worth.
-pub const MAX_WATCHED_PER_SHARED: usize = 200;
+pub(crate) const MAX_WATCHED_PER_SHARED: usize = 200;
 /// A shared watch body holding that many slugs of the longest kind, and its number.
-pub const MAX_WATCH_BODY: usize = MAX_WATCHED_PER_SHARED * (MAX_SLUG_LEN + 1) + 32;
+pub(crate) const MAX_WATCH_BODY: usize = MAX_WATCHED_PER_SHARED * (MAX_SLUG_LEN + 1) + 32;
 
 impl AppState {
     /// `GET /api/v1/watch`: admitted, its posts followed, its body ready to send. The origin is
@@ -73,7 +73,7 @@ impl AppState {
 }
 
 /// `POST /shared/{sid}/watch`: replaces the posts the shared stream watches.
-pub async fn shared_watch(
+pub(crate) async fn shared_watch(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,

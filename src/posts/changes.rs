@@ -11,7 +11,7 @@ use crate::edge::slug::Slug;
 use crate::posts::post_state::Counts;
 
 /// Changes a slow subscriber may be behind before it must start over from a snapshot.
-pub const FEED_CAPACITY: usize = 1024;
+pub(crate) const FEED_CAPACITY: usize = 1024;
 
 /// One thing a dashboard must learn.
 #[derive(Debug, Clone)]

@@ -18,7 +18,7 @@ pub struct Counts {
 
 /// The result of a stream opening.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct JoinOutcome {
+pub(crate) struct JoinOutcome {
     /// A view was added to the total.
     pub counted: bool,
     /// Not counted because its reader id was counted within the dedupe window.
@@ -72,10 +72,10 @@ impl Dedupe {
 }
 
 /// How long an ended page showing is remembered: longer than a join beacon can be late.
-pub const ENDED_MEMORY: Duration = Duration::from_secs(60);
+pub(crate) const ENDED_MEMORY: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
-pub struct PostState {
+pub(crate) struct PostState {
     counts: Counts,
     readers: HashMap<Presence, Reader>,
     /// Page showings a beacon ended (show numbers above 0), newest last: a join for one that
@@ -89,7 +89,7 @@ pub struct PostState {
 }
 
 impl PostState {
-    pub fn new(total: u64, dedupe_window: Duration) -> Self {
+    pub(crate) fn new(total: u64, dedupe_window: Duration) -> Self {
         Self {
             counts: Counts { live: 0, total },
             readers: HashMap::new(),
@@ -103,14 +103,14 @@ impl PostState {
         }
     }
 
-    pub fn counts(&self) -> Counts {
+    pub(crate) fn counts(&self) -> Counts {
         self.counts
     }
 
     /// A stream opens. `may_count` is asked only for a view that would count (a reader id new
     /// within the window), so a rate limit is charged for counted views only; `is_reader`
     /// false (bot) is served numbers without being live.
-    pub fn join(
+    pub(crate) fn join(
         &mut self,
         presence: Presence,
         may_count: impl FnOnce() -> bool,
@@ -161,7 +161,7 @@ impl PostState {
     /// A beacon: every stream of this presence stops counting as live. True if live moved.
     /// A showing numbered by its page (above 0) is over for good: a later join of it is not
     /// live either. Show 0 (clients that number nothing) may come back.
-    pub fn leave(&mut self, presence: Presence, now: Instant) -> bool {
+    pub(crate) fn leave(&mut self, presence: Presence, now: Instant) -> bool {
         if presence.show > 0 && !self.has_ended(presence, now) {
             self.ended.push_back((now, presence));
         }
@@ -188,7 +188,7 @@ impl PostState {
     }
 
     /// A stream closed. True if live moved (it had not been beaconed away).
-    pub fn depart(&mut self, presence: Presence, epoch: u32, is_reader: bool) -> bool {
+    pub(crate) fn depart(&mut self, presence: Presence, epoch: u32, is_reader: bool) -> bool {
         if !is_reader {
             self.unobserve();
             return false;
@@ -209,33 +209,33 @@ impl PostState {
     }
 
     /// Someone is served this post's numbers without reading it (a bot's stream, a watcher).
-    pub fn observe(&mut self) {
+    pub(crate) fn observe(&mut self) {
         self.observers += 1;
     }
 
     /// An observer went away.
-    pub fn unobserve(&mut self) {
+    pub(crate) fn unobserve(&mut self) {
         self.observers = self.observers.saturating_sub(1);
     }
 
     /// Views added to the total from outside (an import).
-    pub fn add_to_total(&mut self, views: u64) {
+    pub(crate) fn add_to_total(&mut self, views: u64) {
         self.counts.total = self.counts.total.saturating_add(views);
     }
 
     /// Seeds the dedupe memory with a reader id counted before this actor existed (before a
     /// restart). Call in the order they were counted, before any join.
-    pub fn remember(&mut self, reader: ReaderKey, counted_at: Instant) {
+    pub(crate) fn remember(&mut self, reader: ReaderKey, counted_at: Instant) {
         self.dedupe.remember(reader, counted_at);
     }
 
     /// Forgets reader ids counted longer ago than the dedupe window.
-    pub fn expire(&mut self, now: Instant) {
+    pub(crate) fn expire(&mut self, now: Instant) {
         self.dedupe.expire(now);
     }
 
     /// When the oldest remembered reader id is forgotten.
-    pub fn next_expiry(&self) -> Option<Instant> {
+    pub(crate) fn next_expiry(&self) -> Option<Instant> {
         self.dedupe
             .order
             .front()
@@ -243,7 +243,7 @@ impl PostState {
     }
 
     /// Nobody reads the post and nothing needs remembering: it may sleep.
-    pub fn is_idle(&self) -> bool {
+    pub(crate) fn is_idle(&self) -> bool {
         self.readers.is_empty() && self.observers == 0 && self.dedupe.seen.is_empty()
     }
 }

@@ -22,14 +22,14 @@ use crate::posts::post::{
 use crate::storage::calendar::Clock;
 use crate::storage::writer::{LoadFor, Loaded, Writer};
 
-pub struct Registry {
+pub(crate) struct Registry {
     posts: Mutex<HashMap<Slug, Addr<Post>>>,
     /// What the posts it wakes are given.
     context: Arc<PostContext>,
 }
 
 impl Registry {
-    pub fn new(
+    pub(crate) fn new(
         writer: Writer,
         dedupe_window: Duration,
         clock: Clock,
@@ -58,7 +58,7 @@ impl Registry {
         })
     }
 
-    pub fn writer(&self) -> &Writer {
+    pub(crate) fn writer(&self) -> &Writer {
         &self.context.writer
     }
 
@@ -92,14 +92,14 @@ impl Registry {
     }
 
     /// Every post's broadcasts, for whoever watches all posts (the dashboard).
-    pub fn changes(&self) -> &Changes {
+    pub(crate) fn changes(&self) -> &Changes {
         &self.context.changes
     }
 
     /// The numbers of many posts at once, waking none: awake posts are asked, the others'
     /// totals come from the writer in one round trip. `None` for a post with no views that
     /// is not awake.
-    pub async fn counts_of(&self, slugs: &[Slug]) -> Result<Vec<Option<Counts>>, ApiError> {
+    pub(crate) async fn counts_of(&self, slugs: &[Slug]) -> Result<Vec<Option<Counts>>, ApiError> {
         let awake: Vec<Option<Addr<Post>>> = slugs.iter().map(|s| self.lookup(s)).collect();
         let asked = futures_util::future::join_all(awake.iter().map(|addr| async move {
             match addr {
@@ -136,7 +136,7 @@ impl Registry {
     }
 
     /// The numbers of every awake post (the only ones with live readers).
-    pub async fn awake_counts(&self) -> Vec<(Slug, Counts)> {
+    pub(crate) async fn awake_counts(&self) -> Vec<(Slug, Counts)> {
         let awake: Vec<(Slug, Addr<Post>)> = self
             .lock()
             .iter()
@@ -153,7 +153,7 @@ impl Registry {
 
     /// Every post with live readers and how many: the awake ones, and in cluster mode those
     /// read only on other nodes.
-    pub async fn live_counts(&self) -> Vec<(Slug, u64)> {
+    pub(crate) async fn live_counts(&self) -> Vec<(Slug, u64)> {
         let mut live: Vec<(Slug, u64)> = self
             .awake_counts()
             .await
@@ -170,19 +170,19 @@ impl Registry {
     }
 
     /// Views imported for a post: if it is awake, its readers see the new total.
-    pub fn imported(&self, slug: &Slug, views: u64) {
+    pub(crate) fn imported(&self, slug: &Slug, views: u64) {
         if let Some(addr) = self.lookup(slug) {
             addr.do_send(Imported { views });
         }
     }
 
     /// Posts awake right now.
-    pub fn awake(&self) -> usize {
+    pub(crate) fn awake(&self) -> usize {
         self.lock().len()
     }
 
     /// Opens a stream on the post, waking it if needed.
-    pub async fn join(
+    pub(crate) async fn join(
         self: &Arc<Self>,
         slug: &Slug,
         admission: Admission,
@@ -197,7 +197,7 @@ impl Registry {
     /// post, or (any slug) one with views. `None` for a post that does not exist yet: watching
     /// creates no post, no row and no memory. The post stays awake while the answer's
     /// [`Watcher`](crate::posts::post::Watcher) lives.
-    pub async fn watch(
+    pub(crate) async fn watch(
         self: &Arc<Self>,
         slug: &Slug,
         admission: &Admission,
@@ -234,7 +234,7 @@ impl Registry {
     }
 
     /// The numbers of a post without waking it: a sleeping post has no live readers.
-    pub async fn counts(&self, slug: &Slug) -> Result<Counts, ApiError> {
+    pub(crate) async fn counts(&self, slug: &Slug) -> Result<Counts, ApiError> {
         if let Some(addr) = self.lookup(slug)
             && let Ok(Ok(counts)) = addr.send(GetCounts).await
         {
@@ -250,14 +250,14 @@ impl Registry {
     }
 
     /// Delivers a beacon leave to the post if it is awake; a sleeping post has nobody to lose.
-    pub fn leave(&self, slug: &Slug, leave: Leave) {
+    pub(crate) fn leave(&self, slug: &Slug, leave: Leave) {
         if let Some(addr) = self.lookup(slug) {
             addr.do_send(leave);
         }
     }
 
     /// Called by a post going to sleep; removes it only if it is still the registered actor.
-    pub fn forget(&self, slug: &Slug, addr: &Addr<Post>) {
+    pub(crate) fn forget(&self, slug: &Slug, addr: &Addr<Post>) {
         let mut posts = self.lock();
         if posts.get(slug) == Some(addr) {
             posts.remove(slug);
