@@ -153,8 +153,11 @@ async fn a_view_token_counts_again_once_a_short_dedupe_window_has_expired() {
     let app = spawn_app_configured(|c| c.flush.dedupe_window = Duration::from_secs(1)).await;
     let tok = token();
 
+    // The view is counted after `started` and before its first event arrives: a join before
+    // `started + window` is inside the window, one after `answered + window` is past it.
     let started = Instant::now();
     let first = app.join_as("alpha", Req::connect("alpha", &tok)).await;
+    let answered = Instant::now();
     assert_eq!(first.first, counts(1, 1));
     first.stream.close();
     app.await_counts("alpha", counts(0, 1), LIVE_DROP).await;
@@ -168,7 +171,7 @@ async fn a_view_token_counts_again_once_a_short_dedupe_window_has_expired() {
     app.await_counts("alpha", counts(0, 1), LIVE_DROP).await;
 
     // The passing of the window is what is under test here.
-    tokio::time::sleep((window + Duration::from_millis(100)).saturating_sub(started.elapsed()))
+    tokio::time::sleep((window + Duration::from_millis(100)).saturating_sub(answered.elapsed()))
         .await;
     let after = app.join_as("alpha", Req::connect("alpha", &tok)).await;
     assert_eq!(after.first, counts(1, 2), "after the window: counted again");
