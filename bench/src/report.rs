@@ -82,7 +82,7 @@ fn score(scenario: &str, v: &Value) -> f64 {
     if s.is_nan() { f64::MIN } else { s }
 }
 
-fn date() -> String {
+pub(crate) fn date() -> String {
     std::process::Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
         .output()
@@ -92,7 +92,7 @@ fn date() -> String {
         .unwrap_or_default()
 }
 
-fn mem_total() -> String {
+pub(crate) fn mem_total() -> String {
     fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
@@ -108,7 +108,7 @@ fn mem_total() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn f(v: Option<f64>, digits: usize, unit: &str) -> String {
+pub(crate) fn f(v: Option<f64>, digits: usize, unit: &str) -> String {
     match v {
         Some(x) => format!("{}{unit}", group(x, digits)),
         None => "—".into(),
@@ -152,7 +152,7 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> (Option<f64>, String) {
     }
 }
 
-fn verdict(ok: Option<bool>) -> &'static str {
+pub(crate) fn verdict(ok: Option<bool>) -> &'static str {
     match ok {
         Some(true) => "yes",
         Some(false) => "**no**",
