@@ -67,6 +67,29 @@ pub struct Config {
     pub scheduling: Scheduling,
     /// The time the server goes by.
     pub clock: Clock,
+    /// Cluster mode (`--redis`); `None`: one node on its own file.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// How this node joins the cluster of every node on one Redis.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `redis://…` (or `rediss://`, `unix://`): checked when the config is.
+    pub redis: String,
+    /// This node's name; `None`: `HOST:PORT-xxxx`, made once the port is known.
+    pub node_id: Option<String>,
+    /// Every Redis call gives up after this long.
+    pub timeout: Duration,
+}
+
+impl ClusterConfig {
+    pub fn new(redis: impl Into<String>) -> Self {
+        Self {
+            redis: redis.into(),
+            node_id: None,
+            timeout: Duration::from_millis(250),
+        }
+    }
 }
 
 /// A setting that cannot work, named by its flag.
@@ -82,6 +105,10 @@ pub enum ConfigError {
     Ipv6Prefix(u8),
     #[error(transparent)]
     Origin(#[from] OriginError),
+    #[error("--redis {url:?} is not a Redis URL (redis://HOST[:PORT][/DB]): {reason}")]
+    RedisUrl { url: String, reason: String },
+    #[error("--node-id must be 1 to 64 of A-Z a-z 0-9 . _ : - , not {0:?}")]
+    NodeId(String),
 }
 
 impl Config {
@@ -111,6 +138,7 @@ impl Config {
             workers: default_workers(),
             scheduling: Scheduling::Batch,
             clock: Clock::default(),
+            cluster: None,
         }
     }
 
@@ -137,6 +165,31 @@ impl Config {
         }
         if !(32..=128).contains(&self.limits.ipv6_prefix) {
             return Err(ConfigError::Ipv6Prefix(self.limits.ipv6_prefix));
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+        }
+        Ok(())
+    }
+}
+
+impl ClusterConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        use redis::IntoConnectionInfo;
+        self.redis
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| ConfigError::RedisUrl {
+                url: self.redis.clone(),
+                reason: e.to_string(),
+            })?;
+        if let Some(id) = &self.node_id
+            && !crate::cluster::is_node_id(id)
+        {
+            return Err(ConfigError::NodeId(id.clone()));
+        }
+        if self.timeout.is_zero() {
+            return Err(ConfigError::Zero("--redis-timeout"));
         }
         Ok(())
     }
@@ -178,6 +231,11 @@ impl TryFrom<ServeArgs> for Config {
             workers: args.workers.map_or_else(default_workers, usize::from),
             scheduling: args.scheduling,
             clock: args.clock,
+            cluster: args.redis.map(|redis| ClusterConfig {
+                redis,
+                node_id: args.node_id,
+                timeout: args.redis_timeout,
+            }),
         };
         config.validate()?;
         Ok(config)
@@ -206,8 +264,21 @@ mod tests {
         silent.heartbeat = Duration::ZERO;
         let err = silent.validate().expect_err("zero heartbeat");
         assert!(err.to_string().contains("--heartbeat"), "{err}");
-        let mut open = base;
+        let mut open = base.clone();
         open.admin_token = Some(String::new());
         assert!(matches!(open.validate(), Err(ConfigError::EmptyToken)));
+        let mut clustered = base.clone();
+        clustered.cluster = Some(ClusterConfig::new("redis://127.0.0.1:6379/0"));
+        assert!(clustered.validate().is_ok());
+        let mut nowhere = base.clone();
+        nowhere.cluster = Some(ClusterConfig::new("http://127.0.0.1:6379"));
+        let err = nowhere.validate().expect_err("not a Redis URL");
+        assert!(err.to_string().contains("--redis"), "{err}");
+        let mut spaced = base;
+        spaced.cluster = Some(ClusterConfig {
+            node_id: Some("node one".into()),
+            ..ClusterConfig::new("redis://127.0.0.1")
+        });
+        assert!(matches!(spaced.validate(), Err(ConfigError::NodeId(_))));
     }
 }

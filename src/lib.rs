@@ -32,6 +32,7 @@
 //!   wave of readers).
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod edge;
 pub mod http;

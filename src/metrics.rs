@@ -35,10 +35,40 @@ pub struct Metrics {
     flushes: Counter,
     flush_errors: Counter,
     flush_seconds: Histogram,
+    /// Cluster mode only (registered by [`Metrics::clustered`]); set when scraped.
+    pub redis_up: Gauge,
+    pub cluster_nodes: Gauge,
+    pub outbox_pending: Gauge,
 }
 
 impl Metrics {
     pub fn new() -> Arc<Self> {
+        Arc::new(Self::standalone())
+    }
+
+    /// The series of a node in cluster mode: those of [`Metrics::new`] and Redis's.
+    pub fn clustered() -> Arc<Self> {
+        let mut m = Self::standalone();
+        let r = &mut m.registry;
+        r.register(
+            "redis_up",
+            "1 while Redis answers within --redis-timeout",
+            m.redis_up.clone(),
+        );
+        r.register(
+            "cluster_nodes",
+            "Live nodes seen, this one included",
+            m.cluster_nodes.clone(),
+        );
+        r.register(
+            "outbox_pending",
+            "Views counted here that Redis does not have yet",
+            m.outbox_pending.clone(),
+        );
+        Arc::new(m)
+    }
+
+    fn standalone() -> Self {
         let mut m = Self {
             streams_open: Gauge::default(),
             readers_live: Gauge::default(),
@@ -53,6 +83,9 @@ impl Metrics {
             // 1 ms to about 16 s: an fsync on a quiet disk to one on a struggling one.
             flush_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             registry: Registry::with_prefix("viewcounter"),
+            redis_up: Gauge::default(),
+            cluster_nodes: Gauge::default(),
+            outbox_pending: Gauge::default(),
         };
         let r = &mut m.registry;
         r.register("streams_open", "Open event streams", m.streams_open.clone());
@@ -98,7 +131,7 @@ impl Metrics {
             "Time to write one flush",
             m.flush_seconds.clone(),
         );
-        Arc::new(m)
+        m
     }
 
     /// One flush, written or failed, and how long it took.

@@ -18,7 +18,9 @@ use actix_web::{App, web};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 
-use crate::config::{Config, ConfigError, Posts};
+use crate::cluster::Cluster;
+use crate::cluster::store::RedisStore;
+use crate::config::{ClusterConfig, Config, ConfigError, Posts};
 use crate::edge::limits::{StreamLimits, ViewRate, raise_fd_limit};
 use crate::edge::origin::OriginPolicy;
 use crate::edge::slug_list::{OpenPosts, POLL_INTERVAL, SlugList, SlugPolicy};
@@ -100,17 +102,31 @@ impl Application {
         config.validate()?;
         let fd_room = raise_fd_limit();
         let capacity = config.limits.max_streams.unwrap_or(fd_room as usize);
-        let mut store = RedbStore::open(&config.db)?;
-        let existing = store.row_count()?;
+        let db = RedbStore::open(&config.db)?;
         let policy = config.flush;
         let calendar = Calendar::new(config.timezone.clone(), config.clock.clone());
-        let metrics = Metrics::new();
-        let writer = Writer::spawn(
-            Box::new(store),
-            policy,
-            calendar.clone(),
-            Arc::clone(&metrics),
-        )?;
+        let (mut store, cluster): (Box<dyn Store>, _) = match &config.cluster {
+            None => (Box::new(db), None),
+            Some(cc) => {
+                let addr = listener.local_addr()?;
+                let (store, cluster) = join_cluster(cc, addr, db, &calendar, policy).await?;
+                (store, Some(cluster))
+            }
+        };
+        let existing = match store.row_count() {
+            Ok(n) => n,
+            // Cluster mode with Redis down: --max-slugs counts from 0 until a restart.
+            Err(e) if cluster.is_some() => {
+                tracing::warn!(error = %e, "cannot count the posts in Redis");
+                0
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let metrics = match &cluster {
+            Some(_) => Metrics::clustered(),
+            None => Metrics::new(),
+        };
+        let writer = Writer::spawn(store, policy, calendar.clone(), Arc::clone(&metrics))?;
         let (shutdown, shutdown_rx) = Trigger::new();
         let (heartbeat, heartbeat_rx) = watch::channel(());
         let state = web::Data::new(AppState {
@@ -119,6 +135,7 @@ impl Application {
                 policy.dedupe_window,
                 config.clock.clone(),
                 Arc::clone(&metrics),
+                cluster,
             ),
             calendar,
             metrics,
@@ -173,7 +190,19 @@ impl Application {
             ..
         } = self;
         let background = spawn_background(&state, &server, heartbeat, heartbeat_every, hangup);
+        let cluster = state.registry.cluster().cloned();
+        let cluster_tasks = cluster
+            .as_ref()
+            .map(|c| c.spawn_tasks(&state.registry))
+            .unwrap_or_default();
         stop.await;
+        // Other nodes drop this one's readers now, not when its presence expires.
+        for task in cluster_tasks {
+            task.abort();
+        }
+        if let Some(cluster) = &cluster {
+            cluster.leave().await;
+        }
         tracing::info!("shutting down: closing streams, then writing totals");
         shutdown.fire();
         server.stop(SHUTDOWN_GRACE).await;
@@ -181,10 +210,26 @@ impl Application {
             task.abort();
         }
         let flushed = state.registry.writer().shutdown().await;
+        if let Some(cluster) = &cluster {
+            cluster.close().await;
+        }
         flushed.map_err(|e| StartError::Flush(e.to_string()))?;
         tracing::info!("totals written; bye");
         Ok(())
     }
+}
+
+/// Cluster mode: the redb file becomes the outbox, the writer reads and imports through Redis.
+async fn join_cluster(
+    config: &ClusterConfig,
+    addr: SocketAddr,
+    db: RedbStore,
+    calendar: &Calendar,
+    policy: crate::storage::writer::FlushPolicy,
+) -> Result<(Box<dyn Store>, Arc<Cluster>), StartError> {
+    let cluster = Cluster::start(config, addr, db, calendar.clone(), policy.dedupe_window).await?;
+    let store = RedisStore::new(&config.redis, Arc::clone(&cluster))?;
+    Ok((Box::new(store), cluster))
 }
 
 /// `existing`: the posts with a row, for `--max-slugs`.

@@ -140,6 +140,19 @@ pub struct ServeArgs {
     #[arg(long, env = "VIEWCOUNTER_TIMEZONE", default_value = "UTC", value_parser = time_zone)]
     pub timezone: jiff::tz::TimeZone,
 
+    /// Cluster mode: the Redis (or Valkey) that every node of the cluster shares, e.g.
+    /// `redis://127.0.0.1:6379/0`. Without it the node stands alone on its --db file.
+    #[arg(long, env = "VIEWCOUNTER_REDIS", hide_env_values = true)]
+    pub redis: Option<String>,
+
+    /// With --redis: this node's name in the cluster; default: host, port and a random suffix.
+    #[arg(long, env = "VIEWCOUNTER_NODE_ID", requires = "redis")]
+    pub node_id: Option<String>,
+
+    /// With --redis: every Redis call gives up after this long (the node carries on without it).
+    #[arg(long, env = "VIEWCOUNTER_REDIS_TIMEOUT", default_value = "250ms", value_parser = duration)]
+    pub redis_timeout: Duration,
+
     /// The time the server goes by: the system's, unless a test moves it.
     #[arg(skip)]
     pub clock: crate::storage::calendar::Clock,

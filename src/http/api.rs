@@ -401,6 +401,12 @@ struct Stats {
     capacity: usize,
     /// Times freed memory was given back to the system after posts went to sleep.
     memory_reclaims: u64,
+    /// Cluster mode: live nodes seen, this one included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nodes: Option<usize>,
+    /// Cluster mode: `ok` while Redis answers, `down` from its first failed call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis: Option<&'static str>,
 }
 
 async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -411,6 +417,11 @@ async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
         direct_streams: state.direct_streams.load(Ordering::Relaxed),
         capacity: state.limits.capacity(),
         memory_reclaims: state.registry.memory_reclaims(),
+        nodes: state.registry.cluster().map(|c| c.nodes()),
+        redis: state
+            .registry
+            .cluster()
+            .map(|c| if c.is_up() { "ok" } else { "down" }),
     };
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))

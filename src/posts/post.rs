@@ -1,8 +1,9 @@
 //! One actor per post that has readers: live readers, total, dedupe memory, and the coalesced
 //! broadcast of `{live,total}` to every open stream of that post.
 //!
-//! Inputs are plain messages ([`Join`], [`Leave`], [`Depart`], [`GetCounts`]) and the output
-//! is a `watch` channel of encoded events, so a bus can later feed remote nodes' counts in.
+//! Inputs are plain messages ([`Join`], [`Leave`], [`Depart`], [`GetCounts`], and in cluster
+//! mode [`RemoteLive`], [`RemoteTotal`], [`Replayed`]) and the output is a `watch` channel of
+//! encoded events.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::watch;
 
+use crate::cluster::{Cluster, Decision};
 use crate::edge::limits::ViewCharge;
 use crate::edge::reader_id::{Presence, ReaderId};
 use crate::edge::slug::Slug;
@@ -93,6 +95,27 @@ pub struct Imported {
     pub views: u64,
 }
 
+/// Cluster mode: the post's live readers on all other nodes together.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct RemoteLive {
+    pub live: u64,
+}
+
+/// Cluster mode: the post's total as Redis has it (announced by a node that counted a view).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct RemoteTotal {
+    pub total: u64,
+}
+
+/// Cluster mode: a view of this post from the outbox is now in Redis, whose total is `total`.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Replayed {
+    pub total: u64,
+}
+
 /// The current numbers, counting nothing.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "Result<Counts, Asleep>")]
@@ -107,6 +130,26 @@ pub struct PostContext {
     pub dedupe_window: Duration,
     /// Called by a post going to sleep, so the next reader wakes a fresh actor.
     pub asleep: Box<AsleepReport>,
+    /// Cluster mode: where views are counted and live readers are merged.
+    pub cluster: Option<Arc<Cluster>>,
+}
+
+/// A post's numbers in cluster mode: the total is Redis's plus the views counted here that
+/// Redis has not confirmed yet (answers in flight, the outbox); live adds the other nodes'.
+#[derive(Debug, Default)]
+struct Merged {
+    /// The highest total Redis reported (totals only grow).
+    redis_total: u64,
+    unconfirmed: u64,
+    remote_live: u64,
+    /// The local live count last given to the cluster.
+    reported_live: u64,
+}
+
+impl Merged {
+    fn redis_said(&mut self, total: u64) {
+        self.redis_total = self.redis_total.max(total);
+    }
 }
 
 /// How a post going to sleep says so (slug, its own address).
@@ -123,6 +166,8 @@ pub struct Post {
     broadcast_pending: bool,
     housekeeping: Option<SpawnHandle>,
     sleeping: bool,
+    /// `Some` in cluster mode.
+    merged: Option<Merged>,
 }
 
 impl Post {
@@ -134,8 +179,15 @@ impl Post {
         new_post: Option<NewPost>,
     ) -> Self {
         let state = PostState::new(total, context.dedupe_window);
+        let merged = context.cluster.as_ref().map(|cluster| Merged {
+            redis_total: total,
+            unconfirmed: cluster.unsynced(&slug),
+            remote_live: cluster.remote_live(&slug),
+            reported_live: 0,
+        });
+        let shown = shown(&state, merged.as_ref());
         Self {
-            updates: watch::Sender::new(Update::new(&slug, state.counts())),
+            updates: watch::Sender::new(Update::new(&slug, shown)),
             slug,
             context,
             new_post,
@@ -144,6 +196,49 @@ impl Post {
             broadcast_pending: false,
             housekeeping: None,
             sleeping: false,
+            merged,
+        }
+    }
+
+    /// What readers see.
+    fn counts(&self) -> Counts {
+        shown(&self.state, self.merged.as_ref())
+    }
+
+    /// Applies Redis's decision on a view counted here; true when it is in the total.
+    fn decided(&mut self, decision: Decision) -> bool {
+        let metrics = &self.context.metrics;
+        let Some(merged) = self.merged.as_mut() else {
+            return false;
+        };
+        match decision {
+            Decision::Decided(redis) => {
+                merged.unconfirmed = merged.unconfirmed.saturating_sub(1);
+                merged.redis_said(redis.total);
+                if redis.counted {
+                    metrics.views_counted.inc();
+                } else {
+                    // Counted on another node within the window.
+                    metrics.views_deduplicated.inc();
+                }
+                redis.counted
+            }
+            // Stays unconfirmed until the outbox replays it.
+            Decision::Deferred => {
+                metrics.views_counted.inc();
+                true
+            }
+        }
+    }
+
+    /// Tells the cluster this node's live count if it moved since it was last told.
+    fn report_live(&mut self) {
+        let live = self.state.counts().live;
+        if let (Some(cluster), Some(merged)) = (&self.context.cluster, self.merged.as_mut())
+            && merged.reported_live != live
+        {
+            merged.reported_live = live;
+            cluster.set_local_live(&self.slug, live);
         }
     }
 
@@ -193,9 +288,10 @@ impl Post {
 
     fn broadcast(&mut self, now: Instant) {
         self.last_broadcast = Some(now);
+        self.report_live();
         // Encoded once; every reader's stream shares these bytes.
         self.updates
-            .send_replace(Update::new(&self.slug, self.state.counts()));
+            .send_replace(Update::new(&self.slug, self.counts()));
     }
 
     /// Arms the one timer that expires dedupe entries and puts an idle post to sleep.
@@ -223,6 +319,7 @@ impl Post {
 
     fn sleep(&mut self, ctx: &mut Context<Self>) {
         self.sleeping = true;
+        self.report_live();
         (self.context.asleep)(&self.slug, &ctx.address());
         // A new post never viewed (a bot, a refused view) gives its --max-slugs place back.
         self.new_post = None;
@@ -239,12 +336,26 @@ impl Actor for Post {
     }
 }
 
-impl Handler<Join> for Post {
-    type Result = Result<Joined, Asleep>;
+/// Cluster mode: the numbers readers see.
+fn shown(state: &PostState, merged: Option<&Merged>) -> Counts {
+    let local = state.counts();
+    match merged {
+        None => local,
+        Some(m) => Counts {
+            live: local.live + m.remote_live,
+            total: m.redis_total + m.unconfirmed,
+        },
+    }
+}
 
+impl Handler<Join> for Post {
+    type Result = ResponseActFuture<Self, Result<Joined, Asleep>>;
+
+    /// A view this node would count is decided by Redis in cluster mode: the answer waits
+    /// for it (at most `--redis-timeout`) while the post goes on with other messages.
     fn handle(&mut self, join: Join, ctx: &mut Context<Self>) -> Self::Result {
         if self.sleeping {
-            return Err(Asleep);
+            return Box::pin(fut::ready(Err(Asleep)));
         }
         let live_before = self.state.counts().live;
         let joined = self.state.join(
@@ -254,19 +365,32 @@ impl Handler<Join> for Post {
             Instant::now(),
         );
         let metrics = &self.context.metrics;
+        let cluster = self
+            .context
+            .cluster
+            .clone()
+            .filter(|_| joined.counted && join.is_reader);
         match () {
             () if !join.is_reader => metrics.views_from_bots.inc(),
+            // Counted once Redis has decided.
+            () if cluster.is_some() => 0,
             () if joined.counted => metrics.views_counted.inc(),
             () if joined.deduplicated => metrics.views_deduplicated.inc(),
             () => metrics.views_rate_limited.inc(),
         };
         self.live_moved(live_before);
+        let at = self.context.clock.now_unix();
         if joined.counted {
             if let Some(place) = self.new_post.take() {
                 place.keep();
             }
-            let at = self.context.clock.now_unix();
-            self.context.writer.add_view(&self.slug, join.id, at);
+            match (&cluster, self.merged.as_mut()) {
+                (Some(_), Some(merged)) => merged.unconfirmed += 1,
+                _ => self
+                    .context
+                    .writer
+                    .add_view(&self.slug, join.id.clone(), at),
+            }
         }
         if joined.changed {
             self.changed(ctx);
@@ -280,12 +404,66 @@ impl Handler<Join> for Post {
                 is_reader: join.is_reader,
             },
         };
-        Ok(Joined {
-            counts: self.state.counts(),
-            counted: joined.counted,
-            updates: self.updates.subscribe(),
-            departure,
-        })
+        let updates = self.updates.subscribe();
+        let Some(cluster) = cluster else {
+            return Box::pin(fut::ready(Ok(Joined {
+                counts: self.counts(),
+                counted: joined.counted,
+                updates,
+                departure,
+            })));
+        };
+        let slug = self.slug.clone();
+        let decision = async move { cluster.count(&slug, &join.id, at).await };
+        Box::pin(decision.into_actor(self).map(move |decision, post, ctx| {
+            let counted = post.decided(decision);
+            post.changed(ctx);
+            Ok(Joined {
+                counts: post.counts(),
+                counted,
+                updates,
+                departure,
+            })
+        }))
+    }
+}
+
+impl Handler<RemoteLive> for Post {
+    type Result = ();
+
+    fn handle(&mut self, remote: RemoteLive, ctx: &mut Context<Self>) {
+        if let Some(merged) = self.merged.as_mut()
+            && merged.remote_live != remote.live
+        {
+            merged.remote_live = remote.live;
+            self.changed(ctx);
+        }
+    }
+}
+
+impl Handler<RemoteTotal> for Post {
+    type Result = ();
+
+    fn handle(&mut self, remote: RemoteTotal, ctx: &mut Context<Self>) {
+        let before = self.counts();
+        if let Some(merged) = self.merged.as_mut() {
+            merged.redis_said(remote.total);
+        }
+        if self.counts() != before {
+            self.changed(ctx);
+        }
+    }
+}
+
+impl Handler<Replayed> for Post {
+    type Result = ();
+
+    fn handle(&mut self, replayed: Replayed, ctx: &mut Context<Self>) {
+        if let Some(merged) = self.merged.as_mut() {
+            merged.unconfirmed = merged.unconfirmed.saturating_sub(1);
+            merged.redis_said(replayed.total);
+            self.changed(ctx);
+        }
     }
 }
 
@@ -323,7 +501,10 @@ impl Handler<Imported> for Post {
     type Result = ();
 
     fn handle(&mut self, imported: Imported, ctx: &mut Context<Self>) {
-        self.state.add_to_total(imported.views);
+        match self.merged.as_mut() {
+            Some(merged) => merged.redis_total += imported.views,
+            None => self.state.add_to_total(imported.views),
+        }
         self.changed(ctx);
     }
 }
@@ -335,7 +516,7 @@ impl Handler<GetCounts> for Post {
         if self.sleeping {
             Err(Asleep)
         } else {
-            Ok(self.state.counts())
+            Ok(self.counts())
         }
     }
 }

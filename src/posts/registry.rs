@@ -11,6 +11,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use actix_rt::ArbiterHandle;
 
+use crate::cluster::Cluster;
 use crate::edge::slug::Slug;
 use crate::edge::slug_list::Admission;
 use crate::http::error::ApiError;
@@ -18,7 +19,7 @@ use crate::memory::Reclaimer;
 use crate::metrics::Metrics;
 use crate::posts::post::{Counts, GetCounts, Imported, Join, Joined, Leave, Post, PostContext};
 use crate::storage::calendar::Clock;
-use crate::storage::writer::{LoadFor, Writer};
+use crate::storage::writer::{LoadFor, Loaded, Writer};
 
 pub struct Registry {
     posts: Mutex<HashMap<Slug, Addr<Post>>>,
@@ -33,6 +34,7 @@ impl Registry {
         dedupe_window: Duration,
         clock: Clock,
         metrics: Arc<Metrics>,
+        cluster: Option<Arc<Cluster>>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|registry: &Weak<Self>| {
             let registry = registry.clone();
@@ -49,6 +51,7 @@ impl Registry {
                     metrics,
                     dedupe_window,
                     asleep: Box::new(asleep),
+                    cluster,
                 }),
                 reclaimer: Reclaimer::default(),
             }
@@ -57,6 +60,32 @@ impl Registry {
 
     pub fn writer(&self) -> &Writer {
         &self.context.writer
+    }
+
+    pub(crate) fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.context.cluster.as_ref()
+    }
+
+    /// Live readers a sleeping post has: none here, the other nodes' in cluster mode.
+    fn remote_live(&self, slug: &Slug) -> u64 {
+        self.cluster().map_or(0, |c| c.remote_live(slug))
+    }
+
+    /// Delivers `msg` to the post if it is awake (a sleeping post reads the cluster on wake).
+    pub(crate) fn tell<M>(&self, slug: &Slug, msg: M)
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        Post: Handler<M>,
+    {
+        if let Some(addr) = self.lookup(slug) {
+            addr.do_send(msg);
+        }
+    }
+
+    /// The posts awake right now.
+    pub(crate) fn awake_slugs(&self) -> Vec<Slug> {
+        self.lock().keys().cloned().collect()
     }
 
     /// The numbers of many posts at once, waking none: awake posts are asked, the others'
@@ -86,12 +115,13 @@ impl Registry {
             .into_iter();
         Ok(asked
             .into_iter()
-            .map(|live| {
+            .zip(slugs)
+            .map(|(live, slug)| {
                 live.or_else(|| {
-                    totals
-                        .next()
-                        .flatten()
-                        .map(|total| Counts { live: 0, total })
+                    totals.next().flatten().map(|total| Counts {
+                        live: self.remote_live(slug),
+                        total,
+                    })
                 })
             })
             .collect())
@@ -154,7 +184,7 @@ impl Registry {
         }
         match self.writer().load(slug, LoadFor::Numbers).await {
             Ok(loaded) => Ok(Counts {
-                live: 0,
+                live: self.remote_live(slug),
                 total: loaded.total,
             }),
             Err(e) => Err(ApiError::storage(e)),
@@ -207,11 +237,20 @@ impl Registry {
         if let Some(addr) = self.lookup(slug) {
             return Ok(addr);
         }
-        let loaded = self
-            .writer()
-            .load(slug, LoadFor::Readers)
-            .await
-            .map_err(ApiError::storage)?;
+        let loaded = match self.writer().load(slug, LoadFor::Readers).await {
+            Ok(loaded) => loaded,
+            // Redis down and the post not known: serve it from 0 plus what is counted here;
+            // Redis's total arrives with its next announcement or the reconnect.
+            Err(e) if self.cluster().is_some() => {
+                tracing::debug!(%slug, error = %e, "waking a post without its total");
+                Loaded {
+                    total: 0,
+                    seen: Vec::new(),
+                    new: false,
+                }
+            }
+            Err(e) => return Err(ApiError::storage(e)),
+        };
         // The writer knows nothing of it: whether it may exist is the slug admission's call.
         let new_post = if loaded.new {
             admission.admit_new()?

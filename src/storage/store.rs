@@ -45,7 +45,7 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    fn storage(e: impl std::fmt::Display) -> Self {
+    pub(crate) fn storage(e: impl std::fmt::Display) -> Self {
         Self::Storage(e.to_string())
     }
 }
@@ -215,7 +215,7 @@ impl RedbStore {
     }
 
     /// Runs `op` on the handle; a failure discards the handle so the next call reopens.
-    fn with_db<T>(
+    pub(crate) fn with_db<T>(
         &mut self,
         op: impl FnOnce(&Database) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {

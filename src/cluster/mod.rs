@@ -1,0 +1,387 @@
+//! Cluster mode (`--redis`): several nodes share one Redis, so every reader sees the same
+//! numbers whichever node serves them.
+//!
+//! - [`link`]: the connection, its timeouts and health;
+//! - [`counter`]: one counted view as one Lua script (dedupe marker, total, day, announcement);
+//! - [`presence`]: each node's live readers in Redis, merged into every post's live count;
+//! - [`outbox`]: views counted while Redis did not answer, replayed exactly once;
+//! - [`store`]: the writer's [`crate::storage::store::Store`] on Redis, for the owner's reads.
+//!
+//! Posts reach the cluster through [`Cluster`] (in their context); the cluster's tasks reach
+//! the posts through the registry, with the messages of [`crate::posts::post`].
+
+pub(crate) mod counter;
+pub(crate) mod link;
+pub(crate) mod outbox;
+pub(crate) mod presence;
+pub(crate) mod store;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::{PushInfo, PushKind, Value};
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tokio::task::JoinHandle;
+
+use crate::cluster::counter::{Counted, View};
+use crate::cluster::link::Link;
+use crate::cluster::outbox::{Outbox, REPLAY_BATCH};
+use crate::cluster::presence::{BEAT, Event, Moved, Presence};
+use crate::config::ClusterConfig;
+use crate::edge::reader_id::ReaderId;
+use crate::edge::slug::Slug;
+use crate::posts::post::{RemoteLive, RemoteTotal, Replayed};
+use crate::posts::registry::Registry;
+use crate::storage::calendar::Calendar;
+use crate::storage::store::{RedbStore, StoreError};
+
+/// How often the outbox is looked at while it holds views.
+const REPLAY_EVERY: Duration = Duration::from_millis(250);
+/// Totals asked of Redis per `HMGET` when awake posts catch up after a reconnect.
+const REFRESH_CHUNK: usize = 500;
+
+/// True for a usable `--node-id`: it is part of Redis keys and space-separated messages.
+pub fn is_node_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+}
+
+/// `HOST:PORT-xxxx`: the host name, the port served, and a random suffix so a restarted node
+/// is a new node.
+fn default_node_id(addr: SocketAddr) -> String {
+    let mut host = [0u8; 256];
+    // SAFETY: the buffer is writable for its whole length, which is what we pass.
+    let named = unsafe { libc::gethostname(host.as_mut_ptr().cast(), host.len()) } == 0;
+    let host: String = if named {
+        let end = host.iter().position(|&b| b == 0).unwrap_or(host.len());
+        String::from_utf8_lossy(&host[..end])
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
+            .take(40)
+            .collect()
+    } else {
+        String::new()
+    };
+    let host = if host.is_empty() { "node".into() } else { host };
+    let mut suffix = [0u8; 2];
+    let _ = getrandom::fill(&mut suffix);
+    format!("{host}:{}-{:04x}", addr.port(), u16::from_be_bytes(suffix))
+}
+
+/// Redis's decision on a view this node would count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Redis answered: counted (or a duplicate of a view counted on another node).
+    Decided(Counted),
+    /// Redis did not answer: counted here, in the outbox until Redis takes it.
+    Deferred,
+}
+
+/// What the background tasks consume, taken once when they start.
+struct Receivers {
+    pushes: UnboundedReceiver<PushInfo>,
+    changes: UnboundedReceiver<Slug>,
+}
+
+pub struct Cluster {
+    link: Link,
+    presence: Presence,
+    outbox: Outbox,
+    calendar: Calendar,
+    dedupe_window: Duration,
+    receivers: std::sync::Mutex<Option<Receivers>>,
+}
+
+impl Cluster {
+    /// Joins the cluster: the redb file at `db` becomes the outbox; Redis is tried once
+    /// (a node starts without it, `redis: down`, and keeps trying).
+    pub(crate) async fn start(
+        config: &ClusterConfig,
+        addr: SocketAddr,
+        db: RedbStore,
+        calendar: Calendar,
+        dedupe_window: Duration,
+    ) -> Result<Arc<Self>, StoreError> {
+        let (push_tx, pushes) = unbounded_channel();
+        let (change_tx, changes) = unbounded_channel();
+        let link = Link::new(&config.redis, config.timeout, push_tx)
+            .map_err(|e| StoreError::Storage(format!("--redis: {e}")))?;
+        let node = config
+            .node_id
+            .clone()
+            .unwrap_or_else(|| default_node_id(addr));
+        tracing::info!(%node, "cluster mode: joining the nodes on Redis");
+        let cluster = Self {
+            link,
+            presence: Presence::new(node, change_tx),
+            outbox: Outbox::start(db)?,
+            calendar,
+            dedupe_window,
+            receivers: std::sync::Mutex::new(Some(Receivers { pushes, changes })),
+        };
+        if cluster.link.connect().await.is_ok() {
+            // Seen by the others at once, not only after the first heartbeat.
+            let _ = cluster.presence.beat(&cluster.link, true).await;
+        }
+        Ok(Arc::new(cluster))
+    }
+
+    pub(crate) fn node(&self) -> &str {
+        self.presence.node()
+    }
+
+    pub(crate) fn is_up(&self) -> bool {
+        self.link.health.is_up()
+    }
+
+    pub(crate) fn nodes(&self) -> usize {
+        self.presence.nodes()
+    }
+
+    pub(crate) fn outbox_len(&self) -> u64 {
+        self.outbox.len()
+    }
+
+    pub(crate) fn health(&self) -> &link::Health {
+        &self.link.health
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        self.link.timeout()
+    }
+
+    /// A post's live readers on the other nodes.
+    pub(crate) fn remote_live(&self, slug: &Slug) -> u64 {
+        self.presence.remote_live(slug)
+    }
+
+    /// A post's views counted here that Redis does not have yet.
+    pub(crate) fn unsynced(&self, slug: &Slug) -> u64 {
+        self.outbox.pending_for(slug.as_str())
+    }
+
+    /// A post's live readers on this node moved.
+    pub(crate) fn set_local_live(&self, slug: &Slug, live: u64) {
+        self.presence.set_local(slug, live);
+    }
+
+    /// Counts a view this node's dedupe let through, in Redis: one round trip, or none while
+    /// Redis is down. Whatever Redis did not answer goes to the outbox.
+    pub(crate) async fn count(&self, slug: &Slug, reader: &ReaderId, at: u64) -> Decision {
+        let view = View {
+            slug: slug.as_str().to_owned(),
+            reader: reader.as_str().to_owned(),
+            op: self.op_id(),
+            day: self.calendar.day_of(at).key(),
+        };
+        if self.is_up() {
+            match counter::count(&self.link, &view, self.dedupe_window).await {
+                Ok(counted) => return Decision::Decided(counted),
+                // It may still run late: the op id makes its replay a no-op then.
+                Err(e) => tracing::debug!(error = %e, "view goes to the outbox"),
+            }
+        }
+        self.outbox.add(view);
+        Decision::Deferred
+    }
+
+    fn op_id(&self) -> String {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let mut bytes = [0u8; 8];
+        // Without the OS's randomness, the time and a counter are unique enough per node.
+        let random = match getrandom::fill(&mut bytes) {
+            Ok(()) => u64::from_le_bytes(bytes),
+            Err(_) => {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64);
+                nanos ^ NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            }
+        };
+        format!("{}-{random:016x}", self.node())
+    }
+
+    /// The heartbeat, the announcer, the listener and the replay.
+    pub(crate) fn spawn_tasks(self: &Arc<Self>, registry: &Arc<Registry>) -> Vec<JoinHandle<()>> {
+        let Some(Receivers { pushes, changes }) = self
+            .receivers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        else {
+            return Vec::new();
+        };
+        vec![
+            actix_web::rt::spawn(Arc::clone(self).heartbeat(Arc::clone(registry))),
+            actix_web::rt::spawn(Arc::clone(self).announce(changes)),
+            actix_web::rt::spawn(Arc::clone(self).listen(pushes, Arc::clone(registry))),
+            actix_web::rt::spawn(Arc::clone(self).replay(Arc::clone(registry))),
+        ]
+    }
+
+    /// Once a second: connect if needed, write our presence, read the others', drop the silent.
+    async fn heartbeat(self: Arc<Self>, registry: Arc<Registry>) {
+        let mut tick = tokio::time::interval(BEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut grace = true;
+        loop {
+            tick.tick().await;
+            let beat = match self.link.connect().await {
+                Ok(()) => self.presence.beat(&self.link, grace).await,
+                Err(e) => Err(e),
+            };
+            grace = beat.is_err();
+            if let Ok(moved) = beat {
+                tell_live(&registry, moved);
+            }
+            tell_live(&registry, self.presence.expire());
+        }
+    }
+
+    /// Announces local live changes as they come, a burst in one round trip. A lost one is
+    /// healed by the next heartbeat's full state.
+    async fn announce(self: Arc<Self>, mut changes: UnboundedReceiver<Slug>) {
+        while let Some(first) = changes.recv().await {
+            let mut slugs = HashSet::from([first]);
+            while let Ok(more) = changes.try_recv() {
+                slugs.insert(more);
+            }
+            if self.is_up() {
+                let _ = self.presence.announce(&self.link, &slugs).await;
+            }
+        }
+    }
+
+    /// `vc:events`: other nodes' live changes and every new total.
+    async fn listen(
+        self: Arc<Self>,
+        mut pushes: UnboundedReceiver<PushInfo>,
+        registry: Arc<Registry>,
+    ) {
+        while let Some(push) = pushes.recv().await {
+            match push.kind {
+                PushKind::Message => {
+                    let Some(event) = message_text(&push.data).and_then(|t| Event::parse(&t))
+                    else {
+                        continue;
+                    };
+                    if let Event::Total { slug, total } = &event {
+                        registry.tell(slug, RemoteTotal { total: *total });
+                    } else {
+                        tell_live(&registry, self.presence.on_event(event));
+                    }
+                }
+                // (Re)subscribed after a (re)connect: totals announced meanwhile were missed.
+                PushKind::Subscribe => self.refresh_totals(&registry).await,
+                _ => {}
+            }
+        }
+    }
+
+    /// The totals of every awake post, from Redis.
+    async fn refresh_totals(&self, registry: &Registry) {
+        let slugs = registry.awake_slugs();
+        for chunk in slugs.chunks(REFRESH_CHUNK) {
+            let fields: Vec<&str> = chunk.iter().map(Slug::as_str).collect();
+            let got: Result<Vec<Option<u64>>, _> = self
+                .link
+                .call("totals", |mut conn| async move {
+                    redis::cmd("HMGET")
+                        .arg(counter::totals_key())
+                        .arg(&fields)
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await;
+            let Ok(totals) = got else { return };
+            for (slug, total) in chunk.iter().zip(totals) {
+                if let Some(total) = total {
+                    registry.tell(slug, RemoteTotal { total });
+                }
+            }
+        }
+    }
+
+    /// While the outbox holds views and Redis answers: replay them, oldest first, each with
+    /// the script it missed; delete them once Redis has them.
+    async fn replay(self: Arc<Self>, registry: Arc<Registry>) {
+        let mut tick = tokio::time::interval(REPLAY_EVERY);
+        loop {
+            tick.tick().await;
+            if self.outbox.len() == 0 || !self.is_up() {
+                continue;
+            }
+            if let Err(e) = self.replay_batch(&registry).await {
+                tracing::warn!(error = %e, "cannot read the outbox");
+            }
+        }
+    }
+
+    async fn replay_batch(&self, registry: &Registry) -> Result<(), StoreError> {
+        let views = self.outbox.oldest(REPLAY_BATCH).await?;
+        let mut done = Vec::with_capacity(views.len());
+        let mut results = Vec::with_capacity(views.len());
+        for (id, view) in views {
+            let Ok(counted) = counter::count(&self.link, &view, self.dedupe_window).await else {
+                break;
+            };
+            results.push((view.slug.clone(), counted));
+            done.push((id, view.slug));
+        }
+        let replayed = done.len();
+        self.outbox.delete(done).await?;
+        for (slug, counted) in results {
+            if let Ok(slug) = Slug::parse(&slug) {
+                registry.tell(
+                    &slug,
+                    Replayed {
+                        total: counted.total,
+                    },
+                );
+            }
+        }
+        if replayed > 0 {
+            tracing::info!(
+                views = replayed,
+                left = self.outbox.len(),
+                "outbox replayed into Redis"
+            );
+        }
+        Ok(())
+    }
+
+    /// On SIGTERM, once the tasks are stopped: this node's readers leave every other node's
+    /// live count now, not when its presence expires.
+    pub(crate) async fn leave(&self) {
+        match self.presence.leave(&self.link).await {
+            Ok(()) => tracing::info!("left the cluster"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell the cluster we leave; our presence expires in 3 s")
+            }
+        }
+    }
+
+    /// Writes the outbox's queued views; called last on shutdown.
+    pub(crate) async fn close(&self) {
+        self.outbox.shutdown().await;
+    }
+}
+
+fn tell_live(registry: &Registry, moved: Moved) {
+    for (slug, live) in moved {
+        registry.tell(&slug, RemoteLive { live });
+    }
+}
+
+/// A pub/sub message's payload: `[channel, payload]`.
+fn message_text(data: &[Value]) -> Option<String> {
+    match data.get(1)? {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(text) => Some(text.clone()),
+        _ => None,
+    }
+}
