@@ -28,6 +28,10 @@
 //! - [`storage`]: [`storage::writer`]: the debounced writer thread, flushing deltas (totals
 //!   and days) to a [`storage::store::Store`] (redb); [`storage::calendar`]: the day a view
 //!   is counted on, and the clock.
+//! - [`cluster`] (`--redis`): several nodes on one Redis. Posts count views through it (one
+//!   Lua script per view, the outbox in the redb file while Redis does not answer) and merge
+//!   other nodes' live readers; its tasks (heartbeat, pub/sub, replay) reach the posts through
+//!   the registry; [`cluster::store`] is the writer's `Store` on Redis for the owner's reads.
 //! - Beside them: `metrics` (Prometheus series), [`memory`] (giving freed memory back after a
 //!   wave of readers).
 

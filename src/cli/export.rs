@@ -1,12 +1,12 @@
 //! `viewcounter export`: all-time totals (or, `--daily`, views per day) as CSV or JSON, from the
 //! db file when no server holds it, otherwise from the running server's `/api/v1/totals` or
-//! `/api/v1/daily` (which include unwritten views).
+//! `/api/v1/daily` (which include unwritten views); with `--redis`, from the cluster's Redis.
 
 use std::time::Duration;
 
 use crate::cli::{ExportArgs, Format};
 use crate::storage::calendar::Day;
-use crate::storage::store::{self, StoreError};
+use crate::storage::store::{self, Store, StoreError};
 
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -32,6 +32,8 @@ pub enum ExportError {
         url: String,
         server: String,
     },
+    #[error("cannot read the cluster's Redis: {0}")]
+    Redis(StoreError),
     #[error("{path} is held by a running server, but it did not answer at {url}: {server}")]
     ServerUnreachable {
         path: String,
@@ -42,23 +44,14 @@ pub enum ExportError {
 
 /// The rows in `format`, ready to print.
 pub async fn export(args: &ExportArgs) -> Result<String, ExportError> {
+    if let Some(store) = args.store.redis_store() {
+        return from_redis(store, args).map_err(ExportError::Redis);
+    }
     let offline = store::read_offline(&args.store.db).and_then(|snapshot| {
         if args.daily {
-            let rows = snapshot
-                .days()?
-                .into_iter()
-                .filter_map(|(slug, day, views)| {
-                    Some(DayRow {
-                        slug,
-                        day: Day::from_key(day)?.to_string(),
-                        views,
-                    })
-                });
-            Ok(render_days(&rows.collect::<Vec<_>>(), args.format))
+            Ok(render_days(&day_rows(snapshot.days()?), args.format))
         } else {
-            let rows = snapshot.totals()?.into_iter();
-            let rows: Vec<Row> = rows.map(|(slug, total)| Row { slug, total }).collect();
-            Ok(render(&rows, args.format))
+            Ok(render(&total_rows(snapshot.totals()?), args.format))
         }
     });
     let file = match offline {
@@ -89,6 +82,38 @@ pub async fn export(args: &ExportArgs) -> Result<String, ExportError> {
             server,
         }),
     }
+}
+
+/// The whole cluster's numbers, read from Redis (blocking: the command does nothing else).
+fn from_redis(
+    store: Result<crate::cluster::store::RedisStore, StoreError>,
+    args: &ExportArgs,
+) -> Result<String, StoreError> {
+    let mut store = store?;
+    if args.daily {
+        Ok(render_days(&day_rows(store.all_days()?), args.format))
+    } else {
+        Ok(render(&total_rows(store.totals()?), args.format))
+    }
+}
+
+fn day_rows(days: Vec<(String, u32, u64)>) -> Vec<DayRow> {
+    days.into_iter()
+        .filter_map(|(slug, day, views)| {
+            Some(DayRow {
+                slug,
+                day: Day::from_key(day)?.to_string(),
+                views,
+            })
+        })
+        .collect()
+}
+
+fn total_rows(totals: Vec<(String, u64)>) -> Vec<Row> {
+    totals
+        .into_iter()
+        .map(|(slug, total)| Row { slug, total })
+        .collect()
 }
 
 async fn fetch<T: serde::de::DeserializeOwned>(

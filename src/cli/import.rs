@@ -1,6 +1,7 @@
 //! `viewcounter import FILE`: views brought in from a file ([`crate::cli::import_file`] reads it),
 //! written to the db file when no server holds it, or sent to the running server's
-//! `POST /api/v1/import` when one does, so that the server's posts and the file agree.
+//! `POST /api/v1/import` when one does, so that the server's posts and the file agree. With
+//! `--redis`, written to the cluster's Redis (whose nodes announce the new totals).
 
 use std::io::Read;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use crate::cli::import_file::{self, ParseOptions};
 use crate::http::owner::{MAX_IMPORT_BYTES, Summary, plan_of};
 use crate::metrics::Metrics;
 use crate::storage::calendar::{Calendar, Clock};
-use crate::storage::store::{self, RedbStore};
+use crate::storage::store::{self, RedbStore, Store};
 use crate::storage::writer::{FlushPolicy, ImportReport, Writer};
 
 const HTTP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -40,7 +41,7 @@ pub enum ImportError {
 /// Imports `args.file`; the summary (and, for a dry run, every change) to print.
 pub async fn import(args: &ImportArgs) -> Result<String, ImportError> {
     let text = read_file(args)?;
-    let summary = if store::is_served(&args.store.db) {
+    let summary = if args.store.redis.is_none() && store::is_served(&args.store.db) {
         send(args, text).await?
     } else {
         let path = args.file.display().to_string();
@@ -89,16 +90,19 @@ async fn write(
     args: &ImportArgs,
     plan: crate::storage::writer::ImportPlan,
 ) -> Result<ImportReport, ImportError> {
-    let db = args.store.db.display().to_string();
+    let db = match args.store.redis {
+        Some(_) => "the cluster's Redis".to_owned(),
+        None => args.store.db.display().to_string(),
+    };
     let failed = |reason: String| ImportError::Store {
         db: db.clone(),
         reason,
     };
-    // A dry run works on a copy: the file is not even created.
-    let store = if plan.dry_run {
-        RedbStore::copy_in_memory(&args.store.db)
-    } else {
-        RedbStore::open(&args.store.db)
+    // A dry run works on a copy: the file is not even created. Redis: a dry run writes nothing.
+    let store: Result<Box<dyn Store>, _> = match args.store.redis_store() {
+        Some(redis) => redis.map(|s| Box::new(s) as Box<dyn Store>),
+        None if plan.dry_run => RedbStore::copy_in_memory(&args.store.db).map(|s| Box::new(s) as _),
+        None => RedbStore::open(&args.store.db).map(|s| Box::new(s) as _),
     };
     let store = store.map_err(|e| failed(e.to_string()))?;
     let policy = FlushPolicy {
@@ -108,7 +112,7 @@ async fn write(
         dedupe_window: Duration::MAX,
     };
     let calendar = Calendar::new(args.timezone.clone(), Clock::default());
-    let writer = Writer::spawn(Box::new(store), policy, calendar, Metrics::new())
+    let writer = Writer::spawn(store, policy, calendar, Metrics::new())
         .map_err(|e| failed(e.to_string()))?;
     let report = writer.import(plan).await.map_err(|e| failed(e.to_string()));
     writer.shutdown().await.map_err(|e| failed(e.to_string()))?;

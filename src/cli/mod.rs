@@ -177,6 +177,26 @@ pub struct StoreArgs {
     /// Bearer token for the server's admin endpoints (/api/v1/totals, /daily, /import).
     #[arg(long, env = "VIEWCOUNTER_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+
+    /// Cluster mode: read (export) or write (import) the cluster's Redis directly instead.
+    #[arg(long, env = "VIEWCOUNTER_REDIS", hide_env_values = true)]
+    pub redis: Option<String>,
+}
+
+/// How long `export`/`import --redis` wait for each Redis call.
+pub const CLI_REDIS_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl StoreArgs {
+    /// `--redis` as a store, if given.
+    pub fn redis_store(
+        &self,
+    ) -> Option<Result<crate::cluster::store::RedisStore, crate::storage::store::StoreError>> {
+        let url = self.redis.as_deref()?;
+        Some(crate::cluster::store::RedisStore::standalone(
+            url,
+            CLI_REDIS_TIMEOUT,
+        ))
+    }
 }
 
 impl StoreArgs {

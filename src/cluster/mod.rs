@@ -1,10 +1,10 @@
 //! Cluster mode (`--redis`): several nodes share one Redis, so every reader sees the same
 //! numbers whichever node serves them.
 //!
-//! - [`link`]: the connection, its timeouts and health;
-//! - [`counter`]: one counted view as one Lua script (dedupe marker, total, day, announcement);
-//! - [`presence`]: each node's live readers in Redis, merged into every post's live count;
-//! - [`outbox`]: views counted while Redis did not answer, replayed exactly once;
+//! - `link`: the connection, its timeouts and health;
+//! - `counter`: one counted view as one Lua script (dedupe marker, total, day, announcement);
+//! - `presence`: each node's live readers in Redis, merged into every post's live count;
+//! - `outbox`: views counted while Redis did not answer, replayed exactly once;
 //! - [`store`]: the writer's [`crate::storage::store::Store`] on Redis, for the owner's reads.
 //!
 //! Posts reach the cluster through [`Cluster`] (in their context); the cluster's tasks reach
@@ -14,7 +14,7 @@ pub(crate) mod counter;
 pub(crate) mod link;
 pub(crate) mod outbox;
 pub(crate) mod presence;
-pub(crate) mod store;
+pub mod store;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -39,6 +39,8 @@ use crate::storage::store::{RedbStore, StoreError};
 
 /// How often the outbox is looked at while it holds views.
 const REPLAY_EVERY: Duration = Duration::from_millis(250);
+/// How often silent nodes are looked for: a killed node leaves within EXPIRY + 1 beat + this.
+const EXPIRE_EVERY: Duration = Duration::from_millis(250);
 /// Totals asked of Redis per `HMGET` when awake posts catch up after a reconnect.
 const REFRESH_CHUNK: usize = 500;
 
@@ -159,6 +161,11 @@ impl Cluster {
         self.presence.remote_live(slug)
     }
 
+    /// Every post with live readers on other nodes, and how many.
+    pub(crate) fn remote_posts(&self) -> Vec<(Slug, u64)> {
+        self.presence.remote_posts()
+    }
+
     /// A post's views counted here that Redis does not have yet.
     pub(crate) fn unsynced(&self, slug: &Slug) -> u64 {
         self.outbox.pending_for(slug.as_str())
@@ -205,7 +212,7 @@ impl Cluster {
         format!("{}-{random:016x}", self.node())
     }
 
-    /// The heartbeat, the announcer, the listener and the replay.
+    /// The heartbeat, the announcer, the listener, the replay and the expiry.
     pub(crate) fn spawn_tasks(self: &Arc<Self>, registry: &Arc<Registry>) -> Vec<JoinHandle<()>> {
         let Some(Receivers { pushes, changes }) = self
             .receivers
@@ -220,6 +227,7 @@ impl Cluster {
             actix_web::rt::spawn(Arc::clone(self).announce(changes)),
             actix_web::rt::spawn(Arc::clone(self).listen(pushes, Arc::clone(registry))),
             actix_web::rt::spawn(Arc::clone(self).replay(Arc::clone(registry))),
+            actix_web::rt::spawn(Arc::clone(self).expire(Arc::clone(registry))),
         ]
     }
 
@@ -238,6 +246,14 @@ impl Cluster {
             if let Ok(moved) = beat {
                 tell_live(&registry, moved);
             }
+        }
+    }
+
+    /// Drops the nodes gone silent (killed, or cut off with Redis), Redis or not.
+    async fn expire(self: Arc<Self>, registry: Arc<Registry>) {
+        let mut tick = tokio::time::interval(EXPIRE_EVERY);
+        loop {
+            tick.tick().await;
             tell_live(&registry, self.presence.expire());
         }
     }

@@ -29,19 +29,52 @@ fn node_key(node: &str) -> String {
 }
 
 /// One other node as last heard.
+#[derive(Default)]
 struct Peer {
     live: HashMap<Slug, u64>,
     /// Its heartbeat number: a node is heard when it changes.
-    beat: Option<String>,
-    heard: Instant,
+    beat: Option<u64>,
+    /// Per post, the beat number its last announcement was sent after: a full state read
+    /// from an older beat does not undo a newer announcement.
+    announced: HashMap<Slug, u64>,
+    heard: Option<Instant>,
+}
+
+impl Peer {
+    /// Takes the full state of heartbeat `beat`, keeping announcements sent after it.
+    fn take_state(&mut self, beat: u64, mut live: HashMap<Slug, u64>) {
+        self.announced.retain(|_, sent_after| *sent_after > beat);
+        for slug in self.announced.keys() {
+            match self.live.get(slug) {
+                Some(&n) => live.insert(slug.clone(), n),
+                None => live.remove(slug),
+            };
+        }
+        self.live = live;
+    }
+
+    fn is_silent(&self) -> bool {
+        self.heard.is_none_or(|at| at.elapsed() >= EXPIRY)
+    }
 }
 
 /// A message on `vc:events`.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Event {
-    Total { slug: Slug, total: u64 },
-    Live { node: String, slug: Slug, live: u64 },
-    Gone { node: String },
+    Total {
+        slug: Slug,
+        total: u64,
+    },
+    /// `after`: how many heartbeats the node had written when it sent this.
+    Live {
+        node: String,
+        slug: Slug,
+        live: u64,
+        after: u64,
+    },
+    Gone {
+        node: String,
+    },
 }
 
 impl Event {
@@ -56,6 +89,7 @@ impl Event {
                 node: parts.next()?.to_owned(),
                 slug: Slug::parse(parts.next()?).ok()?,
                 live: parts.next()?.parse().ok()?,
+                after: parts.next()?.parse().ok()?,
             },
             "g" => Self::Gone {
                 node: parts.next()?.to_owned(),
@@ -117,6 +151,16 @@ impl Presence {
         sum(&lock(&self.peers), slug)
     }
 
+    /// Every post with live readers on other nodes, and how many.
+    pub(crate) fn remote_posts(&self) -> Vec<(Slug, u64)> {
+        let peers = lock(&self.peers);
+        let mut all: HashMap<Slug, u64> = HashMap::new();
+        for (slug, live) in peers.values().flat_map(|p| &p.live) {
+            *all.entry(slug.clone()).or_default() += live;
+        }
+        all.into_iter().filter(|&(_, live)| live > 0).collect()
+    }
+
     /// Live nodes seen, this one included.
     pub(crate) fn nodes(&self) -> usize {
         1 + lock(&self.peers).len()
@@ -129,9 +173,10 @@ impl Presence {
         slugs: &HashSet<Slug>,
     ) -> Result<(), LinkError> {
         let mut pipe = redis::pipe();
+        let after = self.beats.load(Ordering::Relaxed);
         for slug in slugs {
             let live = self.local_of(slug);
-            let text = format!("l {} {} {live}", self.node, slug.as_str());
+            let text = format!("l {} {} {live} {after}", self.node, slug.as_str());
             pipe.publish(EVENTS, text).ignore();
         }
         link.call("announce", |mut conn| async move {
@@ -145,14 +190,16 @@ impl Presence {
         let mut peers = lock(&self.peers);
         match event {
             Event::Live { node, .. } | Event::Gone { node } if node == self.node => Vec::new(),
-            Event::Live { node, slug, live } => {
+            Event::Live {
+                node,
+                slug,
+                live,
+                after,
+            } => {
                 let before = sum(&peers, &slug);
-                let peer = peers.entry(node).or_insert_with(|| Peer {
-                    live: HashMap::new(),
-                    beat: None,
-                    heard: Instant::now(),
-                });
-                peer.heard = Instant::now();
+                let peer = peers.entry(node).or_default();
+                peer.heard = Some(Instant::now());
+                peer.announced.insert(slug.clone(), after);
                 if live == 0 {
                     peer.live.remove(&slug);
                 } else {
@@ -228,7 +275,7 @@ impl Presence {
             .collect();
         let mut moved = drop_peers(&mut peers, &left);
         for (node, mut state) in read {
-            let Some(beat) = state.remove(BEAT_FIELD) else {
+            let Some(beat) = state.remove(BEAT_FIELD).and_then(|b| b.parse().ok()) else {
                 continue; // expired: kept until it is silent for EXPIRY
             };
             let live: HashMap<Slug, u64> = state
@@ -243,16 +290,12 @@ impl Presence {
                 .chain(live.keys().cloned())
                 .collect();
             let before: Vec<u64> = touched.iter().map(|s| sum(&peers, s)).collect();
-            let peer = peers.entry(node).or_insert_with(|| Peer {
-                live: HashMap::new(),
-                beat: None,
-                heard: now,
-            });
-            if peer.beat.as_ref() != Some(&beat) {
-                peer.heard = now;
+            let peer = peers.entry(node).or_default();
+            if peer.beat != Some(beat) {
+                peer.heard = Some(now);
                 peer.beat = Some(beat);
             }
-            peer.live = live;
+            peer.take_state(beat, live);
             for (slug, before) in touched.into_iter().zip(before) {
                 let after = sum(&peers, &slug);
                 if after != before {
@@ -268,7 +311,7 @@ impl Presence {
         let mut peers = lock(&self.peers);
         let silent: Vec<String> = peers
             .iter()
-            .filter(|(_, p)| p.heard.elapsed() >= EXPIRY)
+            .filter(|(_, p)| p.is_silent())
             .map(|(node, _)| node.clone())
             .collect();
         drop_peers(&mut peers, &silent)
@@ -341,18 +384,19 @@ mod tests {
             })
         );
         assert_eq!(
-            Event::parse("l n1 a 3"),
+            Event::parse("l n1 a 3 9"),
             Some(Event::Live {
                 node: "n1".into(),
                 slug: slug("a"),
-                live: 3
+                live: 3,
+                after: 9,
             })
         );
         assert_eq!(
             Event::parse("g n1"),
             Some(Event::Gone { node: "n1".into() })
         );
-        for bad in ["", "t a", "t a x", "l n1 a", "g", "g n1 extra", "x a 1"] {
+        for bad in ["", "t a", "t a x", "l n1 a 3", "g", "g n1 extra", "x a 1"] {
             assert_eq!(Event::parse(bad), None, "{bad:?}");
         }
     }
@@ -365,6 +409,7 @@ mod tests {
             node: node.into(),
             slug: slug(s),
             live,
+            after: 7,
         };
         assert_eq!(presence.on_event(live("n1", "a", 2)), [(slug("a"), 2)]);
         assert_eq!(presence.on_event(live("n2", "a", 3)), [(slug("a"), 5)]);
@@ -375,16 +420,20 @@ mod tests {
             [(slug("a"), 3)]
         );
         assert_eq!(presence.remote_live(&slug("a")), 3);
-        let read = HashMap::from([(
-            "n2".to_owned(),
-            HashMap::from([
-                (BEAT_FIELD.to_owned(), "7".to_owned()),
-                ("b".to_owned(), "1".to_owned()),
-            ]),
-        )]);
-        let mut moved = presence.merge(read, false);
-        moved.sort();
-        assert_eq!(moved, [(slug("a"), 0), (slug("b"), 1)], "full state heals");
+        let state = |beat: &str| {
+            HashMap::from([(
+                "n2".to_owned(),
+                HashMap::from([
+                    (BEAT_FIELD.to_owned(), beat.to_owned()),
+                    ("b".to_owned(), "1".to_owned()),
+                ]),
+            )])
+        };
+        // Written before n2 announced a:3 (sent after 7 beats): the announcement stands.
+        assert_eq!(presence.merge(state("6"), false), [(slug("b"), 1)]);
+        assert_eq!(presence.remote_live(&slug("a")), 3);
+        let moved = presence.merge(state("7"), false);
+        assert_eq!(moved, [(slug("a"), 0)], "a later full state heals");
         assert_eq!(presence.merge(HashMap::new(), true), [], "kept in grace");
         assert_eq!(presence.merge(HashMap::new(), false), [(slug("b"), 0)]);
         assert_eq!(presence.nodes(), 1);

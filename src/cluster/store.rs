@@ -1,13 +1,14 @@
 //! The writer's [`Store`] in cluster mode: totals and days are Redis's (`vc:totals`,
 //! `vc:day:YYYYMMDD`), so the owner's reads (`/totals`, `/history`, `/top`, `/daily`, a
 //! sleeping post's `/count`) and imports speak for the whole cluster. Counted views do not
-//! come through here: each is one script call from its post ([`crate::cluster::counter`]).
+//! come through here: each is one script call from its post (`cluster::counter`).
 //!
 //! It runs on the writer thread, so it uses a blocking connection whose reads and writes time
 //! out after `--redis-timeout`; while the cluster finds Redis down it fails at once, and the
 //! writer answers from what it remembers.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use redis::{Commands, ConnectionLike};
 
@@ -16,18 +17,30 @@ use crate::cluster::counter::{day_key, totals_key};
 use crate::cluster::link::EVENTS;
 use crate::storage::store::{DayViews, Seen, Store, StoreError};
 
-pub(crate) struct RedisStore {
+pub struct RedisStore {
     client: redis::Client,
-    cluster: Arc<Cluster>,
+    timeout: Duration,
+    /// A node's: whose health it reads and reports. `None` for `export`/`import --redis`.
+    cluster: Option<Arc<Cluster>>,
     conn: Option<redis::Connection>,
 }
 
 impl RedisStore {
+    /// The store of a node in the cluster.
     pub(crate) fn new(url: &str, cluster: Arc<Cluster>) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::Storage(e.to_string()))?;
+        let mut store = Self::standalone(url, cluster.timeout())?;
+        store.cluster = Some(cluster);
+        Ok(store)
+    }
+
+    /// Redis read and written directly (`export --redis`, `import --redis`).
+    pub fn standalone(url: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::Storage(format!("--redis {url:?}: {e}")))?;
         Ok(Self {
             client,
-            cluster,
+            timeout,
+            cluster: None,
             conn: None,
         })
     }
@@ -38,20 +51,22 @@ impl RedisStore {
         what: &'static str,
         op: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
-        if !self.cluster.is_up() {
+        if self.cluster.as_ref().is_some_and(|c| !c.is_up()) {
             return Err(StoreError::Storage("Redis is down".into()));
         }
         let outcome = self.connection().and_then(op);
         outcome.map_err(|e| {
             self.conn = None;
-            self.cluster.health().failed(what, &e);
+            if let Some(cluster) = &self.cluster {
+                cluster.health().failed(what, &e);
+            }
             StoreError::Storage(format!("Redis: {e}"))
         })
     }
 
     fn connection(&mut self) -> redis::RedisResult<&mut redis::Connection> {
         if self.conn.as_ref().is_none_or(|c| !c.is_open()) {
-            let timeout = self.cluster.timeout();
+            let timeout = self.timeout;
             let conn = self.client.get_connection_with_timeout(timeout)?;
             conn.set_read_timeout(Some(timeout))?;
             conn.set_write_timeout(Some(timeout))?;

@@ -235,11 +235,10 @@ async fn top_rows(state: &AppState, by: TopBy, limit: usize) -> Result<Vec<TopRo
     let mut ranked: Vec<(String, u64)> = match by {
         TopBy::Live => state
             .registry
-            .awake_counts()
+            .live_counts()
             .await
             .into_iter()
-            .filter(|(_, c)| c.live > 0)
-            .map(|(slug, c)| (slug.as_str().to_owned(), c.live))
+            .map(|(slug, live)| (slug.as_str().to_owned(), live))
             .collect(),
         TopBy::Total => writer.totals().await.map_err(ApiError::storage)?,
         TopBy::Today => today.iter().map(|(s, v)| (s.clone(), *v)).collect(),

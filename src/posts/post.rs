@@ -135,7 +135,7 @@ pub struct PostContext {
 }
 
 /// A post's numbers in cluster mode: the total is Redis's plus the views counted here that
-/// Redis has not confirmed yet (answers in flight, the outbox); live adds the other nodes'.
+/// Redis does not have yet (the outbox); live adds the other nodes'.
 #[derive(Debug, Default)]
 struct Merged {
     /// The highest total Redis reported (totals only grow).
@@ -213,7 +213,6 @@ impl Post {
         };
         match decision {
             Decision::Decided(redis) => {
-                merged.unconfirmed = merged.unconfirmed.saturating_sub(1);
                 merged.redis_said(redis.total);
                 if redis.counted {
                     metrics.views_counted.inc();
@@ -223,8 +222,9 @@ impl Post {
                 }
                 redis.counted
             }
-            // Stays unconfirmed until the outbox replays it.
+            // Unconfirmed until the outbox replays it.
             Decision::Deferred => {
+                merged.unconfirmed += 1;
                 metrics.views_counted.inc();
                 true
             }
@@ -384,12 +384,12 @@ impl Handler<Join> for Post {
             if let Some(place) = self.new_post.take() {
                 place.keep();
             }
-            match (&cluster, self.merged.as_mut()) {
-                (Some(_), Some(merged)) => merged.unconfirmed += 1,
-                _ => self
-                    .context
+            // Cluster mode: the total moves once Redis has decided, so it never shows a view
+            // that another node already counted and then takes it back.
+            if cluster.is_none() {
+                self.context
                     .writer
-                    .add_view(&self.slug, join.id.clone(), at),
+                    .add_view(&self.slug, join.id.clone(), at);
             }
         }
         if joined.changed {
@@ -501,9 +501,10 @@ impl Handler<Imported> for Post {
     type Result = ();
 
     fn handle(&mut self, imported: Imported, ctx: &mut Context<Self>) {
-        match self.merged.as_mut() {
-            Some(merged) => merged.redis_total += imported.views,
-            None => self.state.add_to_total(imported.views),
+        // Cluster mode: Redis announces the imported totals to every node (RemoteTotal);
+        // adding them here too would count them twice when the announcement comes first.
+        if self.merged.is_none() {
+            self.state.add_to_total(imported.views);
         }
         self.changed(ctx);
     }

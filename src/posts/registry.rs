@@ -143,6 +143,24 @@ impl Registry {
         asked.into_iter().flatten().collect()
     }
 
+    /// Every post with live readers and how many: the awake ones, and in cluster mode those
+    /// read only on other nodes.
+    pub async fn live_counts(&self) -> Vec<(Slug, u64)> {
+        let mut live: Vec<(Slug, u64)> = self
+            .awake_counts()
+            .await
+            .into_iter()
+            .filter(|(_, c)| c.live > 0)
+            .map(|(slug, c)| (slug, c.live))
+            .collect();
+        if let Some(cluster) = self.cluster() {
+            let awake = self.lock();
+            let elsewhere = cluster.remote_posts().into_iter();
+            live.extend(elsewhere.filter(|(slug, _)| !awake.contains_key(slug)));
+        }
+        live
+    }
+
     /// Views imported for a post: if it is awake, its readers see the new total.
     pub fn imported(&self, slug: &Slug, views: u64) {
         if let Some(addr) = self.lookup(slug) {

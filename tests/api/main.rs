@@ -5,6 +5,7 @@
 
 mod assets;
 mod cli;
+mod cluster;
 mod coalescing;
 mod connect;
 mod cors;
@@ -17,6 +18,7 @@ mod helpers;
 mod leave;
 mod owner;
 mod persistence;
+mod redis;
 mod shared;
 mod slugs;
 mod totals;
