@@ -19,6 +19,7 @@ async fn readers_on_every_node_agree_on_live_and_total_and_a_join_on_a_reaches_c
     let mut readers: Vec<Reader> = Vec::new();
     let mut served_by: Vec<usize> = Vec::new();
     let mut elsewhere = Vec::new();
+    let mut dips = Vec::new();
     for n in 1..=JOINS {
         let on = (n as usize - 1) % nodes.len();
         let joined = Instant::now();
@@ -31,15 +32,25 @@ async fn readers_on_every_node_agree_on_live_and_total_and_a_join_on_a_reaches_c
             "first event of join {n} on node {}",
             nodes[on].name
         );
-        let waits = futures_util::future::join_all(
-            readers
-                .iter_mut()
-                .map(|r| seen_at(r, counts(n, n), joined, SETTLE)),
-        )
+        let want = counts(n, n);
+        let waits = futures_util::future::join_all(readers.iter_mut().map(|r| async move {
+            let seen = r.stream.await_counts(want, SETTLE).await;
+            (joined.elapsed(), seen)
+        }))
         .await;
-        for (took, &node) in waits.into_iter().zip(&served_by) {
+        for ((took, seen), &node) in waits.into_iter().zip(&served_by) {
             if node != on {
                 elsewhere.push(took);
+            }
+            // Only joins happen here: no reader may see its live or total go down on the way.
+            let mut last = counts(n - 1, n - 1);
+            for c in seen {
+                if c.live < last.live || c.total < last.total {
+                    dips.push(format!(
+                        "join {n}: a reader on node {node} saw {last:?} then {c:?}"
+                    ));
+                }
+                last = c;
             }
         }
         readers.push(reader);
@@ -53,6 +64,10 @@ async fn readers_on_every_node_agree_on_live_and_total_and_a_join_on_a_reaches_c
     assert!(
         slowest <= PRESENCE,
         "a join reached a reader on another node after {slowest:?} (contract: {PRESENCE:?})"
+    );
+    assert!(
+        dips.is_empty(),
+        "numbers went down while readers only joined: {dips:#?}"
     );
     let want = counts(JOINS, JOINS);
     cluster_agrees(&nodes, &redis, want, SETTLE).await;

@@ -17,6 +17,15 @@ enum Loss {
     Kill9,
 }
 
+impl std::fmt::Display for Loss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Loss::Sigterm => "SIGTERM",
+            Loss::Kill9 => "kill -9",
+        })
+    }
+}
+
 #[actix_web::test]
 async fn a_node_stopped_by_sigterm_leaves_everyones_live_within_a_second_and_its_readers_are_not_counted_again()
  {
@@ -52,12 +61,12 @@ async fn node_lost(how: Loss, bound: Duration) {
     }
     let took = all_see(&mut staying, counts(2 * ON_EACH_OTHER, all), gone, SETTLE).await;
     figure(
-        &format!("{how:?} of a node: its readers gone from live on the others"),
+        &format!("{how} of a node: its readers gone from live on the others"),
         took,
     );
     assert!(
         took <= bound,
-        "after {how:?} of a node its readers left live on the others in {took:?} (contract: {bound:?})"
+        "after {how} of a node its readers left live on the others in {took:?} (contract: {bound:?})"
     );
     let exit = lost.server.wait(STOP_TIMEOUT).await;
     if let Loss::Sigterm = how {

@@ -412,7 +412,7 @@ pub async fn cluster_agrees(
 /// Prints a measured figure, tagged for the issue note (`-- --nocapture` shows them; a failing
 /// test shows its own).
 pub fn figure(what: &str, took: Duration) {
-    eprintln!("cluster figure: {what}: {took:.0?}");
+    eprintln!("cluster figure: {what}: {} ms", took.as_millis());
 }
 
 /// Prints `p50 / p99 / max` of a set of measured durations.
@@ -424,10 +424,10 @@ fn spread(mut waits: Vec<Duration>) -> String {
     waits.sort();
     let at = |q: f64| waits[((waits.len() - 1) as f64 * q).round() as usize];
     format!(
-        "p50 {:.0?}, p99 {:.0?}, max {:.0?} over {}",
-        at(0.5),
-        at(0.99),
-        at(1.0),
+        "p50 {} ms, p99 {} ms, max {} ms over {}",
+        at(0.5).as_millis(),
+        at(0.99).as_millis(),
+        at(1.0).as_millis(),
         waits.len()
     )
 }
