@@ -1,6 +1,7 @@
-//! Moving a single node's totals into a cluster, as the README says:
-//! `viewcounter export --db FILE | viewcounter import --redis URL -` (and `--daily` for the days),
-//! after which every node counts on from them and `export --redis` reads them back.
+//! Moving a standalone server's totals into a cluster, as the README says:
+//! `export --db old.redb --daily > days.csv`, `export --db old.redb > totals.csv`, then
+//! `import --redis URL days.csv` and `import --redis URL totals.csv`; after which every node
+//! counts on from them and `export --redis` reads them back.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -60,9 +61,11 @@ async fn totals_and_days_exported_from_a_redb_file_and_imported_into_redis_are_w
         "the single node's export"
     );
 
+    std::fs::write(dir.path().join("days.csv"), &daily).expect("write days.csv");
+    std::fs::write(dir.path().join("totals.csv"), &totals).expect("write totals.csv");
     let url = redis.url();
-    run(dir.path(), &["import", "--redis", &url, "-"], &totals).await;
-    run(dir.path(), &["import", "--redis", &url, "-"], &daily).await;
+    run(dir.path(), &["import", "--redis", &url, "days.csv"], "").await;
+    run(dir.path(), &["import", "--redis", &url, "totals.csv"], "").await;
     assert_eq!(redis.total("alpha").await, 120);
     assert_eq!(redis.day_views("alpha").await, 120);
     assert_eq!(
