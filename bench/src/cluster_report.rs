@@ -7,7 +7,9 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::procstat::machine;
-use crate::report::{KEEP_MARKER as KEEP, date, f as figure, mem_total, verdict as met};
+use crate::report::{
+    KEEP_MARKER as KEEP, date, f as figure, mem_total, read_lines, verdict as met,
+};
 
 const START: &str =
     "<!-- bench-cluster: start (bench/cluster.sh writes from here to its end marker) -->";
@@ -180,13 +182,7 @@ pub fn write(
     params: &str,
     notes: &[String],
 ) -> Result<(), String> {
-    let text =
-        std::fs::read_to_string(results).map_err(|e| format!("{}: {e}", results.display()))?;
-    let lines: Vec<Value> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let lines = read_lines(results)?;
     let new = section(&lines, command, params, notes);
     let old = std::fs::read_to_string(out).unwrap_or_default();
     let updated = match (old.find(START), old.find(END)) {

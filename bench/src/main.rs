@@ -67,6 +67,26 @@ struct TargetArgs {
     threads: usize,
 }
 
+/// Where `report` and `cluster-report` read results and write BENCHMARKS.md.
+#[derive(Args)]
+struct ReportArgs {
+    /// JSON lines written by the scenarios
+    #[arg(long)]
+    pub results: PathBuf,
+    /// Output file; text after the keep-marker line of an existing file is preserved
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    pub out: PathBuf,
+    /// The command that produced the results
+    #[arg(long)]
+    pub command: String,
+    /// Parameters of the run, shown as given
+    #[arg(long, default_value = "")]
+    pub params: String,
+    /// Notes on the configuration, one per flag
+    #[arg(long)]
+    pub note: Vec<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Open N streams; server RSS per stream
@@ -203,38 +223,11 @@ enum Command {
         streams: usize,
     },
     /// Write the cluster section of BENCHMARKS.md from `cluster` JSON result lines
-    ClusterReport {
-        #[arg(long)]
-        results: PathBuf,
-        #[arg(long, default_value = "BENCHMARKS.md")]
-        out: PathBuf,
-        #[arg(long)]
-        command: String,
-        #[arg(long, default_value = "")]
-        params: String,
-        #[arg(long)]
-        note: Vec<String>,
-    },
+    ClusterReport(ReportArgs),
     /// Print a free TCP port on 127.0.0.1 (for starting a server on it)
     FreePort,
     /// Write BENCHMARKS.md from JSON result lines
-    Report {
-        /// JSON lines written by the scenarios
-        #[arg(long)]
-        results: PathBuf,
-        /// Output file; text after the keep-marker line of an existing file is preserved
-        #[arg(long, default_value = "BENCHMARKS.md")]
-        out: PathBuf,
-        /// The command that produced the results
-        #[arg(long)]
-        command: String,
-        /// Parameters of the run, shown as given
-        #[arg(long, default_value = "")]
-        params: String,
-        /// Notes on the configuration, one per flag
-        #[arg(long)]
-        note: Vec<String>,
-    },
+    Report(ReportArgs),
 }
 
 fn main() {
@@ -249,30 +242,19 @@ fn main() {
         }
         return;
     }
-    if let Command::Report {
-        results,
-        out,
-        command,
-        params,
-        note,
-    } = &cli.command
-    {
-        if let Err(e) = report::write(results, out, command, params, note) {
-            eprintln!("loadgen report: {e}");
-            std::process::exit(1);
-        }
-        return;
-    }
-    if let Command::ClusterReport {
-        results,
-        out,
-        command,
-        params,
-        note,
-    } = &cli.command
-    {
-        if let Err(e) = cluster_report::write(results, out, command, params, note) {
-            eprintln!("loadgen cluster-report: {e}");
+    if let Command::Report(a) | Command::ClusterReport(a) = &cli.command {
+        let (what, written) = match &cli.command {
+            Command::Report(_) => (
+                "report",
+                report::write(&a.results, &a.out, &a.command, &a.params, &a.note),
+            ),
+            _ => (
+                "cluster-report",
+                cluster_report::write(&a.results, &a.out, &a.command, &a.params, &a.note),
+            ),
+        };
+        if let Err(e) = written {
+            eprintln!("loadgen {what}: {e}");
             std::process::exit(1);
         }
         return;
@@ -290,10 +272,10 @@ fn main() {
         | Command::Posts { t, .. }
         | Command::Counts { t, .. }
         | Command::ClusterReaders { t, .. } => t.clone(),
-        Command::Report { .. }
+        Command::Report(_)
         | Command::FreePort
         | Command::Cluster { .. }
-        | Command::ClusterReport { .. } => unreachable!(),
+        | Command::ClusterReport(_) => unreachable!(),
     };
     let nofile = procstat::raise_nofile();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -391,10 +373,10 @@ fn main() {
                 ..
             } => scenarios::counts(&ctx, posts as usize, requests, &slug_prefix).await,
             Command::ClusterReaders { streams, .. } => cluster::readers(&ctx, streams).await,
-            Command::Report { .. }
+            Command::Report(_)
             | Command::FreePort
             | Command::Cluster { .. }
-            | Command::ClusterReport { .. } => unreachable!(),
+            | Command::ClusterReport(_) => unreachable!(),
         }
         if !ctx.server.alive() {
             eprintln!("loadgen: the server process is gone");

@@ -41,10 +41,8 @@ pub fn write(
     params: &str,
     notes: &[String],
 ) -> Result<(), String> {
-    let text = fs::read_to_string(results).map_err(|e| format!("{}: {e}", results.display()))?;
     let mut map = HashMap::new();
-    for line in text.lines().filter(|l| l.starts_with('{')) {
-        let v: Value = serde_json::from_str(line).map_err(|e| format!("bad result line: {e}"))?;
+    for v in read_lines(results)? {
         let label = v["label"].as_str().unwrap_or_default().to_string();
         let scenario = v["scenario"].as_str().unwrap_or_default().to_string();
         // With several runs of a scenario (REPEAT), keep each target's best one: the
@@ -64,6 +62,15 @@ pub fn write(
         .unwrap_or_else(|| "\n\n## History and notes\n\n(Add profiling before/after figures here; this section is kept across runs.)\n".into());
     let md = render(&r, command, params, notes) + KEEP_MARKER + &kept;
     fs::write(out, md).map_err(|e| format!("{}: {e}", out.display()))
+}
+
+/// The JSON result lines the scenarios wrote.
+pub(crate) fn read_lines(results: &Path) -> Result<Vec<Value>, String> {
+    let text = fs::read_to_string(results).map_err(|e| format!("{}: {e}", results.display()))?;
+    text.lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).map_err(|e| format!("bad result line: {e}")))
+        .collect()
 }
 
 /// Higher is better, per scenario.

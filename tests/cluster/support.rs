@@ -27,15 +27,6 @@ pub const REDIS_DOWN: Duration = Duration::from_secs(2);
 /// How long a setup step (a node learning of its peers, Redis coming back) may take before the
 /// test fails: generous, since it is not a figure the contract bounds.
 pub const SETTLE: Duration = Duration::from_secs(10);
-/// Every limit off: each join of a fresh reader id is a counted view.
-pub const UNLIMITED: [&str; 6] = [
-    "--ip-stream-limit",
-    "0",
-    "--ip-view-rate",
-    "0",
-    "--ip-new-post-rate",
-    "0",
-];
 
 // ---------------------------------------------------------------------------------------------
 // One test at a time, and skipping when the tools are missing.
