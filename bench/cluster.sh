@@ -21,18 +21,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-PARAMS_GIVEN=""
-for v in STREAMS ROUNDS CLIENTS NODES DURATION CHURN_WORKERS SOURCES OUT; do
-    if [ -n "${!v+x}" ]; then PARAMS_GIVEN+="$v=$(printf %q "${!v}") "; fi
-done
-VIA=bench/cluster.sh
-pid=$PPID
-for _ in 1 2 3; do
-    [ -r "/proc/$pid/stat" ] || break
-    if [ "$(cat "/proc/$pid/comm")" = just ]; then VIA="just bench-cluster"; break; fi
-    pid=$(awk '{print $4}' "/proc/$pid/stat")
-done
-COMMAND="${PARAMS_GIVEN}${VIA}"
+. bench/command.sh
+COMMAND=$(bench_command bench/cluster.sh bench-cluster STREAMS ROUNDS CLIENTS NODES DURATION \
+    CHURN_WORKERS SOURCES OUT)
 
 STREAMS=${STREAMS:-15000}
 ROUNDS=${ROUNDS:-5}
