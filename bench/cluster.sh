@@ -120,6 +120,7 @@ done
 log "cluster: $URLS"
 run_cluster_loadgen cluster "$URLS" --redis "127.0.0.1:$REDIS_PORT"
 stop_all
+for ((n = 1; n <= NODES; n++)); do cp "$WORK/node$n/stderr" "$CARGO_TARGET_DIR/bench/cluster-node$n.log"; done
 
 # --- 2. one node, no Redis -------------------------------------------------------------------
 url=$(start_node single)
@@ -133,5 +134,5 @@ case $OUT in /*) OUT_PATH=$OUT ;; *) OUT_PATH=$ROOT/$OUT ;; esac
     --params "$PARAMS" \
     --note "Nodes: serve --allow-any-slug --ip-stream-limit 0 --ip-view-rate 0 --ip-new-post-rate 0 (other flags at their defaults: heartbeat 15 s, --redis-timeout 250ms), each in its own process on this machine; the cluster's with --redis and --node-id, the single node without Redis. redis-server $(redis-server --version | grep -o 'v=[0-9.]*' | cut -c3-) with appendonly yes, appendfsync everysec." \
     --note "$CLIENTS loadgen processes hold the streams, client i on node (i mod $NODES) + 1, from $SOURCES 127.0.0.x source addresses each; the change is a join on node 1 (kept open); a reader has seen it at its first event with a total at least the join's. Delays are taken against one CLOCK_REALTIME shared by the processes." \
-    --note "Churn: $CHURN_WORKERS workers in all, over $CLIENTS processes, each on its node, loop open → first event → close (RST) for $DURATION s; views/s is the sum. Redis commands are total_commands_processed and commandstats deltas over the churn, less the rate measured over an idle window of the same length just before (heartbeats, presence). Every command costs at most one round trip, so commands per view bound the round trips per view from above."
+    --note "Churn: $CHURN_WORKERS workers in all, over $CLIENTS processes, each on its node, loop open → first event → close (RST) for $DURATION s; views/s is the sum. Redis commands are total_commands_processed and commandstats deltas over the churn, less the rate measured over an idle window of the same length just before (heartbeats, presence). Commands run by a Lua script count there too (SET, HINCRBY, PUBLISH inside the one EVALSHA of a view); round trips per view are the commands per view times the share clients sent (not [lua]) in 1 s of MONITOR halfway through the churn, so a pipelined MULTI/EXEC counts each of its commands: an upper bound."
 log "done: $OUT"

@@ -67,7 +67,7 @@ pub async fn readers(ctx: &Ctx, streams: usize) {
                 let t0_hub = t0.saturating_sub(epoch_unix) as u32;
                 let (delays, missed) = hub.delays_since(total, t0_hub);
                 say(json!({"delays_us": delays, "missed": missed,
-                    "alive": hub.alive.load(Ordering::SeqCst)}));
+                    "alive": hub.alive.load(Ordering::SeqCst), "errors": hub.errors.snapshot()}));
             }
             _ => return,
         }
@@ -205,6 +205,8 @@ async fn fanout(plan: &Plan, clients: &mut [Client], opened: u64) -> Result<(), 
     let mut all = Vec::new();
     let mut by_node: Vec<Vec<u32>> = vec![Vec::new(); plan.nodes.len()];
     let mut missed = 0;
+    let mut alive_after = Vec::new();
+    let mut errors = Vec::new();
     let mut joiners = Vec::new();
     for round in 1..=plan.rounds {
         for c in clients.iter_mut() {
@@ -226,6 +228,10 @@ async fn fanout(plan: &Plan, clients: &mut [Client], opened: u64) -> Result<(), 
         for c in clients.iter_mut() {
             let answer = c.answer(REACH_TIMEOUT + STEP_TIMEOUT).await?;
             missed += answer["missed"].as_u64().unwrap_or(0);
+            if round == plan.rounds {
+                alive_after.push(answer["alive"].clone());
+                errors.push(answer["errors"].clone());
+            }
             let delays: Vec<u32> = answer["delays_us"]
                 .as_array()
                 .map(|a| {
@@ -265,7 +271,8 @@ async fn fanout(plan: &Plan, clients: &mut [Client], opened: u64) -> Result<(), 
         json!({"scenario": "cluster-fanout", "label": plan.label, "nodes": plan.nodes.len(),
             "clients": plan.clients, "streams": plan.streams, "opened": opened,
             "rounds": plan.rounds, "p50_ms": p50, "p99_ms": p99, "max_ms": max,
-            "missed": missed, "per_node": per_node})
+            "missed": missed, "per_node": per_node,
+            "alive_after_by_client": alive_after, "errors_by_client": errors})
     );
     Ok(())
 }
@@ -354,6 +361,38 @@ fn delta(after: &RedisCounters, before: &RedisCounters) -> RedisCounters {
     }
 }
 
+/// Of the commands Redis runs, the share its clients send (each at most one round trip), the
+/// rest being run by scripts: `MONITOR` for `window`, lines of `[DB lua]` against the others.
+fn client_share(addr: &str, window: Duration) -> Result<(u64, u64), String> {
+    let mut conn = std::net::TcpStream::connect(addr).map_err(|e| format!("redis {addr}: {e}"))?;
+    conn.set_read_timeout(Some(Duration::from_millis(200))).ok();
+    conn.write_all(b"MONITOR\r\n").map_err(|e| e.to_string())?;
+    let (mut from_clients, mut from_scripts) = (0, 0);
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 65536];
+    let until = Instant::now() + window;
+    while Instant::now() < until {
+        let Ok(n) = conn.read(&mut buf) else { continue };
+        if n == 0 {
+            break;
+        }
+        pending.extend_from_slice(&buf[..n]);
+        while let Some(i) = pending.windows(2).position(|w| w == b"\r\n") {
+            let line: Vec<u8> = pending.drain(..i + 2).collect();
+            let line = String::from_utf8_lossy(&line);
+            if !line.starts_with('+') || line.starts_with("+OK") {
+                continue;
+            }
+            if line.contains(" lua] ") {
+                from_scripts += 1;
+            } else {
+                from_clients += 1;
+            }
+        }
+    }
+    Ok((from_clients, from_scripts))
+}
+
 /// The post's total as the first node answers it (`GET /api/v1/count/SLUG`).
 async fn total_of(node: &str, slug: &str, sources: usize) -> Result<u64, String> {
     let target = Target::new(node, sources).map_err(|e| e.to_string())?;
@@ -433,7 +472,19 @@ async fn churn(plan: &Plan) -> Result<(), String> {
             .kill_on_drop(true);
         children.push(cmd.output());
     }
+    // A second of MONITOR halfway through the churn: which commands clients send.
+    let monitor = plan.redis.clone().map(|addr| {
+        let half = Duration::from_secs_f64(secs / 2.0);
+        tokio::task::spawn_blocking(move || {
+            std::thread::sleep(half);
+            client_share(&addr, Duration::from_secs(1))
+        })
+    });
     let outputs = join_tasks(children).await;
+    let share = match monitor {
+        Some(task) => Some(task.await.map_err(|e| e.to_string())??),
+        None => None,
+    };
     let wall = started.elapsed().as_secs_f64();
     let after = plan.redis.as_deref().map(redis_counters).transpose()?;
     let mut views = 0;
@@ -471,6 +522,11 @@ async fn churn(plan: &Plan) -> Result<(), String> {
             "commands_per_view": per_view(used.total as f64),
             "net_commands_per_view": per_view(used.total as f64 - idle_scaled),
             "net_per_command_per_view": per_command,
+            "monitor_from_clients": share.map(|s| s.0),
+            "monitor_from_scripts": share.map(|s| s.1),
+            "round_trips_per_view": share.filter(|s| s.0 + s.1 > 0).map(|(c, l)| {
+                per_view(used.total as f64 - idle_scaled) * c as f64 / (c + l) as f64
+            }),
             "background_per_command_per_s": idle.calls.iter()
                 .map(|(k, v)| (k.clone(), *v as f64 / idle_secs)).collect::<BTreeMap<_, _>>(),
         });

@@ -16,7 +16,7 @@ const START: &str =
 const END: &str = "<!-- bench-cluster: end -->";
 /// The targets of issue 14.
 const MAX_P99_RATIO: f64 = 2.0;
-const MAX_COMMANDS_PER_VIEW: f64 = 2.0;
+const MAX_TRIPS_PER_VIEW: f64 = 2.0;
 
 /// The label of the cluster's lines and of the one node's.
 pub const CLUSTER: &str = "cluster";
@@ -57,6 +57,7 @@ pub fn section(lines: &[Value], command: &str, params: &str, notes: &[String]) -
     };
     let redis = cc.map(|c| &c["redis"]);
     let per_view = redis.and_then(|r| r["net_commands_per_view"].as_f64());
+    let trips = redis.and_then(|r| r["round_trips_per_view"].as_f64());
     let (nproc, model, kernel) = machine();
     let mut s = String::new();
     let _ = writeln!(s, "{START}\n");
@@ -112,9 +113,14 @@ pub fn section(lines: &[Value], command: &str, params: &str, notes: &[String]) -
     );
     let _ = writeln!(
         s,
-        "| Redis commands per counted view (churn, background taken off) | {} | — | ≤ {MAX_COMMANDS_PER_VIEW} round trips | {} |",
-        num(per_view, 2),
-        met(per_view.map(|p| p <= MAX_COMMANDS_PER_VIEW))
+        "| Redis round trips per counted view (commands clients send, background taken off) | {} | — | ≤ {MAX_TRIPS_PER_VIEW} | {} |",
+        num(trips, 2),
+        met(trips.map(|p| p <= MAX_TRIPS_PER_VIEW))
+    );
+    let _ = writeln!(
+        s,
+        "| Redis commands per counted view, those scripts run included (background taken off) | {} | — | | |",
+        num(per_view, 2)
     );
     let _ = writeln!(
         s,
@@ -126,10 +132,21 @@ pub fn section(lines: &[Value], command: &str, params: &str, notes: &[String]) -
             s,
             "Redis commands per counted view during the churn, by command (the background rate, \
              measured over an idle window as long as the churn, taken off): {}. In the idle \
-             window: {} commands/s ({}).\n",
+             window: {} commands/s ({}). MONITOR for 1 s halfway through the churn: {} \
+             commands sent by clients, {} run by scripts.\n",
             breakdown(&r["net_per_command_per_view"], 2),
             num(r["background_commands_per_s"].as_f64(), 1),
             breakdown(&r["background_per_command_per_s"], 1),
+            r["monitor_from_clients"],
+            r["monitor_from_scripts"],
+        );
+    }
+    if let Some(cf) = cf {
+        let _ = writeln!(
+            s,
+            "Cluster streams still open after the last round, by client process: {}; their \
+             errors: {}.\n",
+            cf["alive_after_by_client"], cf["errors_by_client"]
         );
     }
     if let Some(nodes) = cf.and_then(|v| v["per_node"].as_array()) {
