@@ -120,7 +120,7 @@ done
 log "cluster: $URLS"
 run_cluster_loadgen cluster "$URLS" --redis "127.0.0.1:$REDIS_PORT"
 stop_all
-for ((n = 1; n <= NODES; n++)); do cp "$WORK/node$n/stderr" "$CARGO_TARGET_DIR/bench/cluster-node$n.log"; done
+for ((n = 1; n <= NODES; n++)); do tail -c 1000000 "$WORK/node$n/stderr" >"$CARGO_TARGET_DIR/bench/cluster-node$n.log" || true; done
 
 # --- 2. one node, no Redis -------------------------------------------------------------------
 url=$(start_node single)

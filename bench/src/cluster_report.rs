@@ -155,7 +155,7 @@ pub fn section(lines: &[Value], command: &str, params: &str, notes: &[String]) -
             "Cluster fan-out by node (readers × rounds, p50 / p99 / max):"
         );
         for (i, n) in nodes.iter().enumerate() {
-            let _ = writeln!(
+            let _ = write!(
                 s,
                 "node {} ({}): {} samples, {}",
                 i + 1,
