@@ -19,6 +19,11 @@ ci:
 bench:
     bash bench/run.sh
 
+# Cluster mode (issue 14): 3 nodes on one redis-server against one node, 15,000 streams;
+# writes its section of BENCHMARKS.md (scale with STREAMS=, DURATION=, ROUNDS=).
+bench-cluster:
+    bash bench/cluster.sh
+
 # Fuzz the parsers and encoders with cargo-fuzz, SECONDS per target, one target at a time
 # (e.g. `just fuzz 300 sse`). Reads the committed seeds in fuzz/corpus/, grows its own corpus
 # in fuzz/target/corpus/ (not committed); crashes land in fuzz/artifacts/<target>/.

@@ -36,22 +36,10 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 # The exact command, for the report: the parameters given explicitly, then the script.
-PARAMS_GIVEN=""
-for v in STREAMS DURATION ROUNDS IDLE_WINDOW BURST_READERS BURST_RATE BURST_WAIT CHURN_WORKERS \
-    POSTS POSTS_SETTLE COUNTS_POSTS COUNTS_REQUESTS SOURCES NCHAN_WORKERS TARGETS SCENARIOS REPEAT OUT; do
-    if [ -n "${!v+x}" ]; then
-        PARAMS_GIVEN+="$v=$(printf %q "${!v}") "
-    fi
-done
-# Started by `just bench`? (just runs the recipe line through sh, so look a few parents up.)
-VIA=bench/run.sh
-pid=$PPID
-for _ in 1 2 3; do
-    [ -r "/proc/$pid/stat" ] || break
-    if [ "$(cat "/proc/$pid/comm")" = just ]; then VIA="just bench"; break; fi
-    pid=$(awk '{print $4}' "/proc/$pid/stat")
-done
-COMMAND="${PARAMS_GIVEN}${VIA}"
+. bench/command.sh
+COMMAND=$(bench_command bench/run.sh bench STREAMS DURATION ROUNDS IDLE_WINDOW BURST_READERS \
+    BURST_RATE BURST_WAIT CHURN_WORKERS POSTS POSTS_SETTLE COUNTS_POSTS COUNTS_REQUESTS SOURCES \
+    NCHAN_WORKERS TARGETS SCENARIOS REPEAT OUT)
 
 STREAMS=${STREAMS:-15000}
 DURATION=${DURATION:-10}

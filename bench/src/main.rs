@@ -3,8 +3,12 @@
 //! goes to stderr). `loadgen report` turns those lines into BENCHMARKS.md.
 //!
 //! Layout: `net` (sockets, HTTP, SSE parsing), `procstat` (server RSS/CPU from
-//! /proc), `scenarios` (hold, fanout, idle, churn, burst, posts, counts), `report`.
+//! /proc), `scenarios` (hold, fanout, idle, churn, burst, posts, counts), `report`;
+//! `cluster` (issue 14: readers spread over nodes and client processes) and its
+//! `cluster_report`.
 
+mod cluster;
+mod cluster_report;
 mod net;
 mod procstat;
 mod report;
@@ -61,6 +65,26 @@ struct TargetArgs {
     /// Tokio worker threads
     #[arg(long, default_value_t = 2)]
     threads: usize,
+}
+
+/// Where `report` and `cluster-report` read results and write BENCHMARKS.md.
+#[derive(Args)]
+struct ReportArgs {
+    /// JSON lines written by the scenarios
+    #[arg(long)]
+    pub results: PathBuf,
+    /// Output file; text after the keep-marker line of an existing file is preserved
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    pub out: PathBuf,
+    /// The command that produced the results
+    #[arg(long)]
+    pub command: String,
+    /// Parameters of the run, shown as given
+    #[arg(long, default_value = "")]
+    pub params: String,
+    /// Notes on the configuration, one per flag
+    #[arg(long)]
+    pub note: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -156,26 +180,54 @@ enum Command {
         #[arg(long, default_value = "bench-count-")]
         slug_prefix: String,
     },
+    /// Cluster mode: S streams on one post spread over the nodes and over client processes,
+    /// a join on the first node → every reader (p50/p99/max); then churn through the nodes
+    /// and, with --redis, the Redis commands per counted view
+    Cluster {
+        /// The nodes' base URLs, comma-separated (one URL: the single-node baseline)
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+        #[arg(long, default_value_t = 15000)]
+        streams: usize,
+        /// Client processes holding the streams (each has its own open-files cap)
+        #[arg(long, default_value_t = 3)]
+        clients: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        #[arg(long, default_value = "/api/v1/connect/hot?view={token}")]
+        sub_path: String,
+        #[arg(long, default_value = "cluster")]
+        label: String,
+        #[arg(long, default_value_t = 16)]
+        sources: usize,
+        #[arg(long, default_value_t = 256)]
+        connect_concurrency: usize,
+        /// Churn workers in all, spread over the client processes (0 skips the churn)
+        #[arg(long, default_value_t = 64)]
+        churn_workers: usize,
+        /// Seconds of churn (and of the idle window measured before it)
+        #[arg(long, default_value_t = 10.0)]
+        churn_duration: f64,
+        #[arg(long, default_value = "/api/v1/connect/churn?view={token}")]
+        churn_path: String,
+        /// Redis `HOST:PORT` to read INFO from around the churn
+        #[arg(long)]
+        redis: Option<String>,
+    },
+    /// One client process of `cluster` (started by it; talks over stdin/stdout)
+    #[command(hide = true)]
+    ClusterReaders {
+        #[command(flatten)]
+        t: TargetArgs,
+        #[arg(long)]
+        streams: usize,
+    },
+    /// Write the cluster section of BENCHMARKS.md from `cluster` JSON result lines
+    ClusterReport(ReportArgs),
     /// Print a free TCP port on 127.0.0.1 (for starting a server on it)
     FreePort,
     /// Write BENCHMARKS.md from JSON result lines
-    Report {
-        /// JSON lines written by the scenarios
-        #[arg(long)]
-        results: PathBuf,
-        /// Output file; text after the keep-marker line of an existing file is preserved
-        #[arg(long, default_value = "BENCHMARKS.md")]
-        out: PathBuf,
-        /// The command that produced the results
-        #[arg(long)]
-        command: String,
-        /// Parameters of the run, shown as given
-        #[arg(long, default_value = "")]
-        params: String,
-        /// Notes on the configuration, one per flag
-        #[arg(long)]
-        note: Vec<String>,
-    },
+    Report(ReportArgs),
 }
 
 fn main() {
@@ -190,19 +242,25 @@ fn main() {
         }
         return;
     }
-    if let Command::Report {
-        results,
-        out,
-        command,
-        params,
-        note,
-    } = &cli.command
-    {
-        if let Err(e) = report::write(results, out, command, params, note) {
-            eprintln!("loadgen report: {e}");
+    if let Command::Report(a) | Command::ClusterReport(a) = &cli.command {
+        let (what, written) = match &cli.command {
+            Command::Report(_) => (
+                "report",
+                report::write(&a.results, &a.out, &a.command, &a.params, &a.note),
+            ),
+            _ => (
+                "cluster-report",
+                cluster_report::write(&a.results, &a.out, &a.command, &a.params, &a.note),
+            ),
+        };
+        if let Err(e) = written {
+            eprintln!("loadgen {what}: {e}");
             std::process::exit(1);
         }
         return;
+    }
+    if let Command::Cluster { .. } = &cli.command {
+        std::process::exit(run_cluster(cli.command));
     }
     let t = match &cli.command {
         Command::Hold { t, .. }
@@ -212,8 +270,12 @@ fn main() {
         | Command::Churn { t, .. }
         | Command::Burst { t, .. }
         | Command::Posts { t, .. }
-        | Command::Counts { t, .. } => t.clone(),
-        Command::Report { .. } | Command::FreePort => unreachable!(),
+        | Command::Counts { t, .. }
+        | Command::ClusterReaders { t, .. } => t.clone(),
+        Command::Report(_)
+        | Command::FreePort
+        | Command::Cluster { .. }
+        | Command::ClusterReport(_) => unreachable!(),
     };
     let nofile = procstat::raise_nofile();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -248,7 +310,8 @@ fn main() {
             Command::Hold { streams, .. }
             | Command::Fanout { streams, .. }
             | Command::Idle { streams, .. }
-            | Command::Hot { streams, .. } => *streams,
+            | Command::Hot { streams, .. }
+            | Command::ClusterReaders { streams, .. } => *streams,
             Command::Burst { readers, .. } => *readers,
             _ => 0,
         };
@@ -309,7 +372,11 @@ fn main() {
                 slug_prefix,
                 ..
             } => scenarios::counts(&ctx, posts as usize, requests, &slug_prefix).await,
-            Command::Report { .. } | Command::FreePort => unreachable!(),
+            Command::ClusterReaders { streams, .. } => cluster::readers(&ctx, streams).await,
+            Command::Report(_)
+            | Command::FreePort
+            | Command::Cluster { .. }
+            | Command::ClusterReport(_) => unreachable!(),
         }
         if !ctx.server.alive() {
             eprintln!("loadgen: the server process is gone");
@@ -321,4 +388,52 @@ fn main() {
     use std::io::Write;
     let _ = std::io::stdout().flush();
     std::process::exit(code);
+}
+
+/// `loadgen cluster`: the coordinator, on a runtime of its own; the exit code.
+fn run_cluster(command: Command) -> i32 {
+    let Command::Cluster {
+        nodes,
+        streams,
+        clients,
+        rounds,
+        sub_path,
+        label,
+        sources,
+        connect_concurrency,
+        churn_workers,
+        churn_duration,
+        churn_path,
+        redis,
+    } = command
+    else {
+        return 2;
+    };
+    let plan = cluster::Plan {
+        nodes,
+        streams,
+        clients: clients.max(1),
+        rounds,
+        sub_path,
+        label,
+        sources,
+        connect_concurrency,
+        churn_workers,
+        churn_seconds: churn_duration,
+        churn_path,
+        redis,
+    };
+    procstat::raise_nofile();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(cluster::run(&plan)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("loadgen cluster: {e}");
+            1
+        }
+    }
 }

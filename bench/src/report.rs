@@ -41,10 +41,8 @@ pub fn write(
     params: &str,
     notes: &[String],
 ) -> Result<(), String> {
-    let text = fs::read_to_string(results).map_err(|e| format!("{}: {e}", results.display()))?;
     let mut map = HashMap::new();
-    for line in text.lines().filter(|l| l.starts_with('{')) {
-        let v: Value = serde_json::from_str(line).map_err(|e| format!("bad result line: {e}"))?;
+    for v in read_lines(results)? {
         let label = v["label"].as_str().unwrap_or_default().to_string();
         let scenario = v["scenario"].as_str().unwrap_or_default().to_string();
         // With several runs of a scenario (REPEAT), keep each target's best one: the
@@ -66,6 +64,15 @@ pub fn write(
     fs::write(out, md).map_err(|e| format!("{}: {e}", out.display()))
 }
 
+/// The JSON result lines the scenarios wrote.
+pub(crate) fn read_lines(results: &Path) -> Result<Vec<Value>, String> {
+    let text = fs::read_to_string(results).map_err(|e| format!("{}: {e}", results.display()))?;
+    text.lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).map_err(|e| format!("bad result line: {e}")))
+        .collect()
+}
+
 /// Higher is better, per scenario.
 fn score(scenario: &str, v: &Value) -> f64 {
     let n = |k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
@@ -82,7 +89,7 @@ fn score(scenario: &str, v: &Value) -> f64 {
     if s.is_nan() { f64::MIN } else { s }
 }
 
-fn date() -> String {
+pub(crate) fn date() -> String {
     std::process::Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
         .output()
@@ -92,7 +99,7 @@ fn date() -> String {
         .unwrap_or_default()
 }
 
-fn mem_total() -> String {
+pub(crate) fn mem_total() -> String {
     fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
@@ -108,7 +115,7 @@ fn mem_total() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn f(v: Option<f64>, digits: usize, unit: &str) -> String {
+pub(crate) fn f(v: Option<f64>, digits: usize, unit: &str) -> String {
     match v {
         Some(x) => format!("{}{unit}", group(x, digits)),
         None => "—".into(),
@@ -152,7 +159,7 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> (Option<f64>, String) {
     }
 }
 
-fn verdict(ok: Option<bool>) -> &'static str {
+pub(crate) fn verdict(ok: Option<bool>) -> &'static str {
     match ok {
         Some(true) => "yes",
         Some(false) => "**no**",

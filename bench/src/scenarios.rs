@@ -19,11 +19,11 @@ use crate::procstat::Server;
 use crate::stats::{Errors, MsHistogram, ms, summary_ms};
 
 /// How long a reader waits for its first event.
-const FIRST_EVENT_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const FIRST_EVENT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often a reader retries opening its stream.
 const OPEN_ATTEMPTS: u32 = 8;
 /// Upper bound for waiting until every reader saw a change.
-const REACH_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const REACH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Everything a scenario needs to know about the server under test.
 pub struct Ctx {
@@ -117,15 +117,15 @@ struct Slot {
 
 /// Shared state of N readers holding streams.
 pub struct Hub {
-    epoch: Instant,
+    pub(crate) epoch: Instant,
     slots: Vec<Mutex<Slot>>,
-    ready: AtomicUsize,
-    open_failed: AtomicUsize,
-    alive: AtomicUsize,
+    pub(crate) ready: AtomicUsize,
+    pub(crate) open_failed: AtomicUsize,
+    pub(crate) alive: AtomicUsize,
     dropped: AtomicUsize,
     reached: AtomicUsize,
     target_total: AtomicU64,
-    logging: AtomicBool,
+    pub(crate) logging: AtomicBool,
     last_event_us: AtomicU64,
     events: AtomicU64,
     comments: AtomicU64,
@@ -165,7 +165,7 @@ impl Hub {
     }
 
     /// Starts logging afresh: clears logs and the "reached" marks.
-    fn start_logging(&self) {
+    pub(crate) fn start_logging(&self) {
         self.target_total.store(u64::MAX, Ordering::SeqCst);
         for s in &self.slots {
             let mut s = s.lock().unwrap();
@@ -177,7 +177,7 @@ impl Hub {
     }
 
     /// Sets the total every reader must reach and counts those already there.
-    fn set_target(&self, total: u64) {
+    pub(crate) fn set_target(&self, total: u64) {
         self.target_total.store(total, Ordering::SeqCst);
         for s in &self.slots {
             let mut s = s.lock().unwrap();
@@ -189,7 +189,7 @@ impl Hub {
     }
 
     /// Waits until every live reader reached the target; false on timeout.
-    async fn wait_reached(&self, limit: Duration) -> bool {
+    pub(crate) async fn wait_reached(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         loop {
             if self.reached.load(Ordering::SeqCst) >= self.alive.load(Ordering::SeqCst) {
@@ -203,7 +203,7 @@ impl Hub {
     }
 
     /// Waits until no reader received an event for `quiet` (at most `limit`).
-    async fn quiesce(&self, quiet: Duration, limit: Duration) {
+    pub(crate) async fn quiesce(&self, quiet: Duration, limit: Duration) {
         let deadline = Instant::now() + limit;
         let quiet_us = quiet.as_micros() as u64;
         while Instant::now() < deadline {
@@ -217,7 +217,7 @@ impl Hub {
     }
 
     /// First logged time at which each reader reached `total`, relative to `t0_us`.
-    fn delays_since(&self, total: u64, t0_us: u32) -> (Vec<u32>, usize) {
+    pub(crate) fn delays_since(&self, total: u64, t0_us: u32) -> (Vec<u32>, usize) {
         let mut delays = Vec::with_capacity(self.slots.len());
         let mut missed = 0;
         for s in &self.slots {

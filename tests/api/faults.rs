@@ -16,15 +16,6 @@ use tokio::task::JoinHandle;
 use crate::helpers::*;
 
 const POSTS: [&str; 3] = ["alpha", "beta", "gamma"];
-/// No per-IP limit may refuse a stream or skip a view: every join of a load is a counted view.
-const UNLIMITED: [&str; 6] = [
-    "--ip-stream-limit",
-    "0",
-    "--ip-view-rate",
-    "0",
-    "--ip-new-post-rate",
-    "0",
-];
 /// [`UNLIMITED`] for a library server (`--ip-new-post-rate 0` is in `Posts::Any` there).
 fn unlimited(c: &mut Config) {
     c.limits.ip_streams = 0;

@@ -30,6 +30,15 @@ pub const BROWSER_UA: &str = "Mozilla/5.0 (X11; Linux x86_64) viewcounter-tests"
 pub const BOT_UA: &str = "curl/8.5.0";
 /// The allow-list every server starts with, unless a test writes its own.
 pub const DEFAULT_SLUGS: &[&str] = &["alpha", "beta", "gamma", "2024/05/my_post.html"];
+/// No per-IP limit may refuse a stream or skip a view: every join of a load is a counted view.
+pub const UNLIMITED: [&str; 6] = [
+    "--ip-stream-limit",
+    "0",
+    "--ip-view-rate",
+    "0",
+    "--ip-new-post-rate",
+    "0",
+];
 /// How long any single read may take before the test fails.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// The contract: every change reaches every reader within 500 ms.

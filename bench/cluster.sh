@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Issue 14 benchmark: cluster mode against one node, in one run.
+#
+#   bench/cluster.sh                          # 15,000 streams (a few minutes)
+#   STREAMS=3000 DURATION=5 bench/cluster.sh  # quick run
+#   just bench-cluster                        # the same, through the justfile
+#
+# 1. cluster: one redis-server and 3 nodes on it (`serve --redis`), STREAMS streams on one
+#    post held by CLIENTS loadgen processes (each process has its own open-files cap), spread
+#    over the nodes; ROUNDS times a join on node 1, timed until every reader on every node
+#    saw it; then churn (open → first event → close) through the nodes, with the Redis
+#    commands it cost per counted view (INFO deltas, the background rate of an idle window
+#    of the same length taken off);
+# 2. single: the same against one node without Redis, the same client processes.
+# Then it writes its section of BENCHMARKS.md (below the keep-marker; bench/run.sh keeps it).
+#
+# Parameters (environment): STREAMS=15000 ROUNDS=5 CLIENTS=3 NODES=3 DURATION=10
+# (churn seconds) CHURN_WORKERS=64 SOURCES=16 OUT=BENCHMARKS.md
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+. bench/command.sh
+COMMAND=$(bench_command bench/cluster.sh bench-cluster STREAMS ROUNDS CLIENTS NODES DURATION \
+    CHURN_WORKERS SOURCES OUT)
+
+STREAMS=${STREAMS:-15000}
+ROUNDS=${ROUNDS:-5}
+CLIENTS=${CLIENTS:-3}
+NODES=${NODES:-3}
+DURATION=${DURATION:-10}
+CHURN_WORKERS=${CHURN_WORKERS:-64}
+SOURCES=${SOURCES:-16}
+OUT=${OUT:-BENCHMARKS.md}
+PARAMS="STREAMS=$STREAMS ROUNDS=$ROUNDS CLIENTS=$CLIENTS NODES=$NODES DURATION=$DURATION CHURN_WORKERS=$CHURN_WORKERS SOURCES=$SOURCES"
+
+log() { printf '\n==> [%ss] %s\n' "$SECONDS" "$*" >&2; }
+
+if ! command -v redis-server >/dev/null; then
+    log "installing redis-server"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+fi
+
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$CARGO_TARGET_DIR/release
+log "building release binaries in $CARGO_TARGET_DIR"
+cargo build --release -p viewcounter -p viewcounter-bench
+LOADGEN=$BIN/loadgen
+
+ulimit -n "$(ulimit -Hn)"
+WORK=$(mktemp -d /tmp/viewcounter-bench-cluster.XXXXXX)
+mkdir -p "$CARGO_TARGET_DIR/bench"
+RESULTS=$CARGO_TARGET_DIR/bench/cluster-results.jsonl
+: >"$RESULTS"
+PIDS=()
+
+stop_all() {
+    local p i
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do
+        for ((i = 0; i < 100; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$p" 2>/dev/null || true
+        wait "$p" 2>/dev/null || true
+    done
+    PIDS=()
+}
+cleanup() { stop_all; rm -rf "$WORK"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Starts a node; prints its URL. Extra flags follow the common ones.
+start_node() { # name extra-flags...
+    local name=$1 dir url i
+    shift
+    dir=$WORK/$name
+    mkdir -p "$dir"
+    "$BIN/viewcounter" serve --listen 127.0.0.1:0 --db "$dir/viewcounter.redb" \
+        --allow-any-slug --ip-stream-limit 0 --ip-view-rate 0 --ip-new-post-rate 0 "$@" \
+        >"$dir/stdout" 2>"$dir/stderr" &
+    PIDS+=($!)
+    for ((i = 0; i < 300; i++)); do
+        url=$(grep -m1 -o 'http://[0-9.]*:[0-9]*' "$dir/stdout" 2>/dev/null || true)
+        if [ -n "$url" ]; then echo "$url"; return 0; fi
+        sleep 0.1
+    done
+    echo "node $name did not start:" >&2
+    cat "$dir/stdout" "$dir/stderr" >&2
+    exit 1
+}
+
+run_cluster_loadgen() { # label nodes extra-args...
+    local label=$1 nodes=$2
+    shift 2
+    timeout --signal=INT 1800 "$LOADGEN" cluster --label "$label" --nodes "$nodes" \
+        --streams "$STREAMS" --clients "$CLIENTS" --rounds "$ROUNDS" --sources "$SOURCES" \
+        --churn-workers "$CHURN_WORKERS" --churn-duration "$DURATION" "$@" |
+        tee -a "$RESULTS" >/dev/null || echo "loadgen cluster ($label) exited with $?" >&2
+}
+
+# --- 1. the cluster --------------------------------------------------------------------------
+REDIS_PORT=$("$LOADGEN" free-port)
+mkdir -p "$WORK/redis"
+# As a production Redis would run: an append-only file, fsync once a second.
+redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$WORK/redis" --save "" \
+    --appendonly yes --appendfsync everysec --logfile redis.log &
+PIDS+=($!)
+for ((i = 0; i < 100; i++)); do
+    [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ] && break
+    sleep 0.1
+done
+log "redis-server on 127.0.0.1:$REDIS_PORT; starting $NODES nodes"
+URLS=""
+for ((n = 1; n <= NODES; n++)); do
+    url=$(start_node "node$n" --redis "redis://127.0.0.1:$REDIS_PORT/0" --node-id "node$n")
+    URLS+="${URLS:+,}$url"
+done
+log "cluster: $URLS"
+run_cluster_loadgen cluster "$URLS" --redis "127.0.0.1:$REDIS_PORT"
+stop_all
+for ((n = 1; n <= NODES; n++)); do tail -c 1000000 "$WORK/node$n/stderr" >"$CARGO_TARGET_DIR/bench/cluster-node$n.log" || true; done
+
+# --- 2. one node, no Redis -------------------------------------------------------------------
+url=$(start_node single)
+log "single node: $url"
+run_cluster_loadgen single "$url"
+stop_all
+
+log "writing $OUT (raw results: $RESULTS)"
+case $OUT in /*) OUT_PATH=$OUT ;; *) OUT_PATH=$ROOT/$OUT ;; esac
+"$LOADGEN" cluster-report --results "$RESULTS" --out "$OUT_PATH" --command "$COMMAND" \
+    --params "$PARAMS" \
+    --note "Nodes: serve --allow-any-slug --ip-stream-limit 0 --ip-view-rate 0 --ip-new-post-rate 0 (other flags at their defaults: heartbeat 15 s, --redis-timeout 250ms), each in its own process on this machine; the cluster's with --redis and --node-id, the single node without Redis. redis-server $(redis-server --version | grep -o 'v=[0-9.]*' | cut -c3-) with appendonly yes, appendfsync everysec." \
+    --note "$CLIENTS loadgen processes hold the streams, client i on node (i mod $NODES) + 1, from $SOURCES 127.0.0.x source addresses each; the change is a join on node 1 (kept open); a reader has seen it at its first event with a total at least the join's. Delays are taken against one CLOCK_REALTIME shared by the processes." \
+    --note "Churn: $CHURN_WORKERS workers in all, over $CLIENTS processes, each on its node, loop open → first event → close (RST) for $DURATION s; views/s is the sum. Redis commands are total_commands_processed and commandstats deltas over the churn, less the rate measured over an idle window of the same length just before (heartbeats, presence). Commands run by a Lua script count there too (SET, HINCRBY, PUBLISH inside the one EVALSHA of a view); round trips per view are the commands per view times the share clients sent (not [lua]) in 1 s of MONITOR halfway through the churn, so a pipelined MULTI/EXEC counts each of its commands: an upper bound."
+log "done: $OUT"

@@ -1,0 +1,245 @@
+//! `loadgen cluster-report`: the cluster figures (`bench/cluster.sh`) as a section of
+//! BENCHMARKS.md below its keep-marker, between markers of its own, replaced on each run.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::procstat::machine;
+use crate::report::{
+    KEEP_MARKER as KEEP, date, f as figure, mem_total, read_lines, verdict as met,
+};
+
+const START: &str =
+    "<!-- bench-cluster: start (bench/cluster.sh writes from here to its end marker) -->";
+const END: &str = "<!-- bench-cluster: end -->";
+/// The targets of issue 14.
+const MAX_P99_RATIO: f64 = 2.0;
+const MAX_TRIPS_PER_VIEW: f64 = 2.0;
+
+/// The label of the cluster's lines and of the one node's.
+pub const CLUSTER: &str = "cluster";
+pub const SINGLE: &str = "single";
+
+fn find<'a>(lines: &'a [Value], scenario: &str, label: &str) -> Option<&'a Value> {
+    lines
+        .iter()
+        .find(|v| v["scenario"] == scenario && v["label"] == label)
+}
+
+fn f(v: Option<&Value>, key: &str) -> Option<f64> {
+    v.and_then(|v| v[key].as_f64())
+}
+
+fn num(x: Option<f64>, digits: usize) -> String {
+    figure(x, digits, "")
+}
+
+fn latency(v: Option<&Value>) -> String {
+    format!(
+        "{} / {} / {} ms",
+        num(f(v, "p50_ms"), 1),
+        num(f(v, "p99_ms"), 1),
+        num(f(v, "max_ms"), 1)
+    )
+}
+
+/// The section's markdown.
+pub fn section(lines: &[Value], command: &str, params: &str, notes: &[String]) -> String {
+    let cf = find(lines, "cluster-fanout", CLUSTER);
+    let sf = find(lines, "cluster-fanout", SINGLE);
+    let cc = find(lines, "cluster-churn", CLUSTER);
+    let sc = find(lines, "cluster-churn", SINGLE);
+    let ratio = match (f(cf, "p99_ms"), f(sf, "p99_ms")) {
+        (Some(c), Some(s)) if s > 0.0 => Some(c / s),
+        _ => None,
+    };
+    let redis = cc.map(|c| &c["redis"]);
+    let per_view = redis.and_then(|r| r["net_commands_per_view"].as_f64());
+    let trips = redis.and_then(|r| r["round_trips_per_view"].as_f64());
+    let (nproc, model, kernel) = machine();
+    let mut s = String::new();
+    let _ = writeln!(s, "{START}\n");
+    let _ = writeln!(
+        s,
+        "## Cluster mode: 3 nodes on one Redis against one node (`just bench-cluster`)\n"
+    );
+    let _ = writeln!(
+        s,
+        "Run of {} on {nproc} cores ({model}), {} RAM, Linux {kernel}: `{command}`  \nParameters: {params}\n",
+        date(),
+        mem_total()
+    );
+    let streams = cf.or(sf).and_then(|v| v["streams"].as_u64()).unwrap_or(0);
+    let _ = writeln!(
+        s,
+        "| | cluster (3 nodes + Redis) | one node | target | met |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "| join on node 1 → every reader on every node, {streams} streams: p50 / p99 / max | {} | {} | | |",
+        latency(cf),
+        latency(sf)
+    );
+    let _ = writeln!(
+        s,
+        "| cross-node p99 / single-node p99 | {} | 1 | ≤ {MAX_P99_RATIO} | {} |",
+        num(ratio, 2),
+        met(ratio.map(|r| r <= MAX_P99_RATIO))
+    );
+    let _ = writeln!(
+        s,
+        "| streams open / missed a change | {} / {} | {} / {} | | |",
+        num(f(cf, "opened"), 0),
+        num(f(cf, "missed"), 0),
+        num(f(sf, "opened"), 0),
+        num(f(sf, "missed"), 0)
+    );
+    let _ = writeln!(
+        s,
+        "| churn (open → first event → close), views/s | {} | {} | | |",
+        num(f(cc, "views_per_s"), 0),
+        num(f(sc, "views_per_s"), 0)
+    );
+    let _ = writeln!(
+        s,
+        "| churn: views answered / counted in the total | {} / {} | {} / {} | | |",
+        num(f(cc, "views"), 0),
+        num(f(cc, "counted"), 0),
+        num(f(sc, "views"), 0),
+        num(f(sc, "counted"), 0)
+    );
+    let _ = writeln!(
+        s,
+        "| Redis round trips per counted view (commands clients send, background taken off) | {} | — | ≤ {MAX_TRIPS_PER_VIEW} | {} |",
+        num(trips, 2),
+        met(trips.map(|p| p <= MAX_TRIPS_PER_VIEW))
+    );
+    let _ = writeln!(
+        s,
+        "| Redis commands per counted view, those scripts run included (background taken off) | {} | — | | |",
+        num(per_view, 2)
+    );
+    let _ = writeln!(
+        s,
+        "| Redis commands per counted view, background included | {} | — | | |\n",
+        num(redis.and_then(|r| r["commands_per_view"].as_f64()), 2)
+    );
+    if let Some(r) = redis {
+        let _ = writeln!(
+            s,
+            "Redis commands per counted view during the churn, by command (the background rate, \
+             measured over an idle window as long as the churn, taken off): {}. In the idle \
+             window: {} commands/s ({}). MONITOR for 1 s halfway through the churn: {} \
+             commands sent by clients, {} run by scripts.\n",
+            breakdown(&r["net_per_command_per_view"], 2),
+            num(r["background_commands_per_s"].as_f64(), 1),
+            breakdown(&r["background_per_command_per_s"], 1),
+            r["monitor_from_clients"],
+            r["monitor_from_scripts"],
+        );
+    }
+    if let Some(cf) = cf {
+        let _ = writeln!(
+            s,
+            "Cluster streams still open after the last round, by client process: {}; their \
+             errors: {}.\n",
+            cf["alive_after_by_client"], cf["errors_by_client"]
+        );
+    }
+    if let Some(nodes) = cf.and_then(|v| v["per_node"].as_array()) {
+        let _ = writeln!(
+            s,
+            "Cluster fan-out by node (readers × rounds, p50 / p99 / max):"
+        );
+        for (i, n) in nodes.iter().enumerate() {
+            let _ = write!(
+                s,
+                "node {} ({}): {} samples, {}",
+                i + 1,
+                n["node"].as_str().unwrap_or("?"),
+                n["readers_x_rounds"],
+                latency(Some(n))
+            );
+            s.push_str(if i + 1 < nodes.len() { "  \n" } else { "\n\n" });
+        }
+    }
+    for note in notes {
+        let _ = writeln!(s, "- {note}");
+    }
+    let _ = writeln!(s, "\n{END}");
+    s
+}
+
+fn breakdown(v: &Value, digits: usize) -> String {
+    let Some(map) = v.as_object() else {
+        return "—".into();
+    };
+    let parts: Vec<String> = map
+        .iter()
+        .filter_map(|(k, v)| v.as_f64().map(|x| (k, x)))
+        .filter(|(_, x)| x.abs() >= 0.005)
+        .map(|(k, x)| format!("`{k}` {x:.digits$}"))
+        .collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// Puts `section` into the file at `out`: in place of the last run's section, else at the end
+/// (below the keep-marker, which is added if the file has none).
+pub fn write(
+    results: &Path,
+    out: &Path,
+    command: &str,
+    params: &str,
+    notes: &[String],
+) -> Result<(), String> {
+    let lines = read_lines(results)?;
+    let new = section(&lines, command, params, notes);
+    let old = std::fs::read_to_string(out).unwrap_or_default();
+    let updated = match (old.find(START), old.find(END)) {
+        (Some(a), Some(b)) if a < b => {
+            format!("{}{}{}", &old[..a], new.trim_end(), &old[b + END.len()..])
+        }
+        _ if old.contains(KEEP) => format!("{}\n\n{new}", old.trim_end()),
+        _ => format!("{}\n\n{KEEP}\n\n{new}", old.trim_end()),
+    };
+    std::fs::write(out, updated).map_err(|e| format!("{}: {e}", out.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_run_replaces_the_first_section_and_keeps_the_rest() {
+        let dir = std::env::temp_dir().join(format!("cluster-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (results, out) = (dir.join("r.jsonl"), dir.join("B.md"));
+        std::fs::write(&out, format!("top\n{KEEP}\nkept notes\n")).unwrap();
+        let line = |p99: f64| {
+            format!(
+                "{{\"scenario\":\"cluster-fanout\",\"label\":\"cluster\",\"p50_ms\":1,\"p99_ms\":{p99},\"max_ms\":9,\"streams\":15000}}\n\
+                 {{\"scenario\":\"cluster-fanout\",\"label\":\"single\",\"p50_ms\":1,\"p99_ms\":10,\"max_ms\":9,\"streams\":15000}}\n"
+            )
+        };
+        std::fs::write(&results, line(30.0)).unwrap();
+        write(&results, &out, "just bench-cluster", "", &[]).unwrap();
+        std::fs::write(&results, line(15.0)).unwrap();
+        write(&results, &out, "just bench-cluster", "", &[]).unwrap();
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert_eq!(text.matches(START).count(), 1, "{text}");
+        assert!(
+            text.starts_with("top\n") && text.contains("kept notes"),
+            "{text}"
+        );
+        assert!(text.contains("| 1.50 | 1 | ≤ 2 | yes |"), "{text}");
+        assert!(!text.contains("3.00"), "{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,93 @@
+//! Moving a standalone server's totals into a cluster, as the README says:
+//! `export --db old.redb --daily > days.csv`, `export --db old.redb > totals.csv`, then
+//! `import --redis URL days.csv` and `import --redis URL totals.csv`; after which every node
+//! counts on from them and `export --redis` reads them back.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+
+use crate::helpers::*;
+use crate::support::*;
+
+/// The single node's history: two posts with totals, views on two days.
+const DAILY: &str = "slug,day,views\nalpha,2026-11-02,70\nalpha,2026-11-03,50\nbeta,2026-11-03,7\n";
+
+/// `viewcounter ARGS…` in `dir`, `stdin` fed to it: what it printed, failing unless it exits 0.
+async fn run(dir: &Path, args: &[&str], stdin: &str) -> String {
+    let mut cmd = bin_command(dir);
+    cmd.args(args)
+        .env("VIEWCOUNTER_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("run viewcounter");
+    let mut input = child.stdin.take().expect("stdin");
+    input
+        .write_all(stdin.as_bytes())
+        .await
+        .expect("write stdin");
+    drop(input);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("finishes within 30 s")
+        .expect("viewcounter runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "viewcounter {args:?}: {}\n{stderr}",
+        out.status
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[actix_web::test]
+async fn totals_and_days_exported_from_a_redb_file_and_imported_into_redis_are_where_every_node_counts_on()
+ {
+    let _serial = one_at_a_time().await;
+    let Some(redis) = Redis::start_or_skip().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("single.redb");
+    let db = db.to_str().expect("utf-8 path");
+    run(dir.path(), &["import", "--db", db, "-"], DAILY).await;
+    let totals = run(dir.path(), &["export", "--db", db], "").await;
+    let daily = run(dir.path(), &["export", "--db", db, "--daily"], "").await;
+    assert_eq!(
+        totals, "slug,total\nalpha,120\nbeta,7\n",
+        "the single node's export"
+    );
+
+    std::fs::write(dir.path().join("days.csv"), &daily).expect("write days.csv");
+    std::fs::write(dir.path().join("totals.csv"), &totals).expect("write totals.csv");
+    let url = redis.url();
+    run(dir.path(), &["import", "--redis", &url, "days.csv"], "").await;
+    run(dir.path(), &["import", "--redis", &url, "totals.csv"], "").await;
+    assert_eq!(redis.total("alpha").await, 120);
+    assert_eq!(redis.day_views("alpha").await, 120);
+    assert_eq!(
+        run(dir.path(), &["export", "--redis", &url], "").await,
+        totals
+    );
+    assert_eq!(
+        run(dir.path(), &["export", "--redis", &url, "--daily"], "").await,
+        daily
+    );
+
+    let nodes = Node::start_many(&redis, &["a", "b"], &[]).await;
+    assert_eq!(nodes[1].server.counts("beta").await, counts(0, 7));
+    let reader = nodes[0].join().await;
+    assert_eq!(
+        reader.first.total, 121,
+        "the cluster counts on from the imported total"
+    );
+    for node in &nodes {
+        let what = format!("alpha on node {}", node.name);
+        time_until(&what, SETTLE, || node.counts(), |c| c.total == 121).await;
+    }
+    let after = run(dir.path(), &["export", "--redis", &url], "").await;
+    assert_eq!(after, "slug,total\nalpha,121\nbeta,7\n");
+}

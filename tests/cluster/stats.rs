@@ -1,0 +1,71 @@
+//! `/api/v1/stats` in cluster mode: `"nodes"` counts the live nodes (this one included) and a
+//! dead node leaves it with its presence; `"redis"` says whether Redis answers. Without
+//! `--redis` the stats are what they always were.
+
+use std::time::Instant;
+
+use crate::helpers::*;
+use crate::support::*;
+
+#[actix_web::test]
+async fn stats_count_the_live_nodes_and_drop_a_killed_one_within_five_seconds_and_a_stopped_one_within_one()
+ {
+    let _serial = one_at_a_time().await;
+    let Some(redis) = Redis::start_or_skip().await else {
+        return;
+    };
+    let mut nodes = Node::start_many(&redis, &["a", "b", "c"], &[]).await;
+    for node in &nodes {
+        let what = format!("nodes seen by {}", node.name);
+        time_until(&what, SETTLE, || node.nodes_seen(), |n| *n == 3).await;
+        assert_eq!(node.redis_state().await, "ok", "node {}", node.name);
+    }
+
+    let mut c = nodes.pop().expect("node c");
+    let killed = Instant::now();
+    c.server.kill_9().await;
+    for node in &nodes {
+        let what = format!("nodes seen by {} after kill -9 of c", node.name);
+        time_until(&what, SETTLE, || node.nodes_seen(), |n| *n == 2).await;
+    }
+    let took = killed.elapsed();
+    figure(
+        "kill -9 of a node to `nodes` dropping it on the others",
+        took,
+    );
+    assert!(
+        took <= NODE_EXPIRY,
+        "a killed node left `nodes` after {took:?}"
+    );
+
+    let mut b = nodes.pop().expect("node b");
+    let stopped = Instant::now();
+    b.server.signal("TERM");
+    let a = &nodes[0];
+    time_until(
+        "nodes seen by a after SIGTERM of b",
+        SETTLE,
+        || a.nodes_seen(),
+        |n| *n == 1,
+    )
+    .await;
+    let took = stopped.elapsed();
+    figure(
+        "SIGTERM of a node to `nodes` dropping it on the others",
+        took,
+    );
+    assert!(
+        took <= PRESENCE,
+        "a stopped node left `nodes` after {took:?}"
+    );
+    b.server.wait(STOP_TIMEOUT).await;
+}
+
+#[actix_web::test]
+async fn a_node_without_redis_reports_neither_nodes_nor_redis_in_its_stats() {
+    let server = BinServer::start(&[]).await;
+    let stats = stats_of(server.addr).await;
+    assert!(stats.get("nodes").is_none(), "{stats}");
+    assert!(stats.get("redis").is_none(), "{stats}");
+    assert!(stats.get("streams").is_some(), "{stats}");
+}
