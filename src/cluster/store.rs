@@ -46,15 +46,43 @@ impl RedisStore {
     }
 
     /// Runs `op` on the connection (made if needed); a failure drops it and marks Redis down.
+    /// For writes (imports): never tried twice, a write that failed may have been applied.
     fn with<T>(
         &mut self,
         what: &'static str,
-        op: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+        op: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        self.run(what, false, op)
+    }
+
+    /// A read: the connection kept from before Redis restarted fails once ("unexpected end of
+    /// file": the old server closed it), so a read that finds it dropped is tried once more on
+    /// a fresh one. Not after a timeout: a stalled Redis must not cost two of them.
+    fn read<T>(
+        &mut self,
+        what: &'static str,
+        op: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        self.run(what, true, op)
+    }
+
+    fn run<T>(
+        &mut self,
+        what: &'static str,
+        retry_dropped: bool,
+        op: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
         if self.cluster.as_ref().is_some_and(|c| !c.is_up()) {
             return Err(StoreError::Storage("Redis is down".into()));
         }
-        let outcome = self.connection().and_then(op);
+        let mut outcome = self.connection().and_then(&op);
+        let dropped = |e: &redis::RedisError| {
+            !e.is_timeout() && (e.is_connection_dropped() || e.is_io_error())
+        };
+        if retry_dropped && outcome.as_ref().is_err_and(dropped) {
+            self.conn = None;
+            outcome = self.connection().and_then(&op);
+        }
         outcome.map_err(|e| {
             self.conn = None;
             if let Some(cluster) = &self.cluster {
@@ -83,7 +111,7 @@ fn sorted<T: Ord>(mut rows: Vec<T>) -> Vec<T> {
 
 impl Store for RedisStore {
     fn load(&mut self, slug: &str) -> Result<Option<u64>, StoreError> {
-        self.with("load", |c| c.hget(totals_key(), slug))
+        self.read("load", |c| c.hget(totals_key(), slug))
     }
 
     /// Imports: added atomically, then announced so every node's readers see the new totals.
@@ -118,16 +146,16 @@ impl Store for RedisStore {
         for &day in days {
             pipe.hget(day_key(day), slug);
         }
-        let views: Vec<Option<u64>> = self.with("history", |c| pipe.query(c))?;
+        let views: Vec<Option<u64>> = self.read("history", |c| pipe.query(c))?;
         Ok(views.into_iter().map(Option::unwrap_or_default).collect())
     }
 
     fn day(&mut self, day: u32) -> Result<Vec<(String, u64)>, StoreError> {
-        self.with("day", |c| c.hgetall(day_key(day))).map(sorted)
+        self.read("day", |c| c.hgetall(day_key(day))).map(sorted)
     }
 
     fn all_days(&mut self) -> Result<Vec<(String, u32, u64)>, StoreError> {
-        let keys: Vec<String> = self.with("days", |c| {
+        let keys: Vec<String> = self.read("days", |c| {
             c.scan_match::<_, String>("vc:day:*")
                 .map(|keys| keys.collect())
         })?;
@@ -136,7 +164,7 @@ impl Store for RedisStore {
             let Some(day) = key.strip_prefix("vc:day:").and_then(|d| d.parse().ok()) else {
                 continue;
             };
-            let views: Vec<(String, u64)> = self.with("days", |c| c.hgetall(&key))?;
+            let views: Vec<(String, u64)> = self.read("days", |c| c.hgetall(&key))?;
             rows.extend(views.into_iter().map(|(slug, v)| (slug, day, v)));
         }
         Ok(sorted(rows))
@@ -152,10 +180,10 @@ impl Store for RedisStore {
     }
 
     fn totals(&mut self) -> Result<Vec<(String, u64)>, StoreError> {
-        self.with("totals", |c| c.hgetall(totals_key())).map(sorted)
+        self.read("totals", |c| c.hgetall(totals_key())).map(sorted)
     }
 
     fn row_count(&mut self) -> Result<u64, StoreError> {
-        self.with("posts", |c| c.hlen(totals_key()))
+        self.read("posts", |c| c.hlen(totals_key()))
     }
 }
