@@ -6,7 +6,7 @@
 //! The layout, by layer, from the edge inwards; a layer calls only the ones below it:
 //! - [`cli`]: the command line: the flags of `serve`, `export` and `import` (each also read
 //!   from `VIEWCOUNTER_*`), and the `export` and `import` commands, from the file or through
-//!   the running server ([`cli::import_file`] reads the files an import brings).
+//!   the running server (`cli::import_file` reads the files an import brings).
 //! - [`config`]: the typed settings, built once from the command line (`TryFrom<ServeArgs>`)
 //!   or directly ([`config::Config::new`]: the defaults, no environment read).
 //! - [`startup`]: [`Application::build`] takes a [`config::Config`], binds and wires everything once;
@@ -32,10 +32,10 @@
 //! - [`storage`]: [`storage::writer`]: the debounced writer thread, flushing deltas (totals
 //!   and days) to a [`storage::store::Store`] (redb); [`storage::calendar`]: the day a view
 //!   is counted on, and the clock.
-//! - [`cluster`] (`--redis`): several nodes on one Redis. Posts count views through it (one
+//! - `cluster` (`--redis`): several nodes on one Redis. Posts count views through it (one
 //!   Lua script per view, the outbox in the redb file while Redis does not answer) and merge
 //!   other nodes' live readers; its tasks (heartbeat, pub/sub, replay) reach the posts through
-//!   the registry; [`cluster::store`] is the writer's `Store` on Redis for the owner's reads.
+//!   the registry; `cluster::store` is the writer's `Store` on Redis for the owner's reads.
 //! - Beside them: `metrics` (Prometheus series), `allocator` (jemalloc, set up so that memory
 //!   freed after a wave of readers leaves the process by itself).
 

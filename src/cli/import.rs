@@ -1,4 +1,4 @@
-//! `viewcounter import FILE`: views brought in from a file ([`crate::cli::import_file`] reads it),
+//! `viewcounter import FILE`: views brought in from a file (`cli::import_file` reads it),
 //! written to the db file when no server holds it, or sent to the running server's
 //! `POST /api/v1/import` when one does, so that the server's posts and the file agree. With
 //! `--redis`, written to the cluster's Redis (whose nodes announce the new totals).
