@@ -36,17 +36,17 @@
 //!   Lua script per view, the outbox in the redb file while Redis does not answer) and merge
 //!   other nodes' live readers; its tasks (heartbeat, pub/sub, replay) reach the posts through
 //!   the registry; `cluster::store` is the writer's `Store` on Redis for the owner's reads.
-//! - Beside them: `metrics` (Prometheus series), `allocator` (jemalloc, set up so that memory
-//!   freed after a wave of readers leaves the process by itself).
+//! - Beside them: `metrics` (Prometheus series), [`memory`] (giving freed memory back after a
+//!   wave of readers, which glibc's malloc keeps otherwise).
 
 #![warn(unreachable_pub)]
 
-mod allocator;
 pub mod cli;
 pub(crate) mod cluster;
 pub mod config;
 pub mod edge;
 pub mod http;
+pub mod memory;
 pub(crate) mod metrics;
 pub mod posts;
 pub(crate) mod shutdown;

@@ -10,6 +10,7 @@ use viewcounter::cli::{Cli, Command, ServeArgs};
 use viewcounter::config::Config;
 
 fn main() -> ExitCode {
+    viewcounter::memory::fix_allocator_thresholds();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("VIEWCOUNTER_LOG").unwrap_or_else(|_| EnvFilter::new("info")),

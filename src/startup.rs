@@ -191,7 +191,7 @@ impl Application {
             hangup,
             ..
         } = self;
-        let background = spawn_background(&state, heartbeat, heartbeat_every, hangup);
+        let background = spawn_background(&state, &server, heartbeat, heartbeat_every, hangup);
         let cluster = state.registry.cluster().cloned();
         let cluster_tasks = cluster
             .as_ref()
@@ -344,6 +344,7 @@ fn tune_listener(listener: &TcpListener) -> std::io::Result<()> {
 /// The heartbeat shared by all streams, the allow-list watcher and limit bookkeeping.
 fn spawn_background(
     state: &web::Data<AppState>,
+    server: &Server,
     heartbeat: watch::Sender<()>,
     every: Duration,
     hangup: Option<Signal>,
@@ -357,6 +358,7 @@ fn spawn_background(
         }
     })];
     let st = state.clone();
+    let workers = server.threads();
     tasks.push(actix_web::rt::spawn(async move {
         let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
         loop {
@@ -366,6 +368,8 @@ fn spawn_background(
             if let SlugPolicy::Any(posts) = &st.slugs {
                 posts.prune();
             }
+            let fallen = st.limits.take_fall();
+            st.registry.reclaim_if_worthwhile(fallen, &workers).await;
         }
     }));
     if let SlugPolicy::Listed(list) = &state.slugs {

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -47,6 +48,8 @@ pub(crate) struct StreamLimits {
     /// One permit per stream that may be open; a [`StreamPermit`] holds one (an `Arc` clone, no
     /// allocation). Giving it back takes the semaphore's waiter lock, which nothing waits on.
     streams: Arc<Semaphore>,
+    /// The most streams open at once since [`StreamLimits::take_fall`] last looked.
+    peak: AtomicUsize,
     by_ip: Mutex<HashMap<ClientKey, u32>>,
 }
 
@@ -69,6 +72,7 @@ impl StreamLimits {
             per_ip,
             max,
             streams: Arc::new(Semaphore::new(max)),
+            peak: AtomicUsize::new(0),
             by_ip: Mutex::new(HashMap::new()),
         })
     }
@@ -81,6 +85,13 @@ impl StreamLimits {
         self.max - self.streams.available_permits()
     }
 
+    /// How far the open streams fell from their peak since the last call: the streams whose
+    /// memory has been freed meanwhile (see [`crate::memory`]).
+    pub fn take_fall(&self) -> usize {
+        let open = self.open();
+        self.peak.swap(open, Ordering::Relaxed).saturating_sub(open)
+    }
+
     /// A new stream: a place among all streams and one in the client's reader budget.
     pub(crate) fn acquire(self: &Arc<Self>, client: ClientKey) -> Result<StreamPermit, ApiError> {
         let Ok(stream) = Arc::clone(&self.streams).try_acquire_owned() else {
@@ -90,6 +101,7 @@ impl StreamLimits {
         };
         // Refused by the client's budget: the stream's permit goes back with `stream`.
         let slot = self.acquire_reader(client)?;
+        self.peak.fetch_max(self.open(), Ordering::Relaxed);
         Ok(StreamPermit {
             _slot: slot,
             _stream: stream,
@@ -312,6 +324,25 @@ mod tests {
         drop(member);
         assert!(limits.acquire_reader(a).is_ok());
         assert_eq!(limits.open(), 1, "members are not connections");
+    }
+
+    #[test]
+    fn the_fall_is_measured_from_the_peak_since_the_last_look() {
+        let limits = StreamLimits::new(0, 100);
+        let ip = client("10.0.0.1");
+        let mut permits: Vec<_> = (0..10).map(|_| limits.acquire(ip).unwrap()).collect();
+        permits.truncate(4);
+        assert_eq!(limits.take_fall(), 6);
+        // Nothing fell since: the peak is now where the streams were.
+        assert_eq!(limits.take_fall(), 0);
+        permits.extend((0..2).map(|_| limits.acquire(ip).unwrap()));
+        permits.truncate(1);
+        assert_eq!(limits.take_fall(), 5);
+        // A refused stream is no peak.
+        let capped = StreamLimits::new(0, 1);
+        let _one = capped.acquire(ip).unwrap();
+        assert!(capped.acquire(ip).is_err());
+        assert_eq!(capped.take_fall(), 0);
     }
 
     #[test]

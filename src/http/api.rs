@@ -420,6 +420,8 @@ struct Stats {
     /// Of `streams`, those answered on the socket by the direct layer.
     direct_streams: usize,
     capacity: usize,
+    /// Times freed memory was given back to the system after posts went to sleep.
+    memory_reclaims: u64,
     /// Cluster mode: live nodes seen, this one included.
     #[serde(skip_serializing_if = "Option::is_none")]
     nodes: Option<usize>,
@@ -435,6 +437,7 @@ async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
         streams: state.limits.open(),
         direct_streams: state.direct_streams.load(Ordering::Relaxed),
         capacity: state.limits.capacity(),
+        memory_reclaims: state.registry.memory_reclaims(),
         nodes: state.registry.cluster().map(|c| c.nodes()),
         redis: state
             .registry

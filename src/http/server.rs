@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::shutdown::Shutdown;
-use actix_rt::Arbiter;
+use actix_rt::{Arbiter, ArbiterHandle};
 use actix_service::{Service, ServiceFactory};
 use actix_web::web;
 use tokio::net::{TcpListener, TcpStream};
@@ -81,6 +81,11 @@ impl Server {
             workers,
             connections,
         })
+    }
+
+    /// The worker threads, to run work on each of them.
+    pub fn threads(&self) -> Vec<ArbiterHandle> {
+        self.workers.iter().map(Arbiter::handle).collect()
     }
 
     /// Once the shutdown signal fired: gives open connections `grace` to finish, then ends

@@ -9,11 +9,13 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use actix::prelude::*;
+use actix_rt::ArbiterHandle;
 
 use crate::cluster::Cluster;
 use crate::edge::slug::Slug;
 use crate::edge::slug_list::Admission;
 use crate::http::error::ApiError;
+use crate::memory::Reclaimer;
 use crate::metrics::Metrics;
 use crate::posts::changes::Changes;
 use crate::posts::post::{
@@ -26,6 +28,7 @@ pub(crate) struct Registry {
     posts: Mutex<HashMap<Slug, Addr<Post>>>,
     /// What the posts it wakes are given.
     context: Arc<PostContext>,
+    reclaimer: Reclaimer,
 }
 
 impl Registry {
@@ -54,6 +57,7 @@ impl Registry {
                     asleep: Box::new(asleep),
                     cluster,
                 }),
+                reclaimer: Reclaimer::default(),
             }
         })
     }
@@ -261,12 +265,26 @@ impl Registry {
         let mut posts = self.lock();
         if posts.get(slug) == Some(addr) {
             posts.remove(slug);
+            self.reclaimer.post_slept();
             // After a spike the map would keep its peak capacity.
             if posts.capacity() > 1024 && posts.len() < posts.capacity() / 4 {
                 let keep = posts.len() * 2;
                 posts.shrink_to(keep);
             }
         }
+    }
+
+    /// How many times memory was given back since start.
+    pub fn memory_reclaims(&self) -> u64 {
+        self.reclaimer.reclaims()
+    }
+
+    /// Gives memory back once enough posts slept or streams closed (see [`crate::memory`]);
+    /// `workers` are the threads posts live on.
+    pub async fn reclaim_if_worthwhile(&self, streams_fallen: usize, workers: &[ArbiterHandle]) {
+        self.reclaimer
+            .reclaim_if_worthwhile(streams_fallen, workers, self.writer())
+            .await;
     }
 
     fn lookup(&self, slug: &Slug) -> Option<Addr<Post>> {

@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::edge::reader_id::ReaderId;
 use crate::edge::slug::Slug;
+use crate::memory::CachedBlocks;
 use crate::metrics::Metrics;
 use crate::storage::calendar::{Calendar, Day};
 use crate::storage::store::{DayViews, Seen, Store, StoreError};
@@ -77,6 +78,8 @@ enum Command {
     Views,
     Load(Slug, LoadFor, oneshot::Sender<Result<Loaded, StoreError>>),
     Totals(oneshot::Sender<Result<Vec<(String, u64)>, StoreError>>),
+    /// Empty the writer thread's allocator cache (see [`crate::memory`]).
+    TakeCachedBlocks(oneshot::Sender<CachedBlocks>),
     /// A read or an import for the owner, run on the writer's state (see [`Writer::ask`]).
     Run(Box<dyn FnOnce(&mut State) + Send>),
     Shutdown(oneshot::Sender<Result<(), StoreError>>),
@@ -151,6 +154,13 @@ impl Writer {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Totals(reply))?;
         Ok(rx.await.map_err(|_| WriterError::Stopped)??)
+    }
+
+    /// The blocks the writer thread's allocator caches, taken out (see [`crate::memory`]).
+    pub async fn take_cached_blocks(&self) -> Option<CachedBlocks> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::TakeCachedBlocks(reply)).ok()?;
+        rx.await.ok()
     }
 
     /// Writes everything pending and stops the thread.
@@ -263,11 +273,10 @@ pub struct ImportReport {
 /// used eviction at the granularity of a generation, with no per-entry bookkeeping, and memory
 /// that is freed in one go rather than kept at the peak.
 ///
-/// Entries are keyed by a 128-bit keyed hash of the slug rather than a copy of it, so an entry
-/// is 24 bytes inline and allocates nothing: the survivors of a wave of posts are not 4,096
-/// small blocks scattered over the pages the wave used, which no allocator can give back while
-/// one block on them lives. Two slugs share a key with probability about n²/2¹²⁹ (1e-31 for
-/// 4,096 posts); the cost of one would be a wrong total served during a disk fault.
+/// Entries are keyed by a 128-bit keyed hash of the slug rather than a copy of it: a wave of
+/// posts would otherwise leave thousands of small key allocations scattered over the writer's
+/// heap, each pinning a page. Two slugs share a key with probability about n²/2¹²⁹ (1e-31
+/// for 4,096 posts); the cost of one would be a wrong total served during a disk fault.
 struct Known {
     hashers: (RandomState, RandomState),
     recent: HashMap<(u64, u64), u64>,
@@ -445,6 +454,9 @@ impl State {
             }
             Command::Totals(reply) => {
                 let _ = reply.send(self.totals());
+            }
+            Command::TakeCachedBlocks(reply) => {
+                let _ = reply.send(CachedBlocks::take());
             }
             Command::Run(query) => query(self),
             Command::Shutdown(_) => unreachable!("handled in run"),

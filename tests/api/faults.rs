@@ -373,6 +373,70 @@ async fn churn_of_2000_readers_ends_with_live_at_the_open_streams_then_0_and_all
     }
 }
 
+/// A wave too small to trim during it (under 1,024) is trimmed once it is over: within two
+/// housekeeping rounds (10 s each), one that sees it end and one that sees nothing more go.
+async fn await_one_memory_reclaim(app: &TestApp) {
+    await_value("memory reclaims", 1, Duration::from_secs(25), || {
+        app.stat("memory_reclaims")
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn after_a_wave_of_posts_sleeps_memory_is_given_back_and_the_posts_count_on() {
+    // More than one reclaim's worth (64 posts), spread over both workers.
+    const WAVE: usize = 80;
+    let app = spawn_app_configured(|c| {
+        unlimited(c);
+        c.posts = Posts::Any {
+            max: 10_000,
+            new_per_hour: 0,
+        };
+        c.flush.dedupe_window = Duration::from_secs(1);
+        c.workers = 2;
+    })
+    .await;
+    let slug = |i: usize| format!("wave-{i}");
+    for i in 0..WAVE {
+        app.join(&slug(i)).await.stream.close();
+    }
+    assert_eq!(app.stat("memory_reclaims").await, 0);
+
+    // Dedupe memory (1 s) and idle grace (5 s), then the wave is seen over.
+    app.await_posts_awake(0, Duration::from_secs(10)).await;
+    await_one_memory_reclaim(&app).await;
+
+    // Every worker, the writer and the housekeeping thread took part; all still serve.
+    for i in [0, WAVE / 2, WAVE - 1] {
+        let reader = app.join(&slug(i)).await;
+        assert_eq!(reader.first, counts(1, 2), "{}", slug(i));
+    }
+    let fresh = app.join("after-the-wave").await;
+    assert_eq!(fresh.first, counts(1, 1));
+    assert_eq!(app.totals().await.len(), WAVE + 1);
+}
+
+#[actix_web::test]
+async fn after_the_readers_of_a_hot_post_leave_memory_is_given_back_while_it_stays_awake() {
+    const READERS: u64 = 80;
+    let app = spawn_app_configured(unlimited).await;
+    let mut readers = Vec::new();
+    for _ in 0..READERS {
+        readers.push(app.join(POSTS[0]).await);
+    }
+    await_streams(&app, READERS, READ_TIMEOUT).await;
+    for reader in readers {
+        reader.stream.close();
+    }
+    await_streams(&app, 0, READ_TIMEOUT).await;
+
+    // The post itself remembers its readers (30 min) and stays awake.
+    await_one_memory_reclaim(&app).await;
+    assert_eq!(app.posts_awake().await, 1);
+    let next = app.join(POSTS[0]).await;
+    assert_eq!(next.first, counts(1, READERS + 1));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Files at --db that are not a viewcounter database. (tests/api/cli.rs covers a plain text
 // file and a file held by another server.)
