@@ -87,7 +87,7 @@ impl StreamLimits {
 
     /// How far the open streams fell from their peak since the last call: the streams whose
     /// memory has been freed meanwhile (see [`crate::memory`]).
-    pub fn take_fall(&self) -> usize {
+    pub(crate) fn take_fall(&self) -> usize {
         let open = self.open();
         self.peak.swap(open, Ordering::Relaxed).saturating_sub(open)
     }

@@ -84,7 +84,7 @@ impl Server {
     }
 
     /// The worker threads, to run work on each of them.
-    pub fn threads(&self) -> Vec<ArbiterHandle> {
+    pub(crate) fn threads(&self) -> Vec<ArbiterHandle> {
         self.workers.iter().map(Arbiter::handle).collect()
     }
 

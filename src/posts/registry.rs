@@ -275,13 +275,17 @@ impl Registry {
     }
 
     /// How many times memory was given back since start.
-    pub fn memory_reclaims(&self) -> u64 {
+    pub(crate) fn memory_reclaims(&self) -> u64 {
         self.reclaimer.reclaims()
     }
 
     /// Gives memory back once enough posts slept or streams closed (see [`crate::memory`]);
     /// `workers` are the threads posts live on.
-    pub async fn reclaim_if_worthwhile(&self, streams_fallen: usize, workers: &[ArbiterHandle]) {
+    pub(crate) async fn reclaim_if_worthwhile(
+        &self,
+        streams_fallen: usize,
+        workers: &[ArbiterHandle],
+    ) {
         self.reclaimer
             .reclaim_if_worthwhile(streams_fallen, workers, self.writer())
             .await;
