@@ -385,13 +385,14 @@ fn shown(state: &PostState, merged: Option<&Merged>) -> Counts {
 }
 
 impl Handler<Join> for Post {
-    type Result = ResponseActFuture<Self, Result<Joined, Asleep>>;
+    type Result = ActorResponse<Self, Result<Joined, Asleep>>;
 
     /// A view this node would count is decided by Redis in cluster mode: the answer waits
-    /// for it (at most `--redis-timeout`) while the post goes on with other messages.
+    /// for it (at most `--redis-timeout`) while the post goes on with other messages. Without
+    /// a cluster the answer is immediate, with no future boxed per join.
     fn handle(&mut self, join: Join, ctx: &mut Context<Self>) -> Self::Result {
         if self.sleeping {
-            return Box::pin(fut::ready(Err(Asleep)));
+            return ActorResponse::reply(Err(Asleep));
         }
         let live_before = self.state.counts().live;
         let joined = self.state.join(
@@ -416,17 +417,10 @@ impl Handler<Join> for Post {
         };
         self.live_moved(live_before);
         let at = self.context.clock.now_unix();
-        if joined.counted {
-            if let Some(place) = self.new_post.take() {
-                place.keep();
-            }
-            // Cluster mode: the total moves once Redis has decided, so it never shows a view
-            // that another node already counted and then takes it back.
-            if cluster.is_none() {
-                self.context
-                    .writer
-                    .add_view(&self.slug, join.id.clone(), at);
-            }
+        if joined.counted
+            && let Some(place) = self.new_post.take()
+        {
+            place.keep();
         }
         if joined.changed {
             self.changed(ctx);
@@ -441,17 +435,22 @@ impl Handler<Join> for Post {
             },
         };
         let updates = self.updates.subscribe();
+        // Cluster mode: the total moves once Redis has decided, so it never shows a view that
+        // another node already counted and then takes it back.
         let Some(cluster) = cluster else {
-            return Box::pin(fut::ready(Ok(Joined {
+            if joined.counted {
+                self.context.writer.add_view(&self.slug, join.id, at);
+            }
+            return ActorResponse::reply(Ok(Joined {
                 counts: self.counts(),
                 counted: joined.counted,
                 updates,
                 departure,
-            })));
+            }));
         };
         let slug = self.slug.clone();
         let decision = async move { cluster.count(&slug, &join.id, at).await };
-        Box::pin(decision.into_actor(self).map(move |decision, post, ctx| {
+        ActorResponse::r#async(decision.into_actor(self).map(move |decision, post, ctx| {
             let counted = post.decided(decision);
             post.changed(ctx);
             Ok(Joined {

@@ -175,9 +175,7 @@ impl Registry {
 
     /// Views imported for a post: if it is awake, its readers see the new total.
     pub(crate) fn imported(&self, slug: &Slug, views: u64) {
-        if let Some(addr) = self.lookup(slug) {
-            addr.do_send(Imported { views });
-        }
+        self.tell(slug, Imported { views });
     }
 
     /// Posts awake right now.
