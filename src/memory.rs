@@ -19,8 +19,10 @@
 //! never shrinks the top of a thread's heap either (only freeing a large block does), which
 //! left up to 0.7 MB of a worker's peak heap resident; each thread also gives up one such block.
 //!
-//! Kept because it was measured (issue 11, BENCHMARKS.md "Allocator choice"): jemalloc and
-//! mimalloc left 1.18–5.7× the starting RSS after 100,000 posts; glibc with this module 1.03×.
+//! Kept because it was measured (issue 11, BENCHMARKS.md "Allocator choice"): after 100,000
+//! posts, mimalloc left 3.2–5.7× the starting RSS, jemalloc 1.18–1.35×, and 1.01–1.16× without
+//! its thread cache (1.16× on an idle machine: over the 1.10× target); glibc with this module
+//! 1.02–1.07× in every run.
 //! It leans on glibc 2.36 internals, each checked by a test that fails when it changes:
 //! - `tcache`: 7 blocks (`glibc.malloc.tcache_count`) in each of 64 sizes, 16 bytes apart
 //!   from 24, per thread; [`CachedBlocks::take`] empties it by allocating that many.
@@ -386,6 +388,9 @@ mod tests {
         let taken: Vec<CachedBlocks> = taken.iter().take(THREADS).collect();
         give_back(taken);
         let after = rss().saturating_sub(before);
+        // The control: freed without the reclaim, most of the wave stays resident (about 8 MiB
+        // measured). If it did not, the wave missed the caches and the test would prove nothing.
+        let stays_without_reclaim = freed_only >= 4 << 20;
 
         let figures = format!(
             "wave {} KiB on {THREADS} threads: resident {} KiB at its peak, {} KiB once freed, \
@@ -397,6 +402,10 @@ mod tests {
         );
         println!("{figures}");
         assert!(peak >= THREADS * WAVE_PER_THREAD * 9 / 10, "{figures}");
+        assert!(
+            stays_without_reclaim,
+            "the freed wave left the process by itself, so nothing here tests the reclaim: {figures}"
+        );
         assert!(after <= peak / 10, "less than 90% given back: {figures}");
         drop(asks);
         for thread in threads {
