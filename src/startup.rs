@@ -140,7 +140,7 @@ impl Application {
             ),
             calendar,
             metrics,
-            login_rate: LoginRate::default(),
+            login_rate: LoginRate::logins(),
             slugs: slug_policy(&config.posts, existing),
             origins: config.origins.clone(),
             proxies: config.trusted_proxies.clone(),

@@ -185,51 +185,38 @@ impl ViewRate {
     }
 }
 
-/// New posts per client with `--allow-any-slug`: `--ip-new-post-rate` per hour.
-pub(crate) struct NewPostRate(TokenBuckets<ClientKey>);
+/// Tries per client, each client's share refilled evenly: new posts with `--allow-any-slug`
+/// (`--ip-new-post-rate` per hour) and admin token guesses on the login form
+/// ([`LOGIN_TRIES_PER_MINUTE`]).
+pub(crate) struct ClientRate(TokenBuckets<ClientKey>);
 
-impl NewPostRate {
-    pub(crate) fn new(per_hour: u32) -> Self {
-        Self(TokenBuckets::new(per_hour, Quota::per_hour))
-    }
-
-    /// What a refused client is told to wait: the time one new post takes to refill.
-    pub(crate) fn retry_after(&self) -> Duration {
-        self.0.refill_time()
-    }
-
-    /// Takes one new post from `client`'s share; false when it is used up.
-    pub(crate) fn take(&self, client: ClientKey) -> bool {
-        self.0.take(client)
-    }
-
-    pub(crate) fn prune(&self) {
-        self.0.prune();
-    }
-}
-
-/// Admin token guesses per client on the login form: `LOGIN_TRIES_PER_MINUTE`, one back
-/// every 12 s.
-pub(crate) struct LoginRate(TokenBuckets<ClientKey>);
+/// New posts per client with `--allow-any-slug`.
+pub(crate) type NewPostRate = ClientRate;
+/// Admin token guesses per client on the login form.
+pub(crate) type LoginRate = ClientRate;
 
 /// Login attempts a client may make at once; then one more every minute / this.
 pub(crate) const LOGIN_TRIES_PER_MINUTE: u32 = 5;
 
-impl Default for LoginRate {
-    fn default() -> Self {
+impl ClientRate {
+    /// `per_hour` tries (0: no limit), one back every hour / `per_hour`.
+    pub(crate) fn per_hour(per_hour: u32) -> Self {
+        Self(TokenBuckets::new(per_hour, Quota::per_hour))
+    }
+
+    /// The login form's: [`LOGIN_TRIES_PER_MINUTE`], one back every 12 s.
+    pub(crate) fn logins() -> Self {
         Self(TokenBuckets::new(LOGIN_TRIES_PER_MINUTE, Quota::per_minute))
     }
-}
 
-impl LoginRate {
-    /// Takes one attempt from `client`'s share; false when it is used up.
-    pub(crate) fn take(&self, client: ClientKey) -> bool {
-        self.0.take(client)
-    }
-
-    /// What a refused client is told to wait: the time one attempt takes to come back.
+    /// What a refused client is told to wait: the time one try takes to come back.
     pub(crate) fn retry_after(&self) -> Duration {
         self.0.refill_time()
+    }
+
+    /// Takes one try from `client`'s share; false when it is used up.
+    pub(crate) fn take(&self, client: ClientKey) -> bool {
+        self.0.take(client)
     }
 
     pub(crate) fn prune(&self) {
@@ -388,7 +375,7 @@ mod tests {
 
     #[test]
     fn login_attempts_are_five_a_minute_per_client() {
-        let rate = LoginRate::default();
+        let rate = LoginRate::logins();
         assert_eq!(rate.retry_after(), Duration::from_secs(12));
         let (a, b) = (client("10.0.0.1"), client("10.0.0.2"));
         assert!((0..5).all(|_| rate.take(a)));
@@ -398,7 +385,7 @@ mod tests {
 
     #[test]
     fn new_posts_refill_one_per_hour_over_capacity() {
-        let rate = NewPostRate::new(4);
+        let rate = NewPostRate::per_hour(4);
         assert_eq!(rate.retry_after(), Duration::from_secs(900));
         let a = client("10.0.0.1");
         assert!((0..4).all(|_| rate.take(a)));

@@ -39,7 +39,7 @@ impl OpenPosts {
         Arc::new(Self {
             max,
             count: AtomicU64::new(existing),
-            new_posts: NewPostRate::new(new_per_hour),
+            new_posts: NewPostRate::per_hour(new_per_hour),
         })
     }
 
