@@ -25,7 +25,7 @@ use crate::edge::slug_list::SlugPolicy;
 use crate::http::api::{AppState, authorize_admin_read};
 use crate::http::error::ApiError;
 use crate::http::owner::is_listed;
-use crate::http::sse::{self, HEARTBEAT, RETRY_MS, Signals};
+use crate::http::sse::{self, HEARTBEAT, Signals};
 use crate::posts::changes::Change;
 use crate::posts::post::Counts;
 use crate::storage::calendar::Day;
@@ -211,14 +211,12 @@ async fn admin_stream(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     authorize_admin_read(&req, &state)?;
-    if state.signals.shutdown.is_started() {
-        return Err(ApiError::ShuttingDown);
-    }
+    state.refuse_when_stopping()?;
     // Subscribed before the snapshot is read: nothing falls between the two.
     let feed = state.registry.changes().subscribe();
     let board = Board::read(&state).await?;
     let mut first = BytesMut::new();
-    first.put_slice(format!("retry: {RETRY_MS}\n\n").as_bytes());
+    first.put_slice(&sse::shared_start());
     first.put_slice(&board.event());
     let signals = state.signals.subscribe();
     let body = live(AdminStream {
