@@ -226,15 +226,23 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let (results, out) = (dir.join("r.jsonl"), dir.join("B.md"));
         std::fs::write(&out, format!("top\n{KEEP}\nkept notes\n")).unwrap();
-        let line = |p99: f64| {
+        let line = |p99: f64, missed: u64| {
             format!(
-                "{{\"scenario\":\"cluster-fanout\",\"label\":\"cluster\",\"p50_ms\":1,\"p99_ms\":{p99},\"max_ms\":9,\"streams\":15000}}\n\
-                 {{\"scenario\":\"cluster-fanout\",\"label\":\"single\",\"p50_ms\":1,\"p99_ms\":10,\"max_ms\":9,\"streams\":15000}}\n"
+                "{{\"scenario\":\"cluster-fanout\",\"label\":\"cluster\",\"nodes\":3,\"p50_ms\":1,\"p99_ms\":{p99},\"max_ms\":9,\"streams\":15000,\"missed\":{missed}}}\n\
+                 {{\"scenario\":\"cluster-fanout\",\"label\":\"single\",\"nodes\":1,\"p50_ms\":1,\"p99_ms\":10,\"max_ms\":9,\"streams\":15000,\"missed\":0}}\n"
             )
         };
-        std::fs::write(&results, line(30.0)).unwrap();
+        // Readers that missed the change: the ratio alone does not meet the target.
+        std::fs::write(&results, line(15.0, 7)).unwrap();
         write(&results, &out, "just bench-cluster", "", &[]).unwrap();
-        std::fs::write(&results, line(15.0)).unwrap();
+        assert!(
+            std::fs::read_to_string(&out)
+                .unwrap()
+                .contains("| 1.50 | 1 | ≤ 2 | **no** |")
+        );
+        std::fs::write(&results, line(30.0, 0)).unwrap();
+        write(&results, &out, "just bench-cluster", "", &[]).unwrap();
+        std::fs::write(&results, line(15.0, 0)).unwrap();
         write(&results, &out, "just bench-cluster", "", &[]).unwrap();
         let text = std::fs::read_to_string(&out).unwrap();
         assert_eq!(text.matches(START).count(), 1, "{text}");
