@@ -173,16 +173,22 @@ new_token() {
 }
 
 # open_stream ADDR SLUG TOKEN: opens a reader's stream and reads up to its first event; on
-# 200 and a first event, sets STREAM_FD (left open) and FIRST_TOTAL.
+# 200 and a first event, sets STREAM_FD (left open) and FIRST_TOTAL. Otherwise sets
+# STREAM_ANSWER to what the server answered (status line and body, or why there was none), so
+# a failure is judged by its own answer, not by a later request that may find things repaired.
 open_stream() {
-    local fd line status=""
+    local fd line status="" body=""
     FIRST_TOTAL=""
-    exec {fd}<>"/dev/tcp/${1%:*}/${1##*:}" 2>/dev/null || return 1
+    STREAM_ANSWER=""
+    if ! exec {fd}<>"/dev/tcp/${1%:*}/${1##*:}" 2>/dev/null; then
+        STREAM_ANSWER="no connection"
+        return 1
+    fi
     printf 'GET /api/v1/connect/%s?view=%s HTTP/1.1\r\nHost: %s\r\nUser-Agent: %s\r\nAccept: text/event-stream\r\n\r\n' \
         "$2" "$3" "$1" "$UA" >&"$fd" 2>/dev/null
     while IFS= read -r -t 5 line <&"$fd"; do
         if [ -z "$status" ]; then
-            status=$line
+            status=${line%$'\r'}
             [[ $status == "HTTP/1.1 200"* ]] || break
         fi
         if [[ $line == data:* ]]; then
@@ -192,6 +198,18 @@ open_stream() {
         fi
     done
     if [ -z "$FIRST_TOTAL" ]; then
+        if [ -n "$status" ] && [[ $status != "HTTP/1.1 200"* ]]; then
+            # A refusal: its head, then its JSON body (answered with Connection: close).
+            # The body ends without a newline: the last `read` fails but still fills `line`.
+            while IFS= read -r -t 5 line <&"$fd" || { [ -n "$line" ] && [[ $line == "{"* ]]; }; do
+                line=${line%$'\r'}
+                if [[ $line == "{"* ]]; then
+                    body=$line
+                    break
+                fi
+            done
+        fi
+        STREAM_ANSWER="${status:-no answer within 5 s}${body:+ $body}"
         exec {fd}>&-
         return 1
     fi
@@ -284,15 +302,16 @@ start_count_probe() {
             done
             new_token tok probe
             if [ $k -lt 30 ]; then
-                if join "$addr" "sleeper-$k" "$tok" >>"$joins"; then :; else
-                    body=$(curl -s -m 5 -w ' HTTP %{http_code}' -A "$UA" "http://$addr/api/v1/count/sleeper-$k")
+                # Not `join` in a command substitution: its answer (STREAM_ANSWER) must stay here.
+                if open_stream "$addr" "sleeper-$k" "$tok"; then
+                    exec {STREAM_FD}>&-
+                    printf '%s\n' "$FIRST_TOTAL" >>"$joins"
+                elif [[ $STREAM_ANSWER == "HTTP/1.1 503"*'storage unavailable'* ]]; then
                     # A post not read since the server started has its total only in the file:
                     # while the file cannot be read, an honest 503 (retry later) is the answer.
-                    if [[ $body == *'storage unavailable'*' HTTP 503' ]]; then
-                        echo "unavailable sleeper-$k (never read since start): $body" >>"$log"
-                    else
-                        echo "join sleeper-$k failed (its count: $body)" >>"$log"
-                    fi
+                    echo "unavailable sleeper-$k (never read since start): $STREAM_ANSWER" >>"$log"
+                else
+                    echo "join sleeper-$k failed: $STREAM_ANSWER" >>"$log"
                 fi
                 k=$((k + 1))
             fi
