@@ -49,7 +49,8 @@ pub struct Config {
     pub posts: Posts,
     /// Which pages may count views, and get CORS headers.
     pub origins: OriginPolicy,
-    /// The bearer token of the admin endpoints; `None`: direct loopback connections only.
+    /// The bearer token of the admin endpoints, at least [`MIN_ADMIN_TOKEN_CHARS`] long;
+    /// `None`: the machine itself only (a direct loopback connection to a loopback `Host`).
     pub admin_token: Option<String>,
     /// When counted views are written, and how long reader ids are remembered.
     pub flush: FlushPolicy,
@@ -92,6 +93,10 @@ impl ClusterConfig {
     }
 }
 
+/// The shortest `--admin-token` accepted: a token is guessed against every admin route, and a
+/// short one falls to a patient guesser despite the limit on failures.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
+
 /// A setting that cannot work, named by its flag.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -99,8 +104,11 @@ pub enum ConfigError {
     FlushOrder { after: Duration, max_wait: Duration },
     #[error("{0} must be above zero")]
     Zero(&'static str),
-    #[error("--admin-token must not be empty")]
-    EmptyToken,
+    #[error(
+        "--admin-token must be at least {MIN_ADMIN_TOKEN_CHARS} characters, this one has {0}: \
+         make one with `openssl rand -hex 16`"
+    )]
+    ShortToken(usize),
     #[error("--ipv6-prefix must be 32 to 128, not {0}")]
     Ipv6Prefix(u8),
     #[error(transparent)]
@@ -160,8 +168,11 @@ impl Config {
         if self.workers == 0 {
             return Err(ConfigError::Zero("--workers"));
         }
-        if self.admin_token.as_deref().is_some_and(str::is_empty) {
-            return Err(ConfigError::EmptyToken);
+        if let Some(token) = &self.admin_token {
+            let chars = token.chars().count();
+            if chars < MIN_ADMIN_TOKEN_CHARS {
+                return Err(ConfigError::ShortToken(chars));
+            }
         }
         if !(32..=128).contains(&self.limits.ipv6_prefix) {
             return Err(ConfigError::Ipv6Prefix(self.limits.ipv6_prefix));
@@ -264,9 +275,15 @@ mod tests {
         silent.heartbeat = Duration::ZERO;
         let err = silent.validate().expect_err("zero heartbeat");
         assert!(err.to_string().contains("--heartbeat"), "{err}");
-        let mut open = base.clone();
-        open.admin_token = Some(String::new());
-        assert!(matches!(open.validate(), Err(ConfigError::EmptyToken)));
+        for short in ["", "0123456789abcde", "ééééééééééééééé"] {
+            let mut weak = base.clone();
+            weak.admin_token = Some(short.into());
+            let err = weak.validate().expect_err("a short token");
+            assert!(err.to_string().contains("openssl rand -hex 16"), "{err}");
+        }
+        let mut strong = base.clone();
+        strong.admin_token = Some("0123456789abcdef".into());
+        assert!(strong.validate().is_ok());
         let mut clustered = base.clone();
         clustered.cluster = Some(ClusterConfig::new("redis://127.0.0.1:6379/0"));
         assert!(clustered.validate().is_ok());

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use crate::cluster::Cluster;
 use crate::cluster::store::RedisStore;
 use crate::config::{ClusterConfig, Config, ConfigError, Posts};
-use crate::edge::limits::{LoginRate, StreamLimits, ViewRate, raise_fd_limit};
+use crate::edge::limits::{AuthFailureRate, StreamLimits, ViewRate, raise_fd_limit};
 use crate::edge::origin::OriginPolicy;
 use crate::edge::slug_list::{OpenPosts, POLL_INTERVAL, SlugList, SlugPolicy};
 use crate::http::api::{self, AppState};
@@ -140,7 +140,7 @@ impl Application {
             ),
             calendar,
             metrics,
-            login_rate: LoginRate::logins(),
+            auth_failures: AuthFailureRate::auth_failures(),
             slugs: slug_policy(&config.posts, existing),
             origins: config.origins.clone(),
             proxies: config.trusted_proxies.clone(),
@@ -314,6 +314,7 @@ fn cors(origins: &OriginPolicy) -> Cors {
     Cors::default()
         .allowed_origin_fn(move |origin, _| origins.is_listed(origin.as_bytes()))
         .allowed_methods(["GET", "POST"])
+        // Never `owner::IMPORT_HEADER`: an import must stay out of every other page's reach.
         .allowed_headers([
             header::CONTENT_TYPE,
             header::AUTHORIZATION,
@@ -364,7 +365,7 @@ fn spawn_background(
         loop {
             tick.tick().await;
             st.view_rate.prune();
-            st.login_rate.prune();
+            st.auth_failures.prune();
             if let SlugPolicy::Any(posts) = &st.slugs {
                 posts.prune();
             }

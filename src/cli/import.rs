@@ -154,6 +154,7 @@ async fn send(args: &ImportArgs, text: String) -> Result<Summary, ImportError> {
     let mut req = client
         .post(target)
         .content_type("text/plain; charset=utf-8");
+    req = req.insert_header((crate::http::owner::IMPORT_HEADER, "1"));
     if let Some(token) = &args.store.admin_token {
         req = req.bearer_auth(token);
     }

@@ -1,5 +1,5 @@
 //! Abuse limits the server enforces itself: open readers per client, all streams, counted
-//! views per client and post, and new posts per client.
+//! views per client and post, new posts per client, and failed admin authentications per client.
 //!
 //! A client is its IPv4 address, or the prefix of its IPv6 address ([`ClientKey`]): one IPv6
 //! host is handed a whole /64, so keying by the full address would give it 2^64 budgets.
@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -186,58 +186,124 @@ impl ViewRate {
 }
 
 /// Tries per client, each client's share refilled evenly: new posts with `--allow-any-slug`
-/// (`--ip-new-post-rate` per hour) and admin token guesses on the login form
-/// ([`LOGIN_TRIES_PER_MINUTE`]).
-pub(crate) struct ClientRate(TokenBuckets<ClientKey>);
+/// (`--ip-new-post-rate` per hour) and failed admin authentications
+/// ([`AUTH_FAILURES_PER_MINUTE`]).
+///
+/// Kept per client as the instant its share is full again (GCRA's theoretical arrival time),
+/// under one lock: unlike governor's buckets, a try can be taken *before* knowing whether it
+/// counts and given back once it turns out not to (an admin request whose credentials are
+/// right), so that concurrent guesses cannot all pass a look that takes nothing.
+pub(crate) struct ClientRate {
+    /// One try comes back every `interval`; `None`: no limit.
+    interval: Option<Duration>,
+    /// The most tries at once (a full share).
+    capacity: u32,
+    /// Per client, when its share is full again; a client not here has a full share.
+    full_at: Mutex<HashMap<ClientKey, Instant>>,
+}
 
 /// New posts per client with `--allow-any-slug`.
 pub(crate) type NewPostRate = ClientRate;
-/// Admin token guesses per client on the login form.
-pub(crate) type LoginRate = ClientRate;
+/// Failed admin authentications per client, every admin route and the login form together.
+pub(crate) type AuthFailureRate = ClientRate;
 
-/// Login attempts a client may make at once; then one more every minute / this.
-pub(crate) const LOGIN_TRIES_PER_MINUTE: u32 = 5;
+/// Failed admin authentications a client may make in a minute: a wrong bearer token, a session
+/// cookie that is not valid (any admin route), a wrong token on the login form, together. One
+/// more comes back every 6 s. Beyond, every admin request of that client that carries
+/// credentials is answered `429` + `Retry-After` before they are compared, the right ones
+/// included: otherwise a guesser would learn from `200` against `429`.
+pub(crate) const AUTH_FAILURES_PER_MINUTE: u32 = 10;
 
 impl ClientRate {
+    /// `capacity` tries (0: no limit), one back every `period` / `capacity`.
+    fn new(capacity: u32, period: Duration) -> Self {
+        Self {
+            interval: (capacity > 0).then(|| period / capacity),
+            capacity,
+            full_at: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// `per_hour` tries (0: no limit), one back every hour / `per_hour`.
     pub(crate) fn per_hour(per_hour: u32) -> Self {
-        Self(TokenBuckets::new(per_hour, Quota::per_hour))
+        Self::new(per_hour, Duration::from_secs(3600))
     }
 
-    /// The login form's: [`LOGIN_TRIES_PER_MINUTE`], one back every 12 s.
-    pub(crate) fn logins() -> Self {
-        Self(TokenBuckets::new(LOGIN_TRIES_PER_MINUTE, Quota::per_minute))
+    /// Failed admin authentications: [`AUTH_FAILURES_PER_MINUTE`], one back every 6 s.
+    pub(crate) fn auth_failures() -> Self {
+        Self::new(AUTH_FAILURES_PER_MINUTE, Duration::from_secs(60))
     }
 
-    /// What a refused client is told to wait: the time one try takes to come back.
+    /// The time one try takes to come back.
     pub(crate) fn retry_after(&self) -> Duration {
-        self.0.refill_time()
+        self.interval.unwrap_or_default()
     }
 
     /// Takes one try from `client`'s share; false when it is used up.
     pub(crate) fn take(&self, client: ClientKey) -> bool {
-        self.0.take(client)
+        self.try_take(client).is_ok()
     }
 
+    /// Takes one try from `client`'s share, or says how long until one comes back.
+    pub(crate) fn try_take(&self, client: ClientKey) -> Result<(), Duration> {
+        self.try_take_at(client, Instant::now())
+    }
+
+    /// Gives back a try taken with [`ClientRate::try_take`] that turned out not to count.
+    pub(crate) fn give_back(&self, client: ClientKey) {
+        self.give_back_at(client, Instant::now());
+    }
+
+    fn try_take_at(&self, client: ClientKey, now: Instant) -> Result<(), Duration> {
+        let Some(interval) = self.interval else {
+            return Ok(());
+        };
+        let mut full_at = self.full_at.lock().unwrap_or_else(PoisonError::into_inner);
+        let full = full_at.get(&client).copied().filter(|&t| t > now);
+        let used = full.map_or(Duration::ZERO, |t| t - now);
+        let share = interval * self.capacity;
+        if used + interval > share {
+            return Err(used + interval - share);
+        }
+        full_at.insert(client, now + used + interval);
+        Ok(())
+    }
+
+    fn give_back_at(&self, client: ClientKey, now: Instant) {
+        let Some(interval) = self.interval else {
+            return;
+        };
+        let mut full_at = self.full_at.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(full) = full_at.get_mut(&client) {
+            match full.checked_sub(interval) {
+                Some(earlier) if earlier > now => *full = earlier,
+                _ => {
+                    full_at.remove(&client);
+                }
+            }
+        }
+    }
+
+    /// Forgets clients whose share is full again: they hold nothing a new one would not.
     pub(crate) fn prune(&self) {
-        self.0.prune();
+        let now = Instant::now();
+        let mut full_at = self.full_at.lock().unwrap_or_else(PoisonError::into_inner);
+        full_at.retain(|_, full| *full > now);
+        full_at.shrink_to_fit();
     }
 }
 
 /// A token bucket per key (governor's keyed limiter): `capacity` tokens, each bucket starting
 /// full and refilled evenly over the quota's period; capacity 0 means no limit (and no limiter).
 struct TokenBuckets<K: Hash + Eq + Clone> {
-    limiter: Option<(Quota, DefaultKeyedRateLimiter<K>)>,
+    limiter: Option<DefaultKeyedRateLimiter<K>>,
 }
 
 impl<K: Hash + Eq + Clone> TokenBuckets<K> {
     /// `per_period` is [`Quota::per_minute`] or [`Quota::per_hour`]: a burst of `capacity`,
     /// one token back every period / capacity.
     fn new(capacity: u32, per_period: fn(NonZeroU32) -> Quota) -> Self {
-        let limiter = NonZeroU32::new(capacity).map(|burst| {
-            let quota = per_period(burst);
-            (quota, RateLimiter::keyed(quota))
-        });
+        let limiter = NonZeroU32::new(capacity).map(|burst| RateLimiter::keyed(per_period(burst)));
         Self { limiter }
     }
 
@@ -245,19 +311,12 @@ impl<K: Hash + Eq + Clone> TokenBuckets<K> {
     fn take(&self, key: K) -> bool {
         self.limiter
             .as_ref()
-            .is_none_or(|(_, limiter)| limiter.check_key(&key).is_ok())
-    }
-
-    /// The time one token takes to refill; zero without a limit.
-    fn refill_time(&self) -> Duration {
-        self.limiter
-            .as_ref()
-            .map_or(Duration::ZERO, |(quota, _)| quota.replenish_interval())
+            .is_none_or(|limiter| limiter.check_key(&key).is_ok())
     }
 
     /// Drops buckets that have refilled completely: they hold nothing a new one would not.
     fn prune(&self) {
-        if let Some((_, limiter)) = &self.limiter {
+        if let Some(limiter) = &self.limiter {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
@@ -374,13 +433,39 @@ mod tests {
     }
 
     #[test]
-    fn login_attempts_are_five_a_minute_per_client() {
-        let rate = LoginRate::logins();
-        assert_eq!(rate.retry_after(), Duration::from_secs(12));
+    fn the_eleventh_auth_failure_in_a_minute_waits_for_one_to_come_back() {
+        let rate = AuthFailureRate::auth_failures();
+        assert_eq!(rate.retry_after(), Duration::from_secs(6));
         let (a, b) = (client("10.0.0.1"), client("10.0.0.2"));
-        assert!((0..5).all(|_| rate.take(a)));
-        assert!(!rate.take(a));
-        assert!(rate.take(b), "per client");
+        let start = Instant::now();
+        assert!((0..10).all(|_| rate.try_take_at(a, start).is_ok()));
+        assert_eq!(rate.try_take_at(a, start), Err(Duration::from_secs(6)));
+        let later = start + Duration::from_secs(4);
+        assert_eq!(rate.try_take_at(a, later), Err(Duration::from_secs(2)));
+        assert!(rate.try_take_at(b, start).is_ok(), "per client");
+        let back = start + Duration::from_secs(6);
+        assert!(rate.try_take_at(a, back).is_ok(), "one came back");
+        assert!(rate.try_take_at(a, back).is_err());
+    }
+
+    #[test]
+    fn a_try_given_back_is_as_if_never_taken() {
+        let rate = AuthFailureRate::auth_failures();
+        let a = client("10.0.0.1");
+        let now = Instant::now();
+        for _ in 0..100 {
+            assert!(rate.try_take_at(a, now).is_ok());
+            rate.give_back_at(a, now);
+        }
+        assert!((0..10).all(|_| rate.try_take_at(a, now).is_ok()));
+        assert!(rate.try_take_at(a, now).is_err());
+        rate.give_back_at(a, now);
+        assert!(rate.try_take_at(a, now).is_ok());
+        rate.give_back(client("10.0.0.9"));
+        assert!(
+            rate.full_at.lock().unwrap().len() == 1,
+            "nothing made for a stranger"
+        );
     }
 
     #[test]

@@ -2,8 +2,13 @@
 //! with `--allow-origin`; and only through the script's own fetches, never an `<img>`,
 //! `<iframe>` or navigation that another site points at the API. A refused request is
 //! answered before anything is counted.
+//!
+//! The owner's changes (import, login, logout) are stricter: the server's own pages only
+//! ([`same_origin_only`]), and without a token only a loopback `Host` is the owner's
+//! ([`is_loopback_host`]).
 
 use std::collections::HashSet;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::edge::headers::Headers;
 use crate::http::error::ApiError;
@@ -80,6 +85,55 @@ impl OriginPolicy {
             Err(ApiError::OriginNotAllowed)
         }
     }
+}
+
+/// For the owner's changes (import, login, logout): refuses what another page may have made the
+/// browser send. A browser names the page behind every `POST` in `Origin` (`null` for an opaque
+/// one), and says in `Sec-Fetch-Site` how it relates to the target; requests without either
+/// (scripts, `viewcounter import`) are not a browser's and pass. An `--allow-origin` page is no
+/// better than any other here: it may count views, never change the owner's numbers.
+pub fn same_origin_only(headers: &(impl Headers + ?Sized)) -> Result<(), ApiError> {
+    let site = headers.value("sec-fetch-site").map(<[u8]>::trim_ascii);
+    if site.is_some_and(|site| {
+        site.eq_ignore_ascii_case(b"cross-site") || site.eq_ignore_ascii_case(b"same-site")
+    }) {
+        return Err(ApiError::CrossSite(
+            "refused: sent by a page of another site (Sec-Fetch-Site)",
+        ));
+    }
+    match headers.value("origin") {
+        Some(origin) if !own_origin(headers).as_bytes().eq_ignore_ascii_case(origin) => Err(
+            ApiError::CrossSite("refused: sent by a page of another origin (Origin)"),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Whether a `Host` header names this machine: `localhost`, an IPv4 address of `127.0.0.0/8` or
+/// `[::1]`, with or without a port. A page on a name the attacker controls that resolves to
+/// `127.0.0.1` (DNS rebinding) sends its own name, never one of these.
+pub fn is_loopback_host(host: &[u8]) -> bool {
+    let Ok(host) = std::str::from_utf8(host) else {
+        return false;
+    };
+    let (name, port) = match host.strip_prefix('[') {
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((v6, port)) => (v6, port),
+            None => return false,
+        },
+        None => host.find(':').map_or((host, ""), |at| host.split_at(at)),
+    };
+    let port_ok = port.is_empty()
+        || port.strip_prefix(':').is_some_and(|digits| {
+            digits.bytes().all(|b| b.is_ascii_digit()) && digits.parse::<u16>().is_ok()
+        });
+    let loopback = if host.starts_with('[') {
+        name.parse::<Ipv6Addr>() == Ok(Ipv6Addr::LOCALHOST)
+    } else {
+        name.eq_ignore_ascii_case("localhost")
+            || name.parse::<Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+    };
+    port_ok && loopback
 }
 
 /// `scheme://host` of the server as the request names it, read as actix-web's
@@ -173,5 +227,75 @@ mod tests {
             h("Origin", "https://blog.example")
         ]));
         assert!(same(&[h("Host", "a")]), "no Origin at all");
+    }
+
+    #[test]
+    fn only_loopback_names_and_addresses_are_a_loopback_host() {
+        for host in [
+            "localhost",
+            "LocalHost:8080",
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "127.1.2.3:1",
+            "[::1]",
+            "[::1]:8080",
+            "[0:0:0:0:0:0:0:1]:80",
+        ] {
+            assert!(is_loopback_host(host.as_bytes()), "{host}");
+        }
+        for host in [
+            "",
+            "rebind.attacker.example",
+            "rebind.attacker.example:8080",
+            "localhost.attacker.example",
+            "127.0.0.1.nip.io",
+            "localhost.",
+            "128.0.0.1",
+            "0.0.0.0:8080",
+            "::1",
+            "[::1",
+            "[::2]:80",
+            "[::ffff:127.0.0.1]",
+            "127.0.0.1:",
+            "127.0.0.1:99999",
+            "127.0.0.1:+80",
+            "127.0.0.1:80:80",
+            "localhost:80x",
+        ] {
+            assert!(!is_loopback_host(host.as_bytes()), "{host}");
+        }
+        assert!(!is_loopback_host(b"\xff"));
+    }
+
+    #[test]
+    fn changes_come_only_from_the_servers_own_pages() {
+        let host = h("Host", "counter.example:8080");
+        let pass = |headers: &[httparse::Header<'_>]| same_origin_only(headers).is_ok();
+        assert!(pass(&[host]), "no Origin, no Sec-Fetch-Site: not a browser");
+        assert!(pass(&[
+            host,
+            h("Origin", "http://counter.example:8080"),
+            h("Sec-Fetch-Site", "same-origin")
+        ]));
+        assert!(pass(&[host, h("Sec-Fetch-Site", "none")]));
+        for origin in [
+            "http://evil.example",
+            "null",
+            "https://counter.example:8080",
+            "http://counter.example",
+        ] {
+            assert!(!pass(&[host, h("Origin", origin)]), "{origin}");
+        }
+        for site in ["cross-site", "same-site", "Cross-Site"] {
+            assert!(!pass(&[host, h("Sec-Fetch-Site", site)]), "{site}");
+            assert!(
+                !pass(&[
+                    host,
+                    h("Sec-Fetch-Site", site),
+                    h("Origin", "http://counter.example:8080")
+                ]),
+                "{site}"
+            );
+        }
     }
 }

@@ -14,9 +14,9 @@ use subtle::ConstantTimeEq;
 use crate::edge::client_ip::TrustedProxies;
 use crate::edge::headers::Headers;
 use crate::edge::limits::{
-    ClientKey, LoginRate, PER_IP_RETRY_AFTER, StreamLimits, ViewCharge, ViewRate,
+    AuthFailureRate, ClientKey, PER_IP_RETRY_AFTER, StreamLimits, ViewCharge, ViewRate,
 };
-use crate::edge::origin::OriginPolicy;
+use crate::edge::origin::{OriginPolicy, is_loopback_host};
 use crate::edge::reader_id::{ReaderId, Showing, parse_show};
 use crate::edge::slug::Slug;
 use crate::edge::slug_list::Admission;
@@ -58,8 +58,9 @@ pub(crate) struct AppState {
     /// The days views are counted on (`--timezone`).
     pub calendar: Calendar,
     pub metrics: Arc<Metrics>,
-    /// Guesses of the admin token on the dashboard's login form, per client.
-    pub login_rate: LoginRate,
+    /// Failed admin authentications per client: bearer tokens, session cookies and the
+    /// login form together ([`crate::edge::limits::AUTH_FAILURES_PER_MINUTE`]).
+    pub auth_failures: AuthFailureRate,
 }
 
 /// What opening a stream reads from its request (parsed by [`crate::http::direct`]).
@@ -449,28 +450,11 @@ async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
         .json(stats))
 }
 
-/// With a token configured: `Authorization: Bearer TOKEN`, compared in constant time.
-/// Without one: direct loopback connections only. A request with forwarding headers came
-/// through a proxy (or claims to), whatever addresses they name: a proxy that passes a
-/// client's own `X-Forwarded-For: 127.0.0.1` along must not make it the owner.
+/// The admin rule for changes (`POST /import`): with a token configured,
+/// `Authorization: Bearer TOKEN`; without one, the owner at the machine itself
+/// ([`is_loopback_owner`]). See [`authenticate`].
 pub(crate) fn authorize_admin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
-    match &state.admin_token {
-        Some(token) => {
-            let given = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or_default();
-            if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
-                Ok(())
-            } else {
-                Err(ApiError::Unauthorized)
-            }
-        }
-        None if is_direct_loopback(req) => Ok(()),
-        None => Err(ApiError::Unauthorized),
-    }
+    authenticate(req, state, Session::Refused)
 }
 
 /// The admin rule for reads (`GET`): [`authorize_admin`], or the session cookie the
@@ -478,13 +462,70 @@ pub(crate) fn authorize_admin(req: &HttpRequest, state: &AppState) -> Result<(),
 /// requests that other pages make it send, and `SameSite=Strict` stops only cross-site ones,
 /// not a page on a sibling subdomain; a bearer header no page can add without the token.
 pub(crate) fn authorize_admin_read(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
-    if has_session(req, state) {
-        return Ok(());
-    }
-    authorize_admin(req, state)
+    authenticate(req, state, Session::Accepted)
 }
 
-/// Whether the request carries a valid session cookie (only with a token configured).
+/// Whether a route takes the dashboard's session cookie.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Session {
+    Accepted,
+    Refused,
+}
+
+/// With a token configured: the bearer token (or, for reads, a valid session cookie), compared
+/// in constant time. Credentials that are presented take a try from the client's share of
+/// [`AppState::auth_failures`] before they are compared, given back when they are right: so
+/// once a client has used its share, every attempt of it is `429`, the right one included,
+/// and concurrent guesses cannot slip past. A request without credentials takes nothing.
+///
+/// Without a token: [`is_loopback_owner`]; there is nothing to guess.
+fn authenticate(req: &HttpRequest, state: &AppState, rule: Session) -> Result<(), ApiError> {
+    let Some(token) = &state.admin_token else {
+        return if is_loopback_owner(req) {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized)
+        };
+    };
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let cookie = match rule {
+        Session::Accepted => session::from_headers(req.headers()),
+        Session::Refused => None,
+    };
+    if bearer.is_none() && cookie.is_none() {
+        return Err(ApiError::Unauthorized);
+    }
+    let client = request_client(req, state);
+    take_auth_try(state, client)
+        .map_err(|retry_after| ApiError::TooManyAuthFailures { retry_after })?;
+    let right = bearer.is_some_and(|given| bool::from(given.as_bytes().ct_eq(token.as_bytes())))
+        || cookie.is_some_and(|value| {
+            session::is_valid(token, value, state.calendar.clock().now_unix())
+        });
+    if right {
+        state.auth_failures.give_back(client);
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// Takes one try of `client`'s failed-authentication share, to be given back if the
+/// credentials turn out right; when it is used up, how long to wait, in whole seconds rounded
+/// up (a client that waits what it is told gets its try).
+pub(crate) fn take_auth_try(state: &AppState, client: ClientKey) -> Result<(), Duration> {
+    state.auth_failures.try_take(client).map_err(|wait| {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        Duration::from_secs(secs.max(1))
+    })
+}
+
+/// Whether the request carries a valid session cookie (only with a token configured). Takes
+/// nothing from the client's share: for what a page shows, after the rule was applied.
 pub(crate) fn has_session(req: &HttpRequest, state: &AppState) -> bool {
     let Some(token) = &state.admin_token else {
         return false;
@@ -493,7 +534,22 @@ pub(crate) fn has_session(req: &HttpRequest, state: &AppState) -> bool {
         .is_some_and(|value| session::is_valid(token, value, state.calendar.clock().now_unix()))
 }
 
-pub(crate) fn is_direct_loopback(req: &HttpRequest) -> bool {
+/// Without a token, the owner is whoever is at the machine itself: a direct loopback
+/// connection ([`is_direct_loopback`]) to a loopback name (`Host`: `localhost`, `127.0.0.0/8`,
+/// `[::1]`). A page on a rebinding name (`rebind.attacker.example` resolving to 127.0.0.1)
+/// reaches the loopback socket from the owner's browser, but names itself in `Host`.
+pub(crate) fn is_loopback_owner(req: &HttpRequest) -> bool {
+    is_direct_loopback(req)
+        && req
+            .headers()
+            .get(header::HOST)
+            .is_some_and(|host| is_loopback_host(host.as_bytes()))
+}
+
+/// A loopback peer with no forwarding headers. A request with them came through a proxy (or
+/// claims to), whatever addresses they name: a proxy that passes a client's own
+/// `X-Forwarded-For: 127.0.0.1` along must not make it the owner.
+fn is_direct_loopback(req: &HttpRequest) -> bool {
     let loopback = req
         .peer_addr()
         .is_some_and(|peer| peer.ip().to_canonical().is_loopback());

@@ -4,8 +4,13 @@
 //! Who sees what, by the admin rule of `/api/v1/totals`:
 //! - with `--admin-token`: a valid session cookie (or the bearer token) sees the dashboard;
 //!   anyone else gets the login form, which posts the token once and gets the cookie;
-//! - without one: direct loopback connections see the dashboard with no login; anyone else
-//!   (a remote peer, or a request through a proxy) gets a page saying how to set a token.
+//! - without one: direct loopback connections to a loopback `Host` see the dashboard with no
+//!   login; anyone else (a remote peer, a request through a proxy, a page on a rebinding name)
+//!   gets a page saying how to set a token.
+//!
+//! Login and logout come only from the dashboard's own pages (`403` otherwise, nothing set or
+//! cleared), and wrong tokens draw on the client's share of failed authentications, with the
+//! bearer tokens and cookies of the admin API (`429` beyond it).
 //!
 //! The pages are HTML, not JSON: a browser shows them. Their messages are ours, never input.
 
@@ -15,10 +20,12 @@ use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
 use subtle::ConstantTimeEq;
 
+use crate::edge::origin::same_origin_only;
 use crate::http::api::{
-    AppState, BODY_DEADLINE, authorize_admin_read, has_session, is_direct_loopback, read_body,
-    request_client,
+    AppState, BODY_DEADLINE, authorize_admin_read, has_session, is_loopback_owner, read_body,
+    request_client, take_auth_try,
 };
+use crate::http::error::ApiError;
 use crate::http::session;
 
 /// Every page's `<head>` and `<body>` around one of the bodies below.
@@ -26,6 +33,7 @@ const SHELL: &str = include_str!("../../web/admin/shell.html");
 const PAGE: &str = include_str!("../../web/admin/index.html");
 const LOGIN: &str = include_str!("../../web/admin/login.html");
 const REFUSAL: &str = include_str!("../../web/admin/refusal.html");
+const CROSS_SITE: &str = include_str!("../../web/admin/cross-site.html");
 const SCRIPT: &str = include_str!("../../web/admin/dashboard.js");
 const STYLE: &str = include_str!("../../web/admin/dashboard.css");
 /// Where a page's message goes in `login.html`, and the logout form in `index.html` (which
@@ -109,6 +117,12 @@ fn refusal_page(at: At) -> HttpResponse {
     html(StatusCode::FORBIDDEN).body(page)
 }
 
+/// A login or logout form another site's page sent: `403`, nothing set or cleared.
+fn cross_site_page(at: At) -> HttpResponse {
+    let page = render(at, "refused", "narrow-page", "", CROSS_SITE);
+    html(StatusCode::FORBIDDEN).body(page)
+}
+
 fn see_other(cookie: Option<String>) -> HttpResponse {
     let mut res = HttpResponse::SeeOther();
     res.insert_header((header::LOCATION, TO_DASHBOARD))
@@ -119,21 +133,27 @@ fn see_other(cookie: Option<String>) -> HttpResponse {
     res.finish()
 }
 
-/// `GET /admin`: the dashboard, the login form, or the refusal.
+/// `GET /admin`: the dashboard, the login form, or the refusal; `429` while the client has
+/// used its share of failed authentications.
 async fn page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if authorize_admin_read(&req, &state).is_ok() {
-        let logout = if has_session(&req, &state) {
-            LOGOUT_FORM
-        } else {
-            ""
-        };
-        let body = PAGE.replace(LOGOUT_SLOT, logout);
-        let page = render(At::Dashboard, "dashboard", "", DASHBOARD_HEAD, &body);
-        return html(StatusCode::OK).body(page);
-    }
-    match state.admin_token {
-        Some(_) => login_page(StatusCode::OK, At::Dashboard, None),
-        None => refusal_page(At::Dashboard),
+    match authorize_admin_read(&req, &state) {
+        Ok(()) => {
+            let logout = if has_session(&req, &state) {
+                LOGOUT_FORM
+            } else {
+                ""
+            };
+            let body = PAGE.replace(LOGOUT_SLOT, logout);
+            let page = render(At::Dashboard, "dashboard", "", DASHBOARD_HEAD, &body);
+            html(StatusCode::OK).body(page)
+        }
+        Err(ApiError::TooManyAuthFailures { retry_after }) => {
+            too_many_attempts(At::Dashboard, retry_after)
+        }
+        Err(_) => match state.admin_token {
+            Some(_) => login_page(StatusCode::OK, At::Dashboard, None),
+            None => refusal_page(At::Dashboard),
+        },
     }
 }
 
@@ -154,22 +174,23 @@ fn came_over_https(req: &HttpRequest, state: &AppState) -> bool {
 }
 
 /// `POST /admin/login`, form `token=…`: the session cookie and back to the dashboard, or the
-/// form again with why not. Every attempt takes one of the client's five a minute.
+/// form again with why not. A token takes a try from the client's share of failed
+/// authentications, given back when it is right.
 async fn login(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
+    if same_origin_only(req.headers()).is_err() {
+        return cross_site_page(At::Login);
+    }
     let Some(token) = &state.admin_token else {
-        return if is_direct_loopback(&req) {
+        return if is_loopback_owner(&req) {
             see_other(None)
         } else {
             refusal_page(At::Login)
         };
     };
-    if !state.login_rate.take(request_client(&req, &state)) {
-        return too_many_attempts(state.login_rate.retry_after());
-    }
     let body = match tokio::time::timeout(BODY_DEADLINE, read_body(payload, MAX_LOGIN_BYTES)).await
     {
         Ok(Ok(body)) => body,
@@ -186,29 +207,42 @@ async fn login(
         let message = Some("Enter the admin token.");
         return login_page(StatusCode::BAD_REQUEST, At::Login, message);
     }
+    // Taken only now, with the token in hand and nothing awaited before it is compared.
+    let client = request_client(&req, &state);
+    if let Err(retry_after) = take_auth_try(&state, client) {
+        return too_many_attempts(At::Login, retry_after);
+    }
     if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
         let message = "Wrong token. It is the value given to <code>--admin-token</code> \
                        (or <code>VIEWCOUNTER_ADMIN_TOKEN</code>).";
         return login_page(StatusCode::UNAUTHORIZED, At::Login, Some(message));
     }
+    state.auth_failures.give_back(client);
     let value = session::issue(token, state.calendar.clock().now_unix());
     let secure = came_over_https(&req, &state);
     see_other(Some(session::set_cookie(&value, secure)))
 }
 
-fn too_many_attempts(retry_after: Duration) -> HttpResponse {
+fn too_many_attempts(at: At, retry_after: Duration) -> HttpResponse {
     let secs = retry_after.as_secs().max(1);
     let message =
         format!("Too many attempts from your address. Wait {secs} seconds, then try again.");
-    let mut res = login_page(StatusCode::TOO_MANY_REQUESTS, At::Login, Some(&message));
+    let mut res = login_page(StatusCode::TOO_MANY_REQUESTS, at, Some(&message));
     if let Ok(value) = header::HeaderValue::from_str(&secs.to_string()) {
         res.headers_mut().insert(header::RETRY_AFTER, value);
     }
     res
 }
 
-/// `POST /admin/logout`: the cookie is cleared in this browser and the login form follows.
+/// `POST /admin/logout`: the cookie is cleared in this browser and the login form follows;
+/// only from the dashboard's own page, and (without a token) only for the owner.
 async fn logout(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if same_origin_only(req.headers()).is_err() {
+        return cross_site_page(At::Login);
+    }
+    if state.admin_token.is_none() && !is_loopback_owner(&req) {
+        return refusal_page(At::Login);
+    }
     see_other(Some(session::clear_cookie(came_over_https(&req, &state))))
 }
 

@@ -40,6 +40,13 @@ pub enum ApiError {
     NotAFetch(&'static str),
     #[error("admin token required")]
     Unauthorized,
+    /// A state-changing admin request (import, login, logout) that another page may have made
+    /// the browser send, or an import without our header: see [`crate::edge::origin`].
+    #[error("{0}")]
+    CrossSite(&'static str),
+    /// More than [`crate::edge::limits::AUTH_FAILURES_PER_MINUTE`] wrong credentials.
+    #[error("too many failed admin authentications from this address; try again later")]
+    TooManyAuthFailures { retry_after: Duration },
     #[error("too many open streams from this address")]
     TooManyStreams { retry_after: Duration },
     #[error("too many new posts from this address; try again later")]
@@ -85,6 +92,8 @@ impl ApiError {
             Self::OriginNotAllowed => "origin",
             Self::NotAFetch(_) => "not_a_fetch",
             Self::Unauthorized => "unauthorized",
+            Self::CrossSite(_) => "cross_site",
+            Self::TooManyAuthFailures { .. } => "auth_failures",
             Self::TooManyStreams { .. } => "ip_stream_limit",
             Self::TooManyNewPosts { .. } => "ip_new_post_rate",
             Self::AtCapacity { .. } => "capacity",
@@ -98,6 +107,7 @@ impl ApiError {
         match self {
             Self::TooManyStreams { retry_after }
             | Self::TooManyNewPosts { retry_after }
+            | Self::TooManyAuthFailures { retry_after }
             | Self::AtCapacity { retry_after } => Some(*retry_after),
             Self::ShuttingDown => Some(Duration::from_secs(2)),
             Self::StorageUnavailable => Some(Duration::from_secs(5)),
@@ -117,11 +127,13 @@ impl ResponseError for ApiError {
             Self::UnknownPost | Self::SlugCapReached | Self::NoSharedStream => {
                 StatusCode::NOT_FOUND
             }
-            Self::OriginNotAllowed | Self::NotAFetch(_) => StatusCode::FORBIDDEN,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::TooManyStreams { .. } | Self::TooManyNewPosts { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
+            Self::OriginNotAllowed | Self::NotAFetch(_) | Self::CrossSite(_) => {
+                StatusCode::FORBIDDEN
             }
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::TooManyStreams { .. }
+            | Self::TooManyNewPosts { .. }
+            | Self::TooManyAuthFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::AtCapacity { .. } | Self::ShuttingDown | Self::StorageUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

@@ -8,6 +8,7 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::cli::import_file::{self, ImportFormat, ParseOptions};
+use crate::edge::origin::same_origin_only;
 use crate::edge::slug::Slug;
 use crate::edge::slug_list::SlugPolicy;
 use crate::http::api::{AppState, authorize_admin, authorize_admin_read, read_body};
@@ -27,6 +28,10 @@ pub(crate) const MAX_HISTORY_DAYS: u32 = 366;
 const DEFAULT_HISTORY_DAYS: u32 = 30;
 /// Largest import body accepted.
 pub(crate) const MAX_IMPORT_BYTES: usize = 10 * 1024 * 1024;
+/// The header every import carries (`X-Viewcounter-Import: 1`). No page can make a browser send
+/// it to another origin without a CORS preflight, which is never approved for it: so an import
+/// is never a "simple" request another site's page could fire (`fetch` with `no-cors`, a form).
+pub(crate) const IMPORT_HEADER: &str = "x-viewcounter-import";
 /// An import body must arrive within this long (10 MiB at about 1.4 Mbit/s).
 const IMPORT_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -406,12 +411,23 @@ fn import_options(
     ))
 }
 
-/// `POST /import?mode=set|add&dry_run=1&format=…&path_prefix=…` (admin), body: the file.
+/// `POST /import?mode=set|add&dry_run=1&format=…&path_prefix=…` (admin), body: the file;
+/// with [`IMPORT_HEADER`], never from another site's page.
 async fn import(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    same_origin_only(req.headers())?;
+    let ours = req
+        .headers()
+        .get(IMPORT_HEADER)
+        .is_some_and(|v| v.as_bytes().trim_ascii() == b"1");
+    if !ours {
+        return Err(ApiError::CrossSite(
+            "an import needs the header X-Viewcounter-Import: 1 (viewcounter import sends it)",
+        ));
+    }
     authorize_admin(&req, &state)?;
     let (mode, dry_run, format, prefix) = import_options(&query(&req))?;
     let body = tokio::time::timeout(IMPORT_DEADLINE, read_body(payload, MAX_IMPORT_BYTES))

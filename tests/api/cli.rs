@@ -9,8 +9,16 @@ use crate::helpers::*;
 
 /// Runs `viewcounter <args>` expecting it to exit by itself (a refusal).
 async fn run(dir: &Path, args: &[&str]) -> RunOutput {
+    run_with_env(dir, args, &[]).await
+}
+
+/// [`run`] with `VIEWCOUNTER_*` variables set.
+async fn run_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> RunOutput {
     let mut cmd = bin_command(dir);
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
         .await
         .expect("the binary exits by itself")
@@ -40,7 +48,7 @@ async fn flags_can_be_given_as_viewcounter_environment_variables() {
             ("VIEWCOUNTER_ALLOW_ANY_SLUG", "true"),
             ("VIEWCOUNTER_MAX_SLUGS", "1"),
             ("VIEWCOUNTER_IP_STREAM_LIMIT", "1"),
-            ("VIEWCOUNTER_ADMIN_TOKEN", "env-token-123"),
+            ("VIEWCOUNTER_ADMIN_TOKEN", "env-token-0123456789"),
             (
                 "VIEWCOUNTER_ALLOW_ORIGIN",
                 "https://a.example,https://b.example",
@@ -80,7 +88,7 @@ async fn flags_can_be_given_as_viewcounter_environment_variables() {
         .await
         .assert_json_error(401);
     let totals = server
-        .send(Req::get("/api/v1/totals").header("Authorization", "Bearer env-token-123"))
+        .send(Req::get("/api/v1/totals").header("Authorization", "Bearer env-token-0123456789"))
         .await;
     assert_eq!(parse_rows(&totals.text()), rows(&[("not-on-any-list", 1)]));
     // --heartbeat 200ms
@@ -143,6 +151,46 @@ async fn an_invalid_configuration_is_refused_with_a_clear_message() {
             out.stdout
         );
     }
+}
+
+#[actix_web::test]
+async fn an_admin_token_shorter_than_16_characters_stops_the_server_saying_how_to_make_one() {
+    let dir = tempfile::tempdir().unwrap();
+    write_slugs(&dir.path().join("slugs.txt"), DEFAULT_SLUGS);
+    let db = dir.path().join("never.redb");
+    let db_s = db.display().to_string();
+    let slugs = dir.path().join("slugs.txt").display().to_string();
+
+    let flag = run(
+        dir.path(),
+        &serve_args(
+            &db_s,
+            &["--slugs", &slugs, "--admin-token", "hunter2-hunter2"],
+        ),
+    )
+    .await;
+    let env = run_with_env(
+        dir.path(),
+        &serve_args(&db_s, &["--slugs", &slugs]),
+        &[("VIEWCOUNTER_ADMIN_TOKEN", "short")],
+    )
+    .await;
+
+    for out in [&flag, &env] {
+        assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+        assert!(
+            out.stderr.contains("--admin-token") && out.stderr.contains("openssl rand -hex 16"),
+            "says how to make one: {}",
+            out.stderr
+        );
+        assert!(
+            !out.stderr.contains("hunter2"),
+            "the token is not shown: {}",
+            out.stderr
+        );
+        assert!(!out.stdout.contains("listening"), "{}", out.stdout);
+    }
+    assert!(!db.exists(), "refused before the db is created");
 }
 
 /// A typo in `--allow-origin` is refused before the redb file is created, so it leaves no

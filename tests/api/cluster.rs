@@ -266,7 +266,7 @@ async fn export_and_import_with_redis_speak_for_the_whole_cluster() {
 
     // Through a running node: its own readers see the import once, not twice.
     let res = a
-        .send(Req::post(
+        .send(Req::import(
             "/api/v1/import?mode=set",
             "slug,total\nalpha,10\n",
         ))

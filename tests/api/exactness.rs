@@ -642,10 +642,10 @@ async fn admin_answers_without_a_token_only_direct_loopback_requests_and_forward
     }
 
     // With a token, a forwarded request carrying it is answered, from wherever it comes.
-    let app = spawn_app_configured(|c| c.admin_token = Some("s3cret-token".into())).await;
+    let app = spawn_app_configured(|c| c.admin_token = Some("s3cret-admin-token".into())).await;
     for target in ["/api/v1/totals", "/api/v1/stats"] {
         let with = Req::get(target)
-            .header("Authorization", "Bearer s3cret-token")
+            .header("Authorization", "Bearer s3cret-admin-token")
             .client_ip("203.0.113.5");
         let res = app.send(with).await;
         assert_eq!(res.status, 200, "{target}: {res:?}");

@@ -355,6 +355,12 @@ impl Req {
         .header("Content-Type", "text/plain;charset=UTF-8")
     }
 
+    /// `POST {target}` with `file` as `viewcounter import` sends it: with its
+    /// `X-Viewcounter-Import: 1` (no bearer token: add one where the server has a token).
+    pub fn import(target: impl Into<String>, file: impl Into<Vec<u8>>) -> Self {
+        Self::post(target, file).header("X-Viewcounter-Import", "1")
+    }
+
     pub fn options(target: impl Into<String>) -> Self {
         Self {
             method: "OPTIONS",
@@ -402,10 +408,15 @@ impl Req {
     }
 
     fn encode(&self, addr: SocketAddr, close: bool) -> Vec<u8> {
-        let mut head = format!(
-            "{} {} HTTP/1.1\r\nHost: {addr}\r\n",
-            self.method, self.target
-        );
+        let mut head = format!("{} {} HTTP/1.1\r\n", self.method, self.target);
+        // `Host: ADDR` unless the test names another (a rebinding page's, say).
+        if !self
+            .headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("host"))
+        {
+            head.push_str(&format!("Host: {addr}\r\n"));
+        }
         for (name, value) in &self.headers {
             head.push_str(&format!("{name}: {value}\r\n"));
         }

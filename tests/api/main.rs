@@ -18,6 +18,7 @@ mod heads;
 mod helpers;
 mod leave;
 mod owner;
+mod owner_only;
 mod persistence;
 mod redis;
 mod shared;

@@ -84,7 +84,7 @@ async fn view(addr: SocketAddr, slug: &str) {
 
 /// `POST /api/v1/import?{query}` from loopback with `file` as the body, asserting 200.
 async fn import_over_http(addr: SocketAddr, query: &str, file: &str) -> serde_json::Value {
-    let res = send(addr, Req::post(format!("/api/v1/import?{query}"), file)).await;
+    let res = send(addr, Req::import(format!("/api/v1/import?{query}"), file)).await;
     assert_eq!(res.status, 200, "import: {res:?}");
     res.json()
 }
@@ -522,7 +522,7 @@ async fn ranked_app(configure: impl FnOnce(&mut Config)) -> (TestApp, Vec<Reader
         c.clock = clock;
     })
     .await;
-    let import = Req::post("/api/v1/import", "slug,total\nalpha,4\nbeta,3\n");
+    let import = Req::import("/api/v1/import", "slug,total\nalpha,4\nbeta,3\n");
     let res = app.send(bearer(import)).await;
     assert_eq!(res.status, 200, "{res:?}");
     app.join("alpha").await.stream.close();
@@ -1642,7 +1642,7 @@ async fn the_import_endpoint_reports_what_changed_and_refuses_a_bad_file_listing
     );
     assert_eq!(app.counts("alpha").await, counts(1, 6));
 
-    let bad = Req::post(
+    let bad = Req::import(
         "/api/v1/import",
         "slug,total\nbeta,1\nbad slug,2\ngamma,-3\n",
     );
@@ -1652,10 +1652,10 @@ async fn the_import_endpoint_reports_what_changed_and_refuses_a_bad_file_listing
         "{message}"
     );
     assert_eq!(app.counts("beta").await, counts(0, 0));
-    app.send(Req::post("/api/v1/import?mode=replace", "slug,total\n"))
+    app.send(Req::import("/api/v1/import?mode=replace", "slug,total\n"))
         .await
         .assert_json_error(400);
-    app.send(Req::post("/api/v1/import", "slug,total\nbeta,1\n").client_ip("203.0.113.4"))
+    app.send(Req::import("/api/v1/import", "slug,total\nbeta,1\n").client_ip("203.0.113.4"))
         .await
         .assert_json_error(401);
     assert_eq!(app.counts("beta").await, counts(0, 0));

@@ -44,16 +44,16 @@ async fn totals_of_a_server_without_views_are_an_empty_array() {
 
 #[actix_web::test]
 async fn totals_are_answered_401_without_the_configured_bearer_token_and_200_with_it() {
-    let app = spawn_app_configured(|c| c.admin_token = Some("s3cret-token".into())).await;
+    let app = spawn_app_configured(|c| c.admin_token = Some("s3cret-admin-token".into())).await;
     let _r = app.join("alpha").await;
 
     for req in [
         Req::get("/api/v1/totals"),
         Req::get("/api/v1/totals").header("Authorization", "Bearer wrong-token"),
-        Req::get("/api/v1/totals").header("Authorization", "Bearer s3cret-toke"),
-        Req::get("/api/v1/totals").header("Authorization", "Bearer s3cret-token-and-more"),
-        Req::get("/api/v1/totals").header("Authorization", "Basic czNjcmV0LXRva2Vu"),
-        Req::get("/api/v1/totals").header("Authorization", "s3cret-token"),
+        Req::get("/api/v1/totals").header("Authorization", "Bearer s3cret-admin-toke"),
+        Req::get("/api/v1/totals").header("Authorization", "Bearer s3cret-admin-token-and-more"),
+        Req::get("/api/v1/totals").header("Authorization", "Basic czNjcmV0LWFkbWluLXRva2Vu"),
+        Req::get("/api/v1/totals").header("Authorization", "s3cret-admin-token"),
     ] {
         let res = app.send(req.clone()).await;
         res.assert_json_error(401);
@@ -61,7 +61,7 @@ async fn totals_are_answered_401_without_the_configured_bearer_token_and_200_wit
     }
 
     let ok = app
-        .send(Req::get("/api/v1/totals").header("Authorization", "Bearer s3cret-token"))
+        .send(Req::get("/api/v1/totals").header("Authorization", "Bearer s3cret-admin-token"))
         .await;
     assert_eq!(ok.status, 200, "{ok:?}");
     assert_eq!(parse_rows(&ok.text()), rows(&[("alpha", 1)]));
