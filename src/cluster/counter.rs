@@ -14,6 +14,22 @@ use crate::cluster::link::{EVENTS, Link, LinkError};
 /// dedupe marker (`--dedupe-window`) has expired.
 const OP_MEMORY_MS: u64 = 24 * 60 * 60 * 1000;
 
+/// The Lua both scripts start with: `MAX`, [`crate::storage::MAX_COUNT`] as Redis writes it,
+/// and `is_count(v)`, true for a string `HINCRBY` reads as a count from 0 to `MAX` (no sign,
+/// no leading zero). Counts stay Redis's strings in Lua, whose numbers are doubles, exact only
+/// up to 2^53; two counts compare by length, then as text.
+macro_rules! lua_counts {
+    () => {
+        r#"
+local MAX = '9223372036854775807'
+local function is_count(v)
+  return v == '0' or (v:find('^[1-9]%d*$') ~= nil and (#v < #MAX or (#v == #MAX and v <= MAX)))
+end
+"#
+    };
+}
+pub(crate) use lua_counts;
+
 /// KEYS: the op key, the reader's marker, `vc:totals`, the day's hash. ARGV: slug, window in
 /// ms (0: no dedupe), channel, op memory in ms.
 ///
@@ -23,13 +39,10 @@ const OP_MEMORY_MS: u64 = 24 * 60 * 60 * 1000;
 /// Redis does not undo a script's writes when a later command in it fails, so everything that
 /// can fail is read and checked before the first write: the total and the day are counts
 /// `HINCRBY` takes, and one at [`crate::storage::MAX_COUNT`] stays there (the view is still
-/// counted, its marker set). Counts travel as Redis's own strings: Lua's numbers are doubles,
-/// exact only up to 2^53.
-const SCRIPT: &str = r#"
-local MAX = '9223372036854775807'
-local function is_count(v)
-  return v == '0' or (v:find('^[1-9]%d*$') ~= nil and (#v < #MAX or (#v == #MAX and v <= MAX)))
-end
+/// counted, its marker set). Counts travel as Redis's own strings (see [`lua_counts`]).
+const SCRIPT: &str = concat!(
+    lua_counts!(),
+    r#"
 local earlier = redis.call('GET', KEYS[1])
 local total = redis.call('HGET', KEYS[3], ARGV[1]) or '0'
 if earlier then return {earlier == 'c' and 1 or 0, total} end
@@ -50,7 +63,8 @@ end
 if day ~= MAX then redis.call('HINCRBY', KEYS[4], ARGV[1], 1) end
 redis.call('PUBLISH', ARGV[3], 't ' .. ARGV[1] .. ' ' .. total)
 return {1, total}
-"#;
+"#
+);
 
 /// The longest dedupe window given to Redis (about 100 years): `SET … PX` refuses an expiry
 /// past the end of its clock, and the window is the first write of a view.

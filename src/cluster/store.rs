@@ -14,7 +14,7 @@ use std::time::Duration;
 use redis::{Commands, ConnectionLike, Script};
 
 use crate::cluster::Cluster;
-use crate::cluster::counter::{day_key, totals_key};
+use crate::cluster::counter::{day_key, lua_counts, totals_key};
 use crate::cluster::link::{EVENTS, is_unavailable};
 use crate::storage::store::{DayViews, Seen, Store, StoreError};
 use crate::storage::{MAX_COUNT, add_counts};
@@ -26,13 +26,10 @@ use crate::storage::{MAX_COUNT, add_counts};
 /// KEYS: `vc:totals`, then the day's hash of each day row. ARGV: the channel, the number of
 /// total rows, then (field, delta, limit) for each total row and then each day row; `limit`
 /// is `MAX_COUNT - delta`: a count above it saturates at `MAX_COUNT` (views may have been
-/// counted since the writer read it). Counts are compared as Redis's decimal strings, since
-/// Lua's numbers are doubles, exact only up to 2^53.
-const IMPORT: &str = r#"
-local MAX = '9223372036854775807'
-local function is_count(v)
-  return v == '0' or (v:find('^[1-9]%d*$') ~= nil and (#v < #MAX or (#v == #MAX and v <= MAX)))
-end
+/// counted since the writer read it), compared as Redis's strings (see [`lua_counts`]).
+const IMPORT: &str = concat!(
+    lua_counts!(),
+    r#"
 local function above(a, b) return #a > #b or (#a == #b and a > b) end
 local totals = tonumber(ARGV[2])
 local plan = {}
@@ -59,7 +56,8 @@ for i = 1, totals do
   redis.call('PUBLISH', ARGV[1], 't ' .. field .. ' ' .. redis.call('HGET', KEYS[1], field))
 end
 return 'OK'
-"#;
+"#
+);
 
 static IMPORT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(IMPORT));
 

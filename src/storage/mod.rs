@@ -8,7 +8,7 @@ pub mod writer;
 /// Redis keeps counts as signed 64-bit integers (`HINCRBY` refuses to go past `i64::MAX`), so
 /// every layer stops there, with Redis or without: a file exported from one imports into the
 /// other, and a count never means one thing here and another there. Adding saturates at it
-/// ([`add_counts`]); an import row above it is refused.
+/// (`add_counts`); an import row above it is refused.
 pub const MAX_COUNT: u64 = i64::MAX as u64;
 
 /// `a + b`, stopping at [`MAX_COUNT`]: how counts are added everywhere.
