@@ -11,6 +11,7 @@ use crate::cli::export::error_of;
 use crate::cli::import_file::{self, ParseOptions};
 use crate::http::owner::{MAX_IMPORT_BYTES, Summary, plan_of};
 use crate::metrics::Metrics;
+use crate::storage::add_counts;
 use crate::storage::calendar::{Calendar, Clock};
 use crate::storage::store::{self, RedbStore, Store};
 use crate::storage::writer::{FlushPolicy, ImportReport, Writer};
@@ -178,7 +179,9 @@ fn describe(summary: &Summary, dry_run: bool) -> String {
             out.push_str(&format!("{slug}: {before} -> {after}\n"));
         }
     }
-    let added: u64 = report.changed.iter().map(|(_, b, a)| a - b).sum();
+    let added = report.changed.iter().fold(0, |all, (_, before, after)| {
+        add_counts(all, after.saturating_sub(*before))
+    });
     let verb = if dry_run { "would change" } else { "changed" };
     out.push_str(&format!(
         "import{}: {} posts {verb} (+{added} views), {} unchanged, {} rows skipped, {} views added to days\n",

@@ -13,6 +13,7 @@ use jiff::civil::Date;
 use jiff::tz::TimeZone;
 
 use crate::edge::slug::Slug;
+use crate::storage::MAX_COUNT;
 
 /// Most bad rows listed in one error: a file bad on every row would otherwise print megabytes.
 pub(crate) const MAX_REPORTED: usize = 100;
@@ -305,15 +306,18 @@ impl Builder {
         self.parsed.skipped += 1;
     }
 
-    /// Adds to the day and the total, both checked first so an overflow changes neither.
+    /// Adds to the day and the total, both checked first so a sum above [`MAX_COUNT`] changes
+    /// neither: the row where it goes over is the one refused.
     fn add(&mut self, slug: Slug, day: Option<Date>, views: u64) -> Result<(), String> {
-        let overflow = || format!("the views of {slug:?} add up to more than {}", u64::MAX);
+        let over =
+            |what: &str| format!("the views of {slug:?}{what} add up to more than {MAX_COUNT}");
+        let sum = |old: u64| old.checked_add(views).filter(|&sum| sum <= MAX_COUNT);
         let old_total = self.parsed.totals.get(&slug).copied().unwrap_or(0);
-        let total = old_total.checked_add(views).ok_or_else(overflow)?;
+        let total = sum(old_total).ok_or_else(|| over(""))?;
         if let Some(day) = day {
             let key = (slug.clone(), day);
             let old = self.parsed.days.get(&key).copied().unwrap_or(0);
-            let on_day = old.checked_add(views).ok_or_else(overflow)?;
+            let on_day = sum(old).ok_or_else(|| over(&format!(" on {day}")))?;
             self.parsed.days.insert(key, on_day);
         }
         self.parsed.totals.insert(slug, total);
@@ -354,7 +358,22 @@ fn parse_count(raw: &str, what: &str) -> Result<u64, String> {
         ));
     }
     raw.parse()
-        .map_err(|_| format!("{what} {raw:?} is larger than {}", u64::MAX))
+        .ok()
+        .filter(|&n| n <= MAX_COUNT)
+        .ok_or_else(|| too_large(what, raw))
+}
+
+/// A count is at most [`MAX_COUNT`], what Redis can hold.
+fn checked_count(n: u64, what: &str) -> Result<u64, String> {
+    if n <= MAX_COUNT {
+        Ok(n)
+    } else {
+        Err(too_large(what, &n.to_string()))
+    }
+}
+
+fn too_large(what: &str, raw: &str) -> String {
+    format!("{what} {raw} is larger than the largest count, {MAX_COUNT}")
 }
 
 /// Exactly `YYYY-MM-DD`, as `export --daily` writes it; jiff alone would take more shapes.
@@ -490,10 +509,15 @@ fn json_element(
     }
     if daily {
         let row: JsonDay = serde_json::from_value(element).map_err(|e| e.to_string())?;
-        b.day(n, parse_slug(&row.slug)?, parse_day(&row.day)?, row.views)
+        let views = checked_count(row.views, "views")?;
+        b.day(n, parse_slug(&row.slug)?, parse_day(&row.day)?, views)
     } else {
         let row: JsonTotal = serde_json::from_value(element).map_err(|e| e.to_string())?;
-        b.total(n, parse_slug(&row.slug)?, row.total)
+        b.total(
+            n,
+            parse_slug(&row.slug)?,
+            checked_count(row.total, "total")?,
+        )
     }
 }
 
@@ -721,9 +745,9 @@ mod tests {
 
     #[test]
     fn a_totals_csv_gives_each_post_its_total() {
-        let parsed = read("slug,total\na,3\nblog/b.html,0\nc,18446744073709551615\n").unwrap();
+        let parsed = read("slug,total\na,3\nblog/b.html,0\nc,9223372036854775807\n").unwrap();
         assert_eq!(parsed.format, Some(ImportFormat::Csv));
-        let want = totals(&[("a", 3), ("blog/b.html", 0), ("c", u64::MAX)]);
+        let want = totals(&[("a", 3), ("blog/b.html", 0), ("c", MAX_COUNT)]);
         assert_eq!(parsed.totals, want);
         assert!(parsed.days.is_empty());
         assert_eq!(parsed.skipped, 0);
@@ -907,14 +931,73 @@ mod tests {
     }
 
     #[test]
-    fn days_that_add_up_past_u64_are_an_error() {
-        let text = "slug,day,views\na,2026-12-01,18446744073709551615\na,2026-12-02,1\n";
+    fn days_that_add_up_past_the_largest_count_are_refused_on_the_line_where_they_go_over() {
+        let text = "slug,day,views\na,2026-12-01,9223372036854775800\n\
+            b,2026-12-01,1\na,2026-12-02,7\na,2026-12-03,1\n";
         let (errors, _) = bad_rows(read(text));
+        assert_eq!(lines(&errors), [5]);
+        assert_eq!(
+            errors[0].to_string(),
+            "line 5: the views of \"a\" add up to more than 9223372036854775807"
+        );
+    }
+
+    #[test]
+    fn a_count_above_the_largest_is_refused_naming_its_line_in_every_format() {
+        let too_large = "larger than the largest count, 9223372036854775807";
+        let (errors, _) = bad_rows(read("slug,total\na,1\nb,9223372036854775808\n"));
         assert_eq!(lines(&errors), [3]);
+        assert!(errors[0].reason.contains(too_large), "{}", errors[0]);
+
+        let daily = "slug,day,views\na,2026-12-01,1\na,2026-12-02,18446744073709551615\n";
+        let (errors, _) = bad_rows(read(daily));
+        assert_eq!(lines(&errors), [3]);
+        assert!(errors[0].reason.contains(too_large), "{}", errors[0]);
+
+        let json = r#"[{"slug":"a","total":1},{"slug":"b","total":9223372036854775808}]"#;
+        let (errors, _) = bad_rows(read(json));
+        assert_eq!(
+            errors[0].to_string(),
+            format!("line 2: element 2: total 9223372036854775808 is {too_large}")
+        );
+
+        let json = r#"[{"slug":"a","day":"2026-12-01","views":18446744073709551615}]"#;
+        let (errors, _) = bad_rows(read(json));
+        assert_eq!(lines(&errors), [1]);
         assert!(
-            errors[0].reason.contains("add up to more than"),
+            errors[0].reason.starts_with("element 1: views"),
             "{}",
             errors[0]
+        );
+        assert!(errors[0].reason.contains(too_large), "{}", errors[0]);
+    }
+
+    /// GoatCounter has a row per view; 2⁶³ rows do not fit in a file, so the sum is started
+    /// where a file of them would have brought it.
+    #[test]
+    fn goatcounter_views_that_add_up_past_the_largest_count_refuse_the_row_that_goes_over() {
+        let mut b = Builder::new(ImportFormat::Goatcounter, Place::Line);
+        let day = date("2021-06-14");
+        b.add(slug("a"), Some(day), MAX_COUNT - 1).unwrap();
+        b.view(slug("a"), day).unwrap();
+        let err = b.view(slug("a"), day).unwrap_err();
+        assert_eq!(
+            err,
+            "the views of \"a\" add up to more than 9223372036854775807"
+        );
+        assert_eq!(
+            b.parsed.totals[&slug("a")],
+            MAX_COUNT,
+            "the refused view changed nothing"
+        );
+        assert_eq!(b.parsed.days[&(slug("a"), day)], MAX_COUNT);
+        // Over on one day only (the total of another post's days is fine): named by its day.
+        let mut b = Builder::new(ImportFormat::Goatcounter, Place::Line);
+        b.parsed.days.insert((slug("c"), day), MAX_COUNT);
+        let err = b.view(slug("c"), day).unwrap_err();
+        assert!(
+            err.ends_with("on 2021-06-14 add up to more than 9223372036854775807"),
+            "{err}"
         );
     }
 
@@ -1098,14 +1181,14 @@ mod tests {
             ("2024/05/my_post.html", "2026-11-30", 5),
             ("2024/05/my_post.html", "2026-12-01", 2),
             ("a", "2026-12-01", 0),
-            ("b-c", "2026-12-01", u64::MAX),
+            ("b-c", "2026-12-01", MAX_COUNT),
         ];
         let all_time = [
             ("2024/05/my_post.html", "", 7),
             ("a", "", 0),
-            ("b-c", "", u64::MAX),
+            ("b-c", "", MAX_COUNT),
         ];
-        let want = totals(&[("2024/05/my_post.html", 7), ("a", 0), ("b-c", u64::MAX)]);
+        let want = totals(&[("2024/05/my_post.html", 7), ("a", 0), ("b-c", MAX_COUNT)]);
         for json in [false, true] {
             let parsed = read(&render_like_export(false, json, &all_time)).unwrap();
             assert_eq!(parsed.totals, want, "totals, json: {json}");

@@ -14,25 +14,61 @@ use crate::cluster::link::{EVENTS, Link, LinkError};
 /// dedupe marker (`--dedupe-window`) has expired.
 const OP_MEMORY_MS: u64 = 24 * 60 * 60 * 1000;
 
+/// The Lua both scripts start with: `MAX`, [`crate::storage::MAX_COUNT`] as Redis writes it,
+/// and `is_count(v)`, true for a string `HINCRBY` reads as a count from 0 to `MAX` (no sign,
+/// no leading zero). Counts stay Redis's strings in Lua, whose numbers are doubles, exact only
+/// up to 2^53; two counts compare by length, then as text.
+macro_rules! lua_counts {
+    () => {
+        r#"
+local MAX = '9223372036854775807'
+local function is_count(v)
+  return v == '0' or (v:find('^[1-9]%d*$') ~= nil and (#v < #MAX or (#v == #MAX and v <= MAX)))
+end
+"#
+    };
+}
+pub(crate) use lua_counts;
+
 /// KEYS: the op key, the reader's marker, `vc:totals`, the day's hash. ARGV: slug, window in
 /// ms (0: no dedupe), channel, op memory in ms.
 ///
 /// The op key records what the op's first run decided (`c` counted, `d` deduplicated); a later
-/// run of the same op answers that again and adds nothing. `SET … NX GET` (Redis 7.0) sets it
-/// and reads what an earlier run left in one command.
-const SCRIPT: &str = r#"
-local function total() return tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0') end
-local earlier = redis.call('SET', KEYS[1], 'c', 'NX', 'GET', 'PX', ARGV[4])
-if earlier then return {earlier == 'c' and 1 or 0, total()} end
+/// run of the same op answers that again and adds nothing.
+///
+/// Redis does not undo a script's writes when a later command in it fails, so everything that
+/// can fail is read and checked before the first write: the total and the day are counts
+/// `HINCRBY` takes, and one at [`crate::storage::MAX_COUNT`] stays there (the view is still
+/// counted, its marker set). Counts travel as Redis's own strings (see [`lua_counts`]).
+const SCRIPT: &str = concat!(
+    lua_counts!(),
+    r#"
+local earlier = redis.call('GET', KEYS[1])
+local total = redis.call('HGET', KEYS[3], ARGV[1]) or '0'
+if earlier then return {earlier == 'c' and 1 or 0, total} end
+local day = redis.call('HGET', KEYS[4], ARGV[1]) or '0'
+if not is_count(total) or not is_count(day) then
+  return redis.error_reply('the views of ' .. ARGV[1] .. ' in ' .. KEYS[3] .. ' or ' .. KEYS[4] .. ' are not a count')
+end
+-- Checked: nothing below fails.
 if tonumber(ARGV[2]) > 0 and not redis.call('SET', KEYS[2], 1, 'NX', 'PX', ARGV[2]) then
   redis.call('SET', KEYS[1], 'd', 'PX', ARGV[4])
-  return {0, total()}
+  return {0, total}
 end
-local t = redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
-redis.call('HINCRBY', KEYS[4], ARGV[1], 1)
-redis.call('PUBLISH', ARGV[3], 't ' .. ARGV[1] .. ' ' .. t)
-return {1, t}
-"#;
+redis.call('SET', KEYS[1], 'c', 'PX', ARGV[4])
+if total ~= MAX then
+  redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+  total = redis.call('HGET', KEYS[3], ARGV[1])
+end
+if day ~= MAX then redis.call('HINCRBY', KEYS[4], ARGV[1], 1) end
+redis.call('PUBLISH', ARGV[3], 't ' .. ARGV[1] .. ' ' .. total)
+return {1, total}
+"#
+);
+
+/// The longest dedupe window given to Redis (about 100 years): `SET … PX` refuses an expiry
+/// past the end of its clock, and the window is the first write of a view.
+const MAX_WINDOW_MS: u64 = 100 * 366 * 24 * 60 * 60 * 1000;
 
 /// `EVALSHA`, falling back to `EVAL` (and loading it) after a Redis restart.
 static COUNT: LazyLock<Script> = LazyLock::new(|| Script::new(SCRIPT));
@@ -76,7 +112,7 @@ pub(crate) async fn count(
     view: &View,
     window: Duration,
 ) -> Result<Counted, LinkError> {
-    let window_ms = window.as_millis().min(u64::MAX as u128) as u64;
+    let window_ms = window.as_millis().min(u128::from(MAX_WINDOW_MS)) as u64;
     let mut invocation = COUNT.prepare_invoke();
     invocation
         .key(format!("vc:op:{}", view.op))
@@ -99,22 +135,24 @@ pub(crate) async fn count(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::net::TcpListener;
     use std::process::{Child, Command, Stdio};
+
+    use redis::Commands;
 
     use super::*;
 
     /// A `redis-server` of the test's own on a free loopback port, killed on drop. `None` (the
     /// test says it was skipped) without `redis-server`; under `CI=true` that fails instead.
-    struct Server {
+    pub(crate) struct Server {
         child: Child,
         port: u16,
         _dir: tempfile::TempDir,
     }
 
     impl Server {
-        fn start() -> Option<Self> {
+        pub(crate) fn start() -> Option<Self> {
             let installed = Command::new("redis-server")
                 .arg("--version")
                 .stdout(Stdio::null())
@@ -149,7 +187,7 @@ mod tests {
             })
         }
 
-        fn url(&self) -> String {
+        pub(crate) fn url(&self) -> String {
             format!("redis://127.0.0.1:{}/0", self.port)
         }
     }
@@ -228,5 +266,102 @@ mod tests {
             count(&link, &open, Duration::ZERO).await.unwrap(),
             once(true, 3)
         );
+    }
+
+    /// A connection for the test's own reads and writes.
+    pub(crate) fn conn(server: &Server) -> redis::Connection {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let client = redis::Client::open(server.url()).expect("a Redis URL");
+            match client.get_connection_with_timeout(Duration::from_millis(200)) {
+                Ok(conn) => return conn,
+                Err(e) => assert!(
+                    std::time::Instant::now() < deadline,
+                    "redis-server never answered: {e}"
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn view_of(slug: &str, op: &str) -> View {
+        View {
+            slug: slug.into(),
+            reader: format!("reader-of-{op}"),
+            op: op.into(),
+            day: 20261202,
+        }
+    }
+
+    /// At the largest count the view is counted and nothing moves past it; below it, a total
+    /// past 2^53 (where Lua's doubles stop being exact) moves by exactly one.
+    #[tokio::test]
+    async fn a_view_at_the_largest_count_is_counted_and_leaves_its_total_and_day_there() {
+        let Some(server) = Server::start() else {
+            return;
+        };
+        let link = connected(&server).await;
+        let mut c = conn(&server);
+        let max = crate::storage::MAX_COUNT;
+        let _: () = redis::cmd("HSET")
+            .arg(totals_key())
+            .arg("alpha")
+            .arg(max)
+            .arg("beta")
+            .arg(9_007_199_254_740_993u64)
+            .query(&mut c)
+            .unwrap();
+        let _: () = redis::cmd("HSET")
+            .arg(day_key(20261202))
+            .arg("alpha")
+            .arg(max)
+            .query(&mut c)
+            .unwrap();
+        let window = Duration::from_secs(1800);
+
+        let at_max = count(&link, &view_of("alpha", "op-1"), window).await;
+        let at_max = at_max.expect("the script succeeds");
+        assert_eq!(
+            at_max,
+            Counted {
+                counted: true,
+                total: max
+            }
+        );
+        let total: u64 = c.hget(totals_key(), "alpha").unwrap();
+        let day: u64 = c.hget(day_key(20261202), "alpha").unwrap();
+        assert_eq!((total, day), (max, max));
+        // Its op is remembered like any other: a replay answers the same.
+        let again = count(&link, &view_of("alpha", "op-1"), window)
+            .await
+            .unwrap();
+        assert_eq!(again, at_max);
+
+        let exact = count(&link, &view_of("beta", "op-2"), window)
+            .await
+            .unwrap();
+        assert_eq!(exact.total, 9_007_199_254_740_994);
+        let day: u64 = c.hget(day_key(20261202), "beta").unwrap();
+        assert_eq!(day, 1);
+    }
+
+    /// Redis does not undo a script's writes when a later command fails: a total that is not a
+    /// count must fail the view before its op key or its reader's marker is written.
+    #[tokio::test]
+    async fn a_total_that_is_not_a_count_fails_the_view_before_anything_is_written() {
+        let Some(server) = Server::start() else {
+            return;
+        };
+        let link = connected(&server).await;
+        let mut c = conn(&server);
+        let _: () = c.hset(totals_key(), "alpha", "lots").unwrap();
+        let view = view_of("alpha", "op-1");
+        let err = count(&link, &view, Duration::from_secs(1800)).await;
+        assert!(err.is_err(), "{err:?}");
+        let op: bool = c.exists(format!("vc:op:{}", view.op)).unwrap();
+        let marker: bool = c.exists(seen_key(&view.slug, &view.reader)).unwrap();
+        let day: bool = c.exists(day_key(view.day)).unwrap();
+        assert_eq!((op, marker, day), (false, false, false));
+        assert!(link.health.is_up(), "Redis answered: it is not down");
     }
 }

@@ -31,6 +31,14 @@ pub(crate) enum LinkError {
     Redis(#[from] redis::RedisError),
 }
 
+/// Redis could not be reached (no connection, a timeout, a connection refused or lost, a reply
+/// that does not parse, a failed login, a server still loading its data): it is down. Redis
+/// answering that it refuses a command (a script's error, a value of the wrong type, out of
+/// memory, a read-only replica) is an answer: Redis is up, that one call failed.
+pub(crate) fn is_unavailable(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_unrecoverable_error() || e.kind() == redis::ErrorKind::BusyLoadingError
+}
+
 /// Whether Redis answers, as the last call found; logs a failing Redis once per interval.
 #[derive(Debug, Default)]
 pub(crate) struct Health {
@@ -126,8 +134,9 @@ impl Link {
         Ok(())
     }
 
-    /// Runs `call` on the connection within the timeout; any failure marks Redis down. Fails
-    /// at once while there is no connection, so a reader never waits for a connect.
+    /// Runs `call` on the connection within the timeout; a failure to reach Redis
+    /// ([`is_unavailable`], or the timeout) marks it down, a refusal does not. Fails at once
+    /// while there is no connection, so a reader never waits for a connect.
     pub(crate) async fn call<T, F, Fut>(&self, what: &'static str, call: F) -> Result<T, LinkError>
     where
         F: FnOnce(ConnectionManager) -> Fut,
@@ -151,10 +160,14 @@ impl Link {
             Err(_) => Err(LinkError::Timeout(self.timeout)),
         };
         match &outcome {
-            Ok(_) => {
+            Err(LinkError::Redis(e)) if is_unavailable(e) => self.health.failed(what, e),
+            Err(e @ (LinkError::NotConnected | LinkError::Timeout(_))) => {
+                self.health.failed(what, e)
+            }
+            // An answer, a refusal too: Redis is there.
+            Ok(_) | Err(LinkError::Redis(_)) => {
                 self.health.succeeded();
             }
-            Err(e) => self.health.failed(what, e),
         }
         outcome
     }

@@ -7,15 +7,59 @@
 //! out after `--redis-timeout`; while the cluster finds Redis down it fails at once, and the
 //! writer answers from what it remembers.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use redis::{Commands, ConnectionLike};
+use redis::{Commands, ConnectionLike, Script};
 
 use crate::cluster::Cluster;
-use crate::cluster::counter::{day_key, totals_key};
-use crate::cluster::link::EVENTS;
+use crate::cluster::counter::{day_key, lua_counts, totals_key};
+use crate::cluster::link::{EVENTS, is_unavailable};
 use crate::storage::store::{DayViews, Seen, Store, StoreError};
+use crate::storage::{MAX_COUNT, add_counts};
+
+/// An import, all of it or nothing: every count it changes is read and checked first, then
+/// all are written and the new totals announced. Redis does not undo a script's writes when a
+/// later command fails, so nothing that can fail comes after the first write.
+///
+/// KEYS: `vc:totals`, then the day's hash of each day row. ARGV: the channel, the number of
+/// total rows, then (field, delta, limit) for each total row and then each day row; `limit`
+/// is `MAX_COUNT - delta`: a count above it saturates at `MAX_COUNT` (views may have been
+/// counted since the writer read it), compared as Redis's strings (see [`lua_counts`]).
+const IMPORT: &str = concat!(
+    lua_counts!(),
+    r#"
+local function above(a, b) return #a > #b or (#a == #b and a > b) end
+local totals = tonumber(ARGV[2])
+local plan = {}
+for i = 1, totals + #KEYS - 1 do
+  local key = i <= totals and KEYS[1] or KEYS[i - totals + 1]
+  local at = 2 + 3 * (i - 1)
+  local field, delta, limit = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
+  local current = redis.call('HGET', key, field) or '0'
+  if not is_count(current) then
+    return redis.error_reply('nothing imported: ' .. field .. ' in ' .. key .. ' is not a count')
+  end
+  plan[i] = {key, field, delta, above(current, limit)}
+end
+-- Checked: nothing below fails.
+for _, row in ipairs(plan) do
+  if row[4] then
+    redis.call('HSET', row[1], row[2], MAX)
+  else
+    redis.call('HINCRBY', row[1], row[2], row[3])
+  end
+end
+for i = 1, totals do
+  local field = plan[i][2]
+  redis.call('PUBLISH', ARGV[1], 't ' .. field .. ' ' .. redis.call('HGET', KEYS[1], field))
+end
+return 'OK'
+"#
+);
+
+static IMPORT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(IMPORT));
 
 pub struct RedisStore {
     client: redis::Client,
@@ -45,8 +89,9 @@ impl RedisStore {
         })
     }
 
-    /// Runs `op` on the connection (made if needed); a failure drops it and marks Redis down.
-    /// For writes (imports): never tried twice, a write that failed may have been applied.
+    /// Runs `op` on the connection (made if needed). Failing to reach Redis drops the
+    /// connection and marks Redis down; Redis refusing the call (an import it found a
+    /// non-count in) does neither. Writes are never tried twice.
     fn with<T>(
         &mut self,
         what: &'static str,
@@ -84,9 +129,11 @@ impl RedisStore {
             outcome = self.connection().and_then(&op);
         }
         outcome.map_err(|e| {
-            self.conn = None;
-            if let Some(cluster) = &self.cluster {
-                cluster.health().failed(what, &e);
+            if is_unavailable(&e) {
+                self.conn = None;
+                if let Some(cluster) = &self.cluster {
+                    cluster.health().failed(what, &e);
+                }
             }
             StoreError::Storage(format!("Redis: {e}"))
         })
@@ -114,31 +161,38 @@ impl Store for RedisStore {
         self.read("load", |c| c.hget(totals_key(), slug))
     }
 
-    /// Imports: added atomically, then announced so every node's readers see the new totals.
+    /// Imports: added in one script, all or nothing, each count saturating at [`MAX_COUNT`];
+    /// the new totals are announced so every node's readers see them.
     fn add(
         &mut self,
         batch: &[(&str, u64)],
         days: &[DayViews<'_>],
         _seen: &[Seen<'_>],
     ) -> Result<(), StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for d in days {
-            pipe.hincr(day_key(d.day), d.slug, d.views).ignore();
-        }
+        // One row per field: the script checks each against the count before the import.
+        let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
         for &(slug, delta) in batch {
-            pipe.hincr(totals_key(), slug, delta);
+            let sum = totals.entry(slug).or_default();
+            *sum = add_counts(*sum, delta);
         }
-        let totals: Vec<u64> = self.with("import", |c| pipe.query(c))?;
-        let mut announce = redis::pipe();
-        for (&(slug, _), total) in batch.iter().zip(totals) {
-            announce
-                .publish(EVENTS, format!("t {slug} {total}"))
-                .ignore();
+        let mut per_day: BTreeMap<(u32, &str), u64> = BTreeMap::new();
+        for d in days {
+            let sum = per_day.entry((d.day, d.slug)).or_default();
+            *sum = add_counts(*sum, d.views);
         }
-        // The totals are written; a lost announcement is healed when posts next wake.
-        let _ = self.with("announce", |c| announce.query::<()>(c));
-        Ok(())
+        let mut import = IMPORT_SCRIPT.prepare_invoke();
+        import.key(totals_key()).arg(EVENTS).arg(totals.len());
+        for (slug, &delta) in &totals {
+            import.arg(*slug).arg(delta).arg(MAX_COUNT - delta);
+        }
+        for (&(day, slug), &views) in &per_day {
+            import
+                .key(day_key(day))
+                .arg(slug)
+                .arg(views)
+                .arg(MAX_COUNT - views);
+        }
+        self.with("import", |c| import.invoke(c))
     }
 
     fn days_of(&mut self, slug: &str, days: &[u32]) -> Result<Vec<u64>, StoreError> {
@@ -185,5 +239,75 @@ impl Store for RedisStore {
 
     fn row_count(&mut self) -> Result<u64, StoreError> {
         self.read("posts", |c| c.hlen(totals_key()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::Commands;
+
+    use super::*;
+    use crate::cluster::counter::tests::{Server, conn};
+
+    fn store(server: &Server) -> RedisStore {
+        RedisStore::standalone(&server.url(), Duration::from_secs(2)).expect("a Redis URL")
+    }
+
+    fn views(slug: &str, views: u64) -> DayViews<'_> {
+        DayViews {
+            slug,
+            day: 20261202,
+            views,
+        }
+    }
+
+    /// Views may land between the writer's read and the import: the script stops each count
+    /// at the largest against what Redis holds then, and applies every row.
+    #[test]
+    fn an_import_that_goes_past_the_largest_count_stops_every_row_there_and_applies_all() {
+        let Some(server) = Server::start() else {
+            return;
+        };
+        let mut c = conn(&server);
+        let _: () = c
+            .hset_multiple(totals_key(), &[("alpha", 5), ("beta", MAX_COUNT - 10)])
+            .unwrap();
+        let _: () = c.hset(day_key(20261202), "beta", MAX_COUNT - 1).unwrap();
+
+        let mut redis = store(&server);
+        redis
+            .add(
+                &[("alpha", 3), ("beta", 100), ("gamma", MAX_COUNT)],
+                &[views("beta", 100), views("gamma", 7)],
+                &[],
+            )
+            .expect("applied");
+        let mut totals = redis.totals().unwrap();
+        totals.sort();
+        let want = [("alpha", 8), ("beta", MAX_COUNT), ("gamma", MAX_COUNT)];
+        assert_eq!(totals, want.map(|(s, t)| (s.to_owned(), t)));
+        assert_eq!(
+            redis.day(20261202).unwrap(),
+            [("beta".to_owned(), MAX_COUNT), ("gamma".to_owned(), 7)]
+        );
+    }
+
+    /// Redis does not undo a script's (nor a MULTI's) earlier writes when a later one fails:
+    /// a value that is not a count must refuse the import before anything is written.
+    #[test]
+    fn an_import_that_meets_a_value_that_is_not_a_count_writes_nothing() {
+        let Some(server) = Server::start() else {
+            return;
+        };
+        let mut c = conn(&server);
+        let _: () = c
+            .hset_multiple(totals_key(), &[("alpha", "5"), ("gamma", "lots")])
+            .unwrap();
+
+        let err = store(&server).add(&[("alpha", 1), ("gamma", 1)], &[views("alpha", 1)], &[]);
+        assert!(err.is_err(), "{err:?}");
+        let alpha: u64 = c.hget(totals_key(), "alpha").unwrap();
+        let day: bool = c.exists(day_key(20261202)).unwrap();
+        assert_eq!((alpha, day), (5, false));
     }
 }

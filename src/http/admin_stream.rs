@@ -28,6 +28,7 @@ use crate::http::owner::is_listed;
 use crate::http::sse::{self, HEARTBEAT, Signals};
 use crate::posts::changes::Change;
 use crate::posts::post::Counts;
+use crate::storage::add_counts;
 use crate::storage::calendar::Day;
 
 /// Changes written in one go when many are waiting.
@@ -143,7 +144,7 @@ impl Board {
         };
         let before = *row;
         // Totals only grow by counting; what else moves them (an import) asks for a snapshot.
-        row.today += counts.total.saturating_sub(row.total);
+        row.today = add_counts(row.today, counts.total.saturating_sub(row.total));
         row.total = counts.total.max(row.total);
         row.live = counts.live;
         if *row == before {

@@ -23,6 +23,7 @@ pub use crate::posts::post_state::Counts;
 use crate::posts::post_state::PostState;
 use crate::storage::calendar::Clock;
 use crate::storage::writer::Writer;
+use crate::storage::{MAX_COUNT, add_counts};
 
 /// Readers get at most one update per this interval; the newest state wins.
 pub const MIN_BROADCAST_INTERVAL: Duration = Duration::from_millis(250);
@@ -183,7 +184,7 @@ struct Merged {
 
 impl Merged {
     fn redis_said(&mut self, total: u64) {
-        self.redis_total = self.redis_total.max(total);
+        self.redis_total = self.redis_total.max(total.min(MAX_COUNT));
     }
 }
 
@@ -259,7 +260,7 @@ impl Post {
             }
             // Unconfirmed until the outbox replays it.
             Decision::Deferred => {
-                merged.unconfirmed += 1;
+                merged.unconfirmed = add_counts(merged.unconfirmed, 1);
                 metrics.views_counted.inc();
                 true
             }
@@ -379,7 +380,7 @@ fn shown(state: &PostState, merged: Option<&Merged>) -> Counts {
         None => local,
         Some(m) => Counts {
             live: local.live + m.remote_live,
-            total: m.redis_total + m.unconfirmed,
+            total: add_counts(m.redis_total, m.unconfirmed),
         },
     }
 }

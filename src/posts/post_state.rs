@@ -1,13 +1,15 @@
 //! The counting rules of one post, free of actors and clocks (time is passed in), so they can
 //! be tested exhaustively: live = open reader streams minus those a beacon took away, never
-//! negative; total = views counted, each reader id once per dedupe window. Views are counted
-//! per reader id, live readers per [`Presence`] (a reader id in one showing of its page), so a
-//! beacon only ends the showing it was sent for.
+//! negative; total = views counted, each reader id once per dedupe window, stopping at
+//! [`crate::storage::MAX_COUNT`]. Views are counted per reader id, live readers per
+//! [`Presence`] (a reader id in one showing of its page), so a beacon only ends the showing it
+//! was sent for.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::edge::reader_id::{Presence, ReaderKey};
+use crate::storage::add_counts;
 
 /// What every reader of a post sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -121,7 +123,9 @@ impl PostState {
         let counted = is_new && may_count();
         if counted {
             self.dedupe.remember(presence.reader, now);
-            self.counts.total += 1;
+            // At the largest count the view is still counted (its reader id remembered), the
+            // total no longer moves.
+            self.counts.total = add_counts(self.counts.total, 1);
         }
         if !is_reader {
             self.observe();
@@ -220,7 +224,7 @@ impl PostState {
 
     /// Views added to the total from outside (an import).
     pub(crate) fn add_to_total(&mut self, views: u64) {
-        self.counts.total = self.counts.total.saturating_add(views);
+        self.counts.total = add_counts(self.counts.total, views);
     }
 
     /// Seeds the dedupe memory with a reader id counted before this actor existed (before a
@@ -252,6 +256,7 @@ impl PostState {
 mod tests {
     use super::*;
     use crate::edge::reader_id::ReaderId;
+    use crate::storage::MAX_COUNT;
     use proptest::prelude::*;
 
     const WINDOW: Duration = Duration::from_secs(1800);
@@ -281,6 +286,8 @@ mod tests {
         Leave { reader: u8, show: u32 },
         /// The `n`-th open stream (modulo how many are open) closes.
         Drop { stream: usize },
+        /// Views imported into the total (`viewcounter import`), up to `u64::MAX`.
+        Import { views: u64 },
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -295,7 +302,14 @@ mod tests {
             ),
             (0u8..6, 0u32..3).prop_map(|(reader, show)| Op::Leave { reader, show }),
             any::<usize>().prop_map(|stream| Op::Drop { stream }),
+            prop_oneof![0u64..10, Just(MAX_COUNT), Just(u64::MAX)]
+                .prop_map(|views| Op::Import { views }),
         ]
+    }
+
+    /// Where a post's total starts: small, or at (or just below) the largest count.
+    fn start_total() -> impl Strategy<Value = u64> {
+        prop_oneof![0u64..100, (MAX_COUNT - 5)..=MAX_COUNT]
     }
 
     /// An open stream as the model sees it.
@@ -309,9 +323,14 @@ mod tests {
 
     proptest! {
         #[test]
-        fn live_is_open_streams_minus_beaconed_and_total_is_counted_joins(ops in prop::collection::vec(op(), 0..200)) {
+        fn live_is_open_streams_minus_beaconed_and_total_is_counted_joins_up_to_the_largest_count(
+            start_total in start_total(),
+            ops in prop::collection::vec(op(), 0..200),
+        ) {
             let start = Instant::now();
-            let mut state = PostState::new(7, WINDOW);
+            let mut state = PostState::new(start_total, WINDOW);
+            // The total in exact arithmetic; the post shows it stopped at the largest count.
+            let mut added: u128 = 0;
             let mut open: Vec<Stream> = Vec::new();
             let mut counted: HashSet<u8> = HashSet::new();
             let mut ended: HashSet<(u8, u32)> = HashSet::new();
@@ -324,6 +343,7 @@ mod tests {
                         prop_assert_eq!(out.counted, expect_count);
                         if expect_count {
                             counted.insert(reader);
+                            added += 1;
                         }
                         // A showing a beacon ended joins held but not live.
                         let beaconed = ended.contains(&(reader, show));
@@ -346,9 +366,14 @@ mod tests {
                             prop_assert_eq!(moved, s.is_reader && !s.beaconed);
                         }
                     }
+                    Op::Import { views } => {
+                        state.add_to_total(views);
+                        added += u128::from(views);
+                    }
                 }
                 let live = open.iter().filter(|s| s.is_reader && !s.beaconed).count() as u64;
-                prop_assert_eq!(state.counts(), Counts { live, total: 7 + counted.len() as u64 });
+                let total = (u128::from(start_total) + added).min(u128::from(MAX_COUNT)) as u64;
+                prop_assert_eq!(state.counts(), Counts { live, total });
             }
             while let Some(s) = open.pop() {
                 state.depart(presence(s.reader, s.show), s.epoch, s.is_reader);

@@ -11,6 +11,8 @@ use redb::{
     StorageBackend, TableDefinition,
 };
 
+use crate::storage::{MAX_COUNT, add_counts};
+
 /// Views per post: slug → all-time total.
 const TOTALS: TableDefinition<&str, u64> = TableDefinition::new("totals");
 /// Reader ids counted within the dedupe window: "slug reader-id" → unix seconds when counted.
@@ -54,8 +56,8 @@ impl StoreError {
 pub trait Store: Send + 'static {
     /// The stored total of one post, `None` when it has no row.
     fn load(&mut self, slug: &str) -> Result<Option<u64>, StoreError>;
-    /// Adds every delta (totals and days) and records every counted reader id, in one atomic,
-    /// durable step.
+    /// Adds every delta (totals and days), each count stopping at [`MAX_COUNT`], and records
+    /// every counted reader id, in one atomic, durable step: all of it or, on an error, none.
     fn add(
         &mut self,
         batch: &[(&str, u64)],
@@ -92,6 +94,12 @@ pub struct Seen<'a> {
     pub slug: &'a str,
     pub reader: &'a str,
     pub at: u64,
+}
+
+/// A count as stored, read as at most [`MAX_COUNT`]: a file written before counts were bounded
+/// may hold more (adding saturated at `u64::MAX` then).
+fn count(stored: u64) -> u64 {
+    stored.min(MAX_COUNT)
 }
 
 /// Slugs and reader ids never hold a space, so "slug reader" is unambiguous and all ids of a
@@ -331,7 +339,7 @@ impl Store for RedbStore {
             let txn = db.begin_read().map_err(StoreError::storage)?;
             let table = txn.open_table(TOTALS).map_err(StoreError::storage)?;
             let total = table.get(slug).map_err(StoreError::storage)?;
-            Ok(total.map(|v| v.value()))
+            Ok(total.map(|v| count(v.value())))
         })
     }
 
@@ -351,7 +359,7 @@ impl Store for RedbStore {
                         .map_err(StoreError::storage)?
                         .map_or(0, |v| v.value());
                     per_day
-                        .insert((d.day, d.slug), old.saturating_add(d.views))
+                        .insert((d.day, d.slug), add_counts(old, d.views))
                         .map_err(StoreError::storage)?;
                 }
                 let mut ids = txn.open_table(SEEN).map_err(StoreError::storage)?;
@@ -366,7 +374,7 @@ impl Store for RedbStore {
                         .map_err(StoreError::storage)?
                         .map_or(0, |v| v.value());
                     table
-                        .insert(slug, old.saturating_add(delta))
+                        .insert(slug, add_counts(old, delta))
                         .map_err(StoreError::storage)?;
                 }
             }
@@ -423,7 +431,7 @@ impl Store for RedbStore {
             days.iter()
                 .map(|&day| {
                     let views = table.get((day, slug)).map_err(StoreError::storage)?;
-                    Ok(views.map_or(0, |v| v.value()))
+                    Ok(views.map_or(0, |v| count(v.value())))
                 })
                 .collect()
         })
@@ -439,7 +447,7 @@ impl Store for RedbStore {
                 .map_err(StoreError::storage)?
             {
                 let (key, views) = row.map_err(StoreError::storage)?;
-                rows.push((key.value().1.to_owned(), views.value()));
+                rows.push((key.value().1.to_owned(), count(views.value())));
             }
             Ok(rows)
         })
@@ -550,7 +558,7 @@ fn read_days(txn: &redb::ReadTransaction) -> Result<Vec<(String, u32, u64)>, Sto
     for row in table.iter().map_err(StoreError::storage)? {
         let (key, views) = row.map_err(StoreError::storage)?;
         let (day, slug) = key.value();
-        rows.push((slug.to_owned(), day, views.value()));
+        rows.push((slug.to_owned(), day, count(views.value())));
     }
     rows.sort();
     Ok(rows)
@@ -572,7 +580,7 @@ fn read_all(
     let mut rows = Vec::new();
     for row in table.iter().map_err(StoreError::storage)? {
         let (slug, total) = row.map_err(StoreError::storage)?;
-        rows.push((slug.value().to_owned(), total.value()));
+        rows.push((slug.value().to_owned(), count(total.value())));
     }
     Ok(rows)
 }
@@ -621,6 +629,42 @@ mod tests {
         }
         let rows = read_totals_offline(&path).unwrap();
         assert_eq!(rows, vec![("a".to_owned(), 4), ("b".to_owned(), 2)]);
+    }
+
+    #[test]
+    fn counts_stop_at_the_largest_and_one_stored_above_it_reads_as_the_largest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("max.redb");
+        {
+            let mut store = RedbStore::open(&path).unwrap();
+            let day = |views| DayViews {
+                slug: "a",
+                day: 20261201,
+                views,
+            };
+            store
+                .add(&[("a", MAX_COUNT - 1)], &[day(MAX_COUNT - 1)], &[])
+                .unwrap();
+            store.add(&[("a", 5)], &[day(5)], &[]).unwrap();
+            assert_eq!(store.load("a").unwrap(), Some(MAX_COUNT));
+            assert_eq!(store.days_of("a", &[20261201]).unwrap(), [MAX_COUNT]);
+        }
+        // What adding left before counts were bounded: it saturated at u64::MAX.
+        {
+            let db = Database::open(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(TOTALS)
+                .unwrap()
+                .insert("b", u64::MAX)
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let mut store = RedbStore::open(&path).unwrap();
+        assert_eq!(store.load("b").unwrap(), Some(MAX_COUNT));
+        let want = [("a".to_owned(), MAX_COUNT), ("b".to_owned(), MAX_COUNT)];
+        assert_eq!(store.totals().unwrap(), want);
+        drop(store);
+        assert_eq!(read_totals_offline(&path).unwrap(), want);
     }
 
     #[test]

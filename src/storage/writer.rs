@@ -19,6 +19,7 @@ use crate::memory::CachedBlocks;
 use crate::metrics::Metrics;
 use crate::storage::calendar::{Calendar, Day};
 use crate::storage::store::{DayViews, Seen, Store, StoreError};
+use crate::storage::{MAX_COUNT, add_counts};
 
 /// How long a failing flush waits before it is tried again, at the least.
 const MIN_RETRY: Duration = Duration::from_secs(1);
@@ -209,7 +210,10 @@ impl Writer {
     pub async fn history_all(&self, days: Vec<Day>) -> Result<Vec<u64>, WriterError> {
         self.ask(move |state| {
             days.iter()
-                .map(|&day| Ok(state.day_views(day)?.iter().map(|(_, v)| v).sum()))
+                .map(|&day| {
+                    let views = state.day_views(day)?;
+                    Ok(views.iter().fold(0, |all, (_, v)| add_counts(all, *v)))
+                })
                 .collect()
         })
         .await
@@ -246,6 +250,17 @@ pub enum ImportMode {
     Add,
 }
 
+impl ImportMode {
+    /// A count after the file's number `file` met the one counted so far, `before`: never
+    /// lower than `before`, never above [`MAX_COUNT`].
+    fn apply(self, before: u64, file: u64) -> u64 {
+        match self {
+            Self::Set => before.max(file).min(MAX_COUNT),
+            Self::Add => add_counts(before, file),
+        }
+    }
+}
+
 /// What to import: totals and views per day, by post.
 #[derive(Debug, Clone)]
 pub struct ImportPlan {
@@ -262,7 +277,7 @@ pub struct ImportReport {
     pub changed: Vec<(String, u64, u64)>,
     /// Posts in the file whose total stays.
     pub unchanged: usize,
-    /// Views added to days.
+    /// Views added to days (at most [`MAX_COUNT`]).
     pub day_views: u64,
     pub written: bool,
 }
@@ -333,7 +348,7 @@ impl Known {
             .get_mut(&key)
             .or_else(|| self.older.get_mut(&key))
         {
-            *t += delta;
+            *t = add_counts(*t, delta);
         }
     }
 }
@@ -477,9 +492,9 @@ impl State {
         let now = Instant::now();
         let day = self.day_of(at);
         if let Some(p) = self.pending.get_mut(&slug) {
-            p.delta += 1;
+            p.delta = add_counts(p.delta, 1);
             match p.days.last_mut() {
-                Some((d, views)) if *d == day => *views += 1,
+                Some((d, views)) if *d == day => *views = add_counts(*views, 1),
                 _ => p.days.push((day, 1)),
             }
             p.seen.push((reader, at));
@@ -534,7 +549,7 @@ impl State {
         };
         let pending = self.pending.get(slug).map(|p| p.delta);
         let new = stored.is_none() && pending.is_none();
-        let total = stored.unwrap_or(0) + pending.unwrap_or(0);
+        let total = add_counts(stored.unwrap_or(0), pending.unwrap_or(0));
         if new || purpose == LoadFor::Numbers {
             return Ok(Loaded {
                 total,
@@ -558,7 +573,8 @@ impl State {
     fn totals(&mut self) -> Result<Vec<(String, u64)>, StoreError> {
         let mut all: BTreeMap<String, u64> = self.store.totals()?.into_iter().collect();
         for (slug, p) in &self.pending {
-            *all.entry(slug.as_str().to_owned()).or_default() += p.delta;
+            let total = all.entry(slug.as_str().to_owned()).or_default();
+            *total = add_counts(*total, p.delta);
         }
         Ok(all.into_iter().collect())
     }
@@ -573,7 +589,7 @@ impl State {
         let pending = self.pending.get(slug).map(|p| p.delta);
         match (stored, pending) {
             (None, None) => None,
-            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+            (a, b) => Some(add_counts(a.unwrap_or(0), b.unwrap_or(0))),
         }
     }
 
@@ -582,8 +598,7 @@ impl State {
             p.days
                 .iter()
                 .filter(|(d, _)| *d == day)
-                .map(|(_, v)| v)
-                .sum()
+                .fold(0, |all, (_, v)| add_counts(all, *v))
         })
     }
 
@@ -593,7 +608,7 @@ impl State {
         Ok(keys
             .iter()
             .zip(stored)
-            .map(|(&day, views)| views + self.pending_on(slug, day))
+            .map(|(&day, views)| add_counts(views, self.pending_on(slug, day)))
             .collect())
     }
 
@@ -603,7 +618,8 @@ impl State {
         for slug in self.pending.keys() {
             let views = self.pending_on(slug, key);
             if views > 0 {
-                *all.entry(slug.as_str().to_owned()).or_default() += views;
+                let all = all.entry(slug.as_str().to_owned()).or_default();
+                *all = add_counts(*all, views);
             }
         }
         Ok(all.into_iter().collect())
@@ -618,7 +634,8 @@ impl State {
             .collect();
         for (slug, p) in &self.pending {
             for &(day, views) in &p.days {
-                *all.entry((slug.as_str().to_owned(), day)).or_default() += views;
+                let all = all.entry((slug.as_str().to_owned(), day)).or_default();
+                *all = add_counts(*all, views);
             }
         }
         Ok(all
@@ -633,33 +650,26 @@ impl State {
         let mut report = ImportReport::default();
         let mut totals = Vec::new();
         for (slug, &file) in &plan.totals {
-            let before = self.store.load(slug.as_str())?.unwrap_or(0)
-                + self.pending.get(slug).map_or(0, |p| p.delta);
-            let delta = match plan.mode {
-                ImportMode::Set => file.saturating_sub(before),
-                ImportMode::Add => file,
-            };
-            if delta == 0 {
+            let stored = self.store.load(slug.as_str())?.unwrap_or(0);
+            let before = add_counts(stored, self.pending.get(slug).map_or(0, |p| p.delta));
+            let after = plan.mode.apply(before, file);
+            if after == before {
                 report.unchanged += 1;
             } else {
-                report.changed.push((
-                    slug.as_str().to_owned(),
-                    before,
-                    before.saturating_add(delta),
-                ));
-                totals.push((slug.as_str(), delta));
+                report
+                    .changed
+                    .push((slug.as_str().to_owned(), before, after));
+                totals.push((slug.as_str(), after - before));
             }
         }
         let mut days = Vec::new();
         for ((slug, day), &file) in &plan.days {
             let key = day.key();
-            let before = self.store.days_of(slug.as_str(), &[key])?[0] + self.pending_on(slug, key);
-            let views = match plan.mode {
-                ImportMode::Set => file.saturating_sub(before),
-                ImportMode::Add => file,
-            };
+            let stored = self.store.days_of(slug.as_str(), &[key])?[0];
+            let before = add_counts(stored, self.pending_on(slug, key));
+            let views = plan.mode.apply(before, file) - before;
             if views > 0 {
-                report.day_views += views;
+                report.day_views = add_counts(report.day_views, views);
                 days.push(DayViews {
                     slug: slug.as_str(),
                     day: key,

@@ -16,7 +16,7 @@ const DOWN_WITHIN: Duration = Duration::from_secs(2);
 /// Redis back: the outbox is replayed within a few heartbeats.
 const REPLAYED_WITHIN: Duration = Duration::from_secs(10);
 
-async fn node(redis: &RedisServer, id: &str) -> TestApp {
+pub(crate) async fn node(redis: &RedisServer, id: &str) -> TestApp {
     let url = redis.url();
     spawn_app_configured(|c| {
         c.cluster = Some(ClusterConfig {
@@ -36,7 +36,7 @@ async fn two_nodes() -> Option<(RedisServer, TestApp, TestApp)> {
 }
 
 /// `GET /api/v1/stats` from loopback.
-async fn stats(app: &TestApp) -> serde_json::Value {
+pub(crate) async fn stats(app: &TestApp) -> serde_json::Value {
     let res = app.send(Req::get("/api/v1/stats")).await;
     assert_eq!(res.status, 200, "{res:?}");
     res.json()
@@ -50,7 +50,7 @@ async fn await_stat(app: &TestApp, field: &str, want: serde_json::Value, within:
 }
 
 /// One series of `/metrics`.
-async fn metric(app: &TestApp, name: &str) -> Option<f64> {
+pub(crate) async fn metric(app: &TestApp, name: &str) -> Option<f64> {
     let text = app.send(Req::get("/metrics")).await.text();
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())

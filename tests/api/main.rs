@@ -17,6 +17,7 @@ mod faults;
 mod heads;
 mod helpers;
 mod leave;
+mod numbers;
 mod owner;
 mod owner_only;
 mod persistence;
