@@ -155,7 +155,7 @@ async fn send(args: &ImportArgs, text: String) -> Result<Summary, ImportError> {
         .post(target)
         .content_type("text/plain; charset=utf-8");
     if let Some(token) = &args.store.admin_token {
-        req = req.bearer_auth(token);
+        req = req.bearer_auth(token.expose());
     }
     let mut res = req
         .send_body(text)

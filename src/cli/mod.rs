@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
 use crate::http::scheduling::Scheduling;
+use crate::secret::{RedisUrl, Secret};
 
 pub mod export;
 pub mod import;
@@ -76,7 +77,7 @@ pub struct ServeArgs {
 
     /// Bearer token required by /api/v1/totals; without it only loopback peers are answered.
     #[arg(long, env = "VIEWCOUNTER_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
 
     /// Write a post's total after this much quiet.
     #[arg(long, env = "VIEWCOUNTER_FLUSH_AFTER", default_value = "5s", value_parser = duration)]
@@ -143,7 +144,7 @@ pub struct ServeArgs {
     /// Cluster mode: the Redis (or Valkey) that every node of the cluster shares, e.g.
     /// `redis://127.0.0.1:6379/0`. Without it the node stands alone on its --db file.
     #[arg(long, env = "VIEWCOUNTER_REDIS", hide_env_values = true)]
-    pub redis: Option<String>,
+    pub redis: Option<RedisUrl>,
 
     /// With --redis: this node's name in the cluster; default: host, port and a random suffix.
     #[arg(long, env = "VIEWCOUNTER_NODE_ID", requires = "redis")]
@@ -176,11 +177,11 @@ pub struct StoreArgs {
 
     /// Bearer token for the server's admin endpoints (/api/v1/totals, /daily, /import).
     #[arg(long, env = "VIEWCOUNTER_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
 
     /// Cluster mode: read (export) or write (import) the cluster's Redis directly instead.
     #[arg(long, env = "VIEWCOUNTER_REDIS", hide_env_values = true)]
-    pub redis: Option<String>,
+    pub redis: Option<RedisUrl>,
 }
 
 /// How long `export`/`import --redis` wait for each Redis call.
@@ -191,7 +192,7 @@ impl StoreArgs {
     pub fn redis_store(
         &self,
     ) -> Option<Result<crate::cluster::store::RedisStore, crate::storage::store::StoreError>> {
-        let url = self.redis.as_deref()?;
+        let url = self.redis.as_ref()?;
         Some(crate::cluster::store::RedisStore::standalone(
             url,
             CLI_REDIS_TIMEOUT,

@@ -15,6 +15,7 @@ use redis::{Commands, ConnectionLike};
 use crate::cluster::Cluster;
 use crate::cluster::counter::{day_key, totals_key};
 use crate::cluster::link::EVENTS;
+use crate::secret::RedisUrl;
 use crate::storage::store::{DayViews, Seen, Store, StoreError};
 
 pub struct RedisStore {
@@ -27,16 +28,17 @@ pub struct RedisStore {
 
 impl RedisStore {
     /// The store of a node in the cluster.
-    pub(crate) fn new(url: &str, cluster: Arc<Cluster>) -> Result<Self, StoreError> {
+    pub(crate) fn new(url: &RedisUrl, cluster: Arc<Cluster>) -> Result<Self, StoreError> {
         let mut store = Self::standalone(url, cluster.timeout())?;
         store.cluster = Some(cluster);
         Ok(store)
     }
 
     /// Redis read and written directly (`export --redis`, `import --redis`).
-    pub fn standalone(url: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Storage(format!("--redis {url:?}: {e}")))?;
+    pub fn standalone(url: &RedisUrl, timeout: Duration) -> Result<Self, StoreError> {
+        // `url` prints with its password masked.
+        let client = redis::Client::open(url.expose())
+            .map_err(|e| StoreError::Storage(format!("--redis \"{url}\": {e}")))?;
         Ok(Self {
             client,
             timeout,

@@ -20,6 +20,7 @@ mod leave;
 mod owner;
 mod persistence;
 mod redis;
+mod secrets;
 mod shared;
 mod slugs;
 mod totals;
