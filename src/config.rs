@@ -57,7 +57,7 @@ pub struct Config {
     /// Interval of the comment lines that keep idle streams open through proxies.
     pub heartbeat: Duration,
     pub limits: Limits,
-    /// Peers whose forwarding headers name the client.
+    /// Peers whose forwarding header (`--client-ip-header`) names the client.
     pub trusted_proxies: TrustedProxies,
     /// Count User-Agents on the bot list as views and live readers.
     pub count_bots: bool,
@@ -230,7 +230,8 @@ impl TryFrom<ServeArgs> for Config {
                 ip_views_per_minute: args.ip_view_rate,
                 max_streams: args.max_streams,
             },
-            trusted_proxies: TrustedProxies::new(args.trusted_proxies),
+            trusted_proxies: TrustedProxies::new(args.trusted_proxies)
+                .reading(args.client_ip_header),
             count_bots: args.count_bots,
             timezone: args.timezone,
             workers: args.workers.map_or_else(default_workers, usize::from),

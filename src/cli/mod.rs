@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
+use crate::edge::client_ip::ClientIpHeader;
 use crate::http::scheduling::Scheduling;
 use crate::secret::{RedisUrl, Secret};
 
@@ -124,7 +125,7 @@ pub struct ServeArgs {
     #[arg(long, env = "VIEWCOUNTER_MAX_STREAMS")]
     pub max_streams: Option<usize>,
 
-    /// Peers whose X-Forwarded-For / Forwarded header names the client; repeatable.
+    /// Peers whose forwarding header (--client-ip-header) names the client; repeatable.
     #[arg(
         long = "trusted-proxy",
         env = "VIEWCOUNTER_TRUSTED_PROXY",
@@ -132,6 +133,12 @@ pub struct ServeArgs {
         default_values = ["127.0.0.0/8", "::1/128"]
     )]
     pub trusted_proxies: Vec<IpNet>,
+
+    /// The header in which a --trusted-proxy names the client, the one your proxy sets:
+    /// `x-forwarded-for` (with X-Forwarded-Proto: nginx, Caddy, HAProxy `option forwardfor`)
+    /// or `forwarded` (RFC 7239: HAProxy `option forwarded`). The other is ignored.
+    #[arg(long, env = "VIEWCOUNTER_CLIENT_IP_HEADER", value_enum, default_value_t = ClientIpHeader::XForwardedFor)]
+    pub client_ip_header: ClientIpHeader,
 
     /// Count User-Agents that the bot list matches (by default they get numbers, not counted).
     #[arg(long, env = "VIEWCOUNTER_COUNT_BOTS")]
