@@ -166,16 +166,17 @@ pub struct ServeArgs {
     pub clock: crate::storage::calendar::Clock,
 }
 
-/// Where the owner's commands find the numbers: the db file when no server holds it, else
-/// the running server that does.
+/// Where the owner's commands find the numbers: the server `--url` names (and nothing else),
+/// else the db file when no server holds it, else the running server that does.
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
     /// The redb file, used directly when no server holds it.
     #[arg(long, env = "VIEWCOUNTER_DB", default_value = DEFAULT_DB)]
     pub db: PathBuf,
 
-    /// The running server to go through when it holds the file; default: the --listen address.
-    #[arg(long, env = "VIEWCOUNTER_URL")]
+    /// The running server to go through, and nothing else: no local file is read or written.
+    /// Without it: the --db file, or the server at the --listen address when it holds the file.
+    #[arg(long, env = "VIEWCOUNTER_URL", conflicts_with = "redis")]
     pub url: Option<String>,
 
     /// Address the server listens on, used for the default --url.
@@ -208,7 +209,8 @@ impl StoreArgs {
 }
 
 impl StoreArgs {
-    /// `--url`, or `http://` + the listen address (loopback for an unspecified one).
+    /// `--url`, or `http://` + the listen address (loopback for an unspecified one): the
+    /// server to ask when it holds the file.
     pub fn url(&self) -> String {
         self.url.clone().unwrap_or_else(|| {
             let mut addr = self.listen;
