@@ -5,6 +5,7 @@
 
 mod assets;
 mod cli;
+mod client_ip;
 mod cluster;
 mod coalescing;
 mod connect;
