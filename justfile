@@ -27,7 +27,7 @@ bench-cluster:
 # Fuzz the parsers and encoders with cargo-fuzz, SECONDS per target, one target at a time
 # (e.g. `just fuzz 300 sse`). Reads the committed seeds in fuzz/corpus/, grows its own corpus
 # in fuzz/target/corpus/ (not committed); crashes land in fuzz/artifacts/<target>/.
-fuzz seconds="60" targets="slug reader_id sse client_ip":
+fuzz seconds="60" targets="slug reader_id sse client_ip direct_head import_file":
     command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
     cd fuzz && for t in {{targets}}; do mkdir -p "target/corpus/$t" && RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" "target/corpus/$t" "corpus/$t" -- -max_total_time={{seconds}} || exit 1; done
 

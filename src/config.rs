@@ -13,6 +13,7 @@ use crate::cli::ServeArgs;
 use crate::edge::client_ip::TrustedProxies;
 use crate::edge::origin::{OriginError, OriginPolicy};
 use crate::http::scheduling::Scheduling;
+use crate::secret::{RedisUrl, Secret};
 use crate::storage::calendar::Clock;
 use crate::storage::writer::FlushPolicy;
 
@@ -51,13 +52,13 @@ pub struct Config {
     pub origins: OriginPolicy,
     /// The bearer token of the admin endpoints, at least [`MIN_ADMIN_TOKEN_CHARS`] long;
     /// `None`: the machine itself only (a direct loopback connection to a loopback `Host`).
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
     /// When counted views are written, and how long reader ids are remembered.
     pub flush: FlushPolicy,
     /// Interval of the comment lines that keep idle streams open through proxies.
     pub heartbeat: Duration,
     pub limits: Limits,
-    /// Peers whose forwarding headers name the client.
+    /// Peers whose forwarding header (`--client-ip-header`) names the client.
     pub trusted_proxies: TrustedProxies,
     /// Count User-Agents on the bot list as views and live readers.
     pub count_bots: bool,
@@ -76,7 +77,7 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     /// `redis://…` (or `rediss://`, `unix://`): checked when the config is.
-    pub redis: String,
+    pub redis: RedisUrl,
     /// This node's name; `None`: `HOST:PORT-xxxx`, made once the port is known.
     pub node_id: Option<String>,
     /// Every Redis call gives up after this long.
@@ -86,7 +87,7 @@ pub struct ClusterConfig {
 impl ClusterConfig {
     pub fn new(redis: impl Into<String>) -> Self {
         Self {
-            redis: redis.into(),
+            redis: RedisUrl::from(redis.into()),
             node_id: None,
             timeout: Duration::from_millis(250),
         }
@@ -113,8 +114,12 @@ pub enum ConfigError {
     Ipv6Prefix(u8),
     #[error(transparent)]
     Origin(#[from] OriginError),
-    #[error("--redis {url:?} is not a Redis URL (redis://HOST[:PORT][/DB]): {reason}")]
-    RedisUrl { url: String, reason: String },
+    /// `url` prints without its password (see [`RedisUrl`]).
+    #[error(
+        "--redis \"{url}\" is not a Redis URL (redis://[USER][:PASSWORD@]HOST[:PORT][/DB]; \
+         write a `#`, `/`, `?` or `@` in the password as %23, %2F, %3F, %40): {reason}"
+    )]
+    RedisUrl { url: RedisUrl, reason: String },
     #[error("--node-id must be 1 to 64 of A-Z a-z 0-9 . _ : - , not {0:?}")]
     NodeId(String),
 }
@@ -188,7 +193,7 @@ impl ClusterConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         use redis::IntoConnectionInfo;
         self.redis
-            .as_str()
+            .expose()
             .into_connection_info()
             .map_err(|e| ConfigError::RedisUrl {
                 url: self.redis.clone(),
@@ -236,7 +241,8 @@ impl TryFrom<ServeArgs> for Config {
                 ip_views_per_minute: args.ip_view_rate,
                 max_streams: args.max_streams,
             },
-            trusted_proxies: TrustedProxies::new(args.trusted_proxies),
+            trusted_proxies: TrustedProxies::new(args.trusted_proxies)
+                .reading(args.client_ip_header),
             count_bots: args.count_bots,
             timezone: args.timezone,
             workers: args.workers.map_or_else(default_workers, usize::from),
@@ -277,12 +283,12 @@ mod tests {
         assert!(err.to_string().contains("--heartbeat"), "{err}");
         for short in ["", "0123456789abcde", "ééééééééééééééé"] {
             let mut weak = base.clone();
-            weak.admin_token = Some(short.into());
+            weak.admin_token = Some(Secret::from(short));
             let err = weak.validate().expect_err("a short token");
             assert!(err.to_string().contains("openssl rand -hex 16"), "{err}");
         }
         let mut strong = base.clone();
-        strong.admin_token = Some("0123456789abcdef".into());
+        strong.admin_token = Some(Secret::from("0123456789abcdef"));
         assert!(strong.validate().is_ok());
         let mut clustered = base.clone();
         clustered.cluster = Some(ClusterConfig::new("redis://127.0.0.1:6379/0"));
@@ -297,5 +303,25 @@ mod tests {
             ..ClusterConfig::new("redis://127.0.0.1")
         });
         assert!(matches!(spaced.validate(), Err(ConfigError::NodeId(_))));
+    }
+
+    #[test]
+    fn the_debug_of_a_configuration_shows_neither_the_token_nor_the_redis_password() {
+        let args = ServeArgs::from_args([
+            "--admin-token",
+            "s3cret-admin-token",
+            "--redis",
+            "redis://app:hunter2@127.0.0.1:6379/0",
+        ])
+        .expect("flags");
+        let config = Config::try_from(args.clone()).expect("a valid configuration");
+        for shown in [format!("{args:?}"), format!("{config:?}")] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(
+                shown.contains("redis://app:***@127.0.0.1:6379/0"),
+                "{shown}"
+            );
+        }
     }
 }

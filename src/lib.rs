@@ -37,7 +37,9 @@
 //!   other nodes' live readers; its tasks (heartbeat, pub/sub, replay) reach the posts through
 //!   the registry; `cluster::store` is the writer's `Store` on Redis for the owner's reads.
 //! - Beside them: `metrics` (Prometheus series), [`memory`] (giving freed memory back after a
-//!   wave of readers, which glibc's malloc keeps otherwise).
+//!   wave of readers, which glibc's malloc keeps otherwise), [`secret`] (the admin token and
+//!   the `--redis` URL, which never print their secrets; every layer may use it), and
+//!   `fuzzing` (the fuzz targets' way in to internals; not an API).
 
 #![warn(unreachable_pub)]
 
@@ -45,10 +47,13 @@ pub mod cli;
 pub(crate) mod cluster;
 pub mod config;
 pub mod edge;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod memory;
 pub(crate) mod metrics;
 pub mod posts;
+pub mod secret;
 pub(crate) mod shutdown;
 pub mod startup;
 pub mod storage;

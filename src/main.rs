@@ -23,7 +23,9 @@ fn main() -> ExitCode {
             Some(Command::Export(args)) => viewcounter::cli::export::export(&args)
                 .await
                 .map(|out| {
-                    print!("{out}");
+                    // Where the numbers came from: on stderr, so stdout stays CSV or JSON.
+                    eprintln!("export: from {}", out.from);
+                    print!("{}", out.text);
                 })
                 .map_err(|e| e.to_string()),
             Some(Command::Import(args)) => viewcounter::cli::import::import(&args)

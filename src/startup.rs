@@ -147,7 +147,7 @@ impl Application {
             limits: StreamLimits::new(config.limits.ip_streams, capacity),
             view_rate: Arc::new(ViewRate::new(config.limits.ip_views_per_minute)),
             bots: (!config.count_bots).then(isbot::Bots::default),
-            admin_token: config.admin_token.clone(),
+            admin_token: config.admin_token.as_deref().map(str::to_owned),
             shared: Arc::default(),
             ipv6_prefix: config.limits.ipv6_prefix,
             direct_streams: AtomicUsize::new(0),

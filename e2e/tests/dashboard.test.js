@@ -34,7 +34,7 @@ before(async () => {
   const csv = path.join(dir, 'daily.csv');
   fs.writeFileSync(csv, 'slug,day,views\n' + HISTORY.map(([s, back, v]) => `${s},${dayBack(back)},${v}`).join('\n') + '\n');
   const imported = execFileSync(h.BIN, ['import', '--db', db, csv], { encoding: 'utf8' });
-  assert.match(imported, /import: /, imported);
+  assert.match(imported, /^import into the file .*: /, imported);
 
   browser = await h.launchBrowser();
   blog = await h.startBlog({ counter: 'http://127.0.0.1:9' });

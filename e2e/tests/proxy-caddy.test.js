@@ -19,7 +19,11 @@ before(async () => {
   blog = await h.startBlog({ counter: 'http://127.0.0.1:9' });
   const blogPort = await h.freePort();
   blogOrigin = `https://blog.example.com:${blogPort}`;
-  counter = await h.startCounter({ allowOrigins: [blogOrigin], args: ['--ip-stream-limit', '1'] });
+  counter = await h.startCounter({
+    allowOrigins: [blogOrigin],
+    // As the recipe says: the client's address from X-Forwarded-For (the default), only.
+    args: ['--ip-stream-limit', '1', '--client-ip-header', 'x-forwarded-for'],
+  });
   caddy = await h.startCaddy({
     counter,
     cert,
@@ -107,6 +111,10 @@ test('behind Caddy (TLS + HTTP/2): live and total flow, leaving drops live, the 
   // Caddy replaces the header (appended to, it would name a new client to viewcounter).
   const spoofed = await streamStatus('::1', { 'x-forwarded-for': '203.0.113.7' });
   assert.equal(spoofed, 429, 'a client cannot choose its address through Caddy');
+  // Nor in its own Forwarded header, which Caddy passes on as it came: the server reads
+  // X-Forwarded-For only (--client-ip-header x-forwarded-for).
+  const spoofedRfc = await streamStatus('::1', { forwarded: 'for=203.0.113.8' });
+  assert.equal(spoofedRfc, 429, 'a client cannot choose its address in a Forwarded header');
 
   // b leaves: live drops, on the server and in a.
   const closed = Date.now();
@@ -116,6 +124,6 @@ test('behind Caddy (TLS + HTTP/2): live and total flow, leaving drops live, the 
   const leftMs = Date.now() - closed;
   h.report(t, `two browsers (from 127.0.0.1 and ::1) through Caddy ${require('node:child_process').execFileSync('caddy', ['version']).toString().split(' ')[0].trim()}: ` +
     `${b.protocols.length} responses (page, counter.js, stream, beacons) all over h2; a saw b arrive (live 2 / total 2) within ${arriveMs} ms; one stream per browser, through Caddy; ` +
-    `a second browser from ::1 refused with 429 (--ip-stream-limit 1, ${refused.length} attempt${refused.length === 1 ? '' : 's'} so far), counted nothing; a client from ::1 claiming X-Forwarded-For 203.0.113.7: ${spoofed}; ` +
+    `a second browser from ::1 refused with 429 (--ip-stream-limit 1, ${refused.length} attempt${refused.length === 1 ? '' : 's'} so far), counted nothing; a client from ::1 claiming X-Forwarded-For 203.0.113.7: ${spoofed}, Forwarded for=203.0.113.8: ${spoofedRfc}; ` +
     `b closed: live 2→1 on the server and in a within ${leftMs} ms`);
 });

@@ -149,3 +149,53 @@ test('behind nginx: when the counter restarts, nginx answers 502 and the script 
     `${perPage.join('/')} (the leader's backoff; the other tab has none), live back to 2 ${backMs} ms after ` +
     `the counter was up; total unchanged (${before.total})`);
 });
+
+/**
+ * A stream opened through nginx at `port` from the local address `from`, by a client that is
+ * no browser, sending `headers` of its own: its status, and `close()` to end it.
+ */
+function openStream(port, from, headers = {}) {
+  const view = `forged${require('node:crypto').randomBytes(12).toString('hex')}`;
+  return new Promise((resolve, reject) => {
+    const req = http.get({
+      host: '127.0.0.1', port, localAddress: from, path: `/api/v1/connect/alpha?view=${view}`,
+      headers: { 'user-agent': h.UA, accept: 'text/event-stream', ...headers },
+    }, res => resolve({ status: res.statusCode, close: () => req.destroy() }));
+    req.on('error', reject);
+  });
+}
+
+test('behind nginx: a client naming another address in X-Forwarded-For or Forwarded keeps its own budget', async t => {
+  // One reader per client address, the client's address read as the recipe says.
+  const limited = await h.startCounter({ args: ['--ip-stream-limit', '1', '--client-ip-header', 'x-forwarded-for'] });
+  const proxy = await h.startNginx({ recipe: 'viewcounter-http.conf', counter: limited });
+  const open = [];
+  try {
+    const first = await openStream(proxy.port, '127.0.0.1', { 'x-forwarded-for': '203.0.113.1' });
+    open.push(first);
+    assert.equal(first.status, 200);
+    const forged = [
+      { 'x-forwarded-for': '203.0.113.2' },
+      { 'x-forwarded-for': '203.0.113.1, 203.0.113.2' },
+      { forwarded: 'for=203.0.113.3' },
+    ];
+    const answers = [];
+    for (const headers of forged) {
+      const s = await openStream(proxy.port, '127.0.0.1', headers);
+      open.push(s);
+      answers.push(s.status);
+    }
+    assert.deepEqual(answers, [429, 429, 429], `a client from 127.0.0.1 naming other addresses: ${JSON.stringify(forged)}`);
+    // Another client (127.0.0.2) is admitted: the server sees each client, not nginx.
+    const other = await openStream(proxy.port, '127.0.0.2');
+    open.push(other);
+    assert.equal(other.status, 200, 'a client from 127.0.0.2 was refused: the server saw nginx for everyone');
+    await limited.waitCount('alpha', n => n.live === 2);
+    h.report(t, `through nginx (X-Forwarded-For $remote_addr), --ip-stream-limit 1: a client from 127.0.0.1 admitted, ` +
+      `the same client naming 203.0.113.x in its own X-Forwarded-For or Forwarded: ${answers.join(', ')}; a client from 127.0.0.2: ${other.status}`);
+  } finally {
+    for (const s of open) s.close();
+    await proxy.stop();
+    await limited.stop();
+  }
+});

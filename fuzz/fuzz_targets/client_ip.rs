@@ -1,4 +1,5 @@
-//! `TrustedProxies::client_ip` with arbitrary `X-Forwarded-For` / `Forwarded` headers.
+//! `TrustedProxies::client_ip` with arbitrary `X-Forwarded-For` / `Forwarded` headers, reading
+//! either one (`--client-ip-header x-forwarded-for`, the default, or `forwarded`).
 //!
 //! Input is text-like, one item per line (so the corpus stays readable):
 //!   line 1: the socket peer (an IP; anything else means 127.0.0.1)
@@ -9,16 +10,18 @@
 //!
 //! Properties:
 //! 1. never panics;
-//! 2. the answer is the peer or an address written in an `X-Forwarded-For` or `Forwarded`
-//!    value;
+//! 2. the answer is the peer or an address written in a value of the header read, never one
+//!    only in the other forwarding header (which the proxy passes on as the client wrote it);
 //! 3. an untrusted peer is always the answer (no spoofing from outside);
-//! 4. without forwarding headers, the peer is the answer;
+//! 4. without the header read, the peer is the answer;
 //! 5. the nearest hop, which the trusted proxy appended itself to the last
 //!    `X-Forwarded-For` value, is the answer when it is an untrusted address, whatever the
 //!    client put before it (the documented "first address from the nearest hop that is not
 //!    a trusted proxy");
 //! 6. when every `X-Forwarded-For` entry is a plain address, the answer is the one the
-//!    documented walk gives.
+//!    documented walk gives;
+//! 7. reading `Forwarded`: the `for=` of its nearest element, when it is an untrusted plain
+//!    address, is the answer; and 6 for a chain of plain `for=` addresses.
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -26,7 +29,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 use libfuzzer_sys::fuzz_target;
-use viewcounter::edge::client_ip::TrustedProxies;
+use viewcounter::edge::client_ip::{ClientIpHeader, TrustedProxies};
 
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
@@ -95,17 +98,21 @@ fuzz_target!(|data: &[u8]| {
     };
     let proxies = TrustedProxies::new(nets.clone());
     let got = proxies.client_ip(peer, &headers);
+    let rfc7239 = TrustedProxies::new(nets.clone()).reading(ClientIpHeader::Forwarded);
+    let got_fwd = rfc7239.client_ip(peer, &headers);
 
-    // 2: the peer or an address present in the headers.
-    let mut present = vec![canonical(peer)];
-    // (X-Real-IP is not read: an address only there must never come out.)
-    for (_, value) in headers.iter().filter(|(name, _)| *name != "x-real-ip") {
-        addresses_in(&String::from_utf8_lossy(value.as_bytes()), &mut present);
+    // 2: the peer or an address present in the header read. (X-Real-IP is never read, and
+    // each mode ignores the other header: an address only there must never come out.)
+    for (answer, read) in [(got, "x-forwarded-for"), (got_fwd, "forwarded")] {
+        let mut present = vec![canonical(peer)];
+        for value in headers.get_all(read) {
+            addresses_in(&String::from_utf8_lossy(value.as_bytes()), &mut present);
+        }
+        assert!(
+            present.contains(&answer),
+            "{answer} is neither the peer nor in {read}"
+        );
     }
-    assert!(
-        present.contains(&got),
-        "{got} is neither the peer nor in the headers"
-    );
 
     // 3: an untrusted peer cannot be overridden by what it sends.
     if !trusts(peer) {
@@ -114,13 +121,64 @@ fuzz_target!(|data: &[u8]| {
             canonical(peer),
             "untrusted peer {peer} spoofed as {got}"
         );
+        assert_eq!(
+            got_fwd,
+            canonical(peer),
+            "untrusted peer {peer} spoofed as {got_fwd}"
+        );
         return;
     }
 
-    // 4: nothing forwarded, nothing to believe.
+    // 4: nothing forwarded in the header read, nothing to believe.
     let xff: Vec<&HeaderValue> = headers.get_all("x-forwarded-for").collect();
-    if xff.is_empty() && !headers.contains_key("forwarded") {
+    if xff.is_empty() {
         assert_eq!(got, canonical(peer));
+    }
+    let fwd: Vec<&HeaderValue> = headers.get_all("forwarded").collect();
+    if fwd.is_empty() {
+        assert_eq!(got_fwd, canonical(peer));
+    }
+
+    // 7: the `for=` of the nearest element (the proxy's own) when untrusted; a chain of plain
+    // `for=` addresses walked as the documented walk.
+    // The element's first `for=`, when it is a plain address.
+    let for_of = |element: &str| -> Option<IpAddr> {
+        let value = element.split(';').find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            k.eq_ignore_ascii_case("for").then_some(v)
+        })?;
+        value.trim().trim_matches('"').parse().ok()
+    };
+    if let Some(hop) = fwd
+        .last()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .and_then(for_of)
+        .filter(|&hop| !trusts(hop))
+    {
+        assert_eq!(
+            got_fwd,
+            canonical(hop),
+            "nearest for={hop}; headers {headers:?}"
+        );
+    }
+    let fwd_chain: Option<Vec<IpAddr>> = fwd
+        .iter()
+        .map(|v| v.to_str().ok())
+        .collect::<Option<Vec<&str>>>()
+        .and_then(|vs| vs.iter().flat_map(|v| v.split(',')).map(for_of).collect());
+    if let Some(chain) = fwd_chain.filter(|c| !c.is_empty()) {
+        let want = chain
+            .iter()
+            .rev()
+            .copied()
+            .find(|&hop| !trusts(hop))
+            .unwrap_or(chain[0]);
+        assert_eq!(
+            got_fwd,
+            canonical(want),
+            "for= chain {chain:?}, trusted {nets:?}"
+        );
     }
 
     // 5: the hop the trusted proxy appended (the last entry of the last X-Forwarded-For

@@ -55,7 +55,14 @@ fn beacon_parts(text: &str) -> Option<(&str, u32)> {
         Some(at) => {
             let show = &text[at + 1..];
             let digits = !show.is_empty() && show.bytes().all(|b| b.is_ascii_digit());
-            (&text[..at], if digits { show.parse().ok()? } else { return None })
+            (
+                &text[..at],
+                if digits {
+                    show.parse().ok()?
+                } else {
+                    return None;
+                },
+            )
         }
         None => (text, 0),
     };

@@ -9,9 +9,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use serde::Deserialize;
-use viewcounter::posts::post::Counts;
 use viewcounter::edge::reader_id::ReaderId;
 use viewcounter::http::sse::{RETRY_MS, counts_event, first_event};
+use viewcounter::posts::post::Counts;
 
 #[derive(Debug, Default, Clone, PartialEq)]
 struct Event {
@@ -92,15 +92,11 @@ fn parse_stream(bytes: &[u8]) -> Parsed {
                 data.push_str(value);
                 data.push('\n');
             }
-            "id" => {
-                if !value.contains('\0') {
-                    id_buf = value.to_owned();
-                }
-            }
-            "retry" => {
-                if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-                    out.retries.push(value.parse().expect("digits"));
-                }
+            // An id with a NUL, or a retry that is not all digits, is ignored like an unknown
+            // field.
+            "id" if !value.contains('\0') => id_buf = value.to_owned(),
+            "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                out.retries.push(value.parse().expect("digits"));
             }
             _ => {} // ignored
         }

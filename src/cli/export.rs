@@ -1,6 +1,7 @@
 //! `viewcounter export`: all-time totals (or, `--daily`, views per day) as CSV or JSON, from the
 //! db file when no server holds it, otherwise from the running server's `/api/v1/totals` or
-//! `/api/v1/daily` (which include unwritten views); with `--redis`, from the cluster's Redis.
+//! `/api/v1/daily` (which include unwritten views); with `--url`, from that server and nothing
+//! else; with `--redis`, from the cluster's Redis. Which one it was is said on stderr.
 
 use std::time::Duration;
 
@@ -23,6 +24,38 @@ pub struct DayRow {
     pub views: u64,
 }
 
+/// Where an export's or an import's numbers were read or written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The db file, no server holding it.
+    File(String),
+    /// A running server: the one `--url` named, or the one holding the file (`held`).
+    Server { url: String, held: Option<String> },
+    /// The cluster's Redis (`--redis`).
+    Redis,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "the file {path}"),
+            Self::Server { url, held: None } => write!(f, "the server at {url}"),
+            Self::Server {
+                url,
+                held: Some(path),
+            } => write!(f, "the server at {url}, which holds {path}"),
+            Self::Redis => f.write_str("the cluster's Redis"),
+        }
+    }
+}
+
+/// What `export` prints: `text` on stdout, where it came from on stderr.
+#[derive(Debug)]
+pub struct Exported {
+    pub text: String,
+    pub from: Source,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     #[error("cannot read {path}: {file}; and the server at {url} did not answer: {server}")]
@@ -34,6 +67,8 @@ pub enum ExportError {
     },
     #[error("cannot read the cluster's Redis: {0}")]
     Redis(StoreError),
+    #[error("cannot export from the server at {url} (--url): {server}")]
+    Server { url: String, server: String },
     #[error("{path} is held by a running server, but it did not answer at {url}: {server}")]
     ServerUnreachable {
         path: String,
@@ -42,11 +77,30 @@ pub enum ExportError {
     },
 }
 
-/// The rows in `format`, ready to print.
-pub async fn export(args: &ExportArgs) -> Result<String, ExportError> {
+/// The rows in `format`, ready to print, and where they came from.
+pub async fn export(args: &ExportArgs) -> Result<Exported, ExportError> {
     if let Some(store) = args.store.redis_store() {
-        return from_redis(store, args).map_err(ExportError::Redis);
+        let text = from_redis(store, args).map_err(ExportError::Redis)?;
+        return Ok(Exported {
+            text,
+            from: Source::Redis,
+        });
     }
+    if let Some(url) = &args.store.url {
+        // `--url` means that server: no local file is looked at, let alone read.
+        let text = from_server(url, args)
+            .await
+            .map_err(|server| ExportError::Server {
+                url: url.clone(),
+                server,
+            })?;
+        let from = Source::Server {
+            url: url.clone(),
+            held: None,
+        };
+        return Ok(Exported { text, from });
+    }
+    let path = args.store.db.display().to_string();
     let offline = store::read_offline(&args.store.db).and_then(|snapshot| {
         if args.daily {
             Ok(render_days(&day_rows(snapshot.days()?), args.format))
@@ -55,23 +109,21 @@ pub async fn export(args: &ExportArgs) -> Result<String, ExportError> {
         }
     });
     let file = match offline {
-        Ok(out) => return Ok(out),
+        Ok(text) => {
+            let from = Source::File(path);
+            return Ok(Exported { text, from });
+        }
         Err(file) => file,
     };
     let url = args.store.url();
-    let token = args.store.admin_token.as_deref();
-    let fetched = if args.daily {
-        fetch::<Vec<DayRow>>(&url, "daily", token)
-            .await
-            .map(|rows| render_days(&rows, args.format))
-    } else {
-        fetch::<Vec<Row>>(&url, "totals", token)
-            .await
-            .map(|rows| render(&rows, args.format))
-    };
-    let path = args.store.db.display().to_string();
-    match fetched {
-        Ok(out) => Ok(out),
+    match from_server(&url, args).await {
+        Ok(text) => {
+            let from = Source::Server {
+                url,
+                held: Some(path),
+            };
+            Ok(Exported { text, from })
+        }
         Err(server) if matches!(file, StoreError::Locked { .. }) => {
             Err(ExportError::ServerUnreachable { path, url, server })
         }
@@ -81,6 +133,20 @@ pub async fn export(args: &ExportArgs) -> Result<String, ExportError> {
             url,
             server,
         }),
+    }
+}
+
+/// The server's `/api/v1/totals` (or `/daily`) in `args.format`.
+async fn from_server(url: &str, args: &ExportArgs) -> Result<String, String> {
+    let token = args.store.admin_token.as_deref();
+    if args.daily {
+        fetch::<Vec<DayRow>>(url, "daily", token)
+            .await
+            .map(|rows| render_days(&rows, args.format))
+    } else {
+        fetch::<Vec<Row>>(url, "totals", token)
+            .await
+            .map(|rows| render(&rows, args.format))
     }
 }
 

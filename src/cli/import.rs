@@ -1,13 +1,14 @@
 //! `viewcounter import FILE`: views brought in from a file (`cli::import_file` reads it),
 //! written to the db file when no server holds it, or sent to the running server's
-//! `POST /api/v1/import` when one does, so that the server's posts and the file agree. With
-//! `--redis`, written to the cluster's Redis (whose nodes announce the new totals).
+//! `POST /api/v1/import` when one does, so that the server's posts and the file agree; with
+//! `--url`, sent to that server and nothing else. With `--redis`, written to the cluster's
+//! Redis (whose nodes announce the new totals). The summary says which one it was.
 
 use std::io::Read;
 use std::time::Duration;
 
 use crate::cli::ImportArgs;
-use crate::cli::export::error_of;
+use crate::cli::export::{Source, error_of};
 use crate::cli::import_file::{self, ParseOptions};
 use crate::http::owner::{MAX_IMPORT_BYTES, Summary, plan_of};
 use crate::metrics::Metrics;
@@ -31,19 +32,51 @@ pub enum ImportError {
     Invalid { path: String, reason: String },
     #[error("cannot write {db}: {reason}")]
     Store { db: String, reason: String },
-    #[error("{db} is held by a running server, but it did not take the import at {url}: {reason}")]
+    /// `held`: the db file, when the server was asked because it holds it (no `--url`).
+    #[error("{}", server_failed(held.as_deref(), url, reason))]
     Server {
-        db: String,
+        held: Option<String>,
         url: String,
         reason: String,
     },
 }
 
+fn server_failed(held: Option<&str>, url: &str, reason: &str) -> String {
+    match held {
+        Some(db) => format!(
+            "{db} is held by a running server, but it did not take the import at {url}: {reason}"
+        ),
+        None => format!("the server at {url} (--url) did not take the import: {reason}"),
+    }
+}
+
+/// Where the import goes: `--redis`, else `--url`'s server (never a local file then), else
+/// the file, or the server that holds it.
+fn destination(args: &ImportArgs) -> Source {
+    let store = &args.store;
+    let db = store.db.display().to_string();
+    if store.redis.is_some() {
+        Source::Redis
+    } else if let Some(url) = &store.url {
+        let url = url.clone();
+        Source::Server { url, held: None }
+    } else if store::is_served(&store.db) {
+        let url = store.url();
+        Source::Server {
+            url,
+            held: Some(db),
+        }
+    } else {
+        Source::File(db)
+    }
+}
+
 /// Imports `args.file`; the summary (and, for a dry run, every change) to print.
 pub async fn import(args: &ImportArgs) -> Result<String, ImportError> {
     let text = read_file(args)?;
-    let summary = if args.store.redis.is_none() && store::is_served(&args.store.db) {
-        send(args, text).await?
+    let to = destination(args);
+    let summary = if let Source::Server { url, held } = &to {
+        send(args, url, held, text).await?
     } else {
         let path = args.file.display().to_string();
         let options = ParseOptions {
@@ -59,7 +92,7 @@ pub async fn import(args: &ImportArgs) -> Result<String, ImportError> {
         let report = write(args, plan_of(parsed, args.mode, args.dry_run)).await?;
         Summary { report, skipped }
     };
-    Ok(describe(&summary, args.dry_run))
+    Ok(describe(&summary, args.dry_run, &to))
 }
 
 fn read_file(args: &ImportArgs) -> Result<String, ImportError> {
@@ -120,12 +153,16 @@ async fn write(
     report
 }
 
-/// Sends the file as it is to the server, which reads it with its own time zone.
-async fn send(args: &ImportArgs, text: String) -> Result<Summary, ImportError> {
-    let url = args.store.url();
+/// Sends the file as it is to the server at `url`, which reads it with its own time zone.
+async fn send(
+    args: &ImportArgs,
+    url: &str,
+    held: &Option<String>,
+    text: String,
+) -> Result<Summary, ImportError> {
     let failed = |reason: String| ImportError::Server {
-        db: args.store.db.display().to_string(),
-        url: url.clone(),
+        held: held.clone(),
+        url: url.to_owned(),
         reason,
     };
     let mut query = form_urlencoded::Serializer::new(String::new());
@@ -157,7 +194,7 @@ async fn send(args: &ImportArgs, text: String) -> Result<Summary, ImportError> {
         .content_type("text/plain; charset=utf-8");
     req = req.insert_header((crate::http::owner::IMPORT_HEADER, "1"));
     if let Some(token) = &args.store.admin_token {
-        req = req.bearer_auth(token);
+        req = req.bearer_auth(token.expose());
     }
     let mut res = req
         .send_body(text)
@@ -170,8 +207,9 @@ async fn send(args: &ImportArgs, text: String) -> Result<Summary, ImportError> {
     serde_json::from_slice(&body).map_err(|e| failed(format!("unexpected answer: {e}")))
 }
 
-/// `import: 3 posts changed (+120 views), 2 unchanged, 5 rows skipped, 40 views added to days`.
-fn describe(summary: &Summary, dry_run: bool) -> String {
+/// `import into the file data/viewcounter.redb: 3 posts changed (+120 views), 2 unchanged,
+/// 5 rows skipped, 40 views added to days`.
+fn describe(summary: &Summary, dry_run: bool, to: &Source) -> String {
     let report = &summary.report;
     let mut out = String::new();
     if dry_run {
@@ -184,7 +222,7 @@ fn describe(summary: &Summary, dry_run: bool) -> String {
     });
     let verb = if dry_run { "would change" } else { "changed" };
     out.push_str(&format!(
-        "import{}: {} posts {verb} (+{added} views), {} unchanged, {} rows skipped, {} views added to days\n",
+        "import into {to}{}: {} posts {verb} (+{added} views), {} unchanged, {} rows skipped, {} views added to days\n",
         if dry_run { " (dry run, nothing written)" } else { "" },
         report.changed.len(),
         report.unchanged,

@@ -8,7 +8,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
+use crate::edge::client_ip::ClientIpHeader;
 use crate::http::scheduling::Scheduling;
+use crate::secret::{RedisUrl, Secret};
 
 pub mod export;
 pub mod import;
@@ -76,7 +78,7 @@ pub struct ServeArgs {
 
     /// Bearer token required by /api/v1/totals; without it only loopback peers are answered.
     #[arg(long, env = "VIEWCOUNTER_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
 
     /// Write a post's total after this much quiet.
     #[arg(long, env = "VIEWCOUNTER_FLUSH_AFTER", default_value = "5s", value_parser = duration)]
@@ -123,7 +125,7 @@ pub struct ServeArgs {
     #[arg(long, env = "VIEWCOUNTER_MAX_STREAMS")]
     pub max_streams: Option<usize>,
 
-    /// Peers whose X-Forwarded-For / Forwarded header names the client; repeatable.
+    /// Peers whose forwarding header (--client-ip-header) names the client; repeatable.
     #[arg(
         long = "trusted-proxy",
         env = "VIEWCOUNTER_TRUSTED_PROXY",
@@ -131,6 +133,12 @@ pub struct ServeArgs {
         default_values = ["127.0.0.0/8", "::1/128"]
     )]
     pub trusted_proxies: Vec<IpNet>,
+
+    /// The header in which a --trusted-proxy names the client, the one your proxy sets:
+    /// `x-forwarded-for` (with X-Forwarded-Proto: nginx, Caddy, HAProxy `option forwardfor`)
+    /// or `forwarded` (RFC 7239: HAProxy `option forwarded`). The other is ignored.
+    #[arg(long, env = "VIEWCOUNTER_CLIENT_IP_HEADER", value_enum, default_value_t = ClientIpHeader::XForwardedFor)]
+    pub client_ip_header: ClientIpHeader,
 
     /// Count User-Agents that the bot list matches (by default they get numbers, not counted).
     #[arg(long, env = "VIEWCOUNTER_COUNT_BOTS")]
@@ -143,7 +151,7 @@ pub struct ServeArgs {
     /// Cluster mode: the Redis (or Valkey) that every node of the cluster shares, e.g.
     /// `redis://127.0.0.1:6379/0`. Without it the node stands alone on its --db file.
     #[arg(long, env = "VIEWCOUNTER_REDIS", hide_env_values = true)]
-    pub redis: Option<String>,
+    pub redis: Option<RedisUrl>,
 
     /// With --redis: this node's name in the cluster; default: host, port and a random suffix.
     #[arg(long, env = "VIEWCOUNTER_NODE_ID", requires = "redis")]
@@ -158,16 +166,17 @@ pub struct ServeArgs {
     pub clock: crate::storage::calendar::Clock,
 }
 
-/// Where the owner's commands find the numbers: the db file when no server holds it, else
-/// the running server that does.
+/// Where the owner's commands find the numbers: the server `--url` names (and nothing else),
+/// else the db file when no server holds it, else the running server that does.
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
     /// The redb file, used directly when no server holds it.
     #[arg(long, env = "VIEWCOUNTER_DB", default_value = DEFAULT_DB)]
     pub db: PathBuf,
 
-    /// The running server to go through when it holds the file; default: the --listen address.
-    #[arg(long, env = "VIEWCOUNTER_URL")]
+    /// The running server to go through, and nothing else: no local file is read or written.
+    /// Without it: the --db file, or the server at the --listen address when it holds the file.
+    #[arg(long, env = "VIEWCOUNTER_URL", conflicts_with = "redis")]
     pub url: Option<String>,
 
     /// Address the server listens on, used for the default --url.
@@ -176,11 +185,11 @@ pub struct StoreArgs {
 
     /// Bearer token for the server's admin endpoints (/api/v1/totals, /daily, /import).
     #[arg(long, env = "VIEWCOUNTER_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
 
     /// Cluster mode: read (export) or write (import) the cluster's Redis directly instead.
     #[arg(long, env = "VIEWCOUNTER_REDIS", hide_env_values = true)]
-    pub redis: Option<String>,
+    pub redis: Option<RedisUrl>,
 }
 
 /// How long `export`/`import --redis` wait for each Redis call.
@@ -191,7 +200,7 @@ impl StoreArgs {
     pub fn redis_store(
         &self,
     ) -> Option<Result<crate::cluster::store::RedisStore, crate::storage::store::StoreError>> {
-        let url = self.redis.as_deref()?;
+        let url = self.redis.as_ref()?;
         Some(crate::cluster::store::RedisStore::standalone(
             url,
             CLI_REDIS_TIMEOUT,
@@ -200,7 +209,8 @@ impl StoreArgs {
 }
 
 impl StoreArgs {
-    /// `--url`, or `http://` + the listen address (loopback for an unspecified one).
+    /// `--url`, or `http://` + the listen address (loopback for an unspecified one): the
+    /// server to ask when it holds the file.
     pub fn url(&self) -> String {
         self.url.clone().unwrap_or_else(|| {
             let mut addr = self.listen;

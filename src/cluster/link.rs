@@ -12,6 +12,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, RedisResult};
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::secret::RedisUrl;
+
 /// The channel every node publishes presence changes and new totals on.
 pub(crate) const EVENTS: &str = "vc:events";
 
@@ -86,11 +88,11 @@ pub(crate) struct Link {
 impl Link {
     /// Checks the URL; connects later ([`Link::connect`]).
     pub(crate) fn new(
-        url: &str,
+        url: &RedisUrl,
         timeout: Duration,
         pushes: UnboundedSender<PushInfo>,
     ) -> RedisResult<Self> {
-        let mut info = url.into_connection_info()?;
+        let mut info = url.expose().into_connection_info()?;
         info.redis.protocol = ProtocolVersion::RESP3;
         Ok(Self {
             client: redis::Client::open(info)?,

@@ -116,7 +116,8 @@ impl Cluster {
             .node_id
             .clone()
             .unwrap_or_else(|| default_node_id(addr));
-        tracing::info!(%node, "cluster mode: joining the nodes on Redis");
+        // The URL prints with its password masked.
+        tracing::info!(%node, redis = %config.redis, "cluster mode: joining the nodes on Redis");
         let cluster = Self {
             link,
             presence: Presence::new(node, change_tx),

@@ -16,6 +16,7 @@ use redis::{Commands, ConnectionLike, Script};
 use crate::cluster::Cluster;
 use crate::cluster::counter::{day_key, lua_counts, totals_key};
 use crate::cluster::link::{EVENTS, is_unavailable};
+use crate::secret::RedisUrl;
 use crate::storage::store::{DayViews, Seen, Store, StoreError};
 use crate::storage::{MAX_COUNT, add_counts};
 
@@ -71,16 +72,17 @@ pub struct RedisStore {
 
 impl RedisStore {
     /// The store of a node in the cluster.
-    pub(crate) fn new(url: &str, cluster: Arc<Cluster>) -> Result<Self, StoreError> {
+    pub(crate) fn new(url: &RedisUrl, cluster: Arc<Cluster>) -> Result<Self, StoreError> {
         let mut store = Self::standalone(url, cluster.timeout())?;
         store.cluster = Some(cluster);
         Ok(store)
     }
 
     /// Redis read and written directly (`export --redis`, `import --redis`).
-    pub fn standalone(url: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Storage(format!("--redis {url:?}: {e}")))?;
+    pub fn standalone(url: &RedisUrl, timeout: Duration) -> Result<Self, StoreError> {
+        // `url` prints with its password masked.
+        let client = redis::Client::open(url.expose())
+            .map_err(|e| StoreError::Storage(format!("--redis \"{url}\": {e}")))?;
         Ok(Self {
             client,
             timeout,
@@ -250,7 +252,8 @@ mod tests {
     use crate::cluster::counter::tests::{Server, conn};
 
     fn store(server: &Server) -> RedisStore {
-        RedisStore::standalone(&server.url(), Duration::from_secs(2)).expect("a Redis URL")
+        RedisStore::standalone(&RedisUrl::from(server.url()), Duration::from_secs(2))
+            .expect("a Redis URL")
     }
 
     fn views(slug: &str, views: u64) -> DayViews<'_> {

@@ -1,5 +1,7 @@
-//! Who the client is: the socket peer, or what a trusted proxy says in `X-Forwarded-For` /
-//! `Forwarded`. Headers from untrusted peers are ignored, so clients cannot spoof their IP.
+//! Who the client is: the socket peer, or what a trusted proxy says in the one header it is
+//! configured to set (`--client-ip-header`: `X-Forwarded-For`, or RFC 7239 `Forwarded`).
+//! Headers from untrusted peers are ignored, so clients cannot spoof their IP; so is the other
+//! forwarding header, which a proxy that does not set it passes on as the client wrote it.
 
 use std::net::IpAddr;
 
@@ -7,12 +9,34 @@ use ipnet::IpNet;
 
 use crate::edge::headers::Headers;
 
+/// The header a trusted proxy names the client (and the scheme it was reached by) in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientIpHeader {
+    /// `X-Forwarded-For`, with `X-Forwarded-Proto`: nginx, Caddy, HAProxy `option forwardfor`.
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded`, its `for=` and `proto=`: HAProxy `option forwarded`.
+    Forwarded,
+}
+
 #[derive(Debug, Clone)]
-pub struct TrustedProxies(Vec<IpNet>);
+pub struct TrustedProxies {
+    nets: Vec<IpNet>,
+    header: ClientIpHeader,
+}
 
 impl TrustedProxies {
+    /// Proxies at `nets`, naming the client in `X-Forwarded-For` ([`Self::reading`] to change).
     pub fn new(nets: Vec<IpNet>) -> Self {
-        Self(nets)
+        Self {
+            nets,
+            header: ClientIpHeader::default(),
+        }
+    }
+
+    /// The same proxies, naming the client in `header` (and only there).
+    pub fn reading(self, header: ClientIpHeader) -> Self {
+        Self { header, ..self }
     }
 
     /// The default: loopback, where a proxy on the same machine connects from.
@@ -20,12 +44,12 @@ impl TrustedProxies {
         let nets = ["127.0.0.0/8", "::1/128"]
             .iter()
             .filter_map(|n| n.parse().ok());
-        Self(nets.collect())
+        Self::new(nets.collect())
     }
 
     fn trusts(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
-        self.0.iter().any(|net| net.contains(&ip))
+        self.nets.iter().any(|net| net.contains(&ip))
     }
 
     /// The client's address: walking the forwarding chain from the nearest hop, the first
@@ -34,7 +58,7 @@ impl TrustedProxies {
         if !self.trusts(peer) {
             return canonical(peer);
         }
-        let mut chain = forwarded_for(headers);
+        let mut chain = forwarded_for(headers, self.header);
         // Nearest hop last: walk backwards.
         while let Some(hop) = chain.pop() {
             if !self.trusts(hop) || chain.is_empty() {
@@ -47,8 +71,9 @@ impl TrustedProxies {
 
 impl TrustedProxies {
     /// Whether the client spoke HTTPS to the nearest proxy, as that proxy says: the last
-    /// `X-Forwarded-Proto` entry, else the last `Forwarded` element's `proto=`. Only a trusted
-    /// peer is believed; anyone else reached us directly, in plain HTTP.
+    /// `X-Forwarded-Proto` entry, or with `--client-ip-header forwarded` the last `Forwarded`
+    /// element's `proto=`. Only a trusted peer is believed; anyone else reached us directly, in
+    /// plain HTTP.
     pub fn forwarded_https(&self, peer: IpAddr, headers: &(impl Headers + ?Sized)) -> bool {
         if !self.trusts(peer) {
             return false;
@@ -58,9 +83,9 @@ impl TrustedProxies {
             let entry = value.rsplit(|&b| b == b',').next()?;
             std::str::from_utf8(entry).ok().map(str::trim)
         };
-        let proto = match last("x-forwarded-proto") {
-            Some(proto) => Some(proto),
-            None => last("forwarded").and_then(|element| {
+        let proto = match self.header {
+            ClientIpHeader::XForwardedFor => last("x-forwarded-proto"),
+            ClientIpHeader::Forwarded => last("forwarded").and_then(|element| {
                 element.split(';').find_map(|pair| {
                     let (k, v) = pair.trim().split_once('=')?;
                     k.eq_ignore_ascii_case("proto").then(|| v.trim_matches('"'))
@@ -79,12 +104,12 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The addresses a request passed through, farthest first. `X-Forwarded-For` wins when
-/// present at all (it is what nginx and HAProxy append to); `Forwarded` is read only without
-/// it. Entries are split on bytes, so one unreadable entry (non-ASCII) is an unknown hop that
-/// hides what lies before it, never the hops a trusted proxy appended after it.
-fn forwarded_for(headers: &(impl Headers + ?Sized)) -> Vec<IpAddr> {
-    let entries: Vec<&[u8]> = if headers.value("x-forwarded-for").is_some() {
+/// The addresses a request passed through, farthest first, as `header` lists them (the other
+/// forwarding header is never read). Entries are split on bytes, so one unreadable entry
+/// (non-ASCII) is an unknown hop that hides what lies before it, never the hops a trusted
+/// proxy appended after it.
+fn forwarded_for(headers: &(impl Headers + ?Sized), header: ClientIpHeader) -> Vec<IpAddr> {
+    let entries: Vec<&[u8]> = if header == ClientIpHeader::XForwardedFor {
         headers
             .values("x-forwarded-for")
             .flat_map(|v| v.split(|&b| b == b','))
@@ -152,6 +177,11 @@ mod tests {
         ])
     }
 
+    /// The same proxies, setting RFC 7239 `Forwarded` (`--client-ip-header forwarded`).
+    fn rfc7239() -> TrustedProxies {
+        proxies().reading(ClientIpHeader::Forwarded)
+    }
+
     #[test]
     fn untrusted_peers_cannot_spoof() {
         let peer: IpAddr = "203.0.113.9".parse().unwrap();
@@ -193,8 +223,26 @@ mod tests {
             "forwarded",
             "for=1.2.3.4;proto=http, for=5.6.7.8;Proto=\"https\"",
         )]);
-        assert!(proxies().forwarded_https(proxy, &fwd));
+        assert!(rfc7239().forwarded_https(proxy, &fwd));
+        assert!(!rfc7239().forwarded_https(stranger, &fwd));
         assert!(!proxies().forwarded_https(proxy, &HeaderMap::new()));
+        assert!(!rfc7239().forwarded_https(proxy, &HeaderMap::new()));
+    }
+
+    #[test]
+    fn the_scheme_is_read_only_from_the_header_the_proxy_sets() {
+        let proxy: IpAddr = "127.0.0.1".parse().unwrap();
+        // The proxy speaks plain HTTP to the client and says so in its own header; the
+        // client's copy of the other one passed through untouched.
+        let xff_proxy = headers(&[("forwarded", "proto=https"), ("x-forwarded-proto", "http")]);
+        assert!(!proxies().forwarded_https(proxy, &xff_proxy));
+        let only_forged = headers(&[("forwarded", "proto=https")]);
+        assert!(!proxies().forwarded_https(proxy, &only_forged));
+        let rfc_proxy = headers(&[
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=198.51.100.7;proto=http"),
+        ]);
+        assert!(!rfc7239().forwarded_https(proxy, &rfc_proxy));
     }
 
     #[test]
@@ -207,9 +255,51 @@ mod tests {
         );
         let h = headers(&[("forwarded", "for=\"[2001:db8::1]:443\";proto=https")]);
         assert_eq!(
-            proxies().client_ip(peer, &h),
+            rfc7239().client_ip(peer, &h),
             "2001:db8::1".parse::<IpAddr>().unwrap()
         );
+        let h = headers(&[(
+            "forwarded",
+            "for=6.6.6.6, for=198.51.100.7;proto=https, for=10.1.2.3",
+        )]);
+        assert_eq!(
+            rfc7239().client_ip(peer, &h),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(proxies().client_ip(peer, &HeaderMap::new()), peer);
+        assert_eq!(rfc7239().client_ip(peer, &HeaderMap::new()), peer);
+    }
+
+    #[test]
+    fn reading_x_forwarded_for_a_client_s_own_forwarded_header_means_nothing() {
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        let h = headers(&[
+            ("forwarded", "for=203.0.113.1"),
+            ("x-forwarded-for", "198.51.100.7"),
+        ]);
+        assert_eq!(
+            proxies().client_ip(peer, &h),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        // A proxy that forgot to set X-Forwarded-For: the client is the proxy, never the
+        // address the client chose.
+        let h = headers(&[("forwarded", "for=203.0.113.1")]);
+        assert_eq!(proxies().client_ip(peer, &h), peer);
+    }
+
+    #[test]
+    fn reading_forwarded_a_client_s_own_x_forwarded_for_means_nothing() {
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        // HAProxy `option forwarded` sets Forwarded and passes the client's X-Forwarded-For on.
+        let h = headers(&[
+            ("x-forwarded-for", "203.0.113.1"),
+            ("forwarded", "for=198.51.100.7;proto=http"),
+        ]);
+        assert_eq!(
+            rfc7239().client_ip(peer, &h),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        let h = headers(&[("x-forwarded-for", "203.0.113.1")]);
+        assert_eq!(rfc7239().client_ip(peer, &h), peer);
     }
 }

@@ -13,6 +13,7 @@
 //! request and its dispatcher. A stream lives for minutes and sends a few dozen bytes now and
 //! then; those were most of its memory.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
@@ -37,7 +38,7 @@ const HEAD_BUFFER: usize = 4096;
 /// Heads longer than this are refused, as actix-web refuses them.
 const MAX_HEAD: usize = 128 * 1024;
 /// Headers at most (actix-web's limit too).
-const MAX_HEADERS: usize = 96;
+pub(crate) const MAX_HEADERS: usize = 96;
 /// The routes this module serves.
 const CONNECT: &str = "/api/v1/connect/";
 const SHARED: &str = "/api/v1/shared/";
@@ -157,30 +158,21 @@ async fn answer(state: &AppState, peer: SocketAddr, head: &[u8]) -> Answer {
 
 /// Admits a stream request, or answers why not; [`Answer::NotAStream`] for other routes.
 async fn admit(state: &AppState, peer: SocketAddr, req: &httparse::Request<'_, '_>) -> Answer {
-    let (Some("GET"), Some(target)) = (req.method, req.path) else {
-        return Answer::NotAStream;
-    };
-    let (raw_path, query) = target.split_once('?').unwrap_or((target, ""));
-    // Percent-escapes decoded as actix-web's router decodes them (`%2F`, `%25`, `%2B` stay).
-    let decoded = raw_path
-        .contains('%')
-        .then(|| actix_router::Quoter::new(b"", b"%/+").requote(raw_path.as_bytes()))
-        .flatten()
-        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
-    let path = decoded.as_deref().unwrap_or(raw_path);
-    let (route, name) = if let Some(slug) = path.strip_prefix(CONNECT) {
-        (Route::Connect, slug)
-    } else if let Some(sid) = path.strip_prefix(SHARED).filter(|sid| !sid.contains('/')) {
-        (Route::Shared, sid)
-    } else if path == WATCH {
-        (Route::Watch, "")
-    } else {
+    let Some(target) = stream_target(req) else {
         return Answer::NotAStream;
     };
     let headers = &*req.headers;
     let origin = headers.value("origin");
     let allowed = origin.filter(|o| state.origins.is_listed(o));
-    let opened = open(state, peer, route, name, query, headers).await;
+    let opened = open(
+        state,
+        peer,
+        target.route,
+        &target.name,
+        target.query,
+        headers,
+    )
+    .await;
     match opened {
         Ok(body) => Answer::Stream(response_head(allowed), body),
         Err(refusal) => {
@@ -190,11 +182,101 @@ async fn admit(state: &AppState, peer: SocketAddr, req: &httparse::Request<'_, '
     }
 }
 
-#[derive(Clone, Copy)]
-enum Route {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
     Connect,
     Shared,
     Watch,
+}
+
+/// A stream request, as its head names it.
+#[derive(Debug)]
+pub(crate) struct StreamTarget<'b> {
+    pub(crate) route: Route,
+    /// The slug (`Connect`) or the shared stream's id (`Shared`); empty for `Watch`.
+    pub(crate) name: Cow<'b, str>,
+    /// What follows the `?`, as sent.
+    pub(crate) query: &'b str,
+}
+
+/// Which stream `req` asks for, if any: a `GET` of one of the three routes, its path
+/// percent-decoded as actix-web's router decodes a path (`%2F`, `%25`, `%2B` stay), so a slug
+/// means here what it means to the actix-web routes (`/leave/{slug}`) beside these.
+pub(crate) fn stream_target<'b>(req: &httparse::Request<'_, 'b>) -> Option<StreamTarget<'b>> {
+    let (Some("GET"), Some(target)) = (req.method, req.path) else {
+        return None;
+    };
+    let (raw_path, query) = target.split_once('?').unwrap_or((target, ""));
+    let path: Cow<'b, str> = match raw_path
+        .contains('%')
+        .then(|| actix_router::Quoter::new(b"", b"%/+").requote(raw_path.as_bytes()))
+        .flatten()
+    {
+        Some(bytes) => Cow::Owned(String::from_utf8_lossy(&bytes).into_owned()),
+        None => Cow::Borrowed(raw_path),
+    };
+    let after = |prefix: &str| -> Option<Cow<'b, str>> {
+        match &path {
+            Cow::Borrowed(p) => p.strip_prefix(prefix).map(Cow::Borrowed),
+            Cow::Owned(p) => p.strip_prefix(prefix).map(|n| Cow::Owned(n.to_owned())),
+        }
+    };
+    let (route, name) = if let Some(slug) = after(CONNECT) {
+        (Route::Connect, slug)
+    } else if let Some(sid) = after(SHARED).filter(|sid| !sid.contains('/')) {
+        (Route::Shared, sid)
+    } else if path == WATCH {
+        (Route::Watch, Cow::Borrowed(""))
+    } else {
+        return None;
+    };
+    Some(StreamTarget { route, name, query })
+}
+
+/// What this module makes of the bytes a connection starts with, up to where the server's
+/// state is asked (for the fuzz target, through [`crate::fuzzing`]): the same steps `serve`
+/// and `answer` take.
+#[derive(Debug)]
+pub(crate) enum Inspected<'b> {
+    /// More bytes needed.
+    Incomplete,
+    /// Not a head actix-web takes either: handed to it, which refuses it.
+    Unusual,
+    /// A whole head of `len` bytes that asks for no stream: handed to actix-web.
+    NotAStream { len: usize },
+    /// A stream request: `plain` when it has no body and no protocol switch (else refused),
+    /// with the `Origin` the admission checks.
+    Stream {
+        len: usize,
+        target: StreamTarget<'b>,
+        plain: bool,
+        origin: Option<Vec<u8>>,
+    },
+}
+
+pub(crate) fn inspect(bytes: &[u8]) -> Inspected<'_> {
+    let len = match head_length(bytes) {
+        None => return Inspected::Incomplete,
+        Some(Err(())) => return Inspected::Unusual,
+        Some(Ok(len)) => len,
+    };
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let Ok(httparse::Status::Complete(_)) = req.parse(&bytes[..len]) else {
+        return Inspected::NotAStream { len };
+    };
+    match stream_target(&req) {
+        None => Inspected::NotAStream { len },
+        Some(target) => {
+            let headers = &*req.headers;
+            Inspected::Stream {
+                len,
+                target,
+                plain: is_plain(headers),
+                origin: headers.value("origin").map(<[u8]>::to_vec),
+            }
+        }
+    }
 }
 
 async fn open(

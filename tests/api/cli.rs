@@ -249,8 +249,9 @@ async fn a_file_that_is_not_a_viewcounter_database_is_refused_and_left_alone() {
             "export",
             "--db",
             &db_s,
-            "--url",
-            &format!("http://127.0.0.1:{}", closed_port()),
+            // Not --url, which would read no file: the server looked for at --listen.
+            "--listen",
+            &format!("127.0.0.1:{}", closed_port()),
         ],
     )
     .await;

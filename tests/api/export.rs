@@ -161,12 +161,14 @@ async fn export_passes_the_admin_token_to_a_running_server_and_says_when_it_is_m
 async fn export_with_neither_a_file_nor_a_server_fails_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nothing-here.redb");
-    let url = format!("http://127.0.0.1:{}", closed_port());
+    // No --url: the file, else the server at the --listen address.
+    let listen = format!("127.0.0.1:{}", closed_port());
+    let url = format!("http://{listen}");
 
     let out = export(
         dir.path(),
-        &["--db", &missing.display().to_string(), "--url", &url],
-        &[],
+        &["--db", &missing.display().to_string()],
+        &[("VIEWCOUNTER_LISTEN", &listen)],
     )
     .await;
 
@@ -189,9 +191,15 @@ async fn export_of_a_held_file_whose_server_does_not_answer_says_so() {
     let app = spawn_app_configured(never_flush).await;
     let _r = app.join("alpha").await;
     let db = app.db().display().to_string();
-    let url = format!("http://127.0.0.1:{}", closed_port());
+    let listen = format!("127.0.0.1:{}", closed_port());
+    let url = format!("http://{listen}");
 
-    let out = export(app.dir.path(), &["--db", &db, "--url", &url], &[]).await;
+    let out = export(
+        app.dir.path(),
+        &["--db", &db],
+        &[("VIEWCOUNTER_LISTEN", &listen)],
+    )
+    .await;
 
     assert_clean_failure(&out);
     assert!(
@@ -201,4 +209,166 @@ async fn export_of_a_held_file_whose_server_does_not_answer_says_so() {
     );
     // The server is untouched and still counts.
     assert_eq!(app.join("alpha").await.first, counts(2, 2));
+}
+
+// ---------------------------------------------------------------------------------------------
+// `--url` means that server: no local file is read, created or written. Without it, the output
+// says which of the two was used.
+
+/// `viewcounter import ARGS…` with `dir` as its working directory; 30 s to finish.
+async fn import_in(dir: &std::path::Path, args: &[&str]) -> RunOutput {
+    let mut cmd = bin_command(dir);
+    cmd.arg("import")
+        .args(args)
+        .env("VIEWCOUNTER_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), cmd.output())
+        .await
+        .expect("import finishes within 30 s")
+        .expect("run viewcounter import");
+    RunOutput {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// What `dir` holds, for messages.
+fn listing(dir: &std::path::Path) -> Vec<String> {
+    let entries = std::fs::read_dir(dir).expect("read the directory");
+    entries
+        .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+        .collect()
+}
+
+async fn totals_of(server: &BinServer) -> Vec<(String, u64)> {
+    let res = server.send(Req::get("/api/v1/totals")).await;
+    assert_eq!(res.status, 200, "{res:?}");
+    parse_rows(&res.text())
+}
+
+#[actix_web::test]
+async fn import_with_url_goes_to_that_server_and_creates_no_file_where_it_runs() {
+    // A server on its own --db elsewhere; the import run from a fresh directory.
+    let server = BinServer::start(NEVER).await;
+    let url = format!("http://{}", server.addr);
+    let cwd = tempfile::tempdir().unwrap();
+    std::fs::write(cwd.path().join("imp.csv"), "slug,total\nalpha,7\n").unwrap();
+
+    let out = import_in(cwd.path(), &["--url", &url, "imp.csv"]).await;
+
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(totals_of(&server).await, rows(&[("alpha", 7)]));
+    assert_eq!(listing(cwd.path()), ["imp.csv"], "no db file created");
+    assert_eq!(
+        out.stdout,
+        format!(
+            "import into the server at {url}: 1 posts changed (+7 views), 0 unchanged, \
+             0 rows skipped, 0 views added to days\n"
+        )
+    );
+}
+
+#[actix_web::test]
+async fn export_with_url_prints_that_servers_totals_not_a_local_files() {
+    let server = BinServer::start(NEVER).await;
+    let _reader = server.join("alpha").await;
+    let url = format!("http://{}", server.addr);
+    // Another file at the default --db path where the command runs, with other numbers.
+    let cwd = tempfile::tempdir().unwrap();
+    std::fs::write(
+        cwd.path().join("local.csv"),
+        "slug,total\nalpha,5\nbeta,9\n",
+    )
+    .unwrap();
+    let local = import_in(cwd.path(), &["local.csv"]).await;
+    assert!(local.status.success(), "{}", local.stderr);
+    let default_db = viewcounter::cli::DEFAULT_DB;
+    assert!(cwd.path().join(default_db).exists(), "{}", local.stdout);
+
+    let by_flag = export(cwd.path(), &["--url", &url], &[]).await;
+    let by_env = export(cwd.path(), &[], &[("VIEWCOUNTER_URL", &url)]).await;
+
+    for out in [&by_flag, &by_env] {
+        assert!(out.status.success(), "{}", out.stderr);
+        assert_eq!(out.stdout, "slug,total\nalpha,1\n", "the server's totals");
+        assert!(
+            out.stderr
+                .contains(&format!("export: from the server at {url}\n")),
+            "says where from: {}",
+            out.stderr
+        );
+    }
+}
+
+#[actix_web::test]
+async fn import_and_export_with_url_to_a_closed_port_fail_naming_it_and_touch_no_file() {
+    let cwd = tempfile::tempdir().unwrap();
+    std::fs::write(cwd.path().join("imp.csv"), "slug,total\nalpha,7\n").unwrap();
+    let url = format!("http://127.0.0.1:{}", closed_port());
+
+    let import = import_in(cwd.path(), &["--url", &url, "imp.csv"]).await;
+    let export = export(cwd.path(), &["--url", &url], &[]).await;
+
+    for out in [&import, &export] {
+        assert_clean_failure(out);
+        assert!(
+            out.stderr.contains(&url),
+            "names the server: {}",
+            out.stderr
+        );
+        assert!(
+            !out.stderr.contains("viewcounter.redb"),
+            "looked at a local file: {}",
+            out.stderr
+        );
+    }
+    assert_eq!(listing(cwd.path()), ["imp.csv"], "no db file created");
+}
+
+#[actix_web::test]
+async fn without_url_export_and_import_say_whether_they_used_the_file_or_its_server() {
+    let stopped = stopped_db().await;
+    let db = db_arg(stopped.path());
+    let from_file = export(stopped.path(), &["--db", &db], &[]).await;
+    assert!(from_file.status.success(), "{}", from_file.stderr);
+    assert!(
+        from_file
+            .stderr
+            .contains(&format!("export: from the file {db}\n")),
+        "{}",
+        from_file.stderr
+    );
+
+    let app = spawn_app_configured(never_flush).await;
+    let _reader = app.join("alpha").await;
+    let held = app.db().display().to_string();
+    let listen = app.addr.to_string();
+    let env = [("VIEWCOUNTER_LISTEN", listen.as_str())];
+    let from_server = export(app.dir.path(), &["--db", &held], &env).await;
+    assert!(from_server.status.success(), "{}", from_server.stderr);
+    let through = format!("the server at http://{listen}, which holds {held}");
+    assert!(
+        from_server
+            .stderr
+            .contains(&format!("export: from {through}\n")),
+        "{}",
+        from_server.stderr
+    );
+
+    std::fs::write(app.dir.path().join("imp.csv"), "slug,total\nbeta,4\n").unwrap();
+    let import = import_in(
+        app.dir.path(),
+        &["--db", &held, "--listen", &listen, "imp.csv"],
+    )
+    .await;
+    assert!(import.status.success(), "{}", import.stderr);
+    assert!(
+        import
+            .stdout
+            .starts_with(&format!("import into {through}: 1 posts changed")),
+        "{}",
+        import.stdout
+    );
 }

@@ -513,9 +513,10 @@ async fn assert_serve_refuses(db: &Path, why: &str, untouched: bool) {
 /// `viewcounter export --db` (no server to ask) refuses `db`: see [`assert_refused`].
 async fn assert_export_refuses(db: &Path, why: &str, untouched: bool) {
     let db_s = db.display().to_string();
-    let url = format!("http://127.0.0.1:{}", closed_port());
+    // No --url (which would read no file): the file, else the server at --listen.
+    let listen = format!("127.0.0.1:{}", closed_port());
     assert_refused(
-        &["export", "--db", &db_s, "--url", &url],
+        &["export", "--db", &db_s, "--listen", &listen],
         db,
         why,
         untouched,

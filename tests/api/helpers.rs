@@ -558,9 +558,35 @@ struct Conn {
 
 impl Conn {
     async fn open(addr: SocketAddr, request: &[u8]) -> Result<Self, String> {
-        let mut stream = TcpStream::connect(addr)
+        let stream = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect {addr}: {e}"))?;
+        Self::on(stream, request).await
+    }
+
+    /// Like [`Conn::open`], from the local address `from`: on loopback any of 127.0.0.0/8,
+    /// so a test has clients of different addresses on one machine.
+    async fn open_from(
+        from: std::net::IpAddr,
+        addr: SocketAddr,
+        request: &[u8],
+    ) -> Result<Self, String> {
+        let socket = match from {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .map_err(|e| format!("socket: {e}"))?;
+        socket
+            .bind(SocketAddr::new(from, 0))
+            .map_err(|e| format!("bind {from}: {e}"))?;
+        let stream = socket
+            .connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr} from {from}: {e}"))?;
+        Self::on(stream, request).await
+    }
+
+    async fn on(mut stream: TcpStream, request: &[u8]) -> Result<Self, String> {
         stream.set_nodelay(true).ok();
         stream
             .write_all(request)
@@ -1224,6 +1250,21 @@ impl SseClient {
             .await
             .map_err(|_| format!("not connected within {READ_TIMEOUT:?}"))??;
         Self::answered(conn).await
+    }
+
+    /// Like [`SseClient::open`], from the local address `from` (another client, as far as
+    /// the server or a proxy in front of it can tell).
+    pub async fn open_from(from: std::net::IpAddr, addr: SocketAddr, req: Req) -> Self {
+        let what = format!("{} {} from {from}", req.method, req.target);
+        let opened = async {
+            let conn = Conn::open_from(from, addr, &req.encode(addr, false)).await?;
+            Self::answered(conn).await
+        };
+        match tokio::time::timeout(READ_TIMEOUT, opened).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => panic!("{what}: {e}"),
+            Err(_) => panic!("{what}: no answer within {READ_TIMEOUT:?}"),
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod assets;
 mod cli;
+mod client_ip;
 mod cluster;
 mod coalescing;
 mod connect;
@@ -22,6 +23,7 @@ mod owner;
 mod owner_only;
 mod persistence;
 mod redis;
+mod secrets;
 mod shared;
 mod slugs;
 mod totals;

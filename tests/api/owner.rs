@@ -1047,6 +1047,16 @@ async fn import(dir: &Path, db: &Path, text: &str, args: &[&str]) -> RunOutput {
     run(dir, &argv, None).await
 }
 
+/// The summary line of an import written to the file `db`.
+fn into_file(db: &Path, line: &str) -> String {
+    format!("import into the file {}: {line}\n", db.display())
+}
+
+/// The summary line of an import sent to the server at `url` (`--url`).
+fn into_server(url: &str, line: &str) -> String {
+    format!("import into the server at {url}: {line}\n")
+}
+
 /// Like [`import`], asserting success: what it printed.
 async fn import_ok(dir: &Path, db: &Path, text: &str, args: &[&str]) -> String {
     let out = import(dir, db, text, args).await;
@@ -1079,7 +1089,10 @@ async fn importing_a_totals_csv_into_a_file_gives_each_post_its_total() {
 
     assert_eq!(
         out,
-        "import: 2 posts changed (+13 views), 0 unchanged, 0 rows skipped, 0 views added to days\n"
+        into_file(
+            &db,
+            "2 posts changed (+13 views), 0 unchanged, 0 rows skipped, 0 views added to days"
+        )
     );
     assert_eq!(
         export_ok(dir.path(), &db, &[]).await,
@@ -1110,7 +1123,10 @@ async fn set_never_lowers_a_total_and_add_adds_to_it() {
     .await;
     assert_eq!(
         set,
-        "import: 2 posts changed (+3 views), 1 unchanged, 0 rows skipped, 0 views added to days\n"
+        into_file(
+            &db,
+            "2 posts changed (+3 views), 1 unchanged, 0 rows skipped, 0 views added to days"
+        )
     );
     assert_eq!(
         export_ok(dir.path(), &db, &[]).await,
@@ -1126,7 +1142,10 @@ async fn set_never_lowers_a_total_and_add_adds_to_it() {
     .await;
     assert_eq!(
         add,
-        "import: 1 posts changed (+2 views), 1 unchanged, 0 rows skipped, 0 views added to days\n"
+        into_file(
+            &db,
+            "1 posts changed (+2 views), 1 unchanged, 0 rows skipped, 0 views added to days"
+        )
     );
     assert_eq!(
         export_ok(dir.path(), &db, &[]).await,
@@ -1157,7 +1176,10 @@ async fn set_never_lowers_a_day_either() {
     // The file's total (3) is below the 4 counted: the total stays, the new day is added.
     assert_eq!(
         out,
-        "import: 0 posts changed (+0 views), 1 unchanged, 0 rows skipped, 2 views added to days\n"
+        into_file(
+            &db,
+            "0 posts changed (+0 views), 1 unchanged, 0 rows skipped, 2 views added to days"
+        )
     );
     assert_eq!(
         export_ok(dir.path(), &db, &["--daily"]).await,
@@ -1177,7 +1199,10 @@ async fn importing_the_json_of_export_from_standard_input() {
     assert!(out.status.success(), "{}", out.stderr);
     assert_eq!(
         out.stdout,
-        "import: 2 posts changed (+12 views), 0 unchanged, 0 rows skipped, 0 views added to days\n"
+        into_file(
+            &db,
+            "2 posts changed (+12 views), 0 unchanged, 0 rows skipped, 0 views added to days"
+        )
     );
     assert_eq!(
         export_ok(dir.path(), &db, &[]).await,
@@ -1199,7 +1224,10 @@ async fn importing_a_daily_csv_fills_the_days_and_the_totals() {
 
     assert_eq!(
         out,
-        "import: 2 posts changed (+6 views), 0 unchanged, 0 rows skipped, 6 views added to days\n"
+        into_file(
+            &db,
+            "2 posts changed (+6 views), 0 unchanged, 0 rows skipped, 6 views added to days"
+        )
     );
     assert_eq!(export_ok(dir.path(), &db, &["--daily"]).await, file);
     assert_eq!(
@@ -1240,7 +1268,10 @@ async fn importing_goatcounter_skips_bots_events_and_paths_outside_the_prefix() 
 
     assert_eq!(
         out,
-        "import: 2 posts changed (+3 views), 0 unchanged, 4 rows skipped, 3 views added to days\n"
+        into_file(
+            &db,
+            "2 posts changed (+3 views), 0 unchanged, 4 rows skipped, 3 views added to days"
+        )
     );
     assert_eq!(
         export_ok(dir.path(), &db, &["--daily"]).await,
@@ -1272,9 +1303,12 @@ async fn a_dry_run_prints_each_change_and_writes_nothing() {
 
     assert_eq!(
         out,
-        "alpha: 10 -> 12\nbeta: 0 -> 3\n\
-         import (dry run, nothing written): 2 posts would change (+5 views), 1 unchanged, \
-         0 rows skipped, 0 views added to days\n"
+        format!(
+            "alpha: 10 -> 12\nbeta: 0 -> 3\n\
+             import into the file {} (dry run, nothing written): 2 posts would change \
+             (+5 views), 1 unchanged, 0 rows skipped, 0 views added to days\n",
+            db.display()
+        )
     );
     assert_eq!(
         export_ok(dir.path(), &db, &[]).await,
@@ -1491,7 +1525,10 @@ async fn import_through_a_running_server_moves_its_totals_and_an_open_readers_nu
 
     assert_eq!(
         out,
-        "import: 2 posts changed (+56 views), 0 unchanged, 0 rows skipped, 0 views added to days\n"
+        into_server(
+            &url,
+            "2 posts changed (+56 views), 0 unchanged, 0 rows skipped, 0 views added to days"
+        )
     );
     reader.stream.await_counts(counts(1, 50), PROPAGATION).await;
     assert_eq!(server.counts("alpha").await, counts(1, 50));
@@ -1527,13 +1564,15 @@ async fn import_through_a_running_server_moves_its_totals_and_an_open_readers_nu
 async fn import_of_a_file_held_by_a_server_that_does_not_answer_fails_and_writes_nothing() {
     let app = spawn_app_configured(never_flush).await;
     let _reading = app.join("alpha").await;
-    let url = format!("http://127.0.0.1:{}", closed_port());
+    // No --url: the server holding the file is looked for at the --listen address.
+    let listen = format!("127.0.0.1:{}", closed_port());
+    let url = format!("http://{listen}");
 
     let out = import(
         app.dir.path(),
         &app.db(),
         "slug,total\nalpha,50\n",
-        &["--url", &url],
+        &["--listen", &listen],
     )
     .await;
 
@@ -1576,7 +1615,10 @@ async fn goatcounter_through_the_server_keeps_its_prefix_and_format() {
 
     assert_eq!(
         out,
-        "import: 1 posts changed (+1 views), 0 unchanged, 2 rows skipped, 1 views added to days\n"
+        into_server(
+            &url,
+            "1 posts changed (+1 views), 0 unchanged, 2 rows skipped, 1 views added to days"
+        )
     );
     let want = Daily {
         slug: "alpha".into(),
@@ -1606,7 +1648,9 @@ async fn import_through_a_server_with_a_token_needs_that_token() {
     )
     .await;
     assert!(
-        with.starts_with("import: 1 posts changed (+5 views)"),
+        with.starts_with(&format!(
+            "import into the server at {url}: 1 posts changed (+5 views)"
+        )),
         "{with}"
     );
     assert_eq!(server.counts("alpha").await, counts(0, 5));

@@ -13,6 +13,8 @@ const READY_WITHIN: Duration = Duration::from_secs(10);
 
 pub struct RedisServer {
     pub port: u16,
+    /// `requirepass`, when the server asks for one.
+    password: Option<String>,
     child: Option<Child>,
     dir: TempDir,
 }
@@ -20,6 +22,15 @@ pub struct RedisServer {
 impl RedisServer {
     /// A fresh server, or `None` (the test returns early) when `redis-server` is missing.
     pub fn start() -> Option<Self> {
+        Self::start_with(None)
+    }
+
+    /// A fresh server that answers only clients giving `password` (`requirepass`).
+    pub fn start_with_password(password: &str) -> Option<Self> {
+        Self::start_with(Some(password.to_owned()))
+    }
+
+    fn start_with(password: Option<String>) -> Option<Self> {
         if Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -37,6 +48,7 @@ impl RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut server = Self {
             port,
+            password,
             child: None,
             dir,
         };
@@ -44,12 +56,20 @@ impl RedisServer {
         Some(server)
     }
 
+    /// The URL a client connects with (its password included).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        match &self.password {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}/0", self.port),
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+        }
     }
 
     fn launch(&mut self) {
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        if let Some(password) = &self.password {
+            command.args(["--requirepass", password]);
+        }
+        let child = command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")

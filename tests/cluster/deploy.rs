@@ -1,9 +1,11 @@
 //! The recipe `deploy/cluster/haproxy.cfg`, run as it is with only its ports swapped for the
 //! test's own: three nodes behind HAProxy, events passed through at once, and a node killed
 //! behind it: its readers' streams are cut, they reconnect through HAProxy to a live node, and
-//! they are not counted again.
+//! they are not counted again. And who the client is through it, with the recipe as it is
+//! (`X-Forwarded-For`) and with its documented RFC 7239 `Forwarded` alternative: a client
+//! naming another address in either header keeps its own per-client budget.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -26,10 +28,13 @@ struct Balancer {
     _child: Child,
 }
 
-/// The recipe with its addresses swapped for `front` and `nodes`, each found exactly once.
-fn templated(front: SocketAddr, nodes: &[Node]) -> String {
-    let mut text = std::fs::read_to_string(RECIPE).expect("read the recipe");
-    let ours = std::iter::once(front).chain(nodes.iter().map(Node::addr));
+fn recipe() -> String {
+    std::fs::read_to_string(RECIPE).expect("read the recipe")
+}
+
+/// `text` with its addresses swapped for `front` and `nodes`, each found exactly once.
+fn templated(mut text: String, front: SocketAddr, nodes: &[SocketAddr]) -> String {
+    let ours = std::iter::once(front).chain(nodes.iter().copied());
     for (theirs, ours) in std::iter::once(FRONTEND).chain(NODES).zip(ours) {
         let line_end = |s: &str| format!("{s}\n");
         assert_eq!(
@@ -44,12 +49,18 @@ fn templated(front: SocketAddr, nodes: &[Node]) -> String {
 
 impl Balancer {
     async fn start(nodes: &[Node]) -> Self {
+        let addrs: Vec<SocketAddr> = nodes.iter().map(Node::addr).collect();
+        Self::start_with(recipe(), &addrs).await
+    }
+
+    /// HAProxy on the recipe `text`, its server lines on `nodes` (three of them).
+    async fn start_with(text: String, nodes: &[SocketAddr]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let addr: SocketAddr = format!("127.0.0.1:{}", closed_port())
             .parse()
             .expect("addr");
         let config = dir.path().join("haproxy.cfg");
-        std::fs::write(&config, templated(addr, nodes)).expect("write haproxy.cfg");
+        std::fs::write(&config, templated(text, addr, nodes)).expect("write haproxy.cfg");
         let child = Command::new("haproxy")
             .arg("-db")
             .arg("-f")
@@ -186,4 +197,138 @@ async fn a_node_killed_behind_the_haproxy_recipe_loses_no_reader_and_counts_none
     }
     all_see(&mut kept, counts(all, all), Instant::now(), SETTLE).await;
     cluster_agrees(&nodes, &redis, counts(all, all), SETTLE).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Who the client is, through the recipe.
+
+/// The recipe's two lines that set X-Forwarded-For.
+const XFF_LINES: &str = "    http-request del-header x-forwarded-for\n    option forwardfor\n";
+/// Its RFC 7239 alternative, commented out: the `del-header` line, then `option forwarded`
+/// (HAProxy 2.8+), then the line that takes its place on HAProxy 2.6 and 2.7.
+const RFC7239_LINES: [&str; 3] = [
+    "    #   http-request del-header forwarded\n",
+    "    #   option forwarded\n",
+    "    #   http-request set-header forwarded for=%[src]\n",
+];
+
+/// `(major, minor)` of the installed HAProxy.
+fn haproxy_version() -> (u32, u32) {
+    let out = std::process::Command::new("haproxy")
+        .arg("-v")
+        .output()
+        .expect("run haproxy -v");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text
+        .split_whitespace()
+        .skip_while(|w| *w != "version")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no version in {text:?}"));
+    let mut parts = version
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// The recipe with its `Forwarded` alternative in place of the X-Forwarded-For lines, as its
+/// comment says: `option forwarded` where this HAProxy has it, its stand-in on 2.6 and 2.7.
+/// Also which of the two it is.
+fn rfc7239_recipe() -> (String, &'static str) {
+    let text = recipe();
+    assert_eq!(
+        text.matches(XFF_LINES).count(),
+        1,
+        "{RECIPE}: {XFF_LINES:?}"
+    );
+    for line in RFC7239_LINES {
+        assert_eq!(text.matches(line).count(), 1, "{RECIPE} documents {line:?}");
+    }
+    let uncommented = |line: &str| line.replacen("#   ", "", 1);
+    let (second, which) = if haproxy_version() >= (2, 8) {
+        (RFC7239_LINES[1], "option forwarded")
+    } else {
+        (RFC7239_LINES[2], "http-request set-header forwarded")
+    };
+    let lines = uncommented(RFC7239_LINES[0]) + &uncommented(second);
+    (text.replacen(XFF_LINES, &lines, 1), which)
+}
+
+/// One cluster node reading `header`, one reader per client (`--ip-stream-limit 1`), behind
+/// HAProxy on `text` with all three server lines on it, so every stream meets its budget.
+async fn limited_node_behind(redis: &Redis, text: String, header: &str) -> (BinServer, Balancer) {
+    let url = redis.url();
+    let flags = [
+        "--redis",
+        url.as_str(),
+        "--node-id",
+        "node1",
+        "--ip-stream-limit",
+        "1",
+        "--client-ip-header",
+        header,
+    ];
+    let node = BinServer::start(&flags).await;
+    let balancer = Balancer::start_with(text, &[node.addr; 3]).await;
+    (node, balancer)
+}
+
+/// From 127.0.0.1 through `front`: a reader naming 203.0.113.1 in its own `forged` header is
+/// admitted; readers naming other addresses in it, or in `other` (the header the proxy does not
+/// set), meet the same budget of one (`429`); a client from 127.0.0.2 is admitted, so the node
+/// sees each client's address, not the balancer's.
+async fn forged_addresses_share_one_budget(front: SocketAddr, forged: &str, other: &str) {
+    let from = |name: &str, value: &str| Req::connect(SLUG, &token()).header(name, value);
+    let first = join(front, SLUG, from(forged, "203.0.113.1")).await;
+    assert_eq!(first.first.live, 1);
+    for (name, value) in [
+        (forged, "203.0.113.2"),
+        (forged, "203.0.113.1, 203.0.113.2"),
+        (other, "203.0.113.3"),
+        (other, "for=203.0.113.3"),
+    ] {
+        let refused = SseClient::open(front, from(name, value)).await;
+        assert_eq!(
+            refused.status, 429,
+            "a client from 127.0.0.1 naming {name}: {value} got a budget of its own: {:?}",
+            refused.headers
+        );
+    }
+    let elsewhere: IpAddr = "127.0.0.2".parse().expect("address");
+    let mut other_client =
+        SseClient::open_from(elsewhere, front, Req::connect(SLUG, &token())).await;
+    assert_eq!(
+        other_client.status, 200,
+        "a client from {elsewhere} was refused: the node sees the balancer for everyone: {:?}",
+        other_client.headers
+    );
+    let numbers = other_client.next_event().await.counts();
+    assert_eq!(numbers.map(|c| c.live), Some(2), "{numbers:?}");
+}
+
+#[actix_web::test]
+async fn through_the_haproxy_recipe_a_forged_forwarding_header_does_not_change_a_clients_budget() {
+    let _serial = one_at_a_time().await;
+    if !have("haproxy", "haproxy") {
+        return;
+    }
+    let Some(redis) = Redis::start_or_skip().await else {
+        return;
+    };
+    let (_node, balancer) = limited_node_behind(&redis, recipe(), "x-forwarded-for").await;
+    forged_addresses_share_one_budget(balancer.addr, "X-Forwarded-For", "Forwarded").await;
+}
+
+#[actix_web::test]
+async fn through_the_haproxy_recipe_with_forwarded_a_clients_own_x_forwarded_for_means_nothing() {
+    let _serial = one_at_a_time().await;
+    if !have("haproxy", "haproxy") {
+        return;
+    }
+    let Some(redis) = Redis::start_or_skip().await else {
+        return;
+    };
+    let (text, which) = rfc7239_recipe();
+    let (_node, balancer) = limited_node_behind(&redis, text, "forwarded").await;
+    forged_addresses_share_one_budget(balancer.addr, "Forwarded", "X-Forwarded-For").await;
+    eprintln!("cluster figure: the recipe's Forwarded alternative ran with `{which}`");
 }
