@@ -53,6 +53,7 @@ pub mod http;
 pub mod memory;
 pub(crate) mod metrics;
 pub mod posts;
+pub(crate) mod refusal;
 pub mod secret;
 pub(crate) mod shutdown;
 pub mod startup;

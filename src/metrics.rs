@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-/// Why a request was refused: the [`crate::http::error::ApiError`] variant.
+/// Why a request was refused: the [`crate::refusal::Refusal`] variant.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Refusal {
     pub reason: &'static str,

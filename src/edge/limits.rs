@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::http::error::ApiError;
+use crate::refusal::Refusal;
 
 /// What a refused client is told to wait before trying again.
 pub(crate) const PER_IP_RETRY_AFTER: Duration = Duration::from_secs(10);
@@ -93,9 +93,9 @@ impl StreamLimits {
     }
 
     /// A new stream: a place among all streams and one in the client's reader budget.
-    pub(crate) fn acquire(self: &Arc<Self>, client: ClientKey) -> Result<StreamPermit, ApiError> {
+    pub(crate) fn acquire(self: &Arc<Self>, client: ClientKey) -> Result<StreamPermit, Refusal> {
         let Ok(stream) = Arc::clone(&self.streams).try_acquire_owned() else {
-            return Err(ApiError::AtCapacity {
+            return Err(Refusal::AtCapacity {
                 retry_after: CAPACITY_RETRY_AFTER,
             });
         };
@@ -112,14 +112,14 @@ impl StreamLimits {
     pub(crate) fn acquire_reader(
         self: &Arc<Self>,
         client: ClientKey,
-    ) -> Result<ReaderSlot, ApiError> {
+    ) -> Result<ReaderSlot, Refusal> {
         let mut by_ip = self.by_ip.lock().unwrap_or_else(PoisonError::into_inner);
         let count = by_ip.entry(client).or_insert(0);
         if self.per_ip != 0 && *count >= self.per_ip {
             if *count == 0 {
                 by_ip.remove(&client);
             }
-            return Err(ApiError::TooManyStreams {
+            return Err(Refusal::TooManyStreams {
                 retry_after: PER_IP_RETRY_AFTER,
             });
         }
@@ -364,7 +364,7 @@ mod tests {
         let member = limits.acquire_reader(a).unwrap();
         assert!(matches!(
             limits.acquire_reader(a),
-            Err(ApiError::TooManyStreams { .. })
+            Err(Refusal::TooManyStreams { .. })
         ));
         assert!(limits.acquire(a).is_err());
         drop(member);
@@ -400,13 +400,10 @@ mod tests {
         let _p2 = limits.acquire(a).unwrap();
         assert!(matches!(
             limits.acquire(a),
-            Err(ApiError::TooManyStreams { .. })
+            Err(Refusal::TooManyStreams { .. })
         ));
         let _p3 = limits.acquire(b).unwrap();
-        assert!(matches!(
-            limits.acquire(b),
-            Err(ApiError::AtCapacity { .. })
-        ));
+        assert!(matches!(limits.acquire(b), Err(Refusal::AtCapacity { .. })));
         drop(p1);
         assert_eq!(limits.open(), 2);
         assert!(limits.acquire(a).is_ok());

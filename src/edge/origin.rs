@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::edge::headers::Headers;
-use crate::http::error::ApiError;
+use crate::refusal::Refusal;
 
 /// An `--allow-origin` that is not an origin.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,19 +55,19 @@ impl OriginPolicy {
     /// which carry no `Origin` and would pass [`OriginPolicy::check`]. A cross-site request is
     /// only for pages of a listed origin. Clients without `Sec-Fetch-*` (older browsers,
     /// scripts) are judged by the origin alone.
-    pub fn check_fetch(&self, headers: &(impl Headers + ?Sized)) -> Result<(), ApiError> {
+    pub fn check_fetch(&self, headers: &(impl Headers + ?Sized)) -> Result<(), Refusal> {
         if headers
             .value("sec-fetch-dest")
             .is_some_and(|dest| !dest.trim_ascii().eq_ignore_ascii_case(b"empty"))
         {
-            return Err(ApiError::NotAFetch("Sec-Fetch-Dest is not empty"));
+            return Err(Refusal::NotAFetch("Sec-Fetch-Dest is not empty"));
         }
         let site = headers.value("sec-fetch-site").map(<[u8]>::trim_ascii);
         let foreign = site.is_some_and(|site| {
             site.eq_ignore_ascii_case(b"cross-site") || site.eq_ignore_ascii_case(b"same-site")
         });
         if foreign && !headers.value("origin").is_some_and(|o| self.is_listed(o)) {
-            return Err(ApiError::NotAFetch(
+            return Err(Refusal::NotAFetch(
                 "cross-site request from a page not allowed",
             ));
         }
@@ -75,14 +75,14 @@ impl OriginPolicy {
     }
 
     /// No `Origin`, a listed one, or the server's own (same-origin pages).
-    pub fn check(&self, headers: &(impl Headers + ?Sized)) -> Result<(), ApiError> {
+    pub fn check(&self, headers: &(impl Headers + ?Sized)) -> Result<(), Refusal> {
         let Some(origin) = headers.value("origin") else {
             return Ok(());
         };
         if self.is_listed(origin) || own_origin(headers).as_bytes().eq_ignore_ascii_case(origin) {
             Ok(())
         } else {
-            Err(ApiError::OriginNotAllowed)
+            Err(Refusal::OriginNotAllowed)
         }
     }
 }
@@ -92,18 +92,18 @@ impl OriginPolicy {
 /// one), and says in `Sec-Fetch-Site` how it relates to the target; requests without either
 /// (scripts, `viewcounter import`) are not a browser's and pass. An `--allow-origin` page is no
 /// better than any other here: it may count views, never change the owner's numbers.
-pub fn same_origin_only(headers: &(impl Headers + ?Sized)) -> Result<(), ApiError> {
+pub fn same_origin_only(headers: &(impl Headers + ?Sized)) -> Result<(), Refusal> {
     let site = headers.value("sec-fetch-site").map(<[u8]>::trim_ascii);
     if site.is_some_and(|site| {
         site.eq_ignore_ascii_case(b"cross-site") || site.eq_ignore_ascii_case(b"same-site")
     }) {
-        return Err(ApiError::CrossSite(
+        return Err(Refusal::CrossSite(
             "refused: sent by a page of another site (Sec-Fetch-Site)",
         ));
     }
     match headers.value("origin") {
         Some(origin) if !own_origin(headers).as_bytes().eq_ignore_ascii_case(origin) => Err(
-            ApiError::CrossSite("refused: sent by a page of another origin (Origin)"),
+            Refusal::CrossSite("refused: sent by a page of another origin (Origin)"),
         ),
         _ => Ok(()),
     }

@@ -1,5 +1,6 @@
 //! Reader ids ("view tokens"): one per page view, chosen by the script or by the server.
 
+use crate::refusal::Refusal;
 use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::OnceLock;
@@ -129,6 +130,12 @@ fn hasher() -> &'static std::hash::RandomState {
 impl fmt::Debug for ReaderId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl From<ReaderIdError> for Refusal {
+    fn from(e: ReaderIdError) -> Self {
+        Self::BadReaderId(e.to_string())
     }
 }
 

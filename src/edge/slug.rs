@@ -1,5 +1,6 @@
 //! Post identifiers as they appear in URLs: validated once at the edge, cheap to clone after.
 
+use crate::refusal::Refusal;
 use std::fmt;
 use std::sync::Arc;
 
@@ -70,6 +71,12 @@ impl fmt::Debug for Slug {
 impl std::borrow::Borrow<str> for Slug {
     fn borrow(&self) -> &str {
         &self.0
+    }
+}
+
+impl From<SlugError> for Refusal {
+    fn from(e: SlugError) -> Self {
+        Self::BadSlug(e.to_string())
     }
 }
 

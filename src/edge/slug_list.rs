@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::edge::limits::{ClientKey, NewPostRate};
 use crate::edge::slug::Slug;
-use crate::http::error::ApiError;
+use crate::refusal::Refusal;
 
 /// How often the file's modification time is looked at.
 pub(crate) const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -88,7 +88,7 @@ impl Admission {
 
     /// Admits a post the writer knows nothing of: `None` for listed posts (they always
     /// exist), a place for a new one, or why not (404 at the cap, 429 over the rate).
-    pub(crate) fn admit_new(&self) -> Result<Option<NewPost>, ApiError> {
+    pub(crate) fn admit_new(&self) -> Result<Option<NewPost>, Refusal> {
         let Self::Open { posts, client } = self else {
             return Ok(None);
         };
@@ -98,14 +98,14 @@ impl Admission {
                 (n < posts.max).then_some(n + 1)
             });
         if taken.is_err() {
-            return Err(ApiError::SlugCapReached);
+            return Err(Refusal::SlugCapReached);
         }
         let place = NewPost {
             posts: Arc::clone(posts),
         };
         if !posts.new_posts.take(*client) {
             let retry_after = posts.new_posts.retry_after();
-            return Err(ApiError::TooManyNewPosts { retry_after });
+            return Err(Refusal::TooManyNewPosts { retry_after });
         }
         Ok(Some(place))
     }

@@ -23,11 +23,11 @@ use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use crate::edge::slug::Slug;
 use crate::edge::slug_list::SlugPolicy;
 use crate::http::api::{AppState, authorize_admin_read};
-use crate::http::error::ApiError;
 use crate::http::owner::is_listed;
 use crate::http::sse::{self, HEARTBEAT, Signals};
 use crate::posts::changes::Change;
 use crate::posts::post::Counts;
+use crate::refusal::Refusal;
 use crate::storage::add_counts;
 use crate::storage::calendar::Day;
 
@@ -88,14 +88,14 @@ enum Applied {
 impl Board {
     /// Every post with views, every listed post, every post being read: totals and today's
     /// views read together, live from [`read_live`].
-    async fn read(state: &AppState) -> Result<Self, ApiError> {
+    async fn read(state: &AppState) -> Result<Self, Refusal> {
         let day = state.calendar.today();
         let (totals, today) = state
             .registry
             .writer()
             .totals_and_day(day)
             .await
-            .map_err(ApiError::storage)?;
+            .map_err(Refusal::from)?;
         let live = read_live(state).await;
         let mut posts: HashMap<Slug, Row> = HashMap::with_capacity(totals.len());
         if let SlugPolicy::Listed(list) = &state.slugs {
@@ -196,7 +196,7 @@ fn row_event(out: &mut BytesMut, slug: &Slug, row: Row) {
 }
 
 /// `event: unavailable` then the end: the browser reconnects after `retry`.
-fn error_event(e: &ApiError) -> Bytes {
+fn error_event(e: &Refusal) -> Bytes {
     let body = serde_json::json!({ "error": e.to_string() });
     Bytes::from(format!("event: unavailable\ndata: {body}\n\n"))
 }
@@ -210,7 +210,7 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
 async fn admin_stream(
     req: HttpRequest,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Refusal> {
     authorize_admin_read(&req, &state)?;
     state.refuse_when_stopping()?;
     // Subscribed before the snapshot is read: nothing falls between the two.
@@ -285,7 +285,7 @@ fn live(stream: AdminStream) -> impl Stream<Item = Result<Bytes, Infallible>> + 
 
 impl AdminStream {
     /// A new snapshot, as its event.
-    async fn resync(&mut self) -> Result<Bytes, ApiError> {
+    async fn resync(&mut self) -> Result<Bytes, Refusal> {
         self.board = Board::read(&self.state).await?;
         Ok(self.board.event())
     }
@@ -295,7 +295,7 @@ impl AdminStream {
     async fn changes(
         &mut self,
         first: Result<Change, RecvError>,
-    ) -> Option<Result<Bytes, ApiError>> {
+    ) -> Option<Result<Bytes, Refusal>> {
         let mut resync = self.state.calendar.today() != self.board.day;
         let mut out = BytesMut::new();
         let mut next = Some(first);

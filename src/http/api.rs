@@ -21,7 +21,6 @@ use crate::edge::reader_id::{ReaderId, Showing, parse_show};
 use crate::edge::slug::Slug;
 use crate::edge::slug_list::Admission;
 use crate::edge::slug_list::SlugPolicy;
-use crate::http::error::ApiError;
 use crate::http::session;
 use crate::http::shared::{Handle, JoinError, Member, SharedStream, SharedStreams};
 use crate::http::sse::{self, Signals};
@@ -29,6 +28,7 @@ use crate::http::watch;
 use crate::metrics::Metrics;
 use crate::posts::post::{Join, Joined, Leave};
 use crate::posts::registry::Registry;
+use crate::refusal::Refusal;
 use crate::storage::calendar::Calendar;
 
 /// Largest beacon body accepted; a reader id is at most 64 bytes.
@@ -113,14 +113,14 @@ impl AppState {
     }
 
     /// Counts a refusal for `/metrics` (actix-web's answers are counted by a middleware).
-    pub(crate) fn count_refusal(&self, e: &ApiError) {
+    pub(crate) fn count_refusal(&self, e: &Refusal) {
         let reason = crate::metrics::Refusal { reason: e.reason() };
         self.metrics.refusals.get_or_create(&reason).inc();
     }
 
-    pub(crate) fn refuse_when_stopping(&self) -> Result<(), ApiError> {
+    pub(crate) fn refuse_when_stopping(&self) -> Result<(), Refusal> {
         if self.signals.shutdown.is_started() {
-            Err(ApiError::ShuttingDown)
+            Err(Refusal::ShuttingDown)
         } else {
             Ok(())
         }
@@ -135,7 +135,7 @@ impl AppState {
         slug: &Slug,
         admission: Admission,
         showing: &Showing,
-    ) -> Result<Joined, ApiError> {
+    ) -> Result<Joined, Refusal> {
         let is_reader = !self.is_bot(headers);
         let charge = is_reader.then(|| ViewCharge {
             rate: Arc::clone(&self.view_rate),
@@ -151,12 +151,12 @@ impl AppState {
     }
 
     /// Parses the slug and checks that the post may exist: 400 malformed, 404 unknown.
-    fn post(&self, raw: &str, client: ClientKey) -> Result<(Slug, Admission), ApiError> {
+    fn post(&self, raw: &str, client: ClientKey) -> Result<(Slug, Admission), Refusal> {
         let slug = Slug::parse(raw)?;
         let admission = self
             .slugs
             .admission(&slug, client)
-            .ok_or(ApiError::UnknownPost)?;
+            .ok_or(Refusal::UnknownPost)?;
         Ok((slug, admission))
     }
 
@@ -165,7 +165,7 @@ impl AppState {
     pub(crate) async fn open_reader(
         &self,
         req: StreamRequest<'_>,
-    ) -> Result<impl Stream<Item = Result<web::Bytes, Infallible>> + 'static, ApiError> {
+    ) -> Result<impl Stream<Item = Result<web::Bytes, Infallible>> + 'static, Refusal> {
         self.origins.check_fetch(req.headers)?;
         let client = self.client_key(Some(req.peer), req.headers);
         let (slug, admission) = self.post(req.name, client)?;
@@ -187,7 +187,7 @@ impl AppState {
 
     /// A shared stream (see [`crate::http::shared`]); readers join it by POST. The origin is
     /// checked by the caller.
-    pub(crate) fn open_shared(&self, req: StreamRequest<'_>) -> Result<SharedStream, ApiError> {
+    pub(crate) fn open_shared(&self, req: StreamRequest<'_>) -> Result<SharedStream, Refusal> {
         self.origins.check_fetch(req.headers)?;
         let sid = ReaderId::parse(req.name)?;
         self.refuse_when_stopping()?;
@@ -220,7 +220,7 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
 
 /// The reader id: `?view=` (the page view's token), else `Last-Event-ID` (a reconnect of a
 /// stream whose id the server chose), else a new one; and `?show=`, the page showing (0).
-fn showing(query: &str, headers: &(impl Headers + ?Sized)) -> Result<Showing, ApiError> {
+fn showing(query: &str, headers: &(impl Headers + ?Sized)) -> Result<Showing, Refusal> {
     let param = |name| query.split('&').find_map(|pair| pair.strip_prefix(name));
     let show = param("show=").map(parse_show).transpose()?.unwrap_or(0);
     let id = match param("view=") {
@@ -235,7 +235,7 @@ fn showing(query: &str, headers: &(impl Headers + ?Sized)) -> Result<Showing, Ap
 
 /// A beacon body: a reader id and page show, at most `MAX_BEACON_BYTES` (413 beyond, 400 if
 /// malformed), within `BODY_DEADLINE` (408, and the connection closes).
-async fn read_showing(req: &HttpRequest, payload: web::Payload) -> Result<Showing, ApiError> {
+async fn read_showing(req: &HttpRequest, payload: web::Payload) -> Result<Showing, Refusal> {
     let body = read_beacon(req, payload, MAX_BEACON_BYTES).await?;
     Ok(Showing::from_beacon(&body)?)
 }
@@ -246,29 +246,29 @@ pub(crate) async fn read_beacon(
     req: &HttpRequest,
     payload: web::Payload,
     limit: usize,
-) -> Result<web::BytesMut, ApiError> {
+) -> Result<web::BytesMut, Refusal> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     if declared.is_some_and(|len| len > limit) {
-        return Err(ApiError::BodyTooLarge(limit));
+        return Err(Refusal::BodyTooLarge(limit));
     }
     tokio::time::timeout(BODY_DEADLINE, read_body(payload, limit))
         .await
-        .map_err(|_| ApiError::BodyTimeout(BODY_DEADLINE))?
+        .map_err(|_| Refusal::BodyTimeout(BODY_DEADLINE))?
 }
 
 /// A request body of at most `limit` bytes (413 beyond).
 pub(crate) async fn read_body(
     mut payload: web::Payload,
     limit: usize,
-) -> Result<web::BytesMut, ApiError> {
+) -> Result<web::BytesMut, Refusal> {
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|_| ApiError::BadBody)?;
+        let chunk = chunk.map_err(|_| Refusal::BadBody)?;
         if body.len() + chunk.len() > limit {
-            return Err(ApiError::BodyTooLarge(limit));
+            return Err(Refusal::BodyTooLarge(limit));
         }
         body.extend_from_slice(&chunk);
     }
@@ -288,7 +288,7 @@ async fn beacon(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
-) -> Result<Beacon, ApiError> {
+) -> Result<Beacon, Refusal> {
     state.origins.check(req.headers())?;
     let client = request_client(req, state);
     let (slug, admission) = state.post(req.match_info().get("slug").unwrap_or_default(), client)?;
@@ -309,7 +309,7 @@ async fn leave(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Refusal> {
     let Beacon { slug, showing, .. } = beacon(&req, payload, &state).await?;
     state.registry.leave(
         &slug,
@@ -325,7 +325,7 @@ async fn shared_join(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Refusal> {
     state.origins.check_fetch(req.headers())?;
     let Beacon {
         slug,
@@ -340,7 +340,7 @@ async fn shared_join(
         Err(JoinError::Already) => return Ok(HttpResponse::NoContent().finish()),
         Err(JoinError::OverBudget(e)) => return Err(e),
         Err(JoinError::Full | JoinError::Closed) => {
-            return Err(ApiError::TooManyStreams {
+            return Err(Refusal::TooManyStreams {
                 retry_after: PER_IP_RETRY_AFTER,
             });
         }
@@ -355,7 +355,7 @@ async fn shared_join(
         departure: joined.departure,
     };
     // If the stream closed meanwhile, the member is dropped and departs at once.
-    shared.join(member).map_err(|_| ApiError::NoSharedStream)?;
+    shared.join(member).map_err(|_| Refusal::NoSharedStream)?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -364,7 +364,7 @@ async fn shared_leave(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Refusal> {
     let Beacon { slug, showing, .. } = beacon(&req, payload, &state).await?;
     if let Ok(shared) = shared_handle(&req, &state) {
         shared.leave(slug, showing.presence());
@@ -372,15 +372,15 @@ async fn shared_leave(
     Ok(HttpResponse::NoContent().finish())
 }
 
-pub(crate) fn shared_handle(req: &HttpRequest, state: &AppState) -> Result<Handle, ApiError> {
+pub(crate) fn shared_handle(req: &HttpRequest, state: &AppState) -> Result<Handle, Refusal> {
     let sid = ReaderId::parse(req.match_info().get("sid").unwrap_or_default())?;
     state
         .shared
         .handle(sid.as_str())
-        .ok_or(ApiError::NoSharedStream)
+        .ok_or(Refusal::NoSharedStream)
 }
 
-async fn count(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn count(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Refusal> {
     state.origins.check(req.headers())?;
     let client = request_client(&req, &state);
     let (slug, _) = state.post(req.match_info().get("slug").unwrap_or_default(), client)?;
@@ -396,14 +396,14 @@ struct TotalRow {
     total: u64,
 }
 
-async fn totals(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn totals(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Refusal> {
     authorize_admin_read(&req, &state)?;
     let rows = state
         .registry
         .writer()
         .totals()
         .await
-        .map_err(ApiError::storage)?;
+        .map_err(Refusal::from)?;
     let rows: Vec<TotalRow> = rows
         .into_iter()
         .map(|(slug, total)| TotalRow { slug, total })
@@ -431,7 +431,7 @@ struct Stats {
     redis: Option<&'static str>,
 }
 
-async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Refusal> {
     authorize_admin_read(&req, &state)?;
     let stats = Stats {
         posts_awake: state.registry.awake(),
@@ -453,7 +453,7 @@ async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
 /// The admin rule for changes (`POST /import`): with a token configured,
 /// `Authorization: Bearer TOKEN`; without one, the owner at the machine itself
 /// ([`is_loopback_owner`]). See [`authenticate`].
-pub(crate) fn authorize_admin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+pub(crate) fn authorize_admin(req: &HttpRequest, state: &AppState) -> Result<(), Refusal> {
     authenticate(req, state, Session::Refused)
 }
 
@@ -461,7 +461,7 @@ pub(crate) fn authorize_admin(req: &HttpRequest, state: &AppState) -> Result<(),
 /// dashboard's login sets. Never for changes (`POST /import`): a browser sends cookies with
 /// requests that other pages make it send, and `SameSite=Strict` stops only cross-site ones,
 /// not a page on a sibling subdomain; a bearer header no page can add without the token.
-pub(crate) fn authorize_admin_read(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+pub(crate) fn authorize_admin_read(req: &HttpRequest, state: &AppState) -> Result<(), Refusal> {
     authenticate(req, state, Session::Accepted)
 }
 
@@ -479,12 +479,12 @@ enum Session {
 /// and concurrent guesses cannot slip past. A request without credentials takes nothing.
 ///
 /// Without a token: [`is_loopback_owner`]; there is nothing to guess.
-fn authenticate(req: &HttpRequest, state: &AppState, rule: Session) -> Result<(), ApiError> {
+fn authenticate(req: &HttpRequest, state: &AppState, rule: Session) -> Result<(), Refusal> {
     let Some(token) = &state.admin_token else {
         return if is_loopback_owner(req) {
             Ok(())
         } else {
-            Err(ApiError::Unauthorized)
+            Err(Refusal::Unauthorized)
         };
     };
     let bearer = req
@@ -497,11 +497,11 @@ fn authenticate(req: &HttpRequest, state: &AppState, rule: Session) -> Result<()
         Session::Refused => None,
     };
     if bearer.is_none() && cookie.is_none() {
-        return Err(ApiError::Unauthorized);
+        return Err(Refusal::Unauthorized);
     }
     let client = request_client(req, state);
     take_auth_try(state, client)
-        .map_err(|retry_after| ApiError::TooManyAuthFailures { retry_after })?;
+        .map_err(|retry_after| Refusal::TooManyAuthFailures { retry_after })?;
     let right = bearer.is_some_and(|given| bool::from(given.as_bytes().ct_eq(token.as_bytes())))
         || cookie.is_some_and(|value| {
             session::is_valid(token, value, state.calendar.clock().now_unix())
@@ -510,7 +510,7 @@ fn authenticate(req: &HttpRequest, state: &AppState, rule: Session) -> Result<()
         state.auth_failures.give_back(client);
         Ok(())
     } else {
-        Err(ApiError::Unauthorized)
+        Err(Refusal::Unauthorized)
     }
 }
 

@@ -25,8 +25,8 @@ use crate::http::api::{
     AppState, BODY_DEADLINE, authorize_admin_read, has_session, is_loopback_owner, read_body,
     request_client, take_auth_try,
 };
-use crate::http::error::ApiError;
 use crate::http::session;
+use crate::refusal::Refusal;
 
 /// Every page's `<head>` and `<body>` around one of the bodies below.
 const SHELL: &str = include_str!("../../web/admin/shell.html");
@@ -147,7 +147,7 @@ async fn page(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
             let page = render(At::Dashboard, "dashboard", "", DASHBOARD_HEAD, &body);
             html(StatusCode::OK).body(page)
         }
-        Err(ApiError::TooManyAuthFailures { retry_after }) => {
+        Err(Refusal::TooManyAuthFailures { retry_after }) => {
             too_many_attempts(At::Dashboard, retry_after)
         }
         Err(_) => match state.admin_token {

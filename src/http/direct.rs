@@ -5,7 +5,7 @@
 //! this module's, end to end: it is admitted once (origin, fetch, limits, counting:
 //! [`AppState::open_reader`], [`AppState::open_shared`], [`AppState::open_watch`]) and
 //! answered here, the stream on success and the JSON refusal
-//! ([`ApiError::http1_answer`]) otherwise. From then on the connection holds only its socket
+//! ([`crate::http::error::http1_answer`]) otherwise. From then on the connection holds only its socket
 //! and the stream's state. Everything else (beacons, counts, preflights, anything that is
 //! not HTTP) goes to actix-web with the bytes already read.
 //!
@@ -31,7 +31,7 @@ use tokio::net::TcpStream;
 
 use crate::edge::headers::Headers;
 use crate::http::api::{AppState, StreamRequest};
-use crate::http::error::ApiError;
+use crate::refusal::Refusal;
 
 /// What a head's buffer starts with; a browser's stream request fits.
 const HEAD_BUFFER: usize = 4096;
@@ -177,7 +177,7 @@ async fn admit(state: &AppState, peer: SocketAddr, req: &httparse::Request<'_, '
         Ok(body) => Answer::Stream(response_head(allowed), body),
         Err(refusal) => {
             state.count_refusal(&refusal);
-            Answer::Refused(refusal.http1_answer(allowed))
+            Answer::Refused(crate::http::error::http1_answer(&refusal, allowed))
         }
     }
 }
@@ -286,9 +286,9 @@ async fn open(
     name: &str,
     query: &str,
     headers: &[httparse::Header<'_>],
-) -> Result<Body, ApiError> {
+) -> Result<Body, Refusal> {
     if !is_plain(headers) {
-        return Err(ApiError::BadRequest(
+        return Err(Refusal::BadRequest(
             "a stream request has no body and no protocol switch".into(),
         ));
     }

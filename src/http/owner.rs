@@ -13,8 +13,8 @@ use crate::edge::slug::Slug;
 use crate::edge::slug_list::SlugPolicy;
 use crate::http::api::{AppState, authorize_admin, authorize_admin_read, read_body};
 use crate::http::badge::{self, Label};
-use crate::http::error::ApiError;
 use crate::posts::post::Counts;
+use crate::refusal::Refusal;
 use crate::storage::calendar::Day;
 use crate::storage::writer::{ImportMode, ImportPlan};
 
@@ -64,7 +64,7 @@ fn number_param(
     name: &str,
     range: std::ops::RangeInclusive<u32>,
     default: u32,
-) -> Result<u32, ApiError> {
+) -> Result<u32, Refusal> {
     let Some(raw) = param(pairs, name) else {
         return Ok(default);
     };
@@ -72,7 +72,7 @@ fn number_param(
         .ok()
         .filter(|n| range.contains(n))
         .ok_or_else(|| {
-            ApiError::BadRequest(format!(
+            Refusal::BadRequest(format!(
                 "{name} must be a whole number from {} to {}",
                 range.start(),
                 range.end()
@@ -105,11 +105,11 @@ struct History {
 }
 
 /// `GET /history/{slug}?days=N`: views per day, oldest first, days without views included.
-async fn history(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn history(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Refusal> {
     authorize_admin_read(&req, &state)?;
     let slug = Slug::parse(req.match_info().get("slug").unwrap_or_default())?;
     if !is_listed(&state, &slug) {
-        return Err(ApiError::UnknownPost);
+        return Err(Refusal::UnknownPost);
     }
     let days = history_days(&req, &state)?;
     let views = state
@@ -117,7 +117,7 @@ async fn history(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
         .writer()
         .history(slug.clone(), days.clone())
         .await
-        .map_err(ApiError::storage)?;
+        .map_err(Refusal::from)?;
     Ok(no_store(&mut HttpResponse::Ok()).json(History {
         slug: slug.as_str().to_owned(),
         days: day_rows(&days, views),
@@ -133,7 +133,7 @@ struct HistoryAll {
 async fn history_all(
     req: HttpRequest,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Refusal> {
     authorize_admin_read(&req, &state)?;
     let days = history_days(&req, &state)?;
     let views = state
@@ -141,14 +141,14 @@ async fn history_all(
         .writer()
         .history_all(days.clone())
         .await
-        .map_err(ApiError::storage)?;
+        .map_err(Refusal::from)?;
     Ok(no_store(&mut HttpResponse::Ok()).json(HistoryAll {
         days: day_rows(&days, views),
     }))
 }
 
 /// The days `?days=N` asks for (default 30, at most 366), ending today, oldest first.
-fn history_days(req: &HttpRequest, state: &AppState) -> Result<Vec<Day>, ApiError> {
+fn history_days(req: &HttpRequest, state: &AppState) -> Result<Vec<Day>, Refusal> {
     let n = number_param(
         &query(req),
         "days",
@@ -170,7 +170,7 @@ fn day_rows(days: &[Day], views: Vec<u64>) -> Vec<DayRow> {
 }
 
 /// The slugs of a `slug=A&slug=B` query: 1 to 100, each well-formed, repeats dropped.
-pub(crate) fn slugs_param(pairs: &[(String, String)]) -> Result<Vec<Slug>, ApiError> {
+pub(crate) fn slugs_param(pairs: &[(String, String)]) -> Result<Vec<Slug>, Refusal> {
     let mut seen = HashSet::new();
     let mut slugs = Vec::new();
     for (_, raw) in pairs.iter().filter(|(k, _)| k == "slug") {
@@ -180,7 +180,7 @@ pub(crate) fn slugs_param(pairs: &[(String, String)]) -> Result<Vec<Slug>, ApiEr
         }
     }
     if slugs.is_empty() || slugs.len() > MAX_SLUGS_PER_REQUEST {
-        return Err(ApiError::BadRequest(format!(
+        return Err(Refusal::BadRequest(format!(
             "give 1 to {MAX_SLUGS_PER_REQUEST} slugs as slug=…&slug=…"
         )));
     }
@@ -196,7 +196,7 @@ struct SlugCounts {
 
 /// `GET /counts?slug=A&slug=B…`: the numbers of many posts for an index page; counts nothing,
 /// wakes nothing, omits posts it does not know.
-async fn counts(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn counts(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Refusal> {
     state.origins.check(req.headers())?;
     let slugs = slugs_param(&query(&req))?;
     let known: Vec<Slug> = slugs.into_iter().filter(|s| is_listed(&state, s)).collect();
@@ -237,7 +237,7 @@ struct TopRow {
 
 /// `GET /top?by=live|total|today&limit=N`: best first, ties by slug. Public with an
 /// allow-list; with `--allow-any-slug` the slugs are user input, so admin only.
-async fn top(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn top(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Refusal> {
     if matches!(state.slugs, SlugPolicy::Any(_)) {
         authorize_admin_read(&req, &state)?;
     } else {
@@ -249,7 +249,7 @@ async fn top(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespons
         "total" => TopBy::Total,
         "today" => TopBy::Today,
         other => {
-            return Err(ApiError::BadRequest(format!(
+            return Err(Refusal::BadRequest(format!(
                 "by must be live, total or today, not {other:?}"
             )));
         }
@@ -259,12 +259,12 @@ async fn top(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespons
     Ok(no_store(&mut HttpResponse::Ok()).json(rows))
 }
 
-async fn top_rows(state: &AppState, by: TopBy, limit: usize) -> Result<Vec<TopRow>, ApiError> {
+async fn top_rows(state: &AppState, by: TopBy, limit: usize) -> Result<Vec<TopRow>, Refusal> {
     let writer = state.registry.writer();
     let today: HashMap<String, u64> = writer
         .day_views(state.calendar.today())
         .await
-        .map_err(ApiError::storage)?
+        .map_err(Refusal::from)?
         .into_iter()
         .collect();
     // Candidates by the ranking number, best first, ties by slug.
@@ -276,7 +276,7 @@ async fn top_rows(state: &AppState, by: TopBy, limit: usize) -> Result<Vec<TopRo
             .into_iter()
             .map(|(slug, live)| (slug.as_str().to_owned(), live))
             .collect(),
-        TopBy::Total => writer.totals().await.map_err(ApiError::storage)?,
+        TopBy::Total => writer.totals().await.map_err(Refusal::from)?,
         TopBy::Today => today.iter().map(|(s, v)| (s.clone(), *v)).collect(),
     };
     ranked.retain(|(slug, _)| Slug::parse(slug).is_ok_and(|s| is_listed(state, &s)));
@@ -310,14 +310,14 @@ struct DailyRow {
 }
 
 /// `GET /daily`: every post's views per day (what `export --daily` prints).
-async fn daily(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn daily(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Refusal> {
     authorize_admin_read(&req, &state)?;
     let rows: Vec<DailyRow> = state
         .registry
         .writer()
         .all_days()
         .await
-        .map_err(ApiError::storage)?
+        .map_err(Refusal::from)?
         .into_iter()
         .map(|(slug, day, views)| DailyRow {
             slug,
@@ -332,16 +332,16 @@ async fn daily(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
 pub(crate) async fn badge(
     req: HttpRequest,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Refusal> {
     let file = req.match_info().get("file").unwrap_or_default();
-    let slug = Slug::parse(file.strip_suffix(".svg").ok_or(ApiError::UnknownPost)?)?;
+    let slug = Slug::parse(file.strip_suffix(".svg").ok_or(Refusal::UnknownPost)?)?;
     let pairs = query(&req);
     let label = match param(&pairs, "label") {
-        Some(raw) => Label::parse(raw).map_err(|e| ApiError::BadRequest(format!("label: {e}")))?,
+        Some(raw) => Label::parse(raw).map_err(|e| Refusal::BadRequest(format!("label: {e}")))?,
         None => Label::default(),
     };
     if !is_listed(&state, &slug) {
-        return Err(ApiError::UnknownPost);
+        return Err(Refusal::UnknownPost);
     }
     let counts = state
         .registry
@@ -351,7 +351,7 @@ pub(crate) async fn badge(
     let total = match counts.first().copied().flatten() {
         Some(counts) => counts.total,
         None if listed => 0,
-        None => return Err(ApiError::UnknownPost),
+        None => return Err(Refusal::UnknownPost),
     };
     Ok(HttpResponse::Ok()
         .content_type("image/svg+xml")
@@ -363,7 +363,7 @@ pub(crate) async fn badge(
 pub(crate) async fn metrics(
     req: HttpRequest,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Refusal> {
     authorize_admin_read(&req, &state)?;
     let m = &state.metrics;
     m.streams_open.set(state.limits.open() as i64);
@@ -381,12 +381,12 @@ pub(crate) async fn metrics(
 /// How `POST /import` is asked to import, in its query.
 fn import_options(
     pairs: &[(String, String)],
-) -> Result<(ImportMode, bool, Option<ImportFormat>, Option<String>), ApiError> {
+) -> Result<(ImportMode, bool, Option<ImportFormat>, Option<String>), Refusal> {
     let mode = match param(pairs, "mode").unwrap_or("set") {
         "set" => ImportMode::Set,
         "add" => ImportMode::Add,
         other => {
-            return Err(ApiError::BadRequest(format!(
+            return Err(Refusal::BadRequest(format!(
                 "mode must be set or add, not {other:?}"
             )));
         }
@@ -398,7 +398,7 @@ fn import_options(
         Some("json") => Some(ImportFormat::Json),
         Some("goatcounter") => Some(ImportFormat::Goatcounter),
         Some(other) => {
-            return Err(ApiError::BadRequest(format!(
+            return Err(Refusal::BadRequest(format!(
                 "format must be csv, json or goatcounter, not {other:?}"
             )));
         }
@@ -417,14 +417,14 @@ async fn import(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Refusal> {
     same_origin_only(req.headers())?;
     let ours = req
         .headers()
         .get(IMPORT_HEADER)
         .is_some_and(|v| v.as_bytes().trim_ascii() == b"1");
     if !ours {
-        return Err(ApiError::CrossSite(
+        return Err(Refusal::CrossSite(
             "an import needs the header X-Viewcounter-Import: 1 (viewcounter import sends it)",
         ));
     }
@@ -432,16 +432,16 @@ async fn import(
     let (mode, dry_run, format, prefix) = import_options(&query(&req))?;
     let body = tokio::time::timeout(IMPORT_DEADLINE, read_body(payload, MAX_IMPORT_BYTES))
         .await
-        .map_err(|_| ApiError::BodyTimeout(IMPORT_DEADLINE))??;
+        .map_err(|_| Refusal::BodyTimeout(IMPORT_DEADLINE))??;
     let text = std::str::from_utf8(&body)
-        .map_err(|_| ApiError::BadRequest("the import file is not UTF-8".into()))?;
+        .map_err(|_| Refusal::BadRequest("the import file is not UTF-8".into()))?;
     let options = ParseOptions {
         format,
         path_prefix: prefix.as_deref(),
         timezone: state.calendar.time_zone(),
     };
     let parsed =
-        import_file::parse(text, &options).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        import_file::parse(text, &options).map_err(|e| Refusal::BadRequest(e.to_string()))?;
     let skipped = parsed.skipped;
     let plan = plan_of(parsed, mode, dry_run);
     let report = state
@@ -449,7 +449,7 @@ async fn import(
         .writer()
         .import(plan)
         .await
-        .map_err(ApiError::storage)?;
+        .map_err(Refusal::from)?;
     if report.written {
         // Totals moved without a view counted: dashboards start again from a snapshot.
         state.registry.changes().resync();
@@ -487,11 +487,7 @@ pub(crate) fn plan_of(parsed: import_file::Parsed, mode: ImportMode, dry_run: bo
 
 /// Counts every refusal by reason for `/metrics`, whichever handler refused.
 pub(crate) fn count_refusal(state: &AppState, res: &actix_web::dev::ServiceResponse) {
-    if let Some(e) = res
-        .response()
-        .error()
-        .and_then(|e| e.as_error::<ApiError>())
-    {
+    if let Some(e) = res.response().error().and_then(|e| e.as_error::<Refusal>()) {
         state.count_refusal(e);
     }
 }

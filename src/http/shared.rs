@@ -34,9 +34,9 @@ use tokio_stream::wrappers::WatchStream;
 use crate::edge::limits::{ClientKey, ReaderSlot, StreamLimits, StreamPermit};
 use crate::edge::reader_id::{Presence, ReaderId};
 use crate::edge::slug::Slug;
-use crate::http::error::ApiError;
 use crate::http::sse::{self, Signals, Update};
 use crate::posts::post::{Departure, Watched, Watcher};
+use crate::refusal::Refusal;
 
 /// Readers one shared stream may carry: more tabs than anyone keeps open, few enough that one
 /// client cannot pose as a crowd.
@@ -119,7 +119,7 @@ pub(crate) enum JoinError {
     #[error("shared stream is full")]
     Full,
     #[error(transparent)]
-    OverBudget(ApiError),
+    OverBudget(Refusal),
     #[error("shared stream is closed")]
     Closed,
 }
@@ -175,10 +175,10 @@ impl Handle {
         seq: u64,
         slugs: Vec<Slug>,
         subscribe: F,
-    ) -> Result<(), ApiError>
+    ) -> Result<(), Refusal>
     where
         F: FnOnce(Vec<Slug>) -> Fut,
-        Fut: Future<Output = Result<Vec<(Slug, Watched)>, ApiError>>,
+        Fut: Future<Output = Result<Vec<(Slug, Watched)>, Refusal>>,
     {
         let mut set = self.watches.lock().await;
         if seq <= set.seq {
@@ -193,7 +193,7 @@ impl Handle {
         let slugs = slugs.collect();
         self.tx
             .send(Command::Watch { stopped, started })
-            .map_err(|_| ApiError::NoSharedStream)?;
+            .map_err(|_| Refusal::NoSharedStream)?;
         *set = WatchSet { seq, slugs };
         Ok(())
     }

@@ -21,10 +21,10 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use crate::edge::limits::ClientKey;
 use crate::edge::slug::{MAX_SLUG_LEN, Slug};
 use crate::http::api::{AppState, StreamRequest, read_beacon, request_client, shared_handle};
-use crate::http::error::ApiError;
 use crate::http::owner::slugs_param;
 use crate::http::shared::SharedStream;
 use crate::posts::post::Watched;
+use crate::refusal::Refusal;
 
 /// Posts one shared stream may watch: the tabs of a browser together, two index pages' worth.
 pub(crate) const MAX_WATCHED_PER_SHARED: usize = 200;
@@ -34,10 +34,7 @@ pub(crate) const MAX_WATCH_BODY: usize = MAX_WATCHED_PER_SHARED * (MAX_SLUG_LEN 
 impl AppState {
     /// `GET /api/v1/watch`: admitted, its posts followed, its body ready to send. The origin is
     /// checked by the caller.
-    pub(crate) async fn open_watch(
-        &self,
-        req: StreamRequest<'_>,
-    ) -> Result<SharedStream, ApiError> {
+    pub(crate) async fn open_watch(&self, req: StreamRequest<'_>) -> Result<SharedStream, Refusal> {
         self.origins.check_fetch(req.headers)?;
         let pairs: Vec<(String, String)> = form_urlencoded::parse(req.query.as_bytes())
             .into_owned()
@@ -59,7 +56,7 @@ impl AppState {
         &self,
         slugs: Vec<Slug>,
         client: ClientKey,
-    ) -> Result<Vec<(Slug, Watched)>, ApiError> {
+    ) -> Result<Vec<(Slug, Watched)>, Refusal> {
         let asked = futures_util::future::join_all(slugs.into_iter().map(|slug| async move {
             let Some(admission) = self.slugs.admission(&slug, client) else {
                 return Ok(None);
@@ -77,7 +74,7 @@ pub(crate) async fn shared_watch(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Refusal> {
     state.origins.check(req.headers())?;
     state.origins.check_fetch(req.headers())?;
     let body = read_beacon(&req, payload, MAX_WATCH_BODY).await?;
@@ -92,15 +89,15 @@ pub(crate) async fn shared_watch(
 
 /// A shared watch body: its number (1 or more), then up to `MAX_WATCHED_PER_SHARED` slugs,
 /// one per line (blank lines and repeats ignored). Anything else: 400.
-fn watch_body(body: &[u8]) -> Result<(u64, Vec<Slug>), ApiError> {
-    let text = std::str::from_utf8(body).map_err(|_| ApiError::BadBody)?;
+fn watch_body(body: &[u8]) -> Result<(u64, Vec<Slug>), Refusal> {
+    let text = std::str::from_utf8(body).map_err(|_| Refusal::BadBody)?;
     let mut lines = text.lines().map(str::trim_ascii);
     let seq = lines
         .next()
         .and_then(|first| first.parse::<u64>().ok())
         .filter(|&seq| seq > 0)
         .ok_or_else(|| {
-            ApiError::BadRequest("a watch body starts with its number (1 or more)".into())
+            Refusal::BadRequest("a watch body starts with its number (1 or more)".into())
         })?;
     let mut seen = HashSet::new();
     let mut slugs = Vec::new();
@@ -111,7 +108,7 @@ fn watch_body(body: &[u8]) -> Result<(u64, Vec<Slug>), ApiError> {
         }
     }
     if slugs.len() > MAX_WATCHED_PER_SHARED {
-        return Err(ApiError::BadRequest(format!(
+        return Err(Refusal::BadRequest(format!(
             "a shared stream watches at most {MAX_WATCHED_PER_SHARED} posts"
         )));
     }
@@ -122,7 +119,7 @@ fn watch_body(body: &[u8]) -> Result<(u64, Vec<Slug>), ApiError> {
 mod tests {
     use super::*;
 
-    fn slugs(body: &str) -> Result<(u64, Vec<String>), ApiError> {
+    fn slugs(body: &str) -> Result<(u64, Vec<String>), Refusal> {
         let (seq, slugs) = watch_body(body.as_bytes())?;
         Ok((seq, slugs.iter().map(|s| s.as_str().to_owned()).collect()))
     }

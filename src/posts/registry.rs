@@ -14,13 +14,13 @@ use actix_rt::ArbiterHandle;
 use crate::cluster::Cluster;
 use crate::edge::slug::Slug;
 use crate::edge::slug_list::Admission;
-use crate::http::error::ApiError;
 use crate::memory::Reclaimer;
 use crate::metrics::Metrics;
 use crate::posts::changes::Changes;
 use crate::posts::post::{
     Asleep, Counts, GetCounts, Imported, Join, Joined, Leave, Post, PostContext, Watch, Watched,
 };
+use crate::refusal::Refusal;
 use crate::storage::calendar::Clock;
 use crate::storage::writer::{LoadFor, Loaded, Writer};
 
@@ -103,7 +103,7 @@ impl Registry {
     /// The numbers of many posts at once, waking none: awake posts are asked, the others'
     /// totals come from the writer in one round trip. `None` for a post with no views that
     /// is not awake.
-    pub(crate) async fn counts_of(&self, slugs: &[Slug]) -> Result<Vec<Option<Counts>>, ApiError> {
+    pub(crate) async fn counts_of(&self, slugs: &[Slug]) -> Result<Vec<Option<Counts>>, Refusal> {
         let awake: Vec<Option<Addr<Post>>> = slugs.iter().map(|s| self.lookup(s)).collect();
         let asked = futures_util::future::join_all(awake.iter().map(|addr| async move {
             match addr {
@@ -123,7 +123,7 @@ impl Registry {
             .writer()
             .totals_of(asleep)
             .await
-            .map_err(ApiError::storage)?
+            .map_err(Refusal::from)?
             .into_iter();
         Ok(asked
             .into_iter()
@@ -189,10 +189,10 @@ impl Registry {
         slug: &Slug,
         admission: Admission,
         join: Join,
-    ) -> Result<Joined, ApiError> {
+    ) -> Result<Joined, Refusal> {
         let joined = self.ask_awake(slug, Some(&admission), join).await?;
         // With an admission, `wake` finds or makes the post (or says why not).
-        joined.ok_or_else(|| ApiError::Internal(format!("post {slug} was not woken")))
+        joined.ok_or_else(|| Refusal::Internal(format!("post {slug} was not woken")))
     }
 
     /// Follows a post's numbers without counting anything, waking it if it exists: a listed
@@ -203,7 +203,7 @@ impl Registry {
         self: &Arc<Self>,
         slug: &Slug,
         admission: &Admission,
-    ) -> Result<Option<Watched>, ApiError> {
+    ) -> Result<Option<Watched>, Refusal> {
         self.ask_awake(slug, admission.existing(), Watch).await
     }
 
@@ -214,7 +214,7 @@ impl Registry {
         slug: &Slug,
         admission: Option<&Admission>,
         message: M,
-    ) -> Result<Option<T>, ApiError>
+    ) -> Result<Option<T>, Refusal>
     where
         M: Message<Result = Result<T, Asleep>> + Clone + Send + 'static,
         T: Send + 'static,
@@ -229,14 +229,14 @@ impl Registry {
                 // Went to sleep meanwhile: it has left the map, so the next turn wakes a new one.
                 Ok(Err(_)) | Err(MailboxError::Closed) => self.forget(slug, &addr),
                 Err(MailboxError::Timeout) => {
-                    return Err(ApiError::Internal(format!("post {slug} did not answer")));
+                    return Err(Refusal::Internal(format!("post {slug} did not answer")));
                 }
             }
         }
     }
 
     /// The numbers of a post without waking it: a sleeping post has no live readers.
-    pub(crate) async fn counts(&self, slug: &Slug) -> Result<Counts, ApiError> {
+    pub(crate) async fn counts(&self, slug: &Slug) -> Result<Counts, Refusal> {
         if let Some(addr) = self.lookup(slug)
             && let Ok(Ok(counts)) = addr.send(GetCounts).await
         {
@@ -247,7 +247,7 @@ impl Registry {
                 live: self.remote_live(slug),
                 total: loaded.total,
             }),
-            Err(e) => Err(ApiError::storage(e)),
+            Err(e) => Err(Refusal::from(e)),
         }
     }
 
@@ -299,7 +299,7 @@ impl Registry {
         self: &Arc<Self>,
         slug: &Slug,
         admission: Option<&Admission>,
-    ) -> Result<Option<Addr<Post>>, ApiError> {
+    ) -> Result<Option<Addr<Post>>, Refusal> {
         if let Some(addr) = self.lookup(slug) {
             return Ok(Some(addr));
         }
@@ -315,7 +315,7 @@ impl Registry {
                     new: false,
                 }
             }
-            Err(e) => return Err(ApiError::storage(e)),
+            Err(e) => return Err(Refusal::from(e)),
         };
         // The writer knows nothing of it: whether it may exist is the slug admission's call.
         let new_post = match (loaded.new, admission) {

@@ -17,6 +17,7 @@ use crate::edge::reader_id::ReaderId;
 use crate::edge::slug::Slug;
 use crate::memory::CachedBlocks;
 use crate::metrics::Metrics;
+use crate::refusal::Refusal;
 use crate::storage::calendar::{Calendar, Day};
 use crate::storage::store::{DayViews, Seen, Store, StoreError};
 use crate::storage::{MAX_COUNT, add_counts};
@@ -781,6 +782,20 @@ impl State {
         if quiet {
             tracing::error!(error = %e, pending_posts = self.pending.len(), "cannot write totals; keeping them in memory and retrying");
             self.last_failure_log = Some(now);
+        }
+    }
+}
+
+/// A failure of the writer or its store, as a request's answer: 503 while the disk is
+/// unreadable (the writer logs the cause, throttled), 500 otherwise.
+impl From<WriterError> for Refusal {
+    fn from(e: WriterError) -> Self {
+        match e {
+            WriterError::Store(StoreError::Storage(cause)) => {
+                tracing::debug!(%cause, "storage unavailable");
+                Self::StorageUnavailable
+            }
+            other => Self::Internal(other.to_string()),
         }
     }
 }
