@@ -44,7 +44,7 @@
 #![warn(unreachable_pub)]
 
 pub mod cli;
-pub(crate) mod cluster;
+pub mod cluster;
 pub mod config;
 pub mod edge;
 #[doc(hidden)]

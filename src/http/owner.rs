@@ -368,7 +368,7 @@ pub(crate) async fn metrics(
     let m = &state.metrics;
     m.streams_open.set(state.limits.open() as i64);
     m.posts_awake.set(state.registry.awake() as i64);
-    if let Some(cluster) = state.registry.cluster() {
+    if let Some(cluster) = &state.cluster {
         m.redis_up.set(i64::from(cluster.is_up()));
         m.cluster_nodes.set(cluster.nodes() as i64);
         m.outbox_pending.set(cluster.outbox_len() as i64);
