@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::edge::reader_id::ReaderId;
 use crate::edge::slug::Slug;
-use crate::memory::CachedBlocks;
+use crate::memory::{CachedBlocks, HoldsCachedBlocks};
 use crate::metrics::Metrics;
 use crate::refusal::Refusal;
 use crate::storage::calendar::{Calendar, Day};
@@ -158,13 +158,6 @@ impl Writer {
         Ok(rx.await.map_err(|_| WriterError::Stopped)??)
     }
 
-    /// The blocks the writer thread's allocator caches, taken out (see [`crate::memory`]).
-    pub async fn take_cached_blocks(&self) -> Option<CachedBlocks> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::TakeCachedBlocks(reply)).ok()?;
-        rx.await.ok()
-    }
-
     /// Writes everything pending and stops the thread.
     pub async fn shutdown(&self) -> Result<(), WriterError> {
         let (reply, rx) = oneshot::channel();
@@ -233,6 +226,15 @@ impl Writer {
     /// Applies an import in one transaction (or only works it out, `plan.dry_run`).
     pub async fn import(&self, plan: ImportPlan) -> Result<ImportReport, WriterError> {
         self.ask(move |state| state.import(&plan)).await
+    }
+}
+
+/// A reclaim after a wave of readers empties the writer thread's allocator cache too.
+impl HoldsCachedBlocks for Writer {
+    async fn take_cached_blocks(&self) -> Option<CachedBlocks> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::TakeCachedBlocks(reply)).ok()?;
+        rx.await.ok()
     }
 }
 
