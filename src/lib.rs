@@ -6,7 +6,7 @@
 //! The layout, by layer, from the edge inwards; a layer calls only the ones below it:
 //! - [`cli`]: the command line: the flags of `serve`, `export` and `import` (each also read
 //!   from `VIEWCOUNTER_*`), and the `export` and `import` commands, from the file or through
-//!   the running server (`cli::import_file` reads the files an import brings).
+//!   the running server (the import itself is `import`'s).
 //! - [`config`]: the typed settings, built once from the command line (`TryFrom<ServeArgs>`)
 //!   or directly ([`config::Config::new`]: the defaults, no environment read).
 //! - [`startup`]: [`Application::build`] takes a [`config::Config`], binds and wires everything once;
@@ -50,6 +50,7 @@ pub mod edge;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub(crate) mod import;
 pub mod memory;
 pub(crate) mod metrics;
 pub mod posts;

@@ -242,9 +242,7 @@ impl HoldsCachedBlocks for Writer {
 pub type TotalsAndDay = (Vec<(String, u64)>, Vec<(String, u64)>);
 
 /// How imported numbers meet the ones already counted.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ImportMode {
     /// A post's total (and each day) becomes the file's, never lower than already counted.
