@@ -10,6 +10,7 @@ use std::time::Duration;
 use jiff::tz::TimeZone;
 
 use crate::cli::ServeArgs;
+use crate::cluster;
 use crate::edge::client_ip::TrustedProxies;
 use crate::edge::origin::{OriginError, OriginPolicy};
 use crate::http::scheduling::Scheduling;
@@ -70,28 +71,7 @@ pub struct Config {
     /// The time the server goes by.
     pub clock: Clock,
     /// Cluster mode (`--redis`); `None`: one node on its own file.
-    pub cluster: Option<ClusterConfig>,
-}
-
-/// How this node joins the cluster of every node on one Redis.
-#[derive(Debug, Clone)]
-pub struct ClusterConfig {
-    /// `redis://…` (or `rediss://`, `unix://`): checked when the config is.
-    pub redis: RedisUrl,
-    /// This node's name; `None`: `HOST:PORT-xxxx`, made once the port is known.
-    pub node_id: Option<String>,
-    /// Every Redis call gives up after this long.
-    pub timeout: Duration,
-}
-
-impl ClusterConfig {
-    pub fn new(redis: impl Into<String>) -> Self {
-        Self {
-            redis: RedisUrl::from(redis.into()),
-            node_id: None,
-            timeout: Duration::from_millis(250),
-        }
-    }
+    pub cluster: Option<cluster::Settings>,
 }
 
 /// The shortest `--admin-token` accepted: a token is guessed against every admin route, and a
@@ -183,32 +163,32 @@ impl Config {
             return Err(ConfigError::Ipv6Prefix(self.limits.ipv6_prefix));
         }
         if let Some(cluster) = &self.cluster {
-            cluster.validate()?;
+            validate_cluster(cluster)?;
         }
         Ok(())
     }
 }
 
-impl ClusterConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        use redis::IntoConnectionInfo;
-        self.redis
-            .expose()
-            .into_connection_info()
-            .map_err(|e| ConfigError::RedisUrl {
-                url: self.redis.clone(),
-                reason: e.to_string(),
-            })?;
-        if let Some(id) = &self.node_id
-            && !crate::cluster::is_node_id(id)
-        {
-            return Err(ConfigError::NodeId(id.clone()));
-        }
-        if self.timeout.is_zero() {
-            return Err(ConfigError::Zero("--redis-timeout"));
-        }
-        Ok(())
+/// What the cluster's settings' types cannot say, named by the flags.
+fn validate_cluster(settings: &cluster::Settings) -> Result<(), ConfigError> {
+    use redis::IntoConnectionInfo;
+    settings
+        .redis
+        .expose()
+        .into_connection_info()
+        .map_err(|e| ConfigError::RedisUrl {
+            url: settings.redis.clone(),
+            reason: e.to_string(),
+        })?;
+    if let Some(id) = &settings.node_id
+        && !cluster::is_node_id(id)
+    {
+        return Err(ConfigError::NodeId(id.clone()));
     }
+    if settings.timeout.is_zero() {
+        return Err(ConfigError::Zero("--redis-timeout"));
+    }
+    Ok(())
 }
 
 impl TryFrom<ServeArgs> for Config {
@@ -248,7 +228,7 @@ impl TryFrom<ServeArgs> for Config {
             workers: args.workers.map_or_else(default_workers, usize::from),
             scheduling: args.scheduling,
             clock: args.clock,
-            cluster: args.redis.map(|redis| ClusterConfig {
+            cluster: args.redis.map(|redis| cluster::Settings {
                 redis,
                 node_id: args.node_id,
                 timeout: args.redis_timeout,
@@ -291,16 +271,16 @@ mod tests {
         strong.admin_token = Some(Secret::from("0123456789abcdef"));
         assert!(strong.validate().is_ok());
         let mut clustered = base.clone();
-        clustered.cluster = Some(ClusterConfig::new("redis://127.0.0.1:6379/0"));
+        clustered.cluster = Some(cluster::Settings::new("redis://127.0.0.1:6379/0"));
         assert!(clustered.validate().is_ok());
         let mut nowhere = base.clone();
-        nowhere.cluster = Some(ClusterConfig::new("http://127.0.0.1:6379"));
+        nowhere.cluster = Some(cluster::Settings::new("http://127.0.0.1:6379"));
         let err = nowhere.validate().expect_err("not a Redis URL");
         assert!(err.to_string().contains("--redis"), "{err}");
         let mut spaced = base;
-        spaced.cluster = Some(ClusterConfig {
+        spaced.cluster = Some(cluster::Settings {
             node_id: Some("node one".into()),
-            ..ClusterConfig::new("redis://127.0.0.1")
+            ..cluster::Settings::new("redis://127.0.0.1")
         });
         assert!(matches!(spaced.validate(), Err(ConfigError::NodeId(_))));
     }

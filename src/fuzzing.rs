@@ -6,11 +6,11 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use jiff::tz::TimeZone;
 
-use crate::cli::import_file::{self, ParseOptions};
 use crate::edge::client_ip::{ClientIpHeader, TrustedProxies};
 use crate::http::direct::{self, Inspected, Route};
+use crate::import::file::{self as import_file, ParseOptions};
 
-pub use crate::cli::import_file::ImportFormat;
+pub use crate::import::file::ImportFormat;
 
 /// The stream routes the direct layer serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +87,7 @@ fn client_ips(head: &[u8]) -> [IpAddr; 2] {
         .map(|proxies| proxies.client_ip(peer, req.headers))
 }
 
-/// An import file's rows, as `viewcounter import` reads them (`cli::import_file::parse`).
+/// An import file's rows, as `viewcounter import` reads them (`import::file::parse`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImportRows {
     pub format: Option<ImportFormat>,

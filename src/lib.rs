@@ -6,7 +6,7 @@
 //! The layout, by layer, from the edge inwards; a layer calls only the ones below it:
 //! - [`cli`]: the command line: the flags of `serve`, `export` and `import` (each also read
 //!   from `VIEWCOUNTER_*`), and the `export` and `import` commands, from the file or through
-//!   the running server (`cli::import_file` reads the files an import brings).
+//!   the running server (the import itself is `import`'s).
 //! - [`config`]: the typed settings, built once from the command line (`TryFrom<ServeArgs>`)
 //!   or directly ([`config::Config::new`]: the defaults, no environment read).
 //! - [`startup`]: [`Application::build`] takes a [`config::Config`], binds and wires everything once;
@@ -25,31 +25,39 @@
 //! - [`edge`]: input validated once ([`edge::slug`], [`edge::reader_id`]), the request
 //!   headers both layers read, and who may count and how much: `slug_list` (which posts
 //!   exist), `origin`, [`edge::client_ip`], `limits`.
+//! - [`cluster`] (`--redis`): several nodes on one Redis, above the posts. Posts count views
+//!   through it (one Lua script per view, the outbox in the redb file while Redis does not
+//!   answer) and merge other nodes' live readers, but only through their port
+//!   (`posts::cluster_port`), which the cluster implements; its tasks (heartbeat, pub/sub,
+//!   replay) reach the posts through the registry; `cluster::store` is the writer's `Store` on
+//!   Redis for the owner's reads. Its [`cluster::Settings`] are built by [`config`].
 //! - [`posts`]: `registry`: slug → post actor, woken on the first reader, asleep when idle;
-//!   [`posts::post`]: one actor per post, coalesced broadcast (also told to `changes`, the
-//!   registry-wide feed the dashboard follows); its counting rules (live readers, total,
-//!   dedupe) are `post_state`, free of actors so they can be tested.
+//!   [`posts::post`]: one actor per post, coalesced broadcast of a [`posts::update::Update`]
+//!   (encoded once, shared by every stream; also told to `changes`, the registry-wide feed
+//!   the dashboard follows); its counting rules (live readers, total, dedupe) are
+//!   `post_state`, free of actors so they can be tested. Posts call neither HTTP nor the
+//!   cluster.
 //! - [`storage`]: [`storage::writer`]: the debounced writer thread, flushing deltas (totals
 //!   and days) to a [`storage::store::Store`] (redb); [`storage::calendar`]: the day a view
-//!   is counted on, and the clock.
-//! - `cluster` (`--redis`): several nodes on one Redis. Posts count views through it (one
-//!   Lua script per view, the outbox in the redb file while Redis does not answer) and merge
-//!   other nodes' live readers; its tasks (heartbeat, pub/sub, replay) reach the posts through
-//!   the registry; `cluster::store` is the writer's `Store` on Redis for the owner's reads.
+//!   is counted on, and the clock. No command line here: `cli` spells its flags' values.
+//!   Beside it, `import`: the one import, for `cli` and `http` alike: the file parsers
+//!   (`import::file`), the plan the writer applies, and the summary.
 //! - Beside them: `metrics` (Prometheus series), [`memory`] (giving freed memory back after a
-//!   wave of readers, which glibc's malloc keeps otherwise), [`secret`] (the admin token and
-//!   the `--redis` URL, which never print their secrets; every layer may use it), and
-//!   `fuzzing` (the fuzz targets' way in to internals; not an API).
+//!   wave of readers, which glibc's malloc keeps otherwise; the threads it empties are
+//!   handed to it, it knows no layer above), [`secret`] (the admin token and the `--redis`
+//!   URL, which never print their secrets; every layer may use it), and `fuzzing` (the fuzz
+//!   targets' way in to internals; not an API).
 
 #![warn(unreachable_pub)]
 
 pub mod cli;
-pub(crate) mod cluster;
+pub mod cluster;
 pub mod config;
 pub mod edge;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub(crate) mod import;
 pub mod memory;
 pub(crate) mod metrics;
 pub mod posts;

@@ -14,7 +14,8 @@
 //! `tcache`). After a wave these are the last blocks its posts freed, scattered over the whole
 //! peak heap, and each one keeps its page resident: about 230 blocks per worker, 1 to 2 MB.
 //! `malloc_trim` cannot see them. So before trimming, every long-lived thread takes its cached
-//! blocks out ([`CachedBlocks::take`]) and a short-lived thread frees them: on its exit they go
+//! blocks out ([`CachedBlocks::take`]; the writer, which this module does not know, through
+//! [`HoldsCachedBlocks`]) and a short-lived thread frees them: on its exit they go
 //! back to their heaps, where the trim that follows can release their pages. `malloc_trim`
 //! never shrinks the top of a thread's heap either (only freeing a large block does), which
 //! left up to 0.7 MB of a worker's peak heap resident; each thread also gives up one such block.
@@ -43,13 +44,12 @@
 //! 10 % of the start, and `just bench`'s posts scenario measures it after 100,000 posts.
 
 use std::alloc::Layout;
+use std::future::Future;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use actix_rt::ArbiterHandle;
 use tokio::sync::oneshot;
-
-use crate::storage::writer::Writer;
 
 /// Posts gone to sleep and streams closed since the last trim before another one is worth
 /// its cost (a post and a stream each freed a few KB).
@@ -58,6 +58,15 @@ pub const TRIM_AFTER: usize = 1024;
 /// Fewer are still worth a trim once the wave is over (none during a whole housekeeping
 /// interval): otherwise what the end of a wave freed would stay.
 pub const TRIM_AFTER_WAVE: usize = 64;
+
+/// A long-lived thread besides the workers (the storage writer) whose allocator cache a
+/// reclaim empties. Implemented by the layer that owns the thread, which asks it to run
+/// [`CachedBlocks::take`] on itself; this module knows none of those threads.
+pub trait HoldsCachedBlocks {
+    /// The blocks the thread's allocator caches, taken out on that thread; `None` once it
+    /// has stopped.
+    fn take_cached_blocks(&self) -> impl Future<Output = Option<CachedBlocks>> + Send;
+}
 
 #[derive(Default)]
 pub struct Reclaimer {
@@ -84,12 +93,12 @@ impl Reclaimer {
     /// Returns free heap pages to the system if enough posts slept or streams closed since
     /// the last time. Meant to be called at a steady interval (housekeeping) on a long-lived
     /// thread, with how far the open streams fell since the previous call; the caches of that
-    /// thread, of `workers` and of `writer` are emptied first.
+    /// thread, of `workers` and of `other` (the writer) are emptied first.
     pub async fn reclaim_if_worthwhile(
         &self,
         streams_fallen: usize,
         workers: &[ArbiterHandle],
-        writer: &Writer,
+        other: &impl HoldsCachedBlocks,
     ) {
         let slept = self.slept.load(Ordering::Relaxed);
         let fallen = self.fallen.fetch_add(streams_fallen, Ordering::Relaxed) + streams_fallen;
@@ -114,7 +123,7 @@ impl Reclaimer {
                 taken.extend(rx.await.ok());
             }
         }
-        taken.extend(writer.take_cached_blocks().await);
+        taken.extend(other.take_cached_blocks().await);
         let freed = actix_web::rt::task::spawn_blocking(move || give_back(taken)).await;
         if freed.is_ok() {
             self.done.fetch_add(1, Ordering::Relaxed);

@@ -18,9 +18,10 @@ use actix_web::{App, web};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 
+use crate::cluster;
 use crate::cluster::Cluster;
 use crate::cluster::store::RedisStore;
-use crate::config::{ClusterConfig, Config, ConfigError, Posts};
+use crate::config::{Config, ConfigError, Posts};
 use crate::edge::limits::{AuthFailureRate, StreamLimits, ViewRate, raise_fd_limit};
 use crate::edge::origin::OriginPolicy;
 use crate::edge::slug_list::{OpenPosts, POLL_INTERVAL, SlugList, SlugPolicy};
@@ -32,6 +33,7 @@ use crate::http::server::{Server, Settings};
 use crate::http::sse::Signals;
 use crate::http::{admin_stream, dashboard};
 use crate::metrics::Metrics;
+use crate::posts::cluster_port::Counting;
 use crate::posts::registry::Registry;
 use crate::shutdown::Trigger;
 use crate::storage::calendar::Calendar;
@@ -136,8 +138,9 @@ impl Application {
                 policy.dedupe_window,
                 config.clock.clone(),
                 Arc::clone(&metrics),
-                cluster,
+                cluster.clone().map(|c| c as Arc<dyn Counting>),
             ),
+            cluster,
             calendar,
             metrics,
             auth_failures: AuthFailureRate::auth_failures(),
@@ -192,7 +195,7 @@ impl Application {
             ..
         } = self;
         let background = spawn_background(&state, &server, heartbeat, heartbeat_every, hangup);
-        let cluster = state.registry.cluster().cloned();
+        let cluster = state.cluster.clone();
         let cluster_tasks = cluster
             .as_ref()
             .map(|c| c.spawn_tasks(&state.registry))
@@ -223,7 +226,7 @@ impl Application {
 
 /// Cluster mode: the redb file becomes the outbox, the writer reads and imports through Redis.
 async fn join_cluster(
-    config: &ClusterConfig,
+    config: &cluster::Settings,
     addr: SocketAddr,
     db: RedbStore,
     calendar: &Calendar,

@@ -10,8 +10,9 @@
 use libfuzzer_sys::fuzz_target;
 use serde::Deserialize;
 use viewcounter::edge::reader_id::ReaderId;
-use viewcounter::http::sse::{RETRY_MS, counts_event, first_event};
+use viewcounter::http::sse::{RETRY_MS, first_event};
 use viewcounter::posts::post::Counts;
+use viewcounter::posts::update::counts_event;
 
 #[derive(Debug, Default, Clone, PartialEq)]
 struct Event {

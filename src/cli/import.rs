@@ -1,4 +1,4 @@
-//! `viewcounter import FILE`: views brought in from a file (`cli::import_file` reads it),
+//! `viewcounter import FILE`: views brought in from a file (read by `crate::import`),
 //! written to the db file when no server holds it, or sent to the running server's
 //! `POST /api/v1/import` when one does, so that the server's posts and the file agree; with
 //! `--url`, sent to that server and nothing else. With `--redis`, written to the cluster's
@@ -9,13 +9,12 @@ use std::time::Duration;
 
 use crate::cli::ImportArgs;
 use crate::cli::export::{Source, error_of};
-use crate::cli::import_file::{self, ParseOptions};
-use crate::http::owner::{MAX_IMPORT_BYTES, Summary, plan_of};
+use crate::import::file::{self, ParseOptions};
+use crate::import::{self, IMPORT_HEADER, MAX_IMPORT_BYTES, Summary};
 use crate::metrics::Metrics;
-use crate::storage::add_counts;
 use crate::storage::calendar::{Calendar, Clock};
 use crate::storage::store::{self, RedbStore, Store};
-use crate::storage::writer::{FlushPolicy, ImportReport, Writer};
+use crate::storage::writer::{FlushPolicy, ImportMode, ImportReport, Writer};
 
 const HTTP_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -84,15 +83,15 @@ pub async fn import(args: &ImportArgs) -> Result<String, ImportError> {
             path_prefix: args.path_prefix.as_deref(),
             timezone: &args.timezone,
         };
-        let parsed = import_file::parse(&text, &options).map_err(|e| ImportError::Invalid {
+        let parsed = file::parse(&text, &options).map_err(|e| ImportError::Invalid {
             path,
             reason: e.to_string(),
         })?;
         let skipped = parsed.skipped;
-        let report = write(args, plan_of(parsed, args.mode, args.dry_run)).await?;
+        let report = write(args, import::plan(parsed, args.mode, args.dry_run)).await?;
         Summary { report, skipped }
     };
-    Ok(describe(&summary, args.dry_run, &to))
+    Ok(summary.describe(args.dry_run, &to))
 }
 
 fn read_file(args: &ImportArgs) -> Result<String, ImportError> {
@@ -168,7 +167,7 @@ async fn send(
     let mut query = form_urlencoded::Serializer::new(String::new());
     query.append_pair(
         "mode",
-        if args.mode == crate::storage::writer::ImportMode::Add {
+        if args.mode == ImportMode::Add {
             "add"
         } else {
             "set"
@@ -192,7 +191,7 @@ async fn send(
     let mut req = client
         .post(target)
         .content_type("text/plain; charset=utf-8");
-    req = req.insert_header((crate::http::owner::IMPORT_HEADER, "1"));
+    req = req.insert_header((IMPORT_HEADER, "1"));
     if let Some(token) = &args.store.admin_token {
         req = req.bearer_auth(token.expose());
     }
@@ -205,29 +204,4 @@ async fn send(
         return Err(failed(error_of(res.status(), &body)));
     }
     serde_json::from_slice(&body).map_err(|e| failed(format!("unexpected answer: {e}")))
-}
-
-/// `import into the file data/viewcounter.redb: 3 posts changed (+120 views), 2 unchanged,
-/// 5 rows skipped, 40 views added to days`.
-fn describe(summary: &Summary, dry_run: bool, to: &Source) -> String {
-    let report = &summary.report;
-    let mut out = String::new();
-    if dry_run {
-        for (slug, before, after) in &report.changed {
-            out.push_str(&format!("{slug}: {before} -> {after}\n"));
-        }
-    }
-    let added = report.changed.iter().fold(0, |all, (_, before, after)| {
-        add_counts(all, after.saturating_sub(*before))
-    });
-    let verb = if dry_run { "would change" } else { "changed" };
-    out.push_str(&format!(
-        "import into {to}{}: {} posts {verb} (+{added} views), {} unchanged, {} rows skipped, {} views added to days\n",
-        if dry_run { " (dry run, nothing written)" } else { "" },
-        report.changed.len(),
-        report.unchanged,
-        summary.skipped,
-        report.day_views,
-    ));
-    out
 }

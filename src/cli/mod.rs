@@ -1,20 +1,22 @@
-//! The command line: `viewcounter serve` and `viewcounter export`. Every flag also reads
+//! The command line: `viewcounter serve`, `export` and `import`. Every flag also reads
 //! `VIEWCOUNTER_<FLAG>` from the environment.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
 use crate::edge::client_ip::ClientIpHeader;
 use crate::http::scheduling::Scheduling;
+use crate::import::file::ImportFormat;
 use crate::secret::{RedisUrl, Secret};
+use crate::storage::writer::ImportMode;
 
 pub mod export;
 pub mod import;
-pub(crate) mod import_file;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DB: &str = "data/viewcounter.redb";
@@ -246,8 +248,8 @@ pub struct ImportArgs {
 
     /// `set`: a post's total (and each day) becomes the file's, never lower than already
     /// counted; `add`: the file's numbers are added.
-    #[arg(long, env = "VIEWCOUNTER_IMPORT_MODE", value_enum, default_value_t = crate::storage::writer::ImportMode::Set)]
-    pub mode: crate::storage::writer::ImportMode,
+    #[arg(long, env = "VIEWCOUNTER_IMPORT_MODE", value_enum, default_value_t = ImportMode::Set)]
+    pub mode: ImportMode,
 
     /// Print what would change, write nothing.
     #[arg(long)]
@@ -259,7 +261,7 @@ pub struct ImportArgs {
 
     /// The file's format; recognised from its content when not given.
     #[arg(long, value_enum)]
-    pub format: Option<crate::cli::import_file::ImportFormat>,
+    pub format: Option<ImportFormat>,
 
     /// The calendar GoatCounter's timestamps are put on days in (as the server's --timezone).
     #[arg(long, env = "VIEWCOUNTER_TIMEZONE", default_value = "UTC", value_parser = time_zone)]
@@ -270,6 +272,41 @@ pub struct ImportArgs {
 pub enum Format {
     Csv,
     Json,
+}
+
+// The import's own types know no command line: their flag values and help are spelled here.
+
+impl ValueEnum for ImportMode {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Self::Set, Self::Add]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            Self::Set => PossibleValue::new("set").help(
+                "A post's total (and each day) becomes the file's, never lower than already counted",
+            ),
+            Self::Add => PossibleValue::new("add").help("The file's numbers are added"),
+        })
+    }
+}
+
+impl ValueEnum for ImportFormat {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Self::Csv, Self::Json, Self::Goatcounter]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            Self::Csv => PossibleValue::new("csv").help(
+                "`viewcounter export` as CSV: `slug,total` or, with `--daily`, `slug,day,views`",
+            ),
+            Self::Json => PossibleValue::new("json")
+                .help("`viewcounter export --format json`, all-time or daily"),
+            Self::Goatcounter => PossibleValue::new("goatcounter")
+                .help("GoatCounter's CSV export of single pageviews (export format version 2)"),
+        })
+    }
 }
 
 impl ServeArgs {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use redis::Script;
 
 use crate::cluster::link::{EVENTS, Link, LinkError};
+use crate::posts::cluster_port::Counted;
 
 /// How long an op is remembered: longer than any outage the outbox rides out in practice, so a
 /// replay after a lost reply, or a call that ran late, adds nothing even once the reader's
@@ -82,15 +83,6 @@ pub(crate) struct View {
     pub op: String,
     /// `YYYYMMDD`, the day it was counted on (by this node's `--timezone`).
     pub day: u32,
-}
-
-/// What Redis decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Counted {
-    /// The view is in the total (now, or by an earlier run of the same op).
-    pub counted: bool,
-    /// The post's total after it.
-    pub total: u64,
 }
 
 pub(crate) fn totals_key() -> &'static str {

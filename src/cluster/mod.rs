@@ -5,10 +5,12 @@
 //! - `counter`: one counted view as one Lua script (dedupe marker, total, day, announcement);
 //! - `presence`: each node's live readers in Redis, merged into every post's live count;
 //! - `outbox`: views counted while Redis did not answer, replayed exactly once;
-//! - [`store`]: the writer's [`crate::storage::store::Store`] on Redis, for the owner's reads.
+//! - `store`: the writer's [`crate::storage::store::Store`] on Redis, for the owner's reads.
 //!
-//! Posts reach the cluster through [`Cluster`] (in their context); the cluster's tasks reach
-//! the posts through the registry, with the messages of [`crate::posts::post`].
+//! The cluster sits above the posts: posts reach it only through their port,
+//! `posts::cluster_port::Counting`, which `Cluster` implements; the cluster's tasks
+//! reach the posts through the registry, with the messages of [`crate::posts::post`]. Its
+//! [`Settings`] are built by [`crate::config`], which this module does not know.
 
 pub(crate) mod counter;
 pub(crate) mod link;
@@ -17,7 +19,9 @@ pub(crate) mod presence;
 pub(crate) mod store;
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,15 +29,16 @@ use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio::task::JoinHandle;
 
-use crate::cluster::counter::{Counted, View};
+use crate::cluster::counter::View;
 use crate::cluster::link::Link;
 use crate::cluster::outbox::{Outbox, REPLAY_BATCH};
 use crate::cluster::presence::{BEAT, Event, Moved, Presence};
-use crate::config::ClusterConfig;
 use crate::edge::reader_id::ReaderId;
 use crate::edge::slug::Slug;
+use crate::posts::cluster_port::{Counting, Decision};
 use crate::posts::post::{Counts, RemoteLive, RemoteTotal, Replayed};
 use crate::posts::registry::Registry;
+use crate::secret::RedisUrl;
 use crate::storage::calendar::Calendar;
 use crate::storage::store::{RedbStore, StoreError};
 
@@ -43,6 +48,29 @@ const REPLAY_EVERY: Duration = Duration::from_millis(250);
 const EXPIRE_EVERY: Duration = Duration::from_millis(250);
 /// Totals asked of Redis per `HMGET` when awake posts catch up after a reconnect.
 const REFRESH_CHUNK: usize = 500;
+
+/// How this node joins the cluster of every node on one Redis (built by [`crate::config`]
+/// from `--redis`, `--node-id` and `--redis-timeout`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `redis://…` (or `rediss://`, `unix://`): checked when the config is.
+    pub redis: RedisUrl,
+    /// This node's name; `None`: `HOST:PORT-xxxx`, made once the port is known.
+    pub node_id: Option<String>,
+    /// Every Redis call gives up after this long.
+    pub timeout: Duration,
+}
+
+impl Settings {
+    /// `--redis URL` alone: the other settings are the command line's defaults.
+    pub fn new(redis: impl Into<String>) -> Self {
+        Self {
+            redis: RedisUrl::from(redis.into()),
+            node_id: None,
+            timeout: Duration::from_millis(250),
+        }
+    }
+}
 
 /// True for a usable `--node-id`: it is part of Redis keys and space-separated messages.
 pub(crate) fn is_node_id(id: &str) -> bool {
@@ -74,22 +102,13 @@ fn default_node_id(addr: SocketAddr) -> String {
     format!("{host}:{}-{:04x}", addr.port(), u16::from_be_bytes(suffix))
 }
 
-/// Redis's decision on a view this node would count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Decision {
-    /// Redis answered: counted (or a duplicate of a view counted on another node).
-    Decided(Counted),
-    /// Redis did not answer: counted here, in the outbox until Redis takes it.
-    Deferred,
-}
-
 /// What the background tasks consume, taken once when they start.
 struct Receivers {
     pushes: UnboundedReceiver<PushInfo>,
     changes: UnboundedReceiver<Slug>,
 }
 
-pub struct Cluster {
+pub(crate) struct Cluster {
     link: Link,
     presence: Presence,
     outbox: Outbox,
@@ -102,7 +121,7 @@ impl Cluster {
     /// Joins the cluster: the redb file at `db` becomes the outbox; Redis is tried once
     /// (a node starts without it, `redis: down`, and keeps trying).
     pub(crate) async fn start(
-        config: &ClusterConfig,
+        settings: &Settings,
         addr: SocketAddr,
         db: RedbStore,
         calendar: Calendar,
@@ -110,14 +129,14 @@ impl Cluster {
     ) -> Result<Arc<Self>, StoreError> {
         let (push_tx, pushes) = unbounded_channel();
         let (change_tx, changes) = unbounded_channel();
-        let link = Link::new(&config.redis, config.timeout, push_tx)
+        let link = Link::new(&settings.redis, settings.timeout, push_tx)
             .map_err(|e| StoreError::Storage(format!("--redis: {e}")))?;
-        let node = config
+        let node = settings
             .node_id
             .clone()
             .unwrap_or_else(|| default_node_id(addr));
         // The URL prints with its password masked.
-        tracing::info!(%node, redis = %config.redis, "cluster mode: joining the nodes on Redis");
+        tracing::info!(%node, redis = %settings.redis, "cluster mode: joining the nodes on Redis");
         let cluster = Self {
             link,
             presence: Presence::new(node, change_tx),
@@ -155,46 +174,6 @@ impl Cluster {
 
     pub(crate) fn timeout(&self) -> Duration {
         self.link.timeout()
-    }
-
-    /// A post's live readers on the other nodes.
-    pub(crate) fn remote_live(&self, slug: &Slug) -> u64 {
-        self.presence.remote_live(slug)
-    }
-
-    /// Every post with live readers on other nodes, and how many.
-    pub(crate) fn remote_posts(&self) -> Vec<(Slug, u64)> {
-        self.presence.remote_posts()
-    }
-
-    /// A post's views counted here that Redis does not have yet.
-    pub(crate) fn unsynced(&self, slug: &Slug) -> u64 {
-        self.outbox.pending_for(slug.as_str())
-    }
-
-    /// A post's live readers on this node moved.
-    pub(crate) fn set_local_live(&self, slug: &Slug, live: u64) {
-        self.presence.set_local(slug, live);
-    }
-
-    /// Counts a view this node's dedupe let through, in Redis: one round trip, or none while
-    /// Redis is down. Whatever Redis did not answer goes to the outbox.
-    pub(crate) async fn count(&self, slug: &Slug, reader: &ReaderId, at: u64) -> Decision {
-        let view = View {
-            slug: slug.as_str().to_owned(),
-            reader: reader.as_str().to_owned(),
-            op: self.op_id(),
-            day: self.calendar.day_of(at).key(),
-        };
-        if self.is_up() {
-            match counter::count(&self.link, &view, self.dedupe_window).await {
-                Ok(counted) => return Decision::Decided(counted),
-                // It may still run late: the op id makes its replay a no-op then.
-                Err(e) => tracing::debug!(error = %e, "view goes to the outbox"),
-            }
-        }
-        self.outbox.add(view);
-        Decision::Deferred
     }
 
     fn op_id(&self) -> String {
@@ -397,6 +376,54 @@ impl Cluster {
     /// Writes the outbox's queued views; called last on shutdown.
     pub(crate) async fn close(&self) {
         self.outbox.shutdown().await;
+    }
+}
+
+/// The posts' port to the other nodes: views counted in Redis, live readers merged.
+impl Counting for Cluster {
+    /// One round trip to Redis, or none while it is down. Whatever Redis did not answer goes
+    /// to the outbox.
+    fn count<'a>(
+        &'a self,
+        slug: &'a Slug,
+        reader: &'a ReaderId,
+        at: u64,
+    ) -> Pin<Box<dyn Future<Output = Decision> + Send + 'a>> {
+        Box::pin(async move {
+            let view = View {
+                slug: slug.as_str().to_owned(),
+                reader: reader.as_str().to_owned(),
+                op: self.op_id(),
+                day: self.calendar.day_of(at).key(),
+            };
+            if self.is_up() {
+                match counter::count(&self.link, &view, self.dedupe_window).await {
+                    Ok(counted) => return Decision::Decided(counted),
+                    // It may still run late: the op id makes its replay a no-op then.
+                    Err(e) => tracing::debug!(error = %e, "view goes to the outbox"),
+                }
+            }
+            self.outbox.add(view);
+            Decision::Deferred
+        })
+    }
+
+    fn remote_live(&self, slug: &Slug) -> u64 {
+        self.presence.remote_live(slug)
+    }
+
+    fn remote_posts(&self) -> Vec<(Slug, u64)> {
+        self.presence.remote_posts()
+    }
+
+    /// The views of the post in the outbox.
+    fn unsynced(&self, slug: &Slug) -> u64 {
+        self.outbox.pending_for(slug.as_str())
+    }
+
+    /// Announced by the presence task (a burst in one round trip).
+    fn set_local_live(&self, slug: &Slug, live: u64) {
+        self.presence.set_local(slug, live);
     }
 }
 

@@ -26,6 +26,7 @@ use crate::http::api::{AppState, authorize_admin_read};
 use crate::http::owner::is_listed;
 use crate::http::sse::{self, HEARTBEAT, Signals};
 use crate::posts::changes::Change;
+use crate::posts::cluster_port::Counting;
 use crate::posts::post::Counts;
 use crate::refusal::Refusal;
 use crate::storage::add_counts;
@@ -181,7 +182,7 @@ async fn read_live(state: &AppState) -> HashMap<Slug, u64> {
     let mut live: HashMap<Slug, u64> = (state.registry.awake_counts().await.into_iter())
         .map(|(slug, counts)| (slug, counts.live))
         .collect();
-    if let Some(cluster) = state.registry.cluster() {
+    if let Some(cluster) = &state.cluster {
         for (slug, remote) in cluster.remote_posts() {
             live.entry(slug).or_insert(remote);
         }

@@ -11,6 +11,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::{Stream, StreamExt};
 use subtle::ConstantTimeEq;
 
+use crate::cluster::Cluster;
 use crate::edge::client_ip::TrustedProxies;
 use crate::edge::headers::Headers;
 use crate::edge::limits::{
@@ -28,6 +29,7 @@ use crate::http::watch;
 use crate::metrics::Metrics;
 use crate::posts::post::{Join, Joined, Leave};
 use crate::posts::registry::Registry;
+use crate::posts::update::tagged_event;
 use crate::refusal::Refusal;
 use crate::storage::calendar::Calendar;
 
@@ -40,6 +42,9 @@ pub(crate) const BODY_DEADLINE: Duration = Duration::from_secs(5);
 /// Everything the handlers share; built once before the server starts.
 pub(crate) struct AppState {
     pub registry: Arc<Registry>,
+    /// Cluster mode: the link to the other nodes, for `/stats`, `/metrics` and the dashboard
+    /// (the posts reach it through the registry).
+    pub cluster: Option<Arc<Cluster>>,
     pub slugs: SlugPolicy,
     pub origins: OriginPolicy,
     pub proxies: TrustedProxies,
@@ -349,7 +354,7 @@ async fn shared_join(
         .join(req.headers(), client, &slug, admission, &showing)
         .await?;
     let member = Member {
-        first: sse::tagged_event(&slug, joined.counts),
+        first: tagged_event(&slug, joined.counts),
         seat,
         updates: joined.updates,
         departure: joined.departure,
@@ -439,10 +444,10 @@ async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
         direct_streams: state.direct_streams.load(Ordering::Relaxed),
         capacity: state.limits.capacity(),
         memory_reclaims: state.registry.memory_reclaims(),
-        nodes: state.registry.cluster().map(|c| c.nodes()),
+        nodes: state.cluster.as_ref().map(|c| c.nodes()),
         redis: state
-            .registry
-            .cluster()
+            .cluster
+            .as_ref()
             .map(|c| if c.is_up() { "ok" } else { "down" }),
     };
     Ok(HttpResponse::Ok()

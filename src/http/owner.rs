@@ -1,22 +1,23 @@
 //! What the owner and index pages read: views per day, the numbers of many posts at once, top
 //! posts, a badge, Prometheus metrics, and imports. Nothing here counts a view or wakes a post.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use crate::cli::import_file::{self, ImportFormat, ParseOptions};
 use crate::edge::origin::same_origin_only;
 use crate::edge::slug::Slug;
 use crate::edge::slug_list::SlugPolicy;
 use crate::http::api::{AppState, authorize_admin, authorize_admin_read, read_body};
 use crate::http::badge::{self, Label};
+use crate::import::file::{self, ImportFormat, ParseOptions};
+use crate::import::{self, IMPORT_HEADER, MAX_IMPORT_BYTES, Summary};
 use crate::posts::post::Counts;
 use crate::refusal::Refusal;
 use crate::storage::calendar::Day;
-use crate::storage::writer::{ImportMode, ImportPlan};
+use crate::storage::writer::ImportMode;
 
 /// Posts one `counts` or `watch` request may name.
 pub(crate) const MAX_SLUGS_PER_REQUEST: usize = 100;
@@ -26,12 +27,6 @@ const DEFAULT_TOP: usize = 10;
 /// Days one `history` answer may cover: a year, leap day included.
 pub(crate) const MAX_HISTORY_DAYS: u32 = 366;
 const DEFAULT_HISTORY_DAYS: u32 = 30;
-/// Largest import body accepted.
-pub(crate) const MAX_IMPORT_BYTES: usize = 10 * 1024 * 1024;
-/// The header every import carries (`X-Viewcounter-Import: 1`). No page can make a browser send
-/// it to another origin without a CORS preflight, which is never approved for it: so an import
-/// is never a "simple" request another site's page could fire (`fetch` with `no-cors`, a form).
-pub(crate) const IMPORT_HEADER: &str = "x-viewcounter-import";
 /// An import body must arrive within this long (10 MiB at about 1.4 Mbit/s).
 const IMPORT_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -368,7 +363,7 @@ pub(crate) async fn metrics(
     let m = &state.metrics;
     m.streams_open.set(state.limits.open() as i64);
     m.posts_awake.set(state.registry.awake() as i64);
-    if let Some(cluster) = state.registry.cluster() {
+    if let Some(cluster) = &state.cluster {
         m.redis_up.set(i64::from(cluster.is_up()));
         m.cluster_nodes.set(cluster.nodes() as i64);
         m.outbox_pending.set(cluster.outbox_len() as i64);
@@ -440,10 +435,9 @@ async fn import(
         path_prefix: prefix.as_deref(),
         timezone: state.calendar.time_zone(),
     };
-    let parsed =
-        import_file::parse(text, &options).map_err(|e| Refusal::BadRequest(e.to_string()))?;
+    let parsed = file::parse(text, &options).map_err(|e| Refusal::BadRequest(e.to_string()))?;
     let skipped = parsed.skipped;
-    let plan = plan_of(parsed, mode, dry_run);
+    let plan = import::plan(parsed, mode, dry_run);
     let report = state
         .registry
         .writer()
@@ -460,29 +454,6 @@ async fn import(
         }
     }
     Ok(no_store(&mut HttpResponse::Ok()).json(Summary { report, skipped }))
-}
-
-/// What an import answers: the report and the rows left out on purpose.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub(crate) struct Summary {
-    #[serde(flatten)]
-    pub report: crate::storage::writer::ImportReport,
-    pub skipped: usize,
-}
-
-/// An import's parsed numbers as the writer applies them.
-pub(crate) fn plan_of(parsed: import_file::Parsed, mode: ImportMode, dry_run: bool) -> ImportPlan {
-    let days: BTreeMap<(Slug, Day), u64> = parsed
-        .days
-        .into_iter()
-        .map(|((slug, date), views)| ((slug, Day::from_date(date)), views))
-        .collect();
-    ImportPlan {
-        totals: parsed.totals,
-        days,
-        mode,
-        dry_run,
-    }
 }
 
 /// Counts every refusal by reason for `/metrics`, whichever handler refused.

@@ -34,8 +34,9 @@ use tokio_stream::wrappers::WatchStream;
 use crate::edge::limits::{ClientKey, ReaderSlot, StreamLimits, StreamPermit};
 use crate::edge::reader_id::{Presence, ReaderId};
 use crate::edge::slug::Slug;
-use crate::http::sse::{self, Signals, Update};
+use crate::http::sse::{self, Signals};
 use crate::posts::post::{Departure, Watched, Watcher};
+use crate::posts::update::Update;
 use crate::refusal::Refusal;
 
 /// Readers one shared stream may carry: more tabs than anyone keeps open, few enough that one

@@ -1,4 +1,6 @@
-//! Server-Sent Events on the wire: the event encodings and the body stream of one reader.
+//! Server-Sent Events on the wire: the first event, heartbeat and shutdown hint, and the body
+//! stream of one reader. The events a post broadcasts are encoded by the post
+//! ([`crate::posts::update`]).
 
 use std::convert::Infallible;
 use std::io::Write;
@@ -9,8 +11,8 @@ use tokio::sync::watch;
 
 use crate::edge::limits::StreamPermit;
 use crate::edge::reader_id::ReaderId;
-use crate::edge::slug::Slug;
 use crate::posts::post::{Counts, Departure};
+use crate::posts::update::Update;
 use crate::shutdown::Shutdown;
 
 /// Browsers wait this long before reconnecting a dropped stream.
@@ -20,46 +22,6 @@ pub const RETRY_MS: u32 = 2_000;
 pub const SHUTDOWN_RETRY_MS: std::ops::Range<u32> = 1_000..5_000;
 
 pub const HEARTBEAT: Bytes = Bytes::from_static(b":\n\n");
-
-/// `data: {"live":L,"total":T}` as one event; built once per broadcast, shared by all readers.
-pub fn counts_event(counts: Counts) -> Bytes {
-    let mut buf = BytesMut::with_capacity(48).writer();
-    // Writing into memory cannot fail.
-    let _ = write!(
-        buf,
-        "data: {{\"live\":{},\"total\":{}}}\n\n",
-        counts.live, counts.total
-    );
-    buf.into_inner().freeze()
-}
-
-/// `data: {"slug":S,"live":L,"total":T}`: the same numbers for shared streams, which carry
-/// several posts. Slugs hold no character that JSON escapes.
-pub fn tagged_event(slug: &Slug, counts: Counts) -> Bytes {
-    let mut buf = BytesMut::with_capacity(64 + slug.as_str().len()).writer();
-    let _ = write!(
-        buf,
-        "data: {{\"slug\":\"{slug}\",\"live\":{},\"total\":{}}}\n\n",
-        counts.live, counts.total
-    );
-    buf.into_inner().freeze()
-}
-
-/// One broadcast of a post, encoded once for both kinds of stream.
-#[derive(Clone)]
-pub struct Update {
-    pub plain: Bytes,
-    pub tagged: Bytes,
-}
-
-impl Update {
-    pub fn new(slug: &Slug, counts: Counts) -> Self {
-        Self {
-            plain: counts_event(counts),
-            tagged: tagged_event(slug, counts),
-        }
-    }
-}
 
 /// The start of a shared stream: the reconnect delay; readers' events follow as they join.
 pub fn shared_start() -> Bytes {
@@ -152,6 +114,7 @@ pub fn reader_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::posts::update::counts_event;
 
     #[test]
     fn events_are_well_formed_sse() {

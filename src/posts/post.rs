@@ -11,16 +11,16 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use tokio::sync::watch;
 
-use crate::cluster::{Cluster, Decision};
 use crate::edge::limits::ViewCharge;
 use crate::edge::reader_id::{Presence, ReaderId};
 use crate::edge::slug::Slug;
 use crate::edge::slug_list::NewPost;
-use crate::http::sse::Update;
 use crate::metrics::Metrics;
 use crate::posts::changes::Changes;
+use crate::posts::cluster_port::{Counting, Decision};
 pub use crate::posts::post_state::Counts;
 use crate::posts::post_state::PostState;
+use crate::posts::update::Update;
 use crate::storage::calendar::Clock;
 use crate::storage::writer::Writer;
 use crate::storage::{MAX_COUNT, add_counts};
@@ -167,7 +167,7 @@ pub struct PostContext {
     /// Called by a post going to sleep, so the next reader wakes a fresh actor.
     pub asleep: Box<AsleepReport>,
     /// Cluster mode: where views are counted and live readers are merged.
-    pub cluster: Option<Arc<Cluster>>,
+    pub cluster: Option<Arc<dyn Counting>>,
 }
 
 /// A post's numbers in cluster mode: the total is Redis's plus the views counted here that

@@ -11,12 +11,12 @@ use std::time::Duration;
 use actix::prelude::*;
 use actix_rt::ArbiterHandle;
 
-use crate::cluster::Cluster;
 use crate::edge::slug::Slug;
 use crate::edge::slug_list::Admission;
 use crate::memory::Reclaimer;
 use crate::metrics::Metrics;
 use crate::posts::changes::Changes;
+use crate::posts::cluster_port::Counting;
 use crate::posts::post::{
     Asleep, Counts, GetCounts, Imported, Join, Joined, Leave, Post, PostContext, Watch, Watched,
 };
@@ -37,7 +37,7 @@ impl Registry {
         dedupe_window: Duration,
         clock: Clock,
         metrics: Arc<Metrics>,
-        cluster: Option<Arc<Cluster>>,
+        cluster: Option<Arc<dyn Counting>>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|registry: &Weak<Self>| {
             let registry = registry.clone();
@@ -66,7 +66,8 @@ impl Registry {
         &self.context.writer
     }
 
-    pub(crate) fn cluster(&self) -> Option<&Arc<Cluster>> {
+    /// Cluster mode: the other nodes.
+    fn cluster(&self) -> Option<&Arc<dyn Counting>> {
         self.context.cluster.as_ref()
     }
 

@@ -1,4 +1,6 @@
-//! Storage: the debounced writer, the redb store behind it, and the calendar of days.
+//! Storage: the debounced writer, the redb store behind it, and the calendar of days. It knows
+//! neither the command line nor the posts; the allocator cache it holds is given back through
+//! [`crate::memory::HoldsCachedBlocks`].
 
 pub mod calendar;
 pub mod store;

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::edge::reader_id::ReaderId;
 use crate::edge::slug::Slug;
-use crate::memory::CachedBlocks;
+use crate::memory::{CachedBlocks, HoldsCachedBlocks};
 use crate::metrics::Metrics;
 use crate::refusal::Refusal;
 use crate::storage::calendar::{Calendar, Day};
@@ -158,13 +158,6 @@ impl Writer {
         Ok(rx.await.map_err(|_| WriterError::Stopped)??)
     }
 
-    /// The blocks the writer thread's allocator caches, taken out (see [`crate::memory`]).
-    pub async fn take_cached_blocks(&self) -> Option<CachedBlocks> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::TakeCachedBlocks(reply)).ok()?;
-        rx.await.ok()
-    }
-
     /// Writes everything pending and stops the thread.
     pub async fn shutdown(&self) -> Result<(), WriterError> {
         let (reply, rx) = oneshot::channel();
@@ -236,13 +229,20 @@ impl Writer {
     }
 }
 
+/// A reclaim after a wave of readers empties the writer thread's allocator cache too.
+impl HoldsCachedBlocks for Writer {
+    async fn take_cached_blocks(&self) -> Option<CachedBlocks> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::TakeCachedBlocks(reply)).ok()?;
+        rx.await.ok()
+    }
+}
+
 /// Every (slug, total), then every (slug, views on the day asked), each sorted by slug.
 pub type TotalsAndDay = (Vec<(String, u64)>, Vec<(String, u64)>);
 
 /// How imported numbers meet the ones already counted.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ImportMode {
     /// A post's total (and each day) becomes the file's, never lower than already counted.

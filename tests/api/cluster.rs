@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use viewcounter::config::ClusterConfig;
+use viewcounter::cluster;
 
 use crate::helpers::*;
 use crate::redis::RedisServer;
@@ -19,9 +19,9 @@ const REPLAYED_WITHIN: Duration = Duration::from_secs(10);
 pub(crate) async fn node(redis: &RedisServer, id: &str) -> TestApp {
     let url = redis.url();
     spawn_app_configured(|c| {
-        c.cluster = Some(ClusterConfig {
+        c.cluster = Some(cluster::Settings {
             node_id: Some(id.into()),
-            ..ClusterConfig::new(url)
+            ..cluster::Settings::new(url)
         });
     })
     .await
@@ -362,9 +362,9 @@ async fn without_a_dedupe_window_a_late_call_and_its_replay_still_count_once() {
     let url = redis.url();
     let a = spawn_app_configured(|c| {
         c.flush.dedupe_window = Duration::ZERO;
-        c.cluster = Some(ClusterConfig {
+        c.cluster = Some(cluster::Settings {
             node_id: Some("a".into()),
-            ..ClusterConfig::new(url)
+            ..cluster::Settings::new(url)
         });
     })
     .await;

@@ -516,9 +516,9 @@ async fn the_admin_stream_ends_with_a_retry_hint_when_the_server_stops() {
 async fn cluster_node(redis: &crate::redis::RedisServer, id: &str) -> TestApp {
     let url = redis.url();
     spawn_app_configured(|c| {
-        c.cluster = Some(viewcounter::config::ClusterConfig {
+        c.cluster = Some(viewcounter::cluster::Settings {
             node_id: Some(id.into()),
-            ..viewcounter::config::ClusterConfig::new(url)
+            ..viewcounter::cluster::Settings::new(url)
         });
     })
     .await

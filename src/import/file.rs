@@ -1,4 +1,5 @@
-//! `viewcounter import FILE`, the reading half: a file's text into validated rows.
+//! An import file's text into validated rows, for `viewcounter import` and
+//! `POST /api/v1/import` alike (see [`crate::import`]).
 //!
 //! Three kinds of file are read: `viewcounter export` as CSV or JSON (all-time totals, or views
 //! per day with `--daily`), and GoatCounter's CSV export of single pageviews. Parsing is pure
@@ -25,7 +26,7 @@ const GOATCOUNTER_VERSION: &str = "2";
 const GOATCOUNTER_HEADER: &str = "2Path,Title,Event,…";
 
 /// What kind of file it is; recognised from the content unless given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImportFormat {
     /// `viewcounter export` as CSV: `slug,total` or, with `--daily`, `slug,day,views`.
     Csv,
