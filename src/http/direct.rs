@@ -206,6 +206,8 @@ pub(crate) fn stream_target<'b>(req: &httparse::Request<'_, 'b>) -> Option<Strea
     let (Some("GET"), Some(target)) = (req.method, req.path) else {
         return None;
     };
+    // A fragment is no part of the path or the query, to actix-web (`http::Uri`) either.
+    let target = target.split_once('#').map_or(target, |(before, _)| before);
     let (raw_path, query) = target.split_once('?').unwrap_or((target, ""));
     let path: Cow<'b, str> = match raw_path
         .contains('%')
@@ -527,6 +529,20 @@ mod tests {
         // empty one is no stream request (actix-web answers it 404, as any unknown route).
         assert_eq!(get("/api/v1/shared/"), None);
         assert_eq!(get("/api/v1/shared/?x=1"), None);
+        // Also found by it: a fragment (no browser sends one) is not part of the slug, nor of
+        // the query.
+        assert_eq!(
+            get("/api/v1/connect/alpha#x?y"),
+            Some((Route::Connect, "alpha".into()))
+        );
+        let query = |head: &str| match inspect(head.as_bytes()) {
+            Inspected::Stream { target, .. } => Some(target.query.to_owned()),
+            _ => None,
+        };
+        assert_eq!(
+            query("GET /api/v1/watch?slug=a#b HTTP/1.1\r\n\r\n").as_deref(),
+            Some("slug=a")
+        );
         assert_eq!(target_of("POST /api/v1/watch HTTP/1.1\r\n\r\n"), None);
     }
 
