@@ -20,6 +20,7 @@
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::LazyLock;
 
 use actix_router::{Path, ResourceDef, Url};
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -27,18 +28,32 @@ use libfuzzer_sys::fuzz_target;
 use viewcounter::edge::client_ip::{ClientIpHeader, TrustedProxies};
 use viewcounter::fuzzing::{Head, StreamRoute, request_head};
 
-/// The routes as actix-web would declare them.
-fn route_by_actix(target: &str) -> Option<(StreamRoute, String)> {
-    let uri: http::Uri = target.parse().ok()?;
-    let url = Url::new(uri);
-    let routes = [
+/// LeakSanitizer, told before it starts: `ResourceDef::new` leaks a `Box<String>` per capture
+/// name on purpose (a server makes its routes once), so the oracle's routes below, made once,
+/// leak 48 bytes that are not the direct layer's. Nothing else is suppressed.
+#[unsafe(no_mangle)]
+pub extern "C" fn __lsan_default_suppressions() -> *const std::ffi::c_char {
+    c"leak:actix_router::resource::ResourceDef\n".as_ptr()
+}
+
+/// The routes as actix-web would declare them, made once.
+static ROUTES: LazyLock<[(StreamRoute, ResourceDef); 3]> = LazyLock::new(|| {
+    [
         (StreamRoute::Connect, "/api/v1/connect/{name:.*}"),
         (StreamRoute::Shared, "/api/v1/shared/{name}"),
         (StreamRoute::Watch, "/api/v1/watch"),
-    ];
-    for (route, pattern) in routes {
+    ]
+    .map(|(route, pattern)| (route, ResourceDef::new(pattern)))
+});
+
+/// The stream route and name actix-web's router finds for `target`.
+fn route_by_actix(target: &str) -> Option<(StreamRoute, String)> {
+    let uri: http::Uri = target.parse().ok()?;
+    let url = Url::new(uri);
+    for (route, def) in ROUTES.iter() {
+        let route = *route;
         let mut path = Path::new(url.clone());
-        if ResourceDef::new(pattern).capture_match_info(&mut path) {
+        if def.capture_match_info(&mut path) {
             let name = path.get("name").unwrap_or_default().to_owned();
             return Some((route, name));
         }
@@ -99,11 +114,13 @@ fn check_complete(data: &[u8], len: usize, verdict: &Head) {
         assert_eq!(
             expected,
             Some((*route, name.clone())),
-            "{target:?}: the direct layer and actix-web disagree"
+            "{target:?}: actix-web (left) and the direct layer (right) disagree"
         );
     }
-    let raw_query = target.split_once('?').map_or("", |(_, q)| q);
-    assert_eq!(query, raw_query);
+    // The query as actix-web reads it (a fragment is part of neither).
+    if let Ok(uri) = target.parse::<http::Uri>() {
+        assert_eq!(query, uri.query().unwrap_or_default(), "{target:?}");
+    }
 
     // 5.
     let headers = &*req.headers;

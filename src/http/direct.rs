@@ -206,6 +206,8 @@ pub(crate) fn stream_target<'b>(req: &httparse::Request<'_, 'b>) -> Option<Strea
     let (Some("GET"), Some(target)) = (req.method, req.path) else {
         return None;
     };
+    // A fragment is no part of the path or the query, to actix-web (`http::Uri`) either.
+    let target = target.split_once('#').map_or(target, |(before, _)| before);
     let (raw_path, query) = target.split_once('?').unwrap_or((target, ""));
     let path: Cow<'b, str> = match raw_path
         .contains('%')
@@ -223,7 +225,7 @@ pub(crate) fn stream_target<'b>(req: &httparse::Request<'_, 'b>) -> Option<Strea
     };
     let (route, name) = if let Some(slug) = after(CONNECT) {
         (Route::Connect, slug)
-    } else if let Some(sid) = after(SHARED).filter(|sid| !sid.contains('/')) {
+    } else if let Some(sid) = after(SHARED).filter(|sid| !sid.is_empty() && !sid.contains('/')) {
         (Route::Shared, sid)
     } else if path == WATCH {
         (Route::Watch, Cow::Borrowed(""))
@@ -501,6 +503,47 @@ mod tests {
             Some(Ok(24))
         );
         assert_eq!(head_length(b"\x16\x03\x01 a TLS hello"), Some(Err(())));
+    }
+
+    /// The route and name of a head, as `inspect` sees them.
+    fn target_of(head: &str) -> Option<(Route, String)> {
+        match inspect(head.as_bytes()) {
+            Inspected::Stream { target, .. } => Some((target.route, target.name.into_owned())),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn stream_routes_are_the_ones_actix_web_s_router_would_find() {
+        let get = |target: &str| target_of(&format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert_eq!(
+            get("/api/v1/conn%65ct/2024%2F05/a%5Fb?view=x"),
+            Some((Route::Connect, "2024%2F05/a_b".into()))
+        );
+        assert_eq!(
+            get("/api/v1/watch?slug=a"),
+            Some((Route::Watch, String::new()))
+        );
+        assert_eq!(get("/api/v1/shared/a/b"), None);
+        // Found by the direct_head fuzz target: `{sid}` is never empty to actix-web, so an
+        // empty one is no stream request (actix-web answers it 404, as any unknown route).
+        assert_eq!(get("/api/v1/shared/"), None);
+        assert_eq!(get("/api/v1/shared/?x=1"), None);
+        // Also found by it: a fragment (no browser sends one) is not part of the slug, nor of
+        // the query.
+        assert_eq!(
+            get("/api/v1/connect/alpha#x?y"),
+            Some((Route::Connect, "alpha".into()))
+        );
+        let query = |head: &str| match inspect(head.as_bytes()) {
+            Inspected::Stream { target, .. } => Some(target.query.to_owned()),
+            _ => None,
+        };
+        assert_eq!(
+            query("GET /api/v1/watch?slug=a#b HTTP/1.1\r\n\r\n").as_deref(),
+            Some("slug=a")
+        );
+        assert_eq!(target_of("POST /api/v1/watch HTTP/1.1\r\n\r\n"), None);
     }
 
     #[test]

@@ -489,3 +489,15 @@ async fn reconnects_that_count_no_view_do_not_use_up_the_view_rate() {
         .await;
     assert_eq!(colleague.first, counts(5, 2));
 }
+
+#[actix_web::test]
+async fn a_fragment_in_the_request_target_is_no_part_of_the_slug_or_the_query() {
+    // Found by the direct_head fuzz target: the stream took a fragment for part of the slug
+    // (or of the reader id), where actix-web, whose routes answer the reader's beacons, drops it.
+    let app = spawn_app().await;
+    let req = Req::get(format!("/api/v1/connect/alpha?view={}#x", token()))
+        .header("Accept", "text/event-stream");
+    let reader = join(app.addr, "alpha", req).await;
+    assert_eq!(reader.first, counts(1, 1));
+    assert_eq!(app.counts("alpha").await, counts(1, 1));
+}

@@ -152,3 +152,14 @@ async fn a_shared_stream_carries_at_most_64_readers() {
     app.await_counts("alpha", counts(64, 64), Duration::from_secs(2))
         .await;
 }
+
+#[actix_web::test]
+async fn a_shared_stream_path_without_an_id_is_no_stream_route_and_counts_nothing() {
+    // Found by the direct_head fuzz target: the direct layer took `/shared/` (an empty id) as a
+    // stream request and refused it as a bad id, where actix-web's `{sid}` never matches an
+    // empty segment. Now both say there is no such route.
+    let app = spawn_app().await;
+    let res = app.send(Req::get("/api/v1/shared/")).await;
+    assert_eq!(res.status, 404, "{res:?}");
+    assert_eq!(app.stat("streams").await, 0);
+}
