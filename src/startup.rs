@@ -84,23 +84,29 @@ pub struct Application {
 }
 
 impl Application {
-    /// Binds `config.listen`, then [`Application::build_with_listener`].
+    /// Checks `config` (before anything is bound or opened), binds `config.listen`, then as
+    /// [`Application::build_with_listener`].
     pub async fn build(config: Config) -> Result<Self, StartError> {
         config.validate()?;
         let listener = TcpListener::bind(config.listen).map_err(|source| StartError::Bind {
             addr: config.listen,
             source,
         })?;
-        Self::build_with_listener(config, listener).await
+        Self::wire(config, listener).await
     }
 
-    /// Opens the store, starts the writer and the workers on `listener`; serving starts
-    /// with [`Application::run_until`].
+    /// Checks `config`, opens the store, starts the writer and the workers on `listener`;
+    /// serving starts with [`Application::run_until`].
     pub async fn build_with_listener(
         config: Config,
         listener: TcpListener,
     ) -> Result<Self, StartError> {
         config.validate()?;
+        Self::wire(config, listener).await
+    }
+
+    /// Both builds after their one check of the config.
+    async fn wire(config: Config, listener: TcpListener) -> Result<Self, StartError> {
         let fd_room = raise_fd_limit();
         let capacity = config.limits.max_streams.unwrap_or(fd_room as usize);
         let db = RedbStore::open(&config.db)?;
