@@ -134,7 +134,9 @@ impl Config {
     /// allow-list `slugs`.
     pub fn new(db: PathBuf, slugs: PathBuf) -> Self {
         Self {
-            listen: DEFAULT_LISTEN.parse().expect("the default address is an address"),
+            listen: DEFAULT_LISTEN
+                .parse()
+                .expect("the default address is an address"),
             db,
             posts: Posts::Listed { file: slugs },
             origins: OriginPolicy::default(),

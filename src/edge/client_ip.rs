@@ -44,9 +44,7 @@ impl TrustedProxies {
 
     /// The default: loopback, where a proxy on the same machine connects from.
     pub fn loopback() -> Self {
-        let nets = LOOPBACK_PROXIES
-            .iter()
-            .filter_map(|n| n.parse().ok());
+        let nets = LOOPBACK_PROXIES.iter().filter_map(|n| n.parse().ok());
         Self::new(nets.collect())
     }
 
