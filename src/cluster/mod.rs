@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
-use tokio::task::JoinHandle;
 
 use crate::cluster::counter::{Counted, View};
 use crate::cluster::link::Link;
@@ -34,6 +33,7 @@ use crate::edge::reader_id::ReaderId;
 use crate::edge::slug::Slug;
 use crate::posts::post::{Counts, RemoteLive, RemoteTotal, Replayed};
 use crate::posts::registry::Registry;
+use crate::shutdown::{Shutdown, Tasks};
 use crate::storage::calendar::Calendar;
 use crate::storage::store::{RedbStore, StoreError};
 
@@ -213,32 +213,35 @@ impl Cluster {
         format!("{}-{random:016x}", self.node())
     }
 
-    /// The heartbeat, the announcer, the listener, the replay and the expiry.
-    pub(crate) fn spawn_tasks(self: &Arc<Self>, registry: &Arc<Registry>) -> Vec<JoinHandle<()>> {
+    /// The heartbeat, the announcer, the listener, the replay and the expiry, in `tasks`:
+    /// each returns once their signal fires.
+    pub(crate) fn spawn_tasks(self: &Arc<Self>, registry: &Arc<Registry>, tasks: &Tasks) {
         let Some(Receivers { pushes, changes }) = self
             .receivers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take()
         else {
-            return Vec::new();
+            return;
         };
-        vec![
-            actix_web::rt::spawn(Arc::clone(self).heartbeat(Arc::clone(registry))),
-            actix_web::rt::spawn(Arc::clone(self).announce(changes)),
-            actix_web::rt::spawn(Arc::clone(self).listen(pushes, Arc::clone(registry))),
-            actix_web::rt::spawn(Arc::clone(self).replay(Arc::clone(registry))),
-            actix_web::rt::spawn(Arc::clone(self).expire(Arc::clone(registry))),
-        ]
+        let (me, posts) = (Arc::clone(self), Arc::clone(registry));
+        tasks.spawn("cluster heartbeat", |stop| me.heartbeat(posts, stop));
+        let me = Arc::clone(self);
+        tasks.spawn("cluster announcer", |stop| me.announce(changes, stop));
+        let (me, posts) = (Arc::clone(self), Arc::clone(registry));
+        tasks.spawn("cluster listener", |stop| me.listen(pushes, posts, stop));
+        let (me, posts) = (Arc::clone(self), Arc::clone(registry));
+        tasks.spawn("outbox replay", |stop| me.replay(posts, stop));
+        let (me, posts) = (Arc::clone(self), Arc::clone(registry));
+        tasks.spawn("cluster expiry", |stop| me.expire(posts, stop));
     }
 
     /// Once a second: connect if needed, write our presence, read the others', drop the silent.
-    async fn heartbeat(self: Arc<Self>, registry: Arc<Registry>) {
+    async fn heartbeat(self: Arc<Self>, registry: Arc<Registry>, mut stop: Shutdown) {
         let mut tick = tokio::time::interval(BEAT);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut grace = true;
-        loop {
-            tick.tick().await;
+        while stop.unless_started(tick.tick()).await.is_some() {
             let beat = match self.link.connect().await {
                 Ok(()) => self.presence.beat(&self.link, grace).await,
                 Err(e) => Err(e),
@@ -251,18 +254,17 @@ impl Cluster {
     }
 
     /// Drops the nodes gone silent (killed, or cut off with Redis), Redis or not.
-    async fn expire(self: Arc<Self>, registry: Arc<Registry>) {
+    async fn expire(self: Arc<Self>, registry: Arc<Registry>, mut stop: Shutdown) {
         let mut tick = tokio::time::interval(EXPIRE_EVERY);
-        loop {
-            tick.tick().await;
+        while stop.unless_started(tick.tick()).await.is_some() {
             tell_live(&registry, self.presence.expire());
         }
     }
 
     /// Announces local live changes as they come, a burst in one round trip. A lost one is
     /// healed by the next heartbeat's full state.
-    async fn announce(self: Arc<Self>, mut changes: UnboundedReceiver<Slug>) {
-        while let Some(first) = changes.recv().await {
+    async fn announce(self: Arc<Self>, mut changes: UnboundedReceiver<Slug>, mut stop: Shutdown) {
+        while let Some(Some(first)) = stop.unless_started(changes.recv()).await {
             let mut slugs = HashSet::from([first]);
             while let Ok(more) = changes.try_recv() {
                 slugs.insert(more);
@@ -278,8 +280,9 @@ impl Cluster {
         self: Arc<Self>,
         mut pushes: UnboundedReceiver<PushInfo>,
         registry: Arc<Registry>,
+        mut stop: Shutdown,
     ) {
-        while let Some(push) = pushes.recv().await {
+        while let Some(Some(push)) = stop.unless_started(pushes.recv()).await {
             match push.kind {
                 PushKind::Message => {
                     let Some(event) = message_text(&push.data).and_then(|t| Event::parse(&t))
@@ -337,10 +340,9 @@ impl Cluster {
 
     /// While the outbox holds views and Redis answers: replay them, oldest first, each with
     /// the script it missed; delete them once Redis has them.
-    async fn replay(self: Arc<Self>, registry: Arc<Registry>) {
+    async fn replay(self: Arc<Self>, registry: Arc<Registry>, mut stop: Shutdown) {
         let mut tick = tokio::time::interval(REPLAY_EVERY);
-        loop {
-            tick.tick().await;
+        while stop.unless_started(tick.tick()).await.is_some() {
             if self.outbox.len() == 0 || !self.is_up() {
                 continue;
             }
