@@ -71,9 +71,13 @@ pub(crate) fn slugs_path(dir: &Path) -> PathBuf {
 // The server, as a library inside the test's actix System.
 
 pub struct TestApp {
+    /// Where it listens (port 0 made real).
     pub addr: SocketAddr,
+    /// Its db and allow-list; kept for a restart on the same files.
     pub dir: TempDir,
+    /// Stops the server when the test is done with it.
     stop: StopOnDrop,
+    /// `run_until`, awaited by [`TestApp::stop`] for its outcome.
     served: Option<JoinHandle<Result<(), StartError>>>,
 }
 

@@ -51,9 +51,13 @@ pub fn bin_command(dir: &Path) -> Command {
 
 /// `viewcounter serve` as a child process, on port 0 in its own directory.
 pub struct BinServer {
+    /// Where it listens, from its `listening on` line.
     pub addr: SocketAddr,
+    /// Its db, allow-list and `server.log`.
     pub dir: TempDir,
+    /// The process, for signals and its exit status.
     pub child: Child,
+    /// Kept open: a closed pipe would make its next `println!` fail.
     _stdout: BufReader<ChildStdout>,
 }
 
@@ -224,7 +228,9 @@ pub fn run<'a>(dir: &'a Path, args: &'a [&'a str]) -> Run<'a> {
 
 /// A command to run; see [`run`].
 pub struct Run<'a> {
+    /// Its working directory.
     dir: &'a Path,
+    /// What follows `viewcounter`.
     args: &'a [&'a str],
     /// `VIEWCOUNTER_*` settings of the test's own.
     env: &'a [(&'a str, &'a str)],

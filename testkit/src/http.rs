@@ -261,10 +261,13 @@ enum Framing {
 }
 
 struct Conn {
+    /// The socket, written once with the request and read from then on.
     stream: TcpStream,
     /// Bytes read but not yet decoded.
     raw: Vec<u8>,
+    /// Where the body decoder is.
     framing: Framing,
+    /// The server closed (or reset) the connection.
     closed: bool,
 }
 
@@ -524,9 +527,11 @@ impl SseEvent {
 pub struct SseClient {
     pub status: u16,
     pub headers: Vec<(String, String)>,
+    /// The connection the events arrive on.
     conn: Conn,
     /// Decoded body bytes not yet parsed into events.
     body: Vec<u8>,
+    /// The body is complete: no event will follow.
     ended: bool,
 }
 

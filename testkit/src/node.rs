@@ -10,7 +10,9 @@ use crate::redis::Redis;
 
 /// A node to be, named `name` (`--node-id`) on `redis`.
 pub struct NodeOn<'a> {
+    /// The Redis it joins.
     pub(crate) redis: &'a Redis,
+    /// Its `--node-id`.
     pub(crate) name: &'a str,
 }
 

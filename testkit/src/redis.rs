@@ -54,6 +54,7 @@ fn under_ci() -> bool {
 /// It keeps an append-only file written on every command (`appendfsync always`), as a
 /// production Redis would: a kill -9 and restart loses nothing it acknowledged.
 pub struct Redis {
+    /// Its loopback port, the same after a restart.
     pub port: u16,
     /// `requirepass`, when the server asks for one.
     password: Option<String>,
