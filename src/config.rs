@@ -1,7 +1,8 @@
 //! The server's settings, typed and checked once. The command line's [`ServeArgs`] becomes a
 //! [`Config`] through `TryFrom`; tests and embedders build one directly ([`Config::new`] has
-//! the command line's defaults, without reading any `VIEWCOUNTER_*` variable), and
-//! [`crate::Application::build`] takes it.
+//! the command line's defaults, the same constants clap reads, without reading any
+//! `VIEWCOUNTER_*` variable), and [`crate::Application::build`] takes it and checks it, the
+//! one place a config is checked however it was made.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,7 +10,11 @@ use std::time::Duration;
 
 use jiff::tz::TimeZone;
 
-use crate::cli::ServeArgs;
+use crate::cli::{
+    self, DEFAULT_DEDUPE_WINDOW, DEFAULT_FLUSH_AFTER, DEFAULT_FLUSH_MAX_WAIT, DEFAULT_HEARTBEAT,
+    DEFAULT_IP_STREAM_LIMIT, DEFAULT_IP_VIEW_RATE, DEFAULT_IPV6_PREFIX, DEFAULT_LISTEN,
+    DEFAULT_TIMEZONE, ServeArgs,
+};
 use crate::cluster;
 use crate::edge::client_ip::TrustedProxies;
 use crate::edge::origin::{OriginError, OriginPolicy};
@@ -105,38 +110,43 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// The command line's defaults, on `db` with the allow-list `slugs`.
+    /// The command line's defaults (the constants in [`crate::cli`]), on `db` with the
+    /// allow-list `slugs`.
     pub fn new(db: PathBuf, slugs: PathBuf) -> Self {
         Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            listen: DEFAULT_LISTEN
+                .parse()
+                .expect("the default address is an address"),
             db,
             posts: Posts::Listed { file: slugs },
             origins: OriginPolicy::default(),
             admin_token: None,
             flush: FlushPolicy {
-                after: Duration::from_secs(5),
-                max_wait: Duration::from_secs(30),
-                dedupe_window: Duration::from_secs(30 * 60),
+                after: DEFAULT_FLUSH_AFTER,
+                max_wait: DEFAULT_FLUSH_MAX_WAIT,
+                dedupe_window: DEFAULT_DEDUPE_WINDOW,
             },
-            heartbeat: Duration::from_secs(15),
+            heartbeat: DEFAULT_HEARTBEAT,
             limits: Limits {
-                ip_streams: 64,
-                ipv6_prefix: 64,
-                ip_views_per_minute: 30,
+                ip_streams: DEFAULT_IP_STREAM_LIMIT,
+                ipv6_prefix: DEFAULT_IPV6_PREFIX,
+                ip_views_per_minute: DEFAULT_IP_VIEW_RATE,
                 max_streams: None,
             },
             trusted_proxies: TrustedProxies::loopback(),
             count_bots: false,
-            timezone: TimeZone::UTC,
+            timezone: cli::time_zone(DEFAULT_TIMEZONE)
+                .expect("the default time zone is in the bundled database"),
             workers: default_workers(),
-            scheduling: Scheduling::Batch,
+            scheduling: Scheduling::default(),
             clock: Clock::default(),
             cluster: None,
         }
     }
 
-    /// What the types cannot say.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    /// What the types cannot say. Checked once, by [`crate::Application::build`] (or
+    /// `build_with_listener`), whichever way the config was made.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let flush = &self.flush;
         if flush.max_wait < flush.after {
             return Err(ConfigError::FlushOrder {
@@ -203,18 +213,18 @@ impl TryFrom<ServeArgs> for Config {
         } else {
             Posts::Listed { file: args.slugs }
         };
-        let config = Self {
+        Ok(Self {
             listen: args.listen,
             db: args.db,
             posts,
             origins: OriginPolicy::new(&args.allow_origins)?,
             admin_token: args.admin_token,
             flush: FlushPolicy {
-                after: args.flush_after,
-                max_wait: args.flush_max_wait,
-                dedupe_window: args.dedupe_window,
+                after: args.flush_after.into(),
+                max_wait: args.flush_max_wait.into(),
+                dedupe_window: args.dedupe_window.into(),
             },
-            heartbeat: args.heartbeat,
+            heartbeat: args.heartbeat.into(),
             limits: Limits {
                 ip_streams: args.ip_stream_limit,
                 ipv6_prefix: args.ipv6_prefix,
@@ -231,11 +241,9 @@ impl TryFrom<ServeArgs> for Config {
             cluster: args.redis.map(|redis| cluster::Settings {
                 redis,
                 node_id: args.node_id,
-                timeout: args.redis_timeout,
+                timeout: args.redis_timeout.into(),
             }),
-        };
-        config.validate()?;
-        Ok(config)
+        })
     }
 }
 
@@ -283,6 +291,29 @@ mod tests {
             ..cluster::Settings::new("redis://127.0.0.1")
         });
         assert!(matches!(spaced.validate(), Err(ConfigError::NodeId(_))));
+    }
+
+    /// Every field, through `Debug` (the token and the Redis password print masked, the same
+    /// for both). A `VIEWCOUNTER_*` variable in the test's environment changes what the empty
+    /// command line parses to, and fails this test.
+    #[test]
+    fn config_new_is_what_an_empty_command_line_parses_to() {
+        let parsed = |flags: &[&str]| {
+            let args = ServeArgs::from_args(flags).expect("the flags parse");
+            Config::try_from(args).expect("a configuration")
+        };
+        let new = Config::new(cli::DEFAULT_DB.into(), cli::DEFAULT_SLUGS.into());
+        assert_eq!(format!("{new:?}"), format!("{:?}", parsed(&[])));
+
+        let redis = "redis://127.0.0.1:6379/0";
+        let clustered = Config {
+            cluster: Some(cluster::Settings::new(redis)),
+            ..new
+        };
+        assert_eq!(
+            format!("{clustered:?}"),
+            format!("{:?}", parsed(&["--redis", redis]))
+        );
     }
 
     #[test]

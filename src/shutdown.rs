@@ -2,9 +2,18 @@
 //! [`crate::Application::run_until`]; every part that must react holds a [`Shutdown`]: the
 //! accept loops stop accepting, streams end with a `retry:` hint, actix-web closes its idle
 //! connections, and admission refuses new streams.
+//!
+//! Background tasks (tickers, watchers, the cluster's heartbeat) run in a [`Tasks`] group:
+//! each loop waits on its own signal beside its work, and stopping the group fires that signal
+//! and awaits them all, so none is cut off halfway through what it was doing.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
+use tokio_util::task::TaskTracker;
 
 /// Fires the signal; dropping it fires it too (whoever could stop the server is gone).
 pub(crate) struct Trigger(watch::Sender<bool>);
@@ -36,8 +45,91 @@ impl Shutdown {
         let _ = self.0.wait_for(|fired| *fired).await;
     }
 
+    /// `work`, unless the signal fires first (then `None`, and `work` is dropped where it
+    /// stands): what a background loop waits on between two rounds of its work.
+    pub async fn unless_started<T>(&mut self, work: impl Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            biased;
+            () = self.started() => None,
+            done = work => Some(done),
+        }
+    }
+
     /// The signal as a stream that yields `true` when it fires, for hand-written `Stream`s.
     pub fn into_stream(self) -> WatchStream<bool> {
         WatchStream::new(self.0)
     }
+}
+
+/// A group of background tasks on this thread, all ended by one signal of their own and
+/// awaited by [`Tasks::stop`].
+pub(crate) struct Tasks {
+    /// Fired by [`Tasks::stop`]; each task holds a [`Shutdown`] of it.
+    trigger: Trigger,
+    /// The view of it each task is handed.
+    shutdown: Shutdown,
+    /// Knows when every task has returned.
+    tracker: TaskTracker,
+    /// The names of the tasks still running, to say which one did not end.
+    running: Arc<Mutex<Vec<&'static str>>>,
+}
+
+impl Tasks {
+    pub(crate) fn new() -> Self {
+        let (trigger, shutdown) = Trigger::new();
+        Self {
+            trigger,
+            shutdown,
+            tracker: TaskTracker::new(),
+            running: Arc::default(),
+        }
+    }
+
+    /// Runs `task` on this thread (the actix System's or a worker's) with the group's signal;
+    /// it must return soon after the signal fires.
+    pub(crate) fn spawn<F, Fut>(&self, name: &'static str, task: F)
+    where
+        F: FnOnce(Shutdown) -> Fut,
+        Fut: Future<Output = ()> + 'static,
+    {
+        let running = Arc::clone(&self.running);
+        lock(&running).push(name);
+        let work = task(self.shutdown.clone());
+        self.tracker.spawn_local(async move {
+            work.await;
+            let mut names = lock(&running);
+            if let Some(at) = names.iter().position(|n| *n == name) {
+                names.swap_remove(at);
+            }
+        });
+    }
+
+    /// Fires the group's signal and waits up to `bound` for every task to return; a task
+    /// still running then is named in the log and left to the runtime's end.
+    pub(crate) async fn stop(&self, bound: Duration) {
+        self.trigger.fire();
+        self.tracker.close();
+        if tokio::time::timeout(bound, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            for name in lock(&self.running).iter() {
+                tracing::warn!(
+                    task = name,
+                    ?bound,
+                    "a background task did not end on shutdown"
+                );
+            }
+        }
+    }
+
+    /// What a test watches: closed and empty once every task of the group has returned.
+    #[cfg(test)]
+    pub(crate) fn tracker(&self) -> TaskTracker {
+        self.tracker.clone()
+    }
+}
+
+fn lock<T>(names: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    names.lock().unwrap_or_else(PoisonError::into_inner)
 }

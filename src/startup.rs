@@ -35,7 +35,7 @@ use crate::http::{admin_stream, dashboard};
 use crate::metrics::Metrics;
 use crate::posts::cluster_port::Counting;
 use crate::posts::registry::Registry;
-use crate::shutdown::Trigger;
+use crate::shutdown::{Shutdown, Tasks, Trigger};
 use crate::storage::calendar::Calendar;
 use crate::storage::store::{RedbStore, Store, StoreError};
 use crate::storage::writer::Writer;
@@ -55,6 +55,9 @@ const USER_TIMEOUT: Duration = Duration::from_secs(40);
 const LISTEN_BACKLOG: i32 = 4096;
 /// How often rate-limit buckets are pruned and freed memory is given back.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a group of background tasks gets to end once told to: each finishes the round of
+/// work it is in (a Redis call gives up after `--redis-timeout`), then returns.
+const TASKS_STOP: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -83,26 +86,37 @@ pub struct Application {
     heartbeat_every: Duration,
     /// Registered at build time, so a SIGHUP right after start reloads instead of killing.
     hangup: Option<Signal>,
+    /// The heartbeat, housekeeping and allow-list watcher: stopped once the server is.
+    background: Tasks,
+    /// Cluster mode's heartbeat, listener, replay, …: stopped first, so none of them writes
+    /// this node's presence again after it left.
+    cluster_tasks: Tasks,
 }
 
 impl Application {
-    /// Binds `config.listen`, then [`Application::build_with_listener`].
+    /// Checks `config` (before anything is bound or opened), binds `config.listen`, then as
+    /// [`Application::build_with_listener`].
     pub async fn build(config: Config) -> Result<Self, StartError> {
         config.validate()?;
         let listener = TcpListener::bind(config.listen).map_err(|source| StartError::Bind {
             addr: config.listen,
             source,
         })?;
-        Self::build_with_listener(config, listener).await
+        Self::wire(config, listener).await
     }
 
-    /// Opens the store, starts the writer and the workers on `listener`; serving starts
-    /// with [`Application::run_until`].
+    /// Checks `config`, opens the store, starts the writer and the workers on `listener`;
+    /// serving starts with [`Application::run_until`].
     pub async fn build_with_listener(
         config: Config,
         listener: TcpListener,
     ) -> Result<Self, StartError> {
         config.validate()?;
+        Self::wire(config, listener).await
+    }
+
+    /// Both builds after their one check of the config.
+    async fn wire(config: Config, listener: TcpListener) -> Result<Self, StartError> {
         let fd_room = raise_fd_limit();
         let capacity = config.limits.max_streams.unwrap_or(fd_room as usize);
         let db = RedbStore::open(&config.db)?;
@@ -171,6 +185,8 @@ impl Application {
             heartbeat,
             heartbeat_every: config.heartbeat,
             hangup: signal(SignalKind::hangup()).ok(),
+            background: Tasks::new(),
+            cluster_tasks: Tasks::new(),
         })
     }
 
@@ -192,28 +208,32 @@ impl Application {
             heartbeat,
             heartbeat_every,
             hangup,
+            background,
+            cluster_tasks,
             ..
         } = self;
-        let background = spawn_background(&state, &server, heartbeat, heartbeat_every, hangup);
+        spawn_background(
+            &background,
+            &state,
+            &server,
+            heartbeat,
+            heartbeat_every,
+            hangup,
+        );
         let cluster = state.cluster.clone();
-        let cluster_tasks = cluster
-            .as_ref()
-            .map(|c| c.spawn_tasks(&state.registry))
-            .unwrap_or_default();
+        if let Some(cluster) = &cluster {
+            cluster.spawn_tasks(&state.registry, &cluster_tasks);
+        }
         stop.await;
         // Other nodes drop this one's readers now, not when its presence expires.
-        for task in cluster_tasks {
-            task.abort();
-        }
+        cluster_tasks.stop(TASKS_STOP).await;
         if let Some(cluster) = &cluster {
             cluster.leave().await;
         }
         tracing::info!("shutting down: closing streams, then writing totals");
         shutdown.fire();
         server.stop(SHUTDOWN_GRACE).await;
-        for task in background {
-            task.abort();
-        }
+        background.stop(TASKS_STOP).await;
         let flushed = state.registry.writer().shutdown().await;
         if let Some(cluster) = &cluster {
             cluster.close().await;
@@ -347,26 +367,25 @@ fn tune_listener(listener: &TcpListener) -> std::io::Result<()> {
 
 /// The heartbeat shared by all streams, the allow-list watcher and limit bookkeeping.
 fn spawn_background(
+    tasks: &Tasks,
     state: &web::Data<AppState>,
     server: &Server,
     heartbeat: watch::Sender<()>,
     every: Duration,
     hangup: Option<Signal>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut tasks = vec![actix_web::rt::spawn(async move {
+) {
+    tasks.spawn("stream heartbeat", move |mut shutdown| async move {
         let mut tick = tokio::time::interval(every);
         tick.tick().await;
-        loop {
-            tick.tick().await;
+        while shutdown.unless_started(tick.tick()).await.is_some() {
             heartbeat.send_replace(());
         }
-    })];
+    });
     let st = state.clone();
     let workers = server.threads();
-    tasks.push(actix_web::rt::spawn(async move {
+    tasks.spawn("housekeeping", move |mut shutdown| async move {
         let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
-        loop {
-            tick.tick().await;
+        while shutdown.unless_started(tick.tick()).await.is_some() {
             st.view_rate.prune();
             st.auth_failures.prune();
             if let SlugPolicy::Any(posts) = &st.slugs {
@@ -375,25 +394,63 @@ fn spawn_background(
             let fallen = st.limits.take_fall();
             st.registry.reclaim_if_worthwhile(fallen, &workers).await;
         }
-    }));
+    });
     if let SlugPolicy::Listed(list) = &state.slugs {
-        tasks.push(watch_slug_list(Arc::clone(list), hangup));
+        let list = Arc::clone(list);
+        tasks.spawn("allow-list watcher", move |shutdown| {
+            watch_slug_list(list, hangup, shutdown)
+        });
     }
-    tasks
 }
 
 /// Re-reads the allow-list when its file changes, and on SIGHUP.
-fn watch_slug_list(list: Arc<SlugList>, mut hup: Option<Signal>) -> tokio::task::JoinHandle<()> {
-    actix_web::rt::spawn(async move {
-        let mut poll = tokio::time::interval(POLL_INTERVAL);
-        loop {
-            tokio::select! {
-                _ = poll.tick() => list.reload_if_changed(),
-                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                    tracing::info!("SIGHUP: reloading the allow-list");
-                    list.reload();
-                }
+async fn watch_slug_list(list: Arc<SlugList>, mut hup: Option<Signal>, mut shutdown: Shutdown) {
+    let mut poll = tokio::time::interval(POLL_INTERVAL);
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.started() => return,
+            _ = poll.tick() => list.reload_if_changed(),
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                tracing::info!("SIGHUP: reloading the allow-list");
+                list.reload();
             }
         }
-    })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The app's two task groups, watched from outside, after a run that `stop` ends.
+    async fn tasks_after_a_run(configure: impl FnOnce(&mut Config)) -> [bool; 2] {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut config = Config::new(dir.path().join("db.redb"), dir.path().join("slugs.txt"));
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        configure(&mut config);
+        let app = Application::build(config).await.expect("the app builds");
+        let groups = [app.background.tracker(), app.cluster_tasks.tracker()];
+        let stop = tokio::time::sleep(Duration::from_millis(300));
+        app.run_until(stop).await.expect("a clean stop");
+        groups.map(|tasks| tasks.is_closed() && tasks.is_empty())
+    }
+
+    #[actix_web::test]
+    async fn when_run_until_returns_every_background_task_has_ended() {
+        assert_eq!(tasks_after_a_run(|_| {}).await, [true, true]);
+    }
+
+    /// Without a Redis to reach (a closed port), the cluster's tasks run and retry all along.
+    #[actix_web::test]
+    async fn when_run_until_returns_every_cluster_task_has_ended_too() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let ended = tasks_after_a_run(|c| {
+            c.cluster = Some(crate::cluster::Settings::new(format!("redis://{closed}/0")));
+        })
+        .await;
+        assert_eq!(ended, [true, true]);
+    }
 }

@@ -9,7 +9,7 @@ use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
-use crate::edge::client_ip::ClientIpHeader;
+use crate::edge::client_ip::{ClientIpHeader, LOOPBACK_PROXIES};
 use crate::http::scheduling::Scheduling;
 use crate::import::file::ImportFormat;
 use crate::secret::{RedisUrl, Secret};
@@ -18,8 +18,24 @@ use crate::storage::writer::ImportMode;
 pub mod export;
 pub mod import;
 
+// The defaults of `serve`, each stated once: clap shows and parses these, and
+// `crate::config::Config::new` reads the same constants (a test checks that the two agree).
+// Duration flags are `humantime::Duration`, so clap prints a default as it would parse it
+// ("5s", "30m"). The time zone is the name a user would type, parsed by the flag's parser.
+// Defaults that are a type's `Default` (scheduling, client IP header) are stated on the type.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DB: &str = "data/viewcounter.redb";
+pub const DEFAULT_SLUGS: &str = "data/slugs.txt";
+pub const DEFAULT_MAX_SLUGS: u64 = 10_000;
+pub const DEFAULT_FLUSH_AFTER: Duration = Duration::from_secs(5);
+pub const DEFAULT_FLUSH_MAX_WAIT: Duration = Duration::from_secs(30);
+pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(30 * 60);
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
+pub const DEFAULT_IP_STREAM_LIMIT: u32 = 64;
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+pub const DEFAULT_IP_NEW_POST_RATE: u32 = 10;
+pub const DEFAULT_IP_VIEW_RATE: u32 = 30;
+pub const DEFAULT_TIMEZONE: &str = "UTC";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -59,7 +75,7 @@ pub struct ServeArgs {
 
     /// Allow-list of slugs, one per line; re-read on SIGHUP and when it changes.
     /// When the file is missing, only the embedded demo slugs are allowed.
-    #[arg(long, env = "VIEWCOUNTER_SLUGS", default_value = "data/slugs.txt")]
+    #[arg(long, env = "VIEWCOUNTER_SLUGS", default_value = DEFAULT_SLUGS)]
     pub slugs: PathBuf,
 
     /// Count any well-formed slug instead of the allow-list, up to --max-slugs posts.
@@ -67,7 +83,7 @@ pub struct ServeArgs {
     pub allow_any_slug: bool,
 
     /// With --allow-any-slug: how many distinct posts may exist.
-    #[arg(long, env = "VIEWCOUNTER_MAX_SLUGS", default_value_t = 10_000)]
+    #[arg(long, env = "VIEWCOUNTER_MAX_SLUGS", default_value_t = DEFAULT_MAX_SLUGS)]
     pub max_slugs: u64,
 
     /// An origin (scheme://host[:port]) whose pages may embed the counter; repeatable.
@@ -83,35 +99,35 @@ pub struct ServeArgs {
     pub admin_token: Option<Secret>,
 
     /// Write a post's total after this much quiet.
-    #[arg(long, env = "VIEWCOUNTER_FLUSH_AFTER", default_value = "5s", value_parser = duration)]
-    pub flush_after: Duration,
+    #[arg(long, env = "VIEWCOUNTER_FLUSH_AFTER", default_value_t = DEFAULT_FLUSH_AFTER.into())]
+    pub flush_after: humantime::Duration,
 
     /// ...but never later than this after its first unwritten view.
-    #[arg(long, env = "VIEWCOUNTER_FLUSH_MAX_WAIT", default_value = "30s", value_parser = duration)]
-    pub flush_max_wait: Duration,
+    #[arg(long, env = "VIEWCOUNTER_FLUSH_MAX_WAIT", default_value_t = DEFAULT_FLUSH_MAX_WAIT.into())]
+    pub flush_max_wait: humantime::Duration,
 
     /// A reader id counts once per post within this window.
-    #[arg(long, env = "VIEWCOUNTER_DEDUPE_WINDOW", default_value = "30m", value_parser = duration)]
-    pub dedupe_window: Duration,
+    #[arg(long, env = "VIEWCOUNTER_DEDUPE_WINDOW", default_value_t = DEFAULT_DEDUPE_WINDOW.into())]
+    pub dedupe_window: humantime::Duration,
 
     /// Interval of the comment lines that keep idle streams open through proxies.
-    #[arg(long, env = "VIEWCOUNTER_HEARTBEAT", default_value = "15s", value_parser = duration)]
-    pub heartbeat: Duration,
+    #[arg(long, env = "VIEWCOUNTER_HEARTBEAT", default_value_t = DEFAULT_HEARTBEAT.into())]
+    pub heartbeat: humantime::Duration,
 
     /// Open readers (streams and shared-stream members) per client IP; 0 = no limit.
-    #[arg(long, env = "VIEWCOUNTER_IP_STREAM_LIMIT", default_value_t = 64)]
+    #[arg(long, env = "VIEWCOUNTER_IP_STREAM_LIMIT", default_value_t = DEFAULT_IP_STREAM_LIMIT)]
     pub ip_stream_limit: u32,
 
     /// IPv6 clients share one budget (streams, views, new posts) per prefix of this many bits.
-    #[arg(long, env = "VIEWCOUNTER_IPV6_PREFIX", default_value_t = 64, value_parser = clap::value_parser!(u8).range(32..=128))]
+    #[arg(long, env = "VIEWCOUNTER_IPV6_PREFIX", default_value_t = DEFAULT_IPV6_PREFIX, value_parser = clap::value_parser!(u8).range(32..=128))]
     pub ipv6_prefix: u8,
 
     /// With --allow-any-slug: new posts per client IP per hour; 0 = no limit.
-    #[arg(long, env = "VIEWCOUNTER_IP_NEW_POST_RATE", default_value_t = 10)]
+    #[arg(long, env = "VIEWCOUNTER_IP_NEW_POST_RATE", default_value_t = DEFAULT_IP_NEW_POST_RATE)]
     pub ip_new_post_rate: u32,
 
     /// Counted views per minute per client IP and post; 0 = no limit.
-    #[arg(long, env = "VIEWCOUNTER_IP_VIEW_RATE", default_value_t = 30)]
+    #[arg(long, env = "VIEWCOUNTER_IP_VIEW_RATE", default_value_t = DEFAULT_IP_VIEW_RATE)]
     pub ip_view_rate: u32,
 
     /// Threads serving connections, each with its own post actors; default: one per CPU.
@@ -120,7 +136,7 @@ pub struct ServeArgs {
 
     /// How the kernel schedules the workers: `batch` (a worker woken by another does not
     /// preempt it; fewer context switches) or `normal` (the system default).
-    #[arg(long, env = "VIEWCOUNTER_SCHEDULING", value_enum, default_value_t = Scheduling::Batch)]
+    #[arg(long, env = "VIEWCOUNTER_SCHEDULING", value_enum, default_value_t = Scheduling::default())]
     pub scheduling: Scheduling,
 
     /// All open streams; default: what the open-files limit leaves room for.
@@ -132,14 +148,14 @@ pub struct ServeArgs {
         long = "trusted-proxy",
         env = "VIEWCOUNTER_TRUSTED_PROXY",
         value_delimiter = ',',
-        default_values = ["127.0.0.0/8", "::1/128"]
+        default_values = LOOPBACK_PROXIES
     )]
     pub trusted_proxies: Vec<IpNet>,
 
     /// The header in which a --trusted-proxy names the client, the one your proxy sets:
     /// `x-forwarded-for` (with X-Forwarded-Proto: nginx, Caddy, HAProxy `option forwardfor`)
     /// or `forwarded` (RFC 7239: HAProxy `option forwarded`). The other is ignored.
-    #[arg(long, env = "VIEWCOUNTER_CLIENT_IP_HEADER", value_enum, default_value_t = ClientIpHeader::XForwardedFor)]
+    #[arg(long, env = "VIEWCOUNTER_CLIENT_IP_HEADER", value_enum, default_value_t = ClientIpHeader::default())]
     pub client_ip_header: ClientIpHeader,
 
     /// Count User-Agents that the bot list matches (by default they get numbers, not counted).
@@ -147,7 +163,7 @@ pub struct ServeArgs {
     pub count_bots: bool,
 
     /// The time zone of the calendar days views are counted on (an IANA name).
-    #[arg(long, env = "VIEWCOUNTER_TIMEZONE", default_value = "UTC", value_parser = time_zone)]
+    #[arg(long, env = "VIEWCOUNTER_TIMEZONE", default_value = DEFAULT_TIMEZONE, value_parser = time_zone)]
     pub timezone: jiff::tz::TimeZone,
 
     /// Cluster mode: the Redis (or Valkey) that every node of the cluster shares, e.g.
@@ -160,8 +176,8 @@ pub struct ServeArgs {
     pub node_id: Option<String>,
 
     /// With --redis: every Redis call gives up after this long (the node carries on without it).
-    #[arg(long, env = "VIEWCOUNTER_REDIS_TIMEOUT", default_value = "250ms", value_parser = duration)]
-    pub redis_timeout: Duration,
+    #[arg(long, env = "VIEWCOUNTER_REDIS_TIMEOUT", default_value_t = crate::cluster::DEFAULT_TIMEOUT.into())]
+    pub redis_timeout: humantime::Duration,
 
     /// The time the server goes by: the system's, unless a test moves it.
     #[arg(skip)]
@@ -264,7 +280,7 @@ pub struct ImportArgs {
     pub format: Option<ImportFormat>,
 
     /// The calendar GoatCounter's timestamps are put on days in (as the server's --timezone).
-    #[arg(long, env = "VIEWCOUNTER_TIMEZONE", default_value = "UTC", value_parser = time_zone)]
+    #[arg(long, env = "VIEWCOUNTER_TIMEZONE", default_value = DEFAULT_TIMEZONE, value_parser = time_zone)]
     pub timezone: jiff::tz::TimeZone,
 }
 
@@ -327,11 +343,7 @@ impl ServeArgs {
     }
 }
 
-fn duration(raw: &str) -> Result<Duration, humantime::DurationError> {
-    humantime::parse_duration(raw)
-}
-
-fn time_zone(raw: &str) -> Result<jiff::tz::TimeZone, String> {
+pub(crate) fn time_zone(raw: &str) -> Result<jiff::tz::TimeZone, String> {
     jiff::tz::TimeZone::get(raw).map_err(|e| {
         format!(
             "{raw:?} is not a time zone this build knows (an IANA name such as Europe/Berlin): {e}"

@@ -27,7 +27,6 @@ use std::time::Duration;
 
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
-use tokio::task::JoinHandle;
 
 use crate::cluster::counter::View;
 use crate::cluster::link::Link;
@@ -39,6 +38,7 @@ use crate::posts::cluster_port::{Counting, Decision};
 use crate::posts::post::{Counts, RemoteLive, RemoteTotal, Replayed};
 use crate::posts::registry::Registry;
 use crate::secret::RedisUrl;
+use crate::shutdown::{Shutdown, Tasks};
 use crate::storage::calendar::Calendar;
 use crate::storage::store::{RedbStore, StoreError};
 
@@ -61,13 +61,17 @@ pub struct Settings {
     pub timeout: Duration,
 }
 
+/// `--redis-timeout`'s default: a Redis call that takes longer is a Redis that is down for
+/// the readers waiting on it.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
+
 impl Settings {
     /// `--redis URL` alone: the other settings are the command line's defaults.
     pub fn new(redis: impl Into<String>) -> Self {
         Self {
             redis: RedisUrl::from(redis.into()),
             node_id: None,
-            timeout: Duration::from_millis(250),
+            timeout: DEFAULT_TIMEOUT,
         }
     }
 }
@@ -192,32 +196,35 @@ impl Cluster {
         format!("{}-{random:016x}", self.node())
     }
 
-    /// The heartbeat, the announcer, the listener, the replay and the expiry.
-    pub(crate) fn spawn_tasks(self: &Arc<Self>, registry: &Arc<Registry>) -> Vec<JoinHandle<()>> {
+    /// The heartbeat, the announcer, the listener, the replay and the expiry, in `tasks`:
+    /// each returns once their signal fires.
+    pub(crate) fn spawn_tasks(self: &Arc<Self>, registry: &Arc<Registry>, tasks: &Tasks) {
         let Some(Receivers { pushes, changes }) = self
             .receivers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take()
         else {
-            return Vec::new();
+            return;
         };
-        vec![
-            actix_web::rt::spawn(Arc::clone(self).heartbeat(Arc::clone(registry))),
-            actix_web::rt::spawn(Arc::clone(self).announce(changes)),
-            actix_web::rt::spawn(Arc::clone(self).listen(pushes, Arc::clone(registry))),
-            actix_web::rt::spawn(Arc::clone(self).replay(Arc::clone(registry))),
-            actix_web::rt::spawn(Arc::clone(self).expire(Arc::clone(registry))),
-        ]
+        let (me, posts) = (Arc::clone(self), Arc::clone(registry));
+        tasks.spawn("cluster heartbeat", |stop| me.heartbeat(posts, stop));
+        let me = Arc::clone(self);
+        tasks.spawn("cluster announcer", |stop| me.announce(changes, stop));
+        let (me, posts) = (Arc::clone(self), Arc::clone(registry));
+        tasks.spawn("cluster listener", |stop| me.listen(pushes, posts, stop));
+        let (me, posts) = (Arc::clone(self), Arc::clone(registry));
+        tasks.spawn("outbox replay", |stop| me.replay(posts, stop));
+        let (me, posts) = (Arc::clone(self), Arc::clone(registry));
+        tasks.spawn("cluster expiry", |stop| me.expire(posts, stop));
     }
 
     /// Once a second: connect if needed, write our presence, read the others', drop the silent.
-    async fn heartbeat(self: Arc<Self>, registry: Arc<Registry>) {
+    async fn heartbeat(self: Arc<Self>, registry: Arc<Registry>, mut stop: Shutdown) {
         let mut tick = tokio::time::interval(BEAT);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut grace = true;
-        loop {
-            tick.tick().await;
+        while stop.unless_started(tick.tick()).await.is_some() {
             let beat = match self.link.connect().await {
                 Ok(()) => self.presence.beat(&self.link, grace).await,
                 Err(e) => Err(e),
@@ -230,18 +237,17 @@ impl Cluster {
     }
 
     /// Drops the nodes gone silent (killed, or cut off with Redis), Redis or not.
-    async fn expire(self: Arc<Self>, registry: Arc<Registry>) {
+    async fn expire(self: Arc<Self>, registry: Arc<Registry>, mut stop: Shutdown) {
         let mut tick = tokio::time::interval(EXPIRE_EVERY);
-        loop {
-            tick.tick().await;
+        while stop.unless_started(tick.tick()).await.is_some() {
             tell_live(&registry, self.presence.expire());
         }
     }
 
     /// Announces local live changes as they come, a burst in one round trip. A lost one is
     /// healed by the next heartbeat's full state.
-    async fn announce(self: Arc<Self>, mut changes: UnboundedReceiver<Slug>) {
-        while let Some(first) = changes.recv().await {
+    async fn announce(self: Arc<Self>, mut changes: UnboundedReceiver<Slug>, mut stop: Shutdown) {
+        while let Some(Some(first)) = stop.unless_started(changes.recv()).await {
             let mut slugs = HashSet::from([first]);
             while let Ok(more) = changes.try_recv() {
                 slugs.insert(more);
@@ -257,8 +263,9 @@ impl Cluster {
         self: Arc<Self>,
         mut pushes: UnboundedReceiver<PushInfo>,
         registry: Arc<Registry>,
+        mut stop: Shutdown,
     ) {
-        while let Some(push) = pushes.recv().await {
+        while let Some(Some(push)) = stop.unless_started(pushes.recv()).await {
             match push.kind {
                 PushKind::Message => {
                     let Some(event) = message_text(&push.data).and_then(|t| Event::parse(&t))
@@ -316,10 +323,9 @@ impl Cluster {
 
     /// While the outbox holds views and Redis answers: replay them, oldest first, each with
     /// the script it missed; delete them once Redis has them.
-    async fn replay(self: Arc<Self>, registry: Arc<Registry>) {
+    async fn replay(self: Arc<Self>, registry: Arc<Registry>, mut stop: Shutdown) {
         let mut tick = tokio::time::interval(REPLAY_EVERY);
-        loop {
-            tick.tick().await;
+        while stop.unless_started(tick.tick()).await.is_some() {
             if self.outbox.len() == 0 || !self.is_up() {
                 continue;
             }

@@ -19,6 +19,9 @@ pub enum ClientIpHeader {
     Forwarded,
 }
 
+/// The networks of the default `--trusted-proxy`, as written on the command line.
+pub const LOOPBACK_PROXIES: [&str; 2] = ["127.0.0.0/8", "::1/128"];
+
 #[derive(Debug, Clone)]
 pub struct TrustedProxies {
     nets: Vec<IpNet>,
@@ -41,9 +44,7 @@ impl TrustedProxies {
 
     /// The default: loopback, where a proxy on the same machine connects from.
     pub fn loopback() -> Self {
-        let nets = ["127.0.0.0/8", "::1/128"]
-            .iter()
-            .filter_map(|n| n.parse().ok());
+        let nets = LOOPBACK_PROXIES.iter().filter_map(|n| n.parse().ok());
         Self::new(nets.collect())
     }
 

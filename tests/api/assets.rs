@@ -1,6 +1,6 @@
 //! The embedded web side and the health check: `/`, `/counter.js`, `/healthz`.
 
-use crate::helpers::*;
+use testkit::*;
 
 #[actix_web::test]
 async fn the_demo_page_embeds_the_script_and_links_demo_posts() {

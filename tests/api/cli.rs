@@ -1,34 +1,9 @@
 //! The binary's command line: `VIEWCOUNTER_*` variables, `serve` as the default, and clear
 //! refusals (never a panic) of bad configurations and of files it cannot use.
 
-use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::helpers::*;
-
-/// Runs `viewcounter <args>` expecting it to exit by itself (a refusal).
-async fn run(dir: &Path, args: &[&str]) -> RunOutput {
-    run_with_env(dir, args, &[]).await
-}
-
-/// [`run`] with `VIEWCOUNTER_*` variables set.
-async fn run_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> RunOutput {
-    let mut cmd = bin_command(dir);
-    cmd.args(args)
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
-        .await
-        .expect("the binary exits by itself")
-        .expect("run the binary");
-    RunOutput {
-        status: out.status,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
+use testkit::*;
 
 fn serve_args<'a>(db: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--db", db];
@@ -169,12 +144,9 @@ async fn an_admin_token_shorter_than_16_characters_stops_the_server_saying_how_t
         ),
     )
     .await;
-    let env = run_with_env(
-        dir.path(),
-        &serve_args(&db_s, &["--slugs", &slugs]),
-        &[("VIEWCOUNTER_ADMIN_TOKEN", "short")],
-    )
-    .await;
+    let env = run(dir.path(), &serve_args(&db_s, &["--slugs", &slugs]))
+        .env(&[("VIEWCOUNTER_ADMIN_TOKEN", "short")])
+        .await;
 
     for out in [&flag, &env] {
         assert_eq!(out.status.code(), Some(1), "{}", out.stderr);

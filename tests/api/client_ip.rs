@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use crate::helpers::*;
+use testkit::*;
 
 #[actix_web::test]
 async fn with_client_ip_header_forwarded_only_the_forwarded_header_of_a_trusted_proxy_names_the_client()

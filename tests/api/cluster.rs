@@ -4,10 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use viewcounter::cluster;
-
-use crate::helpers::*;
-use crate::redis::RedisServer;
+use testkit::*;
 
 /// The contract: a change on one node reaches readers on every node within 1 s.
 const ACROSS_NODES: Duration = Duration::from_secs(1);
@@ -16,49 +13,24 @@ const DOWN_WITHIN: Duration = Duration::from_secs(2);
 /// Redis back: the outbox is replayed within a few heartbeats.
 const REPLAYED_WITHIN: Duration = Duration::from_secs(10);
 
-pub(crate) async fn node(redis: &RedisServer, id: &str) -> TestApp {
-    let url = redis.url();
-    spawn_app_configured(|c| {
-        c.cluster = Some(cluster::Settings {
-            node_id: Some(id.into()),
-            ..cluster::Settings::new(url)
-        });
-    })
-    .await
-}
-
 /// A Redis and nodes `a` and `b` on it; `None` without `redis-server` (the test is skipped).
-async fn two_nodes() -> Option<(RedisServer, TestApp, TestApp)> {
-    let redis = RedisServer::start()?;
-    let a = node(&redis, "a").await;
-    let b = node(&redis, "b").await;
+async fn two_nodes() -> Option<(Redis, TestApp, TestApp)> {
+    let redis = Redis::start().await?;
+    let a = redis.node("a").spawn(|_| {}).await;
+    let b = redis.node("b").spawn(|_| {}).await;
     Some((redis, a, b))
-}
-
-/// `GET /api/v1/stats` from loopback.
-pub(crate) async fn stats(app: &TestApp) -> serde_json::Value {
-    let res = app.send(Req::get("/api/v1/stats")).await;
-    assert_eq!(res.status, 200, "{res:?}");
-    res.json()
 }
 
 async fn await_stat(app: &TestApp, field: &str, want: serde_json::Value, within: Duration) {
     await_value(field, want, within, || async {
-        stats(app).await[field].clone()
+        app.stats().await[field].clone()
     })
     .await;
 }
 
-/// One series of `/metrics`.
-pub(crate) async fn metric(app: &TestApp, name: &str) -> Option<f64> {
-    let text = app.send(Req::get("/metrics")).await.text();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
 async fn await_outbox_empty(app: &TestApp) {
     await_value("outbox pending", Some(0.0), REPLAYED_WITHIN, || {
-        metric(app, "viewcounter_outbox_pending")
+        app.metric("viewcounter_outbox_pending")
     })
     .await;
 }
@@ -82,7 +54,7 @@ async fn a_reader_counted_on_one_node_is_not_counted_again_on_another() {
     // The same page view reconnecting to another node (a balancer moved it).
     let again = b.join_as("alpha", Req::connect("alpha", &id)).await;
     assert_eq!(again.first.total, 2, "counted on a within the window");
-    assert_eq!(redis.total("alpha"), 2);
+    assert_eq!(redis.total("alpha").await, 2);
     let seen = watcher.stream.events_within(PROPAGATION).await;
     assert!(
         seen.iter().filter_map(|e| e.counts()).all(|c| c.total == 2),
@@ -91,7 +63,7 @@ async fn a_reader_counted_on_one_node_is_not_counted_again_on_another() {
 
     let other = b.join("alpha").await;
     assert_eq!(other.first.total, 3);
-    assert_eq!(redis.total("alpha"), 3);
+    assert_eq!(redis.total("alpha").await, 3);
     assert_eq!(b.totals().await, rows(&[("alpha", 3)]), "read from Redis");
     assert_eq!(a.totals().await, rows(&[("alpha", 3)]));
 }
@@ -113,16 +85,16 @@ async fn readers_on_every_node_see_the_same_live_and_total() {
 
     on_a.stream.close();
     on_b.stream.await_counts(counts(1, 2), ACROSS_NODES).await;
-    assert_eq!(stats(&b).await["redis"], "ok");
+    assert_eq!(b.stats().await["redis"], "ok");
 }
 
 #[actix_web::test]
 async fn a_stopped_node_leaves_the_others_live_at_once() {
-    let Some(redis) = RedisServer::start() else {
+    let Some(redis) = Redis::start().await else {
         return;
     };
-    let mut a = node(&redis, "a").await;
-    let b = node(&redis, "b").await;
+    let mut a = redis.node("a").spawn(|_| {}).await;
+    let b = redis.node("b").spawn(|_| {}).await;
     let _on_a = a.join("gamma").await;
     let mut on_b = b.join("gamma").await;
     on_b.stream
@@ -137,12 +109,12 @@ async fn a_stopped_node_leaves_the_others_live_at_once() {
 
 #[actix_web::test]
 async fn a_paused_redis_stalls_no_join_and_the_view_counts_once() {
-    let Some(redis) = RedisServer::start() else {
+    let Some(redis) = Redis::start().await else {
         return;
     };
-    let a = node(&redis, "a").await;
+    let a = redis.node("a").spawn(|_| {}).await;
     let mut watcher = a.join("alpha").await;
-    assert_eq!(redis.total("alpha"), 1);
+    assert_eq!(redis.total("alpha").await, 1);
 
     redis.pause();
     let started = Instant::now();
@@ -162,7 +134,7 @@ async fn a_paused_redis_stalls_no_join_and_the_view_counts_once() {
     await_stat(&a, "redis", "ok".into(), DOWN_WITHIN).await;
     await_outbox_empty(&a).await;
     assert_eq!(
-        redis.total("alpha"),
+        redis.total("alpha").await,
         2,
         "the late call and the replay are one view"
     );
@@ -174,7 +146,7 @@ async fn views_counted_while_redis_is_gone_reach_it_exactly_once() {
     let Some((mut redis, a, b)) = two_nodes().await else {
         return;
     };
-    redis.kill();
+    redis.kill_9();
     await_stat(&a, "redis", "down".into(), DOWN_WITHIN).await;
 
     let mut readers = Vec::new();
@@ -186,51 +158,37 @@ async fn views_counted_while_redis_is_gone_reach_it_exactly_once() {
     // One reader on both nodes while Redis is gone: each counts it, Redis takes it once.
     readers.push(a.join_as("beta", Req::connect("beta", &shared)).await);
     readers.push(b.join_as("beta", Req::connect("beta", &shared)).await);
-    assert!(metric(&a, "viewcounter_outbox_pending").await >= Some(3.0));
+    assert!(a.metric("viewcounter_outbox_pending").await >= Some(3.0));
 
-    redis.restart();
+    redis.restart().await;
     await_outbox_empty(&a).await;
     await_outbox_empty(&b).await;
     assert_eq!(
-        redis.total("beta"),
+        redis.total("beta").await,
         6,
         "5 readers and the one seen on both nodes"
     );
     a.await_counts("beta", counts(7, 6), ACROSS_NODES * 3).await;
     b.await_counts("beta", counts(7, 6), ACROSS_NODES * 3).await;
-    assert_eq!(metric(&a, "viewcounter_redis_up").await, Some(1.0));
-    assert_eq!(metric(&a, "viewcounter_cluster_nodes").await, Some(2.0));
+    assert_eq!(a.metric("viewcounter_redis_up").await, Some(1.0));
+    assert_eq!(a.metric("viewcounter_cluster_nodes").await, Some(2.0));
 }
 
 #[actix_web::test]
 async fn a_node_starts_without_redis_and_joins_when_it_comes() {
-    let Some(mut redis) = RedisServer::start() else {
+    let Some(mut redis) = Redis::start().await else {
         return;
     };
-    redis.kill();
-    let a = node(&redis, "a").await;
-    assert_eq!(stats(&a).await["redis"], "down");
+    redis.kill_9();
+    let a = redis.node("a").spawn(|_| {}).await;
+    assert_eq!(a.stats().await["redis"], "down");
     let reader = a.join("alpha").await;
     assert_eq!(reader.first, counts(1, 1));
 
-    redis.restart();
+    redis.restart().await;
     await_stat(&a, "redis", "ok".into(), DOWN_WITHIN * 2).await;
     await_outbox_empty(&a).await;
-    assert_eq!(redis.total("alpha"), 1);
-}
-
-/// `viewcounter ARGS` in `dir`: (succeeded, stdout, stderr).
-async fn run(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let out = bin_command(dir)
-        .args(args)
-        .output()
-        .await
-        .expect("run viewcounter");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    assert_eq!(redis.total("alpha").await, 1);
 }
 
 #[actix_web::test]
@@ -243,20 +201,32 @@ async fn export_and_import_with_redis_speak_for_the_whole_cluster() {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = redis.url();
 
-    let (ok, out, err) = run(dir.path(), &["export", "--redis", &url]).await;
-    assert!(ok, "{err}");
+    let RunOutput {
+        status,
+        stdout: out,
+        stderr: err,
+    } = run(dir.path(), &["export", "--redis", &url]).await;
+    assert!(status.success(), "{err}");
     assert_eq!(out, "slug,total\nalpha,1\nbeta,1\n", "both nodes' views");
 
     let file = dir.path().join("totals.csv");
     std::fs::write(&file, "slug,total\nbeta,40\ngamma,7\n").expect("write the import");
     let file = file.display().to_string();
-    let (ok, out, err) = run(dir.path(), &["import", "--redis", &url, "--dry-run", &file]).await;
-    assert!(ok, "{err}");
+    let RunOutput {
+        status,
+        stdout: out,
+        stderr: err,
+    } = run(dir.path(), &["import", "--redis", &url, "--dry-run", &file]).await;
+    assert!(status.success(), "{err}");
     assert!(out.contains("beta: 1 -> 40"), "{out}");
-    assert_eq!(redis.total("beta"), 1, "a dry run writes nothing");
+    assert_eq!(redis.total("beta").await, 1, "a dry run writes nothing");
 
-    let (ok, _, err) = run(dir.path(), &["import", "--redis", &url, &file]).await;
-    assert!(ok, "{err}");
+    let RunOutput {
+        status,
+        stdout: _,
+        stderr: err,
+    } = run(dir.path(), &["import", "--redis", &url, &file]).await;
+    assert!(status.success(), "{err}");
     // The reader on b sees the imported total: every node is told.
     on_b.stream.await_counts(counts(1, 40), ACROSS_NODES).await;
     assert_eq!(
@@ -281,10 +251,14 @@ async fn export_and_import_with_redis_speak_for_the_whole_cluster() {
             .all(|c| c == counts(1, 10)),
         "{later:?}"
     );
-    assert_eq!(redis.total("alpha"), 10);
+    assert_eq!(redis.total("alpha").await, 10);
 
-    let (ok, _, err) = run(dir.path(), &["export", "--redis", "http://nowhere"]).await;
-    assert!(!ok);
+    let RunOutput {
+        status,
+        stdout: _,
+        stderr: err,
+    } = run(dir.path(), &["export", "--redis", "http://nowhere"]).await;
+    assert!(!status.success());
     assert!(err.contains("--redis"), "{err}");
 }
 
@@ -317,13 +291,13 @@ async fn a_node_without_readers_of_a_post_reports_its_readers_elsewhere() {
 
 #[actix_web::test]
 async fn a_node_that_stops_renewing_its_presence_leaves_live_within_5_s() {
-    let Some(redis) = RedisServer::start() else {
+    let Some(redis) = Redis::start().await else {
         return;
     };
-    let a = node(&redis, "a").await;
+    let a = redis.node("a").spawn(|_| {}).await;
     let mut reader = a.join("alpha").await;
     // A node as a killed one leaves it: a presence written once, never renewed.
-    let mut conn = redis.connection();
+    let mut conn = redis.connection().await;
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("after 1970")
@@ -333,7 +307,8 @@ async fn a_node_that_stops_renewing_its_presence_leaves_live_within_5_s() {
         .hset_multiple("vc:node:ghost", &[("", "1"), ("alpha", "3")])
         .pexpire("vc:node:ghost", 3000)
         .zadd("vc:nodes", "ghost", now_ms)
-        .query::<()>(&mut conn)
+        .query_async::<()>(&mut conn)
+        .await
         .expect("write the ghost's presence");
     let written = Instant::now();
     reader
@@ -356,18 +331,13 @@ async fn a_node_that_stops_renewing_its_presence_leaves_live_within_5_s() {
 
 #[actix_web::test]
 async fn without_a_dedupe_window_a_late_call_and_its_replay_still_count_once() {
-    let Some(redis) = RedisServer::start() else {
+    let Some(redis) = Redis::start().await else {
         return;
     };
-    let url = redis.url();
-    let a = spawn_app_configured(|c| {
-        c.flush.dedupe_window = Duration::ZERO;
-        c.cluster = Some(cluster::Settings {
-            node_id: Some("a".into()),
-            ..cluster::Settings::new(url)
-        });
-    })
-    .await;
+    let a = redis
+        .node("a")
+        .spawn(|c| c.flush.dedupe_window = Duration::ZERO)
+        .await;
     let id = token();
     let first = a.join_as("alpha", Req::connect("alpha", &id)).await;
     assert_eq!(first.first.total, 1);
@@ -378,7 +348,7 @@ async fn without_a_dedupe_window_a_late_call_and_its_replay_still_count_once() {
     await_stat(&a, "redis", "ok".into(), DOWN_WITHIN).await;
     await_outbox_empty(&a).await;
     assert_eq!(
-        redis.total("alpha"),
+        redis.total("alpha").await,
         2,
         "the op id, not the marker, made the replay a no-op"
     );

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 
-use crate::helpers::*;
+use testkit::*;
 
 const EXISTING: u64 = 3;
 const BURST: u64 = 200;

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::helpers::*;
+use testkit::*;
 
 #[actix_web::test]
 async fn the_first_event_comes_at_once_with_the_reader_id_and_exact_numbers() {

@@ -1,7 +1,7 @@
 //! Origins: `--allow-origin` pages get CORS headers; other cross-origin pages are refused before
 //! anything is counted; same-origin and Origin-less requests count.
 
-use crate::helpers::*;
+use testkit::*;
 
 const BLOG: &str = "https://blog.example";
 

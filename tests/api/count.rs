@@ -1,6 +1,6 @@
 //! `GET /api/v1/count/{slug}`: the numbers, counting nothing.
 
-use crate::helpers::*;
+use testkit::*;
 
 #[actix_web::test]
 async fn count_answers_the_numbers_as_json_and_counts_no_view() {

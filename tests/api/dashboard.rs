@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::helpers::*;
+use testkit::*;
 
 const ADMIN: &str = "dashboard-tests-admin-token";
 /// The contract: a reader arriving shows on the dashboard within a second.
@@ -513,24 +513,13 @@ async fn the_admin_stream_ends_with_a_retry_hint_when_the_server_stops() {
 // ---------------------------------------------------------------------------------------------
 // Cluster mode (a real `redis-server`; skipped without one).
 
-async fn cluster_node(redis: &crate::redis::RedisServer, id: &str) -> TestApp {
-    let url = redis.url();
-    spawn_app_configured(|c| {
-        c.cluster = Some(viewcounter::cluster::Settings {
-            node_id: Some(id.into()),
-            ..viewcounter::cluster::Settings::new(url)
-        });
-    })
-    .await
-}
-
 #[actix_web::test]
 async fn in_cluster_mode_the_board_shows_readers_and_views_of_every_node() {
-    let Some(redis) = crate::redis::RedisServer::start() else {
+    let Some(redis) = Redis::start().await else {
         return;
     };
-    let a = cluster_node(&redis, "a").await;
-    let b = cluster_node(&redis, "b").await;
+    let a = redis.node("a").spawn(|_| {}).await;
+    let b = redis.node("b").spawn(|_| {}).await;
     let early = b.join("gamma").await;
 
     // A post asleep on a, read on b since before the stream opened.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::*;
+use testkit::*;
 
 /// The contract gives a body 5 s after its head; this is that and slack for a busy machine.
 const BODY_DEADLINE: Duration = Duration::from_secs(8);

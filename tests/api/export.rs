@@ -1,7 +1,7 @@
 //! `viewcounter export`: from the file when no server holds it, from the running server when
 //! one does, and a clear message (never a panic) when neither works.
 
-use crate::helpers::*;
+use testkit::*;
 
 const NEVER: &[&str] = &["--flush-after", "1h", "--flush-max-wait", "1h"];
 
@@ -217,21 +217,10 @@ async fn export_of_a_held_file_whose_server_does_not_answer_says_so() {
 
 /// `viewcounter import ARGS…` with `dir` as its working directory; 30 s to finish.
 async fn import_in(dir: &std::path::Path, args: &[&str]) -> RunOutput {
-    let mut cmd = bin_command(dir);
-    cmd.arg("import")
-        .args(args)
-        .env("VIEWCOUNTER_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let out = tokio::time::timeout(std::time::Duration::from_secs(30), cmd.output())
-        .await
-        .expect("import finishes within 30 s")
-        .expect("run viewcounter import");
-    RunOutput {
-        status: out.status,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let args: Vec<&str> = std::iter::once("import")
+        .chain(args.iter().copied())
+        .collect();
+    run(dir, &args).quiet().await
 }
 
 /// What `dir` holds, for messages.

@@ -5,7 +5,6 @@
 //! are in `faults/run.sh`.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -13,7 +12,7 @@ use std::time::{Duration, Instant};
 use redb::{ReadableDatabase, TableDefinition};
 use tokio::task::JoinHandle;
 
-use crate::helpers::*;
+use testkit::*;
 
 const POSTS: [&str; 3] = ["alpha", "beta", "gamma"];
 /// [`UNLIMITED`] for a library server (`--ip-new-post-rate 0` is in `Posts::Any` there).
@@ -441,27 +440,6 @@ async fn after_the_readers_of_a_hot_post_leave_memory_is_given_back_while_it_sta
 // Files at --db that are not a viewcounter database. (tests/api/cli.rs covers a plain text
 // file and a file held by another server.)
 
-/// Runs `viewcounter <args>`, expecting it to exit by itself; `Err` if it is still running
-/// after 10 s (a `serve` that accepted the file), and then it is killed.
-async fn run(dir: &Path, args: &[&str]) -> Result<RunOutput, String> {
-    let mut cmd = bin_command(dir);
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let within = Duration::from_secs(10);
-    match tokio::time::timeout(within, cmd.output()).await {
-        Err(_) => Err(format!(
-            "still running after {within:?}: it accepted the file"
-        )),
-        Ok(out) => {
-            let out = out.expect("run the binary");
-            Ok(RunOutput {
-                status: out.status,
-                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            })
-        }
-    }
-}
-
 /// `viewcounter <args>` on `db` exits 1 (no panic) with a message that names the file and
 /// says `why`; with `untouched`, the file is left byte for byte as it was.
 async fn assert_refused(args: &[&str], db: &Path, why: &str, untouched: bool) {
@@ -473,9 +451,11 @@ async fn assert_refused(args: &[&str], db: &Path, why: &str, untouched: bool) {
         .to_string_lossy()
         .into_owned();
     let what = args[0];
+    // Still running after 10 s: a `serve` that accepted the file (killed on drop).
     let out = run(dir, args)
+        .within(Duration::from_secs(10))
         .await
-        .unwrap_or_else(|e| panic!("{what} on {name}: {e}"));
+        .unwrap_or_else(|e| panic!("{what} on {name}: {e}: it accepted the file"));
     assert_eq!(out.status.code(), Some(1), "{what}: {}", out.stderr);
     assert!(!out.stderr.contains("panicked"), "{what}: {}", out.stderr);
     assert!(!out.stdout.contains("listening"), "{what}: {}", out.stdout);

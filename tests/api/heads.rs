@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::helpers::*;
+use testkit::*;
 
 #[actix_web::test]
 async fn a_peer_that_never_finishes_its_request_line_is_dropped_and_holds_no_worker() {

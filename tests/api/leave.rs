@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::helpers::*;
+use testkit::*;
 
 /// Waits until `n` streams from `client` fit under `--ip-stream-limit n` again, i.e. until
 /// the server let go of every earlier stream from that address. The probes are bots, so they

@@ -4,14 +4,11 @@
 //! readers are shown exactly that number, never a wrapped one.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::json;
 
-use crate::cluster::{metric, node, stats};
-use crate::helpers::*;
-use crate::redis::RedisServer;
+use testkit::*;
 
 /// The largest count, written out: what every layer stops at.
 const MAX: u64 = 9_223_372_036_854_775_807;
@@ -125,23 +122,6 @@ async fn import_add_past_the_largest_count_stops_there_and_readers_see_exactly_i
     assert_eq!(stored, rows(&[("alpha", MAX)]));
 }
 
-/// `viewcounter ARGS…` in `dir`: (succeeded, stdout, stderr).
-async fn run(dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = bin_command(dir)
-        .args(args)
-        .env("VIEWCOUNTER_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .await
-        .expect("run viewcounter");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[actix_web::test]
 async fn the_offline_import_refuses_a_count_above_the_largest_and_adds_up_to_it_at_most() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -151,8 +131,12 @@ async fn the_offline_import_refuses_a_count_above_the_largest_and_adds_up_to_it_
     let file = file.to_str().expect("a UTF-8 path");
 
     std::fs::write(file, "slug,total\nalpha,5\nbeta,9223372036854775808\n").expect("write");
-    let (ok, _, err) = run(dir.path(), &["import", "--db", db, file]).await;
-    assert!(!ok, "refused");
+    let RunOutput {
+        status,
+        stdout: _,
+        stderr: err,
+    } = run(dir.path(), &["import", "--db", db, file]).quiet().await;
+    assert!(!status.success(), "refused");
     assert!(
         err.contains("line 3") && err.contains("9223372036854775807"),
         "{err}"
@@ -163,8 +147,14 @@ async fn the_offline_import_refuses_a_count_above_the_largest_and_adds_up_to_it_
     let at_max = "slug,total\nalpha,9223372036854775807\nbeta,9223372036854775807\ngamma,9223372036854775807\n";
     std::fs::write(file, at_max).expect("write");
     for _ in 0..2 {
-        let (ok, out, err) = run(dir.path(), &["import", "--db", db, "--mode", "add", file]).await;
-        assert!(ok, "{err}");
+        let RunOutput {
+            status,
+            stdout: out,
+            stderr: err,
+        } = run(dir.path(), &["import", "--db", db, "--mode", "add", file])
+            .quiet()
+            .await;
+        assert!(status.success(), "{err}");
         assert!(!err.contains("panicked"), "{err}");
         assert!(
             out.starts_with("import") && out.contains("posts changed"),
@@ -172,15 +162,25 @@ async fn the_offline_import_refuses_a_count_above_the_largest_and_adds_up_to_it_
         );
     }
     std::fs::write(file, "slug,total\nalpha,1\n").expect("write");
-    let (ok, out, err) = run(dir.path(), &["import", "--db", db, "--mode", "add", file]).await;
-    assert!(ok, "{err}");
+    let RunOutput {
+        status,
+        stdout: out,
+        stderr: err,
+    } = run(dir.path(), &["import", "--db", db, "--mode", "add", file])
+        .quiet()
+        .await;
+    assert!(status.success(), "{err}");
     assert!(
         out.contains("0 posts changed") && out.contains("1 unchanged"),
         "{out}"
     );
 
-    let (ok, out, err) = run(dir.path(), &["export", "--db", db]).await;
-    assert!(ok, "{err}");
+    let RunOutput {
+        status,
+        stdout: out,
+        stderr: err,
+    } = run(dir.path(), &["export", "--db", db]).quiet().await;
+    assert!(status.success(), "{err}");
     assert_eq!(
         out,
         "slug,total\nalpha,9223372036854775807\nbeta,9223372036854775807\ngamma,9223372036854775807\n"
@@ -201,43 +201,34 @@ async fn today(app: &TestApp) -> String {
 }
 
 /// Every key Redis holds that matches `pattern`, with its string value.
-fn keys(redis: &RedisServer, pattern: &str) -> Vec<(String, String)> {
-    let mut conn = redis.connection();
-    let mut names: Vec<String> = redis::cmd("KEYS")
-        .arg(pattern)
-        .query(&mut conn)
-        .expect("KEYS");
+async fn keys(redis: &Redis, pattern: &str) -> Vec<(String, String)> {
+    let mut names: Vec<String> = redis.query(redis::cmd("KEYS").arg(pattern)).await;
     names.sort();
-    names
-        .into_iter()
-        .map(|name| {
-            let value: String = redis::cmd("GET").arg(&name).query(&mut conn).expect("GET");
-            (name, value)
-        })
-        .collect()
+    let mut keys = Vec::new();
+    for name in names {
+        let value: String = redis.query(redis::cmd("GET").arg(&name)).await;
+        keys.push((name, value));
+    }
+    keys
 }
 
-fn hget(redis: &RedisServer, key: &str, field: &str) -> Option<String> {
-    redis::cmd("HGET")
-        .arg(key)
-        .arg(field)
-        .query(&mut redis.connection())
-        .expect("HGET")
+async fn hget(redis: &Redis, key: &str, field: &str) -> Option<String> {
+    redis.query(redis::cmd("HGET").arg(key).arg(field)).await
 }
 
 #[actix_web::test]
 async fn a_post_at_the_largest_count_in_redis_goes_on_counting_views_without_failing() {
-    let Some(redis) = RedisServer::start() else {
+    let Some(redis) = Redis::start().await else {
         return;
     };
-    let a = node(&redis, "a").await;
-    let b = node(&redis, "b").await;
+    let a = redis.node("a").spawn(|_| {}).await;
+    let b = redis.node("b").spawn(|_| {}).await;
     // The total and today's views both at the largest count.
     let today = today(&a).await;
     let file = format!("slug,day,views\nalpha,{today},9223372036854775807\n");
     let res = a.send(import("mode=set", &file)).await;
     assert_eq!(res.status, 200, "{res:?}");
-    assert_eq!(redis.total("alpha"), MAX);
+    assert_eq!(redis.total("alpha").await, MAX);
 
     let reader = a.join("alpha").await;
     assert_eq!(
@@ -249,18 +240,18 @@ async fn a_post_at_the_largest_count_in_redis_goes_on_counting_views_without_fai
     assert_eq!(elsewhere.first.total, MAX);
 
     // Redis decided both views (none waits in an outbox) and stays up.
-    assert_eq!(stats(&a).await["redis"], "ok");
-    assert_eq!(stats(&b).await["redis"], "ok");
-    assert_eq!(metric(&a, "viewcounter_outbox_pending").await, Some(0.0));
-    assert_eq!(metric(&b, "viewcounter_outbox_pending").await, Some(0.0));
-    assert_eq!(redis.total("alpha"), MAX);
+    assert_eq!(a.stats().await["redis"], "ok");
+    assert_eq!(b.stats().await["redis"], "ok");
+    assert_eq!(a.metric("viewcounter_outbox_pending").await, Some(0.0));
+    assert_eq!(b.metric("viewcounter_outbox_pending").await, Some(0.0));
+    assert_eq!(redis.total("alpha").await, MAX);
     let day = format!("vc:day:{}", today.replace('-', ""));
     assert_eq!(
-        hget(&redis, &day, "alpha").as_deref(),
+        hget(&redis, &day, "alpha").await.as_deref(),
         Some("9223372036854775807")
     );
     // Each view's op key says it was counted: the script ran to its end both times.
-    let ops = keys(&redis, "vc:op:*");
+    let ops = keys(&redis, "vc:op:*").await;
     assert_eq!(ops.len(), 2, "{ops:?}");
     assert!(ops.iter().all(|(_, decided)| decided == "c"), "{ops:?}");
     assert_eq!(a.totals().await, rows(&[("alpha", MAX)]));
@@ -268,11 +259,11 @@ async fn a_post_at_the_largest_count_in_redis_goes_on_counting_views_without_fai
 
 #[actix_web::test]
 async fn a_total_one_below_the_largest_count_reaches_it_exactly_on_every_node() {
-    let Some(redis) = RedisServer::start() else {
+    let Some(redis) = Redis::start().await else {
         return;
     };
-    let a = node(&redis, "a").await;
-    let b = node(&redis, "b").await;
+    let a = redis.node("a").spawn(|_| {}).await;
+    let b = redis.node("b").spawn(|_| {}).await;
     let res = a
         .send(import(
             "mode=set",
@@ -287,16 +278,16 @@ async fn a_total_one_below_the_largest_count_reaches_it_exactly_on_every_node() 
     on_b.stream
         .await_counts(counts(2, MAX), Duration::from_secs(1))
         .await;
-    assert_eq!(redis.total("alpha"), MAX);
-    assert_eq!(stats(&a).await["redis"], "ok");
+    assert_eq!(redis.total("alpha").await, MAX);
+    assert_eq!(a.stats().await["redis"], "ok");
 }
 
 #[actix_web::test]
 async fn an_import_into_redis_saturates_or_writes_nothing_and_never_marks_redis_down() {
-    let Some(redis) = RedisServer::start() else {
+    let Some(redis) = Redis::start().await else {
         return;
     };
-    let a = node(&redis, "a").await;
+    let a = redis.node("a").spawn(|_| {}).await;
     let res = a
         .send(import(
             "mode=set",
@@ -310,8 +301,11 @@ async fn an_import_into_redis_saturates_or_writes_nothing_and_never_marks_redis_
         .send(import("mode=add", "slug,total\nalpha,3\nbeta,100\n"))
         .await;
     assert_eq!(res.status, 200, "{res:?}");
-    assert_eq!((redis.total("alpha"), redis.total("beta")), (8, MAX));
-    assert_eq!(stats(&a).await["redis"], "ok");
+    assert_eq!(
+        (redis.total("alpha").await, redis.total("beta").await),
+        (8, MAX)
+    );
+    assert_eq!(a.stats().await["redis"], "ok");
 
     // A row above the largest count: refused, nothing applied; a retry is refused the same.
     for _ in 0..2 {
@@ -323,25 +317,25 @@ async fn an_import_into_redis_saturates_or_writes_nothing_and_never_marks_redis_
             .await;
         let message = res.assert_json_error(400);
         assert!(message.contains("line 3"), "{message}");
-        assert_eq!((redis.total("alpha"), redis.total("beta")), (8, MAX));
-        assert_eq!(stats(&a).await["redis"], "ok");
+        assert_eq!(
+            (redis.total("alpha").await, redis.total("beta").await),
+            (8, MAX)
+        );
+        assert_eq!(a.stats().await["redis"], "ok");
     }
 
     // Redis answering that a post's total is not a number is a refusal, not Redis gone.
-    let _: () = redis::cmd("HSET")
-        .arg("vc:totals")
-        .arg("gamma")
-        .arg("lots")
-        .query(&mut redis.connection())
-        .expect("HSET");
+    let _: () = redis
+        .query(redis::cmd("HSET").arg("vc:totals").arg("gamma").arg("lots"))
+        .await;
     let res = a
         .send(import("mode=add", "slug,total\nalpha,1\ngamma,1\n"))
         .await;
     assert_ne!(res.status, 200, "{res:?}");
-    assert_eq!(redis.total("alpha"), 8, "nothing applied");
-    assert_eq!(stats(&a).await["redis"], "ok");
+    assert_eq!(redis.total("alpha").await, 8, "nothing applied");
+    assert_eq!(a.stats().await["redis"], "ok");
     // And the node goes on answering from Redis.
     let res = a.send(import("mode=add", "slug,total\nalpha,1\n")).await;
     assert_eq!(res.status, 200, "{res:?}");
-    assert_eq!(redis.total("alpha"), 9);
+    assert_eq!(redis.total("alpha").await, 9);
 }

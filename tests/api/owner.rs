@@ -8,16 +8,14 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use jiff::tz::TimeZone;
 use serde::Deserialize;
 use tempfile::TempDir;
-use tokio::io::AsyncWriteExt;
 
-use crate::helpers::*;
+use testkit::*;
 
 const ADMIN: &str = "owner-tests-admin-token";
 const NEVER: &[&str] = &["--flush-after", "1h", "--flush-max-wait", "1h"];
@@ -999,33 +997,6 @@ async fn metrics_answer_only_the_owner() {
 // ---------------------------------------------------------------------------------------------
 // `viewcounter import` and `export` as processes.
 
-/// `viewcounter ARGS…` in `dir`, with `stdin` as its standard input; 30 s to finish.
-async fn run(dir: &Path, args: &[&str], stdin: Option<&str>) -> RunOutput {
-    let mut cmd = bin_command(dir);
-    cmd.args(args)
-        .env("VIEWCOUNTER_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if stdin.is_some() {
-        cmd.stdin(Stdio::piped());
-    }
-    let mut child = cmd.spawn().expect("spawn viewcounter");
-    if let Some(text) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin");
-        pipe.write_all(text.as_bytes()).await.expect("write stdin");
-        drop(pipe);
-    }
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("viewcounter finishes within 30 s")
-        .expect("run viewcounter");
-    RunOutput {
-        status: out.status,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
 /// Writes `text` to a new file in `dir`.
 fn write_file(dir: &Path, text: &str) -> PathBuf {
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -1044,7 +1015,7 @@ async fn import(dir: &Path, db: &Path, text: &str, args: &[&str]) -> RunOutput {
     let mut argv = vec!["import", "--db", db.as_str()];
     argv.extend_from_slice(args);
     argv.push(file.as_str());
-    run(dir, &argv, None).await
+    run(dir, &argv).quiet().await
 }
 
 /// The summary line of an import written to the file `db`.
@@ -1194,7 +1165,10 @@ async fn importing_the_json_of_export_from_standard_input() {
     let db_arg = db.display().to_string();
     let json = r#"[{"slug":"alpha","total":3},{"slug":"2024/05/my_post.html","total":9}]"#;
 
-    let out = run(dir.path(), &["import", "--db", &db_arg, "-"], Some(json)).await;
+    let out = run(dir.path(), &["import", "--db", &db_arg, "-"])
+        .stdin(json)
+        .quiet()
+        .await;
 
     assert!(out.status.success(), "{}", out.stderr);
     assert_eq!(

@@ -3,7 +3,7 @@
 //! (or an attacker's script) sends: a `fetch` in `no-cors` mode, a form post, a page whose name
 //! resolves to 127.0.0.1; each is refused and nothing is written.
 
-use crate::helpers::*;
+use testkit::*;
 
 const ADMIN: &str = "owner-only-tests-admin-token";
 const EVIL: &str = "http://evil.example";

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::helpers::*;
+use testkit::*;
 
 const NEVER: &[&str] = &["--flush-after", "1h", "--flush-max-wait", "1h"];
 

@@ -3,12 +3,10 @@
 //! never printed by the binary at all; the configuration's `Debug` masking both is a unit test
 //! in `src/config.rs`.)
 
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::helpers::*;
-use crate::redis::RedisServer;
+use testkit::*;
 
 const PASSWORD: &str = "hunter2";
 
@@ -19,21 +17,6 @@ const UNUSABLE: [&str; 3] = [
     "redis://:hunter2#x@127.0.0.1:6379/0",
     "redis://:hunter2/x@127.0.0.1:6379/0",
 ];
-
-/// `viewcounter ARGS…` in `dir`, expected to exit by itself.
-async fn run(dir: &Path, args: &[&str]) -> RunOutput {
-    let mut cmd = bin_command(dir);
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
-        .await
-        .expect("the binary exits by itself")
-        .expect("run the binary");
-    RunOutput {
-        status: out.status,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 /// A refusal that names `--redis` and shows the URL with its password masked, never the
 /// password itself.
@@ -111,17 +94,16 @@ async fn a_cluster_node_logs_its_redis_url_with_the_password_masked() {
     // An `@` in the password is valid URL syntax (the last `@` ends the user information):
     // this password really authenticates, so the node must use it and still never print it.
     let password = format!("{PASSWORD}@x");
-    let Some(redis) = RedisServer::start_with_password(&password) else {
+    let Some(redis) = Redis::start_with_password(&password).await else {
         return;
     };
-    let url = redis.url();
-    let node = BinServer::start(&["--redis", &url, "--node-id", "n1"]).await;
+    let node = redis.node("n1").start(&[]).await;
     await_value(
         "redis state",
         "ok".to_owned(),
         Duration::from_secs(10),
         || async {
-            let stats = send(node.addr, Req::get("/api/v1/stats")).await.json();
+            let stats = stats(node.addr).await;
             stats["redis"].as_str().unwrap_or_default().to_owned()
         },
     )

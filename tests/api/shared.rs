@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::helpers::*;
+use testkit::*;
 
 async fn join(app: &TestApp, sid: &str, slug: &str, reader: &str) -> Response {
     app.send(Req::post(

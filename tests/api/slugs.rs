@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::helpers::*;
+use testkit::*;
 
 /// `--allow-any-slug --max-slugs {max}` (and the default `--ip-new-post-rate 10`).
 fn any_slug(max: u64) -> Posts {

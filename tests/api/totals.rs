@@ -1,6 +1,6 @@
 //! `GET /api/v1/totals`: every post's all-time views, sorted, with unwritten views included.
 
-use crate::helpers::*;
+use testkit::*;
 
 #[actix_web::test]
 async fn totals_are_sorted_by_slug_and_include_views_not_yet_written() {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use viewcounter::posts::post::IDLE_GRACE;
 
-use crate::helpers::*;
+use testkit::*;
 
 /// Long enough for an idle post to be put to sleep once nothing holds it.
 const ASLEEP: Duration = Duration::from_secs(15);

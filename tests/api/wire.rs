@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::helpers::*;
+use testkit::*;
 
 #[actix_web::test]
 async fn a_stream_request_whose_head_arrives_in_pieces_is_served_and_counted() {

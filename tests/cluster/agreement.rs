@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::helpers::*;
 use crate::support::*;
+use testkit::*;
 
 /// Readers joined one at a time, on the nodes in turn.
 const JOINS: u64 = 9;
@@ -12,7 +12,7 @@ const JOINS: u64 = 9;
 #[actix_web::test]
 async fn readers_on_every_node_agree_on_live_and_total_and_a_join_on_a_reaches_c_within_a_second() {
     let _serial = one_at_a_time().await;
-    let Some(redis) = Redis::start_or_skip().await else {
+    let Some(redis) = Redis::start().await else {
         return;
     };
     let nodes = Node::start_many(&redis, &["a", "b", "c"], &[]).await;
@@ -85,7 +85,7 @@ async fn readers_on_every_node_agree_on_live_and_total_and_a_join_on_a_reaches_c
 #[actix_web::test]
 async fn a_reader_leaving_node_c_leaves_live_on_a_within_a_second() {
     let _serial = one_at_a_time().await;
-    let Some(redis) = Redis::start_or_skip().await else {
+    let Some(redis) = Redis::start().await else {
         return;
     };
     let nodes = Node::start_many(&redis, &["a", "b", "c"], &[]).await;

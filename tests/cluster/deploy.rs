@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
-use crate::helpers::*;
 use crate::support::*;
+use testkit::*;
 
 const RECIPE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/cluster/haproxy.cfg");
 /// The addresses the recipe is written for: its frontend, then its nodes.
@@ -115,7 +115,7 @@ async fn a_node_killed_behind_the_haproxy_recipe_loses_no_reader_and_counts_none
     if !have("haproxy", "haproxy") {
         return;
     }
-    let Some(redis) = Redis::start_or_skip().await else {
+    let Some(redis) = Redis::start().await else {
         return;
     };
     let mut nodes = Node::start_many(&redis, &["node1", "node2", "node3"], &[]).await;
@@ -256,18 +256,8 @@ fn rfc7239_recipe() -> (String, &'static str) {
 /// One cluster node reading `header`, one reader per client (`--ip-stream-limit 1`), behind
 /// HAProxy on `text` with all three server lines on it, so every stream meets its budget.
 async fn limited_node_behind(redis: &Redis, text: String, header: &str) -> (BinServer, Balancer) {
-    let url = redis.url();
-    let flags = [
-        "--redis",
-        url.as_str(),
-        "--node-id",
-        "node1",
-        "--ip-stream-limit",
-        "1",
-        "--client-ip-header",
-        header,
-    ];
-    let node = BinServer::start(&flags).await;
+    let flags = ["--ip-stream-limit", "1", "--client-ip-header", header];
+    let node = redis.node("node1").start(&flags).await;
     let balancer = Balancer::start_with(text, &[node.addr; 3]).await;
     (node, balancer)
 }
@@ -311,7 +301,7 @@ async fn through_the_haproxy_recipe_a_forged_forwarding_header_does_not_change_a
     if !have("haproxy", "haproxy") {
         return;
     }
-    let Some(redis) = Redis::start_or_skip().await else {
+    let Some(redis) = Redis::start().await else {
         return;
     };
     let (_node, balancer) = limited_node_behind(&redis, recipe(), "x-forwarded-for").await;
@@ -324,7 +314,7 @@ async fn through_the_haproxy_recipe_with_forwarded_a_clients_own_x_forwarded_for
     if !have("haproxy", "haproxy") {
         return;
     }
-    let Some(redis) = Redis::start_or_skip().await else {
+    let Some(redis) = Redis::start().await else {
         return;
     };
     let (text, which) = rfc7239_recipe();

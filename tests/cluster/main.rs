@@ -9,10 +9,6 @@
 //! Convergence times are measured and printed (`cargo test --test cluster -- --nocapture`
 //! shows them): they are the figures the issue asks for.
 
-#[path = "../api/helpers.rs"]
-#[allow(dead_code, unused_imports)]
-mod helpers;
-
 mod agreement;
 mod deploy;
 mod migration;

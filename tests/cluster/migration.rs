@@ -3,59 +3,35 @@
 //! `import --redis URL days.csv` and `import --redis URL totals.csv`; after which every node
 //! counts on from them and `export --redis` reads them back.
 
-use std::path::Path;
-use std::process::Stdio;
-use std::time::Duration;
-
-use tokio::io::AsyncWriteExt;
-
-use crate::helpers::*;
 use crate::support::*;
+use testkit::*;
 
 /// The single node's history: two posts with totals, views on two days.
 const DAILY: &str = "slug,day,views\nalpha,2026-11-02,70\nalpha,2026-11-03,50\nbeta,2026-11-03,7\n";
-
-/// `viewcounter ARGS…` in `dir`, `stdin` fed to it: what it printed, failing unless it exits 0.
-async fn run(dir: &Path, args: &[&str], stdin: &str) -> String {
-    let mut cmd = bin_command(dir);
-    cmd.args(args)
-        .env("VIEWCOUNTER_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("run viewcounter");
-    let mut input = child.stdin.take().expect("stdin");
-    input
-        .write_all(stdin.as_bytes())
-        .await
-        .expect("write stdin");
-    drop(input);
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("finishes within 30 s")
-        .expect("viewcounter runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "viewcounter {args:?}: {}\n{stderr}",
-        out.status
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 #[actix_web::test]
 async fn totals_and_days_exported_from_a_redb_file_and_imported_into_redis_are_where_every_node_counts_on()
  {
     let _serial = one_at_a_time().await;
-    let Some(redis) = Redis::start_or_skip().await else {
+    let Some(redis) = Redis::start().await else {
         return;
     };
     let dir = tempfile::tempdir().expect("temp dir");
     let db = dir.path().join("single.redb");
     let db = db.to_str().expect("utf-8 path");
-    run(dir.path(), &["import", "--db", db, "-"], DAILY).await;
-    let totals = run(dir.path(), &["export", "--db", db], "").await;
-    let daily = run(dir.path(), &["export", "--db", db, "--daily"], "").await;
+    run(dir.path(), &["import", "--db", db, "-"])
+        .stdin(DAILY)
+        .quiet()
+        .await
+        .success();
+    let totals = run(dir.path(), &["export", "--db", db])
+        .quiet()
+        .await
+        .success();
+    let daily = run(dir.path(), &["export", "--db", db, "--daily"])
+        .quiet()
+        .await
+        .success();
     assert_eq!(
         totals, "slug,total\nalpha,120\nbeta,7\n",
         "the single node's export"
@@ -64,16 +40,28 @@ async fn totals_and_days_exported_from_a_redb_file_and_imported_into_redis_are_w
     std::fs::write(dir.path().join("days.csv"), &daily).expect("write days.csv");
     std::fs::write(dir.path().join("totals.csv"), &totals).expect("write totals.csv");
     let url = redis.url();
-    run(dir.path(), &["import", "--redis", &url, "days.csv"], "").await;
-    run(dir.path(), &["import", "--redis", &url, "totals.csv"], "").await;
+    run(dir.path(), &["import", "--redis", &url, "days.csv"])
+        .quiet()
+        .await
+        .success();
+    run(dir.path(), &["import", "--redis", &url, "totals.csv"])
+        .quiet()
+        .await
+        .success();
     assert_eq!(redis.total("alpha").await, 120);
     assert_eq!(redis.day_views("alpha").await, 120);
     assert_eq!(
-        run(dir.path(), &["export", "--redis", &url], "").await,
+        run(dir.path(), &["export", "--redis", &url])
+            .quiet()
+            .await
+            .success(),
         totals
     );
     assert_eq!(
-        run(dir.path(), &["export", "--redis", &url, "--daily"], "").await,
+        run(dir.path(), &["export", "--redis", &url, "--daily"])
+            .quiet()
+            .await
+            .success(),
         daily
     );
 
@@ -88,6 +76,9 @@ async fn totals_and_days_exported_from_a_redb_file_and_imported_into_redis_are_w
         let what = format!("alpha on node {}", node.name);
         time_until(&what, SETTLE, || node.counts(), |c| c.total == 121).await;
     }
-    let after = run(dir.path(), &["export", "--redis", &url], "").await;
+    let after = run(dir.path(), &["export", "--redis", &url])
+        .quiet()
+        .await
+        .success();
     assert_eq!(after, "slug,total\nalpha,121\nbeta,7\n");
 }

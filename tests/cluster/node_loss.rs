@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::helpers::*;
 use crate::support::*;
+use testkit::*;
 
 /// Readers on the node that is lost, and on each of the two that stay.
 const ON_LOST: u64 = 3;
@@ -40,7 +40,7 @@ async fn a_node_killed_with_sigkill_leaves_everyones_live_within_five_seconds_an
 
 async fn node_lost(how: Loss, bound: Duration) {
     let _serial = one_at_a_time().await;
-    let Some(redis) = Redis::start_or_skip().await else {
+    let Some(redis) = Redis::start().await else {
         return;
     };
     let mut nodes = Node::start_many(&redis, &["a", "b", "c"], &[]).await;

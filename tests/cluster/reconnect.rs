@@ -3,13 +3,13 @@
 
 use std::time::Instant;
 
-use crate::helpers::*;
 use crate::support::*;
+use testkit::*;
 
 #[actix_web::test]
 async fn a_reader_counted_on_a_that_reconnects_to_b_within_the_dedupe_window_is_not_counted() {
     let _serial = one_at_a_time().await;
-    let Some(redis) = Redis::start_or_skip().await else {
+    let Some(redis) = Redis::start().await else {
         return;
     };
     let nodes = Node::start_many(&redis, &["a", "b", "c"], &[]).await;

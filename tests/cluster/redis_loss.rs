@@ -12,8 +12,8 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::helpers::*;
 use crate::support::*;
+use testkit::*;
 
 /// The load: 100 joins a second, spread over the nodes in turn.
 const JOIN_EVERY: Duration = Duration::from_millis(10);
@@ -89,7 +89,7 @@ async fn stays(nodes: &[Node], redis: &Redis, total: u64) {
 async fn redis_killed_and_restarted_under_100_joins_a_second_ends_with_every_view_the_clients_saw_counted_once()
  {
     let _serial = one_at_a_time().await;
-    let Some(mut redis) = Redis::start_or_skip().await else {
+    let Some(mut redis) = Redis::start().await else {
         return;
     };
     let nodes = Node::start_many(&redis, &["a", "b", "c"], &[]).await;
@@ -100,7 +100,7 @@ async fn redis_killed_and_restarted_under_100_joins_a_second_ends_with_every_vie
     for n in 0..LOAD_JOINS {
         tick.tick().await;
         if n == KILL_AT {
-            redis.kill_9().await;
+            redis.kill_9();
             killed = Some(Instant::now());
         }
         if n == RESTART_AT {
@@ -168,7 +168,7 @@ async fn redis_killed_and_restarted_under_100_joins_a_second_ends_with_every_vie
 #[actix_web::test]
 async fn redis_paused_keeps_streams_beating_and_joins_answered_and_stats_say_down_then_ok() {
     let _serial = one_at_a_time().await;
-    let Some(redis) = Redis::start_or_skip().await else {
+    let Some(redis) = Redis::start().await else {
         return;
     };
     let beat = Duration::from_millis(500);

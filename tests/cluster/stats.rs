@@ -4,14 +4,14 @@
 
 use std::time::Instant;
 
-use crate::helpers::*;
 use crate::support::*;
+use testkit::*;
 
 #[actix_web::test]
 async fn stats_count_the_live_nodes_and_drop_a_killed_one_within_five_seconds_and_a_stopped_one_within_one()
  {
     let _serial = one_at_a_time().await;
-    let Some(redis) = Redis::start_or_skip().await else {
+    let Some(redis) = Redis::start().await else {
         return;
     };
     let mut nodes = Node::start_many(&redis, &["a", "b", "c"], &[]).await;
@@ -64,7 +64,7 @@ async fn stats_count_the_live_nodes_and_drop_a_killed_one_within_five_seconds_an
 #[actix_web::test]
 async fn a_node_without_redis_reports_neither_nodes_nor_redis_in_its_stats() {
     let server = BinServer::start(&[]).await;
-    let stats = stats_of(server.addr).await;
+    let stats = stats(server.addr).await;
     assert!(stats.get("nodes").is_none(), "{stats}");
     assert!(stats.get("redis").is_none(), "{stats}");
     assert!(stats.get("streams").is_some(), "{stats}");

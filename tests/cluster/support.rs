@@ -1,20 +1,16 @@
-//! What every cluster test needs: its own `redis-server` (or a skip when there is none), nodes
-//! started on it as real binaries, their `/api/v1/stats`, and timed waits.
+//! What the cluster tests say beyond the shared test kit (its `Redis`, its node builder, its
+//! client): the contract's bounds, nodes as real binaries named after their place in a test,
+//! and timed waits whose figures are printed.
 //!
 //! Nothing here sleeps to synchronise: waiting is polling a process, a stream or an endpoint
 //! until a condition holds, with a deadline, and the time it took is handed back to print.
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::process::Stdio;
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use tempfile::TempDir;
-use tokio::process::{Child, Command};
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::helpers::*;
+use testkit::*;
 
 /// The one post every cluster test reads.
 pub const SLUG: &str = "alpha";
@@ -29,7 +25,7 @@ pub const REDIS_DOWN: Duration = Duration::from_secs(2);
 pub const SETTLE: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------------
-// One test at a time, and skipping when the tools are missing.
+// One test at a time.
 
 /// Cluster tests run one at a time: each starts Redis and up to three nodes, and its timing
 /// bounds (1 s) mean something only when the others are not competing for the same cores.
@@ -37,185 +33,6 @@ pub const SETTLE: Duration = Duration::from_secs(10);
 pub async fn one_at_a_time() -> MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::const_new(());
     SERIAL.lock().await
-}
-
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
-}
-
-fn under_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-/// True when `program` can run. When it cannot: under `CI=true` the test fails; otherwise
-/// the skip is reported once, on the terminal (written past the test harness's capture, so a
-/// plain `cargo test` shows it), and the test passes.
-pub fn have(program: &str, package: &str) -> bool {
-    if on_path(program) {
-        return true;
-    }
-    assert!(
-        !under_ci(),
-        "CI=true and `{program}` is not installed: the cluster tests need it \
-         (apt-get install {package})"
-    );
-    static TOLD: Once = Once::new();
-    TOLD.call_once(|| {
-        let _ = writeln!(
-            std::io::stderr(),
-            "\nviewcounter: cluster tests skipped: `{program}` is not installed. To run them: \
-             `apt-get install {package}`, then `cargo test --test cluster`.\n"
-        );
-    });
-    false
-}
-
-// ---------------------------------------------------------------------------------------------
-// Redis.
-
-/// A `redis-server` of the test's own, on a free loopback port, in a temp dir; killed on drop.
-/// It keeps an append-only file written on every command (`appendfsync always`), as a
-/// production Redis would: a kill -9 and restart loses nothing it acknowledged.
-pub struct Redis {
-    pub port: u16,
-    dir: TempDir,
-    child: Option<Child>,
-}
-
-impl Redis {
-    /// A running Redis, or `None` (the test then passes as skipped) when there is none to run.
-    pub async fn start_or_skip() -> Option<Self> {
-        if !have("redis-server", "redis-server") {
-            return None;
-        }
-        let mut redis = Self {
-            port: closed_port(),
-            dir: tempfile::tempdir().expect("temp dir"),
-            child: None,
-        };
-        redis.launch().await;
-        Some(redis)
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    async fn launch(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port"])
-            .arg(self.port.to_string())
-            .arg("--dir")
-            .arg(self.dir.path())
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
-            .args(["--logfile", "redis.log"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn redis-server");
-        self.child = Some(child);
-        let deadline = Instant::now() + SETTLE;
-        while self.try_cmd(&["PING"]).await.as_deref() != Some("PONG") {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer PING within {SETTLE:?}; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
-    }
-
-    /// SIGKILL, and waits until the process is gone.
-    pub async fn kill_9(&mut self) {
-        let mut child = self.child.take().expect("redis is running");
-        child.start_kill().expect("SIGKILL redis");
-        child.wait().await.expect("redis exits");
-    }
-
-    /// Starts Redis again on the same port and directory (it reloads its append-only file).
-    pub async fn restart(&mut self) {
-        assert!(self.child.is_none(), "kill it first");
-        self.launch().await;
-    }
-
-    fn signal(&self, name: &str) {
-        let pid = self.child.as_ref().and_then(Child::id).expect("running");
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name} redis");
-    }
-
-    /// SIGSTOP: connections stay open and nothing is answered, as a stalled Redis.
-    pub fn pause(&self) {
-        self.signal("STOP");
-    }
-
-    pub fn resume(&self) {
-        self.signal("CONT");
-    }
-
-    /// One command through `redis-cli --raw`; `None` when it fails or takes over 2 s.
-    async fn try_cmd(&self, args: &[&str]) -> Option<String> {
-        let run = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p"])
-            .arg(self.port.to_string())
-            .arg("--raw")
-            .args(args)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output();
-        let out = tokio::time::timeout(Duration::from_secs(2), run)
-            .await
-            .ok()?
-            .ok()?;
-        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        (out.status.success() && !text.starts_with("ERR")).then_some(text)
-    }
-
-    /// One command that must succeed: its answer as `redis-cli --raw` prints it.
-    pub async fn cmd(&self, args: &[&str]) -> String {
-        self.try_cmd(args)
-            .await
-            .unwrap_or_else(|| panic!("redis-cli {args:?} failed"))
-    }
-
-    /// `HGET vc:totals SLUG`: the cluster's total of a post (0 when it has none).
-    pub async fn total(&self, slug: &str) -> u64 {
-        let text = self.cmd(&["HGET", "vc:totals", slug]).await;
-        if text.is_empty() {
-            return 0;
-        }
-        text.parse()
-            .unwrap_or_else(|_| panic!("vc:totals {slug} is not a number: {text:?}"))
-    }
-
-    /// The post's views summed over every `vc:day:*` hash.
-    pub async fn day_views(&self, slug: &str) -> u64 {
-        let keys = self.cmd(&["--scan", "--pattern", "vc:day:*"]).await;
-        let mut sum = 0;
-        for key in keys.lines().filter(|k| !k.is_empty()) {
-            let text = self.cmd(&["HGET", key, slug]).await;
-            sum += text.parse::<u64>().unwrap_or(0);
-        }
-        sum
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -230,13 +47,11 @@ pub struct Node {
 
 impl Node {
     pub async fn start(redis: &Redis, name: &str, extra: &[&str]) -> Self {
-        let url = redis.url();
-        let mut flags = vec!["--redis", &url, "--node-id", name];
-        flags.extend(UNLIMITED);
+        let mut flags = UNLIMITED.to_vec();
         flags.extend(extra);
         Self {
             name: name.to_owned(),
-            server: BinServer::start(&flags).await,
+            server: redis.node(name).start(&flags).await,
         }
     }
 
@@ -264,7 +79,7 @@ impl Node {
 
     /// `GET /api/v1/stats` (from loopback, so no token is needed).
     pub async fn stats(&self) -> serde_json::Value {
-        stats_of(self.addr()).await
+        stats(self.addr()).await
     }
 
     /// `"redis"` of the stats: `"ok"` or `"down"`.
@@ -286,9 +101,7 @@ impl Node {
 
     /// One series of `/metrics` (e.g. `viewcounter_outbox_pending`).
     pub async fn metric(&self, series: &str) -> Option<f64> {
-        let res = self.server.send(Req::get("/metrics")).await;
-        assert_eq!(res.status, 200, "{}: metrics {res:?}", self.name);
-        metric_value(&res.text(), series)
+        metric(self.addr(), series).await
     }
 
     /// `/api/v1/totals` of this node: `(slug, total)` rows.
@@ -299,23 +112,6 @@ impl Node {
     }
 }
 
-pub async fn stats_of(addr: SocketAddr) -> serde_json::Value {
-    let res = send(addr, Req::get("/api/v1/stats")).await;
-    assert_eq!(res.status, 200, "stats: {res:?}");
-    res.json()
-}
-
-/// The value of a series without labels in Prometheus text.
-fn metric_value(text: &str, series: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
-
 /// A reconnect as an EventSource makes it: the same URL (`?view=ID`) and `Last-Event-ID: ID`.
 pub fn reconnect(id: &str) -> Req {
     Req::connect(SLUG, id).header("Last-Event-ID", id)
@@ -323,33 +119,6 @@ pub fn reconnect(id: &str) -> Req {
 
 // ---------------------------------------------------------------------------------------------
 // Timed waits.
-
-/// Polls `read` every 10 ms until `holds` (true at once counts too); the time it took, or a
-/// failure naming `what` and the last value after `within`.
-pub async fn time_until<T, F, Fut>(
-    what: &str,
-    within: Duration,
-    mut read: F,
-    holds: impl Fn(&T) -> bool,
-) -> Duration
-where
-    T: std::fmt::Debug,
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = T>,
-{
-    let started = Instant::now();
-    loop {
-        let seen = read().await;
-        if holds(&seen) {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < within,
-            "{what}: still {seen:?} after {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 /// Reads `reader`'s stream until it carries `want`: the time since `since`. Fails at
 /// `since + within`, listing what the stream carried.

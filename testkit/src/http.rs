@@ -1,53 +1,19 @@
-//! What every test needs: a server on port 0 in its own temp dir (the library, or the real
-//! binary where process behaviour matters), a small SSE client over a raw socket, and plain
-//! HTTP/1.1 requests.
-//!
-//! Nothing here sleeps to synchronise: every read has a deadline, and waiting for a state is
-//! reading events (or polling an endpoint) until it shows up or the deadline passes.
+//! A small HTTP/1.1 and Server-Sent Events client over raw sockets: a request is sent exactly
+//! as written (so tests can send what a browser, a proxy or an attacker would), and a stream's
+//! events are read as they arrive, each read with a deadline.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use tempfile::TempDir;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, ChildStdout, Command};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use viewcounter::Application;
-pub use viewcounter::config::{Config, Posts};
-use viewcounter::edge::client_ip::TrustedProxies;
-use viewcounter::edge::origin::OriginPolicy;
-use viewcounter::startup::StartError;
-pub use viewcounter::storage::calendar::Clock;
 
 /// A browser's User-Agent: counted. (curl's, or none at all, is served but not counted.)
 pub const BROWSER_UA: &str = "Mozilla/5.0 (X11; Linux x86_64) viewcounter-tests";
 pub const BOT_UA: &str = "curl/8.5.0";
-/// The allow-list every server starts with, unless a test writes its own.
-pub const DEFAULT_SLUGS: &[&str] = &["alpha", "beta", "gamma", "2024/05/my_post.html"];
-/// No per-IP limit may refuse a stream or skip a view: every join of a load is a counted view.
-pub const UNLIMITED: [&str; 6] = [
-    "--ip-stream-limit",
-    "0",
-    "--ip-view-rate",
-    "0",
-    "--ip-new-post-rate",
-    "0",
-];
 /// How long any single read may take before the test fails.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// The contract: every change reaches every reader within 500 ms.
-pub const PROPAGATION: Duration = Duration::from_millis(500);
-/// The contract: once clients close their connections, live drops within 2 s.
-pub const LIVE_DROP: Duration = Duration::from_secs(2);
-/// How long a server gets to stop gracefully (the contract: exit within 10 s).
-pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// `{"live":L,"total":T}`, exactly those two fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,264 +26,10 @@ pub const fn counts(live: u64, total: u64) -> Counts {
     Counts { live, total }
 }
 
-/// A fresh, valid reader id (16–64 of `[A-Za-z0-9_-]`), unique within the test run.
-pub fn token() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("tok-{:08x}-{n:08}", std::process::id())
-}
-
-/// A client address for `X-Forwarded-For` (the loopback peer is a trusted proxy by default).
-pub fn ip(n: u32) -> String {
-    let [a, b, c, d] = (0x0a00_0000 + n).to_be_bytes();
-    format!("{a}.{b}.{c}.{d}")
-}
-
-pub fn write_slugs(path: &Path, slugs: &[&str]) {
-    let mut text = String::from("# allow-list written by the tests\n\n");
-    for slug in slugs {
-        text.push_str(slug);
-        text.push('\n');
-    }
-    std::fs::write(path, text).expect("write the allow-list");
-}
-
-fn db_path(dir: &Path) -> PathBuf {
-    dir.join("viewcounter.redb")
-}
-
-fn slugs_path(dir: &Path) -> PathBuf {
-    dir.join("slugs.txt")
-}
-
-// ---------------------------------------------------------------------------------------------
-// The server, as a library inside the test's actix System.
-
-pub struct TestApp {
-    pub addr: SocketAddr,
-    pub dir: TempDir,
-    stop: StopOnDrop,
-    served: Option<JoinHandle<Result<(), StartError>>>,
-}
-
-/// Tells the server to stop when the test is done with it, whether or not it awaited the stop.
-struct StopOnDrop(Option<oneshot::Sender<()>>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        if let Some(stop) = self.0.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
-/// A server with the defaults, the default allow-list and an empty db.
-pub async fn spawn_app() -> TestApp {
-    spawn_app_configured(|_| {}).await
-}
-
-/// A server built from a [`Config`] with the defaults (no flags, no `VIEWCOUNTER_*`
-/// variables read), on port 0, in its own temp dir, changed by `configure`.
-pub async fn spawn_app_configured(configure: impl FnOnce(&mut Config)) -> TestApp {
-    spawn_app_configured_with_slugs(DEFAULT_SLUGS, configure).await
-}
-
-/// Like [`spawn_app_configured`], with its own allow-list.
-pub async fn spawn_app_configured_with_slugs(
-    slugs: &[&str],
-    configure: impl FnOnce(&mut Config),
-) -> TestApp {
-    let dir = tempfile::tempdir().expect("temp dir");
-    write_slugs(&slugs_path(dir.path()), slugs);
-    spawn_app_configured_in(dir, configure).await
-}
-
-/// A server on the db and allow-list of `dir` (a restart when a server used it before),
-/// configured as [`spawn_app_configured`]. A test that sets the time sets `c.clock`.
-pub async fn spawn_app_configured_in(dir: TempDir, configure: impl FnOnce(&mut Config)) -> TestApp {
-    let mut config = Config::new(db_path(dir.path()), slugs_path(dir.path()));
-    config.listen = "127.0.0.1:0".parse().expect("address");
-    configure(&mut config);
-    serve_in(dir, config).await
-}
-
-/// `--flush-after 1h --flush-max-wait 1h`: nothing is written before the stop.
-pub fn never_flush(c: &mut Config) {
-    c.flush.after = Duration::from_secs(3600);
-    c.flush.max_wait = Duration::from_secs(3600);
-}
-
-/// What `--allow-origin` (repeated) sets.
-pub fn origins(list: &[&str]) -> OriginPolicy {
-    let list: Vec<String> = list.iter().map(|&o| o.to_owned()).collect();
-    OriginPolicy::new(&list).expect("valid origins")
-}
-
-/// What `--trusted-proxy` (repeated) sets.
-pub fn trusted_proxies(nets: &[&str]) -> TrustedProxies {
-    TrustedProxies::new(nets.iter().map(|n| n.parse().expect("a network")).collect())
-}
-
-async fn serve_in(dir: TempDir, config: Config) -> TestApp {
-    let app = Application::build(config).await.expect("server builds");
-    let addr = app.address();
-    let (stop, stop_rx) = oneshot::channel::<()>();
-    let served = actix_web::rt::spawn(app.run_until(async {
-        let _ = stop_rx.await;
-    }));
-    TestApp {
-        addr,
-        dir,
-        stop: StopOnDrop(Some(stop)),
-        served: Some(served),
-    }
-}
-
-impl TestApp {
-    pub fn db(&self) -> PathBuf {
-        db_path(self.dir.path())
-    }
-
-    pub fn slugs_file(&self) -> PathBuf {
-        slugs_path(self.dir.path())
-    }
-
-    /// `http://127.0.0.1:PORT`: what a same-origin page sends as `Origin`.
-    pub fn origin(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Graceful stop: streams end, pending totals are written; waits for all of it.
-    pub async fn stop(&mut self) -> Result<(), String> {
-        if let Some(stop) = self.stop.0.take() {
-            let _ = stop.send(());
-        }
-        let Some(served) = self.served.take() else {
-            return Ok(());
-        };
-        match tokio::time::timeout(STOP_TIMEOUT, served).await {
-            Err(_) => Err(format!("server did not stop within {STOP_TIMEOUT:?}")),
-            Ok(Err(join)) => Err(format!("server task failed: {join}")),
-            Ok(Ok(Err(e))) => Err(format!("server stopped with an error: {e}")),
-            Ok(Ok(Ok(()))) => Ok(()),
-        }
-    }
-
-    /// Stops the server and hands back its directory, for a restart on the same db.
-    pub async fn stop_and_keep_dir(mut self) -> TempDir {
-        self.stop().await.expect("graceful stop");
-        self.dir
-    }
-
-    pub async fn send(&self, req: Req) -> Response {
-        send(self.addr, req).await
-    }
-
-    pub async fn open(&self, req: Req) -> SseClient {
-        SseClient::open(self.addr, req).await
-    }
-
-    /// A browser reader with a fresh view token; asserts the stream and its first event.
-    pub async fn join(&self, slug: &str) -> Reader {
-        self.join_as(slug, Req::connect(slug, &token())).await
-    }
-
-    /// Opens `req` (a connect request), asserts 200 and reads the first event.
-    pub async fn join_as(&self, slug: &str, req: Req) -> Reader {
-        join(self.addr, slug, req).await
-    }
-
-    /// `GET /api/v1/count/{slug}`, asserting 200.
-    pub async fn counts(&self, slug: &str) -> Counts {
-        counts_of(self.addr, slug).await
-    }
-
-    /// `POST /api/v1/leave/{slug}` with `id` as the body.
-    pub async fn leave(&self, slug: &str, id: &str) -> Response {
-        self.send(Req::post(format!("/api/v1/leave/{slug}"), id))
-            .await
-    }
-
-    /// `GET /api/v1/totals` from loopback, asserting 200: `(slug, total)` in answer order.
-    pub async fn totals(&self) -> Vec<(String, u64)> {
-        let res = self.send(Req::get("/api/v1/totals")).await;
-        assert_eq!(res.status, 200, "totals: {res:?}");
-        parse_rows(&res.text())
-    }
-
-    /// `GET /api/v1/stats` from loopback, asserting 200: one field of it.
-    pub async fn stat(&self, field: &str) -> u64 {
-        let res = self.send(Req::get("/api/v1/stats")).await;
-        assert_eq!(res.status, 200, "stats: {res:?}");
-        res.json()[field]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no {field} in stats"))
-    }
-
-    /// How many post actors are awake.
-    pub async fn posts_awake(&self) -> u64 {
-        self.stat("posts_awake").await
-    }
-
-    /// Polls `GET /api/v1/stats` until `want` post actors are awake, or the deadline.
-    pub async fn await_posts_awake(&self, want: u64, within: Duration) {
-        await_value("posts awake", want, within, || self.posts_awake()).await;
-    }
-
-    /// Polls `GET /api/v1/count/{slug}` until `want` or the deadline.
-    pub async fn await_counts(&self, slug: &str, want: Counts, within: Duration) {
-        await_counts(self.addr, slug, want, within).await;
-    }
-}
-
-pub async fn counts_of(addr: SocketAddr, slug: &str) -> Counts {
-    let res = send(addr, Req::get(format!("/api/v1/count/{slug}"))).await;
-    assert_eq!(res.status, 200, "count {slug}: {res:?}");
-    res.json_as()
-}
-
-pub async fn await_counts(addr: SocketAddr, slug: &str, want: Counts, within: Duration) {
-    let what = format!("count of {slug}");
-    await_value(&what, want, within, || counts_of(addr, slug)).await;
-}
-
-/// Polls `read` every 25 ms until it gives `want`; fails naming `what` after `within`.
-/// Waiting for a state with a deadline, never sleeping in place of it.
-pub async fn await_value<T, F, Fut>(what: &str, want: T, within: Duration, mut read: F)
-where
-    T: PartialEq + std::fmt::Debug,
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = T>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        let seen = read().await;
-        if seen == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} still {seen:?} after {within:?}, want {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// `[{"slug":…,"total":…},…]`, exactly those fields, in the order given.
-pub fn parse_rows(json: &str) -> Vec<(String, u64)> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Row {
-        slug: String,
-        total: u64,
-    }
-    let rows: Vec<Row> =
-        serde_json::from_str(json).unwrap_or_else(|e| panic!("not a totals array ({e}): {json}"));
-    rows.into_iter().map(|r| (r.slug, r.total)).collect()
-}
-
-pub fn rows(pairs: &[(&str, u64)]) -> Vec<(String, u64)> {
-    pairs.iter().map(|&(s, t)| (s.to_owned(), t)).collect()
+/// A local port with nothing listening on it (free for a server the test starts next).
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -549,10 +261,13 @@ enum Framing {
 }
 
 struct Conn {
+    /// The socket, written once with the request and read from then on.
     stream: TcpStream,
     /// Bytes read but not yet decoded.
     raw: Vec<u8>,
+    /// Where the body decoder is.
     framing: Framing,
+    /// The server closed (or reset) the connection.
     closed: bool,
 }
 
@@ -812,9 +527,11 @@ impl SseEvent {
 pub struct SseClient {
     pub status: u16,
     pub headers: Vec<(String, String)>,
+    /// The connection the events arrive on.
     conn: Conn,
     /// Decoded body bytes not yet parsed into events.
     body: Vec<u8>,
+    /// The body is complete: no event will follow.
     ended: bool,
 }
 
@@ -991,206 +708,6 @@ pub async fn join(addr: SocketAddr, slug: &str, req: Req) -> Reader {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The real binary.
-
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_viewcounter")
-}
-
-/// A command for the binary in `dir`, with no `VIEWCOUNTER_*` setting from outside the test.
-pub fn bin_command(dir: &Path) -> Command {
-    let mut cmd = Command::new(bin());
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("VIEWCOUNTER_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.current_dir(dir)
-        .env("VIEWCOUNTER_LOG", "info")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    cmd
-}
-
-/// `viewcounter serve` as a child process, on port 0 in its own directory.
-pub struct BinServer {
-    pub addr: SocketAddr,
-    pub dir: TempDir,
-    pub child: Child,
-    _stdout: BufReader<ChildStdout>,
-}
-
-impl BinServer {
-    /// Starts a server on a fresh directory with the default allow-list.
-    pub async fn start(flags: &[&str]) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        write_slugs(&slugs_path(dir.path()), DEFAULT_SLUGS);
-        Self::start_in(dir, flags).await
-    }
-
-    /// Starts a server on `dir`'s db and allow-list; waits for `listening on http://…`.
-    pub async fn start_in(dir: TempDir, flags: &[&str]) -> Self {
-        Self::start_with_env(dir, &["serve"], flags, &[]).await
-    }
-
-    /// `viewcounter <sub…> --listen 127.0.0.1:0 --db … --slugs … <flags…>` with `env` set.
-    pub async fn start_with_env(
-        dir: TempDir,
-        sub: &[&str],
-        flags: &[&str],
-        env: &[(&str, &str)],
-    ) -> Self {
-        Self::launch(dir, sub, flags, env, None).await
-    }
-
-    /// `serve` in a process whose open-files limit (soft and hard) is `files`.
-    pub async fn start_with_open_files(files: u64, flags: &[&str]) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        write_slugs(&slugs_path(dir.path()), DEFAULT_SLUGS);
-        Self::launch(dir, &["serve"], flags, &[], Some(files)).await
-    }
-
-    async fn launch(
-        dir: TempDir,
-        sub: &[&str],
-        flags: &[&str],
-        env: &[(&str, &str)],
-        open_files: Option<u64>,
-    ) -> Self {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.path().join("server.log"))
-            .expect("log file");
-        let mut cmd = bin_command(dir.path());
-        cmd.args(sub)
-            .envs(env.iter().copied())
-            .args(["--listen", "127.0.0.1:0", "--db"])
-            .arg(db_path(dir.path()))
-            .arg("--slugs")
-            .arg(slugs_path(dir.path()))
-            .args(flags)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log));
-        if let Some(files) = open_files {
-            // SAFETY: only setrlimit runs between fork and exec.
-            unsafe {
-                cmd.pre_exec(move || rlimit::setrlimit(rlimit::Resource::NOFILE, files, files));
-            }
-        }
-        let mut child = cmd.spawn().expect("spawn viewcounter serve");
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        let read = tokio::time::timeout(Duration::from_secs(20), stdout.read_line(&mut line)).await;
-        let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
-        match read {
-            Ok(Ok(n)) if n > 0 => {}
-            other => panic!("no `listening on` line ({other:?}); log:\n{log}"),
-        }
-        let addr = line
-            .trim()
-            .strip_prefix("listening on http://")
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}; log:\n{log}"));
-        Self {
-            addr,
-            dir,
-            child,
-            _stdout: stdout,
-        }
-    }
-
-    pub fn db(&self) -> PathBuf {
-        db_path(self.dir.path())
-    }
-
-    pub fn slugs_file(&self) -> PathBuf {
-        slugs_path(self.dir.path())
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-    }
-
-    pub fn signal(&self, name: &str) {
-        let pid = self.child.id().expect("server still running");
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name} {pid} failed");
-    }
-
-    /// Waits for the process to exit on its own.
-    pub async fn wait(&mut self, within: Duration) -> ExitStatus {
-        match tokio::time::timeout(within, self.child.wait()).await {
-            Ok(Ok(status)) => status,
-            Ok(Err(e)) => panic!("waiting for the server: {e}"),
-            Err(_) => panic!(
-                "server still running after {within:?}; log:\n{}",
-                self.log()
-            ),
-        }
-    }
-
-    /// SIGKILL: no flush, no goodbye.
-    pub async fn kill_9(&mut self) {
-        self.child.start_kill().expect("SIGKILL");
-        self.wait(STOP_TIMEOUT).await;
-    }
-
-    pub async fn join(&self, slug: &str) -> Reader {
-        join(self.addr, slug, Req::connect(slug, &token())).await
-    }
-
-    pub async fn send(&self, req: Req) -> Response {
-        send(self.addr, req).await
-    }
-
-    pub async fn counts(&self, slug: &str) -> Counts {
-        counts_of(self.addr, slug).await
-    }
-
-    /// Hands back the directory of a server that has exited.
-    pub fn into_dir(self) -> TempDir {
-        self.dir
-    }
-}
-
-/// What `viewcounter export ...` printed, and how it exited.
-pub struct RunOutput {
-    pub status: ExitStatus,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-pub async fn export(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> RunOutput {
-    let mut cmd = bin_command(dir);
-    cmd.arg("export")
-        .args(args)
-        .envs(env.iter().copied())
-        .env("VIEWCOUNTER_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
-        .await
-        .expect("export finishes within 30 s")
-        .expect("run viewcounter export");
-    RunOutput {
-        status: out.status,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// A local port with nothing listening on it.
-pub fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
-// ---------------------------------------------------------------------------------------------
 // Fault tests: joins against a server that may be stopping or gone, as values, never panics.
 
 impl SseClient {
@@ -1296,20 +813,6 @@ pub async fn try_join(addr: SocketAddr, slug: &str, req: Req) -> Result<Reader, 
     })
 }
 
-/// A command that failed as a command should: exit status 1, a `viewcounter: ` message on
-/// stderr, no panic, and no partial output.
-pub fn assert_clean_failure(out: &RunOutput) {
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "a failure exit, not a panic (101) or a signal: {}",
-        out.stderr
-    );
-    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
-    assert!(out.stderr.starts_with("viewcounter: "), "{}", out.stderr);
-    assert!(out.stdout.is_empty(), "no partial output: {}", out.stdout);
-}
-
 /// Reads until the server closes the connection (FIN or reset): what it sent, or
 /// `Err` if it is still open after `within`.
 pub async fn read_until_closed(conn: &mut TcpStream, within: Duration) -> Result<String, String> {
@@ -1329,73 +832,4 @@ pub async fn read_until_closed(conn: &mut TcpStream, within: Duration) -> Result
             }
         }
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Shared streams and watches: events tagged with their slug.
-
-/// `{"slug":…,"live":…,"total":…}` of a shared stream's event.
-#[derive(Debug, PartialEq, Eq, serde::Deserialize)]
-pub struct Tagged {
-    pub slug: String,
-    pub live: u64,
-    pub total: u64,
-}
-
-pub fn tagged(ev: &SseEvent) -> Tagged {
-    let data = ev
-        .data
-        .as_deref()
-        .unwrap_or_else(|| panic!("no data in {ev:?}"));
-    serde_json::from_str(data).unwrap_or_else(|e| panic!("not a tagged event ({e}): {data:?}"))
-}
-
-pub fn t(slug: &str, live: u64, total: u64) -> Tagged {
-    Tagged {
-        slug: slug.to_owned(),
-        live,
-        total,
-    }
-}
-
-/// Opens a shared stream and reads past its `retry:` preamble.
-pub async fn open_shared(app: &TestApp, sid: &str) -> SseClient {
-    open_tagged(app, Req::get(format!("/api/v1/shared/{sid}"))).await
-}
-
-/// Opens a stream of tagged events (shared or watch) and reads past its `retry:` preamble.
-pub async fn open_tagged(app: &TestApp, req: Req) -> SseClient {
-    let mut stream = app.open(req).await;
-    assert_eq!(stream.status, 200, "{:?}", stream.headers);
-    assert_eq!(stream.header("content-type"), Some("text/event-stream"));
-    let preamble = stream.next_event().await;
-    assert!(
-        preamble.retry.is_some() && preamble.data.is_none(),
-        "{preamble:?}"
-    );
-    stream
-}
-
-/// Reads events until `want` arrives.
-pub async fn await_tagged(stream: &mut SseClient, want: Tagged) {
-    loop {
-        let ev = stream.next_event().await;
-        if ev.data.is_some() && tagged(&ev) == want {
-            return;
-        }
-    }
-}
-
-/// The next `n` tagged events (heartbeats skipped), sorted by slug: events of several posts
-/// sent at once come in no particular order.
-pub async fn next_tagged(stream: &mut SseClient, n: usize) -> Vec<Tagged> {
-    let mut events = Vec::new();
-    while events.len() < n {
-        let ev = stream.next_event().await;
-        if ev.data.is_some() {
-            events.push(tagged(&ev));
-        }
-    }
-    events.sort_by(|a, b| a.slug.cmp(&b.slug));
-    events
 }
