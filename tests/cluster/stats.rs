@@ -18,7 +18,10 @@ async fn stats_count_the_live_nodes_and_drop_a_killed_one_within_five_seconds_an
     for node in &nodes {
         let what = format!("nodes seen by {}", node.name);
         time_until(&what, SETTLE, || node.nodes_seen(), |n| *n == 3).await;
-        assert_eq!(node.redis_state().await, "ok", "node {}", node.name);
+        // Awaited, not read once: a Redis call that outlasts --redis-timeout on a busy machine
+        // (a compile next door) marks Redis down until the next one answers, as it should.
+        let what = format!("redis ok on {}", node.name);
+        time_until(&what, SETTLE, || node.redis_state(), |s| s == "ok").await;
     }
 
     let mut c = nodes.pop().expect("node c");
