@@ -4,14 +4,13 @@
 //! connections, and admission refuses new streams.
 
 use tokio::sync::watch;
-use tokio_stream::wrappers::WatchStream;
 
 /// Fires the signal; dropping it fires it too (whoever could stop the server is gone).
 pub(crate) struct Trigger(watch::Sender<bool>);
 
 /// A view of the signal; cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Shutdown(watch::Receiver<bool>);
+pub(crate) struct Shutdown(watch::Receiver<bool>);
 
 impl Trigger {
     pub(crate) fn new() -> (Self, Shutdown) {
@@ -26,18 +25,13 @@ impl Trigger {
 
 impl Shutdown {
     /// True once the signal fired.
-    pub fn is_started(&self) -> bool {
+    pub(crate) fn is_started(&self) -> bool {
         *self.0.borrow()
     }
 
     /// Completes once the signal fired (at once if it already has).
-    pub async fn started(&mut self) {
+    pub(crate) async fn started(&mut self) {
         // An error means the trigger is gone: nobody is left to keep the server up.
         let _ = self.0.wait_for(|fired| *fired).await;
-    }
-
-    /// The signal as a stream that yields `true` when it fires, for hand-written `Stream`s.
-    pub fn into_stream(self) -> WatchStream<bool> {
-        WatchStream::new(self.0)
     }
 }

@@ -1,5 +1,5 @@
 //! The direct layer's request-head handling (`src/http/direct.rs`): how many bytes the head
-//! is, whether it asks for one of the three stream routes, the slug or shared stream id it
+//! is, whether it asks for one of the four stream routes, the slug or shared stream id it
 //! names, whether it is plain, its `Origin`, and the client its forwarding headers name.
 //!
 //! Input: the bytes a connection starts with, as a client sends them.
@@ -35,6 +35,7 @@ fn route_by_actix(target: &str) -> Option<(StreamRoute, String)> {
         (StreamRoute::Connect, "/api/v1/connect/{name:.*}"),
         (StreamRoute::Shared, "/api/v1/shared/{name}"),
         (StreamRoute::Watch, "/api/v1/watch"),
+        (StreamRoute::Admin, "/api/v1/admin/stream"),
     ];
     for (route, pattern) in routes {
         let mut path = Path::new(url.clone());
