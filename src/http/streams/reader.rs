@@ -1,7 +1,7 @@
 //! A reader's stream of one post: the post's numbers each time they change. Counted as a
 //! reader (and a view) on admission; departs when the stream ends.
 
-use std::future::{Future, pending};
+use std::future::pending;
 
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -28,14 +28,12 @@ impl Updates {
 }
 
 impl Content for Updates {
-    fn next(&mut self) -> impl Future<Output = Option<Bytes>> {
-        async {
-            // A closed channel (the post gone) sends nothing more: the stream lives on its
-            // heartbeats until the client goes.
-            if self.updates.changed().await.is_err() {
-                pending::<()>().await;
-            }
-            Some(self.updates.borrow_and_update().plain.clone())
+    async fn next(&mut self) -> Option<Bytes> {
+        // A closed channel (the post gone) sends nothing more: the stream lives on its
+        // heartbeats until the client goes.
+        if self.updates.changed().await.is_err() {
+            pending::<()>().await;
         }
+        Some(self.updates.borrow_and_update().plain.clone())
     }
 }
