@@ -184,6 +184,7 @@ async fn admit(state: &Arc<AppState>, peer: SocketAddr, req: &httparse::Request<
 /// A stream request, as its head names it.
 #[derive(Debug)]
 pub(crate) struct StreamTarget<'b> {
+    /// Which kind of stream the route opens.
     pub(crate) kind: Kind,
     /// The slug (`Reader`) or the shared stream's id (`Shared`); empty for the others.
     pub(crate) name: Cow<'b, str>,

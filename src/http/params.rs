@@ -35,6 +35,7 @@ pub(crate) trait Caller {
     /// The connection's peer, if known.
     fn peer(&self) -> Option<IpAddr>;
 
+    /// The request's headers, as the rules read them whichever layer parsed them.
     fn headers(&self) -> &Self::Headers;
 }
 

@@ -58,6 +58,7 @@ pub(crate) struct StreamRequest<'a> {
     pub name: &'a str,
     /// What follows the `?`, as sent.
     pub query: &'a str,
+    /// The request's headers, as sent: the origin, fetch and admin rules read them.
     pub headers: &'a [httparse::Header<'a>],
 }
 
@@ -79,6 +80,8 @@ pub(crate) async fn open(
     kind: Kind,
     req: StreamRequest<'_>,
 ) -> Result<Body, Refusal> {
+    // Once the server is stopping no stream starts, whatever it asks: checked here once for
+    // every kind, before anything is counted or held.
     if state.signals.shutdown.is_started() {
         return Err(Refusal::ShuttingDown);
     }
