@@ -7,7 +7,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use jiff::tz::TimeZone;
 
 use crate::edge::client_ip::{ClientIpHeader, TrustedProxies};
-use crate::http::direct::{self, Inspected, Route};
+use crate::http::direct::{self, Inspected};
+use crate::http::streams::Kind;
 use crate::import::file::{self as import_file, ParseOptions};
 
 pub use crate::import::file::ImportFormat;
@@ -18,6 +19,7 @@ pub enum StreamRoute {
     Connect,
     Shared,
     Watch,
+    Admin,
 }
 
 /// What the direct layer makes of the bytes a connection starts with
@@ -59,10 +61,11 @@ pub fn request_head(bytes: &[u8]) -> Head {
             origin,
         } => Head::Stream {
             len,
-            route: match target.route {
-                Route::Connect => StreamRoute::Connect,
-                Route::Shared => StreamRoute::Shared,
-                Route::Watch => StreamRoute::Watch,
+            route: match target.kind {
+                Kind::Reader => StreamRoute::Connect,
+                Kind::Shared => StreamRoute::Shared,
+                Kind::Watch => StreamRoute::Watch,
+                Kind::Admin => StreamRoute::Admin,
             },
             name: target.name.into_owned(),
             query: target.query.to_owned(),

@@ -13,15 +13,18 @@
 //!   [`Application::run_until`] serves until told to stop, then drains and flushes; one
 //!   shutdown signal (`shutdown`) reaches every part.
 //! - [`http`]: serving. `server`: the worker threads, each accepting on the shared listener;
-//!   `direct`: each connection's head is read there, the three stream routes are admitted and
-//!   answered (or refused) on the socket itself, the rest goes to actix-web; `api`: the
-//!   readers' `/api/v1` handlers; `owner`: what the owner and index pages read (history,
-//!   counts, top, `badge`, metrics, imports); `dashboard`: the owner's page at `/admin`, its
-//!   login and the `session` cookie; `admin_stream`: the dashboard's one stream of every post;
-//!   [`http::sse`]: the wire format and each reader's body stream; `shared`: one stream
-//!   carrying the readers of many tabs; `watch`: posts followed without counting (index
-//!   pages), alone or on a shared stream; `error`: the one error type, answered as JSON by
-//!   either layer; `assets`: the embedded script and page.
+//!   `direct`: each connection's head is read there, the four stream routes are answered (or
+//!   refused) on the socket itself, the rest goes to actix-web; `streams`: the one admission
+//!   (a function per kind: reader, shared, watch, the dashboard's) and the one `lifecycle`
+//!   (first event, heartbeats, shutdown hint, place in the limits) around each kind's content
+//!   (`reader`, `shared`: one stream carrying the readers of many tabs, or posts watched
+//!   without counting; `admin`: the dashboard's rows); the handlers: `api` (the readers'
+//!   `/api/v1` beacons), `watch` (what a shared stream watches), `owner` (what the owner and
+//!   index pages read: history, counts, top, `badge`, metrics, imports), `dashboard` (the
+//!   owner's page at `/admin`, its login and the `session` cookie); the leaves they share:
+//!   `state`, `admin` (the admin rule), `params` (parameters and bodies), [`http::sse`] (the
+//!   wire format), `error` (a refusal answered as JSON by either layer); `assets`: the
+//!   embedded script and page.
 //! - [`edge`]: input validated once ([`edge::slug`], [`edge::reader_id`]), the request
 //!   headers both layers read, and who may count and how much: `slug_list` (which posts
 //!   exist), `origin`, [`edge::client_ip`], `limits`.

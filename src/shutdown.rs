@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio_stream::wrappers::WatchStream;
 use tokio_util::task::TaskTracker;
 
 /// Fires the signal; dropping it fires it too (whoever could stop the server is gone).
@@ -20,7 +19,7 @@ pub(crate) struct Trigger(watch::Sender<bool>);
 
 /// A view of the signal; cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Shutdown(watch::Receiver<bool>);
+pub(crate) struct Shutdown(watch::Receiver<bool>);
 
 impl Trigger {
     pub(crate) fn new() -> (Self, Shutdown) {
@@ -35,29 +34,24 @@ impl Trigger {
 
 impl Shutdown {
     /// True once the signal fired.
-    pub fn is_started(&self) -> bool {
+    pub(crate) fn is_started(&self) -> bool {
         *self.0.borrow()
     }
 
     /// Completes once the signal fired (at once if it already has).
-    pub async fn started(&mut self) {
+    pub(crate) async fn started(&mut self) {
         // An error means the trigger is gone: nobody is left to keep the server up.
         let _ = self.0.wait_for(|fired| *fired).await;
     }
 
     /// `work`, unless the signal fires first (then `None`, and `work` is dropped where it
     /// stands): what a background loop waits on between two rounds of its work.
-    pub async fn unless_started<T>(&mut self, work: impl Future<Output = T>) -> Option<T> {
+    pub(crate) async fn unless_started<T>(&mut self, work: impl Future<Output = T>) -> Option<T> {
         tokio::select! {
             biased;
             () = self.started() => None,
             done = work => Some(done),
         }
-    }
-
-    /// The signal as a stream that yields `true` when it fires, for hand-written `Stream`s.
-    pub fn into_stream(self) -> WatchStream<bool> {
-        WatchStream::new(self.0)
     }
 }
 

@@ -25,13 +25,14 @@ use crate::config::{Config, ConfigError, Posts};
 use crate::edge::limits::{AuthFailureRate, StreamLimits, ViewRate, raise_fd_limit};
 use crate::edge::origin::OriginPolicy;
 use crate::edge::slug_list::{OpenPosts, POLL_INTERVAL, SlugList, SlugPolicy};
-use crate::http::api::{self, AppState};
+use crate::http::api;
 use crate::http::assets;
+use crate::http::dashboard;
 use crate::http::error::json_error;
 use crate::http::owner;
 use crate::http::server::{Server, Settings};
-use crate::http::sse::Signals;
-use crate::http::{admin_stream, dashboard};
+use crate::http::state::AppState;
+use crate::http::streams::lifecycle::Signals;
 use crate::metrics::Metrics;
 use crate::posts::cluster_port::Counting;
 use crate::posts::registry::Registry;
@@ -300,7 +301,7 @@ fn http_server(
                 web::scope("/api/v1")
                     .configure(api::routes)
                     .configure(owner::routes)
-                    .configure(admin_stream::routes),
+                    .configure(crate::http::watch::routes),
             )
             .configure(dashboard::routes)
             .route("/badge/{file:.*}", web::get().to(owner::badge))

@@ -1,5 +1,5 @@
 //! The direct layer's request-head handling (`src/http/direct.rs`): how many bytes the head
-//! is, whether it asks for one of the three stream routes, the slug or shared stream id it
+//! is, whether it asks for one of the four stream routes, the slug or shared stream id it
 //! names, whether it is plain, its `Origin`, and the client its forwarding headers name.
 //!
 //! Input: the bytes a connection starts with, as a client sends them.
@@ -37,11 +37,12 @@ pub extern "C" fn __lsan_default_suppressions() -> *const std::ffi::c_char {
 }
 
 /// The routes as actix-web would declare them, made once.
-static ROUTES: LazyLock<[(StreamRoute, ResourceDef); 3]> = LazyLock::new(|| {
+static ROUTES: LazyLock<[(StreamRoute, ResourceDef); 4]> = LazyLock::new(|| {
     [
         (StreamRoute::Connect, "/api/v1/connect/{name:.*}"),
         (StreamRoute::Shared, "/api/v1/shared/{name}"),
         (StreamRoute::Watch, "/api/v1/watch"),
+        (StreamRoute::Admin, "/api/v1/admin/stream"),
     ]
     .map(|(route, pattern)| (route, ResourceDef::new(pattern)))
 });

@@ -60,7 +60,7 @@ pub(crate) struct ReaderSlot {
 }
 
 /// One stream's place in the limits (its connection, and its first reader), given back on drop.
-pub struct StreamPermit {
+pub(crate) struct StreamPermit {
     _slot: ReaderSlot,
     _stream: OwnedSemaphorePermit,
 }

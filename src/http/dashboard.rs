@@ -21,11 +21,10 @@ use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
 use subtle::ConstantTimeEq;
 
 use crate::edge::origin::same_origin_only;
-use crate::http::api::{
-    AppState, BODY_DEADLINE, authorize_admin_read, has_session, is_loopback_owner, read_body,
-    request_client, take_auth_try,
-};
+use crate::http::admin::{authorize_admin_read, has_session, is_loopback_owner, take_auth_try};
+use crate::http::params::{BODY_DEADLINE, read_body, request_client};
 use crate::http::session;
+use crate::http::state::AppState;
 use crate::refusal::Refusal;
 
 /// Every page's `<head>` and `<body>` around one of the bodies below.

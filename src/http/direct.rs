@@ -1,23 +1,23 @@
 //! Event streams, served straight on the socket: the one front door of the stream routes.
 //!
 //! Every connection a worker of [`crate::http::server`] accepts has its request head read here
-//! first. A `GET` of `/api/v1/connect/{slug}`, `/api/v1/shared/{sid}` or `/api/v1/watch` is
-//! this module's, end to end: it is admitted once (origin, fetch, limits, counting:
-//! [`AppState::open_reader`], [`AppState::open_shared`], [`AppState::open_watch`]) and
-//! answered here, the stream on success and the JSON refusal
-//! ([`crate::http::error::http1_answer`]) otherwise. From then on the connection holds only its socket
-//! and the stream's state. Everything else (beacons, counts, preflights, anything that is
-//! not HTTP) goes to actix-web with the bytes already read.
+//! first. A `GET` of `/api/v1/connect/{slug}`, `/api/v1/shared/{sid}`, `/api/v1/watch` or
+//! `/api/v1/admin/stream` is this module's, end to end: it is admitted once
+//! ([`crate::http::streams::open`]) and answered here, the stream with the one response head
+//! all streams share on success and the JSON refusal ([`crate::http::error::http1_answer`])
+//! otherwise. From then on the connection holds only its socket and the stream's state.
+//! Everything else (beacons, counts, preflights, anything that is not HTTP) goes to actix-web
+//! with the bytes already read.
 //!
 //! Why: actix-http keeps, for the whole life of a connection, two 8 KiB buffers, the parsed
 //! request and its dispatcher. A stream lives for minutes and sends a few dozen bytes now and
 //! then; those were most of its memory.
 
 use std::borrow::Cow;
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
@@ -25,12 +25,13 @@ use std::time::{Duration, SystemTime};
 use actix_service::Service;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
-use futures_util::stream::LocalBoxStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::edge::headers::Headers;
-use crate::http::api::{AppState, StreamRequest};
+use crate::http::state::AppState;
+use crate::http::streams::lifecycle::Body;
+use crate::http::streams::{self, Kind, StreamRequest};
 use crate::refusal::Refusal;
 
 /// What a head's buffer starts with; a browser's stream request fits.
@@ -43,6 +44,7 @@ pub(crate) const MAX_HEADERS: usize = 96;
 const CONNECT: &str = "/api/v1/connect/";
 const SHARED: &str = "/api/v1/shared/";
 const WATCH: &str = "/api/v1/watch";
+const ADMIN_STREAM: &str = "/api/v1/admin/stream";
 /// A stream's client sends nothing after its request; this much more from it (a flood on a
 /// held stream) closes the connection.
 pub(crate) const MAX_CLIENT_BYTES_AFTER_HEAD: usize = 1024;
@@ -50,13 +52,11 @@ pub(crate) const MAX_CLIENT_BYTES_AFTER_HEAD: usize = 1024;
 /// A connection as this module hands it to actix-web, with the peer's address.
 pub(crate) type Handed = (Replay, Option<SocketAddr>);
 
-type Body = LocalBoxStream<'static, Result<Bytes, Infallible>>;
-
 /// One connection, from its first byte to its close.
 pub(crate) async fn serve<S>(
     io: TcpStream,
     peer: SocketAddr,
-    state: &AppState,
+    state: &Arc<AppState>,
     head_timeout: Duration,
     fallback: &S,
 ) where
@@ -74,9 +74,11 @@ pub(crate) async fn serve<S>(
             // Boxed: the admission's futures are large and short-lived; the stream that
             // follows should not carry their size for its whole life.
             match Box::pin(answer(state, peer, &head[..len])).await {
-                Answer::Stream(response, body) => {
+                Answer::Stream(response, body, kind) => {
                     drop(head);
-                    let _gauge = Gauge::count(&state.direct_streams);
+                    let _gauge = kind
+                        .holds_a_place()
+                        .then(|| Gauge::count(&state.direct_streams));
                     stream(io, response, body).await;
                     return;
                 }
@@ -137,8 +139,8 @@ fn head_length(bytes: &[u8]) -> Option<Result<usize, ()>> {
 
 /// What the head asks of this module.
 enum Answer {
-    /// An admitted stream: its response head and body.
-    Stream(BytesMut, Body),
+    /// An admitted stream: its response head, body and kind.
+    Stream(BytesMut, Body, Kind),
     /// A stream request refused: the whole answer.
     Refused(Bytes),
     /// Not a stream request: actix-web's.
@@ -147,7 +149,7 @@ enum Answer {
 
 /// Parses the head and answers it if it asks for one of the stream routes. (Boxed by the
 /// caller, so the header array is not part of a held stream's future.)
-async fn answer(state: &AppState, peer: SocketAddr, head: &[u8]) -> Answer {
+async fn answer(state: &Arc<AppState>, peer: SocketAddr, head: &[u8]) -> Answer {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(head) {
@@ -157,24 +159,21 @@ async fn answer(state: &AppState, peer: SocketAddr, head: &[u8]) -> Answer {
 }
 
 /// Admits a stream request, or answers why not; [`Answer::NotAStream`] for other routes.
-async fn admit(state: &AppState, peer: SocketAddr, req: &httparse::Request<'_, '_>) -> Answer {
+async fn admit(state: &Arc<AppState>, peer: SocketAddr, req: &httparse::Request<'_, '_>) -> Answer {
     let Some(target) = stream_target(req) else {
         return Answer::NotAStream;
     };
     let headers = &*req.headers;
     let origin = headers.value("origin");
     let allowed = origin.filter(|o| state.origins.is_listed(o));
-    let opened = open(
-        state,
-        peer,
-        target.route,
-        &target.name,
-        target.query,
+    let request = StreamRequest {
+        peer: peer.ip(),
+        name: &target.name,
+        query: target.query,
         headers,
-    )
-    .await;
-    match opened {
-        Ok(body) => Answer::Stream(response_head(allowed), body),
+    };
+    match open(state, target.kind, request).await {
+        Ok(body) => Answer::Stream(response_head(allowed), body, target.kind),
         Err(refusal) => {
             state.count_refusal(&refusal);
             Answer::Refused(crate::http::error::http1_answer(&refusal, allowed))
@@ -182,24 +181,18 @@ async fn admit(state: &AppState, peer: SocketAddr, req: &httparse::Request<'_, '
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Route {
-    Connect,
-    Shared,
-    Watch,
-}
-
 /// A stream request, as its head names it.
 #[derive(Debug)]
 pub(crate) struct StreamTarget<'b> {
-    pub(crate) route: Route,
-    /// The slug (`Connect`) or the shared stream's id (`Shared`); empty for `Watch`.
+    /// Which kind of stream the route opens.
+    pub(crate) kind: Kind,
+    /// The slug (`Reader`) or the shared stream's id (`Shared`); empty for the others.
     pub(crate) name: Cow<'b, str>,
     /// What follows the `?`, as sent.
     pub(crate) query: &'b str,
 }
 
-/// Which stream `req` asks for, if any: a `GET` of one of the three routes, its path
+/// Which stream `req` asks for, if any: a `GET` of one of the four routes, its path
 /// percent-decoded as actix-web's router decodes a path (`%2F`, `%25`, `%2B` stay), so a slug
 /// means here what it means to the actix-web routes (`/leave/{slug}`) beside these.
 pub(crate) fn stream_target<'b>(req: &httparse::Request<'_, 'b>) -> Option<StreamTarget<'b>> {
@@ -223,16 +216,18 @@ pub(crate) fn stream_target<'b>(req: &httparse::Request<'_, 'b>) -> Option<Strea
             Cow::Owned(p) => p.strip_prefix(prefix).map(|n| Cow::Owned(n.to_owned())),
         }
     };
-    let (route, name) = if let Some(slug) = after(CONNECT) {
-        (Route::Connect, slug)
+    let (kind, name) = if let Some(slug) = after(CONNECT) {
+        (Kind::Reader, slug)
     } else if let Some(sid) = after(SHARED).filter(|sid| !sid.is_empty() && !sid.contains('/')) {
-        (Route::Shared, sid)
+        (Kind::Shared, sid)
     } else if path == WATCH {
-        (Route::Watch, Cow::Borrowed(""))
+        (Kind::Watch, Cow::Borrowed(""))
+    } else if path == ADMIN_STREAM {
+        (Kind::Admin, Cow::Borrowed(""))
     } else {
         return None;
     };
-    Some(StreamTarget { route, name, query })
+    Some(StreamTarget { kind, name, query })
 }
 
 /// What this module makes of the bytes a connection starts with, up to where the server's
@@ -281,31 +276,18 @@ pub(crate) fn inspect(bytes: &[u8]) -> Inspected<'_> {
     }
 }
 
+/// A stream request without a body or protocol switch, admitted by its kind's rules.
 async fn open(
-    state: &AppState,
-    peer: SocketAddr,
-    route: Route,
-    name: &str,
-    query: &str,
-    headers: &[httparse::Header<'_>],
+    state: &Arc<AppState>,
+    kind: Kind,
+    request: StreamRequest<'_>,
 ) -> Result<Body, Refusal> {
-    if !is_plain(headers) {
+    if !is_plain(request.headers) {
         return Err(Refusal::BadRequest(
             "a stream request has no body and no protocol switch".into(),
         ));
     }
-    state.origins.check(headers)?;
-    let request = StreamRequest {
-        peer: peer.ip(),
-        name,
-        query,
-        headers,
-    };
-    Ok(match route {
-        Route::Connect => state.open_reader(request).await?.boxed_local(),
-        Route::Shared => state.open_shared(request)?.boxed_local(),
-        Route::Watch => state.open_watch(request).await?.boxed_local(),
-    })
+    streams::open(state, kind, request).await
 }
 
 /// Writes a refusal and closes the connection.
@@ -339,8 +321,9 @@ fn is_plain(headers: &[httparse::Header<'_>]) -> bool {
     no_length && headers.value("transfer-encoding").is_none() && headers.value("upgrade").is_none()
 }
 
-/// What actix-web with the CORS middleware would send, except that the body is delimited by
-/// the connection's close rather than chunked: one write of the shared bytes per event.
+/// The head of every stream's response: what actix-web with the CORS middleware would send,
+/// except that the body is delimited by the connection's close rather than chunked: one write
+/// of the shared bytes per event.
 fn response_head(origin: Option<&[u8]>) -> BytesMut {
     let mut head = BytesMut::with_capacity(384);
     head.put_slice(
@@ -368,7 +351,7 @@ fn response_head(origin: Option<&[u8]>) -> BytesMut {
 /// is cut off.
 async fn stream(io: TcpStream, mut head: BytesMut, mut body: Body) {
     // The first event is ready at once: send it with the head.
-    if let Some(Ok(first)) = body.next().await {
+    if let Some(first) = body.next().await {
         head.put_slice(&first);
     }
     if write_all(&io, &head).await.is_err() {
@@ -386,7 +369,7 @@ async fn stream(io: TcpStream, mut head: BytesMut, mut body: Body) {
                 }
             }
             event = body.next() => match event {
-                Some(Ok(bytes)) => {
+                Some(bytes) => {
                     if write_all(&io, &bytes).await.is_err() {
                         return;
                     }
@@ -506,9 +489,9 @@ mod tests {
     }
 
     /// The route and name of a head, as `inspect` sees them.
-    fn target_of(head: &str) -> Option<(Route, String)> {
+    fn target_of(head: &str) -> Option<(Kind, String)> {
         match inspect(head.as_bytes()) {
-            Inspected::Stream { target, .. } => Some((target.route, target.name.into_owned())),
+            Inspected::Stream { target, .. } => Some((target.kind, target.name.into_owned())),
             _ => None,
         }
     }
@@ -518,11 +501,11 @@ mod tests {
         let get = |target: &str| target_of(&format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n"));
         assert_eq!(
             get("/api/v1/conn%65ct/2024%2F05/a%5Fb?view=x"),
-            Some((Route::Connect, "2024%2F05/a_b".into()))
+            Some((Kind::Reader, "2024%2F05/a_b".into()))
         );
         assert_eq!(
             get("/api/v1/watch?slug=a"),
-            Some((Route::Watch, String::new()))
+            Some((Kind::Watch, String::new()))
         );
         assert_eq!(get("/api/v1/shared/a/b"), None);
         // Found by the direct_head fuzz target: `{sid}` is never empty to actix-web, so an
@@ -533,7 +516,7 @@ mod tests {
         // the query.
         assert_eq!(
             get("/api/v1/connect/alpha#x?y"),
-            Some((Route::Connect, "alpha".into()))
+            Some((Kind::Reader, "alpha".into()))
         );
         let query = |head: &str| match inspect(head.as_bytes()) {
             Inspected::Stream { target, .. } => Some(target.query.to_owned()),

@@ -1,6 +1,12 @@
-//! Serving HTTP: the worker threads, the direct stream layer, and the actix-web handlers.
+//! Serving HTTP: the worker threads, the direct layer that answers every event stream on the
+//! socket, and the actix-web handlers for everything else.
+//!
+//! Leaves that handlers and streams use (and that use no handler): `state` (the shared
+//! state), `admin` (the admin rule), `params` (query parameters and bodies), `session`,
+//! `sse` (the wire format), `error` (how a refusal is answered, by either layer). Handler
+//! modules never import each other.
 
-pub(crate) mod admin_stream;
+pub(crate) mod admin;
 pub(crate) mod api;
 pub(crate) mod assets;
 pub(crate) mod badge;
@@ -8,9 +14,11 @@ pub(crate) mod dashboard;
 pub(crate) mod direct;
 pub(crate) mod error;
 pub(crate) mod owner;
+pub(crate) mod params;
 pub mod scheduling;
 pub(crate) mod server;
 pub(crate) mod session;
-pub(crate) mod shared;
 pub mod sse;
+pub(crate) mod state;
+pub(crate) mod streams;
 pub(crate) mod watch;

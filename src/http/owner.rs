@@ -1,7 +1,7 @@
 //! What the owner and index pages read: views per day, the numbers of many posts at once, top
 //! posts, a badge, Prometheus metrics, and imports. Nothing here counts a view or wakes a post.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use actix_web::http::header;
@@ -10,8 +10,10 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use crate::edge::origin::same_origin_only;
 use crate::edge::slug::Slug;
 use crate::edge::slug_list::SlugPolicy;
-use crate::http::api::{AppState, authorize_admin, authorize_admin_read, read_body};
+use crate::http::admin::{authorize_admin, authorize_admin_read};
 use crate::http::badge::{self, Label};
+use crate::http::params::{number_param, param, query, read_body, slugs_param};
+use crate::http::state::AppState;
 use crate::import::file::{self, ImportFormat, ParseOptions};
 use crate::import::{self, IMPORT_HEADER, MAX_IMPORT_BYTES, Summary};
 use crate::posts::post::Counts;
@@ -19,8 +21,6 @@ use crate::refusal::Refusal;
 use crate::storage::calendar::Day;
 use crate::storage::writer::ImportMode;
 
-/// Posts one `counts` or `watch` request may name.
-pub(crate) const MAX_SLUGS_PER_REQUEST: usize = 100;
 /// Rows one `top` answer may hold.
 pub(crate) const MAX_TOP: usize = 100;
 const DEFAULT_TOP: usize = 10;
@@ -37,50 +37,6 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/top", web::get().to(top))
         .route("/daily", web::get().to(daily))
         .route("/import", web::post().to(import));
-}
-
-/// The query's `name=value` pairs, decoded.
-fn query(req: &HttpRequest) -> Vec<(String, String)> {
-    form_urlencoded::parse(req.query_string().as_bytes())
-        .into_owned()
-        .collect()
-}
-
-fn param<'q>(pairs: &'q [(String, String)], name: &str) -> Option<&'q str> {
-    pairs
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
-/// `name` as a number in `range`, `default` when absent; 400 otherwise.
-fn number_param(
-    pairs: &[(String, String)],
-    name: &str,
-    range: std::ops::RangeInclusive<u32>,
-    default: u32,
-) -> Result<u32, Refusal> {
-    let Some(raw) = param(pairs, name) else {
-        return Ok(default);
-    };
-    raw.parse()
-        .ok()
-        .filter(|n| range.contains(n))
-        .ok_or_else(|| {
-            Refusal::BadRequest(format!(
-                "{name} must be a whole number from {} to {}",
-                range.start(),
-                range.end()
-            ))
-        })
-}
-
-/// A post the policy knows of: on the allow-list, or (any slug) one that has views.
-pub(crate) fn is_listed(state: &AppState, slug: &Slug) -> bool {
-    match &state.slugs {
-        SlugPolicy::Listed(list) => list.contains(slug.as_str()),
-        SlugPolicy::Any(_) => true,
-    }
 }
 
 fn no_store(res: &mut actix_web::HttpResponseBuilder) -> &mut actix_web::HttpResponseBuilder {
@@ -103,7 +59,7 @@ struct History {
 async fn history(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Refusal> {
     authorize_admin_read(&req, &state)?;
     let slug = Slug::parse(req.match_info().get("slug").unwrap_or_default())?;
-    if !is_listed(&state, &slug) {
+    if !state.is_listed(&slug) {
         return Err(Refusal::UnknownPost);
     }
     let days = history_days(&req, &state)?;
@@ -164,24 +120,6 @@ fn day_rows(days: &[Day], views: Vec<u64>) -> Vec<DayRow> {
         .collect()
 }
 
-/// The slugs of a `slug=A&slug=B` query: 1 to 100, each well-formed, repeats dropped.
-pub(crate) fn slugs_param(pairs: &[(String, String)]) -> Result<Vec<Slug>, Refusal> {
-    let mut seen = HashSet::new();
-    let mut slugs = Vec::new();
-    for (_, raw) in pairs.iter().filter(|(k, _)| k == "slug") {
-        let slug = Slug::parse(raw)?;
-        if seen.insert(slug.clone()) {
-            slugs.push(slug);
-        }
-    }
-    if slugs.is_empty() || slugs.len() > MAX_SLUGS_PER_REQUEST {
-        return Err(Refusal::BadRequest(format!(
-            "give 1 to {MAX_SLUGS_PER_REQUEST} slugs as slug=…&slug=…"
-        )));
-    }
-    Ok(slugs)
-}
-
 #[derive(serde::Serialize)]
 struct SlugCounts {
     slug: String,
@@ -194,7 +132,7 @@ struct SlugCounts {
 async fn counts(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Refusal> {
     state.origins.check(req.headers())?;
     let slugs = slugs_param(&query(&req))?;
-    let known: Vec<Slug> = slugs.into_iter().filter(|s| is_listed(&state, s)).collect();
+    let known: Vec<Slug> = slugs.into_iter().filter(|s| state.is_listed(s)).collect();
     let counts = state.registry.counts_of(&known).await?;
     let listed = matches!(state.slugs, SlugPolicy::Listed(_));
     let rows: Vec<SlugCounts> = known
@@ -274,7 +212,7 @@ async fn top_rows(state: &AppState, by: TopBy, limit: usize) -> Result<Vec<TopRo
         TopBy::Total => writer.totals().await.map_err(Refusal::from)?,
         TopBy::Today => today.iter().map(|(s, v)| (s.clone(), *v)).collect(),
     };
-    ranked.retain(|(slug, _)| Slug::parse(slug).is_ok_and(|s| is_listed(state, &s)));
+    ranked.retain(|(slug, _)| Slug::parse(slug).is_ok_and(|s| state.is_listed(&s)));
     ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     ranked.truncate(limit);
     let slugs: Vec<Slug> = ranked
@@ -335,7 +273,7 @@ pub(crate) async fn badge(
         Some(raw) => Label::parse(raw).map_err(|e| Refusal::BadRequest(format!("label: {e}")))?,
         None => Label::default(),
     };
-    if !is_listed(&state, &slug) {
+    if !state.is_listed(&slug) {
         return Err(Refusal::UnknownPost);
     }
     let counts = state

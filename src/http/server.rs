@@ -19,9 +19,9 @@ use actix_web::web;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
-use crate::http::api::AppState;
 use crate::http::direct::{self, Handed};
 use crate::http::scheduling::Scheduling;
+use crate::http::state::AppState;
 
 /// After accepting failed for want of descriptors or memory, accepting pauses this long: the
 /// kernel queue holds new connections meanwhile, and streams closing give descriptors back.

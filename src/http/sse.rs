@@ -1,19 +1,12 @@
-//! Server-Sent Events on the wire: the first event, heartbeat and shutdown hint, and the body
-//! stream of one reader. The events a post broadcasts are encoded by the post
-//! ([`crate::posts::update`]).
+//! Server-Sent Events on the wire: the event encodings every stream sends (each stream's life
+//! is [`crate::http::streams::lifecycle`]).
 
-use std::convert::Infallible;
 use std::io::Write;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::Stream;
-use tokio::sync::watch;
 
-use crate::edge::limits::StreamPermit;
 use crate::edge::reader_id::ReaderId;
-use crate::posts::post::{Counts, Departure};
-use crate::posts::update::Update;
-use crate::shutdown::Shutdown;
+use crate::posts::post::Counts;
 
 /// Browsers wait this long before reconnecting a dropped stream.
 pub const RETRY_MS: u32 = 2_000;
@@ -48,67 +41,6 @@ pub fn shutdown_event() -> Bytes {
     let _ = getrandom::fill(&mut jitter);
     let ms = SHUTDOWN_RETRY_MS.start + u32::from_le_bytes(jitter) % span;
     Bytes::from(format!(": server restarting\nretry: {ms}\n\n"))
-}
-
-/// The signals every stream listens to besides its post.
-pub struct Signals {
-    pub heartbeat: watch::Receiver<()>,
-    pub shutdown: Shutdown,
-}
-
-impl Signals {
-    /// Receivers for a new stream: only heartbeats and shutdowns from now on count.
-    pub fn subscribe(&self) -> Self {
-        let mut heartbeat = self.heartbeat.clone();
-        heartbeat.mark_unchanged();
-        Self {
-            heartbeat,
-            shutdown: self.shutdown.clone(),
-        }
-    }
-}
-
-struct ReaderStream {
-    first: Option<Bytes>,
-    updates: watch::Receiver<Update>,
-    signals: Signals,
-    _departure: Departure,
-    /// The stream's place in the limits, given back when it ends.
-    _permit: StreamPermit,
-}
-
-/// The body of one reader's response: the first event, then shared update events and
-/// heartbeats, until the client goes or the server shuts down.
-pub fn reader_stream(
-    first: Bytes,
-    updates: watch::Receiver<Update>,
-    signals: Signals,
-    departure: Departure,
-    permit: StreamPermit,
-) -> impl Stream<Item = Result<Bytes, Infallible>> + 'static {
-    let state = ReaderStream {
-        first: Some(first),
-        updates,
-        signals,
-        _departure: departure,
-        _permit: permit,
-    };
-    futures_util::stream::unfold(Some(state), |state| async move {
-        let mut st = state?;
-        if let Some(first) = st.first.take() {
-            return Some((Ok(first), Some(st)));
-        }
-        tokio::select! {
-            biased;
-            () = st.signals.shutdown.started() => Some((Ok(shutdown_event()), None)),
-            Ok(()) = st.updates.changed() => {
-                let event = st.updates.borrow_and_update().plain.clone();
-                Some((Ok(event), Some(st)))
-            }
-            Ok(()) = st.signals.heartbeat.changed() => Some((Ok(HEARTBEAT), Some(st))),
-            else => None,
-        }
-    })
 }
 
 #[cfg(test)]

@@ -1,11 +1,11 @@
 //! Watching posts: their numbers, live, without a view or a live reader (index pages showing
 //! "3 reading now" beside each title). Two ways in:
 //!
-//! - `GET /api/v1/watch?slug=A&slug=B…` (1 to 100 posts): a stream of its own, served by
-//!   [`crate::http::direct`] like the other streams and under the same rules (origin, fetch,
+//! - `GET /api/v1/watch?slug=A&slug=B…` (1 to 100 posts): a stream of its own, admitted by
+//!   [`crate::http::streams`] like the other streams and under the same rules (origin, fetch,
 //!   `--ip-stream-limit`, `--max-streams`, heartbeat): `{"slug","live","total"}` once per post
 //!   at once, then whenever its numbers change.
-//! - `POST /api/v1/shared/{sid}/watch`: the posts a shared stream watches from now on, so the
+//! - `POST /api/v1/shared/{sid}/watch` (this module's handler): the posts a shared stream watches from now on, so the
 //!   script's one stream per browser carries its tabs' watched posts beside their readers.
 //!   Body (text/plain): the request's number, then the slugs, one per line. Numbers rise with
 //!   each request of a stream; one arriving after a higher-numbered one changes nothing.
@@ -18,12 +18,9 @@ use std::collections::HashSet;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use crate::edge::limits::ClientKey;
 use crate::edge::slug::{MAX_SLUG_LEN, Slug};
-use crate::http::api::{AppState, StreamRequest, read_beacon, request_client, shared_handle};
-use crate::http::owner::slugs_param;
-use crate::http::shared::SharedStream;
-use crate::posts::post::Watched;
+use crate::http::params::{read_beacon, request_client, shared_handle};
+use crate::http::state::AppState;
 use crate::refusal::Refusal;
 
 /// Posts one shared stream may watch: the tabs of a browser together, two index pages' worth.
@@ -31,46 +28,12 @@ pub(crate) const MAX_WATCHED_PER_SHARED: usize = 200;
 /// A shared watch body holding that many slugs of the longest kind, and its number.
 pub(crate) const MAX_WATCH_BODY: usize = MAX_WATCHED_PER_SHARED * (MAX_SLUG_LEN + 1) + 32;
 
-impl AppState {
-    /// `GET /api/v1/watch`: admitted, its posts followed, its body ready to send. The origin is
-    /// checked by the caller.
-    pub(crate) async fn open_watch(&self, req: StreamRequest<'_>) -> Result<SharedStream, Refusal> {
-        self.origins.check_fetch(req.headers)?;
-        let pairs: Vec<(String, String)> = form_urlencoded::parse(req.query.as_bytes())
-            .into_owned()
-            .collect();
-        let slugs = slugs_param(&pairs)?;
-        self.refuse_when_stopping()?;
-        let client = self.client_key(Some(req.peer), req.headers);
-        let permit = self.limits.acquire(client)?;
-        let watched = self.follow(slugs, client).await?;
-        Ok(SharedStream::watching(
-            watched,
-            self.signals.subscribe(),
-            permit,
-        ))
-    }
-
-    /// Each of `slugs` that exists, followed, in the order given.
-    async fn follow(
-        &self,
-        slugs: Vec<Slug>,
-        client: ClientKey,
-    ) -> Result<Vec<(Slug, Watched)>, Refusal> {
-        let asked = futures_util::future::join_all(slugs.into_iter().map(|slug| async move {
-            let Some(admission) = self.slugs.admission(&slug, client) else {
-                return Ok(None);
-            };
-            let watched = self.registry.watch(&slug, &admission).await?;
-            Ok(watched.map(|watched| (slug, watched)))
-        }))
-        .await;
-        asked.into_iter().filter_map(Result::transpose).collect()
-    }
+pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/shared/{sid}/watch", web::post().to(shared_watch));
 }
 
 /// `POST /shared/{sid}/watch`: replaces the posts the shared stream watches.
-pub(crate) async fn shared_watch(
+async fn shared_watch(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,

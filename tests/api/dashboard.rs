@@ -391,6 +391,101 @@ async fn the_admin_stream_starts_with_every_post_then_carries_arrivals_and_depar
     drop((again, new));
 }
 
+/// The direct layer answers the dashboard's stream as it answers every stream: the same head
+/// (close-delimited, never chunked), its first event, its rows, heartbeats between (and the
+/// retry hint when the server stops, below). It takes no place in the limits.
+#[actix_web::test]
+async fn the_admin_stream_has_the_head_and_the_life_of_every_stream() {
+    let app = spawn_app_configured(|c| {
+        c.heartbeat = Duration::from_millis(200);
+        c.origins = origins(&["https://blog.example"]);
+    })
+    .await;
+    let req = Req::get("/api/v1/admin/stream").origin("https://blog.example");
+    let mut stream = app.open(req).await;
+    assert_eq!(stream.status, 200, "{:?}", stream.headers);
+    assert_eq!(stream.header("content-type"), Some("text/event-stream"));
+    assert_eq!(stream.header("cache-control"), Some("no-store"));
+    assert_eq!(stream.header("x-accel-buffering"), Some("no"));
+    assert_eq!(
+        stream.header("access-control-allow-origin"),
+        Some("https://blog.example")
+    );
+    assert_eq!(stream.header("transfer-encoding"), None);
+    assert_eq!(stream.header("connection"), Some("close"));
+
+    let first = stream.next_event().await;
+    assert_eq!(first.retry, Some(2000), "{first:?}");
+    let snapshot = next_snapshot(&mut stream).await;
+    assert_eq!(row_of(&snapshot, "alpha"), Some((0, 0, 0)), "{snapshot}");
+
+    let reader = app.join("alpha").await;
+    await_row(&mut stream, "alpha", (1, 1, 1), ARRIVAL).await;
+    let quiet = stream.events_within(Duration::from_millis(700)).await;
+    assert!(quiet.iter().any(SseEvent::is_heartbeat), "{quiet:?}");
+    assert_eq!(app.stat("direct_streams").await, 1, "the reader's only");
+    assert_eq!(app.stat("streams").await, 1, "the reader's only");
+    drop(reader);
+}
+
+/// Refused on the socket, as every stream is, with the answer and headers of the other admin
+/// routes, and on the same budget of failed authentications.
+#[actix_web::test]
+async fn the_admin_stream_refuses_with_www_authenticate_and_retry_after_from_the_shared_budget() {
+    let app = spawn_app_configured(with_token).await;
+    let stream = || Req::get("/api/v1/admin/stream").header("Accept", "text/event-stream");
+    let bearer = |req: Req, token: &str| req.header("Authorization", format!("Bearer {token}"));
+
+    let none = app.send(stream()).await;
+    none.assert_json_error(401);
+    assert_eq!(none.header("www-authenticate"), Some("Bearer"), "{none:?}");
+    assert_eq!(none.header("connection"), Some("close"), "{none:?}");
+
+    let guesser = "203.0.113.44";
+    for i in 0..10 {
+        let res = app
+            .send(bearer(stream(), "not-the-token").client_ip(guesser))
+            .await;
+        res.assert_json_error(401);
+        assert_eq!(res.header("www-authenticate"), Some("Bearer"), "try {i}");
+    }
+    let right = app.send(bearer(stream(), ADMIN).client_ip(guesser)).await;
+    right.assert_json_error(429);
+    let wait: u64 = right
+        .header("retry-after")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("Retry-After in seconds: {right:?}"));
+    assert!((1..=6).contains(&wait), "one try back within 6 s: {wait}");
+    let totals = bearer(Req::get("/api/v1/totals"), ADMIN).client_ip(guesser);
+    app.send(totals).await.assert_json_error(429);
+
+    let mut other = app
+        .open(bearer(stream(), ADMIN).client_ip("203.0.113.45"))
+        .await;
+    assert_eq!(other.status, 200, "{:?}", other.headers);
+    next_snapshot(&mut other).await;
+}
+
+/// Without a token the stream is the owner's at the machine: a loopback peer naming a loopback
+/// host, never a page on a rebinding name or a request through a proxy.
+#[actix_web::test]
+async fn without_a_token_the_admin_stream_refuses_a_rebinding_host() {
+    let app = spawn_app().await;
+    let port = app.addr.port();
+    for host in [format!("localhost:{port}"), format!("[::1]:{port}")] {
+        let req = Req::get("/api/v1/admin/stream").header("Host", &host);
+        let mut stream = app.open(req).await;
+        assert_eq!(stream.status, 200, "{host}: {:?}", stream.headers);
+        next_snapshot(&mut stream).await;
+    }
+    for host in ["rebind.attacker.example", "localhost.attacker.example:8080"] {
+        let req = Req::get("/api/v1/admin/stream").header("Host", host);
+        app.send(req).await.assert_json_error(401);
+    }
+    let proxied = Req::get("/api/v1/admin/stream").client_ip("127.0.0.1");
+    app.send(proxied).await.assert_json_error(401);
+}
+
 #[actix_web::test]
 async fn today_stays_right_across_an_import_and_a_new_day() {
     let (app, clock) = spawn_at(1_772_927_940, |_| {}).await; // 2026-03-07T23:59:00Z

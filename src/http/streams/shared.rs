@@ -19,7 +19,6 @@
 //! members, only its watched posts.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -31,10 +30,9 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamMap;
 use tokio_stream::wrappers::WatchStream;
 
-use crate::edge::limits::{ClientKey, ReaderSlot, StreamLimits, StreamPermit};
+use crate::edge::limits::{ClientKey, ReaderSlot, StreamLimits};
 use crate::edge::reader_id::{Presence, ReaderId};
 use crate::edge::slug::Slug;
-use crate::http::sse::{self, Signals};
 use crate::posts::post::{Departure, Watched, Watcher};
 use crate::posts::update::Update;
 use crate::refusal::Refusal;
@@ -215,13 +213,7 @@ impl SharedStreams {
 
     /// Opens a stream under `sid`; an older stream with the same id (a reconnect the server has
     /// not yet seen drop) stays open but can no longer be joined.
-    pub(crate) fn open(
-        self: &Arc<Self>,
-        sid: ReaderId,
-        signals: Signals,
-        permit: StreamPermit,
-        limits: Arc<StreamLimits>,
-    ) -> SharedStream {
+    pub(crate) fn open(self: &Arc<Self>, sid: ReaderId, limits: Arc<StreamLimits>) -> SharedStream {
         let (tx, rx) = mpsc::unbounded_channel();
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let handle = Handle {
@@ -236,7 +228,7 @@ impl SharedStreams {
             sid,
             id,
         };
-        SharedStream::new(Some(registration), rx, signals, permit)
+        SharedStream::new(Some(registration), rx)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Handle)>> {
@@ -303,51 +295,38 @@ impl Stream for Watching {
     }
 }
 
-/// The body of a shared stream: members' first events as they join, then their updates, the
-/// watched posts' numbers, heartbeats, and a `retry:` hint on shutdown.
+/// What a shared stream sends: members' first events as they join, then their updates, and
+/// the watched posts' numbers.
 pub(crate) struct SharedStream {
-    /// `None` for a watch stream, which has no id.
-    registration: Option<Registration>,
-    ended: bool,
+    /// Keeps the stream joinable under its id while it lives; `None` for a watch stream,
+    /// which has no id.
+    _registration: Option<Registration>,
+    /// Members' first events, sent before any update.
     queue: VecDeque<Bytes>,
+    /// Joins, leaves and watch changes from the handlers.
     commands: mpsc::UnboundedReceiver<Command>,
     /// Polled from a random member each time, so a busy post cannot starve the others.
     members: StreamMap<(Slug, Presence), Attached>,
+    /// The posts watched, by slug.
     watched: StreamMap<Slug, Watching>,
-    heartbeat: WatchStream<()>,
-    shutdown: WatchStream<bool>,
-    _permit: StreamPermit,
 }
 
 impl SharedStream {
-    fn new(
-        registration: Option<Registration>,
-        commands: mpsc::UnboundedReceiver<Command>,
-        signals: Signals,
-        permit: StreamPermit,
-    ) -> Self {
+    fn new(registration: Option<Registration>, commands: mpsc::UnboundedReceiver<Command>) -> Self {
         Self {
-            registration,
-            ended: false,
-            queue: VecDeque::from([sse::shared_start()]),
+            _registration: registration,
+            queue: VecDeque::new(),
             commands,
             members: StreamMap::new(),
             watched: StreamMap::new(),
-            heartbeat: WatchStream::from_changes(signals.heartbeat),
-            shutdown: signals.shutdown.into_stream(),
-            _permit: permit,
         }
     }
 
     /// A watch stream (`GET /api/v1/watch`): these posts' numbers at once, then as they change.
-    pub(crate) fn watching(
-        watched: Vec<(Slug, Watched)>,
-        signals: Signals,
-        permit: StreamPermit,
-    ) -> Self {
+    pub(crate) fn watching(watched: Vec<(Slug, Watched)>) -> Self {
         // Nobody can send it commands: the sender goes at once.
         let (_, commands) = mpsc::unbounded_channel();
-        let mut stream = Self::new(None, commands, signals, permit);
+        let mut stream = Self::new(None, commands);
         stream.start_watching(watched);
         stream
     }
@@ -387,40 +366,26 @@ impl SharedStream {
     }
 }
 
+/// Never ends by itself: the stream ends with its connection or the server.
 impl Stream for SharedStream {
-    type Item = Result<Bytes, Infallible>;
+    type Item = Bytes;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         let this = &mut *self;
-        if this.ended {
-            return Poll::Ready(None);
-        }
-        // Polled until pending, so the stream is woken when the signal fires.
-        while let Poll::Ready(Some(fired)) = this.shutdown.poll_next_unpin(cx) {
-            if fired {
-                // Ends after this event; members depart with the stream.
-                this.ended = true;
-                this.registration = None;
-                return Poll::Ready(Some(Ok(sse::shutdown_event())));
-            }
-        }
         while let Poll::Ready(Some(command)) = this.commands.poll_recv(cx) {
             this.apply(command);
         }
         if let Some(first) = this.queue.pop_front() {
-            return Poll::Ready(Some(Ok(first)));
+            return Poll::Ready(Some(first));
         }
         // A member whose post went away under it (cannot happen while it is attached) is
         // dropped by the map; no members left is `Ready(None)`, which is no event either.
         if let Poll::Ready(Some((_, update))) = this.members.poll_next_unpin(cx) {
-            return Poll::Ready(Some(Ok(update.tagged)));
+            return Poll::Ready(Some(update.tagged));
         }
         if let Poll::Ready(Some((_, update))) = this.watched.poll_next_unpin(cx) {
-            return Poll::Ready(Some(Ok(update.tagged)));
+            return Poll::Ready(Some(update.tagged));
         }
-        match this.heartbeat.poll_next_unpin(cx) {
-            Poll::Ready(Some(())) => Poll::Ready(Some(Ok(sse::HEARTBEAT))),
-            _ => Poll::Pending,
-        }
+        Poll::Pending
     }
 }

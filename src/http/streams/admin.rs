@@ -1,6 +1,7 @@
 //! `GET /api/v1/admin/stream`: the owner's dashboard, live, over one stream. First a
 //! `snapshot` event (every post: reading now, today, all-time), then one message per post
-//! whose numbers moved, fed by the registry's change feed ([`crate::posts::changes`]).
+//! whose numbers moved, fed by the registry's change feed ([`crate::posts::changes`]). This is
+//! its content; admission (the admin rule) is [`crate::http::streams`]'.
 //!
 //! "Today" is worked out here rather than asked of the writer on every change: the snapshot
 //! reads each post's total and today's views at one point of the writer's queue, and from then
@@ -11,20 +12,18 @@
 //! and its announced totals (`Change::Live`, and `Change::Post` from the cluster listener).
 
 use std::collections::HashMap;
-use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::http::header;
-use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::Stream;
+use futures_util::StreamExt;
+use futures_util::stream::LocalBoxStream;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 
 use crate::edge::slug::Slug;
 use crate::edge::slug_list::SlugPolicy;
-use crate::http::api::{AppState, authorize_admin_read};
-use crate::http::owner::is_listed;
-use crate::http::sse::{self, HEARTBEAT, Signals};
+use crate::http::sse;
+use crate::http::state::AppState;
 use crate::posts::changes::Change;
 use crate::posts::cluster_port::Counting;
 use crate::posts::post::Counts;
@@ -108,7 +107,7 @@ impl Board {
         // total: otherwise each of its broadcasts would be news, or count all-time as today.
         for (raw, total) in totals {
             match Slug::parse(&raw) {
-                Ok(slug) if is_listed(state, &slug) || live.contains_key(&slug) => {
+                Ok(slug) if state.is_listed(&slug) || live.contains_key(&slug) => {
                     posts.entry(slug).or_default().total = total;
                 }
                 _ => {}
@@ -202,89 +201,72 @@ fn error_event(e: &Refusal) -> Bytes {
     Bytes::from(format!("event: unavailable\ndata: {body}\n\n"))
 }
 
-pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/admin/stream", web::get().to(admin_stream));
-}
-
-/// The stream holds no place in `--max-streams` or the per-client budgets: only the owner
-/// can open it, and a reader's budget should not be taken by the dashboard.
-async fn admin_stream(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, Refusal> {
-    authorize_admin_read(&req, &state)?;
-    state.refuse_when_stopping()?;
+/// The dashboard's first event (the reconnect delay, then the snapshot) and the rows that
+/// follow it. The stream holds no place in `--max-streams` or the per-client budgets: only
+/// the owner can open it, and a reader's budget should not be taken by the dashboard.
+pub(crate) async fn board(
+    state: &Arc<AppState>,
+) -> Result<(Bytes, LocalBoxStream<'static, Bytes>), Refusal> {
     // Subscribed before the snapshot is read: nothing falls between the two.
     let feed = state.registry.changes().subscribe();
-    let board = Board::read(&state).await?;
+    let board = Board::read(state).await?;
     let mut first = BytesMut::new();
     first.put_slice(&sse::shared_start());
     first.put_slice(&board.event());
-    let signals = state.signals.subscribe();
-    let body = live(AdminStream {
-        state: state.into_inner(),
+    let rows = AdminStream {
+        state: Arc::clone(state),
         feed,
         board,
-        signals,
-        first: Some(first.freeze()),
-    });
-    Ok(HttpResponse::Ok()
-        .content_type("text/event-stream")
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(body))
+    };
+    Ok((first.freeze(), rows.into_stream()))
 }
 
+/// The board as it follows the change feed.
 struct AdminStream {
-    state: std::sync::Arc<AppState>,
+    /// Where snapshots are read from.
+    state: Arc<AppState>,
+    /// Every post's changes, subscribed before the first snapshot was read.
     feed: broadcast::Receiver<Change>,
+    /// What the dashboard shows now.
     board: Board,
-    signals: Signals,
-    first: Option<Bytes>,
 }
 
 /// What woke the stream.
 enum Wake {
     Change(Result<Change, RecvError>),
-    Heartbeat,
     DayCheck,
-    Shutdown,
-}
-
-fn live(stream: AdminStream) -> impl Stream<Item = Result<Bytes, Infallible>> + 'static {
-    futures_util::stream::unfold(Some(stream), |stream| async move {
-        let mut st = stream?;
-        if let Some(first) = st.first.take() {
-            return Some((Ok(first), Some(st)));
-        }
-        loop {
-            let day_check = st.state.calendar.until_tomorrow().unwrap_or(DAY_CHECK);
-            let wake = tokio::select! {
-                biased;
-                () = st.signals.shutdown.started() => Wake::Shutdown,
-                change = st.feed.recv() => Wake::Change(change),
-                Ok(()) = st.signals.heartbeat.changed() => Wake::Heartbeat,
-                () = tokio::time::sleep(day_check.min(DAY_CHECK)) => Wake::DayCheck,
-            };
-            let out = match wake {
-                Wake::Shutdown => return Some((Ok(sse::shutdown_event()), None)),
-                Wake::Heartbeat => Some(Ok(HEARTBEAT)),
-                Wake::DayCheck if st.state.calendar.today() == st.board.day => None,
-                Wake::DayCheck => Some(st.resync().await),
-                Wake::Change(Err(RecvError::Closed)) => return None,
-                Wake::Change(first) => st.changes(first).await,
-            };
-            match out {
-                Some(Ok(bytes)) => return Some((Ok(bytes), Some(st))),
-                // The board could not be read: say why and end; the browser comes back.
-                Some(Err(e)) => return Some((Ok(error_event(&e)), None)),
-                None => continue,
-            }
-        }
-    })
 }
 
 impl AdminStream {
+    /// The rows as a stream, which holds the work under way (a snapshot being read) between
+    /// polls: the stream's heartbeats and shutdown do not cut it short.
+    fn into_stream(self) -> LocalBoxStream<'static, Bytes> {
+        futures_util::stream::unfold(Some(self), |stream| async move {
+            let mut st = stream?;
+            loop {
+                let day_check = st.state.calendar.until_tomorrow().unwrap_or(DAY_CHECK);
+                let wake = tokio::select! {
+                    biased;
+                    change = st.feed.recv() => Wake::Change(change),
+                    () = tokio::time::sleep(day_check.min(DAY_CHECK)) => Wake::DayCheck,
+                };
+                let out = match wake {
+                    Wake::DayCheck if st.state.calendar.today() == st.board.day => None,
+                    Wake::DayCheck => Some(st.resync().await),
+                    Wake::Change(Err(RecvError::Closed)) => return None,
+                    Wake::Change(first) => st.changes(first).await,
+                };
+                match out {
+                    Some(Ok(bytes)) => return Some((bytes, Some(st))),
+                    // The board could not be read: say why and end; the browser comes back.
+                    Some(Err(e)) => return Some((error_event(&e), None)),
+                    None => continue,
+                }
+            }
+        })
+        .boxed_local()
+    }
+
     /// A new snapshot, as its event.
     async fn resync(&mut self) -> Result<Bytes, Refusal> {
         self.board = Board::read(&self.state).await?;
