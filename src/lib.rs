@@ -3,37 +3,35 @@
 //! A reader's page opens a Server-Sent Events stream per post; opening it is the view, and
 //! every reader of that post is pushed `{live,total}` as people arrive and leave.
 //!
-//! The layout, by layer, from the edge inwards; a layer calls only the ones below it:
-//! - [`cli`]: the command line: the flags of `serve`, `export` and `import` (each also read
-//!   from `VIEWCOUNTER_*`), and the `export` and `import` commands, from the file or through
-//!   the running server (the import itself is `import`'s).
-//! - [`config`]: the typed settings, built once from the command line (`TryFrom<ServeArgs>`)
-//!   or directly ([`config::Config::new`]: the defaults, no environment read).
-//! - [`startup`]: [`Application::build`] takes a [`config::Config`], binds and wires everything once;
-//!   [`Application::run_until`] serves until told to stop, then drains and flushes; one
-//!   shutdown signal (`shutdown`) reaches every part.
+//! The layout, by layer, top to bottom; a module calls only modules below it (CI checks there
+//! are no cycles: `.ci/cycles.py src`), and a lower layer that needs something from above
+//! defines a port (a trait) that the upper one implements:
+//! - [`cli`], [`config`], [`startup`] (and `fuzzing`, the fuzz targets' way in, not an API):
+//!   the command line (each flag also read from `VIEWCOUNTER_*`, defaults stated once), the
+//!   `export` and `import` commands (from the file, or through the server that holds it or
+//!   that `--url` names); the typed settings, built once from the command line
+//!   (`TryFrom<ServeArgs>`) or directly ([`config::Config::new`]: the defaults); and
+//!   [`Application::build`], which checks a [`config::Config`] once, binds and wires
+//!   everything; [`Application::run_until`] serves until told to stop, then drains, ends the
+//!   background tasks through the one shutdown signal (`shutdown`) and flushes.
 //! - [`http`]: serving. `server`: the worker threads, each accepting on the shared listener;
 //!   `direct`: each connection's head is read there, the four stream routes are answered (or
 //!   refused) on the socket itself, the rest goes to actix-web; `streams`: the one admission
 //!   (a function per kind: reader, shared, watch, the dashboard's) and the one `lifecycle`
 //!   (first event, heartbeats, shutdown hint, place in the limits) around each kind's content
 //!   (`reader`, `shared`: one stream carrying the readers of many tabs, or posts watched
-//!   without counting; `admin`: the dashboard's rows); the handlers: `api` (the readers'
-//!   `/api/v1` beacons), `watch` (what a shared stream watches), `owner` (what the owner and
-//!   index pages read: history, counts, top, `badge`, metrics, imports), `dashboard` (the
-//!   owner's page at `/admin`, its login and the `session` cookie); the leaves they share:
-//!   `state`, `admin` (the admin rule), `params` (parameters and bodies), [`http::sse`] (the
-//!   wire format), `error` (a refusal answered as JSON by either layer); `assets`: the
-//!   embedded script and page.
-//! - [`edge`]: input validated once ([`edge::slug`], [`edge::reader_id`]), the request
-//!   headers both layers read, and who may count and how much: `slug_list` (which posts
-//!   exist), `origin`, [`edge::client_ip`], `limits`.
-//! - [`cluster`] (`--redis`): several nodes on one Redis, above the posts. Posts count views
-//!   through it (one Lua script per view, the outbox in the redb file while Redis does not
-//!   answer) and merge other nodes' live readers, but only through their port
-//!   (`posts::cluster_port`), which the cluster implements; its tasks (heartbeat, pub/sub,
-//!   replay) reach the posts through the registry; `cluster::store` is the writer's `Store` on
-//!   Redis for the owner's reads. Its [`cluster::Settings`] are built by [`config`].
+//!   without counting; `admin`: the dashboard's rows); the handlers, which never call each
+//!   other: `api` (the readers' `/api/v1` beacons), `watch` (what a shared stream watches),
+//!   `owner` (what the owner and index pages read: history, counts, top, `badge`, metrics,
+//!   imports), `dashboard` (the owner's page at `/admin`, its login and the `session`
+//!   cookie); the leaves they share: `state`, `admin` (the admin rule), `params` (parameters
+//!   and bodies), [`http::sse`] (the wire format), `error` (the one renderer of a refusal, for
+//!   actix-web and the direct layer alike); `assets`: the embedded script and page.
+//! - [`cluster`] (`--redis`): several nodes on one Redis. It implements the posts' counting
+//!   port (`posts::cluster_port`: one Lua script per view, the outbox in the redb file while
+//!   Redis does not answer, other nodes' live readers); its tasks (heartbeat, pub/sub, replay)
+//!   reach the posts through the registry; `cluster::store` is the writer's `Store` on Redis
+//!   for the owner's reads. Its [`cluster::Settings`] are built by [`config`].
 //! - [`posts`]: `registry`: slug → post actor, woken on the first reader, asleep when idle;
 //!   [`posts::post`]: one actor per post, coalesced broadcast of a [`posts::update::Update`]
 //!   (encoded once, shared by every stream; also told to `changes`, the registry-wide feed
@@ -42,14 +40,17 @@
 //!   cluster.
 //! - [`storage`]: [`storage::writer`]: the debounced writer thread, flushing deltas (totals
 //!   and days) to a [`storage::store::Store`] (redb); [`storage::calendar`]: the day a view
-//!   is counted on, and the clock. No command line here: `cli` spells its flags' values.
-//!   Beside it, `import`: the one import, for `cli` and `http` alike: the file parsers
-//!   (`import::file`), the plan the writer applies, and the summary.
-//! - Beside them: `metrics` (Prometheus series), [`memory`] (giving freed memory back after a
-//!   wave of readers, which glibc's malloc keeps otherwise; the threads it empties are
-//!   handed to it, it knows no layer above), [`secret`] (the admin token and the `--redis`
-//!   URL, which never print their secrets; every layer may use it), and `fuzzing` (the fuzz
-//!   targets' way in to internals; not an API).
+//!   is counted on, and the clock; the largest count (`MAX_COUNT`). Beside it, `import`: the
+//!   one import, for `cli` and `http` alike: the file parsers (`import::file`), the plan the
+//!   writer applies, and the summary.
+//! - [`edge`]: input validated once ([`edge::slug`], [`edge::reader_id`]), the request
+//!   headers both layers read, and who may count and how much: `slug_list` (which posts
+//!   exist), `origin`, [`edge::client_ip`], `limits`.
+//! - Leaves: `refusal` (the one refusal type every layer returns), `metrics` (Prometheus
+//!   series), `shutdown` (the one signal and the task group it ends), [`memory`] (giving freed
+//!   memory back after a wave of readers, which glibc's malloc keeps otherwise; the threads it
+//!   empties are handed to it), [`secret`] (the admin token and the `--redis` URL, which never
+//!   print their secrets).
 
 #![warn(unreachable_pub)]
 
