@@ -325,6 +325,36 @@ impl ValueEnum for ImportFormat {
     }
 }
 
+impl ValueEnum for ClientIpHeader {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Self::XForwardedFor, Self::Forwarded]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            Self::XForwardedFor => PossibleValue::new("x-forwarded-for").help(
+                "`X-Forwarded-For`, with `X-Forwarded-Proto`: nginx, Caddy, HAProxy `option forwardfor`",
+            ),
+            Self::Forwarded => PossibleValue::new("forwarded")
+                .help("RFC 7239 `Forwarded`, its `for=` and `proto=`: HAProxy `option forwarded`"),
+        })
+    }
+}
+
+impl ValueEnum for Scheduling {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Self::Batch, Self::Normal]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            Self::Batch => PossibleValue::new("batch")
+                .help("`SCHED_BATCH`: a worker woken by another does not preempt it"),
+            Self::Normal => PossibleValue::new("normal").help("The system's default policy"),
+        })
+    }
+}
+
 impl ServeArgs {
     /// The defaults plus `args`, as if given after `viewcounter serve`; used by tests and
     /// embedders that build a configuration in code.

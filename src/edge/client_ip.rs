@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use crate::edge::headers::Headers;
 
 /// The header a trusted proxy names the client (and the scheme it was reached by) in.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ClientIpHeader {
     /// `X-Forwarded-For`, with `X-Forwarded-Proto`: nginx, Caddy, HAProxy `option forwardfor`.
     #[default]

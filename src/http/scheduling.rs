@@ -9,9 +9,7 @@
 //! tick. Measured on the 2-core bench machine (BENCHMARKS.md): less server CPU per view, more
 //! views per second, and a shorter fan-out.
 
-use clap::ValueEnum;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Scheduling {
     /// `SCHED_BATCH`: a worker woken by another does not preempt it.
     #[default]
