@@ -99,9 +99,14 @@ impl Message for Watch {
     type Result = Result<Watched, Asleep>;
 }
 
-/// What a watcher gets: the post's updates (the current state first) and the guard that lets
-/// the post sleep once nobody watches it.
+/// What a watcher gets: the post's state now, its updates from then on, and the guard that
+/// lets the post sleep once nobody watches it.
 pub struct Watched {
+    /// The post's numbers when the watch began. Not the channel's value: between two
+    /// coalesced broadcasts that is up to 250 ms older than the state (readers, too, start
+    /// from the state, [`Joined::counts`]).
+    pub first: Update,
+    /// Marked seen as of `first`: it yields only broadcasts made after it.
     pub updates: watch::Receiver<Update>,
     pub watcher: Watcher,
 }
@@ -542,6 +547,7 @@ impl Handler<Watch> for Post {
         }
         self.state.observe();
         Ok(Watched {
+            first: Update::new(&self.slug, self.counts()),
             updates: self.updates.subscribe(),
             watcher: Watcher {
                 post: ctx.address(),

@@ -51,6 +51,19 @@ async fn a_watch_sends_each_posts_numbers_at_once_then_every_change_and_counts_n
     assert_eq!(app.totals().await, rows(&[("alpha", 1), ("beta", 1)]));
 }
 
+/// Issue 21: a watch started between two coalesced broadcasts showed the older one first (and
+/// the real numbers up to 250 ms later); readers start from the post's state, so must a watch.
+#[actix_web::test]
+async fn a_watchs_first_event_is_the_posts_state_even_between_two_broadcasts() {
+    let app = spawn_app().await;
+    // The first join is broadcast at once; the second, within the coalescing interval, waits.
+    let _a = app.join("gamma").await;
+    let b = app.join("gamma").await;
+    assert_eq!(b.first.total, 2, "both counted");
+    let mut watching = open_tagged(&app, watch(&["gamma"])).await;
+    assert_eq!(next_tagged(&mut watching, 1).await, [t("gamma", 2, 2)]);
+}
+
 #[actix_web::test]
 async fn a_watch_stream_keeps_its_heartbeat() {
     let app = spawn_app_configured(|c| c.heartbeat = Duration::from_millis(200)).await;

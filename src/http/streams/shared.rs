@@ -274,6 +274,9 @@ impl Stream for Attached {
 /// A watched post's updates (its current numbers first), holding the guard that keeps the
 /// post awake: dropped when the post is no longer watched or the stream ends.
 struct Watching {
+    /// The post's state when the watch began, sent first.
+    first: Option<Update>,
+    /// The broadcasts after it.
     updates: WatchStream<Update>,
     _watcher: Watcher,
 }
@@ -281,7 +284,8 @@ struct Watching {
 impl Watching {
     fn new(watched: Watched) -> Self {
         Self {
-            updates: WatchStream::new(watched.updates),
+            first: Some(watched.first),
+            updates: WatchStream::from_changes(watched.updates),
             _watcher: watched.watcher,
         }
     }
@@ -291,6 +295,9 @@ impl Stream for Watching {
     type Item = Update;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Update>> {
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(first));
+        }
         self.updates.poll_next_unpin(cx)
     }
 }
