@@ -63,28 +63,43 @@ fn authenticate(req: &impl Caller, state: &AppState, rule: Session) -> Result<()
         return Err(Refusal::Unauthorized);
     }
     let client = request_client(req, state);
-    take_auth_try(state, client)
-        .map_err(|retry_after| Refusal::TooManyAuthFailures { retry_after })?;
-    let right = bearer.is_some_and(|given| bool::from(given.as_bytes().ct_eq(token.as_bytes())))
-        || cookie.is_some_and(|value| {
-            session::is_valid(token, value, state.calendar.clock().now_unix())
-        });
+    let right = attempt(state, client, || {
+        bearer.is_some_and(|given| is_the_token(token, given))
+            || cookie.is_some_and(|value| {
+                session::is_valid(token, value, state.calendar.clock().now_unix())
+            })
+    })
+    .map_err(|retry_after| Refusal::TooManyAuthFailures { retry_after })?;
     if right {
-        state.auth_failures.give_back(client);
         Ok(())
     } else {
         Err(Refusal::Unauthorized)
     }
 }
 
-/// Takes one try of `client`'s failed-authentication share, to be given back if the
-/// credentials turn out right; when it is used up, how long to wait, in whole seconds rounded
-/// up (a client that waits what it is told gets its try).
-pub(crate) fn take_auth_try(state: &AppState, client: ClientKey) -> Result<(), Duration> {
+/// One authentication attempt of `client` (any admin route, or the login form): takes a try
+/// from its share of [`AppState::auth_failures`] before `right` compares the credentials, and
+/// gives it back when they are right. `Err`: the share is used up; how long to wait, in whole
+/// seconds rounded up (a client that waits what it is told gets its try).
+pub(crate) fn attempt(
+    state: &AppState,
+    client: ClientKey,
+    right: impl FnOnce() -> bool,
+) -> Result<bool, Duration> {
     state.auth_failures.try_take(client).map_err(|wait| {
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         Duration::from_secs(secs.max(1))
-    })
+    })?;
+    let right = right();
+    if right {
+        state.auth_failures.give_back(client);
+    }
+    Ok(right)
+}
+
+/// Whether `given` is the admin token, compared in constant time.
+pub(crate) fn is_the_token(token: &str, given: &str) -> bool {
+    bool::from(given.as_bytes().ct_eq(token.as_bytes()))
 }
 
 /// Whether the request carries a valid session cookie (only with a token configured). Takes

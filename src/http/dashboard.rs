@@ -18,10 +18,11 @@ use std::time::Duration;
 
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
-use subtle::ConstantTimeEq;
 
 use crate::edge::origin::same_origin_only;
-use crate::http::admin::{authorize_admin_read, has_session, is_loopback_owner, take_auth_try};
+use crate::http::admin::{
+    attempt, authorize_admin_read, has_session, is_loopback_owner, is_the_token,
+};
 use crate::http::params::{BODY_DEADLINE, read_body, request_client};
 use crate::http::session;
 use crate::http::state::AppState;
@@ -208,15 +209,15 @@ async fn login(
     }
     // Taken only now, with the token in hand and nothing awaited before it is compared.
     let client = request_client(&req, &state);
-    if let Err(retry_after) = take_auth_try(&state, client) {
-        return too_many_attempts(At::Login, retry_after);
+    match attempt(&state, client, || is_the_token(token, &given)) {
+        Err(retry_after) => return too_many_attempts(At::Login, retry_after),
+        Ok(false) => {
+            let message = "Wrong token. It is the value given to <code>--admin-token</code> \
+                           (or <code>VIEWCOUNTER_ADMIN_TOKEN</code>).";
+            return login_page(StatusCode::UNAUTHORIZED, At::Login, Some(message));
+        }
+        Ok(true) => {}
     }
-    if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
-        let message = "Wrong token. It is the value given to <code>--admin-token</code> \
-                       (or <code>VIEWCOUNTER_ADMIN_TOKEN</code>).";
-        return login_page(StatusCode::UNAUTHORIZED, At::Login, Some(message));
-    }
-    state.auth_failures.give_back(client);
     let value = session::issue(token, state.calendar.clock().now_unix());
     let secure = came_over_https(&req, &state);
     see_other(Some(session::set_cookie(&value, secure)))
