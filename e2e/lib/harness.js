@@ -22,7 +22,7 @@ const UA =
 
 /** The posts the blog has; the counter's allow-list. */
 const SLUGS = [
-  'alpha', 'beta', 'gamma', 'astro-alpha', 'astro-beta', 'turbo-alpha', 'turbo-beta', 'htmx-alpha', 'htmx-beta',
+  'alpha', 'beta', 'gamma', 'astro-alpha', 'astro-beta', 'turbo-alpha', 'turbo-beta', 'htmx-alpha', 'htmx-beta', 'spa-alpha', 'spa-beta',
   'shift', 'my-first-post', 'delta', 'my-second-post', 'my-third-post',
 ];
 
