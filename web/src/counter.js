@@ -62,7 +62,7 @@
   let watching = []; // the posts it watches, from the last scan
   // slug -> the last numbers heard for it: a router's or a framework's new element is filled
   // from here, and the leader hands a new watcher the numbers of posts already watched.
-  const known = {};
+  const known = Object.create(null); // no prototype: a post may be called "constructor"
   let observer; // the MutationObserver (README: "Following the page")
   let rescanTimer;
 
