@@ -308,8 +308,10 @@
     stopLeading();
     leave();
     scanWatches(true); // tells the leader; the list is kept for a restore
-    // Also drops the claim that our own LEAVE just armed.
+    // Also drops the claim that our own LEAVE just armed, and a pending rescan (it would post
+    // on the closed channel).
     clearTimeout(electionTimer);
+    clearTimeout(rescanTimer);
     claiming = false;
     channel.close();
   }
