@@ -19,12 +19,27 @@ const HTMX4 = path.join(h.E2E, 'node_modules/htmx4/dist');
 
 let browser, blog, blog4, counter, ctx, astroBuilt;
 
+/** A post of site/spa/: its router (site/spa/router.js) swaps the <article> and nothing else. */
+const spaPost = (post, next) => `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">
+<title>${post} (spa) · a tiny blog</title><link rel="stylesheet" href="/style.css">
+<script src="/spa/router.js" defer></script>
+<script src="__COUNTER__/counter.js" async></script>
+</head><body>
+<article data-viewcounter-slug="spa-${post}">
+<nav><a id="next" href="/spa/${next}.html">${next} →</a><a id="self" href="/spa/${post}.html">this post again</a></nav>
+<h1>${post}</h1>
+<p class="views"><span data-viewcounter="live">–</span> reading now · <span data-viewcounter="total">–</span> views</p>
+</article>
+</body></html>`;
+
 before(async () => {
   const started = Date.now();
   const astro = h.buildAstro();
   astroBuilt = Date.now() - started;
   browser = await h.launchBrowser();
-  blog = await h.startBlog({ counter: 'http://127.0.0.1:9', extra: { '/astro/': astro, ...h.VENDOR } });
+  const spa = { '/spa/alpha.html': spaPost('alpha', 'beta'), '/spa/beta.html': spaPost('beta', 'alpha') };
+  blog = await h.startBlog({ counter: 'http://127.0.0.1:9', extra: { '/astro/': astro, ...h.VENDOR, ...spa } });
   blog4 = await h.startBlog({ counter: 'http://127.0.0.1:9', extra: { ...h.VENDOR, '/vendor/htmx/': HTMX4 } });
 });
 after(async () => {
