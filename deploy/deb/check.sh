@@ -21,7 +21,8 @@
 #    (ProtectSystem= ...) are not applied. The listen address is set the way an
 #    owner would, in the installed environment file (a free port: 8080 may be taken here).
 #    Checked: /healthz, one view (a reader's stream), `viewcounter export` through the running
-#    server, and, once the server has stopped, from the file in the state directory.
+#    server, and, once the server has stopped, the README's export command (as root) from the
+#    file in the state directory.
 # 4. `dpkg -r` keeps the totals and the edited environment file; `dpkg --purge` removes both.
 #
 # It refuses to run where viewcounter is installed or /var/lib/viewcounter exists: it would
@@ -195,8 +196,10 @@ say "export (server): $slug,1"
 kill -TERM "$server_pid"
 wait "$server_pid" || fail "the server exited with status $? on SIGTERM"
 server_pid=
-unit_command /usr/bin/$pkg export
-"${cmd[@]}" >"$tmp/export.csv" 2>"$tmp/export.err"
+# The README's command ("Install"), as root, the server stopped: from the file.
+sh -c 'set -a; . /etc/viewcounter/viewcounter.env
+    exec viewcounter export --db /var/lib/viewcounter/viewcounter.redb' \
+    >"$tmp/export.csv" 2>"$tmp/export.err"
 cat "$tmp/export.err"
 grep -q "from the file /var/lib/$state_dir/" "$tmp/export.err" ||
     fail "export did not read the state directory"
@@ -204,7 +207,7 @@ grep -qx "$slug,1" "$tmp/export.csv" || { cat "$tmp/export.csv"; fail "export ha
 db=/var/lib/private/$state_dir/$pkg.redb
 [ "$(stat -c '%u %a' "$db")" = "$uid 600" ] ||
     fail "$db: $(stat -c 'owner %u, mode %a' "$db"), not the unit's user's alone"
-say "export (file, after SIGTERM): $slug,1; $db is uid $uid's, mode 600"
+say "export (README's command, the file, after SIGTERM): $slug,1; $db is uid $uid's, mode 600"
 
 # --- 4. removed, then purged ---
 say "dpkg -r"
