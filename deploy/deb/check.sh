@@ -34,7 +34,7 @@ say() { printf -- '-- %s\n' "$*"; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
 pkg=viewcounter
-# cargo-deb pinned for CI; `cargo install` skips it when this version is installed already.
+# cargo-deb, pinned: installed below only when `cargo deb --version` names another.
 cargo_deb_version=3.8.0
 
 [ "$(id -u)" -eq 0 ] || fail "run as root (dpkg -i, a system user's state directory)"
