@@ -284,43 +284,54 @@ fn pieces(parsed: &Parsed, limit: usize) -> Vec<String> {
             slug: slug.as_str().to_owned(),
             total,
         });
-        in_pieces(
-            rows,
-            |row| &row.slug,
-            limit,
-            |rows| render(rows, Format::Csv),
-        )
+        in_pieces(rows, limit)
     } else {
         let rows = parsed.days.iter().map(|((slug, day), &views)| DayRow {
             slug: slug.as_str().to_owned(),
             day: day.to_string(),
             views,
         });
-        in_pieces(
-            rows,
-            |row| &row.slug,
-            limit,
-            |rows| render_days(rows, Format::Csv),
-        )
+        in_pieces(rows, limit)
     }
 }
 
-fn in_pieces<T>(
-    rows: impl Iterator<Item = T>,
-    slug: impl Fn(&T) -> &str,
-    limit: usize,
-    render: impl Fn(&[T]) -> String,
-) -> Vec<String> {
+/// A row `export` writes, as a piece carries it.
+trait PieceRow: Sized {
+    fn slug(&self) -> &str;
+    fn render(rows: &[Self]) -> String;
+}
+
+impl PieceRow for Row {
+    fn slug(&self) -> &str {
+        &self.slug
+    }
+
+    fn render(rows: &[Self]) -> String {
+        render(rows, Format::Csv)
+    }
+}
+
+impl PieceRow for DayRow {
+    fn slug(&self) -> &str {
+        &self.slug
+    }
+
+    fn render(rows: &[Self]) -> String {
+        render_days(rows, Format::Csv)
+    }
+}
+
+fn in_pieces<T: PieceRow>(rows: impl Iterator<Item = T>, limit: usize) -> Vec<String> {
     // A row's longest line: its slug, a day and a count of up to 19 digits, with separators;
     // and room for the header.
-    let longest = |row: &T| slug(row).len() + 32;
+    let longest = |row: &T| row.slug().len() + 32;
     let room = limit.saturating_sub(64);
     let mut out = Vec::new();
     let mut piece = Vec::new();
     let mut bytes = 0;
     for row in rows {
         if bytes + longest(&row) > room && !piece.is_empty() {
-            out.push(render(&piece));
+            out.push(T::render(&piece));
             piece.clear();
             bytes = 0;
         }
@@ -328,7 +339,7 @@ fn in_pieces<T>(
         piece.push(row);
     }
     if !piece.is_empty() {
-        out.push(render(&piece));
+        out.push(T::render(&piece));
     }
     out
 }
@@ -381,5 +392,61 @@ impl<'a> Server<'a> {
     /// Best effort: the session may be gone already.
     async fn delete(&self, path: &str) {
         let _ = self.request(awc::http::Method::DELETE, path).send().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::import::file::ImportFormat;
+
+    fn parse(text: &str) -> Parsed {
+        let options = ParseOptions {
+            format: Some(ImportFormat::Csv),
+            path_prefix: None,
+            timezone: &TimeZone::UTC,
+        };
+        file::parse(text, &options).expect("a good file")
+    }
+
+    #[test]
+    fn rows_go_in_pieces_no_larger_than_the_limit_that_read_back_as_the_whole() {
+        let mut text = String::from("slug,day,views\n");
+        for post in 0..40 {
+            for day in 1..=28 {
+                text.push_str(&format!("post-{post},2026-02-{day:02},{post}\n"));
+            }
+        }
+        let whole = parse(&text);
+        let limit = 4096;
+
+        let split = pieces(&whole, limit);
+
+        assert!(split.len() > 5, "{}", split.len());
+        let mut days = std::collections::BTreeMap::new();
+        for piece in &split {
+            assert!(piece.len() <= limit, "{}", piece.len());
+            assert!(piece.starts_with("slug,day,views\n"), "{piece}");
+            days.extend(parse(piece).days);
+        }
+        assert_eq!(days, whole.days);
+
+        let totals = parse("slug,total\na,1\nb,2\n");
+        assert_eq!(pieces(&totals, limit), ["slug,total\na,1\nb,2\n"]);
+        assert!(pieces(&parse("slug,total\n"), limit).is_empty());
+    }
+
+    #[test]
+    fn progress_says_rows_rate_share_and_time_left() {
+        let second = Duration::from_secs(1);
+        assert_eq!(
+            progress_line(200_000, 25, Some(100), 2 * second),
+            "200000 rows, 100000 rows/s, 25%, 6 s left"
+        );
+        // Standard input has no size to go by.
+        assert_eq!(
+            progress_line(5000, 25, None, second),
+            "5000 rows, 5000 rows/s"
+        );
     }
 }
