@@ -156,8 +156,10 @@ impl<R: Read> Read for Progress<R> {
             self.drawn = Instant::now();
             let elapsed = self.started.elapsed();
             if n == 0 && self.shown {
+                // The last line stays; the reader may ask again at the end, it is said once.
+                self.shown = false;
                 eprintln!(
-                    "\r{}\x1b[K",
+                    "\r{}, read; applying\x1b[K",
                     progress_line(self.rows, self.bytes, self.size, elapsed)
                 );
             } else if n > 0 && elapsed >= PROGRESS_EVERY {
