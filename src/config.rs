@@ -19,6 +19,7 @@ use crate::cluster;
 use crate::edge::client_ip::TrustedProxies;
 use crate::edge::origin::{OriginError, OriginPolicy};
 use crate::http::scheduling::Scheduling;
+use crate::import::session;
 use crate::secret::{RedisUrl, Secret};
 use crate::storage::calendar::Clock;
 use crate::storage::writer::FlushPolicy;
@@ -77,6 +78,8 @@ pub struct Config {
     pub clock: Clock,
     /// Cluster mode (`--redis`); `None`: one node on its own file.
     pub cluster: Option<cluster::Settings>,
+    /// An import sent in pieces is dropped, unapplied, after this long without a piece.
+    pub import_idle: Duration,
 }
 
 /// The shortest `--admin-token` accepted: a token is guessed against every admin route, and a
@@ -144,6 +147,7 @@ impl Config {
             scheduling: Scheduling::default(),
             clock: Clock::default(),
             cluster: None,
+            import_idle: session::DEFAULT_IDLE,
         }
     }
 
@@ -249,6 +253,7 @@ impl TryFrom<ServeArgs> for Config {
                 node_id: args.node_id,
                 timeout: args.redis_timeout.into(),
             }),
+            import_idle: session::DEFAULT_IDLE,
         })
     }
 }

@@ -47,6 +47,14 @@ pub enum Refusal {
     TooManyNewPosts { retry_after: Duration },
     #[error("server is at its stream capacity")]
     AtCapacity { retry_after: Duration },
+    /// An import session's piece or commit after it ended (committed, refused, dropped idle).
+    #[error(
+        "no such import session (it expired, was refused, or is done); nothing of it was applied"
+    )]
+    NoImportSession,
+    /// Another import session is open: one at a time.
+    #[error("another import is under way; try again when it is done or has gone idle")]
+    ImportBusy { retry_after: Duration },
     #[error("server is shutting down")]
     ShuttingDown,
     /// The db file cannot be read right now; the writer logs the cause, throttled.
@@ -78,6 +86,8 @@ impl Refusal {
             Self::TooManyStreams { .. } => "ip_stream_limit",
             Self::TooManyNewPosts { .. } => "ip_new_post_rate",
             Self::AtCapacity { .. } => "capacity",
+            Self::NoImportSession => "no_import_session",
+            Self::ImportBusy { .. } => "import_busy",
             Self::ShuttingDown => "shutting_down",
             Self::StorageUnavailable => "storage_unavailable",
             Self::Internal(_) => "internal",
@@ -90,7 +100,8 @@ impl Refusal {
             Self::TooManyStreams { retry_after }
             | Self::TooManyNewPosts { retry_after }
             | Self::TooManyAuthFailures { retry_after }
-            | Self::AtCapacity { retry_after } => Some(*retry_after),
+            | Self::AtCapacity { retry_after }
+            | Self::ImportBusy { retry_after } => Some(*retry_after),
             Self::ShuttingDown => Some(Duration::from_secs(2)),
             Self::StorageUnavailable => Some(Duration::from_secs(5)),
             _ => None,
@@ -103,7 +114,11 @@ impl Refusal {
             Self::BadSlug(_) | Self::BadReaderId(_) | Self::BadBody | Self::BadRequest(_) => 400,
             Self::BodyTooLarge(_) => 413,
             Self::BodyTimeout(_) => 408,
-            Self::UnknownPost | Self::SlugCapReached | Self::NoSharedStream => 404,
+            Self::UnknownPost
+            | Self::SlugCapReached
+            | Self::NoSharedStream
+            | Self::NoImportSession => 404,
+            Self::ImportBusy { .. } => 409,
             Self::OriginNotAllowed | Self::NotAFetch(_) | Self::CrossSite(_) => 403,
             Self::Unauthorized => 401,
             Self::TooManyStreams { .. }

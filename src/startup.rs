@@ -33,6 +33,7 @@ use crate::http::owner;
 use crate::http::server::{Server, Settings};
 use crate::http::state::AppState;
 use crate::http::streams::lifecycle::Signals;
+use crate::import::session::Sessions;
 use crate::metrics::Metrics;
 use crate::posts::cluster_port::Counting;
 use crate::posts::registry::Registry;
@@ -159,6 +160,7 @@ impl Application {
             calendar,
             metrics,
             auth_failures: AuthFailureRate::auth_failures(),
+            imports: Sessions::new(config.import_idle),
             slugs: slug_policy(&config.posts, existing),
             origins: config.origins.clone(),
             proxies: config.trusted_proxies.clone(),

@@ -1,16 +1,20 @@
-//! `viewcounter import FILE`: views brought in from a file (read by `crate::import`),
-//! written to the db file when no server holds it, or sent to the running server's
-//! `POST /api/v1/import` when one does, so that the server's posts and the file agree; with
-//! `--url`, sent to that server and nothing else. With `--redis`, written to the cluster's
+//! `viewcounter import FILE`: views brought in from a file (read by `crate::import` as it
+//! streams by, any size), written to the db file when no server holds it, or sent to the
+//! running server in pieces of an import session (`POST /api/v1/import/sessions`) when one
+//! does, so that the server's posts and the file agree; with `--url`, sent to that server and
+//! nothing else. With `--redis`, written to the cluster's
 //! Redis (whose nodes announce the new totals). The summary says which one it was.
 
-use std::io::Read;
-use std::time::Duration;
+use std::io::{BufReader, IsTerminal, Read};
+use std::time::{Duration, Instant};
 
-use crate::cli::ImportArgs;
-use crate::cli::export::{Source, error_of};
-use crate::import::file::{self, ParseOptions};
-use crate::import::{self, IMPORT_HEADER, MAX_IMPORT_BYTES, Summary};
+use jiff::tz::TimeZone;
+
+use crate::cli::export::{DayRow, Row, Source, error_of, render, render_days};
+use crate::cli::{Format, ImportArgs};
+use crate::http::owner::ImportSession;
+use crate::import::file::{self, ParseOptions, Parsed};
+use crate::import::{self, IMPORT_HEADER, Summary};
 use crate::metrics::Metrics;
 use crate::storage::calendar::{Calendar, Clock};
 use crate::storage::store::{self, RedbStore, Store};
@@ -25,8 +29,6 @@ pub enum ImportError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path} is larger than {MAX_IMPORT_BYTES} bytes")]
-    TooLarge { path: String },
     #[error("{path}: {reason}")]
     Invalid { path: String, reason: String },
     #[error("cannot write {db}: {reason}")]
@@ -72,21 +74,11 @@ fn destination(args: &ImportArgs) -> Source {
 
 /// Imports `args.file`; the summary (and, for a dry run, every change) to print.
 pub async fn import(args: &ImportArgs) -> Result<String, ImportError> {
-    let text = read_file(args)?;
     let to = destination(args);
     let summary = if let Source::Server { url, held } = &to {
-        send(args, url, held, text).await?
+        send(args, url, held).await?
     } else {
-        let path = args.file.display().to_string();
-        let options = ParseOptions {
-            format: args.format,
-            path_prefix: args.path_prefix.as_deref(),
-            timezone: &args.timezone,
-        };
-        let parsed = file::parse(&text, &options).map_err(|e| ImportError::Invalid {
-            path,
-            reason: e.to_string(),
-        })?;
+        let parsed = read_file(args, &args.timezone)?;
         let skipped = parsed.skipped;
         let report = write(args, import::plan(parsed, args.mode, args.dry_run)).await?;
         Summary { report, skipped }
@@ -94,28 +86,105 @@ pub async fn import(args: &ImportArgs) -> Result<String, ImportError> {
     Ok(summary.describe(args.dry_run, &to))
 }
 
-fn read_file(args: &ImportArgs) -> Result<String, ImportError> {
+/// The file read as it streams by, its views added up per post and day in `timezone`.
+fn read_file(args: &ImportArgs, timezone: &TimeZone) -> Result<Parsed, ImportError> {
     let path = args.file.display().to_string();
-    let mut bytes = Vec::new();
-    let read = if args.file.as_os_str() == "-" {
-        std::io::stdin()
-            .take(MAX_IMPORT_BYTES as u64 + 1)
-            .read_to_end(&mut bytes)
+    let input: (Box<dyn Read>, Option<u64>) = if args.file.as_os_str() == "-" {
+        (Box::new(std::io::stdin()), None)
     } else {
-        std::fs::File::open(&args.file)
-            .and_then(|f| f.take(MAX_IMPORT_BYTES as u64 + 1).read_to_end(&mut bytes))
+        let opened = std::fs::File::open(&args.file).and_then(|f| {
+            let size = f.metadata()?.len();
+            Ok((Box::new(f) as Box<dyn Read>, Some(size)))
+        });
+        opened.map_err(|source| ImportError::Read {
+            path: path.clone(),
+            source,
+        })?
     };
-    read.map_err(|source| ImportError::Read {
-        path: path.clone(),
-        source,
-    })?;
-    if bytes.len() > MAX_IMPORT_BYTES {
-        return Err(ImportError::TooLarge { path });
-    }
-    String::from_utf8(bytes).map_err(|_| ImportError::Invalid {
+    let options = ParseOptions {
+        format: args.format,
+        path_prefix: args.path_prefix.as_deref(),
+        timezone,
+    };
+    let progress = Progress::new(input.0, input.1, std::io::stderr().is_terminal());
+    let read = file::read(BufReader::with_capacity(256 * 1024, progress), &options);
+    read.map_err(|e| ImportError::Invalid {
         path,
-        reason: "not UTF-8 text".into(),
+        reason: e.to_string(),
     })
+}
+
+/// Rows (lines) read, their rate and the time left, redrawn on one line of stderr while a
+/// long file is read; nothing at all when stderr is not a terminal (a log, a pipe). Written
+/// out rather than a progress crate: one line of counts needs none of its machinery.
+struct Progress<R> {
+    inner: R,
+    size: Option<u64>,
+    bytes: u64,
+    rows: u64,
+    shown: bool,
+    on_terminal: bool,
+    started: Instant,
+    drawn: Instant,
+}
+
+/// A file read within this long shows no progress at all; after it, redrawn this often.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
+impl<R> Progress<R> {
+    fn new(inner: R, size: Option<u64>, on_terminal: bool) -> Self {
+        let now = Instant::now();
+        Self {
+            inner,
+            size,
+            bytes: 0,
+            rows: 0,
+            shown: false,
+            on_terminal,
+            started: now,
+            drawn: now,
+        }
+    }
+}
+
+impl<R: Read> Read for Progress<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes += n as u64;
+        self.rows += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+        if self.on_terminal && (n == 0 || self.drawn.elapsed() >= PROGRESS_EVERY) {
+            self.drawn = Instant::now();
+            let elapsed = self.started.elapsed();
+            if n == 0 && self.shown {
+                // The last line stays; the reader may ask again at the end, it is said once.
+                self.shown = false;
+                eprintln!(
+                    "\r{}, read; applying\x1b[K",
+                    progress_line(self.rows, self.bytes, self.size, elapsed)
+                );
+            } else if n > 0 && elapsed >= PROGRESS_EVERY {
+                self.shown = true;
+                eprint!(
+                    "\r{}\x1b[K",
+                    progress_line(self.rows, self.bytes, self.size, elapsed)
+                );
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// `412000 rows, 205000 rows/s, 31%, 4 s left`; without the file's size (standard input),
+/// rows and rate alone.
+fn progress_line(rows: u64, bytes: u64, size: Option<u64>, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64().max(0.001);
+    let mut line = format!("{rows} rows, {:.0} rows/s", rows as f64 / secs);
+    if let Some(size) = size.filter(|&size| size > 0) {
+        let done = (bytes as f64 / size as f64).min(1.0);
+        let left = if done > 0.0 { secs / done - secs } else { 0.0 };
+        line.push_str(&format!(", {:.0}%, {:.0} s left", done * 100.0, left));
+    }
+    line
 }
 
 /// Writes through the same writer a server runs, so an import means the same on the file.
@@ -152,56 +221,234 @@ async fn write(
     report
 }
 
-/// Sends the file as it is to the server at `url`, which reads it with its own time zone.
-async fn send(
-    args: &ImportArgs,
-    url: &str,
-    held: &Option<String>,
-    text: String,
-) -> Result<Summary, ImportError> {
+/// The server's end of an import: a session opened on it, the file read here in the
+/// server's time zone, its rows sent in pieces no larger than the server takes, then
+/// committed, all applied at once. Any failure before the commit leaves nothing applied: a
+/// refused piece ends the session on the server, and one left behind goes idle and is dropped.
+async fn send(args: &ImportArgs, url: &str, held: &Option<String>) -> Result<Summary, ImportError> {
     let failed = |reason: String| ImportError::Server {
         held: held.clone(),
         url: url.to_owned(),
         reason,
     };
+    let server = Server::new(url, args);
     let mut query = form_urlencoded::Serializer::new(String::new());
-    query.append_pair(
-        "mode",
-        if args.mode == ImportMode::Add {
-            "add"
-        } else {
-            "set"
-        },
-    );
+    query.append_pair("mode", mode_name(args.mode));
     if args.dry_run {
         query.append_pair("dry_run", "1");
     }
-    if let Some(format) = args.format {
-        query.append_pair("format", &format.to_string());
-    }
-    if let Some(prefix) = &args.path_prefix {
-        query.append_pair("path_prefix", prefix);
-    }
-    let client = awc::Client::builder().timeout(HTTP_TIMEOUT).finish();
-    let target = format!(
-        "{}/api/v1/import?{}",
-        url.trim_end_matches('/'),
-        query.finish()
-    );
-    let mut req = client
-        .post(target)
-        .content_type("text/plain; charset=utf-8");
-    req = req.insert_header((IMPORT_HEADER, "1"));
-    if let Some(token) = &args.store.admin_token {
-        req = req.bearer_auth(token.expose());
-    }
-    let mut res = req
-        .send_body(text)
+    let session: ImportSession = server
+        .post(
+            &format!("import/sessions?{}", query.finish()),
+            String::new(),
+        )
         .await
-        .map_err(|e| failed(e.to_string()))?;
-    let body = res.body().await.map_err(|e| failed(e.to_string()))?;
-    if !res.status().is_success() {
-        return Err(failed(error_of(res.status(), &body)));
+        .map_err(failed)?;
+    let sessions = format!("import/sessions/{}", session.id);
+    let sent = async {
+        let timezone = crate::cli::time_zone(&session.timezone).map_err(failed)?;
+        let parsed = read_file(args, &timezone)?;
+        for piece in pieces(&parsed, session.piece_bytes) {
+            server
+                .post::<serde_json::Value>(&sessions, piece)
+                .await
+                .map_err(failed)?;
+        }
+        let mut summary: Summary = server
+            .post(&format!("{sessions}/commit"), String::new())
+            .await
+            .map_err(failed)?;
+        // The pieces hold the rows that count; those left out were left out here.
+        summary.skipped = parsed.skipped;
+        Ok(summary)
+    };
+    let summary = sent.await;
+    if summary.is_err() {
+        // Frees what the server staged now rather than when the session goes idle; it
+        // applies nothing either way.
+        server.delete(&sessions).await;
     }
-    serde_json::from_slice(&body).map_err(|e| failed(format!("unexpected answer: {e}")))
+    summary
+}
+
+fn mode_name(mode: ImportMode) -> &'static str {
+    match mode {
+        ImportMode::Add => "add",
+        ImportMode::Set => "set",
+    }
+}
+
+/// The file's rows as `export` writes them (`slug,day,views`, or `slug,total` for a file of
+/// totals), in pieces of at most `limit` bytes.
+fn pieces(parsed: &Parsed, limit: usize) -> Vec<String> {
+    if parsed.days.is_empty() {
+        let rows = parsed.totals.iter().map(|(slug, &total)| Row {
+            slug: slug.as_str().to_owned(),
+            total,
+        });
+        in_pieces(rows, limit)
+    } else {
+        let rows = parsed.days.iter().map(|((slug, day), &views)| DayRow {
+            slug: slug.as_str().to_owned(),
+            day: day.to_string(),
+            views,
+        });
+        in_pieces(rows, limit)
+    }
+}
+
+/// A row `export` writes, as a piece carries it.
+trait PieceRow: Sized {
+    fn slug(&self) -> &str;
+    fn render(rows: &[Self]) -> String;
+}
+
+impl PieceRow for Row {
+    fn slug(&self) -> &str {
+        &self.slug
+    }
+
+    fn render(rows: &[Self]) -> String {
+        render(rows, Format::Csv)
+    }
+}
+
+impl PieceRow for DayRow {
+    fn slug(&self) -> &str {
+        &self.slug
+    }
+
+    fn render(rows: &[Self]) -> String {
+        render_days(rows, Format::Csv)
+    }
+}
+
+fn in_pieces<T: PieceRow>(rows: impl Iterator<Item = T>, limit: usize) -> Vec<String> {
+    // A row's longest line: its slug, a day and a count of up to 19 digits, with separators;
+    // and room for the header.
+    let longest = |row: &T| row.slug().len() + 32;
+    let room = limit.saturating_sub(64);
+    let mut out = Vec::new();
+    let mut piece = Vec::new();
+    let mut bytes = 0;
+    for row in rows {
+        if bytes + longest(&row) > room && !piece.is_empty() {
+            out.push(T::render(&piece));
+            piece.clear();
+            bytes = 0;
+        }
+        bytes += longest(&row);
+        piece.push(row);
+    }
+    if !piece.is_empty() {
+        out.push(T::render(&piece));
+    }
+    out
+}
+
+/// The server's import endpoints, as the admin (`--admin-token`) with [`IMPORT_HEADER`].
+struct Server<'a> {
+    client: awc::Client,
+    base: String,
+    token: Option<&'a str>,
+}
+
+impl<'a> Server<'a> {
+    fn new(url: &str, args: &'a ImportArgs) -> Self {
+        Self {
+            client: awc::Client::builder().timeout(HTTP_TIMEOUT).finish(),
+            base: format!("{}/api/v1", url.trim_end_matches('/')),
+            token: args.store.admin_token.as_ref().map(|t| t.expose()),
+        }
+    }
+
+    fn request(&self, method: awc::http::Method, path: &str) -> awc::ClientRequest {
+        let mut req = self
+            .client
+            .request(method, format!("{}/{path}", self.base))
+            .insert_header((IMPORT_HEADER, "1"));
+        if let Some(token) = self.token {
+            req = req.bearer_auth(token);
+        }
+        req
+    }
+
+    async fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: String,
+    ) -> Result<T, String> {
+        let mut res = self
+            .request(awc::http::Method::POST, path)
+            .content_type("text/plain; charset=utf-8")
+            .send_body(body)
+            .await
+            .map_err(|e| e.to_string())?;
+        let body = res.body().await.map_err(|e| e.to_string())?;
+        if !res.status().is_success() {
+            return Err(error_of(res.status(), &body));
+        }
+        serde_json::from_slice(&body).map_err(|e| format!("unexpected answer: {e}"))
+    }
+
+    /// Best effort: the session may be gone already.
+    async fn delete(&self, path: &str) {
+        let _ = self.request(awc::http::Method::DELETE, path).send().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::import::file::ImportFormat;
+
+    fn parse(text: &str) -> Parsed {
+        let options = ParseOptions {
+            format: Some(ImportFormat::Csv),
+            path_prefix: None,
+            timezone: &TimeZone::UTC,
+        };
+        file::parse(text, &options).expect("a good file")
+    }
+
+    #[test]
+    fn rows_go_in_pieces_no_larger_than_the_limit_that_read_back_as_the_whole() {
+        let mut text = String::from("slug,day,views\n");
+        for post in 0..40 {
+            for day in 1..=28 {
+                text.push_str(&format!("post-{post},2026-02-{day:02},{post}\n"));
+            }
+        }
+        let whole = parse(&text);
+        let limit = 4096;
+
+        let split = pieces(&whole, limit);
+
+        assert!(split.len() > 5, "{}", split.len());
+        let mut days = std::collections::BTreeMap::new();
+        for piece in &split {
+            assert!(piece.len() <= limit, "{}", piece.len());
+            assert!(piece.starts_with("slug,day,views\n"), "{piece}");
+            days.extend(parse(piece).days);
+        }
+        assert_eq!(days, whole.days);
+
+        let totals = parse("slug,total\na,1\nb,2\n");
+        assert_eq!(pieces(&totals, limit), ["slug,total\na,1\nb,2\n"]);
+        assert!(pieces(&parse("slug,total\n"), limit).is_empty());
+    }
+
+    #[test]
+    fn progress_says_rows_rate_share_and_time_left() {
+        let second = Duration::from_secs(1);
+        assert_eq!(
+            progress_line(200_000, 25, Some(100), 2 * second),
+            "200000 rows, 100000 rows/s, 25%, 6 s left"
+        );
+        // Standard input has no size to go by.
+        assert_eq!(
+            progress_line(5000, 25, None, second),
+            "5000 rows, 5000 rows/s"
+        );
+    }
 }

@@ -100,6 +100,8 @@ mod tests {
             Refusal::ShuttingDown,
             Refusal::NotAFetch("Sec-Fetch-Dest is not empty"),
             Refusal::BodyTimeout(after),
+            Refusal::ImportBusy { retry_after: after },
+            Refusal::NoImportSession,
         ];
         for e in refusals {
             let res = e.error_response();

@@ -36,7 +36,14 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/counts", web::get().to(counts))
         .route("/top", web::get().to(top))
         .route("/daily", web::get().to(daily))
-        .route("/import", web::post().to(import));
+        .route("/import", web::post().to(import))
+        .route("/import/sessions", web::post().to(begin_import))
+        .route("/import/sessions/{id}", web::post().to(import_piece))
+        .route("/import/sessions/{id}", web::delete().to(abort_import))
+        .route(
+            "/import/sessions/{id}/commit",
+            web::post().to(commit_import),
+        );
 }
 
 fn no_store(res: &mut actix_web::HttpResponseBuilder) -> &mut actix_web::HttpResponseBuilder {
@@ -344,13 +351,9 @@ fn import_options(
     ))
 }
 
-/// `POST /import?mode=set|add&dry_run=1&format=…&path_prefix=…` (admin), body: the file;
-/// with [`IMPORT_HEADER`], never from another site's page.
-async fn import(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, Refusal> {
+/// What every import request must be: the admin's, with [`IMPORT_HEADER`], and never from
+/// another site's page.
+fn authorize_import(req: &HttpRequest, state: &AppState) -> Result<(), Refusal> {
     same_origin_only(req.headers())?;
     let ours = req
         .headers()
@@ -361,19 +364,45 @@ async fn import(
             "an import needs the header X-Viewcounter-Import: 1 (viewcounter import sends it)",
         ));
     }
-    authorize_admin(&req, &state)?;
-    let (mode, dry_run, format, prefix) = import_options(&query(&req))?;
+    authorize_admin(req, state)
+}
+
+/// An import body, at most [`MAX_IMPORT_BYTES`] within [`IMPORT_DEADLINE`], as text.
+async fn import_body(payload: web::Payload) -> Result<String, Refusal> {
     let body = tokio::time::timeout(IMPORT_DEADLINE, read_body(payload, MAX_IMPORT_BYTES))
         .await
         .map_err(|_| Refusal::BodyTimeout(IMPORT_DEADLINE))??;
-    let text = std::str::from_utf8(&body)
-        .map_err(|_| Refusal::BadRequest("the import file is not UTF-8".into()))?;
+    String::from_utf8(body.to_vec())
+        .map_err(|_| Refusal::BadRequest("the import file is not UTF-8".into()))
+}
+
+/// `POST /import?mode=set|add&dry_run=1&format=…&path_prefix=…` (admin), body: the file;
+/// with [`IMPORT_HEADER`], never from another site's page.
+async fn import(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Refusal> {
+    authorize_import(&req, &state)?;
+    let (mode, dry_run, format, prefix) = import_options(&query(&req))?;
+    let text = import_body(payload).await?;
     let options = ParseOptions {
         format,
         path_prefix: prefix.as_deref(),
         timezone: state.calendar.time_zone(),
     };
-    let parsed = file::parse(text, &options).map_err(|e| Refusal::BadRequest(e.to_string()))?;
+    let parsed = file::parse(&text, &options).map_err(|e| Refusal::BadRequest(e.to_string()))?;
+    apply_import(&state, parsed, mode, dry_run).await
+}
+
+/// Applies an import in one go (the writer's one transaction, or the cluster's one Redis
+/// script) and answers its [`Summary`].
+async fn apply_import(
+    state: &AppState,
+    parsed: file::Parsed,
+    mode: ImportMode,
+    dry_run: bool,
+) -> Result<HttpResponse, Refusal> {
     let skipped = parsed.skipped;
     let plan = import::plan(parsed, mode, dry_run);
     let report = state
@@ -392,6 +421,101 @@ async fn import(
         }
     }
     Ok(no_store(&mut HttpResponse::Ok()).json(Summary { report, skipped }))
+}
+
+/// What opening an import session answers.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct ImportSession {
+    pub id: String,
+    /// The server's `--timezone`: the calendar a GoatCounter file's views go on days in.
+    pub timezone: String,
+    /// The largest piece taken.
+    pub piece_bytes: usize,
+}
+
+/// `POST /import/sessions?mode=set|add&dry_run=1` (as an import): opens the one import
+/// session; its pieces follow, each `slug,day,views` or `slug,total` CSV.
+async fn begin_import(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Refusal> {
+    authorize_import(&req, &state)?;
+    let (mode, dry_run, _, _) = import_options(&query(&req))?;
+    let id = state.imports.begin(mode, dry_run)?;
+    let timezone = state.calendar.time_zone().iana_name().unwrap_or("UTC");
+    Ok(no_store(&mut HttpResponse::Created()).json(ImportSession {
+        id,
+        timezone: timezone.to_owned(),
+        piece_bytes: MAX_IMPORT_BYTES,
+    }))
+}
+
+fn session_id(req: &HttpRequest) -> &str {
+    req.match_info().get("id").unwrap_or_default()
+}
+
+/// `POST /import/sessions/{id}`, body: a piece; staged, or refused with the whole session.
+async fn import_piece(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Refusal> {
+    authorize_import(&req, &state)?;
+    let id = session_id(&req);
+    let staged = match import_body(payload).await {
+        Ok(text) => {
+            // A piece of up to 10 MiB is read and checked off the request's thread.
+            let imports = state.imports.clone();
+            let zone = state.calendar.time_zone().clone();
+            let id = id.to_owned();
+            web::block(move || {
+                let options = ParseOptions {
+                    format: Some(ImportFormat::Csv),
+                    path_prefix: None,
+                    timezone: &zone,
+                };
+                match file::parse(&text, &options) {
+                    Ok(piece) => imports.add(&id, piece),
+                    Err(e) => {
+                        imports.abort(&id);
+                        Err(Refusal::BadRequest(format!(
+                            "piece refused, nothing of this import was applied: {e}"
+                        )))
+                    }
+                }
+            })
+            .await
+            .map_err(|e| Refusal::Internal(e.to_string()))?
+        }
+        Err(refusal) => {
+            state.imports.abort(id);
+            Err(refusal)
+        }
+    }?;
+    Ok(no_store(&mut HttpResponse::Ok()).json(serde_json::json!({ "pieces": staged })))
+}
+
+/// `POST /import/sessions/{id}/commit`: applies every staged piece at once.
+async fn commit_import(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Refusal> {
+    authorize_import(&req, &state)?;
+    let staged = state.imports.take(session_id(&req))?;
+    apply_import(&state, staged.parsed, staged.mode, staged.dry_run).await
+}
+
+/// `DELETE /import/sessions/{id}`: drops the session, nothing applied.
+async fn abort_import(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Refusal> {
+    authorize_import(&req, &state)?;
+    if state.imports.abort(session_id(&req)) {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(Refusal::NoImportSession)
+    }
 }
 
 /// Counts every refusal by reason for `/metrics`, whichever handler refused.

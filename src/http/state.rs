@@ -16,6 +16,7 @@ use crate::edge::slug::Slug;
 use crate::edge::slug_list::{Admission, SlugPolicy};
 use crate::http::streams::lifecycle::Signals;
 use crate::http::streams::shared::SharedStreams;
+use crate::import::session::Sessions;
 use crate::metrics::Metrics;
 use crate::posts::post::{Join, Joined, Watched};
 use crate::posts::registry::Registry;
@@ -59,6 +60,8 @@ pub(crate) struct AppState {
     /// Failed admin authentications per client: bearer tokens, session cookies and the
     /// login form together ([`crate::edge::limits::AUTH_FAILURES_PER_MINUTE`]).
     pub auth_failures: AuthFailureRate,
+    /// The import sent in pieces, staged until its commit.
+    pub imports: Arc<Sessions>,
 }
 
 /// User-Agents of the common browsers and one crawler: what the bot matcher sees most.

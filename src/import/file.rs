@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::io::{BufRead, Read};
 
 use jiff::Timestamp;
 use jiff::civil::Date;
@@ -96,6 +97,8 @@ pub(crate) struct ParseOptions<'a> {
 /// Why a file was refused as a whole.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ImportError {
+    #[error("cannot read the file: {0}")]
+    Read(std::io::Error),
     #[error("the file is empty")]
     Empty,
     #[error(
@@ -133,15 +136,55 @@ fn list_bad_rows(errors: &[RowError], more: usize) -> String {
 /// Every row checked; any bad row means Err with ALL bad rows (up to [`MAX_REPORTED`] listed,
 /// plus a count of the rest), nothing partial.
 pub(crate) fn parse(text: &str, options: &ParseOptions<'_>) -> Result<Parsed, ImportError> {
+    read(text.as_bytes(), options)
+}
+
+/// [`parse`] as the file is read: rows are checked and added up as they come, so memory
+/// follows the posts and days the file names, not its size.
+pub(crate) fn read(
+    mut input: impl BufRead,
+    options: &ParseOptions<'_>,
+) -> Result<Parsed, ImportError> {
+    let head = read_head(&mut input).map_err(ImportError::Read)?;
     // Editors on Windows save UTF-8 with a byte order mark; it is not part of the first field.
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let head = head
+        .strip_prefix("\u{feff}".as_bytes())
+        .unwrap_or(&head)
+        .to_vec();
+    let text = String::from_utf8_lossy(&head).into_owned();
     if text.trim().is_empty() {
         return Err(ImportError::Empty);
     }
-    match recognise(text, options.format)? {
-        Shape::Json => parse_json(text),
-        shape @ (Shape::TotalsCsv | Shape::DailyCsv) => parse_csv(text, shape),
-        Shape::Goatcounter => parse_goatcounter(text, options),
+    let shape = recognise(&text, options.format)?;
+    // The head read to recognise the file is read again by the row readers, so that their
+    // line numbers are the file's.
+    let input = std::io::Cursor::new(head).chain(input);
+    match shape {
+        Shape::Json => parse_json(input),
+        shape @ (Shape::TotalsCsv | Shape::DailyCsv) => parse_csv(input, shape),
+        Shape::Goatcounter => parse_goatcounter(input, options),
+    }
+}
+
+/// A recognised file's first line is a short header, or starts with `[`: no more is read of it.
+const HEAD_LINE_BYTES: u64 = 64 * 1024;
+
+/// The file's lines up to the first that holds more than white space (each at most
+/// [`HEAD_LINE_BYTES`]: an export's JSON is one line as long as the file).
+fn read_head(input: &mut impl BufRead) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::new();
+    loop {
+        let start = head.len();
+        let read = input.take(HEAD_LINE_BYTES).read_until(b'\n', &mut head)?;
+        let line = &head[start..];
+        let bom_or_space = |c: char| c.is_whitespace() || c == '\u{feff}';
+        if read == 0
+            || !String::from_utf8_lossy(line)
+                .trim_matches(bom_or_space)
+                .is_empty()
+        {
+            return Ok(head);
+        }
     }
 }
 
@@ -392,9 +435,9 @@ fn parse_day(raw: &str) -> Result<Date, String> {
 
 // ---- viewcounter's CSV ----
 
-fn parse_csv(text: &str, shape: Shape) -> Result<Parsed, ImportError> {
+fn parse_csv(input: impl Read, shape: Shape) -> Result<Parsed, ImportError> {
     let mut builder = Builder::new(ImportFormat::Csv, Place::Line);
-    let mut records = csv_reader(text).into_records();
+    let mut records = csv_reader(input).into_records();
     // The header, already recognised by `Shape::detect`.
     records.next();
     for record in records {
@@ -433,11 +476,11 @@ fn field_count(want: usize, header: &str, found: usize) -> String {
 }
 
 /// Rows are checked one by one here, so the reader must not stop at a short row itself.
-fn csv_reader(text: &str) -> csv::Reader<&[u8]> {
+fn csv_reader<R: Read>(input: R) -> csv::Reader<R> {
     csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
-        .from_reader(text.as_bytes())
+        .from_reader(input)
 }
 
 fn record_line(record: &csv::StringRecord) -> usize {
@@ -469,27 +512,43 @@ struct JsonDay {
     views: u64,
 }
 
-fn parse_json(text: &str) -> Result<Parsed, ImportError> {
+fn parse_json(input: impl Read) -> Result<Parsed, ImportError> {
     let mut builder = Builder::new(ImportFormat::Json, Place::Element);
-    let elements: Vec<serde_json::Value> = match serde_json::from_str(text) {
-        Ok(elements) => elements,
-        Err(e) => {
-            builder.fail(e.line().max(1), json_syntax(&e));
-            return builder.finish();
-        }
-    };
-    // The first element decides; an element of the other kind then fails on its fields.
-    let daily = elements
-        .first()
-        .is_some_and(|first| first.get("day").is_some() || first.get("views").is_some());
-    for (index, element) in elements.into_iter().enumerate() {
-        // An export is one line, so the element number is what finds a row.
-        let n = index + 1;
-        if let Err(reason) = json_element(&mut builder, n, element, daily) {
-            builder.fail(n, format!("element {n}: {reason}"));
-        }
+    let mut json = serde_json::Deserializer::from_reader(input);
+    let read = serde::Deserializer::deserialize_seq(&mut json, JsonElements(&mut builder))
+        .and_then(|()| json.end());
+    if let Err(e) = read {
+        builder.fail(e.line().max(1), json_syntax(&e));
     }
     builder.finish()
+}
+
+/// The array's elements checked one by one as they are read; the first decides whether the
+/// file is daily, and an element of the other kind then fails on its fields.
+struct JsonElements<'b>(&'b mut Builder);
+
+impl<'de> serde::de::Visitor<'de> for JsonElements<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a sequence")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut daily = None;
+        // An export is one line, so the element number is what finds a row.
+        let mut n = 0;
+        while let Some(element) = seq.next_element::<serde_json::Value>()? {
+            n += 1;
+            let daily = *daily.get_or_insert_with(|| {
+                element.get("day").is_some() || element.get("views").is_some()
+            });
+            if let Err(reason) = json_element(self.0, n, element, daily) {
+                self.0.fail(n, format!("element {n}: {reason}"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// serde_json's message without its trailing position, which the row error already gives.
@@ -533,9 +592,9 @@ struct GoatColumns {
     width: usize,
 }
 
-fn parse_goatcounter(text: &str, options: &ParseOptions<'_>) -> Result<Parsed, ImportError> {
+fn parse_goatcounter(input: impl Read, options: &ParseOptions<'_>) -> Result<Parsed, ImportError> {
     let mut builder = Builder::new(ImportFormat::Goatcounter, Place::Line);
-    let mut records = csv_reader(text).into_records();
+    let mut records = csv_reader(input).into_records();
     let header = match records.next() {
         Some(Ok(header)) => header,
         // Unreachable after recognition, but an empty header is simply no known version.

@@ -7,6 +7,7 @@
 //! command prints it.
 
 pub(crate) mod file;
+pub(crate) mod session;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -329,3 +329,51 @@ async fn an_import_into_redis_saturates_or_writes_nothing_and_never_marks_redis_
     assert_eq!(res.status, 200, "{res:?}");
     assert_eq!(redis.total("alpha").await, 9);
 }
+
+/// `POST /api/v1/import/sessions{suffix}` as `viewcounter import` sends it.
+fn session(suffix: &str, body: &str) -> Req {
+    Req::import(format!("/api/v1/import/sessions{suffix}"), body)
+}
+
+/// Opens an import session on `app` adding its numbers: `/{id}`.
+async fn open_session(app: &TestApp) -> String {
+    let res = app.send(session("?mode=add", "")).await;
+    assert_eq!(res.status, 201, "{res:?}");
+    format!("/{}", res.json()["id"].as_str().expect("an id"))
+}
+
+#[actix_web::test]
+async fn an_import_in_pieces_through_a_cluster_node_reaches_redis_all_at_its_commit_or_not_at_all()
+{
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let a = redis.node("a").spawn(|_| {}).await;
+    let id = open_session(&a).await;
+    for piece in ["slug,total\nalpha,3\n", "slug,total\nbeta,4\n"] {
+        let res = a.send(session(&id, piece)).await;
+        assert_eq!(res.status, 200, "{res:?}");
+    }
+    assert_eq!(redis.total("alpha").await, 0, "nothing before the commit");
+    let res = a.send(session(&format!("{id}/commit"), "")).await;
+    assert_eq!(res.status, 200, "{res:?}");
+    assert_eq!(
+        (redis.total("alpha").await, redis.total("beta").await),
+        (3, 4)
+    );
+
+    // Redis refusing the import script at the commit (a total that is not a count): none of
+    // the pieces is applied.
+    let _: () = redis
+        .query(redis::cmd("HSET").arg("vc:totals").arg("gamma").arg("lots"))
+        .await;
+    let id = open_session(&a).await;
+    for piece in ["slug,total\nalpha,1\n", "slug,total\ngamma,1\n"] {
+        let res = a.send(session(&id, piece)).await;
+        assert_eq!(res.status, 200, "{res:?}");
+    }
+    let res = a.send(session(&format!("{id}/commit"), "")).await;
+    assert_ne!(res.status, 200, "{res:?}");
+    assert_eq!(redis.total("alpha").await, 3, "nothing applied");
+    assert_eq!(a.stats().await["redis"], "ok");
+}

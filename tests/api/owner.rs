@@ -1350,24 +1350,6 @@ async fn a_file_with_malformed_rows_fails_naming_each_line_and_writes_nothing() 
 }
 
 #[actix_web::test]
-async fn a_file_over_ten_mib_is_refused_and_nothing_is_written() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join(DB_FILE);
-    import_ok(dir.path(), &db, "slug,total\nalpha,10\n", &[]).await;
-    let mut big = String::from("slug,total\nbeta,1\n");
-    big.push_str(&"\n".repeat(10 * 1024 * 1024));
-
-    let out = import(dir.path(), &db, &big, &[]).await;
-
-    assert_clean_failure(&out);
-    assert!(out.stderr.contains("larger than"), "{}", out.stderr);
-    assert_eq!(
-        export_ok(dir.path(), &db, &[]).await,
-        totals_csv(&[("alpha", 10)])
-    );
-}
-
-#[actix_web::test]
 async fn a_dry_run_on_a_missing_file_creates_no_file() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("typo").join(DB_FILE);
@@ -1727,4 +1709,283 @@ async fn export_daily_gives_the_same_rows_from_the_running_server_and_from_the_f
         export_ok(dir.path(), &db, &["--daily", "--format", "json"]).await,
         served_json
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Imports larger than one request.
+
+/// One request's largest body (`MAX_IMPORT_BYTES`): the files below are larger.
+const ONE_REQUEST: usize = 10 * 1024 * 1024;
+
+/// A GoatCounter export of `rows` pageviews of about 1 KB each (their paths carry a long
+/// query, which counts for nothing) spread over 20 posts and up to 84 days, one in ten a bot's;
+/// then `last` as its last line. With the views each post gets, and how many post-days.
+fn big_goatcounter(rows: usize, last: &str) -> (String, BTreeMap<String, u64>, usize) {
+    let mut text = format!("{GOAT_HEADER}\n");
+    let mut totals = BTreeMap::new();
+    let mut days = std::collections::BTreeSet::new();
+    let query = "x".repeat(900);
+    for i in 0..rows {
+        let post = format!("post-{}", i % 20);
+        let bot = u32::from(i / 20 % 10 == 9);
+        let date = format!("2021-0{}-{:02}T12:00:00Z", 1 + i % 3, 1 + i % 28);
+        text.push_str(&goat(&format!("/{post}?ref={query}"), false, bot, &date));
+        text.push('\n');
+        if bot == 0 {
+            days.insert((post.clone(), date[..10].to_owned()));
+            *totals.entry(post).or_default() += 1;
+        }
+    }
+    text.push_str(last);
+    (text, totals, days.len())
+}
+
+/// Posts `post-0` … `post-19`, as [`big_goatcounter`] names them.
+fn twenty_posts() -> Vec<String> {
+    (0..20).map(|i| format!("post-{i}")).collect()
+}
+
+/// `slug,total` of `totals`, in slug order (as export prints it).
+fn totals_of(totals: &BTreeMap<String, u64>) -> String {
+    let rows: Vec<(&str, u64)> = totals.iter().map(|(s, &n)| (s.as_str(), n)).collect();
+    totals_csv(&rows)
+}
+
+#[actix_web::test]
+async fn a_goatcounter_file_larger_than_one_request_imports_offline_with_no_progress_off_a_terminal()
+ {
+    let dir = app_dir(DEFAULT_SLUGS);
+    let db = dir.path().join(DB_FILE);
+    let (file, totals, _) = big_goatcounter(12_000, "");
+    assert!(
+        file.len() > ONE_REQUEST + ONE_REQUEST / 10,
+        "{}",
+        file.len()
+    );
+
+    let out = import(dir.path(), &db, &file, &[]).await;
+
+    assert!(out.status.success(), "{}", out.stderr);
+    // Standard error is a pipe here: no progress line, nothing at all.
+    assert_eq!(out.stderr, "", "quiet when not a terminal");
+    assert_eq!(
+        out.stdout,
+        into_file(
+            &db,
+            "20 posts changed (+10800 views), 0 unchanged, 1200 rows skipped, 10800 views added to days"
+        )
+    );
+    assert_eq!(export_ok(dir.path(), &db, &[]).await, totals_of(&totals));
+}
+
+#[actix_web::test]
+async fn a_goatcounter_file_larger_than_one_request_imports_through_a_running_server() {
+    let posts = twenty_posts();
+    let listed: Vec<&str> = posts.iter().map(String::as_str).collect();
+    let app = spawn_app_configured_with_slugs(&listed, never_flush).await;
+    let url = format!("http://{}", app.addr);
+    let (file, totals, days) = big_goatcounter(12_000, "");
+    assert!(
+        file.len() > ONE_REQUEST + ONE_REQUEST / 10,
+        "{}",
+        file.len()
+    );
+
+    let out = import_ok(app.dir.path(), &app.db(), &file, &["--url", &url]).await;
+
+    assert_eq!(
+        out,
+        into_server(
+            &url,
+            "20 posts changed (+10800 views), 0 unchanged, 1200 rows skipped, 10800 views added to days"
+        )
+    );
+    for post in &posts {
+        assert_eq!(app.counts(post).await, counts(0, totals[post]), "{post}");
+    }
+    assert_eq!(daily(app.addr).await.len(), days);
+}
+
+#[actix_web::test]
+async fn a_bad_row_at_the_end_of_a_big_file_is_named_and_nothing_is_applied_offline_or_through_a_server()
+ {
+    let last = goat("/post-1", false, 0, "yesterday");
+    let (file, _, _) = big_goatcounter(12_000, &last);
+    assert!(
+        file.len() > ONE_REQUEST + ONE_REQUEST / 10,
+        "{}",
+        file.len()
+    );
+    let bad = "line 12002: Date \"yesterday\" is not a time";
+
+    // Offline: the file keeps what it had.
+    let dir = app_dir(DEFAULT_SLUGS);
+    let db = dir.path().join(DB_FILE);
+    import_ok(dir.path(), &db, "slug,total\nalpha,5\n", &[]).await;
+    let out = import(dir.path(), &db, &file, &[]).await;
+    assert_clean_failure(&out);
+    assert!(out.stderr.contains(bad), "{}", out.stderr);
+    assert_eq!(
+        export_ok(dir.path(), &db, &[]).await,
+        totals_csv(&[("alpha", 5)])
+    );
+
+    // Through a server: its numbers stay.
+    let posts = twenty_posts();
+    let listed: Vec<&str> = posts.iter().map(String::as_str).collect();
+    let app = spawn_app_configured_with_slugs(&listed, never_flush).await;
+    let url = format!("http://{}", app.addr);
+    let out = import(app.dir.path(), &app.db(), &file, &["--url", &url]).await;
+    assert_clean_failure(&out);
+    assert!(out.stderr.contains(bad), "{}", out.stderr);
+    assert_eq!(app.counts("post-1").await, counts(0, 0));
+    assert!(daily(app.addr).await.is_empty());
+    // And the session it opened is gone: another import goes ahead at once.
+    let res = app.send(Req::import("/api/v1/import/sessions", "")).await;
+    assert_eq!(res.status, 201, "{res:?}");
+}
+
+/// Opens an import session on `app` (asserting 201): its id.
+async fn open_session(app: &TestApp, query: &str) -> String {
+    let res = app
+        .send(Req::import(format!("/api/v1/import/sessions?{query}"), ""))
+        .await;
+    assert_eq!(res.status, 201, "{res:?}");
+    let answer = res.json();
+    assert_eq!(answer["piece_bytes"], ONE_REQUEST, "{answer}");
+    answer["id"].as_str().expect("an id").to_owned()
+}
+
+async fn send_piece(app: &TestApp, id: &str, piece: &str) -> Response {
+    app.send(Req::import(format!("/api/v1/import/sessions/{id}"), piece))
+        .await
+}
+
+async fn commit(app: &TestApp, id: &str) -> Response {
+    app.send(Req::import(
+        format!("/api/v1/import/sessions/{id}/commit"),
+        "",
+    ))
+    .await
+}
+
+#[actix_web::test]
+async fn a_piece_refused_mid_way_ends_its_session_and_nothing_of_it_is_applied() {
+    let app = spawn_app_configured(never_flush).await;
+
+    // A bad row in the second piece.
+    let id = open_session(&app, "mode=add").await;
+    let res = send_piece(&app, &id, "slug,day,views\nalpha,2026-12-01,3\n").await;
+    assert_eq!(res.status, 200, "{res:?}");
+    let res = send_piece(
+        &app,
+        &id,
+        "slug,day,views\nbeta,2026-12-01,3\nbeta,today,1\n",
+    )
+    .await;
+    let message = res.assert_json_error(400);
+    assert!(message.contains("line 3: day \"today\""), "{message}");
+    assert!(
+        message.contains("nothing of this import was applied"),
+        "{message}"
+    );
+    let message = commit(&app, &id).await.assert_json_error(404);
+    assert!(message.contains("no such import session"), "{message}");
+
+    // A row an earlier piece already gave: refused as a contradiction, not added up.
+    let id = open_session(&app, "mode=add").await;
+    assert_eq!(
+        send_piece(&app, &id, "slug,day,views\nalpha,2026-12-01,3\n")
+            .await
+            .status,
+        200
+    );
+    let res = send_piece(&app, &id, "slug,day,views\nalpha,2026-12-01,4\n").await;
+    let message = res.assert_json_error(400);
+    assert!(message.contains("piece 2 refused"), "{message}");
+    assert!(message.contains("earlier piece"), "{message}");
+    commit(&app, &id).await.assert_json_error(404);
+
+    assert_eq!(app.counts("alpha").await, counts(0, 0));
+    assert_eq!(app.counts("beta").await, counts(0, 0));
+    assert!(daily(app.addr).await.is_empty());
+
+    // Good pieces are applied at the commit, all together.
+    let id = open_session(&app, "mode=add").await;
+    for piece in [
+        "alpha,2026-12-01,3\n",
+        "alpha,2026-12-02,4\nbeta,2026-12-02,1\n",
+    ] {
+        let res = send_piece(&app, &id, &format!("slug,day,views\n{piece}")).await;
+        assert_eq!(res.status, 200, "{res:?}");
+    }
+    assert_eq!(
+        app.counts("alpha").await,
+        counts(0, 0),
+        "nothing before the commit"
+    );
+    let res = commit(&app, &id).await;
+    assert_eq!(res.status, 200, "{res:?}");
+    assert_eq!(res.json()["day_views"], 8, "{res:?}");
+    assert_eq!(app.counts("alpha").await, counts(0, 7));
+    assert_eq!(app.counts("beta").await, counts(0, 1));
+}
+
+#[actix_web::test]
+async fn an_abandoned_import_session_blocks_another_until_it_goes_idle_and_is_never_applied() {
+    let app = spawn_app_configured(|c| {
+        never_flush(c);
+        c.import_idle = Duration::from_millis(300);
+    })
+    .await;
+    let id = open_session(&app, "mode=set").await;
+    let res = send_piece(&app, &id, "slug,total\nalpha,50\n").await;
+    assert_eq!(res.status, 200, "{res:?}");
+
+    // One session at a time: the next is told to wait, and how long.
+    let res = app.send(Req::import("/api/v1/import/sessions", "")).await;
+    res.assert_json_error(409);
+    assert!(res.header("retry-after").is_some(), "{res:?}");
+
+    // The abandoned one is dropped once idle, and the next opens.
+    await_value(
+        "a new session opens",
+        201,
+        Duration::from_secs(10),
+        || async {
+            app.send(Req::import("/api/v1/import/sessions", ""))
+                .await
+                .status
+        },
+    )
+    .await;
+    commit(&app, &id).await.assert_json_error(404);
+    assert_eq!(app.counts("alpha").await, counts(0, 0));
+}
+
+#[actix_web::test]
+async fn the_import_session_endpoints_keep_the_import_rules() {
+    let app = spawn_app_configured(|c| {
+        never_flush(c);
+        c.admin_token = Some(ADMIN.into());
+    })
+    .await;
+    let targets = [
+        "/api/v1/import/sessions",
+        "/api/v1/import/sessions/any",
+        "/api/v1/import/sessions/any/commit",
+    ];
+    for target in targets {
+        let no_header = bearer(Req::post(target, ""));
+        let message = app.send(no_header).await.assert_json_error(403);
+        assert!(
+            message.contains("X-Viewcounter-Import"),
+            "{target}: {message}"
+        );
+        let cross_site = bearer(Req::import(target, "")).header("Sec-Fetch-Site", "cross-site");
+        app.send(cross_site).await.assert_json_error(403);
+        app.send(Req::import(target, ""))
+            .await
+            .assert_json_error(401);
+    }
 }
