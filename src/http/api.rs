@@ -12,7 +12,7 @@ use crate::edge::reader_id::Showing;
 use crate::edge::slug::Slug;
 use crate::edge::slug_list::Admission;
 use crate::http::admin::authorize_admin_read;
-use crate::http::params::{read_showing, request_client, shared_handle};
+use crate::http::params::{read_leave, read_showing, request_client, shared_handle};
 use crate::http::state::AppState;
 use crate::http::streams::shared::{JoinError, Member};
 use crate::posts::post::Leave;
@@ -40,22 +40,45 @@ struct Beacon {
     client: ClientKey,
 }
 
-/// The common start of every POST that names a reader: origin, post, then the body.
-async fn beacon(
+/// The common start of every POST that names a reader: origin, post, then the body, read by
+/// `body` (a join's or a leave's).
+async fn beacon<T, F: Future<Output = Result<(Showing, T), Refusal>>>(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
-) -> Result<Beacon, Refusal> {
+    body: impl FnOnce(web::Payload) -> F,
+) -> Result<(Beacon, T), Refusal> {
     state.origins.check(req.headers())?;
     let client = request_client(req, state);
     let (slug, admission) = state.post(req.match_info().get("slug").unwrap_or_default(), client)?;
-    let showing = read_showing(req, payload).await?;
-    Ok(Beacon {
-        slug,
-        admission,
-        showing,
-        client,
-    })
+    let (showing, extra) = body(payload).await?;
+    Ok((
+        Beacon {
+            slug,
+            admission,
+            showing,
+            client,
+        },
+        extra,
+    ))
+}
+
+/// A leave: its body and the post's beacon (the reader stops counting as live, its reading
+/// time is told).
+async fn leave_beacon(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<(Slug, Showing), Refusal> {
+    let (beacon, visible) = beacon(req, payload, state, |p| read_leave(req, p)).await?;
+    state.registry.leave(
+        &beacon.slug,
+        Leave {
+            presence: beacon.showing.presence(),
+            visible,
+        },
+    );
+    Ok((beacon.slug, beacon.showing))
 }
 
 async fn leave(
@@ -63,13 +86,7 @@ async fn leave(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Refusal> {
-    let Beacon { slug, showing, .. } = beacon(&req, payload, &state).await?;
-    state.registry.leave(
-        &slug,
-        Leave {
-            presence: showing.presence(),
-        },
-    );
+    leave_beacon(&req, payload, &state).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -80,12 +97,18 @@ async fn shared_join(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Refusal> {
     state.origins.check_fetch(req.headers())?;
-    let Beacon {
-        slug,
-        admission,
-        showing,
-        client,
-    } = beacon(&req, payload, &state).await?;
+    let (
+        Beacon {
+            slug,
+            admission,
+            showing,
+            client,
+        },
+        (),
+    ) = beacon(&req, payload, &state, |p| async {
+        Ok((read_showing(&req, p).await?, ()))
+    })
+    .await?;
     let shared = shared_handle(&req, &state)?;
     // Held from here on: dropped with this request if it ends before the member is attached.
     let seat = match shared.reserve(&slug, showing.presence(), client) {
@@ -118,7 +141,8 @@ async fn shared_leave(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Refusal> {
-    let Beacon { slug, showing, .. } = beacon(&req, payload, &state).await?;
+    // The post hears the beacon first (the reading time), then the member is detached.
+    let (slug, showing) = leave_beacon(&req, payload, &state).await?;
     if let Ok(shared) = shared_handle(&req, &state) {
         shared.leave(slug, showing.presence());
     }
