@@ -686,28 +686,26 @@ impl Snapshot {
 }
 
 fn read_days(txn: &redb::ReadTransaction) -> Result<Vec<(String, u32, u64)>, StoreError> {
-    let table = match txn.open_table(DAYS) {
-        Ok(table) => table,
-        // A version-1 file read by `export` (never migrated: exports do not write).
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(StoreError::storage(e)),
-    };
-    let mut rows = Vec::new();
-    for row in table.iter().map_err(StoreError::storage)? {
-        let (key, views) = row.map_err(StoreError::storage)?;
-        let (day, slug) = key.value();
-        rows.push((slug.to_owned(), day, count(views.value())));
-    }
-    rows.sort();
-    Ok(rows)
+    // A version-1 file read by `export` has no days (never migrated: exports do not write).
+    every_day(txn, DAYS, |v| Some(count(v)))
 }
 
 fn read_presence(
     txn: &redb::ReadTransaction,
 ) -> Result<Vec<(String, u32, DayPresence)>, StoreError> {
-    let table = match txn.open_table(DAY_PRESENCE) {
+    // A file of version 2 or older read by `export` has no presence.
+    every_day(txn, DAY_PRESENCE, DayPresence::decode)
+}
+
+/// Every (slug, day, row) of a (day, slug) table, sorted by slug then day, read by `read`
+/// (rows it refuses are left out); none when the file has no such table yet.
+fn every_day<V: redb::Value + 'static, T>(
+    txn: &redb::ReadTransaction,
+    table: TableDefinition<(u32, &'static str), V>,
+    read: impl Fn(V::SelfType<'_>) -> Option<T>,
+) -> Result<Vec<(String, u32, T)>, StoreError> {
+    let table = match txn.open_table(table) {
         Ok(table) => table,
-        // A file of version 2 or older read by `export` (never migrated: exports do not write).
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
         Err(e) => return Err(StoreError::storage(e)),
     };
@@ -715,8 +713,8 @@ fn read_presence(
     for row in table.iter().map_err(StoreError::storage)? {
         let (key, value) = row.map_err(StoreError::storage)?;
         let (day, slug) = key.value();
-        if let Some(presence) = DayPresence::decode(value.value()) {
-            rows.push((slug.to_owned(), day, presence));
+        if let Some(value) = read(value.value()) {
+            rows.push((slug.to_owned(), day, value));
         }
     }
     rows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
@@ -934,14 +932,8 @@ mod tests {
                 .unwrap();
         }
         let db = Database::open(&path).unwrap();
+        assert_eq!(schema_version(&db), Some(SCHEMA_VERSION));
         let txn = db.begin_read().unwrap();
-        let version = txn
-            .open_table(META)
-            .unwrap()
-            .get(SCHEMA_VERSION_KEY)
-            .unwrap()
-            .map(|v| v.value());
-        assert_eq!(version, Some(SCHEMA_VERSION));
         assert_eq!(
             txn.open_table(TOTALS)
                 .unwrap()
@@ -1005,15 +997,14 @@ mod tests {
         );
         assert_eq!(store.site_peaks(&[20261202]).unwrap(), [presence.peak]);
         drop(store);
-        let db = Database::open(&path).unwrap();
+        assert_eq!(schema_version(&Database::open(&path).unwrap()), Some(3));
+    }
+
+    /// The version a file says it has.
+    fn schema_version(db: &Database) -> Option<u64> {
         let txn = db.begin_read().unwrap();
-        let version = txn
-            .open_table(META)
-            .unwrap()
-            .get(SCHEMA_VERSION_KEY)
-            .unwrap()
-            .map(|v| v.value());
-        assert_eq!(version, Some(3));
+        let meta = txn.open_table(META).unwrap();
+        meta.get(SCHEMA_VERSION_KEY).unwrap().map(|v| v.value())
     }
 
     #[test]

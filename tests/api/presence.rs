@@ -230,3 +230,35 @@ async fn a_posts_history_names_the_reading_time_buckets_once() {
     let site = app.send(Req::get("/api/v1/history?days=1")).await.json();
     assert!(site["days"][0].get("read_buckets").is_none(), "{site}");
 }
+
+#[actix_web::test]
+async fn the_dashboard_rows_carry_todays_peak_and_median_reading_time() {
+    let app = spawn_app().await;
+    let reader = app.join("alpha").await;
+    let second = app.join("alpha").await;
+    leave_with(app.addr, "alpha", &format!("{} 0 5", reader.id)).await;
+    await_reads(app.addr, "alpha", 1).await;
+
+    let mut board = app.open(Req::get("/api/v1/admin/stream")).await;
+    assert_eq!(board.status, 200);
+    let snapshot = loop {
+        let ev = board.next_event().await;
+        if ev.raw.lines().any(|l| l == "event: snapshot") {
+            break ev;
+        }
+    };
+    let json: serde_json::Value =
+        serde_json::from_str(snapshot.data.as_deref().expect("data")).expect("JSON");
+    let row = |slug: &str| {
+        let posts = json["posts"].as_array().expect("posts");
+        let row = posts.iter().find(|p| p["slug"] == slug).expect("a row");
+        (
+            row["live"].as_u64(),
+            row["peak"].as_u64(),
+            row["read_median_s"].as_f64(),
+        )
+    };
+    assert_eq!(row("alpha"), (Some(1), Some(2), Some(0.0)));
+    assert_eq!(row("beta"), (Some(0), Some(0), None), "no reads: null");
+    drop(second);
+}
