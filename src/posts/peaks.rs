@@ -40,22 +40,34 @@ impl DayPeak {
 /// The whole site's live readers (every post awake here) and its day's peak.
 #[derive(Debug, Default)]
 pub(crate) struct SiteLive {
-    state: Mutex<(u64, DayPeak)>,
+    state: Mutex<SiteState>,
+}
+
+#[derive(Debug, Default)]
+struct SiteState {
+    live: u64,
+    peak: DayPeak,
+    /// The newest high not yet handed out (see [`SiteLive::take_new_peak`]).
+    untold: Option<Peak>,
 }
 
 impl SiteLive {
-    /// A post's live moved from `before` to `after`: the site's new high, if it is one.
-    pub(crate) fn moved(
-        &self,
-        before: u64,
-        after: u64,
-        unix: u64,
-        calendar: &Calendar,
-    ) -> Option<Peak> {
+    /// A post's live moved from `before` to `after`; a new high of the site's is kept for
+    /// [`SiteLive::take_new_peak`].
+    pub(crate) fn moved(&self, before: u64, after: u64, unix: u64, calendar: &Calendar) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let (live, peak) = &mut *state;
-        *live = live.saturating_add(after).saturating_sub(before);
-        peak.saw(*live, unix, calendar)
+        state.live = state.live.saturating_add(after).saturating_sub(before);
+        let live = state.live;
+        if let Some(peak) = state.peak.saw(live, unix, calendar) {
+            state.untold = Some(peak);
+        }
+    }
+
+    /// The site's newest high since the last call, if any: a wave of readers raises the peak
+    /// once per join, and is told once per broadcast.
+    pub(crate) fn take_new_peak(&self) -> Option<Peak> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.untold.take()
     }
 }
 
@@ -101,18 +113,20 @@ mod tests {
         let calendar = Calendar::new(jiff::tz::TimeZone::UTC, Clock::default());
         let site = SiteLive::default();
         let at = 20_000 * 86_400;
-        assert_eq!(site.moved(0, 2, at, &calendar), Some(Peak { live: 2, at }));
+        site.moved(0, 2, at, &calendar);
+        assert_eq!(site.take_new_peak(), Some(Peak { live: 2, at }));
+        site.moved(0, 1, at + 1, &calendar);
+        site.moved(2, 0, at + 2, &calendar);
+        site.moved(1, 3, at + 3, &calendar);
+        let three = Peak {
+            live: 3,
+            at: at + 1,
+        };
+        assert_eq!(site.take_new_peak(), Some(three), "3 again is no news");
+        assert_eq!(site.take_new_peak(), None, "told once");
+        site.moved(0, 1, at + 4, &calendar);
         assert_eq!(
-            site.moved(0, 1, at + 1, &calendar),
-            Some(Peak {
-                live: 3,
-                at: at + 1
-            })
-        );
-        assert_eq!(site.moved(2, 0, at + 2, &calendar), None);
-        assert_eq!(site.moved(1, 3, at + 3, &calendar), None, "3 again");
-        assert_eq!(
-            site.moved(0, 1, at + 4, &calendar),
+            site.take_new_peak(),
             Some(Peak {
                 live: 4,
                 at: at + 4

@@ -23,6 +23,7 @@ pub use crate::posts::post_state::Counts;
 use crate::posts::post_state::{Ended, PostState};
 use crate::posts::update::Update;
 use crate::storage::calendar::Calendar;
+use crate::storage::presence::Peak;
 use crate::storage::writer::Writer;
 use crate::storage::{MAX_COUNT, add_counts};
 
@@ -215,8 +216,10 @@ pub struct Post {
     sleeping: bool,
     /// `Some` in cluster mode.
     merged: Option<Merged>,
-    /// Today's highest live, as told to the writer.
+    /// Today's highest live.
     peak: DayPeak,
+    /// A new high of `peak` not yet told to the writer (it is told with the next broadcast).
+    untold_peak: Option<Peak>,
     /// The live last added to the site's.
     site_share: u64,
 }
@@ -249,6 +252,7 @@ impl Post {
             sleeping: false,
             merged,
             peak: DayPeak::default(),
+            untold_peak: None,
             site_share: 0,
         }
     }
@@ -341,7 +345,8 @@ impl Post {
     }
 
     /// Live is now `live` (shown, so in cluster mode with the other nodes'): raises today's
-    /// peaks of the post and of the site.
+    /// peaks of the post and of the site, exactly; the writer hears of them with the next
+    /// broadcast ([`Post::tell_peaks`]), not once per join of a wave.
     fn note_peaks(&mut self, live: u64) {
         if live == self.site_share {
             return;
@@ -349,15 +354,23 @@ impl Post {
         let context = &self.context;
         let unix = context.calendar.clock().now_unix();
         if let Some(peak) = self.peak.saw(live, unix, &context.calendar) {
+            self.untold_peak = Some(peak);
+        }
+        context
+            .site
+            .moved(self.site_share, live, unix, &context.calendar);
+        self.site_share = live;
+    }
+
+    /// Tells the writer the new highs since the last broadcast.
+    fn tell_peaks(&mut self) {
+        let context = &self.context;
+        if let Some(peak) = self.untold_peak.take() {
             context.writer.raise_peak(&self.slug, peak);
         }
-        if let Some(peak) = context
-            .site
-            .moved(self.site_share, live, unix, &context.calendar)
-        {
+        if let Some(peak) = context.site.take_new_peak() {
             context.writer.raise_site_peak(peak);
         }
-        self.site_share = live;
     }
 
     /// A showing stopped being live: its reading time, if it has one, goes to the day's.
@@ -371,6 +384,7 @@ impl Post {
     fn broadcast(&mut self, now: Instant) {
         self.last_broadcast = Some(now);
         self.report_live();
+        self.tell_peaks();
         let counts = self.counts();
         // Encoded once; every reader's stream shares these bytes.
         self.updates.send_replace(Update::new(&self.slug, counts));
@@ -404,6 +418,7 @@ impl Post {
         self.sleeping = true;
         self.report_live();
         self.note_peaks(0);
+        self.tell_peaks();
         (self.context.asleep)(&self.slug, &ctx.address());
         // A new post never viewed (a bot, a refused view) gives its --max-slugs place back.
         self.new_post = None;

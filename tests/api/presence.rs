@@ -238,6 +238,11 @@ async fn the_dashboard_rows_carry_todays_peak_and_median_reading_time() {
     let second = app.join("alpha").await;
     leave_with(app.addr, "alpha", &format!("{} 0 5", reader.id)).await;
     await_reads(app.addr, "alpha", 1).await;
+    // A new high is told to the writer with the post's next broadcast (within 250 ms).
+    await_value("alpha's peak", 2, SHOWN, || async {
+        post_today(app.addr, "alpha").await.peak
+    })
+    .await;
 
     let mut board = app.open(Req::get("/api/v1/admin/stream")).await;
     assert_eq!(board.status, 200);
