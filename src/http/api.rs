@@ -3,6 +3,7 @@
 //! [`crate::http::streams`]'s.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use actix_web::http::header::{self, ContentType};
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -38,47 +39,57 @@ struct Beacon {
     admission: Admission,
     showing: Showing,
     client: ClientKey,
+    /// A leave's reading time (`ID SHOW MS`); a join has none.
+    visible: Option<Duration>,
 }
 
-/// The common start of every POST that names a reader: origin, post, then the body, read by
-/// `body` (a join's or a leave's).
-async fn beacon<T, F: Future<Output = Result<(Showing, T), Refusal>>>(
+/// Which body a POST naming a reader has.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Body {
+    /// `ID` or `ID SHOW`.
+    Join,
+    /// Also `ID SHOW MS`.
+    Leave,
+}
+
+/// The common start of every POST that names a reader: origin, post, then the body.
+async fn beacon(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
-    body: impl FnOnce(web::Payload) -> F,
-) -> Result<(Beacon, T), Refusal> {
+    body: Body,
+) -> Result<Beacon, Refusal> {
     state.origins.check(req.headers())?;
     let client = request_client(req, state);
     let (slug, admission) = state.post(req.match_info().get("slug").unwrap_or_default(), client)?;
-    let (showing, extra) = body(payload).await?;
-    Ok((
-        Beacon {
-            slug,
-            admission,
-            showing,
-            client,
-        },
-        extra,
-    ))
+    let (showing, visible) = match body {
+        Body::Join => (read_showing(req, payload).await?, None),
+        Body::Leave => read_leave(req, payload).await?,
+    };
+    Ok(Beacon {
+        slug,
+        admission,
+        showing,
+        client,
+        visible,
+    })
 }
 
-/// A leave: its body and the post's beacon (the reader stops counting as live, its reading
-/// time is told).
+/// A leave: the post hears it (the reader stops counting as live, its reading time is told).
 async fn leave_beacon(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
-) -> Result<(Slug, Showing), Refusal> {
-    let (beacon, visible) = beacon(req, payload, state, |p| read_leave(req, p)).await?;
+) -> Result<Beacon, Refusal> {
+    let beacon = beacon(req, payload, state, Body::Leave).await?;
     state.registry.leave(
         &beacon.slug,
         Leave {
             presence: beacon.showing.presence(),
-            visible,
+            visible: beacon.visible,
         },
     );
-    Ok((beacon.slug, beacon.showing))
+    Ok(beacon)
 }
 
 async fn leave(
@@ -97,18 +108,13 @@ async fn shared_join(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Refusal> {
     state.origins.check_fetch(req.headers())?;
-    let (
-        Beacon {
-            slug,
-            admission,
-            showing,
-            client,
-        },
-        (),
-    ) = beacon(&req, payload, &state, |p| async {
-        Ok((read_showing(&req, p).await?, ()))
-    })
-    .await?;
+    let Beacon {
+        slug,
+        admission,
+        showing,
+        client,
+        ..
+    } = beacon(&req, payload, &state, Body::Join).await?;
     let shared = shared_handle(&req, &state)?;
     // Held from here on: dropped with this request if it ends before the member is attached.
     let seat = match shared.reserve(&slug, showing.presence(), client) {
@@ -142,7 +148,7 @@ async fn shared_leave(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Refusal> {
     // The post hears the beacon first (the reading time), then the member is detached.
-    let (slug, showing) = leave_beacon(&req, payload, &state).await?;
+    let Beacon { slug, showing, .. } = leave_beacon(&req, payload, &state).await?;
     if let Ok(shared) = shared_handle(&req, &state) {
         shared.leave(slug, showing.presence());
     }
