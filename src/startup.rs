@@ -152,7 +152,7 @@ impl Application {
             registry: Registry::new(
                 writer,
                 policy.dedupe_window,
-                config.clock.clone(),
+                calendar.clone(),
                 Arc::clone(&metrics),
                 cluster.clone().map(|c| c as Arc<dyn Counting>),
             ),

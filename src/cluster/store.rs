@@ -18,7 +18,8 @@ use crate::cluster::counter::{day_key, lua_counts, totals_key};
 use crate::cluster::link::{self, EVENTS, is_unavailable};
 use crate::cluster::{Cluster, Settings};
 use crate::secret::RedisUrl;
-use crate::storage::store::{DayViews, Seen, Store, StoreError};
+use crate::storage::presence::Peak;
+use crate::storage::store::{DayViews, PresenceDelta, Seen, Store, StoreError};
 use crate::storage::{MAX_COUNT, add_counts};
 
 /// An import, all of it or nothing: every count it changes is read and checked first, then
@@ -174,12 +175,15 @@ impl Store for RedisStore {
     }
 
     /// Imports: added in one script, all or nothing, each count saturating at [`MAX_COUNT`];
-    /// the new totals are announced so every node's readers see them.
-    fn add(
+    /// the new totals are announced so every node's readers see them. Presence (reading
+    /// times, peaks) is not kept in Redis yet.
+    fn add_all(
         &mut self,
         batch: &[(&str, u64)],
         days: &[DayViews<'_>],
         _seen: &[Seen<'_>],
+        _presence: &[PresenceDelta<'_>],
+        _site: &[(u32, Peak)],
     ) -> Result<(), StoreError> {
         // One row per field: the script checks each against the count before the import.
         let mut totals: BTreeMap<&str, u64> = BTreeMap::new();

@@ -40,14 +40,32 @@ impl Showing {
     /// A beacon body: `ID` or `ID SHOW` (one space), surrounding white space ignored.
     pub fn from_beacon(body: &[u8]) -> Result<Self, ReaderIdError> {
         let text = std::str::from_utf8(body).map_err(|_| ReaderIdError::Id)?;
-        let (id, show) = match text.trim().split_once(' ') {
+        Self::from_text(text.trim())
+    }
+
+    fn from_text(text: &str) -> Result<Self, ReaderIdError> {
+        let (id, show) = match text.split_once(' ') {
             Some((id, show)) => (id, parse_show(show)?),
-            None => (text.trim(), 0),
+            None => (text, 0),
         };
         Ok(Self {
             id: ReaderId::parse(id)?,
             show,
         })
+    }
+
+    /// A leave's body: a beacon's, or `ID SHOW VISIBLE_MS` with the milliseconds the page was
+    /// visible while counted (a `u32`).
+    pub fn from_leave(body: &[u8]) -> Result<(Self, Option<u32>), ReaderIdError> {
+        let text = std::str::from_utf8(body)
+            .map_err(|_| ReaderIdError::Id)?
+            .trim();
+        let Some((showing, visible)) = text.rsplit_once(' ').filter(|(head, _)| head.contains(' '))
+        else {
+            return Ok((Self::from_text(text)?, None));
+        };
+        let visible = parse_show(visible).map_err(|_| ReaderIdError::Visible)?;
+        Ok((Self::from_text(showing)?, Some(visible)))
     }
 
     pub fn presence(&self) -> Presence {
@@ -72,6 +90,8 @@ pub enum ReaderIdError {
     Id,
     #[error("page-show number must be a decimal number of at most 4294967295")]
     Show,
+    #[error("visible milliseconds must be a decimal number of at most 4294967295")]
+    Visible,
 }
 
 impl ReaderId {
@@ -184,6 +204,26 @@ mod tests {
             b"short 1",
         ] {
             assert!(Showing::from_beacon(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_leave_may_add_the_visible_milliseconds_after_its_page_show() {
+        let (plain, none) = Showing::from_leave(b"abcdefghijklmnop\n").unwrap();
+        assert_eq!((plain.show, none), (0, None));
+        let (shown, none) = Showing::from_leave(b"abcdefghijklmnop 3").unwrap();
+        assert_eq!((shown.show, none), (3, None));
+        let (timed, visible) = Showing::from_leave(b" abcdefghijklmnop 3 12345\n").unwrap();
+        assert_eq!((timed.id.as_str(), timed.show), ("abcdefghijklmnop", 3));
+        assert_eq!(visible, Some(12345));
+        for bad in [
+            &b"abcdefghijklmnop 1 x"[..],
+            b"abcdefghijklmnop 1 2 3",
+            b"abcdefghijklmnop 1 4294967296",
+            b"abcdefghijklmnop 1  2",
+            b"short 1 2",
+        ] {
+            assert!(Showing::from_leave(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -3,6 +3,7 @@
 //! [`crate::http::streams`]'s.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use actix_web::http::header::{self, ContentType};
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -12,7 +13,7 @@ use crate::edge::reader_id::Showing;
 use crate::edge::slug::Slug;
 use crate::edge::slug_list::Admission;
 use crate::http::admin::authorize_admin_read;
-use crate::http::params::{read_showing, request_client, shared_handle};
+use crate::http::params::{read_leave, read_showing, request_client, shared_handle};
 use crate::http::state::AppState;
 use crate::http::streams::shared::{JoinError, Member};
 use crate::posts::post::Leave;
@@ -38,6 +39,17 @@ struct Beacon {
     admission: Admission,
     showing: Showing,
     client: ClientKey,
+    /// A leave's reading time (`ID SHOW MS`); a join has none.
+    visible: Option<Duration>,
+}
+
+/// Which body a POST naming a reader has.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Body {
+    /// `ID` or `ID SHOW`.
+    Join,
+    /// Also `ID SHOW MS`.
+    Leave,
 }
 
 /// The common start of every POST that names a reader: origin, post, then the body.
@@ -45,17 +57,39 @@ async fn beacon(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
+    body: Body,
 ) -> Result<Beacon, Refusal> {
     state.origins.check(req.headers())?;
     let client = request_client(req, state);
     let (slug, admission) = state.post(req.match_info().get("slug").unwrap_or_default(), client)?;
-    let showing = read_showing(req, payload).await?;
+    let (showing, visible) = match body {
+        Body::Join => (read_showing(req, payload).await?, None),
+        Body::Leave => read_leave(req, payload).await?,
+    };
     Ok(Beacon {
         slug,
         admission,
         showing,
         client,
+        visible,
     })
+}
+
+/// A leave: the post hears it (the reader stops counting as live, its reading time is told).
+async fn leave_beacon(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<Beacon, Refusal> {
+    let beacon = beacon(req, payload, state, Body::Leave).await?;
+    state.registry.leave(
+        &beacon.slug,
+        Leave {
+            presence: beacon.showing.presence(),
+            visible: beacon.visible,
+        },
+    );
+    Ok(beacon)
 }
 
 async fn leave(
@@ -63,13 +97,7 @@ async fn leave(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Refusal> {
-    let Beacon { slug, showing, .. } = beacon(&req, payload, &state).await?;
-    state.registry.leave(
-        &slug,
-        Leave {
-            presence: showing.presence(),
-        },
-    );
+    leave_beacon(&req, payload, &state).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -85,7 +113,8 @@ async fn shared_join(
         admission,
         showing,
         client,
-    } = beacon(&req, payload, &state).await?;
+        ..
+    } = beacon(&req, payload, &state, Body::Join).await?;
     let shared = shared_handle(&req, &state)?;
     // Held from here on: dropped with this request if it ends before the member is attached.
     let seat = match shared.reserve(&slug, showing.presence(), client) {
@@ -118,7 +147,8 @@ async fn shared_leave(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Refusal> {
-    let Beacon { slug, showing, .. } = beacon(&req, payload, &state).await?;
+    // The post hears the beacon first (the reading time), then the member is detached.
+    let Beacon { slug, showing, .. } = leave_beacon(&req, payload, &state).await?;
     if let Ok(shared) = shared_handle(&req, &state) {
         shared.leave(slug, showing.presence());
     }

@@ -18,7 +18,8 @@ use crate::import::file::{self, ImportFormat, ParseOptions};
 use crate::import::{self, IMPORT_HEADER, MAX_IMPORT_BYTES, Summary};
 use crate::posts::post::Counts;
 use crate::refusal::Refusal;
-use crate::storage::calendar::Day;
+use crate::storage::calendar::{Calendar, Day};
+use crate::storage::presence::{DayPresence, READ_BUCKET_STARTS_S, READ_CAP};
 use crate::storage::writer::ImportMode;
 
 /// Rows one `top` answer may hold.
@@ -54,11 +55,25 @@ fn no_store(res: &mut actix_web::HttpResponseBuilder) -> &mut actix_web::HttpRes
 struct DayRow {
     day: String,
     views: u64,
+    /// Page showings with a reading time.
+    reads: u64,
+    read_median_s: Option<f64>,
+    /// The most readers at once, and when (RFC 3339 in `--timezone`); `null` without readers.
+    peak: u64,
+    peak_at: Option<String>,
+    /// One post's history only: how many readings fell into each bucket of
+    /// [`History::read_bucket_starts_s`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    read_buckets: Option<Vec<u32>>,
 }
 
 #[derive(serde::Serialize)]
 struct History {
     slug: String,
+    /// Where each reading-time bucket starts (seconds): the first at 0, the last ending at
+    /// `read_cap_s`.
+    read_bucket_starts_s: Vec<u32>,
+    read_cap_s: u64,
     days: Vec<DayRow>,
 }
 
@@ -76,9 +91,13 @@ async fn history(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
         .history(slug.clone(), days.clone())
         .await
         .map_err(Refusal::from)?;
+    let mut starts = vec![0];
+    starts.extend(READ_BUCKET_STARTS_S);
     Ok(no_store(&mut HttpResponse::Ok()).json(History {
         slug: slug.as_str().to_owned(),
-        days: day_rows(&days, views),
+        read_bucket_starts_s: starts,
+        read_cap_s: READ_CAP.as_secs(),
+        days: day_rows(&state.calendar, &days, views, true),
     }))
 }
 
@@ -101,7 +120,7 @@ async fn history_all(
         .await
         .map_err(Refusal::from)?;
     Ok(no_store(&mut HttpResponse::Ok()).json(HistoryAll {
-        days: day_rows(&days, views),
+        days: day_rows(&state.calendar, &days, views, false),
     }))
 }
 
@@ -117,14 +136,30 @@ fn history_days(req: &HttpRequest, state: &AppState) -> Result<Vec<Day>, Refusal
     Ok(Day::range(today.back(n - 1), today).collect())
 }
 
-fn day_rows(days: &[Day], views: Vec<u64>) -> Vec<DayRow> {
+/// `buckets`: with each day's reading-time histogram.
+fn day_rows(
+    calendar: &Calendar,
+    days: &[Day],
+    rows: Vec<(u64, DayPresence)>,
+    buckets: bool,
+) -> Vec<DayRow> {
     days.iter()
-        .zip(views)
-        .map(|(day, views)| DayRow {
+        .zip(rows)
+        .map(|(day, (views, presence))| DayRow {
             day: day.to_string(),
             views,
+            reads: presence.reads.count(),
+            read_median_s: presence.reads.median_s(),
+            peak: presence.peak.live,
+            peak_at: peak_at(calendar, &presence),
+            read_buckets: buckets.then(|| presence.reads.buckets.to_vec()),
         })
         .collect()
+}
+
+/// When the day's peak was reached, `None` for a day without readers.
+pub(crate) fn peak_at(calendar: &Calendar, presence: &DayPresence) -> Option<String> {
+    (presence.peak.live > 0).then(|| calendar.rfc3339(presence.peak.at))
 }
 
 #[derive(serde::Serialize)]
@@ -165,7 +200,12 @@ enum TopBy {
     Live,
     Total,
     Today,
+    Read,
 }
+
+/// `top?by=read`: the days a post's reading times are taken over, and the reads it needs.
+const READ_DAYS: u32 = 30;
+const READ_MIN: u64 = 10;
 
 #[derive(serde::Serialize)]
 struct TopRow {
@@ -173,6 +213,11 @@ struct TopRow {
     live: u64,
     total: u64,
     today: u64,
+    /// `by=read`: the median reading time and the reads over the last 30 days.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    read_median_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reads: Option<u64>,
 }
 
 /// `GET /top?by=live|total|today&limit=N`: best first, ties by slug. Public with an
@@ -188,9 +233,10 @@ async fn top(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespons
         "live" => TopBy::Live,
         "total" => TopBy::Total,
         "today" => TopBy::Today,
+        "read" => TopBy::Read,
         other => {
             return Err(Refusal::BadRequest(format!(
-                "by must be live, total or today, not {other:?}"
+                "by must be live, total, today or read, not {other:?}"
             )));
         }
     };
@@ -207,6 +253,18 @@ async fn top_rows(state: &AppState, by: TopBy, limit: usize) -> Result<Vec<TopRo
         .map_err(Refusal::from)?
         .into_iter()
         .collect();
+    // by=read: (median in tenths of a second, reads) per post with enough reads.
+    let mut reading: HashMap<String, (f64, u64)> = HashMap::new();
+    if by == TopBy::Read {
+        let today = state.calendar.today();
+        let days = Day::range(today.back(READ_DAYS - 1), today).collect();
+        for (slug, presence) in writer.presence_over(days).await.map_err(Refusal::from)? {
+            let reads = presence.reads.count();
+            if let Some(median) = presence.reads.median_s().filter(|_| reads >= READ_MIN) {
+                reading.insert(slug, (median, reads));
+            }
+        }
+    }
     // Candidates by the ranking number, best first, ties by slug.
     let mut ranked: Vec<(String, u64)> = match by {
         TopBy::Live => state
@@ -218,6 +276,11 @@ async fn top_rows(state: &AppState, by: TopBy, limit: usize) -> Result<Vec<TopRo
             .collect(),
         TopBy::Total => writer.totals().await.map_err(Refusal::from)?,
         TopBy::Today => today.iter().map(|(s, v)| (s.clone(), *v)).collect(),
+        // Medians have one decimal: in tenths they rank as whole numbers.
+        TopBy::Read => reading
+            .iter()
+            .map(|(s, (median, _))| (s.clone(), (median * 10.0).round() as u64))
+            .collect(),
     };
     ranked.retain(|(slug, _)| Slug::parse(slug).is_ok_and(|s| state.is_listed(&s)));
     ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -232,11 +295,14 @@ async fn top_rows(state: &AppState, by: TopBy, limit: usize) -> Result<Vec<TopRo
         .zip(counts)
         .map(|(slug, counts)| {
             let counts = counts.unwrap_or_default();
+            let read = reading.get(slug.as_str());
             TopRow {
                 slug: slug.as_str().to_owned(),
                 live: counts.live,
                 total: counts.total,
                 today: today.get(slug.as_str()).copied().unwrap_or(0),
+                read_median_s: read.map(|r| r.0),
+                reads: read.map(|r| r.1),
             }
         })
         .collect())

@@ -149,6 +149,20 @@ pub(crate) async fn read_showing(
     Ok(Showing::from_beacon(&body)?)
 }
 
+/// A leave's body: a reader id, page show and optionally the visible milliseconds (see
+/// [`Showing::from_leave`]), read like [`read_showing`].
+pub(crate) async fn read_leave(
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<(Showing, Option<Duration>), Refusal> {
+    let body = read_beacon(req, payload, MAX_BEACON_BYTES).await?;
+    let (showing, visible) = Showing::from_leave(&body)?;
+    Ok((
+        showing,
+        visible.map(|ms| Duration::from_millis(u64::from(ms))),
+    ))
+}
+
 /// A beacon's body: at most `limit` bytes, refused (413) as soon as it is declared longer,
 /// within `BODY_DEADLINE` (408, and the connection closes).
 pub(crate) async fn read_beacon(

@@ -6,6 +6,7 @@
 
 pub(crate) mod changes;
 pub(crate) mod cluster_port;
+pub(crate) mod peaks;
 pub mod post;
 pub(crate) mod post_state;
 pub(crate) mod registry;

@@ -18,10 +18,12 @@ use crate::edge::slug_list::NewPost;
 use crate::metrics::Metrics;
 use crate::posts::changes::Changes;
 use crate::posts::cluster_port::{Counting, Decision};
+use crate::posts::peaks::{DayPeak, SiteLive};
 pub use crate::posts::post_state::Counts;
-use crate::posts::post_state::PostState;
+use crate::posts::post_state::{Ended, PostState};
 use crate::posts::update::Update;
-use crate::storage::calendar::Clock;
+use crate::storage::calendar::Calendar;
+use crate::storage::presence::Peak;
 use crate::storage::writer::Writer;
 use crate::storage::{MAX_COUNT, add_counts};
 
@@ -66,6 +68,8 @@ impl Message for Join {
 #[rtype(result = "()")]
 pub struct Leave {
     pub presence: Presence,
+    /// How long the page says it was visible while counted (newer scripts send it).
+    pub visible: Option<Duration>,
 }
 
 /// A stream closed. `epoch` tells whether a beacon already took it off the live count.
@@ -164,7 +168,10 @@ pub struct GetCounts;
 /// time, the metrics, and whom to tell that a post goes to sleep.
 pub struct PostContext {
     pub writer: Writer,
-    pub clock: Clock,
+    /// The time, and the days peaks are kept by.
+    pub calendar: Calendar,
+    /// Every post's live together, for the site's peak.
+    pub(crate) site: SiteLive,
     pub metrics: Arc<Metrics>,
     pub dedupe_window: Duration,
     /// Every broadcast is also told here, for the owner's dashboard.
@@ -209,6 +216,12 @@ pub struct Post {
     sleeping: bool,
     /// `Some` in cluster mode.
     merged: Option<Merged>,
+    /// Today's highest live.
+    peak: DayPeak,
+    /// A new high of `peak` not yet told to the writer (it is told with the next broadcast).
+    untold_peak: Option<Peak>,
+    /// The live last added to the site's.
+    site_share: u64,
 }
 
 impl Post {
@@ -238,6 +251,9 @@ impl Post {
             housekeeping: None,
             sleeping: false,
             merged,
+            peak: DayPeak::default(),
+            untold_peak: None,
+            site_share: 0,
         }
     }
 
@@ -286,7 +302,7 @@ impl Post {
     /// Seeds the dedupe memory with reader ids counted before a restart: (id, unix seconds).
     pub fn remembering(mut self, mut seen: Vec<(String, u64)>) -> Self {
         seen.sort_by_key(|&(_, at)| at);
-        let (now, unix) = (Instant::now(), self.context.clock.now_unix());
+        let (now, unix) = (Instant::now(), self.context.calendar.clock().now_unix());
         for (id, at) in seen {
             let Ok(id) = ReaderId::parse(&id) else {
                 continue;
@@ -320,16 +336,55 @@ impl Post {
     }
 
     /// Moves the all-posts live gauge by what this post's live did since `before`.
-    fn live_moved(&self, before: u64) {
+    fn live_moved(&mut self, before: u64) {
         let delta = self.state.counts().live as i64 - before as i64;
         if delta != 0 {
             self.context.metrics.readers_live.inc_by(delta);
+        }
+        self.note_peaks(self.counts().live);
+    }
+
+    /// Live is now `live` (shown, so in cluster mode with the other nodes'): raises today's
+    /// peaks of the post and of the site, exactly; the writer hears of them with the next
+    /// broadcast ([`Post::tell_peaks`]), not once per join of a wave.
+    fn note_peaks(&mut self, live: u64) {
+        if live == self.site_share {
+            return;
+        }
+        let context = &self.context;
+        let unix = context.calendar.clock().now_unix();
+        if let Some(peak) = self.peak.saw(live, unix, &context.calendar) {
+            self.untold_peak = Some(peak);
+        }
+        context
+            .site
+            .moved(self.site_share, live, unix, &context.calendar);
+        self.site_share = live;
+    }
+
+    /// Tells the writer the new highs since the last broadcast.
+    fn tell_peaks(&mut self) {
+        let context = &self.context;
+        if let Some(peak) = self.untold_peak.take() {
+            context.writer.raise_peak(&self.slug, peak);
+        }
+        if let Some(peak) = context.site.take_new_peak() {
+            context.writer.raise_site_peak(peak);
+        }
+    }
+
+    /// A showing stopped being live: its reading time, if it has one, goes to the day's.
+    fn ended(&self, ended: Ended) {
+        if let Some(read) = ended.read {
+            let at = self.context.calendar.clock().now_unix();
+            self.context.writer.add_read(&self.slug, read, at);
         }
     }
 
     fn broadcast(&mut self, now: Instant) {
         self.last_broadcast = Some(now);
         self.report_live();
+        self.tell_peaks();
         let counts = self.counts();
         // Encoded once; every reader's stream shares these bytes.
         self.updates.send_replace(Update::new(&self.slug, counts));
@@ -362,6 +417,8 @@ impl Post {
     fn sleep(&mut self, ctx: &mut Context<Self>) {
         self.sleeping = true;
         self.report_live();
+        self.note_peaks(0);
+        self.tell_peaks();
         (self.context.asleep)(&self.slug, &ctx.address());
         // A new post never viewed (a bot, a refused view) gives its --max-slugs place back.
         self.new_post = None;
@@ -422,7 +479,7 @@ impl Handler<Join> for Post {
             () => metrics.views_rate_limited.inc(),
         };
         self.live_moved(live_before);
-        let at = self.context.clock.now_unix();
+        let at = self.context.calendar.clock().now_unix();
         if joined.counted
             && let Some(place) = self.new_post.take()
         {
@@ -477,6 +534,7 @@ impl Handler<RemoteLive> for Post {
             && merged.remote_live != remote.live
         {
             merged.remote_live = remote.live;
+            self.note_peaks(self.counts().live);
             self.changed(ctx);
         }
     }
@@ -513,8 +571,12 @@ impl Handler<Leave> for Post {
 
     fn handle(&mut self, leave: Leave, ctx: &mut Context<Self>) {
         let live_before = self.state.counts().live;
-        if self.state.leave(leave.presence, Instant::now()) {
+        let ended = self
+            .state
+            .leave(leave.presence, leave.visible, Instant::now());
+        if ended.moved {
             self.live_moved(live_before);
+            self.ended(ended);
             self.changed(ctx);
         }
     }
@@ -525,11 +587,15 @@ impl Handler<Depart> for Post {
 
     fn handle(&mut self, depart: Depart, ctx: &mut Context<Self>) {
         let live_before = self.state.counts().live;
-        if self
-            .state
-            .depart(depart.presence, depart.epoch, depart.is_reader)
-        {
+        let ended = self.state.depart(
+            depart.presence,
+            depart.epoch,
+            depart.is_reader,
+            Instant::now(),
+        );
+        if ended.moved {
             self.live_moved(live_before);
+            self.ended(ended);
             self.changed(ctx);
         }
         if self.state.is_idle() {

@@ -4,12 +4,19 @@
 //! [`crate::storage::MAX_COUNT`]. Views are counted per reader id, live readers per
 //! [`Presence`] (a reader id in one showing of its page), so a beacon only ends the showing it
 //! was sent for.
+//!
+//! Reading time: a showing counted as a view (now or within the dedupe window) that stops
+//! being live yields one reading: with a beacon, the visible time the page measured, never more
+//! than the time the showing was seen open here; when its streams drop without a beacon, the
+//! time seen open, at most [`READ_CAP`]. A beacon without a time yields none; bots, showings
+//! refused a view, and showings that were not live yield none.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::edge::reader_id::{Presence, ReaderKey};
 use crate::storage::add_counts;
+use crate::storage::presence::READ_CAP;
 
 /// What every reader of a post sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -31,6 +38,15 @@ pub(crate) struct JoinOutcome {
     pub changed: bool,
 }
 
+/// How a showing stopped counting as live (a beacon, or its last live stream closing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Ended {
+    /// Live moved.
+    pub moved: bool,
+    /// The showing's reading time, if it yields one.
+    pub read: Option<Duration>,
+}
+
 /// One presence's open streams on this post.
 #[derive(Debug)]
 struct Reader {
@@ -39,6 +55,27 @@ struct Reader {
     live: u32,
     /// Bumped by each beacon; streams opened before it no longer count on departure.
     epoch: u32,
+    /// Since when the showing has been live (while `live` > 0).
+    live_since: Instant,
+    /// Its reader id was counted as a view (now or within the dedupe window): its reading
+    /// time counts.
+    counted: bool,
+}
+
+impl Reader {
+    /// The showing's live streams are gone: its reading time, if it yields one. `visible`:
+    /// what a beacon said (`None`: no beacon, so the open time, capped; `Some(None)`: a
+    /// beacon without a time).
+    fn end(&mut self, visible: Option<Option<Duration>>, now: Instant) -> Option<Duration> {
+        if !self.counted {
+            return None;
+        }
+        let open = now.saturating_duration_since(self.live_since);
+        match visible {
+            None => Some(open.min(READ_CAP)),
+            Some(said) => said.map(|v| v.min(open)),
+        }
+    }
 }
 
 /// Reader ids counted within the dedupe window, oldest first.
@@ -141,6 +178,8 @@ impl PostState {
             open: 0,
             live: 0,
             epoch: 0,
+            live_since: now,
+            counted: false,
         });
         entry.open += 1;
         if ended {
@@ -152,6 +191,11 @@ impl PostState {
                 changed: counted,
             };
         }
+        if entry.live == 0 {
+            entry.live_since = now;
+            // Counted now, or earlier within the window (a reconnect, a restore).
+            entry.counted = counted || !is_new;
+        }
         entry.live += 1;
         self.counts.live += 1;
         JoinOutcome {
@@ -162,21 +206,33 @@ impl PostState {
         }
     }
 
-    /// A beacon: every stream of this presence stops counting as live. True if live moved.
-    /// A showing numbered by its page (above 0) is over for good: a later join of it is not
-    /// live either. Show 0 (clients that number nothing) may come back.
-    pub(crate) fn leave(&mut self, presence: Presence, now: Instant) -> bool {
+    /// A beacon, with the time the page says it was visible (older scripts send none): every
+    /// stream of this presence stops counting as live. A showing numbered by its page (above
+    /// 0) is over for good: a later join of it is not live either. Show 0 (clients that number
+    /// nothing) may come back.
+    pub(crate) fn leave(
+        &mut self,
+        presence: Presence,
+        visible: Option<Duration>,
+        now: Instant,
+    ) -> Ended {
         if presence.show > 0 && !self.has_ended(presence, now) {
             self.ended.push_back((now, presence));
         }
         let Some(entry) = self.readers.get_mut(&presence) else {
-            return false;
+            return Ended::default();
         };
         entry.epoch = entry.epoch.wrapping_add(1);
         let was_live = u64::from(entry.live);
+        if was_live == 0 {
+            return Ended::default();
+        }
         entry.live = 0;
         self.counts.live -= was_live;
-        was_live > 0
+        Ended {
+            moved: true,
+            read: entry.end(Some(visible), now),
+        }
     }
 
     /// Whether a beacon ended this showing within [`ENDED_MEMORY`] (older ones are forgotten).
@@ -191,25 +247,37 @@ impl PostState {
         self.ended.iter().any(|&(_, p)| p == presence)
     }
 
-    /// A stream closed. True if live moved (it had not been beaconed away).
-    pub(crate) fn depart(&mut self, presence: Presence, epoch: u32, is_reader: bool) -> bool {
+    /// A stream closed. Live moved if it had not been beaconed away; the showing's last live
+    /// stream closing without a beacon ends it.
+    pub(crate) fn depart(
+        &mut self,
+        presence: Presence,
+        epoch: u32,
+        is_reader: bool,
+        now: Instant,
+    ) -> Ended {
         if !is_reader {
             self.unobserve();
-            return false;
+            return Ended::default();
         }
         let Some(entry) = self.readers.get_mut(&presence) else {
-            return false;
+            return Ended::default();
         };
         entry.open = entry.open.saturating_sub(1);
         let was_live = entry.epoch == epoch && entry.live > 0;
+        let mut ended = Ended::default();
         if was_live {
             entry.live -= 1;
             self.counts.live -= 1;
+            ended = Ended {
+                moved: true,
+                read: (entry.live == 0).then(|| entry.end(None, now)).flatten(),
+            };
         }
         if entry.open == 0 {
             self.readers.remove(&presence);
         }
-        was_live
+        ended
     }
 
     /// Someone is served this post's numbers without reading it (a bot's stream, a watcher).
@@ -282,8 +350,13 @@ mod tests {
             may_count: bool,
             is_reader: bool,
         },
-        /// A beacon for reader `n`, sent for page showing `show`.
-        Leave { reader: u8, show: u32 },
+        /// A beacon for reader `n`, sent for page showing `show`, with the visible time the
+        /// page measured (ms) or none (an older script).
+        Leave {
+            reader: u8,
+            show: u32,
+            visible: Option<u32>,
+        },
         /// The `n`-th open stream (modulo how many are open) closes.
         Drop { stream: usize },
         /// Views imported into the total (`viewcounter import`), up to `u64::MAX`.
@@ -300,7 +373,13 @@ mod tests {
                     is_reader
                 }
             ),
-            (0u8..6, 0u32..3).prop_map(|(reader, show)| Op::Leave { reader, show }),
+            (0u8..6, 0u32..3, prop::option::of(0u32..60_000)).prop_map(
+                |(reader, show, visible)| Op::Leave {
+                    reader,
+                    show,
+                    visible
+                }
+            ),
             any::<usize>().prop_map(|stream| Op::Drop { stream }),
             prop_oneof![0u64..10, Just(MAX_COUNT), Just(u64::MAX)]
                 .prop_map(|views| Op::Import { views }),
@@ -323,7 +402,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn live_is_open_streams_minus_beaconed_and_total_is_counted_joins_up_to_the_largest_count(
+        fn live_is_open_streams_minus_beaconed_total_is_counted_joins_and_readings_are_believed_up_to_the_open_time(
             start_total in start_total(),
             ops in prop::collection::vec(op(), 0..200),
         ) {
@@ -334,8 +413,16 @@ mod tests {
             let mut open: Vec<Stream> = Vec::new();
             let mut counted: HashSet<u8> = HashSet::new();
             let mut ended: HashSet<(u8, u32)> = HashSet::new();
+            // Per showing while live: since when, and whether its reader id was counted.
+            let mut since: HashMap<(u8, u32), (Instant, bool)> = HashMap::new();
+            let live_of = |open: &[Stream], reader: u8, show: u32| {
+                open.iter()
+                    .filter(|s| s.reader == reader && s.show == show && s.is_reader && !s.beaconed)
+                    .count()
+            };
             for (i, op) in ops.into_iter().enumerate() {
-                let now = start + Duration::from_millis(i as u64);
+                // Within ENDED_MEMORY (and the window) over the whole run.
+                let now = start + Duration::from_millis(i as u64 * 250);
                 match op {
                     Op::Join { reader, show, may_count, is_reader } => {
                         let out = state.join(presence(reader, show), || may_count, is_reader, now);
@@ -347,10 +434,21 @@ mod tests {
                         }
                         // A showing a beacon ended joins held but not live.
                         let beaconed = ended.contains(&(reader, show));
+                        if is_reader && !beaconed && live_of(&open, reader, show) == 0 {
+                            since.insert((reader, show), (now, counted.contains(&reader)));
+                        }
                         open.push(Stream { reader, show, is_reader, epoch: out.epoch, beaconed });
                     }
-                    Op::Leave { reader, show } => {
-                        state.leave(presence(reader, show), now);
+                    Op::Leave { reader, show, visible } => {
+                        let visible = visible.map(|ms| Duration::from_millis(u64::from(ms)));
+                        let out = state.leave(presence(reader, show), visible, now);
+                        let was_live = live_of(&open, reader, show) > 0;
+                        prop_assert_eq!(out.moved, was_live);
+                        let read = match since.get(&(reader, show)) {
+                            Some(&(at, true)) if was_live => visible.map(|v| v.min(now - at)),
+                            _ => None,
+                        };
+                        prop_assert_eq!(out.read, read);
                         if show > 0 {
                             ended.insert((reader, show));
                         }
@@ -362,8 +460,14 @@ mod tests {
                     Op::Drop { stream } => {
                         if !open.is_empty() {
                             let s = open.remove(stream % open.len());
-                            let moved = state.depart(presence(s.reader, s.show), s.epoch, s.is_reader);
-                            prop_assert_eq!(moved, s.is_reader && !s.beaconed);
+                            let out = state.depart(presence(s.reader, s.show), s.epoch, s.is_reader, now);
+                            let moved = s.is_reader && !s.beaconed;
+                            prop_assert_eq!(out.moved, moved);
+                            let read = match since.get(&(s.reader, s.show)) {
+                                Some(&(at, true)) if moved && live_of(&open, s.reader, s.show) == 0 => Some(now - at),
+                                _ => None,
+                            };
+                            prop_assert_eq!(out.read, read);
                         }
                     }
                     Op::Import { views } => {
@@ -376,10 +480,10 @@ mod tests {
                 prop_assert_eq!(state.counts(), Counts { live, total });
             }
             while let Some(s) = open.pop() {
-                state.depart(presence(s.reader, s.show), s.epoch, s.is_reader);
+                state.depart(presence(s.reader, s.show), s.epoch, s.is_reader, start);
             }
             prop_assert_eq!(state.counts().live, 0);
-            state.expire(start + WINDOW + Duration::from_secs(1));
+            state.expire(start + WINDOW + Duration::from_secs(60));
             prop_assert!(state.is_idle());
         }
     }
@@ -389,15 +493,15 @@ mod tests {
         let now = Instant::now();
         let mut state = PostState::new(0, WINDOW);
         let first = state.join(presence(1, 1), || true, true, now);
-        assert!(state.depart(presence(1, 1), first.epoch, true));
+        assert!(state.depart(presence(1, 1), first.epoch, true, now).moved);
         let restored = state.join(presence(1, 2), || true, true, now);
         assert!(!restored.counted, "the same page view counts once");
         assert!(
-            !state.leave(presence(1, 1), now),
+            !state.leave(presence(1, 1), None, now).moved,
             "sent for the first showing"
         );
         assert_eq!(state.counts(), Counts { live: 1, total: 1 });
-        assert!(state.leave(presence(1, 2), now));
+        assert!(state.leave(presence(1, 2), None, now).moved);
         assert_eq!(state.counts(), Counts { live: 0, total: 1 });
     }
 
@@ -405,13 +509,16 @@ mod tests {
     fn a_join_that_arrives_after_the_leave_of_its_showing_is_not_live() {
         let now = Instant::now();
         let mut state = PostState::new(0, WINDOW);
-        assert!(!state.leave(presence(1, 3), now), "nothing to take off yet");
+        assert!(
+            !state.leave(presence(1, 3), None, now).moved,
+            "nothing to take off yet"
+        );
         let late = state.join(presence(1, 3), || true, true, now);
         assert!(late.counted, "the view still counts once");
         assert_eq!(state.counts(), Counts { live: 0, total: 1 });
-        assert!(!state.depart(presence(1, 3), late.epoch, true));
+        assert!(!state.depart(presence(1, 3), late.epoch, true, now).moved);
         // A client that numbers nothing (show 0) may come back after its beacon.
-        state.leave(presence(2, 0), now);
+        state.leave(presence(2, 0), None, now);
         state.join(presence(2, 0), || true, true, now);
         assert_eq!(state.counts().live, 1);
         // Forgotten after a while: the memory is bounded.
@@ -446,6 +553,48 @@ mod tests {
                 .counted
         );
         assert_eq!(state.counts(), Counts { live: 3, total: 2 });
+    }
+
+    #[test]
+    fn a_showing_is_believed_up_to_its_open_time_and_a_dropped_one_counts_at_most_the_cap() {
+        let start = Instant::now();
+        let mut state = PostState::new(0, WINDOW);
+        let a = state.join(presence(1, 1), || true, true, start);
+        let later = start + Duration::from_secs(40);
+        let said = Some(Duration::from_secs(3600));
+        assert_eq!(
+            state.leave(presence(1, 1), said, later).read,
+            Some(Duration::from_secs(40)),
+            "never more than seen open"
+        );
+        assert_eq!(
+            state.depart(presence(1, 1), a.epoch, true, later).read,
+            None,
+            "read once"
+        );
+        let b = state.join(presence(2, 1), || true, true, start);
+        let hours = start + Duration::from_secs(7200);
+        assert_eq!(
+            state.depart(presence(2, 1), b.epoch, true, hours).read,
+            Some(READ_CAP)
+        );
+        // An older script's beacon carries no time.
+        state.join(presence(3, 1), || true, true, start);
+        assert_eq!(state.leave(presence(3, 1), None, later).read, None);
+        // A view the rate limit refused, and a bot, read nothing.
+        let refused = state.join(presence(4, 1), || false, true, start);
+        assert_eq!(
+            state.depart(presence(4, 1), refused.epoch, true, later),
+            Ended {
+                moved: true,
+                read: None
+            }
+        );
+        let bot = state.join(presence(5, 1), || true, false, start);
+        assert_eq!(
+            state.depart(presence(5, 1), bot.epoch, false, later).read,
+            None
+        );
     }
 
     #[test]

@@ -17,11 +17,12 @@ use crate::memory::Reclaimer;
 use crate::metrics::Metrics;
 use crate::posts::changes::Changes;
 use crate::posts::cluster_port::Counting;
+use crate::posts::peaks::SiteLive;
 use crate::posts::post::{
     Asleep, Counts, GetCounts, Imported, Join, Joined, Leave, Post, PostContext, Watch, Watched,
 };
 use crate::refusal::Refusal;
-use crate::storage::calendar::Clock;
+use crate::storage::calendar::Calendar;
 use crate::storage::writer::{LoadFor, Loaded, Writer};
 
 pub(crate) struct Registry {
@@ -35,7 +36,7 @@ impl Registry {
     pub(crate) fn new(
         writer: Writer,
         dedupe_window: Duration,
-        clock: Clock,
+        calendar: Calendar,
         metrics: Arc<Metrics>,
         cluster: Option<Arc<dyn Counting>>,
     ) -> Arc<Self> {
@@ -50,7 +51,8 @@ impl Registry {
                 posts: Mutex::new(HashMap::new()),
                 context: Arc::new(PostContext {
                     writer,
-                    clock,
+                    calendar,
+                    site: SiteLive::default(),
                     metrics,
                     dedupe_window,
                     changes: Changes::default(),

@@ -119,6 +119,18 @@ impl Calendar {
         self.day_of(self.clock.now_unix())
     }
 
+    /// An instant (unix seconds) as RFC 3339 with this zone's offset at that instant, e.g.
+    /// `2026-12-07T14:03:09+01:00`.
+    pub fn rfc3339(&self, unix: u64) -> String {
+        let at = i64::try_from(unix)
+            .ok()
+            .and_then(|s| Timestamp::from_second(s).ok())
+            .unwrap_or(Timestamp::UNIX_EPOCH);
+        at.to_zoned_datetime(self.tz.clone())
+            .strftime("%Y-%m-%dT%H:%M:%S%:z")
+            .to_string()
+    }
+
     /// How long until the next day starts here (at least a second); `None` past the
     /// calendar's range.
     pub fn until_tomorrow(&self) -> Option<std::time::Duration> {
@@ -182,6 +194,21 @@ mod tests {
             .collect();
         assert_eq!(days, ["2024-02-28", "2024-02-29", "2024-03-01"]);
         assert_eq!(Day::parse("20240301"), None);
+    }
+
+    #[test]
+    fn an_instant_is_written_with_the_zones_offset_then() {
+        let berlin = Calendar::new(TimeZone::get("Europe/Berlin").unwrap(), Clock::default());
+        assert_eq!(
+            berlin.rfc3339(unix("2026-12-07T13:03:09Z")),
+            "2026-12-07T14:03:09+01:00"
+        );
+        assert_eq!(
+            berlin.rfc3339(unix("2026-07-07T13:03:09Z")),
+            "2026-07-07T15:03:09+02:00"
+        );
+        let utc = Calendar::new(TimeZone::UTC, Clock::default());
+        assert_eq!(utc.rfc3339(0), "1970-01-01T00:00:00+00:00");
     }
 
     #[test]

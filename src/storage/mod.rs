@@ -3,6 +3,7 @@
 //! [`crate::memory::HoldsCachedBlocks`].
 
 pub mod calendar;
+pub mod presence;
 pub mod store;
 pub mod writer;
 

@@ -11,6 +11,7 @@ use redb::{
     StorageBackend, TableDefinition,
 };
 
+use crate::storage::presence::{DayPresence, Peak};
 use crate::storage::{MAX_COUNT, add_counts};
 
 /// Views per post: slug → all-time total.
@@ -23,11 +24,19 @@ const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
 /// first, so one day's views of every post (`top?by=today`) are one range; a post's history is
 /// a lookup per day. Written in the same transaction as the totals.
 const DAYS: TableDefinition<(u32, &str), u64> = TableDefinition::new("days");
+/// Reading times and the peak per post per day: (day as `YYYYMMDD`, slug) → a
+/// [`DayPresence`] encoded (a few dozen bytes). Day first like `days`. Written in the same
+/// transaction as the totals.
+const DAY_PRESENCE: TableDefinition<(u32, &str), &[u8]> = TableDefinition::new("day_presence");
+/// The whole site's peak per day: day → (readers at once, unix seconds when first reached).
+const SITE_PEAKS: TableDefinition<u32, (u64, u64)> = TableDefinition::new("site_peaks");
 /// Format bookkeeping, so a later version can migrate the file.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SCHEMA_VERSION_KEY: &str = "schema_version";
 /// 2 added `days`; a version-1 file gains the table (empty: those views have no days) on open.
-pub const SCHEMA_VERSION: u64 = 2;
+/// 3 added `day_presence` and `site_peaks`; older files gain them empty (no reading times or
+/// peaks were kept then), their totals and days untouched.
+pub const SCHEMA_VERSION: u64 = 3;
 const OLDEST_READABLE: u64 = 1;
 
 /// redb's page cache, in bytes. Its default (1 GiB) keeps every page ever read or written:
@@ -63,7 +72,36 @@ pub trait Store: Send + 'static {
         batch: &[(&str, u64)],
         days: &[DayViews<'_>],
         seen: &[Seen<'_>],
+    ) -> Result<(), StoreError> {
+        self.add_all(batch, days, seen, &[], &[])
+    }
+    /// [`Store::add`], and presence: each post's reading times added and peak raised per day,
+    /// the site's peak raised per day (day, peak), all in the same atomic step.
+    fn add_all(
+        &mut self,
+        batch: &[(&str, u64)],
+        days: &[DayViews<'_>],
+        seen: &[Seen<'_>],
+        presence: &[PresenceDelta<'_>],
+        site: &[(u32, Peak)],
     ) -> Result<(), StoreError>;
+    /// One post's presence on each of `days`, in that order; empty for a day without. An
+    /// engine that keeps no presence (cluster mode's Redis, so far) has none.
+    fn presence_of(&mut self, _slug: &str, days: &[u32]) -> Result<Vec<DayPresence>, StoreError> {
+        Ok(vec![DayPresence::default(); days.len()])
+    }
+    /// Every post's presence on one day, sorted by slug.
+    fn day_presence(&mut self, _day: u32) -> Result<Vec<(String, DayPresence)>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// The site's peak on each of `days`.
+    fn site_peaks(&mut self, days: &[u32]) -> Result<Vec<Peak>, StoreError> {
+        Ok(vec![Peak::default(); days.len()])
+    }
+    /// Every (slug, day, presence), sorted by slug then day.
+    fn all_presence(&mut self) -> Result<Vec<(String, u32, DayPresence)>, StoreError> {
+        Ok(Vec::new())
+    }
     /// One post's views on each of `days` (`YYYYMMDD`), in that order; 0 for a day without.
     fn days_of(&mut self, slug: &str, days: &[u32]) -> Result<Vec<u64>, StoreError>;
     /// Every post's views on one day, sorted by slug.
@@ -86,6 +124,14 @@ pub struct DayViews<'a> {
     pub slug: &'a str,
     pub day: u32,
     pub views: u64,
+}
+
+/// Presence of a post on a day (`YYYYMMDD`) to add: reading times add up, the peak is raised.
+#[derive(Debug, Clone, Copy)]
+pub struct PresenceDelta<'a> {
+    pub slug: &'a str,
+    pub day: u32,
+    pub presence: DayPresence,
 }
 
 /// A reader id counted for a post at a time (unix seconds).
@@ -290,6 +336,10 @@ fn check_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
         txn.open_table(TOTALS).map_err(|e| foreign(e.to_string()))?;
         txn.open_table(SEEN).map_err(|e| foreign(e.to_string()))?;
         txn.open_table(DAYS).map_err(|e| foreign(e.to_string()))?;
+        txn.open_table(DAY_PRESENCE)
+            .map_err(|e| foreign(e.to_string()))?;
+        txn.open_table(SITE_PEAKS)
+            .map_err(|e| foreign(e.to_string()))?;
     }
     txn.commit().map_err(StoreError::storage)
 }
@@ -343,15 +393,44 @@ impl Store for RedbStore {
         })
     }
 
-    fn add(
+    fn add_all(
         &mut self,
         batch: &[(&str, u64)],
         days: &[DayViews<'_>],
         seen: &[Seen<'_>],
+        presence: &[PresenceDelta<'_>],
+        site: &[(u32, Peak)],
     ) -> Result<(), StoreError> {
         self.with_db(|db| {
             let txn = db.begin_write().map_err(StoreError::storage)?;
             {
+                let mut per_day = txn.open_table(DAY_PRESENCE).map_err(StoreError::storage)?;
+                for p in presence {
+                    let mut day = per_day
+                        .get((p.day, p.slug))
+                        .map_err(StoreError::storage)?
+                        .and_then(|v| DayPresence::decode(v.value()))
+                        .unwrap_or_default();
+                    day.merge(&p.presence);
+                    per_day
+                        .insert((p.day, p.slug), day.encode().as_slice())
+                        .map_err(StoreError::storage)?;
+                }
+                let mut peaks = txn.open_table(SITE_PEAKS).map_err(StoreError::storage)?;
+                for &(day, peak) in site {
+                    let mut stored =
+                        peaks
+                            .get(day)
+                            .map_err(StoreError::storage)?
+                            .map_or(Peak::default(), |v| {
+                                let (live, at) = v.value();
+                                Peak { live, at }
+                            });
+                    stored.raise(peak);
+                    peaks
+                        .insert(day, (stored.live, stored.at))
+                        .map_err(StoreError::storage)?;
+                }
                 let mut per_day = txn.open_table(DAYS).map_err(StoreError::storage)?;
                 for d in days {
                     let old = per_day
@@ -425,38 +504,48 @@ impl Store for RedbStore {
     }
 
     fn days_of(&mut self, slug: &str, days: &[u32]) -> Result<Vec<u64>, StoreError> {
-        self.with_db(|db| {
-            let txn = db.begin_read().map_err(StoreError::storage)?;
-            let table = txn.open_table(DAYS).map_err(StoreError::storage)?;
-            days.iter()
-                .map(|&day| {
-                    let views = table.get((day, slug)).map_err(StoreError::storage)?;
-                    Ok(views.map_or(0, |v| count(v.value())))
-                })
-                .collect()
-        })
+        self.with_db(|db| post_on_days(db, DAYS, slug, days, |v| Some(count(v))))
     }
 
     fn day(&mut self, day: u32) -> Result<Vec<(String, u64)>, StoreError> {
-        self.with_db(|db| {
-            let txn = db.begin_read().map_err(StoreError::storage)?;
-            let table = txn.open_table(DAYS).map_err(StoreError::storage)?;
-            let mut rows = Vec::new();
-            for row in table
-                .range((day, "")..(day + 1, ""))
-                .map_err(StoreError::storage)?
-            {
-                let (key, views) = row.map_err(StoreError::storage)?;
-                rows.push((key.value().1.to_owned(), count(views.value())));
-            }
-            Ok(rows)
-        })
+        self.with_db(|db| posts_on_day(db, DAYS, day, |v| Some(count(v))))
     }
 
     fn all_days(&mut self) -> Result<Vec<(String, u32, u64)>, StoreError> {
         self.with_db(|db| {
             let txn = db.begin_read().map_err(StoreError::storage)?;
             read_days(&txn)
+        })
+    }
+
+    fn presence_of(&mut self, slug: &str, days: &[u32]) -> Result<Vec<DayPresence>, StoreError> {
+        self.with_db(|db| post_on_days(db, DAY_PRESENCE, slug, days, DayPresence::decode))
+    }
+
+    fn day_presence(&mut self, day: u32) -> Result<Vec<(String, DayPresence)>, StoreError> {
+        self.with_db(|db| posts_on_day(db, DAY_PRESENCE, day, DayPresence::decode))
+    }
+
+    fn site_peaks(&mut self, days: &[u32]) -> Result<Vec<Peak>, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(StoreError::storage)?;
+            let table = txn.open_table(SITE_PEAKS).map_err(StoreError::storage)?;
+            days.iter()
+                .map(|&day| {
+                    let row = table.get(day).map_err(StoreError::storage)?;
+                    Ok(row.map_or(Peak::default(), |v| {
+                        let (live, at) = v.value();
+                        Peak { live, at }
+                    }))
+                })
+                .collect()
+        })
+    }
+
+    fn all_presence(&mut self) -> Result<Vec<(String, u32, DayPresence)>, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(StoreError::storage)?;
+            read_presence(&txn)
         })
     }
 
@@ -467,6 +556,48 @@ impl Store for RedbStore {
             table.len().map_err(StoreError::storage)
         })
     }
+}
+
+/// One post's rows of a (day, slug) table on each of `days`, in that order, read by `read`
+/// (the default for a day without a row, or one `read` refuses).
+fn post_on_days<V: redb::Value + 'static, T: Default>(
+    db: &Database,
+    table: TableDefinition<(u32, &'static str), V>,
+    slug: &str,
+    days: &[u32],
+    read: impl Fn(V::SelfType<'_>) -> Option<T>,
+) -> Result<Vec<T>, StoreError> {
+    let txn = db.begin_read().map_err(StoreError::storage)?;
+    let table = txn.open_table(table).map_err(StoreError::storage)?;
+    days.iter()
+        .map(|&day| {
+            let row = table.get((day, slug)).map_err(StoreError::storage)?;
+            Ok(row.and_then(|v| read(v.value())).unwrap_or_default())
+        })
+        .collect()
+}
+
+/// Every post's row of a (day, slug) table on `day`, sorted by slug, read by `read` (rows it
+/// refuses are left out).
+fn posts_on_day<V: redb::Value + 'static, T>(
+    db: &Database,
+    table: TableDefinition<(u32, &'static str), V>,
+    day: u32,
+    read: impl Fn(V::SelfType<'_>) -> Option<T>,
+) -> Result<Vec<(String, T)>, StoreError> {
+    let txn = db.begin_read().map_err(StoreError::storage)?;
+    let table = txn.open_table(table).map_err(StoreError::storage)?;
+    let mut rows = Vec::new();
+    for row in table
+        .range((day, "")..(day + 1, ""))
+        .map_err(StoreError::storage)?
+    {
+        let (key, value) = row.map_err(StoreError::storage)?;
+        if let Some(value) = read(value.value()) {
+            rows.push((key.value().1.to_owned(), value));
+        }
+    }
+    Ok(rows)
 }
 
 /// Reads the totals of a file no server holds, read-only: it is neither created nor changed,
@@ -539,6 +670,13 @@ impl Snapshot {
         read_totals(&self.db, &self.path)
     }
 
+    /// Every (slug, day, presence), sorted by slug then day.
+    pub fn presence(&self) -> Result<Vec<(String, u32, DayPresence)>, StoreError> {
+        let txn = self.db.begin_read().map_err(StoreError::storage)?;
+        check_schema_read_only(&txn, &self.path)?;
+        read_presence(&txn)
+    }
+
     /// Every (slug, day, views), sorted by slug then day.
     pub fn days(&self) -> Result<Vec<(String, u32, u64)>, StoreError> {
         let txn = self.db.begin_read().map_err(StoreError::storage)?;
@@ -548,19 +686,38 @@ impl Snapshot {
 }
 
 fn read_days(txn: &redb::ReadTransaction) -> Result<Vec<(String, u32, u64)>, StoreError> {
-    let table = match txn.open_table(DAYS) {
+    // A version-1 file read by `export` has no days (never migrated: exports do not write).
+    every_day(txn, DAYS, |v| Some(count(v)))
+}
+
+fn read_presence(
+    txn: &redb::ReadTransaction,
+) -> Result<Vec<(String, u32, DayPresence)>, StoreError> {
+    // A file of version 2 or older read by `export` has no presence.
+    every_day(txn, DAY_PRESENCE, DayPresence::decode)
+}
+
+/// Every (slug, day, row) of a (day, slug) table, sorted by slug then day, read by `read`
+/// (rows it refuses are left out); none when the file has no such table yet.
+fn every_day<V: redb::Value + 'static, T>(
+    txn: &redb::ReadTransaction,
+    table: TableDefinition<(u32, &'static str), V>,
+    read: impl Fn(V::SelfType<'_>) -> Option<T>,
+) -> Result<Vec<(String, u32, T)>, StoreError> {
+    let table = match txn.open_table(table) {
         Ok(table) => table,
-        // A version-1 file read by `export` (never migrated: exports do not write).
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
         Err(e) => return Err(StoreError::storage(e)),
     };
     let mut rows = Vec::new();
     for row in table.iter().map_err(StoreError::storage)? {
-        let (key, views) = row.map_err(StoreError::storage)?;
+        let (key, value) = row.map_err(StoreError::storage)?;
         let (day, slug) = key.value();
-        rows.push((slug.to_owned(), day, count(views.value())));
+        if let Some(value) = read(value.value()) {
+            rows.push((slug.to_owned(), day, value));
+        }
     }
-    rows.sort();
+    rows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
     Ok(rows)
 }
 
@@ -775,14 +932,8 @@ mod tests {
                 .unwrap();
         }
         let db = Database::open(&path).unwrap();
+        assert_eq!(schema_version(&db), Some(SCHEMA_VERSION));
         let txn = db.begin_read().unwrap();
-        let version = txn
-            .open_table(META)
-            .unwrap()
-            .get(SCHEMA_VERSION_KEY)
-            .unwrap()
-            .map(|v| v.value());
-        assert_eq!(version, Some(SCHEMA_VERSION));
         assert_eq!(
             txn.open_table(TOTALS)
                 .unwrap()
@@ -791,6 +942,69 @@ mod tests {
                 .map(|v| v.value()),
             Some(4)
         );
+    }
+
+    #[test]
+    fn a_file_written_by_the_second_release_opens_keeps_its_totals_and_days_and_gains_presence() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v2.redb");
+        let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/schema-v2.redb");
+        std::fs::copy(fixture, &path).unwrap();
+        let totals = vec![("alpha".to_owned(), 3), ("beta".to_owned(), 4)];
+        let days = vec![
+            ("alpha".to_owned(), 20261201, 2),
+            ("alpha".to_owned(), 20261202, 1),
+            ("beta".to_owned(), 20261202, 4),
+        ];
+        let snapshot = Snapshot::read(&path).unwrap();
+        assert_eq!(
+            snapshot.totals().unwrap(),
+            totals,
+            "readable before migration"
+        );
+        assert_eq!(snapshot.presence().unwrap(), [], "no presence kept then");
+        drop(snapshot);
+        let mut store = RedbStore::open(&path).unwrap();
+        assert_eq!(store.totals().unwrap(), totals);
+        assert_eq!(store.all_days().unwrap(), days);
+        assert_eq!(store.all_presence().unwrap(), []);
+        let mut presence = DayPresence::default();
+        presence.reads.add(std::time::Duration::from_secs(42));
+        presence.peak = Peak {
+            live: 2,
+            at: 1_800_000_000,
+        };
+        store
+            .add_all(
+                &[("alpha", 1)],
+                &[DayViews {
+                    slug: "alpha",
+                    day: 20261202,
+                    views: 1,
+                }],
+                &[],
+                &[PresenceDelta {
+                    slug: "alpha",
+                    day: 20261202,
+                    presence,
+                }],
+                &[(20261202, presence.peak)],
+            )
+            .unwrap();
+        assert_eq!(
+            store.presence_of("alpha", &[20261201, 20261202]).unwrap(),
+            [DayPresence::default(), presence]
+        );
+        assert_eq!(store.site_peaks(&[20261202]).unwrap(), [presence.peak]);
+        drop(store);
+        assert_eq!(schema_version(&Database::open(&path).unwrap()), Some(3));
+    }
+
+    /// The version a file says it has.
+    fn schema_version(db: &Database) -> Option<u64> {
+        let txn = db.begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        meta.get(SCHEMA_VERSION_KEY).unwrap().map(|v| v.value())
     }
 
     #[test]

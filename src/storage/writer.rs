@@ -19,7 +19,8 @@ use crate::memory::{CachedBlocks, HoldsCachedBlocks};
 use crate::metrics::Metrics;
 use crate::refusal::Refusal;
 use crate::storage::calendar::{Calendar, Day};
-use crate::storage::store::{DayViews, Seen, Store, StoreError};
+use crate::storage::presence::{DayPresence, Peak, Reads};
+use crate::storage::store::{DayViews, PresenceDelta, Seen, Store, StoreError};
 use crate::storage::{MAX_COUNT, add_counts};
 
 /// How long a failing flush waits before it is tried again, at the least.
@@ -66,14 +67,23 @@ pub struct Loaded {
 /// per second this saves a thread wake-up (two context switches) per view.
 const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
-/// One counted view on its way to the store.
-struct View {
-    slug: Slug,
-    reader: ReaderId,
-    at: u64,
+/// What goes to the store through the inbox.
+enum Entry {
+    /// One counted view, and the reader id it was counted for.
+    View {
+        slug: Slug,
+        reader: ReaderId,
+        at: u64,
+    },
+    /// A page showing's reading time, ended at `at`.
+    Read { slug: Slug, at: u64, time: Duration },
+    /// A post reached a new high of readers at once.
+    Peak { slug: Slug, peak: Peak },
+    /// The whole site reached a new high of readers at once.
+    SitePeak(Peak),
 }
 
-type Inbox = Arc<Mutex<Vec<View>>>;
+type Inbox = Arc<Mutex<Vec<Entry>>>;
 
 enum Command {
     /// Views arrived in the inbox.
@@ -130,13 +140,39 @@ impl Writer {
 
     /// Records one counted view and the reader id it was counted for; never blocks.
     pub fn add_view(&self, slug: &Slug, reader: ReaderId, at: u64) {
-        let mut inbox = self.inbox.lock().unwrap_or_else(PoisonError::into_inner);
-        let first = inbox.is_empty();
-        inbox.push(View {
+        self.push(Entry::View {
             slug: slug.clone(),
             reader,
             at,
         });
+    }
+
+    /// Records a page showing's reading time (ended at `at`, unix seconds); never blocks.
+    pub fn add_read(&self, slug: &Slug, time: Duration, at: u64) {
+        self.push(Entry::Read {
+            slug: slug.clone(),
+            at,
+            time,
+        });
+    }
+
+    /// Records a post's new high of readers at once; never blocks.
+    pub fn raise_peak(&self, slug: &Slug, peak: Peak) {
+        self.push(Entry::Peak {
+            slug: slug.clone(),
+            peak,
+        });
+    }
+
+    /// Records the whole site's new high of readers at once; never blocks.
+    pub fn raise_site_peak(&self, peak: Peak) {
+        self.push(Entry::SitePeak(peak));
+    }
+
+    fn push(&self, entry: Entry) {
+        let mut inbox = self.inbox.lock().unwrap_or_else(PoisonError::into_inner);
+        let first = inbox.is_empty();
+        inbox.push(entry);
         drop(inbox);
         if first {
             // A stopped writer only happens during shutdown, after the final flush.
@@ -181,9 +217,31 @@ impl Writer {
         Ok(rx.await.map_err(|_| WriterError::Stopped)??)
     }
 
-    /// One post's views on each of `days`, including unwritten views.
-    pub async fn history(&self, slug: Slug, days: Vec<Day>) -> Result<Vec<u64>, WriterError> {
+    /// One post's views and presence on each of `days`, including unwritten ones.
+    pub async fn history(
+        &self,
+        slug: Slug,
+        days: Vec<Day>,
+    ) -> Result<Vec<(u64, DayPresence)>, WriterError> {
         self.ask(move |state| state.history(&slug, &days)).await
+    }
+
+    /// Every post's presence on each of `days` merged per post (reading times added, the
+    /// highest peak), including unwritten ones, sorted by slug.
+    pub async fn presence_over(
+        &self,
+        days: Vec<Day>,
+    ) -> Result<Vec<(String, DayPresence)>, WriterError> {
+        self.ask(move |state| {
+            let mut all: BTreeMap<String, DayPresence> = BTreeMap::new();
+            for day in days {
+                for (slug, p) in state.day_presence(day.key())? {
+                    all.entry(slug).or_default().merge(&p);
+                }
+            }
+            Ok(all.into_iter().collect())
+        })
+        .await
     }
 
     /// The totals of `slugs`, including unwritten views; `None` for a post with no views.
@@ -200,17 +258,42 @@ impl Writer {
             .await
     }
 
-    /// All posts' views together on each of `days`, including unwritten views.
-    pub async fn history_all(&self, days: Vec<Day>) -> Result<Vec<u64>, WriterError> {
+    /// All posts' views together on each of `days`, with the site's presence (every post's
+    /// reading times, the site's peak), including unwritten ones.
+    pub async fn history_all(
+        &self,
+        days: Vec<Day>,
+    ) -> Result<Vec<(u64, DayPresence)>, WriterError> {
         self.ask(move |state| {
+            let keys: Vec<u32> = days.iter().map(|d| d.key()).collect();
+            let peaks = state.site_peaks(&keys)?;
             days.iter()
-                .map(|&day| {
+                .zip(peaks)
+                .map(|(&day, peak)| {
                     let views = state.day_views(day)?;
-                    Ok(views.iter().fold(0, |all, (_, v)| add_counts(all, *v)))
+                    let views = views.iter().fold(0, |all, (_, v)| add_counts(all, *v));
+                    let mut site = DayPresence {
+                        peak,
+                        ..DayPresence::default()
+                    };
+                    for (_, p) in state.day_presence(day.key())? {
+                        site.reads.merge(&p.reads);
+                    }
+                    Ok((views, site))
                 })
                 .collect()
         })
         .await
+    }
+
+    /// Every post's presence on `day`, including unwritten, sorted by slug.
+    pub async fn day_presence(&self, day: Day) -> Result<Vec<(String, DayPresence)>, WriterError> {
+        self.ask(move |state| state.day_presence(day.key())).await
+    }
+
+    /// Every (slug, day, presence), including unwritten, sorted by slug then day.
+    pub async fn all_presence(&self) -> Result<Vec<(String, Day, DayPresence)>, WriterError> {
+        self.ask(State::all_presence).await
     }
 
     /// Every post's views on `day`, including unwritten views, sorted by slug.
@@ -354,8 +437,10 @@ impl Known {
     }
 }
 
-/// Views of one post not yet written.
+/// Views (and presence) of one post not yet written.
 struct Pending {
+    /// Reading times and peaks by day, nearly always one entry.
+    presence: Vec<(u32, DayPresence)>,
     delta: u64,
     /// The same views by day (`YYYYMMDD`), in the order they were counted: nearly always one
     /// entry, two around midnight.
@@ -375,6 +460,8 @@ struct State {
     last_day: Option<(u64, u32)>,
     metrics: Arc<Metrics>,
     pending: HashMap<Slug, Pending>,
+    /// The site's peaks by day not yet written.
+    site_pending: Vec<(u32, Peak)>,
     /// Stored totals of the posts loaded most recently: what loads answer while the file
     /// cannot be read (a disk gone read-only), so those posts keep being served.
     known: Known,
@@ -403,6 +490,7 @@ impl State {
             last_day: None,
             metrics,
             pending: HashMap::new(),
+            site_pending: Vec::new(),
             known: Known::default(),
             wake: None,
             inbox,
@@ -483,38 +571,78 @@ impl State {
     fn drain(&mut self) {
         self.drain_at = None;
         self.last_drain = Instant::now();
-        let views = std::mem::take(&mut *self.inbox.lock().unwrap_or_else(PoisonError::into_inner));
-        for view in views {
-            self.add(view.slug, view.reader, view.at);
+        let entries =
+            std::mem::take(&mut *self.inbox.lock().unwrap_or_else(PoisonError::into_inner));
+        for entry in entries {
+            match entry {
+                Entry::View { slug, reader, at } => self.add(slug, reader, at),
+                Entry::Read { slug, at, time } => {
+                    let day = self.day_of(at);
+                    let reads = Reads::one(time);
+                    self.pending_presence(slug, day, |p| p.reads.merge(&reads));
+                }
+                Entry::Peak { slug, peak } => {
+                    let day = self.day_of(peak.at);
+                    self.pending_presence(slug, day, |p| p.peak.raise(peak));
+                }
+                Entry::SitePeak(peak) => {
+                    let day = self.day_of(peak.at);
+                    match self.site_pending.iter_mut().find(|(d, _)| *d == day) {
+                        Some((_, p)) => p.raise(peak),
+                        None => self.site_pending.push((day, peak)),
+                    }
+                    // Written with the next flush; due like a post's first change.
+                    self.due_by(Instant::now() + self.policy.after);
+                }
+            }
         }
     }
 
     fn add(&mut self, slug: Slug, reader: ReaderId, at: u64) {
-        let now = Instant::now();
         let day = self.day_of(at);
-        if let Some(p) = self.pending.get_mut(&slug) {
-            p.delta = add_counts(p.delta, 1);
-            match p.days.last_mut() {
-                Some((d, views)) if *d == day => *views = add_counts(*views, 1),
-                _ => p.days.push((day, 1)),
-            }
-            p.seen.push((reader, at));
-            p.last = now;
-            return;
+        let p = self.pending_of(slug);
+        p.delta = add_counts(p.delta, 1);
+        match p.days.last_mut() {
+            Some((d, views)) if *d == day => *views = add_counts(*views, 1),
+            _ => p.days.push((day, 1)),
         }
-        self.pending.insert(
-            slug,
-            Pending {
-                delta: 1,
-                days: vec![(day, 1)],
-                seen: vec![(reader, at)],
-                first: now,
-                last: now,
-            },
-        );
-        // A new entry is due no later than `after` from now; older entries keep their own
-        // (earlier or equal) deadlines, so the wake-up stays a lower bound.
-        let due = now + self.policy.after;
+        p.seen.push((reader, at));
+    }
+
+    /// Changes the post's unwritten presence on `day`.
+    fn pending_presence(&mut self, slug: Slug, day: u32, change: impl FnOnce(&mut DayPresence)) {
+        let p = self.pending_of(slug);
+        match p.presence.iter_mut().find(|(d, _)| *d == day) {
+            Some((_, presence)) => change(presence),
+            None => {
+                let mut presence = DayPresence::default();
+                change(&mut presence);
+                p.presence.push((day, presence));
+            }
+        }
+    }
+
+    /// The post's unwritten changes, marked as changed now.
+    fn pending_of(&mut self, slug: Slug) -> &mut Pending {
+        let now = Instant::now();
+        if !self.pending.contains_key(&slug) {
+            // A new entry is due no later than `after` from now; older entries keep their own
+            // (earlier or equal) deadlines, so the wake-up stays a lower bound.
+            self.due_by(now + self.policy.after);
+        }
+        let p = self.pending.entry(slug).or_insert_with(|| Pending {
+            presence: Vec::new(),
+            delta: 0,
+            days: Vec::new(),
+            seen: Vec::new(),
+            first: now,
+            last: now,
+        });
+        p.last = now;
+        p
+    }
+
+    fn due_by(&mut self, due: Instant) {
         self.wake = Some(self.wake.map_or(due, |w| w.min(due)));
     }
 
@@ -548,7 +676,8 @@ impl State {
                 None => return Err(e),
             },
         };
-        let pending = self.pending.get(slug).map(|p| p.delta);
+        // Presence alone (a reader of a post counted before a restart) makes no view.
+        let pending = self.pending.get(slug).map(|p| p.delta).filter(|&d| d > 0);
         let new = stored.is_none() && pending.is_none();
         let total = add_counts(stored.unwrap_or(0), pending.unwrap_or(0));
         if new || purpose == LoadFor::Numbers {
@@ -587,7 +716,7 @@ impl State {
             Ok(stored) => stored,
             Err(_) => self.known.get(slug.as_str()),
         };
-        let pending = self.pending.get(slug).map(|p| p.delta);
+        let pending = self.pending.get(slug).map(|p| p.delta).filter(|&d| d > 0);
         match (stored, pending) {
             (None, None) => None,
             (a, b) => Some(add_counts(a.unwrap_or(0), b.unwrap_or(0))),
@@ -603,13 +732,76 @@ impl State {
         })
     }
 
-    fn history(&mut self, slug: &Slug, days: &[Day]) -> Result<Vec<u64>, StoreError> {
+    /// The post's unwritten presence on `day`.
+    fn pending_presence_on(&self, slug: &Slug, day: u32) -> Option<&DayPresence> {
+        let p = self.pending.get(slug)?;
+        p.presence
+            .iter()
+            .find_map(|(d, presence)| (*d == day).then_some(presence))
+    }
+
+    fn history(
+        &mut self,
+        slug: &Slug,
+        days: &[Day],
+    ) -> Result<Vec<(u64, DayPresence)>, StoreError> {
         let keys: Vec<u32> = days.iter().map(|d| d.key()).collect();
         let stored = self.store.days_of(slug.as_str(), &keys)?;
+        let presence = self.store.presence_of(slug.as_str(), &keys)?;
         Ok(keys
             .iter()
-            .zip(stored)
-            .map(|(&day, views)| add_counts(views, self.pending_on(slug, day)))
+            .zip(stored.into_iter().zip(presence))
+            .map(|(&day, (views, mut presence))| {
+                if let Some(p) = self.pending_presence_on(slug, day) {
+                    presence.merge(p);
+                }
+                (add_counts(views, self.pending_on(slug, day)), presence)
+            })
+            .collect())
+    }
+
+    fn day_presence(&mut self, day: u32) -> Result<Vec<(String, DayPresence)>, StoreError> {
+        let mut all: BTreeMap<String, DayPresence> =
+            self.store.day_presence(day)?.into_iter().collect();
+        for (slug, p) in &self.pending {
+            if let Some((_, presence)) = p.presence.iter().find(|(d, _)| *d == day) {
+                all.entry(slug.as_str().to_owned())
+                    .or_default()
+                    .merge(presence);
+            }
+        }
+        Ok(all.into_iter().collect())
+    }
+
+    fn site_peaks(&mut self, days: &[u32]) -> Result<Vec<Peak>, StoreError> {
+        let mut peaks = self.store.site_peaks(days)?;
+        for (day, peak) in days.iter().zip(&mut peaks) {
+            for (d, pending) in &self.site_pending {
+                if d == day {
+                    peak.raise(*pending);
+                }
+            }
+        }
+        Ok(peaks)
+    }
+
+    fn all_presence(&mut self) -> Result<Vec<(String, Day, DayPresence)>, StoreError> {
+        let mut all: BTreeMap<(String, u32), DayPresence> = self
+            .store
+            .all_presence()?
+            .into_iter()
+            .map(|(slug, day, p)| ((slug, day), p))
+            .collect();
+        for (slug, p) in &self.pending {
+            for (day, presence) in &p.presence {
+                all.entry((slug.as_str().to_owned(), *day))
+                    .or_default()
+                    .merge(presence);
+            }
+        }
+        Ok(all
+            .into_iter()
+            .filter_map(|((slug, day), p)| Some((slug, Day::from_key(day)?, p)))
             .collect())
     }
 
@@ -695,7 +887,13 @@ impl State {
 
     fn on_wake(&mut self) {
         let now = Instant::now();
-        let earliest = self.pending.values().map(|p| self.due(p)).min();
+        let site_due = (!self.site_pending.is_empty()).then_some(now);
+        let earliest = self
+            .pending
+            .values()
+            .map(|p| self.due(p))
+            .chain(site_due)
+            .min();
         match earliest {
             None => self.wake = None,
             Some(due) if due > now => self.wake = Some(due),
@@ -711,13 +909,25 @@ impl State {
 
     /// One write transaction for every dirty post; on failure nothing is forgotten.
     fn flush(&mut self) -> Result<(), StoreError> {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && self.site_pending.is_empty() {
             return Ok(());
         }
         let batch: Vec<(&str, u64)> = self
             .pending
             .iter()
+            .filter(|(_, p)| p.delta > 0)
             .map(|(slug, p)| (slug.as_str(), p.delta))
+            .collect();
+        let presence: Vec<PresenceDelta<'_>> = self
+            .pending
+            .iter()
+            .flat_map(|(slug, p)| {
+                p.presence.iter().map(|&(day, presence)| PresenceDelta {
+                    slug: slug.as_str(),
+                    day,
+                    presence,
+                })
+            })
             .collect();
         let seen: Vec<Seen<'_>> = self
             .pending
@@ -742,7 +952,9 @@ impl State {
             })
             .collect();
         let flushing = Instant::now();
-        let written = self.store.add(&batch, &days, &seen);
+        let written = self
+            .store
+            .add_all(&batch, &days, &seen, &presence, &self.site_pending);
         self.metrics.flushed(flushing.elapsed(), written.is_ok());
         written?;
         for (slug, p) in &self.pending {
@@ -751,6 +963,7 @@ impl State {
         tracing::debug!(posts = batch.len(), "flushed totals");
         // A fresh map rather than clear(): after a spike of posts the old one keeps its size.
         self.pending = HashMap::new();
+        self.site_pending = Vec::new();
         if self.last_failure_log.take().is_some() {
             tracing::info!("writing totals works again; nothing was lost");
         }

@@ -820,7 +820,12 @@ async fn a_malformed_show_number_is_refused_with_400_and_changes_nothing() {
     for bad in ["x", "-1", "1.5", "4294967296"] {
         assert_refused(&app, connect_show("alpha", &token(), bad), 400).await;
     }
-    for bad in ["x", "1 2", "-1", "4294967296"] {
+    // `1 2` is a leave's show and visible milliseconds; a join has no time.
+    let res = app
+        .send(shared_join(&sid, "alpha", &format!("{tok} 1 2")))
+        .await;
+    res.assert_json_error(400);
+    for bad in ["x", "1 2 3", "1 x", "-1", "4294967296"] {
         let body = format!("{tok} {bad}");
         for req in [
             leave("alpha", &body),

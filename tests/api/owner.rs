@@ -90,15 +90,14 @@ async fn import_over_http(addr: SocketAddr, query: &str, file: &str) -> serde_js
 // ---------------------------------------------------------------------------------------------
 // History and days.
 
+/// The views of a history; its presence fields (and the whole shape) are `presence.rs`'s.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct History {
     slug: String,
     days: Vec<DayViews>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct DayViews {
     day: String,
     views: u64,

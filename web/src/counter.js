@@ -27,7 +27,7 @@
   const DATA = 'd'; // [DATA, event data]: the leader relays one event of its stream
   const ASK = 'q'; // [ASK, 0]: a follower whose leader has been quiet asks
   const JOIN = 'join'; // [JOIN, slug, reader]: attach my reader; also the API's path word
-  const LEAVE = 'leave'; // [LEAVE, slug, reader]: detach it; also the API's path word
+  const LEAVE = 'leave'; // [LEAVE, slug, reader, visibleMs]: detach it; also the API's path word
   const WATCH = 'watch'; // [WATCH, tab, slugs]: the posts this tab watches; also a path word
   // The protocol's version is in the channel's name: tabs running a script that speaks
   // another one stay on their own channel (README: "Older scripts").
@@ -65,6 +65,8 @@
   const known = Object.create(null); // no prototype: a post may be called "constructor"
   let observer; // the MutationObserver (README: "Following the page")
   let rescanTimer;
+  let visibleMs = 0; // reading time: how long the page was visible while counted, until…
+  let visibleSince = 0; // …when it last became visible (performance.now()); 0 while hidden
 
   // Only while this tab leads.
   let streamId = ''; // '' while it follows
@@ -106,6 +108,22 @@
   // (before a bfcache restore) must not end this one (README: "Page showings").
   const reader = () => pageViewId + ' ' + showing;
 
+  // Reading time, sent with the leave (README: "Reading time"): the time the page was visible
+  // (Page Visibility) since it was counted, in whole milliseconds within a u32.
+  const readingMs = () =>
+    Math.min(2 ** 32 - 1, Math.round(visibleMs + (visibleSince && performance.now() - visibleSince)));
+
+  function startReading() {
+    visibleMs = 0;
+    visibleSince = 0;
+    visibilityChanged();
+  }
+
+  function visibilityChanged() {
+    if (document.visibilityState !== 'visible') [visibleMs, visibleSince] = [readingMs(), 0];
+    else if (!visibleSince) visibleSince = performance.now();
+  }
+
   const listen = (types, handler) =>
     types.split(' ').forEach(type => window.addEventListener(type, handler, true));
 
@@ -128,12 +146,12 @@
     electionTimer = setTimeout(then, delayMs * rank);
   }
 
-  function handle([kind, first, second]) {
+  function handle([kind, first, second, third]) {
     if (kind === HELLO) heardHello(first);
     else if (kind === DATA) heardNumbers(first);
     else if (!streamId) claimUnlessClaiming(); // a question, and this tab does not lead
     else if (kind === WATCH) watchesOf(first, second);
-    else if (second) attachOrDetach(kind, first, second); // JOIN or LEAVE, to the leader
+    else if (second) attachOrDetach(kind, first, second, third); // JOIN or LEAVE, to the leader
   }
 
   // Every tab hears each HELLO, its sender too (broadcast).
@@ -218,14 +236,16 @@
 
   // A JOIN attaches a reader it did not have yet; a LEAVE always detaches. While the stream is
   // not open the list is only kept: `onopen` attaches everyone.
-  function attachOrDetach(kind, readerSlug, id) {
+  // A LEAVE's reading time goes along (none from an older tab's script).
+  function attachOrDetach(kind, readerSlug, id, ms) {
     if (kind === JOIN) {
       if (readers[id] === readerSlug) return;
       readers[id] = readerSlug;
     } else {
       delete readers[id];
     }
-    if (stream && stream.readyState === OPEN) beacon(id, 'shared', streamId, kind, readerSlug);
+    const body = ms === undefined ? id : id + ' ' + ms;
+    if (stream && stream.readyState === OPEN) beacon(body, 'shared', streamId, kind, readerSlug);
   }
 
   // A tab's watch list replaces the one it had (none: it watches nothing any more). Posts the
@@ -261,8 +281,9 @@
   // its goodbye: a question nobody answers any more (README: "Leaving").
   function leave() {
     if (!slug) return;
-    beacon(reader(), 'leave', slug);
-    broadcast([LEAVE, slug, reader()]);
+    const ms = readingMs();
+    beacon(reader() + ' ' + ms, 'leave', slug);
+    broadcast([LEAVE, slug, reader(), ms]);
   }
 
   // The posts this page watches, as the page says now: a router's swap replaces them.
@@ -285,6 +306,7 @@
     leave();
     slug = newSlug;
     pageViewId = randomId();
+    startReading();
     announce();
   }
 
@@ -292,6 +314,7 @@
   // channel reaches nobody and this tab leads itself (README: "Fallback").
   function pageShown() {
     showing++;
+    startReading();
     channel = window.BroadcastChannel
       ? new BroadcastChannel(CHANNEL_PREFIX + scriptUrl)
       : new MessageChannel().port1;
@@ -373,6 +396,7 @@
     if (document.prerendering) return listen('prerenderingchange', start);
     // Capture listeners on window also see Astro's events at document and Turbo's at <html>.
     listen('pagehide', pageHidden);
+    listen('visibilitychange', visibilityChanged);
     listen('pageshow', event => event.persisted && pageShown());
     followRouters();
     pageShown();

@@ -43,6 +43,10 @@ struct Row {
     live: u64,
     total: u64,
     today: u64,
+    /// Today's most readers at once: stored, then raised by the live the board sees.
+    peak: u64,
+    /// Today's median reading time in tenths of a second, as of the last snapshot.
+    read_median_ds: Option<u64>,
 }
 
 #[derive(serde::Serialize)]
@@ -57,6 +61,8 @@ struct RowJson<'a> {
     live: u64,
     total: u64,
     today: u64,
+    peak: u64,
+    read_median_s: Option<f64>,
 }
 
 impl Row {
@@ -66,7 +72,15 @@ impl Row {
             live: self.live,
             total: self.total,
             today: self.today,
+            peak: self.peak,
+            read_median_s: self.read_median_ds.map(|ds| ds as f64 / 10.0),
         }
+    }
+
+    /// Live moved to `live`: today's peak follows it up.
+    fn set_live(&mut self, live: u64) {
+        self.live = live;
+        self.peak = self.peak.max(live);
     }
 }
 
@@ -96,6 +110,12 @@ impl Board {
             .totals_and_day(day)
             .await
             .map_err(Refusal::from)?;
+        let presence = state
+            .registry
+            .writer()
+            .day_presence(day)
+            .await
+            .map_err(Refusal::from)?;
         let live = read_live(state).await;
         let mut posts: HashMap<Slug, Row> = HashMap::with_capacity(totals.len());
         if let SlugPolicy::Listed(list) = &state.slugs {
@@ -118,10 +138,17 @@ impl Board {
                 row.today = views;
             }
         }
+        for (raw, presence) in presence {
+            if let Some(row) = Slug::parse(&raw).ok().and_then(|s| posts.get_mut(&s)) {
+                row.peak = presence.peak.live;
+                // Medians have one decimal.
+                row.read_median_ds = presence.reads.median_s().map(|s| (s * 10.0).round() as u64);
+            }
+        }
         for (slug, live) in live {
             // Its total stays the writer's: a view counted since the writer was asked has
             // its broadcast still to come, which adds it to today as well.
-            posts.entry(slug).or_default().live = live;
+            posts.entry(slug).or_default().set_live(live);
         }
         Ok(Self { day, posts })
     }
@@ -134,7 +161,7 @@ impl Board {
         if row.live == live {
             return Applied::Same;
         }
-        row.live = live;
+        row.set_live(live);
         Applied::Row(*row)
     }
 
@@ -146,7 +173,7 @@ impl Board {
         // Totals only grow by counting; what else moves them (an import) asks for a snapshot.
         row.today = add_counts(row.today, counts.total.saturating_sub(row.total));
         row.total = counts.total.max(row.total);
-        row.live = counts.live;
+        row.set_live(counts.live);
         if *row == before {
             Applied::Same
         } else {

@@ -1,0 +1,269 @@
+//! What presence tells the owner (`design.md`, "What presence tells the owner"): reading times
+//! from the leave beacon or the open time the server saw, and the day's peaks per post and for
+//! the site, in `/history` and `/top?by=read`, kept across a restart.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use testkit::*;
+
+/// How long a reading or a peak may take to show in `/history` (it goes through the post's
+/// mailbox and the writer's inbox).
+const SHOWN: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct Day {
+    day: String,
+    views: u64,
+    reads: u64,
+    read_median_s: Option<f64>,
+    peak: u64,
+    peak_at: Option<String>,
+    #[serde(default)]
+    read_buckets: Option<Vec<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostHistory {
+    slug: String,
+    read_bucket_starts_s: Vec<u32>,
+    read_cap_s: u64,
+    days: Vec<Day>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SiteHistory {
+    days: Vec<Day>,
+}
+
+/// Today in `/api/v1/history/{slug}?days=1`.
+async fn post_today(addr: SocketAddr, slug: &str) -> Day {
+    let res = send(addr, Req::get(format!("/api/v1/history/{slug}?days=1"))).await;
+    assert_eq!(res.status, 200, "{res:?}");
+    let history: PostHistory = res.json_as();
+    assert_eq!(history.slug, slug);
+    history.days[0].clone()
+}
+
+/// Today in `/api/v1/history?days=1`.
+async fn site_today(addr: SocketAddr) -> Day {
+    let res = send(addr, Req::get("/api/v1/history?days=1")).await;
+    assert_eq!(res.status, 200, "{res:?}");
+    let history: SiteHistory = res.json_as();
+    history.days[0].clone()
+}
+
+/// Waits until today's `reads` of `slug` is `n`; its day then.
+async fn await_reads(addr: SocketAddr, slug: &str, n: u64) -> Day {
+    await_value(&format!("reads of {slug}"), n, SHOWN, || async {
+        post_today(addr, slug).await.reads
+    })
+    .await;
+    post_today(addr, slug).await
+}
+
+/// `POST /api/v1/leave/{slug}` with `body`, asserting 204.
+async fn leave_with(addr: SocketAddr, slug: &str, body: &str) {
+    let res = send(addr, Req::post(format!("/api/v1/leave/{slug}"), body)).await;
+    assert_eq!(res.status, 204, "{res:?}");
+}
+
+#[actix_web::test]
+async fn a_leave_is_believed_up_to_the_time_the_server_saw_the_page_open() {
+    let app = spawn_app().await;
+    let opened = Instant::now();
+    let reader = app.join("alpha").await;
+    // The page says it was visible for an hour; the server saw it open for a moment.
+    leave_with(app.addr, "alpha", &format!("{} 0 3600000", reader.id)).await;
+    let seen_open = opened.elapsed().as_secs_f64();
+    let day = await_reads(app.addr, "alpha", 1).await;
+    let median = day.read_median_s.expect("a median with one read");
+    assert!(
+        median <= seen_open + 0.05,
+        "{median} s read, open {seen_open} s"
+    );
+    assert_eq!(
+        day.read_buckets.as_ref().map(|b| b.iter().sum::<u32>()),
+        Some(1)
+    );
+
+    // Less than the open time is believed as said.
+    let reader = app.join("beta").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    leave_with(app.addr, "beta", &format!("{} 0 100", reader.id)).await;
+    let day = await_reads(app.addr, "beta", 1).await;
+    assert_eq!(day.read_median_s, Some(0.1));
+    drop(reader);
+}
+
+#[actix_web::test]
+async fn a_stream_that_drops_without_a_leave_counts_the_time_it_was_open() {
+    let app = spawn_app().await;
+    let opened = Instant::now();
+    let reader = app.join("alpha").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    reader.stream.close();
+    app.await_counts("alpha", counts(0, 1), LIVE_DROP).await;
+    let seen_open = opened.elapsed().as_secs_f64();
+    let day = await_reads(app.addr, "alpha", 1).await;
+    let median = day.read_median_s.expect("a median with one read");
+    assert!(
+        (0.3..=seen_open + 0.05).contains(&median),
+        "{median} s read, open {seen_open} s"
+    );
+}
+
+#[actix_web::test]
+async fn an_older_leave_without_a_time_and_a_bot_read_nothing() {
+    let app = spawn_app().await;
+    let reader = app.join("alpha").await;
+    leave_with(app.addr, "alpha", &reader.id).await;
+    let bot = app
+        .join_as(
+            "alpha",
+            Req::connect("alpha", &token()).header("User-Agent", BOT_UA),
+        )
+        .await;
+    bot.stream.close();
+    reader.stream.close();
+    // A reading that does count, after them: once it shows, theirs would have.
+    let timed = app.join("alpha").await;
+    leave_with(app.addr, "alpha", &format!("{} 0 5", timed.id)).await;
+    let day = await_reads(app.addr, "alpha", 1).await;
+    assert_eq!(day.read_median_s, Some(0.0));
+    assert_eq!(day.views, 2, "the bot's view is not counted either");
+}
+
+#[actix_web::test]
+async fn a_day_has_each_posts_peak_and_the_sites_with_when_and_keeps_them_across_a_restart() {
+    let clock = Clock::default();
+    clock.set_unix(1_796_637_600); // 2026-12-07T10:00:00Z, 11:00 in Berlin
+    let app = spawn_app_configured(|c| {
+        c.clock = clock.clone();
+        c.timezone = jiff::tz::TimeZone::get("Europe/Berlin").expect("a known time zone");
+    })
+    .await;
+    let nobody = post_today(app.addr, "gamma").await;
+    assert_eq!((nobody.peak, nobody.peak_at), (0, None));
+    assert_eq!((nobody.reads, nobody.read_median_s), (0, None));
+
+    let a1 = app.join("alpha").await;
+    let a2 = app.join("alpha").await;
+    let b1 = app.join("beta").await;
+    app.await_counts("beta", counts(1, 1), PROPAGATION).await;
+    drop((a1, a2, b1));
+    app.await_counts("alpha", counts(0, 2), LIVE_DROP).await;
+    app.await_counts("beta", counts(0, 1), LIVE_DROP).await;
+
+    let peaks = || async {
+        let (a, b, s) = (
+            post_today(app.addr, "alpha").await,
+            post_today(app.addr, "beta").await,
+            site_today(app.addr).await,
+        );
+        (a.peak, b.peak, s.peak)
+    };
+    await_value("peaks of alpha, beta, the site", (2, 1, 3), SHOWN, peaks).await;
+    let site = site_today(app.addr).await;
+    let at = site.peak_at.expect("a time with readers");
+    assert!(
+        at.starts_with("2026-12-07T11:00:") && at.ends_with("+01:00"),
+        "{at}"
+    );
+    assert_eq!(site.reads, 3, "the dropped streams' readings, every post's");
+
+    let dir = app.stop_and_keep_dir().await;
+    let app = spawn_app_configured_in(dir, |c| {
+        c.clock = clock.clone();
+        c.timezone = jiff::tz::TimeZone::get("Europe/Berlin").expect("a known time zone");
+    })
+    .await;
+    assert_eq!(post_today(app.addr, "alpha").await.peak, 2);
+    assert_eq!(site_today(app.addr).await.peak_at, Some(at));
+}
+
+#[actix_web::test]
+async fn top_by_read_ranks_posts_with_ten_reads_by_their_median() {
+    let app = spawn_app().await;
+    // alpha: ten short reads; beta: ten of about 300 ms; gamma: nine long ones, too few.
+    for (slug, n, open) in [("alpha", 10, 0), ("beta", 10, 300), ("gamma", 9, 600)] {
+        let mut readers = Vec::new();
+        for _ in 0..n {
+            readers.push(app.join(slug).await);
+        }
+        tokio::time::sleep(Duration::from_millis(open)).await;
+        for reader in readers {
+            leave_with(app.addr, slug, &format!("{} 0 3600000", reader.id)).await;
+        }
+        await_reads(app.addr, slug, n).await;
+    }
+    let res = app.send(Req::get("/api/v1/top?by=read")).await;
+    assert_eq!(res.status, 200, "{res:?}");
+    let rows = res.json();
+    let slugs: Vec<&str> = rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r["slug"].as_str().expect("a slug"))
+        .collect();
+    assert_eq!(slugs, ["beta", "alpha"]);
+    assert!(rows[0]["read_median_s"].as_f64().expect("a median") >= 0.3);
+    assert_eq!(rows[0]["reads"], 10);
+}
+
+#[actix_web::test]
+async fn a_posts_history_names_the_reading_time_buckets_once() {
+    let app = spawn_app().await;
+    let res = app.send(Req::get("/api/v1/history/alpha?days=2")).await;
+    let history: PostHistory = res.json_as();
+    assert_eq!(history.read_bucket_starts_s.len(), 16);
+    assert_eq!(history.read_bucket_starts_s[0], 0);
+    assert_eq!(history.read_cap_s, 1800);
+    for day in &history.days {
+        assert_eq!(day.read_buckets.as_deref(), Some(&[0; 16][..]));
+    }
+    let site = app.send(Req::get("/api/v1/history?days=1")).await.json();
+    assert!(site["days"][0].get("read_buckets").is_none(), "{site}");
+}
+
+#[actix_web::test]
+async fn the_dashboard_rows_carry_todays_peak_and_median_reading_time() {
+    let app = spawn_app().await;
+    let reader = app.join("alpha").await;
+    let second = app.join("alpha").await;
+    leave_with(app.addr, "alpha", &format!("{} 0 5", reader.id)).await;
+    await_reads(app.addr, "alpha", 1).await;
+    // A new high is told to the writer with the post's next broadcast (within 250 ms).
+    await_value("alpha's peak", 2, SHOWN, || async {
+        post_today(app.addr, "alpha").await.peak
+    })
+    .await;
+
+    let mut board = app.open(Req::get("/api/v1/admin/stream")).await;
+    assert_eq!(board.status, 200);
+    let snapshot = loop {
+        let ev = board.next_event().await;
+        if ev.raw.lines().any(|l| l == "event: snapshot") {
+            break ev;
+        }
+    };
+    let json: serde_json::Value =
+        serde_json::from_str(snapshot.data.as_deref().expect("data")).expect("JSON");
+    let row = |slug: &str| {
+        let posts = json["posts"].as_array().expect("posts");
+        let row = posts.iter().find(|p| p["slug"] == slug).expect("a row");
+        (
+            row["live"].as_u64(),
+            row["peak"].as_u64(),
+            row["read_median_s"].as_f64(),
+        )
+    };
+    assert_eq!(row("alpha"), (Some(1), Some(2), Some(0.0)));
+    assert_eq!(row("beta"), (Some(0), Some(0), None), "no reads: null");
+    drop(second);
+}
