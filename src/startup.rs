@@ -301,6 +301,7 @@ fn http_server(
                 web::scope("/api/v1")
                     .configure(api::routes)
                     .configure(owner::routes)
+                    .configure(crate::http::pulse::routes)
                     .configure(crate::http::watch::routes),
             )
             .configure(dashboard::routes)
@@ -382,6 +383,11 @@ fn spawn_background(
             heartbeat.send_replace(());
         }
     });
+    let (pulse, changes) = (
+        Arc::clone(state.registry.pulse()),
+        state.registry.changes().clone(),
+    );
+    tasks.spawn("pulse", move |shutdown| pulse.run(changes, shutdown));
     let st = state.clone();
     let workers = server.threads();
     tasks.spawn("housekeeping", move |mut shutdown| async move {

@@ -438,7 +438,7 @@ fn tell_live(registry: &Registry, moved: Moved) {
         // An awake post broadcasts it (to the dashboards too); for one asleep here, only the
         // dashboards need to know.
         if !registry.tell(&slug, RemoteLive { live }) {
-            registry.changes().live(&slug, live);
+            registry.live_elsewhere(&slug, live);
         }
     }
 }

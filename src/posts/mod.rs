@@ -8,5 +8,6 @@ pub(crate) mod changes;
 pub(crate) mod cluster_port;
 pub mod post;
 pub(crate) mod post_state;
+pub(crate) mod pulse;
 pub(crate) mod registry;
 pub mod update;

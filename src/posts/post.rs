@@ -20,6 +20,7 @@ use crate::posts::changes::Changes;
 use crate::posts::cluster_port::{Counting, Decision};
 pub use crate::posts::post_state::Counts;
 use crate::posts::post_state::PostState;
+use crate::posts::pulse::Pulse;
 use crate::posts::update::Update;
 use crate::storage::calendar::Clock;
 use crate::storage::writer::Writer;
@@ -169,6 +170,8 @@ pub struct PostContext {
     pub dedupe_window: Duration,
     /// Every broadcast is also told here, for the owner's dashboard.
     pub changes: Changes,
+    /// Every change of a post's live count, as it happens (not coalesced).
+    pub(crate) pulse: Arc<Pulse>,
     /// Called by a post going to sleep, so the next reader wakes a fresh actor.
     pub asleep: Box<AsleepReport>,
     /// Cluster mode: where views are counted and live readers are merged.
@@ -319,11 +322,13 @@ impl Post {
         }
     }
 
-    /// Moves the all-posts live gauge by what this post's live did since `before`.
+    /// Moves the all-posts live gauge by what this post's live did since `before`, and
+    /// tells the pulse every move, however short-lived (the broadcast may merge it away).
     fn live_moved(&self, before: u64) {
         let delta = self.state.counts().live as i64 - before as i64;
         if delta != 0 {
             self.context.metrics.readers_live.inc_by(delta);
+            self.context.pulse.set(&self.slug, self.counts().live);
         }
     }
 
@@ -477,6 +482,7 @@ impl Handler<RemoteLive> for Post {
             && merged.remote_live != remote.live
         {
             merged.remote_live = remote.live;
+            self.context.pulse.set(&self.slug, self.counts().live);
             self.changed(ctx);
         }
     }

@@ -20,6 +20,7 @@ use crate::posts::cluster_port::Counting;
 use crate::posts::post::{
     Asleep, Counts, GetCounts, Imported, Join, Joined, Leave, Post, PostContext, Watch, Watched,
 };
+use crate::posts::pulse::Pulse;
 use crate::refusal::Refusal;
 use crate::storage::calendar::Clock;
 use crate::storage::writer::{LoadFor, Loaded, Writer};
@@ -50,10 +51,11 @@ impl Registry {
                 posts: Mutex::new(HashMap::new()),
                 context: Arc::new(PostContext {
                     writer,
-                    clock,
+                    clock: clock.clone(),
                     metrics,
                     dedupe_window,
                     changes: Changes::default(),
+                    pulse: Arc::new(Pulse::new(clock.clone())),
                     asleep: Box::new(asleep),
                     cluster,
                 }),
@@ -99,6 +101,17 @@ impl Registry {
     /// Every post's broadcasts, for whoever watches all posts (the dashboard).
     pub(crate) fn changes(&self) -> &Changes {
         &self.context.changes
+    }
+
+    /// Readers minute by minute, the site's and each post's.
+    pub(crate) fn pulse(&self) -> &Arc<Pulse> {
+        &self.context.pulse
+    }
+
+    /// Cluster mode: a post asleep here has `live` readers on the other nodes.
+    pub(crate) fn live_elsewhere(&self, slug: &Slug, live: u64) {
+        self.context.pulse.set(slug, live);
+        self.changes().live(slug, live);
     }
 
     /// The numbers of many posts at once, waking none: awake posts are asked, the others'

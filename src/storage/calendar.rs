@@ -119,6 +119,16 @@ impl Calendar {
         self.day_of(self.clock.now_unix())
     }
 
+    /// An instant (unix seconds) in RFC 3339 with this zone's offset then, as the API shows
+    /// instants: `2026-12-07T12:30:00+01:00`.
+    pub fn moment(&self, unix: u64) -> String {
+        let at = i64::try_from(unix)
+            .ok()
+            .and_then(|s| Timestamp::from_second(s).ok())
+            .unwrap_or(Timestamp::UNIX_EPOCH);
+        at.display_with_offset(self.tz.to_offset(at)).to_string()
+    }
+
     /// How long until the next day starts here (at least a second); `None` past the
     /// calendar's range.
     pub fn until_tomorrow(&self) -> Option<std::time::Duration> {
@@ -167,6 +177,19 @@ mod tests {
         assert_eq!(
             utc.day_of(unix("2026-11-30T23:00:01Z")).to_string(),
             "2026-11-30"
+        );
+    }
+
+    #[test]
+    fn a_moment_shows_the_zones_offset_at_that_instant() {
+        let paris = Calendar::new(TimeZone::get("Europe/Paris").unwrap(), Clock::default());
+        assert_eq!(
+            paris.moment(unix("2026-12-07T11:30:00Z")),
+            "2026-12-07T12:30:00+01:00"
+        );
+        assert_eq!(
+            paris.moment(unix("2026-07-07T11:30:00Z")),
+            "2026-07-07T13:30:00+02:00"
         );
     }
 

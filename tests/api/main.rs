@@ -21,6 +21,7 @@ mod numbers;
 mod owner;
 mod owner_only;
 mod persistence;
+mod pulse;
 mod secrets;
 mod shared;
 mod slugs;
