@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use jiff::tz::TimeZone;
 
+use crate::alerts::AlertSettings;
 use crate::cli::{
     self, DEFAULT_DEDUPE_WINDOW, DEFAULT_FLUSH_AFTER, DEFAULT_FLUSH_MAX_WAIT, DEFAULT_HEARTBEAT,
     DEFAULT_IP_STREAM_LIMIT, DEFAULT_IP_VIEW_RATE, DEFAULT_IPV6_PREFIX, DEFAULT_LISTEN,
@@ -77,6 +78,8 @@ pub struct Config {
     pub clock: Clock,
     /// Cluster mode (`--redis`); `None`: one node on its own file.
     pub cluster: Option<cluster::Settings>,
+    /// `--alert-url` with `--alert-live`; `None`: no alerts.
+    pub alerts: Option<AlertSettings>,
 }
 
 /// The shortest `--admin-token` accepted: a token is guessed against every admin route, and a
@@ -107,6 +110,8 @@ pub enum ConfigError {
     RedisUrl { url: RedisUrl, reason: String },
     #[error("--node-id must be 1 to 64 of A-Z a-z 0-9 . _ : - , not {0:?}")]
     NodeId(String),
+    #[error("--alert-url \"{url}\": {reason}")]
+    AlertUrl { url: String, reason: String },
 }
 
 impl Config {
@@ -141,6 +146,7 @@ impl Config {
             scheduling: Scheduling::default(),
             clock: Clock::default(),
             cluster: None,
+            alerts: None,
         }
     }
 
@@ -175,8 +181,33 @@ impl Config {
         if let Some(cluster) = &self.cluster {
             validate_cluster(cluster)?;
         }
+        if let Some(alerts) = &self.alerts {
+            validate_alerts(alerts)?;
+        }
         Ok(())
     }
+}
+
+/// Alerts need a threshold above zero and URLs the client can post to.
+fn validate_alerts(settings: &AlertSettings) -> Result<(), ConfigError> {
+    if settings.live == 0 {
+        return Err(ConfigError::Zero("--alert-live"));
+    }
+    for url in &settings.urls {
+        let uri: awc::http::Uri =
+            url.parse()
+                .map_err(|e: awc::http::uri::InvalidUri| ConfigError::AlertUrl {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })?;
+        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+            return Err(ConfigError::AlertUrl {
+                url: url.clone(),
+                reason: "an http://HOST[:PORT]/PATH URL is needed".into(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// What the cluster's settings' types cannot say, named by the flags.
@@ -242,6 +273,10 @@ impl TryFrom<ServeArgs> for Config {
                 redis,
                 node_id: args.node_id,
                 timeout: args.redis_timeout.into(),
+            }),
+            alerts: args.alert_live.map(|live| AlertSettings {
+                urls: args.alert_urls,
+                live,
             }),
         })
     }

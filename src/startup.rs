@@ -18,6 +18,7 @@ use actix_web::{App, web};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 
+use crate::alerts::{self, Deliveries};
 use crate::cluster;
 use crate::cluster::Cluster;
 use crate::cluster::store::RedisStore;
@@ -34,6 +35,7 @@ use crate::http::server::{Server, Settings};
 use crate::http::state::AppState;
 use crate::http::streams::lifecycle::Signals;
 use crate::metrics::Metrics;
+use crate::posts::alert_port::Alerts;
 use crate::posts::cluster_port::Counting;
 use crate::posts::registry::Registry;
 use crate::shutdown::{Shutdown, Tasks, Trigger};
@@ -92,6 +94,8 @@ pub struct Application {
     /// Cluster mode's heartbeat, listener, replay, …: stopped first, so none of them writes
     /// this node's presence again after it left.
     cluster_tasks: Tasks,
+    /// `--alert-url`: the task that sends alerts, started with the serving.
+    alerts: Option<Deliveries>,
 }
 
 impl Application {
@@ -147,6 +151,7 @@ impl Application {
         let writer = Writer::spawn(store, policy, calendar.clone(), Arc::clone(&metrics))?;
         let (shutdown, shutdown_rx) = Trigger::new();
         let (heartbeat, heartbeat_rx) = watch::channel(());
+        let (alerter, deliveries) = config.alerts.as_ref().map(alerts::alerts).unzip();
         let state = web::Data::new(AppState {
             registry: Registry::new(
                 writer,
@@ -154,6 +159,7 @@ impl Application {
                 config.clock.clone(),
                 Arc::clone(&metrics),
                 cluster.clone().map(|c| c as Arc<dyn Counting>),
+                alerter.map(|a| a as Arc<dyn Alerts>),
             ),
             cluster,
             calendar,
@@ -188,6 +194,7 @@ impl Application {
             hangup: signal(SignalKind::hangup()).ok(),
             background: Tasks::new(),
             cluster_tasks: Tasks::new(),
+            alerts: deliveries,
         })
     }
 
@@ -211,6 +218,7 @@ impl Application {
             hangup,
             background,
             cluster_tasks,
+            alerts,
             ..
         } = self;
         spawn_background(
@@ -224,6 +232,10 @@ impl Application {
         let cluster = state.cluster.clone();
         if let Some(cluster) = &cluster {
             cluster.spawn_tasks(&state.registry, &cluster_tasks);
+        }
+        if let Some(alerts) = alerts {
+            let cluster = cluster.clone();
+            background.spawn("alerts", move |stop| alerts.run(cluster, stop));
         }
         stop.await;
         // Other nodes drop this one's readers now, not when its presence expires.

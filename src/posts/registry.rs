@@ -15,12 +15,14 @@ use crate::edge::slug::Slug;
 use crate::edge::slug_list::Admission;
 use crate::memory::Reclaimer;
 use crate::metrics::Metrics;
+use crate::posts::alert_port::Alerts;
 use crate::posts::changes::Changes;
 use crate::posts::cluster_port::Counting;
 use crate::posts::post::{
     Asleep, Counts, GetCounts, Imported, Join, Joined, Leave, Post, PostContext, Watch, Watched,
 };
 use crate::posts::pulse::Pulse;
+use crate::posts::site::{Site, Snapshot, Sums};
 use crate::refusal::Refusal;
 use crate::storage::calendar::Clock;
 use crate::storage::writer::{LoadFor, Loaded, Writer};
@@ -30,6 +32,8 @@ pub(crate) struct Registry {
     /// What the posts it wakes are given.
     context: Arc<PostContext>,
     reclaimer: Reclaimer,
+    /// The whole site's numbers, for watchers of `*`.
+    site: Site,
 }
 
 impl Registry {
@@ -39,6 +43,7 @@ impl Registry {
         clock: Clock,
         metrics: Arc<Metrics>,
         cluster: Option<Arc<dyn Counting>>,
+        alerts: Option<Arc<dyn Alerts>>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|registry: &Weak<Self>| {
             let registry = registry.clone();
@@ -56,10 +61,12 @@ impl Registry {
                     dedupe_window,
                     changes: Changes::default(),
                     pulse: Arc::new(Pulse::new(clock.clone())),
+                    alerts,
                     asleep: Box::new(asleep),
                     cluster,
                 }),
                 reclaimer: Reclaimer::default(),
+                site: Site::default(),
             }
         })
     }
@@ -219,6 +226,19 @@ impl Registry {
         admission: &Admission,
     ) -> Result<Option<Watched>, Refusal> {
         self.ask_awake(slug, admission.existing(), Watch).await
+    }
+
+    /// Follows the whole site's numbers (`*`): everyone reading any post, all views.
+    pub(crate) async fn watch_site(self: &Arc<Self>) -> Result<Watched, Refusal> {
+        let registry = Arc::clone(self);
+        let snapshot: Snapshot = Arc::new(move || {
+            let registry = Arc::clone(&registry);
+            Box::pin(async move {
+                let totals = registry.writer().totals().await.map_err(Refusal::from)?;
+                Ok(Sums::new(totals, registry.live_counts().await))
+            })
+        });
+        self.site.watch(self.changes(), snapshot).await
     }
 
     /// Sends `message` to the post, woken if needed (see [`Registry::wake`] for `admission`);

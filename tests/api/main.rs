@@ -3,6 +3,7 @@
 //! behaviour matters (signals, kill -9, export). One module per area of the contract in
 //! `design.md`.
 
+mod alerts;
 mod assets;
 mod cli;
 mod client_ip;
