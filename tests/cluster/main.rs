@@ -13,6 +13,7 @@ mod agreement;
 mod deploy;
 mod migration;
 mod node_loss;
+mod presence_tells;
 mod reconnect;
 mod redis_loss;
 mod stats;
