@@ -202,7 +202,9 @@ test('the pulse: 24 h of minutes, the minute under way moved by the stream, a po
   assert.match(closing.at, /^\d{4}-\d\d-\d\dT\d\d:\d\d:00\+00:00$/);
   await h.until(async () => (await pulse()).now === 1, { what: 'the next minute under way' });
   assert.equal((await pulse()).minutes, 1440, 'still 24 h');
-  const shifts = await dash.evaluate(n => window.__e2e.shifts.slice(n), shiftsBefore);
+  // Shifts right after a click (the row selected) are the page answering its user, which
+  // Layout Instability leaves out of its score; the pulse moving by itself may shift nothing.
+  const shifts = await dash.evaluate(n => window.__e2e.shifts.slice(n).filter(s => !s.hadRecentInput), shiftsBefore);
   assert.deepEqual(shifts, [], 'no layout shift as the pulse moves');
   await reader.close();
   h.report(t, `pulse: 1440 minutes drawn; a reader on it ${shownMs} ms after the post opened, no request; ` +

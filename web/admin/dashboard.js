@@ -165,13 +165,15 @@
     });
   }
 
-  /** Today's views of what the chart shows, from the stream. */
-  function todayOfChart() {
-    if (state.selected !== null) return state.posts.get(state.selected)?.today ?? 0;
+  /** One number (`live`, `today`) of what the charts show, from the stream: the selected
+   *  post's, or all posts' together. */
+  function shownNumber(key) {
+    if (state.selected !== null) return state.posts.get(state.selected)?.[key] ?? 0;
     let sum = 0;
-    for (const p of state.posts.values()) sum += p.today;
+    for (const p of state.posts.values()) sum += p[key];
     return sum;
   }
+  const todayOfChart = () => shownNumber('today');
 
   let drawnToday = null;
   function renderTodayBar() {
@@ -196,14 +198,23 @@
     return new Date(Date.UTC(y, m - 1, d)).toLocaleDateString(undefined, { month: 'short', day: 'numeric', timeZone: 'UTC' });
   };
 
-  function chartNote(text) {
-    const box = $('chart');
-    box.replaceChildren();
+  /** A sentence in place of a chart (`box`), its caption emptied. */
+  function note(box, caption, text) {
     const p = document.createElement('p');
     p.className = 'note';
     p.textContent = text;
-    box.appendChild(p);
-    $('chart-caption').textContent = '';
+    $(box).replaceChildren(p);
+    $(caption).textContent = '';
+  }
+  const chartNote = text => note('chart', 'chart-caption', text);
+
+  /** The value axis of a chart: lines at 0, half and `max`, labelled. */
+  function valueAxis(svg, pad, W, plotH, max) {
+    for (const f of [0, 0.5, 1]) {
+      const y = pad.t + plotH * (1 - f);
+      svg.appendChild(el('line', { class: f ? 'grid' : 'axis', x1: pad.l, x2: W - pad.r, y1: y, y2: y }));
+      svg.appendChild(el('text', { x: pad.l - 6, y: y + 4, 'text-anchor': 'end' }, fmt.format(max * f)));
+    }
   }
 
   function drawChart() {
@@ -220,11 +231,7 @@
     const step = (W - pad.l - pad.r) / days.length;
     const gap = step > 4 ? Math.min(2, step * 0.2) : 0;
     const svg = el('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': `Daily views, last ${days.length} days` });
-    for (const f of [0, 0.5, 1]) {
-      const y = pad.t + plotH * (1 - f);
-      svg.appendChild(el('line', { class: f ? 'grid' : 'axis', x1: pad.l, x2: W - pad.r, y1: y, y2: y }));
-      svg.appendChild(el('text', { x: pad.l - 6, y: y + 4, 'text-anchor': 'end' }, fmt.format(max * f)));
-    }
+    valueAxis(svg, pad, W, plotH, max);
     days.forEach((d, i) => {
       const h = (d.views / max) * plotH;
       const x = pad.l + i * step;
@@ -278,7 +285,7 @@
     try {
       minutes = await fetchPulse(PULSE_MINUTES);
     } catch (e) {
-      if (key === pulseKey()) pulseNote(`The pulse could not be read: ${e.message}`);
+      if (key === pulseKey()) note('pulse', 'pulse-caption', `The pulse could not be read: ${e.message}`);
       return;
     }
     if (!minutes || key !== pulseKey()) return;
@@ -315,13 +322,7 @@
     drawPulse();
   }
 
-  /** Readers now of what the pulse shows, from the stream. */
-  function liveNow() {
-    if (state.selected !== null) return state.posts.get(state.selected)?.live ?? 0;
-    let sum = 0;
-    for (const p of state.posts.values()) sum += p.live;
-    return sum;
-  }
+  const liveNow = () => shownNumber('live');
 
   /** The minute under way keeps the most readers the stream has shown in it. */
   function renderPulseNow() {
@@ -335,15 +336,6 @@
     }
   }
 
-  function pulseNote(text) {
-    const box = $('pulse');
-    box.replaceChildren();
-    const p = document.createElement('p');
-    p.className = 'note';
-    p.textContent = text;
-    box.appendChild(p);
-    $('pulse-caption').textContent = '';
-  }
 
   const clock = t => new Date(t).toLocaleTimeString(undefined, { hour: '2-digit', minute: '2-digit' });
 
@@ -359,11 +351,7 @@
     const x = i => pad.l + (i / (n - 1)) * (W - pad.l - pad.r);
     const y = v => pad.t + plotH * (1 - v / max);
     const svg = el('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': `Readers per minute, last ${minutes.length} minutes` });
-    for (const f of [0, 0.5, 1]) {
-      const yy = pad.t + plotH * (1 - f);
-      svg.appendChild(el('line', { class: f ? 'grid' : 'axis', x1: pad.l, x2: W - pad.r, y1: yy, y2: yy }));
-      svg.appendChild(el('text', { x: pad.l - 6, y: yy + 4, 'text-anchor': 'end' }, fmt.format(max * f)));
-    }
+    valueAxis(svg, pad, W, plotH, max);
     let d = `M${x(0)},${y(0)}`;
     minutes.forEach((m, i) => { d += `L${x(i).toFixed(1)},${y(m.live).toFixed(1)}`; });
     d += `L${x(minutes.length - 1)},${y(0)}Z`;
