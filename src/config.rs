@@ -352,6 +352,51 @@ mod tests {
     }
 
     #[test]
+    fn alerts_need_both_flags_a_threshold_above_zero_and_http_urls() {
+        let parsed = |flags: &[&str]| ServeArgs::from_args(flags).map(Config::try_from);
+        let hook = "http://127.0.0.1:9000/hook";
+        let config = parsed(&[
+            "--alert-url",
+            hook,
+            "--alert-url",
+            "http://ntfy.lan/t",
+            "--alert-live",
+            "50",
+        ])
+        .expect("the flags parse")
+        .expect("a configuration");
+        assert_eq!(
+            config.alerts,
+            Some(AlertSettings {
+                urls: vec![hook.into(), "http://ntfy.lan/t".into()],
+                live: 50
+            })
+        );
+        assert!(config.validate().is_ok());
+        assert!(parsed(&["--alert-url", hook]).is_err(), "no threshold");
+        assert!(parsed(&["--alert-live", "5"]).is_err(), "nowhere to send");
+
+        let refused = |urls: &[&str], live: u64| {
+            let mut config = Config::new("db".into(), "slugs".into());
+            config.alerts = Some(AlertSettings {
+                urls: urls.iter().map(|u| u.to_string()).collect(),
+                live,
+            });
+            config.validate().expect_err("refused").to_string()
+        };
+        assert!(refused(&[hook], 0).contains("--alert-live"));
+        for bad in [
+            "https://hooks.slack.com/x",
+            "not a url",
+            "ftp://host/x",
+            "/hook",
+        ] {
+            let err = refused(&[hook, bad], 3);
+            assert!(err.contains("--alert-url") && err.contains(bad), "{err}");
+        }
+    }
+
+    #[test]
     fn the_debug_of_a_configuration_shows_neither_the_token_nor_the_redis_password() {
         let args = ServeArgs::from_args([
             "--admin-token",
