@@ -11,6 +11,11 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 
+# The Debian package: a release build, then target/debian/viewcounter_*.deb (README: "Install").
+deb:
+    command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
+    cargo deb
+
 # Everything CI runs.
 ci:
     bash .ci/run

@@ -108,6 +108,9 @@ pub enum ConfigError {
          write a `#`, `/`, `?` or `@` in the password as %23, %2F, %3F, %40): {reason}"
     )]
     RedisUrl { url: RedisUrl, reason: String },
+    /// `--redis-ca` unreadable, without a certificate, or beside a URL without TLS.
+    #[error("{0}")]
+    RedisCa(String),
     #[error("--node-id must be 1 to 64 of A-Z a-z 0-9 . _ : - , not {0:?}")]
     NodeId(String),
     #[error("--alert-url \"{url}\": {reason}")]
@@ -213,7 +216,7 @@ fn validate_alerts(settings: &AlertSettings) -> Result<(), ConfigError> {
 /// What the cluster's settings' types cannot say, named by the flags.
 fn validate_cluster(settings: &cluster::Settings) -> Result<(), ConfigError> {
     use redis::IntoConnectionInfo;
-    settings
+    let info = settings
         .redis
         .expose()
         .into_connection_info()
@@ -221,6 +224,8 @@ fn validate_cluster(settings: &cluster::Settings) -> Result<(), ConfigError> {
             url: settings.redis.clone(),
             reason: e.to_string(),
         })?;
+    // Makes no connection: checks the CA file and that it goes with a rediss:// URL.
+    cluster::client(info, settings.ca.as_deref()).map_err(ConfigError::RedisCa)?;
     if let Some(id) = &settings.node_id
         && !cluster::is_node_id(id)
     {
@@ -271,6 +276,7 @@ impl TryFrom<ServeArgs> for Config {
             clock: args.clock,
             cluster: args.redis.map(|redis| cluster::Settings {
                 redis,
+                ca: args.redis_ca,
                 node_id: args.node_id,
                 timeout: args.redis_timeout.into(),
             }),

@@ -1,6 +1,6 @@
 //! The `viewcounter` binary: parse the command line, then serve or export.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -16,6 +16,8 @@ fn main() -> ExitCode {
             EnvFilter::try_from_env("VIEWCOUNTER_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours for a person at a terminal only: journald and log files keep plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     let outcome = actix_web::rt::System::new().block_on(async move {

@@ -266,7 +266,7 @@ async fn join_cluster(
     policy: crate::storage::writer::FlushPolicy,
 ) -> Result<(Box<dyn Store>, Arc<Cluster>), StartError> {
     let cluster = Cluster::start(config, addr, db, calendar.clone(), policy.dedupe_window).await?;
-    let store = RedisStore::new(&config.redis, Arc::clone(&cluster))?;
+    let store = RedisStore::new(config, Arc::clone(&cluster))?;
     Ok((Box::new(store), cluster))
 }
 

@@ -3,10 +3,12 @@
 #
 #   bash deploy/systemd/check.sh target/debug/viewcounter        # the binary ExecStart should run
 #   bash deploy/systemd/check.sh BIN path/to/other.service       # another unit file
+#   bash deploy/systemd/check.sh /usr/bin/viewcounter /usr/lib/systemd/system/viewcounter.service
+#                                     # the unit the package installed (deploy/deb/check.sh)
 #
 # - `systemd-analyze verify` on a copy whose ExecStart points at BIN (the unit's own
-#   /usr/local/bin/viewcounter does not exist on a build machine, and verify fails on a missing
-#   executable). verify exits 0 on what it only warns about, such as a misspelt directive
+#   /usr/bin/viewcounter does not exist on a build machine without the package, and verify
+#   fails on a missing executable). verify exits 0 on what it only warns about, such as a misspelt directive
 #   ("Unknown key 'ProtectHomee' in section [Service], ignoring."), so any line it prints about
 #   the unit fails the check too.
 # - `systemd-analyze security --offline=true`: the exposure score the README quotes must stay at
@@ -23,9 +25,9 @@ fi
 dir=$(mktemp -d -t vc-unit.XXXXXX)
 trap 'rm -rf "$dir"' EXIT
 copy="$dir/viewcounter.service"
-grep -q '^ExecStart=/usr/local/bin/viewcounter ' "$unit" ||
-    { echo "$unit: no 'ExecStart=/usr/local/bin/viewcounter ' line to point at $bin" >&2; exit 1; }
-sed "s#^ExecStart=/usr/local/bin/viewcounter #ExecStart=$bin #" "$unit" > "$copy"
+grep -q '^ExecStart=/usr/bin/viewcounter ' "$unit" ||
+    { echo "$unit: no 'ExecStart=/usr/bin/viewcounter ' line to point at $bin" >&2; exit 1; }
+sed "s#^ExecStart=/usr/bin/viewcounter #ExecStart=$bin #" "$unit" > "$copy"
 
 status=0
 out=$(systemd-analyze verify "$copy" 2>&1) || status=$?

@@ -22,7 +22,7 @@ const UA =
 
 /** The posts the blog has; the counter's allow-list. */
 const SLUGS = [
-  'alpha', 'beta', 'gamma', 'astro-alpha', 'astro-beta', 'turbo-alpha', 'turbo-beta', 'htmx-alpha', 'htmx-beta',
+  'alpha', 'beta', 'gamma', 'astro-alpha', 'astro-beta', 'turbo-alpha', 'turbo-beta', 'htmx-alpha', 'htmx-beta', 'spa-alpha', 'spa-beta',
   'shift', 'my-first-post', 'delta', 'my-second-post', 'my-third-post',
 ];
 
@@ -173,6 +173,10 @@ const TYPES = {
   '.css': 'text/css; charset=utf-8',
   '.json': 'application/json',
   '.ico': 'image/x-icon',
+  // Next.js's static export: the client takes a .txt payload for text/plain only.
+  '.txt': 'text/plain; charset=utf-8',
+  '.svg': 'image/svg+xml',
+  '.woff2': 'font/woff2',
 };
 
 /**
@@ -210,7 +214,8 @@ async function startBlog({ counter, extra = {}, host = '127.0.0.1' } = {}) {
       body = fs.readFileSync(file);
     }
     const type = TYPES[path.extname(file)] || 'text/html; charset=utf-8';
-    if (type.startsWith('text/html')) {
+    // Built frameworks carry the placeholder in their scripts and payloads too.
+    if (type.startsWith('text/')) {
       let html = body.toString('utf8');
       const base = typeof blog.counter === 'string' ? blog.counter : blog.counter.url;
       // The placeholder first: `base` itself may be https://counter.example.com:PORT (Caddy's test).
@@ -533,6 +538,44 @@ function buildAstro() {
   return dist;
 }
 
+/**
+ * The framework examples in examples/, each built by its own CLI from its package in
+ * e2e/node_modules (pinned in e2e/package.json): `cli` (under node_modules), its arguments for
+ * the copy's folder, and where the built site lands in it.
+ */
+const FRAMEWORKS = {
+  nextjs: { cli: 'next/dist/bin/next', args: dir => ['build', dir], out: 'out' },
+  docusaurus: { cli: '@docusaurus/core/bin/docusaurus.mjs', args: dir => ['build', dir, '--out-dir', path.join(dir, 'build')], out: 'build' },
+  vitepress: { cli: 'vitepress/bin/vitepress.js', args: dir => ['build', dir], out: '.vitepress/dist' },
+  sveltekit: { cli: 'vite/bin/vite.js', args: () => ['build', '--logLevel', 'warn'], out: 'build' },
+};
+
+/**
+ * Builds examples/`name` as it is: copied into a fresh folder under e2e/.build/ (inside e2e/,
+ * so the framework resolves its packages from e2e/node_modules) and built there; resolves to
+ * the built site's folder, to serve at / (`startBlog({ extra: { '/': dir } })`). Several
+ * builds may run at once.
+ */
+function buildExample(name) {
+  const { cli, args, out } = FRAMEWORKS[name];
+  fs.mkdirSync(path.join(E2E, '.build'), { recursive: true });
+  const dir = fs.mkdtempSync(path.join(E2E, '.build', `${name}-`));
+  tempDirs.push(dir);
+  fs.cpSync(path.join(ROOT, 'examples', name), dir, { recursive: true });
+  const proc = spawn(process.execPath, [path.join(E2E, 'node_modules', cli), ...args(dir)], {
+    cwd: dir,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, NEXT_TELEMETRY_DISABLED: '1', CI: '1' },
+  });
+  children.push(proc);
+  const log = [];
+  capture(proc.stdout, log);
+  capture(proc.stderr, log);
+  return new Promise((resolve, reject) => proc.on('exit', code => code === 0
+    ? resolve(path.join(dir, out))
+    : reject(new Error(`building examples/${name} failed (${code}):\n${log.join('\n')}`))));
+}
+
 /** The routers' own files from npm, for `startBlog({ extra })`: /vendor/turbo/, /vendor/htmx/. */
 const VENDOR = {
   '/vendor/turbo/': path.join(E2E, 'node_modules/@hotwired/turbo/dist'),
@@ -554,5 +597,5 @@ module.exports = {
   ROOT, E2E, SITE, BIN, CHROMIUM, UA, SLUGS,
   tempDir, sleep, until, capture, startCounter, startBlog, launchBrowser, newContext, instrument,
   shown, waitShown, shownWatched, waitWatched, streamHolders, median, report, freePort, startNginx,
-  startCaddy, selfSignedCert, buildAstro, VENDOR,
+  startCaddy, selfSignedCert, buildAstro, buildExample, VENDOR,
 };

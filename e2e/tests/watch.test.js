@@ -121,6 +121,30 @@ test('a post counts itself and watches others over its one stream; a rescan repl
     `(watch lists sent: ${watchBeacons.map(b => JSON.stringify(b)).join(', ')}); one stream throughout`);
 });
 
+test('a second tab watching posts its browser already watches shows their numbers at once, though none changed', async t => {
+  // A reader of beta elsewhere, so its numbers are not the zeros a placeholder might be taken for.
+  await open(elsewhere, '/posts/beta.html');
+  await counter.waitCount('beta', n => n.live === 1 && n.total === 1);
+  const index = await open(ctx, '/watch/index.html');
+  await h.waitWatched(index, w => w.alpha.total === 0 && w.beta.live === 1 && w.beta.total === 1 && w.gamma.total === 0);
+
+  // delta watches alpha and beta, which the browser's stream already carries: the stream's
+  // watch list does not change and no event comes until their numbers do. The leader hands
+  // the new tab the last numbers it heard.
+  const opened = Date.now();
+  const delta = await open(ctx, '/watch/delta.html');
+  const seen = await h.waitWatched(delta, w => w.alpha.live === 0 && w.beta.live === 1 && w.beta.total === 1, { timeout: 2000 });
+  const shownMs = Date.now() - opened;
+  assert.deepEqual(seen, { alpha: { live: 0, total: undefined }, beta: { live: 1, total: 1 } });
+  await h.waitShown(delta, s => s.live === 1 && s.total === 1);
+  assert.equal((await openStreams([index, delta])).length, 1, 'one stream for the browser');
+  assert.deepEqual(await counter.count('alpha'), zero, 'watching counted nothing');
+  assert.deepEqual(await counter.count('beta'), { live: 1, total: 1 });
+  h.report(t, `index page watching alpha, beta, gamma; a second tab (delta, watching alpha and beta) ` +
+    `showed their numbers ${shownMs} ms after it was opened (load and scan included), with no change ` +
+    `to them and one stream in the browser`);
+});
+
 test('examples/index-page.html, served as it is, shows a reader of one of its posts and counts nothing', async t => {
   const index = await open(ctx, '/examples/index-page.html');
   const posts = ['my-first-post', 'my-second-post', 'my-third-post'];

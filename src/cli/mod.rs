@@ -171,6 +171,11 @@ pub struct ServeArgs {
     #[arg(long, env = "VIEWCOUNTER_REDIS", hide_env_values = true)]
     pub redis: Option<RedisUrl>,
 
+    /// With a rediss:// --redis: the PEM file of the CA that signed Redis's certificate (a
+    /// private CA); without it the system's roots are trusted.
+    #[arg(long, env = "VIEWCOUNTER_REDIS_CA", requires = "redis")]
+    pub redis_ca: Option<PathBuf>,
+
     /// With --redis: this node's name in the cluster; default: host, port and a random suffix.
     #[arg(long, env = "VIEWCOUNTER_NODE_ID", requires = "redis")]
     pub node_id: Option<String>,
@@ -222,6 +227,10 @@ pub struct StoreArgs {
     /// Cluster mode: read (export) or write (import) the cluster's Redis directly instead.
     #[arg(long, env = "VIEWCOUNTER_REDIS", hide_env_values = true)]
     pub redis: Option<RedisUrl>,
+
+    /// With a rediss:// --redis: the PEM file of the CA that signed Redis's certificate.
+    #[arg(long, env = "VIEWCOUNTER_REDIS_CA", requires = "redis")]
+    pub redis_ca: Option<PathBuf>,
 }
 
 /// How long `export`/`import --redis` wait for each Redis call.
@@ -235,6 +244,7 @@ impl StoreArgs {
         let url = self.redis.as_ref()?;
         Some(crate::cluster::store::RedisStore::standalone(
             url,
+            self.redis_ca.as_deref(),
             CLI_REDIS_TIMEOUT,
         ))
     }

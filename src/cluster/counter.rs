@@ -202,8 +202,8 @@ pub(crate) mod tests {
 
     async fn connected(server: &Server) -> Link {
         let (pushes, _) = tokio::sync::mpsc::unbounded_channel();
-        let link =
-            Link::new(&server.url().into(), Duration::from_secs(2), pushes).expect("a Redis URL");
+        let link = Link::new(&server.url().into(), None, Duration::from_secs(2), pushes)
+            .expect("a Redis URL");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while link.connect().await.is_err() {
             assert!(

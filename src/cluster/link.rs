@@ -4,12 +4,15 @@
 //! `--redis-timeout`; and the health every part reads (`redis: ok|down`).
 
 use std::future::Future;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, RedisResult};
+use redis::{
+    ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, PushInfo, RedisResult,
+};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::secret::RedisUrl;
@@ -76,6 +79,102 @@ impl Health {
     }
 }
 
+/// A client for `info`. A `rediss://` one verifies the server against the PEM file `ca`
+/// (`--redis-ca`, for a private CA) or else the system's roots. The error names the flag.
+pub(crate) fn client(info: ConnectionInfo, ca: Option<&Path>) -> Result<redis::Client, String> {
+    let tls = matches!(info.addr, ConnectionAddr::TcpTls { .. });
+    if tls {
+        // rustls picks no provider by itself once a second one is compiled in (a dependency's
+        // feature can add aws-lc-rs): ours is ring, installed before the first handshake. Ring
+        // is deprecated for lacking post-quantum key exchange; aws-lc-rs would add a C library
+        // build of minutes to every build, for a link to a Redis on a private network.
+        #[allow(deprecated)]
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let Some(ca) = ca else {
+        return redis::Client::open(info).map_err(|e| e.to_string());
+    };
+    if !tls {
+        return Err("--redis-ca applies to a rediss:// URL (TLS) only".into());
+    }
+    let pem = std::fs::read(ca).map_err(|e| format!("--redis-ca {}: {e}", ca.display()))?;
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .filter(Result::is_ok)
+        .count();
+    if certificates == 0 {
+        return Err(format!(
+            "--redis-ca {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in the file",
+            ca.display()
+        ));
+    }
+    let certificates = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    };
+    redis::Client::build_with_tls(info, certificates)
+        .map_err(|e| format!("--redis-ca {}: {e}", ca.display()))
+}
+
+/// What a node learns of its Redis when it (re)connects: logged, and shown in `/api/v1/stats`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ServerInfo {
+    /// `redis_version`; Valkey's own version, named, for a Valkey (`valkey 8.0.1`).
+    pub(crate) version: String,
+    /// `redis_mode`: `standalone`, `cluster` or `sentinel`.
+    pub(crate) mode: String,
+    /// What survives a Redis crash: see [`Persistence`].
+    pub(crate) persistence: Persistence,
+}
+
+/// Redis's persistence as `INFO` and `CONFIG GET save` tell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Persistence {
+    /// An append-only file (`appendonly yes`): a crash loses at most its fsync interval.
+    Aof,
+    /// Snapshots only (Debian's default): a crash loses the writes since the last one.
+    Rdb,
+    /// Neither: a restart starts empty.
+    None,
+    /// `CONFIG` refused (hosted Redis, an ACL user without it) and no append-only file.
+    Unknown,
+}
+
+impl Persistence {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Aof => "aof",
+            Self::Rdb => "rdb",
+            Self::None => "none",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// `info`: the text of `INFO`; `save`: `CONFIG GET save`'s value, `None` when refused.
+fn server_info(info: &str, save: Option<&str>) -> ServerInfo {
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    let version = match (field("server_name"), field("valkey_version")) {
+        (Some(name), Some(version)) => format!("{name} {version}"),
+        _ => field("redis_version").unwrap_or("unknown").to_owned(),
+    };
+    let persistence = match (field("aof_enabled"), save.map(str::trim)) {
+        (Some("1"), _) => Persistence::Aof,
+        (_, Some("")) => Persistence::None,
+        (_, Some(_)) => Persistence::Rdb,
+        (_, None) => Persistence::Unknown,
+    };
+    ServerInfo {
+        version,
+        mode: field("redis_mode").unwrap_or("standalone").to_owned(),
+        persistence,
+    }
+}
+
 pub(crate) struct Link {
     client: redis::Client,
     timeout: Duration,
@@ -83,23 +182,30 @@ pub(crate) struct Link {
     /// Where the connection delivers `vc:events` messages.
     pushes: UnboundedSender<PushInfo>,
     pub(crate) health: Health,
+    /// What the last (re)connect learnt of the server; `None` until one has.
+    server: Mutex<Option<ServerInfo>>,
 }
 
 impl Link {
-    /// Checks the URL; connects later ([`Link::connect`]).
+    /// Checks the URL and the CA file; connects later ([`Link::connect`]).
     pub(crate) fn new(
         url: &RedisUrl,
+        ca: Option<&Path>,
         timeout: Duration,
         pushes: UnboundedSender<PushInfo>,
-    ) -> RedisResult<Self> {
-        let mut info = url.expose().into_connection_info()?;
+    ) -> Result<Self, String> {
+        let mut info = url
+            .expose()
+            .into_connection_info()
+            .map_err(|e| e.to_string())?;
         info.redis.protocol = ProtocolVersion::RESP3;
         Ok(Self {
-            client: redis::Client::open(info)?,
+            client: client(info, ca)?,
             timeout,
             manager: Mutex::new(None),
             pushes,
             health: Health::default(),
+            server: Mutex::new(None),
         })
     }
 
@@ -131,7 +237,23 @@ impl Link {
             manager.subscribe(EVENTS).await?;
             Ok::<_, redis::RedisError>(manager)
         };
-        let manager = self.bounded("connect", connecting).await?;
+        let manager = match tokio::time::timeout(self.timeout, connecting).await {
+            Ok(Ok(manager)) => {
+                self.health.succeeded();
+                manager
+            }
+            Ok(Err(e)) => return Err(self.not_connected(LinkError::Redis(e))),
+            // The manager retries by itself and so never says why it failed (a certificate
+            // from an unknown CA, a wrong password): one plain attempt tells the log.
+            Err(_) => {
+                let once = self.client.get_multiplexed_async_connection();
+                let why = match tokio::time::timeout(self.timeout, once).await {
+                    Ok(Err(e)) => LinkError::Redis(e),
+                    _ => LinkError::Timeout(self.timeout),
+                };
+                return Err(self.not_connected(why));
+            }
+        };
         *self.manager.lock().unwrap_or_else(PoisonError::into_inner) = Some(manager);
         Ok(())
     }
@@ -149,6 +271,67 @@ impl Link {
             return Err(LinkError::NotConnected);
         };
         self.bounded(what, call(manager)).await
+    }
+
+    /// Failing to connect is Redis down, whatever the reason.
+    fn not_connected(&self, why: LinkError) -> LinkError {
+        self.health.failed("connect", &why);
+        why
+    }
+
+    pub(crate) fn server(&self) -> Option<ServerInfo> {
+        self.server
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Asks the server what it is and how it keeps its data, and says so in the log when that
+    /// is news (the first connect, or a Redis that came back with another configuration).
+    pub(crate) async fn learn_server(&self) -> Result<(), LinkError> {
+        let info: String = self
+            .call("INFO", |mut c| async move {
+                redis::cmd("INFO").query_async(&mut c).await
+            })
+            .await?;
+        // Refused by hosted Redis and by ACL users without +config: then we cannot tell.
+        let save = self
+            .call("CONFIG GET save", |mut c| async move {
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("save")
+                    .query_async::<std::collections::HashMap<String, String>>(&mut c)
+                    .await
+            })
+            .await
+            .ok()
+            .and_then(|mut config| config.remove("save"));
+        let learnt = server_info(&info, save.as_deref());
+        let mut known = self.server.lock().unwrap_or_else(PoisonError::into_inner);
+        if known.as_ref() != Some(&learnt) {
+            let ServerInfo {
+                version,
+                mode,
+                persistence,
+            } = &learnt;
+            let persistence = persistence.as_str();
+            tracing::info!(%version, %mode, %persistence, "Redis");
+            if learnt.persistence != Persistence::Aof {
+                tracing::warn!(
+                    %persistence,
+                    "Redis keeps no append-only file: a Redis crash loses the sums it took \
+                     since its last snapshot (appendonly yes keeps them)"
+                );
+            }
+            if learnt.mode == "cluster" {
+                tracing::warn!(
+                    "Redis Cluster: this version counts on one Redis; use a standalone Redis \
+                     (or a primary with replicas)"
+                );
+            }
+            *known = Some(learnt);
+        }
+        Ok(())
     }
 
     async fn bounded<T>(
@@ -172,5 +355,42 @@ impl Link {
             }
         }
         outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REDIS_7: &str = "# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\n\
+                           # Persistence\r\naof_enabled:0\r\n";
+
+    #[test]
+    fn debians_default_redis_is_snapshots_only() {
+        let info = server_info(REDIS_7, Some("3600 1 300 100 60 10000"));
+        assert_eq!(info.version, "7.0.15");
+        assert_eq!(info.mode, "standalone");
+        assert_eq!(info.persistence, Persistence::Rdb);
+    }
+
+    #[test]
+    fn an_append_only_file_wins_over_snapshots_and_an_empty_save_is_none() {
+        let aof = REDIS_7.replace("aof_enabled:0", "aof_enabled:1");
+        assert_eq!(server_info(&aof, Some("")).persistence, Persistence::Aof);
+        assert_eq!(server_info(&aof, None).persistence, Persistence::Aof);
+        assert_eq!(
+            server_info(REDIS_7, Some("")).persistence,
+            Persistence::None
+        );
+        assert_eq!(server_info(REDIS_7, None).persistence, Persistence::Unknown);
+    }
+
+    #[test]
+    fn a_valkey_names_itself_and_its_own_version() {
+        let valkey = "# Server\r\nredis_version:7.2.4\r\nserver_name:valkey\r\n\
+                      valkey_version:8.0.1\r\nredis_mode:cluster\r\n";
+        let info = server_info(valkey, None);
+        assert_eq!(info.version, "valkey 8.0.1");
+        assert_eq!(info.mode, "cluster");
     }
 }

@@ -1,7 +1,8 @@
 //! Cluster mode (`--redis`): several nodes share one Redis, so every reader sees the same
 //! numbers whichever node serves them.
 //!
-//! - `link`: the connection, its timeouts and health;
+//! - `link`: the connection (TLS with `rediss://`, a private CA with `--redis-ca`), its
+//!   timeouts and health, and what it learnt of the server (version, mode, persistence);
 //! - `counter`: one counted view as one Lua script (dedupe marker, total, day, announcement);
 //! - `presence`: each node's live readers in Redis, merged into every post's live count;
 //! - `outbox`: views counted while Redis did not answer, replayed exactly once;
@@ -17,6 +18,8 @@ pub(crate) mod link;
 pub(crate) mod outbox;
 pub(crate) mod presence;
 pub(crate) mod store;
+
+pub(crate) use link::client;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -55,6 +58,9 @@ const REFRESH_CHUNK: usize = 500;
 pub struct Settings {
     /// `redis://…` (or `rediss://`, `unix://`): checked when the config is.
     pub redis: RedisUrl,
+    /// `--redis-ca`: the PEM file of the CA a `rediss://` server's certificate is checked
+    /// against, for a private CA; `None`: the system's roots.
+    pub ca: Option<std::path::PathBuf>,
     /// This node's name; `None`: `HOST:PORT-xxxx`, made once the port is known.
     pub node_id: Option<String>,
     /// Every Redis call gives up after this long.
@@ -70,6 +76,7 @@ impl Settings {
     pub fn new(redis: impl Into<String>) -> Self {
         Self {
             redis: RedisUrl::from(redis.into()),
+            ca: None,
             node_id: None,
             timeout: DEFAULT_TIMEOUT,
         }
@@ -133,8 +140,13 @@ impl Cluster {
     ) -> Result<Arc<Self>, StoreError> {
         let (push_tx, pushes) = unbounded_channel();
         let (change_tx, changes) = unbounded_channel();
-        let link = Link::new(&settings.redis, settings.timeout, push_tx)
-            .map_err(|e| StoreError::Storage(format!("--redis: {e}")))?;
+        let link = Link::new(
+            &settings.redis,
+            settings.ca.as_deref(),
+            settings.timeout,
+            push_tx,
+        )
+        .map_err(|e| StoreError::Storage(format!("--redis \"{}\": {e}", settings.redis)))?;
         let node = settings
             .node_id
             .clone()
@@ -152,6 +164,7 @@ impl Cluster {
         if cluster.link.connect().await.is_ok() {
             // Seen by the others at once, not only after the first heartbeat.
             let _ = cluster.presence.beat(&cluster.link, true).await;
+            let _ = cluster.link.learn_server().await;
         }
         Ok(Arc::new(cluster))
     }
@@ -166,6 +179,11 @@ impl Cluster {
 
     pub(crate) fn nodes(&self) -> usize {
         self.presence.nodes()
+    }
+
+    /// What the node learnt of Redis on its last (re)connect.
+    pub(crate) fn server(&self) -> Option<link::ServerInfo> {
+        self.link.server()
     }
 
     pub(crate) fn outbox_len(&self) -> u64 {
@@ -229,6 +247,10 @@ impl Cluster {
                 Ok(()) => self.presence.beat(&self.link, grace).await,
                 Err(e) => Err(e),
             };
+            // Back after a failure (perhaps a restarted Redis, configured anew): ask again.
+            if beat.is_ok() && (grace || self.link.server().is_none()) {
+                let _ = self.link.learn_server().await;
+            }
             grace = beat.is_err();
             if let Ok(moved) = beat {
                 tell_live(&registry, moved);

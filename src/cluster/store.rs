@@ -8,14 +8,15 @@
 //! writer answers from what it remembers.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use redis::{Commands, ConnectionLike, Script};
+use redis::{Commands, ConnectionLike, IntoConnectionInfo, Script};
 
-use crate::cluster::Cluster;
 use crate::cluster::counter::{day_key, lua_counts, totals_key};
-use crate::cluster::link::{EVENTS, is_unavailable};
+use crate::cluster::link::{self, EVENTS, is_unavailable};
+use crate::cluster::{Cluster, Settings};
 use crate::secret::RedisUrl;
 use crate::storage::store::{DayViews, Seen, Store, StoreError};
 use crate::storage::{MAX_COUNT, add_counts};
@@ -72,16 +73,25 @@ pub struct RedisStore {
 
 impl RedisStore {
     /// The store of a node in the cluster.
-    pub(crate) fn new(url: &RedisUrl, cluster: Arc<Cluster>) -> Result<Self, StoreError> {
-        let mut store = Self::standalone(url, cluster.timeout())?;
+    pub(crate) fn new(settings: &Settings, cluster: Arc<Cluster>) -> Result<Self, StoreError> {
+        let mut store =
+            Self::standalone(&settings.redis, settings.ca.as_deref(), cluster.timeout())?;
         store.cluster = Some(cluster);
         Ok(store)
     }
 
     /// Redis read and written directly (`export --redis`, `import --redis`).
-    pub fn standalone(url: &RedisUrl, timeout: Duration) -> Result<Self, StoreError> {
+    pub fn standalone(
+        url: &RedisUrl,
+        ca: Option<&Path>,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
         // `url` prints with its password masked.
-        let client = redis::Client::open(url.expose())
+        let client = url
+            .expose()
+            .into_connection_info()
+            .map_err(|e| e.to_string())
+            .and_then(|info| link::client(info, ca))
             .map_err(|e| StoreError::Storage(format!("--redis \"{url}\": {e}")))?;
         Ok(Self {
             client,
@@ -252,7 +262,7 @@ mod tests {
     use crate::cluster::counter::tests::{Server, conn};
 
     fn store(server: &Server) -> RedisStore {
-        RedisStore::standalone(&RedisUrl::from(server.url()), Duration::from_secs(2))
+        RedisStore::standalone(&RedisUrl::from(server.url()), None, Duration::from_secs(2))
             .expect("a Redis URL")
     }
 

@@ -174,10 +174,20 @@ struct Stats {
     /// Cluster mode: `ok` while Redis answers, `down` from its first failed call.
     #[serde(skip_serializing_if = "Option::is_none")]
     redis: Option<&'static str>,
+    /// Cluster mode, once Redis has answered: its version (a Valkey names itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_version: Option<String>,
+    /// `standalone`, `cluster` or `sentinel`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_mode: Option<String>,
+    /// `aof`, `rdb` (snapshots only), `none`, or `unknown` (CONFIG refused to us).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_persistence: Option<&'static str>,
 }
 
 async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Refusal> {
     authorize_admin_read(&req, &state)?;
+    let server = state.cluster.as_ref().and_then(|c| c.server());
     let stats = Stats {
         posts_awake: state.registry.awake(),
         streams: state.limits.open(),
@@ -189,6 +199,9 @@ async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
             .cluster
             .as_ref()
             .map(|c| if c.is_up() { "ok" } else { "down" }),
+        redis_persistence: server.as_ref().map(|s| s.persistence.as_str()),
+        redis_version: server.as_ref().map(|s| s.version.clone()),
+        redis_mode: server.map(|s| s.mode),
     };
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))

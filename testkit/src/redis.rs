@@ -51,70 +51,170 @@ fn under_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
-/// It keeps an append-only file written on every command (`appendfsync always`), as a
-/// production Redis would: a kill -9 and restart loses nothing it acknowledged.
+/// By default it keeps an append-only file written on every command (`appendfsync always`):
+/// a kill -9 and restart loses nothing it acknowledged. [`Redis::start_debian_default`] runs
+/// Debian's own persistence instead, and [`Redis::start_tls_as`] a hosted Redis's TLS and ACL.
 pub struct Redis {
     /// Its loopback port, the same after a restart.
     pub port: u16,
-    /// `requirepass`, when the server asks for one.
-    password: Option<String>,
-    /// Its append-only file and log; a restart reads the same directory.
+    /// How it was asked to run; a restart runs it the same way.
+    setup: Setup,
+    /// Its append-only file, log and certificates; a restart reads the same directory.
     dir: TempDir,
     /// `None` between [`Redis::kill_9`] and [`Redis::restart`].
     child: Option<Child>,
 }
 
+/// What a test's Redis runs with beyond the loopback port and its directory.
+#[derive(Default)]
+struct Setup {
+    /// `requirepass`: the default user's password.
+    password: Option<String>,
+    /// An ACL user and its password; the default user is then off, as on hosted Redis.
+    user: Option<(String, String)>,
+    /// Only a TLS port, with a certificate from a CA of the test's own (`ca.crt`).
+    tls: bool,
+    /// Debian's `redis.conf` persistence (snapshots, no append-only file).
+    debian_default: bool,
+}
+
+/// The rights of the ACL user of [`Redis::start_tls_as`]: everything but `CONFIG`, which
+/// hosted Redis services refuse too.
+const HOSTED_USER_RULES: &[&str] = &["on", "~*", "&*", "+@all", "-config"];
+
 impl Redis {
     /// A running Redis, or `None` (the test then passes as skipped) when there is none to run.
     pub async fn start() -> Option<Self> {
-        Self::start_with(None).await
+        Self::start_with(Setup::default()).await
     }
 
     /// A Redis that answers only clients giving `password` (`requirepass`).
     pub async fn start_with_password(password: &str) -> Option<Self> {
-        Self::start_with(Some(password.to_owned())).await
+        Self::start_with(Setup {
+            password: Some(password.to_owned()),
+            ..Setup::default()
+        })
+        .await
     }
 
-    async fn start_with(password: Option<String>) -> Option<Self> {
+    /// A Redis as Debian's package runs it: `save 3600 1 300 100 60 10000`, no append-only
+    /// file, so a kill -9 loses what came after the last snapshot.
+    pub async fn start_debian_default() -> Option<Self> {
+        Self::start_with(Setup {
+            debian_default: true,
+            ..Setup::default()
+        })
+        .await
+    }
+
+    /// A Redis as hosted services run it: TLS only, its certificate signed by a private CA
+    /// ([`Redis::ca_file`]), the default user off, `user` with `password` allowed all but
+    /// `CONFIG`, and snapshots without an append-only file. Needs `openssl` (the command) to make the certificates.
+    pub async fn start_tls_as(user: &str, password: &str) -> Option<Self> {
+        if !have("openssl", "openssl") {
+            return None;
+        }
+        Self::start_with(Setup {
+            user: Some((user.to_owned(), password.to_owned())),
+            tls: true,
+            debian_default: true,
+            password: None,
+        })
+        .await
+    }
+
+    async fn start_with(setup: Setup) -> Option<Self> {
         if !have("redis-server", "redis-server") {
             return None;
         }
         let mut redis = Self {
             port: closed_port(),
-            password,
+            setup,
             dir: tempfile::tempdir().expect("temp dir"),
             child: None,
         };
+        if redis.setup.tls {
+            make_certificates(redis.dir.path());
+        }
         redis.launch().await;
         Some(redis)
     }
 
-    /// The URL a client connects with (its password included).
+    /// The URL a client connects with (its user and password included).
     pub fn url(&self) -> String {
-        match &self.password {
-            Some(password) => format!("redis://:{password}@127.0.0.1:{}/0", self.port),
-            None => format!("redis://127.0.0.1:{}/0", self.port),
+        let scheme = if self.setup.tls { "rediss" } else { "redis" };
+        let login = match (&self.setup.user, &self.setup.password) {
+            (Some((user, password)), _) => format!("{user}:{password}@"),
+            (None, Some(password)) => format!(":{password}@"),
+            (None, None) => String::new(),
+        };
+        format!("{scheme}://{login}127.0.0.1:{}/0", self.port)
+    }
+
+    /// The PEM file of the CA that signed a TLS Redis's certificate (`--redis-ca`).
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    fn client(&self) -> Option<redis::Client> {
+        if !self.setup.tls {
+            return redis::Client::open(self.url()).ok();
         }
+        let certificates = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(std::fs::read(self.ca_file()).ok()?),
+        };
+        redis::Client::build_with_tls(self.url(), certificates).ok()
     }
 
     async fn launch(&mut self) {
         let mut command = Command::new("redis-server");
-        if let Some(password) = &self.password {
+        let port = self.port.to_string();
+        let dir = self.dir.path();
+        command.args(["--bind", "127.0.0.1"]).arg("--dir").arg(dir);
+        if self.setup.tls {
+            command
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(dir.join("server.crt"))
+                .arg("--tls-key-file")
+                .arg(dir.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(self.ca_file());
+        } else {
+            command.args(["--port", &port]);
+        }
+        if let Some(password) = &self.setup.password {
             command.args(["--requirepass", password]);
         }
-        let child = command
-            .args(["--bind", "127.0.0.1", "--port"])
-            .arg(self.port.to_string())
-            .arg("--dir")
-            .arg(self.dir.path())
-            .args([
+        if let Some((user, password)) = &self.setup.user {
+            command
+                .arg("--user")
+                .arg(user)
+                .args(HOSTED_USER_RULES)
+                .arg(format!(">{password}"))
+                .args(["--user", "default", "off"]);
+        }
+        if self.setup.debian_default {
+            command.args(["--appendonly", "no", "--save", "3600 1 300 100 60 10000"]);
+        } else {
+            command.args([
                 "--appendonly",
                 "yes",
                 "--appendfsync",
                 "always",
                 "--save",
                 "",
-            ])
+            ]);
+        }
+        let child = command
             .args(["--logfile", "redis.log"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -138,7 +238,7 @@ impl Redis {
     }
 
     async fn try_connection(&self) -> Option<MultiplexedConnection> {
-        let client = redis::Client::open(self.url()).ok()?;
+        let client = self.client()?;
         let connect = client.get_multiplexed_async_connection();
         let mut conn = tokio::time::timeout(COMMAND_WITHIN, connect)
             .await
@@ -224,6 +324,75 @@ impl Redis {
     pub fn node<'a>(&'a self, name: &'a str) -> crate::node::NodeOn<'a> {
         crate::node::NodeOn { redis: self, name }
     }
+}
+
+/// A CA of the test's own (`ca.crt`) and a certificate it signed for 127.0.0.1 and localhost
+/// (`server.crt`, `server.key`), made by the `openssl` command. P-256 keys: quick to make.
+fn make_certificates(dir: &std::path::Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &[
+                "req",
+                "-x509",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=viewcounter test CA",
+            ],
+            &key[..],
+            &["-keyout", "ca.key", "-out", "ca.crt"],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req", "-subj", "/CN=localhost"],
+            &key[..],
+            &["-keyout", "server.key", "-out", "server.csr"],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .expect("write san.ext");
+    openssl(&[
+        "x509",
+        "-req",
+        "-days",
+        "2",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
+    ]);
 }
 
 impl Drop for Redis {

@@ -11,6 +11,7 @@
 
 mod agreement;
 mod deploy;
+mod managed;
 mod migration;
 mod node_loss;
 mod presence_tells;

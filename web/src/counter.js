@@ -60,14 +60,18 @@
   let claiming = false; // a claim is pending: further questions do not push it back
   let lastHeardStreamId; // from the last HELLO: another one means a new leader or stream
   let watching = []; // the posts it watches, from the last scan
-  let lastNumbers; // the last event for this page's post, for a router's new body
+  // slug -> the last numbers heard for it: a router's or a framework's new element is filled
+  // from here, and the leader hands a new watcher the numbers of posts already watched.
+  const known = Object.create(null); // no prototype: a post may be called "constructor"
+  let observer; // the MutationObserver (README: "Following the page")
+  let rescanTimer;
 
   // Only while this tab leads.
   let streamId = ''; // '' while it follows
   let stream = null; // the EventSource; null while waiting to retry
   let readers; // reader -> slug: every reader the tabs announced
   let watches; // tab (its rank) -> the slugs it watches
-  let watchesSent; // the watch list the stream was last given
+  let watchesSent = ''; // the watch list the stream was last given
   let watchNumber = 0; // numbers the stream's watch lists: a late beacon loses
   let retryTimer;
   let failures = 0; // streams closed for good since the last one opened
@@ -86,6 +90,8 @@
 
   const isSlug = found =>
     found && /^[\w./-]{1,200}$/.test(found) && !/(^|\/)\.?\.?(\/|$)/.test(found);
+
+  const SELECTOR = '[data-viewcounter],[data-viewcounter-slug],[data-viewcounter-watch]';
 
   const apiUrl = (...path) => new URL('api/v1/' + path.join('/'), scriptUrl);
 
@@ -124,7 +130,7 @@
 
   function handle([kind, first, second]) {
     if (kind === HELLO) heardHello(first);
-    else if (kind === DATA) showNumbers(first);
+    else if (kind === DATA) heardNumbers(first);
     else if (!streamId) claimUnlessClaiming(); // a question, and this tab does not lead
     else if (kind === WATCH) watchesOf(first, second);
     else if (second) attachOrDetach(kind, first, second); // JOIN or LEAVE, to the leader
@@ -154,22 +160,29 @@
     armElectionTimer(CLAIM_MS, lead);
   }
 
-  // Fills the numbers of one event, {"slug":…,"live":…,"total":…}: an element inside a
-  // [data-viewcounter-watch] shows that post, any other this page's own (README: "Watching").
-  function showNumbers(data) {
+  // One event, {"slug":…,"live":…,"total":…}: kept, and shown.
+  function heardNumbers(data) {
     try {
       const numbers = JSON.parse(data);
-      if (numbers.slug === slug) lastNumbers = data;
-      for (const key of ['live', 'total']) {
-        if (typeof numbers[key] !== 'number') continue;
-        document.querySelectorAll(`[data-viewcounter=${key}]`).forEach(element => {
-          const box = element.closest('[data-viewcounter-watch]');
-          if ((box ? box.dataset.viewcounterWatch : slug) === numbers.slug) {
-            element.textContent = numbers[key].toLocaleString();
-          }
-        });
-      }
+      known[numbers.slug] = numbers;
+      fill();
     } catch {} // malformed: ignore
+  }
+
+  // Fills every number element from the last numbers of its post: an element inside a
+  // [data-viewcounter-watch] shows that post, any other this page's own (README: "Watching").
+  // Writes only what differs, so a refill of an unchanged page touches nothing.
+  function fill() {
+    document.querySelectorAll('[data-viewcounter]').forEach(element => {
+      const box = element.closest('[data-viewcounter-watch]');
+      const numbers = known[box ? box.dataset.viewcounterWatch : slug];
+      let value = numbers && numbers[element.dataset.viewcounter];
+      if (typeof value === 'number' && element.textContent !== (value = value.toLocaleString())) {
+        element.textContent = value;
+      }
+    });
+    // Our own writes are no news to the observer (set up before any number arrives).
+    observer.takeRecords();
   }
 
   // --- The leader ---
@@ -183,6 +196,7 @@
   // A new stream has a new id; its HELLO makes every tab announce its reader again.
   function openStream() {
     streamId = randomId();
+    watchesSent = ''; // a new stream carries nothing yet
     stream = new EventSource(apiUrl('shared', streamId));
     stream.onopen = () => {
       failures = 0;
@@ -214,8 +228,12 @@
     if (stream && stream.readyState === OPEN) beacon(id, 'shared', streamId, kind, readerSlug);
   }
 
-  // A tab's watch list replaces the one it had (none: it watches nothing any more).
+  // A tab's watch list replaces the one it had (none: it watches nothing any more). Posts the
+  // stream already carries get no event until they change: the tab gets the last ones now
+  // (README: "Watching").
   function watchesOf(tab, slugs) {
+    const carried = watchesSent.split('\n');
+    slugs.forEach(s => known[s] && carried.includes(s) && broadcast([DATA, JSON.stringify(known[s])]));
     watches[tab] = slugs;
     sendWatches();
   }
@@ -291,23 +309,63 @@
     stopLeading();
     leave();
     scanWatches(true); // tells the leader; the list is kept for a restore
-    // Also drops the claim that our own LEAVE just armed.
+    // Also drops the claim that our own LEAVE just armed, and a pending rescan (it would post
+    // on the closed channel).
     clearTimeout(electionTimer);
+    clearTimeout(rescanTimer);
     claiming = false;
     channel.close();
   }
 
-  // Client-side routers swap in a new page without a load: scan once each has rendered one
-  // (README: "Client-side routers"). Astro's <ClientRouter /> fires astro:page-load, Turbo Drive
-  // turbo:load, and htmx after every swap htmx:afterSettle (htmx 2) or htmx:after:settle
-  // (htmx 4): a boosted link's new body, a back/forward restore, and any partial swap, which
-  // finds the same slug and does nothing. The new body shows placeholders: a new post's numbers
-  // come with its join, the same post's are the last ones heard (no event comes until they
-  // change).
+  // Client-side routers swap in a new page without a load: scan once it is rendered, then fill
+  // the new elements from the last numbers heard (no event comes for numbers that did not
+  // change). Astro's <ClientRouter /> fires astro:page-load, Turbo Drive turbo:load, htmx
+  // htmx:afterSettle (htmx 2) or htmx:after:settle (htmx 4): scan at once. Any other router is
+  // noticed by the history it writes (the Navigation API's navigatesuccess, else pushState and
+  // replaceState) and by the counter elements it inserts, removes or changes, which also
+  // catches a framework (React) rendering our text back to its placeholder: scan a little
+  // later, once (README: "Following the page").
+  function rescan() {
+    scan();
+    fill();
+  }
+  const rescanSoon = () => {
+    clearTimeout(rescanTimer);
+    rescanTimer = setTimeout(rescan, 50);
+  };
+
   function followRouters() {
-    listen('astro:page-load turbo:load htmx:afterSettle htmx:after:settle', () => {
-      scan();
-      if (lastNumbers) showNumbers(lastNumbers); // ignored unless it is this post's
+    listen('astro:page-load turbo:load htmx:afterSettle htmx:after:settle', rescan);
+    listen('popstate', rescanSoon);
+    if (window.navigation) navigation.addEventListener('navigatesuccess', rescanSoon);
+    else {
+      ['pushState', 'replaceState'].forEach(name => {
+        const write = history[name];
+        history[name] = function () {
+          write.apply(this, arguments);
+          rescanSoon();
+        };
+      });
+    }
+    // The check per mutation is cheap: does it touch one of our elements or their text?
+    const ours = node => node.nodeType === 1 && (node.matches(SELECTOR) || node.querySelector(SELECTOR));
+    observer = new MutationObserver(records => {
+      for (const record of records) {
+        const target = record.target.closest ? record.target : record.target.parentNode;
+        if (
+          record.type === 'attributes' ||
+          (target && target.closest && target.closest(SELECTOR)) ||
+          [...record.addedNodes, ...record.removedNodes].some(ours)
+        ) {
+          return rescanSoon();
+        }
+      }
+    });
+    observer.observe(document, {
+      subtree: true,
+      childList: true,
+      characterData: true,
+      attributeFilter: ['data-viewcounter-slug', 'data-viewcounter-watch'],
     });
   }
 
@@ -318,12 +376,14 @@
     listen('pagehide', pageHidden);
     listen('pageshow', event => event.persisted && pageShown());
     followRouters();
-    listen('popstate', () => setTimeout(scan, 50)); // let the router render first
     pageShown();
     scan();
   }
 
-  // After load, so the page's own loading is untouched.
-  if (document.readyState === 'complete') start();
-  else listen('load', start);
+  // After load and once the page is idle, so the page's own loading is untouched and a
+  // framework hydrating server-rendered HTML (React) has done so before we write into it
+  // (README: "Frameworks that hydrate").
+  const startWhenIdle = () => (window.requestIdleCallback ? requestIdleCallback(start, { timeout: 2000 }) : start());
+  if (document.readyState === 'complete') startWhenIdle();
+  else listen('load', startWhenIdle);
 })();
