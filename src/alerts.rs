@@ -40,7 +40,7 @@ pub const ALERT_QUEUE: usize = 256;
 /// `--alert-url` and `--alert-live`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlertSettings {
-    /// Where each alert is posted: `http://` URLs.
+    /// Where each alert is posted: `http://` or `https://` URLs.
     pub urls: Vec<String>,
     /// Live readers at which a post alerts.
     pub live: u64,
@@ -108,6 +108,7 @@ impl Deliveries {
     /// Takes alerts until `stop`: each post at most once per [`ALERT_EVERY`] (once per
     /// cluster), each URL delivered on its own so that a hanging one delays no other.
     pub(crate) async fn run(mut self, cluster: Option<Arc<Cluster>>, mut stop: Shutdown) {
+        let client = client();
         let mut sent: HashMap<Slug, Instant> = HashMap::new();
         while let Some(Some(alert)) = stop.unless_started(self.queue.recv()).await {
             sent.retain(|_, at| at.elapsed() < ALERT_EVERY);
@@ -143,15 +144,47 @@ impl Deliveries {
             .unwrap_or_default();
             let body = bytes::Bytes::from(body);
             for url in self.urls.iter() {
-                actix_rt::spawn(deliver(url.clone(), body.clone()));
+                actix_rt::spawn(deliver(client.clone(), url.clone(), body.clone()));
             }
         }
     }
 }
 
+/// The HTTP client of alerts: `http://`, and `https://` with rustls (ring, as the Redis link
+/// has it) trusting the system's roots. A system without roots (no `ca-certificates`) still
+/// sends to `http://` URLs; `https://` ones then fail, logged, like a receiver down.
+fn client() -> awc::Client {
+    let found = rustls_native_certs::load_native_certs();
+    if let Some(e) = found.errors.first() {
+        tracing::warn!(error = %e, "some of the system's root certificates could not be read");
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        tracing::warn!("no root certificate on this system: https alert URLs will fail");
+    }
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let connector = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map(|config| {
+            let mut config = config.with_root_certificates(roots).with_no_client_auth();
+            // awc speaks HTTP/1.1 here: a webhook is one small request.
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            awc::Connector::new().rustls_0_23(Arc::new(config))
+        });
+    let builder = awc::Client::builder().timeout(ATTEMPT_TIMEOUT);
+    match connector {
+        Ok(connector) => builder.connector(connector).finish(),
+        Err(e) => {
+            tracing::warn!(error = %e, "no TLS for alerts: https alert URLs will fail");
+            builder.finish()
+        }
+    }
+}
+
 /// Posts `body` to `url` until a 2xx, retrying after each of [`RETRY_AFTER`].
-async fn deliver(url: String, body: bytes::Bytes) {
-    let client = awc::Client::builder().timeout(ATTEMPT_TIMEOUT).finish();
+async fn deliver(client: awc::Client, url: String, body: bytes::Bytes) {
     let mut waits = RETRY_AFTER.iter();
     loop {
         let attempt = client

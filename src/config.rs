@@ -203,10 +203,10 @@ fn validate_alerts(settings: &AlertSettings) -> Result<(), ConfigError> {
                     url: url.clone(),
                     reason: e.to_string(),
                 })?;
-        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
             return Err(ConfigError::AlertUrl {
                 url: url.clone(),
-                reason: "an http://HOST[:PORT]/PATH URL is needed".into(),
+                reason: "an http(s)://HOST[:PORT]/PATH URL is needed".into(),
             });
         }
     }
@@ -358,7 +358,7 @@ mod tests {
     }
 
     #[test]
-    fn alerts_need_both_flags_a_threshold_above_zero_and_http_urls() {
+    fn alerts_need_both_flags_a_threshold_above_zero_and_http_or_https_urls() {
         let parsed = |flags: &[&str]| ServeArgs::from_args(flags).map(Config::try_from);
         let hook = "http://127.0.0.1:9000/hook";
         let config = parsed(&[
@@ -391,12 +391,13 @@ mod tests {
             config.validate().expect_err("refused").to_string()
         };
         assert!(refused(&[hook], 0).contains("--alert-live"));
-        for bad in [
-            "https://hooks.slack.com/x",
-            "not a url",
-            "ftp://host/x",
-            "/hook",
-        ] {
+        let mut slack = Config::new("db".into(), "slugs".into());
+        slack.alerts = Some(AlertSettings {
+            urls: vec!["https://hooks.slack.com/services/T0/B0/x".into()],
+            live: 3,
+        });
+        assert!(slack.validate().is_ok(), "https");
+        for bad in ["not a url", "ftp://host/x", "/hook", "hooks.slack.com/x"] {
             let err = refused(&[hook, bad], 3);
             assert!(err.contains("--alert-url") && err.contains(bad), "{err}");
         }
