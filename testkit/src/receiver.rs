@@ -35,7 +35,7 @@ struct Log {
 }
 
 pub struct Receiver {
-    /// `http://127.0.0.1:PORT/hook`.
+    /// `http://127.0.0.1:PORT/hook` (`https://localhost:PORT/hook`).
     pub url: String,
     log: Arc<Mutex<Log>>,
     arrived: Arc<Notify>,
@@ -45,6 +45,31 @@ pub struct Receiver {
 impl Receiver {
     /// A receiver answering its requests with `script`, in order, then `200`.
     pub async fn start(script: &[Answer]) -> Self {
+        Self::serve(script, None).await
+    }
+
+    /// The same over https (`https://localhost:PORT/hook`), its certificate signed by a CA of
+    /// its own: `ca.crt` in `dir`, for the client's `SSL_CERT_FILE`.
+    pub async fn start_https(script: &[Answer], dir: &std::path::Path) -> Self {
+        crate::redis::make_certificates(dir);
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+        let certs = CertificateDer::pem_file_iter(dir.join("server.crt"))
+            .expect("server.crt")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certificates");
+        let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).expect("server.key");
+        #[allow(deprecated)]
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("the certificate and its key");
+        Self::serve(script, Some(config)).await
+    }
+
+    async fn serve(script: &[Answer], tls: Option<rustls::ServerConfig>) -> Self {
         let log = Arc::new(Mutex::new(Log {
             script: script.iter().rev().copied().collect(),
             got: Vec::new(),
@@ -57,15 +82,22 @@ impl Receiver {
                 .default_service(web::to(receive))
         })
         .workers(1)
-        .disable_signals()
-        .bind("127.0.0.1:0")
+        .disable_signals();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let server = match tls {
+            Some(config) => server.bind_rustls_0_23("127.0.0.1:0", config),
+            None => server.bind("127.0.0.1:0"),
+        }
         .expect("bind the receiver");
         let port = server.addrs()[0].port();
         let server = server.run();
         let handle = server.handle();
         actix_web::rt::spawn(server);
         Self {
-            url: format!("http://127.0.0.1:{port}/hook"),
+            url: match scheme {
+                "https" => format!("https://localhost:{port}/hook"),
+                _ => format!("http://127.0.0.1:{port}/hook"),
+            },
             log,
             arrived,
             server: handle,

@@ -107,3 +107,24 @@ async fn a_hanging_receiver_is_given_up_on_after_5_s_retried_and_counting_goes_o
     assert_eq!(got[1].body, got[0].body);
     assert_eq!(got[1].answer, Answer::Ok);
 }
+
+#[actix_web::test]
+async fn an_https_webhook_gets_the_message_verified_against_the_systems_roots() {
+    let certs = tempfile::tempdir().expect("temp dir");
+    let hook = Receiver::start_https(&[], certs.path()).await;
+    let ca = certs.path().join("ca.crt");
+    // rustls-native-certs reads SSL_CERT_FILE as the system's roots.
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_slugs(&dir.path().join("slugs.txt"), DEFAULT_SLUGS);
+    let server = BinServer::start_with_env(
+        dir,
+        &["serve"],
+        &["--alert-url", &hook.url, "--alert-live", "1"],
+        &[("SSL_CERT_FILE", ca.to_str().expect("a UTF-8 path"))],
+    )
+    .await;
+    let _reader = server.join("alpha").await;
+    let got = hook.await_requests(1, SOON).await;
+    assert_eq!(got[0].body["slug"], "alpha");
+    assert_eq!(got[0].content_type.as_deref(), Some("application/json"));
+}
