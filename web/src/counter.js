@@ -14,8 +14,6 @@
   if (window.__viewcounter) return;
   const ownTag = document.currentScript || document.querySelector('script[src*="counter.js"]');
   if (!ownTag) return;
-  // For routers that fire none of the events we listen to (README: "What the script does").
-  window.__viewcounter = { scan };
 
   // The API sits beside the script: https://host/vc/counter.js talks to https://host/vc/api/v1/.
   const scriptUrl = ownTag.src;
@@ -408,6 +406,11 @@
   // framework hydrating server-rendered HTML (React) has done so before we write into it
   // (README: "Frameworks that hydrate").
   const startWhenIdle = () => (window.requestIdleCallback ? requestIdleCallback(start, { timeout: 2000 }) : start());
+  // Marks this document (the check at the top) and serves routers that fire none of the events
+  // we listen to (README: "What the script does"). Set here, not at the top, so the minifier
+  // can inline the constants above: nothing can call scan() before they exist. Nothing runs in
+  // between, so a second copy of the script still sees the mark.
+  window.__viewcounter = { scan };
   if (document.readyState === 'complete') startWhenIdle();
   else listen('load', startWhenIdle);
 })();
