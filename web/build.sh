@@ -26,5 +26,5 @@ fi
         --target=es2019 \
         --legal-comments=none \
         --log-level=warning |
-        node_modules/.bin/terser --ecma 2019 --compress passes=3 --mangle --toplevel
+        node_modules/.bin/terser --ecma 2019 --compress passes=3,inline=1 --mangle --toplevel
 } >"$out"

@@ -55,7 +55,7 @@
   let showing = 0; // how often it has been shown: 1 at load, +1 at each bfcache restore
   let channel; // to the other tabs; a new one for each showing
   let electionTimer; // the one election timer: a pending claim, or the liveness timer
-  let claiming = false; // a claim is pending: further questions do not push it back
+  let claiming; // a claim is pending: further questions do not push it back
   let lastHeardStreamId; // from the last HELLO: another one means a new leader or stream
   let watching = []; // the posts it watches, from the last scan
   // slug -> the last numbers heard for it: a router's or a framework's new element is filled
@@ -68,7 +68,7 @@
 
   // Only while this tab leads.
   let streamId = ''; // '' while it follows
-  let stream = null; // the EventSource; null while waiting to retry
+  let stream; // the EventSource; none (null) while waiting to retry
   let readers; // reader -> slug: every reader the tabs announced
   let watches; // tab (its rank) -> the slugs it watches
   let watchesSent = ''; // the watch list the stream was last given
@@ -369,17 +369,23 @@
       });
     }
     // The check per mutation is cheap: does it touch one of our elements or their text?
-    const ours = node => node.nodeType === 1 && (node.matches(SELECTOR) || node.querySelector(SELECTOR));
+    // Only elements have matches(); a text or comment node's change counts for its parent
+    // element (none for the document).
+    const ours = node => node.matches && (node.matches(SELECTOR) || node.querySelector(SELECTOR));
+    const inOurs = ({ target }) => {
+      const element = target.matches ? target : target.parentElement;
+      return element && element.closest(SELECTOR);
+    };
     observer = new MutationObserver(records => {
-      for (const record of records) {
-        const target = record.target.closest ? record.target : record.target.parentNode;
-        if (
-          record.type === 'attributes' ||
-          (target && target.closest && target.closest(SELECTOR)) ||
-          [...record.addedNodes, ...record.removedNodes].some(ours)
-        ) {
-          return rescanSoon();
-        }
+      if (
+        records.some(
+          record =>
+            record.type === 'attributes' ||
+            inOurs(record) ||
+            [...record.addedNodes, ...record.removedNodes].some(ours),
+        )
+      ) {
+        rescanSoon();
       }
     });
     observer.observe(document, {
