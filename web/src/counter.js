@@ -285,14 +285,12 @@
   }
 
   // The posts this page watches, as the page says now: a router's swap replaces them.
-  function scanWatches(hiding) {
-    const found = hiding
-      ? []
-      : [...document.querySelectorAll('[data-viewcounter-watch]')].map(e => e.dataset.viewcounterWatch);
+  function scanWatches() {
+    const found = [...document.querySelectorAll('[data-viewcounter-watch]')].map(e => e.dataset.viewcounterWatch);
     // "*" is the whole site (README: "Watching"): on the wire, one more watched name.
     const now = [...new Set(found.filter(s => s === '*' || isSlug(s)))].slice(0, PAGE_WATCHES);
     if (now + '' !== watching + '') broadcast([WATCH, rank, now]);
-    if (!hiding) watching = now;
+    watching = now;
   }
 
   // A new slug is a new page view: leave the old post, join the new one with a new id. The same
@@ -329,7 +327,7 @@
   function pageHidden() {
     stopLeading();
     leave();
-    scanWatches(true); // tells the leader; the list is kept for a restore
+    if (watching.length) broadcast([WATCH, rank, []]); // tells the leader; kept for a restore
     // Also drops the claim that our own LEAVE just armed, and a pending rescan (it would post
     // on the closed channel).
     clearTimeout(electionTimer);
