@@ -88,8 +88,8 @@
     return isSlug(found) ? found : '';
   }
 
-  const isSlug = found =>
-    found && /^[\w./-]{1,200}$/.test(found) && !/(^|\/)\.?\.?(\/|$)/.test(found);
+  // (The lookahead: no segment, at the start or after a "/", is "", "." or "..".)
+  const isSlug = found => found && /^(?!(.*\/)?\.?\.?(\/|$))[\w./-]{1,200}$/.test(found);
 
   const SELECTOR = '[data-viewcounter],[data-viewcounter-slug],[data-viewcounter-watch]';
 
@@ -118,7 +118,7 @@
   }
 
   function visibilityChanged() {
-    if (document.visibilityState !== 'visible') [visibleMs, visibleSince] = [readingMs(), 0];
+    if (document.hidden) [visibleMs, visibleSince] = [readingMs(), 0];
     else if (!visibleSince) visibleSince = performance.now();
   }
 
