@@ -14,8 +14,6 @@
   if (window.__viewcounter) return;
   const ownTag = document.currentScript || document.querySelector('script[src*="counter.js"]');
   if (!ownTag) return;
-  // For routers that fire none of the events we listen to (README: "What the script does").
-  window.__viewcounter = { scan };
 
   // The API sits beside the script: https://host/vc/counter.js talks to https://host/vc/api/v1/.
   const scriptUrl = ownTag.src;
@@ -57,7 +55,7 @@
   let showing = 0; // how often it has been shown: 1 at load, +1 at each bfcache restore
   let channel; // to the other tabs; a new one for each showing
   let electionTimer; // the one election timer: a pending claim, or the liveness timer
-  let claiming = false; // a claim is pending: further questions do not push it back
+  let claiming; // a claim is pending: further questions do not push it back
   let lastHeardStreamId; // from the last HELLO: another one means a new leader or stream
   let watching = []; // the posts it watches, from the last scan
   // slug -> the last numbers heard for it: a router's or a framework's new element is filled
@@ -70,7 +68,7 @@
 
   // Only while this tab leads.
   let streamId = ''; // '' while it follows
-  let stream = null; // the EventSource; null while waiting to retry
+  let stream; // the EventSource; none (null) while waiting to retry
   let readers; // reader -> slug: every reader the tabs announced
   let watches; // tab (its rank) -> the slugs it watches
   let watchesSent = ''; // the watch list the stream was last given
@@ -90,8 +88,8 @@
     return isSlug(found) ? found : '';
   }
 
-  const isSlug = found =>
-    found && /^[\w./-]{1,200}$/.test(found) && !/(^|\/)\.?\.?(\/|$)/.test(found);
+  // (The lookahead: no segment, at the start or after a "/", is "", "." or "..".)
+  const isSlug = found => found && /^(?!(.*\/)?\.?\.?(\/|$))[\w./-]{1,200}$/.test(found);
 
   const SELECTOR = '[data-viewcounter],[data-viewcounter-slug],[data-viewcounter-watch]';
 
@@ -120,7 +118,7 @@
   }
 
   function visibilityChanged() {
-    if (document.visibilityState !== 'visible') [visibleMs, visibleSince] = [readingMs(), 0];
+    if (document.hidden) [visibleMs, visibleSince] = [readingMs(), 0];
     else if (!visibleSince) visibleSince = performance.now();
   }
 
@@ -287,14 +285,12 @@
   }
 
   // The posts this page watches, as the page says now: a router's swap replaces them.
-  function scanWatches(hiding) {
-    const found = hiding
-      ? []
-      : [...document.querySelectorAll('[data-viewcounter-watch]')].map(e => e.dataset.viewcounterWatch);
+  function scanWatches() {
+    const found = [...document.querySelectorAll('[data-viewcounter-watch]')].map(e => e.dataset.viewcounterWatch);
     // "*" is the whole site (README: "Watching"): on the wire, one more watched name.
     const now = [...new Set(found.filter(s => s === '*' || isSlug(s)))].slice(0, PAGE_WATCHES);
     if (now + '' !== watching + '') broadcast([WATCH, rank, now]);
-    if (!hiding) watching = now;
+    watching = now;
   }
 
   // A new slug is a new page view: leave the old post, join the new one with a new id. The same
@@ -331,7 +327,7 @@
   function pageHidden() {
     stopLeading();
     leave();
-    scanWatches(true); // tells the leader; the list is kept for a restore
+    if (watching.length) broadcast([WATCH, rank, []]); // tells the leader; kept for a restore
     // Also drops the claim that our own LEAVE just armed, and a pending rescan (it would post
     // on the closed channel).
     clearTimeout(electionTimer);
@@ -371,17 +367,23 @@
       });
     }
     // The check per mutation is cheap: does it touch one of our elements or their text?
-    const ours = node => node.nodeType === 1 && (node.matches(SELECTOR) || node.querySelector(SELECTOR));
+    // Only elements have matches(); a text or comment node's change counts for its parent
+    // element (none for the document).
+    const ours = node => node.matches && (node.matches(SELECTOR) || node.querySelector(SELECTOR));
+    const inOurs = ({ target }) => {
+      const element = target.matches ? target : target.parentElement;
+      return element && element.closest(SELECTOR);
+    };
     observer = new MutationObserver(records => {
-      for (const record of records) {
-        const target = record.target.closest ? record.target : record.target.parentNode;
-        if (
-          record.type === 'attributes' ||
-          (target && target.closest && target.closest(SELECTOR)) ||
-          [...record.addedNodes, ...record.removedNodes].some(ours)
-        ) {
-          return rescanSoon();
-        }
+      if (
+        records.some(
+          record =>
+            record.type === 'attributes' ||
+            inOurs(record) ||
+            [...record.addedNodes, ...record.removedNodes].some(ours),
+        )
+      ) {
+        rescanSoon();
       }
     });
     observer.observe(document, {
@@ -408,6 +410,11 @@
   // framework hydrating server-rendered HTML (React) has done so before we write into it
   // (README: "Frameworks that hydrate").
   const startWhenIdle = () => (window.requestIdleCallback ? requestIdleCallback(start, { timeout: 2000 }) : start());
+  // Marks this document (the check at the top) and serves routers that fire none of the events
+  // we listen to (README: "What the script does"). Set here, not at the top, so the minifier
+  // can inline the constants above: nothing can call scan() before they exist. Nothing runs in
+  // between, so a second copy of the script still sees the mark.
+  window.__viewcounter = { scan };
   if (document.readyState === 'complete') startWhenIdle();
   else listen('load', startWhenIdle);
 })();
