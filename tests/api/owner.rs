@@ -123,7 +123,16 @@ struct Daily {
     slug: String,
     day: String,
     views: u64,
+    read_buckets: Vec<u32>,
+    read_ms: u64,
+    peak: u64,
+    peak_at: Option<String>,
 }
+
+/// `export --daily`'s header, and what ends the line of a day without readers (no reading
+/// times, no peak).
+const DAILY_HEADER: &str = "slug,day,views,read_buckets,read_ms,peak,peak_at\n";
+const NO_READERS: &str = ",0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0,0,0,";
 
 /// `GET /api/v1/daily` from loopback, asserting 200.
 async fn daily(addr: SocketAddr) -> Vec<Daily> {
@@ -133,9 +142,9 @@ async fn daily(addr: SocketAddr) -> Vec<Daily> {
 }
 
 fn daily_csv(rows: &[(&str, &str, u64)]) -> String {
-    let mut out = String::from("slug,day,views\n");
+    let mut out = String::from(DAILY_HEADER);
     for (slug, day, views) in rows {
-        out.push_str(&format!("{slug},{day},{views}\n"));
+        out.push_str(&format!("{slug},{day},{views}{NO_READERS}\n"));
     }
     out
 }
@@ -340,9 +349,12 @@ async fn history_survives_a_kill_9_after_the_flush_the_max_wait_forces() {
 
     let db = server.db();
     let on_file = export_ok(server.dir.path(), &db, &["--daily"]).await;
-    let mut want = String::from("slug,day,views\n");
+    let mut want = String::from(DAILY_HEADER);
     for row in &before {
-        want.push_str(&format!("{},{},{}\n", row.slug, row.day, row.views));
+        want.push_str(&format!(
+            "{},{},{}{NO_READERS}\n",
+            row.slug, row.day, row.views
+        ));
     }
     assert_eq!(on_file, want);
     // In the same transactions as the totals.
@@ -1581,6 +1593,10 @@ async fn goatcounter_through_the_server_keeps_its_prefix_and_format() {
         slug: "alpha".into(),
         day: "2026-12-01".into(),
         views: 1,
+        read_buckets: vec![0; 16],
+        read_ms: 0,
+        peak: 0,
+        peak_at: None,
     };
     assert_eq!(daily(server.addr).await, [want]);
 }
