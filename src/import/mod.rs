@@ -209,6 +209,13 @@ impl Summary {
             self.skipped,
             report.day_views,
         ));
+        if report.day_presence > 0 {
+            out.pop();
+            out.push_str(&format!(
+                ", {} days' reading times or peaks {verb}\n",
+                report.day_presence
+            ));
+        }
         out
     }
 }

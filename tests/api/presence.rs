@@ -349,7 +349,11 @@ async fn export_daily_carries_reading_times_and_peaks_that_import_restores_offli
     let fresh_db = fresh.db().display().to_string();
     let fresh = fresh.stop_and_keep_dir().await;
     let days = dir.path().join("days.csv").display().to_string();
-    cli_ok(dir.path(), &["import", "--db", &fresh_db, &days]).await;
+    let said = cli_ok(dir.path(), &["import", "--db", &fresh_db, &days]).await;
+    assert!(
+        said.ends_with(", 2 days' reading times or peaks changed\n"),
+        "{said}"
+    );
     let fresh = spawn_app_configured_in(fresh, in_berlin(&clock)).await;
     assert_eq!(
         alpha_and_beta(fresh.addr).await,
