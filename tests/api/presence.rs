@@ -292,8 +292,9 @@ async fn alpha_and_beta(addr: SocketAddr) -> (Day, Day) {
     )
 }
 
-/// A server where alpha had two readers at once and beta one, each read, in Berlin.
-async fn read_and_peaked(clock: &Clock) -> TestApp {
+/// A server where alpha had two readers at once and beta one, each read, in Berlin; with
+/// alpha's and beta's today, and its URL.
+async fn read_and_peaked(clock: &Clock) -> (TestApp, (Day, Day), String) {
     clock.set_unix(1_796_637_600);
     let app = spawn_app_configured(in_berlin(clock)).await;
     let a1 = app.join("alpha").await;
@@ -309,17 +310,17 @@ async fn read_and_peaked(clock: &Clock) -> TestApp {
         (a.reads, a.peak, b.reads, b.peak)
     };
     await_value("reads and peaks of alpha, beta", (2, 2, 1, 1), SHOWN, shown).await;
-    app
+    let today = alpha_and_beta(app.addr).await;
+    let url = format!("http://{}", app.addr);
+    (app, today, url)
 }
 
 #[actix_web::test]
 async fn export_daily_carries_reading_times_and_peaks_that_import_restores_offline_and_through_a_server()
  {
     let clock = Clock::default();
-    let app = read_and_peaked(&clock).await;
-    let before = alpha_and_beta(app.addr).await;
+    let (app, before, url) = read_and_peaked(&clock).await;
     assert!(before.0.read_median_s.is_some() && before.0.peak_at.is_some());
-    let url = format!("http://{}", app.addr);
     let served_csv = cli_ok(app.dir.path(), &["export", "--daily", "--url", &url]).await;
     let served_json = cli_ok(
         app.dir.path(),
@@ -374,10 +375,7 @@ async fn export_daily_carries_reading_times_and_peaks_that_import_restores_offli
 
 #[actix_web::test]
 async fn importing_the_export_again_adds_reading_times_with_add_and_changes_nothing_with_set() {
-    let clock = Clock::default();
-    let app = read_and_peaked(&clock).await;
-    let before = alpha_and_beta(app.addr).await;
-    let url = format!("http://{}", app.addr);
+    let (app, before, url) = read_and_peaked(&Clock::default()).await;
     let csv = cli_ok(app.dir.path(), &["export", "--daily", "--url", &url]).await;
     std::fs::write(app.dir.path().join("days.csv"), &csv).expect("write days.csv");
 
@@ -400,10 +398,7 @@ async fn importing_the_export_again_adds_reading_times_with_add_and_changes_noth
 
 #[actix_web::test]
 async fn a_file_without_reading_times_imports_as_before_and_leaves_them_as_they_were() {
-    let clock = Clock::default();
-    let app = read_and_peaked(&clock).await;
-    let before = alpha_and_beta(app.addr).await;
-    let url = format!("http://{}", app.addr);
+    let (app, before, url) = read_and_peaked(&Clock::default()).await;
     std::fs::write(
         app.dir.path().join("old.csv"),
         "slug,day,views\nalpha,2026-12-07,5\n",
