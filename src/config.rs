@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use jiff::tz::TimeZone;
 
+use crate::alerts::AlertSettings;
 use crate::cli::{
     self, DEFAULT_DEDUPE_WINDOW, DEFAULT_FLUSH_AFTER, DEFAULT_FLUSH_MAX_WAIT, DEFAULT_HEARTBEAT,
     DEFAULT_IP_STREAM_LIMIT, DEFAULT_IP_VIEW_RATE, DEFAULT_IPV6_PREFIX, DEFAULT_LISTEN,
@@ -80,6 +81,8 @@ pub struct Config {
     pub cluster: Option<cluster::Settings>,
     /// An import sent in pieces is dropped, unapplied, after this long without a piece.
     pub import_idle: Duration,
+    /// `--alert-url` with `--alert-live`; `None`: no alerts.
+    pub alerts: Option<AlertSettings>,
 }
 
 /// The shortest `--admin-token` accepted: a token is guessed against every admin route, and a
@@ -113,6 +116,8 @@ pub enum ConfigError {
     RedisCa(String),
     #[error("--node-id must be 1 to 64 of A-Z a-z 0-9 . _ : - , not {0:?}")]
     NodeId(String),
+    #[error("--alert-url \"{url}\": {reason}")]
+    AlertUrl { url: String, reason: String },
 }
 
 impl Config {
@@ -148,6 +153,7 @@ impl Config {
             clock: Clock::default(),
             cluster: None,
             import_idle: session::DEFAULT_IDLE,
+            alerts: None,
         }
     }
 
@@ -182,8 +188,33 @@ impl Config {
         if let Some(cluster) = &self.cluster {
             validate_cluster(cluster)?;
         }
+        if let Some(alerts) = &self.alerts {
+            validate_alerts(alerts)?;
+        }
         Ok(())
     }
+}
+
+/// Alerts need a threshold above zero and URLs the client can post to.
+fn validate_alerts(settings: &AlertSettings) -> Result<(), ConfigError> {
+    if settings.live == 0 {
+        return Err(ConfigError::Zero("--alert-live"));
+    }
+    for url in &settings.urls {
+        let uri: awc::http::Uri =
+            url.parse()
+                .map_err(|e: awc::http::uri::InvalidUri| ConfigError::AlertUrl {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            return Err(ConfigError::AlertUrl {
+                url: url.clone(),
+                reason: "an http(s)://HOST[:PORT]/PATH URL is needed".into(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// What the cluster's settings' types cannot say, named by the flags.
@@ -254,6 +285,10 @@ impl TryFrom<ServeArgs> for Config {
                 timeout: args.redis_timeout.into(),
             }),
             import_idle: session::DEFAULT_IDLE,
+            alerts: args.alert_live.map(|live| AlertSettings {
+                urls: args.alert_urls,
+                live,
+            }),
         })
     }
 }
@@ -325,6 +360,52 @@ mod tests {
             format!("{clustered:?}"),
             format!("{:?}", parsed(&["--redis", redis]))
         );
+    }
+
+    #[test]
+    fn alerts_need_both_flags_a_threshold_above_zero_and_http_or_https_urls() {
+        let parsed = |flags: &[&str]| ServeArgs::from_args(flags).map(Config::try_from);
+        let hook = "http://127.0.0.1:9000/hook";
+        let config = parsed(&[
+            "--alert-url",
+            hook,
+            "--alert-url",
+            "http://ntfy.lan/t",
+            "--alert-live",
+            "50",
+        ])
+        .expect("the flags parse")
+        .expect("a configuration");
+        assert_eq!(
+            config.alerts,
+            Some(AlertSettings {
+                urls: vec![hook.into(), "http://ntfy.lan/t".into()],
+                live: 50
+            })
+        );
+        assert!(config.validate().is_ok());
+        assert!(parsed(&["--alert-url", hook]).is_err(), "no threshold");
+        assert!(parsed(&["--alert-live", "5"]).is_err(), "nowhere to send");
+
+        let refused = |urls: &[&str], live: u64| {
+            let mut config = Config::new("db".into(), "slugs".into());
+            config.alerts = Some(AlertSettings {
+                urls: urls.iter().map(|u| u.to_string()).collect(),
+                live,
+            });
+            config.validate().expect_err("refused").to_string()
+        };
+        assert!(refused(&[hook], 0).contains("--alert-live"));
+        let mut slack = Config::new("db".into(), "slugs".into());
+        slack.alerts = Some(AlertSettings {
+            urls: vec!["https://hooks.slack.com/services/T0/B0/x".into()],
+            live: 3,
+        });
+        assert!(slack.validate().is_ok(), "https");
+        for bad in ["not a url", "ftp://host/x", "/hook", "hooks.slack.com/x"] {
+            let err = refused(&[hook, bad], 3);
+            assert!(err.contains("--alert-url") && err.contains(bad), "{err}");
+        }
     }
 
     #[test]

@@ -54,6 +54,7 @@
 
 #![warn(unreachable_pub)]
 
+pub mod alerts;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -18,6 +18,7 @@ use actix_web::{App, web};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 
+use crate::alerts::{self, Deliveries};
 use crate::cluster;
 use crate::cluster::Cluster;
 use crate::cluster::store::RedisStore;
@@ -35,6 +36,7 @@ use crate::http::state::AppState;
 use crate::http::streams::lifecycle::Signals;
 use crate::import::session::Sessions;
 use crate::metrics::Metrics;
+use crate::posts::alert_port::Alerts;
 use crate::posts::cluster_port::Counting;
 use crate::posts::registry::Registry;
 use crate::shutdown::{Shutdown, Tasks, Trigger};
@@ -93,6 +95,8 @@ pub struct Application {
     /// Cluster mode's heartbeat, listener, replay, …: stopped first, so none of them writes
     /// this node's presence again after it left.
     cluster_tasks: Tasks,
+    /// `--alert-url`: the task that sends alerts, started with the serving.
+    alerts: Option<Deliveries>,
 }
 
 impl Application {
@@ -148,6 +152,7 @@ impl Application {
         let writer = Writer::spawn(store, policy, calendar.clone(), Arc::clone(&metrics))?;
         let (shutdown, shutdown_rx) = Trigger::new();
         let (heartbeat, heartbeat_rx) = watch::channel(());
+        let (alerter, deliveries) = config.alerts.as_ref().map(alerts::alerts).unzip();
         let state = web::Data::new(AppState {
             registry: Registry::new(
                 writer,
@@ -155,6 +160,7 @@ impl Application {
                 calendar.clone(),
                 Arc::clone(&metrics),
                 cluster.clone().map(|c| c as Arc<dyn Counting>),
+                alerter.map(|a| a as Arc<dyn Alerts>),
             ),
             cluster,
             calendar,
@@ -190,6 +196,7 @@ impl Application {
             hangup: signal(SignalKind::hangup()).ok(),
             background: Tasks::new(),
             cluster_tasks: Tasks::new(),
+            alerts: deliveries,
         })
     }
 
@@ -213,6 +220,7 @@ impl Application {
             hangup,
             background,
             cluster_tasks,
+            alerts,
             ..
         } = self;
         spawn_background(
@@ -226,6 +234,10 @@ impl Application {
         let cluster = state.cluster.clone();
         if let Some(cluster) = &cluster {
             cluster.spawn_tasks(&state.registry, &cluster_tasks);
+        }
+        if let Some(alerts) = alerts {
+            let cluster = cluster.clone();
+            background.spawn("alerts", move |stop| alerts.run(cluster, stop));
         }
         stop.await;
         // Other nodes drop this one's readers now, not when its presence expires.
@@ -303,6 +315,7 @@ fn http_server(
                 web::scope("/api/v1")
                     .configure(api::routes)
                     .configure(owner::routes)
+                    .configure(crate::http::pulse::routes)
                     .configure(crate::http::watch::routes),
             )
             .configure(dashboard::routes)
@@ -384,6 +397,11 @@ fn spawn_background(
             heartbeat.send_replace(());
         }
     });
+    let (pulse, changes) = (
+        Arc::clone(state.registry.pulse()),
+        state.registry.changes().clone(),
+    );
+    tasks.spawn("pulse", move |shutdown| pulse.run(changes, shutdown));
     let st = state.clone();
     let workers = server.threads();
     tasks.spawn("housekeeping", move |mut shutdown| async move {

@@ -2,8 +2,8 @@
 // Issue 13, points 1 and 3 (the dashboard's part): the owner logs in to /admin through nginx
 // (deploy/nginx/viewcounter-http.conf, so the server sees a proxied, non-loopback owner and
 // asks for the token), sees a reader arrive in the table within a second of a post opening in
-// another page and leave when it closes, and a chart of the days imported before the server
-// started. Screenshots at 1280 px and 375 px (light and dark) go to e2e/artifacts/.
+// another page and leave when it closes, a chart of the days imported before the server
+// started, and the pulse (issue 20: readers minute by minute, live). Screenshots at 1280 px and 375 px (light and dark) go to e2e/artifacts/.
 
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
@@ -157,6 +157,58 @@ test('the chart shows the imported days, for all posts and for one', async t => 
   await h.until(async () => Object.keys(await bars()).length === 30, { what: '30 bars again' });
   h.report(t, `chart: 30 d all posts ${JSON.stringify(sum30)} as imported; 90 d shows day -40 (12); ` +
     `beta over 365 d: ${shown} days with views (day -200: 7)`);
+});
+
+/** The pulse as drawn: minutes in the curve, readers of the minute under way, what it shows. */
+const pulse = () => dash.evaluate(() => {
+  const area = document.querySelector('#pulse path.pulse-area');
+  const dot = document.querySelector('#pulse circle.pulse-now');
+  return {
+    minutes: area ? Number(area.dataset.minutes) : 0,
+    now: dot ? Number(dot.dataset.live) : null,
+    what: document.getElementById('pulse-what').textContent,
+  };
+});
+
+test('the pulse: 24 h of minutes, the minute under way moved by the stream, a post\'s own on click, each closed minute pushed', async t => {
+  await h.until(async () => (await pulse()).minutes === 1440, { what: 'the 24 h pulse drawn' });
+  const requestsBefore = await dash.evaluate(() => performance.getEntriesByType('resource').length);
+  const shiftsBefore = await dash.evaluate(() => window.__e2e.shifts.length);
+
+  const reader = await ctx.newPage();
+  const opened = Date.now();
+  await reader.goto(blog.url('/posts/alpha.html'));
+  // (The minute under way may already hold 1: the reader of an earlier test.)
+  await h.until(async () => (await dash.textContent('#pulse-now')) === '1 reading now' && (await pulse()).now >= 1,
+    { what: 'the reader on the pulse', interval: 10, timeout: 5000 });
+  const shownMs = Date.now() - opened;
+  const fetched = await dash.evaluate(n => performance.getEntriesByType('resource').slice(n).map(e => e.name), requestsBefore);
+  assert.deepEqual(fetched, [], 'the pulse moved with the stream: no request');
+
+  await dash.click('#rows tr[data-slug="alpha"]');
+  await h.until(async () => { const p = await pulse(); return p.what === 'alpha' && p.minutes === 1440 && p.now === 1; }, { what: "alpha's own pulse" });
+  await dash.click('#rows tr[data-slug="alpha"]');
+  await h.until(async () => (await pulse()).what === 'all posts', { what: 'all posts again' });
+
+  // The minute under way closes (at most a minute away): the server pushes it, the curve moves on.
+  const minuteStart = Date.now();
+  const closing = await dash.evaluate(() => new Promise(resolve => {
+    // The dashboard's own EventSource is private: a second one on the same stream sees the same events.
+    const es = new EventSource('api/v1/admin/stream');
+    es.addEventListener('pulse', e => { es.close(); resolve(JSON.parse(e.data)); });
+  }));
+  const waitedMs = Date.now() - minuteStart;
+  assert.ok(closing.live >= 1, `the closed minute had the reader: ${JSON.stringify(closing)}`);
+  assert.match(closing.at, /^\d{4}-\d\d-\d\dT\d\d:\d\d:00\+00:00$/);
+  await h.until(async () => (await pulse()).now === 1, { what: 'the next minute under way' });
+  assert.equal((await pulse()).minutes, 1440, 'still 24 h');
+  // Shifts right after a click (the row selected) are the page answering its user, which
+  // Layout Instability leaves out of its score; the pulse moving by itself may shift nothing.
+  const shifts = await dash.evaluate(n => window.__e2e.shifts.slice(n).filter(s => !s.hadRecentInput), shiftsBefore);
+  assert.deepEqual(shifts, [], 'no layout shift as the pulse moves');
+  await reader.close();
+  h.report(t, `pulse: 1440 minutes drawn; a reader on it ${shownMs} ms after the post opened, no request; ` +
+    `alpha's own on click; a closed minute pushed ${waitedMs} ms later (${JSON.stringify(closing)}); 0 layout shifts`);
 });
 
 test('screenshots at 1280 px and 375 px, light and dark; nothing wider than the phone', async t => {

@@ -49,7 +49,7 @@ const zero = { live: 0, total: 0 };
 
 test('an index page watching 3 posts shows them, updates when a reader opens one, counts no view and holds one stream', async t => {
   const index = await open(ctx, '/watch/index.html');
-  await h.waitWatched(index, w => ['alpha', 'beta', 'gamma'].every(s => w[s].live === 0 && w[s].total === 0));
+  await h.waitWatched(index, w => ['alpha', 'beta', 'gamma', '*'].every(s => w[s].live === 0 && w[s].total === 0));
   const streams = await openStreams([index]);
   assert.equal(streams.length, 1, 'the index page holds the one stream');
   assert.match(new URL(streams[0]).pathname, /^\/api\/v1\/shared\//);
@@ -60,8 +60,10 @@ test('an index page watching 3 posts shows them, updates when a reader opens one
   const reader = await open(elsewhere, '/posts/beta.html');
   await h.waitWatched(index, w => w.beta.live === 1 && w.beta.total === 1, { timeout: 5000 });
   const arriveMs = Date.now() - opened;
+  // "*": everyone reading any post, all views of all posts.
+  await h.waitWatched(index, w => w['*'].live === 1 && w['*'].total === 1);
   const seen = await h.shownWatched(index);
-  assert.deepEqual(seen, { alpha: zero, beta: { live: 1, total: 1 }, gamma: zero });
+  assert.deepEqual(seen, { alpha: zero, beta: { live: 1, total: 1 }, gamma: zero, '*': { live: 1, total: 1 } });
 
   // A second tab of the index page's browser, on alpha: still one stream for that browser.
   const tab = await open(ctx, '/posts/alpha.html');

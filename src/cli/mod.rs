@@ -184,6 +184,20 @@ pub struct ServeArgs {
     #[arg(long, env = "VIEWCOUNTER_REDIS_TIMEOUT", default_value_t = crate::cluster::DEFAULT_TIMEOUT.into())]
     pub redis_timeout: humantime::Duration,
 
+    /// Where to POST an alert (JSON for Slack, Discord, ntfy…) when a post reaches
+    /// --alert-live readers; repeatable.
+    #[arg(
+        long = "alert-url",
+        env = "VIEWCOUNTER_ALERT_URL",
+        value_delimiter = ',',
+        requires = "alert_live"
+    )]
+    pub alert_urls: Vec<String>,
+
+    /// Readers at once at which a post alerts (with --alert-url); no alerts without it.
+    #[arg(long, env = "VIEWCOUNTER_ALERT_LIVE", requires = "alert_urls")]
+    pub alert_live: Option<u64>,
+
     /// The time the server goes by: the system's, unless a test moves it.
     #[arg(skip)]
     pub clock: crate::storage::calendar::Clock,

@@ -32,7 +32,7 @@ use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 use crate::cluster::counter::View;
-use crate::cluster::link::Link;
+use crate::cluster::link::{Link, LinkError};
 use crate::cluster::outbox::{Outbox, REPLAY_BATCH};
 use crate::cluster::presence::{BEAT, Event, Moved, Presence};
 use crate::edge::reader_id::ReaderId;
@@ -390,6 +390,30 @@ impl Cluster {
         Ok(())
     }
 
+    /// Claims the one alert of the cluster for `slug` this hour (`SET vc:alert:{slug} 1 NX EX
+    /// 3600`): true for the node that set it, false when another node (or this one) did.
+    pub(crate) async fn claim_alert(
+        &self,
+        slug: &Slug,
+        every: Duration,
+    ) -> Result<bool, LinkError> {
+        let key = format!("vc:alert:{{{slug}}}");
+        let claimed: Option<String> = self
+            .link
+            .call("alert claim", |mut conn| async move {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(self.node())
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(every.as_secs().max(1))
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(claimed.is_some())
+    }
+
     /// On SIGTERM, once the tasks are stopped: this node's readers leave every other node's
     /// live count now, not when its presence expires.
     pub(crate) async fn leave(&self) {
@@ -460,7 +484,7 @@ fn tell_live(registry: &Registry, moved: Moved) {
         // An awake post broadcasts it (to the dashboards too); for one asleep here, only the
         // dashboards need to know.
         if !registry.tell(&slug, RemoteLive { live }) {
-            registry.changes().live(&slug, live);
+            registry.live_elsewhere(&slug, live);
         }
     }
 }

@@ -25,10 +25,32 @@ pub enum SlugError {
     BadSegment,
 }
 
+/// What a watch names the whole site by (every post together): `*`, which no slug can be.
+pub const SITE: &str = "*";
+
 impl Slug {
     pub fn parse(raw: &str) -> Result<Self, SlugError> {
         validate(raw)?;
         Ok(Self(Arc::from(raw)))
+    }
+
+    /// A slug, or [`SITE`] (only where a watch is asked for: no post is named `*`).
+    pub fn parse_watched(raw: &str) -> Result<Self, SlugError> {
+        if raw == SITE {
+            Ok(Self::site())
+        } else {
+            Self::parse(raw)
+        }
+    }
+
+    /// The whole site, [`SITE`].
+    pub fn site() -> Self {
+        Self(Arc::from(SITE))
+    }
+
+    /// Whether this names the whole site ([`SITE`]) rather than a post.
+    pub fn is_site(&self) -> bool {
+        &*self.0 == SITE
     }
 
     pub fn as_str(&self) -> &str {

@@ -15,6 +15,7 @@ pub(crate) mod direct;
 pub(crate) mod error;
 pub(crate) mod owner;
 pub(crate) mod params;
+pub(crate) mod pulse;
 pub mod scheduling;
 pub(crate) mod server;
 pub(crate) mod session;

@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use crate::edge::headers::Headers;
 use crate::edge::limits::ClientKey;
 use crate::edge::reader_id::{ReaderId, Showing, parse_show};
-use crate::edge::slug::Slug;
+use crate::edge::slug::{Slug, SlugError};
 use crate::http::state::AppState;
 use crate::http::streams::shared::Handle;
 use crate::refusal::Refusal;
@@ -99,10 +99,22 @@ pub(crate) fn number_param(
 
 /// The slugs of a `slug=A&slug=B` query: 1 to 100, each well-formed, repeats dropped.
 pub(crate) fn slugs_param(pairs: &[(String, String)]) -> Result<Vec<Slug>, Refusal> {
+    slugs_param_by(pairs, Slug::parse)
+}
+
+/// The posts a watch asks for, as [`slugs_param`], `*` (the whole site) included.
+pub(crate) fn watched_param(pairs: &[(String, String)]) -> Result<Vec<Slug>, Refusal> {
+    slugs_param_by(pairs, Slug::parse_watched)
+}
+
+fn slugs_param_by(
+    pairs: &[(String, String)],
+    parse: fn(&str) -> Result<Slug, SlugError>,
+) -> Result<Vec<Slug>, Refusal> {
     let mut seen = HashSet::new();
     let mut slugs = Vec::new();
     for (_, raw) in pairs.iter().filter(|(k, _)| k == "slug") {
-        let slug = Slug::parse(raw)?;
+        let slug = parse(raw)?;
         if seen.insert(slug.clone()) {
             slugs.push(slug);
         }

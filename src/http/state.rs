@@ -160,6 +160,9 @@ impl AppState {
         client: ClientKey,
     ) -> Result<Vec<(Slug, Watched)>, Refusal> {
         let asked = futures_util::future::join_all(slugs.into_iter().map(|slug| async move {
+            if slug.is_site() {
+                return Ok(Some((slug, self.registry.watch_site().await?)));
+            }
             let Some(admission) = self.slugs.admission(&slug, client) else {
                 return Ok(None);
             };

@@ -65,7 +65,7 @@ fn watch_body(body: &[u8]) -> Result<(u64, Vec<Slug>), Refusal> {
     let mut seen = HashSet::new();
     let mut slugs = Vec::new();
     for line in lines.filter(|line| !line.is_empty()) {
-        let slug = Slug::parse(line)?;
+        let slug = Slug::parse_watched(line)?;
         if seen.insert(slug.clone()) {
             slugs.push(slug);
         }

@@ -23,6 +23,9 @@ pub enum Change {
     Live(Slug, u64),
     /// Numbers moved outside counting (an import): start again from a snapshot.
     Resync,
+    /// A minute of the site's pulse closed (minutes since the Unix epoch) with this many
+    /// readers at most ([`crate::posts::pulse`]).
+    Minute { minute: u64, live: u64 },
 }
 
 /// The sending side, shared by every post; sending with nobody subscribed costs a lock and
@@ -44,6 +47,10 @@ impl Changes {
 
     pub fn live(&self, slug: &Slug, live: u64) {
         let _ = self.0.send(Change::Live(slug.clone(), live));
+    }
+
+    pub fn minute(&self, minute: u64, live: u64) {
+        let _ = self.0.send(Change::Minute { minute, live });
     }
 
     pub fn resync(&self) {

@@ -16,11 +16,13 @@ use crate::edge::reader_id::{Presence, ReaderId};
 use crate::edge::slug::Slug;
 use crate::edge::slug_list::NewPost;
 use crate::metrics::Metrics;
+use crate::posts::alert_port::Alerts;
 use crate::posts::changes::Changes;
 use crate::posts::cluster_port::{Counting, Decision};
 use crate::posts::peaks::{DayPeak, SiteLive};
 pub use crate::posts::post_state::Counts;
 use crate::posts::post_state::{Ended, PostState};
+use crate::posts::pulse::Pulse;
 use crate::posts::update::Update;
 use crate::storage::calendar::Calendar;
 use crate::storage::presence::Peak;
@@ -116,13 +118,16 @@ pub struct Watched {
 }
 
 /// Tells the post when a watcher goes, however it goes (like [`Departure`] for readers).
+/// The whole site's watcher ([`crate::posts::site`]) keeps no post awake: `None`.
 pub struct Watcher {
-    post: Addr<Post>,
+    pub(crate) post: Option<Addr<Post>>,
 }
 
 impl Drop for Watcher {
     fn drop(&mut self) {
-        self.post.do_send(Unwatch);
+        if let Some(post) = &self.post {
+            post.do_send(Unwatch);
+        }
     }
 }
 
@@ -176,6 +181,10 @@ pub struct PostContext {
     pub dedupe_window: Duration,
     /// Every broadcast is also told here, for the owner's dashboard.
     pub changes: Changes,
+    /// Every change of a post's live count, as it happens (not coalesced).
+    pub(crate) pulse: Arc<Pulse>,
+    /// `--alert-live`: told when a post reaches that many readers.
+    pub(crate) alerts: Option<Arc<dyn Alerts>>,
     /// Called by a post going to sleep, so the next reader wakes a fresh actor.
     pub asleep: Box<AsleepReport>,
     /// Cluster mode: where views are counted and live readers are merged.
@@ -340,8 +349,23 @@ impl Post {
         let delta = self.state.counts().live as i64 - before as i64;
         if delta != 0 {
             self.context.metrics.readers_live.inc_by(delta);
+            let remote = self.merged.as_ref().map_or(0, |m| m.remote_live);
+            self.shown_live_moved(before + remote);
         }
-        self.note_peaks(self.counts().live);
+    }
+
+    /// The live count readers see moved from `before`: the pulse hears every move, however
+    /// short-lived (the coalesced broadcast may merge it away), and so do alerts and peaks.
+    fn shown_live_moved(&mut self, before: u64) {
+        let counts = self.counts();
+        self.context.pulse.set(&self.slug, counts.live);
+        if let Some(alerts) = &self.context.alerts
+            && before < alerts.threshold()
+            && counts.live >= alerts.threshold()
+        {
+            alerts.reached(&self.slug, counts);
+        }
+        self.note_peaks(counts.live);
     }
 
     /// Live is now `live` (shown, so in cluster mode with the other nodes'): raises today's
@@ -533,8 +557,9 @@ impl Handler<RemoteLive> for Post {
         if let Some(merged) = self.merged.as_mut()
             && merged.remote_live != remote.live
         {
+            let before = self.state.counts().live + merged.remote_live;
             merged.remote_live = remote.live;
-            self.note_peaks(self.counts().live);
+            self.shown_live_moved(before);
             self.changed(ctx);
         }
     }
@@ -616,7 +641,7 @@ impl Handler<Watch> for Post {
             first: Update::new(&self.slug, self.counts()),
             updates: self.updates.subscribe(),
             watcher: Watcher {
-                post: ctx.address(),
+                post: Some(ctx.address()),
             },
         })
     }

@@ -15,12 +15,15 @@ use crate::edge::slug::Slug;
 use crate::edge::slug_list::Admission;
 use crate::memory::Reclaimer;
 use crate::metrics::Metrics;
+use crate::posts::alert_port::Alerts;
 use crate::posts::changes::Changes;
 use crate::posts::cluster_port::Counting;
 use crate::posts::peaks::SiteLive;
 use crate::posts::post::{
     Asleep, Counts, GetCounts, Imported, Join, Joined, Leave, Post, PostContext, Watch, Watched,
 };
+use crate::posts::pulse::Pulse;
+use crate::posts::site::{Site, Snapshot, Sums};
 use crate::refusal::Refusal;
 use crate::storage::calendar::Calendar;
 use crate::storage::writer::{LoadFor, Loaded, Writer};
@@ -30,6 +33,8 @@ pub(crate) struct Registry {
     /// What the posts it wakes are given.
     context: Arc<PostContext>,
     reclaimer: Reclaimer,
+    /// The whole site's numbers, for watchers of `*`.
+    site: Site,
 }
 
 impl Registry {
@@ -39,6 +44,7 @@ impl Registry {
         calendar: Calendar,
         metrics: Arc<Metrics>,
         cluster: Option<Arc<dyn Counting>>,
+        alerts: Option<Arc<dyn Alerts>>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|registry: &Weak<Self>| {
             let registry = registry.clone();
@@ -51,15 +57,18 @@ impl Registry {
                 posts: Mutex::new(HashMap::new()),
                 context: Arc::new(PostContext {
                     writer,
+                    pulse: Arc::new(Pulse::new(calendar.clock().clone())),
                     calendar,
                     site: SiteLive::default(),
                     metrics,
                     dedupe_window,
                     changes: Changes::default(),
+                                        alerts,
                     asleep: Box::new(asleep),
                     cluster,
                 }),
                 reclaimer: Reclaimer::default(),
+                site: Site::default(),
             }
         })
     }
@@ -101,6 +110,17 @@ impl Registry {
     /// Every post's broadcasts, for whoever watches all posts (the dashboard).
     pub(crate) fn changes(&self) -> &Changes {
         &self.context.changes
+    }
+
+    /// Readers minute by minute, the site's and each post's.
+    pub(crate) fn pulse(&self) -> &Arc<Pulse> {
+        &self.context.pulse
+    }
+
+    /// Cluster mode: a post asleep here has `live` readers on the other nodes.
+    pub(crate) fn live_elsewhere(&self, slug: &Slug, live: u64) {
+        self.context.pulse.set(slug, live);
+        self.changes().live(slug, live);
     }
 
     /// The numbers of many posts at once, waking none: awake posts are asked, the others'
@@ -208,6 +228,19 @@ impl Registry {
         admission: &Admission,
     ) -> Result<Option<Watched>, Refusal> {
         self.ask_awake(slug, admission.existing(), Watch).await
+    }
+
+    /// Follows the whole site's numbers (`*`): everyone reading any post, all views.
+    pub(crate) async fn watch_site(self: &Arc<Self>) -> Result<Watched, Refusal> {
+        let registry = Arc::clone(self);
+        let snapshot: Snapshot = Arc::new(move || {
+            let registry = Arc::clone(&registry);
+            Box::pin(async move {
+                let totals = registry.writer().totals().await.map_err(Refusal::from)?;
+                Ok(Sums::new(totals, registry.live_counts().await))
+            })
+        });
+        self.site.watch(self.changes(), snapshot).await
     }
 
     /// Sends `message` to the post, woken if needed (see [`Registry::wake`] for `admission`);

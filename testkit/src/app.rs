@@ -122,6 +122,20 @@ pub async fn spawn_app_configured_in(dir: TempDir, configure: impl FnOnce(&mut C
     serve_in(dir, config).await
 }
 
+/// A server whose clock reads `unix` now (and runs on), configured as
+/// [`spawn_app_configured`], and that clock (which the test may set again).
+pub async fn spawn_app_at(unix: u64, configure: impl FnOnce(&mut Config)) -> (TestApp, Clock) {
+    let clock = Clock::default();
+    clock.set_unix(unix);
+    let given = clock.clone();
+    let app = spawn_app_configured(move |c| {
+        configure(c);
+        c.clock = given;
+    })
+    .await;
+    (app, clock)
+}
+
 /// `--flush-after 1h --flush-max-wait 1h`: nothing is written before the stop.
 pub fn never_flush(c: &mut Config) {
     c.flush.after = Duration::from_secs(3600);

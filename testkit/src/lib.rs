@@ -12,10 +12,12 @@ mod app;
 mod bin;
 mod http;
 mod node;
+mod receiver;
 mod redis;
 
 pub use crate::app::*;
 pub use crate::bin::*;
 pub use crate::http::*;
 pub use crate::node::*;
+pub use crate::receiver::*;
 pub use crate::redis::*;

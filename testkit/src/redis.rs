@@ -328,7 +328,7 @@ impl Redis {
 
 /// A CA of the test's own (`ca.crt`) and a certificate it signed for 127.0.0.1 and localhost
 /// (`server.crt`, `server.key`), made by the `openssl` command. P-256 keys: quick to make.
-fn make_certificates(dir: &std::path::Path) {
+pub(crate) fn make_certificates(dir: &std::path::Path) {
     let openssl = |args: &[&str]| {
         let out = Command::new("openssl")
             .args(args)

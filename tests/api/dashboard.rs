@@ -10,19 +10,6 @@ const ADMIN: &str = "dashboard-tests-admin-token";
 /// The contract: a reader arriving shows on the dashboard within a second.
 const ARRIVAL: Duration = Duration::from_secs(1);
 
-/// A server whose clock reads `unix` now (and runs on), and that clock.
-async fn spawn_at(unix: u64, configure: impl FnOnce(&mut Config)) -> (TestApp, Clock) {
-    let clock = Clock::default();
-    clock.set_unix(unix);
-    let given = clock.clone();
-    let app = spawn_app_configured(move |c| {
-        configure(c);
-        c.clock = given;
-    })
-    .await;
-    (app, clock)
-}
-
 fn with_token(c: &mut Config) {
     c.admin_token = Some(ADMIN.into());
 }
@@ -263,7 +250,7 @@ async fn the_cookie_opens_every_admin_get_and_no_post() {
 
 #[actix_web::test]
 async fn a_session_ends_with_its_week_and_with_a_new_token() {
-    let (app, clock) = spawn_at(1_772_884_800, with_token).await;
+    let (app, clock) = spawn_app_at(1_772_884_800, with_token).await;
     let cookie = log_in(&app).await;
     let totals = || with_cookie(Req::get("/api/v1/totals"), &cookie);
     assert_eq!(app.send(totals()).await.status, 200);
@@ -488,7 +475,7 @@ async fn without_a_token_the_admin_stream_refuses_a_rebinding_host() {
 
 #[actix_web::test]
 async fn today_stays_right_across_an_import_and_a_new_day() {
-    let (app, clock) = spawn_at(1_772_927_940, |_| {}).await; // 2026-03-07T23:59:00Z
+    let (app, clock) = spawn_app_at(1_772_927_940, |_| {}).await; // 2026-03-07T23:59:00Z
     let _reader = app.join("alpha").await;
     let mut stream = open_admin_stream(&app, None).await;
     let snapshot = next_snapshot(&mut stream).await;
@@ -542,7 +529,7 @@ async fn a_post_the_snapshot_did_not_have_arrives_with_its_numbers() {
 
 #[actix_web::test]
 async fn the_history_of_all_posts_sums_every_post_per_day() {
-    let (app, clock) = spawn_at(1_772_884_800, |_| {}).await; // 2026-03-07T12:00:00Z
+    let (app, clock) = spawn_app_at(1_772_884_800, |_| {}).await; // 2026-03-07T12:00:00Z
     for slug in ["alpha", "beta", "beta"] {
         drop(app.join(slug).await);
     }

@@ -3,6 +3,7 @@
 //! behaviour matters (signals, kill -9, export). One module per area of the contract in
 //! `design.md`.
 
+mod alerts;
 mod assets;
 mod cli;
 mod client_ip;
@@ -22,6 +23,7 @@ mod owner;
 mod owner_only;
 mod persistence;
 mod presence;
+mod pulse;
 mod secrets;
 mod shared;
 mod slugs;

@@ -168,6 +168,62 @@ async fn a_watched_post_stays_awake_at_zero_live_and_sleeps_once_nobody_watches(
 }
 
 // ---------------------------------------------------------------------------------------------
+// The whole site, `*`.
+
+#[actix_web::test]
+async fn watching_star_follows_everyone_reading_any_post_and_all_views_and_counts_nothing() {
+    let app = spawn_app().await;
+    let alpha = app.join("alpha").await;
+    let _beta = app.join("beta").await;
+    let _beta2 = app.join("beta").await;
+    let mut site = open_tagged(&app, watch(&["*", "gamma"])).await;
+    assert_eq!(
+        next_tagged(&mut site, 2).await,
+        [t("*", 3, 3), t("gamma", 0, 0)]
+    );
+
+    assert_eq!(app.leave("alpha", &alpha.id).await.status, 204);
+    await_tagged(&mut site, t("*", 2, 3)).await;
+    let _gamma = app.join("gamma").await;
+    await_tagged(&mut site, t("*", 3, 4)).await;
+    assert_eq!(
+        app.totals().await,
+        rows(&[("alpha", 1), ("beta", 2), ("gamma", 1)]),
+        "the watch counted nothing and made no post"
+    );
+
+    // A second watcher starts from the sums as they are.
+    let mut again = open_tagged(&app, watch(&["*"])).await;
+    assert_eq!(next_tagged(&mut again, 1).await, [t("*", 3, 4)]);
+
+    // `*` is a name for watches only: no post has it.
+    for target in [
+        "/api/v1/count/*",
+        "/api/v1/counts?slug=*",
+        "/api/v1/watch?slug=*/x",
+        "/api/v1/watch?slug=**",
+    ] {
+        let res = app.send(Req::get(target)).await;
+        assert_eq!(res.status, 400, "{target}: {res:?}");
+    }
+    let res = app.send(Req::connect("*", &token())).await;
+    assert_eq!(res.status, 400, "{res:?}");
+}
+
+#[actix_web::test]
+async fn a_shared_stream_carries_the_whole_site_when_a_tab_watches_star() {
+    let app = spawn_app().await;
+    let _reader = app.join("beta").await;
+    let sid = token();
+    let mut stream = open_shared(&app, &sid).await;
+    let res = app.send(shared_watch(&sid, 1, &["*"])).await;
+    assert_eq!(res.status, 204, "{res:?}");
+    assert_eq!(next_tagged(&mut stream, 1).await, [t("*", 1, 1)]);
+    let _other = app.join("alpha").await;
+    await_tagged(&mut stream, t("*", 2, 2)).await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // The watched posts of a shared stream.
 
 #[actix_web::test]

@@ -14,6 +14,7 @@ mod deploy;
 mod managed;
 mod migration;
 mod node_loss;
+mod presence_tells;
 mod reconnect;
 mod redis_loss;
 mod stats;

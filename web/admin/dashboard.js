@@ -1,7 +1,9 @@
 // The owner's dashboard (served at /admin). One EventSource on api/v1/admin/stream keeps the
 // table live: a `snapshot` event carries every post, then each message is one post's new
 // numbers. Nothing is polled for the table. The chart reads api/v1/history once per choice
-// (range, post) and keeps its last bar, today, in step with the stream.
+// (range, post) and keeps its last bar, today, in step with the stream. The pulse (readers
+// minute by minute, 24 h) reads api/v1/pulse once per choice (all posts, one post); the stream's
+// `pulse` events then add each minute as it closes, and its rows move the minute under way.
 // Plain script, no build step: the server sends this file as it is.
 'use strict';
 (() => {
@@ -18,6 +20,7 @@
     days: 30,
     showAll: false,
     history: null, // {key, days: [{day, views}]}
+    pulse: null, // {key, minutes: [{t (ms), live}]}, oldest first, the minute under way last
     ended: false,
   };
   const rowEls = new Map(); // slug -> {tr, cells: {live, today, total}}
@@ -60,6 +63,7 @@
     $('posts-count').textContent = all.length ? `${fmt.format(all.length)} posts · by reading now` : '';
     renderSums();
     renderTodayBar();
+    renderPulseNow();
   }
 
   function makeRow(slug) {
@@ -109,6 +113,7 @@
     state.selected = state.selected === slug ? null : slug;
     render();
     loadHistory();
+    loadPulse();
   }
 
   $('rows').addEventListener('click', e => {
@@ -160,13 +165,15 @@
     });
   }
 
-  /** Today's views of what the chart shows, from the stream. */
-  function todayOfChart() {
-    if (state.selected !== null) return state.posts.get(state.selected)?.today ?? 0;
+  /** One number (`live`, `today`) of what the charts show, from the stream: the selected
+   *  post's, or all posts' together. */
+  function shownNumber(key) {
+    if (state.selected !== null) return state.posts.get(state.selected)?.[key] ?? 0;
     let sum = 0;
-    for (const p of state.posts.values()) sum += p.today;
+    for (const p of state.posts.values()) sum += p[key];
     return sum;
   }
+  const todayOfChart = () => shownNumber('today');
 
   let drawnToday = null;
   function renderTodayBar() {
@@ -191,14 +198,23 @@
     return new Date(Date.UTC(y, m - 1, d)).toLocaleDateString(undefined, { month: 'short', day: 'numeric', timeZone: 'UTC' });
   };
 
-  function chartNote(text) {
-    const box = $('chart');
-    box.replaceChildren();
+  /** A sentence in place of a chart (`box`), its caption emptied. */
+  function note(box, caption, text) {
     const p = document.createElement('p');
     p.className = 'note';
     p.textContent = text;
-    box.appendChild(p);
-    $('chart-caption').textContent = '';
+    $(box).replaceChildren(p);
+    $(caption).textContent = '';
+  }
+  const chartNote = text => note('chart', 'chart-caption', text);
+
+  /** The value axis of a chart: lines at 0, half and `max`, labelled. */
+  function valueAxis(svg, pad, W, plotH, max) {
+    for (const f of [0, 0.5, 1]) {
+      const y = pad.t + plotH * (1 - f);
+      svg.appendChild(el('line', { class: f ? 'grid' : 'axis', x1: pad.l, x2: W - pad.r, y1: y, y2: y }));
+      svg.appendChild(el('text', { x: pad.l - 6, y: y + 4, 'text-anchor': 'end' }, fmt.format(max * f)));
+    }
   }
 
   function drawChart() {
@@ -215,11 +231,7 @@
     const step = (W - pad.l - pad.r) / days.length;
     const gap = step > 4 ? Math.min(2, step * 0.2) : 0;
     const svg = el('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': `Daily views, last ${days.length} days` });
-    for (const f of [0, 0.5, 1]) {
-      const y = pad.t + plotH * (1 - f);
-      svg.appendChild(el('line', { class: f ? 'grid' : 'axis', x1: pad.l, x2: W - pad.r, y1: y, y2: y }));
-      svg.appendChild(el('text', { x: pad.l - 6, y: y + 4, 'text-anchor': 'end' }, fmt.format(max * f)));
-    }
+    valueAxis(svg, pad, W, plotH, max);
     days.forEach((d, i) => {
       const h = (d.views / max) * plotH;
       const x = pad.l + i * step;
@@ -249,10 +261,126 @@
       : `No views in the last ${days.length} days.`;
   }
 
+  // --- the pulse -------------------------------------------------------------------------
+
+  const PULSE_MINUTES = 1440;
+  const MINUTE = 60000;
+  const pulseKey = () => state.selected ?? '';
+  const pulseUrl = minutes => state.selected === null
+    ? `api/v1/pulse?minutes=${minutes}`
+    : `api/v1/pulse/${pathOf(state.selected)}?minutes=${minutes}`;
+
+  async function fetchPulse(minutes) {
+    const res = await fetch(pulseUrl(minutes), { cache: 'no-store', credentials: 'same-origin' });
+    if (res.status === 401) { sessionEnded(); return null; }
+    const body = await res.json();
+    if (!res.ok) throw new Error(body.error || `HTTP ${res.status}`);
+    return body.minutes.map(m => ({ t: Date.parse(m.at), live: m.live }));
+  }
+
+  async function loadPulse() {
+    const key = pulseKey();
+    $('pulse-what').textContent = state.selected === null ? 'all posts' : state.selected;
+    let minutes;
+    try {
+      minutes = await fetchPulse(PULSE_MINUTES);
+    } catch (e) {
+      if (key === pulseKey()) note('pulse', 'pulse-caption', `The pulse could not be read: ${e.message}`);
+      return;
+    }
+    if (!minutes || key !== pulseKey()) return;
+    state.pulse = { key, minutes };
+    renderPulseNow();
+    drawPulse();
+  }
+
+  /** Minutes in, by time: a minute already there takes the newer value. */
+  function mergeMinutes(minutes) {
+    const list = state.pulse.minutes;
+    for (const m of minutes) {
+      const i = list.findIndex(o => o.t === m.t);
+      if (i >= 0) list[i] = m;
+      else if (!list.length || m.t > list[list.length - 1].t) list.push(m);
+    }
+    while (list.length > PULSE_MINUTES) list.shift();
+  }
+
+  /** A minute of the site closed (`event: pulse`): in, and the next one under way. */
+  async function minuteClosed(at, live) {
+    if (!state.pulse) return;
+    const t = Date.parse(at);
+    if (state.pulse.key === '') {
+      mergeMinutes([{ t, live }, { t: t + MINUTE, live: liveNow() }]);
+    } else {
+      // A post's minutes are not on the stream: its last two, asked as the site's minute closes.
+      const key = state.pulse.key;
+      let minutes;
+      try { minutes = await fetchPulse(2); } catch (_) { return; }
+      if (!minutes || !state.pulse || key !== state.pulse.key) return;
+      mergeMinutes(minutes);
+    }
+    drawPulse();
+  }
+
+  const liveNow = () => shownNumber('live');
+
+  /** The minute under way keeps the most readers the stream has shown in it. */
+  function renderPulseNow() {
+    const now = liveNow();
+    $('pulse-now').textContent = `${fmt.format(now)} reading now`;
+    if (!state.pulse || state.pulse.key !== pulseKey()) return;
+    const last = state.pulse.minutes[state.pulse.minutes.length - 1];
+    if (last && now > last.live) {
+      last.live = now;
+      drawPulse();
+    }
+  }
+
+
+  const clock = t => new Date(t).toLocaleTimeString(undefined, { hour: '2-digit', minute: '2-digit' });
+
+  function drawPulse() {
+    const minutes = state.pulse.minutes;
+    const box = $('pulse');
+    const W = Math.max(box.clientWidth, 280);
+    const H = box.clientHeight || 140;
+    const pad = { l: 44, r: 6, t: 8, b: 22 };
+    const max = niceMax(Math.max(1, ...minutes.map(m => m.live)));
+    const plotH = H - pad.t - pad.b;
+    const n = Math.max(minutes.length, 2);
+    const x = i => pad.l + (i / (n - 1)) * (W - pad.l - pad.r);
+    const y = v => pad.t + plotH * (1 - v / max);
+    const svg = el('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': `Readers per minute, last ${minutes.length} minutes` });
+    valueAxis(svg, pad, W, plotH, max);
+    let d = `M${x(0)},${y(0)}`;
+    minutes.forEach((m, i) => { d += `L${x(i).toFixed(1)},${y(m.live).toFixed(1)}`; });
+    d += `L${x(minutes.length - 1)},${y(0)}Z`;
+    const area = el('path', { class: 'pulse-area', d, 'data-minutes': minutes.length });
+    svg.appendChild(area);
+    const last = minutes[minutes.length - 1];
+    if (last) {
+      const dot = el('circle', { class: 'pulse-now', cx: x(minutes.length - 1), cy: y(last.live), r: 3, 'data-live': last.live });
+      dot.appendChild(el('title', {}, `${clock(last.t)}: ${fmt.format(last.live)} reading`));
+      svg.appendChild(dot);
+    }
+    if (minutes.length) {
+      svg.appendChild(el('text', { x: pad.l, y: H - 6, 'text-anchor': 'start' }, clock(minutes[0].t)));
+      svg.appendChild(el('text', { x: W - pad.r, y: H - 6, 'text-anchor': 'end' }, 'now'));
+    }
+    box.replaceChildren(svg);
+    const best = minutes.reduce((a, m) => (m.live > a.live ? m : a), minutes[0] || { live: 0 });
+    $('pulse-caption').textContent = best.live
+      ? `Most at once: ${fmt.format(best.live)} at ${clock(best.t)}`
+      : `Nobody read in the last ${Math.round(minutes.length / 60)} h.`;
+  }
+
   let resized = null;
   addEventListener('resize', () => {
     clearTimeout(resized);
-    resized = setTimeout(() => { if (state.history) drawChart(); }, 100);
+    resized = setTimeout(() => {
+      if (state.history) drawChart();
+      if (state.pulse) drawPulse();
+    }, 100);
   });
 
   // --- the stream ------------------------------------------------------------------------
@@ -278,7 +406,12 @@
       setStatus('live', 'live');
       render();
       if (newDay || !state.history) loadHistory();
+      loadPulse(); // a snapshot may follow a gap in the stream: the minutes missed meanwhile
       loadStats();
+    });
+    source.addEventListener('pulse', e => {
+      const m = JSON.parse(e.data);
+      minuteClosed(m.at, m.live);
     });
     source.addEventListener('message', e => {
       const post = JSON.parse(e.data);

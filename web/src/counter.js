@@ -291,7 +291,8 @@
     const found = hiding
       ? []
       : [...document.querySelectorAll('[data-viewcounter-watch]')].map(e => e.dataset.viewcounterWatch);
-    const now = [...new Set(found.filter(isSlug))].slice(0, PAGE_WATCHES);
+    // "*" is the whole site (README: "Watching"): on the wire, one more watched name.
+    const now = [...new Set(found.filter(s => s === '*' || isSlug(s)))].slice(0, PAGE_WATCHES);
     if (now + '' !== watching + '') broadcast([WATCH, rank, now]);
     if (!hiding) watching = now;
   }

@@ -1,6 +1,7 @@
 //! `GET /api/v1/admin/stream`: the owner's dashboard, live, over one stream. First a
 //! `snapshot` event (every post: reading now, today, all-time), then one message per post
-//! whose numbers moved, fed by the registry's change feed ([`crate::posts::changes`]). This is
+//! whose numbers moved and an `event: pulse` as each of the site's minutes closes (see
+//! [`crate::posts::pulse`]), fed by the registry's change feed ([`crate::posts::changes`]). This is
 //! its content; admission (the admin rule) is [`crate::http::streams`]'.
 //!
 //! "Today" is worked out here rather than asked of the writer on every change: the snapshot
@@ -27,6 +28,7 @@ use crate::http::state::AppState;
 use crate::posts::changes::Change;
 use crate::posts::cluster_port::Counting;
 use crate::posts::post::Counts;
+use crate::posts::pulse::MinuteJson;
 use crate::refusal::Refusal;
 use crate::storage::add_counts;
 use crate::storage::calendar::Day;
@@ -222,6 +224,14 @@ fn row_event(out: &mut BytesMut, slug: &Slug, row: Row) {
     out.put_slice(b"\n\n");
 }
 
+/// `event: pulse` with `{"at":…,"live":L}`: a minute of the site's pulse as it closes.
+fn pulse_event(out: &mut BytesMut, state: &AppState, minute: u64, live: u64) {
+    out.put_slice(b"event: pulse\ndata: ");
+    let body = MinuteJson::new(&state.calendar, minute, live);
+    let _ = serde_json::to_writer((&mut *out).writer(), &body);
+    out.put_slice(b"\n\n");
+}
+
 /// `event: unavailable` then the end: the browser reconnects after `retry`.
 fn error_event(e: &Refusal) -> Bytes {
     let body = serde_json::json!({ "error": e.to_string() });
@@ -308,6 +318,8 @@ impl AdminStream {
     ) -> Option<Result<Bytes, Refusal>> {
         let mut resync = self.state.calendar.today() != self.board.day;
         let mut out = BytesMut::new();
+        // Kept apart from the rows: a snapshot supersedes those, never a closed minute.
+        let mut pulse = BytesMut::new();
         let mut next = Some(first);
         let mut taken = 0;
         while let Some(change) = next.take() {
@@ -321,6 +333,9 @@ impl AdminStream {
                     resync = write_applied(&mut out, &slug, applied);
                 }
                 Ok(Change::Post(..) | Change::Live(..)) => {}
+                Ok(Change::Minute { minute, live }) => {
+                    pulse_event(&mut pulse, &self.state, minute, live);
+                }
                 Ok(Change::Resync) | Err(RecvError::Lagged(_)) => resync = true,
                 Err(RecvError::Closed) => break,
             }
@@ -335,9 +350,13 @@ impl AdminStream {
         }
         if resync {
             // The snapshot supersedes every row written before it.
-            return Some(self.resync().await);
+            return Some(self.resync().await.map(|snapshot| {
+                pulse.put_slice(&snapshot);
+                pulse.freeze()
+            }));
         }
-        (!out.is_empty()).then(|| Ok(out.freeze()))
+        pulse.put_slice(&out);
+        (!pulse.is_empty()).then(|| Ok(pulse.freeze()))
     }
 }
 

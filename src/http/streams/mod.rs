@@ -132,7 +132,7 @@ fn shared(state: &AppState, req: StreamRequest<'_>) -> Result<Body, Refusal> {
 /// A watch stream: its posts followed (see [`crate::http::watch`]), nothing counted.
 async fn watch(state: &AppState, req: StreamRequest<'_>) -> Result<Body, Refusal> {
     from_a_page(state, &req)?;
-    let slugs = params::slugs_param(&params::pairs(req.query))?;
+    let slugs = params::watched_param(&params::pairs(req.query))?;
     let client = request_client(&req, state);
     let permit = state.limits.acquire(client)?;
     let watched = state.follow(slugs, client).await?;
