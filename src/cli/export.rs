@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use crate::cli::{ExportArgs, Format};
+use crate::import::{DAY_ROW_HEADER, day_rows};
 use crate::storage::calendar::Day;
 use crate::storage::store::{self, Store, StoreError};
 
@@ -17,12 +18,7 @@ pub struct Row {
     pub total: u64,
 }
 
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct DayRow {
-    pub slug: String,
-    pub day: String,
-    pub views: u64,
-}
+pub use crate::import::DayRow;
 
 /// Where an export's or an import's numbers were read or written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +99,9 @@ pub async fn export(args: &ExportArgs) -> Result<Exported, ExportError> {
     let path = args.store.db.display().to_string();
     let offline = store::read_offline(&args.store.db).and_then(|snapshot| {
         if args.daily {
-            Ok(render_days(&day_rows(snapshot.days()?), args.format))
+            let days = with_days(snapshot.days()?);
+            let presence = with_days(snapshot.presence()?);
+            Ok(render_days(&day_rows(days, presence), args.format))
         } else {
             Ok(render(&total_rows(snapshot.totals()?), args.format))
         }
@@ -157,22 +155,18 @@ fn from_redis(
 ) -> Result<String, StoreError> {
     let mut store = store?;
     if args.daily {
-        Ok(render_days(&day_rows(store.all_days()?), args.format))
+        let days = with_days(store.all_days()?);
+        let presence = with_days(store.all_presence()?);
+        Ok(render_days(&day_rows(days, presence), args.format))
     } else {
         Ok(render(&total_rows(store.totals()?), args.format))
     }
 }
 
-fn day_rows(days: Vec<(String, u32, u64)>) -> Vec<DayRow> {
-    days.into_iter()
-        .filter_map(|(slug, day, views)| {
-            Some(DayRow {
-                slug,
-                day: Day::from_key(day)?.to_string(),
-                views,
-            })
-        })
-        .collect()
+/// Stored rows with their day (`YYYYMMDD`) as a [`Day`].
+fn with_days<T>(rows: Vec<(String, u32, T)>) -> impl Iterator<Item = (String, Day, T)> {
+    rows.into_iter()
+        .filter_map(|(slug, day, value)| Some((slug, Day::from_key(day)?, value)))
 }
 
 fn total_rows(totals: Vec<(String, u64)>) -> Vec<Row> {
@@ -232,9 +226,10 @@ pub fn render_days(rows: &[DayRow], format: Format) -> String {
     match format {
         Format::Json => json_lines(rows),
         Format::Csv => {
-            let mut out = String::from("slug,day,views\n");
+            let mut out = format!("{DAY_ROW_HEADER}\n");
             for row in rows {
-                out.push_str(&format!("{},{},{}\n", row.slug, row.day, row.views));
+                out.push_str(&row.csv_line());
+                out.push('\n');
             }
             out
         }

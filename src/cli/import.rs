@@ -278,8 +278,8 @@ fn mode_name(mode: ImportMode) -> &'static str {
     }
 }
 
-/// The file's rows as `export` writes them (`slug,day,views`, or `slug,total` for a file of
-/// totals), in pieces of at most `limit` bytes.
+/// The file's rows as `export` writes them (views, reading times and peaks per day, or
+/// `slug,total` for a file of totals), in pieces of at most `limit` bytes.
 fn pieces(parsed: &Parsed, limit: usize) -> Vec<String> {
     if parsed.days.is_empty() {
         let rows = parsed.totals.iter().map(|(slug, &total)| Row {
@@ -288,10 +288,10 @@ fn pieces(parsed: &Parsed, limit: usize) -> Vec<String> {
         });
         in_pieces(rows, limit)
     } else {
-        let rows = parsed.days.iter().map(|((slug, day), &views)| DayRow {
-            slug: slug.as_str().to_owned(),
-            day: day.to_string(),
-            views,
+        let rows = parsed.days.iter().map(|(key, &views)| {
+            let presence = parsed.presence.get(key).copied().unwrap_or_default();
+            let (slug, day) = key;
+            DayRow::new(slug.as_str().to_owned(), day.to_string(), views, &presence)
         });
         in_pieces(rows, limit)
     }
@@ -299,13 +299,15 @@ fn pieces(parsed: &Parsed, limit: usize) -> Vec<String> {
 
 /// A row `export` writes, as a piece carries it.
 trait PieceRow: Sized {
-    fn slug(&self) -> &str;
+    /// The longest its CSV line can be.
+    fn longest(&self) -> usize;
     fn render(rows: &[Self]) -> String;
 }
 
 impl PieceRow for Row {
-    fn slug(&self) -> &str {
-        &self.slug
+    fn longest(&self) -> usize {
+        // The slug and a count of up to 19 digits, with separators.
+        self.slug.len() + 32
     }
 
     fn render(rows: &[Self]) -> String {
@@ -314,8 +316,8 @@ impl PieceRow for Row {
 }
 
 impl PieceRow for DayRow {
-    fn slug(&self) -> &str {
-        &self.slug
+    fn longest(&self) -> usize {
+        self.csv_line().len() + 1
     }
 
     fn render(rows: &[Self]) -> String {
@@ -324,10 +326,9 @@ impl PieceRow for DayRow {
 }
 
 fn in_pieces<T: PieceRow>(rows: impl Iterator<Item = T>, limit: usize) -> Vec<String> {
-    // A row's longest line: its slug, a day and a count of up to 19 digits, with separators;
-    // and room for the header.
-    let longest = |row: &T| row.slug().len() + 32;
-    let room = limit.saturating_sub(64);
+    // Room for the header.
+    let longest = T::longest;
+    let room = limit.saturating_sub(128);
     let mut out = Vec::new();
     let mut piece = Vec::new();
     let mut bytes = 0;
@@ -428,7 +429,10 @@ mod tests {
         let mut days = std::collections::BTreeMap::new();
         for piece in &split {
             assert!(piece.len() <= limit, "{}", piece.len());
-            assert!(piece.starts_with("slug,day,views\n"), "{piece}");
+            assert!(
+                piece.starts_with("slug,day,views,read_buckets,read_ms,peak,peak_at\n"),
+                "{piece}"
+            );
             days.extend(parse(piece).days);
         }
         assert_eq!(days, whole.days);

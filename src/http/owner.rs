@@ -308,29 +308,14 @@ async fn top_rows(state: &AppState, by: TopBy, limit: usize) -> Result<Vec<TopRo
         .collect())
 }
 
-#[derive(serde::Serialize)]
-struct DailyRow {
-    slug: String,
-    day: String,
-    views: u64,
-}
-
-/// `GET /daily`: every post's views per day (what `export --daily` prints).
+/// `GET /daily`: every post's views, reading times and peak per day (what `export --daily`
+/// prints).
 async fn daily(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Refusal> {
     authorize_admin_read(&req, &state)?;
-    let rows: Vec<DailyRow> = state
-        .registry
-        .writer()
-        .all_days()
-        .await
-        .map_err(Refusal::from)?
-        .into_iter()
-        .map(|(slug, day, views)| DailyRow {
-            slug,
-            day: day.to_string(),
-            views,
-        })
-        .collect();
+    let writer = state.registry.writer();
+    let days = writer.all_days().await.map_err(Refusal::from)?;
+    let presence = writer.all_presence().await.map_err(Refusal::from)?;
+    let rows = crate::import::day_rows(days, presence);
     Ok(no_store(&mut HttpResponse::Ok()).json(rows))
 }
 

@@ -15,7 +15,9 @@ use jiff::civil::Date;
 use jiff::tz::TimeZone;
 
 use crate::edge::slug::Slug;
+use crate::import::{DAY_ROW_HEADER, DayRow, row_presence};
 use crate::storage::MAX_COUNT;
+use crate::storage::presence::DayPresence;
 
 /// Most bad rows listed in one error: a file bad on every row would otherwise print megabytes.
 pub(crate) const MAX_REPORTED: usize = 100;
@@ -70,6 +72,8 @@ pub(crate) struct Parsed {
     pub totals: BTreeMap<Slug, u64>,
     /// Views per post and day, where the file has days (daily export, GoatCounter).
     pub days: BTreeMap<(Slug, Date), u64>,
+    /// Reading times and peaks per post and day, where the file has them (`export --daily`).
+    pub presence: BTreeMap<(Slug, Date), DayPresence>,
     /// Rows left out on purpose (GoatCounter bot and event rows, paths outside --path-prefix),
     /// for the summary.
     pub skipped: usize,
@@ -161,7 +165,9 @@ pub(crate) fn read(
     let input = std::io::Cursor::new(head).chain(input);
     match shape {
         Shape::Json => parse_json(input),
-        shape @ (Shape::TotalsCsv | Shape::DailyCsv) => parse_csv(input, shape),
+        shape @ (Shape::TotalsCsv | Shape::DailyCsv | Shape::PresenceCsv) => {
+            parse_csv(input, shape)
+        }
         Shape::Goatcounter => parse_goatcounter(input, options),
     }
 }
@@ -196,6 +202,8 @@ enum Shape {
     Json,
     TotalsCsv,
     DailyCsv,
+    /// `export --daily` with reading times and peaks.
+    PresenceCsv,
     Goatcounter,
 }
 
@@ -207,6 +215,7 @@ impl Shape {
         match first_line(text) {
             "slug,total" => Some(Self::TotalsCsv),
             "slug,day,views" => Some(Self::DailyCsv),
+            DAY_ROW_HEADER => Some(Self::PresenceCsv),
             line if is_goatcounter_header(line) => Some(Self::Goatcounter),
             _ => None,
         }
@@ -215,7 +224,7 @@ impl Shape {
     fn format(self) -> ImportFormat {
         match self {
             Self::Json => ImportFormat::Json,
-            Self::TotalsCsv | Self::DailyCsv => ImportFormat::Csv,
+            Self::TotalsCsv | Self::DailyCsv | Self::PresenceCsv => ImportFormat::Csv,
             Self::Goatcounter => ImportFormat::Goatcounter,
         }
     }
@@ -225,6 +234,7 @@ impl Shape {
             Self::Json => "a JSON array (`[`)".into(),
             Self::TotalsCsv => "the CSV header `slug,total`".into(),
             Self::DailyCsv => "the CSV header `slug,day,views`".into(),
+            Self::PresenceCsv => format!("the CSV header `{DAY_ROW_HEADER}`"),
             Self::Goatcounter => format!("GoatCounter's CSV header `{GOATCOUNTER_HEADER}`"),
         }
     }
@@ -326,8 +336,16 @@ impl Builder {
         Ok(())
     }
 
-    /// A post's views on one day; a second row for the same post and day contradicts the first.
-    fn day(&mut self, at: usize, slug: Slug, day: Date, views: u64) -> Result<(), String> {
+    /// A post's views on one day, and what presence left of it if the file says; a second row
+    /// for the same post and day contradicts the first.
+    fn day(
+        &mut self,
+        at: usize,
+        slug: Slug,
+        day: Date,
+        views: u64,
+        presence: Option<DayPresence>,
+    ) -> Result<(), String> {
         let key = (slug, day);
         if let Some(&first) = self.day_at.get(&key) {
             let first = self.place.name(first);
@@ -337,6 +355,9 @@ impl Builder {
             ));
         }
         self.add(key.0.clone(), Some(day), views)?;
+        if let Some(presence) = presence.filter(|p| *p != DayPresence::default()) {
+            self.parsed.presence.insert(key.clone(), presence);
+        }
         self.day_at.insert(key, at);
         Ok(())
     }
@@ -465,10 +486,37 @@ fn csv_row(b: &mut Builder, shape: Shape, line: usize, fields: &[&str]) -> Resul
             parse_slug(slug)?,
             parse_day(day)?,
             parse_count(views, "views")?,
+            None,
         ),
+        (Shape::PresenceCsv, [slug, day, views, buckets, read_ms, peak, at]) => {
+            let buckets = buckets
+                .split(' ')
+                .map(|n| parse_count(n, "a read_buckets count").and_then(bucket_count))
+                .collect::<Result<Vec<u32>, String>>()?;
+            let at = (!at.is_empty()).then_some(*at);
+            let presence = row_presence(
+                Some(&buckets),
+                Some(parse_count(read_ms, "read_ms")?),
+                Some(parse_count(peak, "peak")?),
+                at,
+            )?;
+            b.day(
+                line,
+                parse_slug(slug)?,
+                parse_day(day)?,
+                parse_count(views, "views")?,
+                presence,
+            )
+        }
         (Shape::DailyCsv, _) => Err(field_count(3, "slug,day,views", fields.len())),
+        (Shape::PresenceCsv, _) => Err(field_count(7, DAY_ROW_HEADER, fields.len())),
         _ => Err(field_count(2, "slug,total", fields.len())),
     }
+}
+
+/// A histogram bucket holds a `u32`.
+fn bucket_count(n: u64) -> Result<u32, String> {
+    u32::try_from(n).map_err(|_| format!("a read_buckets count {n} is larger than {}", u32::MAX))
 }
 
 fn field_count(want: usize, header: &str, found: usize) -> String {
@@ -502,14 +550,6 @@ fn to_line(line: u64) -> usize {
 struct JsonTotal {
     slug: String,
     total: u64,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JsonDay {
-    slug: String,
-    day: String,
-    views: u64,
 }
 
 fn parse_json(input: impl Read) -> Result<Parsed, ImportError> {
@@ -568,9 +608,23 @@ fn json_element(
         return Err(format!("expected an object, found {element}"));
     }
     if daily {
-        let row: JsonDay = serde_json::from_value(element).map_err(|e| e.to_string())?;
+        let row: DayRow = serde_json::from_value(element).map_err(|e| e.to_string())?;
         let views = checked_count(row.views, "views")?;
-        b.day(n, parse_slug(&row.slug)?, parse_day(&row.day)?, views)
+        let presence = row_presence(
+            row.read_buckets.as_deref(),
+            row.read_ms
+                .map(|n| checked_count(n, "read_ms"))
+                .transpose()?,
+            row.peak.map(|n| checked_count(n, "peak")).transpose()?,
+            row.peak_at.as_deref(),
+        )?;
+        b.day(
+            n,
+            parse_slug(&row.slug)?,
+            parse_day(&row.day)?,
+            views,
+            presence,
+        )
     } else {
         let row: JsonTotal = serde_json::from_value(element).map_err(|e| e.to_string())?;
         b.total(

@@ -15,6 +15,7 @@ use std::fmt;
 use crate::edge::slug::Slug;
 use crate::storage::add_counts;
 use crate::storage::calendar::Day;
+use crate::storage::presence::{DayPresence, Peak, READ_BUCKETS, READ_CAP, Reads};
 use crate::storage::writer::{ImportMode, ImportPlan, ImportReport};
 
 /// Largest import file accepted, read from disk or as a request body.
@@ -25,6 +26,134 @@ pub(crate) const MAX_IMPORT_BYTES: usize = 10 * 1024 * 1024;
 /// is never a "simple" request another site's page could fire (`fetch` with `no-cors`, a form).
 pub(crate) const IMPORT_HEADER: &str = "x-viewcounter-import";
 
+/// One row of `export --daily` (and of `GET /api/v1/daily`): a post's views on a day, with
+/// what presence left of it, enough for `import` to restore it exactly: the reading-time
+/// histogram's bucket counts, their sum in ms, and the peak with when it was reached (RFC 3339,
+/// UTC; `null` without a reader). Read back from JSON, the presence fields may be missing
+/// (files written before they were), all together.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DayRow {
+    pub slug: String,
+    pub day: String,
+    pub views: u64,
+    #[serde(default)]
+    pub read_buckets: Option<Vec<u32>>,
+    #[serde(default)]
+    pub read_ms: Option<u64>,
+    #[serde(default)]
+    pub peak: Option<u64>,
+    #[serde(default)]
+    pub peak_at: Option<String>,
+}
+
+/// The CSV header of [`DayRow`]s.
+pub(crate) const DAY_ROW_HEADER: &str = "slug,day,views,read_buckets,read_ms,peak,peak_at";
+
+impl DayRow {
+    pub fn new(slug: String, day: String, views: u64, presence: &DayPresence) -> Self {
+        let peak = presence.peak;
+        Self {
+            slug,
+            day,
+            views,
+            read_buckets: Some(presence.reads.buckets.to_vec()),
+            read_ms: Some(presence.reads.sum_ms),
+            peak: Some(peak.live),
+            peak_at: (peak.live > 0).then(|| peak_at(peak.at)),
+        }
+    }
+
+    /// The row as one CSV line (no newline): slugs never hold commas, quotes or newlines, and
+    /// the buckets are separated by spaces, so no quoting is needed.
+    pub fn csv_line(&self) -> String {
+        let buckets = self.read_buckets.as_deref().unwrap_or(&[0; READ_BUCKETS]);
+        let buckets: Vec<String> = buckets.iter().map(u32::to_string).collect();
+        format!(
+            "{},{},{},{},{},{},{}",
+            self.slug,
+            self.day,
+            self.views,
+            buckets.join(" "),
+            self.read_ms.unwrap_or(0),
+            self.peak.unwrap_or(0),
+            self.peak_at.as_deref().unwrap_or_default(),
+        )
+    }
+}
+
+/// When a peak was reached, as a [`DayRow`] carries it.
+fn peak_at(unix: u64) -> String {
+    i64::try_from(unix)
+        .ok()
+        .and_then(|s| jiff::Timestamp::from_second(s).ok())
+        .map_or_else(|| unix.to_string(), |t| t.to_string())
+}
+
+/// Every post's views and presence per day as [`DayRow`]s, sorted by slug then day: a day
+/// with presence but no views (a reading that ended after midnight) has a row too.
+pub(crate) fn day_rows(
+    days: impl IntoIterator<Item = (String, Day, u64)>,
+    presence: impl IntoIterator<Item = (String, Day, DayPresence)>,
+) -> Vec<DayRow> {
+    let mut all: BTreeMap<(String, Day), (u64, DayPresence)> = days
+        .into_iter()
+        .map(|(slug, day, views)| ((slug, day), (views, DayPresence::default())))
+        .collect();
+    for (slug, day, p) in presence {
+        all.entry((slug, day)).or_default().1 = p;
+    }
+    all.into_iter()
+        .map(|((slug, day), (views, p))| DayRow::new(slug, day.to_string(), views, &p))
+        .collect()
+}
+
+/// The presence columns of a row checked: none at all (an older file), or all of them
+/// consistent. `None` when there are none.
+pub(crate) fn row_presence(
+    buckets: Option<&[u32]>,
+    read_ms: Option<u64>,
+    peak: Option<u64>,
+    at: Option<&str>,
+) -> Result<Option<DayPresence>, String> {
+    if buckets.is_none() && read_ms.is_none() && peak.is_none() && at.is_none() {
+        return Ok(None);
+    }
+    let (Some(buckets), Some(sum_ms), Some(live)) = (buckets, read_ms, peak) else {
+        return Err("read_buckets, read_ms and peak go together: all or none".into());
+    };
+    let buckets: [u32; READ_BUCKETS] = buckets.try_into().map_err(|_| {
+        format!(
+            "read_buckets has {} counts, expected {READ_BUCKETS}",
+            buckets.len()
+        )
+    })?;
+    let reads = Reads { buckets, sum_ms };
+    let most = reads.count().saturating_mul(READ_CAP.as_millis() as u64);
+    if sum_ms > most {
+        return Err(format!(
+            "read_ms {sum_ms} is more than {} reads of at most {} s each",
+            reads.count(),
+            READ_CAP.as_secs()
+        ));
+    }
+    let at = match (live, at) {
+        (0, None) => 0,
+        (0, Some(at)) => return Err(format!("peak_at {at:?} without a peak")),
+        (_, None) => return Err(format!("peak {live} without a peak_at")),
+        (_, Some(raw)) => {
+            let at: jiff::Timestamp = raw
+                .parse()
+                .map_err(|_| format!("peak_at {raw:?} is not an RFC 3339 time"))?;
+            u64::try_from(at.as_second()).map_err(|_| format!("peak_at {raw:?} is before 1970"))?
+        }
+    };
+    Ok(Some(DayPresence {
+        reads,
+        peak: Peak { live, at },
+    }))
+}
+
 /// A file's parsed numbers as the writer applies them.
 pub(crate) fn plan(parsed: file::Parsed, mode: ImportMode, dry_run: bool) -> ImportPlan {
     let days: BTreeMap<(Slug, Day), u64> = parsed
@@ -32,9 +161,15 @@ pub(crate) fn plan(parsed: file::Parsed, mode: ImportMode, dry_run: bool) -> Imp
         .into_iter()
         .map(|((slug, date), views)| ((slug, Day::from_date(date)), views))
         .collect();
+    let presence = parsed
+        .presence
+        .into_iter()
+        .map(|((slug, date), p)| ((slug, Day::from_date(date)), p))
+        .collect();
     ImportPlan {
         totals: parsed.totals,
         days,
+        presence,
         mode,
         dry_run,
     }
@@ -74,6 +209,13 @@ impl Summary {
             self.skipped,
             report.day_views,
         ));
+        if report.day_presence > 0 {
+            out.pop();
+            out.push_str(&format!(
+                ", {} days' reading times or peaks {verb}\n",
+                report.day_presence
+            ));
+        }
         out
     }
 }

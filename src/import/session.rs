@@ -171,6 +171,8 @@ impl Session {
                     }
                     staged.days.insert(key, views);
                 }
+                // Its days are new to the session (checked just above), and so is their presence.
+                staged.presence.extend(piece.presence);
                 for (slug, views) in piece.totals {
                     let old = staged.totals.get(&slug).copied().unwrap_or(0);
                     let total = old

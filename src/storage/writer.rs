@@ -343,6 +343,28 @@ impl ImportMode {
             Self::Add => add_counts(before, file),
         }
     }
+
+    /// What to merge into `before` (reading times add up, the peak is raised) for a day's
+    /// presence to meet the file's `file`; nothing (the default) when it would not change.
+    fn apply_presence(self, before: &DayPresence, file: &DayPresence) -> DayPresence {
+        let mut delta = DayPresence::default();
+        match self {
+            Self::Add => delta.reads = file.reads,
+            Self::Set => {
+                let buckets = before.reads.buckets.iter().zip(&file.reads.buckets);
+                for (d, (&b, &f)) in delta.reads.buckets.iter_mut().zip(buckets) {
+                    *d = f.saturating_sub(b);
+                }
+                delta.reads.sum_ms = file.reads.sum_ms.saturating_sub(before.reads.sum_ms);
+            }
+        }
+        let mut raised = before.peak;
+        raised.raise(file.peak);
+        if raised != before.peak {
+            delta.peak = file.peak;
+        }
+        delta
+    }
 }
 
 /// What to import: totals and views per day, by post.
@@ -350,6 +372,9 @@ impl ImportMode {
 pub struct ImportPlan {
     pub totals: BTreeMap<Slug, u64>,
     pub days: BTreeMap<(Slug, Day), u64>,
+    /// Reading times and peaks per post and day: added (`add`) or raised to the file's
+    /// (`set`, bucket by bucket, never lower), the peak the higher either way.
+    pub presence: BTreeMap<(Slug, Day), DayPresence>,
     pub mode: ImportMode,
     pub dry_run: bool,
 }
@@ -363,6 +388,9 @@ pub struct ImportReport {
     pub unchanged: usize,
     /// Views added to days (at most [`MAX_COUNT`]).
     pub day_views: u64,
+    /// Post-days whose reading times or peak changed.
+    #[serde(default)]
+    pub day_presence: usize,
     pub written: bool,
 }
 
@@ -870,10 +898,27 @@ impl State {
                 });
             }
         }
-        if plan.dry_run || (totals.is_empty() && days.is_empty()) {
+        let mut presence = Vec::new();
+        for ((slug, day), file) in &plan.presence {
+            let key = day.key();
+            let mut before = self.store.presence_of(slug.as_str(), &[key])?[0];
+            if let Some(pending) = self.pending_presence_on(slug, key) {
+                before.merge(pending);
+            }
+            let delta = plan.mode.apply_presence(&before, file);
+            if delta != DayPresence::default() {
+                report.day_presence += 1;
+                presence.push(PresenceDelta {
+                    slug: slug.as_str(),
+                    day: key,
+                    presence: delta,
+                });
+            }
+        }
+        if plan.dry_run || (totals.is_empty() && days.is_empty() && presence.is_empty()) {
             return Ok(report);
         }
-        self.store.add(&totals, &days, &[])?;
+        self.store.add_all(&totals, &days, &[], &presence, &[])?;
         for &(slug, delta) in &totals {
             self.known.add(slug, delta);
         }

@@ -267,3 +267,215 @@ async fn the_dashboard_rows_carry_todays_peak_and_median_reading_time() {
     assert_eq!(row("beta"), (Some(0), Some(0), None), "no reads: null");
     drop(second);
 }
+
+// ---------------------------------------------------------------------------------------------
+// `export --daily` carries reading times and peaks; `import` restores them.
+
+/// A server's numbers and calendar: the clock set to 2026-12-07T10:00:00Z, in Berlin.
+fn in_berlin(clock: &Clock) -> impl FnOnce(&mut Config) + '_ {
+    move |c| {
+        c.clock = clock.clone();
+        c.timezone = jiff::tz::TimeZone::get("Europe/Berlin").expect("a known time zone");
+    }
+}
+
+/// `viewcounter ARGS…` in `dir`, asserting success: its stdout.
+async fn cli_ok(dir: &std::path::Path, args: &[&str]) -> String {
+    run(dir, args).quiet().await.success()
+}
+
+/// Today of alpha and beta in `/history/{slug}`, with their reading-time buckets.
+async fn alpha_and_beta(addr: SocketAddr) -> (Day, Day) {
+    (
+        post_today(addr, "alpha").await,
+        post_today(addr, "beta").await,
+    )
+}
+
+/// A server where alpha had two readers at once and beta one, each read, in Berlin; with
+/// alpha's and beta's today, and its URL.
+async fn read_and_peaked(clock: &Clock) -> (TestApp, (Day, Day), String) {
+    clock.set_unix(1_796_637_600);
+    let app = spawn_app_configured(in_berlin(clock)).await;
+    let a1 = app.join("alpha").await;
+    let a2 = app.join("alpha").await;
+    let b1 = app.join("beta").await;
+    app.await_counts("beta", counts(1, 1), PROPAGATION).await;
+    leave_with(app.addr, "alpha", &format!("{} 0 100", a1.id)).await;
+    drop((a1, a2, b1));
+    app.await_counts("alpha", counts(0, 2), LIVE_DROP).await;
+    app.await_counts("beta", counts(0, 1), LIVE_DROP).await;
+    let shown = || async {
+        let (a, b) = alpha_and_beta(app.addr).await;
+        (a.reads, a.peak, b.reads, b.peak)
+    };
+    await_value("reads and peaks of alpha, beta", (2, 2, 1, 1), SHOWN, shown).await;
+    let today = alpha_and_beta(app.addr).await;
+    let url = format!("http://{}", app.addr);
+    (app, today, url)
+}
+
+#[actix_web::test]
+async fn export_daily_carries_reading_times_and_peaks_that_import_restores_offline_and_through_a_server()
+ {
+    let clock = Clock::default();
+    let (app, before, url) = read_and_peaked(&clock).await;
+    assert!(before.0.read_median_s.is_some() && before.0.peak_at.is_some());
+    let served_csv = cli_ok(app.dir.path(), &["export", "--daily", "--url", &url]).await;
+    let served_json = cli_ok(
+        app.dir.path(),
+        &["export", "--daily", "--url", &url, "--format", "json"],
+    )
+    .await;
+    let db = app.db().display().to_string();
+    let dir = app.stop_and_keep_dir().await;
+    // The file says what the server said, unwritten readings included then.
+    let csv = cli_ok(dir.path(), &["export", "--daily", "--db", &db]).await;
+    let json = cli_ok(
+        dir.path(),
+        &["export", "--daily", "--db", &db, "--format", "json"],
+    )
+    .await;
+    assert_eq!((&csv, &json), (&served_csv, &served_json));
+    assert!(
+        csv.starts_with("slug,day,views,read_buckets,read_ms,peak,peak_at\nalpha,2026-12-07,2,2 "),
+        "{csv}"
+    );
+    assert!(csv.contains(",2,2026-12-07T10:00:"), "{csv}");
+    std::fs::write(dir.path().join("days.csv"), &csv).expect("write days.csv");
+    std::fs::write(dir.path().join("days.json"), &json).expect("write days.json");
+
+    // Offline, into a fresh file.
+    let fresh = spawn_app_configured(in_berlin(&clock)).await;
+    let fresh_db = fresh.db().display().to_string();
+    let fresh = fresh.stop_and_keep_dir().await;
+    let days = dir.path().join("days.csv").display().to_string();
+    let said = cli_ok(dir.path(), &["import", "--db", &fresh_db, &days]).await;
+    assert!(
+        said.ends_with(", 2 days' reading times or peaks changed\n"),
+        "{said}"
+    );
+    let fresh = spawn_app_configured_in(fresh, in_berlin(&clock)).await;
+    assert_eq!(
+        alpha_and_beta(fresh.addr).await,
+        before,
+        "offline, from CSV"
+    );
+
+    // Through a running server, in the pieces of an import session.
+    let other = spawn_app_configured(in_berlin(&clock)).await;
+    let url = format!("http://{}", other.addr);
+    cli_ok(dir.path(), &["import", "--url", &url, "days.json"]).await;
+    assert_eq!(
+        alpha_and_beta(other.addr).await,
+        before,
+        "through a server, from JSON"
+    );
+}
+
+#[actix_web::test]
+async fn importing_the_export_again_adds_reading_times_with_add_and_changes_nothing_with_set() {
+    let (app, before, url) = read_and_peaked(&Clock::default()).await;
+    let csv = cli_ok(app.dir.path(), &["export", "--daily", "--url", &url]).await;
+    std::fs::write(app.dir.path().join("days.csv"), &csv).expect("write days.csv");
+
+    let set = cli_ok(app.dir.path(), &["import", "--url", &url, "days.csv"]).await;
+    assert_eq!(alpha_and_beta(app.addr).await, before, "{set}");
+
+    cli_ok(
+        app.dir.path(),
+        &["import", "--url", &url, "--mode", "add", "days.csv"],
+    )
+    .await;
+    let (alpha, beta) = alpha_and_beta(app.addr).await;
+    assert_eq!((alpha.reads, beta.reads), (4, 2), "reading times added");
+    assert_eq!(
+        (alpha.peak, alpha.peak_at),
+        (2, before.0.peak_at),
+        "a peak is the higher"
+    );
+}
+
+#[actix_web::test]
+async fn a_file_without_reading_times_imports_as_before_and_leaves_them_as_they_were() {
+    let (app, before, url) = read_and_peaked(&Clock::default()).await;
+    std::fs::write(
+        app.dir.path().join("old.csv"),
+        "slug,day,views\nalpha,2026-12-07,5\n",
+    )
+    .expect("write old.csv");
+
+    cli_ok(app.dir.path(), &["import", "--url", &url, "old.csv"]).await;
+
+    let (alpha, beta) = alpha_and_beta(app.addr).await;
+    assert_eq!(alpha.views, 5);
+    assert_eq!(
+        (alpha.reads, alpha.read_buckets, alpha.peak, alpha.peak_at),
+        (
+            before.0.reads,
+            before.0.read_buckets,
+            before.0.peak,
+            before.0.peak_at
+        )
+    );
+    assert_eq!(beta, before.1);
+}
+
+#[actix_web::test]
+async fn a_bad_reading_time_or_peak_refuses_the_import_naming_its_line_and_writes_nothing() {
+    let app = spawn_app().await;
+    let dir = app.dir.path();
+    let url = format!("http://{}", app.addr);
+    let zeros = "0 0 0 0 0 0 0 0 0 0 0 0 0 0 0";
+    let header = "slug,day,views,read_buckets,read_ms,peak,peak_at\n";
+    let good = format!("alpha,2026-12-07,1,{zeros} 1,500,1,2026-12-07T10:00:00Z\n");
+    let bad = [
+        (
+            format!("beta,2026-12-07,1,{zeros},500,1,2026-12-07T10:00:00Z\n"),
+            "expected 16",
+        ),
+        (
+            format!("beta,2026-12-07,1,{zeros} x,500,1,2026-12-07T10:00:00Z\n"),
+            "\"x\"",
+        ),
+        (
+            format!("beta,2026-12-07,1,{zeros} 1,500,1,\n"),
+            "without a peak_at",
+        ),
+        (
+            format!("beta,2026-12-07,1,{zeros} 1,500,1,yesterday\n"),
+            "\"yesterday\"",
+        ),
+        (
+            format!("beta,2026-12-07,1,{zeros} 0,500,0,\n"),
+            "read_ms 500",
+        ),
+        (
+            format!("beta,2026-12-07,1,{zeros} 1,500,1\n"),
+            "expected 7 fields",
+        ),
+    ];
+    for (row, reason) in bad {
+        let file = format!("{header}{good}{row}");
+        std::fs::write(dir.join("bad.csv"), &file).expect("write bad.csv");
+        let out = run(dir, &["import", "--url", &url, "bad.csv"])
+            .quiet()
+            .await;
+        assert!(!out.status.success(), "{file}");
+        assert!(out.stderr.contains("line 3: "), "{file}: {}", out.stderr);
+        assert!(out.stderr.contains(reason), "{file}: {}", out.stderr);
+    }
+    // The server's own import names the element.
+    let json = r#"[{"slug":"alpha","day":"2026-12-07","views":1,"read_buckets":[1],"read_ms":0,"peak":0,"peak_at":null}]"#;
+    let res = send(
+        app.addr,
+        Req::post("/api/v1/import", json).header("X-Viewcounter-Import", "1"),
+    )
+    .await;
+    let message = res.assert_json_error(400);
+    assert!(
+        message.contains("element 1: read_buckets has 1 counts"),
+        "{message}"
+    );
+    assert_eq!(app.totals().await, rows(&[]), "nothing written");
+}
