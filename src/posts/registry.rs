@@ -63,7 +63,7 @@ impl Registry {
                     metrics,
                     dedupe_window,
                     changes: Changes::default(),
-                                        alerts,
+                    alerts,
                     asleep: Box::new(asleep),
                     cluster,
                 }),
