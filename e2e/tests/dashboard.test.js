@@ -211,6 +211,56 @@ test('the pulse: 24 h of minutes, the minute under way moved by the stream, a po
     `alpha's own on click; a closed minute pushed ${waitedMs} ms later (${JSON.stringify(closing)}); 0 layout shifts`);
 });
 
+/** A post's reading-time and peak cells as shown: {read: "1m 12s" | "–", peak}. */
+const readPeakOf = slug => dash.evaluate(s => {
+  const tr = [...document.querySelectorAll('#rows tr')].find(r => r.dataset.slug === s);
+  return tr && { read: tr.querySelector('td.read').textContent, peak: Number(tr.querySelector('td.peak').textContent.replace(/[^\d]/g, '')) };
+}, slug);
+/** "1m 12s" or "45s" in seconds; null for anything else ("–"). */
+const seconds = text => {
+  const m = /^(?:(\d+)m )?(\d+)s$/.exec(text);
+  return m ? Number(m[1] || 0) * 60 + Number(m[2]) : null;
+};
+/** The reading-time histogram as drawn: [{start, reads}] per bucket. */
+const buckets = () => dash.evaluate(() => [...document.querySelectorAll('#reads rect.bucket')]
+  .map(r => ({ start: Number(r.dataset.start), reads: Number(r.dataset.reads) })));
+
+test('the peak column shows the most readers at once; a reader who leaves after a visible time shows in the median column and the histogram', async t => {
+  await h.until(async () => (await readPeakOf('beta'))?.read === '–', { what: 'beta without a reading time' });
+  assert.equal((await readPeakOf('beta')).peak, 0);
+  const requestsBefore = await dash.evaluate(() => performance.getEntriesByType('resource').length);
+
+  const readers = [await ctx.newPage(), await ctx.newPage()];
+  const opened = Date.now();
+  await Promise.all(readers.map(r => r.goto(blog.url('/posts/beta.html'))));
+  await h.until(async () => (await readPeakOf('beta')).peak === 2, { what: 'peak 2 on the dashboard', interval: 10, timeout: 5000 });
+  const fetched = await dash.evaluate(n => performance.getEntriesByType('resource').slice(n).map(e => e.name), requestsBefore);
+  assert.deepEqual(fetched, [], 'the peak came with the stream: no request');
+  // The reading time under test is this long: both pages stay visible for it.
+  const READ_MS = 3500;
+  await new Promise(resolve => setTimeout(resolve, READ_MS - (Date.now() - opened)));
+  await Promise.all(readers.map(r => r.close()));
+  await h.until(async () => (await rowOf('beta'))?.live === 0, { what: 'beta readers gone' });
+  assert.equal((await readPeakOf('beta')).peak, 2, 'the peak stays once they leave');
+
+  // The server's row events carry the median of its last snapshot: a fresh one is read here.
+  await dash.reload();
+  await h.until(async () => seconds((await readPeakOf('beta'))?.read ?? '') !== null, { what: 'beta median shown', timeout: 5000 });
+  const { read, peak } = await readPeakOf('beta');
+  assert.ok(seconds(read) >= 3 && seconds(read) < 60, `median ${read} for readings of ${READ_MS} ms`);
+  assert.equal(peak, 2, 'peak from storage after the reload');
+
+  await dash.click('#rows tr[data-slug="beta"]');
+  await h.until(async () => (await buckets()).length > 0, { what: "beta's reading-time histogram" });
+  const drawn = await buckets();
+  const read2 = drawn.filter(b => b.reads > 0);
+  assert.equal(read2.reduce((n, b) => n + b.reads, 0), 2, `two readings in the histogram: ${JSON.stringify(read2)}`);
+  for (const b of read2) assert.ok(b.start >= 3 && b.start < 8, `bucket starting at ${b.start} s`);
+  assert.equal(await dash.isVisible('#reads-panel'), true);
+  h.report(t, `peak 2 with the stream, no request; median ${read} after a fresh snapshot; ` +
+    `histogram ${JSON.stringify(read2)} over ${drawn.length} buckets`);
+});
+
 test('screenshots at 1280 px and 375 px, light and dark; nothing wider than the phone', async t => {
   const shots = [];
   const shoot = async (name, width, colorScheme) => {

@@ -15,15 +15,15 @@
 
   const state = {
     day: null, // the server's today, from the snapshot
-    posts: new Map(), // slug -> {slug, live, today, total}
+    posts: new Map(), // slug -> {slug, live, today, total, peak, read_median_s}
     selected: null, // slug whose history the chart shows; null: all posts
     days: 30,
     showAll: false,
-    history: null, // {key, days: [{day, views}]}
+    history: null, // {key, days: [{day, views, read_buckets?}], starts: [s]} (buckets: one post's)
     pulse: null, // {key, minutes: [{t (ms), live}]}, oldest first, the minute under way last
     ended: false,
   };
-  const rowEls = new Map(); // slug -> {tr, cells: {live, today, total}}
+  const rowEls = new Map(); // slug -> {tr, cells: {live, today, total, read, peak}}
 
   // --- the table -------------------------------------------------------------------------
 
@@ -50,6 +50,8 @@
       row.cells.live.classList.toggle('reading', post.live > 0);
       setCell(row.cells.today, post.today);
       setCell(row.cells.total, post.total);
+      setCell(row.cells.read, post.read_median_s ?? null, duration(post.read_median_s));
+      setCell(row.cells.peak, post.peak ?? 0);
       row.tr.setAttribute('aria-selected', String(slug === state.selected));
       body.appendChild(row.tr); // moves it into sorted place
     }
@@ -76,7 +78,7 @@
     name.title = slug;
     tr.appendChild(name);
     const cells = {};
-    for (const k of ['live', 'today', 'total']) {
+    for (const k of ['live', 'today', 'total', 'read', 'peak']) {
       const td = document.createElement('td');
       td.className = `n ${k}`;
       td.dataset.value = '';
@@ -88,9 +90,16 @@
     return row;
   }
 
-  /** Writes a number; a cell that changed flashes once (background only: nothing moves). */
-  function setCell(td, value) {
-    const text = fmt.format(value);
+  /** A reading time in seconds as "1m 12s" or "45s"; "–" without one (null). */
+  function duration(s) {
+    if (s === null || s === undefined) return '–';
+    const whole = Math.round(s);
+    return whole < 60 ? `${whole}s` : `${Math.floor(whole / 60)}m ${whole % 60}s`;
+  }
+
+  /** Writes a number (as `text`, else formatted); a cell that changed flashes once
+   *  (background only: nothing moves). */
+  function setCell(td, value, text = fmt.format(value)) {
     if (td.textContent === text) return;
     const first = td.dataset.value === '';
     td.textContent = text;
@@ -111,6 +120,10 @@
 
   function select(slug) {
     state.selected = state.selected === slug ? null : slug;
+    // The histogram's room opens (or closes) with the click, not when its numbers arrive:
+    // a move the user caused, so no layout shift by itself later.
+    $('reads-panel').hidden = state.selected === null;
+    if (state.selected !== null) note('reads', 'reads-caption', 'Reading…');
     render();
     loadHistory();
     loadPulse();
@@ -151,8 +164,9 @@
       return;
     }
     if (key !== historyKey()) return; // a newer choice is on its way
-    state.history = { key, days: body.days };
+    state.history = { key, days: body.days, starts: body.read_bucket_starts_s };
     drawChart();
+    drawReads();
   }
 
   for (const b of document.querySelectorAll('.ranges button')) {
@@ -259,6 +273,50 @@
     $('chart-caption').textContent = sum
       ? `${fmt.format(sum)} views in ${days.length} days · busiest ${best.day} (${fmt.format(best.views)})`
       : `No views in the last ${days.length} days.`;
+  }
+
+  // --- one post's reading times ----------------------------------------------------------
+
+  /** The selected post's reading-time histogram over the chosen days (from its history). */
+  function drawReads() {
+    const panel = $('reads-panel');
+    const { days, starts } = state.history;
+    const summed = starts ? starts.map((_, i) => days.reduce((n, d) => n + (d.read_buckets?.[i] ?? 0), 0)) : null;
+    if (state.selected === null || !summed) { panel.hidden = true; return; }
+    panel.hidden = false;
+    $('reads-what').textContent = `${state.selected}, last ${days.length} days`;
+    const box = $('reads');
+    const W = Math.max(box.clientWidth, 280);
+    const H = box.clientHeight || 160;
+    const pad = { l: 44, r: 6, t: 8, b: 22 };
+    const max = niceMax(Math.max(1, ...summed));
+    const plotH = H - pad.t - pad.b;
+    const step = (W - pad.l - pad.r) / summed.length;
+    const gap = Math.min(2, step * 0.2);
+    const svg = el('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': `Readings by reading time, last ${days.length} days` });
+    valueAxis(svg, pad, W, plotH, max);
+    summed.forEach((n, i) => {
+      const h = (n / max) * plotH;
+      const x = pad.l + i * step;
+      const upTo = i + 1 < starts.length ? duration(starts[i + 1]) : 'more';
+      const bar = el('rect', {
+        class: 'bucket', x: x + gap / 2, y: pad.t + plotH - h, width: Math.max(step - gap, 0.5), height: h,
+        'data-start': starts[i], 'data-reads': n,
+      });
+      bar.appendChild(el('title', {}, `${duration(starts[i])} to ${upTo}: ${fmt.format(n)} readings`));
+      svg.appendChild(bar);
+    });
+    // Every bucket's start would crowd a phone: every other one, always the first.
+    const every = step < 30 ? 2 : 1;
+    starts.forEach((s, i) => {
+      if (i % every) return;
+      svg.appendChild(el('text', { x: pad.l + (i + 0.5) * step, y: H - 6, 'text-anchor': 'middle' }, duration(s)));
+    });
+    box.replaceChildren(svg);
+    const total = summed.reduce((a, n) => a + n, 0);
+    $('reads-caption').textContent = total
+      ? `${fmt.format(total)} readings in ${days.length} days, by time spent reading`
+      : `No readings in the last ${days.length} days.`;
   }
 
   // --- the pulse -------------------------------------------------------------------------
@@ -378,7 +436,7 @@
   addEventListener('resize', () => {
     clearTimeout(resized);
     resized = setTimeout(() => {
-      if (state.history) drawChart();
+      if (state.history) { drawChart(); drawReads(); }
       if (state.pulse) drawPulse();
     }, 100);
   });
