@@ -94,7 +94,9 @@
   function duration(s) {
     if (s === null || s === undefined) return '–';
     const whole = Math.round(s);
-    return whole < 60 ? `${whole}s` : `${Math.floor(whole / 60)}m ${whole % 60}s`;
+    if (whole < 60) return `${whole}s`;
+    // Whole minutes as "2m": the histogram's labels stay short enough for a phone.
+    return whole % 60 ? `${Math.floor(whole / 60)}m ${whole % 60}s` : `${whole / 60}m`;
   }
 
   /** Writes a number (as `text`, else formatted); a cell that changed flashes once
