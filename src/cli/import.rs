@@ -12,6 +12,7 @@ use jiff::tz::TimeZone;
 
 use crate::cli::export::{DayRow, Row, Source, error_of, render, render_days};
 use crate::cli::{Format, ImportArgs};
+use crate::cluster::store::IMPORT_THROUGH_A_NODE;
 use crate::http::owner::ImportSession;
 use crate::import::file::{self, ParseOptions, Parsed};
 use crate::import::{self, IMPORT_HEADER, Summary};
@@ -33,6 +34,9 @@ pub enum ImportError {
     Invalid { path: String, reason: String },
     #[error("cannot write {db}: {reason}")]
     Store { db: String, reason: String },
+    /// `--redis`: Redis is a cache of the nodes' records (see [`IMPORT_THROUGH_A_NODE`]).
+    #[error("import --redis \"{0}\" is refused: {IMPORT_THROUGH_A_NODE}")]
+    IntoRedis(String),
     /// `held`: the db file, when the server was asked because it holds it (no `--url`).
     #[error("{}", server_failed(held.as_deref(), url, reason))]
     Server {
@@ -74,6 +78,10 @@ fn destination(args: &ImportArgs) -> Source {
 
 /// Imports `args.file`; the summary (and, for a dry run, every change) to print.
 pub async fn import(args: &ImportArgs) -> Result<String, ImportError> {
+    if let Some(url) = &args.store.redis {
+        // The URL prints with its password masked.
+        return Err(ImportError::IntoRedis(url.to_string()));
+    }
     let to = destination(args);
     let summary = if let Source::Server { url, held } = &to {
         send(args, url, held).await?
@@ -192,19 +200,16 @@ async fn write(
     args: &ImportArgs,
     plan: crate::storage::writer::ImportPlan,
 ) -> Result<ImportReport, ImportError> {
-    let db = match args.store.redis {
-        Some(_) => "the cluster's Redis".to_owned(),
-        None => args.store.db.display().to_string(),
-    };
+    let db = args.store.db.display().to_string();
     let failed = |reason: String| ImportError::Store {
         db: db.clone(),
         reason,
     };
-    // A dry run works on a copy: the file is not even created. Redis: a dry run writes nothing.
-    let store: Result<Box<dyn Store>, _> = match args.store.redis_store() {
-        Some(redis) => redis.map(|s| Box::new(s) as Box<dyn Store>),
-        None if plan.dry_run => RedbStore::copy_in_memory(&args.store.db).map(|s| Box::new(s) as _),
-        None => RedbStore::open(&args.store.db).map(|s| Box::new(s) as _),
+    // A dry run works on a copy: the file is not even created.
+    let store: Result<Box<dyn Store>, _> = if plan.dry_run {
+        RedbStore::copy_in_memory(&args.store.db).map(|s| Box::new(s) as _)
+    } else {
+        RedbStore::open(&args.store.db).map(|s| Box::new(s) as _)
     };
     let store = store.map_err(|e| failed(e.to_string()))?;
     let policy = FlushPolicy {

@@ -4,6 +4,7 @@
 
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use redb::backends::InMemoryBackend;
 use redb::{
@@ -161,7 +162,8 @@ fn seen_key(slug: &str, reader: &str) -> String {
 /// works again, writing resumes without a restart.
 pub struct RedbStore {
     path: PathBuf,
-    db: Option<Database>,
+    /// Shared with the handles [`RedbStore::share`] made: redb serializes their writes.
+    db: Option<Arc<Database>>,
     /// A copy in memory (a dry run): never reopened from, nor written to, the file.
     in_memory: bool,
     /// The lock that tells `export` a server holds this file (see [`ServerMark`]).
@@ -232,7 +234,7 @@ impl RedbStore {
         let db = open_checked(path)?;
         Ok(Self {
             path: path.to_owned(),
-            db: Some(db),
+            db: Some(Arc::new(db)),
             in_memory: false,
             _mark: ServerMark::take(path),
         })
@@ -251,16 +253,16 @@ impl RedbStore {
         check_schema(&db, path)?;
         Ok(Self {
             path: path.to_owned(),
-            db: Some(db),
+            db: Some(Arc::new(db)),
             in_memory: true,
             _mark: None,
         })
     }
 
     /// The open handle, reopening the file after a failure.
-    fn db(&mut self) -> Result<&Database, StoreError> {
+    fn db(&mut self) -> Result<&Arc<Database>, StoreError> {
         if self.db.is_none() && !self.in_memory {
-            self.db = Some(open_checked(&self.path)?);
+            self.db = Some(Arc::new(open_checked(&self.path)?));
             tracing::debug!(path = %self.path.display(), "reopened the database");
         }
         self.db
@@ -273,11 +275,54 @@ impl RedbStore {
         &mut self,
         op: impl FnOnce(&Database) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let result = op(self.db()?);
+        let db: &Database = self.db()?;
+        let result = op(db);
         if result.is_err() {
             self.db = None;
         }
         result
+    }
+
+    /// A second handle on the same open file, for another thread (cluster mode: the outbox
+    /// and the node's record). It does not hold the server mark; after a failure it reopens
+    /// the file only once the other handles have let it go.
+    pub(crate) fn share(&mut self) -> Result<Self, StoreError> {
+        let db = Arc::clone(self.db()?);
+        Ok(Self {
+            path: self.path.clone(),
+            db: Some(db),
+            in_memory: self.in_memory,
+            _mark: None,
+        })
+    }
+
+    /// The number kept under `key` in the file's `meta` table, made by `make` and kept the
+    /// first time it is asked for (one write transaction: two askers get the same).
+    pub(crate) fn meta_or_insert(
+        &mut self,
+        key: &str,
+        make: impl FnOnce() -> u64,
+    ) -> Result<u64, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_write().map_err(StoreError::storage)?;
+            let value = {
+                let mut meta = txn.open_table(META).map_err(StoreError::storage)?;
+                let found = meta
+                    .get(key)
+                    .map_err(StoreError::storage)?
+                    .map(|v| v.value());
+                match found {
+                    Some(value) => value,
+                    None => {
+                        let value = make();
+                        meta.insert(key, value).map_err(StoreError::storage)?;
+                        value
+                    }
+                }
+            };
+            txn.commit().map_err(StoreError::storage)?;
+            Ok(value)
+        })
     }
 }
 

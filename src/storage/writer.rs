@@ -75,6 +75,13 @@ enum Entry {
         reader: ReaderId,
         at: u64,
     },
+    /// Views counted without a reader id to remember (cluster mode: Redis keeps the
+    /// markers): `total` added to the post's total, `day`'s views to that day's.
+    Added {
+        slug: Slug,
+        total: u64,
+        day: Option<(u32, u64)>,
+    },
     /// A page showing's reading time, ended at `at`.
     Read { slug: Slug, at: u64, time: Duration },
     /// A post reached a new high of readers at once.
@@ -144,6 +151,17 @@ impl Writer {
             slug: slug.clone(),
             reader,
             at,
+        });
+    }
+
+    /// Records views without their reader ids: `total` more for the post, and `views` more
+    /// on `day` (`YYYYMMDD`) when given; never blocks. The total and the day move apart only
+    /// for an import of totals alone.
+    pub fn add_counts(&self, slug: &Slug, total: u64, day: Option<(u32, u64)>) {
+        self.push(Entry::Added {
+            slug: slug.clone(),
+            total,
+            day,
         });
     }
 
@@ -299,6 +317,26 @@ impl Writer {
     /// Every post's views on `day`, including unwritten views, sorted by slug.
     pub async fn day_views(&self, day: Day) -> Result<Vec<(String, u64)>, WriterError> {
         self.ask(move |state| state.day_views(day)).await
+    }
+
+    /// Every total and every (slug, day, views), unwritten views included, read at one point
+    /// of the writer's queue: every view recorded before it was asked is in both.
+    pub async fn snapshot(
+        &self,
+    ) -> Result<(Vec<(String, u64)>, Vec<(String, Day, u64)>), WriterError> {
+        self.ask(|state| Ok((state.totals()?, state.all_days()?)))
+            .await
+    }
+
+    /// Views recorded and not yet written to the file (every post's unwritten total).
+    pub async fn unwritten(&self) -> Result<u64, WriterError> {
+        self.ask(|state| {
+            Ok(state
+                .pending
+                .values()
+                .fold(0, |all, p| add_counts(all, p.delta)))
+        })
+        .await
     }
 
     /// Every (slug, day, views), including unwritten views, sorted by slug then day.
@@ -604,6 +642,16 @@ impl State {
         for entry in entries {
             match entry {
                 Entry::View { slug, reader, at } => self.add(slug, reader, at),
+                Entry::Added { slug, total, day } => {
+                    let p = self.pending_of(slug);
+                    p.delta = add_counts(p.delta, total);
+                    if let Some((day, views)) = day {
+                        match p.days.iter_mut().find(|(d, _)| *d == day) {
+                            Some((_, v)) => *v = add_counts(*v, views),
+                            None => p.days.push((day, views)),
+                        }
+                    }
+                }
                 Entry::Read { slug, at, time } => {
                     let day = self.day_of(at);
                     let reads = Reads::one(time);
