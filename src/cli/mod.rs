@@ -224,7 +224,8 @@ pub struct StoreArgs {
     #[arg(long, env = "VIEWCOUNTER_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<Secret>,
 
-    /// Cluster mode: read (export) or write (import) the cluster's Redis directly instead.
+    /// Cluster mode: export reads the cluster's Redis directly instead (import refuses it:
+    /// an import goes through a node, whose record keeps it).
     #[arg(long, env = "VIEWCOUNTER_REDIS", hide_env_values = true)]
     pub redis: Option<RedisUrl>,
 
