@@ -125,7 +125,8 @@ impl Application {
     async fn wire(config: Config, listener: TcpListener) -> Result<Self, StartError> {
         let fd_room = raise_fd_limit();
         let capacity = config.limits.max_streams.unwrap_or(fd_room as usize);
-        let db = RedbStore::open(&config.db)?;
+        let mut db = RedbStore::open(&config.db)?;
+        db.refuse_retired()?;
         let policy = config.flush;
         let calendar = Calendar::new(config.timezone.clone(), config.clock.clone());
         let metrics = match &config.cluster {

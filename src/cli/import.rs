@@ -236,7 +236,7 @@ async fn send(args: &ImportArgs, url: &str, held: &Option<String>) -> Result<Sum
         url: url.to_owned(),
         reason,
     };
-    let server = Server::new(url, args);
+    let server = Server::new(url, args.store.admin_token.as_ref().map(|t| t.expose()));
     let mut query = form_urlencoded::Serializer::new(String::new());
     query.append_pair("mode", mode_name(args.mode));
     if args.dry_run {
@@ -353,18 +353,19 @@ fn in_pieces<T: PieceRow>(rows: impl Iterator<Item = T>, limit: usize) -> Vec<St
 }
 
 /// The server's import endpoints, as the admin (`--admin-token`) with [`IMPORT_HEADER`].
-struct Server<'a> {
+/// A server's admin API as `import` (and `retire`) speak to it.
+pub(crate) struct Server<'a> {
     client: awc::Client,
     base: String,
     token: Option<&'a str>,
 }
 
 impl<'a> Server<'a> {
-    fn new(url: &str, args: &'a ImportArgs) -> Self {
+    pub(crate) fn new(url: &str, token: Option<&'a str>) -> Self {
         Self {
             client: awc::Client::builder().timeout(HTTP_TIMEOUT).finish(),
             base: format!("{}/api/v1", url.trim_end_matches('/')),
-            token: args.store.admin_token.as_ref().map(|t| t.expose()),
+            token,
         }
     }
 
@@ -379,7 +380,7 @@ impl<'a> Server<'a> {
         req
     }
 
-    async fn post<T: serde::de::DeserializeOwned>(
+    pub(crate) async fn post<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
         body: String,

@@ -304,6 +304,29 @@ impl Cluster {
         self.record.rebuilds()
     }
 
+    /// `viewcounter retire`: a stopped node's record (id `old`) becomes part of this one's.
+    pub(crate) async fn take_retired(
+        &self,
+        registry: &Registry,
+        old: &str,
+        totals: Vec<(Slug, u64)>,
+        days: Vec<(Slug, u32, u64)>,
+    ) -> Result<record::Rebuilt, record::RebuildError> {
+        let rebuilt = self
+            .record
+            .take_retired(&self.link, old, totals, days)
+            .await?;
+        tracing::info!(
+            retired = old,
+            record = %self.record.part(),
+            moved = rebuilt.moved,
+            views = rebuilt.views,
+            "took a retired node's record into this node's"
+        );
+        self.refresh_totals(registry).await;
+        Ok(rebuilt)
+    }
+
     /// The Redis key of this node's part of the sums.
     pub(crate) fn record_part(&self) -> String {
         self.record.part()

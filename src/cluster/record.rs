@@ -29,7 +29,7 @@ use crate::storage::store::{RedbStore, StoreError};
 use crate::storage::writer::{FlushPolicy, Writer, WriterError};
 
 /// The `meta` key of the record id in the `--db` file.
-const RECORD_ID: &str = "record_id";
+pub(crate) const RECORD_ID: &str = "record_id";
 
 /// Fields of the part moved per script: a rebuild of a large record never holds Redis long.
 const REBUILD_CHUNK: usize = 500;
@@ -68,6 +68,20 @@ redis.call('HSET', KEYS[1], '#n', ARGV[2], '#gen', ARGV[1])
 return 1
 "#;
 
+/// KEYS: the taking part, the retired part. Adds every field of the retired part (its `#n`
+/// too) to the taking part and deletes it: the sums hold both already, so they stay. Its
+/// `#gen` goes with it: the taking part's is kept.
+const MOVE_PART: &str = r#"
+local old = redis.call('HGETALL', KEYS[2])
+for i = 1, #old, 2 do
+  if old[i] ~= '#gen' then redis.call('HINCRBY', KEYS[1], old[i], old[i + 1]) end
+end
+redis.call('DEL', KEYS[2])
+return #old / 2
+"#;
+
+static MOVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MOVE_PART));
+
 static REBUILD_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(REBUILD));
 static SEAL_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SEAL));
 
@@ -79,6 +93,12 @@ pub(crate) enum RebuildError {
     Record(#[from] WriterError),
     #[error("Redis lost its data again during the rebuild")]
     Again,
+    #[error("the record {0} was retired into this node already")]
+    AlreadyTaken(String),
+    #[error("{0} is not a record id")]
+    NotARecord(String),
+    #[error("this node's --db file: {0}")]
+    File(#[from] StoreError),
 }
 
 /// What one rebuild did, for the log.
@@ -95,6 +115,8 @@ pub(crate) struct Rebuilt {
 pub(crate) struct Record {
     id: String,
     writer: Writer,
+    /// The file's `meta` table: which retired records this one took.
+    meta: Arc<std::sync::Mutex<RedbStore>>,
     /// Counts of this node hold it shared; a rebuild holds it alone.
     fence: tokio::sync::RwLock<()>,
     /// The views of the part Redis acknowledged, as far as this node knows: `#n` below it
@@ -122,6 +144,7 @@ impl Record {
             .map_err(StoreError::storage)?;
         Ok(Self {
             id: format!("{id:016x}"),
+            meta: Arc::new(std::sync::Mutex::new(db.share()?)),
             writer,
             fence: tokio::sync::RwLock::new(()),
             acked: AtomicU64::new(0),
@@ -201,6 +224,69 @@ impl Record {
             .await?;
         let acked = self.acked.load(Ordering::Relaxed);
         Ok(generation.is_none() || part_gen != generation || n.unwrap_or(0) < acked)
+    }
+
+    /// Takes a stopped node's record (`viewcounter retire`): its part in Redis is moved into
+    /// this one (the sums unchanged), its counts into this record, and a rebuild then applies
+    /// the max rule (a part Redis lost comes back from the record). Each record is taken once.
+    pub(crate) async fn take_retired(
+        &self,
+        link: &Link,
+        old: &str,
+        totals: Vec<(Slug, u64)>,
+        days: Vec<(Slug, u32, u64)>,
+    ) -> Result<Rebuilt, RebuildError> {
+        if old.len() != 16 || !old.bytes().all(|b| b.is_ascii_hexdigit()) || old == self.id {
+            return Err(RebuildError::NotARecord(old.to_owned()));
+        }
+        let key = format!("took:{old}");
+        {
+            let _alone = self.fence.write().await;
+            let taken = self.taken(&key, false).await?;
+            if taken {
+                return Err(RebuildError::AlreadyTaken(old.to_owned()));
+            }
+            let (part, retired) = (self.part(), part_key(old));
+            let _: u64 = link
+                .call("retire", |mut c| async move {
+                    MOVE_SCRIPT
+                        .key(&part)
+                        .key(&retired)
+                        .invoke_async(&mut c)
+                        .await
+                })
+                .await?;
+            for (slug, views) in &totals {
+                self.writer.add_counts(slug, *views, None);
+            }
+            for (slug, day, views) in &days {
+                self.writer.add_counts(slug, 0, Some((*day, *views)));
+            }
+            self.taken(&key, true).await?;
+        }
+        self.rebuild(link).await
+    }
+
+    /// Whether `key` is in this file's `meta` table; `mark`: puts it there. Off the async
+    /// threads: a redb write waits for the disk.
+    async fn taken(&self, key: &str, mark: bool) -> Result<bool, StoreError> {
+        let key = key.to_owned();
+        let meta = Arc::clone(&self.meta);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs());
+        tokio::task::spawn_blocking(move || {
+            let mut meta = meta
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if mark {
+                meta.meta_or_insert(&key, || now).map(|_| true)
+            } else {
+                meta.meta(&key).map(|v| v.is_some())
+            }
+        })
+        .await
+        .map_err(StoreError::storage)?
     }
 
     /// Makes the sums hold this record again (see the module's doc).

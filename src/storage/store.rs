@@ -34,6 +34,8 @@ const SITE_PEAKS: TableDefinition<u32, (u64, u64)> = TableDefinition::new("site_
 /// Format bookkeeping, so a later version can migrate the file.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SCHEMA_VERSION_KEY: &str = "schema_version";
+/// `meta`: when the file was retired (`viewcounter retire`), unix seconds.
+const RETIRED: &str = "retired";
 /// 2 added `days`; a version-1 file gains the table (empty: those views have no days) on open.
 /// 3 added `day_presence` and `site_peaks`; older files gain them empty (no reading times or
 /// peaks were kept then), their totals and days untouched.
@@ -52,6 +54,10 @@ pub enum StoreError {
     Locked { path: String },
     #[error("{path} is not a viewcounter database: {reason}")]
     Foreign { path: String, reason: String },
+    #[error(
+        "{path} was retired: its views were handed to another node's record (`viewcounter retire`), so serving it would count them twice; start the node with a new --db file"
+    )]
+    Retired { path: String },
     #[error("storage error: {0}")]
     Storage(String),
 }
@@ -293,6 +299,38 @@ impl RedbStore {
             db: Some(db),
             in_memory: self.in_memory,
             _mark: None,
+        })
+    }
+
+    /// The number kept under `key` in the file's `meta` table, if any.
+    pub(crate) fn meta(&mut self, key: &str) -> Result<Option<u64>, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(StoreError::storage)?;
+            let meta = txn.open_table(META).map_err(StoreError::storage)?;
+            let value = meta.get(key).map_err(StoreError::storage)?;
+            Ok(value.map(|v| v.value()))
+        })
+    }
+
+    /// Refuses a file `viewcounter retire` handed to another node.
+    pub fn refuse_retired(&mut self) -> Result<(), StoreError> {
+        match self.meta(RETIRED)? {
+            Some(_) => Err(StoreError::Retired {
+                path: self.path.display().to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Marks the file retired (`at`: unix seconds): `serve` refuses it from now on.
+    pub(crate) fn mark_retired(&mut self, at: u64) -> Result<(), StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_write().map_err(StoreError::storage)?;
+            {
+                let mut meta = txn.open_table(META).map_err(StoreError::storage)?;
+                meta.insert(RETIRED, at).map_err(StoreError::storage)?;
+            }
+            txn.commit().map_err(StoreError::storage)
         })
     }
 

@@ -212,3 +212,50 @@ async fn a_node_killed_before_it_wrote_its_record_takes_back_what_redis_counted_
     let nodes = [node];
     exact(&nodes, &redis, 12, Instant::now(), REBUILT).await;
 }
+
+#[actix_web::test]
+async fn a_retired_nodes_views_live_on_in_a_running_nodes_record_and_its_file_is_refused() {
+    let _serial = one_at_a_time().await;
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let mut nodes = Node::start_many(&redis, &["a", "b"], &[]).await;
+    views(&nodes[0], 5).await;
+    views(&nodes[1], 7).await;
+    exact(&nodes, &redis, 12, Instant::now(), SETTLE).await;
+
+    let mut b = nodes.pop().expect("node b");
+    b.server.signal("TERM");
+    b.server.wait(SETTLE).await;
+    let (db, slugs) = (b.server.db(), b.server.slugs_file());
+    let (db, slugs) = (db.to_str().expect("utf-8"), slugs.to_str().expect("utf-8"));
+    let dir = b.server.into_dir();
+    let a = format!("http://{}", nodes[0].addr());
+    let retire = ["retire", "--db", db, "--url", &a];
+    let said = run(dir.path(), &retire).quiet().await.success();
+    assert!(said.contains("7 views"), "{said}");
+    assert_eq!(redis.total(SLUG).await, 12, "the sums stay");
+
+    // Redis loses its data: node a alone brings back node b's views too.
+    let () = redis.query(&redis::cmd("FLUSHALL")).await;
+    exact(&nodes, &redis, 12, Instant::now(), REBUILT).await;
+
+    // Node b's file can be neither served nor retired again.
+    let url = redis.url();
+    let serve = [
+        "serve",
+        "--db",
+        db,
+        "--slugs",
+        slugs,
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    let serve = [&serve[..], &["--redis", &url]].concat();
+    for args in [&serve[..], &retire[..]] {
+        let out = run(dir.path(), args).quiet().within(SETTLE).await;
+        let out = out.unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        assert!(!out.status.success(), "{args:?} took a retired file");
+        assert!(out.stderr.contains("retired"), "{args:?}: {}", out.stderr);
+    }
+}
