@@ -259,3 +259,30 @@ async fn a_retired_nodes_views_live_on_in_a_running_nodes_record_and_its_file_is
         assert!(out.stderr.contains("retired"), "{args:?}: {}", out.stderr);
     }
 }
+
+#[actix_web::test]
+async fn a_single_servers_file_started_as_a_node_brings_its_totals_and_days_into_the_cluster() {
+    let _serial = one_at_a_time().await;
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    // A single server (no --redis) counts 5 views into its file and stops.
+    let mut single = BinServer::start(&UNLIMITED).await;
+    for _ in 0..5 {
+        single.join(SLUG).await.stream.reset();
+    }
+    single.signal("TERM");
+    single.wait(SETTLE).await;
+
+    let node = Node {
+        name: "a".into(),
+        server: redis
+            .node("a")
+            .start_in(single.into_dir(), &UNLIMITED)
+            .await,
+    };
+    let nodes = [node];
+    exact(&nodes, &redis, 5, Instant::now(), SETTLE).await;
+    let () = redis.query(&redis::cmd("FLUSHALL")).await;
+    exact(&nodes, &redis, 5, Instant::now(), REBUILT).await;
+}
