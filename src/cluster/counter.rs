@@ -260,7 +260,7 @@ pub(crate) mod tests {
         let _: () = c.hset(PART, "#gen", "g1").unwrap();
     }
 
-    async fn connected(server: &Server) -> Link {
+    pub(crate) async fn connected(server: &Server) -> Link {
         sealed(server);
         let (pushes, _) = tokio::sync::mpsc::unbounded_channel();
         let link = Link::new(&server.url().into(), None, Duration::from_secs(2), pushes)
