@@ -296,6 +296,11 @@ impl Writer {
         self.ask(State::all_presence).await
     }
 
+    /// Every day's site peak (day, peak), including unwritten ones, by day.
+    pub async fn all_site_peaks(&self) -> Result<Vec<(Day, Peak)>, WriterError> {
+        self.ask(State::all_site_peaks).await
+    }
+
     /// Every post's views on `day`, including unwritten views, sorted by slug.
     pub async fn day_views(&self, day: Day) -> Result<Vec<(String, u64)>, WriterError> {
         self.ask(move |state| state.day_views(day)).await
@@ -375,6 +380,8 @@ pub struct ImportPlan {
     /// Reading times and peaks per post and day: added (`add`) or raised to the file's
     /// (`set`, bucket by bucket, never lower), the peak the higher either way.
     pub presence: BTreeMap<(Slug, Day), DayPresence>,
+    /// The whole site's peak per day: raised to the file's, in either mode.
+    pub site_peaks: BTreeMap<Day, Peak>,
     pub mode: ImportMode,
     pub dry_run: bool,
 }
@@ -391,6 +398,9 @@ pub struct ImportReport {
     /// Post-days whose reading times or peak changed.
     #[serde(default)]
     pub day_presence: usize,
+    /// Days whose site peak was raised.
+    #[serde(default)]
+    pub site_peaks: usize,
     pub written: bool,
 }
 
@@ -813,6 +823,17 @@ impl State {
         Ok(peaks)
     }
 
+    fn all_site_peaks(&mut self) -> Result<Vec<(Day, Peak)>, StoreError> {
+        let mut all: BTreeMap<u32, Peak> = self.store.all_site_peaks()?.into_iter().collect();
+        for &(day, pending) in &self.site_pending {
+            all.entry(day).or_default().raise(pending);
+        }
+        Ok(all
+            .into_iter()
+            .filter_map(|(day, peak)| Some((Day::from_key(day)?, peak)))
+            .collect())
+    }
+
     fn all_presence(&mut self) -> Result<Vec<(String, Day, DayPresence)>, StoreError> {
         let mut all: BTreeMap<(String, u32), DayPresence> = self
             .store
@@ -915,10 +936,22 @@ impl State {
                 });
             }
         }
-        if plan.dry_run || (totals.is_empty() && days.is_empty() && presence.is_empty()) {
+        let mut site = Vec::new();
+        for (day, &file) in &plan.site_peaks {
+            let key = day.key();
+            let before = self.site_peaks(&[key])?[0];
+            let mut raised = before;
+            raised.raise(file);
+            if raised != before {
+                report.site_peaks += 1;
+                site.push((key, file));
+            }
+        }
+        let nothing = totals.is_empty() && days.is_empty() && presence.is_empty();
+        if plan.dry_run || (nothing && site.is_empty()) {
             return Ok(report);
         }
-        self.store.add_all(&totals, &days, &[], &presence, &[])?;
+        self.store.add_all(&totals, &days, &[], &presence, &site)?;
         for &(slug, delta) in &totals {
             self.known.add(slug, delta);
         }
