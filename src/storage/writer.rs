@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 
 use crate::edge::reader_id::ReaderId;
 use crate::edge::slug::Slug;
@@ -102,6 +102,22 @@ enum Command {
 pub struct Writer {
     tx: mpsc::Sender<Command>,
     inbox: Inbox,
+    moves: broadcast::Sender<PresenceMoved>,
+}
+
+/// Moves a slow follower of [`Writer::presence_moves`] may be behind before it is told it
+/// lagged (and reads a snapshot instead).
+pub const PRESENCE_FEED_CAPACITY: usize = 256;
+
+/// A post's presence on a day moved (a reading added, a new peak): all of it as it stands
+/// now, unwritten included. What the owner's dashboard follows to keep a post's median
+/// reading time and peak live.
+#[derive(Debug, Clone)]
+pub struct PresenceMoved {
+    pub slug: Slug,
+    /// `YYYYMMDD`.
+    pub day: u32,
+    pub presence: DayPresence,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,11 +147,20 @@ impl Writer {
         {
             tracing::warn!(error = %e, "cannot sweep expired reader ids");
         }
-        let state = State::new(store, policy, calendar, metrics, Arc::clone(&inbox));
+        let moves = broadcast::Sender::new(PRESENCE_FEED_CAPACITY);
+        let inboxes = (Arc::clone(&inbox), moves.clone());
+        let state = State::new(store, policy, calendar, metrics, inboxes);
         thread::Builder::new()
             .name("viewcounter-writer".into())
             .spawn(move || state.run(rx))?;
-        Ok(Self { tx, inbox })
+        Ok(Self { tx, inbox, moves })
+    }
+
+    /// Every post's presence as it moves from now on: at most one [`PresenceMoved`] per post
+    /// and day each time the writer takes in what was counted (every 50 ms at most), sent
+    /// only while someone follows.
+    pub fn presence_moves(&self) -> broadcast::Receiver<PresenceMoved> {
+        self.moves.subscribe()
     }
 
     /// Records one counted view and the reader id it was counted for; never blocks.
@@ -506,6 +531,8 @@ struct State {
     /// When to look at the pending set again; never later than the earliest due flush.
     wake: Option<Instant>,
     inbox: Inbox,
+    /// Where moved presence is told ([`Writer::presence_moves`]).
+    moves: broadcast::Sender<PresenceMoved>,
     /// When the inbox is to be drained next, if it has views.
     drain_at: Option<Instant>,
     last_drain: Instant,
@@ -519,7 +546,7 @@ impl State {
         policy: FlushPolicy,
         calendar: Calendar,
         metrics: Arc<Metrics>,
-        inbox: Inbox,
+        (inbox, moves): (Inbox, broadcast::Sender<PresenceMoved>),
     ) -> Self {
         Self {
             store,
@@ -532,6 +559,7 @@ impl State {
             known: Known::default(),
             wake: None,
             inbox,
+            moves,
             drain_at: None,
             last_drain: Instant::now(),
             last_failure_log: None,
@@ -611,16 +639,25 @@ impl State {
         self.last_drain = Instant::now();
         let entries =
             std::mem::take(&mut *self.inbox.lock().unwrap_or_else(PoisonError::into_inner));
+        // Posts whose presence moved, told once each below; nothing is kept without a follower.
+        let follow = self.moves.receiver_count() > 0;
+        let mut moved = Vec::new();
         for entry in entries {
             match entry {
                 Entry::View { slug, reader, at } => self.add(slug, reader, at),
                 Entry::Read { slug, at, time } => {
                     let day = self.day_of(at);
                     let reads = Reads::one(time);
+                    if follow {
+                        moved.push((slug.clone(), day));
+                    }
                     self.pending_presence(slug, day, |p| p.reads.merge(&reads));
                 }
                 Entry::Peak { slug, peak } => {
                     let day = self.day_of(peak.at);
+                    if follow {
+                        moved.push((slug.clone(), day));
+                    }
                     self.pending_presence(slug, day, |p| p.peak.raise(peak));
                 }
                 Entry::SitePeak(peak) => {
@@ -633,6 +670,34 @@ impl State {
                     self.due_by(Instant::now() + self.policy.after);
                 }
             }
+        }
+        self.tell_moved(moved);
+    }
+
+    /// Tells each post's presence on each day in `moved` as it stands now (stored and
+    /// unwritten together).
+    fn tell_moved(&mut self, mut moved: Vec<(Slug, u32)>) {
+        moved.sort_unstable();
+        moved.dedup();
+        for (slug, day) in moved {
+            let stored = match self.store.presence_of(slug.as_str(), &[day]) {
+                Ok(stored) => stored.first().copied().unwrap_or_default(),
+                // A follower reads the whole board again when the file can be read.
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot read presence to tell");
+                    continue;
+                }
+            };
+            let mut presence = stored;
+            if let Some(pending) = self.pending_presence_on(&slug, day) {
+                presence.merge(pending);
+            }
+            // Nobody following any more is not an error.
+            let _ = self.moves.send(PresenceMoved {
+                slug,
+                day,
+                presence,
+            });
         }
     }
 

@@ -231,6 +231,22 @@ async fn a_posts_history_names_the_reading_time_buckets_once() {
     assert!(site["days"][0].get("read_buckets").is_none(), "{site}");
 }
 
+fn is_snapshot(ev: &SseEvent) -> bool {
+    ev.raw.lines().any(|l| l == "event: snapshot")
+}
+
+/// The dashboard's stream opened, with its first snapshot.
+async fn admin_stream(app: &TestApp) -> (SseClient, SseEvent) {
+    let mut board = app.open(Req::get("/api/v1/admin/stream")).await;
+    assert_eq!(board.status, 200);
+    loop {
+        let ev = board.next_event().await;
+        if is_snapshot(&ev) {
+            return (board, ev);
+        }
+    }
+}
+
 #[actix_web::test]
 async fn the_dashboard_rows_carry_todays_peak_and_median_reading_time() {
     let app = spawn_app().await;
@@ -244,14 +260,7 @@ async fn the_dashboard_rows_carry_todays_peak_and_median_reading_time() {
     })
     .await;
 
-    let mut board = app.open(Req::get("/api/v1/admin/stream")).await;
-    assert_eq!(board.status, 200);
-    let snapshot = loop {
-        let ev = board.next_event().await;
-        if ev.raw.lines().any(|l| l == "event: snapshot") {
-            break ev;
-        }
-    };
+    let (_board, snapshot) = admin_stream(&app).await;
     let json: serde_json::Value =
         serde_json::from_str(snapshot.data.as_deref().expect("data")).expect("JSON");
     let row = |slug: &str| {
@@ -266,6 +275,44 @@ async fn the_dashboard_rows_carry_todays_peak_and_median_reading_time() {
     assert_eq!(row("alpha"), (Some(1), Some(2), Some(0.0)));
     assert_eq!(row("beta"), (Some(0), Some(0), None), "no reads: null");
     drop(second);
+}
+
+/// `slug`'s `read_median_s` in a row event of the admin stream, `None` for another post's row
+/// (or a row without a median). Panics on a snapshot: the median must come without one.
+fn median_in_row(ev: &SseEvent, slug: &str) -> Option<f64> {
+    assert!(!is_snapshot(ev), "a new snapshot, not a row event: {ev:?}");
+    let json: serde_json::Value = serde_json::from_str(ev.data.as_deref()?).ok()?;
+    (json["slug"] == slug).then(|| json["read_median_s"].as_f64())?
+}
+
+#[actix_web::test]
+async fn a_reading_moves_the_dashboard_rows_median_at_once_without_a_new_snapshot() {
+    let app = spawn_app().await;
+    let (mut board, snapshot) = admin_stream(&app).await;
+    assert!(
+        snapshot.data.as_deref().is_some_and(|d| d.contains(
+            r#""slug":"alpha","live":0,"total":0,"today":0,"peak":0,"read_median_s":null"#
+        )),
+        "{snapshot:?}"
+    );
+
+    let reader = app.join("alpha").await;
+    // The reading itself: the server believes at most the time it saw the page open.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    leave_with(app.addr, "alpha", &format!("{} 0 200", reader.id)).await;
+    let deadline = Instant::now() + SHOWN;
+    let median = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = match board.next_event_within(left).await {
+            Ok(Some(ev)) => ev,
+            other => panic!("no row with alpha's median: {other:?}"),
+        };
+        if let Some(median) = median_in_row(&ev, "alpha") {
+            break median;
+        }
+    };
+    assert_eq!(median, 0.2);
+    drop(reader);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -315,31 +362,6 @@ async fn read_and_peaked(clock: &Clock) -> (TestApp, (Day, Day), String) {
     (app, today, url)
 }
 
-#[actix_web::test]
-async fn export_daily_carries_reading_times_and_peaks_that_import_restores_offline_and_through_a_server()
- {
-    let clock = Clock::default();
-    let (app, before, url) = read_and_peaked(&clock).await;
-    assert!(before.0.read_median_s.is_some() && before.0.peak_at.is_some());
-    let (dir, csv, _) = exported_daily(app, &url).await;
-    assert!(
-        csv.starts_with("slug,day,views,read_buckets,read_ms,peak,peak_at\n*,2026-12-07,,,,3,"),
-        "{csv}"
-    );
-    assert!(csv.contains(",2,2026-12-07T10:00:"), "{csv}");
-
-    // Offline, into a fresh file.
-    let (fresh, said) = imported_into_a_fresh_file(dir.path(), &clock, "days.csv").await;
-    assert!(
-        said.contains(", 2 days' reading times or peaks changed"),
-        "{said}"
-    );
-    assert_eq!(
-        alpha_and_beta(fresh.addr).await,
-        before,
-        "offline, from CSV"
-    );
-
 /// `export --daily` of `app` as CSV and JSON from the running server (`url`, unwritten
 /// readings included then) and, once it stopped, from its file, which must say the same; both
 /// also written to `days.csv` and `days.json` in the kept dir.
@@ -385,6 +407,32 @@ async fn imported_into_a_running_server(
     (app, url)
 }
 
+#[actix_web::test]
+async fn export_daily_carries_reading_times_and_peaks_that_import_restores_offline_and_through_a_server()
+ {
+    let clock = Clock::default();
+    let (app, before, url) = read_and_peaked(&clock).await;
+    assert!(before.0.read_median_s.is_some() && before.0.peak_at.is_some());
+    let (dir, csv, _) = exported_daily(app, &url).await;
+    assert!(
+        csv.starts_with("slug,day,views,read_buckets,read_ms,peak,peak_at\n*,2026-12-07,,,,3,"),
+        "{csv}"
+    );
+    assert!(csv.contains("\nalpha,2026-12-07,2,2 "), "{csv}");
+    assert!(csv.contains(",2,2026-12-07T10:00:"), "{csv}");
+
+    // Offline, into a fresh file.
+    let (fresh, said) = imported_into_a_fresh_file(dir.path(), &clock, "days.csv").await;
+    assert!(
+        said.contains(", 2 days' reading times or peaks changed"),
+        "{said}"
+    );
+    assert_eq!(
+        alpha_and_beta(fresh.addr).await,
+        before,
+        "offline, from CSV"
+    );
+
     // Through a running server, in the pieces of an import session.
     let (other, _) = imported_into_a_running_server(dir.path(), &clock, "days.json").await;
     assert_eq!(
@@ -394,54 +442,6 @@ async fn imported_into_a_running_server(
     );
 }
 
-#[actix_web::test]
-async fn importing_the_export_again_adds_reading_times_with_add_and_changes_nothing_with_set() {
-    let (app, before, url) = read_and_peaked(&Clock::default()).await;
-    let csv = cli_ok(app.dir.path(), &["export", "--daily", "--url", &url]).await;
-    std::fs::write(app.dir.path().join("days.csv"), &csv).expect("write days.csv");
-
-    let set = cli_ok(app.dir.path(), &["import", "--url", &url, "days.csv"]).await;
-    assert_eq!(alpha_and_beta(app.addr).await, before, "{set}");
-
-    cli_ok(
-        app.dir.path(),
-        &["import", "--url", &url, "--mode", "add", "days.csv"],
-    )
-    .await;
-    let (alpha, beta) = alpha_and_beta(app.addr).await;
-    assert!(csv.contains("\nalpha,2026-12-07,2,2 "), "{csv}");
-    assert_eq!((alpha.reads, beta.reads), (4, 2), "reading times added");
-    assert_eq!(
-        (alpha.peak, alpha.peak_at),
-        (2, before.0.peak_at),
-        "a peak is the higher"
-    );
-}
-
-#[actix_web::test]
-async fn a_file_without_reading_times_imports_as_before_and_leaves_them_as_they_were() {
-    let (app, before, url) = read_and_peaked(&Clock::default()).await;
-    std::fs::write(
-        app.dir.path().join("old.csv"),
-        "slug,day,views\nalpha,2026-12-07,5\n",
-    )
-    .expect("write old.csv");
-
-    cli_ok(app.dir.path(), &["import", "--url", &url, "old.csv"]).await;
-
-    let (alpha, beta) = alpha_and_beta(app.addr).await;
-    assert_eq!(alpha.views, 5);
-    assert_eq!(
-        (alpha.reads, alpha.read_buckets, alpha.peak, alpha.peak_at),
-        (
-            before.0.reads,
-            before.0.read_buckets,
-            before.0.peak,
-            before.0.peak_at
-        )
-    );
-    assert_eq!(beta, before.1);
-}
 #[actix_web::test]
 async fn export_daily_carries_the_sites_peaks_that_import_restores_offline_and_through_a_server() {
     let clock = Clock::default();
@@ -558,6 +558,71 @@ async fn a_bad_site_peak_refuses_the_import_naming_its_line_and_writes_nothing()
     assert_eq!((history.peak, history.views), (0, 0), "nothing written");
 }
 
+#[actix_web::test]
+async fn importing_the_export_again_adds_reading_times_with_add_and_changes_nothing_with_set() {
+    let (app, before, url) = read_and_peaked(&Clock::default()).await;
+    let csv = cli_ok(app.dir.path(), &["export", "--daily", "--url", &url]).await;
+    std::fs::write(app.dir.path().join("days.csv"), &csv).expect("write days.csv");
+
+    let set = cli_ok(app.dir.path(), &["import", "--url", &url, "days.csv"]).await;
+    assert_eq!(alpha_and_beta(app.addr).await, before, "{set}");
+
+    cli_ok(
+        app.dir.path(),
+        &["import", "--url", &url, "--mode", "add", "days.csv"],
+    )
+    .await;
+    let (alpha, beta) = alpha_and_beta(app.addr).await;
+    assert_eq!((alpha.reads, beta.reads), (4, 2), "reading times added");
+    assert_eq!(
+        (alpha.peak, alpha.peak_at),
+        (2, before.0.peak_at),
+        "a peak is the higher"
+    );
+}
+
+#[actix_web::test]
+async fn a_file_without_reading_times_imports_as_before_and_leaves_them_as_they_were() {
+    let (app, before, url) = read_and_peaked(&Clock::default()).await;
+    std::fs::write(
+        app.dir.path().join("old.csv"),
+        "slug,day,views\nalpha,2026-12-07,5\n",
+    )
+    .expect("write old.csv");
+
+    cli_ok(app.dir.path(), &["import", "--url", &url, "old.csv"]).await;
+
+    let (alpha, beta) = alpha_and_beta(app.addr).await;
+    assert_eq!(alpha.views, 5);
+    assert_eq!(
+        (alpha.reads, alpha.read_buckets, alpha.peak, alpha.peak_at),
+        (
+            before.0.reads,
+            before.0.read_buckets,
+            before.0.peak,
+            before.0.peak_at
+        )
+    );
+    assert_eq!(beta, before.1);
+}
+
+/// Each of the `bad` rows after `export --daily`'s header and the `good` row refuses the
+/// import through the server at `url`, naming line 3 and saying the reason given with it.
+async fn each_refused_on_line_3(
+    dir: &std::path::Path,
+    url: &str,
+    good: &str,
+    bad: &[(impl std::fmt::Display, &str)],
+) {
+    for (row, reason) in bad {
+        let file = format!("slug,day,views,read_buckets,read_ms,peak,peak_at\n{good}{row}");
+        std::fs::write(dir.join("bad.csv"), &file).expect("write bad.csv");
+        let out = run(dir, &["import", "--url", url, "bad.csv"]).quiet().await;
+        assert!(!out.status.success(), "{file}");
+        assert!(out.stderr.contains("line 3: "), "{file}: {}", out.stderr);
+        assert!(out.stderr.contains(reason), "{file}: {}", out.stderr);
+    }
+}
 
 #[actix_web::test]
 async fn a_bad_reading_time_or_peak_refuses_the_import_naming_its_line_and_writes_nothing() {
@@ -596,24 +661,6 @@ async fn a_bad_reading_time_or_peak_refuses_the_import_naming_its_line_and_write
     // The server's own import names the element.
     let json = r#"[{"slug":"alpha","day":"2026-12-07","views":1,"read_buckets":[1],"read_ms":0,"peak":0,"peak_at":null}]"#;
     let res = send(
-/// Each of the `bad` rows after `export --daily`'s header and the `good` row refuses the
-/// import through the server at `url`, naming line 3 and saying the reason given with it.
-async fn each_refused_on_line_3(
-    dir: &std::path::Path,
-    url: &str,
-    good: &str,
-    bad: &[(impl std::fmt::Display, &str)],
-) {
-    for (row, reason) in bad {
-        let file = format!("slug,day,views,read_buckets,read_ms,peak,peak_at\n{good}{row}");
-        std::fs::write(dir.join("bad.csv"), &file).expect("write bad.csv");
-        let out = run(dir, &["import", "--url", url, "bad.csv"]).quiet().await;
-        assert!(!out.status.success(), "{file}");
-        assert!(out.stderr.contains("line 3: "), "{file}: {}", out.stderr);
-        assert!(out.stderr.contains(reason), "{file}: {}", out.stderr);
-    }
-}
-
         app.addr,
         Req::post("/api/v1/import", json).header("X-Viewcounter-Import", "1"),
     )
