@@ -148,8 +148,14 @@ impl Writer {
             tracing::warn!(error = %e, "cannot sweep expired reader ids");
         }
         let moves = broadcast::Sender::new(PRESENCE_FEED_CAPACITY);
-        let inboxes = (Arc::clone(&inbox), moves.clone());
-        let state = State::new(store, policy, calendar, metrics, inboxes);
+        let state = State::new(
+            store,
+            policy,
+            calendar,
+            metrics,
+            Arc::clone(&inbox),
+            moves.clone(),
+        );
         thread::Builder::new()
             .name("viewcounter-writer".into())
             .spawn(move || state.run(rx))?;
@@ -546,7 +552,8 @@ impl State {
         policy: FlushPolicy,
         calendar: Calendar,
         metrics: Arc<Metrics>,
-        (inbox, moves): (Inbox, broadcast::Sender<PresenceMoved>),
+        inbox: Inbox,
+        moves: broadcast::Sender<PresenceMoved>,
     ) -> Self {
         Self {
             store,
@@ -682,7 +689,7 @@ impl State {
         for (slug, day) in moved {
             let stored = match self.store.presence_of(slug.as_str(), &[day]) {
                 Ok(stored) => stored.first().copied().unwrap_or_default(),
-                // A follower reads the whole board again when the file can be read.
+                // The dashboard keeps the row it shows until its next snapshot.
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot read presence to tell");
                     continue;

@@ -314,8 +314,10 @@ impl AdminStream {
                 let day_check = st.state.calendar.until_tomorrow().unwrap_or(DAY_CHECK);
                 let wake = tokio::select! {
                     biased;
-                    change = st.feed.recv() => Wake::Change(change),
+                    // First: it comes in bursts at most every 50 ms (the writer's drains),
+                    // so it cannot starve the feed, which a busy site keeps full.
                     moved = st.moves.recv() => Wake::Presence(moved),
+                    change = st.feed.recv() => Wake::Change(change),
                     () = tokio::time::sleep(day_check.min(DAY_CHECK)) => Wake::DayCheck,
                 };
                 let out = match wake {
