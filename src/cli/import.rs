@@ -283,22 +283,25 @@ fn mode_name(mode: ImportMode) -> &'static str {
     }
 }
 
-/// The file's rows as `export` writes them (views, reading times and peaks per day, or
-/// `slug,total` for a file of totals), in pieces of at most `limit` bytes.
+/// The file's rows as `export` writes them (the site's peaks, then views, reading times and
+/// peaks per post and day, or `slug,total` for a file of totals), in pieces of at most `limit`
+/// bytes.
 fn pieces(parsed: &Parsed, limit: usize) -> Vec<String> {
-    if parsed.days.is_empty() {
+    if parsed.days.is_empty() && parsed.site_peaks.is_empty() {
         let rows = parsed.totals.iter().map(|(slug, &total)| Row {
             slug: slug.as_str().to_owned(),
             total,
         });
         in_pieces(rows, limit)
     } else {
+        let site =
+            (parsed.site_peaks.iter()).map(|(day, &peak)| DayRow::site(day.to_string(), peak));
         let rows = parsed.days.iter().map(|(key, &views)| {
             let presence = parsed.presence.get(key).copied().unwrap_or_default();
             let (slug, day) = key;
             DayRow::new(slug.as_str().to_owned(), day.to_string(), views, &presence)
         });
-        in_pieces(rows, limit)
+        in_pieces(site.chain(rows), limit)
     }
 }
 

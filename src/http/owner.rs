@@ -310,14 +310,15 @@ async fn top_rows(state: &AppState, by: TopBy, limit: usize) -> Result<Vec<TopRo
         .collect())
 }
 
-/// `GET /daily`: every post's views, reading times and peak per day (what `export --daily`
-/// prints).
+/// `GET /daily`: the site's peak per day, and every post's views, reading times and peak per
+/// day (what `export --daily` prints).
 async fn daily(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Refusal> {
     authorize_admin_read(&req, &state)?;
     let writer = state.registry.writer();
     let days = writer.all_days().await.map_err(Refusal::from)?;
     let presence = writer.all_presence().await.map_err(Refusal::from)?;
-    let rows = crate::import::day_rows(days, presence);
+    let site = writer.all_site_peaks().await.map_err(Refusal::from)?;
+    let rows = crate::import::day_rows(days, presence, site);
     Ok(no_store(&mut HttpResponse::Ok()).json(rows))
 }
 

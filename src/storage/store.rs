@@ -105,6 +105,10 @@ pub trait Store: Send + 'static {
     fn site_peaks(&mut self, days: &[u32]) -> Result<Vec<Peak>, StoreError> {
         Ok(vec![Peak::default(); days.len()])
     }
+    /// Every day's site peak (day, peak), by day.
+    fn all_site_peaks(&mut self) -> Result<Vec<(u32, Peak)>, StoreError> {
+        Ok(Vec::new())
+    }
     /// Every (slug, day, presence), sorted by slug then day.
     fn all_presence(&mut self) -> Result<Vec<(String, u32, DayPresence)>, StoreError> {
         Ok(Vec::new())
@@ -501,14 +505,10 @@ impl Store for RedbStore {
                 }
                 let mut peaks = txn.open_table(SITE_PEAKS).map_err(StoreError::storage)?;
                 for &(day, peak) in site {
-                    let mut stored =
-                        peaks
-                            .get(day)
-                            .map_err(StoreError::storage)?
-                            .map_or(Peak::default(), |v| {
-                                let (live, at) = v.value();
-                                Peak { live, at }
-                            });
+                    let mut stored = peaks
+                        .get(day)
+                        .map_err(StoreError::storage)?
+                        .map_or(Peak::default(), |v| site_peak(v.value()));
                     stored.raise(peak);
                     peaks
                         .insert(day, (stored.live, stored.at))
@@ -616,12 +616,16 @@ impl Store for RedbStore {
             days.iter()
                 .map(|&day| {
                     let row = table.get(day).map_err(StoreError::storage)?;
-                    Ok(row.map_or(Peak::default(), |v| {
-                        let (live, at) = v.value();
-                        Peak { live, at }
-                    }))
+                    Ok(row.map_or(Peak::default(), |v| site_peak(v.value())))
                 })
                 .collect()
+        })
+    }
+
+    fn all_site_peaks(&mut self) -> Result<Vec<(u32, Peak)>, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(StoreError::storage)?;
+            read_site_peaks(&txn)
         })
     }
 
@@ -766,6 +770,31 @@ impl Snapshot {
         check_schema_read_only(&txn, &self.path)?;
         read_days(&txn)
     }
+
+    /// Every day's site peak (day, peak), by day.
+    pub fn site_peaks(&self) -> Result<Vec<(u32, Peak)>, StoreError> {
+        let txn = self.db.begin_read().map_err(StoreError::storage)?;
+        check_schema_read_only(&txn, &self.path)?;
+        read_site_peaks(&txn)
+    }
+}
+
+/// A row of `site_peaks` as a [`Peak`].
+fn site_peak((live, at): (u64, u64)) -> Peak {
+    Peak { live, at }
+}
+
+fn read_site_peaks(txn: &redb::ReadTransaction) -> Result<Vec<(u32, Peak)>, StoreError> {
+    // A file of version 2 or older read by `export` has no site peaks.
+    let Some(table) = table_if_any(txn, SITE_PEAKS)? else {
+        return Ok(Vec::new());
+    };
+    let mut rows = Vec::new();
+    for row in table.iter().map_err(StoreError::storage)? {
+        let (day, peak) = row.map_err(StoreError::storage)?;
+        rows.push((day.value(), site_peak(peak.value())));
+    }
+    Ok(rows)
 }
 
 fn read_days(txn: &redb::ReadTransaction) -> Result<Vec<(String, u32, u64)>, StoreError> {
@@ -780,6 +809,18 @@ fn read_presence(
     every_day(txn, DAY_PRESENCE, DayPresence::decode)
 }
 
+/// A table of a file read by `export`, `None` when the file has none yet (written before it).
+fn table_if_any<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &redb::ReadTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, StoreError> {
+    match txn.open_table(table) {
+        Ok(table) => Ok(Some(table)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(StoreError::storage(e)),
+    }
+}
+
 /// Every (slug, day, row) of a (day, slug) table, sorted by slug then day, read by `read`
 /// (rows it refuses are left out); none when the file has no such table yet.
 fn every_day<V: redb::Value + 'static, T>(
@@ -787,10 +828,8 @@ fn every_day<V: redb::Value + 'static, T>(
     table: TableDefinition<(u32, &'static str), V>,
     read: impl Fn(V::SelfType<'_>) -> Option<T>,
 ) -> Result<Vec<(String, u32, T)>, StoreError> {
-    let table = match txn.open_table(table) {
-        Ok(table) => table,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(StoreError::storage(e)),
+    let Some(table) = table_if_any(txn, table)? else {
+        return Ok(Vec::new());
     };
     let mut rows = Vec::new();
     for row in table.iter().map_err(StoreError::storage)? {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 
 use crate::edge::reader_id::ReaderId;
 use crate::edge::slug::Slug;
@@ -109,6 +109,22 @@ enum Command {
 pub struct Writer {
     tx: mpsc::Sender<Command>,
     inbox: Inbox,
+    moves: broadcast::Sender<PresenceMoved>,
+}
+
+/// Moves a slow follower of [`Writer::presence_moves`] may be behind before it is told it
+/// lagged (and reads a snapshot instead).
+pub const PRESENCE_FEED_CAPACITY: usize = 256;
+
+/// A post's presence on a day moved (a reading added, a new peak): all of it as it stands
+/// now, unwritten included. What the owner's dashboard follows to keep a post's median
+/// reading time and peak live.
+#[derive(Debug, Clone)]
+pub struct PresenceMoved {
+    pub slug: Slug,
+    /// `YYYYMMDD`.
+    pub day: u32,
+    pub presence: DayPresence,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,11 +154,26 @@ impl Writer {
         {
             tracing::warn!(error = %e, "cannot sweep expired reader ids");
         }
-        let state = State::new(store, policy, calendar, metrics, Arc::clone(&inbox));
+        let moves = broadcast::Sender::new(PRESENCE_FEED_CAPACITY);
+        let state = State::new(
+            store,
+            policy,
+            calendar,
+            metrics,
+            Arc::clone(&inbox),
+            moves.clone(),
+        );
         thread::Builder::new()
             .name("viewcounter-writer".into())
             .spawn(move || state.run(rx))?;
-        Ok(Self { tx, inbox })
+        Ok(Self { tx, inbox, moves })
+    }
+
+    /// Every post's presence as it moves from now on: at most one [`PresenceMoved`] per post
+    /// and day each time the writer takes in what was counted (every 50 ms at most), sent
+    /// only while someone follows.
+    pub fn presence_moves(&self) -> broadcast::Receiver<PresenceMoved> {
+        self.moves.subscribe()
     }
 
     /// Records one counted view and the reader id it was counted for; never blocks.
@@ -314,6 +345,11 @@ impl Writer {
         self.ask(State::all_presence).await
     }
 
+    /// Every day's site peak (day, peak), including unwritten ones, by day.
+    pub async fn all_site_peaks(&self) -> Result<Vec<(Day, Peak)>, WriterError> {
+        self.ask(State::all_site_peaks).await
+    }
+
     /// Every post's views on `day`, including unwritten views, sorted by slug.
     pub async fn day_views(&self, day: Day) -> Result<Vec<(String, u64)>, WriterError> {
         self.ask(move |state| state.day_views(day)).await
@@ -413,6 +449,8 @@ pub struct ImportPlan {
     /// Reading times and peaks per post and day: added (`add`) or raised to the file's
     /// (`set`, bucket by bucket, never lower), the peak the higher either way.
     pub presence: BTreeMap<(Slug, Day), DayPresence>,
+    /// The whole site's peak per day: raised to the file's, in either mode.
+    pub site_peaks: BTreeMap<Day, Peak>,
     pub mode: ImportMode,
     pub dry_run: bool,
 }
@@ -429,6 +467,9 @@ pub struct ImportReport {
     /// Post-days whose reading times or peak changed.
     #[serde(default)]
     pub day_presence: usize,
+    /// Days whose site peak was raised.
+    #[serde(default)]
+    pub site_peaks: usize,
     pub written: bool,
 }
 
@@ -534,6 +575,8 @@ struct State {
     /// When to look at the pending set again; never later than the earliest due flush.
     wake: Option<Instant>,
     inbox: Inbox,
+    /// Where moved presence is told ([`Writer::presence_moves`]).
+    moves: broadcast::Sender<PresenceMoved>,
     /// When the inbox is to be drained next, if it has views.
     drain_at: Option<Instant>,
     last_drain: Instant,
@@ -548,6 +591,7 @@ impl State {
         calendar: Calendar,
         metrics: Arc<Metrics>,
         inbox: Inbox,
+        moves: broadcast::Sender<PresenceMoved>,
     ) -> Self {
         Self {
             store,
@@ -560,6 +604,7 @@ impl State {
             known: Known::default(),
             wake: None,
             inbox,
+            moves,
             drain_at: None,
             last_drain: Instant::now(),
             last_failure_log: None,
@@ -639,6 +684,9 @@ impl State {
         self.last_drain = Instant::now();
         let entries =
             std::mem::take(&mut *self.inbox.lock().unwrap_or_else(PoisonError::into_inner));
+        // Posts whose presence moved, told once each below; nothing is kept without a follower.
+        let follow = self.moves.receiver_count() > 0;
+        let mut moved = Vec::new();
         for entry in entries {
             match entry {
                 Entry::View { slug, reader, at } => self.add(slug, reader, at),
@@ -655,10 +703,16 @@ impl State {
                 Entry::Read { slug, at, time } => {
                     let day = self.day_of(at);
                     let reads = Reads::one(time);
+                    if follow {
+                        moved.push((slug.clone(), day));
+                    }
                     self.pending_presence(slug, day, |p| p.reads.merge(&reads));
                 }
                 Entry::Peak { slug, peak } => {
                     let day = self.day_of(peak.at);
+                    if follow {
+                        moved.push((slug.clone(), day));
+                    }
                     self.pending_presence(slug, day, |p| p.peak.raise(peak));
                 }
                 Entry::SitePeak(peak) => {
@@ -671,6 +725,34 @@ impl State {
                     self.due_by(Instant::now() + self.policy.after);
                 }
             }
+        }
+        self.tell_moved(moved);
+    }
+
+    /// Tells each post's presence on each day in `moved` as it stands now (stored and
+    /// unwritten together).
+    fn tell_moved(&mut self, mut moved: Vec<(Slug, u32)>) {
+        moved.sort_unstable();
+        moved.dedup();
+        for (slug, day) in moved {
+            let stored = match self.store.presence_of(slug.as_str(), &[day]) {
+                Ok(stored) => stored.first().copied().unwrap_or_default(),
+                // The dashboard keeps the row it shows until its next snapshot.
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot read presence to tell");
+                    continue;
+                }
+            };
+            let mut presence = stored;
+            if let Some(pending) = self.pending_presence_on(&slug, day) {
+                presence.merge(pending);
+            }
+            // Nobody following any more is not an error.
+            let _ = self.moves.send(PresenceMoved {
+                slug,
+                day,
+                presence,
+            });
         }
     }
 
@@ -861,6 +943,17 @@ impl State {
         Ok(peaks)
     }
 
+    fn all_site_peaks(&mut self) -> Result<Vec<(Day, Peak)>, StoreError> {
+        let mut all: BTreeMap<u32, Peak> = self.store.all_site_peaks()?.into_iter().collect();
+        for &(day, pending) in &self.site_pending {
+            all.entry(day).or_default().raise(pending);
+        }
+        Ok(all
+            .into_iter()
+            .filter_map(|(day, peak)| Some((Day::from_key(day)?, peak)))
+            .collect())
+    }
+
     fn all_presence(&mut self) -> Result<Vec<(String, Day, DayPresence)>, StoreError> {
         let mut all: BTreeMap<(String, u32), DayPresence> = self
             .store
@@ -963,10 +1056,22 @@ impl State {
                 });
             }
         }
-        if plan.dry_run || (totals.is_empty() && days.is_empty() && presence.is_empty()) {
+        let mut site = Vec::new();
+        for (day, &file) in &plan.site_peaks {
+            let key = day.key();
+            let before = self.site_peaks(&[key])?[0];
+            let mut raised = before;
+            raised.raise(file);
+            if raised != before {
+                report.site_peaks += 1;
+                site.push((key, file));
+            }
+        }
+        let nothing = totals.is_empty() && days.is_empty() && presence.is_empty();
+        if plan.dry_run || (nothing && site.is_empty()) {
             return Ok(report);
         }
-        self.store.add_all(&totals, &days, &[], &presence, &[])?;
+        self.store.add_all(&totals, &days, &[], &presence, &site)?;
         for &(slug, delta) in &totals {
             self.known.add(slug, delta);
         }
