@@ -34,22 +34,23 @@ const VERSION_FIELD: &str = "";
 
 /// Writes a burst of changes to a presence hash that exists (else 0: the caller rewrites it
 /// whole, so no peer reads a hash holding only the last changes) and announces each.
-/// KEYS: the hash, the channel. ARGV: expiry (ms), node, then slug, live (0: the post has no
-/// reader left here) and version per change. Versions stay strings: Lua's numbers would print
+/// KEYS: the hash. ARGV: the channel, expiry (ms), node, then slug, live (0: the post has no
+/// reader left here) and version per change. (The channel is no key: a Redis Cluster would
+/// refuse a script whose keys hash to two slots.) Versions stay strings: Lua's numbers would print
 /// a 16-digit one as `1.7e+15`.
 const CHANGE: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-for i = 3, #ARGV, 3 do
+for i = 4, #ARGV, 3 do
   if ARGV[i + 1] == '0' then
     redis.call('HDEL', KEYS[1], ARGV[i])
   else
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
   end
-  redis.call('PUBLISH', KEYS[2],
-    'l ' .. ARGV[2] .. ' ' .. ARGV[i] .. ' ' .. ARGV[i + 1] .. ' ' .. ARGV[i + 2])
+  redis.call('PUBLISH', ARGV[1],
+    'l ' .. ARGV[3] .. ' ' .. ARGV[i] .. ' ' .. ARGV[i + 1] .. ' ' .. ARGV[i + 2])
 end
 redis.call('HSET', KEYS[1], '', ARGV[#ARGV])
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 ";
 
@@ -246,7 +247,7 @@ impl Presence {
         let mut version = self.version.lock().await;
         let mut invocation = CHANGE_SCRIPT.key(node_key(&self.node));
         invocation
-            .key(EVENTS)
+            .arg(EVENTS)
             .arg(EXPIRY.as_millis() as u64)
             .arg(&self.node);
         for slug in slugs {
