@@ -6,7 +6,7 @@
 //! version; they follow each other, one per post changed) and is written to its hash and
 //! announced on `vc:events` by one script. The heartbeat renews the hash and reads each peer's
 //! version (constant size, whatever the node serves); a peer's whole hash is read only when
-//! its version is not the one this node has applied (an announcement lost or skipped, a new
+//! its version is past the one this node has applied (an announcement lost or skipped, a new
 //! or restarted node, a hash rewritten after Redis lost it).
 
 use std::collections::{HashMap, HashSet};
@@ -302,7 +302,7 @@ impl Presence {
     }
 
     /// Renews this node's presence and reads the others' versions; reads the whole hash only
-    /// of a peer whose version is not the one applied here. `grace`: Redis was down until
+    /// of a peer whose version is past the one applied here. `grace`: Redis was down until
     /// now, so a peer missing from it may just not have written since; it is kept until it
     /// expires rather than dropped at once (no dip when Redis returns).
     pub(crate) async fn beat(&self, link: &Link, grace: bool) -> Result<Moved, LinkError> {
@@ -364,13 +364,16 @@ impl Presence {
         Ok(self.merge(beats, stale.into_iter().zip(states).collect(), grace))
     }
 
-    /// The peers whose hash has a version other than the one applied here.
+    /// The peers whose hash is past the version applied here. (Announcements heard since
+    /// the version was read may have taken a peer past it: no read then.)
     fn stale(&self, beats: &HashMap<String, Beat>) -> Vec<String> {
         let peers = lock(&self.peers);
         beats
             .iter()
             .filter(|(node, (_, version))| {
-                version.is_some() && peers.get(*node).and_then(|p| p.version) != *version
+                version.is_some_and(|read| {
+                    (peers.get(*node).and_then(|p| p.version)).is_none_or(|applied| applied < read)
+                })
             })
             .map(|(node, _)| node.clone())
             .collect()
@@ -649,5 +652,10 @@ mod tests {
         assert_eq!(presence.merge(beats, hashes, false), [(slug("c"), 4)]);
         assert!(stale(8).is_empty());
         assert_eq!(presence.remote_live(&slug("c")), 4);
+        assert_eq!(presence.on_event(live("n1", "c", 3, 9)), [(slug("c"), 3)]);
+        assert!(
+            stale(8).is_empty(),
+            "heard past the version read: nothing to read"
+        );
     }
 }
