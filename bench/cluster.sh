@@ -12,10 +12,16 @@
 #    commands it cost per counted view (INFO deltas, the background rate of an idle window
 #    of the same length taken off);
 # 2. single: the same against one node without Redis, the same client processes.
+# 3. idle (issue 22): for each of IDLE_POSTS, a fresh Redis and NODES nodes, one reader on each
+#    of that many posts (held by the CLIENTS processes, spread over the nodes), then
+#    IDLE_WINDOW seconds with nothing happening: Redis bytes in/out and commands per second
+#    (INFO stats deltas), each node's CPU.
 # Then it writes its section of BENCHMARKS.md (below the keep-marker; bench/run.sh keeps it).
 #
 # Parameters (environment): STREAMS=15000 ROUNDS=5 CLIENTS=3 NODES=3 DURATION=10
-# (churn seconds) CHURN_WORKERS=64 SOURCES=16 OUT=BENCHMARKS.md
+# (churn seconds) CHURN_WORKERS=64 SOURCES=16 IDLE_POSTS="3000 15000" IDLE_WINDOW=10
+# OUT=BENCHMARKS.md; IDLE_ONLY=1 runs only 3 and prints its lines without writing OUT;
+# SERVER_BIN=path/to/viewcounter runs another build's server (a before/after).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -23,7 +29,7 @@ ROOT=$PWD
 
 . bench/command.sh
 COMMAND=$(bench_command bench/cluster.sh bench-cluster STREAMS ROUNDS CLIENTS NODES DURATION \
-    CHURN_WORKERS SOURCES OUT)
+    CHURN_WORKERS SOURCES IDLE_POSTS IDLE_WINDOW OUT)
 
 STREAMS=${STREAMS:-15000}
 ROUNDS=${ROUNDS:-5}
@@ -32,8 +38,11 @@ NODES=${NODES:-3}
 DURATION=${DURATION:-10}
 CHURN_WORKERS=${CHURN_WORKERS:-64}
 SOURCES=${SOURCES:-16}
+IDLE_POSTS=${IDLE_POSTS:-3000 15000}
+IDLE_WINDOW=${IDLE_WINDOW:-10}
+IDLE_ONLY=${IDLE_ONLY:-}
 OUT=${OUT:-BENCHMARKS.md}
-PARAMS="STREAMS=$STREAMS ROUNDS=$ROUNDS CLIENTS=$CLIENTS NODES=$NODES DURATION=$DURATION CHURN_WORKERS=$CHURN_WORKERS SOURCES=$SOURCES"
+PARAMS="STREAMS=$STREAMS ROUNDS=$ROUNDS CLIENTS=$CLIENTS NODES=$NODES DURATION=$DURATION CHURN_WORKERS=$CHURN_WORKERS SOURCES=$SOURCES IDLE_POSTS=\"$IDLE_POSTS\" IDLE_WINDOW=$IDLE_WINDOW"
 
 log() { printf '\n==> [%ss] %s\n' "$SECONDS" "$*" >&2; }
 
@@ -49,6 +58,7 @@ BIN=$CARGO_TARGET_DIR/release
 log "building release binaries in $CARGO_TARGET_DIR"
 cargo build --release -p viewcounter -p viewcounter-bench
 LOADGEN=$BIN/loadgen
+SERVER_BIN=${SERVER_BIN:-$BIN/viewcounter}
 
 ulimit -n "$(ulimit -Hn)"
 WORK=$(mktemp -d /tmp/viewcounter-bench-cluster.XXXXXX)
@@ -59,6 +69,8 @@ PIDS=()
 
 stop_all() {
     local p i
+    # Nodes are started in a command substitution (a subshell): their pids are in files.
+    for p in "$WORK"/*/pid; do [ -f "$p" ] && PIDS+=("$(cat "$p")") && rm -f "$p"; done
     for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]}"; do
         for ((i = 0; i < 100; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
@@ -77,10 +89,10 @@ start_node() { # name extra-flags...
     shift
     dir=$WORK/$name
     mkdir -p "$dir"
-    "$BIN/viewcounter" serve --listen 127.0.0.1:0 --db "$dir/viewcounter.redb" \
+    "$SERVER_BIN" serve --listen 127.0.0.1:0 --db "$dir/viewcounter.redb" \
         --allow-any-slug --ip-stream-limit 0 --ip-view-rate 0 --ip-new-post-rate 0 "$@" \
         >"$dir/stdout" 2>"$dir/stderr" &
-    PIDS+=($!)
+    echo $! >"$dir/pid"
     for ((i = 0; i < 300; i++)); do
         url=$(grep -m1 -o 'http://[0-9.]*:[0-9]*' "$dir/stdout" 2>/dev/null || true)
         if [ -n "$url" ]; then echo "$url"; return 0; fi
@@ -100,33 +112,62 @@ run_cluster_loadgen() { # label nodes extra-args...
         tee -a "$RESULTS" >/dev/null || echo "loadgen cluster ($label) exited with $?" >&2
 }
 
-# --- 1. the cluster --------------------------------------------------------------------------
-REDIS_PORT=$("$LOADGEN" free-port)
-mkdir -p "$WORK/redis"
-# As a production Redis would run: an append-only file, fsync once a second.
-redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$WORK/redis" --save "" \
-    --appendonly yes --appendfsync everysec --logfile redis.log &
-PIDS+=($!)
-for ((i = 0; i < 100; i++)); do
-    [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ] && break
-    sleep 0.1
-done
-log "redis-server on 127.0.0.1:$REDIS_PORT; starting $NODES nodes"
-URLS=""
-for ((n = 1; n <= NODES; n++)); do
-    url=$(start_node "node$n" --redis "redis://127.0.0.1:$REDIS_PORT/0" --node-id "node$n")
-    URLS+="${URLS:+,}$url"
-done
-log "cluster: $URLS"
-run_cluster_loadgen cluster "$URLS" --redis "127.0.0.1:$REDIS_PORT"
-stop_all
-for ((n = 1; n <= NODES; n++)); do tail -c 1000000 "$WORK/node$n/stderr" >"$CARGO_TARGET_DIR/bench/cluster-node$n.log" || true; done
+# Starts a fresh redis-server (its own directory) and NODES nodes on it; sets REDIS_PORT and
+# URLS (comma-separated).
+start_cluster() { # name extra-node-flags...
+    local n url name=$1
+    shift
+    REDIS_PORT=$("$LOADGEN" free-port)
+    rm -rf "$WORK/redis"
+    mkdir -p "$WORK/redis"
+    # As a production Redis would run: an append-only file, fsync once a second.
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$WORK/redis" --save "" \
+        --appendonly yes --appendfsync everysec --logfile redis.log &
+    PIDS+=($!)
+    for ((i = 0; i < 100; i++)); do
+        [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ] && break
+        sleep 0.1
+    done
+    log "redis-server on 127.0.0.1:$REDIS_PORT; starting $NODES nodes ($name)"
+    URLS=""
+    for ((n = 1; n <= NODES; n++)); do
+        url=$(start_node "$name-node$n" --redis "redis://127.0.0.1:$REDIS_PORT/0" \
+            --node-id "node$n" "$@")
+        URLS+="${URLS:+,}$url"
+    done
+    log "cluster: $URLS"
+}
 
-# --- 2. one node, no Redis -------------------------------------------------------------------
-url=$(start_node single)
-log "single node: $url"
-run_cluster_loadgen single "$url"
-stop_all
+if [ -z "$IDLE_ONLY" ]; then
+    # --- 1. the cluster ----------------------------------------------------------------------
+    start_cluster cluster
+    run_cluster_loadgen cluster "$URLS" --redis "127.0.0.1:$REDIS_PORT"
+    for ((n = 1; n <= NODES; n++)); do tail -c 1000000 "$WORK/cluster-node$n/stderr" >"$CARGO_TARGET_DIR/bench/cluster-node$n.log" || true; done
+    stop_all
+
+    # --- 2. one node, no Redis ---------------------------------------------------------------
+    url=$(start_node single)
+    log "single node: $url"
+    run_cluster_loadgen single "$url"
+    stop_all
+fi
+
+# --- 3. idle cost, per number of posts read --------------------------------------------------
+for posts in $IDLE_POSTS; do
+    # Every post is a new one: --max-slugs (10,000 by default) must not refuse them.
+    start_cluster "idle$posts" --max-slugs $((posts * 2))
+    pids=$(cat "$WORK"/idle"$posts"-node*/pid | paste -sd, -)
+    timeout --signal=INT 1800 "$LOADGEN" cluster --label "cluster-idle" --nodes "$URLS" \
+        --streams "$posts" --clients "$CLIENTS" --sources "$SOURCES" --idle "$IDLE_WINDOW" \
+        --sub-path '/api/v1/connect/c{client}-{i}?view={token}' --pids "$pids" \
+        --redis "127.0.0.1:$REDIS_PORT" |
+        tee -a "$RESULTS" || echo "loadgen cluster --idle ($posts posts) exited with $?" >&2
+    stop_all
+done
+if [ -n "$IDLE_ONLY" ]; then
+    log "done (IDLE_ONLY: $OUT not written; raw results: $RESULTS)"
+    exit 0
+fi
 
 log "writing $OUT (raw results: $RESULTS)"
 case $OUT in /*) OUT_PATH=$OUT ;; *) OUT_PATH=$ROOT/$OUT ;; esac

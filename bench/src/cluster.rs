@@ -100,6 +100,11 @@ pub struct Plan {
     pub churn_path: String,
     /// Redis to read `INFO` from around the churn (cluster runs).
     pub redis: Option<String>,
+    /// Idle cost instead of the rounds and the churn: `streams` streams held, one per post
+    /// (the path template names the post with `{client}` and `{i}`), then Redis's traffic and
+    /// the nodes' CPU (`pids`) over `idle_seconds` of nothing happening.
+    pub idle_seconds: Option<f64>,
+    pub pids: Vec<u32>,
 }
 
 /// A client process and its line channel.
@@ -150,7 +155,7 @@ async fn start_clients(plan: &Plan) -> Result<Vec<Client>, String> {
             "--url".into(),
             plan.nodes[node].clone(),
             "--sub-path".into(),
-            plan.sub_path.clone(),
+            plan.sub_path.replace("{client}", &(i + 1).to_string()),
             "--label".into(),
             format!("{}-client{}", plan.label, i + 1),
             "--sources".into(),
@@ -186,12 +191,16 @@ pub async fn run(plan: &Plan) -> Result<(), String> {
         plan.streams,
         plan.nodes.len()
     );
-    fanout(plan, &mut clients, opened).await?;
+    if let Some(secs) = plan.idle_seconds {
+        idle(plan, &mut clients, opened, secs).await?;
+    } else {
+        fanout(plan, &mut clients, opened).await?;
+    }
     for mut c in clients {
         let _ = c.send("quit").await;
         let _ = tokio::time::timeout(STEP_TIMEOUT, c.child.wait()).await;
     }
-    if plan.churn_workers > 0 && plan.churn_seconds > 0.0 {
+    if plan.idle_seconds.is_none() && plan.churn_workers > 0 && plan.churn_seconds > 0.0 {
         churn(plan).await?;
     }
     Ok(())
@@ -278,6 +287,61 @@ async fn fanout(plan: &Plan, clients: &mut [Client], opened: u64) -> Result<(), 
 }
 
 // ---------------------------------------------------------------------------------------------
+// Idle: what holding the streams costs while nothing happens.
+
+/// Time for every node to have announced its readers and read the others' after the streams
+/// are open and quiet: a few heartbeats.
+const IDLE_SETTLE: Duration = Duration::from_secs(5);
+
+async fn idle(plan: &Plan, clients: &mut [Client], opened: u64, secs: f64) -> Result<(), String> {
+    for c in clients.iter_mut() {
+        c.send("arm").await?;
+    }
+    for c in clients.iter_mut() {
+        c.answer(STEP_TIMEOUT).await?;
+    }
+    tokio::time::sleep(IDLE_SETTLE).await;
+    let cpu = || -> Vec<f64> {
+        (plan.pids.iter())
+            .map(|&pid| crate::procstat::Server { pid: Some(pid) }.cpu_seconds())
+            .collect()
+    };
+    let traffic = |addr: &str| -> Result<[u64; 3], String> {
+        let stats = redis_info(addr, "stats")?;
+        let mut got = [0; 3];
+        let names = [
+            "total_net_input_bytes",
+            "total_net_output_bytes",
+            "total_commands_processed",
+        ];
+        for (n, name) in got.iter_mut().zip(names) {
+            *n = stat(&stats, name).ok_or_else(|| format!("no {name} in INFO stats"))?;
+        }
+        Ok(got)
+    };
+    let before = plan.redis.as_deref().map(traffic).transpose()?;
+    let (cpu_before, started) = (cpu(), Instant::now());
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    let after = plan.redis.as_deref().map(traffic).transpose()?;
+    let (cpu_after, wall) = (cpu(), started.elapsed().as_secs_f64());
+    let node_cpu_pct: Vec<f64> = (cpu_after.iter().zip(&cpu_before))
+        .map(|(a, b)| (a - b) / wall * 100.0)
+        .collect();
+    let mut line = json!({"scenario": "cluster-idle", "label": plan.label,
+        "nodes": plan.nodes.len(), "posts": plan.streams, "opened": opened, "window_s": wall,
+        "node_cpu_pct": node_cpu_pct});
+    if let (Some(before), Some(after)) = (before, after) {
+        let rate = |i: usize| after[i].saturating_sub(before[i]) as f64 / wall;
+        line["redis_in_bytes_per_s"] = json!(rate(0));
+        line["redis_out_bytes_per_s"] = json!(rate(1));
+        line["redis_commands_per_s"] = json!(rate(2));
+    }
+    eprintln!("[{}] idle: {line}", plan.label);
+    println!("{line}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 // Churn through the nodes, and what it cost Redis.
 
 /// `INFO commandstats` and `total_commands_processed`, read over a plain RESP connection.
@@ -318,13 +382,16 @@ fn redis_info(addr: &str, section: &str) -> Result<String, String> {
     }
 }
 
+/// A counter of an `INFO` section (`name:value` lines).
+fn stat(info: &str, name: &str) -> Option<u64> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 fn redis_counters(addr: &str) -> Result<RedisCounters, String> {
     let stats = redis_info(addr, "stats")?;
-    let total = stats
-        .lines()
-        .find_map(|l| l.strip_prefix("total_commands_processed:"))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or("no total_commands_processed")?;
+    let total = stat(&stats, "total_commands_processed").ok_or("no total_commands_processed")?;
     let mut calls = BTreeMap::new();
     for line in redis_info(addr, "commandstats")?.lines() {
         let Some((name, rest)) = line

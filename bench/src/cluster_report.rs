@@ -145,6 +145,7 @@ pub fn section(lines: &[Value], command: &str, params: &str, notes: &[String]) -
             r["monitor_from_scripts"],
         );
     }
+    idle_table(&mut s, lines);
     if let Some(cf) = cf {
         let _ = writeln!(
             s,
@@ -175,6 +176,61 @@ pub fn section(lines: &[Value], command: &str, params: &str, notes: &[String]) -
     }
     let _ = writeln!(s, "\n{END}");
     s
+}
+
+/// Issue 22's idle target: Redis traffic (in + out) at 15,000 posts with one reader each.
+const MAX_IDLE_BYTES_PER_S: f64 = 20_000.0;
+
+/// The idle cost, one row per run of `cluster --idle` (posts with one reader each).
+fn idle_table(s: &mut String, lines: &[Value]) {
+    let idle: Vec<&Value> = (lines.iter())
+        .filter(|v| v["scenario"] == "cluster-idle")
+        .collect();
+    if idle.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "Idle cost: one reader on each post, the streams spread over the nodes, then a window \
+         with nothing happening (Redis `INFO stats` deltas; each node's CPU, % of one core). \
+         Target: Redis in + out ≤ {} KB/s at 15,000 posts.\n",
+        MAX_IDLE_BYTES_PER_S / 1000.0
+    );
+    let _ = writeln!(
+        s,
+        "| posts (streams open) | Redis in | Redis out | in + out | commands/s | node CPU | met |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+    for v in idle {
+        let (inb, outb) = (
+            f(Some(v), "redis_in_bytes_per_s"),
+            f(Some(v), "redis_out_bytes_per_s"),
+        );
+        let both = inb.zip(outb).map(|(i, o)| i + o);
+        let kb = |b: Option<f64>| b.map_or("—".into(), |b| format!("{:.1} KB/s", b / 1000.0));
+        let cpu: Vec<String> = (v["node_cpu_pct"].as_array().into_iter().flatten())
+            .filter_map(Value::as_f64)
+            .map(|c| format!("{c:.2}%"))
+            .collect();
+        let posts = f(Some(v), "posts").unwrap_or(0.0);
+        let met = if posts >= 15_000.0 {
+            met(both.map(|b| b <= MAX_IDLE_BYTES_PER_S))
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            s,
+            "| {} ({}) | {} | {} | {} | {} | {} | {met} |",
+            num(Some(posts), 0),
+            num(f(Some(v), "opened"), 0),
+            kb(inb),
+            kb(outb),
+            kb(both),
+            num(f(Some(v), "redis_commands_per_s"), 1),
+            cpu.join(" / ")
+        );
+    }
+    s.push('\n');
 }
 
 fn breakdown(v: &Value, digits: usize) -> String {

@@ -182,7 +182,8 @@ enum Command {
     },
     /// Cluster mode: S streams on one post spread over the nodes and over client processes,
     /// a join on the first node → every reader (p50/p99/max); then churn through the nodes
-    /// and, with --redis, the Redis commands per counted view
+    /// and, with --redis, the Redis commands per counted view; or, with --idle, what the
+    /// streams cost Redis and the nodes while nothing happens
     Cluster {
         /// The nodes' base URLs, comma-separated (one URL: the single-node baseline)
         #[arg(long, value_delimiter = ',', required = true)]
@@ -213,6 +214,14 @@ enum Command {
         /// Redis `HOST:PORT` to read INFO from around the churn
         #[arg(long)]
         redis: Option<String>,
+        /// Idle cost instead of the rounds and the churn: hold the streams (one per post with
+        /// --sub-path /api/v1/connect/c{client}-{i}?view={token}), then measure Redis's
+        /// traffic and the nodes' CPU over this many seconds of nothing happening
+        #[arg(long)]
+        idle: Option<f64>,
+        /// The nodes' pids, comma-separated, for their CPU in the idle window
+        #[arg(long, value_delimiter = ',')]
+        pids: Vec<u32>,
     },
     /// One client process of `cluster` (started by it; talks over stdin/stdout)
     #[command(hide = true)]
@@ -405,6 +414,8 @@ fn run_cluster(command: Command) -> i32 {
         churn_duration,
         churn_path,
         redis,
+        idle,
+        pids,
     } = command
     else {
         return 2;
@@ -422,6 +433,8 @@ fn run_cluster(command: Command) -> i32 {
         churn_seconds: churn_duration,
         churn_path,
         redis,
+        idle_seconds: idle,
+        pids,
     };
     procstat::raise_nofile();
     let rt = tokio::runtime::Builder::new_multi_thread()

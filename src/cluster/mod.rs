@@ -368,17 +368,15 @@ impl Cluster {
         }
     }
 
-    /// Announces local live changes as they come, a burst in one round trip. A lost one is
-    /// healed by the next heartbeat's full state.
+    /// Announces local live changes as they come, a burst in one round trip. One not written
+    /// (Redis down, a failed call) is written by the next heartbeat, with the whole presence.
     async fn announce(self: Arc<Self>, mut changes: UnboundedReceiver<Slug>, mut stop: Shutdown) {
         while let Some(Some(first)) = stop.unless_started(changes.recv()).await {
             let mut slugs = HashSet::from([first]);
             while let Ok(more) = changes.try_recv() {
                 slugs.insert(more);
             }
-            if self.is_up() {
-                let _ = self.presence.announce(&self.link, &slugs).await;
-            }
+            let _ = self.presence.announce(&self.link, &slugs).await;
         }
     }
 

@@ -1,28 +1,60 @@
-//! Merged presence: this node's live readers per post, written in full to `vc:node:ID` each
-//! heartbeat (expiring unless renewed) and announced on `vc:events` as they change; the other
-//! nodes' counts, read back each heartbeat (which heals a lost message) and kept until a node
-//! leaves, stops renewing, or says it is gone.
+//! Merged presence: this node's live readers per post in `vc:node:ID`, a hash kept up to date
+//! change by change, and the other nodes' counts, kept until a node leaves, stops renewing, or
+//! says it is gone.
+//!
+//! Idle presence costs nothing per post. Each change of a node's presence has a number (its
+//! version; they follow each other, one per post changed) and is written to its hash and
+//! announced on `vc:events` by one script. The heartbeat renews the hash and reads each peer's
+//! version (constant size, whatever the node serves); a peer's whole hash is read only when
+//! its version is past the one this node has applied (an announcement lost or skipped, a new
+//! or restarted node, a hash rewritten after Redis lost it).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use redis::Script;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::cluster::link::{EVENTS, Link, LinkError};
 use crate::edge::slug::Slug;
 
-/// How often a node writes its presence and reads the others'.
+/// How often a node renews its presence and reads the others' versions.
 pub(crate) const BEAT: Duration = Duration::from_secs(1);
 /// A node not heard of for this long is gone: its key expires, and peers drop it.
 pub(crate) const EXPIRY: Duration = Duration::from_secs(3);
-/// Every node, scored by its last heartbeat (ms): how nodes find each other.
+/// Every node, scored by its last heartbeat (ms): how nodes find each other and hear each
+/// other beat.
 const NODES: &str = "vc:nodes";
 /// Entries of nodes silent this long are swept from [`NODES`].
 const FORGET_AFTER_MS: u64 = 60_000;
-/// The field of a presence hash holding its heartbeat number (no slug is empty).
-const BEAT_FIELD: &str = "";
+/// The field of a presence hash holding its version (no slug is empty).
+const VERSION_FIELD: &str = "";
+
+/// Writes a burst of changes to a presence hash that exists (else 0: the caller rewrites it
+/// whole, so no peer reads a hash holding only the last changes) and announces each.
+/// KEYS: the hash. ARGV: the channel, expiry (ms), node, then slug, live (0: the post has no
+/// reader left here) and version per change. (The channel is no key: a Redis Cluster would
+/// refuse a script whose keys hash to two slots.) Versions stay strings: Lua's numbers would print
+/// a 16-digit one as `1.7e+15`.
+const CHANGE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 4, #ARGV, 3 do
+  if ARGV[i + 1] == '0' then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  else
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+  redis.call('PUBLISH', ARGV[1],
+    'l ' .. ARGV[3] .. ' ' .. ARGV[i] .. ' ' .. ARGV[i + 1] .. ' ' .. ARGV[i + 2])
+end
+redis.call('HSET', KEYS[1], '', ARGV[#ARGV])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+";
+
+static CHANGE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CHANGE));
 
 fn node_key(node: &str) -> String {
     format!("vc:node:{node}")
@@ -32,18 +64,21 @@ fn node_key(node: &str) -> String {
 #[derive(Default)]
 struct Peer {
     live: HashMap<Slug, u64>,
-    /// Its heartbeat number: a node is heard when it changes.
-    beat: Option<u64>,
-    /// Per post, the beat number its last announcement was sent after: a full state read
-    /// from an older beat does not undo a newer announcement.
+    /// The version of its presence applied here with every change up to it; `None`: its
+    /// hash was never read.
+    version: Option<u64>,
+    /// Its last heartbeat (ms, from [`NODES`]): a node is heard when it changes.
+    beat_ms: Option<u64>,
+    /// Per post, the version of the last announcement applied: a hash read at an older
+    /// version does not undo it. Forgotten once the peer's hash is known to be past it.
     announced: HashMap<Slug, u64>,
     heard: Option<Instant>,
 }
 
 impl Peer {
-    /// Takes the full state of heartbeat `beat`, keeping announcements sent after it.
-    fn take_state(&mut self, beat: u64, mut live: HashMap<Slug, u64>) {
-        self.announced.retain(|_, sent_after| *sent_after > beat);
+    /// Takes the whole hash at `version`, keeping announcements newer than it.
+    fn take_state(&mut self, version: u64, mut live: HashMap<Slug, u64>) {
+        self.announced.retain(|_, seen| *seen > version);
         for slug in self.announced.keys() {
             match self.live.get(slug) {
                 Some(&n) => live.insert(slug.clone(), n),
@@ -51,6 +86,28 @@ impl Peer {
             };
         }
         self.live = live;
+        self.version = Some(version);
+    }
+
+    /// Applies an announcement; whether it was news.
+    fn take_change(&mut self, slug: Slug, live: u64, version: u64) -> bool {
+        let stale = self.version.is_some_and(|v| version <= v)
+            || self.announced.get(&slug).is_some_and(|&v| version <= v);
+        if stale {
+            return false;
+        }
+        // The next in line: nothing missed. After a gap the version stays, and the heartbeat
+        // reads the hash.
+        if self.version == Some(version - 1) {
+            self.version = Some(version);
+        }
+        self.announced.insert(slug.clone(), version);
+        if live == 0 {
+            self.live.remove(&slug);
+        } else {
+            self.live.insert(slug, live);
+        }
+        true
     }
 
     fn is_silent(&self) -> bool {
@@ -65,12 +122,12 @@ pub(crate) enum Event {
         slug: Slug,
         total: u64,
     },
-    /// `after`: how many heartbeats the node had written when it sent this.
+    /// `version`: the number of this change of the node's presence.
     Live {
         node: String,
         slug: Slug,
         live: u64,
-        after: u64,
+        version: u64,
     },
     Gone {
         node: String,
@@ -89,7 +146,7 @@ impl Event {
                 node: parts.next()?.to_owned(),
                 slug: Slug::parse(parts.next()?).ok()?,
                 live: parts.next()?.parse().ok()?,
-                after: parts.next()?.parse().ok()?,
+                version: parts.next()?.parse().ok().filter(|&v| v > 0)?,
             },
             "g" => Self::Gone {
                 node: parts.next()?.to_owned(),
@@ -103,6 +160,10 @@ impl Event {
 /// Posts whose live readers on other nodes changed, with the new sum.
 pub(crate) type Moved = Vec<(Slug, u64)>;
 
+/// Another node as the heartbeat read it: its last beat (ms) and its presence's version
+/// (`None`: its hash has expired or is not written yet).
+type Beat = (u64, Option<u64>);
+
 pub(crate) struct Presence {
     node: String,
     /// This node's live readers per post (posts with none are absent).
@@ -110,7 +171,12 @@ pub(crate) struct Presence {
     /// Posts whose local live changed, to announce.
     changes: UnboundedSender<Slug>,
     peers: Mutex<HashMap<String, Peer>>,
-    beats: AtomicU64,
+    /// This node's presence version: held across each write, so versions reach Redis in
+    /// order. It starts at the clock (µs), so a node restarted with the same `--node-id`
+    /// continues past its last version rather than repeating it.
+    version: tokio::sync::Mutex<u64>,
+    /// A write failed or found no hash: the next heartbeat writes it whole.
+    dirty: AtomicBool,
 }
 
 impl Presence {
@@ -120,7 +186,8 @@ impl Presence {
             local: Mutex::default(),
             changes,
             peers: Mutex::default(),
-            beats: AtomicU64::new(0),
+            version: tokio::sync::Mutex::new(unix_ms() * 1000),
+            dirty: AtomicBool::new(true),
         }
     }
 
@@ -166,69 +233,53 @@ impl Presence {
         1 + lock(&self.peers).len()
     }
 
-    /// Announces the local live of `slugs` in one round trip.
+    /// Writes and announces the local live of `slugs`: one script, O(1) per post. A failed
+    /// write (or one that found the hash gone) leaves the hash to the next heartbeat.
     pub(crate) async fn announce(
         &self,
         link: &Link,
         slugs: &HashSet<Slug>,
     ) -> Result<(), LinkError> {
-        let mut pipe = redis::pipe();
-        let after = self.beats.load(Ordering::Relaxed);
+        if !link.health.is_up() {
+            self.dirty.store(true, Ordering::Relaxed);
+            return Err(LinkError::NotConnected);
+        }
+        let mut version = self.version.lock().await;
+        let mut invocation = CHANGE_SCRIPT.key(node_key(&self.node));
+        invocation
+            .arg(EVENTS)
+            .arg(EXPIRY.as_millis() as u64)
+            .arg(&self.node);
         for slug in slugs {
-            let live = self.local_of(slug);
-            let text = format!("l {} {} {live} {after}", self.node, slug.as_str());
-            pipe.publish(EVENTS, text).ignore();
+            // Numbered whatever Redis answers: a peer that heard part of it sees a gap.
+            *version += 1;
+            invocation
+                .arg(slug.as_str())
+                .arg(self.local_of(slug))
+                .arg(*version);
         }
-        link.call("announce", |mut conn| async move {
-            pipe.query_async::<()>(&mut conn).await
-        })
-        .await
+        let written = link
+            .call("announce", |mut conn| async move {
+                invocation.invoke_async::<bool>(&mut conn).await
+            })
+            .await;
+        if !matches!(written, Ok(true)) {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+        written.map(drop)
     }
 
-    /// A message from `vc:events` (other than a total).
-    pub(crate) fn on_event(&self, event: Event) -> Moved {
-        let mut peers = lock(&self.peers);
-        match event {
-            Event::Live { node, .. } | Event::Gone { node } if node == self.node => Vec::new(),
-            Event::Live {
-                node,
-                slug,
-                live,
-                after,
-            } => {
-                let before = sum(&peers, &slug);
-                let peer = peers.entry(node).or_default();
-                peer.heard = Some(Instant::now());
-                peer.announced.insert(slug.clone(), after);
-                if live == 0 {
-                    peer.live.remove(&slug);
-                } else {
-                    peer.live.insert(slug.clone(), live);
-                }
-                let after = sum(&peers, &slug);
-                if before == after {
-                    Vec::new()
-                } else {
-                    vec![(slug, after)]
-                }
-            }
-            Event::Gone { node } => drop_peers(&mut peers, &[node]),
-            Event::Total { .. } => Vec::new(),
-        }
-    }
-
-    /// Writes this node's full state and reads every other node's. `grace`: Redis was down
-    /// until now, so a peer missing from it may just not have written since; it is kept until
-    /// it expires rather than dropped at once (no dip when Redis returns).
-    pub(crate) async fn beat(&self, link: &Link, grace: bool) -> Result<Moved, LinkError> {
+    /// Writes this node's whole presence under a new version (at start, and when a write
+    /// failed or Redis lost the hash).
+    async fn rewrite(&self, link: &Link) -> Result<(), LinkError> {
+        let mut version = self.version.lock().await;
+        *version += 1;
         let me = node_key(&self.node);
         let mut fields: Vec<(String, String)> = lock(&self.local)
             .iter()
             .map(|(slug, live)| (slug.as_str().to_owned(), live.to_string()))
             .collect();
-        let beat = self.beats.fetch_add(1, Ordering::Relaxed);
-        fields.push((BEAT_FIELD.to_owned(), beat.to_string()));
-        let now_ms = unix_ms();
+        fields.push((VERSION_FIELD.to_owned(), version.to_string()));
         let mut write = redis::pipe();
         write
             .atomic()
@@ -237,23 +288,72 @@ impl Presence {
             .hset_multiple(&me, &fields)
             .ignore()
             .pexpire(&me, EXPIRY.as_millis() as i64)
-            .ignore()
+            .ignore();
+        self.dirty.store(false, Ordering::Relaxed);
+        let written = link
+            .call("presence", |mut conn| async move {
+                write.query_async::<()>(&mut conn).await
+            })
+            .await;
+        if written.is_err() {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+        written
+    }
+
+    /// Renews this node's presence and reads the others' versions; reads the whole hash only
+    /// of a peer whose version is past the one applied here. `grace`: Redis was down until
+    /// now, so a peer missing from it may just not have written since; it is kept until it
+    /// expires rather than dropped at once (no dip when Redis returns).
+    pub(crate) async fn beat(&self, link: &Link, grace: bool) -> Result<Moved, LinkError> {
+        let me = node_key(&self.node);
+        let now_ms = unix_ms();
+        let mut renew = redis::pipe();
+        renew
+            .atomic()
+            .pexpire(&me, EXPIRY.as_millis() as i64)
             .zadd(NODES, &self.node, now_ms)
             .ignore()
             .zrembyscore(NODES, "-inf", now_ms.saturating_sub(FORGET_AFTER_MS))
             .ignore()
-            .zrange(NODES, 0, -1);
-        let (members,): (Vec<String>,) = link
+            .zrange_withscores(NODES, 0, -1);
+        let (renewed, members): (bool, Vec<(String, f64)>) = link
             .call("heartbeat", |mut conn| async move {
-                write.query_async(&mut conn).await
+                renew.query_async(&mut conn).await
             })
             .await?;
-        let others: Vec<String> = members.into_iter().filter(|n| *n != self.node).collect();
+        // No hash to renew: Redis lost it (restarted, flushed), or it is our first beat.
+        if !renewed || self.dirty.load(Ordering::Relaxed) {
+            self.rewrite(link).await?;
+        }
+        let others: Vec<(String, u64)> = members
+            .into_iter()
+            .filter(|(n, _)| *n != self.node)
+            .map(|(n, ms)| (n, ms as u64))
+            .collect();
         let mut read = redis::pipe();
-        for node in &others {
+        for (node, _) in &others {
+            read.hget(node_key(node), VERSION_FIELD);
+        }
+        let versions: Vec<Option<u64>> = if others.is_empty() {
+            Vec::new()
+        } else {
+            link.call("presence versions", |mut conn| async move {
+                read.query_async(&mut conn).await
+            })
+            .await?
+        };
+        let beats: HashMap<String, Beat> = others
+            .into_iter()
+            .zip(versions)
+            .map(|((node, ms), version)| (node, (ms, version)))
+            .collect();
+        let stale = self.stale(&beats);
+        let mut read = redis::pipe();
+        for node in &stale {
             read.hgetall(node_key(node));
         }
-        let states: Vec<HashMap<String, String>> = if others.is_empty() {
+        let states: Vec<HashMap<String, String>> = if stale.is_empty() {
             Vec::new()
         } else {
             link.call("presence", |mut conn| async move {
@@ -261,22 +361,56 @@ impl Presence {
             })
             .await?
         };
-        Ok(self.merge(others.into_iter().zip(states).collect(), grace))
+        Ok(self.merge(beats, stale.into_iter().zip(states).collect(), grace))
     }
 
-    /// Takes the peers' states as read; drops a peer that left the node set (it was stopped).
-    fn merge(&self, read: HashMap<String, HashMap<String, String>>, grace: bool) -> Moved {
+    /// The peers whose hash is past the version applied here. (Announcements heard since
+    /// the version was read may have taken a peer past it: no read then.)
+    fn stale(&self, beats: &HashMap<String, Beat>) -> Vec<String> {
+        let peers = lock(&self.peers);
+        beats
+            .iter()
+            .filter(|(node, (_, version))| {
+                version.is_some_and(|read| {
+                    (peers.get(*node).and_then(|p| p.version)).is_none_or(|applied| applied < read)
+                })
+            })
+            .map(|(node, _)| node.clone())
+            .collect()
+    }
+
+    /// Takes the peers' beats and the hashes read; drops a peer that left the node set (it
+    /// was stopped).
+    fn merge(
+        &self,
+        beats: HashMap<String, Beat>,
+        mut read: HashMap<String, HashMap<String, String>>,
+        grace: bool,
+    ) -> Moved {
         let now = Instant::now();
         let mut peers = lock(&self.peers);
         let left: Vec<String> = peers
             .keys()
-            .filter(|node| !grace && !read.contains_key(*node))
+            .filter(|node| !grace && !beats.contains_key(*node))
             .cloned()
             .collect();
         let mut moved = drop_peers(&mut peers, &left);
-        for (node, mut state) in read {
-            let Some(beat) = state.remove(BEAT_FIELD).and_then(|b| b.parse().ok()) else {
+        for (node, (beat_ms, version)) in beats {
+            let Some(version) = version else {
                 continue; // expired: kept until it is silent for EXPIRY
+            };
+            let peer = peers.entry(node.clone()).or_default();
+            if peer.beat_ms != Some(beat_ms) {
+                peer.heard = Some(now);
+                peer.beat_ms = Some(beat_ms);
+            }
+            // Every hash read from now on is at least this version.
+            peer.announced.retain(|_, seen| *seen > version);
+            let Some(mut state) = read.remove(&node) else {
+                continue;
+            };
+            let Some(version) = state.remove(VERSION_FIELD).and_then(|v| v.parse().ok()) else {
+                continue; // expired since its version was read
             };
             let live: HashMap<Slug, u64> = state
                 .into_iter()
@@ -290,12 +424,7 @@ impl Presence {
                 .chain(live.keys().cloned())
                 .collect();
             let before: Vec<u64> = touched.iter().map(|s| sum(&peers, s)).collect();
-            let peer = peers.entry(node).or_default();
-            if peer.beat != Some(beat) {
-                peer.heard = Some(now);
-                peer.beat = Some(beat);
-            }
-            peer.take_state(beat, live);
+            peers.entry(node).or_default().take_state(version, live);
             for (slug, before) in touched.into_iter().zip(before) {
                 let after = sum(&peers, &slug);
                 if after != before {
@@ -304,6 +433,35 @@ impl Presence {
             }
         }
         moved
+    }
+
+    /// A message from `vc:events` (other than a total).
+    pub(crate) fn on_event(&self, event: Event) -> Moved {
+        let mut peers = lock(&self.peers);
+        match event {
+            Event::Live { node, .. } | Event::Gone { node } if node == self.node => Vec::new(),
+            Event::Live {
+                node,
+                slug,
+                live,
+                version,
+            } => {
+                let before = sum(&peers, &slug);
+                let peer = peers.entry(node).or_default();
+                peer.heard = Some(Instant::now());
+                if !peer.take_change(slug.clone(), live, version) {
+                    return Vec::new();
+                }
+                let after = sum(&peers, &slug);
+                if before == after {
+                    Vec::new()
+                } else {
+                    vec![(slug, after)]
+                }
+            }
+            Event::Gone { node } => drop_peers(&mut peers, &[node]),
+            Event::Total { .. } => Vec::new(),
+        }
     }
 
     /// Drops the nodes not heard of for [`EXPIRY`] (killed, or unreachable with Redis down).
@@ -389,53 +547,115 @@ mod tests {
                 node: "n1".into(),
                 slug: slug("a"),
                 live: 3,
-                after: 9,
+                version: 9,
             })
         );
         assert_eq!(
             Event::parse("g n1"),
             Some(Event::Gone { node: "n1".into() })
         );
-        for bad in ["", "t a", "t a x", "l n1 a 3", "g", "g n1 extra", "x a 1"] {
+        for bad in [
+            "",
+            "t a",
+            "t a x",
+            "l n1 a 3",
+            "l n1 a 3 0",
+            "g",
+            "g n1 extra",
+            "x a 1",
+        ] {
             assert_eq!(Event::parse(bad), None, "{bad:?}");
         }
     }
 
-    #[test]
-    fn peers_sum_per_post_and_a_gone_node_takes_its_readers() {
-        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let presence = Presence::new("me".into(), tx);
-        let live = |node: &str, s: &str, live| Event::Live {
+    fn live(node: &str, s: &str, live: u64, version: u64) -> Event {
+        Event::Live {
             node: node.into(),
             slug: slug(s),
             live,
-            after: 7,
-        };
-        assert_eq!(presence.on_event(live("n1", "a", 2)), [(slug("a"), 2)]);
-        assert_eq!(presence.on_event(live("n2", "a", 3)), [(slug("a"), 5)]);
-        assert_eq!(presence.on_event(live("me", "a", 9)), [], "our own echo");
+            version,
+        }
+    }
+
+    fn presence() -> Presence {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        Presence::new("me".into(), tx)
+    }
+
+    /// `node`'s beat as the heartbeat reads it, and its hash: version and `slug:live`s.
+    fn read(
+        node: &str,
+        version: u64,
+        live: &[(&str, &str)],
+    ) -> (
+        HashMap<String, Beat>,
+        HashMap<String, HashMap<String, String>>,
+    ) {
+        let mut hash: HashMap<String, String> = live
+            .iter()
+            .map(|(s, n)| (s.to_string(), n.to_string()))
+            .collect();
+        hash.insert(VERSION_FIELD.to_owned(), version.to_string());
+        (
+            HashMap::from([(node.to_owned(), (1000 + version, Some(version)))]),
+            HashMap::from([(node.to_owned(), hash)]),
+        )
+    }
+
+    #[test]
+    fn peers_sum_per_post_and_a_gone_node_takes_its_readers() {
+        let presence = presence();
+        assert_eq!(presence.on_event(live("n1", "a", 2, 7)), [(slug("a"), 2)]);
+        assert_eq!(presence.on_event(live("n2", "a", 3, 7)), [(slug("a"), 5)]);
+        assert_eq!(presence.on_event(live("me", "a", 9, 7)), [], "our own echo");
         assert_eq!(presence.nodes(), 3);
         assert_eq!(
             presence.on_event(Event::Gone { node: "n1".into() }),
             [(slug("a"), 3)]
         );
         assert_eq!(presence.remote_live(&slug("a")), 3);
-        let state = |beat: &str| {
-            HashMap::from([(
-                "n2".to_owned(),
-                HashMap::from([
-                    (BEAT_FIELD.to_owned(), beat.to_owned()),
-                    ("b".to_owned(), "1".to_owned()),
-                ]),
-            )])
-        };
-        // Written before n2 announced a:3 (sent after 7 beats): the announcement stands.
-        assert_eq!(presence.merge(state("6"), false), [(slug("b"), 1)]);
+        // Written before n2 announced a:3 (its change 7): the announcement stands.
+        let (beats, hashes) = read("n2", 6, &[("b", "1")]);
+        assert_eq!(presence.merge(beats, hashes, false), [(slug("b"), 1)]);
         assert_eq!(presence.remote_live(&slug("a")), 3);
-        let moved = presence.merge(state("7"), false);
-        assert_eq!(moved, [(slug("a"), 0)], "a later full state heals");
-        assert_eq!(presence.merge(HashMap::new(), true), [], "kept in grace");
-        assert_eq!(presence.merge(HashMap::new(), false), [(slug("b"), 0)]);
+        let (beats, hashes) = read("n2", 8, &[("b", "1")]);
+        let moved = presence.merge(beats, hashes, false);
+        assert_eq!(moved, [(slug("a"), 0)], "a later hash heals");
+        let none = || (HashMap::new(), HashMap::new());
+        let (beats, hashes) = none();
+        assert_eq!(presence.merge(beats, hashes, true), [], "kept in grace");
+        let (beats, hashes) = none();
+        assert_eq!(presence.merge(beats, hashes, false), [(slug("b"), 0)]);
         assert_eq!(presence.nodes(), 1);
+    }
+
+    #[test]
+    fn a_peers_hash_is_read_only_when_its_version_shows_a_change_missed_here() {
+        let presence = presence();
+        let beat = |version| HashMap::from([("n1".to_owned(), (1, Some(version)))]);
+        let stale = |version| presence.stale(&beat(version));
+        assert_eq!(presence.on_event(live("n1", "a", 1, 5)), [(slug("a"), 1)]);
+        assert_eq!(stale(5), ["n1"], "never read: read once");
+        let (beats, hashes) = read("n1", 5, &[("a", "1")]);
+        assert_eq!(presence.merge(beats, hashes, false), []);
+        assert!(stale(5).is_empty(), "idle: nothing read");
+        assert_eq!(presence.on_event(live("n1", "a", 2, 6)), [(slug("a"), 2)]);
+        assert!(
+            stale(6).is_empty(),
+            "the next change in line: nothing missed"
+        );
+        // Change 7 is lost: 8 is applied, and the hash is read.
+        assert_eq!(presence.on_event(live("n1", "b", 1, 8)), [(slug("b"), 1)]);
+        assert_eq!(stale(8), ["n1"]);
+        assert_eq!(presence.on_event(live("n1", "a", 9, 6)), [], "an old one");
+        let (beats, hashes) = read("n1", 8, &[("a", "2"), ("b", "1"), ("c", "4")]);
+        assert_eq!(presence.merge(beats, hashes, false), [(slug("c"), 4)]);
+        assert!(stale(8).is_empty());
+        assert_eq!(presence.remote_live(&slug("c")), 4);
+        assert_eq!(presence.on_event(live("n1", "c", 3, 9)), [(slug("c"), 3)]);
+        assert!(
+            stale(8).is_empty(),
+            "heard past the version read: nothing to read"
+        );
     }
 }

@@ -11,6 +11,7 @@
 
 mod agreement;
 mod deploy;
+mod idle_cost;
 mod managed;
 mod migration;
 mod node_loss;
