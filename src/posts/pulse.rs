@@ -455,6 +455,98 @@ fn minutes_of(series: &Series, now: u64, minutes: u32) -> Vec<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::calendar::Clock;
+
+    const DAY: u64 = 20_000 * 86_400;
+
+    fn pulse() -> Pulse {
+        let clock = Clock::default();
+        clock.set_unix(DAY);
+        Pulse::new(Calendar::new(jiff::tz::TimeZone::UTC, clock))
+    }
+
+    fn slug(s: &str) -> Slug {
+        Slug::parse(s).unwrap()
+    }
+
+    #[test]
+    fn a_post_in_the_pulse_keeps_no_hold_on_the_posts_own_slug() {
+        // A post asleep frees its slug; one kept for a day by the pulse pinned its page.
+        let pulse = pulse();
+        let a = slug("a-post-read-once");
+        pulse.set(&a, 1, DAY);
+        pulse.set(&a, 0, DAY + 1);
+        assert_eq!(a.holders(), 1);
+        assert_eq!(pulse.post(&a, 1), [(DAY / 60, 1)], "still shown");
+    }
+
+    #[test]
+    fn posts_forgotten_after_a_day_give_their_slugs_back_and_the_others_are_still_found() {
+        let pulse = pulse();
+        let slugs: Vec<Slug> = (0..100).map(|i| slug(&format!("post-{i}"))).collect();
+        for s in &slugs {
+            pulse.set(s, 2, DAY);
+            pulse.set(s, 0, DAY);
+        }
+        let later = DAY + 600;
+        let kept = &slugs[90..];
+        for s in kept {
+            pulse.set(s, 3, later);
+            pulse.set(s, 0, later);
+        }
+        let mut last = later / 60;
+        let a_day_on = later + u64::from(PULSE_MINUTES) * 60 - 300;
+        pulse.calendar.clock().set_unix(a_day_on);
+        assert!(pulse.tick(&mut last).is_some());
+        let inner = pulse.lock();
+        assert_eq!(inner.posts.table.len(), kept.len());
+        assert_eq!(inner.posts.unused, 0, "compacted");
+        drop(inner);
+        for s in kept {
+            assert_eq!(pulse.post(s, PULSE_MINUTES)[0].1, 0);
+            let minute = pulse
+                .post(s, PULSE_MINUTES)
+                .into_iter()
+                .find(|&(m, _)| m == later / 60);
+            assert_eq!(minute, Some((later / 60, 3)), "{s}");
+        }
+        assert!(
+            pulse
+                .post(&slugs[0], PULSE_MINUTES)
+                .iter()
+                .all(|&(_, live)| live == 0)
+        );
+    }
+
+    #[test]
+    fn the_sites_peak_is_the_highest_sum_over_posts_told_once() {
+        let pulse = pulse();
+        let (a, b) = (slug("a"), slug("b"));
+        let at = DAY;
+        pulse.set(&a, 2, at);
+        assert_eq!(pulse.take_new_site_peak(), Some(Peak { live: 2, at }));
+        pulse.set(&b, 1, at + 1);
+        pulse.set(&a, 0, at + 2);
+        pulse.set(&a, 2, at + 3);
+        let three = Peak {
+            live: 3,
+            at: at + 1,
+        };
+        assert_eq!(
+            pulse.take_new_site_peak(),
+            Some(three),
+            "3 again is no news"
+        );
+        assert_eq!(pulse.take_new_site_peak(), None, "told once");
+        pulse.set(&b, 2, at + 4);
+        assert_eq!(
+            pulse.take_new_site_peak(),
+            Some(Peak {
+                live: 4,
+                at: at + 4
+            })
+        );
+    }
 
     #[test]
     fn a_minute_keeps_its_peak_and_the_minutes_after_it_the_level_it_ended_on() {
