@@ -230,8 +230,9 @@ pub struct Post {
     untold_peak: Option<Peak>,
     /// Reading times of showings ended since the last broadcast, told with it (one writer
     /// entry per broadcast, not one per reader gone): the unix second of the newest, and
-    /// the readings, all of that second's minute (so of one day).
-    untold_reads: Option<(u64, Reads)>,
+    /// the readings, all of that second's minute (so of one day). Boxed, as the writer takes
+    /// them: an awake post carries 16 bytes for this, not 80.
+    untold_reads: Option<(u64, Box<Reads>)>,
 }
 
 impl Post {
@@ -405,7 +406,9 @@ impl Post {
                 reads.add(read);
             }
             _ => {
-                if let Some((newest, reads)) = self.untold_reads.replace((at, Reads::one(read))) {
+                if let Some((newest, reads)) =
+                    self.untold_reads.replace((at, Box::new(Reads::one(read))))
+                {
                     self.context.writer.add_reads(&self.slug, reads, newest);
                 }
             }

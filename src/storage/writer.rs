@@ -154,11 +154,11 @@ impl Writer {
 
     /// Records page showings' reading times, all ended on the day of `at` (unix seconds);
     /// never blocks.
-    pub fn add_reads(&self, slug: &Slug, reads: Reads, at: u64) {
+    pub fn add_reads(&self, slug: &Slug, reads: Box<Reads>, at: u64) {
         self.push(Entry::Reads {
             slug: slug.clone(),
             at,
-            reads: Box::new(reads),
+            reads,
         });
     }
 
