@@ -36,6 +36,10 @@ fn main() -> ExitCode {
                     print!("{out}");
                 })
                 .map_err(|e| e.to_string()),
+            Some(Command::Retire(args)) => viewcounter::cli::retire::retire(&args)
+                .await
+                .map(|out| print!("{out}"))
+                .map_err(|e| e.to_string()),
             Some(Command::Serve(args)) => serve(*args).await,
             None => serve(cli.serve).await,
         }

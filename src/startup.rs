@@ -125,14 +125,20 @@ impl Application {
     async fn wire(config: Config, listener: TcpListener) -> Result<Self, StartError> {
         let fd_room = raise_fd_limit();
         let capacity = config.limits.max_streams.unwrap_or(fd_room as usize);
-        let db = RedbStore::open(&config.db)?;
+        let mut db = RedbStore::open(&config.db)?;
+        db.refuse_retired()?;
         let policy = config.flush;
         let calendar = Calendar::new(config.timezone.clone(), config.clock.clone());
+        let metrics = match &config.cluster {
+            Some(_) => Metrics::clustered(),
+            None => Metrics::new(),
+        };
         let (mut store, cluster): (Box<dyn Store>, _) = match &config.cluster {
             None => (Box::new(db), None),
             Some(cc) => {
                 let addr = listener.local_addr()?;
-                let (store, cluster) = join_cluster(cc, addr, db, &calendar, policy).await?;
+                let (store, cluster) =
+                    join_cluster(cc, addr, db, &calendar, policy, &metrics).await?;
                 (store, Some(cluster))
             }
         };
@@ -144,10 +150,6 @@ impl Application {
                 0
             }
             Err(e) => return Err(e.into()),
-        };
-        let metrics = match &cluster {
-            Some(_) => Metrics::clustered(),
-            None => Metrics::new(),
         };
         let writer = Writer::spawn(store, policy, calendar.clone(), Arc::clone(&metrics))?;
         let (shutdown, shutdown_rx) = Trigger::new();
@@ -259,15 +261,25 @@ impl Application {
     }
 }
 
-/// Cluster mode: the redb file becomes the outbox, the writer reads and imports through Redis.
+/// Cluster mode: the redb file holds the node's record and outbox; the writer reads and imports
+/// through Redis.
 async fn join_cluster(
     config: &cluster::Settings,
     addr: SocketAddr,
     db: RedbStore,
     calendar: &Calendar,
     policy: crate::storage::writer::FlushPolicy,
+    metrics: &Arc<Metrics>,
 ) -> Result<(Box<dyn Store>, Arc<Cluster>), StartError> {
-    let cluster = Cluster::start(config, addr, db, calendar.clone(), policy.dedupe_window).await?;
+    let cluster = Cluster::start(
+        config,
+        addr,
+        db,
+        calendar.clone(),
+        policy,
+        Arc::clone(metrics),
+    )
+    .await?;
     let store = RedisStore::new(config, Arc::clone(&cluster))?;
     Ok((Box::new(store), cluster))
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::cli::{ExportArgs, Format};
 use crate::import::{DAY_ROW_HEADER, day_rows};
 use crate::storage::calendar::Day;
+use crate::storage::presence::Peak;
 use crate::storage::store::{self, Store, StoreError};
 
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -101,7 +102,8 @@ pub async fn export(args: &ExportArgs) -> Result<Exported, ExportError> {
         if args.daily {
             let days = with_days(snapshot.days()?);
             let presence = with_days(snapshot.presence()?);
-            Ok(render_days(&day_rows(days, presence), args.format))
+            let site = site_days(snapshot.site_peaks()?);
+            Ok(render_days(&day_rows(days, presence, site), args.format))
         } else {
             Ok(render(&total_rows(snapshot.totals()?), args.format))
         }
@@ -157,7 +159,8 @@ fn from_redis(
     if args.daily {
         let days = with_days(store.all_days()?);
         let presence = with_days(store.all_presence()?);
-        Ok(render_days(&day_rows(days, presence), args.format))
+        let site = site_days(store.all_site_peaks()?);
+        Ok(render_days(&day_rows(days, presence, site), args.format))
     } else {
         Ok(render(&total_rows(store.totals()?), args.format))
     }
@@ -167,6 +170,12 @@ fn from_redis(
 fn with_days<T>(rows: Vec<(String, u32, T)>) -> impl Iterator<Item = (String, Day, T)> {
     rows.into_iter()
         .filter_map(|(slug, day, value)| Some((slug, Day::from_key(day)?, value)))
+}
+
+/// Stored site peaks with their day (`YYYYMMDD`) as a [`Day`].
+fn site_days(rows: Vec<(u32, Peak)>) -> impl Iterator<Item = (Day, Peak)> {
+    rows.into_iter()
+        .filter_map(|(day, peak)| Some((Day::from_key(day)?, peak)))
 }
 
 fn total_rows(totals: Vec<(String, u64)>) -> Vec<Row> {

@@ -12,6 +12,7 @@ use jiff::tz::TimeZone;
 
 use crate::cli::export::{DayRow, Row, Source, error_of, render, render_days};
 use crate::cli::{Format, ImportArgs};
+use crate::cluster::store::IMPORT_THROUGH_A_NODE;
 use crate::http::owner::ImportSession;
 use crate::import::file::{self, ParseOptions, Parsed};
 use crate::import::{self, IMPORT_HEADER, Summary};
@@ -33,6 +34,9 @@ pub enum ImportError {
     Invalid { path: String, reason: String },
     #[error("cannot write {db}: {reason}")]
     Store { db: String, reason: String },
+    /// `--redis`: Redis is a cache of the nodes' records (see [`IMPORT_THROUGH_A_NODE`]).
+    #[error("import --redis \"{0}\" is refused: {IMPORT_THROUGH_A_NODE}")]
+    IntoRedis(String),
     /// `held`: the db file, when the server was asked because it holds it (no `--url`).
     #[error("{}", server_failed(held.as_deref(), url, reason))]
     Server {
@@ -74,6 +78,10 @@ fn destination(args: &ImportArgs) -> Source {
 
 /// Imports `args.file`; the summary (and, for a dry run, every change) to print.
 pub async fn import(args: &ImportArgs) -> Result<String, ImportError> {
+    if let Some(url) = &args.store.redis {
+        // The URL prints with its password masked.
+        return Err(ImportError::IntoRedis(url.to_string()));
+    }
     let to = destination(args);
     let summary = if let Source::Server { url, held } = &to {
         send(args, url, held).await?
@@ -192,19 +200,16 @@ async fn write(
     args: &ImportArgs,
     plan: crate::storage::writer::ImportPlan,
 ) -> Result<ImportReport, ImportError> {
-    let db = match args.store.redis {
-        Some(_) => "the cluster's Redis".to_owned(),
-        None => args.store.db.display().to_string(),
-    };
+    let db = args.store.db.display().to_string();
     let failed = |reason: String| ImportError::Store {
         db: db.clone(),
         reason,
     };
-    // A dry run works on a copy: the file is not even created. Redis: a dry run writes nothing.
-    let store: Result<Box<dyn Store>, _> = match args.store.redis_store() {
-        Some(redis) => redis.map(|s| Box::new(s) as Box<dyn Store>),
-        None if plan.dry_run => RedbStore::copy_in_memory(&args.store.db).map(|s| Box::new(s) as _),
-        None => RedbStore::open(&args.store.db).map(|s| Box::new(s) as _),
+    // A dry run works on a copy: the file is not even created.
+    let store: Result<Box<dyn Store>, _> = if plan.dry_run {
+        RedbStore::copy_in_memory(&args.store.db).map(|s| Box::new(s) as _)
+    } else {
+        RedbStore::open(&args.store.db).map(|s| Box::new(s) as _)
     };
     let store = store.map_err(|e| failed(e.to_string()))?;
     let policy = FlushPolicy {
@@ -231,7 +236,7 @@ async fn send(args: &ImportArgs, url: &str, held: &Option<String>) -> Result<Sum
         url: url.to_owned(),
         reason,
     };
-    let server = Server::new(url, args);
+    let server = Server::new(url, args.store.admin_token.as_ref().map(|t| t.expose()));
     let mut query = form_urlencoded::Serializer::new(String::new());
     query.append_pair("mode", mode_name(args.mode));
     if args.dry_run {
@@ -278,22 +283,25 @@ fn mode_name(mode: ImportMode) -> &'static str {
     }
 }
 
-/// The file's rows as `export` writes them (views, reading times and peaks per day, or
-/// `slug,total` for a file of totals), in pieces of at most `limit` bytes.
+/// The file's rows as `export` writes them (the site's peaks, then views, reading times and
+/// peaks per post and day, or `slug,total` for a file of totals), in pieces of at most `limit`
+/// bytes.
 fn pieces(parsed: &Parsed, limit: usize) -> Vec<String> {
-    if parsed.days.is_empty() {
+    if parsed.days.is_empty() && parsed.site_peaks.is_empty() {
         let rows = parsed.totals.iter().map(|(slug, &total)| Row {
             slug: slug.as_str().to_owned(),
             total,
         });
         in_pieces(rows, limit)
     } else {
+        let site =
+            (parsed.site_peaks.iter()).map(|(day, &peak)| DayRow::site(day.to_string(), peak));
         let rows = parsed.days.iter().map(|(key, &views)| {
             let presence = parsed.presence.get(key).copied().unwrap_or_default();
             let (slug, day) = key;
             DayRow::new(slug.as_str().to_owned(), day.to_string(), views, &presence)
         });
-        in_pieces(rows, limit)
+        in_pieces(site.chain(rows), limit)
     }
 }
 
@@ -348,18 +356,19 @@ fn in_pieces<T: PieceRow>(rows: impl Iterator<Item = T>, limit: usize) -> Vec<St
 }
 
 /// The server's import endpoints, as the admin (`--admin-token`) with [`IMPORT_HEADER`].
-struct Server<'a> {
+/// A server's admin API as `import` (and `retire`) speak to it.
+pub(crate) struct Server<'a> {
     client: awc::Client,
     base: String,
     token: Option<&'a str>,
 }
 
 impl<'a> Server<'a> {
-    fn new(url: &str, args: &'a ImportArgs) -> Self {
+    pub(crate) fn new(url: &str, token: Option<&'a str>) -> Self {
         Self {
             client: awc::Client::builder().timeout(HTTP_TIMEOUT).finish(),
             base: format!("{}/api/v1", url.trim_end_matches('/')),
-            token: args.store.admin_token.as_ref().map(|t| t.expose()),
+            token,
         }
     }
 
@@ -374,7 +383,7 @@ impl<'a> Server<'a> {
         req
     }
 
-    async fn post<T: serde::de::DeserializeOwned>(
+    pub(crate) async fn post<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
         body: String,

@@ -17,6 +17,7 @@ use crate::storage::writer::ImportMode;
 
 pub mod export;
 pub mod import;
+pub mod retire;
 
 // The defaults of `serve`, each stated once: clap shows and parses these, and
 // `crate::config::Config::new` reads the same constants (a test checks that the two agree).
@@ -61,6 +62,23 @@ pub enum Command {
     Export(ExportArgs),
     /// Bring views in from a file: export's CSV or JSON, or GoatCounter's CSV export.
     Import(ImportArgs),
+    /// Cluster mode: hand a stopped node's record (its --db file) to a running node, for good.
+    Retire(RetireArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RetireArgs {
+    /// The stopped node's redb file: marked retired once the running node took its record.
+    #[arg(long, env = "VIEWCOUNTER_DB", default_value = DEFAULT_DB)]
+    pub db: PathBuf,
+
+    /// A running node of the cluster, which takes the record (`http://HOST:PORT`).
+    #[arg(long, env = "VIEWCOUNTER_URL")]
+    pub url: String,
+
+    /// Bearer token for that node's admin endpoints.
+    #[arg(long, env = "VIEWCOUNTER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -224,7 +242,8 @@ pub struct StoreArgs {
     #[arg(long, env = "VIEWCOUNTER_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<Secret>,
 
-    /// Cluster mode: read (export) or write (import) the cluster's Redis directly instead.
+    /// Cluster mode: export reads the cluster's Redis directly instead (import refuses it:
+    /// an import goes through a node, whose record keeps it).
     #[arg(long, env = "VIEWCOUNTER_REDIS", hide_env_values = true)]
     pub redis: Option<RedisUrl>,
 

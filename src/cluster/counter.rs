@@ -31,8 +31,14 @@ end
 }
 pub(crate) use lua_counts;
 
-/// KEYS: the op key, the reader's marker, `vc:totals`, the day's hash. ARGV: slug, window in
-/// ms (0: no dedupe), channel, op memory in ms.
+/// KEYS: the op key, the reader's marker, `vc:totals`, the day's hash, this record's part,
+/// `vc:gen`. ARGV: slug, window in ms (0: no dedupe), channel, op memory in ms, the part's
+/// field of the day.
+///
+/// A part not of the current generation (Redis lost it, or the node has not added it yet) is
+/// refused with `VCREBUILD`: the view waits in the outbox until the node rebuilt its part, so
+/// the sums never hold a view that the rebuild then adds again. A counted view moves the
+/// sums and the part together (see [`crate::cluster::record`]).
 ///
 /// The op key records what the op's first run decided (`c` counted, `d` deduplicated); a later
 /// run of the same op answers that again and adds nothing.
@@ -44,12 +50,23 @@ pub(crate) use lua_counts;
 const SCRIPT: &str = concat!(
     lua_counts!(),
     r#"
+local gen = redis.call('GET', KEYS[6])
+if not gen or redis.call('HGET', KEYS[5], '#gen') ~= gen then
+  return redis.error_reply('VCREBUILD the part of this node is not of this generation: rebuild first')
+end
 local earlier = redis.call('GET', KEYS[1])
 local total = redis.call('HGET', KEYS[3], ARGV[1]) or '0'
 if earlier then return {earlier == 'c' and 1 or 0, total} end
 local day = redis.call('HGET', KEYS[4], ARGV[1]) or '0'
 if not is_count(total) or not is_count(day) then
   return redis.error_reply('the views of ' .. ARGV[1] .. ' in ' .. KEYS[3] .. ' or ' .. KEYS[4] .. ' are not a count')
+end
+local part = redis.call('HMGET', KEYS[5], ARGV[1], ARGV[5], '#n')
+for i = 1, 3 do
+  part[i] = part[i] or '0'
+  if not is_count(part[i]) then
+    return redis.error_reply('the views of ' .. ARGV[1] .. ' in ' .. KEYS[5] .. ' are not a count')
+  end
 end
 -- Checked: nothing below fails.
 if tonumber(ARGV[2]) > 0 and not redis.call('SET', KEYS[2], 1, 'NX', 'PX', ARGV[2]) then
@@ -62,6 +79,9 @@ if total ~= MAX then
   total = redis.call('HGET', KEYS[3], ARGV[1])
 end
 if day ~= MAX then redis.call('HINCRBY', KEYS[4], ARGV[1], 1) end
+for i, field in ipairs({ARGV[1], ARGV[5], '#n'}) do
+  if part[i] ~= MAX then redis.call('HINCRBY', KEYS[5], field, 1) end
+end
 redis.call('PUBLISH', ARGV[3], 't ' .. ARGV[1] .. ' ' .. total)
 return {1, total}
 "#
@@ -85,12 +105,34 @@ pub(crate) struct View {
     pub day: u32,
 }
 
+/// Redis refused a view because this node's part is not of the current generation.
+pub(crate) fn wants_rebuild(e: &LinkError) -> bool {
+    matches!(e, LinkError::Redis(e) if e.code() == Some("VCREBUILD"))
+}
+
 pub(crate) fn totals_key() -> &'static str {
     "vc:totals"
 }
 
 pub(crate) fn day_key(day: u32) -> String {
     format!("vc:day:{day}")
+}
+
+/// The generation of Redis's data: made anew (by the first node to find it missing) once
+/// Redis lost it, which tells every node to rebuild its part.
+pub(crate) fn gen_key() -> &'static str {
+    "vc:gen"
+}
+
+/// A record's part of the sums (see [`crate::cluster::record`]).
+pub(crate) fn part_key(record: &str) -> String {
+    format!("vc:part:{record}")
+}
+
+/// A day's field in a part: `YYYYMMDD slug` (a slug never holds a space; a post's total is
+/// the field named by its slug alone).
+pub(crate) fn day_field(day: u32, slug: &str) -> String {
+    format!("{day} {slug}")
 }
 
 /// Slugs and reader ids never hold a space, so "slug reader" is unambiguous.
@@ -103,6 +145,7 @@ pub(crate) async fn count(
     link: &Link,
     view: &View,
     window: Duration,
+    part: &str,
 ) -> Result<Counted, LinkError> {
     let window_ms = window.as_millis().min(u128::from(MAX_WINDOW_MS)) as u64;
     let mut invocation = COUNT.prepare_invoke();
@@ -111,10 +154,13 @@ pub(crate) async fn count(
         .key(seen_key(&view.slug, &view.reader))
         .key(totals_key())
         .key(day_key(view.day))
+        .key(part)
+        .key(gen_key())
         .arg(&view.slug)
         .arg(window_ms)
         .arg(EVENTS)
-        .arg(OP_MEMORY_MS);
+        .arg(OP_MEMORY_MS)
+        .arg(day_field(view.day, &view.slug));
     let (counted, total): (u8, u64) = link
         .call("count", |mut conn| async move {
             invocation.invoke_async(&mut conn).await
@@ -200,7 +246,22 @@ pub(crate) mod tests {
         }
     }
 
-    async fn connected(server: &Server) -> Link {
+    /// The part every test counts into.
+    const PART: &str = "vc:part:test";
+
+    /// A part of the current generation, as a rebuild leaves it.
+    fn sealed(server: &Server) {
+        let mut c = conn(server);
+        let _: () = redis::cmd("SET")
+            .arg(gen_key())
+            .arg("g1")
+            .query(&mut c)
+            .unwrap();
+        let _: () = c.hset(PART, "#gen", "g1").unwrap();
+    }
+
+    pub(crate) async fn connected(server: &Server) -> Link {
+        sealed(server);
         let (pushes, _) = tokio::sync::mpsc::unbounded_channel();
         let link = Link::new(&server.url().into(), None, Duration::from_secs(2), pushes)
             .expect("a Redis URL");
@@ -226,10 +287,11 @@ pub(crate) mod tests {
         let link = connected(&server).await;
         let window = Duration::from_secs(1800);
         let once = |counted, total| Counted { counted, total };
+        let run = async |view: &View, window| count(&link, view, window, PART).await.unwrap();
 
         let first = view("reader-one", "node-1");
-        assert_eq!(count(&link, &first, window).await.unwrap(), once(true, 1));
-        assert_eq!(count(&link, &first, window).await.unwrap(), once(true, 1));
+        assert_eq!(run(&first, window).await, once(true, 1));
+        assert_eq!(run(&first, window).await, once(true, 1));
 
         // The marker expires (deleted here rather than waited for): a rerun still adds nothing.
         let client = redis::Client::open(server.url()).unwrap();
@@ -239,26 +301,20 @@ pub(crate) mod tests {
             .query_async(&mut conn)
             .await
             .unwrap();
-        assert_eq!(count(&link, &first, window).await.unwrap(), once(true, 1));
+        assert_eq!(run(&first, window).await, once(true, 1));
 
         // Another view of another reader counts; one of the same reader within the window
         // does not, and its rerun stays not counted.
         let second = view("reader-two", "node-2");
-        assert_eq!(count(&link, &second, window).await.unwrap(), once(true, 2));
+        assert_eq!(run(&second, window).await, once(true, 2));
         let repeat = view("reader-two", "node-3");
-        assert_eq!(count(&link, &repeat, window).await.unwrap(), once(false, 2));
-        assert_eq!(count(&link, &repeat, window).await.unwrap(), once(false, 2));
+        assert_eq!(run(&repeat, window).await, once(false, 2));
+        assert_eq!(run(&repeat, window).await, once(false, 2));
 
         // No window: every op counts, each once.
         let open = view("reader-two", "node-4");
-        assert_eq!(
-            count(&link, &open, Duration::ZERO).await.unwrap(),
-            once(true, 3)
-        );
-        assert_eq!(
-            count(&link, &open, Duration::ZERO).await.unwrap(),
-            once(true, 3)
-        );
+        assert_eq!(run(&open, Duration::ZERO).await, once(true, 3));
+        assert_eq!(run(&open, Duration::ZERO).await, once(true, 3));
     }
 
     /// A connection for the test's own reads and writes.
@@ -312,7 +368,7 @@ pub(crate) mod tests {
             .unwrap();
         let window = Duration::from_secs(1800);
 
-        let at_max = count(&link, &view_of("alpha", "op-1"), window).await;
+        let at_max = count(&link, &view_of("alpha", "op-1"), window, PART).await;
         let at_max = at_max.expect("the script succeeds");
         assert_eq!(
             at_max,
@@ -325,12 +381,12 @@ pub(crate) mod tests {
         let day: u64 = c.hget(day_key(20261202), "alpha").unwrap();
         assert_eq!((total, day), (max, max));
         // Its op is remembered like any other: a replay answers the same.
-        let again = count(&link, &view_of("alpha", "op-1"), window)
+        let again = count(&link, &view_of("alpha", "op-1"), window, PART)
             .await
             .unwrap();
         assert_eq!(again, at_max);
 
-        let exact = count(&link, &view_of("beta", "op-2"), window)
+        let exact = count(&link, &view_of("beta", "op-2"), window, PART)
             .await
             .unwrap();
         assert_eq!(exact.total, 9_007_199_254_740_994);
@@ -349,7 +405,7 @@ pub(crate) mod tests {
         let mut c = conn(&server);
         let _: () = c.hset(totals_key(), "alpha", "lots").unwrap();
         let view = view_of("alpha", "op-1");
-        let err = count(&link, &view, Duration::from_secs(1800)).await;
+        let err = count(&link, &view, Duration::from_secs(1800), PART).await;
         assert!(err.is_err(), "{err:?}");
         let op: bool = c.exists(format!("vc:op:{}", view.op)).unwrap();
         let marker: bool = c.exists(seen_key(&view.slug, &view.reader)).unwrap();

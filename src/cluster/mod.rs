@@ -6,6 +6,8 @@
 //! - `counter`: one counted view as one Lua script (dedupe marker, total, day, announcement);
 //! - `presence`: each node's live readers in Redis, merged into every post's live count;
 //! - `outbox`: views counted while Redis did not answer, replayed exactly once;
+//! - `record`: what this node counted, in its `--db` file: the durable copy from which the
+//!   node rebuilds its part of Redis's sums when Redis loses them;
 //! - `store`: the writer's [`crate::storage::store::Store`] on Redis, for the owner's reads.
 //!
 //! The cluster sits above the posts: posts reach it only through their port,
@@ -17,6 +19,7 @@ pub(crate) mod counter;
 pub(crate) mod link;
 pub(crate) mod outbox;
 pub(crate) mod presence;
+pub(crate) mod record;
 pub(crate) mod store;
 
 pub(crate) use link::client;
@@ -35,8 +38,10 @@ use crate::cluster::counter::View;
 use crate::cluster::link::{Link, LinkError};
 use crate::cluster::outbox::{Outbox, REPLAY_BATCH};
 use crate::cluster::presence::{BEAT, Event, Moved, Presence};
+use crate::cluster::record::Record;
 use crate::edge::reader_id::ReaderId;
 use crate::edge::slug::Slug;
+use crate::metrics::Metrics;
 use crate::posts::cluster_port::{Counting, Decision};
 use crate::posts::post::{Counts, RemoteLive, RemoteTotal, Replayed};
 use crate::posts::registry::Registry;
@@ -44,6 +49,7 @@ use crate::secret::RedisUrl;
 use crate::shutdown::{Shutdown, Tasks};
 use crate::storage::calendar::Calendar;
 use crate::storage::store::{RedbStore, StoreError};
+use crate::storage::writer::FlushPolicy;
 
 /// How often the outbox is looked at while it holds views.
 const REPLAY_EVERY: Duration = Duration::from_millis(250);
@@ -123,20 +129,22 @@ pub(crate) struct Cluster {
     link: Link,
     presence: Presence,
     outbox: Outbox,
+    record: Record,
     calendar: Calendar,
     dedupe_window: Duration,
     receivers: std::sync::Mutex<Option<Receivers>>,
 }
 
 impl Cluster {
-    /// Joins the cluster: the redb file at `db` becomes the outbox; Redis is tried once
-    /// (a node starts without it, `redis: down`, and keeps trying).
+    /// Joins the cluster: the redb file at `db` holds the node's record and its outbox;
+    /// Redis is tried once (a node starts without it, `redis: down`, and keeps trying).
     pub(crate) async fn start(
         settings: &Settings,
         addr: SocketAddr,
-        db: RedbStore,
+        mut db: RedbStore,
         calendar: Calendar,
-        dedupe_window: Duration,
+        policy: FlushPolicy,
+        metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, StoreError> {
         let (push_tx, pushes) = unbounded_channel();
         let (change_tx, changes) = unbounded_channel();
@@ -156,15 +164,18 @@ impl Cluster {
         let cluster = Self {
             link,
             presence: Presence::new(node, change_tx),
+            record: Record::open(&mut db, policy, calendar.clone(), metrics)?,
             outbox: Outbox::start(db)?,
             calendar,
-            dedupe_window,
+            dedupe_window: policy.dedupe_window,
             receivers: std::sync::Mutex::new(Some(Receivers { pushes, changes })),
         };
         if cluster.link.connect().await.is_ok() {
             // Seen by the others at once, not only after the first heartbeat.
             let _ = cluster.presence.beat(&cluster.link, true).await;
             let _ = cluster.link.learn_server().await;
+            // Before the first view: this node's part is of this generation from the start.
+            cluster.rebuild_record(None).await;
         }
         Ok(Arc::new(cluster))
     }
@@ -254,8 +265,99 @@ impl Cluster {
             grace = beat.is_err();
             if let Ok(moved) = beat {
                 tell_live(&registry, moved);
+                self.keep_record(&registry).await;
             }
         }
+    }
+
+    /// Rebuilds this node's part of the sums when Redis lost it (or, first after start, adds
+    /// it); O(1) Redis work otherwise.
+    async fn keep_record(&self, registry: &Registry) {
+        if matches!(self.record.lost(&self.link).await, Ok(true)) {
+            self.rebuild_record(Some(registry)).await;
+        }
+    }
+
+    /// Rebuilds this node's part; the awake posts of `registry` then hear their totals.
+    async fn rebuild_record(&self, registry: Option<&Registry>) {
+        match self.record.rebuild(&self.link).await {
+            Ok(rebuilt) => {
+                tracing::info!(
+                    record = %self.record.part(),
+                    moved = rebuilt.moved,
+                    adopted = rebuilt.adopted,
+                    views = rebuilt.views,
+                    "rebuilt this node's part of the sums in Redis from its record"
+                );
+                if let Some(registry) = registry {
+                    self.refresh_totals(registry).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot rebuild this node's part of the sums yet")
+            }
+        }
+    }
+
+    /// Rebuilds of this node's part since start (the first adds it after a start).
+    pub(crate) fn rebuilds(&self) -> u64 {
+        self.record.rebuilds()
+    }
+
+    /// `viewcounter retire`: a stopped node's record (id `old`) becomes part of this one's.
+    pub(crate) async fn take_retired(
+        &self,
+        registry: &Registry,
+        old: &str,
+        totals: Vec<(Slug, u64)>,
+        days: Vec<(Slug, u32, u64)>,
+    ) -> Result<record::Rebuilt, record::RebuildError> {
+        let rebuilt = self
+            .record
+            .take_retired(&self.link, old, totals, days)
+            .await?;
+        tracing::info!(
+            retired = old,
+            record = %self.record.part(),
+            moved = rebuilt.moved,
+            views = rebuilt.views,
+            "took a retired node's record into this node's"
+        );
+        self.refresh_totals(registry).await;
+        Ok(rebuilt)
+    }
+
+    /// The Redis key of this node's part of the sums.
+    pub(crate) fn record_part(&self) -> String {
+        self.record.part()
+    }
+
+    /// Held by an import on the writer's thread (never an async one): it waits for a rebuild.
+    pub(crate) fn import_fence(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.record.enter_blocking()
+    }
+
+    /// Redis took an import into the sums and this node's part: the record takes it too.
+    pub(crate) fn imported(
+        &self,
+        totals: &std::collections::BTreeMap<&str, u64>,
+        days: &std::collections::BTreeMap<(u32, &str), u64>,
+    ) {
+        for (slug, &views) in totals {
+            if let Ok(slug) = Slug::parse(slug) {
+                self.record.counted(&slug, views, None);
+            }
+        }
+        for (&(day, slug), &views) in days {
+            if let Ok(slug) = Slug::parse(slug) {
+                self.record.recorded_day(&slug, day, views);
+            }
+        }
+    }
+
+    /// Views counted here that the `--db` file does not hold yet.
+    pub(crate) async fn unwritten(&self) -> Option<u64> {
+        self.record.unwritten().await
     }
 
     /// Drops the nodes gone silent (killed, or cut off with Redis), Redis or not.
@@ -361,10 +463,20 @@ impl Cluster {
         let views = self.outbox.oldest(REPLAY_BATCH).await?;
         let mut done = Vec::with_capacity(views.len());
         let mut results = Vec::with_capacity(views.len());
+        // After a rebuild, never during one.
+        let _counting = self.record.enter().await;
+        let part = self.record.part();
         for (id, view) in views {
-            let Ok(counted) = counter::count(&self.link, &view, self.dedupe_window).await else {
-                break;
+            let counted = match counter::count(&self.link, &view, self.dedupe_window, &part).await {
+                Ok(counted) => counted,
+                Err(e) => {
+                    self.refused(&e);
+                    break;
+                }
             };
+            if counted.counted {
+                self.record_view(&view);
+            }
             results.push((view.slug.clone(), counted));
             done.push((id, view.slug));
         }
@@ -425,9 +537,24 @@ impl Cluster {
         }
     }
 
-    /// Writes the outbox's queued views; called last on shutdown.
+    /// Writes the outbox's queued views and the record; called last on shutdown.
     pub(crate) async fn close(&self) {
         self.outbox.shutdown().await;
+        self.record.close().await;
+    }
+
+    /// Redis took `view` into the sums and this node's part: the record takes it too.
+    fn record_view(&self, view: &View) {
+        if let Ok(slug) = Slug::parse(&view.slug) {
+            self.record.counted(&slug, 1, Some((view.day, 1)));
+        }
+    }
+
+    /// A view Redis refused because this node's part must be rebuilt first.
+    fn refused(&self, e: &LinkError) {
+        if counter::wants_rebuild(e) {
+            self.record.refused();
+        }
     }
 }
 
@@ -448,11 +575,23 @@ impl Counting for Cluster {
                 op: self.op_id(),
                 day: self.calendar.day_of(at).key(),
             };
-            if self.is_up() {
-                match counter::count(&self.link, &view, self.dedupe_window).await {
-                    Ok(counted) => return Decision::Decided(counted),
+            // While a rebuild runs, views wait in the outbox.
+            if self.is_up()
+                && let Some(_counting) = self.record.try_enter()
+            {
+                let part = self.record.part();
+                match counter::count(&self.link, &view, self.dedupe_window, &part).await {
+                    Ok(counted) => {
+                        if counted.counted {
+                            self.record_view(&view);
+                        }
+                        return Decision::Decided(counted);
+                    }
                     // It may still run late: the op id makes its replay a no-op then.
-                    Err(e) => tracing::debug!(error = %e, "view goes to the outbox"),
+                    Err(e) => {
+                        self.refused(&e);
+                        tracing::debug!(error = %e, "view goes to the outbox");
+                    }
                 }
             }
             self.outbox.add(view);

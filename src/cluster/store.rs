@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use redis::{Commands, ConnectionLike, IntoConnectionInfo, Script};
 
-use crate::cluster::counter::{day_key, lua_counts, totals_key};
+use crate::cluster::counter::{day_field, day_key, gen_key, lua_counts, totals_key};
 use crate::cluster::link::{self, EVENTS, is_unavailable};
 use crate::cluster::{Cluster, Settings};
 use crate::secret::RedisUrl;
@@ -26,34 +26,52 @@ use crate::storage::{MAX_COUNT, add_counts};
 /// all are written and the new totals announced. Redis does not undo a script's writes when a
 /// later command fails, so nothing that can fail comes after the first write.
 ///
-/// KEYS: `vc:totals`, then the day's hash of each day row. ARGV: the channel, the number of
-/// total rows, then (field, delta, limit) for each total row and then each day row; `limit`
-/// is `MAX_COUNT - delta`: a count above it saturates at `MAX_COUNT` (views may have been
-/// counted since the writer read it), compared as Redis's strings (see [`lua_counts`]).
+/// The importing node's part takes the import too (as the count script does a view, see
+/// [`crate::cluster::record`]), so a rebuild after Redis lost its data brings it back; a part
+/// not of this generation refuses it (`VCREBUILD`) until the node rebuilt it.
+///
+/// KEYS: `vc:totals`, the node's part, `vc:gen`, then the day's hash of each day row. ARGV:
+/// the channel, the number of total rows, the views of all total rows and `MAX_COUNT` minus
+/// them (for `#n`), then (field, delta, limit, part field) for each total row and then each
+/// day row; `limit` is `MAX_COUNT - delta`: a count above it saturates at `MAX_COUNT` (views
+/// may have been counted since the writer read it), compared as Redis's strings (see
+/// [`lua_counts`]). The part's fields saturate the same way.
 const IMPORT: &str = concat!(
     lua_counts!(),
     r#"
 local function above(a, b) return #a > #b or (#a == #b and a > b) end
+local gen = redis.call('GET', KEYS[3])
+if not gen or redis.call('HGET', KEYS[2], '#gen') ~= gen then
+  return redis.error_reply('VCREBUILD nothing imported: the node is rebuilding its part of the sums after Redis lost data; try again in a few seconds')
+end
 local totals = tonumber(ARGV[2])
 local plan = {}
-for i = 1, totals + #KEYS - 1 do
-  local key = i <= totals and KEYS[1] or KEYS[i - totals + 1]
-  local at = 2 + 3 * (i - 1)
-  local field, delta, limit = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
+local n = redis.call('HGET', KEYS[2], '#n') or '0'
+if not is_count(n) then return redis.error_reply('nothing imported: #n in ' .. KEYS[2] .. ' is not a count') end
+for i = 1, totals + #KEYS - 3 do
+  local key = i <= totals and KEYS[1] or KEYS[i - totals + 3]
+  local at = 4 + 4 * (i - 1)
+  local field, delta, limit, part = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
   local current = redis.call('HGET', key, field) or '0'
-  if not is_count(current) then
+  local in_part = redis.call('HGET', KEYS[2], part) or '0'
+  if not is_count(current) or not is_count(in_part) then
     return redis.error_reply('nothing imported: ' .. field .. ' in ' .. key .. ' is not a count')
   end
-  plan[i] = {key, field, delta, above(current, limit)}
+  plan[i] = {key, field, delta, above(current, limit), part, above(in_part, limit)}
 end
 -- Checked: nothing below fails.
-for _, row in ipairs(plan) do
-  if row[4] then
-    redis.call('HSET', row[1], row[2], MAX)
+local function add(key, field, delta, saturates)
+  if saturates then
+    redis.call('HSET', key, field, MAX)
   else
-    redis.call('HINCRBY', row[1], row[2], row[3])
+    redis.call('HINCRBY', key, field, delta)
   end
 end
+for _, row in ipairs(plan) do
+  add(row[1], row[2], row[3], row[4])
+  add(KEYS[2], row[5], row[3], row[6])
+end
+add(KEYS[2], '#n', ARGV[3], above(n, ARGV[4]))
 for i = 1, totals do
   local field = plan[i][2]
   redis.call('PUBLISH', ARGV[1], 't ' .. field .. ' ' .. redis.call('HGET', KEYS[1], field))
@@ -62,13 +80,22 @@ return 'OK'
 "#
 );
 
+/// Why an import goes through a node, never straight into Redis.
+pub(crate) const IMPORT_THROUGH_A_NODE: &str = "an import into the cluster goes through a node: \
+`viewcounter import --url http://NODE:PORT FILE` (the node keeps it in its --db file, the \
+durable record, and adds it to Redis's sums; written straight into Redis, it would be lost \
+with Redis's data)";
+
 static IMPORT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(IMPORT));
 
 pub struct RedisStore {
     client: redis::Client,
     timeout: Duration,
-    /// A node's: whose health it reads and reports. `None` for `export`/`import --redis`.
+    /// A node's: whose health it reads and reports, and whose record takes imports. `None`
+    /// for `export --redis`.
     cluster: Option<Arc<Cluster>>,
+    /// The importing node's part (see [`IMPORT`]); `None`: imports are refused.
+    part: Option<String>,
     conn: Option<redis::Connection>,
 }
 
@@ -77,6 +104,7 @@ impl RedisStore {
     pub(crate) fn new(settings: &Settings, cluster: Arc<Cluster>) -> Result<Self, StoreError> {
         let mut store =
             Self::standalone(&settings.redis, settings.ca.as_deref(), cluster.timeout())?;
+        store.part = Some(cluster.record_part());
         store.cluster = Some(cluster);
         Ok(store)
     }
@@ -98,6 +126,7 @@ impl RedisStore {
             client,
             timeout,
             cluster: None,
+            part: None,
             conn: None,
         })
     }
@@ -185,6 +214,9 @@ impl Store for RedisStore {
         _presence: &[PresenceDelta<'_>],
         _site: &[(u32, Peak)],
     ) -> Result<(), StoreError> {
+        let Some(part) = self.part.clone() else {
+            return Err(StoreError::Storage(IMPORT_THROUGH_A_NODE.into()));
+        };
         // One row per field: the script checks each against the count before the import.
         let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
         for &(slug, delta) in batch {
@@ -196,19 +228,43 @@ impl Store for RedisStore {
             let sum = per_day.entry((d.day, d.slug)).or_default();
             *sum = add_counts(*sum, d.views);
         }
+        // The main writer flushes reading times and peaks here too, which Redis does not keep.
+        if totals.is_empty() && per_day.is_empty() {
+            return Ok(());
+        }
         let mut import = IMPORT_SCRIPT.prepare_invoke();
-        import.key(totals_key()).arg(EVENTS).arg(totals.len());
+        import
+            .key(totals_key())
+            .key(&part)
+            .key(gen_key())
+            .arg(EVENTS)
+            .arg(totals.len());
+        let all = totals.values().fold(0, |all, &v| add_counts(all, v));
+        import.arg(all).arg(MAX_COUNT - all);
         for (slug, &delta) in &totals {
-            import.arg(*slug).arg(delta).arg(MAX_COUNT - delta);
+            import
+                .arg(*slug)
+                .arg(delta)
+                .arg(MAX_COUNT - delta)
+                .arg(*slug);
         }
         for (&(day, slug), &views) in &per_day {
             import
                 .key(day_key(day))
                 .arg(slug)
                 .arg(views)
-                .arg(MAX_COUNT - views);
+                .arg(MAX_COUNT - views)
+                .arg(day_field(day, slug));
         }
-        self.with("import", |c| import.invoke(c))
+        // Not while this node rebuilds its part: the rebuild's snapshot and its part would
+        // disagree on the import.
+        let cluster = self.cluster.clone();
+        let _fence = cluster.as_ref().map(|c| c.import_fence());
+        self.with("import", |c| import.invoke::<()>(c))?;
+        if let Some(cluster) = &cluster {
+            cluster.imported(&totals, &per_day);
+        }
+        Ok(())
     }
 
     fn days_of(&mut self, slug: &str, days: &[u32]) -> Result<Vec<u64>, StoreError> {
@@ -265,9 +321,16 @@ mod tests {
     use super::*;
     use crate::cluster::counter::tests::{Server, conn};
 
+    /// A node's store, whose part is of the current generation (as a rebuild leaves it).
     fn store(server: &Server) -> RedisStore {
-        RedisStore::standalone(&RedisUrl::from(server.url()), None, Duration::from_secs(2))
-            .expect("a Redis URL")
+        let mut c = conn(server);
+        let _: () = c.set(gen_key(), "g1").unwrap();
+        let _: () = c.hset("vc:part:test", "#gen", "g1").unwrap();
+        let mut store =
+            RedisStore::standalone(&RedisUrl::from(server.url()), None, Duration::from_secs(2))
+                .expect("a Redis URL");
+        store.part = Some("vc:part:test".into());
+        store
     }
 
     fn views(slug: &str, views: u64) -> DayViews<'_> {

@@ -213,11 +213,22 @@ struct Stats {
     /// `aof`, `rdb` (snapshots only), `none`, or `unknown` (CONFIG refused to us).
     #[serde(skip_serializing_if = "Option::is_none")]
     redis_persistence: Option<&'static str>,
+    /// Cluster mode: times this node rebuilt its part of Redis's sums from its record (the
+    /// first, at start, adds it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rebuilds: Option<u64>,
+    /// Cluster mode: views counted here that the `--db` file does not hold yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    record_unwritten: Option<u64>,
 }
 
 async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Refusal> {
     authorize_admin_read(&req, &state)?;
     let server = state.cluster.as_ref().and_then(|c| c.server());
+    let record_unwritten = match &state.cluster {
+        Some(cluster) => cluster.unwritten().await,
+        None => None,
+    };
     let stats = Stats {
         posts_awake: state.registry.awake(),
         streams: state.limits.open(),
@@ -232,6 +243,8 @@ async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
         redis_persistence: server.as_ref().map(|s| s.persistence.as_str()),
         redis_version: server.as_ref().map(|s| s.version.clone()),
         redis_mode: server.map(|s| s.mode),
+        rebuilds: state.cluster.as_ref().map(|c| c.rebuilds()),
+        record_unwritten,
     };
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))

@@ -7,6 +7,7 @@ use std::time::Duration;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 
+use crate::cluster::record::RebuildError;
 use crate::edge::origin::same_origin_only;
 use crate::edge::slug::Slug;
 use crate::edge::slug_list::SlugPolicy;
@@ -38,6 +39,7 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
         .route("/top", web::get().to(top))
         .route("/daily", web::get().to(daily))
         .route("/import", web::post().to(import))
+        .route("/retire", web::post().to(retire))
         .route("/import/sessions", web::post().to(begin_import))
         .route("/import/sessions/{id}", web::post().to(import_piece))
         .route("/import/sessions/{id}", web::delete().to(abort_import))
@@ -308,14 +310,15 @@ async fn top_rows(state: &AppState, by: TopBy, limit: usize) -> Result<Vec<TopRo
         .collect())
 }
 
-/// `GET /daily`: every post's views, reading times and peak per day (what `export --daily`
-/// prints).
+/// `GET /daily`: the site's peak per day, and every post's views, reading times and peak per
+/// day (what `export --daily` prints).
 async fn daily(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Refusal> {
     authorize_admin_read(&req, &state)?;
     let writer = state.registry.writer();
     let days = writer.all_days().await.map_err(Refusal::from)?;
     let presence = writer.all_presence().await.map_err(Refusal::from)?;
-    let rows = crate::import::day_rows(days, presence);
+    let site = writer.all_site_peaks().await.map_err(Refusal::from)?;
+    let rows = crate::import::day_rows(days, presence, site);
     Ok(no_store(&mut HttpResponse::Ok()).json(rows))
 }
 
@@ -444,6 +447,63 @@ async fn import(
     };
     let parsed = file::parse(&text, &options).map_err(|e| Refusal::BadRequest(e.to_string()))?;
     apply_import(&state, parsed, mode, dry_run).await
+}
+
+/// What `viewcounter retire` sends: a stopped node's record id and what it holds.
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+pub(crate) struct RetiredRecord {
+    pub record: String,
+    /// (slug, total)
+    pub totals: Vec<(String, u64)>,
+    /// (slug, day as `YYYYMMDD`, views)
+    pub days: Vec<(String, u32, u64)>,
+}
+
+/// `POST /retire` (admin, as an import), body: a [`RetiredRecord`] as JSON. Cluster mode only:
+/// the record becomes part of this node's, and its part of Redis's sums part of this node's.
+async fn retire(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, Refusal> {
+    authorize_import(&req, &state)?;
+    let Some(cluster) = &state.cluster else {
+        return Err(Refusal::BadRequest(
+            "this server is not a cluster node (--redis): a retired record goes to a node of the cluster".into(),
+        ));
+    };
+    let body = import_body(payload).await?;
+    let retired: RetiredRecord = serde_json::from_str(&body)
+        .map_err(|e| Refusal::BadRequest(format!("not a retired record: {e}")))?;
+    let slug = |s: &str| Slug::parse(s).map_err(|e| Refusal::BadRequest(format!("{s}: {e}")));
+    let totals = retired
+        .totals
+        .iter()
+        .map(|(s, n)| Ok((slug(s)?, *n)))
+        .collect::<Result<Vec<_>, Refusal>>()?;
+    let days = retired
+        .days
+        .iter()
+        .map(|(s, day, n)| Ok((slug(s)?, *day, *n)))
+        .collect::<Result<Vec<_>, Refusal>>()?;
+    let rebuilt = cluster
+        .take_retired(&state.registry, &retired.record, totals, days)
+        .await
+        .map_err(|e| match e {
+            RebuildError::AlreadyTaken(_) | RebuildError::NotARecord(_) => {
+                Refusal::BadRequest(e.to_string())
+            }
+            other => {
+                tracing::warn!(error = %other, "cannot take a retired record");
+                Refusal::StorageUnavailable
+            }
+        })?;
+    // Totals moved without a view counted: dashboards start again from a snapshot.
+    state.registry.changes().resync();
+    Ok(no_store(&mut HttpResponse::Ok()).json(serde_json::json!({
+        "record": retired.record,
+        "views": rebuilt.views,
+    })))
 }
 
 /// Applies an import in one go (the writer's one transaction, or the cluster's one Redis

@@ -14,10 +14,10 @@ use jiff::Timestamp;
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
 
-use crate::edge::slug::Slug;
-use crate::import::{DAY_ROW_HEADER, DayRow, row_presence};
+use crate::edge::slug::{SITE, Slug};
+use crate::import::{DAY_ROW_HEADER, DayRow, row_peak, row_presence};
 use crate::storage::MAX_COUNT;
-use crate::storage::presence::DayPresence;
+use crate::storage::presence::{DayPresence, Peak};
 
 /// Most bad rows listed in one error: a file bad on every row would otherwise print megabytes.
 pub(crate) const MAX_REPORTED: usize = 100;
@@ -74,6 +74,8 @@ pub(crate) struct Parsed {
     pub days: BTreeMap<(Slug, Date), u64>,
     /// Reading times and peaks per post and day, where the file has them (`export --daily`).
     pub presence: BTreeMap<(Slug, Date), DayPresence>,
+    /// The whole site's peak per day, where the file has it (`export --daily`'s `*` rows).
+    pub site_peaks: BTreeMap<Date, Peak>,
     /// Rows left out on purpose (GoatCounter bot and event rows, paths outside --path-prefix),
     /// for the summary.
     pub skipped: usize,
@@ -306,6 +308,7 @@ struct Builder {
     place: Place,
     total_at: BTreeMap<Slug, usize>,
     day_at: BTreeMap<(Slug, Date), usize>,
+    site_at: BTreeMap<Date, usize>,
     errors: Vec<RowError>,
     more: usize,
 }
@@ -320,6 +323,7 @@ impl Builder {
             place,
             total_at: BTreeMap::new(),
             day_at: BTreeMap::new(),
+            site_at: BTreeMap::new(),
             errors: Vec::new(),
             more: 0,
         }
@@ -359,6 +363,21 @@ impl Builder {
             self.parsed.presence.insert(key.clone(), presence);
         }
         self.day_at.insert(key, at);
+        Ok(())
+    }
+
+    /// The whole site's peak on one day; a second row for the same day contradicts the first.
+    fn site_peak(&mut self, at: usize, day: Date, peak: Peak) -> Result<(), String> {
+        if let Some(&first) = self.site_at.get(&day) {
+            let first = self.place.name(first);
+            return Err(format!(
+                "the site ({SITE:?}) on {day} is already given at {first}"
+            ));
+        }
+        if peak.live > 0 {
+            self.parsed.site_peaks.insert(day, peak);
+        }
+        self.site_at.insert(day, at);
         Ok(())
     }
 
@@ -488,6 +507,19 @@ fn csv_row(b: &mut Builder, shape: Shape, line: usize, fields: &[&str]) -> Resul
             parse_count(views, "views")?,
             None,
         ),
+        (Shape::PresenceCsv, [SITE, day, views, buckets, read_ms, peak, at]) => {
+            let given = [
+                ("views", views),
+                ("read_buckets", buckets),
+                ("read_ms", read_ms),
+            ];
+            if let Some((name, _)) = given.iter().find(|(_, value)| !value.is_empty()) {
+                return Err(site_sums(name));
+            }
+            let at = (!at.is_empty()).then_some(*at);
+            let peak = row_peak(parse_count(peak, "peak")?, at)?;
+            b.site_peak(line, parse_day(day)?, peak)
+        }
         (Shape::PresenceCsv, [slug, day, views, buckets, read_ms, peak, at]) => {
             let buckets = buckets
                 .split(' ')
@@ -512,6 +544,14 @@ fn csv_row(b: &mut Builder, shape: Shape, line: usize, fields: &[&str]) -> Resul
         (Shape::PresenceCsv, _) => Err(field_count(7, DAY_ROW_HEADER, fields.len())),
         _ => Err(field_count(2, "slug,total", fields.len())),
     }
+}
+
+/// Why the site's row may not give `name`.
+fn site_sums(name: &str) -> String {
+    format!(
+        "the site's row ({SITE:?}) carries only peak and peak_at: leave {name} empty (the \
+         site's is the sum of its posts')"
+    )
 }
 
 /// A histogram bucket holds a `u32`.
@@ -609,7 +649,11 @@ fn json_element(
     }
     if daily {
         let row: DayRow = serde_json::from_value(element).map_err(|e| e.to_string())?;
-        let views = checked_count(row.views, "views")?;
+        if row.slug == SITE {
+            return json_site_row(b, n, row);
+        }
+        let views = row.views.ok_or("missing field `views`")?;
+        let views = checked_count(views, "views")?;
         let presence = row_presence(
             row.read_buckets.as_deref(),
             row.read_ms
@@ -633,6 +677,21 @@ fn json_element(
             checked_count(row.total, "total")?,
         )
     }
+}
+
+/// The site's row of a daily JSON: `peak` and `peak_at` alone.
+fn json_site_row(b: &mut Builder, n: usize, row: DayRow) -> Result<(), String> {
+    let given = [
+        ("views", row.views.is_some()),
+        ("read_buckets", row.read_buckets.is_some()),
+        ("read_ms", row.read_ms.is_some()),
+    ];
+    if let Some((name, _)) = given.iter().find(|(_, given)| *given) {
+        return Err(site_sums(name));
+    }
+    let live = row.peak.ok_or("missing field `peak`")?;
+    let peak = row_peak(checked_count(live, "peak")?, row.peak_at.as_deref())?;
+    b.site_peak(n, parse_day(&row.day)?, peak)
 }
 
 // ---- GoatCounter's CSV ----
@@ -898,6 +957,43 @@ mod tests {
         assert_eq!(parsed.totals, totals(&[("a", 7)]));
         let want = days(&[("a", "2026-12-01", 3), ("a", "2026-12-02", 4)]);
         assert_eq!(parsed.days, want);
+    }
+
+    #[test]
+    fn the_sites_rows_give_its_peak_per_day_and_add_no_views_in_csv_and_json() {
+        let zeros = "0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0";
+        let csv = format!(
+            "{DAY_ROW_HEADER}\n*,2026-12-07,,,,3,2026-12-07T10:00:00Z\n*,2026-12-08,,,,0,\n\
+             a,2026-12-07,1,{zeros},0,1,2026-12-07T09:00:00Z\n"
+        );
+        let json = r#"[{"slug":"*","day":"2026-12-07","peak":3,"peak_at":"2026-12-07T10:00:00Z"},
+            {"slug":"*","day":"2026-12-08","peak":0,"peak_at":null},
+            {"slug":"a","day":"2026-12-07","views":1}]"#;
+        let at = "2026-12-07T10:00:00Z".parse::<Timestamp>().unwrap();
+        let want = BTreeMap::from([(
+            date("2026-12-07"),
+            Peak {
+                live: 3,
+                at: at.as_second() as u64,
+            },
+        )]);
+        for text in [csv.as_str(), json] {
+            let parsed = read(text).unwrap();
+            assert_eq!(parsed.site_peaks, want, "{text}");
+            assert_eq!(parsed.totals, totals(&[("a", 1)]), "{text}");
+            assert_eq!(parsed.days, days(&[("a", "2026-12-07", 1)]), "{text}");
+        }
+        // A post's row still needs its views.
+        let (errors, _) = bad_rows(read(r#"[{"slug":"a","day":"2026-12-07"}]"#));
+        assert!(
+            errors[0].reason.contains("missing field `views`"),
+            "{errors:?}"
+        );
+        let (errors, _) = bad_rows(read(r#"[{"slug":"*","day":"2026-12-07","read_ms":0}]"#));
+        assert!(
+            errors[0].reason.contains("leave read_ms empty"),
+            "{errors:?}"
+        );
     }
 
     #[test]

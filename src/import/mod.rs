@@ -12,7 +12,7 @@ pub(crate) mod session;
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::edge::slug::Slug;
+use crate::edge::slug::{SITE, Slug};
 use crate::storage::add_counts;
 use crate::storage::calendar::Day;
 use crate::storage::presence::{DayPresence, Peak, READ_BUCKETS, READ_CAP, Reads};
@@ -31,15 +31,21 @@ pub(crate) const IMPORT_HEADER: &str = "x-viewcounter-import";
 /// histogram's bucket counts, their sum in ms, and the peak with when it was reached (RFC 3339,
 /// UTC; `null` without a reader). Read back from JSON, the presence fields may be missing
 /// (files written before they were), all together.
+///
+/// The whole site's peak of a day is a row of its own, named [`SITE`] (`*`, which no post can
+/// be): it carries only `peak` and `peak_at`, since the site's views and reading times are its
+/// posts' sums and its peak is not (posts peak at different times).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DayRow {
     pub slug: String,
     pub day: String,
-    pub views: u64,
-    #[serde(default)]
+    /// `None` in the site's row only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub views: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_buckets: Option<Vec<u32>>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_ms: Option<u64>,
     #[serde(default)]
     pub peak: Option<u64>,
@@ -56,7 +62,7 @@ impl DayRow {
         Self {
             slug,
             day,
-            views,
+            views: Some(views),
             read_buckets: Some(presence.reads.buckets.to_vec()),
             read_ms: Some(presence.reads.sum_ms),
             peak: Some(peak.live),
@@ -64,18 +70,43 @@ impl DayRow {
         }
     }
 
+    /// The whole site's row of a day: its peak alone.
+    pub fn site(day: String, peak: Peak) -> Self {
+        Self {
+            slug: SITE.to_owned(),
+            day,
+            views: None,
+            read_buckets: None,
+            read_ms: None,
+            peak: Some(peak.live),
+            peak_at: (peak.live > 0).then(|| peak_at(peak.at)),
+        }
+    }
+
     /// The row as one CSV line (no newline): slugs never hold commas, quotes or newlines, and
-    /// the buckets are separated by spaces, so no quoting is needed.
+    /// the buckets are separated by spaces, so no quoting is needed. The site's row leaves
+    /// views, read_buckets and read_ms empty.
     pub fn csv_line(&self) -> String {
-        let buckets = self.read_buckets.as_deref().unwrap_or(&[0; READ_BUCKETS]);
-        let buckets: Vec<String> = buckets.iter().map(u32::to_string).collect();
+        let site = self.slug == SITE;
+        let count = |n: Option<u64>| match (site, n) {
+            (true, None) => String::new(),
+            (_, n) => n.unwrap_or(0).to_string(),
+        };
+        let buckets = match (site, self.read_buckets.as_deref()) {
+            (true, None) => String::new(),
+            (_, buckets) => {
+                let buckets = buckets.unwrap_or(&[0; READ_BUCKETS]);
+                let buckets: Vec<String> = buckets.iter().map(u32::to_string).collect();
+                buckets.join(" ")
+            }
+        };
         format!(
             "{},{},{},{},{},{},{}",
             self.slug,
             self.day,
-            self.views,
-            buckets.join(" "),
-            self.read_ms.unwrap_or(0),
+            count(self.views),
+            buckets,
+            count(self.read_ms),
             self.peak.unwrap_or(0),
             self.peak_at.as_deref().unwrap_or_default(),
         )
@@ -90,12 +121,19 @@ fn peak_at(unix: u64) -> String {
         .map_or_else(|| unix.to_string(), |t| t.to_string())
 }
 
-/// Every post's views and presence per day as [`DayRow`]s, sorted by slug then day: a day
-/// with presence but no views (a reading that ended after midnight) has a row too.
+/// The site's peak per day, then every post's views and presence per day, as [`DayRow`]s
+/// sorted by slug (`*` before any post) then day: a day with presence but no views (a reading
+/// that ended after midnight) has a row too; a day without a site peak has no site row.
 pub(crate) fn day_rows(
     days: impl IntoIterator<Item = (String, Day, u64)>,
     presence: impl IntoIterator<Item = (String, Day, DayPresence)>,
+    site: impl IntoIterator<Item = (Day, Peak)>,
 ) -> Vec<DayRow> {
+    let mut site: Vec<(Day, Peak)> = site.into_iter().filter(|(_, p)| p.live > 0).collect();
+    site.sort_by_key(|&(day, _)| day);
+    let site = site
+        .into_iter()
+        .map(|(day, peak)| DayRow::site(day.to_string(), peak));
     let mut all: BTreeMap<(String, Day), (u64, DayPresence)> = days
         .into_iter()
         .map(|(slug, day, views)| ((slug, day), (views, DayPresence::default())))
@@ -103,9 +141,10 @@ pub(crate) fn day_rows(
     for (slug, day, p) in presence {
         all.entry((slug, day)).or_default().1 = p;
     }
-    all.into_iter()
-        .map(|((slug, day), (views, p))| DayRow::new(slug, day.to_string(), views, &p))
-        .collect()
+    let posts = all
+        .into_iter()
+        .map(|((slug, day), (views, p))| DayRow::new(slug, day.to_string(), views, &p));
+    site.chain(posts).collect()
 }
 
 /// The presence columns of a row checked: none at all (an older file), or all of them
@@ -137,6 +176,12 @@ pub(crate) fn row_presence(
             READ_CAP.as_secs()
         ));
     }
+    let peak = row_peak(live, at)?;
+    Ok(Some(DayPresence { reads, peak }))
+}
+
+/// A row's `peak` and `peak_at` checked: a peak has a time, no peak has none.
+pub(crate) fn row_peak(live: u64, at: Option<&str>) -> Result<Peak, String> {
     let at = match (live, at) {
         (0, None) => 0,
         (0, Some(at)) => return Err(format!("peak_at {at:?} without a peak")),
@@ -148,10 +193,7 @@ pub(crate) fn row_presence(
             u64::try_from(at.as_second()).map_err(|_| format!("peak_at {raw:?} is before 1970"))?
         }
     };
-    Ok(Some(DayPresence {
-        reads,
-        peak: Peak { live, at },
-    }))
+    Ok(Peak { live, at })
 }
 
 /// A file's parsed numbers as the writer applies them.
@@ -166,10 +208,16 @@ pub(crate) fn plan(parsed: file::Parsed, mode: ImportMode, dry_run: bool) -> Imp
         .into_iter()
         .map(|((slug, date), p)| ((slug, Day::from_date(date)), p))
         .collect();
+    let site_peaks = parsed
+        .site_peaks
+        .into_iter()
+        .map(|(date, peak)| (Day::from_date(date), peak))
+        .collect();
     ImportPlan {
         totals: parsed.totals,
         days,
         presence,
+        site_peaks,
         mode,
         dry_run,
     }
@@ -214,6 +262,13 @@ impl Summary {
             out.push_str(&format!(
                 ", {} days' reading times or peaks {verb}\n",
                 report.day_presence
+            ));
+        }
+        if report.site_peaks > 0 {
+            out.pop();
+            out.push_str(&format!(
+                ", {} days' site peaks {verb}\n",
+                report.site_peaks
             ));
         }
         out

@@ -158,12 +158,17 @@ impl Session {
         self.touched = Instant::now();
         let staged = &mut self.staged;
         staged.skipped += piece.skipped;
-        if !piece.totals.is_empty() {
-            let daily = !piece.days.is_empty();
+        if !piece.totals.is_empty() || !piece.site_peaks.is_empty() {
+            let daily = !piece.days.is_empty() || !piece.site_peaks.is_empty();
             if *self.daily.get_or_insert(daily) != daily {
                 return Err("pieces of totals and pieces of days do not mix".into());
             }
             if daily {
+                for (day, peak) in piece.site_peaks {
+                    if staged.site_peaks.insert(day, peak).is_some() {
+                        return Err(format!("the site on {day} is in an earlier piece"));
+                    }
+                }
                 for (key, views) in piece.days {
                     if staged.days.contains_key(&key) {
                         let (slug, day) = key;
@@ -192,7 +197,7 @@ impl Session {
                 }
             }
         }
-        if staged.days.len() + staged.totals.len() > MAX_STAGED_ROWS {
+        if staged.days.len() + staged.totals.len() + staged.site_peaks.len() > MAX_STAGED_ROWS {
             return Err(format!(
                 "more than {MAX_STAGED_ROWS} posts and days in one import"
             ));

@@ -4,6 +4,7 @@
 
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use redb::backends::InMemoryBackend;
 use redb::{
@@ -33,6 +34,8 @@ const SITE_PEAKS: TableDefinition<u32, (u64, u64)> = TableDefinition::new("site_
 /// Format bookkeeping, so a later version can migrate the file.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SCHEMA_VERSION_KEY: &str = "schema_version";
+/// `meta`: when the file was retired (`viewcounter retire`), unix seconds.
+const RETIRED: &str = "retired";
 /// 2 added `days`; a version-1 file gains the table (empty: those views have no days) on open.
 /// 3 added `day_presence` and `site_peaks`; older files gain them empty (no reading times or
 /// peaks were kept then), their totals and days untouched.
@@ -51,6 +54,10 @@ pub enum StoreError {
     Locked { path: String },
     #[error("{path} is not a viewcounter database: {reason}")]
     Foreign { path: String, reason: String },
+    #[error(
+        "{path} was retired: its views were handed to another node's record (`viewcounter retire`), so serving it would count them twice; start the node with a new --db file"
+    )]
+    Retired { path: String },
     #[error("storage error: {0}")]
     Storage(String),
 }
@@ -97,6 +104,10 @@ pub trait Store: Send + 'static {
     /// The site's peak on each of `days`.
     fn site_peaks(&mut self, days: &[u32]) -> Result<Vec<Peak>, StoreError> {
         Ok(vec![Peak::default(); days.len()])
+    }
+    /// Every day's site peak (day, peak), by day.
+    fn all_site_peaks(&mut self) -> Result<Vec<(u32, Peak)>, StoreError> {
+        Ok(Vec::new())
     }
     /// Every (slug, day, presence), sorted by slug then day.
     fn all_presence(&mut self) -> Result<Vec<(String, u32, DayPresence)>, StoreError> {
@@ -161,7 +172,8 @@ fn seen_key(slug: &str, reader: &str) -> String {
 /// works again, writing resumes without a restart.
 pub struct RedbStore {
     path: PathBuf,
-    db: Option<Database>,
+    /// Shared with the handles [`RedbStore::share`] made: redb serializes their writes.
+    db: Option<Arc<Database>>,
     /// A copy in memory (a dry run): never reopened from, nor written to, the file.
     in_memory: bool,
     /// The lock that tells `export` a server holds this file (see [`ServerMark`]).
@@ -232,7 +244,7 @@ impl RedbStore {
         let db = open_checked(path)?;
         Ok(Self {
             path: path.to_owned(),
-            db: Some(db),
+            db: Some(Arc::new(db)),
             in_memory: false,
             _mark: ServerMark::take(path),
         })
@@ -251,16 +263,16 @@ impl RedbStore {
         check_schema(&db, path)?;
         Ok(Self {
             path: path.to_owned(),
-            db: Some(db),
+            db: Some(Arc::new(db)),
             in_memory: true,
             _mark: None,
         })
     }
 
     /// The open handle, reopening the file after a failure.
-    fn db(&mut self) -> Result<&Database, StoreError> {
+    fn db(&mut self) -> Result<&Arc<Database>, StoreError> {
         if self.db.is_none() && !self.in_memory {
-            self.db = Some(open_checked(&self.path)?);
+            self.db = Some(Arc::new(open_checked(&self.path)?));
             tracing::debug!(path = %self.path.display(), "reopened the database");
         }
         self.db
@@ -273,11 +285,86 @@ impl RedbStore {
         &mut self,
         op: impl FnOnce(&Database) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let result = op(self.db()?);
+        let db: &Database = self.db()?;
+        let result = op(db);
         if result.is_err() {
             self.db = None;
         }
         result
+    }
+
+    /// A second handle on the same open file, for another thread (cluster mode: the outbox
+    /// and the node's record). It does not hold the server mark; after a failure it reopens
+    /// the file only once the other handles have let it go.
+    pub(crate) fn share(&mut self) -> Result<Self, StoreError> {
+        let db = Arc::clone(self.db()?);
+        Ok(Self {
+            path: self.path.clone(),
+            db: Some(db),
+            in_memory: self.in_memory,
+            _mark: None,
+        })
+    }
+
+    /// The number kept under `key` in the file's `meta` table, if any.
+    pub(crate) fn meta(&mut self, key: &str) -> Result<Option<u64>, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(StoreError::storage)?;
+            let meta = txn.open_table(META).map_err(StoreError::storage)?;
+            let value = meta.get(key).map_err(StoreError::storage)?;
+            Ok(value.map(|v| v.value()))
+        })
+    }
+
+    /// Refuses a file `viewcounter retire` handed to another node.
+    pub fn refuse_retired(&mut self) -> Result<(), StoreError> {
+        match self.meta(RETIRED)? {
+            Some(_) => Err(StoreError::Retired {
+                path: self.path.display().to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Marks the file retired (`at`: unix seconds): `serve` refuses it from now on.
+    pub(crate) fn mark_retired(&mut self, at: u64) -> Result<(), StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_write().map_err(StoreError::storage)?;
+            {
+                let mut meta = txn.open_table(META).map_err(StoreError::storage)?;
+                meta.insert(RETIRED, at).map_err(StoreError::storage)?;
+            }
+            txn.commit().map_err(StoreError::storage)
+        })
+    }
+
+    /// The number kept under `key` in the file's `meta` table, made by `make` and kept the
+    /// first time it is asked for (one write transaction: two askers get the same).
+    pub(crate) fn meta_or_insert(
+        &mut self,
+        key: &str,
+        make: impl FnOnce() -> u64,
+    ) -> Result<u64, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_write().map_err(StoreError::storage)?;
+            let value = {
+                let mut meta = txn.open_table(META).map_err(StoreError::storage)?;
+                let found = meta
+                    .get(key)
+                    .map_err(StoreError::storage)?
+                    .map(|v| v.value());
+                match found {
+                    Some(value) => value,
+                    None => {
+                        let value = make();
+                        meta.insert(key, value).map_err(StoreError::storage)?;
+                        value
+                    }
+                }
+            };
+            txn.commit().map_err(StoreError::storage)?;
+            Ok(value)
+        })
     }
 }
 
@@ -418,14 +505,10 @@ impl Store for RedbStore {
                 }
                 let mut peaks = txn.open_table(SITE_PEAKS).map_err(StoreError::storage)?;
                 for &(day, peak) in site {
-                    let mut stored =
-                        peaks
-                            .get(day)
-                            .map_err(StoreError::storage)?
-                            .map_or(Peak::default(), |v| {
-                                let (live, at) = v.value();
-                                Peak { live, at }
-                            });
+                    let mut stored = peaks
+                        .get(day)
+                        .map_err(StoreError::storage)?
+                        .map_or(Peak::default(), |v| site_peak(v.value()));
                     stored.raise(peak);
                     peaks
                         .insert(day, (stored.live, stored.at))
@@ -533,12 +616,16 @@ impl Store for RedbStore {
             days.iter()
                 .map(|&day| {
                     let row = table.get(day).map_err(StoreError::storage)?;
-                    Ok(row.map_or(Peak::default(), |v| {
-                        let (live, at) = v.value();
-                        Peak { live, at }
-                    }))
+                    Ok(row.map_or(Peak::default(), |v| site_peak(v.value())))
                 })
                 .collect()
+        })
+    }
+
+    fn all_site_peaks(&mut self) -> Result<Vec<(u32, Peak)>, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(StoreError::storage)?;
+            read_site_peaks(&txn)
         })
     }
 
@@ -683,6 +770,31 @@ impl Snapshot {
         check_schema_read_only(&txn, &self.path)?;
         read_days(&txn)
     }
+
+    /// Every day's site peak (day, peak), by day.
+    pub fn site_peaks(&self) -> Result<Vec<(u32, Peak)>, StoreError> {
+        let txn = self.db.begin_read().map_err(StoreError::storage)?;
+        check_schema_read_only(&txn, &self.path)?;
+        read_site_peaks(&txn)
+    }
+}
+
+/// A row of `site_peaks` as a [`Peak`].
+fn site_peak((live, at): (u64, u64)) -> Peak {
+    Peak { live, at }
+}
+
+fn read_site_peaks(txn: &redb::ReadTransaction) -> Result<Vec<(u32, Peak)>, StoreError> {
+    // A file of version 2 or older read by `export` has no site peaks.
+    let Some(table) = table_if_any(txn, SITE_PEAKS)? else {
+        return Ok(Vec::new());
+    };
+    let mut rows = Vec::new();
+    for row in table.iter().map_err(StoreError::storage)? {
+        let (day, peak) = row.map_err(StoreError::storage)?;
+        rows.push((day.value(), site_peak(peak.value())));
+    }
+    Ok(rows)
 }
 
 fn read_days(txn: &redb::ReadTransaction) -> Result<Vec<(String, u32, u64)>, StoreError> {
@@ -697,6 +809,18 @@ fn read_presence(
     every_day(txn, DAY_PRESENCE, DayPresence::decode)
 }
 
+/// A table of a file read by `export`, `None` when the file has none yet (written before it).
+fn table_if_any<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &redb::ReadTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, StoreError> {
+    match txn.open_table(table) {
+        Ok(table) => Ok(Some(table)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(StoreError::storage(e)),
+    }
+}
+
 /// Every (slug, day, row) of a (day, slug) table, sorted by slug then day, read by `read`
 /// (rows it refuses are left out); none when the file has no such table yet.
 fn every_day<V: redb::Value + 'static, T>(
@@ -704,10 +828,8 @@ fn every_day<V: redb::Value + 'static, T>(
     table: TableDefinition<(u32, &'static str), V>,
     read: impl Fn(V::SelfType<'_>) -> Option<T>,
 ) -> Result<Vec<(String, u32, T)>, StoreError> {
-    let table = match txn.open_table(table) {
-        Ok(table) => table,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(StoreError::storage(e)),
+    let Some(table) = table_if_any(txn, table)? else {
+        return Ok(Vec::new());
     };
     let mut rows = Vec::new();
     for row in table.iter().map_err(StoreError::storage)? {

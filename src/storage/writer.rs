@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 
 use crate::edge::reader_id::ReaderId;
 use crate::edge::slug::Slug;
@@ -75,6 +75,13 @@ enum Entry {
         reader: ReaderId,
         at: u64,
     },
+    /// Views counted without a reader id to remember (cluster mode: Redis keeps the
+    /// markers): `total` added to the post's total, `day`'s views to that day's.
+    Added {
+        slug: Slug,
+        total: u64,
+        day: Option<(u32, u64)>,
+    },
     /// Page showings' reading times, the newest ended at `at`, all on its day (boxed: the
     /// inbox's entries stay the size of a view).
     Reads {
@@ -107,6 +114,22 @@ enum Command {
 pub struct Writer {
     tx: mpsc::Sender<Command>,
     inbox: Inbox,
+    moves: broadcast::Sender<PresenceMoved>,
+}
+
+/// Moves a slow follower of [`Writer::presence_moves`] may be behind before it is told it
+/// lagged (and reads a snapshot instead).
+pub const PRESENCE_FEED_CAPACITY: usize = 256;
+
+/// A post's presence on a day moved (a reading added, a new peak): all of it as it stands
+/// now, unwritten included. What the owner's dashboard follows to keep a post's median
+/// reading time and peak live.
+#[derive(Debug, Clone)]
+pub struct PresenceMoved {
+    pub slug: Slug,
+    /// `YYYYMMDD`.
+    pub day: u32,
+    pub presence: DayPresence,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,11 +159,26 @@ impl Writer {
         {
             tracing::warn!(error = %e, "cannot sweep expired reader ids");
         }
-        let state = State::new(store, policy, calendar, metrics, Arc::clone(&inbox));
+        let moves = broadcast::Sender::new(PRESENCE_FEED_CAPACITY);
+        let state = State::new(
+            store,
+            policy,
+            calendar,
+            metrics,
+            Arc::clone(&inbox),
+            moves.clone(),
+        );
         thread::Builder::new()
             .name("viewcounter-writer".into())
             .spawn(move || state.run(rx))?;
-        Ok(Self { tx, inbox })
+        Ok(Self { tx, inbox, moves })
+    }
+
+    /// Every post's presence as it moves from now on: at most one [`PresenceMoved`] per post
+    /// and day each time the writer takes in what was counted (every 50 ms at most), sent
+    /// only while someone follows.
+    pub fn presence_moves(&self) -> broadcast::Receiver<PresenceMoved> {
+        self.moves.subscribe()
     }
 
     /// Records one counted view and the reader id it was counted for; never blocks.
@@ -149,6 +187,17 @@ impl Writer {
             slug: slug.clone(),
             reader,
             at,
+        });
+    }
+
+    /// Records views without their reader ids: `total` more for the post, and `views` more
+    /// on `day` (`YYYYMMDD`) when given; never blocks. The total and the day move apart only
+    /// for an import of totals alone.
+    pub fn add_counts(&self, slug: &Slug, total: u64, day: Option<(u32, u64)>) {
+        self.push(Entry::Added {
+            slug: slug.clone(),
+            total,
+            day,
         });
     }
 
@@ -302,9 +351,34 @@ impl Writer {
         self.ask(State::all_presence).await
     }
 
+    /// Every day's site peak (day, peak), including unwritten ones, by day.
+    pub async fn all_site_peaks(&self) -> Result<Vec<(Day, Peak)>, WriterError> {
+        self.ask(State::all_site_peaks).await
+    }
+
     /// Every post's views on `day`, including unwritten views, sorted by slug.
     pub async fn day_views(&self, day: Day) -> Result<Vec<(String, u64)>, WriterError> {
         self.ask(move |state| state.day_views(day)).await
+    }
+
+    /// Every total and every (slug, day, views), unwritten views included, read at one point
+    /// of the writer's queue: every view recorded before it was asked is in both.
+    pub async fn snapshot(
+        &self,
+    ) -> Result<(Vec<(String, u64)>, Vec<(String, Day, u64)>), WriterError> {
+        self.ask(|state| Ok((state.totals()?, state.all_days()?)))
+            .await
+    }
+
+    /// Views recorded and not yet written to the file (every post's unwritten total).
+    pub async fn unwritten(&self) -> Result<u64, WriterError> {
+        self.ask(|state| {
+            Ok(state
+                .pending
+                .values()
+                .fold(0, |all, p| add_counts(all, p.delta)))
+        })
+        .await
     }
 
     /// Every (slug, day, views), including unwritten views, sorted by slug then day.
@@ -381,6 +455,8 @@ pub struct ImportPlan {
     /// Reading times and peaks per post and day: added (`add`) or raised to the file's
     /// (`set`, bucket by bucket, never lower), the peak the higher either way.
     pub presence: BTreeMap<(Slug, Day), DayPresence>,
+    /// The whole site's peak per day: raised to the file's, in either mode.
+    pub site_peaks: BTreeMap<Day, Peak>,
     pub mode: ImportMode,
     pub dry_run: bool,
 }
@@ -397,6 +473,9 @@ pub struct ImportReport {
     /// Post-days whose reading times or peak changed.
     #[serde(default)]
     pub day_presence: usize,
+    /// Days whose site peak was raised.
+    #[serde(default)]
+    pub site_peaks: usize,
     pub written: bool,
 }
 
@@ -502,6 +581,8 @@ struct State {
     /// When to look at the pending set again; never later than the earliest due flush.
     wake: Option<Instant>,
     inbox: Inbox,
+    /// Where moved presence is told ([`Writer::presence_moves`]).
+    moves: broadcast::Sender<PresenceMoved>,
     /// When the inbox is to be drained next, if it has views.
     drain_at: Option<Instant>,
     last_drain: Instant,
@@ -516,6 +597,7 @@ impl State {
         calendar: Calendar,
         metrics: Arc<Metrics>,
         inbox: Inbox,
+        moves: broadcast::Sender<PresenceMoved>,
     ) -> Self {
         Self {
             store,
@@ -528,6 +610,7 @@ impl State {
             known: Known::default(),
             wake: None,
             inbox,
+            moves,
             drain_at: None,
             last_drain: Instant::now(),
             last_failure_log: None,
@@ -607,15 +690,34 @@ impl State {
         self.last_drain = Instant::now();
         let entries =
             std::mem::take(&mut *self.inbox.lock().unwrap_or_else(PoisonError::into_inner));
+        // Posts whose presence moved, told once each below; nothing is kept without a follower.
+        let follow = self.moves.receiver_count() > 0;
+        let mut moved = Vec::new();
         for entry in entries {
             match entry {
                 Entry::View { slug, reader, at } => self.add(slug, reader, at),
+                Entry::Added { slug, total, day } => {
+                    let p = self.pending_of(slug);
+                    p.delta = add_counts(p.delta, total);
+                    if let Some((day, views)) = day {
+                        match p.days.iter_mut().find(|(d, _)| *d == day) {
+                            Some((_, v)) => *v = add_counts(*v, views),
+                            None => p.days.push((day, views)),
+                        }
+                    }
+                }
                 Entry::Reads { slug, at, reads } => {
                     let day = self.day_of(at);
+                    if follow {
+                        moved.push((slug.clone(), day));
+                    }
                     self.pending_presence(slug, day, |p| p.reads.merge(&reads));
                 }
                 Entry::Peak { slug, peak } => {
                     let day = self.day_of(peak.at);
+                    if follow {
+                        moved.push((slug.clone(), day));
+                    }
                     self.pending_presence(slug, day, |p| p.peak.raise(peak));
                 }
                 Entry::SitePeak(peak) => {
@@ -628,6 +730,34 @@ impl State {
                     self.due_by(Instant::now() + self.policy.after);
                 }
             }
+        }
+        self.tell_moved(moved);
+    }
+
+    /// Tells each post's presence on each day in `moved` as it stands now (stored and
+    /// unwritten together).
+    fn tell_moved(&mut self, mut moved: Vec<(Slug, u32)>) {
+        moved.sort_unstable();
+        moved.dedup();
+        for (slug, day) in moved {
+            let stored = match self.store.presence_of(slug.as_str(), &[day]) {
+                Ok(stored) => stored.first().copied().unwrap_or_default(),
+                // The dashboard keeps the row it shows until its next snapshot.
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot read presence to tell");
+                    continue;
+                }
+            };
+            let mut presence = stored;
+            if let Some(pending) = self.pending_presence_on(&slug, day) {
+                presence.merge(pending);
+            }
+            // Nobody following any more is not an error.
+            let _ = self.moves.send(PresenceMoved {
+                slug,
+                day,
+                presence,
+            });
         }
     }
 
@@ -818,6 +948,17 @@ impl State {
         Ok(peaks)
     }
 
+    fn all_site_peaks(&mut self) -> Result<Vec<(Day, Peak)>, StoreError> {
+        let mut all: BTreeMap<u32, Peak> = self.store.all_site_peaks()?.into_iter().collect();
+        for &(day, pending) in &self.site_pending {
+            all.entry(day).or_default().raise(pending);
+        }
+        Ok(all
+            .into_iter()
+            .filter_map(|(day, peak)| Some((Day::from_key(day)?, peak)))
+            .collect())
+    }
+
     fn all_presence(&mut self) -> Result<Vec<(String, Day, DayPresence)>, StoreError> {
         let mut all: BTreeMap<(String, u32), DayPresence> = self
             .store
@@ -920,10 +1061,22 @@ impl State {
                 });
             }
         }
-        if plan.dry_run || (totals.is_empty() && days.is_empty() && presence.is_empty()) {
+        let mut site = Vec::new();
+        for (day, &file) in &plan.site_peaks {
+            let key = day.key();
+            let before = self.site_peaks(&[key])?[0];
+            let mut raised = before;
+            raised.raise(file);
+            if raised != before {
+                report.site_peaks += 1;
+                site.push((key, file));
+            }
+        }
+        let nothing = totals.is_empty() && days.is_empty() && presence.is_empty();
+        if plan.dry_run || (nothing && site.is_empty()) {
             return Ok(report);
         }
-        self.store.add_all(&totals, &days, &[], &presence, &[])?;
+        self.store.add_all(&totals, &days, &[], &presence, &site)?;
         for &(slug, delta) in &totals {
             self.known.add(slug, delta);
         }

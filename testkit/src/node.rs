@@ -36,9 +36,25 @@ impl NodeOn<'_> {
     /// `viewcounter serve --redis URL --node-id NAME FLAGS…` as its own process, in its own
     /// directory (its own `--db`, which holds its outbox).
     pub async fn start(self, flags: &[&str]) -> BinServer {
-        let url = self.redis.url();
-        let mut all = vec!["--redis", &url, "--node-id", self.name];
-        all.extend(flags);
-        BinServer::start(&all).await
+        let all = self.flags(flags);
+        BinServer::start(&all.iter().map(String::as_str).collect::<Vec<_>>()).await
+    }
+
+    /// As [`NodeOn::start`], on `dir` (the directory, and so the `--db`, of a node that
+    /// exited: the same node back).
+    pub async fn start_in(self, dir: tempfile::TempDir, flags: &[&str]) -> BinServer {
+        let all = self.flags(flags);
+        BinServer::start_in(dir, &all.iter().map(String::as_str).collect::<Vec<_>>()).await
+    }
+
+    fn flags(&self, flags: &[&str]) -> Vec<String> {
+        let mut all = vec![
+            "--redis".to_owned(),
+            self.redis.url(),
+            "--node-id".to_owned(),
+            self.name.to_owned(),
+        ];
+        all.extend(flags.iter().map(|f| (*f).to_owned()));
+        all
     }
 }

@@ -192,7 +192,7 @@ async fn a_node_starts_without_redis_and_joins_when_it_comes() {
 }
 
 #[actix_web::test]
-async fn export_and_import_with_redis_speak_for_the_whole_cluster() {
+async fn export_with_redis_and_an_import_through_a_node_speak_for_the_whole_cluster() {
     let Some((redis, a, b)) = two_nodes().await else {
         return;
     };
@@ -214,9 +214,19 @@ async fn export_and_import_with_redis_speak_for_the_whole_cluster() {
     let file = file.display().to_string();
     let RunOutput {
         status,
+        stdout: _,
+        stderr: err,
+    } = run(dir.path(), &["import", "--redis", &url, &file]).await;
+    assert!(!status.success());
+    assert!(err.contains("import --url"), "refused, saying how: {err}");
+    assert_eq!(redis.total("beta").await, 1, "nothing written");
+
+    let node = format!("http://{}", a.addr);
+    let RunOutput {
+        status,
         stdout: out,
         stderr: err,
-    } = run(dir.path(), &["import", "--redis", &url, "--dry-run", &file]).await;
+    } = run(dir.path(), &["import", "--url", &node, "--dry-run", &file]).await;
     assert!(status.success(), "{err}");
     assert!(out.contains("beta: 1 -> 40"), "{out}");
     assert_eq!(redis.total("beta").await, 1, "a dry run writes nothing");
@@ -225,7 +235,7 @@ async fn export_and_import_with_redis_speak_for_the_whole_cluster() {
         status,
         stdout: _,
         stderr: err,
-    } = run(dir.path(), &["import", "--redis", &url, &file]).await;
+    } = run(dir.path(), &["import", "--url", &node, &file]).await;
     assert!(status.success(), "{err}");
     // The reader on b sees the imported total: every node is told.
     on_b.stream.await_counts(counts(1, 40), ACROSS_NODES).await;

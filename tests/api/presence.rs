@@ -231,6 +231,22 @@ async fn a_posts_history_names_the_reading_time_buckets_once() {
     assert!(site["days"][0].get("read_buckets").is_none(), "{site}");
 }
 
+fn is_snapshot(ev: &SseEvent) -> bool {
+    ev.raw.lines().any(|l| l == "event: snapshot")
+}
+
+/// The dashboard's stream opened, with its first snapshot.
+async fn admin_stream(app: &TestApp) -> (SseClient, SseEvent) {
+    let mut board = app.open(Req::get("/api/v1/admin/stream")).await;
+    assert_eq!(board.status, 200);
+    loop {
+        let ev = board.next_event().await;
+        if is_snapshot(&ev) {
+            return (board, ev);
+        }
+    }
+}
+
 #[actix_web::test]
 async fn the_dashboard_rows_carry_todays_peak_and_median_reading_time() {
     let app = spawn_app().await;
@@ -244,14 +260,7 @@ async fn the_dashboard_rows_carry_todays_peak_and_median_reading_time() {
     })
     .await;
 
-    let mut board = app.open(Req::get("/api/v1/admin/stream")).await;
-    assert_eq!(board.status, 200);
-    let snapshot = loop {
-        let ev = board.next_event().await;
-        if ev.raw.lines().any(|l| l == "event: snapshot") {
-            break ev;
-        }
-    };
+    let (_board, snapshot) = admin_stream(&app).await;
     let json: serde_json::Value =
         serde_json::from_str(snapshot.data.as_deref().expect("data")).expect("JSON");
     let row = |slug: &str| {
@@ -266,6 +275,44 @@ async fn the_dashboard_rows_carry_todays_peak_and_median_reading_time() {
     assert_eq!(row("alpha"), (Some(1), Some(2), Some(0.0)));
     assert_eq!(row("beta"), (Some(0), Some(0), None), "no reads: null");
     drop(second);
+}
+
+/// `slug`'s `read_median_s` in a row event of the admin stream, `None` for another post's row
+/// (or a row without a median). Panics on a snapshot: the median must come without one.
+fn median_in_row(ev: &SseEvent, slug: &str) -> Option<f64> {
+    assert!(!is_snapshot(ev), "a new snapshot, not a row event: {ev:?}");
+    let json: serde_json::Value = serde_json::from_str(ev.data.as_deref()?).ok()?;
+    (json["slug"] == slug).then(|| json["read_median_s"].as_f64())?
+}
+
+#[actix_web::test]
+async fn a_reading_moves_the_dashboard_rows_median_at_once_without_a_new_snapshot() {
+    let app = spawn_app().await;
+    let (mut board, snapshot) = admin_stream(&app).await;
+    assert!(
+        snapshot.data.as_deref().is_some_and(|d| d.contains(
+            r#""slug":"alpha","live":0,"total":0,"today":0,"peak":0,"read_median_s":null"#
+        )),
+        "{snapshot:?}"
+    );
+
+    let reader = app.join("alpha").await;
+    // The reading itself: the server believes at most the time it saw the page open.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    leave_with(app.addr, "alpha", &format!("{} 0 200", reader.id)).await;
+    let deadline = Instant::now() + SHOWN;
+    let median = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = match board.next_event_within(left).await {
+            Ok(Some(ev)) => ev,
+            other => panic!("no row with alpha's median: {other:?}"),
+        };
+        if let Some(median) = median_in_row(&ev, "alpha") {
+            break median;
+        }
+    };
+    assert_eq!(median, 0.2);
+    drop(reader);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -315,47 +362,71 @@ async fn read_and_peaked(clock: &Clock) -> (TestApp, (Day, Day), String) {
     (app, today, url)
 }
 
+/// `export --daily` of `app` as CSV and JSON from the running server (`url`, unwritten
+/// readings included then) and, once it stopped, from its file, which must say the same; both
+/// also written to `days.csv` and `days.json` in the kept dir.
+async fn exported_daily(app: TestApp, url: &str) -> (tempfile::TempDir, String, String) {
+    let here = app.dir.path().to_owned();
+    let served_csv = cli_ok(&here, &["export", "--daily", "--url", url]).await;
+    let json_args = ["export", "--daily", "--url", url, "--format", "json"];
+    let served_json = cli_ok(&here, &json_args).await;
+    let db = app.db().display().to_string();
+    let dir = app.stop_and_keep_dir().await;
+    let csv = cli_ok(dir.path(), &["export", "--daily", "--db", &db]).await;
+    let json_args = ["export", "--daily", "--db", &db, "--format", "json"];
+    let json = cli_ok(dir.path(), &json_args).await;
+    assert_eq!((&csv, &json), (&served_csv, &served_json));
+    std::fs::write(dir.path().join("days.csv"), &csv).expect("write days.csv");
+    std::fs::write(dir.path().join("days.json"), &json).expect("write days.json");
+    (dir, csv, json)
+}
+
+/// A fresh db file (of a server that ran and stopped) into which `file` in `dir` was
+/// imported offline, then served: the server, and what `import` said.
+async fn imported_into_a_fresh_file(
+    dir: &std::path::Path,
+    clock: &Clock,
+    file: &str,
+) -> (TestApp, String) {
+    let fresh = spawn_app_configured(in_berlin(clock)).await;
+    let fresh_db = fresh.db().display().to_string();
+    let fresh = fresh.stop_and_keep_dir().await;
+    let said = cli_ok(dir, &["import", "--db", &fresh_db, file]).await;
+    (spawn_app_configured_in(fresh, in_berlin(clock)).await, said)
+}
+
+/// A fresh server into which `file` in `dir` was imported (`import --url`): it, and its URL.
+async fn imported_into_a_running_server(
+    dir: &std::path::Path,
+    clock: &Clock,
+    file: &str,
+) -> (TestApp, String) {
+    let app = spawn_app_configured(in_berlin(clock)).await;
+    let url = format!("http://{}", app.addr);
+    cli_ok(dir, &["import", "--url", &url, file]).await;
+    (app, url)
+}
+
 #[actix_web::test]
 async fn export_daily_carries_reading_times_and_peaks_that_import_restores_offline_and_through_a_server()
  {
     let clock = Clock::default();
     let (app, before, url) = read_and_peaked(&clock).await;
     assert!(before.0.read_median_s.is_some() && before.0.peak_at.is_some());
-    let served_csv = cli_ok(app.dir.path(), &["export", "--daily", "--url", &url]).await;
-    let served_json = cli_ok(
-        app.dir.path(),
-        &["export", "--daily", "--url", &url, "--format", "json"],
-    )
-    .await;
-    let db = app.db().display().to_string();
-    let dir = app.stop_and_keep_dir().await;
-    // The file says what the server said, unwritten readings included then.
-    let csv = cli_ok(dir.path(), &["export", "--daily", "--db", &db]).await;
-    let json = cli_ok(
-        dir.path(),
-        &["export", "--daily", "--db", &db, "--format", "json"],
-    )
-    .await;
-    assert_eq!((&csv, &json), (&served_csv, &served_json));
+    let (dir, csv, _) = exported_daily(app, &url).await;
     assert!(
-        csv.starts_with("slug,day,views,read_buckets,read_ms,peak,peak_at\nalpha,2026-12-07,2,2 "),
+        csv.starts_with("slug,day,views,read_buckets,read_ms,peak,peak_at\n*,2026-12-07,,,,3,"),
         "{csv}"
     );
+    assert!(csv.contains("\nalpha,2026-12-07,2,2 "), "{csv}");
     assert!(csv.contains(",2,2026-12-07T10:00:"), "{csv}");
-    std::fs::write(dir.path().join("days.csv"), &csv).expect("write days.csv");
-    std::fs::write(dir.path().join("days.json"), &json).expect("write days.json");
 
     // Offline, into a fresh file.
-    let fresh = spawn_app_configured(in_berlin(&clock)).await;
-    let fresh_db = fresh.db().display().to_string();
-    let fresh = fresh.stop_and_keep_dir().await;
-    let days = dir.path().join("days.csv").display().to_string();
-    let said = cli_ok(dir.path(), &["import", "--db", &fresh_db, &days]).await;
+    let (fresh, said) = imported_into_a_fresh_file(dir.path(), &clock, "days.csv").await;
     assert!(
-        said.ends_with(", 2 days' reading times or peaks changed\n"),
+        said.contains(", 2 days' reading times or peaks changed"),
         "{said}"
     );
-    let fresh = spawn_app_configured_in(fresh, in_berlin(&clock)).await;
     assert_eq!(
         alpha_and_beta(fresh.addr).await,
         before,
@@ -363,14 +434,128 @@ async fn export_daily_carries_reading_times_and_peaks_that_import_restores_offli
     );
 
     // Through a running server, in the pieces of an import session.
-    let other = spawn_app_configured(in_berlin(&clock)).await;
-    let url = format!("http://{}", other.addr);
-    cli_ok(dir.path(), &["import", "--url", &url, "days.json"]).await;
+    let (other, _) = imported_into_a_running_server(dir.path(), &clock, "days.json").await;
     assert_eq!(
         alpha_and_beta(other.addr).await,
         before,
         "through a server, from JSON"
     );
+}
+
+#[actix_web::test]
+async fn export_daily_carries_the_sites_peaks_that_import_restores_offline_and_through_a_server() {
+    let clock = Clock::default();
+    let (app, _, url) = read_and_peaked(&clock).await;
+    // Alpha's two readers and beta's one were there at once: the site's peak is 3, which is
+    // no post's.
+    let site = site_today(app.addr).await;
+    assert_eq!(site.peak, 3, "{site:?}");
+    let (dir, csv, json) = exported_daily(app, &url).await;
+    // The site's row comes first (`*` sorts before any slug) and leaves its sums empty.
+    let line = csv.lines().nth(1).unwrap_or_default();
+    assert!(
+        line.starts_with("*,2026-12-07,,,,3,2026-12-07T10:00:"),
+        "{csv}"
+    );
+    assert!(
+        json.starts_with(
+            r#"[{"slug":"*","day":"2026-12-07","peak":3,"peak_at":"2026-12-07T10:00:"#
+        ),
+        "{json}"
+    );
+
+    // Offline, into a fresh file.
+    let (fresh, said) = imported_into_a_fresh_file(dir.path(), &clock, "days.csv").await;
+    assert!(said.ends_with(", 1 days' site peaks changed\n"), "{said}");
+    assert_eq!(site_today(fresh.addr).await, site, "offline, from CSV");
+
+    // Through a running server, in the pieces of an import session.
+    let (other, url) = imported_into_a_running_server(dir.path(), &clock, "days.json").await;
+    assert_eq!(
+        site_today(other.addr).await,
+        site,
+        "through a server, from JSON"
+    );
+
+    // A peak takes the higher, in either mode: the same file again changes nothing (`add`
+    // adds its posts' views and readings, not the site's peak), a lower peak is kept out, a
+    // higher one is taken with its time.
+    let peak = |day: Day| (day.peak, day.peak_at);
+    for mode in ["set", "add"] {
+        let said = cli_ok(
+            dir.path(),
+            &["import", "--url", &url, "--mode", mode, "days.csv"],
+        )
+        .await;
+        assert!(!said.contains("site peaks"), "{mode}: {said}");
+    }
+    let header = "slug,day,views,read_buckets,read_ms,peak,peak_at\n";
+    let lower = format!("{header}*,2026-12-07,,,,2,2026-12-07T09:00:00Z\n");
+    std::fs::write(dir.path().join("lower.csv"), lower).expect("write lower.csv");
+    cli_ok(dir.path(), &["import", "--url", &url, "lower.csv"]).await;
+    assert_eq!(
+        peak(site_today(other.addr).await),
+        peak(site.clone()),
+        "a lower peak changes nothing"
+    );
+    let views = site_today(other.addr).await.views;
+    let higher = format!("{header}*,2026-12-07,,,,9,2026-12-07T12:30:00Z\n");
+    std::fs::write(dir.path().join("higher.csv"), higher).expect("write higher.csv");
+    cli_ok(dir.path(), &["import", "--url", &url, "higher.csv"]).await;
+    let raised = site_today(other.addr).await;
+    assert_eq!(
+        (raised.peak, raised.peak_at.as_deref(), raised.views),
+        (9, Some("2026-12-07T13:30:00+01:00"), views),
+        "the higher peak, in --timezone; views untouched"
+    );
+}
+
+#[actix_web::test]
+async fn a_bad_site_peak_refuses_the_import_naming_its_line_and_writes_nothing() {
+    let app = spawn_app().await;
+    let dir = app.dir.path();
+    let url = format!("http://{}", app.addr);
+    let good = "*,2026-12-06,,,,1,2026-12-06T10:00:00Z\n";
+    let bad = [
+        (
+            "*,2026-12-07,5,,,3,2026-12-07T10:00:00Z\n",
+            "leave views empty",
+        ),
+        (
+            "*,2026-12-07,,,100,3,2026-12-07T10:00:00Z\n",
+            "leave read_ms empty",
+        ),
+        ("*,2026-12-07,,,,3,\n", "peak 3 without a peak_at"),
+        ("*,2026-12-07,,,,x,2026-12-07T10:00:00Z\n", "peak \"x\""),
+        ("*,2026-12-32,,,,3,2026-12-07T10:00:00Z\n", "\"2026-12-32\""),
+        (
+            "*,2026-12-06,,,,2,2026-12-06T11:00:00Z\n",
+            "already given at line 2",
+        ),
+    ];
+    each_refused_on_line_3(dir, &url, good, &bad).await;
+    // An older file's header has no site row: `*` is no post.
+    std::fs::write(dir.join("old.csv"), "slug,day,views\n*,2026-12-07,5\n").expect("write");
+    let out = run(dir, &["import", "--url", &url, "old.csv"])
+        .quiet()
+        .await;
+    assert!(
+        out.stderr.contains("line 2: bad slug \"*\""),
+        "{}",
+        out.stderr
+    );
+    // The server's own import names the element.
+    let json =
+        r#"[{"slug":"*","day":"2026-12-07","views":1,"peak":1,"peak_at":"2026-12-07T10:00:00Z"}]"#;
+    let res = send(
+        app.addr,
+        Req::post("/api/v1/import", json).header("X-Viewcounter-Import", "1"),
+    )
+    .await;
+    let message = res.assert_json_error(400);
+    assert!(message.contains("element 1: the site's row"), "{message}");
+    let history = site_today(app.addr).await;
+    assert_eq!((history.peak, history.views), (0, 0), "nothing written");
 }
 
 #[actix_web::test]
@@ -421,13 +606,30 @@ async fn a_file_without_reading_times_imports_as_before_and_leaves_them_as_they_
     assert_eq!(beta, before.1);
 }
 
+/// Each of the `bad` rows after `export --daily`'s header and the `good` row refuses the
+/// import through the server at `url`, naming line 3 and saying the reason given with it.
+async fn each_refused_on_line_3(
+    dir: &std::path::Path,
+    url: &str,
+    good: &str,
+    bad: &[(impl std::fmt::Display, &str)],
+) {
+    for (row, reason) in bad {
+        let file = format!("slug,day,views,read_buckets,read_ms,peak,peak_at\n{good}{row}");
+        std::fs::write(dir.join("bad.csv"), &file).expect("write bad.csv");
+        let out = run(dir, &["import", "--url", url, "bad.csv"]).quiet().await;
+        assert!(!out.status.success(), "{file}");
+        assert!(out.stderr.contains("line 3: "), "{file}: {}", out.stderr);
+        assert!(out.stderr.contains(reason), "{file}: {}", out.stderr);
+    }
+}
+
 #[actix_web::test]
 async fn a_bad_reading_time_or_peak_refuses_the_import_naming_its_line_and_writes_nothing() {
     let app = spawn_app().await;
     let dir = app.dir.path();
     let url = format!("http://{}", app.addr);
     let zeros = "0 0 0 0 0 0 0 0 0 0 0 0 0 0 0";
-    let header = "slug,day,views,read_buckets,read_ms,peak,peak_at\n";
     let good = format!("alpha,2026-12-07,1,{zeros} 1,500,1,2026-12-07T10:00:00Z\n");
     let bad = [
         (
@@ -455,16 +657,7 @@ async fn a_bad_reading_time_or_peak_refuses_the_import_naming_its_line_and_write
             "expected 7 fields",
         ),
     ];
-    for (row, reason) in bad {
-        let file = format!("{header}{good}{row}");
-        std::fs::write(dir.join("bad.csv"), &file).expect("write bad.csv");
-        let out = run(dir, &["import", "--url", &url, "bad.csv"])
-            .quiet()
-            .await;
-        assert!(!out.status.success(), "{file}");
-        assert!(out.stderr.contains("line 3: "), "{file}: {}", out.stderr);
-        assert!(out.stderr.contains(reason), "{file}: {}", out.stderr);
-    }
+    each_refused_on_line_3(dir, &url, &good, &bad).await;
     // The server's own import names the element.
     let json = r#"[{"slug":"alpha","day":"2026-12-07","views":1,"read_buckets":[1],"read_ms":0,"peak":0,"peak_at":null}]"#;
     let res = send(

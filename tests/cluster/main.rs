@@ -16,6 +16,7 @@ mod migration;
 mod node_loss;
 mod presence_tells;
 mod reconnect;
+mod record;
 mod redis_loss;
 mod stats;
 mod support;

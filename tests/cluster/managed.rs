@@ -66,7 +66,7 @@ async fn without_the_private_ca_a_node_refuses_the_certificate_says_why_and_stil
 }
 
 #[actix_web::test]
-async fn export_and_import_reach_a_tls_redis_with_the_ca() {
+async fn an_import_through_a_node_and_export_reach_a_tls_redis_with_the_ca() {
     let _serial = one_at_a_time().await;
     let Some(redis) = Redis::start_tls_as(USER, PASSWORD).await else {
         return;
@@ -74,14 +74,13 @@ async fn export_and_import_reach_a_tls_redis_with_the_ca() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (url, ca) = (redis.url(), redis.ca_file());
     let ca = ca.to_str().expect("a UTF-8 path");
+    let node = Node::start(&redis, "a", &["--redis-ca", ca]).await;
     std::fs::write(dir.path().join("totals.csv"), "slug,total\nalpha,42\n").expect("write");
-    run(
-        dir.path(),
-        &["import", "--redis", &url, "--redis-ca", ca, "totals.csv"],
-    )
-    .quiet()
-    .await
-    .success();
+    let node_url = format!("http://{}", node.addr());
+    run(dir.path(), &["import", "--url", &node_url, "totals.csv"])
+        .quiet()
+        .await
+        .success();
     assert_eq!(redis.total("alpha").await, 42);
     let exported = run(dir.path(), &["export", "--redis", &url, "--redis-ca", ca])
         .quiet()

@@ -1,7 +1,8 @@
 //! Moving a standalone server's totals into a cluster, as the README says:
 //! `export --db old.redb --daily > days.csv`, `export --db old.redb > totals.csv`, then
-//! `import --redis URL days.csv` and `import --redis URL totals.csv`; after which every node
-//! counts on from them and `export --redis` reads them back.
+//! `import --url http://NODE days.csv` and `import --url http://NODE totals.csv` (through a
+//! node, whose record keeps them); after which every node counts on from them and
+//! `export --redis` reads them back.
 
 use crate::support::*;
 use testkit::*;
@@ -10,7 +11,7 @@ use testkit::*;
 const DAILY: &str = "slug,day,views\nalpha,2026-11-02,70\nalpha,2026-11-03,50\nbeta,2026-11-03,7\n";
 
 #[actix_web::test]
-async fn totals_and_days_exported_from_a_redb_file_and_imported_into_redis_are_where_every_node_counts_on()
+async fn totals_and_days_exported_from_a_redb_file_and_imported_through_a_node_are_where_every_node_counts_on()
  {
     let _serial = one_at_a_time().await;
     let Some(redis) = Redis::start().await else {
@@ -40,14 +41,14 @@ async fn totals_and_days_exported_from_a_redb_file_and_imported_into_redis_are_w
     std::fs::write(dir.path().join("days.csv"), &daily).expect("write days.csv");
     std::fs::write(dir.path().join("totals.csv"), &totals).expect("write totals.csv");
     let url = redis.url();
-    run(dir.path(), &["import", "--redis", &url, "days.csv"])
-        .quiet()
-        .await
-        .success();
-    run(dir.path(), &["import", "--redis", &url, "totals.csv"])
-        .quiet()
-        .await
-        .success();
+    let nodes = Node::start_many(&redis, &["a", "b"], &[]).await;
+    let node_url = format!("http://{}", nodes[0].addr());
+    for file in ["days.csv", "totals.csv"] {
+        run(dir.path(), &["import", "--url", &node_url, file])
+            .quiet()
+            .await
+            .success();
+    }
     assert_eq!(redis.total("alpha").await, 120);
     assert_eq!(redis.day_views("alpha").await, 120);
     assert_eq!(
@@ -65,7 +66,6 @@ async fn totals_and_days_exported_from_a_redb_file_and_imported_into_redis_are_w
         daily
     );
 
-    let nodes = Node::start_many(&redis, &["a", "b"], &[]).await;
     assert_eq!(nodes[1].server.counts("beta").await, counts(0, 7));
     let reader = nodes[0].join().await;
     assert_eq!(

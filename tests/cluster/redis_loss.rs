@@ -7,57 +7,18 @@
 //! post's answer to the join; a join that fails before it undoes itself). So the views the
 //! clients saw counted are the joins so answered, and the final total must be exactly that.
 
-use std::cell::RefCell;
-use std::net::SocketAddr;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
 use testkit::*;
 
-/// The load: 100 joins a second, spread over the nodes in turn.
-const JOIN_EVERY: Duration = Duration::from_millis(10);
+/// The load: 100 joins a second ([`Load`]), spread over the nodes in turn.
 const LOAD_JOINS: usize = 600;
 /// Redis is killed once this many joins were sent, and restarted at the second mark.
 const KILL_AT: usize = 150;
 const RESTART_AT: usize = 350;
-/// A join must be answered within this even while Redis is gone or stalled: the 250 ms call
-/// timeout and a busy machine's margin.
-const JOIN_ANSWER: Duration = Duration::from_secs(2);
 /// After the numbers agree, they must stay put for this long: no replay lands twice.
 const STILL: Duration = Duration::from_millis(1500);
-
-/// What one join of the load saw.
-#[derive(Debug)]
-struct Answer {
-    id: String,
-    node: usize,
-    took: Duration,
-}
-
-type Answers = Rc<RefCell<Vec<Result<Answer, String>>>>;
-
-async fn join_once(addr: SocketAddr, node: usize, answers: Answers) {
-    let id = token();
-    let started = Instant::now();
-    let joined = tokio::time::timeout(JOIN_ANSWER, try_join(addr, SLUG, Req::connect(SLUG, &id)));
-    let answer = match joined.await {
-        Err(_) => Err(format!(
-            "node {node}: no first event within {JOIN_ANSWER:?}"
-        )),
-        Ok(Err(e)) => Err(format!("node {node}: {e}")),
-        Ok(Ok(reader)) if reader.id != id => Err(format!("node {node}: id {}", reader.id)),
-        Ok(Ok(reader)) => {
-            reader.stream.reset();
-            Ok(Answer {
-                id,
-                node,
-                took: started.elapsed(),
-            })
-        }
-    };
-    answers.borrow_mut().push(answer);
-}
 
 /// Every node and Redis hold `total`, and every node's outbox is empty: the time it took.
 async fn replayed(nodes: &[Node], redis: &Redis, total: u64, within: Duration) -> Duration {
@@ -93,12 +54,10 @@ async fn redis_killed_and_restarted_under_100_joins_a_second_ends_with_every_vie
         return;
     };
     let nodes = Node::start_many(&redis, &["a", "b", "c"], &[]).await;
-    let answers: Answers = Rc::default();
-    let mut tick = tokio::time::interval(JOIN_EVERY);
-    let mut tasks = Vec::new();
+    let mut load = Load::new();
     let (mut killed, mut restarted) = (None, None);
     for n in 0..LOAD_JOINS {
-        tick.tick().await;
+        load.tick().await;
         if n == KILL_AT {
             redis.kill_9();
             killed = Some(Instant::now());
@@ -107,24 +66,9 @@ async fn redis_killed_and_restarted_under_100_joins_a_second_ends_with_every_vie
             redis.restart().await;
             restarted = Some(Instant::now());
         }
-        let node = n % nodes.len();
-        tasks.push(actix_web::rt::spawn(join_once(
-            nodes[node].addr(),
-            node,
-            answers.clone(),
-        )));
+        load.join(&nodes, n);
     }
-    for task in tasks {
-        task.await.expect("join task");
-    }
-    let answers = std::mem::take(&mut *answers.borrow_mut());
-    let failed: Vec<&String> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
-    assert!(
-        failed.is_empty(),
-        "{} joins failed: {failed:?}",
-        failed.len()
-    );
-    let counted: Vec<&Answer> = answers.iter().filter_map(|a| a.as_ref().ok()).collect();
+    let counted = load.finish().await;
     let total = counted.len() as u64;
     figures(
         "join answered, Redis killed and restarted meanwhile",

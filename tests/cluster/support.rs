@@ -5,7 +5,9 @@
 //! Nothing here sleeps to synchronise: waiting is polling a process, a stream or an endpoint
 //! until a condition holds, with a deadline, and the time it took is handed back to print.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Mutex, MutexGuard};
@@ -110,6 +112,140 @@ impl Node {
         assert_eq!(res.status, 200, "{}: totals {res:?}", self.name);
         parse_rows(&res.text())
     }
+}
+
+impl Node {
+    /// The same node (its name, its `--db`) started again once its process has exited.
+    pub async fn back(self, redis: &Redis, extra: &[&str]) -> Self {
+        let mut flags = UNLIMITED.to_vec();
+        flags.extend(extra);
+        let dir = self.server.into_dir();
+        Self {
+            server: redis.node(&self.name).start_in(dir, &flags).await,
+            name: self.name,
+        }
+    }
+
+    /// A number of `/api/v1/stats` (cluster mode: `"rebuilds"`, `"record_unwritten"`, …).
+    pub async fn stat(&self, name: &str) -> u64 {
+        let stats = self.stats().await;
+        stats[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{}: no \"{name}\" in stats {stats}", self.name))
+    }
+
+    /// `/api/v1/totals`, or `None` while the node cannot read them (Redis down: `503`).
+    pub async fn totals_if_any(&self) -> Option<Vec<(String, u64)>> {
+        let res = self.server.send(Req::get("/api/v1/totals")).await;
+        (res.status == 200).then(|| parse_rows(&res.text()))
+    }
+
+    /// The post's views on each day of `/api/v1/history/{SLUG}?days=2`, added up; `None` while
+    /// the node cannot read them.
+    pub async fn history_views(&self) -> Option<u64> {
+        let path = format!("/api/v1/history/{SLUG}?days=2");
+        let res = self.server.send(Req::get(&path)).await;
+        if res.status != 200 {
+            return None;
+        }
+        let history: serde_json::Value = serde_json::from_str(&res.text()).expect("json history");
+        let days = history["days"].as_array().expect("days");
+        Some(
+            days.iter()
+                .map(|d| d["views"].as_u64().expect("views"))
+                .sum(),
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load.
+
+/// A join must be answered within this even while Redis is gone, stalled or being rebuilt:
+/// the 250 ms call timeout and a busy machine's margin.
+pub const JOIN_ANSWER: Duration = Duration::from_secs(2);
+
+/// What one join of a [`Load`] saw.
+#[derive(Debug)]
+pub struct Answer {
+    pub id: String,
+    pub node: usize,
+    pub took: Duration,
+}
+
+type Answers = Rc<RefCell<Vec<Result<Answer, String>>>>;
+
+/// 100 joins a second, each with a reader id never seen before from a browser, on the nodes in
+/// turn. Every limit is off, so by the counting rules each join answered `200` with a first
+/// event carrying its reader id is one counted view: the views the clients saw counted are
+/// the answers [`Load::finish`] hands back.
+pub struct Load {
+    tick: tokio::time::Interval,
+    answers: Answers,
+    tasks: Vec<actix_web::rt::task::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn new() -> Self {
+        Self {
+            tick: tokio::time::interval(Duration::from_millis(10)),
+            answers: Answers::default(),
+            tasks: Vec::new(),
+        }
+    }
+
+    /// Waits for the next join's turn.
+    pub async fn tick(&mut self) {
+        self.tick.tick().await;
+    }
+
+    /// Sends the `n`th join, to node `n` modulo their number.
+    pub fn join(&mut self, nodes: &[Node], n: usize) {
+        let node = n % nodes.len();
+        let answers = Rc::clone(&self.answers);
+        self.tasks.push(actix_web::rt::spawn(join_once(
+            nodes[node].addr(),
+            node,
+            answers,
+        )));
+    }
+
+    /// Every join answered (the test fails on one that was not): the views counted.
+    pub async fn finish(self) -> Vec<Answer> {
+        for task in self.tasks {
+            task.await.expect("join task");
+        }
+        let answers = std::mem::take(&mut *self.answers.borrow_mut());
+        let failed: Vec<&String> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+        assert!(
+            failed.is_empty(),
+            "{} joins failed: {failed:?}",
+            failed.len()
+        );
+        answers.into_iter().filter_map(Result::ok).collect()
+    }
+}
+
+async fn join_once(addr: SocketAddr, node: usize, answers: Answers) {
+    let id = token();
+    let started = Instant::now();
+    let joined = tokio::time::timeout(JOIN_ANSWER, try_join(addr, SLUG, Req::connect(SLUG, &id)));
+    let answer = match joined.await {
+        Err(_) => Err(format!(
+            "node {node}: no first event within {JOIN_ANSWER:?}"
+        )),
+        Ok(Err(e)) => Err(format!("node {node}: {e}")),
+        Ok(Ok(reader)) if reader.id != id => Err(format!("node {node}: id {}", reader.id)),
+        Ok(Ok(reader)) => {
+            reader.stream.reset();
+            Ok(Answer {
+                id,
+                node,
+                took: started.elapsed(),
+            })
+        }
+    };
+    answers.borrow_mut().push(answer);
 }
 
 /// A reconnect as an EventSource makes it: the same URL (`?view=ID`) and `Last-Event-ID: ID`.

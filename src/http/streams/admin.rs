@@ -32,6 +32,8 @@ use crate::posts::pulse::MinuteJson;
 use crate::refusal::Refusal;
 use crate::storage::add_counts;
 use crate::storage::calendar::Day;
+use crate::storage::presence::DayPresence;
+use crate::storage::writer::PresenceMoved;
 
 /// Changes written in one go when many are waiting.
 const MAX_BATCH: usize = 256;
@@ -47,7 +49,8 @@ struct Row {
     today: u64,
     /// Today's most readers at once: stored, then raised by the live the board sees.
     peak: u64,
-    /// Today's median reading time in tenths of a second, as of the last snapshot.
+    /// Today's median reading time in tenths of a second: stored, then as the writer tells
+    /// it moved.
     read_median_ds: Option<u64>,
 }
 
@@ -143,8 +146,7 @@ impl Board {
         for (raw, presence) in presence {
             if let Some(row) = Slug::parse(&raw).ok().and_then(|s| posts.get_mut(&s)) {
                 row.peak = presence.peak.live;
-                // Medians have one decimal.
-                row.read_median_ds = presence.reads.median_s().map(|s| (s * 10.0).round() as u64);
+                row.read_median_ds = median_ds(&presence);
             }
         }
         for (slug, live) in live {
@@ -165,6 +167,24 @@ impl Board {
         }
         row.set_live(live);
         Applied::Row(*row)
+    }
+
+    /// The writer took in a reading or a new peak of a post: its day as it stands now.
+    fn apply_presence(&mut self, moved: &PresenceMoved) -> Applied {
+        let row = match self.posts.get_mut(&moved.slug) {
+            Some(row) if moved.day == self.day.key() => row,
+            // Another day's (a reading that ended at midnight), or a post the board does not
+            // show: its views bring it with a snapshot.
+            _ => return Applied::Same,
+        };
+        let before = *row;
+        row.read_median_ds = median_ds(&moved.presence);
+        row.peak = row.peak.max(moved.presence.peak.live);
+        if *row == before {
+            Applied::Same
+        } else {
+            Applied::Row(*row)
+        }
     }
 
     fn apply(&mut self, slug: &Slug, counts: Counts) -> Applied {
@@ -202,6 +222,11 @@ impl Board {
         out.put_slice(b"\n\n");
         out.freeze()
     }
+}
+
+/// A day's median reading time in tenths of a second (medians have one decimal).
+fn median_ds(presence: &DayPresence) -> Option<u64> {
+    presence.reads.median_s().map(|s| (s * 10.0).round() as u64)
 }
 
 /// Live readers per post: every awake post here (readers on other nodes included), and in
@@ -246,6 +271,7 @@ pub(crate) async fn board(
 ) -> Result<(Bytes, LocalBoxStream<'static, Bytes>), Refusal> {
     // Subscribed before the snapshot is read: nothing falls between the two.
     let feed = state.registry.changes().subscribe();
+    let moves = state.registry.writer().presence_moves();
     let board = Board::read(state).await?;
     let mut first = BytesMut::new();
     first.put_slice(&sse::shared_start());
@@ -253,6 +279,7 @@ pub(crate) async fn board(
     let rows = AdminStream {
         state: Arc::clone(state),
         feed,
+        moves,
         board,
     };
     Ok((first.freeze(), rows.into_stream()))
@@ -264,6 +291,8 @@ struct AdminStream {
     state: Arc<AppState>,
     /// Every post's changes, subscribed before the first snapshot was read.
     feed: broadcast::Receiver<Change>,
+    /// Every post's readings and peaks as the writer takes them in, subscribed alike.
+    moves: broadcast::Receiver<PresenceMoved>,
     /// What the dashboard shows now.
     board: Board,
 }
@@ -271,6 +300,7 @@ struct AdminStream {
 /// What woke the stream.
 enum Wake {
     Change(Result<Change, RecvError>),
+    Presence(Result<PresenceMoved, RecvError>),
     DayCheck,
 }
 
@@ -284,14 +314,19 @@ impl AdminStream {
                 let day_check = st.state.calendar.until_tomorrow().unwrap_or(DAY_CHECK);
                 let wake = tokio::select! {
                     biased;
+                    // First: it comes in bursts at most every 50 ms (the writer's drains),
+                    // so it cannot starve the feed, which a busy site keeps full.
+                    moved = st.moves.recv() => Wake::Presence(moved),
                     change = st.feed.recv() => Wake::Change(change),
                     () = tokio::time::sleep(day_check.min(DAY_CHECK)) => Wake::DayCheck,
                 };
                 let out = match wake {
                     Wake::DayCheck if st.state.calendar.today() == st.board.day => None,
                     Wake::DayCheck => Some(st.resync().await),
-                    Wake::Change(Err(RecvError::Closed)) => return None,
+                    Wake::Change(Err(RecvError::Closed))
+                    | Wake::Presence(Err(RecvError::Closed)) => return None,
                     Wake::Change(first) => st.changes(first).await,
+                    Wake::Presence(first) => st.presence(first).await,
                 };
                 match out {
                     Some(Ok(bytes)) => return Some((bytes, Some(st))),
@@ -320,34 +355,20 @@ impl AdminStream {
         let mut out = BytesMut::new();
         // Kept apart from the rows: a snapshot supersedes those, never a closed minute.
         let mut pulse = BytesMut::new();
-        let mut next = Some(first);
-        let mut taken = 0;
-        while let Some(change) = next.take() {
-            match change {
-                Ok(Change::Post(slug, counts)) if !resync => {
-                    let applied = self.board.apply(&slug, counts);
-                    resync = write_applied(&mut out, &slug, applied);
-                }
-                Ok(Change::Live(slug, live)) if !resync => {
-                    let applied = self.board.apply_live(&slug, live);
-                    resync = write_applied(&mut out, &slug, applied);
-                }
-                Ok(Change::Post(..) | Change::Live(..)) => {}
-                Ok(Change::Minute { minute, live }) => {
-                    pulse_event(&mut pulse, &self.state, minute, live);
-                }
-                Ok(Change::Resync) | Err(RecvError::Lagged(_)) => resync = true,
-                Err(RecvError::Closed) => break,
+        let (board, state) = (&mut self.board, &self.state);
+        take_waiting(&mut self.feed, first, |change| match change {
+            Ok(Change::Post(slug, counts)) if !resync => {
+                let applied = board.apply(&slug, counts);
+                resync = write_applied(&mut out, &slug, applied);
             }
-            taken += 1;
-            if taken < MAX_BATCH {
-                next = match self.feed.try_recv() {
-                    Ok(change) => Some(Ok(change)),
-                    Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
-                    Err(TryRecvError::Empty | TryRecvError::Closed) => None,
-                };
+            Ok(Change::Live(slug, live)) if !resync => {
+                let applied = board.apply_live(&slug, live);
+                resync = write_applied(&mut out, &slug, applied);
             }
-        }
+            Ok(Change::Post(..) | Change::Live(..)) => {}
+            Ok(Change::Minute { minute, live }) => pulse_event(&mut pulse, state, minute, live),
+            Ok(Change::Resync) | Err(_) => resync = true,
+        });
         if resync {
             // The snapshot supersedes every row written before it.
             return Some(self.resync().await.map(|snapshot| {
@@ -357,6 +378,55 @@ impl AdminStream {
         }
         pulse.put_slice(&out);
         (!pulse.is_empty()).then(|| Ok(pulse.freeze()))
+    }
+
+    /// `first` and the presence moves waiting behind it, as one write; `None` when nothing
+    /// shown moved.
+    async fn presence(
+        &mut self,
+        first: Result<PresenceMoved, RecvError>,
+    ) -> Option<Result<Bytes, Refusal>> {
+        let mut resync = self.state.calendar.today() != self.board.day;
+        let mut out = BytesMut::new();
+        let board = &mut self.board;
+        take_waiting(&mut self.moves, first, |moved| match moved {
+            Ok(moved) if !resync => {
+                let applied = board.apply_presence(&moved);
+                resync = write_applied(&mut out, &moved.slug, applied);
+            }
+            Ok(_) => {}
+            Err(_) => resync = true,
+        });
+        if resync {
+            return Some(self.resync().await);
+        }
+        (!out.is_empty()).then(|| Ok(out.freeze()))
+    }
+}
+
+/// Gives `take` the message `first`, then those already waiting behind it in `rx`, up to
+/// [`MAX_BATCH`] in all: what one write carries. A lag is given as an error; the feed closing
+/// ends the batch (the stream ends at its next wait).
+fn take_waiting<T: Clone>(
+    rx: &mut broadcast::Receiver<T>,
+    first: Result<T, RecvError>,
+    mut take: impl FnMut(Result<T, RecvError>),
+) {
+    let mut next = Some(first);
+    let mut taken = 0;
+    while let Some(item) = next.take() {
+        if matches!(item, Err(RecvError::Closed)) {
+            return;
+        }
+        take(item);
+        taken += 1;
+        if taken < MAX_BATCH {
+            next = match rx.try_recv() {
+                Ok(item) => Some(Ok(item)),
+                Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+                Err(TryRecvError::Empty | TryRecvError::Closed) => None,
+            };
+        }
     }
 }
 
