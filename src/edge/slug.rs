@@ -34,6 +34,12 @@ impl Slug {
         Ok(Self(Arc::from(raw)))
     }
 
+    /// How many copies of this slug share its bytes (tests of what keeps a post's memory).
+    #[cfg(test)]
+    pub(crate) fn holders(&self) -> usize {
+        Arc::strong_count(&self.0)
+    }
+
     /// A slug, or [`SITE`] (only where a watch is asked for: no post is named `*`).
     pub fn parse_watched(raw: &str) -> Result<Self, SlugError> {
         if raw == SITE {

@@ -1,7 +1,6 @@
-//! The day's highest "reading now", per post and for the whole site (the posts' live summed):
-//! each new high is told once, with when it was reached, so the writer keeps the day's peak.
-
-use std::sync::{Mutex, PoisonError};
+//! The day's highest "reading now", per post and for the whole site (the posts' live summed,
+//! by [`crate::posts::pulse`]): each new high is told once, with when it was reached, so the
+//! writer keeps the day's peak.
 
 use crate::storage::calendar::Calendar;
 use crate::storage::presence::Peak;
@@ -34,40 +33,6 @@ impl DayPeak {
             self.peak = live;
             Peak { live, at: unix }
         })
-    }
-}
-
-/// The whole site's live readers (every post awake here) and its day's peak.
-#[derive(Debug, Default)]
-pub(crate) struct SiteLive {
-    state: Mutex<SiteState>,
-}
-
-#[derive(Debug, Default)]
-struct SiteState {
-    live: u64,
-    peak: DayPeak,
-    /// The newest high not yet handed out (see [`SiteLive::take_new_peak`]).
-    untold: Option<Peak>,
-}
-
-impl SiteLive {
-    /// A post's live moved from `before` to `after`; a new high of the site's is kept for
-    /// [`SiteLive::take_new_peak`].
-    pub(crate) fn moved(&self, before: u64, after: u64, unix: u64, calendar: &Calendar) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.live = state.live.saturating_add(after).saturating_sub(before);
-        let live = state.live;
-        if let Some(peak) = state.peak.saw(live, unix, calendar) {
-            state.untold = Some(peak);
-        }
-    }
-
-    /// The site's newest high since the last call, if any: a wave of readers raises the peak
-    /// once per join, and is told once per broadcast.
-    pub(crate) fn take_new_peak(&self) -> Option<Peak> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.untold.take()
     }
 }
 
@@ -105,32 +70,6 @@ mod tests {
         assert_eq!(
             peak.saw(1, next, &calendar),
             Some(Peak { live: 1, at: next })
-        );
-    }
-
-    #[test]
-    fn the_site_peak_is_the_highest_sum_over_posts() {
-        let calendar = Calendar::new(jiff::tz::TimeZone::UTC, Clock::default());
-        let site = SiteLive::default();
-        let at = 20_000 * 86_400;
-        site.moved(0, 2, at, &calendar);
-        assert_eq!(site.take_new_peak(), Some(Peak { live: 2, at }));
-        site.moved(0, 1, at + 1, &calendar);
-        site.moved(2, 0, at + 2, &calendar);
-        site.moved(1, 3, at + 3, &calendar);
-        let three = Peak {
-            live: 3,
-            at: at + 1,
-        };
-        assert_eq!(site.take_new_peak(), Some(three), "3 again is no news");
-        assert_eq!(site.take_new_peak(), None, "told once");
-        site.moved(0, 1, at + 4, &calendar);
-        assert_eq!(
-            site.take_new_peak(),
-            Some(Peak {
-                live: 4,
-                at: at + 4
-            })
         );
     }
 }

@@ -19,13 +19,13 @@ use crate::metrics::Metrics;
 use crate::posts::alert_port::Alerts;
 use crate::posts::changes::Changes;
 use crate::posts::cluster_port::{Counting, Decision};
-use crate::posts::peaks::{DayPeak, SiteLive};
+use crate::posts::peaks::DayPeak;
 pub use crate::posts::post_state::Counts;
 use crate::posts::post_state::{Ended, PostState};
 use crate::posts::pulse::Pulse;
 use crate::posts::update::Update;
 use crate::storage::calendar::Calendar;
-use crate::storage::presence::Peak;
+use crate::storage::presence::{Peak, Reads};
 use crate::storage::writer::Writer;
 use crate::storage::{MAX_COUNT, add_counts};
 
@@ -175,13 +175,12 @@ pub struct PostContext {
     pub writer: Writer,
     /// The time, and the days peaks are kept by.
     pub calendar: Calendar,
-    /// Every post's live together, for the site's peak.
-    pub(crate) site: SiteLive,
     pub metrics: Arc<Metrics>,
     pub dedupe_window: Duration,
     /// Every broadcast is also told here, for the owner's dashboard.
     pub changes: Changes,
-    /// Every change of a post's live count, as it happens (not coalesced).
+    /// Every change of a post's live count, as it happens (not coalesced); it sums them
+    /// for the site's pulse and peak.
     pub(crate) pulse: Arc<Pulse>,
     /// `--alert-live`: told when a post reaches that many readers.
     pub(crate) alerts: Option<Arc<dyn Alerts>>,
@@ -229,8 +228,11 @@ pub struct Post {
     peak: DayPeak,
     /// A new high of `peak` not yet told to the writer (it is told with the next broadcast).
     untold_peak: Option<Peak>,
-    /// The live last added to the site's.
-    site_share: u64,
+    /// Reading times of showings ended since the last broadcast, told with it (one writer
+    /// entry per broadcast, not one per reader gone): the unix second of the newest, and
+    /// the readings, all of that second's minute (so of one day). Boxed, as the writer takes
+    /// them: an awake post carries 16 bytes for this, not 80.
+    untold_reads: Option<(u64, Box<Reads>)>,
 }
 
 impl Post {
@@ -262,7 +264,7 @@ impl Post {
             merged,
             peak: DayPeak::default(),
             untold_peak: None,
-            site_share: 0,
+            untold_reads: None,
         }
     }
 
@@ -356,59 +358,67 @@ impl Post {
 
     /// The live count readers see moved from `before`: the pulse hears every move, however
     /// short-lived (the coalesced broadcast may merge it away), and so do alerts and peaks.
+    ///
+    /// Live is then shown, so in cluster mode with the other nodes': today's peaks of the
+    /// post and (through the pulse's sum) of the site rise exactly; the writer hears of them
+    /// with the next broadcast ([`Post::tell_writer`]), not once per join of a wave.
     fn shown_live_moved(&mut self, before: u64) {
         let counts = self.counts();
-        self.context.pulse.set(&self.slug, counts.live);
-        if let Some(alerts) = &self.context.alerts
+        let context = &self.context;
+        let unix = context.calendar.clock().now_unix();
+        context.pulse.set(&self.slug, counts.live, unix);
+        if let Some(alerts) = &context.alerts
             && before < alerts.threshold()
             && counts.live >= alerts.threshold()
         {
             alerts.reached(&self.slug, counts);
         }
-        self.note_peaks(counts.live);
-    }
-
-    /// Live is now `live` (shown, so in cluster mode with the other nodes'): raises today's
-    /// peaks of the post and of the site, exactly; the writer hears of them with the next
-    /// broadcast ([`Post::tell_peaks`]), not once per join of a wave.
-    fn note_peaks(&mut self, live: u64) {
-        if live == self.site_share {
-            return;
-        }
-        let context = &self.context;
-        let unix = context.calendar.clock().now_unix();
-        if let Some(peak) = self.peak.saw(live, unix, &context.calendar) {
+        if let Some(peak) = self.peak.saw(counts.live, unix, &context.calendar) {
             self.untold_peak = Some(peak);
         }
-        context
-            .site
-            .moved(self.site_share, live, unix, &context.calendar);
-        self.site_share = live;
     }
 
-    /// Tells the writer the new highs since the last broadcast.
-    fn tell_peaks(&mut self) {
+    /// Tells the writer the new highs and the readings since the last broadcast.
+    fn tell_writer(&mut self) {
         let context = &self.context;
         if let Some(peak) = self.untold_peak.take() {
             context.writer.raise_peak(&self.slug, peak);
         }
-        if let Some(peak) = context.site.take_new_peak() {
+        if let Some(peak) = context.pulse.take_new_site_peak() {
             context.writer.raise_site_peak(peak);
+        }
+        if let Some((at, reads)) = self.untold_reads.take() {
+            context.writer.add_reads(&self.slug, reads, at);
         }
     }
 
-    /// A showing stopped being live: its reading time, if it has one, goes to the day's.
-    fn ended(&self, ended: Ended) {
-        if let Some(read) = ended.read {
-            let at = self.context.calendar.clock().now_unix();
-            self.context.writer.add_read(&self.slug, read, at);
+    /// A showing stopped being live: its reading time, if it has one, goes to the day's with
+    /// the next broadcast (a changed live count always makes one).
+    fn ended(&mut self, ended: Ended) {
+        let Some(read) = ended.read else {
+            return;
+        };
+        let at = self.context.calendar.clock().now_unix();
+        match &mut self.untold_reads {
+            // Every zone's offset is whole minutes: one minute is one day.
+            Some((newest, reads)) if *newest / 60 == at / 60 => {
+                *newest = at;
+                reads.add(read);
+            }
+            _ => {
+                if let Some((newest, reads)) =
+                    self.untold_reads.replace((at, Box::new(Reads::one(read))))
+                {
+                    self.context.writer.add_reads(&self.slug, reads, newest);
+                }
+            }
         }
     }
 
     fn broadcast(&mut self, now: Instant) {
         self.last_broadcast = Some(now);
         self.report_live();
-        self.tell_peaks();
+        self.tell_writer();
         let counts = self.counts();
         // Encoded once; every reader's stream shares these bytes.
         self.updates.send_replace(Update::new(&self.slug, counts));
@@ -441,8 +451,7 @@ impl Post {
     fn sleep(&mut self, ctx: &mut Context<Self>) {
         self.sleeping = true;
         self.report_live();
-        self.note_peaks(0);
-        self.tell_peaks();
+        self.tell_writer();
         (self.context.asleep)(&self.slug, &ctx.address());
         // A new post never viewed (a bot, a refused view) gives its --max-slugs place back.
         self.new_post = None;
@@ -456,6 +465,11 @@ impl Actor for Post {
     fn started(&mut self, ctx: &mut Context<Self>) {
         // A post woken only to be counted by a bot or refused by the rate limit still sleeps.
         self.schedule_housekeeping(ctx);
+    }
+
+    /// Stopped by the system (shutdown) with a broadcast still due: what it would have told.
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.tell_writer();
     }
 }
 

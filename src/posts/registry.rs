@@ -18,7 +18,6 @@ use crate::metrics::Metrics;
 use crate::posts::alert_port::Alerts;
 use crate::posts::changes::Changes;
 use crate::posts::cluster_port::Counting;
-use crate::posts::peaks::SiteLive;
 use crate::posts::post::{
     Asleep, Counts, GetCounts, Imported, Join, Joined, Leave, Post, PostContext, Watch, Watched,
 };
@@ -57,9 +56,8 @@ impl Registry {
                 posts: Mutex::new(HashMap::new()),
                 context: Arc::new(PostContext {
                     writer,
-                    pulse: Arc::new(Pulse::new(calendar.clock().clone())),
+                    pulse: Arc::new(Pulse::new(calendar.clone())),
                     calendar,
-                    site: SiteLive::default(),
                     metrics,
                     dedupe_window,
                     changes: Changes::default(),
@@ -119,7 +117,14 @@ impl Registry {
 
     /// Cluster mode: a post asleep here has `live` readers on the other nodes.
     pub(crate) fn live_elsewhere(&self, slug: &Slug, live: u64) {
-        self.context.pulse.set(slug, live);
+        let context = &self.context;
+        context
+            .pulse
+            .set(slug, live, context.calendar.clock().now_unix());
+        // No post here tells the writer of the site's new high: told at once.
+        if let Some(peak) = context.pulse.take_new_site_peak() {
+            context.writer.raise_site_peak(peak);
+        }
         self.changes().live(slug, live);
     }
 

@@ -82,8 +82,13 @@ enum Entry {
         total: u64,
         day: Option<(u32, u64)>,
     },
-    /// A page showing's reading time, ended at `at`.
-    Read { slug: Slug, at: u64, time: Duration },
+    /// Page showings' reading times, the newest ended at `at`, all on its day (boxed: the
+    /// inbox's entries stay the size of a view).
+    Reads {
+        slug: Slug,
+        at: u64,
+        reads: Box<Reads>,
+    },
     /// A post reached a new high of readers at once.
     Peak { slug: Slug, peak: Peak },
     /// The whole site reached a new high of readers at once.
@@ -196,12 +201,13 @@ impl Writer {
         });
     }
 
-    /// Records a page showing's reading time (ended at `at`, unix seconds); never blocks.
-    pub fn add_read(&self, slug: &Slug, time: Duration, at: u64) {
-        self.push(Entry::Read {
+    /// Records page showings' reading times, all ended on the day of `at` (unix seconds);
+    /// never blocks.
+    pub fn add_reads(&self, slug: &Slug, reads: Box<Reads>, at: u64) {
+        self.push(Entry::Reads {
             slug: slug.clone(),
             at,
-            time,
+            reads,
         });
     }
 
@@ -700,9 +706,8 @@ impl State {
                         }
                     }
                 }
-                Entry::Read { slug, at, time } => {
+                Entry::Reads { slug, at, reads } => {
                     let day = self.day_of(at);
-                    let reads = Reads::one(time);
                     if follow {
                         moved.push((slug.clone(), day));
                     }
