@@ -690,28 +690,29 @@ mod tests {
         Wait { ms: u32 },
     }
 
+    /// Times are mostly whole units of a sixteenth of the window, so that a view counted
+    /// exactly a window (or a slice) ago is common, and slices hold several entries.
     fn dedupe_op(window_ms: u32) -> impl Strategy<Value = DedupeOp> {
-        let slice = window_ms / SLICES;
-        let edges = [
-            1,
-            slice.saturating_sub(1).max(1),
-            slice.max(1),
-            slice + 1,
-            window_ms - 1,
-            window_ms,
-            window_ms + 1,
-        ];
+        let unit = (window_ms / 16).max(1);
+        let units = move |most: u32| (0..=most).prop_map(move |k| k * unit);
+        let edges = vec![1, window_ms - 1, window_ms, window_ms + 1];
         prop_oneof![
-            3 => (0u8..8, prop_oneof![3 => Just(0u32), 1 => 0..2 * window_ms])
+            3 => (0u8..8, prop_oneof![3 => Just(0u32), 1 => units(40), 1 => 0..2 * window_ms])
                 .prop_map(|(reader, ago)| DedupeOp::Remember { reader, ago }),
             3 => (0u8..8).prop_map(|reader| DedupeOp::Ask { reader }),
-            2 => prop_oneof![prop::sample::select(edges.to_vec()), 0..window_ms]
+            2 => prop_oneof![units(20), prop::sample::select(edges), 0..window_ms]
                 .prop_map(|ms| DedupeOp::Wait { ms }),
         ]
     }
 
     fn window_and_ops() -> impl Strategy<Value = (u32, Vec<DedupeOp>)> {
-        prop_oneof![Just(8u32), Just(1000), 1u32..5000].prop_flat_map(|window_ms| {
+        let window_ms = prop_oneof![
+            Just(16u32),
+            Just(1600),
+            (1u32..300).prop_map(|k| k * 16),
+            1u32..5000
+        ];
+        window_ms.prop_flat_map(|window_ms| {
             (
                 Just(window_ms),
                 prop::collection::vec(dedupe_op(window_ms), 0..300),
@@ -780,6 +781,32 @@ mod tests {
         }
         assert!(worst <= 32.0, "{worst:.1} bytes per remembered view");
         assert_eq!(std::mem::size_of::<Entry>(), 12);
+    }
+
+    #[test]
+    fn a_reader_id_counted_exactly_a_window_ago_counts_again_though_its_slice_holds_newer_ones() {
+        let start = Instant::now();
+        let window = Duration::from_secs(10);
+        let mut state = PostState::new(0, window);
+        assert!(state.join(presence(1, 0), || true, true, start).counted);
+        let next = start + Duration::from_millis(1);
+        assert!(state.join(presence(2, 0), || true, true, next).counted);
+        let just_before = start + window - Duration::from_millis(1);
+        assert!(
+            !state
+                .join(presence(1, 0), || true, true, just_before)
+                .counted
+        );
+        assert!(
+            state
+                .join(presence(1, 0), || true, true, start + window)
+                .counted
+        );
+        assert!(
+            !state
+                .join(presence(2, 0), || true, true, start + window)
+                .counted
+        );
     }
 
     #[test]
