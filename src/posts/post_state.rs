@@ -493,12 +493,14 @@ impl PostState {
         self.dedupe.remember(reader, counted_at);
     }
 
-    /// Forgets reader ids counted longer ago than the dedupe window.
+    /// Forgets the reader ids counted longer ago than the dedupe window, a slice at a time
+    /// (each once its newest is out of the window; the others are no longer matched).
     pub(crate) fn expire(&mut self, now: Instant) {
         self.dedupe.expire(now);
     }
 
-    /// When the oldest remembered reader id is forgotten.
+    /// When the oldest slice of remembered reader ids is forgotten (its newest leaves the
+    /// window): the post's housekeeping wakes once per slice, not per reader id.
     pub(crate) fn next_expiry(&self) -> Option<Instant> {
         self.dedupe.next_expiry()
     }
