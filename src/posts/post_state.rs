@@ -812,6 +812,21 @@ mod tests {
     }
 
     #[test]
+    fn a_time_between_milliseconds_is_rounded_so_that_a_reader_id_never_counts_twice_within_the_window()
+     {
+        let start = Instant::now();
+        let window = Duration::from_secs(10);
+        let mut state = PostState::new(0, window);
+        assert!(state.join(presence(1, 0), || true, true, start).counted);
+        let between = start + Duration::from_micros(500);
+        assert!(state.join(presence(2, 0), || true, true, between).counted);
+        let inside = between + window - Duration::from_micros(100);
+        assert!(!state.join(presence(2, 0), || true, true, inside).counted);
+        let past = between + window + Duration::from_millis(1);
+        assert!(state.join(presence(2, 0), || true, true, past).counted);
+    }
+
+    #[test]
     fn a_reader_id_restored_twice_is_remembered_from_its_later_counting() {
         let start = Instant::now();
         let mut state = PostState::new(0, Duration::from_secs(10));
