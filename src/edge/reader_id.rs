@@ -18,6 +18,13 @@ pub struct ReaderId(String);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ReaderKey(u64);
 
+impl ReaderKey {
+    /// The 64 bits, uniformly spread (a keyed hash): usable as their own hash.
+    pub(crate) fn bits(self) -> u64 {
+        self.0
+    }
+}
+
 /// One showing of a page by one reader: live readers are kept per presence, views per reader
 /// id. A back/forward-cache restore shows the page again under the same id (no new view) with
 /// the next show number, so a beacon sent for the earlier showing, arriving late, leaves the

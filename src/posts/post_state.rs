@@ -11,7 +11,7 @@
 //! time seen open, at most [`READ_CAP`]. A beacon without a time yields none; bots, showings
 //! refused a view, and showings that were not live yield none.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::edge::reader_id::{Presence, ReaderKey};
@@ -78,35 +78,231 @@ impl Reader {
     }
 }
 
-/// Reader ids counted within the dedupe window, oldest first.
+/// Reader ids counted within the dedupe window, in time slices of about a window / [`SLICES`]:
+/// one compact table per slice, so expiry drops a whole slice once its newest entry is older
+/// than the window, while each entry keeps its own time, so the rule stays exact (to the
+/// millisecond, rounded up: a reader id is never counted twice within the window).
 #[derive(Debug)]
 struct Dedupe {
     window: Duration,
-    seen: HashSet<ReaderKey>,
-    order: VecDeque<(Instant, ReaderKey)>,
+    /// By start, oldest first; a slice holds the views counted from its start to the next
+    /// one's.
+    slices: Vec<Slice>,
 }
 
+/// How many slices a window is cut into: an entry is kept up to a slice longer than the
+/// window (1/8 more memory at most), and a reader id new to the post is looked up in each.
+const SLICES: u32 = 8;
+
+/// Entries keep their time as `u32` milliseconds after their slice's start, `u32::MAX`
+/// marking a free place; a longer window gets more slices.
+const LONGEST_SLICE: Duration = Duration::from_millis(u32::MAX as u64 - 2);
+
 impl Dedupe {
+    fn new(window: Duration) -> Self {
+        Self {
+            window,
+            slices: Vec::new(),
+        }
+    }
+
     /// True when the reader id was not counted within the window.
     fn is_new(&mut self, reader: ReaderKey, now: Instant) -> bool {
         self.expire(now);
-        self.window.is_zero() || !self.seen.contains(&reader)
+        let key = reader.bits();
+        // Newest first: a reconnect is the likely hit. An entry outside the window may still
+        // sit in an older slice that also holds newer ones.
+        !self.slices.iter().rev().any(|slice| {
+            slice
+                .table
+                .get(key)
+                .is_some_and(|ms| now.saturating_duration_since(slice.at(ms)) < self.window)
+        })
     }
 
-    fn remember(&mut self, reader: ReaderKey, now: Instant) {
-        if !self.window.is_zero() && self.seen.insert(reader) {
-            self.order.push_back((now, reader));
+    fn remember(&mut self, reader: ReaderKey, at: Instant) {
+        if self.window.is_zero() {
+            return;
         }
-    }
-
-    fn expire(&mut self, now: Instant) {
-        while let Some(&(at, key)) = self.order.front() {
-            if now.duration_since(at) < self.window {
-                break;
+        let length = (self.window / SLICES).clamp(Duration::from_millis(1), LONGEST_SLICE);
+        // The last slice starting at or before `at` (views come in order: nearly always the
+        // newest), unless `at` is past its length: then a new slice starts at `at`.
+        let before = self.slices.iter().rposition(|slice| slice.start <= at);
+        let i = match before {
+            Some(i) if at - self.slices[i].start < length => i,
+            _ => {
+                let i = before.map_or(0, |i| i + 1);
+                // One slice more, not double: a post read once keeps one small slice.
+                self.slices.reserve_exact(1);
+                self.slices.insert(i, Slice::new(at));
+                i
             }
-            self.order.pop_front();
-            self.seen.remove(&key);
+        };
+        let slice = &mut self.slices[i];
+        // Rounded up, below `u32::MAX` since the offset is under the slice's length.
+        let ms = (at - slice.start).as_nanos().div_ceil(1_000_000) as u32;
+        slice.table.insert(reader.bits(), ms);
+        slice.newest = slice.newest.max(ms);
+    }
+
+    /// Drops the slices whose newest entry is out of the window.
+    fn expire(&mut self, now: Instant) {
+        let window = self.window;
+        let gone = self
+            .slices
+            .iter()
+            .take_while(|slice| now.saturating_duration_since(slice.at(slice.newest)) >= window)
+            .count();
+        self.slices.drain(..gone);
+    }
+
+    /// When the oldest slice is dropped.
+    fn next_expiry(&self) -> Option<Instant> {
+        let oldest = self.slices.first()?;
+        oldest.at(oldest.newest).checked_add(self.window)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.slices.is_empty()
+    }
+
+    /// Heap bytes held (the slices and their tables).
+    #[cfg(test)]
+    fn heap_bytes(&self) -> usize {
+        self.slices.capacity() * std::mem::size_of::<Slice>()
+            + self
+                .slices
+                .iter()
+                .map(|slice| slice.table.heap_bytes())
+                .sum::<usize>()
+    }
+}
+
+/// The reader ids counted within one stretch of time.
+#[derive(Debug)]
+struct Slice {
+    start: Instant,
+    /// The newest entry's time (ms after `start`): the slice expires with it.
+    newest: u32,
+    table: Table,
+}
+
+impl Slice {
+    fn new(start: Instant) -> Self {
+        Self {
+            start,
+            newest: 0,
+            table: Table::default(),
         }
+    }
+
+    fn at(&self, ms: u32) -> Instant {
+        self.start + Duration::from_millis(u64::from(ms))
+    }
+}
+
+/// A set of 64-bit keys with a time each (`u32`): open addressing with linear probing over
+/// fixed 12-byte entries, no allocation per entry. The keys are keyed-hash bits, uniformly
+/// spread, so they are their own hash.
+#[derive(Default)]
+struct Table {
+    entries: Box<[Entry]>,
+    len: usize,
+}
+
+/// A key (as two halves: 12 bytes, where a `u64` would align the entry to 16) and its time,
+/// `FREE` when the place is empty.
+#[derive(Clone, Copy)]
+struct Entry {
+    key: [u32; 2],
+    at: u32,
+}
+
+const FREE: u32 = u32::MAX;
+
+impl Entry {
+    const EMPTY: Entry = Entry {
+        key: [0; 2],
+        at: FREE,
+    };
+}
+
+fn halves(key: u64) -> [u32; 2] {
+    [key as u32, (key >> 32) as u32]
+}
+
+impl Table {
+    fn get(&self, key: u64) -> Option<u32> {
+        let i = self.find(key).ok()?;
+        Some(self.entries[i].at)
+    }
+
+    /// Adds the key, or keeps the later time if it is there.
+    fn insert(&mut self, key: u64, at: u32) {
+        // At most 4/5 full: a miss probes ~13 entries (a few cache lines).
+        if (self.len + 1) * 5 > self.entries.len() * 4 {
+            self.grow();
+        }
+        match self.find(key) {
+            Ok(i) => self.entries[i].at = self.entries[i].at.max(at),
+            Err(i) => {
+                self.entries[i] = Entry {
+                    key: halves(key),
+                    at,
+                };
+                self.len += 1;
+            }
+        }
+    }
+
+    /// The key's place (`Ok`), or the free place where it would go (`Err`). The table is
+    /// never full, so a free place ends every probe.
+    fn find(&self, key: u64) -> Result<usize, usize> {
+        let capacity = self.entries.len();
+        if capacity == 0 {
+            return Err(0);
+        }
+        // The key's high bits scaled to the capacity, which then need not be a power of two.
+        let mut i = ((u128::from(key) * capacity as u128) >> 64) as usize;
+        let key = halves(key);
+        loop {
+            let entry = self.entries[i];
+            if entry.at == FREE {
+                return Err(i);
+            }
+            if entry.key == key {
+                return Ok(i);
+            }
+            i = if i + 1 == capacity { 0 } else { i + 1 };
+        }
+    }
+
+    /// Half as large again (not double), so a table is at least 8/15 full: 12 to 23 bytes an
+    /// entry.
+    fn grow(&mut self) {
+        let capacity = self.entries.len();
+        let larger = (capacity + capacity / 2).max(capacity + 2);
+        let old = std::mem::replace(&mut self.entries, vec![Entry::EMPTY; larger].into());
+        for entry in old.iter().filter(|entry| entry.at != FREE) {
+            let key = u64::from(entry.key[0]) | (u64::from(entry.key[1]) << 32);
+            if let Err(i) = self.find(key) {
+                self.entries[i] = *entry;
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn heap_bytes(&self) -> usize {
+        std::mem::size_of_val(&*self.entries)
+    }
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table")
+            .field("len", &self.len)
+            .field("capacity", &self.entries.len())
+            .finish()
     }
 }
 
@@ -134,11 +330,7 @@ impl PostState {
             readers: HashMap::new(),
             ended: VecDeque::new(),
             observers: 0,
-            dedupe: Dedupe {
-                window: dedupe_window,
-                seen: HashSet::new(),
-                order: VecDeque::new(),
-            },
+            dedupe: Dedupe::new(dedupe_window),
         }
     }
 
@@ -301,22 +493,21 @@ impl PostState {
         self.dedupe.remember(reader, counted_at);
     }
 
-    /// Forgets reader ids counted longer ago than the dedupe window.
+    /// Forgets the reader ids counted longer ago than the dedupe window, a slice at a time
+    /// (each once its newest is out of the window; the others are no longer matched).
     pub(crate) fn expire(&mut self, now: Instant) {
         self.dedupe.expire(now);
     }
 
-    /// When the oldest remembered reader id is forgotten.
+    /// When the oldest slice of remembered reader ids is forgotten (its newest leaves the
+    /// window): the post's housekeeping wakes once per slice, not per reader id.
     pub(crate) fn next_expiry(&self) -> Option<Instant> {
-        self.dedupe
-            .order
-            .front()
-            .map(|&(at, _)| at + self.dedupe.window)
+        self.dedupe.next_expiry()
     }
 
     /// Nobody reads the post and nothing needs remembering: it may sleep.
     pub(crate) fn is_idle(&self) -> bool {
-        self.readers.is_empty() && self.observers == 0 && self.dedupe.seen.is_empty()
+        self.readers.is_empty() && self.observers == 0 && self.dedupe.is_empty()
     }
 }
 
@@ -326,6 +517,7 @@ mod tests {
     use crate::edge::reader_id::ReaderId;
     use crate::storage::MAX_COUNT;
     use proptest::prelude::*;
+    use std::collections::HashSet;
 
     const WINDOW: Duration = Duration::from_secs(1800);
 
@@ -486,6 +678,164 @@ mod tests {
             state.expire(start + WINDOW + Duration::from_secs(60));
             prop_assert!(state.is_idle());
         }
+    }
+
+    /// What the dedupe memory is asked, at times in whole milliseconds.
+    #[derive(Debug, Clone)]
+    enum DedupeOp {
+        /// Reader `n` is counted `ago` ms before now (0: a view; more: a restored one, in
+        /// any order).
+        Remember { reader: u8, ago: u32 },
+        /// Is reader `n` new within the window?
+        Ask { reader: u8 },
+        /// Time passes: often exactly a slice or the window (or one ms either side).
+        Wait { ms: u32 },
+    }
+
+    /// Times are mostly whole units of a sixteenth of the window, so that a view counted
+    /// exactly a window (or a slice) ago is common, and slices hold several entries.
+    fn dedupe_op(window_ms: u32) -> impl Strategy<Value = DedupeOp> {
+        let unit = (window_ms / 16).max(1);
+        let units = move |most: u32| (0..=most).prop_map(move |k| k * unit);
+        let edges = vec![1, window_ms - 1, window_ms, window_ms + 1];
+        prop_oneof![
+            3 => (0u8..8, prop_oneof![3 => Just(0u32), 1 => units(40), 1 => 0..2 * window_ms])
+                .prop_map(|(reader, ago)| DedupeOp::Remember { reader, ago }),
+            3 => (0u8..8).prop_map(|reader| DedupeOp::Ask { reader }),
+            2 => prop_oneof![units(20), prop::sample::select(edges), 0..window_ms]
+                .prop_map(|ms| DedupeOp::Wait { ms }),
+        ]
+    }
+
+    fn window_and_ops() -> impl Strategy<Value = (u32, Vec<DedupeOp>)> {
+        let window_ms = prop_oneof![
+            Just(16u32),
+            Just(1600),
+            (1u32..300).prop_map(|k| k * 16),
+            1u32..5000
+        ];
+        window_ms.prop_flat_map(|window_ms| {
+            (
+                Just(window_ms),
+                prop::collection::vec(dedupe_op(window_ms), 0..300),
+            )
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn a_reader_id_is_new_exactly_when_its_latest_counting_is_a_window_or_more_ago_and_memory_empties_with_the_last(
+            (window_ms, ops) in window_and_ops(),
+        ) {
+            let window = Duration::from_millis(u64::from(window_ms));
+            let start = Instant::now() + 2 * window;
+            let mut dedupe = Dedupe::new(window);
+            let mut now = start;
+            // The model: each reader's latest counting.
+            let mut latest: HashMap<u8, Instant> = HashMap::new();
+            let alive = |latest: &HashMap<u8, Instant>, now: Instant| {
+                latest.values().filter(|&&at| now - at < window).count()
+            };
+            for op in ops {
+                match op {
+                    DedupeOp::Remember { reader, ago } => {
+                        let at = now - Duration::from_millis(u64::from(ago));
+                        dedupe.remember(key(reader), at);
+                        let kept = latest.entry(reader).or_insert(at);
+                        *kept = (*kept).max(at);
+                    }
+                    DedupeOp::Ask { reader } => {
+                        let expect = latest.get(&reader).is_none_or(|&at| now - at >= window);
+                        prop_assert_eq!(dedupe.is_new(key(reader), now), expect);
+                    }
+                    DedupeOp::Wait { ms } => now += Duration::from_millis(u64::from(ms)),
+                }
+                dedupe.expire(now);
+                // Nothing is held once every entry is out of the window; the next expiry is
+                // within a window from now.
+                prop_assert_eq!(dedupe.is_empty(), alive(&latest, now) == 0);
+                if let Some(next) = dedupe.next_expiry() {
+                    prop_assert!(next > now && next <= now + window);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_remembered_view_costs_at_most_32_bytes_of_heap_once_the_window_is_full() {
+        // 1,000 views a second for three windows of a minute, each reader id new.
+        let window = Duration::from_secs(60);
+        let start = Instant::now();
+        let mut dedupe = Dedupe::new(window);
+        let mut worst: f64 = 0.0;
+        for second in 0..180u32 {
+            let now = start + Duration::from_secs(u64::from(second));
+            for i in 0..1000u32 {
+                let id = ReaderId::parse(&format!("reader-{second:0>6}-{i:0>6}")).unwrap();
+                let at = now + Duration::from_millis(u64::from(i));
+                assert!(dedupe.is_new(id.key(), at));
+                dedupe.remember(id.key(), at);
+            }
+            if second >= 60 {
+                let per_view = dedupe.heap_bytes() as f64 / 60_000.0;
+                worst = worst.max(per_view);
+            }
+        }
+        assert!(worst <= 32.0, "{worst:.1} bytes per remembered view");
+        assert_eq!(std::mem::size_of::<Entry>(), 12);
+    }
+
+    #[test]
+    fn a_reader_id_counted_exactly_a_window_ago_counts_again_though_its_slice_holds_newer_ones() {
+        let start = Instant::now();
+        let window = Duration::from_secs(10);
+        let mut state = PostState::new(0, window);
+        assert!(state.join(presence(1, 0), || true, true, start).counted);
+        let next = start + Duration::from_millis(1);
+        assert!(state.join(presence(2, 0), || true, true, next).counted);
+        let just_before = start + window - Duration::from_millis(1);
+        assert!(
+            !state
+                .join(presence(1, 0), || true, true, just_before)
+                .counted
+        );
+        assert!(
+            state
+                .join(presence(1, 0), || true, true, start + window)
+                .counted
+        );
+        assert!(
+            !state
+                .join(presence(2, 0), || true, true, start + window)
+                .counted
+        );
+    }
+
+    #[test]
+    fn a_time_between_milliseconds_is_rounded_so_that_a_reader_id_never_counts_twice_within_the_window()
+     {
+        let start = Instant::now();
+        let window = Duration::from_secs(10);
+        let mut state = PostState::new(0, window);
+        assert!(state.join(presence(1, 0), || true, true, start).counted);
+        let between = start + Duration::from_micros(500);
+        assert!(state.join(presence(2, 0), || true, true, between).counted);
+        let inside = between + window - Duration::from_micros(100);
+        assert!(!state.join(presence(2, 0), || true, true, inside).counted);
+        let past = between + window + Duration::from_millis(1);
+        assert!(state.join(presence(2, 0), || true, true, past).counted);
+    }
+
+    #[test]
+    fn a_reader_id_restored_twice_is_remembered_from_its_later_counting() {
+        let start = Instant::now();
+        let mut state = PostState::new(0, Duration::from_secs(10));
+        state.remember(key(1), start);
+        state.remember(key(1), start + Duration::from_secs(5));
+        let later = start + Duration::from_secs(12);
+        assert!(!state.join(presence(1, 0), || true, true, later).counted);
+        let after = start + Duration::from_secs(15);
+        assert!(state.join(presence(1, 0), || true, true, after).counted);
     }
 
     #[test]
