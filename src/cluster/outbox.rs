@@ -70,7 +70,8 @@ impl Outbox {
         }
     }
 
-    /// Views not yet in Redis, all posts.
+    /// Views in the outbox, all posts: not yet in Redis, or confirmed there and not yet deleted
+    /// by their replay.
     pub(crate) fn len(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
     }

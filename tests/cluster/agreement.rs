@@ -151,7 +151,11 @@ async fn a_view_whose_count_times_out_and_runs_late_in_redis_never_takes_a_total
     redis.pause();
     let mut seen = Vec::new();
     for reader in [&mut on_a, &mut late] {
-        let with_probe = until(&mut reader.stream, |c| c.live == 4).await;
+        let probed = |c: &Counts| c.live == 4;
+        let with_probe = reader
+            .stream
+            .await_counts_that("the probe's reader", probed, SETTLE)
+            .await;
         assert_eq!(
             with_probe.last().copied(),
             Some(counts(4, 3)),
@@ -230,27 +234,6 @@ async fn probe_leaves(redis: &Redis) {
     let _: u64 = redis
         .query(redis::cmd("PUBLISH").arg("vc:events").arg("g probe"))
         .await;
-}
-
-/// The stream's numbers until one satisfies `done` (that one last); fails after [`SETTLE`].
-async fn until(stream: &mut SseClient, done: impl Fn(&Counts) -> bool) -> Vec<Counts> {
-    let deadline = Instant::now() + SETTLE;
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match stream.next_event_within(left).await {
-            Ok(Some(ev)) => {
-                if let Some(c) = ev.counts() {
-                    seen.push(c);
-                    if done(&c) {
-                        return seen;
-                    }
-                }
-            }
-            Ok(None) => panic!("stream ended; seen {seen:?}"),
-            Err(e) => panic!("{e}; seen {seen:?}"),
-        }
-    }
 }
 
 /// The totals alone (a probe's live comes and goes in this test).
