@@ -33,7 +33,10 @@ pub(crate) use lua_counts;
 
 /// KEYS: the op key, the reader's marker, `vc:totals`, the day's hash, this record's part,
 /// `vc:gen`. ARGV: slug, window in ms (0: no dedupe), channel, op memory in ms, the part's
-/// field of the day.
+/// field of the day, the op.
+///
+/// The announcement names the op (`t slug total op`): the node that sent it learns its fate
+/// even when its call timed out and the script ran late (see [`crate::cluster::fate`]).
 ///
 /// A part not of the current generation (Redis lost it, or the node has not added it yet) is
 /// refused with `VCREBUILD`: the view waits in the outbox until the node rebuilt its part, so
@@ -82,7 +85,7 @@ if day ~= MAX then redis.call('HINCRBY', KEYS[4], ARGV[1], 1) end
 for i, field in ipairs({ARGV[1], ARGV[5], '#n'}) do
   if part[i] ~= MAX then redis.call('HINCRBY', KEYS[5], field, 1) end
 end
-redis.call('PUBLISH', ARGV[3], 't ' .. ARGV[1] .. ' ' .. total)
+redis.call('PUBLISH', ARGV[3], 't ' .. ARGV[1] .. ' ' .. total .. ' ' .. ARGV[6])
 return {1, total}
 "#
 );
@@ -160,7 +163,8 @@ pub(crate) async fn count(
         .arg(window_ms)
         .arg(EVENTS)
         .arg(OP_MEMORY_MS)
-        .arg(day_field(view.day, &view.slug));
+        .arg(day_field(view.day, &view.slug))
+        .arg(&view.op);
     let (counted, total): (u8, u64) = link
         .call("count", |mut conn| async move {
             invocation.invoke_async(&mut conn).await

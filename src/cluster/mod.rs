@@ -6,6 +6,8 @@
 //! - `counter`: one counted view as one Lua script (dedupe marker, total, day, announcement);
 //! - `presence`: each node's live readers in Redis, merged into every post's live count;
 //! - `outbox`: views counted while Redis did not answer, replayed exactly once;
+//! - `fate`: this node's ops whose fate Redis has not told yet (a call that timed out may
+//!   still run, late), so each view is confirmed to its post exactly once;
 //! - `record`: what this node counted, in its `--db` file: the durable copy from which the
 //!   node rebuilds its part of Redis's sums when Redis loses them;
 //! - `store`: the writer's [`crate::storage::store::Store`] on Redis, for the owner's reads.
@@ -16,6 +18,7 @@
 //! [`Settings`] are built by [`crate::config`], which this module does not know.
 
 pub(crate) mod counter;
+pub(crate) mod fate;
 pub(crate) mod link;
 pub(crate) mod outbox;
 pub(crate) mod presence;
@@ -35,6 +38,7 @@ use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 use crate::cluster::counter::View;
+use crate::cluster::fate::{Fates, Replay};
 use crate::cluster::link::{Link, LinkError};
 use crate::cluster::outbox::{Outbox, REPLAY_BATCH};
 use crate::cluster::presence::{BEAT, Event, Moved, Presence};
@@ -42,7 +46,7 @@ use crate::cluster::record::Record;
 use crate::edge::reader_id::ReaderId;
 use crate::edge::slug::Slug;
 use crate::metrics::Metrics;
-use crate::posts::cluster_port::{Counting, Decision};
+use crate::posts::cluster_port::{Counted, Counting, Decision};
 use crate::posts::post::{Counts, RemoteLive, RemoteTotal, Replayed};
 use crate::posts::registry::Registry;
 use crate::secret::RedisUrl;
@@ -129,6 +133,7 @@ pub(crate) struct Cluster {
     link: Link,
     presence: Presence,
     outbox: Outbox,
+    fates: Fates,
     record: Record,
     calendar: Calendar,
     dedupe_window: Duration,
@@ -166,6 +171,7 @@ impl Cluster {
             presence: Presence::new(node, change_tx),
             record: Record::open(&mut db, policy, calendar.clone(), metrics)?,
             outbox: Outbox::start(db)?,
+            fates: Fates::default(),
             calendar,
             dedupe_window: policy.dedupe_window,
             receivers: std::sync::Mutex::new(Some(Receivers { pushes, changes })),
@@ -394,7 +400,13 @@ impl Cluster {
                     else {
                         continue;
                     };
-                    if let Event::Total { slug, total } = &event {
+                    if let Event::Total { slug, total, op } = &event {
+                        let own = op.as_deref().filter(|op| self.is_own(op));
+                        if let Some(op) = own
+                            && self.confirmed_late(&registry, slug, *total, op).await
+                        {
+                            continue;
+                        }
                         self.tell_total(&registry, slug, *total);
                     } else {
                         tell_live(&registry, self.presence.on_event(event));
@@ -413,10 +425,39 @@ impl Cluster {
     /// A post's new total, counted on another node: its readers here hear it from the post;
     /// a post asleep here has none, but the dashboards show every post of the cluster.
     fn tell_total(&self, registry: &Registry, slug: &Slug, total: u64) {
-        if !registry.tell(slug, RemoteTotal { total }) {
+        let told = registry.tell(slug, RemoteTotal { total });
+        self.unless_told(registry, slug, total, told);
+    }
+
+    /// A post asleep here (`told` false): only the dashboards need to hear its total.
+    fn unless_told(&self, registry: &Registry, slug: &Slug, total: u64, told: bool) {
+        if !told {
             let live = self.presence.remote_live(slug);
             registry.changes().post(slug, Counts { live, total });
         }
+    }
+
+    /// An op id of this node ([`Cluster::op_id`]).
+    fn is_own(&self, op: &str) -> bool {
+        op.strip_prefix(self.node())
+            .is_some_and(|rest| rest.starts_with('-'))
+    }
+
+    /// This node's `op` announced at `total`: a view that timed out into the outbox ran late
+    /// in Redis, so it is confirmed now (recorded, no longer pending, its post told with one
+    /// [`Replayed`], which moves the total and takes the unconfirmed view back together):
+    /// true then. A call still in flight keeps the total for its answer.
+    async fn confirmed_late(&self, registry: &Registry, slug: &Slug, total: u64, op: &str) -> bool {
+        // The record takes it after a rebuild, never during one.
+        let _counting = self.record.enter().await;
+        let confirm = || self.outbox.confirmed(slug.as_str());
+        let Some(view) = self.fates.announced(op, total, confirm) else {
+            return false;
+        };
+        self.record_view(&view);
+        let told = registry.tell(slug, Replayed { total });
+        self.unless_told(registry, slug, total, told);
+        true
     }
 
     /// The totals of every awake post, from Redis.
@@ -472,14 +513,22 @@ impl Cluster {
                     break;
                 }
             };
+            // Its announcement may have confirmed it already: its row is all that is left.
+            if self.fates.replayed(&view.op) == Replay::AlreadyConfirmed {
+                done.push((id, None));
+                continue;
+            }
             if counted.counted {
                 self.record_view(&view);
             }
             results.push((view.slug.clone(), counted));
-            done.push((id, view.slug));
+            done.push((id, Some(view.slug)));
         }
         let replayed = done.len();
         self.outbox.delete(done).await?;
+        // A view Redis found a duplicate (another node counted that reader within the window)
+        // still takes the total back by one here: this node could not know before Redis
+        // answered, and showed it meanwhile.
         for (slug, counted) in results {
             if let Ok(slug) = Slug::parse(&slug) {
                 registry.tell(
@@ -578,19 +627,29 @@ impl Counting for Cluster {
                 && let Some(_counting) = self.record.try_enter()
             {
                 let part = self.record.part();
-                match counter::count(&self.link, &view, self.dedupe_window, &part).await {
-                    Ok(counted) => {
-                        if counted.counted {
-                            self.record_view(&view);
-                        }
-                        return Decision::Decided(counted);
-                    }
-                    // It may still run late: the op id makes its replay a no-op then.
+                let call = self.fates.in_flight(&view.op);
+                let counted = counter::count(&self.link, &view, self.dedupe_window, &part).await;
+                let counted = match counted {
+                    Ok(counted) => Some(counted),
+                    // It may still run late: the op id makes its replay a no-op then, and its
+                    // announcement confirms it (see `fate`). Heard already: it is counted.
                     Err(e) => {
                         self.refused(&e);
-                        tracing::debug!(error = %e, "view goes to the outbox");
+                        tracing::debug!(error = %e, "view goes to the outbox unless announced");
+                        let outbox = |view| self.outbox.add(view);
+                        call.failed(view.clone(), outbox).map(|total| Counted {
+                            counted: true,
+                            total,
+                        })
                     }
+                };
+                let Some(counted) = counted else {
+                    return Decision::Deferred;
+                };
+                if counted.counted {
+                    self.record_view(&view);
                 }
+                return Decision::Decided(counted);
             }
             self.outbox.add(view);
             Decision::Deferred

@@ -23,7 +23,7 @@ pub(crate) const REPLAY_BATCH: usize = 256;
 enum Command {
     Add(View),
     Take(usize, oneshot::Sender<Result<Vec<(u64, View)>, StoreError>>),
-    Delete(Vec<(u64, String)>, oneshot::Sender<Result<(), StoreError>>),
+    Delete(Vec<u64>, oneshot::Sender<Result<(), StoreError>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -70,7 +70,8 @@ impl Outbox {
         }
     }
 
-    /// Views not yet in Redis, all posts.
+    /// Views in the outbox, all posts: not yet in Redis, or confirmed there and not yet deleted
+    /// by their replay.
     pub(crate) fn len(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
     }
@@ -87,23 +88,32 @@ impl Outbox {
         rx.await.map_err(|_| stopped())?
     }
 
-    /// Forgets views Redis has taken.
-    pub(crate) async fn delete(&self, done: Vec<(u64, String)>) -> Result<(), StoreError> {
-        let slugs: Vec<String> = done.iter().map(|(_, s)| s.clone()).collect();
+    /// Forgets views Redis has taken: `(row, slug)`, the slug `None` for a view already
+    /// [`Outbox::confirmed`].
+    pub(crate) async fn delete(&self, done: Vec<(u64, Option<String>)>) -> Result<(), StoreError> {
+        let rows = done.iter().map(|(id, _)| *id).collect();
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Delete(done, reply))?;
+        self.send(Command::Delete(rows, reply))?;
         rx.await.map_err(|_| stopped())??;
-        let mut pending = self.lock();
-        for slug in slugs {
-            if let Some(n) = pending.get_mut(&slug) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    pending.remove(&slug);
-                }
+        for (_, slug) in done {
+            if let Some(slug) = slug {
+                self.confirmed(&slug);
             }
             self.total.fetch_sub(1, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// A view of `slug` is known to be in Redis: no longer pending for its post, though its
+    /// row stays (and counts in [`Outbox::len`]) until its replay deletes it.
+    pub(crate) fn confirmed(&self, slug: &str) {
+        let mut pending = self.lock();
+        if let Some(n) = pending.get_mut(slug) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                pending.remove(slug);
+            }
+        }
     }
 
     /// Writes everything queued and stops the thread.
@@ -220,12 +230,12 @@ fn read_all(store: &mut RedbStore, n: usize) -> Result<Vec<(u64, View)>, StoreEr
     })
 }
 
-fn delete(store: &mut RedbStore, done: &[(u64, String)]) -> Result<(), StoreError> {
+fn delete(store: &mut RedbStore, done: &[u64]) -> Result<(), StoreError> {
     store.with_db(|db| {
         let txn = db.begin_write().map_err(StoreError::storage)?;
         {
             let mut table = txn.open_table(OUTBOX).map_err(StoreError::storage)?;
-            for (id, _) in done {
+            for id in done {
                 table.remove(*id).map_err(StoreError::storage)?;
             }
         }
@@ -276,7 +286,10 @@ mod tests {
             rows.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>(),
             [view(0), view(1)]
         );
-        let done = rows.iter().map(|(id, v)| (*id, v.slug.clone())).collect();
+        let done = rows
+            .iter()
+            .map(|(id, v)| (*id, Some(v.slug.clone())))
+            .collect();
         outbox.delete(done).await.unwrap();
         assert_eq!(outbox.len(), 1);
         assert_eq!(outbox.pending_for("a/b"), 1);

@@ -118,9 +118,12 @@ impl Peer {
 /// A message on `vc:events`.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Event {
+    /// `op`: the op of the view that moved it, when a count script announces it (a rebuild
+    /// or an import announces without one).
     Total {
         slug: Slug,
         total: u64,
+        op: Option<String>,
     },
     /// `version`: the number of this change of the node's presence.
     Live {
@@ -141,6 +144,7 @@ impl Event {
             "t" => Self::Total {
                 slug: Slug::parse(parts.next()?).ok()?,
                 total: parts.next()?.parse().ok()?,
+                op: parts.next().map(str::to_owned),
             },
             "l" => Self::Live {
                 node: parts.next()?.to_owned(),
@@ -538,7 +542,16 @@ mod tests {
             Event::parse("t a/b 12"),
             Some(Event::Total {
                 slug: slug("a/b"),
-                total: 12
+                total: 12,
+                op: None,
+            })
+        );
+        assert_eq!(
+            Event::parse("t a/b 13 n1-00000000000000ff"),
+            Some(Event::Total {
+                slug: slug("a/b"),
+                total: 13,
+                op: Some("n1-00000000000000ff".into()),
             })
         );
         assert_eq!(

@@ -535,7 +535,6 @@ impl Handler<Join> for Post {
                 is_reader: join.is_reader,
             },
         };
-        let updates = self.updates.subscribe();
         // Cluster mode: the total moves once Redis has decided, so it never shows a view that
         // another node already counted and then takes it back.
         let Some(cluster) = cluster else {
@@ -545,7 +544,7 @@ impl Handler<Join> for Post {
             return ActorResponse::reply(Ok(Joined {
                 counts: self.counts(),
                 counted: joined.counted,
-                updates,
+                updates: self.updates.subscribe(),
                 departure,
             }));
         };
@@ -557,7 +556,9 @@ impl Handler<Join> for Post {
             Ok(Joined {
                 counts: post.counts(),
                 counted,
-                updates,
+                // Subscribed with its first numbers: a broadcast made while Redis decided
+                // (which may take --redis-timeout) is older than them, and would follow them.
+                updates: post.updates.subscribe(),
                 departure,
             })
         }))

@@ -612,6 +612,18 @@ impl SseClient {
     /// Reads events until one carries `want`; returns every number seen on the way (`want`
     /// last). Panics at the deadline, listing what was seen.
     pub async fn await_counts(&mut self, want: Counts, within: Duration) -> Vec<Counts> {
+        let what = format!("{want:?}");
+        self.await_counts_that(&what, |c| *c == want, within).await
+    }
+
+    /// Reads events until one's numbers satisfy `done` (`what`, for the failure); returns
+    /// every number seen on the way (that one last). Panics at the deadline, listing them.
+    pub async fn await_counts_that(
+        &mut self,
+        what: &str,
+        done: impl Fn(&Counts) -> bool,
+        within: Duration,
+    ) -> Vec<Counts> {
         let deadline = Instant::now() + within;
         let mut seen = Vec::new();
         loop {
@@ -620,13 +632,13 @@ impl SseClient {
                 Ok(Some(ev)) => {
                     if let Some(c) = ev.counts() {
                         seen.push(c);
-                        if c == want {
+                        if done(&c) {
                             return seen;
                         }
                     }
                 }
-                Ok(None) => panic!("stream ended waiting for {want:?}; seen {seen:?}"),
-                Err(e) => panic!("{e}: waiting for {want:?}; seen {seen:?}"),
+                Ok(None) => panic!("stream ended waiting for {what}; seen {seen:?}"),
+                Err(e) => panic!("{e}: waiting for {what}; seen {seen:?}"),
             }
         }
     }

@@ -43,15 +43,8 @@ async fn readers_on_every_node_agree_on_live_and_total_and_a_join_on_a_reaches_c
                 elsewhere.push(took);
             }
             // Only joins happen here: no reader may see its live or total go down on the way.
-            let mut last = counts(n - 1, n - 1);
-            for c in seen {
-                if c.live < last.live || c.total < last.total {
-                    dips.push(format!(
-                        "join {n}: a reader on node {node} saw {last:?} then {c:?}"
-                    ));
-                }
-                last = c;
-            }
+            let what = format!("join {n}: a reader on node {node}");
+            dips.extend(downs(&what, counts(n - 1, n - 1), &seen));
         }
         readers.push(reader);
         served_by.push(on);
@@ -99,4 +92,151 @@ async fn a_reader_leaving_node_c_leaves_live_on_a_within_a_second() {
     assert!(took <= PRESENCE, "live fell on a after {took:?}");
     // Agreement holds without readers, too: the count endpoints of every node.
     cluster_agrees(&nodes, &redis, counts(1, 2), Duration::from_secs(2)).await;
+}
+
+/// Where `seen` (after `from`) goes down, in live or total: one line each.
+fn downs(who: &str, from: Counts, seen: &[Counts]) -> Vec<String> {
+    let mut last = from;
+    let mut downs = Vec::new();
+    for &c in seen {
+        if c.live < last.live || c.total < last.total {
+            downs.push(format!("{who} saw {last:?} then {c:?}"));
+        }
+        last = c;
+    }
+    downs
+}
+
+/// A count call that outlasts `--redis-timeout` sends its view to the outbox, and the post
+/// shows it as unconfirmed; the script still runs in Redis once Redis gets to it, and its
+/// announcement reaches every node. The node that sent it must not then show it twice (the
+/// announced total plus the unconfirmed view) and take one back once the outbox replays it.
+/// Redis is stopped (SIGSTOP) while a reader joins, so the call times out, and continued: the
+/// script runs late, deterministically. Then a peer's live change, published after it, and
+/// Redis stopped again (no replay can run): once a's readers see that live, a has heard the
+/// late announcement too, and its total must be the views counted, no more.
+#[actix_web::test]
+async fn a_view_whose_count_times_out_and_runs_late_in_redis_never_takes_a_total_down() {
+    let _serial = one_at_a_time().await;
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    // A peer of no reader yet: every heartbeat from now on keeps it.
+    probe(&redis, 1, None).await;
+    let nodes = Node::start_many(&redis, &["a", "b"], &[]).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut on_a = a.join().await;
+    let mut on_b = b.join().await;
+    assert_eq!(on_b.first, counts(2, 2), "first event on b");
+    on_a.stream.await_counts(counts(2, 2), SETTLE).await;
+
+    // The count of the third view times out (the join answers after --redis-timeout) while
+    // its script waits in Redis's socket; continued, Redis runs it and announces it.
+    redis.pause();
+    let mut late = a.join().await;
+    redis.resume();
+    assert_eq!(
+        late.first,
+        counts(3, 3),
+        "first event of the late view on a"
+    );
+    time_until(
+        "the late view in redis",
+        SETTLE,
+        || redis.total(SLUG),
+        |t| *t == 3,
+    )
+    .await;
+    probe(&redis, 2, Some(1)).await;
+    redis.pause();
+    let mut seen = Vec::new();
+    for reader in [&mut on_a, &mut late] {
+        let probed = |c: &Counts| c.live == 4;
+        let with_probe = reader
+            .stream
+            .await_counts_that("the probe's reader", probed, SETTLE)
+            .await;
+        assert_eq!(
+            with_probe.last().copied(),
+            Some(counts(4, 3)),
+            "a reader on a once a heard the late view's announcement (seen {with_probe:?})"
+        );
+        seen.push(with_probe);
+    }
+    redis.resume();
+
+    // The outbox replays the view (a no-op in Redis); the probe leaves.
+    let pending = || a.metric("viewcounter_outbox_pending");
+    time_until("outbox of node a", SETTLE, pending, |p| *p == Some(0.0)).await;
+    probe_leaves(&redis).await;
+    let want = counts(3, 3);
+    let mut dips = Vec::new();
+    let [mut on_a_seen, mut late_seen] = [seen.remove(0), seen.remove(0)];
+    on_a_seen.extend(on_a.stream.await_counts(want, SETTLE).await);
+    late_seen.extend(late.stream.await_counts(want, SETTLE).await);
+    let on_b_seen = on_b.stream.await_counts(want, SETTLE).await;
+    for (who, from, seen) in [
+        ("the first reader on a", counts(2, 2), on_a_seen),
+        ("the late reader on a", counts(3, 3), late_seen),
+        ("the reader on b", counts(2, 2), on_b_seen),
+    ] {
+        dips.extend(downs(who, counts(0, from.total), &totals(&seen)));
+    }
+    assert!(dips.is_empty(), "totals went down: {dips:#?}");
+    cluster_agrees(&nodes, &redis, want, SETTLE).await;
+    for node in &nodes {
+        assert_eq!(
+            node.totals().await,
+            rows(&[(SLUG, 3)]),
+            "node {}",
+            node.name
+        );
+    }
+    assert_eq!(redis.day_views(SLUG).await, 3, "views per day in redis");
+}
+
+/// A peer named `probe`, as a node writes itself (see `cluster::presence`): its place in
+/// `vc:nodes` (so heartbeats keep it) and its presence hash at `version`, with `live` readers
+/// of the post; with `live`, also its announcement on `vc:events`, which every node hears
+/// after what was published before it.
+async fn probe(redis: &Redis, version: u64, live: Option<u64>) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64;
+    let _: u64 = redis
+        .query(redis::cmd("ZADD").arg("vc:nodes").arg(now_ms).arg("probe"))
+        .await;
+    let mut hset = redis::cmd("HSET");
+    hset.arg("vc:node:probe").arg("").arg(version);
+    if let Some(live) = live {
+        hset.arg(SLUG).arg(live);
+    }
+    let _: u64 = redis.query(&hset).await;
+    if let Some(live) = live {
+        let event = format!("l probe {SLUG} {live} {version}");
+        let _: u64 = redis
+            .query(redis::cmd("PUBLISH").arg("vc:events").arg(event))
+            .await;
+        // Redis answers the publisher and writes the message to subscribers in the same pass
+        // of its event loop, in no set order: a stop right after the answer may catch it
+        // before the subscribers' writes. The next command is answered on the next pass.
+        let _: String = redis.query(&redis::cmd("PING")).await;
+    }
+}
+
+/// The probe leaves, as a node that stops.
+async fn probe_leaves(redis: &Redis) {
+    let _: u64 = redis
+        .query(redis::cmd("ZREM").arg("vc:nodes").arg("probe"))
+        .await;
+    let _: u64 = redis.query(redis::cmd("DEL").arg("vc:node:probe")).await;
+    let _: u64 = redis
+        .query(redis::cmd("PUBLISH").arg("vc:events").arg("g probe"))
+        .await;
+}
+
+/// The totals alone (a probe's live comes and goes in this test).
+fn totals(seen: &[Counts]) -> Vec<Counts> {
+    seen.iter().map(|c| counts(0, c.total)).collect()
 }
