@@ -32,6 +32,22 @@ pub(crate) struct InFlight<'a> {
     op: String,
 }
 
+/// What an announcement of this node's own op means for its post.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Heard {
+    /// Its call has not answered yet: the post may hear the total now (the view is not
+    /// among its unconfirmed ones).
+    InFlight,
+    /// It timed out into the outbox and is confirmed by this announcement: record it and
+    /// tell its post with one `Replayed`.
+    Confirmed(View),
+    /// Its post hears this total from elsewhere, never from the announcement: from its call's
+    /// answer (already given), or from the replay that runs its script (a view from the
+    /// outbox, or one the replay confirms after a rebuild). Told now, the total would count
+    /// it twice with the post's unconfirmed view, until the replay took one back.
+    Told,
+}
+
 /// What the replay of an outboxed op must do once Redis answered it.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Replay {
@@ -52,18 +68,30 @@ impl Fates {
     }
 
     /// This node's `op` was announced with `total`. Kept if it is in flight; if it timed out
-    /// into the outbox, it is confirmed now: `confirm` runs (under the lock, so the replay
-    /// cannot confirm it too) and its view is handed back for the record.
-    pub(crate) fn announced(&self, op: &str, total: u64, confirm: impl FnOnce()) -> Option<View> {
+    /// into the outbox and `may_confirm` (no rebuild holds the fence), it is confirmed now:
+    /// `confirm` runs (under the lock, so the replay cannot confirm it too) and its view is
+    /// handed back for the record.
+    pub(crate) fn announced(
+        &self,
+        op: &str,
+        total: u64,
+        may_confirm: bool,
+        confirm: impl FnOnce(),
+    ) -> Heard {
         let mut inner = self.lock();
         if let Some(heard) = inner.in_flight.get_mut(op) {
             *heard = Some(total);
-            return None;
+            return Heard::InFlight;
         }
-        let view = inner.outboxed.remove(op)?;
+        if !may_confirm {
+            return Heard::Told;
+        }
+        let Some(view) = inner.outboxed.remove(op) else {
+            return Heard::Told;
+        };
         inner.confirmed.insert(op.to_owned());
         confirm();
-        Some(view)
+        Heard::Confirmed(view)
     }
 
     /// The replay of `op` was answered by Redis: whether it confirms it, or its announcement
@@ -120,7 +148,10 @@ mod tests {
     fn an_announcement_heard_while_the_call_runs_decides_a_call_that_then_fails() {
         let fates = Fates::default();
         let call = fates.in_flight("n-1");
-        assert_eq!(fates.announced("n-1", 7, || panic!("not outboxed")), None);
+        assert_eq!(
+            fates.announced("n-1", 7, true, || panic!("not outboxed")),
+            Heard::InFlight
+        );
         let outboxed = call.failed(view("n-1"), |_| panic!("decided, not outboxed"));
         assert_eq!(outboxed, Some(7));
         assert!(fates.lock().in_flight.is_empty());
@@ -138,11 +169,19 @@ mod tests {
         );
         assert_eq!(queued, [view("n-1")]);
         let mut confirmed = 0;
+        // While a rebuild holds the fence, an announcement confirms nothing.
         assert_eq!(
-            fates.announced("n-1", 7, || confirmed += 1),
-            Some(view("n-1"))
+            fates.announced("n-1", 7, false, || panic!("during a rebuild")),
+            Heard::Told
         );
-        assert_eq!(fates.announced("n-1", 7, || confirmed += 1), None);
+        assert_eq!(
+            fates.announced("n-1", 7, true, || confirmed += 1),
+            Heard::Confirmed(view("n-1"))
+        );
+        assert_eq!(
+            fates.announced("n-1", 7, true, || confirmed += 1),
+            Heard::Told
+        );
         assert_eq!(confirmed, 1);
         assert_eq!(fates.replayed("n-1"), Replay::AlreadyConfirmed);
 
@@ -151,8 +190,8 @@ mod tests {
         let _ = fates.in_flight("n-2").failed(view("n-2"), drop);
         assert_eq!(fates.replayed("n-2"), Replay::Confirm);
         assert_eq!(
-            fates.announced("n-2", 8, || panic!("confirmed twice")),
-            None
+            fates.announced("n-2", 8, true, || panic!("confirmed twice")),
+            Heard::Told
         );
         // Unknown here (from before a restart): the replay confirms it.
         assert_eq!(fates.replayed("n-3"), Replay::Confirm);

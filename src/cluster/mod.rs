@@ -38,7 +38,7 @@ use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 use crate::cluster::counter::View;
-use crate::cluster::fate::{Fates, Replay};
+use crate::cluster::fate::{Fates, Heard, Replay};
 use crate::cluster::link::{Link, LinkError};
 use crate::cluster::outbox::{Outbox, REPLAY_BATCH};
 use crate::cluster::presence::{BEAT, Event, Moved, Presence};
@@ -401,13 +401,10 @@ impl Cluster {
                         continue;
                     };
                     if let Event::Total { slug, total, op } = &event {
-                        let own = op.as_deref().filter(|op| self.is_own(op));
-                        if let Some(op) = own
-                            && self.confirmed_late(&registry, slug, *total, op).await
-                        {
-                            continue;
+                        match op.as_deref().filter(|op| self.is_own(op)) {
+                            Some(op) => self.own_total(&registry, slug, *total, op),
+                            None => self.tell_total(&registry, slug, *total),
                         }
-                        self.tell_total(&registry, slug, *total);
                     } else {
                         tell_live(&registry, self.presence.on_event(event));
                     }
@@ -437,27 +434,36 @@ impl Cluster {
         }
     }
 
-    /// An op id of this node ([`Cluster::op_id`]).
+    /// An op id of this node ([`Cluster::op_id`]): the node's id, `-` and 16 hex digits, so
+    /// a node whose id starts with this one's and a `-` is not taken for it.
     fn is_own(&self, op: &str) -> bool {
         op.strip_prefix(self.node())
-            .is_some_and(|rest| rest.starts_with('-'))
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|random| {
+                random.len() == 16 && random.bytes().all(|b| b.is_ascii_hexdigit())
+            })
     }
 
-    /// This node's `op` announced at `total`: a view that timed out into the outbox ran late
-    /// in Redis, so it is confirmed now (recorded, no longer pending, its post told with one
-    /// [`Replayed`], which moves the total and takes the unconfirmed view back together):
-    /// true then. A call still in flight keeps the total for its answer.
-    async fn confirmed_late(&self, registry: &Registry, slug: &Slug, total: u64, op: &str) -> bool {
-        // The record takes it after a rebuild, never during one.
-        let _counting = self.record.enter().await;
+    /// This node's `op` announced at `total`. A call still in flight: the post hears it now.
+    /// A view that timed out into the outbox ran late in Redis: confirmed now (recorded, no
+    /// longer pending, its post told with one [`Replayed`], which moves the total and takes
+    /// the unconfirmed view back together). Any other (a call answered already, a view the
+    /// replay is running): its post hears the total from there, not twice from here.
+    ///
+    /// Never waits for a rebuild (the listener serves every node's events): while one holds
+    /// the fence nothing is confirmed here; the replay, which waits for it, confirms the view.
+    fn own_total(&self, registry: &Registry, slug: &Slug, total: u64, op: &str) {
+        let counting = self.record.try_enter();
         let confirm = || self.outbox.confirmed(slug.as_str());
-        let Some(view) = self.fates.announced(op, total, confirm) else {
-            return false;
-        };
-        self.record_view(&view);
-        let told = registry.tell(slug, Replayed { total });
-        self.unless_told(registry, slug, total, told);
-        true
+        match self.fates.announced(op, total, counting.is_some(), confirm) {
+            Heard::InFlight => self.tell_total(registry, slug, total),
+            Heard::Confirmed(view) => {
+                self.record_view(&view);
+                let told = registry.tell(slug, Replayed { total });
+                self.unless_told(registry, slug, total, told);
+            }
+            Heard::Told => {}
+        }
     }
 
     /// The totals of every awake post, from Redis.
@@ -531,12 +537,9 @@ impl Cluster {
         // answered, and showed it meanwhile.
         for (slug, counted) in results {
             if let Ok(slug) = Slug::parse(&slug) {
-                registry.tell(
-                    &slug,
-                    Replayed {
-                        total: counted.total,
-                    },
-                );
+                let total = counted.total;
+                let told = registry.tell(&slug, Replayed { total });
+                self.unless_told(registry, &slug, total, told);
             }
         }
         if replayed > 0 {

@@ -195,6 +195,64 @@ async fn a_view_whose_count_times_out_and_runs_late_in_redis_never_takes_a_total
     assert_eq!(redis.day_views(SLUG).await, 3, "views per day in redis");
 }
 
+/// Views counted while Redis is down wait in the outbox, shown as unconfirmed; once Redis
+/// answers, the replay runs their scripts, and each announces its new total to every node, the
+/// one replaying it too. That node's readers must not see the announced total plus the still
+/// unconfirmed view, then one less once the replay tells the post.
+#[actix_web::test]
+async fn views_replayed_from_the_outbox_never_take_a_readers_total_down() {
+    let _serial = one_at_a_time().await;
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let nodes = Node::start_many(&redis, &["a", "b"], &[]).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut on_a = a.join().await;
+    let mut on_b = b.join().await;
+    assert_eq!(on_b.first, counts(2, 2), "first event on b");
+    let mut seen = on_a.stream.await_counts(counts(2, 2), SETTLE).await;
+
+    redis.pause();
+    time_until(
+        "node a: redis down",
+        SETTLE,
+        || a.redis_state(),
+        |s| s == "down",
+    )
+    .await;
+    // Redis known down: these go to the outbox without a call.
+    let mut meanwhile = Vec::new();
+    for _ in 0..3 {
+        meanwhile.push(a.join().await);
+    }
+    let all_five = |c: &Counts| c.total == 5;
+    seen.extend(
+        on_a.stream
+            .await_counts_that("the views meanwhile", all_five, SETTLE)
+            .await,
+    );
+    redis.resume();
+
+    let pending = || a.metric("viewcounter_outbox_pending");
+    time_until("outbox of node a", SETTLE, pending, |p| *p == Some(0.0)).await;
+    let want = counts(5, 5);
+    seen.extend(on_a.stream.await_counts(want, SETTLE).await);
+    let on_b_seen = on_b.stream.await_counts(want, SETTLE).await;
+    let mut dips = downs("the reader on a", counts(0, 2), &totals(&seen));
+    dips.extend(downs("the reader on b", counts(0, 2), &totals(&on_b_seen)));
+    assert!(dips.is_empty(), "totals went down: {dips:#?}");
+    cluster_agrees(&nodes, &redis, want, SETTLE).await;
+    for node in &nodes {
+        assert_eq!(
+            node.totals().await,
+            rows(&[(SLUG, 5)]),
+            "node {}",
+            node.name
+        );
+    }
+    drop(meanwhile);
+}
+
 /// A peer named `probe`, as a node writes itself (see `cluster::presence`): its place in
 /// `vc:nodes` (so heartbeats keep it) and its presence hash at `version`, with `live` readers
 /// of the post; with `live`, also its announcement on `vc:events`, which every node hears
