@@ -24,6 +24,7 @@ use crate::cluster::counter::{day_field, day_key, gen_key, part_key, totals_key}
 use crate::cluster::link::{EVENTS, Link, LinkError};
 use crate::edge::slug::Slug;
 use crate::metrics::Metrics;
+use crate::storage::MAX_COUNT;
 use crate::storage::calendar::Calendar;
 use crate::storage::store::{RedbStore, StoreError};
 use crate::storage::writer::{FlushPolicy, Writer, WriterError};
@@ -49,7 +50,13 @@ local moved = 0
 for i = 3, #ARGV, 5 do
   local part, sum, was, target, delta = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   if (redis.call('HGET', KEYS[1], part) or '0') == was then
-    redis.call('HINCRBY', KEYS[2], sum, delta)
+    -- A sum past the largest count stays at it, as every count does (HINCRBY refuses, and
+    -- writes nothing, rather than wrap).
+    local added = redis.pcall('HINCRBY', KEYS[2], sum, delta)
+    if type(added) == 'table' and added.err then
+      if not string.find(added.err, 'overflow') then return added end
+      redis.call('HSET', KEYS[2], sum, '9223372036854775807')
+    end
     redis.call('HSET', KEYS[1], part, target)
     if ARGV[2] ~= '' then
       redis.call('PUBLISH', ARGV[2], 't ' .. sum .. ' ' .. redis.call('HGET', KEYS[2], sum))
@@ -222,7 +229,8 @@ impl Record {
                     .await
             })
             .await?;
-        let acked = self.acked.load(Ordering::Relaxed);
+        // `#n` is a count: it stops at the largest.
+        let acked = self.acked.load(Ordering::Relaxed).min(MAX_COUNT);
         Ok(generation.is_none() || part_gen != generation || n.unwrap_or(0) < acked)
     }
 
@@ -428,7 +436,7 @@ impl Record {
                     .key(&part)
                     .key(gen_key())
                     .arg(&generation)
-                    .arg(views)
+                    .arg(views.min(MAX_COUNT))
                     .invoke_async(&mut c)
                     .await
             })
@@ -477,6 +485,39 @@ mod tests {
     /// had (a node killed before its writer flushed), a second rebuild moves nothing, and a
     /// part left short by an older snapshot (same generation, `#n` below what Redis
     /// acknowledged) is found by the O(1) check and made whole again.
+    #[tokio::test]
+    async fn a_rebuild_onto_a_sum_at_the_largest_count_leaves_it_there_and_seals_the_part() {
+        let Some(server) = Server::start() else {
+            return;
+        };
+        let link = connected(&server).await;
+        let mut c = conn(&server);
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = RedbStore::open(&dir.path().join("record.redb")).unwrap();
+        let policy = FlushPolicy {
+            after: Duration::from_millis(10),
+            max_wait: Duration::from_millis(10),
+            dedupe_window: Duration::from_secs(1800),
+        };
+        let calendar = Calendar::new(jiff::tz::TimeZone::UTC, Clock::default());
+        let record = Record::open(&mut db, policy, calendar, Metrics::clustered()).unwrap();
+        record.counted(&Slug::parse("gamma").unwrap(), 5, None);
+        // Another node's import took gamma to the largest count; this record's part is gone.
+        let _: () = c.hset(totals_key(), "gamma", MAX_COUNT).unwrap();
+
+        let rebuilt = record
+            .rebuild(&link)
+            .await
+            .expect("the rebuild saturates, never fails");
+        assert_eq!(rebuilt.views, 5);
+        let total: u64 = c.hget(totals_key(), "gamma").unwrap();
+        assert_eq!(total, MAX_COUNT);
+        assert!(
+            !record.lost(&link).await.unwrap(),
+            "sealed: views count again"
+        );
+    }
+
     #[tokio::test]
     async fn a_rebuild_brings_the_sums_to_the_record_once_and_the_record_takes_what_only_redis_had()
     {
