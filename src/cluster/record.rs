@@ -480,19 +480,8 @@ mod tests {
         c.hget(key, field).unwrap()
     }
 
-    /// The max rule, on a real Redis and a real redb file: the sums move by what the record
-    /// has beyond the part (another node's views stay), the record takes what only the part
-    /// had (a node killed before its writer flushed), a second rebuild moves nothing, and a
-    /// part left short by an older snapshot (same generation, `#n` below what Redis
-    /// acknowledged) is found by the O(1) check and made whole again.
-    #[tokio::test]
-    async fn a_rebuild_onto_a_sum_at_the_largest_count_leaves_it_there_and_seals_the_part() {
-        let Some(server) = Server::start() else {
-            return;
-        };
-        let link = connected(&server).await;
-        let mut c = conn(&server);
-        let dir = tempfile::tempdir().unwrap();
+    /// A record in a real redb file in `dir`, its writer flushing within 10 ms.
+    fn record_in(dir: &tempfile::TempDir) -> (RedbStore, Record) {
         let mut db = RedbStore::open(&dir.path().join("record.redb")).unwrap();
         let policy = FlushPolicy {
             after: Duration::from_millis(10),
@@ -501,6 +490,18 @@ mod tests {
         };
         let calendar = Calendar::new(jiff::tz::TimeZone::UTC, Clock::default());
         let record = Record::open(&mut db, policy, calendar, Metrics::clustered()).unwrap();
+        (db, record)
+    }
+
+    #[tokio::test]
+    async fn a_rebuild_onto_a_sum_at_the_largest_count_leaves_it_there_and_seals_the_part() {
+        let Some(server) = Server::start() else {
+            return;
+        };
+        let link = connected(&server).await;
+        let mut c = conn(&server);
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, record) = record_in(&dir);
         record.counted(&Slug::parse("gamma").unwrap(), 5, None);
         // Another node's import took gamma to the largest count; this record's part is gone.
         let _: () = c.hset(totals_key(), "gamma", MAX_COUNT).unwrap();
@@ -518,6 +519,11 @@ mod tests {
         );
     }
 
+    /// The max rule, on a real Redis and a real redb file: the sums move by what the record
+    /// has beyond the part (another node's views stay), the record takes what only the part
+    /// had (a node killed before its writer flushed), a second rebuild moves nothing, and a
+    /// part left short by an older snapshot (same generation, `#n` below what Redis
+    /// acknowledged) is found by the O(1) check and made whole again.
     #[tokio::test]
     async fn a_rebuild_brings_the_sums_to_the_record_once_and_the_record_takes_what_only_redis_had()
     {
@@ -527,14 +533,7 @@ mod tests {
         let link = connected(&server).await;
         let mut c = conn(&server);
         let dir = tempfile::tempdir().unwrap();
-        let mut db = RedbStore::open(&dir.path().join("record.redb")).unwrap();
-        let policy = FlushPolicy {
-            after: Duration::from_millis(10),
-            max_wait: Duration::from_millis(10),
-            dedupe_window: Duration::from_secs(1800),
-        };
-        let calendar = Calendar::new(jiff::tz::TimeZone::UTC, Clock::default());
-        let record = Record::open(&mut db, policy, calendar, Metrics::clustered()).unwrap();
+        let (_db, record) = record_in(&dir);
         let alpha = Slug::parse("alpha").unwrap();
         record.counted(&alpha, 3, Some((DAY, 3)));
         // Another node's 10 views of alpha; 2 of beta Redis took for this record, unwritten.
