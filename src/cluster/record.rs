@@ -480,28 +480,55 @@ mod tests {
         c.hget(key, field).unwrap()
     }
 
-    /// A record in a real redb file in `dir`, its writer flushing within 10 ms.
-    fn record_in(dir: &tempfile::TempDir) -> (RedbStore, Record) {
-        let mut db = RedbStore::open(&dir.path().join("record.redb")).unwrap();
-        let policy = FlushPolicy {
-            after: Duration::from_millis(10),
-            max_wait: Duration::from_millis(10),
-            dedupe_window: Duration::from_secs(1800),
-        };
-        let calendar = Calendar::new(jiff::tz::TimeZone::UTC, Clock::default());
-        let record = Record::open(&mut db, policy, calendar, Metrics::clustered()).unwrap();
-        (db, record)
+    /// A real Redis, a connection of the test's own, and a record in a real redb file whose
+    /// writer flushes within 10 ms: what every rebuild test starts from.
+    struct Rebuilding {
+        server: Server,
+        link: Link,
+        c: redis::Connection,
+        dir: tempfile::TempDir,
+        db: RedbStore,
+        record: Record,
+    }
+
+    impl Rebuilding {
+        /// `None` (the test skipped) without `redis-server`, as [`Server::start`].
+        async fn start() -> Option<Self> {
+            let server = Server::start()?;
+            let (link, c) = (connected(&server).await, conn(&server));
+            let dir = tempfile::tempdir().unwrap();
+            let mut db = RedbStore::open(&dir.path().join("record.redb")).unwrap();
+            let policy = FlushPolicy {
+                after: Duration::from_millis(10),
+                max_wait: Duration::from_millis(10),
+                dedupe_window: Duration::from_secs(1800),
+            };
+            let calendar = Calendar::new(jiff::tz::TimeZone::UTC, Clock::default());
+            let record = Record::open(&mut db, policy, calendar, Metrics::clustered()).unwrap();
+            Some(Self {
+                server,
+                link,
+                c,
+                dir,
+                db,
+                record,
+            })
+        }
     }
 
     #[tokio::test]
     async fn a_rebuild_onto_a_sum_at_the_largest_count_leaves_it_there_and_seals_the_part() {
-        let Some(server) = Server::start() else {
+        let Some(Rebuilding {
+            server: _server,
+            link,
+            mut c,
+            dir: _dir,
+            db: _db,
+            record,
+        }) = Rebuilding::start().await
+        else {
             return;
         };
-        let link = connected(&server).await;
-        let mut c = conn(&server);
-        let dir = tempfile::tempdir().unwrap();
-        let (_db, record) = record_in(&dir);
         record.counted(&Slug::parse("gamma").unwrap(), 5, None);
         // Another node's import took gamma to the largest count; this record's part is gone.
         let _: () = c.hset(totals_key(), "gamma", MAX_COUNT).unwrap();
@@ -527,13 +554,17 @@ mod tests {
     #[tokio::test]
     async fn a_rebuild_brings_the_sums_to_the_record_once_and_the_record_takes_what_only_redis_had()
     {
-        let Some(server) = Server::start() else {
+        let Some(Rebuilding {
+            server: _server,
+            link,
+            mut c,
+            dir: _dir,
+            db: _db,
+            record,
+        }) = Rebuilding::start().await
+        else {
             return;
         };
-        let link = connected(&server).await;
-        let mut c = conn(&server);
-        let dir = tempfile::tempdir().unwrap();
-        let (_db, record) = record_in(&dir);
         let alpha = Slug::parse("alpha").unwrap();
         record.counted(&alpha, 3, Some((DAY, 3)));
         // Another node's 10 views of alpha; 2 of beta Redis took for this record, unwritten.
