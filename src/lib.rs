@@ -29,15 +29,16 @@
 //!   actix-web and the direct layer alike); `assets`: the embedded script and page.
 //! - [`cluster`] (`--redis`): several nodes on one Redis. It implements the posts' counting
 //!   port (`posts::cluster_port`: one Lua script per view, the outbox in the redb file while
-//!   Redis does not answer, other nodes' live readers); its tasks (heartbeat, pub/sub, replay)
+//!   Redis does not answer, other nodes' live readers; a single node's implementation is
+//!   `posts::local_counting`); its tasks (heartbeat, pub/sub, replay)
 //!   reach the posts through the registry; `cluster::store` is the writer's `Store` on Redis
 //!   for the owner's reads. Its [`cluster::Settings`] are built by [`config`].
 //! - [`posts`]: `registry`: slug → post actor, woken on the first reader, asleep when idle;
 //!   [`posts::post`]: one actor per post, coalesced broadcast of a [`posts::update::Update`]
 //!   (encoded once, shared by every stream; also told to `changes`, the registry-wide feed
-//!   the dashboard follows); its counting rules (live readers, total, dedupe) are
-//!   `post_state`, free of actors so they can be tested. Posts call neither HTTP nor the
-//!   cluster.
+//!   the dashboard follows); its counting rules (live readers, dedupe) are `post_state`,
+//!   free of actors so they can be tested; the total is what its counter decided. Posts
+//!   call neither HTTP nor the cluster.
 //! - [`storage`]: [`storage::writer`]: the debounced writer thread, flushing deltas (totals
 //!   and days) to a [`storage::store::Store`] (redb); [`storage::calendar`]: the day a view
 //!   is counted on, and the clock; the largest count (`MAX_COUNT`). Beside it, `import`: the

@@ -13,7 +13,11 @@ fn main() -> ExitCode {
     viewcounter::memory::fix_allocator_thresholds();
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("VIEWCOUNTER_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+            // The `redis` crate's cluster client warns at every failed reconnect to a master
+            // that died (hundreds a second until its replica takes over); the node says Redis
+            // is unavailable itself, once per 10 s.
+            EnvFilter::try_from_env("VIEWCOUNTER_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("info,redis::cluster_handling=error")),
         )
         .with_writer(std::io::stderr)
         // Colours for a person at a terminal only: journald and log files keep plain text.

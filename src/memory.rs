@@ -246,6 +246,10 @@ mod tests {
 
     #[test]
     fn taking_the_cached_blocks_gets_the_ones_this_thread_just_freed() {
+        // Starts from empty caches (what a first take got is held to the end): blocks of this
+        // size already in the thread's tcache (7 a size) would leave only some of ours room
+        // there. CI failed this test once ("still cached"); that cause is a guess, not shown.
+        let _emptied = CachedBlocks::take();
         let layout = Layout::from_size_align(100, 8).expect("layout");
         let freed: Vec<usize> = (0..CachedBlocks::PER_SIZE)
             .map(|_| {

@@ -38,6 +38,7 @@ use crate::import::session::Sessions;
 use crate::metrics::Metrics;
 use crate::posts::alert_port::Alerts;
 use crate::posts::cluster_port::Counting;
+use crate::posts::local_counting::LocalCounting;
 use crate::posts::registry::Registry;
 use crate::shutdown::{Shutdown, Tasks, Trigger};
 use crate::storage::calendar::Calendar;
@@ -152,6 +153,10 @@ impl Application {
             Err(e) => return Err(e.into()),
         };
         let writer = Writer::spawn(store, policy, calendar.clone(), Arc::clone(&metrics))?;
+        let counting: Arc<dyn Counting> = match &cluster {
+            Some(cluster) => Arc::new(Arc::clone(cluster)),
+            None => Arc::new(LocalCounting::new(writer.clone())),
+        };
         let (shutdown, shutdown_rx) = Trigger::new();
         let (heartbeat, heartbeat_rx) = watch::channel(());
         let (alerter, deliveries) = config.alerts.as_ref().map(alerts::alerts).unzip();
@@ -161,7 +166,7 @@ impl Application {
                 policy.dedupe_window,
                 calendar.clone(),
                 Arc::clone(&metrics),
-                cluster.clone().map(|c| c as Arc<dyn Counting>),
+                counting,
                 alerter.map(|a| a as Arc<dyn Alerts>),
             ),
             cluster,

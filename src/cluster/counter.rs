@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use redis::Script;
 
-use crate::cluster::link::{EVENTS, Link, LinkError};
+use crate::cluster::keys::{Group, day_field};
+use crate::cluster::link::{Link, LinkError, post_channel};
 use crate::posts::cluster_port::Counted;
 
 /// How long an op is remembered: longer than any outage the outbox rides out in practice, so a
@@ -31,9 +32,11 @@ end
 }
 pub(crate) use lua_counts;
 
-/// KEYS: the op key, the reader's marker, `vc:totals`, the day's hash, this record's part,
-/// `vc:gen`. ARGV: slug, window in ms (0: no dedupe), channel, op memory in ms, the part's
-/// field of the day, the op.
+/// KEYS, all of the post's key group (see [`crate::cluster::keys`]), so the script touches
+/// one hash slot of a Redis Cluster: the op key, the reader's marker, the group's totals, the
+/// day's hash, this record's part, the group's generation, the group's set of days. ARGV:
+/// slug, window in ms (0: no dedupe), channel, op memory in ms, the part's field of the day,
+/// the op, the day.
 ///
 /// The announcement names the op (`t slug total op`): the node that sent it learns its fate
 /// even when its call timed out and the script ran late (see [`crate::cluster::fate`]).
@@ -82,6 +85,7 @@ if total ~= MAX then
   total = redis.call('HGET', KEYS[3], ARGV[1])
 end
 if day ~= MAX then redis.call('HINCRBY', KEYS[4], ARGV[1], 1) end
+redis.call('SADD', KEYS[7], ARGV[7])
 for i, field in ipairs({ARGV[1], ARGV[5], '#n'}) do
   if part[i] ~= MAX then redis.call('HINCRBY', KEYS[5], field, 1) end
 end
@@ -113,58 +117,32 @@ pub(crate) fn wants_rebuild(e: &LinkError) -> bool {
     matches!(e, LinkError::Redis(e) if e.code() == Some("VCREBUILD"))
 }
 
-pub(crate) fn totals_key() -> &'static str {
-    "vc:totals"
-}
-
-pub(crate) fn day_key(day: u32) -> String {
-    format!("vc:day:{day}")
-}
-
-/// The generation of Redis's data: made anew (by the first node to find it missing) once
-/// Redis lost it, which tells every node to rebuild its part.
-pub(crate) fn gen_key() -> &'static str {
-    "vc:gen"
-}
-
-/// A record's part of the sums (see [`crate::cluster::record`]).
-pub(crate) fn part_key(record: &str) -> String {
-    format!("vc:part:{record}")
-}
-
-/// A day's field in a part: `YYYYMMDD slug` (a slug never holds a space; a post's total is
-/// the field named by its slug alone).
-pub(crate) fn day_field(day: u32, slug: &str) -> String {
-    format!("{day} {slug}")
-}
-
-/// Slugs and reader ids never hold a space, so "slug reader" is unambiguous.
-fn seen_key(slug: &str, reader: &str) -> String {
-    format!("vc:seen:{slug} {reader}")
-}
-
-/// Counts `view` once per dedupe window (`window` zero: every view counts, once per op).
+/// Counts `view` once per dedupe window (`window` zero: every view counts, once per op), into
+/// the part of `record` (its id).
 pub(crate) async fn count(
     link: &Link,
     view: &View,
     window: Duration,
-    part: &str,
+    record: &str,
 ) -> Result<Counted, LinkError> {
     let window_ms = window.as_millis().min(u128::from(MAX_WINDOW_MS)) as u64;
+    let group = Group::of(&view.slug);
     let mut invocation = COUNT.prepare_invoke();
     invocation
-        .key(format!("vc:op:{}", view.op))
-        .key(seen_key(&view.slug, &view.reader))
-        .key(totals_key())
-        .key(day_key(view.day))
-        .key(part)
-        .key(gen_key())
+        .key(group.op(&view.op))
+        .key(group.seen(&view.slug, &view.reader))
+        .key(group.totals())
+        .key(group.day(view.day))
+        .key(group.part(record))
+        .key(group.generation())
+        .key(group.days())
         .arg(&view.slug)
         .arg(window_ms)
-        .arg(EVENTS)
+        .arg(post_channel(&view.slug))
         .arg(OP_MEMORY_MS)
         .arg(day_field(view.day, &view.slug))
-        .arg(&view.op);
+        .arg(&view.op)
+        .arg(view.day);
     let (counted, total): (u8, u64) = link
         .call("count", |mut conn| async move {
             invocation.invoke_async(&mut conn).await
@@ -250,18 +228,24 @@ pub(crate) mod tests {
         }
     }
 
-    /// The part every test counts into.
-    const PART: &str = "vc:part:test";
+    /// The record every test counts into.
+    const PART: &str = "test";
 
-    /// A part of the current generation, as a rebuild leaves it.
+    /// Parts of the current generation in every group, as a rebuild leaves them.
     fn sealed(server: &Server) {
         let mut c = conn(server);
-        let _: () = redis::cmd("SET")
-            .arg(gen_key())
-            .arg("g1")
-            .query(&mut c)
-            .unwrap();
-        let _: () = c.hset(PART, "#gen", "g1").unwrap();
+        for group in Group::all() {
+            let _: () = c.set(group.generation(), "g1").unwrap();
+            let _: () = c.hset(group.part(PART), "#gen", "g1").unwrap();
+        }
+    }
+
+    pub(crate) fn totals_key(slug: &str) -> String {
+        Group::of(slug).totals()
+    }
+
+    pub(crate) fn day_key(slug: &str, day: u32) -> String {
+        Group::of(slug).day(day)
     }
 
     pub(crate) async fn connected(server: &Server) -> Link {
@@ -301,7 +285,7 @@ pub(crate) mod tests {
         let client = redis::Client::open(server.url()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
         let _: () = redis::cmd("DEL")
-            .arg(seen_key("alpha", "reader-one"))
+            .arg(Group::of("alpha").seen("alpha", "reader-one"))
             .query_async(&mut conn)
             .await
             .unwrap();
@@ -356,20 +340,10 @@ pub(crate) mod tests {
         let link = connected(&server).await;
         let mut c = conn(&server);
         let max = crate::storage::MAX_COUNT;
-        let _: () = redis::cmd("HSET")
-            .arg(totals_key())
-            .arg("alpha")
-            .arg(max)
-            .arg("beta")
-            .arg(9_007_199_254_740_993u64)
-            .query(&mut c)
-            .unwrap();
-        let _: () = redis::cmd("HSET")
-            .arg(day_key(20261202))
-            .arg("alpha")
-            .arg(max)
-            .query(&mut c)
-            .unwrap();
+        let _: () = c.hset(totals_key("alpha"), "alpha", max).unwrap();
+        let beta = 9_007_199_254_740_993u64;
+        let _: () = c.hset(totals_key("beta"), "beta", beta).unwrap();
+        let _: () = c.hset(day_key("alpha", 20261202), "alpha", max).unwrap();
         let window = Duration::from_secs(1800);
 
         let at_max = count(&link, &view_of("alpha", "op-1"), window, PART).await;
@@ -381,8 +355,8 @@ pub(crate) mod tests {
                 total: max
             }
         );
-        let total: u64 = c.hget(totals_key(), "alpha").unwrap();
-        let day: u64 = c.hget(day_key(20261202), "alpha").unwrap();
+        let total: u64 = c.hget(totals_key("alpha"), "alpha").unwrap();
+        let day: u64 = c.hget(day_key("alpha", 20261202), "alpha").unwrap();
         assert_eq!((total, day), (max, max));
         // Its op is remembered like any other: a replay answers the same.
         let again = count(&link, &view_of("alpha", "op-1"), window, PART)
@@ -394,7 +368,7 @@ pub(crate) mod tests {
             .await
             .unwrap();
         assert_eq!(exact.total, 9_007_199_254_740_994);
-        let day: u64 = c.hget(day_key(20261202), "beta").unwrap();
+        let day: u64 = c.hget(day_key("beta", 20261202), "beta").unwrap();
         assert_eq!(day, 1);
     }
 
@@ -407,13 +381,15 @@ pub(crate) mod tests {
         };
         let link = connected(&server).await;
         let mut c = conn(&server);
-        let _: () = c.hset(totals_key(), "alpha", "lots").unwrap();
+        let _: () = c.hset(totals_key("alpha"), "alpha", "lots").unwrap();
         let view = view_of("alpha", "op-1");
         let err = count(&link, &view, Duration::from_secs(1800), PART).await;
         assert!(err.is_err(), "{err:?}");
-        let op: bool = c.exists(format!("vc:op:{}", view.op)).unwrap();
-        let marker: bool = c.exists(seen_key(&view.slug, &view.reader)).unwrap();
-        let day: bool = c.exists(day_key(view.day)).unwrap();
+        let op: bool = c.exists(Group::of("alpha").op(&view.op)).unwrap();
+        let marker: bool = c
+            .exists(Group::of("alpha").seen(&view.slug, &view.reader))
+            .unwrap();
+        let day: bool = c.exists(day_key("alpha", view.day)).unwrap();
         assert_eq!((op, marker, day), (false, false, false));
         assert!(link.health.is_up(), "Redis answered: it is not down");
     }

@@ -1,7 +1,11 @@
-//! The node's connection to Redis: one [`ConnectionManager`] (multiplexed, reconnecting by
-//! itself, RESP3 so the same connection receives `vc:events` and resubscribes after a
-//! reconnect), made lazily so a node starts while Redis is unreachable; every call bounded by
-//! `--redis-timeout`; and the health every part reads (`redis: ok|down`).
+//! The node's connection to Redis: one [`Conn`], made lazily so a node starts while Redis is
+//! unreachable; every call bounded by `--redis-timeout`; and the health every part reads
+//! (`redis: ok|down`). A standalone Redis gets a [`ConnectionManager`] (multiplexed,
+//! reconnecting by itself, RESP3 so the same connection receives `vc:events` and the post
+//! channels followed, and resubscribes to them after a reconnect); a Redis Cluster (found by
+//! `INFO`'s `cluster_enabled:1` on connect) the `redis` crate's cluster client, which routes
+//! each command to its slot's master, follows `MOVED` after a failover, and receives the
+//! channels the same way (a classic `PUBLISH` reaches every node of a Redis Cluster).
 
 use std::future::Future;
 use std::path::Path;
@@ -10,15 +14,26 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
 use redis::{
-    ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, PushInfo, RedisResult,
+    Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, ProtocolVersion, PushInfo,
+    RedisFuture, RedisResult, Value,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::secret::RedisUrl;
 
-/// The channel every node publishes presence changes and new totals on.
-pub(crate) const EVENTS: &str = "vc:events";
+pub(crate) use crate::cluster::keys::{ALL_POSTS, EVENTS, POST_CHANNELS, post_channel};
+
+/// A change of this node's subscriptions ([`Link::subscription`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Subscription {
+    Subscribe,
+    Unsubscribe,
+    PSubscribe,
+    PUnsubscribe,
+}
 
 /// A failing Redis is logged at most this often, not once per call.
 const LOG_EVERY: Duration = Duration::from_secs(10);
@@ -82,6 +97,66 @@ impl Health {
 /// A client for `info`. A `rediss://` one verifies the server against the PEM file `ca`
 /// (`--redis-ca`, for a private CA) or else the system's roots. The error names the flag.
 pub(crate) fn client(info: ConnectionInfo, ca: Option<&Path>) -> Result<redis::Client, String> {
+    match certificates(&info, ca)? {
+        None => redis::Client::open(info).map_err(|e| e.to_string()),
+        Some(certificates) => redis::Client::build_with_tls(info, certificates).map_err(|e| {
+            format!(
+                "--redis-ca {}: {e}",
+                ca.map_or("".into(), |ca| ca.display().to_string())
+            )
+        }),
+    }
+}
+
+/// A client of the Redis Cluster `info` is a node of, with the same TLS, CA, user and password
+/// (taken from `info`). Its initial nodes are `info` and every node of `slots` (`CLUSTER
+/// SLOTS` as `info`'s node answered it): the `redis` crate's cluster client goes back to its
+/// initial nodes when it lost its connections, and `--redis` may be the master that failed.
+/// A command waits for its answer at most `timeout`.
+pub(crate) fn cluster_builder(
+    info: &ConnectionInfo,
+    slots: &Value,
+    ca: Option<&Path>,
+    timeout: Duration,
+) -> Result<ClusterClientBuilder, String> {
+    let mut initial = vec![info.clone()];
+    for (host, port) in cluster_nodes(slots) {
+        let addr = match &info.addr {
+            ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: *insecure,
+                tls_params: tls_params.clone(),
+            },
+            _ => ConnectionAddr::Tcp(host, port),
+        };
+        if addr != info.addr {
+            initial.push(ConnectionInfo {
+                addr,
+                redis: info.redis.clone(),
+            });
+        }
+    }
+    let mut builder = ClusterClientBuilder::new(initial)
+        .use_protocol(info.redis.protocol)
+        .connection_timeout(timeout)
+        .response_timeout(timeout);
+    if let Some(certificates) = certificates(info, ca)? {
+        builder = builder.certs(certificates);
+    }
+    Ok(builder)
+}
+
+/// The CA of `--redis-ca` for a `rediss://` `info`; `None`: no CA file (the system's roots for
+/// TLS). The error names the flag.
+fn certificates(
+    info: &ConnectionInfo,
+    ca: Option<&Path>,
+) -> Result<Option<redis::TlsCertificates>, String> {
     let tls = matches!(info.addr, ConnectionAddr::TcpTls { .. });
     if tls {
         // rustls picks no provider by itself once a second one is compiled in (a dependency's
@@ -92,7 +167,7 @@ pub(crate) fn client(info: ConnectionInfo, ca: Option<&Path>) -> Result<redis::C
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
     let Some(ca) = ca else {
-        return redis::Client::open(info).map_err(|e| e.to_string());
+        return Ok(None);
     };
     if !tls {
         return Err("--redis-ca applies to a rediss:// URL (TLS) only".into());
@@ -108,12 +183,184 @@ pub(crate) fn client(info: ConnectionInfo, ca: Option<&Path>) -> Result<redis::C
             ca.display()
         ));
     }
-    let certificates = redis::TlsCertificates {
+    Ok(Some(redis::TlsCertificates {
         client_tls: None,
         root_cert: Some(pem),
+    }))
+}
+
+/// `INFO` and `CONFIG GET save` of one Redis. `CONFIG` is refused by hosted Redis and by ACL
+/// users without +config: then we cannot tell (`None`).
+async fn node_info(
+    mut conn: impl redis::aio::ConnectionLike + Send,
+) -> RedisResult<(String, Option<String>)> {
+    let info: String = redis::cmd("INFO").query_async(&mut conn).await?;
+    let save = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("save")
+        .query_async::<std::collections::HashMap<String, String>>(&mut conn)
+        .await
+        .ok()
+        .and_then(|mut config| config.remove("save"));
+    Ok((info, save))
+}
+
+/// The `(host, port)` of every master and replica in `CLUSTER SLOTS`'s answer: per slot range
+/// `[start, end, [host, port, id, …], [host, port, id, …]…]`.
+fn cluster_nodes(slots: &Value) -> Vec<(String, u16)> {
+    let Value::Array(ranges) = slots else {
+        return Vec::new();
     };
-    redis::Client::build_with_tls(info, certificates)
-        .map_err(|e| format!("--redis-ca {}: {e}", ca.display()))
+    let mut nodes = Vec::new();
+    for range in ranges {
+        let Value::Array(range) = range else { continue };
+        for node in range.iter().skip(2) {
+            let Value::Array(node) = node else { continue };
+            let host = node
+                .first()
+                .and_then(|h| redis::from_redis_value::<String>(h).ok());
+            let port = node
+                .get(1)
+                .and_then(|p| redis::from_redis_value::<u16>(p).ok());
+            if let (Some(host), Some(port)) = (host, port)
+                && !nodes.contains(&(host.clone(), port))
+            {
+                nodes.push((host, port));
+            }
+        }
+    }
+    nodes
+}
+
+/// Whether `INFO`'s text says a Redis Cluster node (`cluster_enabled:1`).
+pub(crate) fn is_cluster(info: &str) -> bool {
+    info.lines()
+        .any(|line| line.trim_end() == "cluster_enabled:1")
+}
+
+/// The connection to a standalone Redis or a Redis Cluster: one type for every caller.
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    /// Subscribes to or unsubscribes from `channels` (patterns for the `P` ones); both kinds
+    /// subscribe again after a reconnect by themselves.
+    ///
+    /// One channel per command, the commands concurrent: redis 0.32 counts each channel's
+    /// (un)subscribe confirmation as a reply (`PushKind::has_reply`), so one command of k
+    /// channels would hand k - 1 replies to the commands sent after it on the multiplexed
+    /// connection (a heartbeat read a subscribe confirmation, and the crate panicked parsing
+    /// it). The test `reads_beside_a_subscription_of_many_channels_…` fails when it happens.
+    async fn subscription(&mut self, change: Subscription, channels: &[String]) -> RedisResult<()> {
+        let calls = channels.iter().map(|channel| {
+            let mut conn = self.clone();
+            async move { conn.subscription_of(change, channel).await }
+        });
+        futures_util::future::try_join_all(calls).await.map(drop)
+    }
+
+    async fn subscription_of(&mut self, change: Subscription, channel: &str) -> RedisResult<()> {
+        match (self, change) {
+            (Self::Single(c), Subscription::Subscribe) => c.subscribe(channel).await,
+            (Self::Single(c), Subscription::Unsubscribe) => c.unsubscribe(channel).await,
+            (Self::Single(c), Subscription::PSubscribe) => c.psubscribe(channel).await,
+            (Self::Single(c), Subscription::PUnsubscribe) => c.punsubscribe(channel).await,
+            (Self::Cluster(c), Subscription::Subscribe) => c.subscribe(channel).await,
+            (Self::Cluster(c), Subscription::Unsubscribe) => c.unsubscribe(channel).await,
+            (Self::Cluster(c), Subscription::PSubscribe) => c.psubscribe(channel).await,
+            (Self::Cluster(c), Subscription::PUnsubscribe) => c.punsubscribe(channel).await,
+        }
+    }
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    /// The `redis` crate's cluster client refuses a pipeline whose keys are in several slots
+    /// (`CrossSlot`, before sending it). One that is not a transaction goes as one pipeline
+    /// per hash tag instead, concurrently, each in its order, the replies put back in the
+    /// pipeline's order. A transaction (`MULTI`) must be of one slot, as Redis Cluster wants.
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => {
+                if pipeline.is_transaction() {
+                    c.req_packed_commands(pipeline, offset, count)
+                } else {
+                    Box::pin(by_tag(c.clone(), pipeline, offset, count))
+                }
+            }
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The hash tag of a command's key (its first argument after the name): the part between
+/// the first `{` and the next `}` when not empty, else the whole key (Redis Cluster's rule).
+fn tag(cmd: &Cmd) -> Vec<u8> {
+    let Some(redis::Arg::Simple(key)) = cmd.args_iter().nth(1) else {
+        return Vec::new();
+    };
+    let inner = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    inner.unwrap_or(key).to_vec()
+}
+
+async fn by_tag(
+    conn: ClusterConnection,
+    pipeline: &Pipeline,
+    offset: usize,
+    count: usize,
+) -> RedisResult<Vec<Value>> {
+    use redis::aio::ConnectionLike;
+    let mut groups: std::collections::BTreeMap<Vec<u8>, (Pipeline, Vec<usize>)> =
+        std::collections::BTreeMap::new();
+    for (i, cmd) in pipeline.cmd_iter().enumerate().skip(offset).take(count) {
+        let (sub, at) = groups
+            .entry(tag(cmd))
+            .or_insert_with(|| (redis::pipe(), Vec::new()));
+        sub.add_command(cmd.clone());
+        at.push(i - offset);
+    }
+    let sent = groups.into_values().map(|(sub, at)| {
+        let mut conn = conn.clone();
+        async move {
+            let n = at.len();
+            let replies = conn.req_packed_commands(&sub, 0, n).await?;
+            Ok::<_, redis::RedisError>(at.into_iter().zip(replies).collect::<Vec<_>>())
+        }
+    });
+    let mut replies = vec![Value::Nil; count];
+    for (i, reply) in futures_util::future::try_join_all(sent)
+        .await?
+        .into_iter()
+        .flatten()
+    {
+        replies[i] = reply;
+    }
+    Ok(replies)
 }
 
 /// What a node learns of its Redis when it (re)connects: logged, and shown in `/api/v1/stats`.
@@ -177,9 +424,12 @@ fn server_info(info: &str, save: Option<&str>) -> ServerInfo {
 
 pub(crate) struct Link {
     client: redis::Client,
+    /// For a Redis Cluster's client (the same URL, CA, user and password).
+    info: ConnectionInfo,
+    ca: Option<std::path::PathBuf>,
     timeout: Duration,
-    manager: Mutex<Option<ConnectionManager>>,
-    /// Where the connection delivers `vc:events` messages.
+    manager: Mutex<Option<Conn>>,
+    /// Where the connection delivers the messages of the channels subscribed.
     pushes: UnboundedSender<PushInfo>,
     pub(crate) health: Health,
     /// What the last (re)connect learnt of the server; `None` until one has.
@@ -200,7 +450,9 @@ impl Link {
             .map_err(|e| e.to_string())?;
         info.redis.protocol = ProtocolVersion::RESP3;
         Ok(Self {
-            client: client(info, ca)?,
+            client: client(info.clone(), ca)?,
+            info,
+            ca: ca.map(Path::to_path_buf),
             timeout,
             manager: Mutex::new(None),
             pushes,
@@ -213,29 +465,54 @@ impl Link {
         self.timeout
     }
 
-    fn current(&self) -> Option<ConnectionManager> {
+    fn current(&self) -> Option<Conn> {
         self.manager
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
-    /// Makes the connection if there is none yet (the manager reconnects by itself after
+    /// Makes the connection if there is none yet (either kind reconnects by itself after
     /// that) and subscribes to [`EVENTS`]. Called by the heartbeat, never on a reader's path.
+    /// `INFO cluster` tells a Redis Cluster (`cluster_enabled:1`) from a standalone Redis.
     pub(crate) async fn connect(&self) -> Result<(), LinkError> {
         if self.current().is_some() {
             return Ok(());
         }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(self.timeout)
-            .set_max_delay(MAX_RECONNECT_DELAY_MS)
-            .set_push_sender(self.pushes.clone())
-            .set_automatic_resubscription();
         let connecting = async {
+            let mut probe = self.client.get_multiplexed_async_connection().await?;
+            let info: String = redis::cmd("INFO")
+                .arg("cluster")
+                .query_async(&mut probe)
+                .await?;
+            if is_cluster(&info) {
+                let slots: Value = redis::cmd("CLUSTER")
+                    .arg("SLOTS")
+                    .query_async(&mut probe)
+                    .await?;
+                let client = cluster_builder(&self.info, &slots, self.ca.as_deref(), self.timeout)
+                    .map_err(|e| {
+                        redis::RedisError::from((
+                            redis::ErrorKind::InvalidClientConfig,
+                            "Redis Cluster client",
+                            e,
+                        ))
+                    })?
+                    .push_sender(self.pushes.clone())
+                    .build()?;
+                let mut conn = client.get_async_connection().await?;
+                conn.subscribe(EVENTS).await?;
+                return Ok(Conn::Cluster(conn));
+            }
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(self.timeout)
+                .set_max_delay(MAX_RECONNECT_DELAY_MS)
+                .set_push_sender(self.pushes.clone())
+                .set_automatic_resubscription();
             let mut manager =
                 ConnectionManager::new_with_config(self.client.clone(), config).await?;
             manager.subscribe(EVENTS).await?;
-            Ok::<_, redis::RedisError>(manager)
+            Ok::<_, redis::RedisError>(Conn::Single(manager))
         };
         let manager = match tokio::time::timeout(self.timeout, connecting).await {
             Ok(Ok(manager)) => {
@@ -263,7 +540,7 @@ impl Link {
     /// while there is no connection, so a reader never waits for a connect.
     pub(crate) async fn call<T, F, Fut>(&self, what: &'static str, call: F) -> Result<T, LinkError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         let Some(manager) = self.current() else {
@@ -271,6 +548,24 @@ impl Link {
             return Err(LinkError::NotConnected);
         };
         self.bounded(what, call(manager)).await
+    }
+
+    /// Subscribes to (or unsubscribes from) `channels` (patterns for the `P` ones) in one
+    /// command. The connection manager remembers what succeeded and subscribes to it again
+    /// after a reconnect, before any other command (redis-rs `set_automatic_resubscription`):
+    /// a call made after the reconnect's `subscribe` push finds them all in place.
+    pub(crate) async fn subscription(
+        &self,
+        change: Subscription,
+        channels: &[String],
+    ) -> Result<(), LinkError> {
+        if channels.is_empty() {
+            return Ok(());
+        }
+        self.call("subscribe", |mut conn| async move {
+            conn.subscription(change, channels).await
+        })
+        .await
     }
 
     /// Failing to connect is Redis down, whatever the reason.
@@ -289,23 +584,19 @@ impl Link {
     /// Asks the server what it is and how it keeps its data, and says so in the log when that
     /// is news (the first connect, or a Redis that came back with another configuration).
     pub(crate) async fn learn_server(&self) -> Result<(), LinkError> {
-        let info: String = self
-            .call("INFO", |mut c| async move {
-                redis::cmd("INFO").query_async(&mut c).await
+        let client = &self.client;
+        let (info, save): (String, Option<String>) = self
+            .call("INFO", |c| async move {
+                // A Redis Cluster client sends `INFO` and `CONFIG GET` to every master and
+                // answers a map of them: ask the node of the URL alone.
+                match c {
+                    Conn::Single(_) => node_info(c).await,
+                    Conn::Cluster(_) => {
+                        node_info(client.get_multiplexed_async_connection().await?).await
+                    }
+                }
             })
             .await?;
-        // Refused by hosted Redis and by ACL users without +config: then we cannot tell.
-        let save = self
-            .call("CONFIG GET save", |mut c| async move {
-                redis::cmd("CONFIG")
-                    .arg("GET")
-                    .arg("save")
-                    .query_async::<std::collections::HashMap<String, String>>(&mut c)
-                    .await
-            })
-            .await
-            .ok()
-            .and_then(|mut config| config.remove("save"));
         let learnt = server_info(&info, save.as_deref());
         let mut known = self.server.lock().unwrap_or_else(PoisonError::into_inner);
         if known.as_ref() != Some(&learnt) {
@@ -321,12 +612,6 @@ impl Link {
                     %persistence,
                     "Redis keeps no append-only file: a Redis crash loses the sums it took \
                      since its last snapshot (appendonly yes keeps them)"
-                );
-            }
-            if learnt.mode == "cluster" {
-                tracing::warn!(
-                    "Redis Cluster: this version counts on one Redis; use a standalone Redis \
-                     (or a primary with replicas)"
                 );
             }
             *known = Some(learnt);
@@ -392,5 +677,40 @@ mod tests {
         let info = server_info(valkey, None);
         assert_eq!(info.version, "valkey 8.0.1");
         assert_eq!(info.mode, "cluster");
+    }
+
+    /// Reads sent while a subscription of many channels is confirmed each get their own
+    /// reply (redis 0.32 takes every channel's confirmation for a reply of its own: a command
+    /// of several channels once handed the extra confirmations to the reads behind it).
+    #[tokio::test]
+    async fn reads_beside_a_subscription_of_many_channels_each_get_their_own_reply() {
+        use crate::cluster::counter::tests::{Server, connected};
+        use redis::AsyncCommands;
+        let Some(server) = Server::start() else {
+            return;
+        };
+        let link = connected(&server).await;
+        let keys: Vec<String> = (0..50).map(|i| format!("probe:{i}")).collect();
+        for key in &keys {
+            let _: () = link
+                .call("set", |mut c| async move { c.set(key, key).await })
+                .await
+                .expect("SET");
+        }
+        let channels: Vec<String> = (0..50).map(|i| format!("vc:{{ch}}:p:burst-{i}")).collect();
+        let reads = keys.iter().map(|key| {
+            link.call(
+                "get",
+                move |mut c| async move { c.get::<_, String>(key).await },
+            )
+        });
+        let (subscribed, read) = tokio::join!(
+            link.subscription(Subscription::Subscribe, &channels),
+            futures_util::future::join_all(reads)
+        );
+        subscribed.expect("subscribed");
+        for (key, got) in keys.iter().zip(read) {
+            assert_eq!(got.as_deref().ok(), Some(key.as_str()), "{key}: {got:?}");
+        }
     }
 }

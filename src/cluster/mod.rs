@@ -5,6 +5,8 @@
 //!   timeouts and health, and what it learnt of the server (version, mode, persistence);
 //! - `counter`: one counted view as one Lua script (dedupe marker, total, day, announcement);
 //! - `presence`: each node's live readers in Redis, merged into every post's live count;
+//! - `channels`: the post channels this node listens to (the posts it serves, every post
+//!   while a whole-site view follows it), so a change reaches only the nodes that need it;
 //! - `outbox`: views counted while Redis did not answer, replayed exactly once;
 //! - `fate`: this node's ops whose fate Redis has not told yet (a call that timed out may
 //!   still run, late), so each view is confirmed to its post exactly once;
@@ -17,8 +19,10 @@
 //! reach the posts through the registry, with the messages of [`crate::posts::post`]. Its
 //! [`Settings`] are built by [`crate::config`], which this module does not know.
 
+pub(crate) mod channels;
 pub(crate) mod counter;
 pub(crate) mod fate;
+pub mod keys;
 pub(crate) mod link;
 pub(crate) mod outbox;
 pub(crate) mod presence;
@@ -28,32 +32,34 @@ pub(crate) mod store;
 pub(crate) use link::client;
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
+use crate::cluster::channels::{Channels, Work};
 use crate::cluster::counter::View;
 use crate::cluster::fate::{Fates, Heard, Replay};
-use crate::cluster::link::{Link, LinkError};
+use crate::cluster::keys::Group;
+use crate::cluster::link::{ALL_POSTS, EVENTS, Link, LinkError, Subscription, post_channel};
 use crate::cluster::outbox::{Outbox, REPLAY_BATCH};
 use crate::cluster::presence::{BEAT, Event, Moved, Presence};
 use crate::cluster::record::Record;
 use crate::edge::reader_id::ReaderId;
 use crate::edge::slug::Slug;
 use crate::metrics::Metrics;
-use crate::posts::cluster_port::{Counted, Counting, Decision};
+use crate::posts::cluster_port::{Counted, Counting, Decision, Served, Verdict};
 use crate::posts::post::{Counts, RemoteLive, RemoteTotal, Replayed};
 use crate::posts::registry::Registry;
 use crate::secret::RedisUrl;
 use crate::shutdown::{Shutdown, Tasks};
 use crate::storage::calendar::Calendar;
 use crate::storage::store::{RedbStore, StoreError};
-use crate::storage::writer::FlushPolicy;
+use crate::storage::writer::{FlushPolicy, WriterError};
 
 /// How often the outbox is looked at while it holds views.
 const REPLAY_EVERY: Duration = Duration::from_millis(250);
@@ -138,6 +144,14 @@ pub(crate) struct Cluster {
     calendar: Calendar,
     dedupe_window: Duration,
     receivers: std::sync::Mutex<Option<Receivers>>,
+    channels: Channels,
+    /// The readers elsewhere of posts not followed here, as the pulse was last told.
+    told_elsewhere: AtomicU64,
+    /// The last refresh of totals failed: the heartbeat refreshes every awake post's. (A
+    /// Redis Cluster client resubscribes when a master fails, perhaps before its replica took
+    /// over, so the refresh after the resubscription can fail, and totals announced meanwhile
+    /// were missed.)
+    totals_stale: std::sync::atomic::AtomicBool,
 }
 
 impl Cluster {
@@ -175,13 +189,18 @@ impl Cluster {
             calendar,
             dedupe_window: policy.dedupe_window,
             receivers: std::sync::Mutex::new(Some(Receivers { pushes, changes })),
+            channels: Channels::default(),
+            told_elsewhere: AtomicU64::new(0),
+            totals_stale: std::sync::atomic::AtomicBool::new(false),
         };
         if cluster.link.connect().await.is_ok() {
             // Seen by the others at once, not only after the first heartbeat.
             let _ = cluster.presence.beat(&cluster.link, true).await;
             let _ = cluster.link.learn_server().await;
             // Before the first view: this node's part is of this generation from the start.
-            cluster.rebuild_record(None).await;
+            cluster
+                .rebuild_record(crate::cluster::keys::ALL, None)
+                .await;
         }
         Ok(Arc::new(cluster))
     }
@@ -216,19 +235,7 @@ impl Cluster {
     }
 
     fn op_id(&self) -> String {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let mut bytes = [0u8; 8];
-        // Without the OS's randomness, the time and a counter are unique enough per node.
-        let random = match getrandom::fill(&mut bytes) {
-            Ok(()) => u64::from_le_bytes(bytes),
-            Err(_) => {
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos() as u64);
-                nanos ^ NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            }
-        };
-        format!("{}-{random:016x}", self.node())
+        format!("{}-{:016x}", self.node(), record::random())
     }
 
     /// The heartbeat, the announcer, the listener, the replay and the expiry, in `tasks`:
@@ -252,6 +259,8 @@ impl Cluster {
         tasks.spawn("outbox replay", |stop| me.replay(posts, stop));
         let (me, posts) = (Arc::clone(self), Arc::clone(registry));
         tasks.spawn("cluster expiry", |stop| me.expire(posts, stop));
+        let (me, posts) = (Arc::clone(self), Arc::clone(registry));
+        tasks.spawn("cluster channels", |stop| me.keep_channels(posts, stop));
     }
 
     /// Once a second: connect if needed, write our presence, read the others', drop the silent.
@@ -270,8 +279,11 @@ impl Cluster {
             }
             grace = beat.is_err();
             if let Ok(moved) = beat {
-                tell_live(&registry, moved);
+                self.tell_moved(&registry, moved);
                 self.keep_record(&registry).await;
+                if self.totals_stale.load(std::sync::atomic::Ordering::Relaxed) {
+                    self.refresh_totals(&registry).await;
+                }
             }
         }
     }
@@ -279,17 +291,24 @@ impl Cluster {
     /// Rebuilds this node's part of the sums when Redis lost it (or, first after start, adds
     /// it); O(1) Redis work otherwise.
     async fn keep_record(&self, registry: &Registry) {
-        if matches!(self.record.lost(&self.link).await, Ok(true)) {
-            self.rebuild_record(Some(registry)).await;
+        if let Ok(lost) = self.record.lost(&self.link).await
+            && !lost.is_empty()
+        {
+            self.rebuild_record(lost, Some(registry)).await;
         }
     }
 
     /// Rebuilds this node's part; the awake posts of `registry` then hear their totals.
-    async fn rebuild_record(&self, registry: Option<&Registry>) {
-        match self.record.rebuild(&self.link).await {
+    async fn rebuild_record(
+        &self,
+        groups: crate::cluster::keys::Groups,
+        registry: Option<&Registry>,
+    ) {
+        match self.record.rebuild(&self.link, groups).await {
             Ok(rebuilt) => {
                 tracing::info!(
-                    record = %self.record.part(),
+                    record = %self.record.id(),
+                    groups = rebuilt.groups,
                     moved = rebuilt.moved,
                     adopted = rebuilt.adopted,
                     views = rebuilt.views,
@@ -324,7 +343,7 @@ impl Cluster {
             .await?;
         tracing::info!(
             retired = old,
-            record = %self.record.part(),
+            record = %self.record.id(),
             moved = rebuilt.moved,
             views = rebuilt.views,
             "took a retired node's record into this node's"
@@ -333,9 +352,9 @@ impl Cluster {
         Ok(rebuilt)
     }
 
-    /// The Redis key of this node's part of the sums.
-    pub(crate) fn record_part(&self) -> String {
-        self.record.part()
+    /// The id of this node's record: its parts of the sums are `vc:{gN}:part:{id}`.
+    pub(crate) fn record_id(&self) -> String {
+        self.record.id().to_owned()
     }
 
     /// Held by an import on the writer's thread (never an async one): it waits for a rebuild.
@@ -366,11 +385,131 @@ impl Cluster {
         self.record.unwritten().await
     }
 
-    /// Drops the nodes gone silent (killed, or cut off with Redis), Redis or not.
+    /// Posts whose readers elsewhere moved, and the readers elsewhere of the posts not
+    /// followed here (see [`presence`]): the site's live moves by both, the lower first, so
+    /// the site's peak never counts a reader on its way from one to the other twice (the
+    /// whole site followed for a read, a post followed as it wakes).
+    fn tell_moved(&self, registry: &Registry, moved: Moved) {
+        let elsewhere = self.presence.elsewhere();
+        let before = self.told_elsewhere.swap(elsewhere, Ordering::Relaxed);
+        if elsewhere < before {
+            registry.live_unfollowed(elsewhere);
+            tell_live(registry, moved);
+        } else {
+            tell_live(registry, moved);
+            registry.live_unfollowed(elsewhere);
+        }
+    }
+
+    /// Drops the nodes gone silent (killed, or cut off with Redis), Redis or not; and
+    /// follows the whole site while someone here watches it (see [`channels`]).
     async fn expire(self: Arc<Self>, registry: Arc<Registry>, mut stop: Shutdown) {
         let mut tick = tokio::time::interval(EXPIRE_EVERY);
         while stop.unless_started(tick.tick()).await.is_some() {
-            tell_live(&registry, self.presence.expire());
+            self.tell_moved(&registry, self.presence.expire());
+            self.channels
+                .want_whole_site(registry.changes().followers() > 0);
+        }
+    }
+
+    /// Turns the posts' holds on their channels into subscriptions (see [`channels`]): when
+    /// they change, and once a beat to try again what Redis did not take.
+    async fn keep_channels(self: Arc<Self>, registry: Arc<Registry>, mut stop: Shutdown) {
+        let mut tick = tokio::time::interval(BEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let woken = async {
+                tokio::select! {
+                    () = self.channels.changed.notified() => {}
+                    _ = tick.tick() => {}
+                }
+            };
+            if stop.unless_started(woken).await.is_none() {
+                return;
+            }
+            let work = self.channels.work();
+            if !work.is_empty() {
+                self.change_channels(&registry, work).await;
+                self.tell_moved(&registry, Vec::new());
+            }
+        }
+    }
+
+    async fn change_channels(&self, registry: &Registry, work: Work) {
+        let link = &self.link;
+        // Followed before subscribing: what is heard from the subscribe on is kept.
+        self.presence.follow(&work.subscribe);
+        let channels: Vec<String> = work
+            .subscribe
+            .iter()
+            .map(|s| post_channel(s.as_str()))
+            .collect();
+        let subscribed = link
+            .subscription(Subscription::Subscribe, &channels)
+            .await
+            .is_ok();
+        if subscribed && !work.subscribe.is_empty() {
+            // After the subscribe on the same connection: a change is heard or read, or both.
+            let peers = self.presence.peer_nodes();
+            if let Ok(moved) = self
+                .presence
+                .read_posts(link, &peers, &work.subscribe)
+                .await
+            {
+                self.tell_moved(registry, moved);
+            }
+            // Posts awake already (subscribed late: Redis was down when they woke) may have
+            // missed totals meanwhile; a post waking now reads its own.
+            let late: Vec<Slug> = (work.subscribe.iter())
+                .filter(|slug| registry.is_awake(slug))
+                .cloned()
+                .collect();
+            self.refresh_totals_of(registry, &late).await;
+        }
+        let patterned = match work.whole_site {
+            Some(true) => {
+                self.presence.whole_site(true);
+                let ok = link
+                    .subscription(Subscription::PSubscribe, &[ALL_POSTS.into()])
+                    .await;
+                if ok.is_ok() {
+                    let peers = self.presence.peer_nodes();
+                    if let Ok(moved) = self.presence.read_all(link, &peers).await {
+                        self.tell_moved(registry, moved);
+                    }
+                    // Totals moved meanwhile on posts not served here: the views start over.
+                    registry.changes().resync();
+                }
+                ok.is_ok()
+            }
+            Some(false) => {
+                let ok = link
+                    .subscription(Subscription::PUnsubscribe, &[ALL_POSTS.into()])
+                    .await;
+                for slug in self.presence.whole_site(false) {
+                    if !self.channels.is_held(&slug) {
+                        registry.live_elsewhere(&slug, 0);
+                    }
+                }
+                ok.is_ok()
+            }
+            None => false,
+        };
+        self.channels.done(&work, subscribed, patterned);
+        if work.unsubscribe {
+            let unheld = self.channels.take_unheld();
+            for slug in self.presence.unfollow(&unheld) {
+                // Its readers elsewhere now count in the site's sum only.
+                registry.live_elsewhere(&slug, 0);
+            }
+            let channels: Vec<String> = unheld.iter().map(|s| post_channel(s.as_str())).collect();
+            if link
+                .subscription(Subscription::Unsubscribe, &channels)
+                .await
+                .is_err()
+            {
+                self.channels.still_subscribed(unheld);
+            }
         }
     }
 
@@ -386,7 +525,8 @@ impl Cluster {
         }
     }
 
-    /// `vc:events`: other nodes' live changes and every new total.
+    /// The channels of the posts followed here, and [`EVENTS`]: other nodes' live changes,
+    /// new totals, nodes leaving.
     async fn listen(
         self: Arc<Self>,
         mut pushes: UnboundedReceiver<PushInfo>,
@@ -394,29 +534,47 @@ impl Cluster {
         mut stop: Shutdown,
     ) {
         while let Some(Some(push)) = stop.unless_started(pushes.recv()).await {
-            match push.kind {
-                PushKind::Message => {
-                    let Some(event) = message_text(&push.data).and_then(|t| Event::parse(&t))
-                    else {
-                        continue;
-                    };
-                    if let Event::Total { slug, total, op } = &event {
-                        match op.as_deref().filter(|op| self.is_own(op)) {
-                            Some(op) => self.own_total(&registry, slug, *total, op),
-                            None => self.tell_total(&registry, slug, *total),
-                        }
-                    } else {
-                        tell_live(&registry, self.presence.on_event(event));
-                    }
+            let text = match push.kind {
+                PushKind::Message => push_text(&push.data, 1),
+                PushKind::PMessage => push_text(&push.data, 2),
+                // (Re)subscribed after a (re)connect (every channel is subscribed again
+                // before the connection takes another command): what was announced
+                // meanwhile was missed.
+                PushKind::Subscribe if push_text(&push.data, 0).as_deref() == Some(EVENTS) => {
+                    self.catch_up(&registry).await;
+                    continue;
                 }
-                // (Re)subscribed after a (re)connect: totals announced meanwhile were missed.
-                PushKind::Subscribe => {
-                    self.refresh_totals(&registry).await;
-                    registry.changes().resync();
+                _ => continue,
+            };
+            let Some(event) = text.and_then(|t| Event::parse(&t)) else {
+                continue;
+            };
+            if let Event::Total { slug, total, op } = &event {
+                match op.as_deref().filter(|op| self.is_own(op)) {
+                    Some(op) => self.own_total(&registry, slug, *total, op),
+                    None => self.tell_total(&registry, slug, *total),
                 }
-                _ => {}
+            } else {
+                tell_live(&registry, self.presence.on_event(event));
             }
         }
+    }
+
+    /// After a (re)connect: the totals of the awake posts, and the other nodes' readers of
+    /// the posts followed here, read again.
+    async fn catch_up(&self, registry: &Registry) {
+        self.refresh_totals(registry).await;
+        let peers = self.presence.peer_nodes();
+        let read = if self.presence.follows_whole_site() {
+            self.presence.read_all(&self.link, &peers).await
+        } else {
+            let held = self.channels.held();
+            self.presence.read_posts(&self.link, &peers, &held).await
+        };
+        if let Ok(moved) = read {
+            self.tell_moved(registry, moved);
+        }
+        registry.changes().resync();
     }
 
     /// A post's new total, counted on another node: its readers here hear it from the post;
@@ -466,23 +624,43 @@ impl Cluster {
         }
     }
 
-    /// The totals of every awake post, from Redis.
+    /// The totals of every awake post, from Redis: one `HMGET` per key group in a pipeline
+    /// per chunk (a Redis Cluster gets each group's on its master).
     async fn refresh_totals(&self, registry: &Registry) {
-        let slugs = registry.awake_slugs();
+        self.totals_stale
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.refresh_totals_of(registry, &registry.awake_slugs())
+            .await;
+    }
+
+    /// The totals of `slugs`, from Redis, told to those awake.
+    async fn refresh_totals_of(&self, registry: &Registry, slugs: &[Slug]) {
         for chunk in slugs.chunks(REFRESH_CHUNK) {
-            let fields: Vec<&str> = chunk.iter().map(Slug::as_str).collect();
-            let got: Result<Vec<Option<u64>>, _> = self
+            let mut by_group: std::collections::BTreeMap<Group, Vec<&Slug>> = Default::default();
+            for slug in chunk {
+                by_group
+                    .entry(Group::of(slug.as_str()))
+                    .or_default()
+                    .push(slug);
+            }
+            let mut read = redis::pipe();
+            for (group, slugs) in &by_group {
+                let fields: Vec<&str> = slugs.iter().map(|s| s.as_str()).collect();
+                read.cmd("HMGET").arg(group.totals()).arg(fields);
+            }
+            let got: Result<Vec<Vec<Option<u64>>>, _> = self
                 .link
                 .call("totals", |mut conn| async move {
-                    redis::cmd("HMGET")
-                        .arg(counter::totals_key())
-                        .arg(&fields)
-                        .query_async(&mut conn)
-                        .await
+                    read.query_async(&mut conn).await
                 })
                 .await;
-            let Ok(totals) = got else { return };
-            for (slug, total) in chunk.iter().zip(totals) {
+            let Ok(totals) = got else {
+                self.totals_stale
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                return;
+            };
+            let slugs = by_group.values().flatten();
+            for (slug, total) in slugs.zip(totals.into_iter().flatten()) {
                 if let Some(total) = total {
                     registry.tell(slug, RemoteTotal { total });
                 }
@@ -510,12 +688,13 @@ impl Cluster {
         let mut results = Vec::with_capacity(views.len());
         // After a rebuild, never during one.
         let _counting = self.record.enter().await;
-        let part = self.record.part();
+        let record = self.record.id();
         for (id, view) in views {
-            let counted = match counter::count(&self.link, &view, self.dedupe_window, &part).await {
+            let counted = match counter::count(&self.link, &view, self.dedupe_window, record).await
+            {
                 Ok(counted) => counted,
                 Err(e) => {
-                    self.refused(&e);
+                    self.refused(&view, &e);
                     break;
                 }
             };
@@ -600,46 +779,45 @@ impl Cluster {
         }
     }
 
-    /// A view Redis refused because this node's part must be rebuilt first.
-    fn refused(&self, e: &LinkError) {
+    /// A view Redis refused because this node's part of its group must be rebuilt first.
+    fn refused(&self, view: &View, e: &LinkError) {
         if counter::wants_rebuild(e) {
-            self.record.refused();
+            self.record.refused(&view.slug);
         }
     }
 }
 
-/// The posts' port to the other nodes: views counted in Redis, live readers merged.
-impl Counting for Cluster {
+/// The posts' port to the other nodes: views counted in Redis, live readers merged. On the
+/// `Arc`, so that a view's decision (a future the post awaits as an actor future, which must
+/// own what it uses) holds the cluster.
+impl Counting for Arc<Cluster> {
     /// One round trip to Redis, or none while it is down. Whatever Redis did not answer goes
     /// to the outbox.
-    fn count<'a>(
-        &'a self,
-        slug: &'a Slug,
-        reader: &'a ReaderId,
-        at: u64,
-    ) -> Pin<Box<dyn Future<Output = Decision> + Send + 'a>> {
-        Box::pin(async move {
-            let view = View {
-                slug: slug.as_str().to_owned(),
-                reader: reader.as_str().to_owned(),
-                op: self.op_id(),
-                day: self.calendar.day_of(at).key(),
-            };
+    fn count(&self, slug: &Slug, reader: ReaderId, at: u64) -> Verdict {
+        let view = View {
+            slug: slug.as_str().to_owned(),
+            reader: reader.as_str().to_owned(),
+            op: self.op_id(),
+            day: self.calendar.day_of(at).key(),
+        };
+        let cluster = Arc::clone(self);
+        Verdict::Later(Box::pin(async move {
             // While a rebuild runs, views wait in the outbox.
-            if self.is_up()
-                && let Some(_counting) = self.record.try_enter()
+            if cluster.is_up()
+                && let Some(_counting) = cluster.record.try_enter()
             {
-                let part = self.record.part();
-                let call = self.fates.in_flight(&view.op);
-                let counted = counter::count(&self.link, &view, self.dedupe_window, &part).await;
+                let call = cluster.fates.in_flight(&view.op);
+                let record = cluster.record.id();
+                let counted =
+                    counter::count(&cluster.link, &view, cluster.dedupe_window, record).await;
                 let counted = match counted {
                     Ok(counted) => Some(counted),
                     // It may still run late: the op id makes its replay a no-op then, and its
                     // announcement confirms it (see `fate`). Heard already: it is counted.
                     Err(e) => {
-                        self.refused(&e);
+                        cluster.refused(&view, &e);
                         tracing::debug!(error = %e, "view goes to the outbox unless announced");
-                        let outbox = |view| self.outbox.add(view);
+                        let outbox = |view| cluster.outbox.add(view);
                         call.failed(view.clone(), outbox).map(|total| Counted {
                             counted: true,
                             total,
@@ -650,13 +828,13 @@ impl Counting for Cluster {
                     return Decision::Deferred;
                 };
                 if counted.counted {
-                    self.record_view(&view);
+                    cluster.record_view(&view);
                 }
                 return Decision::Decided(counted);
             }
-            self.outbox.add(view);
+            cluster.outbox.add(view);
             Decision::Deferred
-        })
+        }))
     }
 
     fn remote_live(&self, slug: &Slug) -> u64 {
@@ -676,6 +854,43 @@ impl Counting for Cluster {
     fn set_local_live(&self, slug: &Slug, live: u64) {
         self.presence.set_local(slug, live);
     }
+
+    /// None: Redis announces the imported totals to every node (`RemoteTotal`); adding them
+    /// here too would count them twice when the announcement comes first.
+    fn imported(&self, _: u64) -> u64 {
+        0
+    }
+
+    /// Redis down and the post not known: served from 0 plus what is counted here; Redis's
+    /// total arrives with its next announcement or the reconnect.
+    fn unloaded(&self, slug: &Slug, error: WriterError) -> Result<u64, WriterError> {
+        tracing::debug!(%slug, %error, "waking a post without its total");
+        Ok(0)
+    }
+
+    /// Subscribes to the post's channel and reads the other nodes' readers of it (bounded
+    /// by `--redis-timeout` per call; at once while Redis is down).
+    fn serve<'a>(&'a self, what: Served<'a>) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        // Held now, not at the first poll: the caller's guard gives back what was taken.
+        let subscribed = match what {
+            Served::Post(slug) => self.channels.hold(slug),
+            Served::Site => self.channels.hold_site(),
+        };
+        Box::pin(async move {
+            // Redis down: the keeper subscribes once it is back (and reads what it missed).
+            if let Some(subscribed) = subscribed.filter(|_| self.is_up()) {
+                // Bounds the wait for a keeper stuck behind a stalled Redis.
+                let _ = tokio::time::timeout(self.timeout() * 3, subscribed).await;
+            }
+        })
+    }
+
+    fn stop_serving(&self, what: Served<'_>) {
+        match what {
+            Served::Post(slug) => self.channels.release(slug),
+            Served::Site => self.channels.release_site(),
+        }
+    }
 }
 
 fn tell_live(registry: &Registry, moved: Moved) {
@@ -688,9 +903,10 @@ fn tell_live(registry: &Registry, moved: Moved) {
     }
 }
 
-/// A pub/sub message's payload: `[channel, payload]`.
-fn message_text(data: &[Value]) -> Option<String> {
-    match data.get(1)? {
+/// Element `at` of a push as text: a message is `[channel, payload]`, a pattern's message
+/// `[pattern, channel, payload]`, a subscribe `[channel, count]`.
+fn push_text(data: &[Value], at: usize) -> Option<String> {
+    match data.get(at)? {
         Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
         Value::SimpleString(text) => Some(text.clone()),
         _ => None,

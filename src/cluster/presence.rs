@@ -1,13 +1,25 @@
 //! Merged presence: this node's live readers per post in `vc:node:ID`, a hash kept up to date
-//! change by change, and the other nodes' counts, kept until a node leaves, stops renewing, or
-//! says it is gone.
+//! change by change, and the other nodes' readers of the posts this node follows, kept until a
+//! node leaves, stops renewing, or says it is gone.
 //!
-//! Idle presence costs nothing per post. Each change of a node's presence has a number (its
+//! Presence costs follow change, not size. Each change of a node's presence has a number (its
 //! version; they follow each other, one per post changed) and is written to its hash and
-//! announced on `vc:events` by one script. The heartbeat renews the hash and reads each peer's
-//! version (constant size, whatever the node serves); a peer's whole hash is read only when
-//! its version is past the one this node has applied (an announcement lost or skipped, a new
-//! or restarted node, a hash rewritten after Redis lost it).
+//! published on the post's own channel (`vc:ev:SLUG`, see [`crate::cluster::channels`]) by one
+//! script: O(1) Redis work, heard only by the nodes that serve that post. The hash also holds
+//! the node's readers over all posts (`#s`, written with every change) and the version of its
+//! last rewrite (`#r`). The heartbeat renews the hash and reads each peer's version, sum and
+//! rewrite mark (three fields, whatever the node serves).
+//!
+//! Versions order what this node hears of one peer's post: an announcement and a read of the
+//! hash (whose `""` field is the version of the last change in it) each carry one, and the
+//! newer wins, whichever reaches this node first. Pub/sub loses a message only when this
+//! node's subscription drops (then every followed post is read again, see
+//! [`crate::cluster::Cluster`]) or when a peer rewrites its hash without announcing (a failed
+//! write, Redis lost it): its `#r` moves, and the next heartbeat reads the followed posts of
+//! that peer. Either way a lost change is healed within a heartbeat or two.
+//!
+//! The readers of posts not followed here count only in the site's sum (the pulse, the site's
+//! peak): each peer's `#s` minus its readers of the posts followed here ([`Presence::elsewhere`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +29,7 @@ use std::time::{Duration, Instant};
 use redis::Script;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::cluster::link::{EVENTS, Link, LinkError};
+use crate::cluster::link::{EVENTS, Link, LinkError, POST_CHANNELS};
 use crate::edge::slug::Slug;
 
 /// How often a node renews its presence and reads the others' versions.
@@ -31,25 +43,33 @@ const NODES: &str = "vc:nodes";
 const FORGET_AFTER_MS: u64 = 60_000;
 /// The field of a presence hash holding its version (no slug is empty).
 const VERSION_FIELD: &str = "";
+/// The field holding the node's readers over all its posts (no slug holds a `#`).
+const SUM_FIELD: &str = "#s";
+/// The field holding the version of the node's last whole rewrite.
+const REWRITE_FIELD: &str = "#r";
+/// Posts asked of a peer per `HMGET`.
+const READ_CHUNK: usize = 500;
 
 /// Writes a burst of changes to a presence hash that exists (else 0: the caller rewrites it
-/// whole, so no peer reads a hash holding only the last changes) and announces each.
-/// KEYS: the hash. ARGV: the channel, expiry (ms), node, then slug, live (0: the post has no
-/// reader left here) and version per change. (The channel is no key: a Redis Cluster would
-/// refuse a script whose keys hash to two slots.) Versions stay strings: Lua's numbers would print
-/// a 16-digit one as `1.7e+15`.
+/// whole, so no peer reads a hash holding only the last changes) and publishes each on its
+/// post's channel.
+/// KEYS: the hash. ARGV: the channels' prefix, expiry (ms), node, the node's readers over all
+/// posts, then slug, live (0: the post has no reader left here) and version per change. (The
+/// channels are no keys: a Redis Cluster would refuse a script whose keys hash to two slots;
+/// its `PUBLISH` reaches every node of the cluster.) Versions stay strings: Lua's numbers would
+/// print a 16-digit one as `1.7e+15`.
 const CHANGE: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-for i = 4, #ARGV, 3 do
+for i = 5, #ARGV, 3 do
   if ARGV[i + 1] == '0' then
     redis.call('HDEL', KEYS[1], ARGV[i])
   else
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
   end
-  redis.call('PUBLISH', ARGV[1],
-    'l ' .. ARGV[3] .. ' ' .. ARGV[i] .. ' ' .. ARGV[i + 1] .. ' ' .. ARGV[i + 2])
+  redis.call('PUBLISH', ARGV[1] .. ARGV[i], 'l ' .. ARGV[3] .. ' ' .. ARGV[i] .. ' ' ..
+    ARGV[i + 1] .. ' ' .. ARGV[i + 2] .. ' ' .. ARGV[4])
 end
-redis.call('HSET', KEYS[1], '', ARGV[#ARGV])
+redis.call('HSET', KEYS[1], '', ARGV[#ARGV], '#s', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 ";
@@ -60,54 +80,52 @@ fn node_key(node: &str) -> String {
     format!("vc:node:{node}")
 }
 
+/// A peer's readers of one post, as of its change `version`. Kept at 0 readers too while the
+/// post is followed, so an older read cannot undo a newer change.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    live: u64,
+    version: u64,
+}
+
 /// One other node as last heard.
 #[derive(Default)]
 struct Peer {
-    live: HashMap<Slug, u64>,
-    /// The version of its presence applied here with every change up to it; `None`: its
-    /// hash was never read.
-    version: Option<u64>,
+    /// Its readers of the posts followed here (of every post while the whole site is).
+    live: HashMap<Slug, Known>,
+    /// Its readers over all posts, as of version `sum_version`.
+    sum: u64,
+    sum_version: u64,
+    /// Its rewrite mark (`#r`) when its followed posts were last read: another one means
+    /// it rewrote its hash since, without announcing.
+    read_at: Option<u64>,
     /// Its last heartbeat (ms, from [`NODES`]): a node is heard when it changes.
     beat_ms: Option<u64>,
-    /// Per post, the version of the last announcement applied: a hash read at an older
-    /// version does not undo it. Forgotten once the peer's hash is known to be past it.
-    announced: HashMap<Slug, u64>,
     heard: Option<Instant>,
 }
 
 impl Peer {
-    /// Takes the whole hash at `version`, keeping announcements newer than it.
-    fn take_state(&mut self, version: u64, mut live: HashMap<Slug, u64>) {
-        self.announced.retain(|_, seen| *seen > version);
-        for slug in self.announced.keys() {
-            match self.live.get(slug) {
-                Some(&n) => live.insert(slug.clone(), n),
-                None => live.remove(slug),
-            };
+    /// Applies what it had for `slug` at `version`; whether it was news.
+    fn take(&mut self, slug: &Slug, live: u64, version: u64) -> bool {
+        match self.live.get_mut(slug) {
+            Some(known) if known.version >= version => false,
+            Some(known) => {
+                let moved = known.live != live;
+                *known = Known { live, version };
+                moved
+            }
+            None => {
+                self.live.insert(slug.clone(), Known { live, version });
+                live > 0
+            }
         }
-        self.live = live;
-        self.version = Some(version);
     }
 
-    /// Applies an announcement; whether it was news.
-    fn take_change(&mut self, slug: Slug, live: u64, version: u64) -> bool {
-        let stale = self.version.is_some_and(|v| version <= v)
-            || self.announced.get(&slug).is_some_and(|&v| version <= v);
-        if stale {
-            return false;
+    fn take_sum(&mut self, sum: u64, version: u64) {
+        if version > self.sum_version {
+            self.sum = sum;
+            self.sum_version = version;
         }
-        // The next in line: nothing missed. After a gap the version stays, and the heartbeat
-        // reads the hash.
-        if self.version == Some(version - 1) {
-            self.version = Some(version);
-        }
-        self.announced.insert(slug.clone(), version);
-        if live == 0 {
-            self.live.remove(&slug);
-        } else {
-            self.live.insert(slug, live);
-        }
-        true
     }
 
     fn is_silent(&self) -> bool {
@@ -115,7 +133,7 @@ impl Peer {
     }
 }
 
-/// A message on `vc:events`.
+/// A message on a post's channel or on [`EVENTS`].
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Event {
     /// `op`: the op of the view that moved it, when a count script announces it (a rebuild
@@ -125,12 +143,14 @@ pub(crate) enum Event {
         total: u64,
         op: Option<String>,
     },
-    /// `version`: the number of this change of the node's presence.
+    /// `version`: the number of this change of the node's presence; `sum`: the node's
+    /// readers over all posts after it.
     Live {
         node: String,
         slug: Slug,
         live: u64,
         version: u64,
+        sum: u64,
     },
     Gone {
         node: String,
@@ -151,6 +171,7 @@ impl Event {
                 slug: Slug::parse(parts.next()?).ok()?,
                 live: parts.next()?.parse().ok()?,
                 version: parts.next()?.parse().ok().filter(|&v| v > 0)?,
+                sum: parts.next()?.parse().ok()?,
             },
             "g" => Self::Gone {
                 node: parts.next()?.to_owned(),
@@ -164,9 +185,26 @@ impl Event {
 /// Posts whose live readers on other nodes changed, with the new sum.
 pub(crate) type Moved = Vec<(Slug, u64)>;
 
-/// Another node as the heartbeat read it: its last beat (ms) and its presence's version
-/// (`None`: its hash has expired or is not written yet).
-type Beat = (u64, Option<u64>);
+/// Another node as the heartbeat read it: its last beat (ms), and from its hash its version,
+/// sum and rewrite mark (`None`: its hash has expired or is not written yet).
+type Beat = (u64, Option<u64>, Option<u64>, Option<u64>);
+
+/// What a read of one peer's hash gave: its version, then the readers of the posts read.
+type Read = (String, u64, Vec<(Slug, u64)>);
+
+/// The posts this node keeps its peers' readers of.
+#[derive(Default)]
+struct Following {
+    posts: HashSet<Slug>,
+    /// Every post (the node pattern-subscribes: see [`crate::cluster::channels`]).
+    whole_site: bool,
+}
+
+impl Following {
+    fn follows(&self, slug: &Slug) -> bool {
+        self.whole_site || self.posts.contains(slug)
+    }
+}
 
 pub(crate) struct Presence {
     node: String,
@@ -175,6 +213,7 @@ pub(crate) struct Presence {
     /// Posts whose local live changed, to announce.
     changes: UnboundedSender<Slug>,
     peers: Mutex<HashMap<String, Peer>>,
+    following: Mutex<Following>,
     /// This node's presence version: held across each write, so versions reach Redis in
     /// order. It starts at the clock (µs), so a node restarted with the same `--node-id`
     /// continues past its last version rather than repeating it.
@@ -190,6 +229,7 @@ impl Presence {
             local: Mutex::default(),
             changes,
             peers: Mutex::default(),
+            following: Mutex::default(),
             version: tokio::sync::Mutex::new(unix_ms() * 1000),
             dirty: AtomicBool::new(true),
         }
@@ -217,24 +257,98 @@ impl Presence {
         lock(&self.local).get(slug).copied().unwrap_or(0)
     }
 
-    /// A post's live readers on every other live node.
+    fn local_sum(&self) -> u64 {
+        lock(&self.local).values().sum()
+    }
+
+    /// A post's live readers on every other live node (0 for a post not followed here).
     pub(crate) fn remote_live(&self, slug: &Slug) -> u64 {
         sum(&lock(&self.peers), slug)
     }
 
-    /// Every post with live readers on other nodes, and how many.
+    /// Every followed post with live readers on other nodes, and how many: every post of the
+    /// cluster while the whole site is followed.
     pub(crate) fn remote_posts(&self) -> Vec<(Slug, u64)> {
         let peers = lock(&self.peers);
         let mut all: HashMap<Slug, u64> = HashMap::new();
-        for (slug, live) in peers.values().flat_map(|p| &p.live) {
-            *all.entry(slug.clone()).or_default() += live;
+        for (slug, known) in peers.values().flat_map(|p| &p.live) {
+            *all.entry(slug.clone()).or_default() += known.live;
         }
         all.into_iter().filter(|&(_, live)| live > 0).collect()
+    }
+
+    /// The other nodes' readers of the posts not followed here: each peer's sum less its
+    /// readers of the posts followed here (which a heartbeat may lag by a beat).
+    pub(crate) fn elsewhere(&self) -> u64 {
+        let peers = lock(&self.peers);
+        peers
+            .values()
+            .map(|p| {
+                let followed: u64 = p.live.values().map(|k| k.live).sum();
+                p.sum.saturating_sub(followed)
+            })
+            .sum()
     }
 
     /// Live nodes seen, this one included.
     pub(crate) fn nodes(&self) -> usize {
         1 + lock(&self.peers).len()
+    }
+
+    /// The known peers, to read the followed posts of.
+    pub(crate) fn peer_nodes(&self) -> Vec<String> {
+        lock(&self.peers).keys().cloned().collect()
+    }
+
+    /// From now on the peers' readers of `slugs` are kept (heard and read).
+    pub(crate) fn follow(&self, slugs: &[Slug]) {
+        lock(&self.following).posts.extend(slugs.iter().cloned());
+    }
+
+    /// `slugs` are no longer followed: their peers' readers are forgotten (unless the whole
+    /// site is followed). Returns those no longer known, for the pulse to set to 0.
+    pub(crate) fn unfollow(&self, slugs: &[Slug]) -> Vec<Slug> {
+        let mut following = lock(&self.following);
+        for slug in slugs {
+            following.posts.remove(slug);
+        }
+        if following.whole_site {
+            return Vec::new();
+        }
+        drop(following);
+        let mut peers = lock(&self.peers);
+        for peer in peers.values_mut() {
+            for slug in slugs {
+                peer.live.remove(slug);
+            }
+        }
+        slugs.to_vec()
+    }
+
+    /// Follows every post (`true`) or only those followed one by one. Returns the posts
+    /// forgotten when the whole site stops being followed.
+    pub(crate) fn whole_site(&self, on: bool) -> Vec<Slug> {
+        let mut following = lock(&self.following);
+        following.whole_site = on;
+        if on {
+            return Vec::new();
+        }
+        let mut peers = lock(&self.peers);
+        let mut forgotten = HashSet::new();
+        for peer in peers.values_mut() {
+            peer.live.retain(|slug, _| {
+                let keep = following.posts.contains(slug);
+                if !keep {
+                    forgotten.insert(slug.clone());
+                }
+                keep
+            });
+        }
+        forgotten.into_iter().collect()
+    }
+
+    pub(crate) fn follows_whole_site(&self) -> bool {
+        lock(&self.following).whole_site
     }
 
     /// Writes and announces the local live of `slugs`: one script, O(1) per post. A failed
@@ -251,11 +365,12 @@ impl Presence {
         let mut version = self.version.lock().await;
         let mut invocation = CHANGE_SCRIPT.key(node_key(&self.node));
         invocation
-            .arg(EVENTS)
+            .arg(POST_CHANNELS)
             .arg(EXPIRY.as_millis() as u64)
-            .arg(&self.node);
+            .arg(&self.node)
+            .arg(self.local_sum());
         for slug in slugs {
-            // Numbered whatever Redis answers: a peer that heard part of it sees a gap.
+            // Numbered whatever Redis answers.
             *version += 1;
             invocation
                 .arg(slug.as_str())
@@ -273,8 +388,8 @@ impl Presence {
         written.map(drop)
     }
 
-    /// Writes this node's whole presence under a new version (at start, and when a write
-    /// failed or Redis lost the hash).
+    /// Writes this node's whole presence under a new version, marked as a rewrite (at
+    /// start, and when a write failed or Redis lost the hash): peers read it again.
     async fn rewrite(&self, link: &Link) -> Result<(), LinkError> {
         let mut version = self.version.lock().await;
         *version += 1;
@@ -283,7 +398,10 @@ impl Presence {
             .iter()
             .map(|(slug, live)| (slug.as_str().to_owned(), live.to_string()))
             .collect();
+        let sum = self.local_sum().to_string();
         fields.push((VERSION_FIELD.to_owned(), version.to_string()));
+        fields.push((SUM_FIELD.to_owned(), sum));
+        fields.push((REWRITE_FIELD.to_owned(), version.to_string()));
         let mut write = redis::pipe();
         write
             .atomic()
@@ -305,16 +423,18 @@ impl Presence {
         written
     }
 
-    /// Renews this node's presence and reads the others' versions; reads the whole hash only
-    /// of a peer whose version is past the one applied here. `grace`: Redis was down until
-    /// now, so a peer missing from it may just not have written since; it is kept until it
-    /// expires rather than dropped at once (no dip when Redis returns).
+    /// Renews this node's presence and reads the others' versions, sums and rewrite marks;
+    /// reads the followed posts only of a peer that is new here or rewrote its hash.
+    /// `grace`: Redis was down until now, so a peer missing from it may just not have written
+    /// since; it is kept until it expires rather than dropped at once (no dip when Redis
+    /// returns).
     pub(crate) async fn beat(&self, link: &Link, grace: bool) -> Result<Moved, LinkError> {
         let me = node_key(&self.node);
         let now_ms = unix_ms();
+        // Not a transaction: this node's hash and `vc:nodes` are in two hash slots of a Redis
+        // Cluster (a MULTI there must be of one); nothing here needs them changed at once.
         let mut renew = redis::pipe();
         renew
-            .atomic()
             .pexpire(&me, EXPIRY.as_millis() as i64)
             .zadd(NODES, &self.node, now_ms)
             .ignore()
@@ -337,9 +457,12 @@ impl Presence {
             .collect();
         let mut read = redis::pipe();
         for (node, _) in &others {
-            read.hget(node_key(node), VERSION_FIELD);
+            read.cmd("HMGET")
+                .arg(node_key(node))
+                .arg(&[VERSION_FIELD, SUM_FIELD, REWRITE_FIELD]);
         }
-        let versions: Vec<Option<u64>> = if others.is_empty() {
+        type Marks = (Option<u64>, Option<u64>, Option<u64>);
+        let marks: Vec<Marks> = if others.is_empty() {
             Vec::new()
         } else {
             link.call("presence versions", |mut conn| async move {
@@ -349,48 +472,19 @@ impl Presence {
         };
         let beats: HashMap<String, Beat> = others
             .into_iter()
-            .zip(versions)
-            .map(|((node, ms), version)| (node, (ms, version)))
+            .zip(marks)
+            .map(|((node, ms), (version, sum, rewrite))| (node, (ms, version, sum, rewrite)))
             .collect();
-        let stale = self.stale(&beats);
-        let mut read = redis::pipe();
-        for node in &stale {
-            read.hgetall(node_key(node));
+        let (mut moved, stale) = self.merge(beats, grace);
+        if !stale.is_empty() {
+            moved.extend(self.read(link, &stale).await?);
         }
-        let states: Vec<HashMap<String, String>> = if stale.is_empty() {
-            Vec::new()
-        } else {
-            link.call("presence", |mut conn| async move {
-                read.query_async(&mut conn).await
-            })
-            .await?
-        };
-        Ok(self.merge(beats, stale.into_iter().zip(states).collect(), grace))
+        Ok(moved)
     }
 
-    /// The peers whose hash is past the version applied here. (Announcements heard since
-    /// the version was read may have taken a peer past it: no read then.)
-    fn stale(&self, beats: &HashMap<String, Beat>) -> Vec<String> {
-        let peers = lock(&self.peers);
-        beats
-            .iter()
-            .filter(|(node, (_, version))| {
-                version.is_some_and(|read| {
-                    (peers.get(*node).and_then(|p| p.version)).is_none_or(|applied| applied < read)
-                })
-            })
-            .map(|(node, _)| node.clone())
-            .collect()
-    }
-
-    /// Takes the peers' beats and the hashes read; drops a peer that left the node set (it
-    /// was stopped).
-    fn merge(
-        &self,
-        beats: HashMap<String, Beat>,
-        mut read: HashMap<String, HashMap<String, String>>,
-        grace: bool,
-    ) -> Moved {
+    /// Takes the peers' beats; drops a peer that left the node set (it was stopped). Returns
+    /// what moved and the peers (with their rewrite marks) whose followed posts must be read.
+    fn merge(&self, beats: HashMap<String, Beat>, grace: bool) -> (Moved, Vec<(String, u64)>) {
         let now = Instant::now();
         let mut peers = lock(&self.peers);
         let left: Vec<String> = peers
@@ -398,50 +492,148 @@ impl Presence {
             .filter(|node| !grace && !beats.contains_key(*node))
             .cloned()
             .collect();
-        let mut moved = drop_peers(&mut peers, &left);
-        for (node, (beat_ms, version)) in beats {
+        let moved = drop_peers(&mut peers, &left);
+        let mut stale = Vec::new();
+        for (node, (beat_ms, version, sum, rewrite)) in beats {
             let Some(version) = version else {
                 continue; // expired: kept until it is silent for EXPIRY
             };
+            // A hash never rewritten by a node of this version: read once.
+            let rewrite = rewrite.unwrap_or(0);
             let peer = peers.entry(node.clone()).or_default();
             if peer.beat_ms != Some(beat_ms) {
                 peer.heard = Some(now);
                 peer.beat_ms = Some(beat_ms);
             }
-            // Every hash read from now on is at least this version.
-            peer.announced.retain(|_, seen| *seen > version);
-            let Some(mut state) = read.remove(&node) else {
-                continue;
-            };
+            peer.take_sum(sum.unwrap_or(0), version);
+            if peer.read_at != Some(rewrite) {
+                stale.push((node, rewrite));
+            }
+        }
+        (moved, stale)
+    }
+
+    /// Reads the followed posts (every post while the whole site is followed) of `stale`
+    /// peers, each with the rewrite mark it is read at.
+    async fn read(&self, link: &Link, stale: &[(String, u64)]) -> Result<Moved, LinkError> {
+        let nodes: Vec<String> = stale.iter().map(|(node, _)| node.clone()).collect();
+        let moved = if self.follows_whole_site() {
+            self.read_all(link, &nodes).await?
+        } else {
+            let slugs: Vec<Slug> = lock(&self.following).posts.iter().cloned().collect();
+            self.read_posts(link, &nodes, &slugs).await?
+        };
+        let mut peers = lock(&self.peers);
+        for (node, rewrite) in stale {
+            if let Some(peer) = peers.get_mut(node) {
+                peer.read_at = Some(*rewrite);
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Reads `slugs` of each of `nodes` (`HMGET`: O(nodes) per post), after this node
+    /// subscribed to their channels or missed their messages.
+    pub(crate) async fn read_posts(
+        &self,
+        link: &Link,
+        nodes: &[String],
+        slugs: &[Slug],
+    ) -> Result<Moved, LinkError> {
+        let mut moved = Vec::new();
+        for chunk in slugs.chunks(READ_CHUNK) {
+            let mut read = redis::pipe();
+            for node in nodes {
+                read.hget(node_key(node), VERSION_FIELD)
+                    .cmd("HMGET")
+                    .arg(node_key(node))
+                    .arg(chunk.iter().map(Slug::as_str).collect::<Vec<_>>());
+            }
+            let got: Vec<redis::Value> = link
+                .call("presence of posts", |mut conn| async move {
+                    read.query_async(&mut conn).await
+                })
+                .await?;
+            let mut reads = Vec::new();
+            for (node, pair) in nodes.iter().zip(got.chunks(2)) {
+                let [version, values] = pair else { continue };
+                let Ok(Some(version)) = redis::from_redis_value::<Option<u64>>(version) else {
+                    continue; // expired: nothing to read
+                };
+                let Ok(values) = redis::from_redis_value::<Vec<Option<u64>>>(values) else {
+                    continue;
+                };
+                let live = chunk
+                    .iter()
+                    .cloned()
+                    .zip(values.into_iter().map(|v| v.unwrap_or(0)))
+                    .collect();
+                reads.push((node.clone(), version, live));
+            }
+            moved.extend(self.take_reads(reads, false));
+        }
+        Ok(moved)
+    }
+
+    /// Reads the whole hash of each of `nodes`: every post, as the whole site is followed.
+    pub(crate) async fn read_all(&self, link: &Link, nodes: &[String]) -> Result<Moved, LinkError> {
+        let mut read = redis::pipe();
+        for node in nodes {
+            read.hgetall(node_key(node));
+        }
+        let states: Vec<HashMap<String, String>> = if nodes.is_empty() {
+            Vec::new()
+        } else {
+            link.call("presence", |mut conn| async move {
+                read.query_async(&mut conn).await
+            })
+            .await?
+        };
+        let mut reads = Vec::new();
+        for (node, mut state) in nodes.iter().zip(states) {
             let Some(version) = state.remove(VERSION_FIELD).and_then(|v| v.parse().ok()) else {
-                continue; // expired since its version was read
+                continue; // expired since
             };
-            let live: HashMap<Slug, u64> = state
+            let live = state
                 .into_iter()
                 .filter_map(|(slug, live)| Some((Slug::parse(&slug).ok()?, live.parse().ok()?)))
                 .collect();
-            let touched: HashSet<Slug> = peers
-                .get(&node)
-                .map(|p| p.live.keys().cloned().collect::<Vec<_>>())
-                .unwrap_or_default()
+            reads.push((node.clone(), version, live));
+        }
+        Ok(self.take_reads(reads, true))
+    }
+
+    /// Applies reads of peers' hashes. `whole`: each read holds every post of its peer, so
+    /// a post it does not hold has no reader there.
+    fn take_reads(&self, reads: Vec<Read>, whole: bool) -> Moved {
+        let following = lock(&self.following);
+        let mut peers = lock(&self.peers);
+        let mut moved = Vec::new();
+        for (node, version, live) in reads {
+            let mut posts: HashMap<Slug, u64> = live
                 .into_iter()
-                .chain(live.keys().cloned())
+                .filter(|(slug, _)| following.follows(slug))
                 .collect();
-            let before: Vec<u64> = touched.iter().map(|s| sum(&peers, s)).collect();
-            peers.entry(node).or_default().take_state(version, live);
-            for (slug, before) in touched.into_iter().zip(before) {
-                let after = sum(&peers, &slug);
-                if after != before {
-                    moved.push((slug, after));
+            if whole && let Some(peer) = peers.get(&node) {
+                for slug in peer.live.keys() {
+                    posts.entry(slug.clone()).or_insert(0);
+                }
+            }
+            for (slug, live) in posts {
+                let news = peers
+                    .entry(node.clone())
+                    .or_default()
+                    .take(&slug, live, version);
+                if news {
+                    moved.push((slug.clone(), sum(&peers, &slug)));
                 }
             }
         }
         moved
     }
 
-    /// A message from `vc:events` (other than a total).
+    /// A message from a post's channel or [`EVENTS`] (other than a total).
     pub(crate) fn on_event(&self, event: Event) -> Moved {
-        let mut peers = lock(&self.peers);
         match event {
             Event::Live { node, .. } | Event::Gone { node } if node == self.node => Vec::new(),
             Event::Live {
@@ -449,21 +641,21 @@ impl Presence {
                 slug,
                 live,
                 version,
+                sum: node_sum,
             } => {
-                let before = sum(&peers, &slug);
+                let follows = lock(&self.following).follows(&slug);
+                let mut peers = lock(&self.peers);
                 let peer = peers.entry(node).or_default();
                 peer.heard = Some(Instant::now());
-                if !peer.take_change(slug.clone(), live, version) {
+                peer.take_sum(node_sum, version);
+                // Heard after it was unfollowed, before the unsubscribe took effect.
+                if !follows || !peer.take(&slug, live, version) {
                     return Vec::new();
                 }
                 let after = sum(&peers, &slug);
-                if before == after {
-                    Vec::new()
-                } else {
-                    vec![(slug, after)]
-                }
+                vec![(slug, after)]
             }
-            Event::Gone { node } => drop_peers(&mut peers, &[node]),
+            Event::Gone { node } => drop_peers(&mut lock(&self.peers), &[node]),
             Event::Total { .. } => Vec::new(),
         }
     }
@@ -481,9 +673,9 @@ impl Presence {
 
     /// Deletes this node's presence and says it is gone, before the process exits.
     pub(crate) async fn leave(&self, link: &Link) -> Result<(), LinkError> {
+        // Not a transaction, as the heartbeat's (two hash slots of a Redis Cluster).
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .del(node_key(&self.node))
+        pipe.del(node_key(&self.node))
             .ignore()
             .zrem(NODES, &self.node)
             .ignore()
@@ -501,7 +693,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn sum(peers: &HashMap<String, Peer>, slug: &Slug) -> u64 {
-    peers.values().filter_map(|p| p.live.get(slug)).sum()
+    peers
+        .values()
+        .filter_map(|p| p.live.get(slug))
+        .map(|k| k.live)
+        .sum()
 }
 
 /// Removes `nodes`; the posts they had readers on, with their new sums.
@@ -510,7 +706,12 @@ fn drop_peers(peers: &mut HashMap<String, Peer>, nodes: &[String]) -> Moved {
     for node in nodes {
         if let Some(peer) = peers.remove(node) {
             tracing::info!(%node, "node left the cluster");
-            touched.extend(peer.live.into_keys());
+            touched.extend(
+                peer.live
+                    .into_iter()
+                    .filter(|(_, k)| k.live > 0)
+                    .map(|(slug, _)| slug),
+            );
         }
     }
     touched
@@ -555,12 +756,13 @@ mod tests {
             })
         );
         assert_eq!(
-            Event::parse("l n1 a 3 9"),
+            Event::parse("l n1 a 3 9 4"),
             Some(Event::Live {
                 node: "n1".into(),
                 slug: slug("a"),
                 live: 3,
                 version: 9,
+                sum: 4,
             })
         );
         assert_eq!(
@@ -571,8 +773,9 @@ mod tests {
             "",
             "t a",
             "t a x",
-            "l n1 a 3",
-            "l n1 a 3 0",
+            "l n1 a 3 9",
+            "l n1 a 3 0 3",
+            "l n1 a 3 9 4 5",
             "g",
             "g n1 extra",
             "x a 1",
@@ -587,6 +790,7 @@ mod tests {
             slug: slug(s),
             live,
             version,
+            sum: live,
         }
     }
 
@@ -595,80 +799,99 @@ mod tests {
         Presence::new("me".into(), tx)
     }
 
-    /// `node`'s beat as the heartbeat reads it, and its hash: version and `slug:live`s.
-    fn read(
-        node: &str,
-        version: u64,
-        live: &[(&str, &str)],
-    ) -> (
-        HashMap<String, Beat>,
-        HashMap<String, HashMap<String, String>>,
-    ) {
-        let mut hash: HashMap<String, String> = live
-            .iter()
-            .map(|(s, n)| (s.to_string(), n.to_string()))
-            .collect();
-        hash.insert(VERSION_FIELD.to_owned(), version.to_string());
-        (
-            HashMap::from([(node.to_owned(), (1000 + version, Some(version)))]),
-            HashMap::from([(node.to_owned(), hash)]),
-        )
+    /// `node`'s hash read at `version` with `slug:live`s.
+    fn read(node: &str, version: u64, live: &[(&str, u64)]) -> Vec<Read> {
+        let live = live.iter().map(|(s, n)| (slug(s), *n)).collect();
+        vec![(node.to_owned(), version, live)]
     }
 
     #[test]
-    fn peers_sum_per_post_and_a_gone_node_takes_its_readers() {
+    fn peers_sum_per_followed_post_and_a_gone_node_takes_its_readers() {
         let presence = presence();
+        presence.follow(&[slug("a")]);
         assert_eq!(presence.on_event(live("n1", "a", 2, 7)), [(slug("a"), 2)]);
         assert_eq!(presence.on_event(live("n2", "a", 3, 7)), [(slug("a"), 5)]);
         assert_eq!(presence.on_event(live("me", "a", 9, 7)), [], "our own echo");
+        assert_eq!(
+            presence.on_event(live("n2", "b", 1, 8)),
+            [],
+            "b is not followed"
+        );
+        assert_eq!(presence.remote_live(&slug("b")), 0);
         assert_eq!(presence.nodes(), 3);
         assert_eq!(
             presence.on_event(Event::Gone { node: "n1".into() }),
             [(slug("a"), 3)]
         );
         assert_eq!(presence.remote_live(&slug("a")), 3);
-        // Written before n2 announced a:3 (its change 7): the announcement stands.
-        let (beats, hashes) = read("n2", 6, &[("b", "1")]);
-        assert_eq!(presence.merge(beats, hashes, false), [(slug("b"), 1)]);
-        assert_eq!(presence.remote_live(&slug("a")), 3);
-        let (beats, hashes) = read("n2", 8, &[("b", "1")]);
-        let moved = presence.merge(beats, hashes, false);
-        assert_eq!(moved, [(slug("a"), 0)], "a later hash heals");
-        let none = || (HashMap::new(), HashMap::new());
-        let (beats, hashes) = none();
-        assert_eq!(presence.merge(beats, hashes, true), [], "kept in grace");
-        let (beats, hashes) = none();
-        assert_eq!(presence.merge(beats, hashes, false), [(slug("b"), 0)]);
-        assert_eq!(presence.nodes(), 1);
+        assert_eq!(presence.unfollow(&[slug("a")]), [slug("a")]);
+        assert_eq!(
+            presence.remote_live(&slug("a")),
+            0,
+            "forgotten once unfollowed"
+        );
     }
 
     #[test]
-    fn a_peers_hash_is_read_only_when_its_version_shows_a_change_missed_here() {
+    fn the_newer_of_an_announcement_and_a_read_wins_whichever_comes_first() {
         let presence = presence();
-        let beat = |version| HashMap::from([("n1".to_owned(), (1, Some(version)))]);
-        let stale = |version| presence.stale(&beat(version));
-        assert_eq!(presence.on_event(live("n1", "a", 1, 5)), [(slug("a"), 1)]);
-        assert_eq!(stale(5), ["n1"], "never read: read once");
-        let (beats, hashes) = read("n1", 5, &[("a", "1")]);
-        assert_eq!(presence.merge(beats, hashes, false), []);
-        assert!(stale(5).is_empty(), "idle: nothing read");
-        assert_eq!(presence.on_event(live("n1", "a", 2, 6)), [(slug("a"), 2)]);
-        assert!(
-            stale(6).is_empty(),
-            "the next change in line: nothing missed"
+        presence.follow(&[slug("a")]);
+        assert_eq!(presence.on_event(live("n1", "a", 3, 7)), [(slug("a"), 3)]);
+        // Read before change 7 reached the hash: the announcement stands.
+        assert_eq!(presence.take_reads(read("n1", 6, &[("a", 1)]), false), []);
+        assert_eq!(presence.remote_live(&slug("a")), 3);
+        // A read after a change whose announcement was lost (0 readers now): it heals.
+        let moved = presence.take_reads(read("n1", 9, &[("a", 0)]), false);
+        assert_eq!(moved, [(slug("a"), 0)]);
+        assert_eq!(
+            presence.on_event(live("n1", "a", 5, 8)),
+            [],
+            "older than the read"
         );
-        // Change 7 is lost: 8 is applied, and the hash is read.
-        assert_eq!(presence.on_event(live("n1", "b", 1, 8)), [(slug("b"), 1)]);
-        assert_eq!(stale(8), ["n1"]);
-        assert_eq!(presence.on_event(live("n1", "a", 9, 6)), [], "an old one");
-        let (beats, hashes) = read("n1", 8, &[("a", "2"), ("b", "1"), ("c", "4")]);
-        assert_eq!(presence.merge(beats, hashes, false), [(slug("c"), 4)]);
-        assert!(stale(8).is_empty());
-        assert_eq!(presence.remote_live(&slug("c")), 4);
-        assert_eq!(presence.on_event(live("n1", "c", 3, 9)), [(slug("c"), 3)]);
+        assert_eq!(presence.remote_live(&slug("a")), 0);
+    }
+
+    #[test]
+    fn the_readers_of_posts_not_followed_count_once_in_the_sites_sum() {
+        let presence = presence();
+        presence.follow(&[slug("a")]);
+        // n1: 2 readers on a (followed), 5 on others; the heartbeat reads its sum of 7.
+        assert_eq!(presence.on_event(live("n1", "a", 2, 7)), [(slug("a"), 2)]);
+        let beats = HashMap::from([("n1".to_owned(), (1, Some(9), Some(7), Some(1)))]);
+        let (moved, stale) = presence.merge(beats, false);
+        assert_eq!(moved, []);
+        assert_eq!(
+            stale,
+            [("n1".to_owned(), 1)],
+            "a new peer's followed posts are read"
+        );
+        assert_eq!(presence.elsewhere(), 5);
+        // The whole site followed: every post read, nothing elsewhere.
+        presence.whole_site(true);
+        presence.take_reads(read("n1", 9, &[("a", 2), ("b", 5)]), true);
+        assert_eq!(presence.elsewhere(), 0);
+        assert_eq!(presence.remote_live(&slug("b")), 5);
+        assert_eq!(presence.whole_site(false), [slug("b")]);
+        assert_eq!(presence.elsewhere(), 5);
+    }
+
+    #[test]
+    fn a_peer_is_read_again_only_when_it_rewrote_its_hash() {
+        let presence = presence();
+        presence.follow(&[slug("a")]);
+        let beat =
+            |rewrite| HashMap::from([("n1".to_owned(), (1, Some(5), Some(0), Some(rewrite)))]);
+        let (_, stale) = presence.merge(beat(3), false);
+        assert_eq!(stale.len(), 1, "never read: read once");
+        lock(&presence.peers).get_mut("n1").unwrap().read_at = Some(3);
         assert!(
-            stale(8).is_empty(),
-            "heard past the version read: nothing to read"
+            presence.merge(beat(3), false).1.is_empty(),
+            "idle: nothing read"
+        );
+        assert_eq!(
+            presence.merge(beat(8), false).1.len(),
+            1,
+            "rewritten: read again"
         );
     }
 }

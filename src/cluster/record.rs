@@ -3,24 +3,27 @@
 //! The record is the durable copy; Redis's sums are a cache the nodes rebuild from their
 //! records when Redis loses data.
 //!
-//! In Redis each record has its part, `vc:part:{id}`: per post (`slug`) and per day
-//! (`YYYYMMDD slug`) the views this record added to the sums, `#n` all of them (a constant-size
-//! loss check) and `#gen` the generation (`vc:gen`) it was built in. The count script moves the
+//! In Redis each record has a part in each key group (see [`crate::cluster::keys`]),
+//! `vc:{gN}:part:{id}`: per post (`slug`) and per day (`YYYYMMDD slug`) of the group the views
+//! this record added to the group's sums, `#n` all of them (a constant-size loss check) and
+//! `#gen` the group's generation (`vc:{gN}:gen`) it was built in. The count script moves the
 //! sums and the part together, and refuses while the part is not of the current generation.
 //!
-//! A rebuild makes the sums hold the record again, exactly and idempotently: under the fence
-//! (no count of this node in flight), each field's target is max(record, part); the sums move
-//! by target − part and the part becomes the target. Part above record (the node died before
-//! its writer flushed what Redis had taken) is adopted into the record.
+//! A rebuild makes the sums of each group that lost data hold the record again, exactly and
+//! idempotently: under the fence (no count of this node in flight), each field's target is
+//! max(record, part); the sums move by target − part and the part becomes the target. Part
+//! above record (the node died before its writer flushed what Redis had taken) is adopted
+//! into the record. Every script touches one group, so one hash slot of a Redis Cluster.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use redis::Script;
+use redis::{Script, Value};
 use std::sync::LazyLock;
 
-use crate::cluster::counter::{day_field, day_key, gen_key, part_key, totals_key};
+use crate::cluster::counter::lua_counts;
+use crate::cluster::keys::{ALL, Group, Groups, day_field};
 use crate::cluster::link::{EVENTS, Link, LinkError};
 use crate::edge::slug::Slug;
 use crate::metrics::Metrics;
@@ -32,16 +35,22 @@ use crate::storage::writer::{FlushPolicy, Writer, WriterError};
 /// The `meta` key of the record id in the `--db` file.
 pub(crate) const RECORD_ID: &str = "record_id";
 
-/// Fields of the part moved per script: a rebuild of a large record never holds Redis long.
+/// Fields of the part moved per script, and read per `HSCAN`: a rebuild of a large record
+/// never holds Redis long.
 const REBUILD_CHUNK: usize = 500;
 
-/// KEYS: the part, the sums' hash (`vc:totals` or a day's), `vc:gen`. ARGV: the generation,
-/// the channel to announce new totals on (`""`: none), then per field (part field, sum field,
-/// the part's value as read, target, target − read).
+/// Rounds of a rebuild: a chunk that found a field of the part other than read (a count that
+/// ran late) is read and moved again, and the group sealed only once none was skipped.
+const REBUILD_ROUNDS: usize = 3;
+
+/// KEYS: the part, the sums' hash (the group's totals or a day's), the group's generation,
+/// the group's set of days. ARGV: the generation, the channel to announce new totals on
+/// (`""`: none), then per field (part field, sum field, the part's value as read, target,
+/// target − read).
 ///
-/// A field whose part is no longer what was read is left alone, so a script run twice (a lost
-/// reply) adds nothing the second time; a generation changed since the read (Redis lost its
-/// data again) refuses all of it.
+/// A field whose part is no longer what was read is left alone (and not counted as moved:
+/// the rebuild reads it again), so a script run twice (a lost reply) adds nothing the second
+/// time; a generation changed since the read (Redis lost its data again) refuses all of it.
 const REBUILD: &str = r#"
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then
   return redis.error_reply('VCREBUILD the generation changed during the rebuild')
@@ -64,28 +73,43 @@ for i = 3, #ARGV, 5 do
     moved = moved + 1
   end
 end
+local day = string.match(KEYS[2], ':day:(%d+)$')
+if day and moved > 0 then redis.call('SADD', KEYS[4], day) end
 return moved
 "#;
 
-/// KEYS: the part, `vc:gen`. ARGV: the generation, `#n`. The part is of this generation once
-/// every field is: the count script takes views into it again.
+/// KEYS: the part, the group's generation. ARGV: the generation, `#n`. The part is of this
+/// generation once every field is: the count script takes views into it again.
 const SEAL: &str = r#"
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], '#n', ARGV[2], '#gen', ARGV[1])
 return 1
 "#;
 
-/// KEYS: the taking part, the retired part. Adds every field of the retired part (its `#n`
-/// too) to the taking part and deletes it: the sums hold both already, so they stay. Its
-/// `#gen` goes with it: the taking part's is kept.
-const MOVE_PART: &str = r#"
-local old = redis.call('HGETALL', KEYS[2])
-for i = 1, #old, 2 do
-  if old[i] ~= '#gen' then redis.call('HINCRBY', KEYS[1], old[i], old[i + 1]) end
+/// KEYS: the taking part, the retired part (of one group). ARGV: the `HSCAN` cursor, the
+/// chunk. Adds a chunk of the retired part's fields (its `#n` too) to the taking part,
+/// stopping each at the largest count as every count does, and deletes them from the retired
+/// part: a run twice moves nothing twice. The sums hold both parts already, so they stay. Its
+/// `#gen` goes: the taking part's is kept. Returns the next cursor and the fields left.
+const MOVE_PART: &str = concat!(
+    lua_counts!(),
+    r#"
+local scan = redis.call('HSCAN', KEYS[2], ARGV[1], 'COUNT', ARGV[2])
+local fields = scan[2]
+for i = 1, #fields, 2 do
+  local field, views = fields[i], fields[i + 1]
+  if field ~= '#gen' then
+    local added = redis.pcall('HINCRBY', KEYS[1], field, views)
+    if type(added) == 'table' and added.err then
+      if not string.find(added.err, 'overflow') then return added end
+      redis.call('HSET', KEYS[1], field, MAX)
+    end
+  end
+  redis.call('HDEL', KEYS[2], field)
 end
-redis.call('DEL', KEYS[2])
-return #old / 2
-"#;
+return {scan[1], redis.call('HLEN', KEYS[2])}
+"#
+);
 
 static MOVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MOVE_PART));
 
@@ -100,6 +124,8 @@ pub(crate) enum RebuildError {
     Record(#[from] WriterError),
     #[error("Redis lost its data again during the rebuild")]
     Again,
+    #[error("fields of the part kept changing during the rebuild")]
+    Skipped,
     #[error("the record {0} was retired into this node already")]
     AlreadyTaken(String),
     #[error("{0} is not a record id")]
@@ -115,8 +141,10 @@ pub(crate) struct Rebuilt {
     pub moved: usize,
     /// Fields the record took from the part (views Redis had that the file had not yet).
     pub adopted: usize,
-    /// All views in the part once rebuilt.
+    /// All views in the rebuilt groups' parts once rebuilt.
     pub views: u64,
+    /// The groups rebuilt.
+    pub groups: u32,
 }
 
 pub(crate) struct Record {
@@ -126,14 +154,16 @@ pub(crate) struct Record {
     meta: Arc<std::sync::Mutex<RedbStore>>,
     /// Counts of this node hold it shared; a rebuild holds it alone.
     fence: tokio::sync::RwLock<()>,
-    /// The views of the part Redis acknowledged, as far as this node knows: `#n` below it
-    /// means Redis lost some.
-    acked: AtomicU64,
-    /// No rebuild has run since start: the first check rebuilds (a node that was down adds
-    /// its part, or adopts what Redis took before it died).
-    fresh: AtomicBool,
-    /// The count script refused: the part is not of this generation.
-    refused: AtomicBool,
+    /// Per group, the views of the part Redis acknowledged, as far as this node knows: `#n`
+    /// below it means Redis lost some.
+    acked: [AtomicU64; crate::cluster::keys::GROUPS as usize],
+    /// Per group, the generation this node last sealed its part in ([`generation_hash`]; none
+    /// yet: every group is pending).
+    sealed: [AtomicU64; crate::cluster::keys::GROUPS as usize],
+    /// Groups ([`Groups`]) to rebuild whatever the loss check finds: all of them after start
+    /// (a node that was down adds its part, or adopts what Redis took before it died), and
+    /// the group of a view the count script refused (its part not of this generation).
+    pending: AtomicU32,
     rebuilds: AtomicU64,
 }
 
@@ -154,15 +184,16 @@ impl Record {
             meta: Arc::new(std::sync::Mutex::new(db.share()?)),
             writer,
             fence: tokio::sync::RwLock::new(()),
-            acked: AtomicU64::new(0),
-            fresh: AtomicBool::new(true),
-            refused: AtomicBool::new(false),
+            acked: std::array::from_fn(|_| AtomicU64::new(0)),
+            sealed: std::array::from_fn(|_| AtomicU64::new(0)),
+            pending: AtomicU32::new(ALL.0),
             rebuilds: AtomicU64::new(0),
         })
     }
 
-    pub(crate) fn part(&self) -> String {
-        part_key(&self.id)
+    /// This record's id: its parts are `vc:{gN}:part:{id}`.
+    pub(crate) fn id(&self) -> &str {
+        &self.id
     }
 
     /// Held while counting: `None` while a rebuild runs (the view goes to the outbox).
@@ -190,12 +221,13 @@ impl Record {
     /// takes them too. Called with the fence held.
     pub(crate) fn counted(&self, slug: &Slug, views: u64, day: Option<(u32, u64)>) {
         self.writer.add_counts(slug, views, day);
-        self.acked.fetch_add(views, Ordering::Relaxed);
+        self.acked[Group::of(slug.as_str()).index()].fetch_add(views, Ordering::Relaxed);
     }
 
-    /// The count script refused: rebuild at the next heartbeat.
-    pub(crate) fn refused(&self) {
-        self.refused.store(true, Ordering::Relaxed);
+    /// The count script refused a view of `slug`: rebuild its group at the next heartbeat.
+    pub(crate) fn refused(&self, slug: &str) {
+        let group = Groups::default().with(Group::of(slug));
+        self.pending.fetch_or(group.0, Ordering::Relaxed);
     }
 
     pub(crate) fn rebuilds(&self) -> u64 {
@@ -214,29 +246,49 @@ impl Record {
         }
     }
 
-    /// Whether Redis lost this record's part (O(1): `vc:gen` and two fields of the part).
-    pub(crate) async fn lost(&self, link: &Link) -> Result<bool, LinkError> {
-        if self.fresh.load(Ordering::Relaxed) || self.refused.load(Ordering::Relaxed) {
-            return Ok(true);
+    /// The groups whose part Redis lost: one pipeline of `HMGET` two fields of the part per
+    /// group, the same size whatever the posts (a Redis Cluster gets each on the group's
+    /// master). The part is in the slot of the group's generation and sums, so whatever loses
+    /// them (a flush, a restart without the data, a replica promoted without the last writes)
+    /// loses it or leaves it short too: gone, of another generation than this node sealed, or
+    /// holding fewer views than Redis acknowledged. (A generation gone alone, the part kept,
+    /// lost no view: the count script refuses the group's next view, which rebuilds it.)
+    pub(crate) async fn lost(&self, link: &Link) -> Result<Groups, LinkError> {
+        let pending = Groups(self.pending.load(Ordering::Relaxed));
+        if pending == ALL {
+            return Ok(ALL);
         }
-        let part = self.part();
-        let (generation, (n, part_gen)): (Option<String>, (Option<u64>, Option<String>)) = link
+        let mut check = redis::pipe();
+        for group in Group::all() {
+            check.hget(group.part(&self.id), &["#n", "#gen"]);
+        }
+        let replies: Vec<Value> = link
             .call("loss check", |mut c| async move {
-                redis::pipe()
-                    .get(gen_key())
-                    .hget(&part, &["#n", "#gen"])
-                    .query_async(&mut c)
-                    .await
+                check.query_async(&mut c).await
             })
             .await?;
-        // `#n` is a count: it stops at the largest.
-        let acked = self.acked.load(Ordering::Relaxed).min(MAX_COUNT);
-        Ok(generation.is_none() || part_gen != generation || n.unwrap_or(0) < acked)
+        if replies.len() != usize::from(crate::cluster::keys::GROUPS) {
+            return Ok(ALL);
+        }
+        let mut lost = pending;
+        for (group, part) in Group::all().zip(&replies) {
+            let (n, part_gen): (Option<u64>, Option<String>) = redis::from_redis_value(part)?;
+            let sealed = self.sealed[group.index()].load(Ordering::Relaxed);
+            // `#n` is a count: it stops at the largest.
+            let acked = self.acked[group.index()]
+                .load(Ordering::Relaxed)
+                .min(MAX_COUNT);
+            if part_gen.map(|g| generation_hash(&g)) != Some(sealed) || n.unwrap_or(0) < acked {
+                lost = lost.with(group);
+            }
+        }
+        Ok(lost)
     }
 
-    /// Takes a stopped node's record (`viewcounter retire`): its part in Redis is moved into
-    /// this one (the sums unchanged), its counts into this record, and a rebuild then applies
-    /// the max rule (a part Redis lost comes back from the record). Each record is taken once.
+    /// Takes a stopped node's record (`viewcounter retire`): its parts in Redis are moved into
+    /// this one's (the sums unchanged), its counts into this record, and a rebuild of every
+    /// group then applies the max rule (a part Redis lost comes back from the record). Each
+    /// record is taken once.
     pub(crate) async fn take_retired(
         &self,
         link: &Link,
@@ -254,16 +306,9 @@ impl Record {
             if taken {
                 return Err(RebuildError::AlreadyTaken(old.to_owned()));
             }
-            let (part, retired) = (self.part(), part_key(old));
-            let _: u64 = link
-                .call("retire", |mut c| async move {
-                    MOVE_SCRIPT
-                        .key(&part)
-                        .key(&retired)
-                        .invoke_async(&mut c)
-                        .await
-                })
-                .await?;
+            for group in Group::all() {
+                self.move_part(link, group, old).await?;
+            }
             for (slug, views) in &totals {
                 self.writer.add_counts(slug, *views, None);
             }
@@ -272,7 +317,33 @@ impl Record {
             }
             self.taken(&key, true).await?;
         }
-        self.rebuild(link).await
+        self.pending.fetch_or(ALL.0, Ordering::Relaxed);
+        self.rebuild(link, ALL).await
+    }
+
+    /// Moves the retired record `old`'s part of `group` into this record's, chunk by chunk.
+    async fn move_part(&self, link: &Link, group: Group, old: &str) -> Result<(), LinkError> {
+        let (part, retired) = (group.part(&self.id), group.part(old));
+        let mut cursor = "0".to_owned();
+        loop {
+            let (part, retired, from) = (&part, &retired, cursor.clone());
+            let (next, left): (String, u64) = link
+                .call("retire", |mut c| async move {
+                    MOVE_SCRIPT
+                        .key(part)
+                        .key(retired)
+                        .arg(from)
+                        .arg(REBUILD_CHUNK)
+                        .invoke_async(&mut c)
+                        .await
+                })
+                .await?;
+            if left == 0 {
+                return Ok(());
+            }
+            // Fields left once the scan went round: scan again from the start.
+            cursor = next;
+        }
     }
 
     /// Whether `key` is in this file's `meta` table; `mark`: puts it there. Off the async
@@ -297,29 +368,95 @@ impl Record {
         .map_err(StoreError::storage)?
     }
 
-    /// Makes the sums hold this record again (see the module's doc).
-    pub(crate) async fn rebuild(&self, link: &Link) -> Result<Rebuilt, RebuildError> {
+    /// Makes the sums of `groups` hold this record again (see the module's doc). A group
+    /// whose chunk skipped a field (its part changed since read) is read and moved again, and
+    /// sealed only once nothing was skipped.
+    pub(crate) async fn rebuild(
+        &self,
+        link: &Link,
+        groups: Groups,
+    ) -> Result<Rebuilt, RebuildError> {
         let _alone = self.fence.write().await;
-        // Cleared first: a refusal during the rebuild asks for the next one.
-        self.refused.store(false, Ordering::Relaxed);
-        let part = self.part();
+        let mut rebuilt = Rebuilt::default();
+        let mut todo = groups;
+        for _ in 0..REBUILD_ROUNDS {
+            // Read again each round: it holds what the last round adopted.
+            let (totals, days) = self.writer.snapshot().await?;
+            let mut again = Groups::default();
+            for group in todo.iter() {
+                if !self
+                    .rebuild_group(link, group, &totals, &days, &mut rebuilt)
+                    .await?
+                {
+                    again = again.with(group);
+                }
+            }
+            if again.is_empty() {
+                self.rebuilds.fetch_add(1, Ordering::Relaxed);
+                return Ok(rebuilt);
+            }
+            todo = again;
+        }
+        Err(RebuildError::Skipped)
+    }
+
+    /// Every field of `part`, read in chunks with `HSCAN` (one `HGETALL` of a large part would
+    /// hold Redis for all of it).
+    async fn read_part(
+        &self,
+        link: &Link,
+        part: &str,
+    ) -> Result<HashMap<String, String>, LinkError> {
+        let mut fields = HashMap::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, chunk): (u64, Vec<(String, String)>) = link
+                .call("rebuild read", |mut c| async move {
+                    redis::cmd("HSCAN")
+                        .arg(part)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(REBUILD_CHUNK)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            fields.extend(chunk);
+            if next == 0 {
+                return Ok(fields);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Rebuilds the part of `group`: true once sealed, false when a chunk skipped a field.
+    async fn rebuild_group(
+        &self,
+        link: &Link,
+        group: Group,
+        totals: &[(String, u64)],
+        days: &[(String, crate::storage::calendar::Day, u64)],
+        rebuilt: &mut Rebuilt,
+    ) -> Result<bool, RebuildError> {
+        let part = group.part(&self.id);
+        let gen_key = group.generation();
         let generation = format!("{:016x}", random());
-        let (generation, fields): (String, HashMap<String, String>) = link
-            .call("rebuild read", |mut c| async move {
+        let generation: String = link
+            .call("rebuild generation", |mut c| async move {
                 redis::pipe()
                     .cmd("SET")
-                    .arg(gen_key())
+                    .arg(&gen_key)
                     .arg(&generation)
                     .arg("NX")
                     .ignore()
-                    .get(gen_key())
-                    .hgetall(&part)
-                    .query_async(&mut c)
+                    .get(&gen_key)
+                    .query_async::<(String,)>(&mut c)
                     .await
+                    .map(|(g,)| g)
             })
             .await?;
-        let (totals, days) = self.writer.snapshot().await?;
-        let mut rebuilt = Rebuilt::default();
+        let fields = self.read_part(link, &part).await?;
+        let mut views = 0u64;
 
         // Per sums' hash: (part field, sum field, part as read, target, delta).
         let mut moves: BTreeMap<String, Vec<[String; 5]>> = BTreeMap::new();
@@ -349,30 +486,30 @@ impl Record {
             target
         };
         let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
-        let totals: Vec<(String, u64)> = totals;
-        for (slug, record) in &totals {
+        let ours = |slug: &str| Group::of(slug) == group;
+        for (slug, record) in totals.iter().filter(|(slug, _)| ours(slug)) {
             seen.insert(slug.clone());
             let Ok(parsed) = Slug::parse(slug) else {
                 continue;
             };
             let target = consider(
-                &mut rebuilt,
-                totals_key().to_owned(),
+                rebuilt,
+                group.totals(),
                 slug.clone(),
                 slug,
                 *record,
                 &|more| self.writer.add_counts(&parsed, more, None),
             );
-            rebuilt.views = rebuilt.views.saturating_add(target);
+            views = views.saturating_add(target);
         }
-        for (slug, day, record) in &days {
+        for (slug, day, record) in days.iter().filter(|(slug, _, _)| ours(slug)) {
             let field = day_field(day.key(), slug);
             seen.insert(field.clone());
             let Ok(parsed) = Slug::parse(slug) else {
                 continue;
             };
             let key = day.key();
-            consider(&mut rebuilt, day_key(key), field, slug, *record, &|more| {
+            consider(rebuilt, group.day(key), field, slug, *record, &|more| {
                 self.writer.add_counts(&parsed, 0, Some((key, more)))
             });
         }
@@ -383,39 +520,33 @@ impl Record {
         {
             let (key, sum, day) = match field.split_once(' ') {
                 Some((day, slug)) => match day.parse::<u32>() {
-                    Ok(day) => (day_key(day), slug, Some(day)),
+                    Ok(day) => (group.day(day), slug, Some(day)),
                     Err(_) => continue,
                 },
-                None => (totals_key().to_owned(), field.as_str(), None),
+                None => (group.totals(), field.as_str(), None),
             };
             let Ok(parsed) = Slug::parse(sum) else {
                 continue;
             };
-            let target = consider(
-                &mut rebuilt,
-                key,
-                field.clone(),
-                sum,
-                0,
-                &|more| match day {
-                    Some(day) => self.writer.add_counts(&parsed, 0, Some((day, more))),
-                    None => self.writer.add_counts(&parsed, more, None),
-                },
-            );
+            let target = consider(rebuilt, key, field.clone(), sum, 0, &|more| match day {
+                Some(day) => self.writer.add_counts(&parsed, 0, Some((day, more))),
+                None => self.writer.add_counts(&parsed, more, None),
+            });
             if day.is_none() {
-                rebuilt.views = rebuilt.views.saturating_add(target);
+                views = views.saturating_add(target);
             }
         }
 
-        let part = self.part();
+        let mut skipped = false;
         for (key, rows) in &moves {
-            let channel = if key == totals_key() { EVENTS } else { "" };
+            let channel = if *key == group.totals() { EVENTS } else { "" };
             for chunk in rows.chunks(REBUILD_CHUNK) {
                 let mut script = REBUILD_SCRIPT.prepare_invoke();
                 script
                     .key(&part)
                     .key(key)
-                    .key(gen_key())
+                    .key(group.generation())
+                    .key(group.days())
                     .arg(&generation)
                     .arg(channel);
                 for row in chunk {
@@ -427,14 +558,18 @@ impl Record {
                     })
                     .await?;
                 rebuilt.moved += moved;
+                skipped |= moved < chunk.len();
             }
         }
-        let views = rebuilt.views;
+        if skipped {
+            return Ok(false);
+        }
+        let sealing = generation_hash(&generation);
         let sealed: u8 = link
             .call("rebuild seal", |mut c| async move {
                 SEAL_SCRIPT
                     .key(&part)
-                    .key(gen_key())
+                    .key(group.generation())
                     .arg(&generation)
                     .arg(views.min(MAX_COUNT))
                     .invoke_async(&mut c)
@@ -444,22 +579,37 @@ impl Record {
         if sealed == 0 {
             return Err(RebuildError::Again);
         }
-        self.acked.store(views, Ordering::Relaxed);
-        self.fresh.store(false, Ordering::Relaxed);
-        self.rebuilds.fetch_add(1, Ordering::Relaxed);
-        Ok(rebuilt)
+        self.acked[group.index()].store(views, Ordering::Relaxed);
+        self.sealed[group.index()].store(sealing, Ordering::Relaxed);
+        self.pending
+            .fetch_and(!Groups::default().with(group).0, Ordering::Relaxed);
+        rebuilt.views = rebuilt.views.saturating_add(views);
+        rebuilt.groups += 1;
+        Ok(true)
     }
 }
 
-/// A random non-zero number (ids of records and generations); the clock's nanoseconds
-/// without the OS's randomness.
-fn random() -> u64 {
+/// A generation, as this process keeps it to compare (not written anywhere).
+fn generation_hash(generation: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    generation.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// A random non-zero number (ids of records, generations and ops); without the OS's
+/// randomness, the clock's nanoseconds and a counter, unique enough per process.
+pub(crate) fn random() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut bytes = [0u8; 8];
     let n = match getrandom::fill(&mut bytes) {
         Ok(()) => u64::from_le_bytes(bytes),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64),
+        Err(_) => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            nanos ^ NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        }
     };
     n.max(1)
 }
@@ -471,7 +621,7 @@ mod tests {
     use redis::Commands;
 
     use super::*;
-    use crate::cluster::counter::tests::{Server, conn, connected};
+    use crate::cluster::counter::tests::{Server, conn, connected, day_key, totals_key};
     use crate::storage::calendar::Clock;
 
     const DAY: u32 = 20261202;
@@ -483,11 +633,12 @@ mod tests {
     /// A real Redis, a connection of the test's own, and a record in a real redb file whose
     /// writer flushes within 10 ms: what every rebuild test starts from.
     struct Rebuilding {
-        server: Server,
+        /// Held for the test: dropped, Redis stops and the file goes.
+        _server: Server,
         link: Link,
         c: redis::Connection,
-        dir: tempfile::TempDir,
-        db: RedbStore,
+        _dir: tempfile::TempDir,
+        _db: RedbStore,
         record: Record,
     }
 
@@ -506,42 +657,39 @@ mod tests {
             let calendar = Calendar::new(jiff::tz::TimeZone::UTC, Clock::default());
             let record = Record::open(&mut db, policy, calendar, Metrics::clustered()).unwrap();
             Some(Self {
-                server,
+                _server: server,
                 link,
                 c,
-                dir,
-                db,
+                _dir: dir,
+                _db: db,
                 record,
             })
         }
     }
 
+    fn ids(groups: Groups) -> Vec<usize> {
+        groups.iter().map(Group::index).collect()
+    }
+
     #[tokio::test]
     async fn a_rebuild_onto_a_sum_at_the_largest_count_leaves_it_there_and_seals_the_part() {
-        let Some(Rebuilding {
-            server: _server,
-            link,
-            mut c,
-            dir: _dir,
-            db: _db,
-            record,
-        }) = Rebuilding::start().await
-        else {
+        let Some(mut t) = Rebuilding::start().await else {
             return;
         };
+        let (link, c, record) = (&t.link, &mut t.c, &t.record);
         record.counted(&Slug::parse("gamma").unwrap(), 5, None);
         // Another node's import took gamma to the largest count; this record's part is gone.
-        let _: () = c.hset(totals_key(), "gamma", MAX_COUNT).unwrap();
+        let _: () = c.hset(totals_key("gamma"), "gamma", MAX_COUNT).unwrap();
 
         let rebuilt = record
-            .rebuild(&link)
+            .rebuild(link, ALL)
             .await
             .expect("the rebuild saturates, never fails");
         assert_eq!(rebuilt.views, 5);
-        let total: u64 = c.hget(totals_key(), "gamma").unwrap();
+        let total: u64 = c.hget(totals_key("gamma"), "gamma").unwrap();
         assert_eq!(total, MAX_COUNT);
         assert!(
-            !record.lost(&link).await.unwrap(),
+            record.lost(link).await.unwrap().is_empty(),
             "sealed: views count again"
         );
     }
@@ -550,55 +698,59 @@ mod tests {
     /// has beyond the part (another node's views stay), the record takes what only the part
     /// had (a node killed before its writer flushed), a second rebuild moves nothing, and a
     /// part left short by an older snapshot (same generation, `#n` below what Redis
-    /// acknowledged) is found by the O(1) check and made whole again.
+    /// acknowledged) is found by the constant-size check and made whole again, its group
+    /// alone.
     #[tokio::test]
     async fn a_rebuild_brings_the_sums_to_the_record_once_and_the_record_takes_what_only_redis_had()
     {
-        let Some(Rebuilding {
-            server: _server,
-            link,
-            mut c,
-            dir: _dir,
-            db: _db,
-            record,
-        }) = Rebuilding::start().await
-        else {
+        let Some(mut t) = Rebuilding::start().await else {
             return;
         };
+        let (link, c, record) = (&t.link, &mut t.c, &t.record);
         let alpha = Slug::parse("alpha").unwrap();
+        let (of_alpha, of_beta) = (Group::of("alpha"), Group::of("beta"));
+        assert_ne!(of_alpha, of_beta, "the test wants two key groups");
         record.counted(&alpha, 3, Some((DAY, 3)));
         // Another node's 10 views of alpha; 2 of beta Redis took for this record, unwritten.
-        let part = record.part();
-        let _: () = c
-            .hset_multiple(totals_key(), &[("alpha", 10), ("beta", 2)])
-            .unwrap();
-        let _: () = c.hset(day_key(DAY), "beta", 2).unwrap();
+        let (alpha_part, beta_part) = (of_alpha.part(record.id()), of_beta.part(record.id()));
+        let _: () = c.hset(totals_key("alpha"), "alpha", 10).unwrap();
+        let _: () = c.hset(totals_key("beta"), "beta", 2).unwrap();
+        let _: () = c.hset(day_key("beta", DAY), "beta", 2).unwrap();
         let beta_day = day_field(DAY, "beta");
         let _: () = c
-            .hset_multiple(&part, &[("beta", 2), (beta_day.as_str(), 2)])
+            .hset_multiple(&beta_part, &[("beta", 2), (beta_day.as_str(), 2)])
             .unwrap();
 
-        assert!(record.lost(&link).await.unwrap(), "a fresh record rebuilds");
-        let rebuilt = record.rebuild(&link).await.unwrap();
+        let lost = record.lost(link).await.unwrap();
+        assert_eq!(lost, ALL, "a fresh record rebuilds every group");
+        let rebuilt = record.rebuild(link, lost).await.unwrap();
         assert_eq!((rebuilt.views, rebuilt.adopted), (5, 2));
         let sums = |c: &mut redis::Connection| {
-            let totals: Vec<Option<u64>> = c.hget(totals_key(), &["alpha", "beta"]).unwrap();
-            let days: Vec<Option<u64>> = c.hget(day_key(DAY), &["alpha", "beta"]).unwrap();
+            let mut totals: Vec<Option<u64>> = Vec::new();
+            let mut days: Vec<Option<u64>> = Vec::new();
+            for slug in ["alpha", "beta"] {
+                totals.push(c.hget(totals_key(slug), slug).unwrap());
+                days.push(c.hget(day_key(slug, DAY), slug).unwrap());
+            }
             (totals, days)
         };
         let whole = (vec![Some(13), Some(2)], vec![Some(3), Some(2)]);
-        assert_eq!(sums(&mut c), whole);
-        let generation: String = c.get(gen_key()).unwrap();
-        assert_eq!(hget(&mut c, &part, "#gen"), Some(generation));
-        assert_eq!(hget(&mut c, &part, "#n").as_deref(), Some("5"));
+        assert_eq!(sums(c), whole);
+        for (group, part, n) in [(of_alpha, &alpha_part, "3"), (of_beta, &beta_part, "2")] {
+            let generation: String = c.get(group.generation()).unwrap();
+            assert_eq!(hget(c, part, "#gen"), Some(generation));
+            assert_eq!(hget(c, part, "#n").as_deref(), Some(n));
+        }
+        let days: Vec<u32> = c.smembers(of_alpha.days()).unwrap();
+        assert_eq!(days, [DAY], "the group's days name the day rebuilt");
         assert!(
-            !record.lost(&link).await.unwrap(),
+            record.lost(link).await.unwrap().is_empty(),
             "whole after the rebuild"
         );
 
-        let again = record.rebuild(&link).await.unwrap();
+        let again = record.rebuild(link, ALL).await.unwrap();
         assert_eq!((again.moved, again.adopted), (0, 0));
-        assert_eq!(sums(&mut c), whole, "a second rebuild moves nothing");
+        assert_eq!(sums(c), whole, "a second rebuild moves nothing");
         let (totals, days) = record.writer.snapshot().await.unwrap();
         assert_eq!(totals, [("alpha".to_owned(), 3), ("beta".to_owned(), 2)]);
         let days: Vec<u64> = days.into_iter().map(|(_, _, views)| views).collect();
@@ -606,16 +758,85 @@ mod tests {
 
         // An older snapshot: this record's last 2 views of alpha are gone from Redis.
         let alpha_day = day_field(DAY, "alpha");
-        let older = [("alpha", 1), (alpha_day.as_str(), 1), ("#n", 3)];
-        let _: () = c.hset_multiple(&part, &older).unwrap();
-        let _: () = c.hset(totals_key(), "alpha", 11).unwrap();
-        let _: () = c.hset(day_key(DAY), "alpha", 1).unwrap();
-        assert!(
-            record.lost(&link).await.unwrap(),
+        let older = [("alpha", 1), (alpha_day.as_str(), 1), ("#n", 1)];
+        let _: () = c.hset_multiple(&alpha_part, &older).unwrap();
+        let _: () = c.hset(totals_key("alpha"), "alpha", 11).unwrap();
+        let _: () = c.hset(day_key("alpha", DAY), "alpha", 1).unwrap();
+        let lost = record.lost(link).await.unwrap();
+        assert_eq!(
+            ids(lost),
+            [of_alpha.index()],
             "#n below what Redis acknowledged"
         );
-        record.rebuild(&link).await.unwrap();
-        assert_eq!(sums(&mut c), whole);
+        let rebuilt = record.rebuild(link, lost).await.unwrap();
+        assert_eq!(rebuilt.groups, 1, "the group that lost alone");
+        assert_eq!(sums(c), whole);
+        record.close().await;
+    }
+
+    /// A Redis Cluster failover to a replica that missed writes, or a `FLUSHALL` on one master,
+    /// loses some groups: the check finds those, and their rebuild leaves the others alone.
+    #[tokio::test]
+    async fn a_group_whose_generation_is_gone_is_the_only_one_rebuilt() {
+        let Some(mut t) = Rebuilding::start().await else {
+            return;
+        };
+        let (link, c, record) = (&t.link, &mut t.c, &t.record);
+        for slug in ["alpha", "beta"] {
+            record.counted(&Slug::parse(slug).unwrap(), 4, Some((DAY, 4)));
+        }
+        record.rebuild(link, ALL).await.unwrap();
+        // All of one group's keys, as a master that lost its data.
+        let of_beta = Group::of("beta");
+        let keys = [
+            of_beta.generation(),
+            of_beta.totals(),
+            of_beta.day(DAY),
+            of_beta.part(record.id()),
+        ];
+        let _: () = c.del(&keys).unwrap();
+
+        let lost = record.lost(link).await.unwrap();
+        assert_eq!(ids(lost), [of_beta.index()]);
+        let rebuilt = record.rebuild(link, lost).await.unwrap();
+        assert_eq!((rebuilt.groups, rebuilt.views), (1, 4));
+        for slug in ["alpha", "beta"] {
+            let total: u64 = c.hget(totals_key(slug), slug).unwrap();
+            let day: u64 = c.hget(day_key(slug, DAY), slug).unwrap();
+            assert_eq!((total, day), (4, 4), "{slug}");
+        }
+        record.close().await;
+    }
+
+    /// `viewcounter retire` moves a retired record's parts into this one's: a field that would
+    /// pass the largest count stops at it, as every count does (`HINCRBY` refused the overflow
+    /// and the move failed halfway), and the retired parts are gone once moved.
+    #[tokio::test]
+    async fn taking_a_retired_part_stops_a_field_at_the_largest_count_and_empties_it() {
+        let Some(mut t) = Rebuilding::start().await else {
+            return;
+        };
+        let (link, c, record) = (&t.link, &mut t.c, &t.record);
+        let group = Group::of("gamma");
+        let (ours, old) = (group.part(record.id()), "00000000000000ab");
+        let _: () = c.hset(&ours, "gamma", 5).unwrap();
+        let retired = group.part(old);
+        let _: () = c
+            .hset_multiple(&retired, &[("gamma", MAX_COUNT - 1), ("#n", 7)])
+            .unwrap();
+        // More fields than one chunk: the move goes on until the part is empty.
+        let many: Vec<(String, u64)> = (0..REBUILD_CHUNK + 20)
+            .map(|i| (format!("post-{i}"), 1))
+            .collect();
+        let _: () = c.hset_multiple(&retired, &many).unwrap();
+
+        record.move_part(link, group, old).await.expect("moved");
+        assert_eq!(hget(c, &ours, "gamma"), Some(MAX_COUNT.to_string()));
+        assert_eq!(hget(c, &ours, "#n").as_deref(), Some("7"));
+        let moved: u64 = c.hlen(&ours).unwrap();
+        assert_eq!(moved, 2 + REBUILD_CHUNK as u64 + 20);
+        let left: bool = c.exists(&retired).unwrap();
+        assert!(!left, "the retired part is gone");
         record.close().await;
     }
 }

@@ -1,22 +1,26 @@
-//! The writer's [`Store`] in cluster mode: totals and days are Redis's (`vc:totals`,
-//! `vc:day:YYYYMMDD`), so the owner's reads (`/totals`, `/history`, `/top`, `/daily`, a
+//! The writer's [`Store`] in cluster mode: totals and days are Redis's (each key group's
+//! `vc:{gN}:totals` and `vc:{gN}:day:YYYYMMDD`, see [`crate::cluster::keys`]), so the owner's reads (`/totals`, `/history`, `/top`, `/daily`, a
 //! sleeping post's `/count`) and imports speak for the whole cluster. Counted views do not
 //! come through here: each is one script call from its post (`cluster::counter`).
 //!
 //! It runs on the writer thread, so it uses a blocking connection whose reads and writes time
 //! out after `--redis-timeout`; while the cluster finds Redis down it fails at once, and the
-//! writer answers from what it remembers.
+//! writer answers from what it remembers. A Redis Cluster (found by `INFO`, as the node's link
+//! does) gets the `redis` crate's blocking cluster connection; every call here is of one key
+//! group, so of one hash slot.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use redis::{Commands, ConnectionLike, IntoConnectionInfo, Script};
+use redis::{Cmd, Commands, ConnectionInfo, ConnectionLike, IntoConnectionInfo, Script, Value};
 
-use crate::cluster::counter::{day_field, day_key, gen_key, lua_counts, totals_key};
+use crate::cluster::counter::lua_counts;
+use crate::cluster::keys::{Group, day_field};
 use crate::cluster::link::{self, EVENTS, is_unavailable};
 use crate::cluster::{Cluster, Settings};
+use crate::edge::reader_id::ReaderKey;
 use crate::secret::RedisUrl;
 use crate::storage::presence::Peak;
 use crate::storage::store::{DayViews, PresenceDelta, Seen, Store, StoreError};
@@ -30,10 +34,12 @@ use crate::storage::{MAX_COUNT, add_counts};
 /// [`crate::cluster::record`]), so a rebuild after Redis lost its data brings it back; a part
 /// not of this generation refuses it (`VCREBUILD`) until the node rebuilt it.
 ///
-/// KEYS: `vc:totals`, the node's part, `vc:gen`, then the day's hash of each day row. ARGV:
+/// One key group's rows at a time (so one hash slot of a Redis Cluster). KEYS: the group's
+/// totals, the node's part of the group, the group's generation, the group's set of days,
+/// then the day's hash of each day row. ARGV:
 /// the channel, the number of total rows, the views of all total rows and `MAX_COUNT` minus
-/// them (for `#n`), then (field, delta, limit, part field) for each total row and then each
-/// day row; `limit` is `MAX_COUNT - delta`: a count above it saturates at `MAX_COUNT` (views
+/// them (for `#n`), `check` or `apply`, then (field, delta, limit, part field) for each total
+/// row and then each day row; `limit` is `MAX_COUNT - delta`: a count above it saturates at `MAX_COUNT` (views
 /// may have been counted since the writer read it), compared as Redis's strings (see
 /// [`lua_counts`]). The part's fields saturate the same way.
 const IMPORT: &str = concat!(
@@ -48,9 +54,9 @@ local totals = tonumber(ARGV[2])
 local plan = {}
 local n = redis.call('HGET', KEYS[2], '#n') or '0'
 if not is_count(n) then return redis.error_reply('nothing imported: #n in ' .. KEYS[2] .. ' is not a count') end
-for i = 1, totals + #KEYS - 3 do
-  local key = i <= totals and KEYS[1] or KEYS[i - totals + 3]
-  local at = 4 + 4 * (i - 1)
+for i = 1, totals + #KEYS - 4 do
+  local key = i <= totals and KEYS[1] or KEYS[i - totals + 4]
+  local at = 5 + 4 * (i - 1)
   local field, delta, limit, part = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
   local current = redis.call('HGET', key, field) or '0'
   local in_part = redis.call('HGET', KEYS[2], part) or '0'
@@ -59,6 +65,7 @@ for i = 1, totals + #KEYS - 3 do
   end
   plan[i] = {key, field, delta, above(current, limit), part, above(in_part, limit)}
 end
+if ARGV[5] == 'check' then return 'OK' end
 -- Checked: nothing below fails.
 local function add(key, field, delta, saturates)
   if saturates then
@@ -72,6 +79,9 @@ for _, row in ipairs(plan) do
   add(KEYS[2], row[5], row[3], row[6])
 end
 add(KEYS[2], '#n', ARGV[3], above(n, ARGV[4]))
+for i = 5, #KEYS do
+  redis.call('SADD', KEYS[4], string.match(KEYS[i], ':day:(%d+)$'))
+end
 for i = 1, totals do
   local field = plan[i][2]
   redis.call('PUBLISH', ARGV[1], 't ' .. field .. ' ' .. redis.call('HGET', KEYS[1], field))
@@ -90,13 +100,74 @@ static IMPORT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(IMPORT));
 
 pub struct RedisStore {
     client: redis::Client,
+    /// For a Redis Cluster's client.
+    info: ConnectionInfo,
+    ca: Option<std::path::PathBuf>,
     timeout: Duration,
     /// A node's: whose health it reads and reports, and whose record takes imports. `None`
     /// for `export --redis`.
     cluster: Option<Arc<Cluster>>,
-    /// The importing node's part (see [`IMPORT`]); `None`: imports are refused.
-    part: Option<String>,
-    conn: Option<redis::Connection>,
+    /// The importing node's record id, whose parts take imports (see [`IMPORT`]); `None`:
+    /// imports are refused.
+    record: Option<String>,
+    conn: Option<Conn>,
+    /// Made once `--redis` said it is a Redis Cluster's node.
+    cluster_client: Option<redis::cluster::ClusterClient>,
+}
+
+/// A blocking connection to a standalone Redis or a Redis Cluster.
+enum Conn {
+    Single(redis::Connection),
+    Cluster(Box<redis::cluster::ClusterConnection>),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisResult<Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn req_command(&mut self, cmd: &Cmd) -> redis::RedisResult<Value> {
+        match self {
+            Self::Single(c) => c.req_command(cmd),
+            Self::Cluster(c) => c.req_command(cmd),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+
+    fn check_connection(&mut self) -> bool {
+        match self {
+            Self::Single(c) => c.check_connection(),
+            Self::Cluster(c) => c.check_connection(),
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        match self {
+            Self::Single(c) => c.is_open(),
+            Self::Cluster(c) => c.is_open(),
+        }
+    }
 }
 
 impl RedisStore {
@@ -104,7 +175,7 @@ impl RedisStore {
     pub(crate) fn new(settings: &Settings, cluster: Arc<Cluster>) -> Result<Self, StoreError> {
         let mut store =
             Self::standalone(&settings.redis, settings.ca.as_deref(), cluster.timeout())?;
-        store.part = Some(cluster.record_part());
+        store.record = Some(cluster.record_id());
         store.cluster = Some(cluster);
         Ok(store)
     }
@@ -116,18 +187,20 @@ impl RedisStore {
         timeout: Duration,
     ) -> Result<Self, StoreError> {
         // `url` prints with its password masked.
-        let client = url
+        let bad = |e: String| StoreError::Storage(format!("--redis \"{url}\": {e}"));
+        let info = url
             .expose()
             .into_connection_info()
-            .map_err(|e| e.to_string())
-            .and_then(|info| link::client(info, ca))
-            .map_err(|e| StoreError::Storage(format!("--redis \"{url}\": {e}")))?;
+            .map_err(|e| bad(e.to_string()))?;
         Ok(Self {
-            client,
+            client: link::client(info.clone(), ca).map_err(bad)?,
+            info,
+            ca: ca.map(Path::to_path_buf),
             timeout,
             cluster: None,
-            part: None,
+            record: None,
             conn: None,
+            cluster_client: None,
         })
     }
 
@@ -137,7 +210,7 @@ impl RedisStore {
     fn with<T>(
         &mut self,
         what: &'static str,
-        op: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
+        op: impl Fn(&mut Conn) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
         self.run(what, false, op)
     }
@@ -148,7 +221,7 @@ impl RedisStore {
     fn read<T>(
         &mut self,
         what: &'static str,
-        op: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
+        op: impl Fn(&mut Conn) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
         self.run(what, true, op)
     }
@@ -157,7 +230,7 @@ impl RedisStore {
         &mut self,
         what: &'static str,
         retry_dropped: bool,
-        op: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
+        op: impl Fn(&mut Conn) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
         if self.cluster.as_ref().is_some_and(|c| !c.is_up()) {
             return Err(StoreError::Storage("Redis is down".into()));
@@ -167,12 +240,12 @@ impl RedisStore {
             !e.is_timeout() && (e.is_connection_dropped() || e.is_io_error())
         };
         if retry_dropped && outcome.as_ref().is_err_and(dropped) {
-            self.conn = None;
+            self.reconnect();
             outcome = self.connection().and_then(&op);
         }
         outcome.map_err(|e| {
             if is_unavailable(&e) {
-                self.conn = None;
+                self.reconnect();
                 if let Some(cluster) = &self.cluster {
                     cluster.health().failed(what, &e);
                 }
@@ -181,15 +254,68 @@ impl RedisStore {
         })
     }
 
-    fn connection(&mut self) -> redis::RedisResult<&mut redis::Connection> {
-        if self.conn.as_ref().is_none_or(|c| !c.is_open()) {
+    /// The connection is made anew at the next call. (The `redis` crate's blocking cluster
+    /// connection keeps a master that failed as its slots' master: a new one asks the others.)
+    fn reconnect(&mut self) {
+        self.conn = None;
+    }
+
+    /// The connection, made if needed: `INFO cluster` tells a Redis Cluster from a standalone
+    /// Redis, as the node's link does. A Redis Cluster's client, once made, connects to any
+    /// node it learnt, not only `--redis`'s (perhaps the master that failed).
+    fn connection(&mut self) -> redis::RedisResult<&mut Conn> {
+        if self.conn.is_none()
+            && let Some(cluster) = &self.cluster_client
+        {
+            self.conn = Some(Conn::Cluster(Box::new(cluster.get_connection()?)));
+        }
+        let stale = match &self.conn {
+            None => true,
+            Some(Conn::Single(c)) => !c.is_open(),
+            // Dropped by `reconnect` after a failure, not because one master is gone.
+            Some(Conn::Cluster(_)) => false,
+        };
+        if stale {
             let timeout = self.timeout;
-            let conn = self.client.get_connection_with_timeout(timeout)?;
+            let mut conn = self.client.get_connection_with_timeout(timeout)?;
             conn.set_read_timeout(Some(timeout))?;
             conn.set_write_timeout(Some(timeout))?;
-            self.conn = Some(conn);
+            let info: String = redis::cmd("INFO").arg("cluster").query(&mut conn)?;
+            self.conn = Some(if link::is_cluster(&info) {
+                let slots: Value = redis::cmd("CLUSTER").arg("SLOTS").query(&mut conn)?;
+                let cluster =
+                    link::cluster_builder(&self.info, &slots, self.ca.as_deref(), timeout)
+                        .map_err(|e| {
+                            redis::RedisError::from((
+                                redis::ErrorKind::InvalidClientConfig,
+                                "Redis Cluster client",
+                                e,
+                            ))
+                        })?
+                        .build()?;
+                let conn = cluster.get_connection()?;
+                self.cluster_client = Some(cluster);
+                Conn::Cluster(Box::new(conn))
+            } else {
+                Conn::Single(conn)
+            });
         }
         Ok(self.conn.as_mut().expect("connected above"))
+    }
+
+    /// `read` of one command on each key group's key, in order.
+    fn each_group<T>(
+        &mut self,
+        what: &'static str,
+        key: impl Fn(Group) -> String,
+        op: impl Fn(&mut Conn, &str) -> redis::RedisResult<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        Group::all()
+            .map(|group| {
+                let key = key(group);
+                self.read(what, |c| op(c, &key))
+            })
+            .collect()
     }
 }
 
@@ -200,12 +326,12 @@ fn sorted<T: Ord>(mut rows: Vec<T>) -> Vec<T> {
 
 impl Store for RedisStore {
     fn load(&mut self, slug: &str) -> Result<Option<u64>, StoreError> {
-        self.read("load", |c| c.hget(totals_key(), slug))
+        self.read("load", |c| c.hget(Group::of(slug).totals(), slug))
     }
 
-    /// Imports: added in one script, all or nothing, each count saturating at [`MAX_COUNT`];
-    /// the new totals are announced so every node's readers see them. Presence (reading
-    /// times, peaks) is not kept in Redis yet.
+    /// Imports: added in one script per key group, all or nothing within the group, each count
+    /// saturating at [`MAX_COUNT`]; the new totals are announced so every node's readers see
+    /// them. Presence (reading times, peaks) is not kept in Redis yet.
     fn add_all(
         &mut self,
         batch: &[(&str, u64)],
@@ -214,90 +340,90 @@ impl Store for RedisStore {
         _presence: &[PresenceDelta<'_>],
         _site: &[(u32, Peak)],
     ) -> Result<(), StoreError> {
-        let Some(part) = self.part.clone() else {
+        let Some(record) = self.record.clone() else {
             return Err(StoreError::Storage(IMPORT_THROUGH_A_NODE.into()));
         };
         // One row per field: the script checks each against the count before the import.
-        let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
+        type Rows<'a> = (BTreeMap<&'a str, u64>, BTreeMap<(u32, &'a str), u64>);
+        let mut groups: BTreeMap<Group, Rows<'_>> = BTreeMap::new();
         for &(slug, delta) in batch {
-            let sum = totals.entry(slug).or_default();
+            let rows = groups.entry(Group::of(slug)).or_default();
+            let sum = rows.0.entry(slug).or_default();
             *sum = add_counts(*sum, delta);
         }
-        let mut per_day: BTreeMap<(u32, &str), u64> = BTreeMap::new();
         for d in days {
-            let sum = per_day.entry((d.day, d.slug)).or_default();
+            let rows = groups.entry(Group::of(d.slug)).or_default();
+            let sum = rows.1.entry((d.day, d.slug)).or_default();
             *sum = add_counts(*sum, d.views);
         }
         // The main writer flushes reading times and peaks here too, which Redis does not keep.
-        if totals.is_empty() && per_day.is_empty() {
+        if groups.is_empty() {
             return Ok(());
-        }
-        let mut import = IMPORT_SCRIPT.prepare_invoke();
-        import
-            .key(totals_key())
-            .key(&part)
-            .key(gen_key())
-            .arg(EVENTS)
-            .arg(totals.len());
-        let all = totals.values().fold(0, |all, &v| add_counts(all, v));
-        import.arg(all).arg(MAX_COUNT - all);
-        for (slug, &delta) in &totals {
-            import
-                .arg(*slug)
-                .arg(delta)
-                .arg(MAX_COUNT - delta)
-                .arg(*slug);
-        }
-        for (&(day, slug), &views) in &per_day {
-            import
-                .key(day_key(day))
-                .arg(slug)
-                .arg(views)
-                .arg(MAX_COUNT - views)
-                .arg(day_field(day, slug));
         }
         // Not while this node rebuilds its part: the rebuild's snapshot and its part would
         // disagree on the import.
         let cluster = self.cluster.clone();
         let _fence = cluster.as_ref().map(|c| c.import_fence());
-        self.with("import", |c| import.invoke::<()>(c))?;
-        if let Some(cluster) = &cluster {
-            cluster.imported(&totals, &per_day);
+        // Each group's script checks its rows first and writes nothing (a value that is not
+        // a count, a part not of this generation): then nothing of the import is applied.
+        for (group, (totals, per_day)) in &groups {
+            let check = import_of(*group, &record, totals, per_day, "check");
+            self.with("import check", |c| check.invoke::<()>(c))?;
+        }
+        // Fails now only if Redis went away or lost data since the checks.
+        let all = groups.len();
+        for (done, (group, (totals, per_day))) in groups.iter().enumerate() {
+            let import = import_of(*group, &record, totals, per_day, "apply");
+            if let Err(e) = self.with("import", |c| import.invoke::<()>(c)) {
+                if done == 0 {
+                    return Err(e);
+                }
+                return Err(StoreError::Storage(format!(
+                    "{e} (imported before it: the posts of {done} of the import's {all} key \
+                     groups; this node's record holds them)"
+                )));
+            }
+            if let Some(cluster) = &cluster {
+                cluster.imported(totals, per_day);
+            }
         }
         Ok(())
     }
 
     fn days_of(&mut self, slug: &str, days: &[u32]) -> Result<Vec<u64>, StoreError> {
+        let group = Group::of(slug);
         let mut pipe = redis::pipe();
         for &day in days {
-            pipe.hget(day_key(day), slug);
+            pipe.hget(group.day(day), slug);
         }
         let views: Vec<Option<u64>> = self.read("history", |c| pipe.query(c))?;
         Ok(views.into_iter().map(Option::unwrap_or_default).collect())
     }
 
     fn day(&mut self, day: u32) -> Result<Vec<(String, u64)>, StoreError> {
-        self.read("day", |c| c.hgetall(day_key(day))).map(sorted)
+        let groups: Vec<Vec<(String, u64)>> =
+            self.each_group("day", |g| g.day(day), |c, key| c.hgetall(key))?;
+        Ok(sorted(groups.into_iter().flatten().collect()))
     }
 
+    /// Each group's days from its set of days (no `SCAN`, which a Redis Cluster answers per
+    /// master), then each day's hash.
     fn all_days(&mut self) -> Result<Vec<(String, u32, u64)>, StoreError> {
-        let keys: Vec<String> = self.read("days", |c| {
-            c.scan_match::<_, String>("vc:day:*")
-                .map(|keys| keys.collect())
-        })?;
+        let known: Vec<Vec<u32>> =
+            self.each_group("days", Group::days, |c, key| c.smembers(key))?;
         let mut rows = Vec::new();
-        for key in keys {
-            let Some(day) = key.strip_prefix("vc:day:").and_then(|d| d.parse().ok()) else {
-                continue;
-            };
-            let views: Vec<(String, u64)> = self.read("days", |c| c.hgetall(&key))?;
-            rows.extend(views.into_iter().map(|(slug, v)| (slug, day, v)));
+        for (group, days) in Group::all().zip(known) {
+            for day in days {
+                let key = group.day(day);
+                let views: Vec<(String, u64)> = self.read("days", |c| c.hgetall(&key))?;
+                rows.extend(views.into_iter().map(|(slug, v)| (slug, day, v)));
+            }
         }
         Ok(sorted(rows))
     }
 
     /// Redis keeps the dedupe markers (they expire by themselves).
-    fn seen(&mut self, _slug: &str, _since: u64) -> Result<Vec<(String, u64)>, StoreError> {
+    fn seen(&mut self, _slug: &str, _since: u64) -> Result<Vec<(ReaderKey, u64)>, StoreError> {
         Ok(Vec::new())
     }
 
@@ -306,12 +432,51 @@ impl Store for RedisStore {
     }
 
     fn totals(&mut self) -> Result<Vec<(String, u64)>, StoreError> {
-        self.read("totals", |c| c.hgetall(totals_key())).map(sorted)
+        let groups: Vec<Vec<(String, u64)>> =
+            self.each_group("totals", Group::totals, |c, key| c.hgetall(key))?;
+        Ok(sorted(groups.into_iter().flatten().collect()))
     }
 
     fn row_count(&mut self) -> Result<u64, StoreError> {
-        self.read("posts", |c| c.hlen(totals_key()))
+        let groups: Vec<u64> = self.each_group("posts", Group::totals, |c, key| c.hlen(key))?;
+        Ok(groups.into_iter().sum())
     }
+}
+
+/// The import script's call for one key group's rows (see [`IMPORT`]).
+fn import_of<'a>(
+    group: Group,
+    record: &str,
+    totals: &BTreeMap<&str, u64>,
+    per_day: &BTreeMap<(u32, &str), u64>,
+    mode: &str,
+) -> redis::ScriptInvocation<'a> {
+    let mut import = IMPORT_SCRIPT.prepare_invoke();
+    import
+        .key(group.totals())
+        .key(group.part(record))
+        .key(group.generation())
+        .key(group.days())
+        .arg(EVENTS)
+        .arg(totals.len());
+    let all = totals.values().fold(0, |all, &v| add_counts(all, v));
+    import.arg(all).arg(MAX_COUNT - all).arg(mode);
+    for (slug, &delta) in totals {
+        import
+            .arg(*slug)
+            .arg(delta)
+            .arg(MAX_COUNT - delta)
+            .arg(*slug);
+    }
+    for (&(day, slug), &views) in per_day {
+        import
+            .key(group.day(day))
+            .arg(slug)
+            .arg(views)
+            .arg(MAX_COUNT - views)
+            .arg(day_field(day, slug));
+    }
+    import
 }
 
 #[cfg(test)]
@@ -319,17 +484,19 @@ mod tests {
     use redis::Commands;
 
     use super::*;
-    use crate::cluster::counter::tests::{Server, conn};
+    use crate::cluster::counter::tests::{Server, conn, day_key, totals_key};
 
-    /// A node's store, whose part is of the current generation (as a rebuild leaves it).
+    /// A node's store, whose parts are of the current generation (as a rebuild leaves them).
     fn store(server: &Server) -> RedisStore {
         let mut c = conn(server);
-        let _: () = c.set(gen_key(), "g1").unwrap();
-        let _: () = c.hset("vc:part:test", "#gen", "g1").unwrap();
+        for group in Group::all() {
+            let _: () = c.set(group.generation(), "g1").unwrap();
+            let _: () = c.hset(group.part("test"), "#gen", "g1").unwrap();
+        }
         let mut store =
             RedisStore::standalone(&RedisUrl::from(server.url()), None, Duration::from_secs(2))
                 .expect("a Redis URL");
-        store.part = Some("vc:part:test".into());
+        store.record = Some("test".into());
         store
     }
 
@@ -349,10 +516,11 @@ mod tests {
             return;
         };
         let mut c = conn(&server);
+        let _: () = c.hset(totals_key("alpha"), "alpha", 5).unwrap();
+        let _: () = c.hset(totals_key("beta"), "beta", MAX_COUNT - 10).unwrap();
         let _: () = c
-            .hset_multiple(totals_key(), &[("alpha", 5), ("beta", MAX_COUNT - 10)])
+            .hset(day_key("beta", 20261202), "beta", MAX_COUNT - 1)
             .unwrap();
-        let _: () = c.hset(day_key(20261202), "beta", MAX_COUNT - 1).unwrap();
 
         let mut redis = store(&server);
         redis
@@ -370,24 +538,36 @@ mod tests {
             redis.day(20261202).unwrap(),
             [("beta".to_owned(), MAX_COUNT), ("gamma".to_owned(), 7)]
         );
+        assert_eq!(
+            redis.all_days().unwrap(),
+            [
+                ("beta".to_owned(), 20261202, MAX_COUNT),
+                ("gamma".to_owned(), 20261202, 7)
+            ],
+            "every group's days, without a SCAN"
+        );
     }
 
     /// Redis does not undo a script's (nor a MULTI's) earlier writes when a later one fails:
-    /// a value that is not a count must refuse the import before anything is written.
+    /// a value that is not a count must refuse the import before anything is written, in its
+    /// own key group (`theta` is of `alpha`'s) and in the others (`beta`'s).
     #[test]
     fn an_import_that_meets_a_value_that_is_not_a_count_writes_nothing() {
         let Some(server) = Server::start() else {
             return;
         };
+        assert_eq!(Group::of("alpha"), Group::of("theta"));
         let mut c = conn(&server);
         let _: () = c
-            .hset_multiple(totals_key(), &[("alpha", "5"), ("gamma", "lots")])
+            .hset_multiple(totals_key("alpha"), &[("alpha", "5"), ("theta", "lots")])
             .unwrap();
 
-        let err = store(&server).add(&[("alpha", 1), ("gamma", 1)], &[views("alpha", 1)], &[]);
+        let rows = [("alpha", 1), ("beta", 1), ("theta", 1)];
+        let err = store(&server).add(&rows, &[views("alpha", 1), views("beta", 1)], &[]);
         assert!(err.is_err(), "{err:?}");
-        let alpha: u64 = c.hget(totals_key(), "alpha").unwrap();
-        let day: bool = c.exists(day_key(20261202)).unwrap();
-        assert_eq!((alpha, day), (5, false));
+        let alpha: u64 = c.hget(totals_key("alpha"), "alpha").unwrap();
+        let beta: Option<u64> = c.hget(totals_key("beta"), "beta").unwrap();
+        let day: bool = c.exists(day_key("alpha", 20261202)).unwrap();
+        assert_eq!((alpha, beta, day), (5, None, false));
     }
 }

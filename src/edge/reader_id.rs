@@ -2,8 +2,10 @@
 
 use crate::refusal::Refusal;
 use std::fmt;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::OnceLock;
+
+use siphasher::sip::SipHasher24;
 
 pub const MIN_LEN: usize = 16;
 pub const MAX_LEN: usize = 64;
@@ -12,9 +14,9 @@ pub const MAX_LEN: usize = 64;
 #[derive(Clone, PartialEq, Eq)]
 pub struct ReaderId(String);
 
-/// A reader id reduced to 64 keyed-hash bits: what post actors keep in memory, so a reader
-/// costs a few bytes whatever the length of its id. The key is random per process, so a
-/// client cannot craft colliding ids.
+/// A reader id reduced to 64 keyed-hash bits: what post actors keep in memory and the `--db`
+/// file keeps of a counted view, so a reader costs a few bytes whatever the length of its id.
+/// The key is secret (random, kept in the file alone), so a client cannot craft colliding ids.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ReaderKey(u64);
 
@@ -23,6 +25,65 @@ impl ReaderKey {
     pub(crate) fn bits(self) -> u64 {
         self.0
     }
+
+    /// A key as [`ReaderKey::bits`] gave it, read back from where it was kept.
+    pub(crate) fn from_bits(bits: u64) -> Self {
+        Self(bits)
+    }
+}
+
+/// The key of the reader-id hash (SipHash-2-4, 128 bits). One per process: random, unless the
+/// `--db` file opened first brings the one its counted views were hashed with
+/// ([`adopt_hash_key`]), so what the file remembers still matches after a restart.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct HashKey(pub [u64; 2]);
+
+impl HashKey {
+    fn random() -> Self {
+        let mut bytes = [0u8; 16];
+        if getrandom::fill(&mut bytes).is_err() {
+            // std's own random keys: still unknown to clients.
+            let std = std::hash::RandomState::new();
+            return Self([std.hash_one(0u8), std.hash_one(1u8)]);
+        }
+        let (a, b) = bytes.split_at(8);
+        Self([le_u64(a), le_u64(b)])
+    }
+
+    /// SipHash-2-4 of `bytes` under this key: a specified function (not std's `RandomState`,
+    /// whose algorithm may change between Rust releases), because its results outlive the
+    /// process in the `--db` file.
+    fn hash(self, bytes: &[u8]) -> u64 {
+        let mut hasher = SipHasher24::new_with_keys(self.0[0], self.0[1]);
+        hasher.write(bytes);
+        hasher.finish()
+    }
+}
+
+/// Never shows the key: with it, colliding ids could be made.
+impl fmt::Debug for HashKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HashKey(***)")
+    }
+}
+
+fn le_u64(bytes: &[u8]) -> u64 {
+    let mut le = [0u8; 8];
+    le.copy_from_slice(bytes);
+    u64::from_le_bytes(le)
+}
+
+static HASH_KEY: OnceLock<HashKey> = OnceLock::new();
+
+/// The process's reader-id hash key (random if nothing adopted one before).
+pub(crate) fn hash_key() -> HashKey {
+    *HASH_KEY.get_or_init(HashKey::random)
+}
+
+/// Makes `key` the process's reader-id hash key unless one is in use already (a server opens
+/// its file before it hashes any id); returns the key in use.
+pub(crate) fn adopt_hash_key(key: HashKey) -> HashKey {
+    *HASH_KEY.get_or_init(|| key)
 }
 
 /// One showing of a page by one reader: live readers are kept per presence, views per reader
@@ -124,7 +185,7 @@ impl ReaderId {
         if getrandom::fill(&mut bytes).is_err() {
             static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
             let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            bytes[..8].copy_from_slice(&hasher().hash_one(n).to_le_bytes());
+            bytes[..8].copy_from_slice(&hash_key().hash(&n.to_le_bytes()).to_le_bytes());
             bytes[8..].copy_from_slice(&n.to_le_bytes());
         }
         let id = bytes
@@ -145,13 +206,8 @@ impl ReaderId {
     }
 
     pub fn key(&self) -> ReaderKey {
-        ReaderKey(hasher().hash_one(self.0.as_bytes()))
+        ReaderKey(hash_key().hash(self.0.as_bytes()))
     }
-}
-
-fn hasher() -> &'static std::hash::RandomState {
-    static STATE: OnceLock<std::hash::RandomState> = OnceLock::new();
-    STATE.get_or_init(std::hash::RandomState::new)
 }
 
 impl fmt::Debug for ReaderId {
@@ -177,6 +233,18 @@ mod tests {
         assert!(ReaderId::parse(a.as_str()).is_ok(), "{a:?}");
         assert_ne!(a, b);
         assert_ne!(a.key(), b.key());
+    }
+
+    /// The file keeps these hashes across restarts and upgrades: the function must stay the
+    /// one specified. The example of the SipHash paper (Aumasson and Bernstein, appendix A):
+    /// key 00 01 … 0f, message 00 01 … 0e.
+    #[test]
+    fn the_reader_id_hash_is_siphash_2_4_as_specified() {
+        let key: Vec<u8> = (0..16).collect();
+        let key = HashKey([le_u64(&key[..8]), le_u64(&key[8..])]);
+        let message: Vec<u8> = (0..15).collect();
+        assert_eq!(key.hash(&message), 0xa129_ca61_49be_45e5);
+        assert_eq!(key.hash(b""), 0x726f_db47_dd0e_0e31);
     }
 
     #[test]

@@ -57,6 +57,11 @@ impl Changes {
         let _ = self.0.send(Change::Resync);
     }
 
+    /// Who follows every post here (dashboards, admin streams, the `*` watchers' task).
+    pub fn followers(&self) -> usize {
+        self.0.receiver_count()
+    }
+
     /// Every change from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Change> {
         self.0.subscribe()

@@ -1,24 +1,22 @@
-//! What a post needs from the other nodes in cluster mode (`--redis`), as a port the cluster
-//! implements ([`crate::cluster::Cluster`]): the posts never call the cluster by name, so they
-//! can be read and tested without it, and the cluster calls the posts, not the other way round.
+//! How a post counts its views and learns its readers elsewhere, as a port with two
+//! implementations: [`crate::posts::local_counting::LocalCounting`] (a single node: every view
+//! decided at once, nobody else) and the cluster's (`--redis`), which the cluster implements
+//! above the posts. The posts never call the cluster by name, so they can be read and tested
+//! without it, and the cluster calls the posts, not the other way round.
 
 use std::future::Future;
 use std::pin::Pin;
 
 use crate::edge::reader_id::ReaderId;
 use crate::edge::slug::Slug;
+use crate::storage::writer::WriterError;
 
-/// Counting views and live readers together with the other nodes.
+/// Counting views and live readers, alone or together with the other nodes.
 pub trait Counting: Send + Sync {
-    /// Counts a view this node's dedupe let through, for every node: the shared store decides
-    /// (another node may have counted it within the window), or, unreachable, it is counted
-    /// here and kept until the store takes it.
-    fn count<'a>(
-        &'a self,
-        slug: &'a Slug,
-        reader: &'a ReaderId,
-        at: u64,
-    ) -> Pin<Box<dyn Future<Output = Decision> + Send + 'a>>;
+    /// Counts a view this node's dedupe let through and records it where this counter keeps
+    /// views. In a cluster the shared store decides (another node may have counted it within
+    /// the window), or, unreachable, it is counted here and kept until the store takes it.
+    fn count(&self, slug: &Slug, reader: ReaderId, at: u64) -> Verdict;
 
     /// A post's live readers on the other nodes.
     fn remote_live(&self, slug: &Slug) -> u64;
@@ -31,12 +29,79 @@ pub trait Counting: Send + Sync {
 
     /// A post's live readers on this node moved: the other nodes are told.
     fn set_local_live(&self, slug: &Slug, live: u64);
+
+    /// Views imported for a post awake here: what they add to its total at once.
+    fn imported(&self, views: u64) -> u64;
+
+    /// The store could not give a post's total (`error`): the total to wake it with, or the
+    /// error that refuses it.
+    fn unloaded(&self, slug: &Slug, error: WriterError) -> Result<u64, WriterError>;
+
+    /// This node serves the post (it wakes, or a read of it) or the whole site (a read of
+    /// every post's live) from the call on (not from the future's first poll): it hears their
+    /// changes from the other nodes, and knows their readers, once the future resolves. Each
+    /// call is undone by one [`Counting::stop_serving`]: callers go through [`Serving`], which
+    /// gives the hold back even when the request is dropped while it waits.
+    fn serve<'a>(&'a self, what: Served<'a>) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+    /// This node no longer needs to hear of it (the post went to sleep, the read is done).
+    fn stop_serving(&self, what: Served<'_>);
 }
 
-/// The shared store's decision on a view this node would count.
+/// A hold of [`Counting::serve`], given back ([`Counting::stop_serving`]) when dropped: a read
+/// or a wake dropped while it waits (its client gone, a shutdown, Redis stalled) leaves no
+/// channel subscribed for good.
+pub(crate) struct Serving<'a> {
+    counting: &'a dyn Counting,
+    what: Served<'a>,
+}
+
+impl<'a> Serving<'a> {
+    /// Takes the hold now; the future resolves once the node hears of `what`.
+    pub(crate) fn start(
+        counting: &'a dyn Counting,
+        what: Served<'a>,
+    ) -> (Self, Pin<Box<dyn Future<Output = ()> + Send + 'a>>) {
+        let ready = counting.serve(what);
+        (Self { counting, what }, ready)
+    }
+
+    /// The hold outlives this guard: it passes to the post woken with it, whose sleep gives
+    /// it back.
+    pub(crate) fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        self.counting.stop_serving(self.what);
+    }
+}
+
+/// What a node serves ([`Counting::serve`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Served<'a> {
+    Post(&'a Slug),
+    /// Every post.
+    Site,
+}
+
+/// What [`Counting::count`] answers: a decision now, or one to wait for.
+pub enum Verdict {
+    /// Decided at once: the post answers its reader with no future boxed.
+    Ready(Decision),
+    /// Decided once the shared store answers (at most `--redis-timeout`); the post goes on
+    /// with other messages meanwhile.
+    Later(Pin<Box<dyn Future<Output = Decision> + Send>>),
+}
+
+/// The decision on a view this node would count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
-    /// The store answered: counted (or a duplicate of a view counted on another node).
+    /// Counted, with nobody else to ask: the post's total is one more.
+    Added,
+    /// The shared store answered: counted (or a duplicate of a view counted on another node).
     Decided(Counted),
     /// The store did not answer: counted here, kept until the store takes it.
     Deferred,

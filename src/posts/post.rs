@@ -3,7 +3,7 @@
 //!
 //! Inputs are plain messages ([`Join`], [`Leave`], [`Depart`], [`Watch`], [`GetCounts`], and in cluster
 //! mode [`RemoteLive`], [`RemoteTotal`], [`Replayed`]) and the output is a `watch` channel of
-//! encoded events.
+//! encoded events. Views are counted through the post's [`Counting`] port, whichever it is.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,13 +12,13 @@ use actix::prelude::*;
 use tokio::sync::watch;
 
 use crate::edge::limits::ViewCharge;
-use crate::edge::reader_id::{Presence, ReaderId};
+use crate::edge::reader_id::{Presence, ReaderId, ReaderKey};
 use crate::edge::slug::Slug;
 use crate::edge::slug_list::NewPost;
 use crate::metrics::Metrics;
 use crate::posts::alert_port::Alerts;
 use crate::posts::changes::Changes;
-use crate::posts::cluster_port::{Counting, Decision};
+use crate::posts::cluster_port::{Counting, Decision, Verdict};
 use crate::posts::peaks::DayPeak;
 pub use crate::posts::post_state::Counts;
 use crate::posts::post_state::{Ended, PostState};
@@ -186,25 +186,30 @@ pub struct PostContext {
     pub(crate) alerts: Option<Arc<dyn Alerts>>,
     /// Called by a post going to sleep, so the next reader wakes a fresh actor.
     pub asleep: Box<AsleepReport>,
-    /// Cluster mode: where views are counted and live readers are merged.
-    pub cluster: Option<Arc<dyn Counting>>,
+    /// Where views are counted and live readers elsewhere come from: this node alone, or
+    /// the cluster.
+    pub counting: Arc<dyn Counting>,
 }
 
-/// A post's numbers in cluster mode: the total is Redis's plus the views counted here that
-/// Redis does not have yet (the outbox); live adds the other nodes'.
+/// A post's numbers as its counter makes them: the total is the one decided plus the views
+/// counted here that the shared store has not confirmed yet; live adds the other nodes'. A
+/// single node decides every view at once and has no other node: its `unconfirmed` and
+/// `remote_live` stay 0.
 #[derive(Debug, Default)]
-struct Merged {
-    /// The highest total Redis reported (totals only grow).
-    redis_total: u64,
+struct Tally {
+    /// The views decided: the post's own on a single node; in a cluster the highest total
+    /// the shared store reported (totals only grow).
+    total: u64,
     unconfirmed: u64,
     remote_live: u64,
-    /// The local live count last given to the cluster.
+    /// The local live count last given to the counter.
     reported_live: u64,
 }
 
-impl Merged {
-    fn redis_said(&mut self, total: u64) {
-        self.redis_total = self.redis_total.max(total.min(MAX_COUNT));
+impl Tally {
+    /// The shared store has `total` views of the post.
+    fn store_said(&mut self, total: u64) {
+        self.total = self.total.max(total.min(MAX_COUNT));
     }
 }
 
@@ -222,12 +227,14 @@ pub struct Post {
     broadcast_pending: bool,
     housekeeping: Option<SpawnHandle>,
     sleeping: bool,
-    /// `Some` in cluster mode.
-    merged: Option<Merged>,
+    tally: Tally,
     /// Today's highest live.
     peak: DayPeak,
     /// A new high of `peak` not yet told to the writer (it is told with the next broadcast).
     untold_peak: Option<Peak>,
+    /// A change here raised the site's high of the day: the next broadcast takes it from the
+    /// pulse (another post may have taken it first; the writer keeps the highest).
+    site_peak_raised: bool,
     /// Reading times of showings ended since the last broadcast, told with it (one writer
     /// entry per broadcast, not one per reader gone): the unix second of the newest, and
     /// the readings, all of that second's minute (so of one day). Boxed, as the writer takes
@@ -243,14 +250,14 @@ impl Post {
         context: Arc<PostContext>,
         new_post: Option<NewPost>,
     ) -> Self {
-        let state = PostState::new(total, context.dedupe_window);
-        let merged = context.cluster.as_ref().map(|cluster| Merged {
-            redis_total: total,
-            unconfirmed: cluster.unsynced(&slug),
-            remote_live: cluster.remote_live(&slug),
+        let state = PostState::new(context.dedupe_window);
+        let tally = Tally {
+            total,
+            unconfirmed: context.counting.unsynced(&slug),
+            remote_live: context.counting.remote_live(&slug),
             reported_live: 0,
-        });
-        let shown = shown(&state, merged.as_ref());
+        };
+        let shown = shown(&state, &tally);
         Self {
             updates: watch::Sender::new(Update::new(&slug, shown)),
             slug,
@@ -261,66 +268,65 @@ impl Post {
             broadcast_pending: false,
             housekeeping: None,
             sleeping: false,
-            merged,
+            tally,
             peak: DayPeak::default(),
             untold_peak: None,
+            site_peak_raised: false,
             untold_reads: None,
         }
     }
 
     /// What readers see.
     fn counts(&self) -> Counts {
-        shown(&self.state, self.merged.as_ref())
+        shown(&self.state, &self.tally)
     }
 
-    /// Applies Redis's decision on a view counted here; true when it is in the total.
+    /// Applies the counter's decision on a view counted here; true when it is in the total.
     fn decided(&mut self, decision: Decision) -> bool {
         let metrics = &self.context.metrics;
-        let Some(merged) = self.merged.as_mut() else {
-            return false;
-        };
+        let tally = &mut self.tally;
         match decision {
-            Decision::Decided(redis) => {
-                merged.redis_said(redis.total);
-                if redis.counted {
+            Decision::Added => {
+                tally.total = add_counts(tally.total, 1);
+                metrics.views_counted.inc();
+                true
+            }
+            Decision::Decided(store) => {
+                tally.store_said(store.total);
+                if store.counted {
                     metrics.views_counted.inc();
                 } else {
                     // Counted on another node within the window.
                     metrics.views_deduplicated.inc();
                 }
-                redis.counted
+                store.counted
             }
             // Unconfirmed until the outbox replays it.
             Decision::Deferred => {
-                merged.unconfirmed = add_counts(merged.unconfirmed, 1);
+                tally.unconfirmed = add_counts(tally.unconfirmed, 1);
                 metrics.views_counted.inc();
                 true
             }
         }
     }
 
-    /// Tells the cluster this node's live count if it moved since it was last told.
+    /// Tells the counter this node's live count if it moved since it was last told.
     fn report_live(&mut self) {
-        let live = self.state.counts().live;
-        if let (Some(cluster), Some(merged)) = (&self.context.cluster, self.merged.as_mut())
-            && merged.reported_live != live
-        {
-            merged.reported_live = live;
-            cluster.set_local_live(&self.slug, live);
+        let live = self.state.live();
+        if self.tally.reported_live != live {
+            self.tally.reported_live = live;
+            self.context.counting.set_local_live(&self.slug, live);
         }
     }
 
-    /// Seeds the dedupe memory with reader ids counted before a restart: (id, unix seconds).
-    pub fn remembering(mut self, mut seen: Vec<(String, u64)>) -> Self {
+    /// Seeds the dedupe memory with reader ids counted before a restart: (key, unix seconds).
+    pub fn remembering(mut self, mut seen: Vec<(ReaderKey, u64)>) -> Self {
         seen.sort_by_key(|&(_, at)| at);
         let (now, unix) = (Instant::now(), self.context.calendar.clock().now_unix());
-        for (id, at) in seen {
-            let Ok(id) = ReaderId::parse(&id) else {
-                continue;
-            };
+        for (reader, at) in seen {
             let age = Duration::from_secs(unix.saturating_sub(at));
             self.state
-                .remember(id.key(), now.checked_sub(age).unwrap_or(now));
+                .remember(reader, now.checked_sub(age).unwrap_or(now));
         }
         self
     }
@@ -348,11 +354,10 @@ impl Post {
 
     /// Moves the all-posts live gauge by what this post's live did since `before`.
     fn live_moved(&mut self, before: u64) {
-        let delta = self.state.counts().live as i64 - before as i64;
+        let delta = self.state.live() as i64 - before as i64;
         if delta != 0 {
             self.context.metrics.readers_live.inc_by(delta);
-            let remote = self.merged.as_ref().map_or(0, |m| m.remote_live);
-            self.shown_live_moved(before + remote);
+            self.shown_live_moved(before + self.tally.remote_live);
         }
     }
 
@@ -366,7 +371,9 @@ impl Post {
         let counts = self.counts();
         let context = &self.context;
         let unix = context.calendar.clock().now_unix();
-        context.pulse.set(&self.slug, counts.live, unix);
+        if context.pulse.set(&self.slug, counts.live, unix) {
+            self.site_peak_raised = true;
+        }
         if let Some(alerts) = &context.alerts
             && before < alerts.threshold()
             && counts.live >= alerts.threshold()
@@ -384,7 +391,9 @@ impl Post {
         if let Some(peak) = self.untold_peak.take() {
             context.writer.raise_peak(&self.slug, peak);
         }
-        if let Some(peak) = context.pulse.take_new_site_peak() {
+        if std::mem::take(&mut self.site_peak_raised)
+            && let Some(peak) = context.pulse.take_new_site_peak()
+        {
             context.writer.raise_site_peak(peak);
         }
         if let Some((at, reads)) = self.untold_reads.take() {
@@ -473,29 +482,26 @@ impl Actor for Post {
     }
 }
 
-/// Cluster mode: the numbers readers see.
-fn shown(state: &PostState, merged: Option<&Merged>) -> Counts {
-    let local = state.counts();
-    match merged {
-        None => local,
-        Some(m) => Counts {
-            live: local.live + m.remote_live,
-            total: add_counts(m.redis_total, m.unconfirmed),
-        },
+/// The numbers readers see.
+fn shown(state: &PostState, tally: &Tally) -> Counts {
+    Counts {
+        live: state.live() + tally.remote_live,
+        total: add_counts(tally.total, tally.unconfirmed),
     }
 }
 
 impl Handler<Join> for Post {
     type Result = ActorResponse<Self, Result<Joined, Asleep>>;
 
-    /// A view this node would count is decided by Redis in cluster mode: the answer waits
-    /// for it (at most `--redis-timeout`) while the post goes on with other messages. Without
-    /// a cluster the answer is immediate, with no future boxed per join.
+    /// A view this node would count goes to the counter. A single node's decides at once, and
+    /// the answer is immediate, with no future boxed per join; in cluster mode Redis decides:
+    /// the answer waits for it (at most `--redis-timeout`) while the post goes on with other
+    /// messages.
     fn handle(&mut self, join: Join, ctx: &mut Context<Self>) -> Self::Result {
         if self.sleeping {
             return ActorResponse::reply(Err(Asleep));
         }
-        let live_before = self.state.counts().live;
+        let live_before = self.state.live();
         let joined = self.state.join(
             join.presence,
             || join.charge.is_some_and(|c| c.take(&self.slug)),
@@ -503,26 +509,27 @@ impl Handler<Join> for Post {
             Instant::now(),
         );
         let metrics = &self.context.metrics;
-        let cluster = self
-            .context
-            .cluster
-            .clone()
-            .filter(|_| joined.counted && join.is_reader);
         match () {
             () if !join.is_reader => metrics.views_from_bots.inc(),
-            // Counted once Redis has decided.
-            () if cluster.is_some() => 0,
-            () if joined.counted => metrics.views_counted.inc(),
+            // Counted once the counter has decided.
+            () if joined.counted => 0,
             () if joined.deduplicated => metrics.views_deduplicated.inc(),
             () => metrics.views_rate_limited.inc(),
         };
-        self.live_moved(live_before);
         let at = self.context.calendar.clock().now_unix();
-        if joined.counted
-            && let Some(place) = self.new_post.take()
-        {
-            place.keep();
+        // The total moves once the counter has decided: in a cluster it never shows a view
+        // that another node already counted and then takes it back.
+        let (mut counted, mut later) = (false, None);
+        if joined.counted {
+            match self.context.counting.count(&self.slug, join.id, at) {
+                Verdict::Ready(decision) => counted = self.decided(decision),
+                Verdict::Later(decision) => later = Some(decision),
+            }
+            if let Some(place) = self.new_post.take() {
+                place.keep();
+            }
         }
+        self.live_moved(live_before);
         if joined.changed {
             self.changed(ctx);
         }
@@ -535,21 +542,14 @@ impl Handler<Join> for Post {
                 is_reader: join.is_reader,
             },
         };
-        // Cluster mode: the total moves once Redis has decided, so it never shows a view that
-        // another node already counted and then takes it back.
-        let Some(cluster) = cluster else {
-            if joined.counted {
-                self.context.writer.add_view(&self.slug, join.id, at);
-            }
+        let Some(decision) = later else {
             return ActorResponse::reply(Ok(Joined {
                 counts: self.counts(),
-                counted: joined.counted,
+                counted,
                 updates: self.updates.subscribe(),
                 departure,
             }));
         };
-        let slug = self.slug.clone();
-        let decision = async move { cluster.count(&slug, &join.id, at).await };
         ActorResponse::r#async(decision.into_actor(self).map(move |decision, post, ctx| {
             let counted = post.decided(decision);
             post.changed(ctx);
@@ -569,11 +569,9 @@ impl Handler<RemoteLive> for Post {
     type Result = ();
 
     fn handle(&mut self, remote: RemoteLive, ctx: &mut Context<Self>) {
-        if let Some(merged) = self.merged.as_mut()
-            && merged.remote_live != remote.live
-        {
-            let before = self.state.counts().live + merged.remote_live;
-            merged.remote_live = remote.live;
+        if self.tally.remote_live != remote.live {
+            let before = self.state.live() + self.tally.remote_live;
+            self.tally.remote_live = remote.live;
             self.shown_live_moved(before);
             self.changed(ctx);
         }
@@ -585,9 +583,7 @@ impl Handler<RemoteTotal> for Post {
 
     fn handle(&mut self, remote: RemoteTotal, ctx: &mut Context<Self>) {
         let before = self.counts();
-        if let Some(merged) = self.merged.as_mut() {
-            merged.redis_said(remote.total);
-        }
+        self.tally.store_said(remote.total);
         if self.counts() != before {
             self.changed(ctx);
         }
@@ -598,11 +594,9 @@ impl Handler<Replayed> for Post {
     type Result = ();
 
     fn handle(&mut self, replayed: Replayed, ctx: &mut Context<Self>) {
-        if let Some(merged) = self.merged.as_mut() {
-            merged.unconfirmed = merged.unconfirmed.saturating_sub(1);
-            merged.redis_said(replayed.total);
-            self.changed(ctx);
-        }
+        self.tally.unconfirmed = self.tally.unconfirmed.saturating_sub(1);
+        self.tally.store_said(replayed.total);
+        self.changed(ctx);
     }
 }
 
@@ -610,7 +604,7 @@ impl Handler<Leave> for Post {
     type Result = ();
 
     fn handle(&mut self, leave: Leave, ctx: &mut Context<Self>) {
-        let live_before = self.state.counts().live;
+        let live_before = self.state.live();
         let ended = self
             .state
             .leave(leave.presence, leave.visible, Instant::now());
@@ -626,7 +620,7 @@ impl Handler<Depart> for Post {
     type Result = ();
 
     fn handle(&mut self, depart: Depart, ctx: &mut Context<Self>) {
-        let live_before = self.state.counts().live;
+        let live_before = self.state.live();
         let ended = self.state.depart(
             depart.presence,
             depart.epoch,
@@ -677,11 +671,8 @@ impl Handler<Imported> for Post {
     type Result = ();
 
     fn handle(&mut self, imported: Imported, ctx: &mut Context<Self>) {
-        // Cluster mode: Redis announces the imported totals to every node (RemoteTotal);
-        // adding them here too would count them twice when the announcement comes first.
-        if self.merged.is_none() {
-            self.state.add_to_total(imported.views);
-        }
+        let added = self.context.counting.imported(imported.views);
+        self.tally.total = add_counts(self.tally.total, added);
         self.changed(ctx);
     }
 }
@@ -695,5 +686,226 @@ impl Handler<GetCounts> for Post {
         } else {
             Ok(self.counts())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::edge::limits::{ClientKey, ViewRate};
+    use crate::posts::cluster_port::{Counted, Served};
+    use crate::storage::calendar::Clock;
+    use crate::storage::store::RedbStore;
+    use crate::storage::writer::{FlushPolicy, WriterError};
+
+    /// A counter standing in for any: it keeps what the post asked of it, answers every
+    /// view with `answer` (a decision at once, or one the test gives later), and says the
+    /// post has `remote_live` readers on other nodes.
+    struct FakeCounting {
+        answer: Mutex<Option<Answer>>,
+        counted: Mutex<Vec<String>>,
+        local_live: Mutex<Vec<u64>>,
+        remote_live: u64,
+    }
+
+    enum Answer {
+        Now(Decision),
+        Later(oneshot::Receiver<Decision>),
+    }
+
+    impl FakeCounting {
+        fn answering(answer: Answer, remote_live: u64) -> Arc<Self> {
+            Arc::new(Self {
+                answer: Mutex::new(Some(answer)),
+                counted: Mutex::default(),
+                local_live: Mutex::default(),
+                remote_live,
+            })
+        }
+    }
+
+    impl Counting for FakeCounting {
+        fn count(&self, _: &Slug, reader: ReaderId, _: u64) -> Verdict {
+            self.counted
+                .lock()
+                .unwrap()
+                .push(reader.as_str().to_owned());
+            match self.answer.lock().unwrap().take() {
+                Some(Answer::Now(decision)) => Verdict::Ready(decision),
+                Some(Answer::Later(decision)) => Verdict::Later(Box::pin(async move {
+                    decision.await.unwrap_or(Decision::Deferred)
+                })),
+                None => panic!("one view only"),
+            }
+        }
+
+        fn remote_live(&self, _: &Slug) -> u64 {
+            self.remote_live
+        }
+
+        fn remote_posts(&self) -> Vec<(Slug, u64)> {
+            Vec::new()
+        }
+
+        fn unsynced(&self, _: &Slug) -> u64 {
+            0
+        }
+
+        fn set_local_live(&self, _: &Slug, live: u64) {
+            self.local_live.lock().unwrap().push(live);
+        }
+
+        fn imported(&self, views: u64) -> u64 {
+            views / 2
+        }
+
+        fn unloaded(&self, _: &Slug, error: WriterError) -> Result<u64, WriterError> {
+            Err(error)
+        }
+
+        fn serve<'a>(
+            &'a self,
+            _: Served<'a>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+            Box::pin(async {})
+        }
+
+        fn stop_serving(&self, _: Served<'_>) {}
+    }
+
+    const READER: &str = "reader-000000000001";
+
+    /// A post of `total` views counting through a [`FakeCounting`], its writer on a real
+    /// redb file.
+    struct Probe {
+        post: Addr<Post>,
+        counting: Arc<FakeCounting>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Probe {
+        fn start(total: u64, answer: Answer, remote_live: u64) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let counting = FakeCounting::answering(answer, remote_live);
+            let calendar = Calendar::new(jiff::tz::TimeZone::UTC, Clock::default());
+            let metrics = Metrics::new();
+            let db = RedbStore::open(&dir.path().join("views.redb")).unwrap();
+            let policy = FlushPolicy {
+                after: Duration::from_secs(1),
+                max_wait: Duration::from_secs(5),
+                dedupe_window: Duration::from_secs(1800),
+            };
+            let writer =
+                Writer::spawn(Box::new(db), policy, calendar.clone(), Arc::clone(&metrics))
+                    .unwrap();
+            let context = PostContext {
+                writer,
+                pulse: Arc::new(Pulse::new(calendar.clone())),
+                calendar,
+                metrics,
+                dedupe_window: policy.dedupe_window,
+                changes: Changes::default(),
+                alerts: None,
+                asleep: Box::new(|_, _| {}),
+                counting: Arc::clone(&counting) as Arc<dyn Counting>,
+            };
+            let slug = Slug::parse("a-post").unwrap();
+            let post = Post::new(slug, total, Arc::new(context), None).start();
+            Self {
+                post,
+                counting,
+                _dir: dir,
+            }
+        }
+
+        /// A reader opens a stream: its view goes to the counter.
+        fn join(&self) -> impl Future<Output = Joined> + use<> {
+            let id = ReaderId::parse(READER).unwrap();
+            let join = Join {
+                presence: Presence {
+                    reader: id.key(),
+                    show: 0,
+                },
+                id,
+                charge: Some(ViewCharge {
+                    rate: Arc::new(ViewRate::new(100)),
+                    client: ClientKey::new([127, 0, 0, 1].into(), 64),
+                }),
+                is_reader: true,
+            };
+            let answer = self.post.send(join);
+            async move { answer.await.unwrap().unwrap() }
+        }
+
+        async fn counts(&self) -> Counts {
+            self.post.send(GetCounts).await.unwrap().unwrap()
+        }
+
+        async fn tell<M>(&self, message: M)
+        where
+            M: Message<Result = ()> + Send + 'static,
+            Post: Handler<M>,
+        {
+            self.post.send(message).await.unwrap();
+        }
+    }
+
+    #[actix_web::test]
+    async fn a_view_the_counter_decides_at_once_is_in_the_readers_first_numbers() {
+        let probe = Probe::start(40, Answer::Now(Decision::Added), 2);
+        let joined = probe.join().await;
+        assert!(joined.counted);
+        assert_eq!(joined.counts, Counts { live: 3, total: 41 });
+        assert_eq!(*probe.counting.counted.lock().unwrap(), [READER]);
+        let told = probe.counting.local_live.lock().unwrap().clone();
+        assert_eq!(told, [1], "told with the broadcast");
+        // What an import adds is the counter's call.
+        probe.tell(Imported { views: 10 }).await;
+        assert_eq!(probe.counts().await, Counts { live: 3, total: 46 });
+    }
+
+    #[actix_web::test]
+    async fn a_view_the_counter_defers_is_shown_unconfirmed_until_the_store_has_it() {
+        let (decide, decision) = oneshot::channel();
+        let probe = Probe::start(40, Answer::Later(decision), 0);
+        let joining = probe.join();
+        // The post goes on with other messages while the counter decides.
+        assert_eq!(probe.counts().await, Counts { live: 1, total: 40 });
+        decide.send(Decision::Deferred).unwrap();
+        let joined = joining.await;
+        assert!(joined.counted);
+        assert_eq!(joined.counts, Counts { live: 1, total: 41 });
+        // The store takes it: the same total, now confirmed, never one more.
+        probe.tell(Replayed { total: 41 }).await;
+        assert_eq!(probe.counts().await, Counts { live: 1, total: 41 });
+        // A total the store announces that is behind the post's moves nothing.
+        probe.tell(RemoteTotal { total: 12 }).await;
+        assert_eq!(probe.counts().await, Counts { live: 1, total: 41 });
+    }
+
+    #[actix_web::test]
+    async fn at_the_largest_count_a_view_is_still_counted_and_the_total_no_longer_moves() {
+        let probe = Probe::start(MAX_COUNT, Answer::Now(Decision::Added), 0);
+        let joined = probe.join().await;
+        assert!(joined.counted);
+        assert_eq!(joined.counts.total, MAX_COUNT);
+        probe.tell(Imported { views: u64::MAX }).await;
+        assert_eq!(probe.counts().await.total, MAX_COUNT);
+    }
+
+    #[actix_web::test]
+    async fn a_view_the_store_found_counted_elsewhere_is_not_shown() {
+        let found = Decision::Decided(Counted {
+            counted: false,
+            total: 50,
+        });
+        let probe = Probe::start(40, Answer::Now(found), 0);
+        let joined = probe.join().await;
+        assert!(!joined.counted);
+        assert_eq!(joined.counts, Counts { live: 1, total: 50 });
     }
 }

@@ -1,7 +1,7 @@
 //! The counting rules of one post, free of actors and clocks (time is passed in), so they can
 //! be tested exhaustively: live = open reader streams minus those a beacon took away, never
-//! negative; total = views counted, each reader id once per dedupe window, stopping at
-//! [`crate::storage::MAX_COUNT`]. Views are counted per reader id, live readers per
+//! negative; a view counts once per reader id per dedupe window (the post's counter then
+//! decides it and keeps the total). Views are counted per reader id, live readers per
 //! [`Presence`] (a reader id in one showing of its page), so a beacon only ends the showing it
 //! was sent for.
 //!
@@ -15,7 +15,6 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::edge::reader_id::{Presence, ReaderKey};
-use crate::storage::add_counts;
 use crate::storage::presence::READ_CAP;
 
 /// What every reader of a post sees.
@@ -28,7 +27,7 @@ pub struct Counts {
 /// The result of a stream opening.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct JoinOutcome {
-    /// A view was added to the total.
+    /// A view counts: its reader id is new within the window and its charge was taken.
     pub counted: bool,
     /// Not counted because its reader id was counted within the dedupe window.
     pub deduplicated: bool,
@@ -311,7 +310,8 @@ pub(crate) const ENDED_MEMORY: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 pub(crate) struct PostState {
-    counts: Counts,
+    /// Live readers: open reader streams minus those a beacon took away.
+    live: u64,
     readers: HashMap<Presence, Reader>,
     /// Page showings a beacon ended (show numbers above 0), newest last: a join for one that
     /// arrives after its leave (the two beacons crossing on the network, or a shared stream's
@@ -324,9 +324,9 @@ pub(crate) struct PostState {
 }
 
 impl PostState {
-    pub(crate) fn new(total: u64, dedupe_window: Duration) -> Self {
+    pub(crate) fn new(dedupe_window: Duration) -> Self {
         Self {
-            counts: Counts { live: 0, total },
+            live: 0,
             readers: HashMap::new(),
             ended: VecDeque::new(),
             observers: 0,
@@ -334,8 +334,8 @@ impl PostState {
         }
     }
 
-    pub(crate) fn counts(&self) -> Counts {
-        self.counts
+    pub(crate) fn live(&self) -> u64 {
+        self.live
     }
 
     /// A stream opens. `may_count` is asked only for a view that would count (a reader id new
@@ -352,9 +352,6 @@ impl PostState {
         let counted = is_new && may_count();
         if counted {
             self.dedupe.remember(presence.reader, now);
-            // At the largest count the view is still counted (its reader id remembered), the
-            // total no longer moves.
-            self.counts.total = add_counts(self.counts.total, 1);
         }
         if !is_reader {
             self.observe();
@@ -389,7 +386,7 @@ impl PostState {
             entry.counted = counted || !is_new;
         }
         entry.live += 1;
-        self.counts.live += 1;
+        self.live += 1;
         JoinOutcome {
             counted,
             deduplicated: !is_new,
@@ -420,7 +417,7 @@ impl PostState {
             return Ended::default();
         }
         entry.live = 0;
-        self.counts.live -= was_live;
+        self.live -= was_live;
         Ended {
             moved: true,
             read: entry.end(Some(visible), now),
@@ -460,7 +457,7 @@ impl PostState {
         let mut ended = Ended::default();
         if was_live {
             entry.live -= 1;
-            self.counts.live -= 1;
+            self.live -= 1;
             ended = Ended {
                 moved: true,
                 read: (entry.live == 0).then(|| entry.end(None, now)).flatten(),
@@ -480,11 +477,6 @@ impl PostState {
     /// An observer went away.
     pub(crate) fn unobserve(&mut self) {
         self.observers = self.observers.saturating_sub(1);
-    }
-
-    /// Views added to the total from outside (an import).
-    pub(crate) fn add_to_total(&mut self, views: u64) {
-        self.counts.total = add_counts(self.counts.total, views);
     }
 
     /// Seeds the dedupe memory with a reader id counted before this actor existed (before a
@@ -515,7 +507,6 @@ impl PostState {
 mod tests {
     use super::*;
     use crate::edge::reader_id::ReaderId;
-    use crate::storage::MAX_COUNT;
     use proptest::prelude::*;
     use std::collections::HashSet;
 
@@ -551,8 +542,6 @@ mod tests {
         },
         /// The `n`-th open stream (modulo how many are open) closes.
         Drop { stream: usize },
-        /// Views imported into the total (`viewcounter import`), up to `u64::MAX`.
-        Import { views: u64 },
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -573,14 +562,7 @@ mod tests {
                 }
             ),
             any::<usize>().prop_map(|stream| Op::Drop { stream }),
-            prop_oneof![0u64..10, Just(MAX_COUNT), Just(u64::MAX)]
-                .prop_map(|views| Op::Import { views }),
         ]
-    }
-
-    /// Where a post's total starts: small, or at (or just below) the largest count.
-    fn start_total() -> impl Strategy<Value = u64> {
-        prop_oneof![0u64..100, (MAX_COUNT - 5)..=MAX_COUNT]
     }
 
     /// An open stream as the model sees it.
@@ -594,14 +576,11 @@ mod tests {
 
     proptest! {
         #[test]
-        fn live_is_open_streams_minus_beaconed_total_is_counted_joins_and_readings_are_believed_up_to_the_open_time(
-            start_total in start_total(),
+        fn live_is_open_streams_minus_beaconed_a_reader_id_counts_once_per_window_and_readings_are_believed_up_to_the_open_time(
             ops in prop::collection::vec(op(), 0..200),
         ) {
             let start = Instant::now();
-            let mut state = PostState::new(start_total, WINDOW);
-            // The total in exact arithmetic; the post shows it stopped at the largest count.
-            let mut added: u128 = 0;
+            let mut state = PostState::new(WINDOW);
             let mut open: Vec<Stream> = Vec::new();
             let mut counted: HashSet<u8> = HashSet::new();
             let mut ended: HashSet<(u8, u32)> = HashSet::new();
@@ -622,7 +601,6 @@ mod tests {
                         prop_assert_eq!(out.counted, expect_count);
                         if expect_count {
                             counted.insert(reader);
-                            added += 1;
                         }
                         // A showing a beacon ended joins held but not live.
                         let beaconed = ended.contains(&(reader, show));
@@ -662,19 +640,14 @@ mod tests {
                             prop_assert_eq!(out.read, read);
                         }
                     }
-                    Op::Import { views } => {
-                        state.add_to_total(views);
-                        added += u128::from(views);
-                    }
                 }
                 let live = open.iter().filter(|s| s.is_reader && !s.beaconed).count() as u64;
-                let total = (u128::from(start_total) + added).min(u128::from(MAX_COUNT)) as u64;
-                prop_assert_eq!(state.counts(), Counts { live, total });
+                prop_assert_eq!(state.live(), live);
             }
             while let Some(s) = open.pop() {
                 state.depart(presence(s.reader, s.show), s.epoch, s.is_reader, start);
             }
-            prop_assert_eq!(state.counts().live, 0);
+            prop_assert_eq!(state.live(), 0);
             state.expire(start + WINDOW + Duration::from_secs(60));
             prop_assert!(state.is_idle());
         }
@@ -789,7 +762,7 @@ mod tests {
     fn a_reader_id_counted_exactly_a_window_ago_counts_again_though_its_slice_holds_newer_ones() {
         let start = Instant::now();
         let window = Duration::from_secs(10);
-        let mut state = PostState::new(0, window);
+        let mut state = PostState::new(window);
         assert!(state.join(presence(1, 0), || true, true, start).counted);
         let next = start + Duration::from_millis(1);
         assert!(state.join(presence(2, 0), || true, true, next).counted);
@@ -816,7 +789,7 @@ mod tests {
      {
         let start = Instant::now();
         let window = Duration::from_secs(10);
-        let mut state = PostState::new(0, window);
+        let mut state = PostState::new(window);
         assert!(state.join(presence(1, 0), || true, true, start).counted);
         let between = start + Duration::from_micros(500);
         assert!(state.join(presence(2, 0), || true, true, between).counted);
@@ -829,7 +802,7 @@ mod tests {
     #[test]
     fn a_reader_id_restored_twice_is_remembered_from_its_later_counting() {
         let start = Instant::now();
-        let mut state = PostState::new(0, Duration::from_secs(10));
+        let mut state = PostState::new(Duration::from_secs(10));
         state.remember(key(1), start);
         state.remember(key(1), start + Duration::from_secs(5));
         let later = start + Duration::from_secs(12);
@@ -841,7 +814,7 @@ mod tests {
     #[test]
     fn a_late_beacon_for_an_earlier_showing_leaves_the_restored_page_live() {
         let now = Instant::now();
-        let mut state = PostState::new(0, WINDOW);
+        let mut state = PostState::new(WINDOW);
         let first = state.join(presence(1, 1), || true, true, now);
         assert!(state.depart(presence(1, 1), first.epoch, true, now).moved);
         let restored = state.join(presence(1, 2), || true, true, now);
@@ -850,37 +823,37 @@ mod tests {
             !state.leave(presence(1, 1), None, now).moved,
             "sent for the first showing"
         );
-        assert_eq!(state.counts(), Counts { live: 1, total: 1 });
+        assert_eq!(state.live(), 1);
         assert!(state.leave(presence(1, 2), None, now).moved);
-        assert_eq!(state.counts(), Counts { live: 0, total: 1 });
+        assert_eq!(state.live(), 0);
     }
 
     #[test]
     fn a_join_that_arrives_after_the_leave_of_its_showing_is_not_live() {
         let now = Instant::now();
-        let mut state = PostState::new(0, WINDOW);
+        let mut state = PostState::new(WINDOW);
         assert!(
             !state.leave(presence(1, 3), None, now).moved,
             "nothing to take off yet"
         );
         let late = state.join(presence(1, 3), || true, true, now);
         assert!(late.counted, "the view still counts once");
-        assert_eq!(state.counts(), Counts { live: 0, total: 1 });
+        assert_eq!(state.live(), 0);
         assert!(!state.depart(presence(1, 3), late.epoch, true, now).moved);
         // A client that numbers nothing (show 0) may come back after its beacon.
         state.leave(presence(2, 0), None, now);
         state.join(presence(2, 0), || true, true, now);
-        assert_eq!(state.counts().live, 1);
+        assert_eq!(state.live(), 1);
         // Forgotten after a while: the memory is bounded.
         let later = now + ENDED_MEMORY;
         state.join(presence(1, 3), || true, true, later);
-        assert_eq!(state.counts().live, 2);
+        assert_eq!(state.live(), 2);
     }
 
     #[test]
     fn a_reader_counts_again_once_the_window_has_passed() {
         let start = Instant::now();
-        let mut state = PostState::new(0, Duration::from_secs(10));
+        let mut state = PostState::new(Duration::from_secs(10));
         assert!(state.join(presence(1, 0), || true, true, start).counted);
         assert!(
             !state
@@ -902,13 +875,13 @@ mod tests {
                 )
                 .counted
         );
-        assert_eq!(state.counts(), Counts { live: 3, total: 2 });
+        assert_eq!(state.live(), 3);
     }
 
     #[test]
     fn a_showing_is_believed_up_to_its_open_time_and_a_dropped_one_counts_at_most_the_cap() {
         let start = Instant::now();
-        let mut state = PostState::new(0, WINDOW);
+        let mut state = PostState::new(WINDOW);
         let a = state.join(presence(1, 1), || true, true, start);
         let later = start + Duration::from_secs(40);
         let said = Some(Duration::from_secs(3600));
@@ -949,10 +922,10 @@ mod tests {
 
     #[test]
     fn a_watcher_keeps_the_post_awake_and_counts_nowhere() {
-        let mut state = PostState::new(7, WINDOW);
+        let mut state = PostState::new(WINDOW);
         state.observe();
         assert!(!state.is_idle(), "watched");
-        assert_eq!(state.counts(), Counts { live: 0, total: 7 });
+        assert_eq!(state.live(), 0);
         state.unobserve();
         assert!(state.is_idle());
         state.unobserve();

@@ -340,11 +340,28 @@ struct Inner {
     /// Every post's readers summed: the one sum of the site's live (its pulse, its day's
     /// peak; the watchers of `*` sum the broadcasts instead, see [`crate::posts::site`]).
     site_live: u64,
+    /// Cluster mode: the other nodes' readers of posts this node does not follow, which it
+    /// knows as a sum only (in `site_live`, in no post's series).
+    unfollowed: u64,
     site: Series,
     site_peak: DayPeak,
     /// The site's newest high not yet handed out (see [`Pulse::take_new_site_peak`]).
     untold_site_peak: Option<Peak>,
     posts: Posts,
+}
+
+impl Inner {
+    /// The site's live is `live` since `unix`: its pulse and its peak hear it.
+    /// True when `live` raised the site's high of the day.
+    fn site_saw(&mut self, live: u64, unix: u64, calendar: &Calendar) -> bool {
+        self.site.set(minute_of(unix), live);
+        let peak = self.site_peak.saw(live, unix, calendar);
+        let raised = peak.is_some();
+        if raised {
+            self.untold_site_peak = peak;
+        }
+        raised
+    }
 }
 
 /// The site's pulse and every post's, and the site's peak of the day.
@@ -360,6 +377,7 @@ impl Pulse {
             calendar,
             inner: Mutex::new(Inner {
                 site_live: 0,
+                unfollowed: 0,
                 site: Series::new(now),
                 site_peak: DayPeak::default(),
                 untold_site_peak: None,
@@ -369,22 +387,38 @@ impl Pulse {
     }
 
     /// The post's live count is `live` (in cluster mode: over all nodes) since `unix`
-    /// (seconds, read once by the caller for all it does with the change).
-    pub(crate) fn set(&self, slug: &Slug, live: u64, unix: u64) {
+    /// (seconds, read once by the caller for all it does with the change). True when it
+    /// raised the site's high of the day: only then does the caller (a post at its next
+    /// broadcast) take it with [`Pulse::take_new_site_peak`], so a broadcast that raised
+    /// nothing takes this lock once per change, not once more per broadcast.
+    pub(crate) fn set(&self, slug: &Slug, live: u64, unix: u64) -> bool {
         let now = minute_of(unix);
         let mut inner = self.lock();
         let inner = &mut *inner;
         // A post not read in 24 h and still unread: nothing to keep.
         let Some(series) = inner.posts.get_mut(slug, now, live > 0) else {
-            return;
+            return false;
         };
         let before = u64::from(series.level);
         series.set(now, live);
-        inner.site_live = (inner.site_live + live).saturating_sub(before);
-        inner.site.set(now, inner.site_live);
-        if let Some(peak) = inner.site_peak.saw(inner.site_live, unix, &self.calendar) {
-            inner.untold_site_peak = Some(peak);
+        let site_live = (inner.site_live + live).saturating_sub(before);
+        inner.site_live = site_live;
+        inner.site_saw(site_live, unix, &self.calendar)
+    }
+
+    /// Cluster mode: the other nodes have `live` readers of posts this node does not follow
+    /// (see [`crate::cluster::presence`]); true when that raised the site's high of the day
+    /// (the caller tells the writer, as [`Pulse::set`]'s does).
+    pub(crate) fn set_unfollowed(&self, live: u64, unix: u64) -> bool {
+        let mut inner = self.lock();
+        if inner.unfollowed == live {
+            return false;
         }
+        let before = inner.unfollowed;
+        inner.unfollowed = live;
+        let site_live = (inner.site_live + live).saturating_sub(before);
+        inner.site_live = site_live;
+        inner.site_saw(site_live, unix, &self.calendar)
     }
 
     /// The site's newest high of the day since the last call, if any: a wave of readers
@@ -529,22 +563,18 @@ mod tests {
         let pulse = pulse();
         let (a, b) = (slug("a"), slug("b"));
         let at = DAY;
-        pulse.set(&a, 2, at);
+        assert!(pulse.set(&a, 2, at), "a first reader raises the day's peak");
         assert_eq!(pulse.take_new_site_peak(), Some(Peak { live: 2, at }));
-        pulse.set(&b, 1, at + 1);
-        pulse.set(&a, 0, at + 2);
-        pulse.set(&a, 2, at + 3);
+        assert!(pulse.set(&b, 1, at + 1));
+        assert!(!pulse.set(&a, 0, at + 2), "a fall raises nothing");
+        assert!(!pulse.set(&a, 2, at + 3), "3 again is no news");
         let three = Peak {
             live: 3,
             at: at + 1,
         };
-        assert_eq!(
-            pulse.take_new_site_peak(),
-            Some(three),
-            "3 again is no news"
-        );
+        assert_eq!(pulse.take_new_site_peak(), Some(three));
         assert_eq!(pulse.take_new_site_peak(), None, "told once");
-        pulse.set(&b, 2, at + 4);
+        assert!(pulse.set(&b, 2, at + 4));
         assert_eq!(
             pulse.take_new_site_peak(),
             Some(Peak {
@@ -552,6 +582,30 @@ mod tests {
                 at: at + 4
             })
         );
+    }
+
+    #[test]
+    fn readers_of_posts_not_followed_here_count_in_the_sites_pulse_and_peak() {
+        let pulse = pulse();
+        let a = slug("a");
+        let at = DAY;
+        pulse.set(&a, 1, at);
+        assert!(pulse.set_unfollowed(3, at + 1));
+        assert!(!pulse.set_unfollowed(3, at + 1), "no news");
+        assert_eq!(pulse.site(1), [(minute_of(at + 1), 4)]);
+        assert_eq!(
+            pulse.take_new_site_peak(),
+            Some(Peak {
+                live: 4,
+                at: at + 1
+            })
+        );
+        // A post followed from now on: its 2 readers elsewhere leave the sum, then join the
+        // post (the lower first): the peak stays.
+        assert!(!pulse.set_unfollowed(1, at + 2), "a fall raises nothing");
+        assert!(!pulse.set(&a, 3, at + 2), "4 again is no news");
+        assert_eq!(pulse.take_new_site_peak(), None);
+        assert_eq!(pulse.site(1), [(minute_of(at + 2), 4)]);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::memory::Reclaimer;
 use crate::metrics::Metrics;
 use crate::posts::alert_port::Alerts;
 use crate::posts::changes::Changes;
-use crate::posts::cluster_port::Counting;
+use crate::posts::cluster_port::{Counting, Served, Serving};
 use crate::posts::post::{
     Asleep, Counts, GetCounts, Imported, Join, Joined, Leave, Post, PostContext, Watch, Watched,
 };
@@ -42,7 +42,7 @@ impl Registry {
         dedupe_window: Duration,
         calendar: Calendar,
         metrics: Arc<Metrics>,
-        cluster: Option<Arc<dyn Counting>>,
+        counting: Arc<dyn Counting>,
         alerts: Option<Arc<dyn Alerts>>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|registry: &Weak<Self>| {
@@ -63,7 +63,7 @@ impl Registry {
                     changes: Changes::default(),
                     alerts,
                     asleep: Box::new(asleep),
-                    cluster,
+                    counting,
                 }),
                 reclaimer: Reclaimer::default(),
                 site: Site::default(),
@@ -75,14 +75,24 @@ impl Registry {
         &self.context.writer
     }
 
-    /// Cluster mode: the other nodes.
-    fn cluster(&self) -> Option<&Arc<dyn Counting>> {
-        self.context.cluster.as_ref()
+    /// Live readers posts asleep here have: none here, the other nodes' in cluster mode,
+    /// read for the occasion (this node follows only the posts it serves).
+    async fn remote_live(&self, slugs: &[Slug]) -> Vec<u64> {
+        let counting = &*self.context.counting;
+        let (_serving, ready): (Vec<Serving<'_>>, Vec<_>) = (slugs.iter())
+            .map(|slug| Serving::start(counting, Served::Post(slug)))
+            .unzip();
+        futures_util::future::join_all(ready).await;
+        slugs
+            .iter()
+            .map(|slug| counting.remote_live(slug))
+            .collect()
     }
 
-    /// Live readers a sleeping post has: none here, the other nodes' in cluster mode.
-    fn remote_live(&self, slug: &Slug) -> u64 {
-        self.cluster().map_or(0, |c| c.remote_live(slug))
+    /// Every post with live readers on other nodes (cluster mode), and how many: complete
+    /// while this node follows the whole site ([`Served::Site`]).
+    pub(crate) fn remote_posts(&self) -> Vec<(Slug, u64)> {
+        self.context.counting.remote_posts()
     }
 
     /// Delivers `msg` to the post if it is awake (a sleeping post reads the cluster on wake);
@@ -98,6 +108,10 @@ impl Registry {
             addr.do_send(msg);
         }
         addr.is_some()
+    }
+
+    pub(crate) fn is_awake(&self, slug: &Slug) -> bool {
+        self.lock().contains_key(slug)
     }
 
     /// The posts awake right now.
@@ -118,14 +132,29 @@ impl Registry {
     /// Cluster mode: a post asleep here has `live` readers on the other nodes.
     pub(crate) fn live_elsewhere(&self, slug: &Slug, live: u64) {
         let context = &self.context;
-        context
-            .pulse
-            .set(slug, live, context.calendar.clock().now_unix());
-        // No post here tells the writer of the site's new high: told at once.
+        let unix = context.calendar.clock().now_unix();
+        if context.pulse.set(slug, live, unix) {
+            self.raise_site_peak();
+        }
+        self.changes().live(slug, live);
+    }
+
+    /// Cluster mode: the other nodes' readers of the posts this node does not follow (it
+    /// knows their sum only): they count in the site's pulse and peak.
+    pub(crate) fn live_unfollowed(&self, live: u64) {
+        let context = &self.context;
+        let unix = context.calendar.clock().now_unix();
+        if context.pulse.set_unfollowed(live, unix) {
+            self.raise_site_peak();
+        }
+    }
+
+    /// No post here tells the writer of the site's new high: told at once.
+    fn raise_site_peak(&self) {
+        let context = &self.context;
         if let Some(peak) = context.pulse.take_new_site_peak() {
             context.writer.raise_site_peak(peak);
         }
-        self.changes().live(slug, live);
     }
 
     /// The numbers of many posts at once, waking none: awake posts are asked, the others'
@@ -147,6 +176,7 @@ impl Registry {
             .filter(|(_, counts)| counts.is_none())
             .map(|(slug, _)| slug.clone())
             .collect();
+        let mut remote = self.remote_live(&asleep).await.into_iter();
         let mut totals = self
             .writer()
             .totals_of(asleep)
@@ -155,13 +185,10 @@ impl Registry {
             .into_iter();
         Ok(asked
             .into_iter()
-            .zip(slugs)
-            .map(|(live, slug)| {
-                live.or_else(|| {
-                    totals.next().flatten().map(|total| Counts {
-                        live: self.remote_live(slug),
-                        total,
-                    })
+            .map(|counts| {
+                counts.or_else(|| {
+                    let live = remote.next().unwrap_or(0);
+                    totals.next().flatten().map(|total| Counts { live, total })
                 })
             })
             .collect())
@@ -193,11 +220,17 @@ impl Registry {
             .filter(|(_, c)| c.live > 0)
             .map(|(slug, c)| (slug, c.live))
             .collect();
-        if let Some(cluster) = self.cluster() {
-            let awake = self.lock();
-            let elsewhere = cluster.remote_posts().into_iter();
-            live.extend(elsewhere.filter(|(slug, _)| !awake.contains_key(slug)));
-        }
+        let counting = &*self.context.counting;
+        let (serving, ready) = Serving::start(counting, Served::Site);
+        ready.await;
+        let elsewhere = counting.remote_posts();
+        drop(serving);
+        let awake = self.lock();
+        live.extend(
+            elsewhere
+                .into_iter()
+                .filter(|(slug, _)| !awake.contains_key(slug)),
+        );
         live
     }
 
@@ -283,9 +316,10 @@ impl Registry {
         {
             return Ok(counts);
         }
+        let live = self.remote_live(std::slice::from_ref(slug)).await;
         match self.writer().load(slug, LoadFor::Numbers).await {
             Ok(loaded) => Ok(Counts {
-                live: self.remote_live(slug),
+                live: live.first().copied().unwrap_or(0),
                 total: loaded.total,
             }),
             Err(e) => Err(Refusal::from(e)),
@@ -304,6 +338,7 @@ impl Registry {
         let mut posts = self.lock();
         if posts.get(slug) == Some(addr) {
             posts.remove(slug);
+            self.context.counting.stop_serving(Served::Post(slug));
             self.reclaimer.post_slept();
             // After a spike the map would keep its peak capacity.
             if posts.capacity() > 1024 && posts.len() < posts.capacity() / 4 {
@@ -344,19 +379,36 @@ impl Registry {
         if let Some(addr) = self.lookup(slug) {
             return Ok(Some(addr));
         }
+        // Cluster mode: the post's channel is in place before its first numbers are taken
+        // (its total below, the other nodes' readers in `Post::new`), so no live change falls
+        // between them. A new total announced between the load and the post's start finds no
+        // post and is missed until the next one (the joining reader's own count answers with
+        // the total, so a wake by a reader is current). The hold passes to the post woken
+        // here, or is given back.
+        let (serving, ready) = Serving::start(&*self.context.counting, Served::Post(slug));
+        ready.await;
+        let woken = self.wake_served(slug, admission).await;
+        // Nothing awaits between the post's start and here: a woken post always keeps it.
+        if matches!(&woken, Ok(Some((_, true)))) {
+            serving.keep();
+        }
+        woken.map(|woken| woken.map(|(addr, _)| addr))
+    }
+
+    /// [`Registry::wake`] once the post is served; with whether this call woke it.
+    async fn wake_served(
+        self: &Arc<Self>,
+        slug: &Slug,
+        admission: Option<&Admission>,
+    ) -> Result<Option<(Addr<Post>, bool)>, Refusal> {
         let loaded = match self.writer().load(slug, LoadFor::Readers).await {
             Ok(loaded) => loaded,
-            // Redis down and the post not known: serve it from 0 plus what is counted here;
-            // Redis's total arrives with its next announcement or the reconnect.
-            Err(e) if self.cluster().is_some() => {
-                tracing::debug!(%slug, error = %e, "waking a post without its total");
-                Loaded {
-                    total: 0,
-                    seen: Vec::new(),
-                    new: false,
-                }
-            }
-            Err(e) => return Err(Refusal::from(e)),
+            // Whether a post can be served without its total is the counter's call.
+            Err(e) => Loaded {
+                total: self.context.counting.unloaded(slug, e)?,
+                seen: Vec::new(),
+                new: false,
+            },
         };
         // The writer knows nothing of it: whether it may exist is the slug admission's call.
         let new_post = match (loaded.new, admission) {
@@ -367,7 +419,7 @@ impl Registry {
         let mut posts = self.lock();
         // Another request may have woken it while we loaded (its place, if any, goes back).
         if let Some(addr) = posts.get(slug) {
-            return Ok(Some(addr.clone()));
+            return Ok(Some((addr.clone(), false)));
         }
         let post = Post::new(
             slug.clone(),
@@ -378,7 +430,7 @@ impl Registry {
         let seen = loaded.seen;
         let addr = post.remembering(seen).start();
         posts.insert(slug.clone(), addr.clone());
-        Ok(Some(addr))
+        Ok(Some((addr, true)))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Slug, Addr<Post>>> {

@@ -2,10 +2,12 @@
 //! `data-viewcounter-watch="*"`): everyone reading any post now and all views of all posts,
 //! counting nothing, followed live like a post (coalesced the same way).
 //!
-//! Started by the first watcher of `*` and running from then on: a task that keeps every
+//! Started by the first watcher of `*` and running while one watches: a task that keeps every
 //! post's numbers from a snapshot (all totals, every post's live readers) and the change
 //! feed ([`crate::posts::changes`]), and broadcasts their sums at most once per
-//! [`MIN_BROADCAST_INTERVAL`]. A feed it fell behind, or numbers moved outside counting (an
+//! [`MIN_BROADCAST_INTERVAL`]. When the last watcher has gone it stops and lets go of the
+//! feed: in cluster mode a node follows every post's channel only while the feed has a
+//! follower, so one passing watcher of `*` must not keep it doing so. A feed it fell behind, or numbers moved outside counting (an
 //! import), make it read a new snapshot.
 
 use std::collections::HashMap;
@@ -66,10 +68,10 @@ impl Sums {
     }
 }
 
-/// The site's broadcast, once someone watched it.
+/// The site's broadcast, while someone watches it.
 #[derive(Default)]
 pub(crate) struct Site {
-    updates: tokio::sync::Mutex<Option<watch::Sender<Update>>>,
+    updates: Arc<tokio::sync::Mutex<Option<watch::Sender<Update>>>>,
 }
 
 impl Site {
@@ -87,7 +89,8 @@ impl Site {
                 let feed = changes.subscribe();
                 let sums = snapshot().await?;
                 let tx = watch::Sender::new(update(sums.counts()));
-                actix_rt::spawn(follow(tx.clone(), feed, sums, snapshot));
+                let site = Arc::clone(&self.updates);
+                actix_rt::spawn(follow(tx.clone(), feed, sums, snapshot, site));
                 updates.insert(tx).clone()
             }
         };
@@ -105,16 +108,31 @@ fn update(counts: Counts) -> Update {
     Update::new(&Slug::site(), counts)
 }
 
-/// Keeps the sums as the feed moves them, broadcasting at most once per interval.
+/// Keeps the sums as the feed moves them, broadcasting at most once per interval, until the
+/// last watcher has gone (then `site`, the site's broadcast, is emptied for the next one).
 async fn follow(
     tx: watch::Sender<Update>,
     mut feed: broadcast::Receiver<Change>,
     mut sums: Sums,
     snapshot: Snapshot,
+    site: Arc<tokio::sync::Mutex<Option<watch::Sender<Update>>>>,
 ) {
     let mut shown = sums.counts();
     loop {
-        let mut next = Some(feed.recv().await);
+        let change = tokio::select! {
+            change = feed.recv() => change,
+            () = tx.closed() => {
+                // A watcher subscribes under this lock: none can come between the check and
+                // the broadcast's removal.
+                let mut updates = site.lock().await;
+                if tx.receiver_count() == 0 {
+                    *updates = None;
+                    return;
+                }
+                continue;
+            }
+        };
+        let mut next = Some(change);
         let mut resync = false;
         while let Some(change) = next.take() {
             match change {

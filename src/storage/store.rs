@@ -2,6 +2,7 @@
 //! a shared engine that adds atomically (Redis `INCRBY`, SQL `total = total + $1`) can replace
 //! the embedded redb file without touching the rest.
 
+use std::collections::BTreeMap;
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,18 +10,30 @@ use std::sync::Arc;
 use redb::backends::InMemoryBackend;
 use redb::{
     Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    StorageBackend, TableDefinition,
+    StorageBackend, TableDefinition, TableHandle,
 };
 
+use crate::edge::reader_id::{self, HashKey, ReaderId, ReaderKey};
 use crate::storage::presence::{DayPresence, Peak};
 use crate::storage::{MAX_COUNT, add_counts};
 
 /// Views per post: slug → all-time total.
 const TOTALS: TableDefinition<&str, u64> = TableDefinition::new("totals");
-/// Reader ids counted within the dedupe window: "slug reader-id" → unix seconds when counted.
-/// Written in the same transaction as the totals, so a restart (or a crash) never counts an
-/// open tab's reconnect twice, and a view lost in a crash takes its id with it.
-const SEEN: TableDefinition<&str, u64> = TableDefinition::new("seen");
+/// Reader ids counted within the dedupe window, compact: (slug, slice start in unix seconds,
+/// part) → the views counted in that slice, each a [`Counted`] (10 bytes), packed, in parts of
+/// at most [`PART_BYTES`]. Written in the same transaction as the totals, so a restart (or a
+/// crash) never counts an open tab's reconnect twice, and a view lost in a crash takes its id
+/// with it; a row goes whole once its newest view is out of the window.
+const SEEN: TableDefinition<(&str, u64, u32), &[u8]> = TableDefinition::new("seen_slices");
+/// Schema 3 and older: "slug reader-id" → unix seconds, one row (~280 B) per view. Moved into
+/// [`SEEN`] on open.
+const SEEN_V3: TableDefinition<&str, u64> = TableDefinition::new("seen");
+/// A part of a [`SEEN`] row holds at most this many bytes: a flush rewrites at most one part
+/// per post and slice (the one it appends to), and a full part fits one 4 KiB page of redb's
+/// with its key (a slug of up to ~80 bytes; a longer one takes a larger page).
+const PART_BYTES: usize = 400 * Counted::BYTES;
+/// Slices of views moved from [`SEEN_V3`] are this long (the file does not know the window).
+const MIGRATED_SLICE_SECS: u64 = 60;
 /// Views per post per calendar day (`--timezone`): (day as `YYYYMMDD`, slug) → views. Day
 /// first, so one day's views of every post (`top?by=today`) are one range; a post's history is
 /// a lookup per day. Written in the same transaction as the totals.
@@ -36,10 +49,15 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SCHEMA_VERSION_KEY: &str = "schema_version";
 /// `meta`: when the file was retired (`viewcounter retire`), unix seconds.
 const RETIRED: &str = "retired";
+/// `meta`: the two halves of the key the reader ids in [`SEEN`] are hashed with
+/// ([`reader_id::HashKey`]).
+const READER_KEY: [&str; 2] = ["reader_key_0", "reader_key_1"];
 /// 2 added `days`; a version-1 file gains the table (empty: those views have no days) on open.
 /// 3 added `day_presence` and `site_peaks`; older files gain them empty (no reading times or
 /// peaks were kept then), their totals and days untouched.
-pub const SCHEMA_VERSION: u64 = 3;
+/// 4 keeps counted reader ids as 64-bit keyed hashes packed per post and time slice
+/// (`seen_slices`, and the key in `meta`); the rows of `seen` move there on open.
+pub const SCHEMA_VERSION: u64 = 4;
 const OLDEST_READABLE: u64 = 1;
 
 /// redb's page cache, in bytes. Its default (1 GiB) keeps every page ever read or written:
@@ -119,8 +137,9 @@ pub trait Store: Send + 'static {
     fn day(&mut self, day: u32) -> Result<Vec<(String, u64)>, StoreError>;
     /// Every (slug, day, views), sorted by slug then day.
     fn all_days(&mut self) -> Result<Vec<(String, u32, u64)>, StoreError>;
-    /// Reader ids of one post counted at or after `since` (unix seconds).
-    fn seen(&mut self, slug: &str, since: u64) -> Result<Vec<(String, u64)>, StoreError>;
+    /// The reader ids (as keys) of one post counted at or after `since`, with when (unix
+    /// seconds).
+    fn seen(&mut self, slug: &str, since: u64) -> Result<Vec<(ReaderKey, u64)>, StoreError>;
     /// Forgets reader ids counted before `cutoff` (unix seconds).
     fn forget_seen_before(&mut self, cutoff: u64) -> Result<(), StoreError>;
     /// Every stored total, sorted by slug.
@@ -145,12 +164,69 @@ pub struct PresenceDelta<'a> {
     pub presence: DayPresence,
 }
 
-/// A reader id counted for a post at a time (unix seconds).
+/// Views of one post counted within one time slice, to remember.
 #[derive(Debug, Clone, Copy)]
 pub struct Seen<'a> {
     pub slug: &'a str,
-    pub reader: &'a str,
-    pub at: u64,
+    /// When the slice starts, unix seconds; each view is at most [`SLICE_MAX_SECS`] after.
+    pub start: u64,
+    pub readers: &'a [Counted],
+}
+
+/// The longest a slice of [`Seen`] may be: a view keeps its time as seconds after its slice's
+/// start in 16 bits.
+pub const SLICE_MAX_SECS: u64 = u16::MAX as u64;
+
+/// One counted view as the file keeps it: its reader id's [`ReaderKey`] (8 bytes) and its time
+/// in seconds after its slice's start (2 bytes), little-endian. Bytes, so a list of them is
+/// 10 bytes a view in the writer's memory too.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Counted([u8; Counted::BYTES]);
+
+impl Counted {
+    const BYTES: usize = 10;
+
+    /// `after`: seconds after the slice's start, at most [`SLICE_MAX_SECS`].
+    pub fn new(reader: ReaderKey, after: u16) -> Self {
+        let mut bytes = [0u8; Self::BYTES];
+        bytes[..8].copy_from_slice(&reader.bits().to_le_bytes());
+        bytes[8..].copy_from_slice(&after.to_le_bytes());
+        Self(bytes)
+    }
+
+    pub fn reader(&self) -> ReaderKey {
+        let mut bits = [0u8; 8];
+        bits.copy_from_slice(&self.0[..8]);
+        ReaderKey::from_bits(u64::from_le_bytes(bits))
+    }
+
+    pub fn after(&self) -> u16 {
+        u16::from_le_bytes([self.0[8], self.0[9]])
+    }
+
+    /// The views packed in a row; a torn tail (never written so) is left out.
+    fn all_in(row: &[u8]) -> impl Iterator<Item = Self> + '_ {
+        row.chunks_exact(Self::BYTES).map(|c| {
+            let mut bytes = [0u8; Self::BYTES];
+            bytes.copy_from_slice(c);
+            Self(bytes)
+        })
+    }
+}
+
+impl std::fmt::Debug for Counted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Counted({:?}, +{}s)", self.reader(), self.after())
+    }
+}
+
+/// When the newest view of a [`SEEN`] row was counted (unix seconds).
+fn newest_in(start: u64, row: &[u8]) -> u64 {
+    start
+        + Counted::all_in(row)
+            .map(|c| u64::from(c.after()))
+            .max()
+            .unwrap_or(0)
 }
 
 /// A count as stored, read as at most [`MAX_COUNT`]: a file written before counts were bounded
@@ -159,10 +235,38 @@ fn count(stored: u64) -> u64 {
     stored.min(MAX_COUNT)
 }
 
-/// Slugs and reader ids never hold a space, so "slug reader" is unambiguous and all ids of a
-/// post sort together under the prefix "slug ".
-fn seen_key(slug: &str, reader: &str) -> String {
-    format!("{slug} {reader}")
+/// Adds `readers` to the row of (`slug`, `start`): into its last part while it has room, then
+/// into new parts.
+fn remember(
+    table: &mut redb::Table<(&str, u64, u32), &[u8]>,
+    slug: &str,
+    start: u64,
+    mut readers: &[Counted],
+) -> Result<(), StoreError> {
+    let last = table
+        .range((slug, start, 0)..=(slug, start, u32::MAX))
+        .map_err(StoreError::storage)?
+        .next_back()
+        .transpose()
+        .map_err(StoreError::storage)?
+        .map(|(key, row)| (key.value().2, row.value().to_vec()));
+    let (mut part, mut row) = match last {
+        Some((part, row)) if row.len() + Counted::BYTES <= PART_BYTES => (part, row),
+        Some((part, _)) => (part.saturating_add(1), Vec::new()),
+        None => (0, Vec::new()),
+    };
+    while !readers.is_empty() {
+        let room = (PART_BYTES - row.len()) / Counted::BYTES;
+        let (now, later) = readers.split_at(room.min(readers.len()));
+        row.extend(now.iter().flat_map(|c| c.0));
+        table
+            .insert((slug, start, part), row.as_slice())
+            .map_err(StoreError::storage)?;
+        readers = later;
+        part = part.saturating_add(1);
+        row.clear();
+    }
+    Ok(())
 }
 
 /// The embedded store: one redb file, one write transaction (one fsync) per batch.
@@ -420,6 +524,11 @@ fn check_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
                 ));
             }
         }
+        if !share_reader_key(&mut meta)? {
+            tracing::warn!(path = %path.display(), "this file's reader ids were hashed with another key than this process's (a second database opened in one process): its dedupe memory is forgotten");
+            txn.delete_table(SEEN).map_err(StoreError::storage)?;
+        }
+        migrate_seen_v3(&txn)?;
         txn.open_table(TOTALS).map_err(|e| foreign(e.to_string()))?;
         txn.open_table(SEEN).map_err(|e| foreign(e.to_string()))?;
         txn.open_table(DAYS).map_err(|e| foreign(e.to_string()))?;
@@ -429,6 +538,71 @@ fn check_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
             .map_err(|e| foreign(e.to_string()))?;
     }
     txn.commit().map_err(StoreError::storage)
+}
+
+/// Makes the file's reader-id hash key the process's; a file without one (new, or of schema 3
+/// or older) is given the process's. False when the process already hashes with another key
+/// than the file's: the file's remembered views then match no reader id.
+fn share_reader_key(meta: &mut redb::Table<&str, u64>) -> Result<bool, StoreError> {
+    let half = |name| {
+        meta.get(name)
+            .map(|v| v.map(|v| v.value()))
+            .map_err(StoreError::storage)
+    };
+    let file = match (half(READER_KEY[0])?, half(READER_KEY[1])?) {
+        (Some(a), Some(b)) => Some(HashKey([a, b])),
+        _ => None,
+    };
+    let in_use = match file {
+        Some(key) => reader_id::adopt_hash_key(key),
+        None => reader_id::hash_key(),
+    };
+    if file != Some(in_use) {
+        for (name, half) in READER_KEY.into_iter().zip(in_use.0) {
+            meta.insert(name, half).map_err(StoreError::storage)?;
+        }
+    }
+    Ok(file.is_none_or(|key| key == in_use))
+}
+
+/// Moves the reader ids of a schema-3 file (a row each) into [`SEEN`], hashed with the key
+/// just given to the file, and drops the old table.
+fn migrate_seen_v3(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let old = txn
+        .list_tables()
+        .map_err(StoreError::storage)?
+        .any(|table| table.name() == SEEN_V3.name());
+    if !old {
+        return Ok(());
+    }
+    let mut slices: BTreeMap<(String, u64), Vec<Counted>> = BTreeMap::new();
+    {
+        let table = txn.open_table(SEEN_V3).map_err(StoreError::storage)?;
+        for row in table.iter().map_err(StoreError::storage)? {
+            let (key, at) = row.map_err(StoreError::storage)?;
+            // Slugs and reader ids hold no space: the key was "slug reader-id".
+            let Some((slug, reader)) = key.value().rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(reader) = ReaderId::parse(reader) else {
+                continue;
+            };
+            let at = at.value();
+            let start = at - at % MIGRATED_SLICE_SECS;
+            // Below MIGRATED_SLICE_SECS, so within u16.
+            let after = (at - start) as u16;
+            slices
+                .entry((slug.to_owned(), start))
+                .or_default()
+                .push(Counted::new(reader.key(), after));
+        }
+    }
+    txn.delete_table(SEEN_V3).map_err(StoreError::storage)?;
+    let mut table = txn.open_table(SEEN).map_err(StoreError::storage)?;
+    for ((slug, start), readers) in &slices {
+        remember(&mut table, slug, *start, readers)?;
+    }
+    Ok(())
 }
 
 /// Refuses to read a file whose schema this build does not know.
@@ -526,8 +700,7 @@ impl Store for RedbStore {
                 }
                 let mut ids = txn.open_table(SEEN).map_err(StoreError::storage)?;
                 for s in seen {
-                    ids.insert(seen_key(s.slug, s.reader).as_str(), s.at)
-                        .map_err(StoreError::storage)?;
+                    remember(&mut ids, s.slug, s.start, s.readers)?;
                 }
                 let mut table = txn.open_table(TOTALS).map_err(StoreError::storage)?;
                 for &(slug, delta) in batch {
@@ -544,7 +717,7 @@ impl Store for RedbStore {
         })
     }
 
-    fn seen(&mut self, slug: &str, since: u64) -> Result<Vec<(String, u64)>, StoreError> {
+    fn seen(&mut self, slug: &str, since: u64) -> Result<Vec<(ReaderKey, u64)>, StoreError> {
         self.with_db(|db| {
             let txn = db.begin_read().map_err(StoreError::storage)?;
             let ids = match txn.open_table(SEEN) {
@@ -552,15 +725,21 @@ impl Store for RedbStore {
                 Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
                 Err(e) => return Err(StoreError::storage(e)),
             };
-            let prefix = seen_key(slug, "");
             let mut found = Vec::new();
-            for row in ids.range(prefix.as_str()..).map_err(StoreError::storage)? {
-                let (key, at) = row.map_err(StoreError::storage)?;
-                let Some(reader) = key.value().strip_prefix(prefix.as_str()) else {
-                    break;
-                };
-                if at.value() >= since {
-                    found.push((reader.to_owned(), at.value()));
+            let rows = ids
+                .range((slug, 0, 0)..=(slug, u64::MAX, u32::MAX))
+                .map_err(StoreError::storage)?;
+            for row in rows {
+                let (key, row) = row.map_err(StoreError::storage)?;
+                let (_, start, _) = key.value();
+                if start.saturating_add(SLICE_MAX_SECS) < since {
+                    continue;
+                }
+                for counted in Counted::all_in(row.value()) {
+                    let at = start + u64::from(counted.after());
+                    if at >= since {
+                        found.push((counted.reader(), at));
+                    }
                 }
             }
             Ok(found)
@@ -572,7 +751,7 @@ impl Store for RedbStore {
             let txn = db.begin_write().map_err(StoreError::storage)?;
             txn.open_table(SEEN)
                 .map_err(StoreError::storage)?
-                .retain(|_, at| at >= cutoff)
+                .retain(|(_, start, _), row| newest_in(start, row) >= cutoff)
                 .map_err(StoreError::storage)?;
             txn.commit().map_err(StoreError::storage)
         })
@@ -946,49 +1125,142 @@ mod tests {
         assert_eq!(read_totals_offline(&path).unwrap(), want);
     }
 
+    fn key(id: &str) -> ReaderKey {
+        ReaderId::parse(id).unwrap().key()
+    }
+
+    /// Views counted `after` seconds after a slice's start.
+    fn counted(views: &[(&str, u16)]) -> Vec<Counted> {
+        views
+            .iter()
+            .map(|&(id, after)| Counted::new(key(id), after))
+            .collect()
+    }
+
     #[test]
     fn counted_reader_ids_are_found_per_post_and_forgotten_when_expired() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = RedbStore::open(&dir.path().join("seen.redb")).unwrap();
-        let seen = [
-            Seen {
-                slug: "a",
-                reader: "reader-one-000000",
-                at: 100,
-            },
-            Seen {
-                slug: "a",
-                reader: "reader-two-000000",
-                at: 200,
-            },
-            Seen {
-                slug: "a/b",
-                reader: "reader-three-0000",
-                at: 200,
-            },
-            Seen {
-                slug: "ab",
-                reader: "reader-four-00000",
-                at: 200,
-            },
-        ];
+        let a_early = counted(&[("reader-one-000000", 0)]);
+        let a_late = counted(&[("reader-two-000000", 100)]);
+        let others = counted(&[("reader-three-0000", 100)]);
+        let seen = |slug, start, readers| Seen {
+            slug,
+            start,
+            readers,
+        };
         store
-            .add(&[("a", 2), ("a/b", 1), ("ab", 1)], &[], &seen)
+            .add(
+                &[("a", 2), ("a/b", 1), ("ab", 1)],
+                &[],
+                &[
+                    seen("a", 100, &a_early),
+                    seen("a", 100, &a_late),
+                    seen("a/b", 100, &others),
+                    seen("ab", 100, &others),
+                ],
+            )
             .unwrap();
         assert_eq!(
             store.seen("a", 0).unwrap(),
             vec![
-                ("reader-one-000000".to_owned(), 100),
-                ("reader-two-000000".to_owned(), 200)
+                (key("reader-one-000000"), 100),
+                (key("reader-two-000000"), 200)
             ]
         );
         assert_eq!(store.seen("a", 150).unwrap().len(), 1);
-        store.forget_seen_before(150).unwrap();
+        // A row goes once its newest view is out of the window.
+        store.forget_seen_before(200).unwrap();
+        assert_eq!(store.seen("a", 0).unwrap().len(), 2);
+        store.forget_seen_before(201).unwrap();
+        assert_eq!(store.seen("a", 0).unwrap(), []);
+        assert_eq!(store.seen("ab", 0).unwrap(), []);
+        // Other slices are untouched.
+        store.add(&[], &[], &[seen("ab", 300, &others)]).unwrap();
+        store.forget_seen_before(201).unwrap();
         assert_eq!(
-            store.seen("a", 0).unwrap(),
-            vec![("reader-two-000000".to_owned(), 200)]
+            store.seen("ab", 0).unwrap(),
+            vec![(key("reader-three-0000"), 400)]
         );
-        assert_eq!(store.seen("ab", 0).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_slice_of_many_views_is_kept_in_parts_of_bounded_size_and_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("parts.redb");
+        let mut store = RedbStore::open(&path).unwrap();
+        let views = |from: u64, n: u64| -> Vec<Counted> {
+            (from..from + n)
+                .map(|i| Counted::new(ReaderKey::from_bits(i), (i % 60) as u16))
+                .collect()
+        };
+        // Flushes of several sizes into one slice: the last part fills up before a new one.
+        let mut all = Vec::new();
+        for (from, n) in [(0, 3), (3, 1000), (1003, 7), (1010, 400)] {
+            let batch = views(from, n);
+            store
+                .add(
+                    &[],
+                    &[],
+                    &[Seen {
+                        slug: "hot",
+                        start: 1_800_000_000,
+                        readers: &batch,
+                    }],
+                )
+                .unwrap();
+            all.extend(batch);
+        }
+        let want: Vec<(ReaderKey, u64)> = all
+            .iter()
+            .map(|c| (c.reader(), 1_800_000_000 + u64::from(c.after())))
+            .collect();
+        assert_eq!(store.seen("hot", 0).unwrap(), want);
+        drop(store);
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let rows: Vec<usize> = txn
+            .open_table(SEEN)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|row| row.unwrap().1.value().len())
+            .collect();
+        assert_eq!(rows.len(), 1410_usize.div_ceil(400), "{rows:?}");
+        assert!(rows.iter().all(|&len| len <= PART_BYTES), "{rows:?}");
+    }
+
+    #[test]
+    fn a_file_hashed_with_another_key_than_the_processs_forgets_its_ids_rather_than_misread_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.redb");
+        let readers = counted(&[("reader-one-000000", 0)]);
+        let mut store = RedbStore::open(&path).unwrap();
+        let seen = Seen {
+            slug: "a",
+            start: 100,
+            readers: &readers,
+        };
+        store.add(&[("a", 1)], &[], &[seen]).unwrap();
+        drop(store);
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        let other = reader_id::hash_key().0[0].wrapping_add(1);
+        txn.open_table(META)
+            .unwrap()
+            .insert(READER_KEY[0], other)
+            .unwrap();
+        txn.commit().unwrap();
+        drop(db);
+
+        let mut store = RedbStore::open(&path).unwrap();
+        assert_eq!(store.seen("a", 0).unwrap(), []);
+        assert_eq!(store.load("a").unwrap(), Some(1), "the rest is kept");
+        assert_eq!(
+            store.meta(READER_KEY[0]).unwrap(),
+            Some(reader_id::hash_key().0[0]),
+            "the file now holds the key its new rows are hashed with"
+        );
     }
 
     #[test]
@@ -1024,9 +1296,7 @@ mod tests {
     #[test]
     fn a_file_written_by_the_first_release_opens_keeps_its_totals_and_gains_days() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("v1.redb");
-        let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/schema-v1.redb");
-        std::fs::copy(fixture, &path).unwrap();
+        let path = fixture_copy(&dir, "schema-v1.redb");
         let expected = vec![
             ("2024/05/my_post.html".to_owned(), 1),
             ("alpha".to_owned(), 3),
@@ -1069,9 +1339,7 @@ mod tests {
     #[test]
     fn a_file_written_by_the_second_release_opens_keeps_its_totals_and_days_and_gains_presence() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("v2.redb");
-        let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/schema-v2.redb");
-        std::fs::copy(fixture, &path).unwrap();
+        let path = fixture_copy(&dir, "schema-v2.redb");
         let totals = vec![("alpha".to_owned(), 3), ("beta".to_owned(), 4)];
         let days = vec![
             ("alpha".to_owned(), 20261201, 2),
@@ -1119,7 +1387,67 @@ mod tests {
         );
         assert_eq!(store.site_peaks(&[20261202]).unwrap(), [presence.peak]);
         drop(store);
-        assert_eq!(schema_version(&Database::open(&path).unwrap()), Some(3));
+        assert_eq!(
+            schema_version(&Database::open(&path).unwrap()),
+            Some(SCHEMA_VERSION)
+        );
+    }
+
+    #[test]
+    fn a_file_written_by_the_third_release_keeps_its_counted_reader_ids_compactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = fixture_copy(&dir, "schema-v3.redb");
+        let totals = vec![
+            ("2024/05/my_post.html".to_owned(), 1),
+            ("alpha".to_owned(), 2),
+        ];
+        assert_eq!(
+            Snapshot::read(&path).unwrap().totals().unwrap(),
+            totals,
+            "readable before migration"
+        );
+        let mut store = RedbStore::open(&path).unwrap();
+        assert_eq!(store.totals().unwrap(), totals);
+        assert_eq!(
+            store.seen("alpha", 0).unwrap(),
+            [
+                (key("reader-one-000000"), 1_800_000_000),
+                (key("reader-two-000000"), 1_800_000_100)
+            ]
+        );
+        assert_eq!(
+            store.seen("2024/05/my_post.html", 1_800_000_050).unwrap(),
+            [(key("reader-one-000000"), 1_800_000_050)]
+        );
+        assert_eq!(
+            store.seen("2024/05/my_post.html", 1_800_000_051).unwrap(),
+            []
+        );
+        drop(store);
+        let db = Database::open(&path).unwrap();
+        assert_eq!(schema_version(&db), Some(SCHEMA_VERSION));
+        let txn = db.begin_read().unwrap();
+        assert!(
+            txn.list_tables()
+                .unwrap()
+                .all(|t| t.name() != SEEN_V3.name()),
+            "the row per id is gone"
+        );
+        drop(txn);
+        drop(db);
+        // Opened again (the migration done), the same: the key came with the file.
+        let mut store = RedbStore::open(&path).unwrap();
+        assert_eq!(store.seen("alpha", 0).unwrap().len(), 2);
+    }
+
+    /// A copy in `dir` of the file `name` of `tests/fixtures/` (written by an earlier release).
+    fn fixture_copy(dir: &tempfile::TempDir, name: &str) -> PathBuf {
+        let path = dir.path().join(name);
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name);
+        std::fs::copy(fixture, &path).unwrap();
+        path
     }
 
     /// The version a file says it has.

@@ -13,14 +13,16 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, oneshot};
 
-use crate::edge::reader_id::ReaderId;
+use crate::edge::reader_id::{ReaderId, ReaderKey};
 use crate::edge::slug::Slug;
 use crate::memory::{CachedBlocks, HoldsCachedBlocks};
 use crate::metrics::Metrics;
 use crate::refusal::Refusal;
 use crate::storage::calendar::{Calendar, Day};
 use crate::storage::presence::{DayPresence, Peak, Reads};
-use crate::storage::store::{DayViews, PresenceDelta, Seen, Store, StoreError};
+use crate::storage::store::{
+    Counted, DayViews, PresenceDelta, SLICE_MAX_SECS, Seen, Store, StoreError,
+};
 use crate::storage::{MAX_COUNT, add_counts};
 
 /// How long a failing flush waits before it is tried again, at the least.
@@ -31,8 +33,16 @@ const MIN_RETRY: Duration = Duration::from_secs(1);
 /// each behind for good, and a post read lately is the one likely to be read again.
 const KNOWN_CAP: usize = 4096;
 
-/// Expired reader ids are swept from the store at most this often.
+/// Expired reader ids are swept from the store at most this often, and at least once a slice
+/// (a window / `SEEN_SLICES`): the sweep reads a few bytes per remembered view, and a file swept
+/// once a slice holds ids at most two slices past the window.
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
+
+/// Counted reader ids are kept in the file in slices of about a window / `SEEN_SLICES` (one
+/// row per post and slice, dropped whole by the sweep once its newest view is out of the
+/// window): the file holds them up to a slice longer than the window (and the sweep's
+/// interval), and a flush appends to one row per post.
+const SEEN_SLICES: u64 = 8;
 
 #[derive(Debug, Clone, Copy)]
 pub struct FlushPolicy {
@@ -54,9 +64,9 @@ pub enum LoadFor {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Loaded {
     pub total: u64,
-    /// The reader ids counted within the dedupe window (id, unix seconds); empty for
+    /// The reader ids counted within the dedupe window (as keys, unix seconds); empty for
     /// [`LoadFor::Numbers`].
-    pub seen: Vec<(String, u64)>,
+    pub seen: Vec<(ReaderKey, u64)>,
     /// No row and no unwritten view: whether it may exist is for the slug admission
     /// ([`crate::edge::slug_list::Admission`]) to say.
     pub new: bool,
@@ -69,10 +79,10 @@ const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
 /// What goes to the store through the inbox.
 enum Entry {
-    /// One counted view, and the reader id it was counted for.
+    /// One counted view, and the key of the reader id it was counted for.
     View {
         slug: Slug,
-        reader: ReaderId,
+        reader: ReaderKey,
         at: u64,
     },
     /// Views counted without a reader id to remember (cluster mode: Redis keeps the
@@ -185,7 +195,9 @@ impl Writer {
     pub fn add_view(&self, slug: &Slug, reader: ReaderId, at: u64) {
         self.push(Entry::View {
             slug: slug.clone(),
-            reader,
+            // The key the post keeps (a hash of the id, tens of nanoseconds): what the file
+            // keeps, 8 bytes rather than the id's string.
+            reader: reader.key(),
             at,
         });
     }
@@ -558,8 +570,8 @@ struct Pending {
     /// The same views by day (`YYYYMMDD`), in the order they were counted: nearly always one
     /// entry, two around midnight.
     days: Vec<(u32, u64)>,
-    /// Reader ids counted with them (id, unix seconds).
-    seen: Vec<(ReaderId, u64)>,
+    /// Reader ids counted with them, by slice (start in unix seconds): nearly always one.
+    seen: Vec<(u64, Vec<Counted>)>,
     first: Instant,
     last: Instant,
 }
@@ -761,15 +773,22 @@ impl State {
         }
     }
 
-    fn add(&mut self, slug: Slug, reader: ReaderId, at: u64) {
+    fn add(&mut self, slug: Slug, reader: ReaderKey, at: u64) {
         let day = self.day_of(at);
+        let length = (self.policy.dedupe_window.as_secs() / SEEN_SLICES).clamp(1, SLICE_MAX_SECS);
+        let start = at - at % length;
+        // Below `length`, itself at most SLICE_MAX_SECS (u16::MAX).
+        let counted = Counted::new(reader, (at - start) as u16);
         let p = self.pending_of(slug);
         p.delta = add_counts(p.delta, 1);
         match p.days.last_mut() {
             Some((d, views)) if *d == day => *views = add_counts(*views, 1),
             _ => p.days.push((day, 1)),
         }
-        p.seen.push((reader, at));
+        match p.seen.iter_mut().find(|(s, _)| *s == start) {
+            Some((_, readers)) => readers.push(counted),
+            None => p.seen.push((start, vec![counted])),
+        }
     }
 
     /// Changes the post's unwritten presence on `day`.
@@ -858,7 +877,13 @@ impl State {
         // Without the file, the dedupe memory of a restart is lost; the post is still served.
         let mut seen = self.store.seen(slug.as_str(), since).unwrap_or_default();
         if let Some(p) = self.pending.get(slug) {
-            seen.extend(p.seen.iter().map(|(id, at)| (id.as_str().to_owned(), *at)));
+            for (start, readers) in &p.seen {
+                seen.extend(
+                    readers
+                        .iter()
+                        .map(|c| (c.reader(), start + u64::from(c.after()))),
+                );
+            }
         }
         Ok(Loaded { total, seen, new })
     }
@@ -1136,10 +1161,10 @@ impl State {
             .pending
             .iter()
             .flat_map(|(slug, p)| {
-                p.seen.iter().map(|(id, at)| Seen {
+                p.seen.iter().map(|(start, readers)| Seen {
                     slug: slug.as_str(),
-                    reader: id.as_str(),
-                    at: *at,
+                    start: *start,
+                    readers,
                 })
             })
             .collect();
@@ -1174,9 +1199,12 @@ impl State {
         Ok(())
     }
 
-    /// Forgets reader ids older than the dedupe window, at most every `SWEEP_EVERY`.
+    /// Forgets reader ids older than the dedupe window, every `SWEEP_EVERY` or slice.
     fn sweep_expired_ids(&mut self) {
-        if self.last_sweep.elapsed() < SWEEP_EVERY.min(self.policy.dedupe_window) {
+        // Slices are whole seconds (at least one): a sweep more often frees nothing more,
+        // and each is a write transaction of its own (a short window would double the fsyncs).
+        let slice = (self.policy.dedupe_window / SEEN_SLICES as u32).max(Duration::from_secs(1));
+        if self.last_sweep.elapsed() < SWEEP_EVERY.min(slice) {
             return;
         }
         self.last_sweep = Instant::now();

@@ -7,12 +7,12 @@ use viewcounter::config::Config;
 
 use crate::app::{TestApp, spawn_app_configured};
 use crate::bin::BinServer;
-use crate::redis::Redis;
 
-/// A node to be, named `name` (`--node-id`) on `redis`.
+/// A node to be, named `name` (`--node-id`) on a Redis (a [`crate::Redis`], or a master of a
+/// [`crate::RedisCluster`]).
 pub struct NodeOn<'a> {
-    /// The Redis it joins.
-    pub(crate) redis: &'a Redis,
+    /// The URL of the Redis it joins.
+    pub(crate) url: String,
     /// Its `--node-id`.
     pub(crate) name: &'a str,
 }
@@ -21,7 +21,7 @@ impl NodeOn<'_> {
     /// The node as an `Application` in the test's actix System: the defaults, this Redis and
     /// name, then `configure`.
     pub async fn spawn(self, configure: impl FnOnce(&mut Config)) -> TestApp {
-        let url = self.redis.url();
+        let url = self.url;
         let name = self.name.to_owned();
         spawn_app_configured(|c| {
             c.cluster = Some(Settings {
@@ -50,7 +50,7 @@ impl NodeOn<'_> {
     fn flags(&self, flags: &[&str]) -> Vec<String> {
         let mut all = vec![
             "--redis".to_owned(),
-            self.redis.url(),
+            self.url.clone(),
             "--node-id".to_owned(),
             self.name.to_owned(),
         ];

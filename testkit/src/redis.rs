@@ -7,6 +7,7 @@ use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
+use viewcounter::cluster::keys::Group;
 
 use redis::aio::MultiplexedConnection;
 use tempfile::TempDir;
@@ -238,19 +239,7 @@ impl Redis {
     }
 
     async fn try_connection(&self) -> Option<MultiplexedConnection> {
-        let client = self.client()?;
-        let connect = client.get_multiplexed_async_connection();
-        let mut conn = tokio::time::timeout(COMMAND_WITHIN, connect)
-            .await
-            .ok()?
-            .ok()?;
-        let ping = redis::cmd("PING");
-        let pong = ping.query_async::<String>(&mut conn);
-        tokio::time::timeout(COMMAND_WITHIN, pong)
-            .await
-            .ok()?
-            .ok()?;
-        Some(conn)
+        answering(self.client()?).await
     }
 
     /// A connection for the test's own commands.
@@ -270,17 +259,18 @@ impl Redis {
         }
     }
 
-    /// `HGET vc:totals SLUG`: the cluster's total of a post (0 when it has none).
+    /// `HGET vc:{gN}:totals SLUG`: the cluster's total of a post (0 when it has none).
     pub async fn total(&self, slug: &str) -> u64 {
         let total: Option<u64> = self
-            .query(redis::cmd("HGET").arg("vc:totals").arg(slug))
+            .query(redis::cmd("HGET").arg(Group::of(slug).totals()).arg(slug))
             .await;
         total.unwrap_or(0)
     }
 
-    /// The post's views summed over every `vc:day:*` hash.
+    /// The post's views summed over every day's hash of its key group (`vc:{gN}:day:*`).
     pub async fn day_views(&self, slug: &str) -> u64 {
-        let keys: Vec<String> = self.query(redis::cmd("KEYS").arg("vc:day:*")).await;
+        let days = Group::of(slug).day(0).replace(":day:0", ":day:*");
+        let keys: Vec<String> = self.query(redis::cmd("KEYS").arg(days)).await;
         let mut sum = 0;
         for key in keys {
             let views: Option<u64> = self.query(redis::cmd("HGET").arg(&key).arg(slug)).await;
@@ -322,7 +312,10 @@ impl Redis {
 
     /// A cluster node on this Redis named `name`: in this process or as the binary.
     pub fn node<'a>(&'a self, name: &'a str) -> crate::node::NodeOn<'a> {
-        crate::node::NodeOn { redis: self, name }
+        crate::node::NodeOn {
+            url: self.url(),
+            name,
+        }
     }
 }
 
@@ -399,6 +392,254 @@ impl Drop for Redis {
     fn drop(&mut self) {
         if self.child.is_some() {
             self.kill_9();
+        }
+    }
+}
+
+/// A connection to `client`'s Redis once it answers `PING`, each step within
+/// [`COMMAND_WITHIN`]; `None` when it does not.
+async fn answering(client: redis::Client) -> Option<MultiplexedConnection> {
+    let connect = client.get_multiplexed_async_connection();
+    let mut conn = tokio::time::timeout(COMMAND_WITHIN, connect)
+        .await
+        .ok()?
+        .ok()?;
+    let ping = redis::cmd("PING");
+    let pong = ping.query_async::<String>(&mut conn);
+    tokio::time::timeout(COMMAND_WITHIN, pong)
+        .await
+        .ok()?
+        .ok()?;
+    Some(conn)
+}
+
+/// A Redis Cluster of the test's own on loopback: three masters with a replica each (six
+/// `redis-server --cluster-enabled yes`, joined by `redis-cli --cluster create`), a failover
+/// one second after a master stops answering (`cluster-node-timeout 1000`). Every member keeps
+/// an append-only file as [`Redis`] does; a replica gets its master's writes asynchronously,
+/// so a master killed with -9 may take its last writes with it, as in production.
+pub struct RedisCluster {
+    members: Vec<Member>,
+    dir: TempDir,
+}
+
+struct Member {
+    port: u16,
+    /// `None` once killed.
+    child: Option<Child>,
+}
+
+/// Masters and replicas of [`RedisCluster`].
+const CLUSTER_MEMBERS: usize = 6;
+
+impl RedisCluster {
+    /// A running cluster, every slot served, or `None` (the test then passes as skipped)
+    /// without `redis-server` or `redis-cli`.
+    pub async fn start() -> Option<Self> {
+        if !have("redis-server", "redis-server") || !have("redis-cli", "redis-tools") {
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut members = Vec::new();
+        for _ in 0..CLUSTER_MEMBERS {
+            let port = closed_port();
+            let own = dir.path().join(port.to_string());
+            std::fs::create_dir(&own).expect("a member's dir");
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .arg("--dir")
+                .arg(&own)
+                .args(["--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", "nodes.conf"])
+                .args(["--cluster-node-timeout", "1000"])
+                // A replica promoted whatever it missed (the case the records rebuild), and
+                // synced at once rather than after Redis's 5 s wait for more replicas.
+                .args(["--cluster-replica-validity-factor", "0"])
+                .args(["--repl-diskless-sync-delay", "0"])
+                .args(["--appendonly", "yes", "--appendfsync", "always"])
+                .args(["--save", "", "--logfile", "redis.log"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn redis-server");
+            members.push(Member {
+                port,
+                child: Some(child),
+            });
+        }
+        let cluster = Self { members, dir };
+        for i in 0..CLUSTER_MEMBERS {
+            let deadline = Instant::now() + READY_WITHIN;
+            while cluster.try_connection(i).await.is_none() {
+                assert!(
+                    Instant::now() < deadline,
+                    "redis-server did not answer PING within {READY_WITHIN:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let addresses: Vec<String> = (cluster.members.iter())
+            .map(|m| format!("127.0.0.1:{}", m.port))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        cluster.serving(None).await;
+        Some(cluster)
+    }
+
+    /// The URL of member `i` (a client finds the others from it).
+    pub fn url(&self, i: usize) -> String {
+        format!("redis://127.0.0.1:{}/0", self.members[i].port)
+    }
+
+    /// A viewcounter node named `name` given member `i`'s URL.
+    pub fn node<'a>(&self, i: usize, name: &'a str) -> crate::node::NodeOn<'a> {
+        crate::node::NodeOn {
+            url: self.url(i),
+            name,
+        }
+    }
+
+    /// A member's log.
+    pub fn log(&self, i: usize) -> String {
+        let path = self.dir.path().join(self.members[i].port.to_string());
+        std::fs::read_to_string(path.join("redis.log")).unwrap_or_default()
+    }
+
+    async fn try_connection(&self, i: usize) -> Option<MultiplexedConnection> {
+        answering(redis::Client::open(self.url(i)).ok()?).await
+    }
+
+    /// A command to member `i`, `None` when it does not answer.
+    async fn ask<T: redis::FromRedisValue>(&self, i: usize, cmd: &redis::Cmd) -> Option<T> {
+        let mut conn = self.try_connection(i).await?;
+        let answer = cmd.query_async(&mut conn);
+        tokio::time::timeout(COMMAND_WITHIN, answer)
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// The member that is the master of `key`'s hash slot now.
+    pub async fn master_of(&self, key: &str) -> usize {
+        self.owner(key, None)
+            .await
+            .expect("a live member knows the slot's master")
+    }
+
+    /// The members that are masters now.
+    pub async fn masters(&self) -> Vec<usize> {
+        let mut masters = Vec::new();
+        for i in self.alive() {
+            let role: Option<Vec<redis::Value>> = self.ask(i, &redis::cmd("ROLE")).await;
+            let first = role.and_then(|r| r.into_iter().next());
+            if first
+                .is_some_and(|v| redis::from_redis_value::<String>(&v).is_ok_and(|r| r == "master"))
+            {
+                masters.push(i);
+            }
+        }
+        masters
+    }
+
+    fn alive(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.members.len()).filter(|&i| self.members[i].child.is_some())
+    }
+
+    /// `key`'s master as member `besides` (or the first live member) sees it.
+    async fn owner(&self, key: &str, besides: Option<usize>) -> Option<usize> {
+        let asked = self.alive().find(|&i| Some(i) != besides)?;
+        let slot: u16 = self
+            .ask(asked, redis::cmd("CLUSTER").arg("KEYSLOT").arg(key))
+            .await?;
+        let slots: Vec<redis::Value> = self.ask(asked, redis::cmd("CLUSTER").arg("SLOTS")).await?;
+        for range in slots {
+            let range: Vec<redis::Value> = redis::from_redis_value(&range).ok()?;
+            let (start, end): (u16, u16) = (
+                redis::from_redis_value(range.first()?).ok()?,
+                redis::from_redis_value(range.get(1)?).ok()?,
+            );
+            if (start..=end).contains(&slot) {
+                let master: Vec<redis::Value> = redis::from_redis_value(range.get(2)?).ok()?;
+                let port: u16 = redis::from_redis_value(master.get(1)?).ok()?;
+                return self.members.iter().position(|m| m.port == port);
+            }
+        }
+        None
+    }
+
+    /// Subscriptions to `channel` on every live member (`PUBSUB NUMSUB` is each member's own).
+    pub async fn subscribers(&self, channel: &str) -> u64 {
+        let mut n = 0;
+        for i in self.alive() {
+            let got: Option<(String, u64)> = self
+                .ask(i, redis::cmd("PUBSUB").arg("NUMSUB").arg(channel))
+                .await;
+            n += got.map_or(0, |(_, n)| n);
+        }
+        n
+    }
+
+    /// SIGKILL member `i`, and waits until the process is gone.
+    pub fn kill_9(&mut self, i: usize) {
+        let mut child = self.members[i].child.take().expect("the member is running");
+        child.kill().expect("SIGKILL redis");
+        child.wait().expect("redis exits");
+    }
+
+    /// Waits until every live member says `cluster_state:ok`, every live replica has synced
+    /// (`master_link_status:up`) and, after `killed`, a live member is the master of `key`'s
+    /// slot (its replica promoted): the time it took.
+    pub async fn serving(&self, killed: Option<(usize, &str)>) -> Duration {
+        let started = Instant::now();
+        let deadline = started + READY_WITHIN;
+        loop {
+            let mut ok = true;
+            for i in self.alive() {
+                let info: Option<String> = self.ask(i, redis::cmd("CLUSTER").arg("INFO")).await;
+                ok &= info.is_some_and(|info| info.contains("cluster_state:ok"));
+                let replication: Option<String> =
+                    self.ask(i, redis::cmd("INFO").arg("replication")).await;
+                ok &= replication.is_some_and(|r| {
+                    r.contains("role:master") || r.contains("master_link_status:up")
+                });
+            }
+            if let Some((killed, key)) = killed {
+                ok &= self
+                    .owner(key, Some(killed))
+                    .await
+                    .is_some_and(|o| o != killed);
+            }
+            if ok {
+                return started.elapsed();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Redis Cluster did not serve every slot within {READY_WITHIN:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for member in &mut self.members {
+            if let Some(mut child) = member.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use testkit::*;
+use viewcounter::cluster::keys::Group;
 
 /// The largest count, written out: what every layer stops at.
 const MAX: u64 = 9_223_372_036_854_775_807;
@@ -235,13 +236,13 @@ async fn a_post_at_the_largest_count_in_redis_goes_on_counting_views_without_fai
     assert_eq!(a.metric("viewcounter_outbox_pending").await, Some(0.0));
     assert_eq!(b.metric("viewcounter_outbox_pending").await, Some(0.0));
     assert_eq!(redis.total("alpha").await, MAX);
-    let day = format!("vc:day:{}", today.replace('-', ""));
+    let day = Group::of("alpha").day(today.replace('-', "").parse().expect("a day"));
     assert_eq!(
         hget(&redis, &day, "alpha").await.as_deref(),
         Some("9223372036854775807")
     );
     // Each view's op key says it was counted: the script ran to its end both times.
-    let ops = keys(&redis, "vc:op:*").await;
+    let ops = keys(&redis, "vc:*:op:*").await;
     assert_eq!(ops.len(), 2, "{ops:?}");
     assert!(ops.iter().all(|(_, decided)| decided == "c"), "{ops:?}");
     assert_eq!(a.totals().await, rows(&[("alpha", MAX)]));
@@ -316,7 +317,12 @@ async fn an_import_into_redis_saturates_or_writes_nothing_and_never_marks_redis_
 
     // Redis answering that a post's total is not a number is a refusal, not Redis gone.
     let _: () = redis
-        .query(redis::cmd("HSET").arg("vc:totals").arg("gamma").arg("lots"))
+        .query(
+            redis::cmd("HSET")
+                .arg(Group::of("gamma").totals())
+                .arg("gamma")
+                .arg("lots"),
+        )
         .await;
     let res = a
         .send(import("mode=add", "slug,total\nalpha,1\ngamma,1\n"))
@@ -365,7 +371,12 @@ async fn an_import_in_pieces_through_a_cluster_node_reaches_redis_all_at_its_com
     // Redis refusing the import script at the commit (a total that is not a count): none of
     // the pieces is applied.
     let _: () = redis
-        .query(redis::cmd("HSET").arg("vc:totals").arg("gamma").arg("lots"))
+        .query(
+            redis::cmd("HSET")
+                .arg(Group::of("gamma").totals())
+                .arg("gamma")
+                .arg("lots"),
+        )
         .await;
     let id = open_session(&a).await;
     for piece in ["slug,total\nalpha,1\n", "slug,total\ngamma,1\n"] {

@@ -268,3 +268,81 @@ async fn a_reader_counted_before_a_kill_9_and_written_is_still_deduplicated_afte
     let again = join(server.addr, "alpha", Req::connect("alpha", &tab.id)).await;
     assert_eq!(again.first, counts(1, 1));
 }
+
+/// 2026-12-07 12:00 UTC: the restarts below move the server's clock on from there.
+const COUNTED_AT: u64 = 1_796_644_800;
+const WINDOW: u64 = 30 * 60;
+
+/// A server on `dir` (a restart) whose clock reads what `clock` reads.
+async fn restart_at(dir: tempfile::TempDir, clock: &Clock) -> TestApp {
+    let clock = clock.clone();
+    spawn_app_configured_in(dir, move |c| c.clock = clock).await
+}
+
+#[actix_web::test]
+async fn a_reader_counted_before_a_restart_is_not_counted_again_within_the_window_and_is_after_it()
+{
+    let (app, clock) = spawn_app_at(COUNTED_AT, |_| {}).await;
+    let tab = app.join("alpha").await;
+    assert_eq!(tab.first, counts(1, 1));
+    let dir = app.stop_and_keep_dir().await;
+    drop(tab.stream);
+
+    clock.set_unix(COUNTED_AT + WINDOW - 2);
+    let app = restart_at(dir, &clock).await;
+    let within = app.join_as("alpha", Req::connect("alpha", &tab.id)).await;
+    assert_eq!(within.first, counts(1, 1), "within the window: remembered");
+    let dir = app.stop_and_keep_dir().await;
+    drop(within.stream);
+
+    clock.set_unix(COUNTED_AT + WINDOW + 1);
+    let app = restart_at(dir, &clock).await;
+    let after = app.join_as("alpha", Req::connect("alpha", &tab.id)).await;
+    assert_eq!(after.first, counts(1, 2), "past the window: a view again");
+}
+
+#[actix_web::test]
+async fn the_file_keeps_a_counted_reader_id_in_a_few_tens_of_bytes() {
+    const VIEWS: u64 = 3000;
+    // One client opens them all: no per-address limit (0 = none).
+    let app = spawn_app_configured(|c| {
+        c.limits.ip_streams = 0;
+        c.limits.ip_views_per_minute = 0;
+    })
+    .await;
+    let empty = std::fs::metadata(app.db()).unwrap().len();
+    for batch in 0..VIEWS / 100 {
+        let joins = (0..100).map(|_| app.join("alpha"));
+        let readers = futures_util::future::join_all(joins).await;
+        assert!(readers.iter().all(|r| r.first.live >= 1), "batch {batch}");
+    }
+    let db = app.db();
+    let dir = app.stop_and_keep_dir().await;
+    let grown = std::fs::metadata(&db).unwrap().len() - empty;
+    // Every id counted is within the window (30 min): all of them are kept.
+    assert!(
+        grown <= VIEWS * 48,
+        "{grown} bytes more for {VIEWS} views: {} B each",
+        grown / VIEWS
+    );
+    let app = spawn_app_configured_in(dir, |_| {}).await;
+    assert_eq!(app.counts("alpha").await, counts(0, VIEWS));
+}
+
+#[actix_web::test]
+async fn a_reader_counted_by_the_third_release_is_still_remembered_once_its_file_is_migrated() {
+    // schema-v3.redb: "alpha" has 2 views, "reader-one-000000" counted at 1_800_000_000.
+    let (app, clock) = spawn_app_at(1_800_000_000 + 600, |_| {}).await;
+    let db = app.db();
+    let dir = app.stop_and_keep_dir().await;
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/schema-v3.redb");
+    std::fs::copy(fixture, &db).unwrap();
+
+    let app = restart_at(dir, &clock).await;
+    let again = app
+        .join_as("alpha", Req::connect("alpha", "reader-one-000000"))
+        .await;
+    assert_eq!(again.first, counts(1, 2), "remembered across the migration");
+    let fresh = app.join("alpha").await;
+    assert_eq!(fresh.first, counts(2, 3));
+}

@@ -254,9 +254,9 @@ async fn views_replayed_from_the_outbox_never_take_a_readers_total_down() {
 }
 
 /// A peer named `probe`, as a node writes itself (see `cluster::presence`): its place in
-/// `vc:nodes` (so heartbeats keep it) and its presence hash at `version`, with `live` readers
-/// of the post; with `live`, also its announcement on `vc:events`, which every node hears
-/// after what was published before it.
+/// `vc:nodes` (so heartbeats keep it) and its presence hash at `version` (written whole once,
+/// at version 1), with `live` readers of the post; with `live`, also its announcement on the
+/// post's channel, which every node serving the post hears after what was published before it.
 async fn probe(redis: &Redis, version: u64, live: Option<u64>) {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -266,15 +266,23 @@ async fn probe(redis: &Redis, version: u64, live: Option<u64>) {
         .query(redis::cmd("ZADD").arg("vc:nodes").arg(now_ms).arg("probe"))
         .await;
     let mut hset = redis::cmd("HSET");
-    hset.arg("vc:node:probe").arg("").arg(version);
+    let sum = live.unwrap_or(0);
+    hset.arg("vc:node:probe")
+        .arg("")
+        .arg(version)
+        .arg("#s")
+        .arg(sum)
+        .arg("#r")
+        .arg(1);
     if let Some(live) = live {
         hset.arg(SLUG).arg(live);
     }
     let _: u64 = redis.query(&hset).await;
     if let Some(live) = live {
-        let event = format!("l probe {SLUG} {live} {version}");
+        let event = format!("l probe {SLUG} {live} {version} {sum}");
+        let channel = viewcounter::cluster::keys::post_channel(SLUG);
         let _: u64 = redis
-            .query(redis::cmd("PUBLISH").arg("vc:events").arg(event))
+            .query(redis::cmd("PUBLISH").arg(channel).arg(event))
             .await;
         // Redis answers the publisher and writes the message to subscribers in the same pass
         // of its event loop, in no set order: a stop right after the answer may catch it
@@ -290,7 +298,11 @@ async fn probe_leaves(redis: &Redis) {
         .await;
     let _: u64 = redis.query(redis::cmd("DEL").arg("vc:node:probe")).await;
     let _: u64 = redis
-        .query(redis::cmd("PUBLISH").arg("vc:events").arg("g probe"))
+        .query(
+            redis::cmd("PUBLISH")
+                .arg(viewcounter::cluster::keys::EVENTS)
+                .arg("g probe"),
+        )
         .await;
 }
 

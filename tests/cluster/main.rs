@@ -10,6 +10,7 @@
 //! shows them): they are the figures the issue asks for.
 
 mod agreement;
+mod channels;
 mod deploy;
 mod idle_cost;
 mod managed;
@@ -18,6 +19,7 @@ mod node_loss;
 mod presence_tells;
 mod reconnect;
 mod record;
+mod redis_cluster;
 mod redis_loss;
 mod stats;
 mod support;

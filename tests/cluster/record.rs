@@ -15,8 +15,7 @@ use testkit::*;
 /// The contract: exact within 5 s of Redis answering again.
 const REBUILT: Duration = Duration::from_secs(5);
 
-/// Every node's `/api/v1/totals` is `[(SLUG, total)]` and its history holds `total` views, by
-/// `since + within`; Redis holds them too: the time since `since`.
+/// [`nodes_exact`], and Redis holds `total` too: the time since `since`.
 async fn exact(
     nodes: &[Node],
     redis: &Redis,
@@ -25,19 +24,7 @@ async fn exact(
     within: Duration,
 ) -> Duration {
     let left = || (since + within).saturating_duration_since(Instant::now());
-    for node in nodes {
-        let what = format!("totals of node {}", node.name);
-        let want = Some(rows(&[(SLUG, total)]));
-        time_until(&what, left(), || node.totals_if_any(), |t| *t == want).await;
-        let what = format!("history of node {}", node.name);
-        time_until(
-            &what,
-            left(),
-            || node.history_views(),
-            |v| *v == Some(total),
-        )
-        .await;
-    }
+    nodes_exact(nodes, &[(SLUG, total)], since, within).await;
     time_until("vc:totals", left(), || redis.total(SLUG), |t| *t == total).await;
     time_until(
         "vc:day:*",

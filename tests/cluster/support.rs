@@ -49,11 +49,16 @@ pub struct Node {
 
 impl Node {
     pub async fn start(redis: &Redis, name: &str, extra: &[&str]) -> Self {
+        Self::start_on(redis.node(name), name, extra).await
+    }
+
+    /// The node `on` names `name` (on a [`Redis`] or a member of a [`RedisCluster`]).
+    pub async fn start_on(on: NodeOn<'_>, name: &str, extra: &[&str]) -> Self {
         let mut flags = UNLIMITED.to_vec();
         flags.extend(extra);
         Self {
             name: name.to_owned(),
-            server: redis.node(name).start(&flags).await,
+            server: on.start(&flags).await,
         }
     }
 
@@ -156,6 +161,32 @@ impl Node {
                 .sum(),
         )
     }
+}
+
+/// Every node's `/api/v1/totals` is `totals` and the history of [`SLUG`] holds its total's
+/// views, by `since + within`: the time since `since`.
+pub async fn nodes_exact(
+    nodes: &[Node],
+    totals: &[(&str, u64)],
+    since: Instant,
+    within: Duration,
+) -> Duration {
+    let left = || (since + within).saturating_duration_since(Instant::now());
+    let total = totals.iter().find(|(slug, _)| *slug == SLUG).map(|t| t.1);
+    for node in nodes {
+        let what = format!("totals of node {}", node.name);
+        let mut want = rows(totals);
+        want.sort();
+        let sorted = || async {
+            let mut totals = node.totals_if_any().await?;
+            totals.sort();
+            Some(totals)
+        };
+        time_until(&what, left(), sorted, |t| t.as_ref() == Some(&want)).await;
+        let what = format!("history of node {}", node.name);
+        time_until(&what, left(), || node.history_views(), |v| *v == total).await;
+    }
+    since.elapsed()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ use crate::edge::slug_list::SlugPolicy;
 use crate::http::sse;
 use crate::http::state::AppState;
 use crate::posts::changes::Change;
-use crate::posts::cluster_port::Counting;
 use crate::posts::post::Counts;
 use crate::posts::pulse::MinuteJson;
 use crate::refusal::Refusal;
@@ -235,10 +234,8 @@ async fn read_live(state: &AppState) -> HashMap<Slug, u64> {
     let mut live: HashMap<Slug, u64> = (state.registry.awake_counts().await.into_iter())
         .map(|(slug, counts)| (slug, counts.live))
         .collect();
-    if let Some(cluster) = &state.cluster {
-        for (slug, remote) in cluster.remote_posts() {
-            live.entry(slug).or_insert(remote);
-        }
+    for (slug, remote) in state.registry.remote_posts() {
+        live.entry(slug).or_insert(remote);
     }
     live
 }
