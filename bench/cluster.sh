@@ -15,13 +15,16 @@
 # 3. idle (issue 22): for each of IDLE_POSTS, a fresh Redis and NODES nodes, one reader on each
 #    of that many posts (held by the CLIENTS processes, spread over the nodes), then
 #    IDLE_WINDOW seconds with nothing happening: Redis bytes in/out and commands per second
-#    (INFO stats deltas), each node's CPU.
+#    (INFO stats deltas), each node's CPU; then one node without Redis holding as many streams
+#    as each cluster node did, over the same window (its CPU is what a node's is compared to).
+#    45,000 posts is 45,000 streams over 3 nodes: 15,000 per node and per loadgen process.
 # Then it writes its section of BENCHMARKS.md (below the keep-marker; bench/run.sh keeps it).
 #
 # Parameters (environment): STREAMS=15000 ROUNDS=5 CLIENTS=3 NODES=3 DURATION=10
-# (churn seconds) CHURN_WORKERS=64 SOURCES=16 IDLE_POSTS="3000 15000" IDLE_WINDOW=10
+# (churn seconds) CHURN_WORKERS=64 SOURCES=16 IDLE_POSTS="3000 15000 45000" IDLE_WINDOW=10
 # OUT=BENCHMARKS.md; IDLE_ONLY=1 runs only 3 and prints its lines without writing OUT;
-# SERVER_BIN=path/to/viewcounter runs another build's server (a before/after).
+# SERVER_BIN=path/to/viewcounter runs another build's server (a before/after); BIN_DIR=dir
+# takes loadgen (and viewcounter, unless SERVER_BIN) from dir and builds nothing.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -38,7 +41,7 @@ NODES=${NODES:-3}
 DURATION=${DURATION:-10}
 CHURN_WORKERS=${CHURN_WORKERS:-64}
 SOURCES=${SOURCES:-16}
-IDLE_POSTS=${IDLE_POSTS:-3000 15000}
+IDLE_POSTS=${IDLE_POSTS:-3000 15000 45000}
 IDLE_WINDOW=${IDLE_WINDOW:-10}
 IDLE_ONLY=${IDLE_ONLY:-}
 OUT=${OUT:-BENCHMARKS.md}
@@ -54,9 +57,14 @@ if ! command -v redis-server >/dev/null; then
 fi
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-BIN=$CARGO_TARGET_DIR/release
-log "building release binaries in $CARGO_TARGET_DIR"
-cargo build --release -p viewcounter -p viewcounter-bench
+if [ -n "${BIN_DIR:-}" ]; then
+    # Binaries built before (a before/after pair measured in one sitting): nothing is built.
+    BIN=$BIN_DIR
+else
+    BIN=$CARGO_TARGET_DIR/release
+    log "building release binaries in $CARGO_TARGET_DIR"
+    cargo build --release -p viewcounter -p viewcounter-bench
+fi
 LOADGEN=$BIN/loadgen
 SERVER_BIN=${SERVER_BIN:-$BIN/viewcounter}
 
@@ -162,6 +170,14 @@ for posts in $IDLE_POSTS; do
         --sub-path '/api/v1/connect/c{client}-{i}?view={token}' --pids "$pids" \
         --redis "127.0.0.1:$REDIS_PORT" |
         tee -a "$RESULTS" || echo "loadgen cluster --idle ($posts posts) exited with $?" >&2
+    stop_all
+    per_node=$((posts / NODES))
+    url=$(start_node "single-idle$posts" --max-slugs $((posts * 2)))
+    timeout --signal=INT 1800 "$LOADGEN" cluster --label "single-idle" --nodes "$url" \
+        --streams "$per_node" --clients "$CLIENTS" --sources "$SOURCES" --idle "$IDLE_WINDOW" \
+        --sub-path '/api/v1/connect/c{client}-{i}?view={token}' \
+        --pids "$(cat "$WORK/single-idle$posts/pid")" |
+        tee -a "$RESULTS" || echo "loadgen single --idle ($per_node posts) exited with $?" >&2
     stop_all
 done
 if [ -n "$IDLE_ONLY" ]; then

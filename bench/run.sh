@@ -30,6 +30,7 @@
 #   REPEAT=1             runs of every scenario (alternating targets); the report keeps
 #                        each target's best run, since interference only lowers figures
 #   OUT=BENCHMARKS.md    where to write the report
+#   BIN_DIR=dir          take viewcounter and loadgen from dir, build nothing (a before/after)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -86,10 +87,15 @@ if want nchan; then
     fi
 fi
 
-log "building release binaries in $CARGO_TARGET_DIR"
-PACKAGES=(-p viewcounter-bench)
-want viewcounter && PACKAGES+=(-p viewcounter)
-cargo build --release "${PACKAGES[@]}"
+if [ -n "${BIN_DIR:-}" ]; then
+    # Binaries built before (a before/after pair measured in one sitting): nothing is built.
+    BIN=$BIN_DIR
+else
+    log "building release binaries in $CARGO_TARGET_DIR"
+    PACKAGES=(-p viewcounter-bench)
+    want viewcounter && PACKAGES+=(-p viewcounter)
+    cargo build --release "${PACKAGES[@]}"
+fi
 
 # Both servers and the client inherit the hard open-files limit (20,000 here).
 ulimit -n "$(ulimit -Hn)"

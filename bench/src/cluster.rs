@@ -349,6 +349,12 @@ async fn idle(plan: &Plan, clients: &mut [Client], opened: u64, secs: f64) -> Re
 struct RedisCounters {
     total: u64,
     calls: BTreeMap<String, u64>,
+    /// Redis's own CPU (`used_cpu_sys` + `used_cpu_user`, seconds): the scale model's cost of
+    /// a view in the one thread that runs every script.
+    cpu_s: f64,
+    /// `used_memory` (bytes): what a counted view leaves in Redis (its dedupe marker for the
+    /// window, its op key for a day).
+    memory: u64,
 }
 
 /// One `INFO` section (a RESP bulk string) from Redis at `addr` (`host:port`). A raw
@@ -408,7 +414,21 @@ fn redis_counters(addr: &str) -> Result<RedisCounters, String> {
             calls.insert(name.to_string(), n);
         }
     }
-    Ok(RedisCounters { total, calls })
+    let cpu = redis_info(addr, "cpu")?;
+    let seconds = |name: &str| -> Result<f64, String> {
+        (cpu.lines())
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| format!("no {name} in INFO cpu"))
+    };
+    let cpu_s = seconds("used_cpu_sys")? + seconds("used_cpu_user")?;
+    let memory = stat(&redis_info(addr, "memory")?, "used_memory").ok_or("no used_memory")?;
+    Ok(RedisCounters {
+        total,
+        calls,
+        cpu_s,
+        memory,
+    })
 }
 
 fn delta(after: &RedisCounters, before: &RedisCounters) -> RedisCounters {
@@ -425,6 +445,8 @@ fn delta(after: &RedisCounters, before: &RedisCounters) -> RedisCounters {
             })
             .filter(|(_, v)| *v > 0)
             .collect(),
+        cpu_s: (after.cpu_s - before.cpu_s).max(0.0),
+        memory: after.memory.saturating_sub(before.memory),
     }
 }
 
@@ -586,6 +608,8 @@ async fn churn(plan: &Plan) -> Result<(), String> {
         line["redis"] = json!({
             "commands": used.total,
             "background_commands_per_s": idle.total as f64 / idle_secs,
+            "cpu_us_per_view": per_view((used.cpu_s - idle.cpu_s * wall / idle_secs).max(0.0) * 1e6),
+            "memory_bytes_per_view": per_view(used.memory as f64),
             "commands_per_view": per_view(used.total as f64),
             "net_commands_per_view": per_view(used.total as f64 - idle_scaled),
             "net_per_command_per_view": per_command,

@@ -128,6 +128,16 @@ pub fn section(lines: &[Value], command: &str, params: &str, notes: &[String]) -
     );
     let _ = writeln!(
         s,
+        "| Redis CPU per counted view (its one thread; background taken off) | {} µs | — | | |",
+        num(redis.and_then(|r| r["cpu_us_per_view"].as_f64()), 1)
+    );
+    let _ = writeln!(
+        s,
+        "| Redis memory per counted view, held for the dedupe window (marker) and a day (op key) | {} B | — | | |",
+        num(redis.and_then(|r| r["memory_bytes_per_view"].as_f64()), 0)
+    );
+    let _ = writeln!(
+        s,
         "| Redis commands per counted view, background included | {} | — | | |\n",
         num(redis.and_then(|r| r["commands_per_view"].as_f64()), 2)
     );
@@ -181,26 +191,43 @@ pub fn section(lines: &[Value], command: &str, params: &str, notes: &[String]) -
 /// Issue 22's idle target: Redis traffic (in + out) at 15,000 posts with one reader each.
 const MAX_IDLE_BYTES_PER_S: f64 = 20_000.0;
 
-/// The idle cost, one row per run of `cluster --idle` (posts with one reader each).
+/// Issue 22's idle target for a node: its CPU within this many points of one node without
+/// Redis holding the same streams.
+const MAX_IDLE_CPU_POINTS: f64 = 0.5;
+
+/// The idle cost, one row per run of `cluster --idle` on the cluster (posts with one reader
+/// each), beside the run on one node without Redis holding as many streams as each cluster node
+/// (label `single-idle`, when the run has it).
 fn idle_table(s: &mut String, lines: &[Value]) {
     let idle: Vec<&Value> = (lines.iter())
-        .filter(|v| v["scenario"] == "cluster-idle")
+        .filter(|v| v["scenario"] == "cluster-idle" && v["label"] != "single-idle")
         .collect();
     if idle.is_empty() {
         return;
     }
+    let single = |streams: f64| {
+        (lines.iter()).find(|v| {
+            v["scenario"] == "cluster-idle"
+                && v["label"] == "single-idle"
+                && f(Some(v), "posts").is_some_and(|p| (p - streams).abs() < 1.0)
+        })
+    };
     let _ = writeln!(
         s,
         "Idle cost: one reader on each post, the streams spread over the nodes, then a window \
-         with nothing happening (Redis `INFO stats` deltas; each node's CPU, % of one core). \
-         Target: Redis in + out ≤ {} KB/s at 15,000 posts.\n",
-        MAX_IDLE_BYTES_PER_S / 1000.0
+         with nothing happening (Redis `INFO stats` deltas; each node's CPU, % of one core), and \
+         one node without Redis holding as many streams as each cluster node, over the same \
+         window. Targets: Redis in + out ≤ {} KB/s at 15,000 posts; each node's CPU within {} \
+         points of the single node's.\n",
+        MAX_IDLE_BYTES_PER_S / 1000.0,
+        MAX_IDLE_CPU_POINTS
     );
     let _ = writeln!(
         s,
-        "| posts (streams open) | Redis in | Redis out | in + out | commands/s | node CPU | met |"
+        "| posts (streams open) | Redis in | Redis out | in + out | commands/s | node CPU | \
+         single node, same streams per node | met |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
     for v in idle {
         let (inb, outb) = (
             f(Some(v), "redis_in_bytes_per_s"),
@@ -208,26 +235,41 @@ fn idle_table(s: &mut String, lines: &[Value]) {
         );
         let both = inb.zip(outb).map(|(i, o)| i + o);
         let kb = |b: Option<f64>| b.map_or("—".into(), |b| format!("{:.1} KB/s", b / 1000.0));
-        let cpu: Vec<String> = (v["node_cpu_pct"].as_array().into_iter().flatten())
-            .filter_map(Value::as_f64)
-            .map(|c| format!("{c:.2}%"))
-            .collect();
+        let cpus = |v: &Value| -> Vec<f64> {
+            (v["node_cpu_pct"].as_array().into_iter().flatten())
+                .filter_map(Value::as_f64)
+                .collect()
+        };
+        let cpu = cpus(v);
+        let shown = |c: &[f64]| {
+            (c.iter().map(|c| format!("{c:.2}%")))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
         let posts = f(Some(v), "posts").unwrap_or(0.0);
-        let met = if posts >= 15_000.0 {
-            met(both.map(|b| b <= MAX_IDLE_BYTES_PER_S))
-        } else {
-            ""
+        let nodes = f(Some(v), "nodes").unwrap_or(1.0).max(1.0);
+        let alone = single((posts / nodes).floor()).map(cpus);
+        let bytes_met =
+            (posts >= 15_000.0).then(|| both.is_some_and(|b| b <= MAX_IDLE_BYTES_PER_S));
+        let cpu_met = alone
+            .as_ref()
+            .and_then(|a| a.first())
+            .map(|a| !cpu.is_empty() && cpu.iter().all(|c| c - a <= MAX_IDLE_CPU_POINTS));
+        let verdict = match (bytes_met, cpu_met) {
+            (None, None) => "",
+            (b, c) => met(Some(b.unwrap_or(true) && c.unwrap_or(true))),
         };
         let _ = writeln!(
             s,
-            "| {} ({}) | {} | {} | {} | {} | {} | {met} |",
+            "| {} ({}) | {} | {} | {} | {} | {} | {} | {verdict} |",
             num(Some(posts), 0),
             num(f(Some(v), "opened"), 0),
             kb(inb),
             kb(outb),
             kb(both),
             num(f(Some(v), "redis_commands_per_s"), 1),
-            cpu.join(" / ")
+            shown(&cpu),
+            alone.map_or("—".into(), |a| shown(&a)),
         );
     }
     s.push('\n');
@@ -309,5 +351,34 @@ mod tests {
         assert!(text.contains("| 1.50 | 1 | ≤ 2 | yes |"), "{text}");
         assert!(!text.contains("3.00"), "{text}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_nodes_idle_cpu_is_held_against_one_node_with_the_same_streams_per_node() {
+        let line = |label: &str, posts: u64, cpu: &str| -> Value {
+            serde_json::from_str(&format!(
+                "{{\"scenario\":\"cluster-idle\",\"label\":\"{label}\",\"nodes\":{},\"posts\":{posts},\"opened\":{posts},\"window_s\":10,\"node_cpu_pct\":[{cpu}],\"redis_in_bytes_per_s\":1000,\"redis_out_bytes_per_s\":1000,\"redis_commands_per_s\":30}}",
+                if label == "single-idle" { 1 } else { 3 }
+            ))
+            .unwrap()
+        };
+        let table = |cluster_cpu: &str| {
+            let mut s = String::new();
+            let lines = [
+                line("cluster-idle", 45_000, cluster_cpu),
+                line("single-idle", 15_000, "1.0"),
+                line("single-idle", 45_000, "9.0"),
+            ];
+            idle_table(&mut s, &lines);
+            s
+        };
+        let within = table("1.2,1.5,1.1");
+        assert!(
+            within.contains("| 1.20% / 1.50% / 1.10% | 1.00% | yes |"),
+            "{within}"
+        );
+        let past = table("1.2,1.6,1.1");
+        assert!(past.contains("| 1.00% | **no** |"), "{past}");
+        assert_eq!(within.matches("| 45,000 ").count(), 1, "{within}");
     }
 }
