@@ -33,7 +33,6 @@ pub(crate) use link::client;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -52,7 +51,7 @@ use crate::cluster::record::Record;
 use crate::edge::reader_id::ReaderId;
 use crate::edge::slug::Slug;
 use crate::metrics::Metrics;
-use crate::posts::cluster_port::{Counted, Counting, Decision, Served, Verdict};
+use crate::posts::cluster_port::{Counted, Counting, Decision, Hearing, Served, Verdict};
 use crate::posts::post::{Counts, RemoteLive, RemoteTotal, Replayed};
 use crate::posts::registry::Registry;
 use crate::secret::RedisUrl;
@@ -870,19 +869,21 @@ impl Counting for Arc<Cluster> {
 
     /// Subscribes to the post's channel and reads the other nodes' readers of it (bounded
     /// by `--redis-timeout` per call; at once while Redis is down).
-    fn serve<'a>(&'a self, what: Served<'a>) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+    fn serve<'a>(&'a self, what: Served<'a>) -> Hearing<'a> {
         // Held now, not at the first poll: the caller's guard gives back what was taken.
         let subscribed = match what {
             Served::Post(slug) => self.channels.hold(slug),
             Served::Site => self.channels.hold_site(),
         };
-        Box::pin(async move {
-            // Redis down: the keeper subscribes once it is back (and reads what it missed).
-            if let Some(subscribed) = subscribed.filter(|_| self.is_up()) {
+        // Already followed: nothing to wait for. Redis down: the keeper subscribes once it
+        // is back (and reads what it missed).
+        match subscribed.filter(|_| self.is_up()) {
+            None => Hearing::Now,
+            Some(subscribed) => Hearing::Once(Box::pin(async move {
                 // Bounds the wait for a keeper stuck behind a stalled Redis.
                 let _ = tokio::time::timeout(self.timeout() * 3, subscribed).await;
-            }
-        })
+            })),
+        }
     }
 
     fn stop_serving(&self, what: Served<'_>) {

@@ -42,7 +42,7 @@ pub trait Counting: Send + Sync {
     /// changes from the other nodes, and knows their readers, once the future resolves. Each
     /// call is undone by one [`Counting::stop_serving`]: callers go through [`Serving`], which
     /// gives the hold back even when the request is dropped while it waits.
-    fn serve<'a>(&'a self, what: Served<'a>) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+    fn serve<'a>(&'a self, what: Served<'a>) -> Hearing<'a>;
 
     /// This node no longer needs to hear of it (the post went to sleep, the read is done).
     fn stop_serving(&self, what: Served<'_>);
@@ -57,11 +57,8 @@ pub(crate) struct Serving<'a> {
 }
 
 impl<'a> Serving<'a> {
-    /// Takes the hold now; the future resolves once the node hears of `what`.
-    pub(crate) fn start(
-        counting: &'a dyn Counting,
-        what: Served<'a>,
-    ) -> (Self, Pin<Box<dyn Future<Output = ()> + Send + 'a>>) {
+    /// Takes the hold now; the node hears of `what` once the [`Hearing`] is done.
+    pub(crate) fn start(counting: &'a dyn Counting, what: Served<'a>) -> (Self, Hearing<'a>) {
         let ready = counting.serve(what);
         (Self { counting, what }, ready)
     }
@@ -76,6 +73,33 @@ impl<'a> Serving<'a> {
 impl Drop for Serving<'_> {
     fn drop(&mut self) {
         self.counting.stop_serving(self.what);
+    }
+}
+
+/// What [`Counting::serve`] answers: the node hears of it already, or once a future resolves.
+/// `Now` boxes nothing: a single node's reads of many posts (`/counts`) allocate no future per
+/// post.
+pub enum Hearing<'a> {
+    /// Nothing to wait for: nobody else to hear, the post already followed, or Redis down.
+    Now,
+    /// Heard once this resolves (a subscription on its way).
+    Once(Pin<Box<dyn Future<Output = ()> + Send + 'a>>),
+}
+
+impl<'a> Hearing<'a> {
+    /// Waits until the node hears of what it serves.
+    pub(crate) async fn heard(self) {
+        if let Self::Once(ready) = self {
+            ready.await;
+        }
+    }
+
+    /// The future to wait for, if there is one (to wait for many at once).
+    pub(crate) fn pending(self) -> Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>> {
+        match self {
+            Self::Now => None,
+            Self::Once(ready) => Some(ready),
+        }
     }
 }
 

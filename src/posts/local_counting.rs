@@ -2,10 +2,8 @@
 
 use crate::edge::reader_id::ReaderId;
 use crate::edge::slug::Slug;
-use std::future::Future;
-use std::pin::Pin;
 
-use crate::posts::cluster_port::{Counting, Decision, Served, Verdict};
+use crate::posts::cluster_port::{Counting, Decision, Hearing, Served, Verdict};
 use crate::storage::writer::{Writer, WriterError};
 
 /// Every view is decided at once and goes to the writer; nobody else has readers or views.
@@ -51,8 +49,8 @@ impl Counting for LocalCounting {
 
     /// Nobody else has readers: serving is nothing to set up (asked once per wake, not per
     /// reader).
-    fn serve<'a>(&'a self, _: Served<'a>) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
-        Box::pin(async {})
+    fn serve<'a>(&'a self, _: Served<'a>) -> Hearing<'a> {
+        Hearing::Now
     }
 
     fn stop_serving(&self, _: Served<'_>) {}

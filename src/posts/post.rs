@@ -697,7 +697,7 @@ mod tests {
 
     use super::*;
     use crate::edge::limits::{ClientKey, ViewRate};
-    use crate::posts::cluster_port::{Counted, Served};
+    use crate::posts::cluster_port::{Counted, Hearing, Served};
     use crate::storage::calendar::Clock;
     use crate::storage::store::RedbStore;
     use crate::storage::writer::{FlushPolicy, WriterError};
@@ -767,11 +767,8 @@ mod tests {
             Err(error)
         }
 
-        fn serve<'a>(
-            &'a self,
-            _: Served<'a>,
-        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
-            Box::pin(async {})
+        fn serve<'a>(&'a self, _: Served<'a>) -> Hearing<'a> {
+            Hearing::Now
         }
 
         fn stop_serving(&self, _: Served<'_>) {}

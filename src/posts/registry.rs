@@ -81,8 +81,12 @@ impl Registry {
         let counting = &*self.context.counting;
         let (_serving, ready): (Vec<Serving<'_>>, Vec<_>) = (slugs.iter())
             .map(|slug| Serving::start(counting, Served::Post(slug)))
+            .map(|(serving, hearing)| (serving, hearing.pending()))
             .unzip();
-        futures_util::future::join_all(ready).await;
+        let ready: Vec<_> = ready.into_iter().flatten().collect();
+        if !ready.is_empty() {
+            futures_util::future::join_all(ready).await;
+        }
         slugs
             .iter()
             .map(|slug| counting.remote_live(slug))
@@ -222,7 +226,7 @@ impl Registry {
             .collect();
         let counting = &*self.context.counting;
         let (serving, ready) = Serving::start(counting, Served::Site);
-        ready.await;
+        ready.heard().await;
         let elsewhere = counting.remote_posts();
         drop(serving);
         let awake = self.lock();
@@ -386,7 +390,7 @@ impl Registry {
         // the total, so a wake by a reader is current). The hold passes to the post woken
         // here, or is given back.
         let (serving, ready) = Serving::start(&*self.context.counting, Served::Post(slug));
-        ready.await;
+        ready.heard().await;
         let woken = self.wake_served(slug, admission).await;
         // Nothing awaits between the post's start and here: a woken post always keeps it.
         if matches!(&woken, Ok(Some((_, true)))) {
