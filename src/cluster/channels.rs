@@ -44,6 +44,8 @@ struct State {
     site_held: u32,
     /// `PSUBSCRIBE`d.
     patterned: bool,
+    /// The connection dropped since [`crate::cluster::keys::EVENTS`] was last subscribed.
+    events_lost: bool,
 }
 
 /// What the keeper is to do next.
@@ -54,11 +56,14 @@ pub(crate) struct Work {
     pub(crate) unsubscribe: bool,
     /// `Some(true)`: pattern-subscribe; `Some(false)`: stop.
     pub(crate) whole_site: Option<bool>,
+    /// Subscribe to [`crate::cluster::keys::EVENTS`] again (first: hearing it subscribed
+    /// catches up with what was missed).
+    pub(crate) events: bool,
 }
 
 impl Work {
     pub(crate) fn is_empty(&self) -> bool {
-        self.subscribe.is_empty() && !self.unsubscribe && self.whole_site.is_none()
+        self.subscribe.is_empty() && !self.unsubscribe && self.whole_site.is_none() && !self.events
     }
 }
 
@@ -150,7 +155,24 @@ impl Channels {
                 .collect(),
             unsubscribe: (state.subscribed.iter()).any(|s| !state.held.contains_key(s)),
             whole_site: (state.wants_site() != state.patterned).then_some(state.wants_site()),
+            events: state.events_lost,
         }
+    }
+
+    /// The connection dropped: Redis forgot every subscription of it. The keeper subscribes
+    /// again to what is still held, after [`crate::cluster::keys::EVENTS`].
+    pub(crate) fn lost(&self) {
+        let mut state = self.lock();
+        state.subscribed.clear();
+        state.patterned = false;
+        state.events_lost = true;
+        drop(state);
+        self.changed.notify_one();
+    }
+
+    /// [`crate::cluster::keys::EVENTS`] is subscribed again.
+    pub(crate) fn events_back(&self) {
+        self.lock().events_lost = false;
     }
 
     /// The keeper subscribed (`subscribed`: Redis took it) to `work`'s posts and read them,
@@ -232,6 +254,31 @@ mod tests {
             channels.hold(&slug("a")).is_some(),
             "held again while unsubscribing: waits for a new subscribe"
         );
+    }
+
+    #[test]
+    fn after_the_connection_dropped_every_held_channel_is_subscribed_again_after_the_events() {
+        let channels = Channels::default();
+        let _ = channels.hold(&slug("a"));
+        let _ = channels.hold(&slug("b"));
+        channels.want_whole_site(true);
+        let work = channels.work();
+        channels.done(&work, true, true);
+        channels.release(&slug("b"));
+        assert_eq!(channels.take_unheld(), [slug("b")]);
+        assert!(channels.work().is_empty());
+        channels.lost();
+        let work = channels.work();
+        assert!(work.events, "the events first");
+        assert_eq!(work.subscribe, [slug("a")], "what is still held");
+        assert_eq!(work.whole_site, Some(true));
+        assert!(
+            channels.hold(&slug("a")).is_some(),
+            "waits for the new subscribe"
+        );
+        channels.events_back();
+        channels.done(&work, true, true);
+        assert!(channels.work().is_empty());
     }
 
     #[test]

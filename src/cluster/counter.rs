@@ -251,6 +251,15 @@ pub(crate) mod tests {
     pub(crate) async fn connected(server: &Server) -> Link {
         sealed(server);
         let (pushes, _) = tokio::sync::mpsc::unbounded_channel();
+        connected_with(server, pushes).await
+    }
+
+    /// A link to `server` once it answers, its pushes (messages, the connection dropping)
+    /// sent to `pushes`.
+    pub(crate) async fn connected_with(
+        server: &Server,
+        pushes: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
+    ) -> Link {
         let link = Link::new(&server.url().into(), None, Duration::from_secs(2), pushes)
             .expect("a Redis URL");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

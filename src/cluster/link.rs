@@ -2,7 +2,8 @@
 //! unreachable; every call bounded by `--redis-timeout`; and the health every part reads
 //! (`redis: ok|down`). A standalone Redis gets a [`ConnectionManager`] (multiplexed,
 //! reconnecting by itself, RESP3 so the same connection receives `vc:events` and the post
-//! channels followed, and resubscribes to them after a reconnect); a Redis Cluster (found by
+//! channels followed; the node's channel keeper subscribes to them again after a reconnect,
+//! see [`crate::cluster::channels`]); a Redis Cluster (found by
 //! `INFO`'s `cluster_enabled:1` on connect) the `redis` crate's cluster client, which routes
 //! each command to its slot's master, follows `MOVED` after a failover, and receives the
 //! channels the same way (a classic `PUBLISH` reaches every node of a Redis Cluster).
@@ -246,8 +247,7 @@ pub(crate) enum Conn {
 }
 
 impl Conn {
-    /// Subscribes to or unsubscribes from `channels` (patterns for the `P` ones); both kinds
-    /// subscribe again after a reconnect by themselves.
+    /// Subscribes to or unsubscribes from `channels` (patterns for the `P` ones).
     ///
     /// One channel per command, the commands concurrent: redis 0.32 counts each channel's
     /// (un)subscribe confirmation as a reply (`PushKind::has_reply`), so one command of k
@@ -504,11 +504,15 @@ impl Link {
                 conn.subscribe(EVENTS).await?;
                 return Ok(Conn::Cluster(conn));
             }
+            // Not `set_automatic_resubscription`: redis 0.32 sends one `SUBSCRIBE` of every
+            // channel and takes its first confirmation for the reply, handing the others to
+            // the commands behind it (test `reads_after_redis_dropped_the_connection_…`). The
+            // channel keeper subscribes again, one channel per command, once it hears the
+            // `Disconnection` push the manager sends on.
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(self.timeout)
                 .set_max_delay(MAX_RECONNECT_DELAY_MS)
-                .set_push_sender(self.pushes.clone())
-                .set_automatic_resubscription();
+                .set_push_sender(self.pushes.clone());
             let mut manager =
                 ConnectionManager::new_with_config(self.client.clone(), config).await?;
             manager.subscribe(EVENTS).await?;
@@ -550,10 +554,9 @@ impl Link {
         self.bounded(what, call(manager)).await
     }
 
-    /// Subscribes to (or unsubscribes from) `channels` (patterns for the `P` ones) in one
-    /// command. The connection manager remembers what succeeded and subscribes to it again
-    /// after a reconnect, before any other command (redis-rs `set_automatic_resubscription`):
-    /// a call made after the reconnect's `subscribe` push finds them all in place.
+    /// Subscribes to (or unsubscribes from) `channels` (patterns for the `P` ones), one
+    /// command per channel (see [`Conn::subscription`]). After a reconnect a standalone
+    /// Redis's connection has none: the channel keeper subscribes again.
     pub(crate) async fn subscription(
         &self,
         change: Subscription,
@@ -677,6 +680,55 @@ mod tests {
         let info = server_info(valkey, None);
         assert_eq!(info.version, "valkey 8.0.1");
         assert_eq!(info.mode, "cluster");
+    }
+
+    /// Reads sent while the connection comes back after Redis dropped it each get their own
+    /// reply. redis 0.32's automatic resubscription sends one `SUBSCRIBE` of every channel
+    /// (`SubscriptionTracker::get_subscription_pipeline`) and takes its first confirmation
+    /// for the reply: the others were handed to the reads behind it, so every later command
+    /// on the connection got another one's reply. The channels are subscribed again by the
+    /// node's channel keeper instead, one per command (see [`Conn::subscription`]).
+    #[tokio::test]
+    async fn reads_after_redis_dropped_the_connection_each_get_their_own_reply() {
+        use crate::cluster::counter::tests::{Server, conn, connected_with};
+        use redis::{AsyncCommands, PushKind};
+        let Some(server) = Server::start() else {
+            return;
+        };
+        let (pushes, mut heard) = tokio::sync::mpsc::unbounded_channel();
+        let link = connected_with(&server, pushes).await;
+        let keys: Vec<String> = (0..50).map(|i| format!("probe:{i}")).collect();
+        let mut admin = conn(&server);
+        for key in &keys {
+            let _: () = redis::Commands::set(&mut admin, key, key).expect("SET");
+        }
+        let channels: Vec<String> = (0..20_000)
+            .map(|i| format!("vc:{{ch}}:p:post-{i}"))
+            .collect();
+        link.subscription(Subscription::Subscribe, &channels)
+            .await
+            .expect("subscribed");
+        let killed: u64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query(&mut admin)
+            .expect("CLIENT KILL");
+        assert_eq!(
+            killed, 1,
+            "the link's connection, subscribed to every channel"
+        );
+        // The manager starts its new connection before it passes the drop on.
+        while heard.recv().await.expect("pushes").kind != PushKind::Disconnection {}
+        let reads = keys.iter().map(|key| {
+            link.call(
+                "get",
+                move |mut c| async move { c.get::<_, String>(key).await },
+            )
+        });
+        for (key, got) in keys.iter().zip(futures_util::future::join_all(reads).await) {
+            assert_eq!(got.as_deref().ok(), Some(key.as_str()), "{key}: {got:?}");
+        }
     }
 
     /// Reads sent while a subscription of many channels is confirmed each get their own

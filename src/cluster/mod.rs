@@ -436,6 +436,16 @@ impl Cluster {
 
     async fn change_channels(&self, registry: &Registry, work: Work) {
         let link = &self.link;
+        // Before the posts: the listener catches up once it hears the subscribe, and the
+        // posts' own subscribes below read what they missed.
+        if work.events
+            && link
+                .subscription(Subscription::Subscribe, &[EVENTS.into()])
+                .await
+                .is_ok()
+        {
+            self.channels.events_back();
+        }
         // Followed before subscribing: what is heard from the subscribe on is kept.
         self.presence.follow(&work.subscribe);
         let channels: Vec<String> = work
@@ -536,9 +546,12 @@ impl Cluster {
             let text = match push.kind {
                 PushKind::Message => push_text(&push.data, 1),
                 PushKind::PMessage => push_text(&push.data, 2),
-                // (Re)subscribed after a (re)connect (every channel is subscribed again
-                // before the connection takes another command): what was announced
-                // meanwhile was missed.
+                // Redis forgot the connection's subscriptions: the keeper subscribes again.
+                PushKind::Disconnection => {
+                    self.channels.lost();
+                    continue;
+                }
+                // (Re)subscribed after a (re)connect: what was announced meanwhile was missed.
                 PushKind::Subscribe if push_text(&push.data, 0).as_deref() == Some(EVENTS) => {
                     self.catch_up(&registry).await;
                     continue;

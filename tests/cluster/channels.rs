@@ -128,3 +128,33 @@ async fn a_node_follows_every_post_only_while_someone_there_watches_the_whole_si
         .await;
     }
 }
+
+/// Redis dropping a node's connection (a restart, a proxy's idle timeout, `CLIENT KILL`) takes
+/// its subscriptions with it: the node subscribes again, one channel per command, and its
+/// readers hear the other nodes' changes as before.
+#[actix_web::test]
+async fn a_node_whose_connection_redis_dropped_subscribes_again_and_hears_the_others() {
+    let _serial = one_at_a_time().await;
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let nodes = Node::start_many(&redis, &["a", "b"], &[]).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut on_a = a.join().await;
+    assert_eq!(listeners(&redis, SLUG).await, 1, "alpha: a only");
+    let killed: u64 = redis
+        .query(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"))
+        .await;
+    assert_eq!(killed, 2, "each node's connection");
+    time_until(
+        "a subscribes to alpha again",
+        SETTLE,
+        || listeners(&redis, SLUG),
+        |n| *n == 1,
+    )
+    .await;
+    let changed = Instant::now();
+    let _on_b = b.join().await;
+    let seen = seen_at(&mut on_a, counts(2, 2), changed, PRESENCE).await;
+    figure("after the drop, a change on b seen by a reader on a", seen);
+}
