@@ -1,0 +1,168 @@
+//! Reading times and peaks in cluster mode (README "Reading time and peaks"): readers on any
+//! node leave reading times that every node's `/api/v1/history` shows summed, with the post's
+//! peak of readers at once across the cluster and the site's; Redis losing its data brings
+//! them back exactly from the nodes' records, within the same 5 s as views; `export --redis
+//! --daily` carries them and an import through a node of another cluster restores them.
+
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+use testkit::*;
+
+/// The contract: exact within 5 s of Redis answering again, as views.
+const REBUILT: Duration = Duration::from_secs(5);
+
+/// Today of [`SLUG`] in `/api/v1/history/{SLUG}?days=1` (views, reads, buckets, median, peak
+/// and when), and of the site in `/api/v1/history?days=1` (its reads and peak): what the
+/// tests compare between nodes and before and after a loss.
+async fn today(node: &Node) -> Option<serde_json::Value> {
+    let mut both = Vec::new();
+    for path in [
+        format!("/api/v1/history/{SLUG}?days=1"),
+        "/api/v1/history?days=1".into(),
+    ] {
+        let res = node.server.send(Req::get(&path)).await;
+        if res.status != 200 {
+            return None;
+        }
+        both.push(res.json()["days"][0].clone());
+    }
+    Some(serde_json::json!({ "post": both[0], "site": both[1] }))
+}
+
+/// `POST /api/v1/leave/{SLUG}` on `node` for `reader`, said visible for `ms`.
+async fn leave(node: &Node, reader: &Reader, ms: u64) {
+    let body = format!("{} 0 {ms}", reader.id);
+    let res = node
+        .server
+        .send(Req::post(format!("/api/v1/leave/{SLUG}"), body))
+        .await;
+    assert_eq!(res.status, 204, "{}: leave {res:?}", node.name);
+}
+
+/// One reader on each node at once, then both gone with a reading time: today as every node
+/// shows it once both readings are in (two reads, a peak of two, the site's too).
+async fn read_on_both(nodes: &[Node]) -> serde_json::Value {
+    let on_a = nodes[0].join().await;
+    let mut on_b = nodes[1].join().await;
+    // Both nodes show both readers: each post's peak is the cluster's, 2.
+    on_b.stream.await_counts(counts(2, 2), SETTLE).await;
+    let mut on_a = on_a;
+    on_a.stream.await_counts(counts(2, 2), SETTLE).await;
+    leave(&nodes[0], &on_a, 100).await;
+    leave(&nodes[1], &on_b, 100).await;
+    drop((on_a, on_b));
+    let read = |t: &Option<serde_json::Value>| {
+        t.as_ref().is_some_and(|t| {
+            t["post"]["reads"] == 2
+                && t["post"]["peak"] == 2
+                && t["site"]["reads"] == 2
+                && t["site"]["peak"] == 2
+        })
+    };
+    let shown = time_until(
+        "two reads and peaks of 2 on node a",
+        SETTLE,
+        || today(&nodes[0]),
+        read,
+    )
+    .await;
+    figure("readings on two nodes to node a's history", shown);
+    let shown = today(&nodes[0]).await.expect("history");
+    let what = "node b shows node a's day";
+    time_until(
+        what,
+        SETTLE,
+        || today(&nodes[1]),
+        |t| t.as_ref() == Some(&shown),
+    )
+    .await;
+    shown
+}
+
+#[actix_web::test]
+async fn readers_on_two_nodes_leave_reading_times_and_a_peak_every_node_shows_and_a_flushall_brings_back()
+ {
+    let _serial = one_at_a_time().await;
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let nodes = Node::start_many(&redis, &["a", "b"], &[]).await;
+    let shown = read_on_both(&nodes).await;
+    assert_eq!(shown["post"]["views"], 2, "{shown}");
+    let buckets = shown["post"]["read_buckets"].as_array().expect("buckets");
+    let in_buckets: u64 = buckets.iter().filter_map(serde_json::Value::as_u64).sum();
+    assert_eq!(in_buckets, 2, "{shown}");
+
+    let () = redis.query(&redis::cmd("FLUSHALL")).await;
+    let flushed = Instant::now();
+    for node in &nodes {
+        let what = format!("node {}'s day after FLUSHALL", node.name);
+        let left = REBUILT.saturating_sub(flushed.elapsed());
+        time_until(&what, left, || today(node), |t| t.as_ref() == Some(&shown)).await;
+    }
+    figure(
+        "FLUSHALL to every node's reading times and peaks exact",
+        flushed.elapsed(),
+    );
+}
+
+#[actix_web::test]
+async fn redis_killed_without_persistence_and_restarted_brings_back_reading_times_and_peaks_exactly()
+ {
+    let _serial = one_at_a_time().await;
+    let Some(mut redis) = Redis::start_debian_default().await else {
+        return;
+    };
+    let nodes = Node::start_many(&redis, &["a", "b"], &[]).await;
+    let shown = read_on_both(&nodes).await;
+
+    redis.kill_9();
+    redis.restart().await;
+    let back = Instant::now();
+    for node in &nodes {
+        let what = format!("node {}'s day after Redis came back", node.name);
+        let left = REBUILT.saturating_sub(back.elapsed());
+        time_until(&what, left, || today(node), |t| t.as_ref() == Some(&shown)).await;
+    }
+    figure(
+        "Redis kill -9 and restart to reading times and peaks exact",
+        back.elapsed(),
+    );
+}
+
+#[actix_web::test]
+async fn export_redis_daily_carries_reading_times_and_peaks_that_an_import_through_another_clusters_node_restores()
+ {
+    let _serial = one_at_a_time().await;
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let nodes = Node::start_many(&redis, &["a", "b"], &[]).await;
+    let shown = read_on_both(&nodes).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = redis.url();
+    let export = ["export", "--redis", &url, "--daily"];
+    let csv = run(dir.path(), &export).quiet().await.success();
+    let day = shown["post"]["day"].as_str().expect("a day");
+    let site = format!("\n*,{day},,,,2,");
+    assert!(csv.contains(&site), "the site's peak: {csv}");
+    let post = format!("\n{SLUG},{day},2,");
+    assert!(csv.contains(&post), "{csv}");
+    std::fs::write(dir.path().join("days.csv"), &csv).expect("write days.csv");
+
+    // Another cluster: a Redis and a node of its own, into which the file is imported.
+    let Some(other) = Redis::start().await else {
+        return;
+    };
+    let c = Node::start(&other, "c", &[]).await;
+    let to_c = format!("http://{}", c.addr());
+    let import = ["import", "--url", &to_c, "days.csv"];
+    run(dir.path(), &import).quiet().await.success();
+    let what = "node c's day after the import";
+    time_until(what, SETTLE, || today(&c), |t| t.as_ref() == Some(&shown)).await;
+    // Node c's record holds the import: Redis losing it changes nothing.
+    let () = other.query(&redis::cmd("FLUSHALL")).await;
+    let what = "node c's day after FLUSHALL";
+    time_until(what, REBUILT, || today(&c), |t| t.as_ref() == Some(&shown)).await;
+}
