@@ -392,11 +392,12 @@ impl RedisStore {
         day: u32,
         posts: &mut BTreeMap<String, DayPresence>,
     ) -> Result<(), StoreError> {
+        /// A day's reads hash (field, count) and peaks hash (slug, `LIVE AT`) of the group.
+        type Hashes = (Vec<(String, u64)>, Vec<(String, String)>);
         let (reads, peaks) = (group.reads(day), group.peaks(day));
-        let (reads, peaks): (Vec<(String, u64)>, Vec<(String, String)>) = self
-            .read("presence", |c| {
-                redis::pipe().hgetall(&reads).hgetall(&peaks).query(c)
-            })?;
+        let (reads, peaks): Hashes = self.read("presence", |c| {
+            redis::pipe().hgetall(&reads).hgetall(&peaks).query(c)
+        })?;
         for (field, count) in reads {
             if let Some((slug, m)) = parse_read_field(&field) {
                 set_measure(
