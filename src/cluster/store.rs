@@ -385,6 +385,13 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Each group with its set of days (no `SCAN`, which a Redis Cluster answers per master).
+    fn known_days(&mut self) -> Result<Vec<(Group, Vec<u32>)>, StoreError> {
+        let known: Vec<Vec<u32>> =
+            self.each_group("days", Group::days, |c, key| c.smembers(key))?;
+        Ok(Group::all().zip(known).collect())
+    }
+
     /// The presence of `group`'s posts on `day` into `posts`, by slug.
     fn presence_on(
         &mut self,
@@ -487,10 +494,8 @@ impl Store for RedisStore {
     }
 
     fn all_presence(&mut self) -> Result<Vec<(String, u32, DayPresence)>, StoreError> {
-        let known: Vec<Vec<u32>> =
-            self.each_group("days", Group::days, |c, key| c.smembers(key))?;
         let mut rows = Vec::new();
-        for (group, days) in Group::all().zip(known) {
+        for (group, days) in self.known_days()? {
             for day in days {
                 let mut posts = BTreeMap::new();
                 self.presence_on(group, day, &mut posts)?;
@@ -543,10 +548,8 @@ impl Store for RedisStore {
     /// Each group's days from its set of days (no `SCAN`, which a Redis Cluster answers per
     /// master), then each day's hash.
     fn all_days(&mut self) -> Result<Vec<(String, u32, u64)>, StoreError> {
-        let known: Vec<Vec<u32>> =
-            self.each_group("days", Group::days, |c, key| c.smembers(key))?;
         let mut rows = Vec::new();
-        for (group, days) in Group::all().zip(known) {
+        for (group, days) in self.known_days()? {
             for day in days {
                 let key = group.day(day);
                 let views: Vec<(String, u64)> = self.read("days", |c| c.hgetall(&key))?;

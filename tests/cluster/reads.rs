@@ -84,6 +84,18 @@ async fn read_on_both(nodes: &[Node]) -> serde_json::Value {
     shown
 }
 
+/// Every node shows `shown` within [`REBUILT`] of now (Redis lost its data just before:
+/// `after`): the time it took.
+async fn all_show(nodes: &[Node], shown: &serde_json::Value, after: &str) -> Duration {
+    let since = Instant::now();
+    for node in nodes {
+        let what = format!("node {}'s day after {after}", node.name);
+        let left = REBUILT.saturating_sub(since.elapsed());
+        time_until(&what, left, || today(node), |t| t.as_ref() == Some(shown)).await;
+    }
+    since.elapsed()
+}
+
 #[actix_web::test]
 async fn readers_on_two_nodes_leave_reading_times_and_a_peak_every_node_shows_and_a_flushall_brings_back()
  {
@@ -99,15 +111,10 @@ async fn readers_on_two_nodes_leave_reading_times_and_a_peak_every_node_shows_an
     assert_eq!(in_buckets, 2, "{shown}");
 
     let () = redis.query(&redis::cmd("FLUSHALL")).await;
-    let flushed = Instant::now();
-    for node in &nodes {
-        let what = format!("node {}'s day after FLUSHALL", node.name);
-        let left = REBUILT.saturating_sub(flushed.elapsed());
-        time_until(&what, left, || today(node), |t| t.as_ref() == Some(&shown)).await;
-    }
+    let took = all_show(&nodes, &shown, "FLUSHALL").await;
     figure(
         "FLUSHALL to every node's reading times and peaks exact",
-        flushed.elapsed(),
+        took,
     );
 }
 
@@ -123,15 +130,10 @@ async fn redis_killed_without_persistence_and_restarted_brings_back_reading_time
 
     redis.kill_9();
     redis.restart().await;
-    let back = Instant::now();
-    for node in &nodes {
-        let what = format!("node {}'s day after Redis came back", node.name);
-        let left = REBUILT.saturating_sub(back.elapsed());
-        time_until(&what, left, || today(node), |t| t.as_ref() == Some(&shown)).await;
-    }
+    let took = all_show(&nodes, &shown, "Redis came back").await;
     figure(
         "Redis kill -9 and restart to reading times and peaks exact",
-        back.elapsed(),
+        took,
     );
 }
 
