@@ -6,6 +6,14 @@
 //! The group of a slug is FNV-1a (32 bits) of its bytes, modulo [`GROUPS`]. Both are part of
 //! the data's format: changing either moves posts to other keys, and a node of another version
 //! would then count into keys the others do not read. The tests pin some slugs' groups.
+//!
+//! Per group: `totals` (field slug: views), `day:YYYYMMDD` (field slug: views that day),
+//! `reads:YYYYMMDD` (per post the reading-time counts of the day, fields `slug 0` to `slug 15`
+//! for the buckets and `slug ms` for the sum of milliseconds), `peaks:YYYYMMDD` (field slug:
+//! `LIVE AT`, the most readers at once and the unix second first reached), `days` (the days
+//! any of those three has), `gen`, `part:{record}` (what one record added to each sum field:
+//! `slug`, `YYYYMMDD slug`, `YYYYMMDD slug M`; see [`PartField`]), `seen:…` and `op:…`. The
+//! site's peaks (`site`, field `YYYYMMDD`) are in [`Group::SITE`].
 //! Public for the integration tests and for operators who read Redis themselves.
 
 use crate::storage::presence::{Peak, READ_BUCKETS, Reads};

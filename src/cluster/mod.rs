@@ -354,13 +354,9 @@ impl Cluster {
         &self,
         registry: &Registry,
         old: &str,
-        totals: Vec<(Slug, u64)>,
-        days: Vec<(Slug, u32, u64)>,
+        retired: record::Retired,
     ) -> Result<record::Rebuilt, record::RebuildError> {
-        let rebuilt = self
-            .record
-            .take_retired(&self.link, old, totals, days)
-            .await?;
+        let rebuilt = self.record.take_retired(&self.link, old, retired).await?;
         tracing::info!(
             retired = old,
             record = %self.record.id(),

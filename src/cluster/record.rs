@@ -573,15 +573,14 @@ impl Record {
     }
 
     /// Takes a stopped node's record (`viewcounter retire`): its parts in Redis are moved into
-    /// this one's (the sums unchanged), its counts into this record, and a rebuild of every
-    /// group then applies the max rule (a part Redis lost comes back from the record). Each
-    /// record is taken once.
+    /// this one's (the sums unchanged), its counts, reading times and peaks into this record,
+    /// and a rebuild of every group then applies the max rule (a part Redis lost comes back
+    /// from the record) and raises the peaks. Each record is taken once.
     pub(crate) async fn take_retired(
         &self,
         link: &Link,
         old: &str,
-        totals: Vec<(Slug, u64)>,
-        days: Vec<(Slug, u32, u64)>,
+        retired: Retired,
     ) -> Result<Rebuilt, RebuildError> {
         if old.len() != 16 || !old.bytes().all(|b| b.is_ascii_hexdigit()) || old == self.id {
             return Err(RebuildError::NotARecord(old.to_owned()));
@@ -596,11 +595,17 @@ impl Record {
             for group in Group::all() {
                 self.move_part(link, group, old).await?;
             }
-            for (slug, views) in &totals {
+            for (slug, views) in &retired.totals {
                 self.writer.add_counts(slug, *views, None);
             }
-            for (slug, day, views) in &days {
+            for (slug, day, views) in &retired.days {
                 self.writer.add_counts(slug, 0, Some((*day, *views)));
+            }
+            for (slug, day, presence) in &retired.presence {
+                self.writer.add_presence(slug, *day, *presence);
+            }
+            for &(day, peak) in &retired.site {
+                self.writer.raise_site_peak_on(day, peak);
             }
             self.taken(&key, true).await?;
         }
@@ -884,6 +889,16 @@ impl Record {
         rebuilt.groups += 1;
         Ok(true)
     }
+}
+
+/// What a retired record held (`viewcounter retire` reads it from the stopped node's file).
+pub(crate) struct Retired {
+    pub totals: Vec<(Slug, u64)>,
+    pub days: Vec<(Slug, u32, u64)>,
+    /// Reading times and peaks per post and day.
+    pub presence: Vec<(Slug, u32, DayPresence)>,
+    /// The site's peak per day.
+    pub site: Vec<(u32, Peak)>,
 }
 
 /// What a rebuild reads of the record, at one point of its writer's queue per part.

@@ -172,3 +172,43 @@ async fn export_redis_daily_carries_reading_times_and_peaks_that_an_import_throu
     let what = "node c's day after FLUSHALL";
     time_until(what, REBUILT, || today(&c), |t| t.as_ref() == Some(&shown)).await;
 }
+
+#[actix_web::test]
+async fn a_retired_nodes_reading_times_and_peaks_live_on_in_the_node_that_took_its_file() {
+    let _serial = one_at_a_time().await;
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let mut nodes = Node::start_many(&redis, &["a", "b"], &FLUSH).await;
+    // One reader, on node b alone: node a never served the post, so no record but b's holds
+    // its reading or its peak.
+    let reader = nodes[1].join().await;
+    leave(&nodes[1], &reader, 100).await;
+    drop(reader);
+    let read = |t: &Option<serde_json::Value>| {
+        t.as_ref()
+            .is_some_and(|t| t["post"]["reads"] == 1 && t["site"]["peak"] == 1)
+    };
+    time_until("node b's reading on node a", SETTLE, || today(&nodes[0]), read).await;
+    let shown = today(&nodes[0]).await.expect("history");
+
+    let mut b = nodes.pop().expect("node b");
+    b.server.signal("TERM");
+    b.server.wait(SETTLE).await;
+    // Redis loses node b's part before node b is retired: only its file holds its readings.
+    let () = redis.query(&redis::cmd("FLUSHALL")).await;
+    let gone = |t: &Option<serde_json::Value>| t.as_ref().is_some_and(|t| t["post"]["views"] == 0);
+    time_until("node a rebuilt without node b", SETTLE, || today(&nodes[0]), gone).await;
+    let db = b.server.db();
+    let db = db.to_str().expect("utf-8");
+    let a = format!("http://{}", nodes[0].addr());
+    let dir = b.server.into_dir();
+    run(dir.path(), &["retire", "--db", db, "--url", &a])
+        .quiet()
+        .await
+        .success();
+    let what = "node a's day once it took node b's file";
+    time_until(what, SETTLE, || today(&nodes[0]), |t| t.as_ref() == Some(&shown)).await;
+    let () = redis.query(&redis::cmd("FLUSHALL")).await;
+    all_show(&nodes, &shown, "FLUSHALL").await;
+}
