@@ -502,7 +502,10 @@ async fn retire(
             Ok((slug(s)?, *day, presence))
         })
         .collect::<Result<Vec<_>, Refusal>>()?;
-    let site = retired.site.iter().map(|&(day, live, at)| (day, Peak { live, at }));
+    let site = retired
+        .site
+        .iter()
+        .map(|&(day, live, at)| (day, Peak { live, at }));
     let taken = Retired {
         totals,
         days,

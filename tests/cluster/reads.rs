@@ -189,7 +189,13 @@ async fn a_retired_nodes_reading_times_and_peaks_live_on_in_the_node_that_took_i
         t.as_ref()
             .is_some_and(|t| t["post"]["reads"] == 1 && t["site"]["peak"] == 1)
     };
-    time_until("node b's reading on node a", SETTLE, || today(&nodes[0]), read).await;
+    time_until(
+        "node b's reading on node a",
+        SETTLE,
+        || today(&nodes[0]),
+        read,
+    )
+    .await;
     let shown = today(&nodes[0]).await.expect("history");
 
     let mut b = nodes.pop().expect("node b");
@@ -198,7 +204,13 @@ async fn a_retired_nodes_reading_times_and_peaks_live_on_in_the_node_that_took_i
     // Redis loses node b's part before node b is retired: only its file holds its readings.
     let () = redis.query(&redis::cmd("FLUSHALL")).await;
     let gone = |t: &Option<serde_json::Value>| t.as_ref().is_some_and(|t| t["post"]["views"] == 0);
-    time_until("node a rebuilt without node b", SETTLE, || today(&nodes[0]), gone).await;
+    time_until(
+        "node a rebuilt without node b",
+        SETTLE,
+        || today(&nodes[0]),
+        gone,
+    )
+    .await;
     let db = b.server.db();
     let db = db.to_str().expect("utf-8");
     let a = format!("http://{}", nodes[0].addr());
@@ -208,7 +220,13 @@ async fn a_retired_nodes_reading_times_and_peaks_live_on_in_the_node_that_took_i
         .await
         .success();
     let what = "node a's day once it took node b's file";
-    time_until(what, SETTLE, || today(&nodes[0]), |t| t.as_ref() == Some(&shown)).await;
+    time_until(
+        what,
+        SETTLE,
+        || today(&nodes[0]),
+        |t| t.as_ref() == Some(&shown),
+    )
+    .await;
     let () = redis.query(&redis::cmd("FLUSHALL")).await;
     all_show(&nodes, &shown, "FLUSHALL").await;
 }
