@@ -100,7 +100,7 @@ impl Group {
 
     /// The group that holds the whole site's peaks ([`Group::site_peaks`]): group 0, so its
     /// rebuild restores them.
-    pub(crate) const SITE: Self = Self(0);
+    pub const SITE: Self = Self(0);
 
     /// The whole site's peak per day (of [`Group::SITE`] only): field `YYYYMMDD`, value
     /// `LIVE AT`.

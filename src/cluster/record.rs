@@ -44,7 +44,7 @@ use crate::edge::slug::Slug;
 use crate::metrics::Metrics;
 use crate::storage::MAX_COUNT;
 use crate::storage::calendar::{Calendar, Day};
-use crate::storage::presence::{DayPresence, Peak};
+use crate::storage::presence::{DayPresence, Peak, Reads};
 use crate::storage::store::{PresenceDelta, RedbStore, StoreError};
 use crate::storage::writer::{FlushPolicy, Writer, WriterError};
 
@@ -100,7 +100,7 @@ return moved
 /// day in the group's days. Raising twice changes nothing. Returns the fields raised.
 const RAISE_PEAKS: &str = r#"
 local function above(a, b) return #a > #b or (#a == #b and a > b) end
-local raised = 0
+local raised, days = 0, {}
 for i = 2, #KEYS do
   local at = 3 * (i - 2)
   local field, live, when = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
@@ -112,7 +112,10 @@ for i = 2, #KEYS do
     raised = raised + 1
   end
   local day = string.match(KEYS[i], ':peaks:(%d+)$')
-  if day then redis.call('SADD', KEYS[1], day) end
+  if day and not days[day] then
+    redis.call('SADD', KEYS[1], day)
+    days[day] = true
+  end
 end
 return raised
 "#;
@@ -419,7 +422,13 @@ impl Record {
         site: &[(u32, Peak)],
     ) -> Result<bool, RebuildError> {
         let part = group.part(&self.id);
-        let fields: Vec<String> = rows
+        // A row with a new peak alone moves no reading time (a part above the record, which
+        // the record would adopt, is a rebuild's: at start, or after a loss).
+        let read_rows: Vec<_> = rows
+            .iter()
+            .filter(|(_, _, p)| p.reads != Reads::default())
+            .collect();
+        let fields: Vec<String> = read_rows
             .iter()
             .flat_map(|(slug, day, _)| {
                 (0..MEASURES).map(move |m| day_field(*day, &read_field(slug.as_str(), m)))
@@ -452,7 +461,7 @@ impl Record {
         };
         let mut moves = Moves::default();
         let mut peaks = Vec::new();
-        for ((slug, day, presence), values) in rows.iter().zip(values.chunks(MEASURES)) {
+        for ((slug, day, presence), values) in read_rows.iter().zip(values.chunks(MEASURES)) {
             let record = measures(&presence.reads);
             for (m, (record, read)) in record.into_iter().zip(values).enumerate() {
                 let sum = read_field(slug.as_str(), m);
@@ -462,9 +471,9 @@ impl Record {
                     self.writer.add_presence(slug, *day, one_measure(m, lacks));
                 }
             }
-            if presence.peak.live > 0 {
-                peaks.push((group.peaks(*day), slug.as_str().to_owned(), presence.peak));
-            }
+        }
+        for (slug, day, presence) in rows.iter().filter(|(_, _, p)| p.peak.live > 0) {
+            peaks.push((group.peaks(*day), slug.as_str().to_owned(), presence.peak));
         }
         for &(day, peak) in site.iter().filter(|(_, p)| p.live > 0) {
             peaks.push((group.site_peaks(), day.to_string(), peak));
