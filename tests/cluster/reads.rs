@@ -225,3 +225,21 @@ async fn a_retired_nodes_reading_times_and_peaks_live_on_in_the_node_that_took_i
     let () = redis.query(&redis::cmd("FLUSHALL")).await;
     all_show(&nodes, &shown, "FLUSHALL").await;
 }
+
+/// Each script and pipeline of reading times and peaks is of one key group (the site's peaks
+/// of group 0): on a Redis Cluster, where a group is one hash slot, none is refused with
+/// `CROSSSLOT`, and the post's group and the site's are on masters of their own.
+#[actix_web::test]
+async fn on_a_redis_cluster_reading_times_and_peaks_of_two_nodes_show_on_both() {
+    let _serial = one_at_a_time().await;
+    let Some(cluster) = RedisCluster::start().await else {
+        return;
+    };
+    let masters = cluster.masters().await;
+    let mut nodes = Vec::new();
+    for (name, &master) in ["a", "b"].iter().zip(&masters) {
+        nodes.push(Node::start_on(cluster.node(master, name), name, &FLUSH).await);
+    }
+    let shown = read_on_both(&nodes).await;
+    assert_eq!(shown["post"]["views"], 2, "{shown}");
+}
