@@ -38,6 +38,12 @@ pub async fn retire(args: &RetireArgs) -> Result<String, RetireError> {
         record: format!("{id:016x}"),
         totals: db.totals()?,
         days: db.all_days()?,
+        presence: (db.all_presence()?.into_iter())
+            .map(|(slug, day, presence)| (slug, day, presence.encode()))
+            .collect(),
+        site: (db.all_site_peaks()?.into_iter())
+            .map(|(day, peak)| (day, peak.live, peak.at))
+            .collect(),
     };
     let views = record
         .totals

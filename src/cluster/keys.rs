@@ -6,7 +6,17 @@
 //! The group of a slug is FNV-1a (32 bits) of its bytes, modulo [`GROUPS`]. Both are part of
 //! the data's format: changing either moves posts to other keys, and a node of another version
 //! would then count into keys the others do not read. The tests pin some slugs' groups.
+//!
+//! Per group: `totals` (field slug: views), `day:YYYYMMDD` (field slug: views that day),
+//! `reads:YYYYMMDD` (per post the reading-time counts of the day, fields `slug 0` to `slug 15`
+//! for the buckets and `slug ms` for the sum of milliseconds), `peaks:YYYYMMDD` (field slug:
+//! `LIVE AT`, the most readers at once and the unix second first reached), `days` (the days
+//! any of those three has), `gen`, `part:{record}` (what one record added to each sum field:
+//! `slug`, `YYYYMMDD slug`, `YYYYMMDD slug M`; see [`PartField`]), `seen:…` and `op:…`. The
+//! site's peaks (`site`, field `YYYYMMDD`) are in [`Group::SITE`].
 //! Public for the integration tests and for operators who read Redis themselves.
+
+use crate::storage::presence::{Peak, READ_BUCKETS, Reads};
 
 // Every channel carries the same hash tag, `{ch}`. Channels hold no data, but the `redis`
 // crate's cluster client sends `SUBSCRIBE`/`UNSUBSCRIBE` (and, after a reconnect, one `SUBSCRIBE` of every channel
@@ -76,8 +86,31 @@ impl Group {
         self.key(&format!("day:{day}"))
     }
 
-    /// The days (`YYYYMMDD`) the group has a day's hash of: what the owner reads all days by,
-    /// without a `SCAN` (which a Redis Cluster answers per master).
+    /// A day's reading times of the group's posts, summed over the records like views: per
+    /// post its [`MEASURES`] counts, field `slug M` ([`read_field`]), absent while 0.
+    pub fn reads(self, day: u32) -> String {
+        self.key(&format!("reads:{day}"))
+    }
+
+    /// A day's peaks of the group's posts: field slug, value `LIVE AT` ([`parse_peak`]), the
+    /// highest any node saw (a max, not a sum: no part holds it).
+    pub fn peaks(self, day: u32) -> String {
+        self.key(&format!("peaks:{day}"))
+    }
+
+    /// The group that holds the whole site's peaks ([`Group::site_peaks`]): group 0, so its
+    /// rebuild restores them.
+    pub const SITE: Self = Self(0);
+
+    /// The whole site's peak per day (of [`Group::SITE`] only): field `YYYYMMDD`, value
+    /// `LIVE AT`.
+    pub fn site_peaks(self) -> String {
+        self.key("site")
+    }
+
+    /// The days (`YYYYMMDD`) the group has a day's hash of (views, reading times or peaks):
+    /// what the owner reads all days by, without a `SCAN` (which a Redis Cluster answers per
+    /// master).
     pub(crate) fn days(self) -> String {
         self.key("days")
     }
@@ -133,6 +166,95 @@ pub(crate) fn day_field(day: u32, slug: &str) -> String {
     format!("{day} {slug}")
 }
 
+/// Reading-time counts per post and day: the [`READ_BUCKETS`] buckets (measures `0` to
+/// `15`), then the sum of milliseconds (`ms`).
+pub(crate) const MEASURES: usize = READ_BUCKETS + 1;
+
+/// A measure's name in its fields.
+fn measure_name(measure: usize) -> String {
+    if measure < READ_BUCKETS {
+        measure.to_string()
+    } else {
+        "ms".to_owned()
+    }
+}
+
+/// A post's field of a measure in a day's reads hash: `slug M`; in a part the day comes first
+/// ([`day_field`]), `YYYYMMDD slug M`.
+pub(crate) fn read_field(slug: &str, measure: usize) -> String {
+    format!("{slug} {}", measure_name(measure))
+}
+
+/// `slug M` of a reads hash: the slug and the measure.
+pub(crate) fn parse_read_field(field: &str) -> Option<(&str, usize)> {
+    let (slug, name) = field.split_once(' ')?;
+    let measure = match name {
+        "ms" => READ_BUCKETS,
+        n => n
+            .parse()
+            .ok()
+            .filter(|&m| m < READ_BUCKETS && measure_name(m) == n)?,
+    };
+    Some((slug, measure))
+}
+
+/// Reading times as their measures' counts.
+pub(crate) fn measures(reads: &Reads) -> [u64; MEASURES] {
+    let mut out = [0; MEASURES];
+    for (out, &n) in out.iter_mut().zip(&reads.buckets) {
+        *out = u64::from(n);
+    }
+    out[READ_BUCKETS] = reads.sum_ms;
+    out
+}
+
+/// One measure's count taken into `reads` (a bucket past `u32` stays at its largest).
+pub(crate) fn set_measure(reads: &mut Reads, measure: usize, count: u64) {
+    match reads.buckets.get_mut(measure) {
+        Some(bucket) => *bucket = u32::try_from(count).unwrap_or(u32::MAX),
+        None => reads.sum_ms = count,
+    }
+}
+
+/// A field of a record's part (see [`crate::cluster::record`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum PartField<'a> {
+    /// `slug`: the post's views.
+    Total(&'a str),
+    /// `YYYYMMDD slug`: its views on a day.
+    Day(u32, &'a str),
+    /// `YYYYMMDD slug M`: a measure of its reading times on a day.
+    Read(u32, &'a str, usize),
+}
+
+impl<'a> PartField<'a> {
+    /// `None` for `#n`, `#gen` and anything this version does not write.
+    pub(crate) fn parse(field: &'a str) -> Option<Self> {
+        if field.starts_with('#') {
+            return None;
+        }
+        let Some((day, rest)) = field.split_once(' ') else {
+            return Some(Self::Total(field));
+        };
+        let day = day.parse().ok()?;
+        Some(match parse_read_field(rest) {
+            Some((slug, measure)) => Self::Read(day, slug, measure),
+            None if !rest.contains(' ') => Self::Day(day, rest),
+            None => return None,
+        })
+    }
+}
+
+/// A peak as Redis keeps it, `LIVE AT` (readers at once, unix seconds first reached; written
+/// by the record's raise script); `None` for anything else.
+pub(crate) fn parse_peak(value: &str) -> Option<Peak> {
+    let (live, at) = value.split_once(' ')?;
+    Some(Peak {
+        live: live.parse().ok()?,
+        at: at.parse().ok()?,
+    })
+}
+
 /// Keys of the layout before key groups (one `vc:totals`, `vc:gen`, `vc:part:ID`, …): a node
 /// of this version neither reads nor deletes them (README, "Cluster mode": upgrading).
 #[cfg(test)]
@@ -141,6 +263,36 @@ pub(crate) const OLD_TOTALS: &str = "vc:totals";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parts_fields_read_back_as_the_views_or_reading_times_they_hold() {
+        assert_eq!(PartField::parse("alpha"), Some(PartField::Total("alpha")));
+        let day = day_field(20261207, "alpha");
+        assert_eq!(
+            PartField::parse(&day),
+            Some(PartField::Day(20261207, "alpha"))
+        );
+        for measure in 0..MEASURES {
+            let field = day_field(20261207, &read_field("alpha", measure));
+            let read = PartField::Read(20261207, "alpha", measure);
+            assert_eq!(PartField::parse(&field), Some(read), "{field}");
+        }
+        for other in [
+            "#n",
+            "#gen",
+            "20261207 alpha 16",
+            "20261207 alpha 01",
+            "x alpha",
+        ] {
+            assert_eq!(PartField::parse(other), None, "{other}");
+        }
+        let peak = Peak {
+            live: 3,
+            at: 1_796_637_600,
+        };
+        assert_eq!(parse_peak("3 1796637600"), Some(peak));
+        assert_eq!(parse_peak("3"), None);
+    }
 
     /// The groups are the data's format: a change here moves every post to other keys.
     #[test]
@@ -163,6 +315,9 @@ mod tests {
         for key in [
             g.totals(),
             g.day(20261207),
+            g.reads(20261207),
+            g.peaks(20261207),
+            g.site_peaks(),
             g.days(),
             g.generation(),
             g.part("00000000000000ab"),

@@ -260,6 +260,26 @@ impl Cluster {
         tasks.spawn("cluster expiry", |stop| me.expire(posts, stop));
         let (me, posts) = (Arc::clone(self), Arc::clone(registry));
         tasks.spawn("cluster channels", |stop| me.keep_channels(posts, stop));
+        let me = Arc::clone(self);
+        tasks.spawn("presence sync", |stop| me.sync_presence(stop));
+    }
+
+    /// Brings Redis to the reading times and peaks the record took: as soon as it took some,
+    /// and once a beat to try again what Redis did not take.
+    async fn sync_presence(self: Arc<Self>, mut stop: Shutdown) {
+        let mut tick = tokio::time::interval(BEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let due = async |tick: &mut tokio::time::Interval| {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.record.dirtied() => {}
+            }
+        };
+        while stop.unless_started(due(&mut tick)).await.is_some() {
+            if let Err(e) = self.record.sync_presence(&self.link).await {
+                tracing::debug!(error = %e, "reading times and peaks wait for Redis");
+            }
+        }
     }
 
     /// Once a second: connect if needed, write our presence, read the others', drop the silent.
@@ -333,13 +353,9 @@ impl Cluster {
         &self,
         registry: &Registry,
         old: &str,
-        totals: Vec<(Slug, u64)>,
-        days: Vec<(Slug, u32, u64)>,
+        retired: record::Retired,
     ) -> Result<record::Rebuilt, record::RebuildError> {
-        let rebuilt = self
-            .record
-            .take_retired(&self.link, old, totals, days)
-            .await?;
+        let rebuilt = self.record.take_retired(&self.link, old, retired).await?;
         tracing::info!(
             retired = old,
             record = %self.record.id(),
@@ -377,6 +393,16 @@ impl Cluster {
                 self.record.recorded_day(&slug, day, views);
             }
         }
+    }
+
+    /// This node's readers left `presence` and the site's peaks `site` (or an import brought
+    /// them): the record takes them, and Redis from it.
+    pub(crate) fn presence(
+        &self,
+        presence: &[crate::storage::store::PresenceDelta<'_>],
+        site: &[(u32, crate::storage::presence::Peak)],
+    ) {
+        self.record.presence(presence, site);
     }
 
     /// Views counted here that the `--db` file does not hold yet.
@@ -781,6 +807,11 @@ impl Cluster {
     /// Writes the outbox's queued views and the record; called last on shutdown.
     pub(crate) async fn close(&self) {
         self.outbox.shutdown().await;
+        // The last readings the writer handed over reach Redis now if they can; otherwise
+        // the start that follows brings them (its rebuild is of every group).
+        if let Err(e) = self.record.sync_presence(&self.link).await {
+            tracing::debug!(error = %e, "the last reading times wait for this node's return");
+        }
         self.record.close().await;
     }
 

@@ -1,5 +1,6 @@
 //! The node's record: what this node counted, per post and per day, in its `--db` file (the
-//! tables `totals` and `days`, written by the same debounced [`Writer`] as a single node).
+//! tables `totals` and `days`, and the reading times and peaks its readers left in
+//! `day_presence` and `site_peaks`, written by the same debounced [`Writer`] as a single node).
 //! The record is the durable copy; Redis's sums are a cache the nodes rebuild from their
 //! records when Redis loses data.
 //!
@@ -14,22 +15,37 @@
 //! max(record, part); the sums move by target − part and the part becomes the target. Part
 //! above record (the node died before its writer flushed what Redis had taken) is adopted
 //! into the record. Every script touches one group, so one hash slot of a Redis Cluster.
+//!
+//! Reading times are counts that only grow, so they ride the same part: per post, day and
+//! measure (the 16 buckets `0`–`15` and `ms`, see [`crate::cluster::keys::read_field`]) the
+//! part's field `YYYYMMDD slug M` holds what this record added to the field `slug M` of the
+//! group's `vc:{gN}:reads:YYYYMMDD`. The record takes them first (the node's writer hands it
+//! what its readers left, [`Record::presence`]); [`Record::sync_presence`] then moves each
+//! field it touched by the max rule, as a rebuild does, so a sync run twice, or after a
+//! rebuild, adds nothing. Peaks are a max, not a sum: the record keeps the highest this node
+//! saw (of the post's readers across the cluster, as its readers see them) and Redis the
+//! highest of any node, `vc:{gN}:peaks:YYYYMMDD` per post and `vc:{g0}:site` for the site,
+//! raised by a compare in Lua (higher, or as high and earlier); a rebuild raises them again
+//! from the record, so after a loss Redis holds the max of the records.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use redis::{Script, Value};
-use std::sync::LazyLock;
+use redis::{Script, Value, from_redis_value};
+use std::sync::{LazyLock, PoisonError};
 
 use crate::cluster::counter::lua_counts;
-use crate::cluster::keys::{ALL, Group, Groups, day_field};
+use crate::cluster::keys::{
+    ALL, Group, Groups, MEASURES, PartField, day_field, measures, read_field, set_measure,
+};
 use crate::cluster::link::{EVENTS, Link, LinkError};
 use crate::edge::slug::Slug;
 use crate::metrics::Metrics;
 use crate::storage::MAX_COUNT;
-use crate::storage::calendar::Calendar;
-use crate::storage::store::{RedbStore, StoreError};
+use crate::storage::calendar::{Calendar, Day};
+use crate::storage::presence::{DayPresence, Peak, Reads};
+use crate::storage::store::{PresenceDelta, RedbStore, StoreError};
 use crate::storage::writer::{FlushPolicy, Writer, WriterError};
 
 /// The `meta` key of the record id in the `--db` file.
@@ -73,9 +89,35 @@ for i = 3, #ARGV, 5 do
     moved = moved + 1
   end
 end
-local day = string.match(KEYS[2], ':day:(%d+)$')
+local day = string.match(KEYS[2], ':day:(%d+)$') or string.match(KEYS[2], ':reads:(%d+)$')
 if day and moved > 0 then redis.call('SADD', KEYS[4], day) end
 return moved
+"#;
+
+/// KEYS: the group's set of days, then the hash of each row (a day's peaks, or the site's).
+/// ARGV: per row (field, live, when first reached). Each field becomes the row's peak if that
+/// is higher, or as high and reached earlier (as [`Peak::raise`]); a day's peaks name their
+/// day in the group's days. Raising twice changes nothing. Returns the fields raised.
+const RAISE_PEAKS: &str = r#"
+local function above(a, b) return #a > #b or (#a == #b and a > b) end
+local raised, days = 0, {}
+for i = 2, #KEYS do
+  local at = 3 * (i - 2)
+  local field, live, when = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
+  local now = redis.call('HGET', KEYS[i], field)
+  local l, w
+  if now then l, w = string.match(now, '^(%d+) (%d+)$') end
+  if not l or above(live, l) or (live == l and above(w, when)) then
+    redis.call('HSET', KEYS[i], field, live .. ' ' .. when)
+    raised = raised + 1
+  end
+  local day = string.match(KEYS[i], ':peaks:(%d+)$')
+  if day and not days[day] then
+    redis.call('SADD', KEYS[1], day)
+    days[day] = true
+  end
+end
+return raised
 "#;
 
 /// KEYS: the part, the group's generation. ARGV: the generation, `#n`. The part is of this
@@ -115,6 +157,55 @@ static MOVE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MOVE_PART));
 
 static REBUILD_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(REBUILD));
 static SEAL_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SEAL));
+static PEAKS_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RAISE_PEAKS));
+
+/// Per sums' hash, the fields a rebuild or a sync moves: (part field, sum field, the part's
+/// value as read, target, target − read), as [`REBUILD`] takes them.
+#[derive(Default)]
+struct Moves(BTreeMap<String, Vec<[String; 5]>>);
+
+impl Moves {
+    /// The max rule for one field of the part (`read`: its value, absent when none) whose
+    /// record holds `record`: the target, and what the record lacks of it (to adopt).
+    fn field(
+        &mut self,
+        key: String,
+        field: String,
+        sum: &str,
+        read: Option<&String>,
+        record: u64,
+    ) -> (u64, u64) {
+        let read = read.cloned().unwrap_or_else(|| "0".into());
+        let in_part = read.parse::<u64>().unwrap_or(0);
+        let target = record.max(in_part);
+        if target > in_part {
+            let delta = (target - in_part).to_string();
+            self.0.entry(key).or_default().push([
+                field,
+                sum.to_owned(),
+                read,
+                target.to_string(),
+                delta,
+            ]);
+        }
+        (target, in_part.saturating_sub(record))
+    }
+}
+
+/// Presence of one measure alone: what the record adopts of a part's reading-time field.
+fn one_measure(measure: usize, count: u64) -> DayPresence {
+    let mut presence = DayPresence::default();
+    set_measure(&mut presence.reads, measure, count);
+    presence
+}
+
+/// What presence left that Redis does not have yet (see [`Record::sync_presence`]).
+#[derive(Default)]
+struct Dirty {
+    posts: BTreeSet<(Slug, u32)>,
+    /// Days of the site's peaks.
+    site: BTreeSet<u32>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RebuildError {
@@ -165,6 +256,10 @@ pub(crate) struct Record {
     /// the group of a view the count script refused (its part not of this generation).
     pending: AtomicU32,
     rebuilds: AtomicU64,
+    /// Presence the record took that Redis may not have yet.
+    dirty: std::sync::Mutex<Dirty>,
+    /// Told when `dirty` gains some: the sync runs at once, not at the next beat.
+    dirtied: tokio::sync::Notify,
 }
 
 impl Record {
@@ -188,6 +283,8 @@ impl Record {
             sealed: std::array::from_fn(|_| AtomicU64::new(0)),
             pending: AtomicU32::new(ALL.0),
             rebuilds: AtomicU64::new(0),
+            dirty: std::sync::Mutex::default(),
+            dirtied: tokio::sync::Notify::new(),
         })
     }
 
@@ -222,6 +319,205 @@ impl Record {
     pub(crate) fn counted(&self, slug: &Slug, views: u64, day: Option<(u32, u64)>) {
         self.writer.add_counts(slug, views, day);
         self.acked[Group::of(slug.as_str()).index()].fetch_add(views, Ordering::Relaxed);
+    }
+
+    /// The node's readers left `presence` (reading times added, peaks raised per post and
+    /// day) and the site's peaks `site` (day, peak): the record takes them, and Redis with
+    /// the next [`Record::sync_presence`]. Never blocks (the node's writer thread calls it).
+    pub(crate) fn presence(&self, presence: &[PresenceDelta<'_>], site: &[(u32, Peak)]) {
+        let mut dirty = self.dirty.lock().unwrap_or_else(PoisonError::into_inner);
+        for p in presence {
+            if let Ok(slug) = Slug::parse(p.slug) {
+                self.writer.add_presence(&slug, p.day, p.presence);
+                dirty.posts.insert((slug, p.day));
+            }
+        }
+        for &(day, peak) in site {
+            self.writer.raise_site_peak_on(day, peak);
+            dirty.site.insert(day);
+        }
+        drop(dirty);
+        self.dirtied.notify_one();
+    }
+
+    /// Resolves once [`Record::presence`] took some (at once if it did since the last call).
+    pub(crate) async fn dirtied(&self) {
+        self.dirtied.notified().await;
+    }
+
+    /// Brings Redis to what the record holds of the presence it took since the last sync:
+    /// each reading-time field it touched moved by the max rule (as a rebuild does, so Redis
+    /// never counts a reading twice), each peak raised. What does not get there (Redis down,
+    /// a part not of this generation, whose group is rebuilt at the next beat) is tried again.
+    pub(crate) async fn sync_presence(&self, link: &Link) -> Result<(), RebuildError> {
+        let taken = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(PoisonError::into_inner));
+        if taken.posts.is_empty() && taken.site.is_empty() {
+            return Ok(());
+        }
+        let _counting = self.fence.read().await;
+        let left = match self.sync(link, &taken).await {
+            Ok(left) => left,
+            Err(e) => {
+                self.dirty_again(taken);
+                return Err(e);
+            }
+        };
+        if !left.is_empty() {
+            let posts = taken.posts.into_iter();
+            self.dirty_again(Dirty {
+                posts: posts
+                    .filter(|(s, _)| left.has(Group::of(s.as_str())))
+                    .collect(),
+                site: if left.has(Group::SITE) {
+                    taken.site
+                } else {
+                    BTreeSet::new()
+                },
+            });
+        }
+        Ok(())
+    }
+
+    fn dirty_again(&self, taken: Dirty) {
+        let mut dirty = self.dirty.lock().unwrap_or_else(PoisonError::into_inner);
+        dirty.posts.extend(taken.posts);
+        dirty.site.extend(taken.site);
+    }
+
+    /// [`Record::sync_presence`] of `taken`, group by group: the groups left to try again.
+    async fn sync(&self, link: &Link, taken: &Dirty) -> Result<Groups, RebuildError> {
+        let rows: Vec<(Slug, u32)> = taken.posts.iter().cloned().collect();
+        let recorded = self.writer.presence_of(rows.clone()).await?;
+        let site_days: Vec<u32> = taken.site.iter().copied().collect();
+        let site = self.writer.site_peaks(site_days.clone()).await?;
+        let mut by_group: BTreeMap<Group, Vec<(&Slug, u32, &DayPresence)>> = BTreeMap::new();
+        for ((slug, day), presence) in rows.iter().zip(&recorded) {
+            let group = Group::of(slug.as_str());
+            by_group
+                .entry(group)
+                .or_default()
+                .push((slug, *day, presence));
+        }
+        if !site_days.is_empty() {
+            by_group.entry(Group::SITE).or_default();
+        }
+        let site: Vec<(u32, Peak)> = site_days.into_iter().zip(site).collect();
+        let mut left = Groups::default();
+        for (group, rows) in by_group {
+            let site = if group == Group::SITE { &site[..] } else { &[] };
+            if !self.sync_group(link, group, &rows, site).await? {
+                left = left.with(group);
+            }
+        }
+        Ok(left)
+    }
+
+    /// Syncs one group's `rows` (post, day, as the record holds it) and, of [`Group::SITE`],
+    /// the site's peaks `site`: false when the group is to be tried again.
+    async fn sync_group(
+        &self,
+        link: &Link,
+        group: Group,
+        rows: &[(&Slug, u32, &DayPresence)],
+        site: &[(u32, Peak)],
+    ) -> Result<bool, RebuildError> {
+        let part = group.part(&self.id);
+        // A row with a new peak alone moves no reading time (a part above the record, which
+        // the record would adopt, is a rebuild's: at start, or after a loss).
+        let read_rows: Vec<_> = rows
+            .iter()
+            .filter(|(_, _, p)| p.reads != Reads::default())
+            .collect();
+        let fields: Vec<String> = read_rows
+            .iter()
+            .flat_map(|(slug, day, _)| {
+                (0..MEASURES).map(move |m| day_field(*day, &read_field(slug.as_str(), m)))
+            })
+            .collect();
+        let mut read = redis::pipe();
+        read.get(group.generation()).hget(&part, "#gen");
+        if !fields.is_empty() {
+            read.cmd("HMGET").arg(&part).arg(&fields);
+        }
+        let read = &read;
+        let replies: Vec<Value> = link
+            .call("presence read", |mut c| async move {
+                read.query_async(&mut c).await
+            })
+            .await?;
+        let parsed = || -> redis::RedisResult<_> {
+            let generation: Option<String> = replies.first().map_or(Ok(None), from_redis_value)?;
+            let part_gen: Option<String> = replies.get(1).map_or(Ok(None), from_redis_value)?;
+            let values: Vec<Option<String>> =
+                replies.get(2).map_or(Ok(Vec::new()), from_redis_value)?;
+            Ok((generation, part_gen, values))
+        };
+        let (generation, part_gen, values) = parsed().map_err(LinkError::from)?;
+        let Some(generation) = generation.filter(|g| part_gen.as_ref() == Some(g)) else {
+            // Redis lost the group: its rebuild brings this presence too.
+            self.pending
+                .fetch_or(Groups::default().with(group).0, Ordering::Relaxed);
+            return Ok(false);
+        };
+        let mut moves = Moves::default();
+        let mut peaks = Vec::new();
+        for ((slug, day, presence), values) in read_rows.iter().zip(values.chunks(MEASURES)) {
+            let record = measures(&presence.reads);
+            for (m, (record, read)) in record.into_iter().zip(values).enumerate() {
+                let sum = read_field(slug.as_str(), m);
+                let field = day_field(*day, &sum);
+                let (_, lacks) = moves.field(group.reads(*day), field, &sum, read.as_ref(), record);
+                if lacks > 0 {
+                    self.writer.add_presence(slug, *day, one_measure(m, lacks));
+                }
+            }
+        }
+        for (slug, day, presence) in rows.iter().filter(|(_, _, p)| p.peak.live > 0) {
+            peaks.push((group.peaks(*day), slug.as_str().to_owned(), presence.peak));
+        }
+        for &(day, peak) in site.iter().filter(|(_, p)| p.live > 0) {
+            peaks.push((group.site_peaks(), day.to_string(), peak));
+        }
+        let (_, skipped) = self.apply(link, group, &generation, &moves).await?;
+        raise_peaks(link, group, &peaks).await?;
+        Ok(!skipped)
+    }
+
+    /// Moves `moves` of `group`'s sums and this record's part (in `generation`): the fields
+    /// moved, and whether one was skipped (its part no longer what was read).
+    async fn apply(
+        &self,
+        link: &Link,
+        group: Group,
+        generation: &str,
+        moves: &Moves,
+    ) -> Result<(usize, bool), LinkError> {
+        let part = group.part(&self.id);
+        let (mut moved, mut skipped) = (0, false);
+        for (key, rows) in &moves.0 {
+            let channel = if *key == group.totals() { EVENTS } else { "" };
+            for chunk in rows.chunks(REBUILD_CHUNK) {
+                let mut script = REBUILD_SCRIPT.prepare_invoke();
+                script
+                    .key(&part)
+                    .key(key)
+                    .key(group.generation())
+                    .key(group.days())
+                    .arg(generation)
+                    .arg(channel);
+                for row in chunk {
+                    script.arg(&row[..]);
+                }
+                let done: usize = link
+                    .call("rebuild", |mut c| async move {
+                        script.invoke_async(&mut c).await
+                    })
+                    .await?;
+                moved += done;
+                skipped |= done < chunk.len();
+            }
+        }
+        Ok((moved, skipped))
     }
 
     /// The count script refused a view of `slug`: rebuild its group at the next heartbeat.
@@ -286,15 +582,14 @@ impl Record {
     }
 
     /// Takes a stopped node's record (`viewcounter retire`): its parts in Redis are moved into
-    /// this one's (the sums unchanged), its counts into this record, and a rebuild of every
-    /// group then applies the max rule (a part Redis lost comes back from the record). Each
-    /// record is taken once.
+    /// this one's (the sums unchanged), its counts, reading times and peaks into this record,
+    /// and a rebuild of every group then applies the max rule (a part Redis lost comes back
+    /// from the record) and raises the peaks. Each record is taken once.
     pub(crate) async fn take_retired(
         &self,
         link: &Link,
         old: &str,
-        totals: Vec<(Slug, u64)>,
-        days: Vec<(Slug, u32, u64)>,
+        retired: Retired,
     ) -> Result<Rebuilt, RebuildError> {
         if old.len() != 16 || !old.bytes().all(|b| b.is_ascii_hexdigit()) || old == self.id {
             return Err(RebuildError::NotARecord(old.to_owned()));
@@ -309,11 +604,17 @@ impl Record {
             for group in Group::all() {
                 self.move_part(link, group, old).await?;
             }
-            for (slug, views) in &totals {
+            for (slug, views) in &retired.totals {
                 self.writer.add_counts(slug, *views, None);
             }
-            for (slug, day, views) in &days {
+            for (slug, day, views) in &retired.days {
                 self.writer.add_counts(slug, 0, Some((*day, *views)));
+            }
+            for (slug, day, presence) in &retired.presence {
+                self.writer.add_presence(slug, *day, *presence);
+            }
+            for &(day, peak) in &retired.site {
+                self.writer.raise_site_peak_on(day, peak);
             }
             self.taken(&key, true).await?;
         }
@@ -382,10 +683,16 @@ impl Record {
         for _ in 0..REBUILD_ROUNDS {
             // Read again each round: it holds what the last round adopted.
             let (totals, days) = self.writer.snapshot().await?;
+            let recorded = Recorded {
+                totals,
+                days,
+                presence: self.writer.all_presence().await?,
+                site: self.writer.all_site_peaks().await?,
+            };
             let mut again = Groups::default();
             for group in todo.iter() {
                 if !self
-                    .rebuild_group(link, group, &totals, &days, &mut rebuilt)
+                    .rebuild_group(link, group, &recorded, &mut rebuilt)
                     .await?
                 {
                     again = again.with(group);
@@ -434,8 +741,7 @@ impl Record {
         &self,
         link: &Link,
         group: Group,
-        totals: &[(String, u64)],
-        days: &[(String, crate::storage::calendar::Day, u64)],
+        recorded: &Recorded,
         rebuilt: &mut Rebuilt,
     ) -> Result<bool, RebuildError> {
         let part = group.part(&self.id);
@@ -458,36 +764,25 @@ impl Record {
         let fields = self.read_part(link, &part).await?;
         let mut views = 0u64;
 
-        // Per sums' hash: (part field, sum field, part as read, target, delta).
-        let mut moves: BTreeMap<String, Vec<[String; 5]>> = BTreeMap::new();
+        let mut moves = Moves::default();
+        // The max rule for one field; what the record lacks of it, `adopt` gives it.
         let mut consider = |rebuilt: &mut Rebuilt,
                             key: String,
                             field: String,
                             sum: &str,
                             record: u64,
                             adopt: &dyn Fn(u64)| {
-            let read = fields.get(&field).cloned().unwrap_or_else(|| "0".into());
-            let in_part = read.parse::<u64>().unwrap_or(0);
-            if in_part > record {
-                adopt(in_part - record);
+            let read = fields.get(&field);
+            let (target, lacks) = moves.field(key, field, sum, read, record);
+            if lacks > 0 {
+                adopt(lacks);
                 rebuilt.adopted += 1;
-            }
-            let target = record.max(in_part);
-            if target > in_part {
-                let delta = (target - in_part).to_string();
-                moves.entry(key).or_default().push([
-                    field,
-                    sum.to_owned(),
-                    read,
-                    target.to_string(),
-                    delta,
-                ]);
             }
             target
         };
         let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
         let ours = |slug: &str| Group::of(slug) == group;
-        for (slug, record) in totals.iter().filter(|(slug, _)| ours(slug)) {
+        for (slug, record) in recorded.totals.iter().filter(|(slug, _)| ours(slug)) {
             seen.insert(slug.clone());
             let Ok(parsed) = Slug::parse(slug) else {
                 continue;
@@ -502,7 +797,7 @@ impl Record {
             );
             views = views.saturating_add(target);
         }
-        for (slug, day, record) in days.iter().filter(|(slug, _, _)| ours(slug)) {
+        for (slug, day, record) in recorded.days.iter().filter(|(slug, _, _)| ours(slug)) {
             let field = day_field(day.key(), slug);
             seen.insert(field.clone());
             let Ok(parsed) = Slug::parse(slug) else {
@@ -513,57 +808,73 @@ impl Record {
                 self.writer.add_counts(&parsed, 0, Some((key, more)))
             });
         }
-        // Fields the part has and the record not at all: the node died before its first flush.
-        for field in fields
-            .keys()
-            .filter(|f| !f.starts_with('#') && !seen.contains(*f))
-        {
-            let (key, sum, day) = match field.split_once(' ') {
-                Some((day, slug)) => match day.parse::<u32>() {
-                    Ok(day) => (group.day(day), slug, Some(day)),
-                    Err(_) => continue,
-                },
-                None => (group.totals(), field.as_str(), None),
-            };
-            let Ok(parsed) = Slug::parse(sum) else {
+        let mut peaks = Vec::new();
+        for (slug, day, presence) in recorded.presence.iter().filter(|(s, _, _)| ours(s)) {
+            let Ok(parsed) = Slug::parse(slug) else {
                 continue;
             };
-            let target = consider(rebuilt, key, field.clone(), sum, 0, &|more| match day {
-                Some(day) => self.writer.add_counts(&parsed, 0, Some((day, more))),
-                None => self.writer.add_counts(&parsed, more, None),
-            });
-            if day.is_none() {
-                views = views.saturating_add(target);
+            let key = day.key();
+            for (m, record) in measures(&presence.reads).into_iter().enumerate() {
+                let sum = read_field(slug, m);
+                let field = day_field(key, &sum);
+                seen.insert(field.clone());
+                consider(rebuilt, group.reads(key), field, &sum, record, &|more| {
+                    self.writer.add_presence(&parsed, key, one_measure(m, more))
+                });
+            }
+            if presence.peak.live > 0 {
+                peaks.push((group.peaks(key), slug.clone(), presence.peak));
+            }
+        }
+        if group == Group::SITE {
+            for (day, peak) in recorded.site.iter().filter(|(_, p)| p.live > 0) {
+                peaks.push((group.site_peaks(), day.key().to_string(), *peak));
+            }
+        }
+        // Fields the part has and the record not at all: the node died before its first flush.
+        for field in fields.keys().filter(|f| !seen.contains(*f)) {
+            let Some(parsed) = PartField::parse(field) else {
+                continue;
+            };
+            let (PartField::Total(slug) | PartField::Day(_, slug) | PartField::Read(_, slug, _)) =
+                parsed;
+            let Ok(slug) = Slug::parse(slug) else {
+                continue;
+            };
+            match parsed {
+                PartField::Total(_) => {
+                    let target = consider(
+                        rebuilt,
+                        group.totals(),
+                        field.clone(),
+                        slug.as_str(),
+                        0,
+                        &|more| self.writer.add_counts(&slug, more, None),
+                    );
+                    views = views.saturating_add(target);
+                }
+                PartField::Day(day, _) => {
+                    let key = group.day(day);
+                    consider(rebuilt, key, field.clone(), slug.as_str(), 0, &|more| {
+                        self.writer.add_counts(&slug, 0, Some((day, more)))
+                    });
+                }
+                PartField::Read(day, _, m) => {
+                    let sum = read_field(slug.as_str(), m);
+                    consider(rebuilt, group.reads(day), field.clone(), &sum, 0, &|more| {
+                        self.writer.add_presence(&slug, day, one_measure(m, more))
+                    });
+                }
             }
         }
 
-        let mut skipped = false;
-        for (key, rows) in &moves {
-            let channel = if *key == group.totals() { EVENTS } else { "" };
-            for chunk in rows.chunks(REBUILD_CHUNK) {
-                let mut script = REBUILD_SCRIPT.prepare_invoke();
-                script
-                    .key(&part)
-                    .key(key)
-                    .key(group.generation())
-                    .key(group.days())
-                    .arg(&generation)
-                    .arg(channel);
-                for row in chunk {
-                    script.arg(&row[..]);
-                }
-                let moved: usize = link
-                    .call("rebuild", |mut c| async move {
-                        script.invoke_async(&mut c).await
-                    })
-                    .await?;
-                rebuilt.moved += moved;
-                skipped |= moved < chunk.len();
-            }
-        }
+        let (moved, skipped) = self.apply(link, group, &generation, &moves).await?;
+        rebuilt.moved += moved;
         if skipped {
             return Ok(false);
         }
+        // A max: raised again whatever the part says, nothing to seal.
+        raise_peaks(link, group, &peaks).await?;
         let sealing = generation_hash(&generation);
         let sealed: u8 = link
             .call("rebuild seal", |mut c| async move {
@@ -587,6 +898,46 @@ impl Record {
         rebuilt.groups += 1;
         Ok(true)
     }
+}
+
+/// What a retired record held (`viewcounter retire` reads it from the stopped node's file).
+pub(crate) struct Retired {
+    pub totals: Vec<(Slug, u64)>,
+    pub days: Vec<(Slug, u32, u64)>,
+    /// Reading times and peaks per post and day.
+    pub presence: Vec<(Slug, u32, DayPresence)>,
+    /// The site's peak per day.
+    pub site: Vec<(u32, Peak)>,
+}
+
+/// What a rebuild reads of the record, at one point of its writer's queue per part.
+struct Recorded {
+    totals: Vec<(String, u64)>,
+    days: Vec<(String, Day, u64)>,
+    presence: Vec<(String, Day, DayPresence)>,
+    site: Vec<(Day, Peak)>,
+}
+
+/// Raises the peaks of `rows` (hash, field, peak), all of `group`, in Redis ([`RAISE_PEAKS`]).
+async fn raise_peaks(
+    link: &Link,
+    group: Group,
+    rows: &[(String, String, Peak)],
+) -> Result<(), LinkError> {
+    for chunk in rows.chunks(REBUILD_CHUNK) {
+        let mut script = PEAKS_SCRIPT.prepare_invoke();
+        script.key(group.days());
+        for (key, field, peak) in chunk {
+            script.key(key).arg(field).arg(peak.live).arg(peak.at);
+        }
+        let _: u64 = link
+            .call(
+                "peaks",
+                |mut c| async move { script.invoke_async(&mut c).await },
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 /// A generation, as this process keeps it to compare (not written anywhere).
@@ -771,6 +1122,78 @@ mod tests {
         let rebuilt = record.rebuild(link, lost).await.unwrap();
         assert_eq!(rebuilt.groups, 1, "the group that lost alone");
         assert_eq!(sums(c), whole);
+        record.close().await;
+    }
+
+    /// Reading times ride the part: a sync moves the sums by what the record holds beyond the
+    /// part (another record's readings stay), a second sync of the same post moves nothing,
+    /// and the peaks keep the highest of any record, as high and earlier winning. Redis
+    /// losing everything, the rebuild brings this record's readings and peaks back.
+    #[tokio::test]
+    async fn reading_times_sync_once_into_the_sums_and_a_rebuild_restores_them_with_the_peaks() {
+        let Some(mut t) = Rebuilding::start().await else {
+            return;
+        };
+        let (link, c, record) = (&t.link, &mut t.c, &t.record);
+        record.rebuild(link, ALL).await.unwrap();
+        let group = Group::of("alpha");
+        let (reads, peaks) = (group.reads(DAY), group.peaks(DAY));
+        // Another record's reading of alpha (0.1 s), and its peak: 2 readers at 50.
+        let _: () = c
+            .hset_multiple(&reads, &[("alpha 0", 1), ("alpha ms", 100)])
+            .unwrap();
+        let _: () = c.hset(&peaks, "alpha", "2 50").unwrap();
+        let mut presence = DayPresence::default();
+        presence.reads.add(Duration::from_millis(2500));
+        presence.peak = Peak { live: 2, at: 40 };
+        let site = (DAY, Peak { live: 3, at: 45 });
+        let read = PresenceDelta {
+            slug: "alpha",
+            day: DAY,
+            presence,
+        };
+        record.presence(&[read], &[site]);
+        record.sync_presence(link).await.unwrap();
+        // The post touched again with nothing new: the max rule moves nothing.
+        let nothing = PresenceDelta {
+            presence: DayPresence::default(),
+            ..read
+        };
+        record.presence(&[nothing], &[site]);
+        record.sync_presence(link).await.unwrap();
+        let fields = |c: &mut redis::Connection| {
+            let mut all: Vec<(String, String)> = c.hgetall(&reads).unwrap();
+            all.sort();
+            let peak = hget(c, &peaks, "alpha");
+            let site = hget(c, &Group::SITE.site_peaks(), &DAY.to_string());
+            (all, peak, site)
+        };
+        let both = |rows: &[(&str, &str)]| -> Vec<(String, String)> {
+            rows.iter()
+                .map(|(f, v)| ((*f).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let summed = both(&[("alpha 0", "1"), ("alpha 2", "1"), ("alpha ms", "2600")]);
+        let (peak, site_peak) = (Some("2 40".to_owned()), Some("3 45".to_owned()));
+        assert_eq!(fields(c), (summed, peak.clone(), site_peak.clone()));
+        let part = group.part(record.id());
+        assert_eq!(
+            hget(c, &part, &format!("{DAY} alpha 2")).as_deref(),
+            Some("1")
+        );
+
+        let () = redis::cmd("FLUSHALL").query(c).unwrap();
+        let lost = record.lost(link).await.unwrap();
+        assert_eq!(lost, ALL);
+        record.rebuild(link, lost).await.unwrap();
+        let ours = both(&[("alpha 2", "1"), ("alpha ms", "2500")]);
+        assert_eq!(fields(c), (ours, peak, site_peak));
+        let days: Vec<u32> = c.smembers(group.days()).unwrap();
+        assert_eq!(
+            days,
+            [DAY],
+            "the day of reading times alone is a day of the group"
+        );
         record.close().await;
     }
 

@@ -1,7 +1,11 @@
-//! The writer's [`Store`] in cluster mode: totals and days are Redis's (each key group's
-//! `vc:{gN}:totals` and `vc:{gN}:day:YYYYMMDD`, see [`crate::cluster::keys`]), so the owner's reads (`/totals`, `/history`, `/top`, `/daily`, a
-//! sleeping post's `/count`) and imports speak for the whole cluster. Counted views do not
-//! come through here: each is one script call from its post (`cluster::counter`).
+//! The writer's [`Store`] in cluster mode: totals, days, reading times and peaks are Redis's
+//! (each key group's `vc:{gN}:totals`, `vc:{gN}:day:YYYYMMDD`, `vc:{gN}:reads:YYYYMMDD`,
+//! `vc:{gN}:peaks:YYYYMMDD` and the site's `vc:{g0}:site`, see [`crate::cluster::keys`]), so
+//! the owner's reads (`/totals`, `/history`, `/top`, `/daily`, a sleeping post's `/count`) and
+//! imports speak for the whole cluster. Counted views do not come through here: each is one
+//! script call from its post (`cluster::counter`). What the node's readers leave (reading
+//! times, peaks) does: the node's record takes it, and Redis from the record (see
+//! [`crate::cluster::record`]).
 //!
 //! It runs on the writer thread, so it uses a blocking connection whose reads and writes time
 //! out after `--redis-timeout`; while the cluster finds Redis down it fails at once, and the
@@ -14,15 +18,20 @@ use std::path::Path;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use redis::{Cmd, Commands, ConnectionInfo, ConnectionLike, IntoConnectionInfo, Script, Value};
+use redis::{
+    Cmd, Commands, ConnectionInfo, ConnectionLike, IntoConnectionInfo, Script, Value,
+    from_redis_value,
+};
 
 use crate::cluster::counter::lua_counts;
-use crate::cluster::keys::{Group, day_field};
+use crate::cluster::keys::{
+    Group, MEASURES, day_field, parse_peak, parse_read_field, read_field, set_measure,
+};
 use crate::cluster::link::{self, EVENTS, is_unavailable};
 use crate::cluster::{Cluster, Settings};
 use crate::edge::reader_id::ReaderKey;
 use crate::secret::RedisUrl;
-use crate::storage::presence::Peak;
+use crate::storage::presence::{DayPresence, Peak};
 use crate::storage::store::{DayViews, PresenceDelta, Seen, Store, StoreError};
 use crate::storage::{MAX_COUNT, add_counts};
 
@@ -317,29 +326,16 @@ impl RedisStore {
             })
             .collect()
     }
-}
 
-fn sorted<T: Ord>(mut rows: Vec<T>) -> Vec<T> {
-    rows.sort();
-    rows
-}
-
-impl Store for RedisStore {
-    fn load(&mut self, slug: &str) -> Result<Option<u64>, StoreError> {
-        self.read("load", |c| c.hget(Group::of(slug).totals(), slug))
-    }
-
-    /// Imports: added in one script per key group, all or nothing within the group, each count
-    /// saturating at [`MAX_COUNT`]; the new totals are announced so every node's readers see
-    /// them. Presence (reading times, peaks) is not kept in Redis yet.
-    fn add_all(
+    /// The views of an import (see [`Store::add_all`]).
+    fn add_views(
         &mut self,
         batch: &[(&str, u64)],
         days: &[DayViews<'_>],
-        _seen: &[Seen<'_>],
-        _presence: &[PresenceDelta<'_>],
-        _site: &[(u32, Peak)],
     ) -> Result<(), StoreError> {
+        if batch.is_empty() && days.is_empty() {
+            return Ok(());
+        }
         let Some(record) = self.record.clone() else {
             return Err(StoreError::Storage(IMPORT_THROUGH_A_NODE.into()));
         };
@@ -356,7 +352,6 @@ impl Store for RedisStore {
             let sum = rows.1.entry((d.day, d.slug)).or_default();
             *sum = add_counts(*sum, d.views);
         }
-        // The main writer flushes reading times and peaks here too, which Redis does not keep.
         if groups.is_empty() {
             return Ok(());
         }
@@ -390,6 +385,150 @@ impl Store for RedisStore {
         Ok(())
     }
 
+    /// Each group with its set of days (no `SCAN`, which a Redis Cluster answers per master).
+    fn known_days(&mut self) -> Result<Vec<(Group, Vec<u32>)>, StoreError> {
+        let known: Vec<Vec<u32>> =
+            self.each_group("days", Group::days, |c, key| c.smembers(key))?;
+        Ok(Group::all().zip(known).collect())
+    }
+
+    /// The presence of `group`'s posts on `day` into `posts`, by slug.
+    fn presence_on(
+        &mut self,
+        group: Group,
+        day: u32,
+        posts: &mut BTreeMap<String, DayPresence>,
+    ) -> Result<(), StoreError> {
+        /// A day's reads hash (field, count) and peaks hash (slug, `LIVE AT`) of the group.
+        type Hashes = (Vec<(String, u64)>, Vec<(String, String)>);
+        let (reads, peaks) = (group.reads(day), group.peaks(day));
+        let (reads, peaks): Hashes = self.read("presence", |c| {
+            redis::pipe().hgetall(&reads).hgetall(&peaks).query(c)
+        })?;
+        for (field, count) in reads {
+            if let Some((slug, m)) = parse_read_field(&field) {
+                set_measure(
+                    &mut posts.entry(slug.to_owned()).or_default().reads,
+                    m,
+                    count,
+                );
+            }
+        }
+        for (slug, peak) in peaks {
+            if let Some(peak) = parse_peak(&peak) {
+                posts.entry(slug).or_default().peak = peak;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn sorted<T: Ord>(mut rows: Vec<T>) -> Vec<T> {
+    rows.sort();
+    rows
+}
+
+impl Store for RedisStore {
+    fn load(&mut self, slug: &str) -> Result<Option<u64>, StoreError> {
+        self.read("load", |c| c.hget(Group::of(slug).totals(), slug))
+    }
+
+    /// Imports: added in one script per key group, all or nothing within the group, each count
+    /// saturating at [`MAX_COUNT`]; the new totals are announced so every node's readers see
+    /// them. Presence (reading times and peaks, of this node's readers or of an import) goes
+    /// to the node's record, once every view of the call is in Redis, and from the record
+    /// into Redis's sums and peaks (see [`crate::cluster::record`]).
+    fn add_all(
+        &mut self,
+        batch: &[(&str, u64)],
+        days: &[DayViews<'_>],
+        _seen: &[Seen<'_>],
+        presence: &[PresenceDelta<'_>],
+        site: &[(u32, Peak)],
+    ) -> Result<(), StoreError> {
+        self.add_views(batch, days)?;
+        if presence.is_empty() && site.is_empty() {
+            return Ok(());
+        }
+        let Some(cluster) = &self.cluster else {
+            return Err(StoreError::Storage(IMPORT_THROUGH_A_NODE.into()));
+        };
+        cluster.presence(presence, site);
+        Ok(())
+    }
+
+    fn presence_of(&mut self, slug: &str, days: &[u32]) -> Result<Vec<DayPresence>, StoreError> {
+        let group = Group::of(slug);
+        let fields: Vec<String> = (0..MEASURES).map(|m| read_field(slug, m)).collect();
+        let mut pipe = redis::pipe();
+        for &day in days {
+            pipe.cmd("HMGET").arg(group.reads(day)).arg(&fields);
+            pipe.hget(group.peaks(day), slug);
+        }
+        let replies: Vec<(Vec<Option<u64>>, Option<String>)> = self.read("history", |c| {
+            let replies: Vec<Value> = pipe.query(c)?;
+            replies
+                .chunks(2)
+                .map(|r| Ok((from_redis_value(&r[0])?, from_redis_value(&r[1])?)))
+                .collect()
+        })?;
+        Ok(replies
+            .into_iter()
+            .map(|(counts, peak)| {
+                let mut presence = DayPresence::default();
+                for (m, count) in counts.into_iter().enumerate() {
+                    set_measure(&mut presence.reads, m, count.unwrap_or(0));
+                }
+                presence.peak = peak.as_deref().and_then(parse_peak).unwrap_or_default();
+                presence
+            })
+            .collect())
+    }
+
+    fn day_presence(&mut self, day: u32) -> Result<Vec<(String, DayPresence)>, StoreError> {
+        let mut all = BTreeMap::new();
+        for group in Group::all() {
+            self.presence_on(group, day, &mut all)?;
+        }
+        Ok(all.into_iter().collect())
+    }
+
+    fn all_presence(&mut self) -> Result<Vec<(String, u32, DayPresence)>, StoreError> {
+        let mut rows = Vec::new();
+        for (group, days) in self.known_days()? {
+            for day in days {
+                let mut posts = BTreeMap::new();
+                self.presence_on(group, day, &mut posts)?;
+                rows.extend(posts.into_iter().map(|(slug, p)| (slug, day, p)));
+            }
+        }
+        rows.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        Ok(rows)
+    }
+
+    fn site_peaks(&mut self, days: &[u32]) -> Result<Vec<Peak>, StoreError> {
+        if days.is_empty() {
+            return Ok(Vec::new());
+        }
+        let key = Group::SITE.site_peaks();
+        let peaks: Vec<Option<String>> = self.read("site peaks", |c| {
+            redis::cmd("HMGET").arg(&key).arg(days).query(c)
+        })?;
+        Ok(peaks
+            .iter()
+            .map(|p| p.as_deref().and_then(parse_peak).unwrap_or_default())
+            .collect())
+    }
+
+    fn all_site_peaks(&mut self) -> Result<Vec<(u32, Peak)>, StoreError> {
+        let key = Group::SITE.site_peaks();
+        let peaks: BTreeMap<u32, String> = self.read("site peaks", |c| c.hgetall(&key))?;
+        Ok(peaks
+            .into_iter()
+            .filter_map(|(day, p)| Some((day, parse_peak(&p)?)))
+            .collect())
+    }
+
     fn days_of(&mut self, slug: &str, days: &[u32]) -> Result<Vec<u64>, StoreError> {
         let group = Group::of(slug);
         let mut pipe = redis::pipe();
@@ -409,10 +548,8 @@ impl Store for RedisStore {
     /// Each group's days from its set of days (no `SCAN`, which a Redis Cluster answers per
     /// master), then each day's hash.
     fn all_days(&mut self) -> Result<Vec<(String, u32, u64)>, StoreError> {
-        let known: Vec<Vec<u32>> =
-            self.each_group("days", Group::days, |c, key| c.smembers(key))?;
         let mut rows = Vec::new();
-        for (group, days) in Group::all().zip(known) {
+        for (group, days) in self.known_days()? {
             for day in days {
                 let key = group.day(day);
                 let views: Vec<(String, u64)> = self.read("days", |c| c.hgetall(&key))?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use crate::cluster::record::RebuildError;
+use crate::cluster::record::{RebuildError, Retired};
 use crate::edge::origin::same_origin_only;
 use crate::edge::slug::Slug;
 use crate::edge::slug_list::SlugPolicy;
@@ -20,7 +20,7 @@ use crate::import::{self, IMPORT_HEADER, MAX_IMPORT_BYTES, Summary};
 use crate::posts::post::Counts;
 use crate::refusal::Refusal;
 use crate::storage::calendar::{Calendar, Day};
-use crate::storage::presence::{DayPresence, READ_BUCKET_STARTS_S, READ_CAP};
+use crate::storage::presence::{DayPresence, Peak, READ_BUCKET_STARTS_S, READ_CAP};
 use crate::storage::writer::ImportMode;
 
 /// Rows one `top` answer may hold.
@@ -457,6 +457,13 @@ pub(crate) struct RetiredRecord {
     pub totals: Vec<(String, u64)>,
     /// (slug, day as `YYYYMMDD`, views)
     pub days: Vec<(String, u32, u64)>,
+    /// (slug, day as `YYYYMMDD`, reading times and peak as the file keeps them:
+    /// [`DayPresence::encode`]); none from a `retire` of an older version.
+    #[serde(default)]
+    pub presence: Vec<(String, u32, Vec<u8>)>,
+    /// (day as `YYYYMMDD`, the site's most readers at once, unix seconds first reached)
+    #[serde(default)]
+    pub site: Vec<(u32, u64, u64)>,
 }
 
 /// `POST /retire` (admin, as an import), body: a [`RetiredRecord`] as JSON. Cluster mode only:
@@ -486,8 +493,27 @@ async fn retire(
         .iter()
         .map(|(s, day, n)| Ok((slug(s)?, *day, *n)))
         .collect::<Result<Vec<_>, Refusal>>()?;
+    let presence = retired
+        .presence
+        .iter()
+        .map(|(s, day, bytes)| {
+            let presence = DayPresence::decode(bytes)
+                .ok_or_else(|| Refusal::BadRequest(format!("{s} {day}: not a day's presence")))?;
+            Ok((slug(s)?, *day, presence))
+        })
+        .collect::<Result<Vec<_>, Refusal>>()?;
+    let site = retired
+        .site
+        .iter()
+        .map(|&(day, live, at)| (day, Peak { live, at }));
+    let taken = Retired {
+        totals,
+        days,
+        presence,
+        site: site.collect(),
+    };
     let rebuilt = cluster
-        .take_retired(&state.registry, &retired.record, totals, days)
+        .take_retired(&state.registry, &retired.record, taken)
         .await
         .map_err(|e| match e {
             RebuildError::AlreadyTaken(_) | RebuildError::NotARecord(_) => {

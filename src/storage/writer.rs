@@ -101,8 +101,16 @@ enum Entry {
     },
     /// A post reached a new high of readers at once.
     Peak { slug: Slug, peak: Peak },
-    /// The whole site reached a new high of readers at once.
-    SitePeak(Peak),
+    /// The whole site reached a new high of readers at once (on `day`, or on the day of its
+    /// time).
+    SitePeak { day: Option<u32>, peak: Peak },
+    /// Presence of a post on a day that another writer took first (a node's record takes what
+    /// its node's readers left): reading times added, the peak raised.
+    Presence {
+        slug: Slug,
+        day: u32,
+        presence: Box<DayPresence>,
+    },
 }
 
 type Inbox = Arc<Mutex<Vec<Entry>>>;
@@ -233,7 +241,25 @@ impl Writer {
 
     /// Records the whole site's new high of readers at once; never blocks.
     pub fn raise_site_peak(&self, peak: Peak) {
-        self.push(Entry::SitePeak(peak));
+        self.push(Entry::SitePeak { day: None, peak });
+    }
+
+    /// Records the whole site's peak on `day` (`YYYYMMDD`), raised; never blocks.
+    pub fn raise_site_peak_on(&self, day: u32, peak: Peak) {
+        self.push(Entry::SitePeak {
+            day: Some(day),
+            peak,
+        });
+    }
+
+    /// Records a post's presence on `day` (`YYYYMMDD`): reading times added, the peak
+    /// raised; never blocks.
+    pub fn add_presence(&self, slug: &Slug, day: u32, presence: DayPresence) {
+        self.push(Entry::Presence {
+            slug: slug.clone(),
+            day,
+            presence: Box::new(presence),
+        });
     }
 
     fn push(&self, entry: Entry) {
@@ -351,6 +377,24 @@ impl Writer {
                 .collect()
         })
         .await
+    }
+
+    /// The presence of each (post, day `YYYYMMDD`) of `rows`, including unwritten, in order.
+    pub async fn presence_of(
+        &self,
+        rows: Vec<(Slug, u32)>,
+    ) -> Result<Vec<DayPresence>, WriterError> {
+        self.ask(move |state| {
+            rows.iter()
+                .map(|(slug, day)| state.presence_on(slug, *day))
+                .collect()
+        })
+        .await
+    }
+
+    /// The site's peak on each of `days` (`YYYYMMDD`), including unwritten ones.
+    pub async fn site_peaks(&self, days: Vec<u32>) -> Result<Vec<Peak>, WriterError> {
+        self.ask(move |state| state.site_peaks(&days)).await
     }
 
     /// Every post's presence on `day`, including unwritten, sorted by slug.
@@ -732,8 +776,18 @@ impl State {
                     }
                     self.pending_presence(slug, day, |p| p.peak.raise(peak));
                 }
-                Entry::SitePeak(peak) => {
-                    let day = self.day_of(peak.at);
+                Entry::Presence {
+                    slug,
+                    day,
+                    presence,
+                } => {
+                    if follow {
+                        moved.push((slug.clone(), day));
+                    }
+                    self.pending_presence(slug, day, |p| p.merge(&presence));
+                }
+                Entry::SitePeak { day, peak } => {
+                    let day = day.unwrap_or_else(|| self.day_of(peak.at));
                     match self.site_pending.iter_mut().find(|(d, _)| *d == day) {
                         Some((_, p)) => p.raise(peak),
                         None => self.site_pending.push((day, peak)),
@@ -752,18 +806,14 @@ impl State {
         moved.sort_unstable();
         moved.dedup();
         for (slug, day) in moved {
-            let stored = match self.store.presence_of(slug.as_str(), &[day]) {
-                Ok(stored) => stored.first().copied().unwrap_or_default(),
+            let presence = match self.presence_on(&slug, day) {
+                Ok(presence) => presence,
                 // The dashboard keeps the row it shows until its next snapshot.
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot read presence to tell");
                     continue;
                 }
             };
-            let mut presence = stored;
-            if let Some(pending) = self.pending_presence_on(&slug, day) {
-                presence.merge(pending);
-            }
             // Nobody following any more is not an error.
             let _ = self.moves.send(PresenceMoved {
                 slug,
@@ -920,6 +970,18 @@ impl State {
         })
     }
 
+    /// The post's presence on `day`, stored and unwritten together.
+    fn presence_on(&mut self, slug: &Slug, day: u32) -> Result<DayPresence, StoreError> {
+        let mut presence = (self.store.presence_of(slug.as_str(), &[day])?)
+            .first()
+            .copied()
+            .unwrap_or_default();
+        if let Some(pending) = self.pending_presence_on(slug, day) {
+            presence.merge(pending);
+        }
+        Ok(presence)
+    }
+
     /// The post's unwritten presence on `day`.
     fn pending_presence_on(&self, slug: &Slug, day: u32) -> Option<&DayPresence> {
         let p = self.pending.get(slug)?;
@@ -1072,10 +1134,7 @@ impl State {
         let mut presence = Vec::new();
         for ((slug, day), file) in &plan.presence {
             let key = day.key();
-            let mut before = self.store.presence_of(slug.as_str(), &[key])?[0];
-            if let Some(pending) = self.pending_presence_on(slug, key) {
-                before.merge(pending);
-            }
+            let before = self.presence_on(slug, key)?;
             let delta = plan.mode.apply_presence(&before, file);
             if delta != DayPresence::default() {
                 report.day_presence += 1;

@@ -75,17 +75,51 @@ async fn read_posts(nodes: &[Node], readers: &mut Vec<Reader>, from: usize, to: 
     }
 }
 
+/// The joins raised each post's peak and the site's: the nodes' writers hand them to Redis
+/// with their next flush (`--flush-after`, 100 ms here). The idle window starts once the
+/// site's peak of `readers` is in Redis, so it measures idling, not the joins' writes.
+async fn peaks_written(nodes: &[Node], redis: &Redis, readers: usize) {
+    let res = nodes[0]
+        .server
+        .send(Req::get("/api/v1/history?days=1"))
+        .await;
+    let day = res.json()["days"][0]["day"]
+        .as_str()
+        .unwrap_or_default()
+        .replace('-', "");
+    let key = viewcounter::cluster::keys::Group::SITE.site_peaks();
+    let peak = || async {
+        redis
+            .query::<Option<String>>(redis::cmd("HGET").arg(&key).arg(&day))
+            .await
+    };
+    let reached = |p: &Option<String>| {
+        p.as_deref()
+            .is_some_and(|p| p.starts_with(&format!("{readers} ")))
+    };
+    time_until("the site's peak in Redis", SETTLE, peak, reached).await;
+}
+
 #[actix_web::test]
 async fn an_idle_cluster_costs_redis_as_much_with_600_posts_read_as_with_6() {
     let _serial = one_at_a_time().await;
     let Some(redis) = Redis::start().await else {
         return;
     };
-    let nodes = Node::start_many(&redis, &["a", "b", "c"], &["--allow-any-slug"]).await;
+    let flags = [
+        "--allow-any-slug",
+        "--flush-after",
+        "100ms",
+        "--flush-max-wait",
+        "100ms",
+    ];
+    let nodes = Node::start_many(&redis, &["a", "b", "c"], &flags).await;
     let mut readers = Vec::new();
     read_posts(&nodes, &mut readers, 0, FEW).await;
+    peaks_written(&nodes, &redis, FEW).await;
     let few = idle_rate(&redis).await;
     read_posts(&nodes, &mut readers, FEW, MANY).await;
+    peaks_written(&nodes, &redis, MANY).await;
     let many = idle_rate(&redis).await;
     eprintln!(
         "cluster figure: idle Redis, 3 nodes: {FEW} posts read: {:.0} B/s, {:.1} commands/s; \

@@ -17,6 +17,7 @@ mod managed;
 mod migration;
 mod node_loss;
 mod presence_tells;
+mod reads;
 mod reconnect;
 mod record;
 mod redis_cluster;
