@@ -53,7 +53,7 @@ pub async fn retire(args: &RetireArgs) -> Result<String, RetireError> {
     let posts = record.totals.len();
     let body = serde_json::to_string(&record).map_err(StoreError::storage)?;
     let server = Server::new(&args.url, args.admin_token.as_ref().map(|t| t.expose()));
-    let _: serde_json::Value =
+    let answer: serde_json::Value =
         server
             .post("retire", body)
             .await
@@ -66,8 +66,15 @@ pub async fn retire(args: &RetireArgs) -> Result<String, RetireError> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_secs());
     db.mark_retired(now)?;
+    // A retire run again after its answer was lost (or cut short): the node took the record
+    // the first time and adds nothing now; the file is marked here.
+    let before = if answer["taken_before"].as_bool() == Some(true) {
+        " (it took it before: nothing was added again)"
+    } else {
+        ""
+    };
     Ok(format!(
-        "retired {name}: its record {} ({posts} posts, {views} views) is now part of the node at {}; `serve` refuses this file from now on\n",
+        "retired {name}: its record {} ({posts} posts, {views} views) is now part of the node at {}{before}; `serve` refuses this file from now on\n",
         record.record, args.url
     ))
 }

@@ -354,17 +354,24 @@ impl Cluster {
         registry: &Registry,
         old: &str,
         retired: record::Retired,
-    ) -> Result<record::Rebuilt, record::RebuildError> {
-        let rebuilt = self.record.take_retired(&self.link, old, retired).await?;
-        tracing::info!(
-            retired = old,
-            record = %self.record.id(),
-            moved = rebuilt.moved,
-            views = rebuilt.views,
-            "took a retired node's record into this node's"
-        );
+    ) -> Result<record::Taken, record::RebuildError> {
+        let taken = self.record.take_retired(&self.link, old, retired).await?;
+        match &taken {
+            record::Taken::Now(rebuilt) => tracing::info!(
+                retired = old,
+                record = %self.record.id(),
+                moved = rebuilt.moved,
+                views = rebuilt.views,
+                "took a retired node's record into this node's"
+            ),
+            record::Taken::Before => tracing::info!(
+                retired = old,
+                record = %self.record.id(),
+                "a retired node's record was taken into this node's before: nothing to do"
+            ),
+        }
         self.refresh_totals(registry).await;
-        Ok(rebuilt)
+        Ok(taken)
     }
 
     /// The id of this node's record: its parts of the sums are `vc:{gN}:part:{id}`.

@@ -45,7 +45,7 @@ use crate::metrics::Metrics;
 use crate::storage::MAX_COUNT;
 use crate::storage::calendar::{Calendar, Day};
 use crate::storage::presence::{DayPresence, Peak, Reads};
-use crate::storage::store::{PresenceDelta, RedbStore, StoreError};
+use crate::storage::store::{DayViews, PresenceDelta, RedbStore, StoreError};
 use crate::storage::writer::{FlushPolicy, Writer, WriterError};
 
 /// The `meta` key of the record id in the `--db` file.
@@ -217,8 +217,6 @@ pub(crate) enum RebuildError {
     Again,
     #[error("fields of the part kept changing during the rebuild")]
     Skipped,
-    #[error("the record {0} was retired into this node already")]
-    AlreadyTaken(String),
     #[error("{0} is not a record id")]
     NotARecord(String),
     #[error("this node's --db file: {0}")]
@@ -581,45 +579,95 @@ impl Record {
         Ok(lost)
     }
 
-    /// Takes a stopped node's record (`viewcounter retire`): its parts in Redis are moved into
-    /// this one's (the sums unchanged), its counts, reading times and peaks into this record,
-    /// and a rebuild of every group then applies the max rule (a part Redis lost comes back
-    /// from the record) and raises the peaks. Each record is taken once.
+    /// Takes a stopped node's record (`viewcounter retire`): its counts, reading times and
+    /// peaks into this record, its parts in Redis into this one's (the sums unchanged), and a
+    /// rebuild of every group then applies the max rule (a part Redis lost comes back from
+    /// the record) and raises the peaks. Each record is taken once; a retire run again (its
+    /// answer lost, the node stopped halfway) finishes what is left and adds nothing twice.
+    ///
+    /// In steps a crash can cut anywhere: (1) the record takes the counts and the mark
+    /// `taking:{old}` in one transaction of the file; (2) the old parts move (a move run
+    /// twice moves nothing twice); (3) the mark `took:{old}`. Between (1) and (3) the record
+    /// holds the old counts and this part not yet: every rebuild first finishes the moves
+    /// ([`Record::finish_takes`]), else the max rule would add them to the sums again.
     pub(crate) async fn take_retired(
         &self,
         link: &Link,
         old: &str,
         retired: Retired,
-    ) -> Result<Rebuilt, RebuildError> {
+    ) -> Result<Taken, RebuildError> {
         if old.len() != 16 || !old.bytes().all(|b| b.is_ascii_hexdigit()) || old == self.id {
             return Err(RebuildError::NotARecord(old.to_owned()));
         }
-        let key = format!("took:{old}");
         {
             let _alone = self.fence.write().await;
-            let taken = self.taken(&key, false).await?;
-            if taken {
-                return Err(RebuildError::AlreadyTaken(old.to_owned()));
+            if self.taken(&format!("{TOOK}{old}"), false).await? {
+                return Ok(Taken::Before);
             }
-            for group in Group::all() {
-                self.move_part(link, group, old).await?;
+            if !self.taken(&format!("{TAKING}{old}"), false).await? {
+                self.add_retired(old, retired).await?;
             }
-            for (slug, views) in &retired.totals {
-                self.writer.add_counts(slug, *views, None);
-            }
-            for (slug, day, views) in &retired.days {
-                self.writer.add_counts(slug, 0, Some((*day, *views)));
-            }
-            for (slug, day, presence) in &retired.presence {
-                self.writer.add_presence(slug, *day, *presence);
-            }
-            for &(day, peak) in &retired.site {
-                self.writer.raise_site_peak_on(day, peak);
-            }
-            self.taken(&key, true).await?;
+            self.finish_take(link, old).await?;
         }
         self.pending.fetch_or(ALL.0, Ordering::Relaxed);
-        self.rebuild(link, ALL).await
+        self.rebuild(link, ALL).await.map(Taken::Now)
+    }
+
+    /// Step (1) of [`Record::take_retired`]: the retired counts and `taking:{old}` in one
+    /// transaction. Off the async threads: a redb write waits for the disk.
+    async fn add_retired(&self, old: &str, retired: Retired) -> Result<(), RebuildError> {
+        let meta = Arc::clone(&self.meta);
+        let key = format!("{TAKING}{old}");
+        tokio::task::spawn_blocking(move || {
+            let totals: Vec<(&str, u64)> = (retired.totals.iter())
+                .map(|(slug, views)| (slug.as_str(), *views))
+                .collect();
+            let days: Vec<DayViews<'_>> = (retired.days.iter())
+                .map(|(slug, day, views)| DayViews {
+                    slug: slug.as_str(),
+                    day: *day,
+                    views: *views,
+                })
+                .collect();
+            let presence: Vec<PresenceDelta<'_>> = (retired.presence.iter())
+                .map(|(slug, day, presence)| PresenceDelta {
+                    slug: slug.as_str(),
+                    day: *day,
+                    presence: *presence,
+                })
+                .collect();
+            let mut meta = meta.lock().unwrap_or_else(PoisonError::into_inner);
+            meta.add_marked(&totals, &days, &presence, &retired.site, &key, unix_now())
+        })
+        .await
+        .map_err(StoreError::storage)?
+        .map_err(RebuildError::File)
+    }
+
+    /// Steps (2) and (3) of [`Record::take_retired`].
+    async fn finish_take(&self, link: &Link, old: &str) -> Result<(), RebuildError> {
+        for group in Group::all() {
+            self.move_part(link, group, old).await?;
+        }
+        self.taken(&format!("{TOOK}{old}"), true).await?;
+        Ok(())
+    }
+
+    /// Finishes every take a crash (or Redis going away) cut short between its steps; called
+    /// with the fence held, before a rebuild reads the record.
+    async fn finish_takes(&self, link: &Link) -> Result<(), RebuildError> {
+        let meta = Arc::clone(&self.meta);
+        let (taking, took) = tokio::task::spawn_blocking(move || {
+            let mut meta = meta.lock().unwrap_or_else(PoisonError::into_inner);
+            Ok::<_, StoreError>((meta.meta_keys(TAKING)?, meta.meta_keys(TOOK)?))
+        })
+        .await
+        .map_err(StoreError::storage)??;
+        for old in taking.iter().filter(|old| !took.contains(old)) {
+            tracing::info!(retired = %old, "finishing the take of a retired record cut short");
+            self.finish_take(link, old).await?;
+        }
+        Ok(())
     }
 
     /// Moves the retired record `old`'s part of `group` into this record's, chunk by chunk.
@@ -652,9 +700,7 @@ impl Record {
     async fn taken(&self, key: &str, mark: bool) -> Result<bool, StoreError> {
         let key = key.to_owned();
         let meta = Arc::clone(&self.meta);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_secs());
+        let now = unix_now();
         tokio::task::spawn_blocking(move || {
             let mut meta = meta
                 .lock()
@@ -678,6 +724,7 @@ impl Record {
         groups: Groups,
     ) -> Result<Rebuilt, RebuildError> {
         let _alone = self.fence.write().await;
+        self.finish_takes(link).await?;
         let mut rebuilt = Rebuilt::default();
         let mut todo = groups;
         for _ in 0..REBUILD_ROUNDS {
@@ -900,6 +947,28 @@ impl Record {
     }
 }
 
+/// What [`Record::take_retired`] did.
+#[derive(Debug)]
+pub(crate) enum Taken {
+    /// Took the record now; the rebuild that followed.
+    Now(Rebuilt),
+    /// Took it before (a retire run again after its answer was lost): nothing to do.
+    Before,
+}
+
+/// The `meta` key (prefix, then the retired record's id) of a take whose counts the record
+/// holds (step 1 of [`Record::take_retired`] done)...
+const TAKING: &str = "taking:";
+/// ...and of a take done (its parts moved too).
+const TOOK: &str = "took:";
+
+/// Now in unix seconds (1 if the clock says before 1970): when a mark was made.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_secs())
+}
+
 /// What a retired record held (`viewcounter retire` reads it from the stopped node's file).
 pub(crate) struct Retired {
     pub totals: Vec<(Slug, u64)>,
@@ -1020,6 +1089,46 @@ mod tests {
 
     fn ids(groups: Groups) -> Vec<usize> {
         groups.iter().map(Group::index).collect()
+    }
+
+    /// `viewcounter retire` cut short after the record took the retired counts and before its
+    /// last mark (the node killed, or its answer lost and the retire run again): the rerun
+    /// finishes the take and the counts are in the record and the sums once.
+    #[tokio::test]
+    async fn a_retire_cut_short_before_its_last_mark_and_run_again_counts_the_old_record_once() {
+        let Some(mut t) = Rebuilding::start().await else {
+            return;
+        };
+        let (link, c, record) = (&t.link, &mut t.c, &t.record);
+        record.rebuild(link, ALL).await.expect("this part sealed");
+        let gamma = Slug::parse("gamma").unwrap();
+        let old = "00000000000000ab";
+        // The stopped node's 7 views of gamma: in its part and in the sums.
+        let group = Group::of("gamma");
+        let _: () = c.hset(group.part(old), "gamma", 7).unwrap();
+        let _: () = c.hset(group.part(old), "#n", 7).unwrap();
+        let _: () = c.hset(totals_key("gamma"), "gamma", 7).unwrap();
+        let retired = || Retired {
+            totals: vec![(gamma.clone(), 7)],
+            days: Vec::new(),
+            presence: Vec::new(),
+            site: Vec::new(),
+        };
+        record
+            .take_retired(link, old, retired())
+            .await
+            .expect("taken");
+        // The crash: the last mark never reached the file.
+        t._db.forget_meta(&format!("took:{old}")).unwrap();
+        record
+            .take_retired(link, old, retired())
+            .await
+            .expect("the rerun finishes the take");
+        let (totals, _) = record.writer.snapshot().await.unwrap();
+        assert_eq!(totals, [("gamma".to_owned(), 7)], "the record");
+        record.rebuild(link, ALL).await.expect("rebuilt");
+        let total: u64 = c.hget(totals_key("gamma"), "gamma").unwrap();
+        assert_eq!(total, 7, "the sums");
     }
 
     #[tokio::test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use crate::cluster::record::{RebuildError, Retired};
+use crate::cluster::record::{RebuildError, Retired, Taken};
 use crate::edge::origin::same_origin_only;
 use crate::edge::slug::Slug;
 use crate::edge::slug_list::SlugPolicy;
@@ -512,13 +512,11 @@ async fn retire(
         presence,
         site: site.collect(),
     };
-    let rebuilt = cluster
+    let taken = cluster
         .take_retired(&state.registry, &retired.record, taken)
         .await
         .map_err(|e| match e {
-            RebuildError::AlreadyTaken(_) | RebuildError::NotARecord(_) => {
-                Refusal::BadRequest(e.to_string())
-            }
+            RebuildError::NotARecord(_) => Refusal::BadRequest(e.to_string()),
             other => {
                 tracing::warn!(error = %other, "cannot take a retired record");
                 Refusal::StorageUnavailable
@@ -526,9 +524,15 @@ async fn retire(
         })?;
     // Totals moved without a view counted: dashboards start again from a snapshot.
     state.registry.changes().resync();
+    // Taken before: the retire is run again (its answer was lost); it marks its file now.
+    let (views, before) = match taken {
+        Taken::Now(rebuilt) => (Some(rebuilt.views), false),
+        Taken::Before => (None, true),
+    };
     Ok(no_store(&mut HttpResponse::Ok()).json(serde_json::json!({
         "record": retired.record,
-        "views": rebuilt.views,
+        "views": views,
+        "taken_before": before,
     })))
 }
 

@@ -470,6 +470,118 @@ impl RedbStore {
             Ok(value)
         })
     }
+
+    /// Adds what a retired record held (as [`Store::add_all`], no reader ids) and puts `key`
+    /// (unix seconds `at`) in the `meta` table, in one transaction: the file holds the counts
+    /// exactly when it holds the mark, whatever a crash cuts short.
+    pub(crate) fn add_marked(
+        &mut self,
+        batch: &[(&str, u64)],
+        days: &[DayViews<'_>],
+        presence: &[PresenceDelta<'_>],
+        site: &[(u32, Peak)],
+        key: &str,
+        at: u64,
+    ) -> Result<(), StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_write().map_err(StoreError::storage)?;
+            add_in(&txn, batch, days, &[], presence, site)?;
+            {
+                let mut meta = txn.open_table(META).map_err(StoreError::storage)?;
+                meta.insert(key, at).map_err(StoreError::storage)?;
+            }
+            txn.commit().map_err(StoreError::storage)
+        })
+    }
+
+    /// Takes `key` out of the `meta` table: what a crash before it was written leaves.
+    #[cfg(test)]
+    pub(crate) fn forget_meta(&mut self, key: &str) -> Result<(), StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_write().map_err(StoreError::storage)?;
+            {
+                let mut meta = txn.open_table(META).map_err(StoreError::storage)?;
+                meta.remove(key).map_err(StoreError::storage)?;
+            }
+            txn.commit().map_err(StoreError::storage)
+        })
+    }
+
+    /// The `meta` keys that start with `prefix`, without it.
+    pub(crate) fn meta_keys(&mut self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(StoreError::storage)?;
+            let meta = txn.open_table(META).map_err(StoreError::storage)?;
+            let mut keys = Vec::new();
+            for row in meta.range(prefix..).map_err(StoreError::storage)? {
+                let (key, _) = row.map_err(StoreError::storage)?;
+                match key.value().strip_prefix(prefix) {
+                    Some(rest) => keys.push(rest.to_owned()),
+                    None => break,
+                }
+            }
+            Ok(keys)
+        })
+    }
+}
+
+/// [`Store::add_all`]'s writes, in `txn`.
+fn add_in(
+    txn: &redb::WriteTransaction,
+    batch: &[(&str, u64)],
+    days: &[DayViews<'_>],
+    seen: &[Seen<'_>],
+    presence: &[PresenceDelta<'_>],
+    site: &[(u32, Peak)],
+) -> Result<(), StoreError> {
+    let mut per_day = txn.open_table(DAY_PRESENCE).map_err(StoreError::storage)?;
+    for p in presence {
+        let mut day = per_day
+            .get((p.day, p.slug))
+            .map_err(StoreError::storage)?
+            .and_then(|v| DayPresence::decode(v.value()))
+            .unwrap_or_default();
+        day.merge(&p.presence);
+        per_day
+            .insert((p.day, p.slug), day.encode().as_slice())
+            .map_err(StoreError::storage)?;
+    }
+    let mut peaks = txn.open_table(SITE_PEAKS).map_err(StoreError::storage)?;
+    for &(day, peak) in site {
+        let mut stored = peaks
+            .get(day)
+            .map_err(StoreError::storage)?
+            .map_or(Peak::default(), |v| site_peak(v.value()));
+        stored.raise(peak);
+        peaks
+            .insert(day, (stored.live, stored.at))
+            .map_err(StoreError::storage)?;
+    }
+    let mut per_day = txn.open_table(DAYS).map_err(StoreError::storage)?;
+    for d in days {
+        let old = per_day
+            .get((d.day, d.slug))
+            .map_err(StoreError::storage)?
+            .map_or(0, |v| v.value());
+        per_day
+            .insert((d.day, d.slug), add_counts(old, d.views))
+            .map_err(StoreError::storage)?;
+    }
+    let mut ids = txn.open_table(SEEN).map_err(StoreError::storage)?;
+    for s in seen {
+        remember(&mut ids, s.slug, s.start, s.readers)?;
+    }
+    let mut table = txn.open_table(TOTALS).map_err(StoreError::storage)?;
+    for &(slug, delta) in batch {
+        let old = table
+            .get(slug)
+            .map_err(StoreError::storage)?
+            .map_or(0, |v| v.value());
+        table
+            .insert(slug, add_counts(old, delta))
+            .map_err(StoreError::storage)?;
+    }
+    Ok(())
 }
 
 fn open_checked(path: &Path) -> Result<Database, StoreError> {
@@ -664,55 +776,7 @@ impl Store for RedbStore {
     ) -> Result<(), StoreError> {
         self.with_db(|db| {
             let txn = db.begin_write().map_err(StoreError::storage)?;
-            {
-                let mut per_day = txn.open_table(DAY_PRESENCE).map_err(StoreError::storage)?;
-                for p in presence {
-                    let mut day = per_day
-                        .get((p.day, p.slug))
-                        .map_err(StoreError::storage)?
-                        .and_then(|v| DayPresence::decode(v.value()))
-                        .unwrap_or_default();
-                    day.merge(&p.presence);
-                    per_day
-                        .insert((p.day, p.slug), day.encode().as_slice())
-                        .map_err(StoreError::storage)?;
-                }
-                let mut peaks = txn.open_table(SITE_PEAKS).map_err(StoreError::storage)?;
-                for &(day, peak) in site {
-                    let mut stored = peaks
-                        .get(day)
-                        .map_err(StoreError::storage)?
-                        .map_or(Peak::default(), |v| site_peak(v.value()));
-                    stored.raise(peak);
-                    peaks
-                        .insert(day, (stored.live, stored.at))
-                        .map_err(StoreError::storage)?;
-                }
-                let mut per_day = txn.open_table(DAYS).map_err(StoreError::storage)?;
-                for d in days {
-                    let old = per_day
-                        .get((d.day, d.slug))
-                        .map_err(StoreError::storage)?
-                        .map_or(0, |v| v.value());
-                    per_day
-                        .insert((d.day, d.slug), add_counts(old, d.views))
-                        .map_err(StoreError::storage)?;
-                }
-                let mut ids = txn.open_table(SEEN).map_err(StoreError::storage)?;
-                for s in seen {
-                    remember(&mut ids, s.slug, s.start, s.readers)?;
-                }
-                let mut table = txn.open_table(TOTALS).map_err(StoreError::storage)?;
-                for &(slug, delta) in batch {
-                    let old = table
-                        .get(slug)
-                        .map_err(StoreError::storage)?
-                        .map_or(0, |v| v.value());
-                    table
-                        .insert(slug, add_counts(old, delta))
-                        .map_err(StoreError::storage)?;
-                }
-            }
+            add_in(&txn, batch, days, seen, presence, site)?;
             txn.commit().map_err(StoreError::storage)
         })
     }
