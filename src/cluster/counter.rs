@@ -95,8 +95,8 @@ struct Open {
 pub(crate) const SETTLED_MS: u64 = 30 * 60 * 1000;
 
 impl OpIds {
-    pub(crate) fn new(node: &str) -> Self {
-        let run = crate::cluster::record::random();
+    /// The ops of `node`'s run `run` (random: a restart numbers from 0 again, in new chunks).
+    pub(crate) fn new(node: &str, run: u64) -> Self {
         Self {
             prefix: format!("{node}-{run:016x}"),
             run,
@@ -733,7 +733,7 @@ pub(crate) mod tests {
                 .sum()
         };
         let before = used(&mut c);
-        let ids = OpIds::new("node-1");
+        let ids = OpIds::new("node-1", 0x5eed);
         let views = 10_000;
         for n in 0..views {
             let slug = if n % 2 == 0 { "alpha" } else { "beta" };
@@ -755,7 +755,7 @@ pub(crate) mod tests {
     /// chunk (or key) an op.
     #[test]
     fn a_runs_ops_of_one_group_are_numbered_densely_in_one_chunk() {
-        let ids = OpIds::new("node-1");
+        let ids = OpIds::new("node-1", 0x5eed);
         let (alpha, beta) = (Group::of("alpha"), Group::of("beta"));
         let slots: Vec<_> = (0..3)
             .map(|_| {
@@ -779,7 +779,7 @@ pub(crate) mod tests {
             return;
         };
         let link = connected(&server).await;
-        let ids = OpIds::new("node-1");
+        let ids = OpIds::new("node-1", 0x5eed);
         let view = View {
             op: ids.next(Group::of("alpha")),
             ..view("reader-one", "")
@@ -808,7 +808,7 @@ pub(crate) mod tests {
     /// nothing.
     #[test]
     fn a_chunk_of_ops_settles_once_every_op_of_it_is_numbered_and_settled() {
-        let ids = OpIds::new("node-1");
+        let ids = OpIds::new("node-1", 0x5eed);
         let alpha = Group::of("alpha");
         let mut ops: Vec<String> = (0..CHUNK_OPS).map(|_| ids.next(alpha)).collect();
         let next_chunk = ids.next(alpha);

@@ -181,7 +181,7 @@ impl Cluster {
             .unwrap_or_else(|| default_node_id(addr));
         // The URL prints with its password masked.
         tracing::info!(%node, redis = %settings.redis, "cluster mode: joining the nodes on Redis");
-        let ops = counter::OpIds::new(&node);
+        let ops = counter::OpIds::new(&node, record::random());
         let cluster = Self {
             link,
             presence: Presence::new(node, change_tx),
