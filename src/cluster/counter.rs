@@ -503,10 +503,11 @@ pub(crate) mod tests {
     }
 
     /// What an outbox replay after a lost reply, or a call that ran late, does: the same op
-    /// runs twice. The second run must add nothing, also once the reader's dedupe marker has
+    /// runs twice. The second run must add nothing, also once the reader's record has
     /// expired (an outage longer than the window), and with no window at all.
     #[tokio::test]
-    async fn a_second_run_of_one_op_adds_nothing_whether_or_not_the_marker_is_still_there() {
+    async fn a_second_run_of_one_op_adds_nothing_whether_or_not_its_readers_record_is_still_there()
+    {
         let Some(server) = Server::start() else {
             return;
         };
@@ -610,7 +611,7 @@ pub(crate) mod tests {
     }
 
     /// Redis does not undo a script's writes when a later command fails: a total that is not a
-    /// count must fail the view before its op key or its reader's marker is written.
+    /// count must fail the view before its op's bits or its reader's record is written.
     #[tokio::test]
     async fn a_total_that_is_not_a_count_fails_the_view_before_anything_is_written() {
         let Some(server) = Server::start() else {

@@ -3,7 +3,7 @@
 //!
 //! - `link`: the connection (TLS with `rediss://`, a private CA with `--redis-ca`), its
 //!   timeouts and health, and what it learnt of the server (version, mode, persistence);
-//! - `counter`: one counted view as one Lua script (dedupe marker, total, day, announcement);
+//! - `counter`: one counted view as one Lua script (its reader's record, total, day, announcement);
 //! - `presence`: each node's live readers in Redis, merged into every post's live count;
 //! - `channels`: the post channels this node listens to (the posts it serves, every post
 //!   while a whole-site view follows it), so a change reaches only the nodes that need it;
