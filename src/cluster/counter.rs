@@ -634,11 +634,34 @@ pub(crate) mod tests {
         assert!(link.health.is_up(), "Redis answered: it is not down");
     }
 
-    /// Redis's clock, in ms: the tests' times are set against it, so what they write expires
-    /// when Redis's own would.
-    fn redis_now(c: &mut redis::Connection) -> u64 {
-        let (secs, micros): (u64, u64) = redis::cmd("TIME").query(c).unwrap();
-        secs * 1000 + micros / 1000
+    /// A Redis of the test's own counting with a window of [`Clocked::WINDOW_MS`] at times
+    /// the test sets, near Redis's clock (`now`), so what the script writes expires when
+    /// Redis's own would.
+    struct Clocked {
+        _server: Server,
+        link: Link,
+        now: u64,
+    }
+
+    impl Clocked {
+        const WINDOW_MS: u64 = 60_000;
+
+        async fn start() -> Option<Self> {
+            let server = Server::start()?;
+            let link = connected(&server).await;
+            let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut conn(&server)).unwrap();
+            Some(Self {
+                _server: server,
+                link,
+                now: secs * 1000 + micros / 1000,
+            })
+        }
+
+        async fn count(&self, view: &View, at: u64) -> Counted {
+            let window = Duration::from_millis(Self::WINDOW_MS);
+            let counted = count_at(&self.link, view, window, PART, Some(at)).await;
+            counted.unwrap()
+        }
     }
 
     /// The dedupe window is as exact as a marker's `PX` was: a reader counted at `t` is
@@ -646,20 +669,17 @@ pub(crate) mod tests {
     /// `t` and the repeat fall in one time slice or in two.
     #[tokio::test]
     async fn a_reader_is_deduplicated_to_the_last_ms_of_the_window_and_counted_one_ms_later() {
-        let Some(server) = Server::start() else {
+        let Some(redis) = Clocked::start().await else {
             return;
         };
-        let link = connected(&server).await;
-        let window = Duration::from_secs(60);
-        let w = 60_000;
+        let w = Clocked::WINDOW_MS;
         // The last ms of a slice (a slice is a window long) and the first of the next.
-        let last = (redis_now(&mut conn(&server)) / w + 1) * w - 1;
+        let last = (redis.now / w + 1) * w - 1;
         let ops = std::cell::Cell::new(0);
         let at = async |reader: &str, now: u64| {
             ops.set(ops.get() + 1);
             let view = view(reader, &format!("op-{}", ops.get()));
-            let counted = count_at(&link, &view, window, PART, Some(now)).await;
-            counted.unwrap().counted
+            redis.count(&view, now).await.counted
         };
         // Counted in one slice, repeated in the next.
         assert!(at("reader-one", last).await);
@@ -677,32 +697,26 @@ pub(crate) mod tests {
             slug: "beta".into(),
             ..view("reader-two", "op-beta")
         };
-        let counted = count_at(&link, &other, window, PART, Some(first + 5)).await;
-        assert!(counted.unwrap().counted);
+        assert!(redis.count(&other, first + 5).await.counted);
     }
 
     /// An op replayed after its reader's window is over (an outbox replayed after a long
     /// outage) still answers what its first run decided, counted or not, and adds nothing.
     #[tokio::test]
     async fn an_op_replayed_after_its_window_is_over_answers_its_first_decision() {
-        let Some(server) = Server::start() else {
+        let Some(redis) = Clocked::start().await else {
             return;
         };
-        let link = connected(&server).await;
-        let window = Duration::from_secs(60);
-        let now = redis_now(&mut conn(&server));
-        let run = async |op: &str, at: u64| {
-            let counted = count_at(&link, &view("reader-one", op), window, PART, Some(at)).await;
-            counted.unwrap()
-        };
+        let run = async |op: &str, at: u64| redis.count(&view("reader-one", op), at).await;
         let counted = Counted {
             counted: true,
             total: 1,
         };
+        let now = redis.now;
         assert_eq!(run("node-1", now).await, counted);
         let repeat = run("node-2", now + 1).await;
         assert!(!repeat.counted);
-        let later = now + 3 * 60_000;
+        let later = now + 3 * Clocked::WINDOW_MS;
         assert_eq!(run("node-1", later).await, counted);
         assert_eq!(run("node-2", later).await, repeat);
     }
