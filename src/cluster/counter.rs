@@ -1,20 +1,199 @@
-//! One counted view in Redis: the dedupe marker, the total, the day and the announcement in
+//! One counted view in Redis: the dedupe check, the total, the day and the announcement in
 //! one Lua script, so one round trip counts it and a retry (an outbox replay after a lost
 //! reply, or a timed-out call that ran late) cannot count it twice.
+//!
+//! What a view leaves in Redis is kept compact (issue 22: at most 48 B per view remembered for
+//! the dedupe window, where a key per marker and per op cost 325 B):
+//!
+//! - **Dedupe:** a reader's view of a post is a 13-byte record, 7 bytes of its fingerprint (a
+//!   64-bit SipHash of "slug reader", [`fingerprint`]) and the 6-byte time (Redis's clock, ms)
+//!   it was counted at, appended to a string per key group, bucket (the fingerprint's first
+//!   byte: 256 a group, so a lookup scans a 256th of the group's views) and time slice. A
+//!   slice is one window long; slice `k` goes to the key of parity `k mod 2`, which expires a
+//!   window after the slice ends. A view counted at `t` in slice `k` is in the window while
+//!   `now - t <= window` (as `SET … PX` kept a marker until `now > t + window`), so its record
+//!   is read in slice `k` or `k + 1`: the script reads both parities' keys of the bucket and
+//!   compares the times, exact to the ms as before. Slice `k + 2`, the next of the same
+//!   parity, starts after the key of slice `k` expired (`(k + 1)·w + w - 1`), so a key never
+//!   holds two slices. Every key is the node's to name (the fingerprint picks the bucket,
+//!   both parities are passed), so KEYS declares all and the script touches one hash slot.
+//!   A record lives a window to two (1.5 on average) and costs 13 B, up to twice that while
+//!   Redis's string has room to grow (`APPEND` doubles it).
+//! - **Ops:** each node run numbers its ops per key group (`node-RUN SEQ`, [`OpIds`]); what an
+//!   op's first run decided is 2 bits (0 not run, 1 deduplicated, 2 counted) at its number in
+//!   a bitmap of [`CHUNK_OPS`] ops per (group, run, chunk), `BITFIELD … u2`. A retry reads its
+//!   2 bits and answers that decision, adding nothing, whatever became of the reader's record
+//!   meanwhile. Numbers are dense per group, so an op costs 2 bits (up to 4 while Redis's
+//!   string has room to grow). A chunk is kept [`SETTLED_MS`] once the node knows every op of
+//!   it settled (see [`OpIds`] for why a late copy cannot count twice), else [`OP_MEMORY_MS`]
+//!   after its last op ran (a node stopped with ops in its outbox, whose replay after a restart
+//!   finds their chunks for a day).
 
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use redis::Script;
 
-use crate::cluster::keys::{Group, day_field};
+use crate::cluster::keys::{GROUPS, Group, day_field};
 use crate::cluster::link::{Link, LinkError, post_channel};
+use crate::edge::reader_id::HashKey;
 use crate::posts::cluster_port::Counted;
 
-/// How long an op is remembered: longer than any outage the outbox rides out in practice, so a
-/// replay after a lost reply, or a call that ran late, adds nothing even once the reader's
-/// dedupe marker (`--dedupe-window`) has expired.
+/// How long an op's decision is remembered after the last op of its chunk ran: longer than any
+/// outage the outbox rides out in practice, so a replay after a lost reply, or a call that ran
+/// late, adds nothing even once the reader's record is out of the window.
 const OP_MEMORY_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Ops a chunk of op memory holds: 2 bits each, a string of at most 8 KiB.
+const CHUNK_OPS: u64 = 1 << 15;
+
+/// The key of the readers' fingerprints: every node's must be the same (they share the
+/// records), so it is fixed, part of the data's format like the key groups.
+const FINGERPRINT_KEY: HashKey = HashKey([0x7663_2d73_6565_6e31, 0x6973_7375_6532_3237]);
+
+/// A reader's fingerprint for `slug`: the bucket (its first byte) and the 7 bytes its record
+/// keeps. Slugs never hold a space, so "slug reader" is unambiguous.
+pub(crate) fn fingerprint(slug: &str, reader: &str) -> (u8, [u8; 7]) {
+    let bits = FINGERPRINT_KEY.hash_all(&[slug.as_bytes(), b" ", reader.as_bytes()]);
+    let [bucket, rest @ ..] = bits.to_be_bytes();
+    (bucket, rest)
+}
+
+/// The op ids of one run of a node: `node-` then 16 hex digits of a random run id and 16 of a
+/// sequence number, counted per key group (its low 4 bits are the group), so each group's ops
+/// are numbered densely from 0 and their decisions packed 2 bits apiece.
+///
+/// It also tells when a chunk of this run's ops is settled: every op of it numbered, and each
+/// known to be in Redis and never to be sent by this node again (its call answered, or
+/// announced, or its outbox row replayed and deleted). Only a copy of a call that timed out
+/// can still reach Redis then: queued on a connection the node gave up on, delivered by the
+/// kernel's retransmissions (Linux gives up after ~15.5 min, `tcp_retries2`) or by a client
+/// retry, or read late by a stalled Redis. The chunk is then kept [`SETTLED_MS`] more instead
+/// of [`OP_MEMORY_MS`]: such a copy finds its op's 2 bits and adds nothing. Ops of an earlier
+/// run (an outbox replayed after a restart) are not tracked: their chunks keep the full day.
+pub(crate) struct OpIds {
+    /// `node-` and the run id: every op id of this run starts so.
+    prefix: String,
+    #[cfg_attr(not(test), allow(dead_code))]
+    run: u64,
+    next: [AtomicU64; GROUPS as usize],
+    open: Mutex<Open>,
+}
+
+#[derive(Default)]
+struct Open {
+    /// (group, chunk) → ops numbered and not settled.
+    ops: HashMap<(u64, u64), u32>,
+    /// Chunks settled, whose expiry is not shortened yet.
+    settled: Vec<String>,
+}
+
+/// How long a settled chunk of ops is kept: twice the time the kernel retransmits a call
+/// before it gives up on the connection (see [`OpIds`]).
+pub(crate) const SETTLED_MS: u64 = 30 * 60 * 1000;
+
+impl OpIds {
+    /// The ops of `node`'s run `run` (random: a restart numbers from 0 again, in new chunks).
+    pub(crate) fn new(node: &str, run: u64) -> Self {
+        Self {
+            prefix: format!("{node}-{run:016x}"),
+            run,
+            next: std::array::from_fn(|_| AtomicU64::new(0)),
+            open: Mutex::default(),
+        }
+    }
+
+    /// A new op for a post of `group`.
+    pub(crate) fn next(&self, group: Group) -> String {
+        let g = group.index() as u64;
+        let n = self.next[group.index()].fetch_add(1, Ordering::Relaxed);
+        *self.lock().ops.entry((g, n / CHUNK_OPS)).or_default() += 1;
+        format!("{}{:016x}", self.prefix, n << 4 | g)
+    }
+
+    /// `op` is in Redis and this node sends it no more.
+    pub(crate) fn settled(&self, op: &str) {
+        let Some(seq) = op
+            .strip_prefix(self.prefix.as_str())
+            .filter(|seq| seq.len() == 16)
+            .and_then(|seq| u64::from_str_radix(seq, 16).ok())
+        else {
+            return;
+        };
+        let (g, chunk) = (seq & 0xf, (seq >> 4) / CHUNK_OPS);
+        let mut open = self.lock();
+        let Some(left) = open.ops.get_mut(&(g, chunk)) else {
+            return;
+        };
+        *left = left.saturating_sub(1);
+        let numbered = self.next[g as usize].load(Ordering::Relaxed) >= (chunk + 1) * CHUNK_OPS;
+        if *left == 0 && numbered {
+            open.ops.remove(&(g, chunk));
+            if let Some(group) = Group::all().nth(g as usize) {
+                open.settled.push(group.ops(&self.prefix, chunk));
+            }
+        }
+    }
+
+    /// The chunks settled since, to be kept [`SETTLED_MS`] from now.
+    pub(crate) fn take_settled(&self) -> Vec<String> {
+        std::mem::take(&mut self.lock().settled)
+    }
+
+    /// Chunks whose expiry could not be shortened (Redis did not answer): tried again later.
+    pub(crate) fn unsettled(&self, chunks: Vec<String>) {
+        self.lock().settled.extend(chunks);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Shortens the expiry of settled chunks of ops to [`SETTLED_MS`] (see [`OpIds`]): a call
+/// each (a chunk a group's 32,768 ops; the chunks of a Redis Cluster are on several masters).
+pub(crate) async fn expire_settled(link: &Link, ops: &OpIds) {
+    let mut chunks = ops.take_settled();
+    while let Some(chunk) = chunks.pop() {
+        let done: Result<(), LinkError> = link
+            .call("expire ops", |mut conn| {
+                let chunk = chunk.clone();
+                async move {
+                    redis::cmd("PEXPIRE")
+                        .arg(chunk)
+                        .arg(SETTLED_MS)
+                        .query_async(&mut conn)
+                        .await
+                }
+            })
+            .await;
+        if done.is_err() {
+            chunks.push(chunk);
+            ops.unsettled(chunks);
+            return;
+        }
+    }
+}
+
+/// Where an op's decision is kept: its chunk's key and its number in the chunk. The sequence
+/// number is the op's last 16 hex digits (an op of an older version, `node-` and 16 random
+/// digits, is read the same way: a chunk of its own); anything else is hashed.
+fn op_slot(group: Group, op: &str) -> (String, u64) {
+    let parsed = op
+        .len()
+        .checked_sub(16)
+        .filter(|at| op.is_char_boundary(*at))
+        .and_then(|at| {
+            let (prefix, seq) = op.split_at(at);
+            let seq = u64::from_str_radix(seq, 16).ok()?;
+            Some((prefix.strip_suffix('-').unwrap_or(prefix), seq))
+        });
+    let (prefix, seq) = parsed.unwrap_or(("?", FINGERPRINT_KEY.hash_all(&[op.as_bytes()])));
+    let n = seq >> 4;
+    (group.ops(prefix, n / CHUNK_OPS), n % CHUNK_OPS)
+}
 
 /// The Lua both scripts start with: `MAX`, [`crate::storage::MAX_COUNT`] as Redis writes it,
 /// and `is_count(v)`, true for a string `HINCRBY` reads as a count from 0 to `MAX` (no sign,
@@ -33,10 +212,11 @@ end
 pub(crate) use lua_counts;
 
 /// KEYS, all of the post's key group (see [`crate::cluster::keys`]), so the script touches
-/// one hash slot of a Redis Cluster: the op key, the reader's marker, the group's totals, the
-/// day's hash, this record's part, the group's generation, the group's set of days. ARGV:
-/// slug, window in ms (0: no dedupe), channel, op memory in ms, the part's field of the day,
-/// the op, the day.
+/// one hash slot of a Redis Cluster: the op's chunk, the reader's bucket in slices of parity 0
+/// and 1, the group's totals, the day's hash, this record's part, the group's generation, the
+/// group's set of days. ARGV: slug, window in ms (0: no dedupe), channel, op memory in ms,
+/// the part's field of the day, the op, the day, the op's number in its chunk, the reader's
+/// 7 fingerprint bytes, the time in ms (empty: Redis's clock; tests give theirs).
 ///
 /// The announcement names the op (`t slug total op`): the node that sent it learns its fate
 /// even when its call timed out and the script ran late (see [`crate::cluster::fate`]).
@@ -46,57 +226,98 @@ pub(crate) use lua_counts;
 /// the sums never hold a view that the rebuild then adds again. A counted view moves the
 /// sums and the part together (see [`crate::cluster::record`]).
 ///
-/// The op key records what the op's first run decided (`c` counted, `d` deduplicated); a later
-/// run of the same op answers that again and adds nothing.
+/// The op's 2 bits record what its first run decided (2 counted, 1 deduplicated); a later run
+/// of the same op answers that again and adds nothing (see the module's doc).
 ///
 /// Redis does not undo a script's writes when a later command in it fails, so everything that
 /// can fail is read and checked before the first write: the total and the day are counts
 /// `HINCRBY` takes, and one at [`crate::storage::MAX_COUNT`] stays there (the view is still
-/// counted, its marker set). Counts travel as Redis's own strings (see [`lua_counts`]).
+/// counted, its reader recorded). Counts travel as Redis's own strings (see [`lua_counts`]).
 const SCRIPT: &str = concat!(
     lua_counts!(),
     r#"
-local gen = redis.call('GET', KEYS[6])
-if not gen or redis.call('HGET', KEYS[5], '#gen') ~= gen then
+local gen = redis.call('GET', KEYS[7])
+if not gen or redis.call('HGET', KEYS[6], '#gen') ~= gen then
   return redis.error_reply('VCREBUILD the part of this node is not of this generation: rebuild first')
 end
-local earlier = redis.call('GET', KEYS[1])
-local total = redis.call('HGET', KEYS[3], ARGV[1]) or '0'
-if earlier then return {earlier == 'c' and 1 or 0, total} end
-local day = redis.call('HGET', KEYS[4], ARGV[1]) or '0'
+local op = '#' .. ARGV[8]
+local earlier = redis.call('BITFIELD', KEYS[1], 'GET', 'u2', op)[1]
+local total = redis.call('HGET', KEYS[4], ARGV[1]) or '0'
+if earlier ~= 0 then return {earlier == 2 and 1 or 0, total} end
+local day = redis.call('HGET', KEYS[5], ARGV[1]) or '0'
 if not is_count(total) or not is_count(day) then
-  return redis.error_reply('the views of ' .. ARGV[1] .. ' in ' .. KEYS[3] .. ' or ' .. KEYS[4] .. ' are not a count')
+  return redis.error_reply('the views of ' .. ARGV[1] .. ' in ' .. KEYS[4] .. ' or ' .. KEYS[5] .. ' are not a count')
 end
-local part = redis.call('HMGET', KEYS[5], ARGV[1], ARGV[5], '#n')
+local part = redis.call('HMGET', KEYS[6], ARGV[1], ARGV[5], '#n')
 for i = 1, 3 do
   part[i] = part[i] or '0'
   if not is_count(part[i]) then
-    return redis.error_reply('the views of ' .. ARGV[1] .. ' in ' .. KEYS[5] .. ' are not a count')
+    return redis.error_reply('the views of ' .. ARGV[1] .. ' in ' .. KEYS[6] .. ' are not a count')
+  end
+end
+local function decided(v)
+  redis.call('BITFIELD', KEYS[1], 'SET', 'u2', op, v)
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+-- A record: 7 fingerprint bytes, then the 6-byte time it was counted at (ms, big-endian).
+local fp, RECORD = ARGV[9], 13
+local function within(key, now, window)
+  local records = redis.call('GET', key)
+  if not records then return false end
+  local at = 1
+  while true do
+    local found = string.find(records, fp, at, true)
+    if not found then return false end
+    if (found - 1) % RECORD == 0 then
+      local t = 0
+      for i = found + 7, found + 12 do t = t * 256 + string.byte(records, i) end
+      if now - t <= window then return true end
+      at = found + RECORD
+    else
+      at = found + 1
+    end
   end
 end
 -- Checked: nothing below fails.
-if tonumber(ARGV[2]) > 0 and not redis.call('SET', KEYS[2], 1, 'NX', 'PX', ARGV[2]) then
-  redis.call('SET', KEYS[1], 'd', 'PX', ARGV[4])
-  return {0, total}
+local window = tonumber(ARGV[2])
+if window > 0 then
+  local now = tonumber(ARGV[10])
+  if not now then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  if within(KEYS[2], now, window) or within(KEYS[3], now, window) then
+    decided(1)
+    return {0, total}
+  end
+  local slice = math.floor(now / window)
+  local bytes, t = {}, now
+  for i = 6, 1, -1 do
+    bytes[i] = string.char(t % 256)
+    t = math.floor(t / 256)
+  end
+  local here = KEYS[2 + slice % 2]
+  redis.call('APPEND', here, fp .. table.concat(bytes))
+  redis.call('PEXPIREAT', here, (slice + 2) * window - 1)
 end
-redis.call('SET', KEYS[1], 'c', 'PX', ARGV[4])
+decided(2)
 if total ~= MAX then
-  redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
-  total = redis.call('HGET', KEYS[3], ARGV[1])
+  redis.call('HINCRBY', KEYS[4], ARGV[1], 1)
+  total = redis.call('HGET', KEYS[4], ARGV[1])
 end
-if day ~= MAX then redis.call('HINCRBY', KEYS[4], ARGV[1], 1) end
-redis.call('SADD', KEYS[7], ARGV[7])
+if day ~= MAX then redis.call('HINCRBY', KEYS[5], ARGV[1], 1) end
+redis.call('SADD', KEYS[8], ARGV[7])
 for i, field in ipairs({ARGV[1], ARGV[5], '#n'}) do
-  if part[i] ~= MAX then redis.call('HINCRBY', KEYS[5], field, 1) end
+  if part[i] ~= MAX then redis.call('HINCRBY', KEYS[6], field, 1) end
 end
 redis.call('PUBLISH', ARGV[3], 't ' .. ARGV[1] .. ' ' .. total .. ' ' .. ARGV[6])
 return {1, total}
 "#
 );
 
-/// The longest dedupe window given to Redis (about 100 years): `SET … PX` refuses an expiry
-/// past the end of its clock, and the window is the first write of a view.
-const MAX_WINDOW_MS: u64 = 100 * 366 * 24 * 60 * 60 * 1000;
+/// The longest dedupe window given to Redis (30 years): a record's time and its slice's
+/// expiry stay within 6 bytes of ms and Redis's clock.
+const MAX_WINDOW_MS: u64 = 30 * 366 * 24 * 60 * 60 * 1000;
 
 /// `EVALSHA`, falling back to `EVAL` (and loading it) after a Redis restart.
 static COUNT: LazyLock<Script> = LazyLock::new(|| Script::new(SCRIPT));
@@ -125,12 +346,26 @@ pub(crate) async fn count(
     window: Duration,
     record: &str,
 ) -> Result<Counted, LinkError> {
+    count_at(link, view, window, record, None).await
+}
+
+/// [`count`] at `now` (ms), or by Redis's clock if `None`: tests set the time to the ms.
+async fn count_at(
+    link: &Link,
+    view: &View,
+    window: Duration,
+    record: &str,
+    now: Option<u64>,
+) -> Result<Counted, LinkError> {
     let window_ms = window.as_millis().min(u128::from(MAX_WINDOW_MS)) as u64;
     let group = Group::of(&view.slug);
+    let (chunk, number) = op_slot(group, &view.op);
+    let (bucket, fingerprint) = fingerprint(&view.slug, &view.reader);
     let mut invocation = COUNT.prepare_invoke();
     invocation
-        .key(group.op(&view.op))
-        .key(group.seen(&view.slug, &view.reader))
+        .key(chunk)
+        .key(group.seen(0, bucket))
+        .key(group.seen(1, bucket))
         .key(group.totals())
         .key(group.day(view.day))
         .key(group.part(record))
@@ -142,7 +377,10 @@ pub(crate) async fn count(
         .arg(OP_MEMORY_MS)
         .arg(day_field(view.day, &view.slug))
         .arg(&view.op)
-        .arg(view.day);
+        .arg(view.day)
+        .arg(number)
+        .arg(&fingerprint[..])
+        .arg(now.map(|ms| ms.to_string()).unwrap_or_default());
     let (counted, total): (u8, u64) = link
         .call("count", |mut conn| async move {
             invocation.invoke_async(&mut conn).await
@@ -274,10 +512,11 @@ pub(crate) mod tests {
     }
 
     /// What an outbox replay after a lost reply, or a call that ran late, does: the same op
-    /// runs twice. The second run must add nothing, also once the reader's dedupe marker has
+    /// runs twice. The second run must add nothing, also once the reader's record has
     /// expired (an outage longer than the window), and with no window at all.
     #[tokio::test]
-    async fn a_second_run_of_one_op_adds_nothing_whether_or_not_the_marker_is_still_there() {
+    async fn a_second_run_of_one_op_adds_nothing_whether_or_not_its_readers_record_is_still_there()
+    {
         let Some(server) = Server::start() else {
             return;
         };
@@ -290,13 +529,12 @@ pub(crate) mod tests {
         assert_eq!(run(&first, window).await, once(true, 1));
         assert_eq!(run(&first, window).await, once(true, 1));
 
-        // The marker expires (deleted here rather than waited for): a rerun still adds nothing.
-        let client = redis::Client::open(server.url()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let _: () = redis::cmd("DEL")
-            .arg(Group::of("alpha").seen("alpha", "reader-one"))
-            .query_async(&mut conn)
-            .await
+        // The reader's record is gone (deleted here rather than waited for): a rerun still adds
+        // nothing.
+        let (bucket, _) = fingerprint("alpha", "reader-one");
+        let group = Group::of("alpha");
+        let _: () = conn(&server)
+            .del(&[group.seen(0, bucket), group.seen(1, bucket)])
             .unwrap();
         assert_eq!(run(&first, window).await, once(true, 1));
 
@@ -382,7 +620,7 @@ pub(crate) mod tests {
     }
 
     /// Redis does not undo a script's writes when a later command fails: a total that is not a
-    /// count must fail the view before its op key or its reader's marker is written.
+    /// count must fail the view before its op's bits or its reader's record is written.
     #[tokio::test]
     async fn a_total_that_is_not_a_count_fails_the_view_before_anything_is_written() {
         let Some(server) = Server::start() else {
@@ -394,12 +632,220 @@ pub(crate) mod tests {
         let view = view_of("alpha", "op-1");
         let err = count(&link, &view, Duration::from_secs(1800), PART).await;
         assert!(err.is_err(), "{err:?}");
-        let op: bool = c.exists(Group::of("alpha").op(&view.op)).unwrap();
-        let marker: bool = c
-            .exists(Group::of("alpha").seen(&view.slug, &view.reader))
+        let group = Group::of("alpha");
+        let op: bool = c.exists(op_slot(group, &view.op).0).unwrap();
+        let (bucket, _) = fingerprint(&view.slug, &view.reader);
+        let records: usize = c
+            .exists(&[group.seen(0, bucket), group.seen(1, bucket)])
             .unwrap();
         let day: bool = c.exists(day_key("alpha", view.day)).unwrap();
-        assert_eq!((op, marker, day), (false, false, false));
+        assert_eq!((op, records, day), (false, 0, false));
         assert!(link.health.is_up(), "Redis answered: it is not down");
+    }
+
+    /// A Redis of the test's own counting with a window of [`Clocked::WINDOW_MS`] at times
+    /// the test sets, near Redis's clock (`now`), so what the script writes expires when
+    /// Redis's own would.
+    struct Clocked {
+        _server: Server,
+        link: Link,
+        now: u64,
+    }
+
+    impl Clocked {
+        const WINDOW_MS: u64 = 60_000;
+
+        async fn start() -> Option<Self> {
+            let server = Server::start()?;
+            let link = connected(&server).await;
+            let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut conn(&server)).unwrap();
+            Some(Self {
+                _server: server,
+                link,
+                now: secs * 1000 + micros / 1000,
+            })
+        }
+
+        async fn count(&self, view: &View, at: u64) -> Counted {
+            let window = Duration::from_millis(Self::WINDOW_MS);
+            let counted = count_at(&self.link, view, window, PART, Some(at)).await;
+            counted.unwrap()
+        }
+    }
+
+    /// The dedupe window is as exact as a marker's `PX` was: a reader counted at `t` is
+    /// deduplicated up to `t + window` included and counted again from the next ms on, whether
+    /// `t` and the repeat fall in one time slice or in two.
+    #[tokio::test]
+    async fn a_reader_is_deduplicated_to_the_last_ms_of_the_window_and_counted_one_ms_later() {
+        let Some(redis) = Clocked::start().await else {
+            return;
+        };
+        let w = Clocked::WINDOW_MS;
+        // The last ms of a slice (a slice is a window long) and the first of the next.
+        let last = (redis.now / w + 1) * w - 1;
+        let ops = std::cell::Cell::new(0);
+        let at = async |reader: &str, now: u64| {
+            ops.set(ops.get() + 1);
+            let view = view(reader, &format!("op-{}", ops.get()));
+            redis.count(&view, now).await.counted
+        };
+        // Counted in one slice, repeated in the next.
+        assert!(at("reader-one", last).await);
+        assert!(!at("reader-one", last + w - 1).await);
+        assert!(!at("reader-one", last + w).await, "t + window is within it");
+        assert!(at("reader-one", last + w + 1).await);
+        // Counted and repeated within one slice.
+        let first = last + 1;
+        assert!(at("reader-two", first).await);
+        assert!(!at("reader-two", first + w - 1).await);
+        assert!(at("reader-two", first + w + 1).await);
+        // Another reader of the same post, and the same reader of another post, count.
+        assert!(at("reader-three", first + 5).await);
+        let other = View {
+            slug: "beta".into(),
+            ..view("reader-two", "op-beta")
+        };
+        assert!(redis.count(&other, first + 5).await.counted);
+    }
+
+    /// An op replayed after its reader's window is over (an outbox replayed after a long
+    /// outage) still answers what its first run decided, counted or not, and adds nothing.
+    #[tokio::test]
+    async fn an_op_replayed_after_its_window_is_over_answers_its_first_decision() {
+        let Some(redis) = Clocked::start().await else {
+            return;
+        };
+        let run = async |op: &str, at: u64| redis.count(&view("reader-one", op), at).await;
+        let counted = Counted {
+            counted: true,
+            total: 1,
+        };
+        let now = redis.now;
+        assert_eq!(run("node-1", now).await, counted);
+        let repeat = run("node-2", now + 1).await;
+        assert!(!repeat.counted);
+        let later = now + 3 * Clocked::WINDOW_MS;
+        assert_eq!(run("node-1", later).await, counted);
+        assert_eq!(run("node-2", later).await, repeat);
+    }
+
+    /// Issue 22: what a counted view leaves in Redis, its reader's record and its op's
+    /// decision, is at most 48 B a view remembered for the window (a key each, 325 B, before).
+    /// Every byte Redis counts for every key, totals and days included, over 10,000 readers
+    /// of two posts.
+    #[tokio::test]
+    async fn a_view_remembered_for_the_window_costs_redis_at_most_48_bytes() {
+        let Some(server) = Server::start() else {
+            return;
+        };
+        let link = connected(&server).await;
+        let mut c = conn(&server);
+        let used = |c: &mut redis::Connection| -> u64 {
+            let keys: Vec<String> = c.scan_match("vc:*").unwrap().collect();
+            keys.iter()
+                .map(|key| {
+                    let bytes: Option<u64> = redis::cmd("MEMORY")
+                        .arg("USAGE")
+                        .arg(key)
+                        .arg("SAMPLES")
+                        .arg(0)
+                        .query(c)
+                        .unwrap();
+                    bytes.unwrap_or(0)
+                })
+                .sum()
+        };
+        let before = used(&mut c);
+        let ids = OpIds::new("node-1", 0x5eed);
+        let views = 10_000;
+        for n in 0..views {
+            let slug = if n % 2 == 0 { "alpha" } else { "beta" };
+            let view = View {
+                slug: slug.into(),
+                reader: format!("reader-{n:012}"),
+                op: ids.next(Group::of(slug)),
+                day: 20261207,
+            };
+            let counted = count(&link, &view, Duration::from_secs(1800), PART).await;
+            assert!(counted.unwrap().counted);
+        }
+        let per_view = (used(&mut c) - before) as f64 / f64::from(views);
+        eprintln!("Redis memory per remembered view: {per_view:.1} B");
+        assert!(per_view <= 48.0, "{per_view:.1} B a view");
+    }
+
+    /// A run's ops are numbered densely per key group: 2 bits each in one chunk, not one
+    /// chunk (or key) an op.
+    #[test]
+    fn a_runs_ops_of_one_group_are_numbered_densely_in_one_chunk() {
+        let ids = OpIds::new("node-1", 0x5eed);
+        let (alpha, beta) = (Group::of("alpha"), Group::of("beta"));
+        let slots: Vec<_> = (0..3)
+            .map(|_| {
+                let _ = ids.next(beta);
+                op_slot(alpha, &ids.next(alpha))
+            })
+            .collect();
+        let chunk = alpha.ops(&format!("node-1-{:016x}", ids.run), 0);
+        let first = (chunk.clone(), 0);
+        assert_eq!(slots, [first, (chunk.clone(), 1), (chunk, 2)]);
+        // An op of an older version (16 random digits) has a slot of its own, the same each run.
+        let old = "node-1-00000000deadbeef";
+        assert_eq!(op_slot(alpha, old), op_slot(alpha, old));
+    }
+
+    /// A settled chunk is kept [`SETTLED_MS`] from then on, not the day every op's run gives
+    /// it; a late copy of one of its ops still finds its decision meanwhile.
+    #[tokio::test]
+    async fn a_settled_chunk_of_ops_is_kept_half_an_hour_not_a_day() {
+        let Some(server) = Server::start() else {
+            return;
+        };
+        let link = connected(&server).await;
+        let ids = OpIds::new("node-1", 0x5eed);
+        let view = View {
+            op: ids.next(Group::of("alpha")),
+            ..view("reader-one", "")
+        };
+        let window = Duration::from_secs(1800);
+        let first = count(&link, &view, window, PART).await.unwrap();
+        let chunk = op_slot(Group::of("alpha"), &view.op).0;
+        let ttl =
+            |c: &mut redis::Connection| -> u64 { redis::cmd("PTTL").arg(&chunk).query(c).unwrap() };
+        let mut c = conn(&server);
+        assert!(ttl(&mut c) > SETTLED_MS, "a day while unsettled");
+        // As `settled` leaves it once the chunk's last op settles.
+        ids.unsettled(vec![chunk.clone()]);
+        expire_settled(&link, &ids).await;
+        let kept = ttl(&mut c);
+        assert!(
+            kept <= SETTLED_MS && kept > SETTLED_MS - 60_000,
+            "{kept} ms"
+        );
+        assert_eq!(count(&link, &view, window, PART).await.unwrap(), first);
+        assert_eq!(ids.take_settled(), Vec::<String>::new());
+    }
+
+    /// A chunk's expiry is shortened once every op of it is numbered and settled, in whatever
+    /// order they settle, and not while one is left; ops of other runs and chunks change
+    /// nothing.
+    #[test]
+    fn a_chunk_of_ops_settles_once_every_op_of_it_is_numbered_and_settled() {
+        let ids = OpIds::new("node-1", 0x5eed);
+        let alpha = Group::of("alpha");
+        let mut ops: Vec<String> = (0..CHUNK_OPS).map(|_| ids.next(alpha)).collect();
+        let next_chunk = ids.next(alpha);
+        let last = ops.remove(CHUNK_OPS as usize / 2);
+        for op in &ops {
+            ids.settled(op);
+        }
+        ids.settled("node-1-00000000deadbeef");
+        ids.settled(&next_chunk);
+        assert_eq!(ids.take_settled(), Vec::<String>::new());
+        ids.settled(&last);
+        let chunk = op_slot(alpha, &last).0;
+        assert_eq!(ids.take_settled(), [chunk]);
+        assert_eq!(ids.take_settled(), Vec::<String>::new());
     }
 }

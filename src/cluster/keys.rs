@@ -126,15 +126,16 @@ impl Group {
         self.key(&format!("part:{record}"))
     }
 
-    /// A reader's dedupe marker. Slugs and reader ids never hold a space, so "slug reader" is
-    /// unambiguous.
-    pub(crate) fn seen(self, slug: &str, reader: &str) -> String {
-        self.key(&format!("seen:{slug} {reader}"))
+    /// The views counted in the group's time slices of one parity (0 or 1) whose reader's
+    /// fingerprint starts with `bucket` (see [`crate::cluster::counter`]).
+    pub(crate) fn seen(self, parity: u64, bucket: u8) -> String {
+        self.key(&format!("seen:{parity}:{bucket:02x}"))
     }
 
-    /// What an op's first run decided.
-    pub fn op(self, op: &str) -> String {
-        self.key(&format!("op:{op}"))
+    /// What the ops of one run of a node decided, 2 bits an op, in chunks: `prefix` is the
+    /// op id up to its sequence number (see [`crate::cluster::counter`]).
+    pub fn ops(self, prefix: &str, chunk: u64) -> String {
+        self.key(&format!("ops:{prefix}:{chunk:x}"))
     }
 }
 
@@ -321,8 +322,8 @@ mod tests {
             g.days(),
             g.generation(),
             g.part("00000000000000ab"),
-            g.seen("alpha", "r"),
-            g.op("n-1"),
+            g.seen(1, 0xab),
+            g.ops("n-1", 3),
         ] {
             assert!(key.starts_with("vc:{g7}:"), "{key}");
         }

@@ -3,7 +3,7 @@
 //!
 //! - `link`: the connection (TLS with `rediss://`, a private CA with `--redis-ca`), its
 //!   timeouts and health, and what it learnt of the server (version, mode, persistence);
-//! - `counter`: one counted view as one Lua script (dedupe marker, total, day, announcement);
+//! - `counter`: one counted view as one Lua script (its reader's record, total, day, announcement);
 //! - `presence`: each node's live readers in Redis, merged into every post's live count;
 //! - `channels`: the post channels this node listens to (the posts it serves, every post
 //!   while a whole-site view follows it), so a change reaches only the nodes that need it;
@@ -139,6 +139,7 @@ pub(crate) struct Cluster {
     presence: Presence,
     outbox: Outbox,
     fates: Fates,
+    ops: counter::OpIds,
     record: Record,
     calendar: Calendar,
     dedupe_window: Duration,
@@ -179,12 +180,14 @@ impl Cluster {
             .unwrap_or_else(|| default_node_id(addr));
         // The URL prints with its password masked.
         tracing::info!(%node, redis = %settings.redis, "cluster mode: joining the nodes on Redis");
+        let ops = counter::OpIds::new(&node, record::random());
         let cluster = Self {
             link,
             presence: Presence::new(node, change_tx),
             record: Record::open(&mut db, policy, calendar.clone(), metrics)?,
             outbox: Outbox::start(db)?,
             fates: Fates::default(),
+            ops,
             calendar,
             dedupe_window: policy.dedupe_window,
             receivers: std::sync::Mutex::new(Some(Receivers { pushes, changes })),
@@ -233,8 +236,8 @@ impl Cluster {
         self.link.timeout()
     }
 
-    fn op_id(&self) -> String {
-        format!("{}-{:016x}", self.node(), record::random())
+    fn op_id(&self, slug: &Slug) -> String {
+        self.ops.next(Group::of(slug.as_str()))
     }
 
     /// The heartbeat, the announcer, the listener, the replay and the expiry, in `tasks`:
@@ -637,13 +640,14 @@ impl Cluster {
         }
     }
 
-    /// An op id of this node ([`Cluster::op_id`]): the node's id, `-` and 16 hex digits, so
-    /// a node whose id starts with this one's and a `-` is not taken for it.
+    /// An op id of this node ([`Cluster::op_id`]): the node's id, `-` and 32 hex digits (16
+    /// before issue 22's op memory: an outbox may still hold such), so a node whose id starts
+    /// with this one's and a `-` is not taken for it.
     fn is_own(&self, op: &str) -> bool {
         op.strip_prefix(self.node())
             .and_then(|rest| rest.strip_prefix('-'))
-            .is_some_and(|random| {
-                random.len() == 16 && random.bytes().all(|b| b.is_ascii_hexdigit())
+            .is_some_and(|digits| {
+                matches!(digits.len(), 16 | 32) && digits.bytes().all(|b| b.is_ascii_hexdigit())
             })
     }
 
@@ -718,6 +722,9 @@ impl Cluster {
     async fn replay(self: Arc<Self>, registry: Arc<Registry>, mut stop: Shutdown) {
         let mut tick = tokio::time::interval(REPLAY_EVERY);
         while stop.unless_started(tick.tick()).await.is_some() {
+            if self.is_up() {
+                counter::expire_settled(&self.link, &self.ops).await;
+            }
             if self.outbox.len() == 0 || !self.is_up() {
                 continue;
             }
@@ -730,6 +737,7 @@ impl Cluster {
     async fn replay_batch(&self, registry: &Registry) -> Result<(), StoreError> {
         let views = self.outbox.oldest(REPLAY_BATCH).await?;
         let mut done = Vec::with_capacity(views.len());
+        let mut settled = Vec::with_capacity(views.len());
         let mut results = Vec::with_capacity(views.len());
         // After a rebuild, never during one.
         let _counting = self.record.enter().await;
@@ -746,6 +754,7 @@ impl Cluster {
             // Its announcement may have confirmed it already: its row is all that is left.
             if self.fates.replayed(&view.op) == Replay::AlreadyConfirmed {
                 done.push((id, None));
+                settled.push(view.op);
                 continue;
             }
             if counted.counted {
@@ -753,9 +762,14 @@ impl Cluster {
             }
             results.push((view.slug.clone(), counted));
             done.push((id, Some(view.slug)));
+            settled.push(view.op);
         }
         let replayed = done.len();
         self.outbox.delete(done).await?;
+        // Deleted: never sent again.
+        for op in settled {
+            self.ops.settled(&op);
+        }
         // A view Redis found a duplicate (another node counted that reader within the window)
         // still takes the total back by one here: this node could not know before Redis
         // answered, and showed it meanwhile.
@@ -847,7 +861,7 @@ impl Counting for Arc<Cluster> {
         let view = View {
             slug: slug.as_str().to_owned(),
             reader: reader.as_str().to_owned(),
-            op: self.op_id(),
+            op: self.op_id(slug),
             day: self.calendar.day_of(at).key(),
         };
         let cluster = Arc::clone(self);
@@ -861,14 +875,22 @@ impl Counting for Arc<Cluster> {
                 let counted =
                     counter::count(&cluster.link, &view, cluster.dedupe_window, record).await;
                 let counted = match counted {
-                    Ok(counted) => Some(counted),
+                    Ok(counted) => {
+                        cluster.ops.settled(&view.op);
+                        Some(counted)
+                    }
                     // It may still run late: the op id makes its replay a no-op then, and its
                     // announcement confirms it (see `fate`). Heard already: it is counted.
                     Err(e) => {
                         cluster.refused(&view, &e);
                         tracing::debug!(error = %e, "view goes to the outbox unless announced");
                         let outbox = |view| cluster.outbox.add(view);
-                        call.failed(view.clone(), outbox).map(|total| Counted {
+                        let announced = call.failed(view.clone(), outbox);
+                        // Announced: it ran, and is not in the outbox to be sent again.
+                        if announced.is_some() {
+                            cluster.ops.settled(&view.op);
+                        }
+                        announced.map(|total| Counted {
                             counted: true,
                             total,
                         })

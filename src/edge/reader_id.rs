@@ -54,8 +54,16 @@ impl HashKey {
     /// whose algorithm may change between Rust releases), because its results outlive the
     /// process in the `--db` file.
     fn hash(self, bytes: &[u8]) -> u64 {
+        self.hash_all(&[bytes])
+    }
+
+    /// [`HashKey::hash`] of `parts` one after the other (as of their concatenation, without
+    /// making it).
+    pub(crate) fn hash_all(self, parts: &[&[u8]]) -> u64 {
         let mut hasher = SipHasher24::new_with_keys(self.0[0], self.0[1]);
-        hasher.write(bytes);
+        for part in parts {
+            hasher.write(part);
+        }
         hasher.finish()
     }
 }
