@@ -559,7 +559,7 @@ impl Store for RedisStore {
         Ok(sorted(rows))
     }
 
-    /// Redis keeps the dedupe markers (they expire by themselves).
+    /// Redis keeps the readers' dedupe records (their slices expire by themselves).
     fn seen(&mut self, _slug: &str, _since: u64) -> Result<Vec<(ReaderKey, u64)>, StoreError> {
         Ok(Vec::new())
     }
