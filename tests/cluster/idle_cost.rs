@@ -76,28 +76,47 @@ async fn read_posts(nodes: &[Node], readers: &mut Vec<Reader>, from: usize, to: 
 }
 
 /// The joins raised each post's peak and the site's: the nodes' writers hand them to Redis
-/// with their next flush (`--flush-after`, 100 ms here). The idle window starts once the
-/// site's peak of `readers` is in Redis, so it measures idling, not the joins' writes.
+/// with their next flush (`--flush-after`, 100 ms here), each node's at its own pace. The idle
+/// window starts once Redis holds the peak of every one of the `readers` posts and the site's
+/// peak of `readers`, so it measures idling, not the joins' writes.
 async fn peaks_written(nodes: &[Node], redis: &Redis, readers: usize) {
+    use viewcounter::cluster::keys::Group;
     let res = nodes[0]
         .server
         .send(Req::get("/api/v1/history?days=1"))
         .await;
-    let day = res.json()["days"][0]["day"]
+    let day: u32 = res.json()["days"][0]["day"]
         .as_str()
         .unwrap_or_default()
-        .replace('-', "");
-    let key = viewcounter::cluster::keys::Group::SITE.site_peaks();
-    let peak = || async {
-        redis
-            .query::<Option<String>>(redis::cmd("HGET").arg(&key).arg(&day))
-            .await
+        .replace('-', "")
+        .parse()
+        .expect("a day");
+    let written = || async {
+        let keys: Vec<String> = redis
+            .query(redis::cmd("KEYS").arg(format!("vc:*:peaks:{day}")))
+            .await;
+        let mut posts = 0;
+        for key in keys {
+            posts += redis.query::<usize>(redis::cmd("HLEN").arg(&key)).await;
+        }
+        let site: Option<String> = redis
+            .query(redis::cmd("HGET").arg(Group::SITE.site_peaks()).arg(day))
+            .await;
+        (posts, site)
     };
-    let reached = |p: &Option<String>| {
-        p.as_deref()
-            .is_some_and(|p| p.starts_with(&format!("{readers} ")))
+    let reached = |(posts, site): &(usize, Option<String>)| {
+        *posts == readers
+            && site
+                .as_deref()
+                .is_some_and(|p| p.starts_with(&format!("{readers} ")))
     };
-    time_until("the site's peak in Redis", SETTLE, peak, reached).await;
+    time_until(
+        "every post's peak and the site's in Redis",
+        SETTLE,
+        written,
+        reached,
+    )
+    .await;
 }
 
 #[actix_web::test]
