@@ -291,7 +291,7 @@ pub struct RedbStore {
 /// redb's business.
 struct ServerMark {
     /// Locked while open; closing it (or the process dying) releases the lock.
-    _file: File,
+    file: File,
 }
 
 impl ServerMark {
@@ -317,7 +317,7 @@ impl ServerMark {
                 drop(created);
                 File::open(&path)
             })
-            .and_then(|file| file.lock().map(|()| Self { _file: file }));
+            .and_then(|file| file.lock().map(|()| Self { file }));
         match taken {
             Ok(mark) => Some(mark),
             Err(e) => {
@@ -333,6 +333,17 @@ impl ServerMark {
             return false;
         };
         matches!(file.try_lock_shared(), Err(TryLockError::WouldBlock))
+    }
+}
+
+/// Unlocked before it closes: a `flock` lasts while any copy of its descriptor is open, and a
+/// child process being spawned holds a copy of every descriptor from its fork until its exec
+/// closes the `O_CLOEXEC` ones. Closing alone left the mark held for that moment (an export
+/// right after a stop found the file "held" while a test beside it started a process); an
+/// unlock releases it through every copy.
+impl Drop for ServerMark {
+    fn drop(&mut self) {
+        let _ = self.file.unlock();
     }
 }
 
@@ -1136,6 +1147,37 @@ fn open_error(path: &Path, e: DatabaseError) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The server's mark is free once its store closes, even while a child process the server
+    /// (or anything in it) is starting holds a copy of the mark's descriptor.
+    #[test]
+    fn a_closed_store_frees_its_mark_though_a_child_being_spawned_holds_a_copy() {
+        use std::io::{Read, Write};
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("marked.redb");
+        let store = RedbStore::open(&path).unwrap();
+        let (mut forked, mut tell) = std::io::pipe().unwrap();
+        let spawning = std::thread::spawn(move || {
+            let mut command = std::process::Command::new("true");
+            // SAFETY: the closure writes one byte to a pipe and sleeps, both async-signal-safe.
+            unsafe {
+                command.pre_exec(move || {
+                    tell.write_all(b"x")?;
+                    libc::usleep(500_000);
+                    Ok(())
+                });
+            }
+            command.status()
+        });
+        // The child is between its fork and its exec, with a copy of every descriptor.
+        let mut byte = [0u8];
+        forked.read_exact(&mut byte).unwrap();
+        drop(store);
+        let read = read_totals_offline(&path);
+        assert!(spawning.join().unwrap().unwrap().success());
+        assert!(read.is_ok(), "{read:?}");
+    }
 
     #[test]
     fn deltas_add_up_across_batches_and_reopen() {
