@@ -1058,7 +1058,8 @@ mod tests {
         link: Link,
         c: redis::Connection,
         _dir: tempfile::TempDir,
-        _db: RedbStore,
+        /// The record's file, for a test to write to it as a crashed run would have left it.
+        db: RedbStore,
         record: Record,
     }
 
@@ -1081,7 +1082,7 @@ mod tests {
                 link,
                 c,
                 _dir: dir,
-                _db: db,
+                db,
                 record,
             })
         }
@@ -1119,7 +1120,7 @@ mod tests {
             .await
             .expect("taken");
         // The crash: the last mark never reached the file.
-        t._db.forget_meta(&format!("took:{old}")).unwrap();
+        t.db.forget_meta(&format!("took:{old}")).unwrap();
         record
             .take_retired(link, old, retired())
             .await

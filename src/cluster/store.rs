@@ -457,32 +457,38 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    fn presence_of(&mut self, slug: &str, days: &[u32]) -> Result<Vec<DayPresence>, StoreError> {
-        let group = Group::of(slug);
-        let fields: Vec<String> = (0..MEASURES).map(|m| read_field(slug, m)).collect();
-        let mut pipe = redis::pipe();
-        for &day in days {
-            pipe.cmd("HMGET").arg(group.reads(day)).arg(&fields);
-            pipe.hget(group.peaks(day), slug);
+    /// One pipeline per key group among `rows` (a Redis Cluster routes a pipeline by its first
+    /// key), so a drain of many moved posts costs at most 16 round trips, not one per post.
+    fn presence_of(&mut self, rows: &[(&str, u32)]) -> Result<Vec<DayPresence>, StoreError> {
+        let mut groups: BTreeMap<Group, Vec<usize>> = BTreeMap::new();
+        for (i, &(slug, _)) in rows.iter().enumerate() {
+            groups.entry(Group::of(slug)).or_default().push(i);
         }
-        let replies: Vec<(Vec<Option<u64>>, Option<String>)> = self.read("history", |c| {
-            let replies: Vec<Value> = pipe.query(c)?;
-            replies
-                .chunks(2)
-                .map(|r| Ok((from_redis_value(&r[0])?, from_redis_value(&r[1])?)))
-                .collect()
-        })?;
-        Ok(replies
-            .into_iter()
-            .map(|(counts, peak)| {
-                let mut presence = DayPresence::default();
+        let mut all = vec![DayPresence::default(); rows.len()];
+        for (group, at) in groups {
+            let mut pipe = redis::pipe();
+            for &i in &at {
+                let (slug, day) = rows[i];
+                let fields: Vec<String> = (0..MEASURES).map(|m| read_field(slug, m)).collect();
+                pipe.cmd("HMGET").arg(group.reads(day)).arg(fields);
+                pipe.hget(group.peaks(day), slug);
+            }
+            let replies: Vec<(Vec<Option<u64>>, Option<String>)> = self.read("presence", |c| {
+                let replies: Vec<Value> = pipe.query(c)?;
+                replies
+                    .chunks(2)
+                    .map(|r| Ok((from_redis_value(&r[0])?, from_redis_value(&r[1])?)))
+                    .collect()
+            })?;
+            for (i, (counts, peak)) in at.into_iter().zip(replies) {
+                let presence = &mut all[i];
                 for (m, count) in counts.into_iter().enumerate() {
                     set_measure(&mut presence.reads, m, count.unwrap_or(0));
                 }
                 presence.peak = peak.as_deref().and_then(parse_peak).unwrap_or_default();
-                presence
-            })
-            .collect())
+            }
+        }
+        Ok(all)
     }
 
     fn day_presence(&mut self, day: u32) -> Result<Vec<(String, DayPresence)>, StoreError> {
@@ -622,6 +628,7 @@ mod tests {
 
     use super::*;
     use crate::cluster::counter::tests::{Server, conn, day_key, totals_key};
+    use crate::cluster::keys::measures;
 
     /// A node's store, whose parts are of the current generation (as a rebuild leaves them).
     fn store(server: &Server) -> RedisStore {
@@ -642,6 +649,59 @@ mod tests {
             slug,
             day: 20261202,
             views,
+        }
+    }
+
+    /// Redis's `total_reads_processed`: one read event per request the client wrote (a sync
+    /// client writes a pipeline at once and waits; Redis reads up to 16 KB at a time).
+    fn reads_processed(c: &mut redis::Connection) -> u64 {
+        let info: String = redis::cmd("INFO").arg("stats").query(c).unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_reads_processed:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("INFO stats gives total_reads_processed")
+    }
+
+    /// The writer tells a following dashboard every post whose presence moved, from its one
+    /// thread that also loads the posts being woken: 200 posts cost one pipeline per key
+    /// group, not 200 round trips, and each row gets its own post's numbers.
+    #[test]
+    fn the_presence_of_many_posts_is_read_in_a_round_trip_per_key_group_each_row_its_own() {
+        let Some(server) = Server::start() else {
+            return;
+        };
+        let mut c = conn(&server);
+        let day = 20261202;
+        let slugs: Vec<String> = (0..200).map(|i| format!("post-{i}")).collect();
+        for (i, slug) in slugs.iter().enumerate() {
+            let group = Group::of(slug);
+            let _: () = c
+                .hset(group.reads(day), read_field(slug, 3), i + 1)
+                .unwrap();
+            let _: () = c
+                .hset(group.peaks(day), slug, format!("{} 1000", i + 2))
+                .unwrap();
+        }
+        let mut store = store(&server);
+        // Connected, and one row past the days it has, before counting.
+        assert_eq!(
+            store.presence_of(&[("absent", day - 1)]).unwrap(),
+            [DayPresence::default()]
+        );
+        let rows: Vec<(&str, u32)> = slugs.iter().map(|s| (s.as_str(), day)).collect();
+        let before = reads_processed(&mut c);
+        let presence = store.presence_of(&rows).unwrap();
+        let reads = reads_processed(&mut c) - before - 1;
+        assert!(reads <= 2 * 16, "{reads} round trips for 200 posts");
+        for (i, p) in presence.iter().enumerate() {
+            assert_eq!(measures(&p.reads)[3], i as u64 + 1, "{}", slugs[i]);
+            assert_eq!(
+                p.peak,
+                Peak {
+                    live: i as u64 + 2,
+                    at: 1000
+                }
+            );
         }
     }
 

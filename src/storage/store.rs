@@ -110,10 +110,10 @@ pub trait Store: Send + 'static {
         presence: &[PresenceDelta<'_>],
         site: &[(u32, Peak)],
     ) -> Result<(), StoreError>;
-    /// One post's presence on each of `days`, in that order; empty for a day without. An
-    /// engine that keeps no presence (cluster mode's Redis, so far) has none.
-    fn presence_of(&mut self, _slug: &str, days: &[u32]) -> Result<Vec<DayPresence>, StoreError> {
-        Ok(vec![DayPresence::default(); days.len()])
+    /// The presence of each (post, day `YYYYMMDD`) of `rows`, in that order; empty for a row
+    /// without. One read for them all: cluster mode's Redis answers them in one round trip.
+    fn presence_of(&mut self, rows: &[(&str, u32)]) -> Result<Vec<DayPresence>, StoreError> {
+        Ok(vec![DayPresence::default(); rows.len()])
     }
     /// Every post's presence on one day, sorted by slug.
     fn day_presence(&mut self, _day: u32) -> Result<Vec<(String, DayPresence)>, StoreError> {
@@ -841,7 +841,8 @@ impl Store for RedbStore {
     }
 
     fn days_of(&mut self, slug: &str, days: &[u32]) -> Result<Vec<u64>, StoreError> {
-        self.with_db(|db| post_on_days(db, DAYS, slug, days, |v| Some(count(v))))
+        let rows: Vec<(u32, &str)> = days.iter().map(|&day| (day, slug)).collect();
+        self.with_db(|db| rows_of(db, DAYS, &rows, |v| Some(count(v))))
     }
 
     fn day(&mut self, day: u32) -> Result<Vec<(String, u64)>, StoreError> {
@@ -855,8 +856,9 @@ impl Store for RedbStore {
         })
     }
 
-    fn presence_of(&mut self, slug: &str, days: &[u32]) -> Result<Vec<DayPresence>, StoreError> {
-        self.with_db(|db| post_on_days(db, DAY_PRESENCE, slug, days, DayPresence::decode))
+    fn presence_of(&mut self, rows: &[(&str, u32)]) -> Result<Vec<DayPresence>, StoreError> {
+        let rows: Vec<(u32, &str)> = rows.iter().map(|&(slug, day)| (day, slug)).collect();
+        self.with_db(|db| rows_of(db, DAY_PRESENCE, &rows, DayPresence::decode))
     }
 
     fn day_presence(&mut self, day: u32) -> Result<Vec<(String, DayPresence)>, StoreError> {
@@ -899,20 +901,19 @@ impl Store for RedbStore {
     }
 }
 
-/// One post's rows of a (day, slug) table on each of `days`, in that order, read by `read`
-/// (the default for a day without a row, or one `read` refuses).
-fn post_on_days<V: redb::Value + 'static, T: Default>(
+/// The rows of a (day, slug) table at each of `rows`, in that order, read by `read` (the
+/// default for a key without a row, or one `read` refuses).
+fn rows_of<V: redb::Value + 'static, T: Default>(
     db: &Database,
     table: TableDefinition<(u32, &'static str), V>,
-    slug: &str,
-    days: &[u32],
+    rows: &[(u32, &str)],
     read: impl Fn(V::SelfType<'_>) -> Option<T>,
 ) -> Result<Vec<T>, StoreError> {
     let txn = db.begin_read().map_err(StoreError::storage)?;
     let table = txn.open_table(table).map_err(StoreError::storage)?;
-    days.iter()
-        .map(|&day| {
-            let row = table.get((day, slug)).map_err(StoreError::storage)?;
+    rows.iter()
+        .map(|&row| {
+            let row = table.get(row).map_err(StoreError::storage)?;
             Ok(row.and_then(|v| read(v.value())).unwrap_or_default())
         })
         .collect()
@@ -1488,7 +1489,9 @@ mod tests {
             )
             .unwrap();
         assert_eq!(
-            store.presence_of("alpha", &[20261201, 20261202]).unwrap(),
+            store
+                .presence_of(&[("alpha", 20261201), ("alpha", 20261202)])
+                .unwrap(),
             [DayPresence::default(), presence]
         );
         assert_eq!(store.site_peaks(&[20261202]).unwrap(), [presence.peak]);

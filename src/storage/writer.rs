@@ -384,12 +384,7 @@ impl Writer {
         &self,
         rows: Vec<(Slug, u32)>,
     ) -> Result<Vec<DayPresence>, WriterError> {
-        self.ask(move |state| {
-            rows.iter()
-                .map(|(slug, day)| state.presence_on(slug, *day))
-                .collect()
-        })
-        .await
+        self.ask(move |state| state.presence_of(&rows)).await
     }
 
     /// The site's peak on each of `days` (`YYYYMMDD`), including unwritten ones.
@@ -801,19 +796,23 @@ impl State {
     }
 
     /// Tells each post's presence on each day in `moved` as it stands now (stored and
-    /// unwritten together).
+    /// unwritten together), read in one go: in cluster mode the store is Redis, and this
+    /// thread also loads the posts being woken.
     fn tell_moved(&mut self, mut moved: Vec<(Slug, u32)>) {
+        if moved.is_empty() {
+            return;
+        }
         moved.sort_unstable();
         moved.dedup();
-        for (slug, day) in moved {
-            let presence = match self.presence_on(&slug, day) {
-                Ok(presence) => presence,
-                // The dashboard keeps the row it shows until its next snapshot.
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot read presence to tell");
-                    continue;
-                }
-            };
+        let presence = match self.presence_of(&moved) {
+            Ok(presence) => presence,
+            // The dashboard keeps the rows it shows until its next snapshot.
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read presence to tell");
+                return;
+            }
+        };
+        for ((slug, day), presence) in moved.into_iter().zip(presence) {
             // Nobody following any more is not an error.
             let _ = self.moves.send(PresenceMoved {
                 slug,
@@ -970,16 +969,16 @@ impl State {
         })
     }
 
-    /// The post's presence on `day`, stored and unwritten together.
-    fn presence_on(&mut self, slug: &Slug, day: u32) -> Result<DayPresence, StoreError> {
-        let mut presence = (self.store.presence_of(slug.as_str(), &[day])?)
-            .first()
-            .copied()
-            .unwrap_or_default();
-        if let Some(pending) = self.pending_presence_on(slug, day) {
-            presence.merge(pending);
+    /// The presence of each (post, day) of `rows`, stored and unwritten together, in order.
+    fn presence_of(&mut self, rows: &[(Slug, u32)]) -> Result<Vec<DayPresence>, StoreError> {
+        let keys: Vec<(&str, u32)> = rows.iter().map(|(s, d)| (s.as_str(), *d)).collect();
+        let mut all = self.store.presence_of(&keys)?;
+        for ((slug, day), presence) in rows.iter().zip(&mut all) {
+            if let Some(pending) = self.pending_presence_on(slug, *day) {
+                presence.merge(pending);
+            }
         }
-        Ok(presence)
+        Ok(all)
     }
 
     /// The post's unwritten presence on `day`.
@@ -997,7 +996,8 @@ impl State {
     ) -> Result<Vec<(u64, DayPresence)>, StoreError> {
         let keys: Vec<u32> = days.iter().map(|d| d.key()).collect();
         let stored = self.store.days_of(slug.as_str(), &keys)?;
-        let presence = self.store.presence_of(slug.as_str(), &keys)?;
+        let rows: Vec<(&str, u32)> = keys.iter().map(|&day| (slug.as_str(), day)).collect();
+        let presence = self.store.presence_of(&rows)?;
         Ok(keys
             .iter()
             .zip(stored.into_iter().zip(presence))
@@ -1131,10 +1131,13 @@ impl State {
                 });
             }
         }
+        let rows: Vec<(Slug, u32)> = (plan.presence.keys())
+            .map(|(slug, day)| (slug.clone(), day.key()))
+            .collect();
+        let stood = self.presence_of(&rows)?;
         let mut presence = Vec::new();
-        for ((slug, day), file) in &plan.presence {
+        for (((slug, day), file), before) in plan.presence.iter().zip(stood) {
             let key = day.key();
-            let before = self.presence_on(slug, key)?;
             let delta = plan.mode.apply_presence(&before, file);
             if delta != DayPresence::default() {
                 report.day_presence += 1;
