@@ -49,14 +49,28 @@ const OP_MEMORY_MS: u64 = 24 * 60 * 60 * 1000;
 /// Ops a chunk of op memory holds: 2 bits each, a string of at most 8 KiB.
 const CHUNK_OPS: u64 = 1 << 15;
 
-/// The key of the readers' fingerprints: every node's must be the same (they share the
-/// records), so it is fixed, part of the data's format like the key groups.
+/// The fixed half of the key of the readers' fingerprints (see [`fingerprint`]).
 const FINGERPRINT_KEY: HashKey = HashKey([0x7663_2d73_6565_6e31, 0x6973_7375_6532_3237]);
+
+/// The salt of the fingerprints of a key group whose generation (`vc:{gN}:gen`) is
+/// `generation`: never 0 (which means "none yet").
+pub(crate) fn salt_of(generation: &str) -> u64 {
+    FINGERPRINT_KEY
+        .hash_all(&[b"salt ", generation.as_bytes()])
+        .max(1)
+}
 
 /// A reader's fingerprint for `slug`: the bucket (its first byte) and the 7 bytes its record
 /// keeps. Slugs never hold a space, so "slug reader" is unambiguous.
-pub(crate) fn fingerprint(slug: &str, reader: &str) -> (u8, [u8; 7]) {
-    let bits = FINGERPRINT_KEY.hash_all(&[slug.as_bytes(), b" ", reader.as_bytes()]);
+///
+/// Keyed by the fixed key mixed with `salt`, the group's ([`salt_of`] its generation): every
+/// node counting in the group has it (the script refuses a node whose part is of another
+/// generation), and nobody without Redis's data knows it. Reader ids are the clients' to
+/// choose; with a key anyone could read in this source, a client could pick ids that all
+/// fall in one bucket, whose string each of their views would copy and search.
+pub(crate) fn fingerprint(slug: &str, reader: &str, salt: u64) -> (u8, [u8; 7]) {
+    let key = HashKey([FINGERPRINT_KEY.0[0] ^ salt, FINGERPRINT_KEY.0[1]]);
+    let bits = key.hash_all(&[slug.as_bytes(), b" ", reader.as_bytes()]);
     let [bucket, rest @ ..] = bits.to_be_bytes();
     (bucket, rest)
 }
@@ -344,9 +358,18 @@ pub(crate) async fn count(
     link: &Link,
     view: &View,
     window: Duration,
-    record: &str,
+    part: Part<'_>,
 ) -> Result<Counted, LinkError> {
-    count_at(link, view, window, record, None).await
+    count_at(link, view, window, part, None).await
+}
+
+/// What a count needs of this node's part of the view's key group.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Part<'a> {
+    /// The record's id: the part is `vc:{gN}:part:{id}`.
+    pub record: &'a str,
+    /// The fingerprints' salt of the generation the part is of ([`salt_of`]).
+    pub salt: u64,
 }
 
 /// [`count`] at `now` (ms), or by Redis's clock if `None`: tests set the time to the ms.
@@ -354,13 +377,13 @@ async fn count_at(
     link: &Link,
     view: &View,
     window: Duration,
-    record: &str,
+    part: Part<'_>,
     now: Option<u64>,
 ) -> Result<Counted, LinkError> {
     let window_ms = window.as_millis().min(u128::from(MAX_WINDOW_MS)) as u64;
     let group = Group::of(&view.slug);
     let (chunk, number) = op_slot(group, &view.op);
-    let (bucket, fingerprint) = fingerprint(&view.slug, &view.reader);
+    let (bucket, fingerprint) = fingerprint(&view.slug, &view.reader, part.salt);
     let mut invocation = COUNT.prepare_invoke();
     invocation
         .key(chunk)
@@ -368,7 +391,7 @@ async fn count_at(
         .key(group.seen(1, bucket))
         .key(group.totals())
         .key(group.day(view.day))
-        .key(group.part(record))
+        .key(group.part(part.record))
         .key(group.generation())
         .key(group.days())
         .arg(&view.slug)
@@ -390,6 +413,38 @@ async fn count_at(
         counted: counted == 1,
         total,
     })
+}
+
+/// Ops read per pipeline by [`counted_before`].
+const DECISIONS_CHUNK: usize = 1024;
+
+/// Which of `views` (all of `group`) Redis counted already, by their ops' first decisions:
+/// views of the outbox whose call timed out may have run late. One pipeline of `BITFIELD GET`
+/// per chunk, all in the group's slot.
+pub(crate) async fn counted_before(
+    link: &Link,
+    group: Group,
+    views: &[&View],
+) -> Result<Vec<bool>, LinkError> {
+    let mut counted = Vec::with_capacity(views.len());
+    for chunk in views.chunks(DECISIONS_CHUNK) {
+        let mut pipe = redis::pipe();
+        for view in chunk {
+            let (key, number) = op_slot(group, &view.op);
+            pipe.cmd("BITFIELD")
+                .arg(key)
+                .arg("GET")
+                .arg("u2")
+                .arg(format!("#{number}"));
+        }
+        let decided: Vec<(u8,)> = link
+            .call("decisions", |mut conn| async move {
+                pipe.query_async(&mut conn).await
+            })
+            .await?;
+        counted.extend(decided.into_iter().map(|(d,)| d == 2));
+    }
+    Ok(counted)
 }
 
 #[cfg(test)]
@@ -467,14 +522,19 @@ pub(crate) mod tests {
     }
 
     /// The record every test counts into.
-    const PART: &str = "test";
+    const RECORD: &str = "test";
+    /// The record `test`'s part, its generation `g1` ([`sealed`]).
+    const PART: Part<'static> = Part {
+        record: RECORD,
+        salt: 0x5a17,
+    };
 
     /// Parts of the current generation in every group, as a rebuild leaves them.
     fn sealed(server: &Server) {
         let mut c = conn(server);
         for group in Group::all() {
             let _: () = c.set(group.generation(), "g1").unwrap();
-            let _: () = c.hset(group.part(PART), "#gen", "g1").unwrap();
+            let _: () = c.hset(group.part(RECORD), "#gen", "g1").unwrap();
         }
     }
 
@@ -531,7 +591,7 @@ pub(crate) mod tests {
 
         // The reader's record is gone (deleted here rather than waited for): a rerun still adds
         // nothing.
-        let (bucket, _) = fingerprint("alpha", "reader-one");
+        let (bucket, _) = fingerprint("alpha", "reader-one", PART.salt);
         let group = Group::of("alpha");
         let _: () = conn(&server)
             .del(&[group.seen(0, bucket), group.seen(1, bucket)])
@@ -634,7 +694,7 @@ pub(crate) mod tests {
         assert!(err.is_err(), "{err:?}");
         let group = Group::of("alpha");
         let op: bool = c.exists(op_slot(group, &view.op).0).unwrap();
-        let (bucket, _) = fingerprint(&view.slug, &view.reader);
+        let (bucket, _) = fingerprint(&view.slug, &view.reader, PART.salt);
         let records: usize = c
             .exists(&[group.seen(0, bucket), group.seen(1, bucket)])
             .unwrap();

@@ -38,8 +38,8 @@ pub(crate) enum Heard {
     /// Its call has not answered yet: the post may hear the total now (the view is not
     /// among its unconfirmed ones).
     InFlight,
-    /// It timed out into the outbox and is confirmed by this announcement: record it and
-    /// tell its post with one `Replayed`.
+    /// It timed out into the outbox and is confirmed by this announcement: tell its post
+    /// with one `Replayed` (the record takes it when the replay deletes its row).
     Confirmed(View),
     /// Its post hears this total from elsewhere, never from the announcement: from its call's
     /// answer (already given), or from the replay that runs its script (a view from the
@@ -51,9 +51,10 @@ pub(crate) enum Heard {
 /// What the replay of an outboxed op must do once Redis answered it.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Replay {
-    /// Confirm it now: record it, tell its post, settle the outbox's count.
+    /// Confirm it now: tell its post, settle the outbox's count.
     Confirm,
-    /// Its announcement confirmed it already: only its row is left to delete.
+    /// Its announcement confirmed it already: only its row is left to delete (and the record
+    /// takes it as the row goes).
     AlreadyConfirmed,
 }
 

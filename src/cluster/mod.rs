@@ -137,7 +137,6 @@ struct Receivers {
 pub(crate) struct Cluster {
     link: Link,
     presence: Presence,
-    outbox: Outbox,
     fates: Fates,
     ops: counter::OpIds,
     record: Record,
@@ -160,7 +159,7 @@ impl Cluster {
     pub(crate) async fn start(
         settings: &Settings,
         addr: SocketAddr,
-        mut db: RedbStore,
+        db: RedbStore,
         calendar: Calendar,
         policy: FlushPolicy,
         metrics: Arc<Metrics>,
@@ -184,8 +183,7 @@ impl Cluster {
         let cluster = Self {
             link,
             presence: Presence::new(node, change_tx),
-            record: Record::open(&mut db, policy, calendar.clone(), metrics)?,
-            outbox: Outbox::start(db)?,
+            record: Record::open(db, policy, calendar.clone(), metrics)?,
             fates: Fates::default(),
             ops,
             calendar,
@@ -224,8 +222,21 @@ impl Cluster {
         self.link.server()
     }
 
+    fn outbox(&self) -> &Outbox {
+        self.record.outbox()
+    }
+
+    /// This node's part of `slug`'s key group, once sealed (see [`counter::Part`]).
+    fn part_of(&self, slug: &str) -> Option<counter::Part<'_>> {
+        let salt = self.record.salt(Group::of(slug))?;
+        Some(counter::Part {
+            record: self.record.id(),
+            salt,
+        })
+    }
+
     pub(crate) fn outbox_len(&self) -> u64 {
-        self.outbox.len()
+        self.outbox().len()
     }
 
     pub(crate) fn health(&self) -> &link::Health {
@@ -652,8 +663,8 @@ impl Cluster {
     }
 
     /// This node's `op` announced at `total`. A call still in flight: the post hears it now.
-    /// A view that timed out into the outbox ran late in Redis: confirmed now (recorded, no
-    /// longer pending, its post told with one [`Replayed`], which moves the total and takes
+    /// A view that timed out into the outbox ran late in Redis: confirmed now (no longer
+    /// pending, recorded when the replay deletes its row, its post told with one [`Replayed`], which moves the total and takes
     /// the unconfirmed view back together). Any other (a call answered already, a view the
     /// replay is running): its post hears the total from there, not twice from here.
     ///
@@ -661,11 +672,12 @@ impl Cluster {
     /// the fence nothing is confirmed here; the replay, which waits for it, confirms the view.
     fn own_total(&self, registry: &Registry, slug: &Slug, total: u64, op: &str) {
         let counting = self.record.try_enter();
-        let confirm = || self.outbox.confirmed(slug.as_str());
+        let confirm = || self.outbox().confirmed(slug.as_str());
         match self.fates.announced(op, total, counting.is_some(), confirm) {
             Heard::InFlight => self.tell_total(registry, slug, total),
-            Heard::Confirmed(view) => {
-                self.record_view(&view);
+            // The record takes it with the replay, which deletes its row in the same
+            // transaction (see `outbox`).
+            Heard::Confirmed(_) => {
                 let told = registry.tell(slug, Replayed { total });
                 self.unless_told(registry, slug, total, told);
             }
@@ -725,7 +737,7 @@ impl Cluster {
             if self.is_up() {
                 counter::expire_settled(&self.link, &self.ops).await;
             }
-            if self.outbox.len() == 0 || !self.is_up() {
+            if self.outbox().len() == 0 || !self.is_up() {
                 continue;
             }
             if let Err(e) = self.replay_batch(&registry).await {
@@ -735,37 +747,43 @@ impl Cluster {
     }
 
     async fn replay_batch(&self, registry: &Registry) -> Result<(), StoreError> {
-        let views = self.outbox.oldest(REPLAY_BATCH).await?;
+        let views = self.outbox().oldest(REPLAY_BATCH).await?;
         let mut done = Vec::with_capacity(views.len());
-        let mut settled = Vec::with_capacity(views.len());
         let mut results = Vec::with_capacity(views.len());
         // After a rebuild, never during one.
         let _counting = self.record.enter().await;
-        let record = self.record.id();
-        for (id, view) in views {
-            let counted = match counter::count(&self.link, &view, self.dedupe_window, record).await
-            {
+        for (row, view) in views {
+            // Not sealed yet (Redis came back, the rebuild is due): the next round.
+            let Some(part) = self.part_of(&view.slug) else {
+                break;
+            };
+            let counted = match counter::count(&self.link, &view, self.dedupe_window, part).await {
                 Ok(counted) => counted,
                 Err(e) => {
                     self.refused(&view, &e);
                     break;
                 }
             };
-            // Its announcement may have confirmed it already: its row is all that is left.
-            if self.fates.replayed(&view.op) == Replay::AlreadyConfirmed {
-                done.push((id, None));
-                settled.push(view.op);
-                continue;
+            // Its announcement may have confirmed it already: its post was told then.
+            let pending = self.fates.replayed(&view.op) == Replay::Confirm;
+            if pending {
+                results.push((view.slug.clone(), counted));
             }
-            if counted.counted {
-                self.record_view(&view);
-            }
-            results.push((view.slug.clone(), counted));
-            done.push((id, Some(view.slug)));
-            settled.push(view.op);
+            done.push(outbox::Done {
+                row,
+                view,
+                counted: counted.counted,
+                pending,
+            });
         }
         let replayed = done.len();
-        self.outbox.delete(done).await?;
+        let settled: Vec<String> = done.iter().map(|d| d.view.op.clone()).collect();
+        // The record takes what Redis counted as the rows go, in one transaction.
+        for view in self.outbox().settle(done).await? {
+            if let Ok(slug) = Slug::parse(&view.slug) {
+                self.record.acknowledged(&slug, 1);
+            }
+        }
         // Deleted: never sent again.
         for op in settled {
             self.ops.settled(&op);
@@ -783,7 +801,7 @@ impl Cluster {
         if replayed > 0 {
             tracing::info!(
                 views = replayed,
-                left = self.outbox.len(),
+                left = self.outbox().len(),
                 "outbox replayed into Redis"
             );
         }
@@ -827,7 +845,7 @@ impl Cluster {
 
     /// Writes the outbox's queued views and the record; called last on shutdown.
     pub(crate) async fn close(&self) {
-        self.outbox.shutdown().await;
+        self.outbox().shutdown().await;
         // The last readings the writer handed over reach Redis now if they can; otherwise
         // the start that follows brings them (its rebuild is of every group).
         if let Err(e) = self.record.sync_presence(&self.link).await {
@@ -866,14 +884,14 @@ impl Counting for Arc<Cluster> {
         };
         let cluster = Arc::clone(self);
         Verdict::Later(Box::pin(async move {
-            // While a rebuild runs, views wait in the outbox.
+            // While a rebuild runs, or before the first, views wait in the outbox.
             if cluster.is_up()
                 && let Some(_counting) = cluster.record.try_enter()
+                && let Some(part) = cluster.part_of(&view.slug)
             {
                 let call = cluster.fates.in_flight(&view.op);
-                let record = cluster.record.id();
                 let counted =
-                    counter::count(&cluster.link, &view, cluster.dedupe_window, record).await;
+                    counter::count(&cluster.link, &view, cluster.dedupe_window, part).await;
                 let counted = match counted {
                     Ok(counted) => {
                         cluster.ops.settled(&view.op);
@@ -884,7 +902,7 @@ impl Counting for Arc<Cluster> {
                     Err(e) => {
                         cluster.refused(&view, &e);
                         tracing::debug!(error = %e, "view goes to the outbox unless announced");
-                        let outbox = |view| cluster.outbox.add(view);
+                        let outbox = |view| cluster.outbox().add(view);
                         let announced = call.failed(view.clone(), outbox);
                         // Announced: it ran, and is not in the outbox to be sent again.
                         if announced.is_some() {
@@ -904,7 +922,7 @@ impl Counting for Arc<Cluster> {
                 }
                 return Decision::Decided(counted);
             }
-            cluster.outbox.add(view);
+            cluster.outbox().add(view);
             Decision::Deferred
         }))
     }
@@ -919,7 +937,7 @@ impl Counting for Arc<Cluster> {
 
     /// The views of the post in the outbox.
     fn unsynced(&self, slug: &Slug) -> u64 {
-        self.outbox.pending_for(slug.as_str())
+        self.outbox().pending_for(slug.as_str())
     }
 
     /// Announced by the presence task (a burst in one round trip).
@@ -984,5 +1002,154 @@ fn push_text(data: &[Value], at: usize) -> Option<String> {
         Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
         Value::SimpleString(text) => Some(text.clone()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::counter::tests::{Server, connected};
+    use crate::storage::calendar::Clock;
+    use crate::storage::store::Store;
+    use crate::storage::writer::Writer;
+    use std::path::Path;
+
+    const WINDOW: Duration = Duration::from_secs(1800);
+
+    fn policy() -> FlushPolicy {
+        FlushPolicy {
+            after: Duration::from_millis(10),
+            max_wait: Duration::from_millis(10),
+            dedupe_window: WINDOW,
+        }
+    }
+
+    fn calendar() -> Calendar {
+        Calendar::new(jiff::tz::TimeZone::UTC, Clock::default())
+    }
+
+    /// A node on `server` with its `--db` at `path`, started (every group rebuilt when Redis
+    /// answers), its tasks not spawned; a registry of posts counting through it; a second
+    /// handle of the file to read it.
+    async fn node(server: &Server, path: &Path) -> (Arc<Cluster>, Arc<Registry>, RedbStore) {
+        // Once redis-server answers: the node starts on it, not beside it.
+        drop(connected(server).await);
+        let mut db = RedbStore::open(path).unwrap();
+        let mut probe = db.share().unwrap();
+        let settings = Settings::new(server.url());
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let metrics = Metrics::clustered;
+        let cluster = Cluster::start(&settings, addr, db, calendar(), policy(), metrics())
+            .await
+            .unwrap();
+        let writer = Writer::spawn(
+            Box::new(probe.share().unwrap()),
+            policy(),
+            calendar(),
+            metrics(),
+        );
+        let counting = Arc::new(Arc::clone(&cluster));
+        let registry = Registry::new(
+            writer.unwrap(),
+            WINDOW,
+            calendar(),
+            metrics(),
+            counting,
+            None,
+        );
+        (cluster, registry, probe)
+    }
+
+    /// Reader ids are the clients' to choose. Picked so that they all fall in one bucket of
+    /// fingerprints under the key the source shows, they still spread over the buckets: the
+    /// key is salted by the group's generation, which only Redis's data holds.
+    #[tokio::test]
+    async fn readers_picked_to_crowd_one_bucket_of_the_public_key_spread_over_the_buckets() {
+        let Some(server) = Server::start() else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (cluster, _registry, _probe) = node(&server, &dir.path().join("node.redb")).await;
+        let slug = Slug::parse("alpha").unwrap();
+        // What a client reading the source computes: the fixed key, unsalted.
+        let crowding: Vec<String> = (0u64..)
+            .map(|n| format!("reader-{n:012}"))
+            .filter(|r| counter::fingerprint("alpha", r, 0).0 == 0)
+            .take(200)
+            .collect();
+        for reader in &crowding {
+            let reader = ReaderId::parse(reader).unwrap();
+            let Verdict::Later(decided) = cluster.count(&slug, reader, 1_796_000_000) else {
+                panic!("a view in cluster mode is decided by Redis");
+            };
+            let decision = decided.await;
+            assert!(
+                matches!(decision, Decision::Decided(c) if c.counted),
+                "{decision:?}"
+            );
+        }
+        let mut c = redis::Client::open(server.url())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let group = Group::of("alpha");
+        let buckets = (0..=255u8)
+            .filter(|&b| {
+                (0..2).any(|parity| {
+                    redis::cmd("EXISTS")
+                        .arg(group.seen(parity, b))
+                        .query::<bool>(&mut c)
+                        .unwrap()
+                })
+            })
+            .count();
+        assert!(buckets > 100, "200 readers in {buckets} buckets");
+    }
+
+    /// A node's call that timed out ran late in Redis, its view in the outbox, and the node
+    /// died before it heard the announcement: its restart's rebuild finds the view in the
+    /// part and not in the record, and the replay then gets "counted" for it. The record
+    /// must hold it once (a later rebuild after Redis lost its data gives the sums what the
+    /// record holds), not once from the rebuild's adoption and once from the replay.
+    #[tokio::test]
+    async fn a_view_that_ran_late_and_waits_in_the_outbox_over_a_restart_is_recorded_once() {
+        let Some(server) = Server::start() else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.redb");
+        let view = View {
+            slug: "alpha".into(),
+            reader: "reader-1".into(),
+            op: counter::OpIds::new("node-a", 7).next(Group::of("alpha")),
+            day: 20261208,
+        };
+        // The node before it died: its part sealed, the view run in Redis, and in the outbox.
+        {
+            let db = RedbStore::open(&path).unwrap();
+            let record = Record::open(db, policy(), calendar(), Metrics::clustered()).unwrap();
+            let link = connected(&server).await;
+            record.rebuild(&link, keys::ALL).await.unwrap();
+            let part = counter::Part {
+                record: record.id(),
+                salt: record.salt(Group::of("alpha")).unwrap(),
+            };
+            let counted = counter::count(&link, &view, WINDOW, part).await.unwrap();
+            assert!(counted.counted);
+            record.outbox().add(view.clone());
+            record.outbox().shutdown().await;
+            record.close().await;
+        }
+        // Its restart: the rebuild of every group, then the replay.
+        let (cluster, registry, mut probe) = node(&server, &path).await;
+        cluster.replay_batch(&registry).await.unwrap();
+        assert_eq!(cluster.outbox_len(), 0, "the replay took the outbox's view");
+        cluster.record.close().await;
+        assert_eq!(probe.load("alpha").unwrap(), Some(1), "the record");
+        assert_eq!(
+            probe.days_of("alpha", &[view.day]).unwrap(),
+            [1],
+            "the record's day"
+        );
     }
 }

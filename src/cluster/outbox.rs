@@ -2,6 +2,12 @@
 //! `--db` redb file by a thread of their own (one transaction per burst), replayed in order
 //! with the same script once Redis answers, and deleted only after Redis took them. The
 //! script's op id makes a replay of a view Redis already has a no-op, so each counts once.
+//!
+//! A row is deleted in the transaction that adds its view to the node's record (the same
+//! file) when Redis counted it: the record takes each replayed view exactly when its row
+//! goes, whatever a crash cuts short. Until then a view Redis counted is in Redis's part of
+//! this node and not in the record; a rebuild counts such rows with the record (see
+//! [`Outbox::views`]), so it does not adopt them from the part too.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,8 +29,21 @@ pub(crate) const REPLAY_BATCH: usize = 256;
 enum Command {
     Add(View),
     Take(usize, oneshot::Sender<Result<Vec<(u64, View)>, StoreError>>),
-    Delete(Vec<u64>, oneshot::Sender<Result<(), StoreError>>),
+    Settle(
+        Vec<(u64, bool)>,
+        oneshot::Sender<Result<Vec<u64>, StoreError>>,
+    ),
     Shutdown(oneshot::Sender<()>),
+}
+
+/// A replayed row Redis answered.
+pub(crate) struct Done {
+    pub row: u64,
+    pub view: View,
+    /// Redis counted it (its first run did): the record takes it as the row goes.
+    pub counted: bool,
+    /// Still pending for its post: not confirmed by its announcement already.
+    pub pending: bool,
 }
 
 /// Handle to the outbox thread; its counts are kept in memory so readers never wait for it.
@@ -88,20 +107,37 @@ impl Outbox {
         rx.await.map_err(|_| stopped())?
     }
 
-    /// Forgets views Redis has taken: `(row, slug)`, the slug `None` for a view already
-    /// [`Outbox::confirmed`].
-    pub(crate) async fn delete(&self, done: Vec<(u64, Option<String>)>) -> Result<(), StoreError> {
-        let rows = done.iter().map(|(id, _)| *id).collect();
+    /// Every view in the outbox (a rebuild asks Redis which of them it counted already).
+    pub(crate) async fn views(&self) -> Result<Vec<View>, StoreError> {
+        Ok(self
+            .oldest(usize::MAX)
+            .await?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
+    }
+
+    /// Forgets views Redis has taken, and the record takes those it counted, in one
+    /// transaction of the file. Gives back the views recorded.
+    pub(crate) async fn settle(&self, done: Vec<Done>) -> Result<Vec<View>, StoreError> {
+        let rows = done.iter().map(|d| (d.row, d.counted)).collect();
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Delete(rows, reply))?;
-        rx.await.map_err(|_| stopped())??;
-        for (_, slug) in done {
-            if let Some(slug) = slug {
-                self.confirmed(&slug);
+        self.send(Command::Settle(rows, reply))?;
+        let removed = rx.await.map_err(|_| stopped())??;
+        let mut recorded = Vec::new();
+        for d in done {
+            if !removed.contains(&d.row) {
+                continue;
+            }
+            if d.pending {
+                self.confirmed(&d.view.slug);
             }
             self.total.fetch_sub(1, Ordering::Relaxed);
+            if d.counted {
+                recorded.push(d.view);
+            }
         }
-        Ok(())
+        Ok(recorded)
     }
 
     /// A view of `slug` is known to be in Redis: no longer pending for its post, though its
@@ -170,8 +206,8 @@ fn answer(store: &mut RedbStore, cmd: Command) -> Result<(), oneshot::Sender<()>
         Command::Take(n, reply) => {
             let _ = reply.send(read_all(store, n));
         }
-        Command::Delete(done, reply) => {
-            let _ = reply.send(delete(store, &done));
+        Command::Settle(done, reply) => {
+            let _ = reply.send(settle(store, &done));
         }
         Command::Shutdown(reply) => return Err(reply),
     }
@@ -230,17 +266,30 @@ fn read_all(store: &mut RedbStore, n: usize) -> Result<Vec<(u64, View)>, StoreEr
     })
 }
 
-fn delete(store: &mut RedbStore, done: &[u64]) -> Result<(), StoreError> {
-    store.with_db(|db| {
-        let txn = db.begin_write().map_err(StoreError::storage)?;
-        {
-            let mut table = txn.open_table(OUTBOX).map_err(StoreError::storage)?;
-            for id in done {
-                table.remove(*id).map_err(StoreError::storage)?;
+/// Deletes the rows `done` (row, counted) and adds the counted ones' views to the record, in
+/// one transaction; gives back the rows it deleted.
+fn settle(store: &mut RedbStore, done: &[(u64, bool)]) -> Result<Vec<u64>, StoreError> {
+    let mut removed = Vec::with_capacity(done.len());
+    store.add_after(|txn| {
+        let mut table = txn.open_table(OUTBOX).map_err(StoreError::storage)?;
+        let (mut totals, mut days) = (HashMap::<String, u64>::new(), HashMap::new());
+        for &(id, counted) in done {
+            let Some(row) = table.remove(id).map_err(StoreError::storage)? else {
+                continue;
+            };
+            removed.push(id);
+            match parse(row.value()) {
+                Some(view) if counted => {
+                    *days.entry((view.slug.clone(), view.day)).or_default() += 1;
+                    *totals.entry(view.slug).or_default() += 1;
+                }
+                _ => {}
             }
         }
-        txn.commit().map_err(StoreError::storage)
-    })
+        let days = days.into_iter().map(|((s, d), v)| (s, d, v)).collect();
+        Ok((totals.into_iter().collect(), days))
+    })?;
+    Ok(removed)
 }
 
 fn parse(row: &str) -> Option<View> {
@@ -257,6 +306,7 @@ fn parse(row: &str) -> Option<View> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::store::Store;
 
     fn view(n: u32) -> View {
         View {
@@ -268,7 +318,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn views_survive_a_restart_in_order_until_deleted() {
+    async fn views_survive_a_restart_in_order_until_settled_and_the_record_takes_the_counted() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("o.redb");
         {
@@ -279,18 +329,31 @@ mod tests {
             assert_eq!(outbox.pending_for("a/b"), 3);
             outbox.shutdown().await;
         }
-        let outbox = Outbox::start(RedbStore::open(&path).unwrap()).unwrap();
+        let mut db = RedbStore::open(&path).unwrap();
+        let mut record = db.share().unwrap();
+        let outbox = Outbox::start(db).unwrap();
         assert_eq!(outbox.len(), 3, "written durably");
         let rows = outbox.oldest(2).await.unwrap();
         assert_eq!(
             rows.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>(),
             [view(0), view(1)]
         );
-        let done = rows
-            .iter()
-            .map(|(id, v)| (*id, Some(v.slug.clone())))
-            .collect();
-        outbox.delete(done).await.unwrap();
+        // The first counted, the second a duplicate; each asked for once more (a replay of a
+        // batch whose answer was lost): deleted, and recorded, once.
+        let done = |rows: &[(u64, View)]| {
+            (rows.iter().enumerate())
+                .map(|(i, (row, view))| Done {
+                    row: *row,
+                    view: view.clone(),
+                    counted: i == 0,
+                    pending: true,
+                })
+                .collect()
+        };
+        assert_eq!(outbox.settle(done(&rows)).await.unwrap(), [view(0)]);
+        assert_eq!(outbox.settle(done(&rows)).await.unwrap(), []);
+        assert_eq!(record.load("a/b").unwrap(), Some(1));
+        assert_eq!(record.days_of("a/b", &[20261201]).unwrap(), [1]);
         assert_eq!(outbox.len(), 1);
         assert_eq!(outbox.pending_for("a/b"), 1);
         let rest = outbox.oldest(10).await.unwrap();

@@ -16,6 +16,12 @@
 //! above record (the node died before its writer flushed what Redis had taken) is adopted
 //! into the record. Every script touches one group, so one hash slot of a Redis Cluster.
 //!
+//! The outbox's rows are the record's too: a view whose call timed out may have run late in
+//! Redis, so its row is in the part and not yet in the tables. The replay deletes the row
+//! and adds the view to the tables in one transaction; a rebuild counts the rows whose ops
+//! Redis decided "counted" with the record, so it adopts only what a crash lost, never a view
+//! the replay will add again.
+//!
 //! Reading times are counts that only grow, so they ride the same part: per post, day and
 //! measure (the 16 buckets `0`–`15` and `ms`, see [`crate::cluster::keys::read_field`]) the
 //! part's field `YYYYMMDD slug M` holds what this record added to the field `slug M` of the
@@ -36,10 +42,12 @@ use redis::{Script, Value, from_redis_value};
 use std::sync::{LazyLock, PoisonError};
 
 use crate::cluster::counter::lua_counts;
+use crate::cluster::counter::{View, counted_before, salt_of};
 use crate::cluster::keys::{
     ALL, Group, Groups, MEASURES, PartField, day_field, measures, read_field, set_measure,
 };
 use crate::cluster::link::{EVENTS, Link, LinkError};
+use crate::cluster::outbox::Outbox;
 use crate::edge::slug::Slug;
 use crate::metrics::Metrics;
 use crate::storage::MAX_COUNT;
@@ -241,13 +249,16 @@ pub(crate) struct Record {
     writer: Writer,
     /// The file's `meta` table: which retired records this one took.
     meta: Arc<std::sync::Mutex<RedbStore>>,
+    /// The views counted here that wait for Redis, in the same file: the rows of those
+    /// Redis counted already are the record's too, until their replay moves them into it.
+    outbox: Outbox,
     /// Counts of this node hold it shared; a rebuild holds it alone.
     fence: tokio::sync::RwLock<()>,
     /// Per group, the views of the part Redis acknowledged, as far as this node knows: `#n`
     /// below it means Redis lost some.
     acked: [AtomicU64; crate::cluster::keys::GROUPS as usize],
-    /// Per group, the generation this node last sealed its part in ([`generation_hash`]; none
-    /// yet: every group is pending).
+    /// Per group, the generation this node last sealed its part in, as its fingerprints'
+    /// salt ([`salt_of`]; 0: none yet, every group is pending).
     sealed: [AtomicU64; crate::cluster::keys::GROUPS as usize],
     /// Groups ([`Groups`]) to rebuild whatever the loss check finds: all of them after start
     /// (a node that was down adds its part, or adopts what Redis took before it died), and
@@ -262,9 +273,10 @@ pub(crate) struct Record {
 
 impl Record {
     /// The record of the `--db` file (its id made on the first cluster start), with a writer
-    /// of its own on a second handle of the file.
+    /// of its own on a second handle of the file, and the file's outbox (on `db` itself,
+    /// which holds the server's mark for as long as the node runs).
     pub(crate) fn open(
-        db: &mut RedbStore,
+        mut db: RedbStore,
         policy: FlushPolicy,
         calendar: Calendar,
         metrics: Arc<Metrics>,
@@ -275,6 +287,7 @@ impl Record {
         Ok(Self {
             id: format!("{id:016x}"),
             meta: Arc::new(std::sync::Mutex::new(db.share()?)),
+            outbox: Outbox::start(db)?,
             writer,
             fence: tokio::sync::RwLock::new(()),
             acked: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -284,6 +297,17 @@ impl Record {
             dirty: std::sync::Mutex::default(),
             dirtied: tokio::sync::Notify::new(),
         })
+    }
+
+    /// The fingerprints' salt of `group`'s generation, as this node last sealed its part in
+    /// it; `None` before its first rebuild.
+    pub(crate) fn salt(&self, group: Group) -> Option<u64> {
+        Some(self.sealed[group.index()].load(Ordering::Relaxed)).filter(|&s| s != 0)
+    }
+
+    /// The views counted here that wait for Redis.
+    pub(crate) fn outbox(&self) -> &Outbox {
+        &self.outbox
     }
 
     /// This record's id: its parts are `vc:{gN}:part:{id}`.
@@ -316,6 +340,12 @@ impl Record {
     /// takes them too. Called with the fence held.
     pub(crate) fn counted(&self, slug: &Slug, views: u64, day: Option<(u32, u64)>) {
         self.writer.add_counts(slug, views, day);
+        self.acknowledged(slug, views);
+    }
+
+    /// Redis took `views` more of `slug` into the part, and the record took them by another
+    /// way than its writer (the outbox's delete of their rows). Called with the fence held.
+    pub(crate) fn acknowledged(&self, slug: &Slug, views: u64) {
         self.acked[Group::of(slug.as_str()).index()].fetch_add(views, Ordering::Relaxed);
     }
 
@@ -572,7 +602,7 @@ impl Record {
             let acked = self.acked[group.index()]
                 .load(Ordering::Relaxed)
                 .min(MAX_COUNT);
-            if part_gen.map(|g| generation_hash(&g)) != Some(sealed) || n.unwrap_or(0) < acked {
+            if part_gen.map(|g| salt_of(&g)) != Some(sealed) || n.unwrap_or(0) < acked {
                 lost = lost.with(group);
             }
         }
@@ -725,6 +755,11 @@ impl Record {
     ) -> Result<Rebuilt, RebuildError> {
         let _alone = self.fence.write().await;
         self.finish_takes(link).await?;
+        // Read under the fence: no replay moves a row into the record meanwhile.
+        let mut waiting: HashMap<Group, Vec<View>> = HashMap::new();
+        for view in self.outbox.views().await? {
+            waiting.entry(Group::of(&view.slug)).or_default().push(view);
+        }
         let mut rebuilt = Rebuilt::default();
         let mut todo = groups;
         for _ in 0..REBUILD_ROUNDS {
@@ -738,8 +773,9 @@ impl Record {
             };
             let mut again = Groups::default();
             for group in todo.iter() {
+                let waiting = waiting.get(&group).map_or(&[][..], Vec::as_slice);
                 if !self
-                    .rebuild_group(link, group, &recorded, &mut rebuilt)
+                    .rebuild_group(link, group, &recorded, waiting, &mut rebuilt)
                     .await?
                 {
                     again = again.with(group);
@@ -784,11 +820,13 @@ impl Record {
     }
 
     /// Rebuilds the part of `group`: true once sealed, false when a chunk skipped a field.
+    /// `waiting`: the group's views in the outbox.
     async fn rebuild_group(
         &self,
         link: &Link,
         group: Group,
         recorded: &Recorded,
+        waiting: &[View],
         rebuilt: &mut Rebuilt,
     ) -> Result<bool, RebuildError> {
         let part = group.part(&self.id);
@@ -809,6 +847,9 @@ impl Record {
             })
             .await?;
         let fields = self.read_part(link, &part).await?;
+        // Read after the part: a late run between the two moves the part, which the moves
+        // find skipped, and the group is read again.
+        let counted_waiting = waiting_in_part(link, group, waiting).await?;
         let mut views = 0u64;
 
         let mut moves = Moves::default();
@@ -820,6 +861,9 @@ impl Record {
                             record: u64,
                             adopt: &dyn Fn(u64)| {
             let read = fields.get(&field);
+            // A view Redis counted whose row waits in the outbox is the record's already:
+            // its replay moves it into the record as the row goes.
+            let record = record.saturating_add(counted_waiting.get(&field).copied().unwrap_or(0));
             let (target, lacks) = moves.field(key, field, sum, read, record);
             if lacks > 0 {
                 adopt(lacks);
@@ -922,7 +966,7 @@ impl Record {
         }
         // A max: raised again whatever the part says, nothing to seal.
         raise_peaks(link, group, &peaks).await?;
-        let sealing = generation_hash(&generation);
+        let sealing = salt_of(&generation);
         let sealed: u8 = link
             .call("rebuild seal", |mut c| async move {
                 SEAL_SCRIPT
@@ -945,6 +989,26 @@ impl Record {
         rebuilt.groups += 1;
         Ok(true)
     }
+}
+
+/// The views of `waiting` (all of `group`) that Redis counted already, a call that timed out
+/// having run late: by the part's fields they are in (the total's and the day's), how many.
+async fn waiting_in_part(
+    link: &Link,
+    group: Group,
+    waiting: &[View],
+) -> Result<HashMap<String, u64>, LinkError> {
+    let mut in_part = HashMap::new();
+    if waiting.is_empty() {
+        return Ok(in_part);
+    }
+    let views: Vec<&View> = waiting.iter().collect();
+    let counted = counted_before(link, group, &views).await?;
+    for (view, _) in views.iter().zip(counted).filter(|(_, c)| *c) {
+        *in_part.entry(view.slug.clone()).or_default() += 1;
+        *in_part.entry(day_field(view.day, &view.slug)).or_default() += 1;
+    }
+    Ok(in_part)
 }
 
 /// What [`Record::take_retired`] did.
@@ -1009,14 +1073,6 @@ async fn raise_peaks(
     Ok(())
 }
 
-/// A generation, as this process keeps it to compare (not written anywhere).
-fn generation_hash(generation: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    generation.hash(&mut hasher);
-    hasher.finish()
-}
-
 /// A random non-zero number (ids of records, generations and ops); without the OS's
 /// randomness, the clock's nanoseconds and a counter, unique enough per process.
 pub(crate) fn random() -> u64 {
@@ -1076,7 +1132,8 @@ mod tests {
                 dedupe_window: Duration::from_secs(1800),
             };
             let calendar = Calendar::new(jiff::tz::TimeZone::UTC, Clock::default());
-            let record = Record::open(&mut db, policy, calendar, Metrics::clustered()).unwrap();
+            let record =
+                Record::open(db.share().unwrap(), policy, calendar, Metrics::clustered()).unwrap();
             Some(Self {
                 _server: server,
                 link,

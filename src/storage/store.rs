@@ -148,6 +148,10 @@ pub trait Store: Send + 'static {
     fn row_count(&mut self) -> Result<u64, StoreError>;
 }
 
+/// Views to add, as [`RedbStore::add_after`] takes them: totals by slug, and (slug, day
+/// `YYYYMMDD`, views).
+pub(crate) type AddedViews = (Vec<(String, u64)>, Vec<(String, u32, u64)>);
+
 /// Views of a post on a day (`YYYYMMDD`).
 #[derive(Debug, Clone, Copy)]
 pub struct DayViews<'a> {
@@ -479,6 +483,30 @@ impl RedbStore {
             };
             txn.commit().map_err(StoreError::storage)?;
             Ok(value)
+        })
+    }
+
+    /// Runs `first` in a write transaction, then adds the views it returns (totals by slug,
+    /// and (slug, day `YYYYMMDD`, views)) in the same one, and commits: the file holds both
+    /// or neither, whatever a crash cuts short (cluster mode: an outbox row goes exactly when
+    /// the record takes its view).
+    pub(crate) fn add_after(
+        &mut self,
+        first: impl FnOnce(&redb::WriteTransaction) -> Result<AddedViews, StoreError>,
+    ) -> Result<(), StoreError> {
+        self.with_db(|db| {
+            let txn = db.begin_write().map_err(StoreError::storage)?;
+            let (totals, days) = first(&txn)?;
+            let batch: Vec<(&str, u64)> = totals.iter().map(|(s, v)| (s.as_str(), *v)).collect();
+            let days: Vec<DayViews<'_>> = (days.iter())
+                .map(|(slug, day, views)| DayViews {
+                    slug,
+                    day: *day,
+                    views: *views,
+                })
+                .collect();
+            add_in(&txn, &batch, &days, &[], &[], &[])?;
+            txn.commit().map_err(StoreError::storage)
         })
     }
 
