@@ -52,7 +52,7 @@ use crate::edge::reader_id::ReaderId;
 use crate::edge::slug::Slug;
 use crate::metrics::Metrics;
 use crate::posts::cluster_port::{Counted, Counting, Decision, Hearing, Served, Verdict};
-use crate::posts::post::{Counts, RemoteLive, RemoteTotal, Replayed};
+use crate::posts::post::{Counts, RemoteLive, Replayed};
 use crate::posts::registry::Registry;
 use crate::secret::RedisUrl;
 use crate::shutdown::{Shutdown, Tasks};
@@ -639,7 +639,7 @@ impl Cluster {
     /// A post's new total, counted on another node: its readers here hear it from the post;
     /// a post asleep here has none, but the dashboards show every post of the cluster.
     fn tell_total(&self, registry: &Registry, slug: &Slug, total: u64) {
-        let told = registry.tell(slug, RemoteTotal { total });
+        let told = registry.tell_total(slug, total);
         self.unless_told(registry, slug, total, told);
     }
 
@@ -723,7 +723,7 @@ impl Cluster {
             let slugs = by_group.values().flatten();
             for (slug, total) in slugs.zip(totals.into_iter().flatten()) {
                 if let Some(total) = total {
-                    registry.tell(slug, RemoteTotal { total });
+                    registry.tell_total(slug, total);
                 }
             }
         }

@@ -19,7 +19,8 @@ use crate::posts::alert_port::Alerts;
 use crate::posts::changes::Changes;
 use crate::posts::cluster_port::{Counting, Served, Serving};
 use crate::posts::post::{
-    Asleep, Counts, GetCounts, Imported, Join, Joined, Leave, Post, PostContext, Watch, Watched,
+    Asleep, Counts, GetCounts, Imported, Join, Joined, Leave, Post, PostContext, RemoteTotal,
+    Watch, Watched,
 };
 use crate::posts::pulse::Pulse;
 use crate::posts::site::{Site, Snapshot, Sums};
@@ -29,6 +30,10 @@ use crate::storage::writer::{LoadFor, Loaded, Writer};
 
 pub(crate) struct Registry {
     posts: Mutex<HashMap<Slug, Addr<Post>>>,
+    /// Posts being woken: the highest total the shared store announced for each meanwhile
+    /// (cluster mode), which its load may have read before. Locked after `posts`, never
+    /// before.
+    waking: Mutex<HashMap<Slug, Waking>>,
     /// What the posts it wakes are given.
     context: Arc<PostContext>,
     reclaimer: Reclaimer,
@@ -54,6 +59,7 @@ impl Registry {
             };
             Self {
                 posts: Mutex::new(HashMap::new()),
+                waking: Mutex::default(),
                 context: Arc::new(PostContext {
                     writer,
                     pulse: Arc::new(Pulse::new(calendar.clone())),
@@ -112,6 +118,21 @@ impl Registry {
             addr.do_send(msg);
         }
         addr.is_some()
+    }
+
+    /// A post's total as the shared store announced it: told to the post if it is awake, kept
+    /// for it if it is being woken (its load may have read the store before this view was
+    /// counted); whether it was awake.
+    pub(crate) fn tell_total(&self, slug: &Slug, total: u64) -> bool {
+        let posts = self.lock();
+        if let Some(addr) = posts.get(slug) {
+            addr.do_send(RemoteTotal { total });
+            return true;
+        }
+        if let Some(waking) = lock(&self.waking).get_mut(slug) {
+            waking.heard = waking.heard.max(total);
+        }
+        false
     }
 
     pub(crate) fn is_awake(&self, slug: &Slug) -> bool {
@@ -385,10 +406,10 @@ impl Registry {
         }
         // Cluster mode: the post's channel is in place before its first numbers are taken
         // (its total below, the other nodes' readers in `Post::new`), so no live change falls
-        // between them. A new total announced between the load and the post's start finds no
-        // post and is missed until the next one (the joining reader's own count answers with
-        // the total, so a wake by a reader is current). The hold passes to the post woken
-        // here, or is given back.
+        // between them; a new total announced before the post's start is kept for it. The
+        // hold passes to the post woken here, or is given back.
+        // Totals announced from here on are kept for it ([`Registry::tell_total`]).
+        let _waking = WakingGuard::new(self, slug);
         let (serving, ready) = Serving::start(&*self.context.counting, Served::Post(slug));
         ready.heard().await;
         let woken = self.wake_served(slug, admission).await;
@@ -433,12 +454,152 @@ impl Registry {
         );
         let seen = loaded.seen;
         let addr = post.remembering(seen).start();
+        // Announced during the wake: the post takes the higher, as from any announcement.
+        if let Some(heard) = lock(&self.waking).get(slug).map(|w| w.heard)
+            && heard > 0
+        {
+            addr.do_send(RemoteTotal { total: heard });
+        }
         posts.insert(slug.clone(), addr.clone());
         Ok(Some((addr, true)))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Slug, Addr<Post>>> {
-        // The map stays consistent even if a holder panicked: every critical section is one call.
-        self.posts.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.posts)
+    }
+}
+
+/// The map stays consistent even if a holder panicked: every critical section is one call.
+fn lock<T>(map: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    map.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A post being woken (see [`Registry::tell_total`]).
+#[derive(Default)]
+struct Waking {
+    /// Wakes of it under way (requests that found it asleep at once).
+    wakers: usize,
+    /// The highest total announced since the first began.
+    heard: u64,
+}
+
+/// One wake of a post under way, from before its channel is in place until it is started or
+/// given up.
+struct WakingGuard<'a> {
+    registry: &'a Registry,
+    slug: &'a Slug,
+}
+
+impl<'a> WakingGuard<'a> {
+    fn new(registry: &'a Registry, slug: &'a Slug) -> Self {
+        lock(&registry.waking)
+            .entry(slug.clone())
+            .or_default()
+            .wakers += 1;
+        Self { registry, slug }
+    }
+}
+
+impl Drop for WakingGuard<'_> {
+    fn drop(&mut self) {
+        let mut waking = lock(&self.registry.waking);
+        if let Some(w) = waking.get_mut(self.slug) {
+            w.wakers -= 1;
+            if w.wakers == 0 {
+                waking.remove(self.slug);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::OnceLock;
+
+    use super::*;
+    use crate::edge::reader_id::ReaderId;
+    use crate::posts::cluster_port::{Hearing, Verdict};
+    use crate::posts::local_counting::LocalCounting;
+    use crate::storage::calendar::Clock;
+    use crate::storage::store::RedbStore;
+    use crate::storage::writer::{FlushPolicy, WriterError};
+
+    /// A single node's counting, except that the shared store announces a new total of the
+    /// post while the post is being woken (after its channel is asked for, before it starts).
+    struct AnnouncingWhileWaking {
+        local: LocalCounting,
+        registry: OnceLock<Weak<Registry>>,
+        total: u64,
+    }
+
+    impl Counting for AnnouncingWhileWaking {
+        fn count(&self, slug: &Slug, reader: ReaderId, at: u64) -> Verdict {
+            self.local.count(slug, reader, at)
+        }
+        fn remote_live(&self, slug: &Slug) -> u64 {
+            self.local.remote_live(slug)
+        }
+        fn remote_posts(&self) -> Vec<(Slug, u64)> {
+            self.local.remote_posts()
+        }
+        fn unsynced(&self, slug: &Slug) -> u64 {
+            self.local.unsynced(slug)
+        }
+        fn set_local_live(&self, slug: &Slug, live: u64) {
+            self.local.set_local_live(slug, live);
+        }
+        fn imported(&self, views: u64) -> u64 {
+            self.local.imported(views)
+        }
+        fn unloaded(&self, slug: &Slug, error: WriterError) -> Result<u64, WriterError> {
+            self.local.unloaded(slug, error)
+        }
+        fn serve<'a>(&'a self, what: Served<'a>) -> Hearing<'a> {
+            let Served::Post(slug) = what else {
+                return Hearing::Now;
+            };
+            Hearing::Once(Box::pin(async move {
+                let registry = self.registry.get().and_then(Weak::upgrade).unwrap();
+                assert!(!registry.tell_total(slug, self.total), "not awake yet");
+            }))
+        }
+        fn stop_serving(&self, what: Served<'_>) {
+            self.local.stop_serving(what);
+        }
+    }
+
+    /// The listener tells a post's new total to the registry; a post not started yet, whose
+    /// load may have read the store before that view was counted, must still hear it.
+    #[actix_web::test]
+    async fn a_total_announced_while_a_post_is_being_woken_reaches_the_post() {
+        let dir = tempfile::tempdir().unwrap();
+        let calendar = Calendar::new(jiff::tz::TimeZone::UTC, Clock::default());
+        let metrics = Metrics::new();
+        let policy = FlushPolicy {
+            after: Duration::from_millis(10),
+            max_wait: Duration::from_millis(10),
+            dedupe_window: Duration::from_secs(1800),
+        };
+        let db = RedbStore::open(&dir.path().join("views.redb")).unwrap();
+        let writer =
+            Writer::spawn(Box::new(db), policy, calendar.clone(), Arc::clone(&metrics)).unwrap();
+        let slug = Slug::parse("a-post").unwrap();
+        writer.add_counts(&slug, 3, None);
+        let counting = Arc::new(AnnouncingWhileWaking {
+            local: LocalCounting::new(writer.clone()),
+            registry: OnceLock::new(),
+            total: 50,
+        });
+        let registry = Registry::new(
+            writer,
+            policy.dedupe_window,
+            calendar,
+            metrics,
+            Arc::clone(&counting) as Arc<dyn Counting>,
+            None,
+        );
+        let _ = counting.registry.set(Arc::downgrade(&registry));
+        assert!(registry.wake(&slug, None).await.unwrap().is_some());
+        assert_eq!(registry.counts(&slug).await.unwrap().total, 50);
     }
 }
