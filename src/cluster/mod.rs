@@ -51,7 +51,9 @@ use crate::cluster::record::Record;
 use crate::edge::reader_id::ReaderId;
 use crate::edge::slug::Slug;
 use crate::metrics::Metrics;
-use crate::posts::cluster_port::{Counted, Counting, Decision, Hearing, Served, Verdict};
+use crate::posts::cluster_port::{
+    Counted, Counting, Decision, Elsewhere, Hearing, Served, Verdict,
+};
 use crate::posts::post::{Counts, RemoteLive, Replayed};
 use crate::posts::registry::Registry;
 use crate::secret::RedisUrl;
@@ -933,6 +935,33 @@ impl Counting for Arc<Cluster> {
 
     fn remote_posts(&self) -> Vec<(Slug, u64)> {
         self.presence.remote_posts()
+    }
+
+    /// Posts followed here from memory; the others with one read of the peers' hashes (none
+    /// while Redis is down: 0 readers elsewhere, as a post woken then would have).
+    fn live_elsewhere<'a>(&'a self, slugs: &'a [Slug]) -> Elsewhere<'a> {
+        let followed: Vec<bool> = slugs.iter().map(|s| self.presence.follows(s)).collect();
+        if followed.iter().all(|&f| f) || !self.is_up() {
+            return Elsewhere::Now(slugs.iter().map(|s| self.remote_live(s)).collect());
+        }
+        let unfollowed: Vec<&Slug> = (slugs.iter().zip(&followed))
+            .filter(|(_, followed)| !**followed)
+            .map(|(slug, _)| slug)
+            .collect();
+        Elsewhere::Later(Box::pin(async move {
+            let read = self.presence.peek(&self.link, &unfollowed).await;
+            let read = read.unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "cannot read the other nodes' readers");
+                vec![0; unfollowed.len()]
+            });
+            let mut read = read.into_iter();
+            (slugs.iter().zip(followed))
+                .map(|(slug, followed)| match followed {
+                    true => self.presence.remote_live(slug),
+                    false => read.next().unwrap_or(0),
+                })
+                .collect()
+        }))
     }
 
     /// The views of the post in the outbox.

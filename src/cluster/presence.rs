@@ -532,6 +532,44 @@ impl Presence {
         Ok(moved)
     }
 
+    /// Whether the other nodes' readers of `slug` are kept here (heard and read).
+    pub(crate) fn follows(&self, slug: &Slug) -> bool {
+        lock(&self.following).follows(slug)
+    }
+
+    /// The readers on every known peer of each of `slugs`, in order, read once and kept
+    /// nowhere (`HMGET` per peer per chunk, in one round trip a chunk): for a read of posts
+    /// not followed here.
+    pub(crate) async fn peek(&self, link: &Link, slugs: &[&Slug]) -> Result<Vec<u64>, LinkError> {
+        let nodes = self.peer_nodes();
+        let mut live = Vec::with_capacity(slugs.len());
+        for chunk in slugs.chunks(READ_CHUNK) {
+            if nodes.is_empty() {
+                live.extend(chunk.iter().map(|_| 0));
+                continue;
+            }
+            let mut read = redis::pipe();
+            for node in &nodes {
+                read.cmd("HMGET")
+                    .arg(node_key(node))
+                    .arg(chunk.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+            }
+            let got: Vec<Vec<Option<u64>>> = link
+                .call("presence of posts", |mut conn| async move {
+                    read.query_async(&mut conn).await
+                })
+                .await?;
+            let mut sums = vec![0u64; chunk.len()];
+            for values in got {
+                for (sum, v) in sums.iter_mut().zip(values) {
+                    *sum = sum.saturating_add(v.unwrap_or(0));
+                }
+            }
+            live.extend(sums);
+        }
+        Ok(live)
+    }
+
     /// Reads `slugs` of each of `nodes` (`HMGET`: O(nodes) per post), after this node
     /// subscribed to their channels or missed their messages.
     pub(crate) async fn read_posts(

@@ -37,8 +37,8 @@ pub trait Counting: Send + Sync {
     /// error that refuses it.
     fn unloaded(&self, slug: &Slug, error: WriterError) -> Result<u64, WriterError>;
 
-    /// This node serves the post (it wakes, or a read of it) or the whole site (a read of
-    /// every post's live) from the call on (not from the future's first poll): it hears their
+    /// This node serves the post (it wakes) or the whole site (a read of every post's live)
+    /// from the call on (not from the future's first poll): it hears their
     /// changes from the other nodes, and knows their readers, once the future resolves. Each
     /// call is undone by one [`Counting::stop_serving`]: callers go through [`Serving`], which
     /// gives the hold back even when the request is dropped while it waits.
@@ -46,6 +46,28 @@ pub trait Counting: Send + Sync {
 
     /// This node no longer needs to hear of it (the post went to sleep, the read is done).
     fn stop_serving(&self, what: Served<'_>);
+
+    /// The live readers on the other nodes of each of `slugs`, in order, for a read of them
+    /// (`/count`, `/counts`): read once, following none (a post not followed here costs one
+    /// read of the other nodes, not a subscription and its undoing).
+    fn live_elsewhere<'a>(&'a self, slugs: &'a [Slug]) -> Elsewhere<'a> {
+        Elsewhere::Now(slugs.iter().map(|slug| self.remote_live(slug)).collect())
+    }
+}
+
+/// What [`Counting::live_elsewhere`] answers: known here, or once a read resolves.
+pub enum Elsewhere<'a> {
+    Now(Vec<u64>),
+    Later(Pin<Box<dyn Future<Output = Vec<u64>> + Send + 'a>>),
+}
+
+impl Elsewhere<'_> {
+    pub(crate) async fn get(self) -> Vec<u64> {
+        match self {
+            Self::Now(live) => live,
+            Self::Later(read) => read.await,
+        }
+    }
 }
 
 /// A hold of [`Counting::serve`], given back ([`Counting::stop_serving`]) when dropped: a read
@@ -76,9 +98,8 @@ impl Drop for Serving<'_> {
     }
 }
 
-/// What [`Counting::serve`] answers: the node hears of it already, or once a future resolves.
-/// `Now` boxes nothing: a single node's reads of many posts (`/counts`) allocate no future per
-/// post.
+/// What [`Counting::serve`] answers: the node hears of it already, or once a future resolves
+/// (`Now` boxes nothing).
 pub enum Hearing<'a> {
     /// Nothing to wait for: nobody else to hear, the post already followed, or Redis down.
     Now,
@@ -86,19 +107,11 @@ pub enum Hearing<'a> {
     Once(Pin<Box<dyn Future<Output = ()> + Send + 'a>>),
 }
 
-impl<'a> Hearing<'a> {
+impl Hearing<'_> {
     /// Waits until the node hears of what it serves.
     pub(crate) async fn heard(self) {
         if let Self::Once(ready) = self {
             ready.await;
-        }
-    }
-
-    /// The future to wait for, if there is one (to wait for many at once).
-    pub(crate) fn pending(self) -> Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>> {
-        match self {
-            Self::Now => None,
-            Self::Once(ready) => Some(ready),
         }
     }
 }

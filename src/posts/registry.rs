@@ -84,19 +84,7 @@ impl Registry {
     /// Live readers posts asleep here have: none here, the other nodes' in cluster mode,
     /// read for the occasion (this node follows only the posts it serves).
     async fn remote_live(&self, slugs: &[Slug]) -> Vec<u64> {
-        let counting = &*self.context.counting;
-        let (_serving, ready): (Vec<Serving<'_>>, Vec<_>) = (slugs.iter())
-            .map(|slug| Serving::start(counting, Served::Post(slug)))
-            .map(|(serving, hearing)| (serving, hearing.pending()))
-            .unzip();
-        let ready: Vec<_> = ready.into_iter().flatten().collect();
-        if !ready.is_empty() {
-            futures_util::future::join_all(ready).await;
-        }
-        slugs
-            .iter()
-            .map(|slug| counting.remote_live(slug))
-            .collect()
+        self.context.counting.live_elsewhere(slugs).get().await
     }
 
     /// Every post with live readers on other nodes (cluster mode), and how many: complete

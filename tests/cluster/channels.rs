@@ -158,3 +158,45 @@ async fn a_node_whose_connection_redis_dropped_subscribes_again_and_hears_the_ot
     let seen = seen_at(&mut on_a, counts(2, 2), changed, PRESENCE).await;
     figure("after the drop, a change on b seen by a reader on a", seen);
 }
+
+/// The calls Redis has served of `command` (`INFO commandstats`).
+async fn calls_of(redis: &Redis, command: &str) -> u64 {
+    let info: String = redis.query(redis::cmd("INFO").arg("commandstats")).await;
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A read of a post asleep here (`/count`) gives the other nodes' readers of it with one
+/// read of their presence: it subscribes to nothing, so it unsubscribes from nothing either.
+#[actix_web::test]
+async fn a_read_of_a_post_asleep_here_counts_the_other_nodes_readers_without_subscribing() {
+    let _serial = one_at_a_time().await;
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let nodes = Node::start_many(&redis, &["a", "b"], &[]).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let _on_b = b.join().await;
+    let subscribes = calls_of(&redis, "subscribe").await;
+    let unsubscribes = calls_of(&redis, "unsubscribe").await;
+    time_until(
+        "b's reader, read on a",
+        SETTLE,
+        || a.counts(),
+        |c| c.live == 1,
+    )
+    .await;
+    assert_eq!(a.counts().await, counts(1, 1));
+    assert_eq!(listeners(&redis, SLUG).await, 1, "alpha: b only");
+    assert_eq!(
+        (
+            calls_of(&redis, "subscribe").await - subscribes,
+            calls_of(&redis, "unsubscribe").await - unsubscribes
+        ),
+        (0, 0),
+        "subscribes and unsubscribes during the reads"
+    );
+}
