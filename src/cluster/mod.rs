@@ -184,7 +184,7 @@ impl Cluster {
         let ops = counter::OpIds::new(&node, record::random());
         let cluster = Self {
             link,
-            presence: Presence::new(node, change_tx),
+            presence: Presence::new(node, change_tx, policy.dedupe_window),
             record: Record::open(db, policy, calendar.clone(), metrics)?,
             fates: Fates::default(),
             ops,
@@ -217,6 +217,11 @@ impl Cluster {
 
     pub(crate) fn nodes(&self) -> usize {
         self.presence.nodes()
+    }
+
+    /// The other nodes counting with another `--dedupe-window` (node, its window in ms).
+    pub(crate) fn window_conflicts(&self) -> Vec<(String, u64)> {
+        self.presence.window_conflicts()
     }
 
     /// What the node learnt of Redis on its last (re)connect.

@@ -47,6 +47,9 @@ const VERSION_FIELD: &str = "";
 const SUM_FIELD: &str = "#s";
 /// The field holding the version of the node's last whole rewrite.
 const REWRITE_FIELD: &str = "#r";
+/// The field holding the node's `--dedupe-window` (ms): every node must count with the same
+/// one, and each reads the others' at every heartbeat.
+const WINDOW_FIELD: &str = "#w";
 /// Posts asked of a peer per `HMGET`.
 const READ_CHUNK: usize = 500;
 
@@ -101,6 +104,8 @@ struct Peer {
     read_at: Option<u64>,
     /// Its last heartbeat (ms, from [`NODES`]): a node is heard when it changes.
     beat_ms: Option<u64>,
+    /// Its `--dedupe-window` (ms), once its hash says (a node of an older version's does not).
+    window_ms: Option<u64>,
     heard: Option<Instant>,
 }
 
@@ -186,8 +191,9 @@ impl Event {
 pub(crate) type Moved = Vec<(Slug, u64)>;
 
 /// Another node as the heartbeat read it: its last beat (ms), and from its hash its version,
-/// sum and rewrite mark (`None`: its hash has expired or is not written yet).
-type Beat = (u64, Option<u64>, Option<u64>, Option<u64>);
+/// sum, rewrite mark and `--dedupe-window` (`None`: its hash has expired or is not written
+/// yet).
+type Beat = (u64, Option<u64>, Option<u64>, Option<u64>, Option<u64>);
 
 /// What a read of one peer's hash gave: its version, then the readers of the posts read.
 type Read = (String, u64, Vec<(Slug, u64)>);
@@ -220,11 +226,14 @@ pub(crate) struct Presence {
     version: tokio::sync::Mutex<u64>,
     /// A write failed or found no hash: the next heartbeat writes it whole.
     dirty: AtomicBool,
+    /// This node's `--dedupe-window` (ms), written in its hash for the others to compare.
+    window_ms: u64,
 }
 
 impl Presence {
-    pub(crate) fn new(node: String, changes: UnboundedSender<Slug>) -> Self {
+    pub(crate) fn new(node: String, changes: UnboundedSender<Slug>, window: Duration) -> Self {
         Self {
+            window_ms: window.as_millis().try_into().unwrap_or(u64::MAX),
             node,
             local: Mutex::default(),
             changes,
@@ -288,6 +297,18 @@ impl Presence {
                 p.sum.saturating_sub(followed)
             })
             .sum()
+    }
+
+    /// The other nodes counting with another `--dedupe-window` than this one: (node, its
+    /// window in ms), by node.
+    pub(crate) fn window_conflicts(&self) -> Vec<(String, u64)> {
+        let peers = lock(&self.peers);
+        let mut conflicts: Vec<(String, u64)> = (peers.iter())
+            .filter_map(|(node, p)| Some((node.clone(), p.window_ms?)))
+            .filter(|(_, w)| *w != self.window_ms)
+            .collect();
+        conflicts.sort();
+        conflicts
     }
 
     /// Live nodes seen, this one included.
@@ -402,6 +423,7 @@ impl Presence {
         fields.push((VERSION_FIELD.to_owned(), version.to_string()));
         fields.push((SUM_FIELD.to_owned(), sum));
         fields.push((REWRITE_FIELD.to_owned(), version.to_string()));
+        fields.push((WINDOW_FIELD.to_owned(), self.window_ms.to_string()));
         let mut write = redis::pipe();
         write
             .atomic()
@@ -457,11 +479,14 @@ impl Presence {
             .collect();
         let mut read = redis::pipe();
         for (node, _) in &others {
-            read.cmd("HMGET")
-                .arg(node_key(node))
-                .arg(&[VERSION_FIELD, SUM_FIELD, REWRITE_FIELD]);
+            read.cmd("HMGET").arg(node_key(node)).arg(&[
+                VERSION_FIELD,
+                SUM_FIELD,
+                REWRITE_FIELD,
+                WINDOW_FIELD,
+            ]);
         }
-        type Marks = (Option<u64>, Option<u64>, Option<u64>);
+        type Marks = (Option<u64>, Option<u64>, Option<u64>, Option<u64>);
         let marks: Vec<Marks> = if others.is_empty() {
             Vec::new()
         } else {
@@ -473,7 +498,9 @@ impl Presence {
         let beats: HashMap<String, Beat> = others
             .into_iter()
             .zip(marks)
-            .map(|((node, ms), (version, sum, rewrite))| (node, (ms, version, sum, rewrite)))
+            .map(|((node, ms), (version, sum, rewrite, window))| {
+                (node, (ms, version, sum, rewrite, window))
+            })
             .collect();
         let (mut moved, stale) = self.merge(beats, grace);
         if !stale.is_empty() {
@@ -494,7 +521,7 @@ impl Presence {
             .collect();
         let moved = drop_peers(&mut peers, &left);
         let mut stale = Vec::new();
-        for (node, (beat_ms, version, sum, rewrite)) in beats {
+        for (node, (beat_ms, version, sum, rewrite, window_ms)) in beats {
             let Some(version) = version else {
                 continue; // expired: kept until it is silent for EXPIRY
             };
@@ -506,6 +533,17 @@ impl Presence {
                 peer.beat_ms = Some(beat_ms);
             }
             peer.take_sum(sum.unwrap_or(0), version);
+            if window_ms.is_some() && window_ms != peer.window_ms {
+                peer.window_ms = window_ms;
+                if window_ms != Some(self.window_ms) {
+                    tracing::error!(
+                        %node,
+                        node_window_ms = window_ms,
+                        window_ms = self.window_ms,
+                        "another node counts with another --dedupe-window: a reader may be counted again through one of them; give every node the same"
+                    );
+                }
+            }
             if peer.read_at != Some(rewrite) {
                 stale.push((node, rewrite));
             }
@@ -834,7 +872,7 @@ mod tests {
 
     fn presence() -> Presence {
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        Presence::new("me".into(), tx)
+        Presence::new("me".into(), tx, Duration::from_secs(1800))
     }
 
     /// `node`'s hash read at `version` with `slug:live`s.
@@ -895,7 +933,7 @@ mod tests {
         presence.follow(&[slug("a")]);
         // n1: 2 readers on a (followed), 5 on others; the heartbeat reads its sum of 7.
         assert_eq!(presence.on_event(live("n1", "a", 2, 7)), [(slug("a"), 2)]);
-        let beats = HashMap::from([("n1".to_owned(), (1, Some(9), Some(7), Some(1)))]);
+        let beats = HashMap::from([("n1".to_owned(), (1, Some(9), Some(7), Some(1), None))]);
         let (moved, stale) = presence.merge(beats, false);
         assert_eq!(moved, []);
         assert_eq!(
@@ -917,8 +955,9 @@ mod tests {
     fn a_peer_is_read_again_only_when_it_rewrote_its_hash() {
         let presence = presence();
         presence.follow(&[slug("a")]);
-        let beat =
-            |rewrite| HashMap::from([("n1".to_owned(), (1, Some(5), Some(0), Some(rewrite)))]);
+        let beat = |rewrite| {
+            HashMap::from([("n1".to_owned(), (1, Some(5), Some(0), Some(rewrite), None))])
+        };
         let (_, stale) = presence.merge(beat(3), false);
         assert_eq!(stale.len(), 1, "never read: read once");
         lock(&presence.peers).get_mut("n1").unwrap().read_at = Some(3);

@@ -220,6 +220,10 @@ struct Stats {
     /// Cluster mode: views counted here that the `--db` file does not hold yet.
     #[serde(skip_serializing_if = "Option::is_none")]
     record_unwritten: Option<u64>,
+    /// Cluster mode: the other nodes counting with another `--dedupe-window` than this one,
+    /// node → its window in seconds (empty when every node agrees).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dedupe_window_conflicts: Option<std::collections::BTreeMap<String, f64>>,
 }
 
 async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Refusal> {
@@ -245,6 +249,11 @@ async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
         redis_mode: server.map(|s| s.mode),
         rebuilds: state.cluster.as_ref().map(|c| c.rebuilds()),
         record_unwritten,
+        dedupe_window_conflicts: state.cluster.as_ref().map(|c| {
+            (c.window_conflicts().into_iter())
+                .map(|(node, ms)| (node, ms as f64 / 1000.0))
+                .collect()
+        }),
     };
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))

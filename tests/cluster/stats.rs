@@ -72,3 +72,40 @@ async fn a_node_without_redis_reports_neither_nodes_nor_redis_in_its_stats() {
     assert!(stats.get("redis").is_none(), "{stats}");
     assert!(stats.get("streams").is_some(), "{stats}");
 }
+
+/// Every node must count with the same `--dedupe-window` (the shared records are one window
+/// long): a node started with another is named by the others' stats, and they by its, within
+/// a heartbeat or two; nodes that agree name nobody.
+#[actix_web::test]
+async fn stats_name_the_nodes_that_count_with_another_dedupe_window() {
+    let _serial = one_at_a_time().await;
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let nodes = Node::start_many(&redis, &["a", "b"], &["--dedupe-window", "30m"]).await;
+    let c = Node::start(&redis, "c", &["--dedupe-window", "10m"]).await;
+    let conflicts = async |node: &Node| node.stats().await["dedupe_window_conflicts"].clone();
+    for node in &nodes {
+        let what = format!("{} names c", node.name);
+        time_until(
+            &what,
+            SETTLE,
+            || conflicts(node),
+            |got| {
+                got.as_object()
+                    .is_some_and(|o| o.len() == 1 && o.values().all(|w| w == 600.0))
+            },
+        )
+        .await;
+    }
+    time_until(
+        "c names a and b",
+        SETTLE,
+        || conflicts(&c),
+        |got| {
+            got.as_object()
+                .is_some_and(|o| o.len() == 2 && o.values().all(|w| w == 1800.0))
+        },
+    )
+    .await;
+}
