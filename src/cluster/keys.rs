@@ -126,6 +126,12 @@ impl Group {
         self.key(&format!("part:{record}"))
     }
 
+    /// The mark of an import (its id, [`crate::cluster::store`]) whose rows of the group are
+    /// applied, kept until the whole import is: a run cut short and run again skips them.
+    pub(crate) fn import_mark(self, id: u64) -> String {
+        self.key(&format!("import:{id:016x}"))
+    }
+
     /// The views counted in the group's time slices of one parity (0 or 1) whose reader's
     /// fingerprint starts with `bucket` (see [`crate::cluster::counter`]).
     pub(crate) fn seen(self, parity: u64, bucket: u8) -> String {

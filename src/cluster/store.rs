@@ -29,7 +29,7 @@ use crate::cluster::keys::{
 };
 use crate::cluster::link::{self, EVENTS, is_unavailable};
 use crate::cluster::{Cluster, Settings};
-use crate::edge::reader_id::ReaderKey;
+use crate::edge::reader_id::{HashKey, ReaderKey};
 use crate::secret::RedisUrl;
 use crate::storage::presence::{DayPresence, Peak};
 use crate::storage::store::{DayViews, PresenceDelta, Seen, Store, StoreError};
@@ -45,10 +45,11 @@ use crate::storage::{MAX_COUNT, add_counts};
 ///
 /// One key group's rows at a time (so one hash slot of a Redis Cluster). KEYS: the group's
 /// totals, the node's part of the group, the group's generation, the group's set of days,
-/// then the day's hash of each day row. ARGV:
+/// the import's mark in the group, then the day's hash of each day row. ARGV:
 /// the channel, the number of total rows, the views of all total rows and `MAX_COUNT` minus
-/// them (for `#n`), `check` or `apply`, then (field, delta, limit, part field) for each total
-/// row and then each day row; `limit` is `MAX_COUNT - delta`: a count above it saturates at `MAX_COUNT` (views
+/// them (for `#n`), `check` or `apply`, the mark's expiry (s), then (field, delta, limit, part
+/// field) for each total row and then each day row. A group whose mark is set answers `DONE`
+/// and changes nothing (an earlier run of the import applied it); `apply` sets the mark; `limit` is `MAX_COUNT - delta`: a count above it saturates at `MAX_COUNT` (views
 /// may have been counted since the writer read it), compared as Redis's strings (see
 /// [`lua_counts`]). The part's fields saturate the same way.
 const IMPORT: &str = concat!(
@@ -59,13 +60,15 @@ local gen = redis.call('GET', KEYS[3])
 if not gen or redis.call('HGET', KEYS[2], '#gen') ~= gen then
   return redis.error_reply('VCREBUILD nothing imported: the node is rebuilding its part of the sums after Redis lost data; try again in a few seconds')
 end
+-- Applied by an earlier run of this import, cut short after this group: nothing to do.
+if redis.call('EXISTS', KEYS[5]) == 1 then return 'DONE' end
 local totals = tonumber(ARGV[2])
 local plan = {}
 local n = redis.call('HGET', KEYS[2], '#n') or '0'
 if not is_count(n) then return redis.error_reply('nothing imported: #n in ' .. KEYS[2] .. ' is not a count') end
-for i = 1, totals + #KEYS - 4 do
-  local key = i <= totals and KEYS[1] or KEYS[i - totals + 4]
-  local at = 5 + 4 * (i - 1)
+for i = 1, totals + #KEYS - 5 do
+  local key = i <= totals and KEYS[1] or KEYS[i - totals + 5]
+  local at = 6 + 4 * (i - 1)
   local field, delta, limit, part = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
   local current = redis.call('HGET', key, field) or '0'
   local in_part = redis.call('HGET', KEYS[2], part) or '0'
@@ -88,7 +91,8 @@ for _, row in ipairs(plan) do
   add(KEYS[2], row[5], row[3], row[6])
 end
 add(KEYS[2], '#n', ARGV[3], above(n, ARGV[4]))
-for i = 5, #KEYS do
+redis.call('SET', KEYS[5], '1', 'EX', ARGV[6])
+for i = 6, #KEYS do
   redis.call('SADD', KEYS[4], string.match(KEYS[i], ':day:(%d+)$'))
 end
 for i = 1, totals do
@@ -122,6 +126,10 @@ pub struct RedisStore {
     conn: Option<Conn>,
     /// Made once `--redis` said it is a Redis Cluster's node.
     cluster_client: Option<redis::cluster::ClusterClient>,
+    /// Tests: an import's applies fail after this many key groups, as when Redis goes away
+    /// between two of them.
+    #[cfg(test)]
+    cut_after: Option<usize>,
 }
 
 /// A blocking connection to a standalone Redis or a Redis Cluster.
@@ -210,6 +218,8 @@ impl RedisStore {
             record: None,
             conn: None,
             cluster_client: None,
+            #[cfg(test)]
+            cut_after: None,
         })
     }
 
@@ -339,8 +349,6 @@ impl RedisStore {
         let Some(record) = self.record.clone() else {
             return Err(StoreError::Storage(IMPORT_THROUGH_A_NODE.into()));
         };
-        // One row per field: the script checks each against the count before the import.
-        type Rows<'a> = (BTreeMap<&'a str, u64>, BTreeMap<(u32, &'a str), u64>);
         let mut groups: BTreeMap<Group, Rows<'_>> = BTreeMap::new();
         for &(slug, delta) in batch {
             let rows = groups.entry(Group::of(slug)).or_default();
@@ -359,27 +367,62 @@ impl RedisStore {
         // disagree on the import.
         let cluster = self.cluster.clone();
         let _fence = cluster.as_ref().map(|c| c.import_fence());
+        let id = import_id(&groups);
+        let import = |group, (totals, per_day): &Rows<'_>, mode| {
+            import_of(group, &record, id, totals, per_day, mode)
+        };
         // Each group's script checks its rows first and writes nothing (a value that is not
-        // a count, a part not of this generation): then nothing of the import is applied.
-        for (group, (totals, per_day)) in &groups {
-            let check = import_of(*group, &record, totals, per_day, "check");
-            self.with("import check", |c| check.invoke::<()>(c))?;
+        // a count, a part not of this generation): then nothing of the import is applied. A
+        // group an earlier run of the same import applied answers that it is done.
+        let mut todo = Vec::new();
+        for (&group, rows) in &groups {
+            let check = import(group, rows, "check");
+            if self.with("import check", |c| check.invoke::<String>(c))? != "DONE" {
+                todo.push((group, rows));
+            }
+        }
+        let (all, before) = (groups.len(), groups.len() - todo.len());
+        if before > 0 {
+            tracing::info!(
+                groups = all,
+                before,
+                "an import run again: the key groups an earlier run applied are skipped"
+            );
         }
         // Fails now only if Redis went away or lost data since the checks.
-        let all = groups.len();
-        for (done, (group, (totals, per_day))) in groups.iter().enumerate() {
-            let import = import_of(*group, &record, totals, per_day, "apply");
-            if let Err(e) = self.with("import", |c| import.invoke::<()>(c)) {
-                if done == 0 {
-                    return Err(e);
+        for (done, (group, rows)) in todo.into_iter().enumerate() {
+            let apply = import(group, rows, "apply");
+            let applied = match () {
+                #[cfg(test)]
+                () if self.cut_after == Some(done) => {
+                    Err(StoreError::Storage("Redis: the test cut it here".into()))
                 }
-                return Err(StoreError::Storage(format!(
-                    "{e} (imported before it: the posts of {done} of the import's {all} key \
-                     groups; this node's record holds them)"
-                )));
+                () => self.with("import", |c| apply.invoke::<String>(c)),
+            };
+            match applied {
+                // Another run of the same import applied it since the check.
+                Ok(done) if done == "DONE" => {}
+                Ok(_) => {
+                    if let Some(cluster) = &cluster {
+                        cluster.imported(&rows.0, &rows.1);
+                    }
+                }
+                Err(e) if done + before == 0 => return Err(e),
+                Err(e) => {
+                    return Err(StoreError::Storage(format!(
+                        "{e} (imported before it: the posts of {} of the import's {all} key \
+                         groups; this node's record holds them. Run the same import again \
+                         within a day to import the rest: the groups already in are skipped)",
+                        done + before
+                    )));
+                }
             }
-            if let Some(cluster) = &cluster {
-                cluster.imported(totals, per_day);
+        }
+        // Whole: the same rows imported again later are added again, as on a single node.
+        for &group in groups.keys() {
+            let mark = group.import_mark(id);
+            if let Err(e) = self.with("import mark", |c| c.del::<_, ()>(&mark)) {
+                tracing::warn!(error = %e, %mark, "cannot delete an import's mark: the same rows imported again within a day skip its group");
             }
         }
         Ok(())
@@ -586,10 +629,38 @@ impl Store for RedisStore {
     }
 }
 
+/// An import's rows of one key group: one row per field (the script checks each against the
+/// count before the import), totals by slug and views by (day, slug).
+type Rows<'a> = (BTreeMap<&'a str, u64>, BTreeMap<(u32, &'a str), u64>);
+
+/// How long an import's marks outlive a run cut short: a rerun within it skips the groups
+/// that run applied.
+const IMPORT_MARK_SECS: u64 = 24 * 60 * 60;
+
+/// An import's id: a hash of all its rows, the same for the same rows (so a run of the same
+/// import again finds the marks of the groups an earlier run applied), whichever node takes
+/// it.
+fn import_id(groups: &BTreeMap<Group, Rows<'_>>) -> u64 {
+    let mut text = String::new();
+    for (totals, per_day) in groups.values() {
+        for (slug, delta) in totals {
+            text.push_str(&format!("t {slug} {delta}\n"));
+        }
+        for ((day, slug), views) in per_day {
+            text.push_str(&format!("d {day} {slug} {views}\n"));
+        }
+    }
+    IMPORT_ID_KEY.hash_all(&[text.as_bytes()])
+}
+
+/// The key of [`import_id`]'s hash: fixed, as every node must give the same rows the same id.
+const IMPORT_ID_KEY: HashKey = HashKey([0x7663_2d69_6d70_6f72, 0x7420_6964_206b_6579]);
+
 /// The import script's call for one key group's rows (see [`IMPORT`]).
 fn import_of<'a>(
     group: Group,
     record: &str,
+    id: u64,
     totals: &BTreeMap<&str, u64>,
     per_day: &BTreeMap<(u32, &str), u64>,
     mode: &str,
@@ -600,10 +671,15 @@ fn import_of<'a>(
         .key(group.part(record))
         .key(group.generation())
         .key(group.days())
+        .key(group.import_mark(id))
         .arg(EVENTS)
         .arg(totals.len());
     let all = totals.values().fold(0, |all, &v| add_counts(all, v));
-    import.arg(all).arg(MAX_COUNT - all).arg(mode);
+    import
+        .arg(all)
+        .arg(MAX_COUNT - all)
+        .arg(mode)
+        .arg(IMPORT_MARK_SECS);
     for (slug, &delta) in totals {
         import
             .arg(*slug)
@@ -743,6 +819,39 @@ mod tests {
             ],
             "every group's days, without a SCAN"
         );
+    }
+
+    /// An import through a node is one script per key group: cut short after one group (Redis
+    /// gone between two applies), the same import run again applies the rest and adds the
+    /// first group's rows once, not twice. Once whole, its marks go: the same rows imported
+    /// again later add again, as on a single node.
+    #[test]
+    fn an_import_cut_short_after_a_key_group_and_run_again_adds_every_row_once() {
+        let Some(server) = Server::start() else {
+            return;
+        };
+        let mut full = store(&server);
+        let slugs = ["alpha", "beta", "gamma"];
+        let mut groups: Vec<Group> = slugs.iter().map(|s| Group::of(s)).collect();
+        groups.sort();
+        groups.dedup();
+        assert_eq!(groups.len(), 3, "three key groups");
+        let mut c = conn(&server);
+        let mut cut_short = store(&server);
+        cut_short.cut_after = Some(1);
+        let rows = [("alpha", 3), ("beta", 4), ("gamma", 5)];
+        let days = [views("alpha", 3), views("beta", 4), views("gamma", 5)];
+        let err = cut_short.add(&rows, &days, &[]).unwrap_err().to_string();
+        assert!(err.contains("1 of the import's 3 key groups"), "{err}");
+
+        full.add(&rows, &days, &[]).expect("the rest applied");
+        let want = |n: u64| rows.map(|(s, v)| (s.to_owned(), v * n)).to_vec();
+        assert_eq!(full.totals().unwrap(), want(1));
+        assert_eq!(full.day(20261202).unwrap(), want(1));
+        let marks: Vec<String> = c.keys("vc:*:import:*").unwrap();
+        assert_eq!(marks, Vec::<String>::new(), "whole: no mark left");
+        full.add(&rows, &days, &[]).expect("imported again");
+        assert_eq!(full.totals().unwrap(), want(2));
     }
 
     /// Redis does not undo a script's (nor a MULTI's) earlier writes when a later one fails:
