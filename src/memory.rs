@@ -246,11 +246,22 @@ mod tests {
 
     #[test]
     fn taking_the_cached_blocks_gets_the_ones_this_thread_just_freed() {
-        // Starts from empty caches (what a first take got is held to the end): blocks of this
-        // size already in the thread's tcache (7 a size) would leave only some of ours room
-        // there. CI failed this test once ("still cached"); that cause is a guess, not shown.
-        let _emptied = CachedBlocks::take();
+        run_alone("taking_the_cached_blocks_gets_the_ones_this_thread_just_freed");
+    }
+
+    /// Alone in its process: glibc fills a thread's empty cache from its arena's bin of that
+    /// size when it has to go there (`_int_malloc` stashes up to 7 more of the bin's blocks),
+    /// and an arena's bins take what any thread sharing it frees. A first take may thus leave
+    /// blocks stashed in the cache, so that ours do not all fit in it; in the whole suite it
+    /// did, once in a few dozen runs ("still cached"). Here no other thread frees into the
+    /// arena, and many blocks of the size are held first, so the bin is empty and the cache
+    /// with it when ours are freed.
+    #[test]
+    #[ignore = "run alone, by taking_the_cached_blocks_gets_the_ones_this_thread_just_freed"]
+    fn alone_taking_the_cached_blocks_gets_the_ones_this_thread_just_freed() {
         let layout = Layout::from_size_align(100, 8).expect("layout");
+        let _emptied = CachedBlocks::take();
+        let _held: Vec<Block> = (0..4096).filter_map(|_| Block::new(100)).collect();
         let freed: Vec<usize> = (0..CachedBlocks::PER_SIZE)
             .map(|_| {
                 // SAFETY: non-zero size; freed right below with the same layout.
