@@ -243,7 +243,17 @@ pub(crate) fn is_cluster(info: &str) -> bool {
 #[derive(Clone)]
 pub(crate) enum Conn {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    /// Commands go on `data`, subscriptions on `pubsub`, a connection of their own: the
+    /// cluster client (redis 0.32) subscribes every channel again in one `SUBSCRIBE` whenever
+    /// it recovers its connections (a failover, all members lost at once), which cannot be
+    /// turned off while it has a push sender, and takes the first confirmation for that
+    /// command's reply; the others are handed to the commands behind it. On `pubsub` those are
+    /// only subscriptions, whose replies are all alike; on one connection a read got one (test
+    /// `reads_on_a_redis_cluster_after_its_client_resubscribed_…`).
+    Cluster {
+        data: ClusterConnection,
+        pubsub: ClusterConnection,
+    },
 }
 
 impl Conn {
@@ -268,10 +278,18 @@ impl Conn {
             (Self::Single(c), Subscription::Unsubscribe) => c.unsubscribe(channel).await,
             (Self::Single(c), Subscription::PSubscribe) => c.psubscribe(channel).await,
             (Self::Single(c), Subscription::PUnsubscribe) => c.punsubscribe(channel).await,
-            (Self::Cluster(c), Subscription::Subscribe) => c.subscribe(channel).await,
-            (Self::Cluster(c), Subscription::Unsubscribe) => c.unsubscribe(channel).await,
-            (Self::Cluster(c), Subscription::PSubscribe) => c.psubscribe(channel).await,
-            (Self::Cluster(c), Subscription::PUnsubscribe) => c.punsubscribe(channel).await,
+            (Self::Cluster { pubsub: c, .. }, Subscription::Subscribe) => {
+                c.subscribe(channel).await
+            }
+            (Self::Cluster { pubsub: c, .. }, Subscription::Unsubscribe) => {
+                c.unsubscribe(channel).await
+            }
+            (Self::Cluster { pubsub: c, .. }, Subscription::PSubscribe) => {
+                c.psubscribe(channel).await
+            }
+            (Self::Cluster { pubsub: c, .. }, Subscription::PUnsubscribe) => {
+                c.punsubscribe(channel).await
+            }
         }
     }
 }
@@ -280,7 +298,7 @@ impl redis::aio::ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Single(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
+            Self::Cluster { data: c, .. } => c.req_packed_command(cmd),
         }
     }
 
@@ -296,7 +314,7 @@ impl redis::aio::ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(c) => {
+            Self::Cluster { data: c, .. } => {
                 if pipeline.is_transaction() {
                     c.req_packed_commands(pipeline, offset, count)
                 } else {
@@ -309,7 +327,7 @@ impl redis::aio::ConnectionLike for Conn {
     fn get_db(&self) -> i64 {
         match self {
             Self::Single(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
+            Self::Cluster { data: c, .. } => c.get_db(),
         }
     }
 }
@@ -490,19 +508,22 @@ impl Link {
                     .arg("SLOTS")
                     .query_async(&mut probe)
                     .await?;
-                let client = cluster_builder(&self.info, &slots, self.ca.as_deref(), self.timeout)
-                    .map_err(|e| {
-                        redis::RedisError::from((
-                            redis::ErrorKind::InvalidClientConfig,
-                            "Redis Cluster client",
-                            e,
-                        ))
-                    })?
-                    .push_sender(self.pushes.clone())
-                    .build()?;
-                let mut conn = client.get_async_connection().await?;
-                conn.subscribe(EVENTS).await?;
-                return Ok(Conn::Cluster(conn));
+                let builder = || {
+                    cluster_builder(&self.info, &slots, self.ca.as_deref(), self.timeout).map_err(
+                        |e| {
+                            redis::RedisError::from((
+                                redis::ErrorKind::InvalidClientConfig,
+                                "Redis Cluster client",
+                                e,
+                            ))
+                        },
+                    )
+                };
+                let data = builder()?.build()?.get_async_connection().await?;
+                let pubsub = builder()?.push_sender(self.pushes.clone()).build()?;
+                let mut pubsub = pubsub.get_async_connection().await?;
+                pubsub.subscribe(EVENTS).await?;
+                return Ok(Conn::Cluster { data, pubsub });
             }
             // Not `set_automatic_resubscription`: redis 0.32 sends one `SUBSCRIBE` of every
             // channel and takes its first confirmation for the reply, handing the others to
@@ -594,7 +615,7 @@ impl Link {
                 // answers a map of them: ask the node of the URL alone.
                 match c {
                     Conn::Single(_) => node_info(c).await,
-                    Conn::Cluster(_) => {
+                    Conn::Cluster { .. } => {
                         node_info(client.get_multiplexed_async_connection().await?).await
                     }
                 }
@@ -729,6 +750,86 @@ mod tests {
         for (key, got) in keys.iter().zip(futures_util::future::join_all(reads).await) {
             assert_eq!(got.as_deref().ok(), Some(key.as_str()), "{key}: {got:?}");
         }
+    }
+
+    /// On a Redis Cluster the client subscribes every channel again in one `SUBSCRIBE` when it
+    /// recovers its connections (here: the master of the channels' slot drops every client)
+    /// and takes its first confirmation for the reply. Reads on that master must still each
+    /// get their own reply: subscriptions go on a connection of their own.
+    #[tokio::test]
+    async fn reads_on_a_redis_cluster_after_its_client_resubscribed_each_get_their_own_reply() {
+        use redis::AsyncCommands;
+        let Some(cluster) = testkit::RedisCluster::start().await else {
+            return;
+        };
+        let (pushes, _heard) = tokio::sync::mpsc::unbounded_channel();
+        let url = RedisUrl::from(cluster.url(0));
+        let link = Link::new(&url, None, Duration::from_secs(2), pushes).expect("a Redis URL");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while link.connect().await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the cluster never answered"
+            );
+            tokio::task::yield_now().await;
+        }
+        // In the channels' slot, so on the same master as the subscriptions.
+        let keys: Vec<String> = (0..50).map(|i| format!("vc:{{ch}}:probe:{i}")).collect();
+        for key in &keys {
+            let set = link.call(
+                "set",
+                |mut c| async move { c.set::<_, _, ()>(key, key).await },
+            );
+            set.await.expect("SET");
+        }
+        let channels: Vec<String> = (0..20_000)
+            .map(|i| format!("vc:{{ch}}:p:post-{i}"))
+            .collect();
+        // In parts: each call is bounded by the link's timeout.
+        for part in channels.chunks(1000) {
+            let subscribed = link.subscription(Subscription::Subscribe, part).await;
+            subscribed.expect("subscribed");
+        }
+        let master = cluster.master_of(&keys[0]).await;
+        let mut admin = redis::Client::open(cluster.url(master))
+            .and_then(|c| c.get_connection())
+            .expect("the master");
+        for kind in ["pubsub", "normal"] {
+            let _: u64 = redis::cmd("CLIENT")
+                .arg(&["KILL", "TYPE", kind][..])
+                .query(&mut admin)
+                .expect("CLIENT KILL");
+        }
+        // Until every read of a round answers: each answer must be its own key's.
+        let mut answered = 0;
+        for round in 0.. {
+            assert!(round < 200, "reads never answered again");
+            let reads = keys.iter().map(|key| {
+                link.call(
+                    "get",
+                    move |mut c| async move { c.get::<_, String>(key).await },
+                )
+            });
+            let got = futures_util::future::join_all(reads).await;
+            answered = 0;
+            for (key, got) in keys.iter().zip(&got) {
+                match got {
+                    Ok(value) => {
+                        assert_eq!(value, key, "another command's reply");
+                        answered += 1;
+                    }
+                    Err(LinkError::Redis(e)) => {
+                        assert!(is_unavailable(e), "{key}: {e}");
+                    }
+                    Err(_) => {}
+                }
+            }
+            if answered == keys.len() && round > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(answered, keys.len());
     }
 
     /// Reads sent while a subscription of many channels is confirmed each get their own
