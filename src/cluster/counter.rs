@@ -558,7 +558,15 @@ pub(crate) mod tests {
         server: &Server,
         pushes: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
     ) -> Link {
-        let link = Link::new(&server.url().into(), None, Duration::from_secs(2), pushes)
+        connected_to(&server.url(), pushes).await
+    }
+
+    /// A link to the Redis (or Redis Cluster) at `url`, once it answers.
+    pub(crate) async fn connected_to(
+        url: &str,
+        pushes: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
+    ) -> Link {
+        let link = Link::new(&url.to_owned().into(), None, Duration::from_secs(2), pushes)
             .expect("a Redis URL");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while link.connect().await.is_err() {

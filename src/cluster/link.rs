@@ -763,16 +763,7 @@ mod tests {
             return;
         };
         let (pushes, _heard) = tokio::sync::mpsc::unbounded_channel();
-        let url = RedisUrl::from(cluster.url(0));
-        let link = Link::new(&url, None, Duration::from_secs(2), pushes).expect("a Redis URL");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while link.connect().await.is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the cluster never answered"
-            );
-            tokio::task::yield_now().await;
-        }
+        let link = crate::cluster::counter::tests::connected_to(&cluster.url(0), pushes).await;
         // In the channels' slot, so on the same master as the subscriptions.
         let keys: Vec<String> = (0..50).map(|i| format!("vc:{{ch}}:probe:{i}")).collect();
         for key in &keys {
