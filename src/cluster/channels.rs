@@ -5,8 +5,9 @@
 //! by a whole-site view; a node serving nothing of a post hears nothing of it.
 //!
 //! Posts hold their channel ([`Channels::hold`]) before they take their first numbers and
-//! let go of it when they sleep; a read of a post asleep here (`/counts`) holds it for the
-//! read, and a read of every post's live (`/top?by=live`) holds the whole site for the read; one task ([`crate::cluster::Cluster`]'s channel keeper)
+//! let go of it when they sleep (a read of a post asleep here, `/counts`, reads the peers'
+//! readers of it once and holds nothing); a read of every post's live (`/top?by=live`) holds
+//! the whole site for the read; one task ([`crate::cluster::Cluster`]'s channel keeper)
 //! turns the holds into `SUBSCRIBE`/`UNSUBSCRIBE`, a burst of wakes in one command, and reads
 //! the peers' readers of the newly followed posts before the holders go on: a post never
 //! waits for the next change to show the other nodes' readers.
@@ -46,6 +47,10 @@ struct State {
     patterned: bool,
     /// The connection dropped since [`crate::cluster::keys::EVENTS`] was last subscribed.
     events_lost: bool,
+    /// Nothing changed since [`Channels::work`] last found nothing to do: the keeper's beat
+    /// then costs nothing per post (it walked every held post once a second: 15,000 a node
+    /// in the idle benchmark).
+    settled: bool,
 }
 
 /// What the keeper is to do next.
@@ -79,10 +84,17 @@ impl Channels {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The state, to change: the keeper's next [`Channels::work`] looks at every post again.
+    fn change(&self) -> std::sync::MutexGuard<'_, State> {
+        let mut state = self.lock();
+        state.settled = false;
+        state
+    }
+
     /// One more hold on `slug`'s channel; `None` when it is subscribed already, else what
     /// resolves once it is (or once the keeper gave up on it: Redis down).
     pub(crate) fn hold(&self, slug: &Slug) -> Option<oneshot::Receiver<()>> {
-        let mut state = self.lock();
+        let mut state = self.change();
         *state.held.entry(slug.clone()).or_default() += 1;
         if state.subscribed.contains(slug) {
             return None;
@@ -96,7 +108,7 @@ impl Channels {
 
     /// One more hold on every post's channel, as [`Channels::hold`].
     pub(crate) fn hold_site(&self) -> Option<oneshot::Receiver<()>> {
-        let mut state = self.lock();
+        let mut state = self.change();
         state.site_held += 1;
         if state.patterned {
             return None;
@@ -109,7 +121,7 @@ impl Channels {
     }
 
     pub(crate) fn release_site(&self) {
-        let mut state = self.lock();
+        let mut state = self.change();
         state.site_held = state.site_held.saturating_sub(1);
         if state.site_held == 0 {
             drop(state);
@@ -119,7 +131,7 @@ impl Channels {
 
     /// One hold fewer; the last one unsubscribes.
     pub(crate) fn release(&self, slug: &Slug) {
-        let mut state = self.lock();
+        let mut state = self.change();
         let Some(n) = state.held.get_mut(slug) else {
             return;
         };
@@ -136,6 +148,7 @@ impl Channels {
         let mut state = self.lock();
         if state.whole_site != on {
             state.whole_site = on;
+            state.settled = false;
             drop(state);
             self.changed.notify_one();
         }
@@ -147,8 +160,11 @@ impl Channels {
 
     /// What the keeper must change now.
     pub(crate) fn work(&self) -> Work {
-        let state = self.lock();
-        Work {
+        let mut state = self.lock();
+        if state.settled {
+            return Work::default();
+        }
+        let work = Work {
             subscribe: (state.held.keys())
                 .filter(|s| !state.subscribed.contains(*s))
                 .cloned()
@@ -156,13 +172,15 @@ impl Channels {
             unsubscribe: (state.subscribed.iter()).any(|s| !state.held.contains_key(s)),
             whole_site: (state.wants_site() != state.patterned).then_some(state.wants_site()),
             events: state.events_lost,
-        }
+        };
+        state.settled = work.is_empty();
+        work
     }
 
     /// The connection dropped: Redis forgot every subscription of it. The keeper subscribes
     /// again to what is still held, after [`crate::cluster::keys::EVENTS`].
     pub(crate) fn lost(&self) {
-        let mut state = self.lock();
+        let mut state = self.change();
         state.subscribed.clear();
         state.patterned = false;
         state.events_lost = true;
@@ -172,14 +190,14 @@ impl Channels {
 
     /// [`crate::cluster::keys::EVENTS`] is subscribed again.
     pub(crate) fn events_back(&self) {
-        self.lock().events_lost = false;
+        self.change().events_lost = false;
     }
 
     /// The keeper subscribed (`subscribed`: Redis took it) to `work`'s posts and read them,
     /// and pattern-subscribed or stopped (`patterned`). Their holders go on; on a failure too,
     /// so a wake never waits for Redis to come back (the keeper tries again).
     pub(crate) fn done(&self, work: &Work, subscribed: bool, patterned: bool) {
-        let mut state = self.lock();
+        let mut state = self.change();
         if subscribed {
             state.subscribed.extend(work.subscribe.iter().cloned());
         }
@@ -202,7 +220,7 @@ impl Channels {
     /// The channels no longer held, now counted as unsubscribed: a hold from now on waits
     /// for the keeper to subscribe again, after this unsubscribe.
     pub(crate) fn take_unheld(&self) -> Vec<Slug> {
-        let mut state = self.lock();
+        let mut state = self.change();
         let unheld: Vec<Slug> = (state.subscribed.iter())
             .filter(|s| !state.held.contains_key(*s))
             .cloned()
@@ -216,7 +234,7 @@ impl Channels {
     /// Redis did not take the unsubscribe of `slugs`: still subscribed (tried again unless
     /// held again meanwhile).
     pub(crate) fn still_subscribed(&self, slugs: Vec<Slug>) {
-        self.lock().subscribed.extend(slugs);
+        self.change().subscribed.extend(slugs);
         self.changed.notify_one();
     }
 
@@ -291,5 +309,28 @@ mod tests {
         assert_eq!(channels.work().subscribe, [slug("a")], "tried again");
         channels.want_whole_site(true);
         assert_eq!(channels.work().whole_site, Some(true));
+    }
+
+    /// Once the keeper found nothing to do it looks no further until something changes, and
+    /// then sees everything that did.
+    #[test]
+    fn a_settled_keeper_finds_work_again_after_any_change() {
+        let channels = Channels::default();
+        let _first = channels.hold(&slug("a"));
+        let work = channels.work();
+        assert_eq!(work.subscribe, [slug("a")]);
+        channels.done(&work, true, false);
+        assert!(channels.work().is_empty());
+        assert!(channels.work().is_empty(), "settled");
+        channels.want_whole_site(false);
+        assert!(channels.work().is_empty(), "no change: still settled");
+        channels.lost();
+        let work = channels.work();
+        assert!(work.events && work.subscribe == [slug("a")], "{work:?}");
+        channels.done(&work, true, false);
+        channels.events_back();
+        assert!(channels.work().is_empty());
+        channels.release(&slug("a"));
+        assert!(channels.work().unsubscribe, "released: its unsubscribe");
     }
 }

@@ -95,7 +95,12 @@ struct Known {
 #[derive(Default)]
 struct Peer {
     /// Its readers of the posts followed here (of every post while the whole site is).
+    /// Changed only by [`Peer::take`], [`Peer::forget`] and [`Peer::keep_only`], which keep
+    /// `followed` its sum.
     live: HashMap<Slug, Known>,
+    /// The sum of `live`: what [`Presence::elsewhere`] takes off `sum`, several times a
+    /// second, without walking every followed post (15,000 a node in the idle benchmark).
+    followed: u64,
     /// Its readers over all posts, as of version `sum_version`.
     sum: u64,
     sum_version: u64,
@@ -116,14 +121,39 @@ impl Peer {
             Some(known) if known.version >= version => false,
             Some(known) => {
                 let moved = known.live != live;
+                self.followed = self
+                    .followed
+                    .saturating_sub(known.live)
+                    .saturating_add(live);
                 *known = Known { live, version };
                 moved
             }
             None => {
                 self.live.insert(slug.clone(), Known { live, version });
+                self.followed = self.followed.saturating_add(live);
                 live > 0
             }
         }
+    }
+
+    /// `slug` is no longer followed here.
+    fn forget(&mut self, slug: &Slug) {
+        if let Some(known) = self.live.remove(slug) {
+            self.followed = self.followed.saturating_sub(known.live);
+        }
+    }
+
+    /// Keeps the posts `keep` says; the others are no longer followed here.
+    fn keep_only(&mut self, mut keep: impl FnMut(&Slug) -> bool) {
+        let mut dropped = 0u64;
+        self.live.retain(|slug, known| {
+            let kept = keep(slug);
+            if !kept {
+                dropped = dropped.saturating_add(known.live);
+            }
+            kept
+        });
+        self.followed = self.followed.saturating_sub(dropped);
     }
 
     fn take_sum(&mut self, sum: u64, version: u64) {
@@ -292,10 +322,7 @@ impl Presence {
         let peers = lock(&self.peers);
         peers
             .values()
-            .map(|p| {
-                let followed: u64 = p.live.values().map(|k| k.live).sum();
-                p.sum.saturating_sub(followed)
-            })
+            .map(|p| p.sum.saturating_sub(p.followed))
             .sum()
     }
 
@@ -340,7 +367,7 @@ impl Presence {
         let mut peers = lock(&self.peers);
         for peer in peers.values_mut() {
             for slug in slugs {
-                peer.live.remove(slug);
+                peer.forget(slug);
             }
         }
         slugs.to_vec()
@@ -357,7 +384,7 @@ impl Presence {
         let mut peers = lock(&self.peers);
         let mut forgotten = HashSet::new();
         for peer in peers.values_mut() {
-            peer.live.retain(|slug, _| {
+            peer.keep_only(|slug| {
                 let keep = following.posts.contains(slug);
                 if !keep {
                     forgotten.insert(slug.clone());
@@ -970,5 +997,28 @@ mod tests {
             1,
             "rewritten: read again"
         );
+    }
+
+    /// `elsewhere` takes each peer's followed sum, kept as the posts change rather than
+    /// walked: it must stay the sum of the peer's followed posts whatever changes them.
+    #[test]
+    fn a_peers_followed_sum_stays_the_sum_of_its_followed_posts() {
+        let mut peer = Peer::default();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for version in 1..20_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let post = slug(&format!("p{}", x % 40));
+            match x % 9 {
+                0..=5 => {
+                    peer.take(&post, (x >> 8) % 6, version.saturating_sub((x >> 16) % 3));
+                }
+                6 | 7 => peer.forget(&post),
+                _ => peer.keep_only(|s| s.as_str().len() % 2 == (x as usize >> 20) % 2),
+            }
+            let walked: u64 = peer.live.values().map(|k| k.live).sum();
+            assert_eq!(peer.followed, walked, "after step {version}");
+        }
     }
 }
