@@ -368,10 +368,16 @@ async fn the_admin_stream_starts_with_every_post_then_carries_arrivals_and_depar
     await_row(&mut stream, "alpha", (0, 1, 1), LIVE_DROP).await;
     beta.stream.close();
     await_row(&mut stream, "beta", (0, 1, 1), LIVE_DROP).await;
-    // A returning reader id counts no view: today and total stay.
+    // A returning reader id counts no view: today and total stay. (The row alpha's reader
+    // left with its reading time may come first, still at 0 live: when the writer took it
+    // is the writer's business.)
     let again = app.join_as("alpha", Req::connect("alpha", &first.id)).await;
     let rows = await_row(&mut stream, "alpha", (1, 1, 1), ARRIVAL).await;
-    assert_eq!(rows, [(1, 1, 1)]);
+    assert!(
+        rows.iter()
+            .all(|&(_, today, total)| (today, total) == (1, 1)),
+        "{rows:?}"
+    );
     // A new reader counts on both.
     let new = app.join("alpha").await;
     await_row(&mut stream, "alpha", (2, 2, 2), ARRIVAL).await;
