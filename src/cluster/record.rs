@@ -830,6 +830,9 @@ impl Record {
         rebuilt: &mut Rebuilt,
     ) -> Result<bool, RebuildError> {
         let part = group.part(&self.id);
+        // Unsealed until this rebuild seals it: should it fail past the seal (its reply
+        // lost), the node counts nothing of the group with the old generation's salt.
+        self.sealed[group.index()].store(0, Ordering::Relaxed);
         let gen_key = group.generation();
         let generation = format!("{:016x}", random());
         let generation: String = link
@@ -847,9 +850,27 @@ impl Record {
             })
             .await?;
         let fields = self.read_part(link, &part).await?;
-        // Read after the part: a late run between the two moves the part, which the moves
-        // find skipped, and the group is read again.
+        // Read after the part, and the fields of those counted read again after that: a late
+        // run between the part and the decisions (counted, yet not in the part as read)
+        // moves its fields, and the group is read again.
         let counted_waiting = waiting_in_part(link, group, waiting).await?;
+        if !counted_waiting.fields.is_empty() {
+            let names: Vec<&String> = counted_waiting.fields.keys().collect();
+            let mut read = redis::cmd("HMGET");
+            read.arg(&part).arg(&names);
+            let again: Vec<Option<String>> = link
+                .call("rebuild read", |mut c| async move {
+                    read.query_async(&mut c).await
+                })
+                .await?;
+            if names
+                .iter()
+                .zip(&again)
+                .any(|(f, v)| fields.get(*f) != v.as_ref())
+            {
+                return Ok(false);
+            }
+        }
         let mut views = 0u64;
 
         let mut moves = Moves::default();
@@ -863,7 +884,8 @@ impl Record {
             let read = fields.get(&field);
             // A view Redis counted whose row waits in the outbox is the record's already:
             // its replay moves it into the record as the row goes.
-            let record = record.saturating_add(counted_waiting.get(&field).copied().unwrap_or(0));
+            let waiting = counted_waiting.fields.get(&field).copied().unwrap_or(0);
+            let record = record.saturating_add(waiting);
             let (target, lacks) = moves.field(key, field, sum, read, record);
             if lacks > 0 {
                 adopt(lacks);
@@ -981,7 +1003,9 @@ impl Record {
         if sealed == 0 {
             return Err(RebuildError::Again);
         }
-        self.acked[group.index()].store(views, Ordering::Relaxed);
+        // The waiting views counted are in `#n`; their replay acknowledges them one by one.
+        let acked = views.saturating_sub(counted_waiting.views);
+        self.acked[group.index()].store(acked, Ordering::Relaxed);
         self.sealed[group.index()].store(sealing, Ordering::Relaxed);
         self.pending
             .fetch_and(!Groups::default().with(group).0, Ordering::Relaxed);
@@ -992,21 +1016,33 @@ impl Record {
 }
 
 /// The views of `waiting` (all of `group`) that Redis counted already, a call that timed out
-/// having run late: by the part's fields they are in (the total's and the day's), how many.
+/// having run late.
+#[derive(Default)]
+struct WaitingInPart {
+    /// By the part's fields they are in (the total's and the day's), how many.
+    fields: HashMap<String, u64>,
+    /// How many in all.
+    views: u64,
+}
+
 async fn waiting_in_part(
     link: &Link,
     group: Group,
     waiting: &[View],
-) -> Result<HashMap<String, u64>, LinkError> {
-    let mut in_part = HashMap::new();
+) -> Result<WaitingInPart, LinkError> {
+    let mut in_part = WaitingInPart::default();
     if waiting.is_empty() {
         return Ok(in_part);
     }
     let views: Vec<&View> = waiting.iter().collect();
     let counted = counted_before(link, group, &views).await?;
     for (view, _) in views.iter().zip(counted).filter(|(_, c)| *c) {
-        *in_part.entry(view.slug.clone()).or_default() += 1;
-        *in_part.entry(day_field(view.day, &view.slug)).or_default() += 1;
+        *in_part.fields.entry(view.slug.clone()).or_default() += 1;
+        *in_part
+            .fields
+            .entry(day_field(view.day, &view.slug))
+            .or_default() += 1;
+        in_part.views += 1;
     }
     Ok(in_part)
 }
