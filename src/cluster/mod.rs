@@ -997,6 +997,24 @@ impl Counting for Arc<Cluster> {
         Ok(0)
     }
 
+    /// Redis lost the post's key group: the next beat rebuilds it (this node's part is
+    /// pending from now on, whatever the loss check finds); the wake waits for that, at
+    /// most two beats and a call.
+    fn rebuilding<'a>(
+        &'a self,
+        slug: &'a Slug,
+        error: &WriterError,
+    ) -> Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>> {
+        if !matches!(error, WriterError::Store(StoreError::Lost(_))) {
+            return None;
+        }
+        let rebuilt = self.record.rebuilt();
+        self.record.refused(slug.as_str());
+        Some(Box::pin(async move {
+            let _ = tokio::time::timeout(2 * BEAT + self.timeout(), rebuilt).await;
+        }))
+    }
+
     /// Subscribes to the post's channel and reads the other nodes' readers of it (bounded
     /// by `--redis-timeout` per call; at once while Redis is down).
     fn serve<'a>(&'a self, what: Served<'a>) -> Hearing<'a> {

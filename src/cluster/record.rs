@@ -269,6 +269,8 @@ pub(crate) struct Record {
     dirty: std::sync::Mutex<Dirty>,
     /// Told when `dirty` gains some: the sync runs at once, not at the next beat.
     dirtied: tokio::sync::Notify,
+    /// Told each time a rebuild ends: wakes of posts whose data Redis lost wait for it.
+    rebuilt: tokio::sync::Notify,
 }
 
 impl Record {
@@ -296,6 +298,7 @@ impl Record {
             rebuilds: AtomicU64::new(0),
             dirty: std::sync::Mutex::default(),
             dirtied: tokio::sync::Notify::new(),
+            rebuilt: tokio::sync::Notify::new(),
         })
     }
 
@@ -366,6 +369,12 @@ impl Record {
         }
         drop(dirty);
         self.dirtied.notify_one();
+    }
+
+    /// Resolves once a rebuild ends after this call (made now, not at its first poll: tokio's
+    /// `notify_waiters` wakes a `Notified` from its creation on).
+    pub(crate) fn rebuilt(&self) -> tokio::sync::futures::Notified<'_> {
+        self.rebuilt.notified()
     }
 
     /// Resolves once [`Record::presence`] took some (at once if it did since the last call).
@@ -783,6 +792,7 @@ impl Record {
             }
             if again.is_empty() {
                 self.rebuilds.fetch_add(1, Ordering::Relaxed);
+                self.rebuilt.notify_waiters();
                 return Ok(rebuilt);
             }
             todo = again;

@@ -472,8 +472,21 @@ fn sorted<T: Ord>(mut rows: Vec<T>) -> Vec<T> {
 }
 
 impl Store for RedisStore {
+    /// A node's load fails with [`StoreError::Lost`] while the post's key group has no
+    /// generation: Redis lost it, and its totals are short until the nodes rebuilt them (a
+    /// post woken on them would show its readers a total that drops).
     fn load(&mut self, slug: &str) -> Result<Option<u64>, StoreError> {
-        self.read("load", |c| c.hget(Group::of(slug).totals(), slug))
+        let group = Group::of(slug);
+        let (generation, total): (Option<String>, Option<u64>) = self.read("load", |c| {
+            redis::pipe()
+                .get(group.generation())
+                .hget(group.totals(), slug)
+                .query(c)
+        })?;
+        if generation.is_none() && self.cluster.is_some() {
+            return Err(StoreError::Lost(format!("the key group of {slug}")));
+        }
+        Ok(total)
     }
 
     /// Imports: added in one script per key group, all or nothing within the group, each count

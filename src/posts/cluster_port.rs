@@ -37,6 +37,17 @@ pub trait Counting: Send + Sync {
     /// error that refuses it.
     fn unloaded(&self, slug: &Slug, error: WriterError) -> Result<u64, WriterError>;
 
+    /// The store could not give a post's total (`error`) because the shared store lost it and
+    /// is being rebuilt: what resolves once it may be back (bounded), for the wake to load it
+    /// again; `None` for any other error.
+    fn rebuilding<'a>(
+        &'a self,
+        _slug: &'a Slug,
+        _error: &WriterError,
+    ) -> Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>> {
+        None
+    }
+
     /// This node serves the post (it wakes) or the whole site (a read of every post's live)
     /// from the call on (not from the future's first poll): it hears their
     /// changes from the other nodes, and knows their readers, once the future resolves. Each

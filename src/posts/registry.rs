@@ -414,7 +414,16 @@ impl Registry {
         slug: &Slug,
         admission: Option<&Admission>,
     ) -> Result<Option<(Addr<Post>, bool)>, Refusal> {
-        let loaded = match self.writer().load(slug, LoadFor::Readers).await {
+        let mut loaded = self.writer().load(slug, LoadFor::Readers).await;
+        // Cluster mode, Redis lost the post's data: woken now, it would show a total that
+        // dropped; it waits for the rebuild (a beat or two) and loads again.
+        if let Err(e) = &loaded
+            && let Some(rebuilt) = self.context.counting.rebuilding(slug, e)
+        {
+            rebuilt.await;
+            loaded = self.writer().load(slug, LoadFor::Readers).await;
+        }
+        let loaded = match loaded {
             Ok(loaded) => loaded,
             // Whether a post can be served without its total is the counter's call.
             Err(e) => Loaded {

@@ -78,6 +78,10 @@ pub enum StoreError {
     Retired { path: String },
     #[error("storage error: {0}")]
     Storage(String),
+    /// Cluster mode: Redis lost the data this read needs (its key group has no generation),
+    /// which the nodes are rebuilding from their records: read again once they have.
+    #[error("Redis lost {0}; the nodes are rebuilding it from their records")]
+    Lost(String),
 }
 
 impl StoreError {

@@ -1297,7 +1297,7 @@ impl State {
 impl From<WriterError> for Refusal {
     fn from(e: WriterError) -> Self {
         match e {
-            WriterError::Store(StoreError::Storage(cause)) => {
+            WriterError::Store(StoreError::Storage(cause) | StoreError::Lost(cause)) => {
                 tracing::debug!(%cause, "storage unavailable");
                 Self::StorageUnavailable
             }

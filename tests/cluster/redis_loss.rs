@@ -224,3 +224,32 @@ async fn joins_meanwhile(nodes: &[Node], window: Duration) -> Vec<Duration> {
     }
     took
 }
+
+/// Redis lost its data (here `FLUSHALL`): a post asleep on a node is woken by a reader before
+/// the node rebuilt its part. It waits for the rebuild and starts from the whole total, never
+/// from what is left in Redis (nothing): readers do not see a total drop.
+#[actix_web::test]
+async fn a_post_woken_after_redis_lost_its_data_starts_from_its_whole_total() {
+    let _serial = one_at_a_time().await;
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let node = Node::start(&redis, "a", &[]).await;
+    // In the node's record and in Redis, the post asleep (an import wakes nothing).
+    let file = format!("slug,total\n{SLUG},5\n");
+    let res = node
+        .server
+        .send(Req::import("/api/v1/import?mode=add", file))
+        .await;
+    assert_eq!(res.status, 200, "{res:?}");
+    time_until(
+        "the import in Redis",
+        SETTLE,
+        || redis.total(SLUG),
+        |t| *t == 5,
+    )
+    .await;
+    let () = redis.query(&redis::cmd("FLUSHALL")).await;
+    let reader = node.join().await;
+    assert_eq!(reader.first.total, 6, "the first total a reader saw");
+}
