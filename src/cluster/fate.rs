@@ -20,7 +20,7 @@ struct Inner {
     /// Sent to Redis, not answered yet: the total announced for it meanwhile, if any.
     in_flight: HashMap<String, Option<u64>>,
     /// Timed out and in the outbox: not known to be in Redis.
-    outboxed: HashMap<String, View>,
+    outboxed: HashSet<String>,
     /// Timed out, then announced (so in Redis), still a row of the outbox until replayed.
     confirmed: HashSet<String>,
 }
@@ -40,7 +40,7 @@ pub(crate) enum Heard {
     InFlight,
     /// It timed out into the outbox and is confirmed by this announcement: tell its post
     /// with one `Replayed` (the record takes it when the replay deletes its row).
-    Confirmed(View),
+    Confirmed,
     /// Its post hears this total from elsewhere, never from the announcement: from its call's
     /// answer (already given), or from the replay that runs its script (a view from the
     /// outbox, or one the replay confirms after a rebuild). Told now, the total would count
@@ -70,8 +70,7 @@ impl Fates {
 
     /// This node's `op` was announced with `total`. Kept if it is in flight; if it timed out
     /// into the outbox and `may_confirm` (no rebuild holds the fence), it is confirmed now:
-    /// `confirm` runs (under the lock, so the replay cannot confirm it too) and its view is
-    /// handed back for the record.
+    /// `confirm` runs (under the lock, so the replay cannot confirm it too).
     pub(crate) fn announced(
         &self,
         op: &str,
@@ -87,19 +86,19 @@ impl Fates {
         if !may_confirm {
             return Heard::Told;
         }
-        let Some(view) = inner.outboxed.remove(op) else {
+        if !inner.outboxed.remove(op) {
             return Heard::Told;
-        };
+        }
         inner.confirmed.insert(op.to_owned());
         confirm();
-        Heard::Confirmed(view)
+        Heard::Confirmed
     }
 
     /// The replay of `op` was answered by Redis: whether it confirms it, or its announcement
     /// did already (a view from before a restart is not known here: the replay confirms it).
     pub(crate) fn replayed(&self, op: &str) -> Replay {
         let mut inner = self.lock();
-        if inner.outboxed.remove(op).is_some() || !inner.confirmed.remove(op) {
+        if inner.outboxed.remove(op) || !inner.confirmed.remove(op) {
             Replay::Confirm
         } else {
             Replay::AlreadyConfirmed
@@ -120,7 +119,7 @@ impl InFlight<'_> {
         if let Some(Some(total)) = inner.in_flight.remove(&self.op) {
             return Some(total);
         }
-        inner.outboxed.insert(view.op.clone(), view.clone());
+        inner.outboxed.insert(view.op.clone());
         outbox(view);
         None
     }
@@ -177,7 +176,7 @@ mod tests {
         );
         assert_eq!(
             fates.announced("n-1", 7, true, || confirmed += 1),
-            Heard::Confirmed(view("n-1"))
+            Heard::Confirmed
         );
         assert_eq!(
             fates.announced("n-1", 7, true, || confirmed += 1),

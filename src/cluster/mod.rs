@@ -671,8 +671,8 @@ impl Cluster {
 
     /// This node's `op` announced at `total`. A call still in flight: the post hears it now.
     /// A view that timed out into the outbox ran late in Redis: confirmed now (no longer
-    /// pending, recorded when the replay deletes its row, its post told with one [`Replayed`], which moves the total and takes
-    /// the unconfirmed view back together). Any other (a call answered already, a view the
+    /// pending; its post told with one [`Replayed`], which moves the total and takes the
+    /// unconfirmed view back together; recorded when the replay deletes its row). Any other (a call answered already, a view the
     /// replay is running): its post hears the total from there, not twice from here.
     ///
     /// Never waits for a rebuild (the listener serves every node's events): while one holds
@@ -682,15 +682,13 @@ impl Cluster {
         let confirm = || self.outbox().confirmed(slug.as_str());
         match self.fates.announced(op, total, counting.is_some(), confirm) {
             Heard::InFlight => self.tell_total(registry, slug, total),
-            // The record takes it with the replay, which deletes its row in the same
-            // transaction (see `outbox`).
-            Heard::Confirmed(_) => {
-                // A post waking meanwhile has no unconfirmed view: it takes the total as
-                // any announcement's (its load may have read Redis before the late run).
-                let told = registry.tell(slug, Replayed { total }) || {
+            Heard::Confirmed => {
+                let told = registry.tell(slug, Replayed { total });
+                if !told {
+                    // A post waking meanwhile has no unconfirmed view: it takes the total
+                    // as any announced one (its load may have read Redis before the run).
                     registry.tell_total(slug, total);
-                    false
-                };
+                }
                 self.unless_told(registry, slug, total, told);
             }
             Heard::Told => {}

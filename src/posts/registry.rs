@@ -394,9 +394,9 @@ impl Registry {
         }
         // Cluster mode: the post's channel is in place before its first numbers are taken
         // (its total below, the other nodes' readers in `Post::new`), so no live change falls
-        // between them; a new total announced before the post's start is kept for it. The
-        // hold passes to the post woken here, or is given back.
-        // Totals announced from here on are kept for it ([`Registry::tell_total`]).
+        // between them; a total announced from here to the post's start is kept for it
+        // ([`Registry::tell_total`]). The hold passes to the post woken here, or is given
+        // back.
         let _waking = WakingGuard::new(self, slug);
         let (serving, ready) = Serving::start(&*self.context.counting, Served::Post(slug));
         ready.heard().await;
