@@ -745,9 +745,8 @@ mod tests {
     /// client writes a pipeline at once and waits; Redis reads up to 16 KB at a time).
     fn reads_processed(c: &mut redis::Connection) -> u64 {
         let info: String = redis::cmd("INFO").arg("stats").query(c).unwrap();
-        info.lines()
-            .find_map(|l| l.strip_prefix("total_reads_processed:"))
-            .and_then(|n| n.trim().parse().ok())
+        testkit::info_field(&info, "total_reads_processed")
+            .and_then(|n| n.parse().ok())
             .expect("INFO stats gives total_reads_processed")
     }
 

@@ -83,6 +83,13 @@ struct Setup {
 /// hosted Redis services refuse too.
 const HOSTED_USER_RULES: &[&str] = &["on", "~*", "&*", "+@all", "-config"];
 
+/// The value of `name` in an `INFO` answer (its `name:value` line), as Redis wrote it.
+pub fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
 impl Redis {
     /// A running Redis, or `None` (the test then passes as skipped) when there is none to run.
     pub async fn start() -> Option<Self> {

@@ -162,10 +162,16 @@ async fn a_node_whose_connection_redis_dropped_subscribes_again_and_hears_the_ot
 /// The calls Redis has served of `command` (`INFO commandstats`).
 async fn calls_of(redis: &Redis, command: &str) -> u64 {
     let info: String = redis.query(redis::cmd("INFO").arg("commandstats")).await;
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next()?.parse().ok())
+    // `cmdstat_subscribe:calls=12,usec=…`; a command never run has no line.
+    info_field(&info, &format!("cmdstat_{command}"))
+        .and_then(|stats| {
+            stats
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()
+        })
         .unwrap_or(0)
 }
 

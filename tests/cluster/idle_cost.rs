@@ -26,9 +26,8 @@ struct Counters {
 async fn counters(redis: &Redis) -> Counters {
     let info: String = redis.query(redis::cmd("INFO").arg("stats")).await;
     let field = |name: &str| -> u64 {
-        info.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .and_then(|v| v.trim().parse().ok())
+        info_field(&info, name)
+            .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no {name} in INFO stats: {info}"))
     };
     Counters {
