@@ -424,7 +424,7 @@ const DECISIONS_CHUNK: usize = 1024;
 pub(crate) async fn counted_before(
     link: &Link,
     group: Group,
-    views: &[&View],
+    views: &[View],
 ) -> Result<Vec<bool>, LinkError> {
     let mut counted = Vec::with_capacity(views.len());
     for chunk in views.chunks(DECISIONS_CHUNK) {
@@ -442,6 +442,7 @@ pub(crate) async fn counted_before(
                 pipe.query_async(&mut conn).await
             })
             .await?;
+        // The count script's 2 bits: 2 counted (`decided(2)`), 1 deduplicated, 0 not run.
         counted.extend(decided.into_iter().map(|(d,)| d == 2));
     }
     Ok(counted)

@@ -1044,9 +1044,8 @@ async fn waiting_in_part(
     if waiting.is_empty() {
         return Ok(in_part);
     }
-    let views: Vec<&View> = waiting.iter().collect();
-    let counted = counted_before(link, group, &views).await?;
-    for (view, _) in views.iter().zip(counted).filter(|(_, c)| *c) {
+    let counted = counted_before(link, group, waiting).await?;
+    for (view, _) in waiting.iter().zip(counted).filter(|(_, c)| *c) {
         *in_part.fields.entry(view.slug.clone()).or_default() += 1;
         *in_part
             .fields
